@@ -1,0 +1,179 @@
+//! Reading configuration from the environment, optionally seeded from an `app.env` file.
+//!
+//! Order of precedence: a variable set in the process environment wins over `app.env`, which
+//! wins over the built-in default. Every parse error names the variable, so a bad value stops
+//! the program at start with a message a person can act on.
+
+use std::{fmt::Display, str::FromStr, time::Duration};
+
+use crate::{secret::Secret, task::Namespace};
+
+/// A configuration value that could not be used, with the variable it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {var}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(var: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            var,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Loads `app.env` from the working directory into the environment, if the file exists.
+/// Variables already set in the environment are left alone.
+pub fn load_app_env() -> Result<(), ConfigError> {
+    match dotenvy::from_filename("app.env") {
+        Ok(_) => Ok(()),
+        Err(e) if e.not_found() => Ok(()),
+        Err(e) => Err(ConfigError::new("app.env", e.to_string())),
+    }
+}
+
+/// The raw value of `var`, or `None` when unset or empty.
+pub fn var(var: &'static str) -> Result<Option<String>, ConfigError> {
+    match std::env::var(var) {
+        Ok(value) if value.trim().is_empty() => Ok(None),
+        Ok(value) => Ok(Some(value.trim().to_string())),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(ConfigError::new(var, "the value is not valid UTF-8"))
+        }
+    }
+}
+
+/// `var` parsed with `FromStr`, or `default` when unset.
+pub fn parse_or<T>(name: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    match var(name)? {
+        None => Ok(default),
+        Some(raw) => raw
+            .parse()
+            .map_err(|e| ConfigError::new(name, format!("{e} (got {raw:?})"))),
+    }
+}
+
+/// `var` as a duration (`250ms`, `30s`, `5m`, `1h`; a bare number is seconds), or `default`.
+pub fn duration_or(name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+    match var(name)? {
+        None => Ok(default),
+        Some(raw) => parse_duration(&raw).ok_or_else(|| {
+            ConfigError::new(
+                name,
+                format!("expected a duration such as 500ms, 30s, 5m or 1h (got {raw:?})"),
+            )
+        }),
+    }
+}
+
+/// Parses `250ms`, `30s`, `5m`, `1h` or a bare number of seconds.
+pub fn parse_duration(raw: &str) -> Option<Duration> {
+    let raw = raw.trim();
+    let split = raw
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let millis = match unit.trim() {
+        "ms" => number,
+        "" | "s" => number.checked_mul(1_000)?,
+        "m" => number.checked_mul(60_000)?,
+        "h" => number.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(millis))
+}
+
+/// Where the program runs; `production` switches logs to JSON lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+impl FromStr for Environment {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "development" | "dev" => Ok(Self::Development),
+            "production" | "prod" => Ok(Self::Production),
+            _ => Err("expected development or production".into()),
+        }
+    }
+}
+
+/// Settings the server and the worker share.
+#[derive(Debug, Clone)]
+pub struct CommonConfig {
+    /// `DB_SOURCE`: a PostgreSQL URL. Secret because it may hold a password.
+    pub db_source: Secret<String>,
+    /// `REDIS_ADDRESS`: `host:port`, or a `redis://` / `rediss://` URL.
+    pub redis_address: Secret<String>,
+    /// `REDIS_NAMESPACE`: the prefix of every Redis key.
+    pub namespace: Namespace,
+    /// `ENVIRONMENT`: `development` (default) or `production`.
+    pub environment: Environment,
+}
+
+/// Default of `DB_SOURCE`: the local PostgreSQL that `make services` provides.
+pub const DEFAULT_DB_SOURCE: &str = "postgres://postgres@127.0.0.1:5432/simple_bank";
+/// Default of `REDIS_ADDRESS`.
+pub const DEFAULT_REDIS_ADDRESS: &str = "127.0.0.1:6379";
+
+impl CommonConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let db_source = var("DB_SOURCE")?.unwrap_or_else(|| DEFAULT_DB_SOURCE.into());
+        if !(db_source.starts_with("postgres://") || db_source.starts_with("postgresql://")) {
+            return Err(ConfigError::new(
+                "DB_SOURCE",
+                "expected a postgres:// or postgresql:// URL",
+            ));
+        }
+        let redis_address = var("REDIS_ADDRESS")?.unwrap_or_else(|| DEFAULT_REDIS_ADDRESS.into());
+        crate::redis_client::client(&redis_address)
+            .map_err(|e| ConfigError::new("REDIS_ADDRESS", e.to_string()))?;
+        let namespace = match var("REDIS_NAMESPACE")? {
+            None => Namespace::default(),
+            Some(raw) => Namespace::parse(&raw)
+                .map_err(|e| ConfigError::new("REDIS_NAMESPACE", e.to_string()))?,
+        };
+        Ok(Self {
+            db_source: Secret::new(db_source),
+            redis_address: Secret::new(redis_address),
+            namespace,
+            environment: parse_or("ENVIRONMENT", Environment::Development)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("abc"), None);
+        assert_eq!(parse_duration("5 days"), None);
+        assert_eq!(parse_duration("-1s"), None);
+    }
+
+    #[test]
+    fn environment() {
+        assert_eq!("PRODUCTION".parse(), Ok(Environment::Production));
+        assert!("staging".parse::<Environment>().is_err());
+    }
+}

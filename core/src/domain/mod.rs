@@ -1,0 +1,120 @@
+//! Validated input. Each type has private fields and a `parse` that returns a
+//! [`FieldViolation`], so a value that got past the edge is known to be valid.
+
+mod email;
+mod full_name;
+mod password;
+mod username;
+
+pub use email::Email;
+pub use full_name::FullName;
+pub use password::Password;
+pub use username::Username;
+
+/// One bad field: which one, and what is wrong with it (never the value itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: &'static str,
+    pub description: String,
+}
+
+impl FieldViolation {
+    fn new(field: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            field,
+            description: description.into(),
+        }
+    }
+}
+
+/// All the bad fields of one request, in request order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {}", self.fields().join(", "))]
+pub struct ValidationError {
+    pub violations: Vec<FieldViolation>,
+}
+
+impl ValidationError {
+    pub fn fields(&self) -> Vec<&'static str> {
+        self.violations.iter().map(|v| v.field).collect()
+    }
+}
+
+/// Checks a length in characters (not bytes) against an inclusive range.
+fn check_length(
+    field: &'static str,
+    value: &str,
+    min: usize,
+    max: usize,
+) -> Result<(), FieldViolation> {
+    let len = value.chars().count();
+    if len < min || len > max {
+        return Err(FieldViolation::new(
+            field,
+            format!("must contain from {min} to {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// A sign-up request that passed validation.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub username: Username,
+    pub full_name: FullName,
+    pub email: Email,
+    pub password: Password,
+}
+
+impl NewUser {
+    /// Validates every field and reports every bad one, not just the first.
+    pub fn parse(
+        username: &str,
+        full_name: &str,
+        email: &str,
+        password: String,
+    ) -> Result<Self, ValidationError> {
+        let username = Username::parse(username);
+        let full_name = FullName::parse(full_name);
+        let email = Email::parse(email);
+        let password = Password::parse(password);
+        match (username, full_name, email, password) {
+            (Ok(username), Ok(full_name), Ok(email), Ok(password)) => Ok(Self {
+                username,
+                full_name,
+                email,
+                password,
+            }),
+            (username, full_name, email, password) => Err(ValidationError {
+                violations: [
+                    username.err(),
+                    full_name.err(),
+                    email.err(),
+                    password.err(),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_every_bad_field_in_order() {
+        let err = NewUser::parse("A!", "x", "not-an-email", "123".into()).unwrap_err();
+        assert_eq!(err.fields(), ["username", "full_name", "email", "password"]);
+        assert!(!err.to_string().contains("123"), "no value in the message");
+    }
+
+    #[test]
+    fn accepts_a_good_request() {
+        let user = NewUser::parse("alice_1", "Alice O'Neil", "alice@example.com", "secret1".into())
+            .unwrap();
+        assert_eq!(user.username.as_str(), "alice_1");
+    }
+}

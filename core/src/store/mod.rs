@@ -1,0 +1,130 @@
+//! PostgreSQL access. Queries are checked at run time (`sqlx::query`), so building needs no
+//! database; every query is exercised by the integration tests against a real PostgreSQL.
+//!
+//! - [`users`]: sign-up (user + outbox row in one transaction) and reads.
+//! - [`outbox`]: the rows of `task_outbox`, locked with `FOR UPDATE SKIP LOCKED`.
+//! - [`verify_emails`]: verification records, one per `send_verify_email` task.
+
+pub mod outbox;
+pub mod users;
+pub mod verify_emails;
+
+use std::time::Duration;
+
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use crate::secret::Secret;
+
+pub use users::User;
+pub use verify_emails::VerifyEmail;
+
+/// What went wrong talking to PostgreSQL, sorted by what a caller does about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique constraint refused the row; `field` is the request field it concerns.
+    #[error("{field} already exists")]
+    AlreadyExists { field: &'static str },
+    #[error("not found")]
+    NotFound,
+    /// The database could not be reached (connection refused, pool timeout, shutting down).
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+    #[error("migration failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error("stored task could not be decoded")]
+    BadTask(#[source] serde_json::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        if is_unavailable(&err) {
+            return Self::Unavailable(err);
+        }
+        match &err {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
+                match db.constraint() {
+                    Some("users_pkey") => Self::AlreadyExists { field: "username" },
+                    Some("users_email_key") => Self::AlreadyExists { field: "email" },
+                    _ => Self::Database(err),
+                }
+            }
+            sqlx::Error::RowNotFound => Self::NotFound,
+            _ => Self::Database(err),
+        }
+    }
+}
+
+fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08xxx connection exception; 57P01-03 shutdown / cannot connect now; 53300 too many
+            // connections.
+            code.starts_with("08") || ["57P01", "57P02", "57P03", "53300"].contains(&&*code)
+        }),
+        _ => false,
+    }
+}
+
+/// The database handle: a connection pool. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// A pool for `db_source` that connects on first use. Acquiring a connection gives up after
+    /// a few seconds, so callers see `Unavailable` instead of hanging when PostgreSQL is down.
+    pub fn connect_lazy(db_source: &Secret<String>) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = db_source
+            .expose()
+            .parse()
+            .map_err(StoreError::Database)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy_with(options);
+        Ok(Self { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies the embedded migrations that have not run yet.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        crate::MIGRATOR.run(&self.pool).await.map_err(|err| match err {
+            sqlx::migrate::MigrateError::Execute(inner) if is_unavailable(&inner) => {
+                StoreError::Unavailable(inner)
+            }
+            other => StoreError::Migrate(other),
+        })
+    }
+
+    /// Reverts every migration (what `make migratedown` does).
+    pub async fn migrate_down(&self) -> Result<(), StoreError> {
+        crate::MIGRATOR
+            .undo(&self.pool, 0)
+            .await
+            .map_err(StoreError::Migrate)
+    }
+
+    /// Succeeds when PostgreSQL answers a trivial query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

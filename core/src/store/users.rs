@@ -1,0 +1,64 @@
+//! Users. Sign-up writes the user and its `send_verify_email` task in one transaction, so a task
+//! exists exactly when its user does.
+
+use time::OffsetDateTime;
+
+use crate::{domain::NewUser, secret::Secret, task::Task};
+
+use super::{Store, StoreError};
+
+/// A stored user, as the application sees it. The password hash is deliberately not here.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct User {
+    pub username: String,
+    pub full_name: String,
+    pub email: String,
+    pub password_changed_at: OffsetDateTime,
+    pub created_at: OffsetDateTime,
+    pub is_email_verified: bool,
+}
+
+const USER_COLUMNS: &str =
+    "username, full_name, email, password_changed_at, created_at, is_email_verified";
+
+impl Store {
+    /// Inserts `user` and an outbox row holding `task`, in one transaction. Returns the stored
+    /// user and the outbox row id, which the caller publishes after commit.
+    pub async fn create_user(
+        &self,
+        user: &NewUser,
+        hashed_password: &Secret<String>,
+        task: &Task,
+    ) -> Result<(User, i64), StoreError> {
+        let encoded = serde_json::to_value(task).map_err(StoreError::BadTask)?;
+        let mut tx = self.pool.begin().await?;
+        let created: User = sqlx::query_as(&format!(
+            "INSERT INTO users (username, hashed_password, full_name, email) \
+             VALUES ($1, $2, $3, $4) RETURNING {USER_COLUMNS}"
+        ))
+        .bind(user.username.as_str())
+        .bind(hashed_password.expose())
+        .bind(user.full_name.as_str())
+        .bind(user.email.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let outbox_id: i64 =
+            sqlx::query_scalar("INSERT INTO task_outbox (task_id, task) VALUES ($1, $2) RETURNING id")
+                .bind(&task.id)
+                .bind(encoded)
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok((created, outbox_id))
+    }
+
+    pub async fn get_user(&self, username: &str) -> Result<User, StoreError> {
+        let user = sqlx::query_as(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE username = $1"
+        ))
+        .bind(username)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(user)
+    }
+}

@@ -1,0 +1,150 @@
+//! The Redis layout. Every key starts with the namespace in a hash tag, `{ns}`, so all of them
+//! live in one Redis Cluster slot and multi-key scripts and reads work there too.
+//!
+//! | key                      | type   | holds                                                  |
+//! |--------------------------|--------|--------------------------------------------------------|
+//! | `{ns}:stream:<queue>`    | stream | tasks ready to run, one stream per queue               |
+//!
+//! Consumer group on every task stream: [`GROUP`], created with `XGROUP CREATE ... 0 MKSTREAM`.
+//! Task streams are never trimmed (no `MAXLEN`): an entry leaves its stream only when the
+//! worker that finished it acknowledges and deletes it.
+//!
+//! Stream entry fields: see [`super::fields`].
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The consumer group all workers of a namespace join.
+pub const GROUP: &str = "workers";
+
+/// The default namespace, `simplebank`.
+pub const DEFAULT_NAMESPACE: &str = "simplebank";
+
+/// The queues of this project, by default weight order.
+pub const DEFAULT_QUEUES: [&str; 3] = ["critical", "default", "low"];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("must be 1-64 characters of letters, digits, '_', '-' or '.'")]
+pub struct NameError;
+
+fn check_name(raw: &str) -> Result<(), NameError> {
+    let valid = !raw.is_empty()
+        && raw.len() <= 64
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if valid { Ok(()) } else { Err(NameError) }
+}
+
+/// The prefix of every key (`REDIS_NAMESPACE`), so tests and tenants never collide.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Namespace(String);
+
+impl Namespace {
+    pub fn parse(raw: &str) -> Result<Self, NameError> {
+        check_name(raw)?;
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Self(DEFAULT_NAMESPACE.into())
+    }
+}
+
+/// The name of a queue (`critical`, `default`, `low`, or one an application adds).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct QueueName(String);
+
+impl QueueName {
+    pub fn parse(raw: &str) -> Result<Self, NameError> {
+        check_name(raw)?;
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for QueueName {
+    type Error = NameError;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<QueueName> for String {
+    fn from(value: QueueName) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for QueueName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Builds the keys of one namespace.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    ns: Namespace,
+}
+
+impl Keys {
+    pub fn new(ns: Namespace) -> Self {
+        Self { ns }
+    }
+
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
+    }
+
+    /// `{ns}:stream:<queue>`: the tasks of one queue, ready to run.
+    pub fn stream(&self, queue: &QueueName) -> String {
+        format!("{{{}}}:stream:{}", self.ns.as_str(), queue.as_str())
+    }
+
+    /// The queue a stream key belongs to, if it is one of this namespace's task streams.
+    pub fn queue_of(&self, stream: &str) -> Option<QueueName> {
+        let prefix = format!("{{{}}}:stream:", self.ns.as_str());
+        QueueName::parse(stream.strip_prefix(&prefix)?).ok()
+    }
+
+    /// The pattern matching every key of the namespace (for clean-up in tests and tools).
+    pub fn pattern(&self) -> String {
+        format!("{{{}}}:*", self.ns.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout() {
+        let keys = Keys::new(Namespace::default());
+        let critical = QueueName::parse("critical").unwrap();
+        assert_eq!(keys.stream(&critical), "{simplebank}:stream:critical");
+        assert_eq!(keys.queue_of("{simplebank}:stream:critical"), Some(critical));
+        assert_eq!(keys.queue_of("{other}:stream:critical"), None);
+    }
+
+    #[test]
+    fn names() {
+        assert!(Namespace::parse("tenant-1.a_b").is_ok());
+        for bad in ["", "a:b", "{x}", "a b", &"x".repeat(65)] {
+            assert!(Namespace::parse(bad).is_err(), "{bad:?}");
+            assert!(QueueName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

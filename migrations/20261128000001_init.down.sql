@@ -1,0 +1,3 @@
+DROP TABLE IF EXISTS task_outbox;
+DROP TABLE IF EXISTS verify_emails;
+DROP TABLE IF EXISTS users;

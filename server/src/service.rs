@@ -1,0 +1,116 @@
+//! The `simplebank.v1.SimpleBank` service.
+
+use std::sync::Arc;
+
+use simplebank_core::{
+    domain::NewUser,
+    outbox, password,
+    store::{Store, User},
+    task::{Publisher, Task},
+    tasks::SendVerifyEmail,
+};
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    pb::{self, simple_bank_server::SimpleBank},
+    status,
+};
+
+#[derive(Debug, Clone)]
+pub struct SimpleBankService {
+    store: Store,
+    publisher: Publisher,
+    /// Bounds concurrent argon2 hashes (each takes 19 MiB and a core) to the number of cores.
+    hashing: Arc<Semaphore>,
+}
+
+impl SimpleBankService {
+    pub fn new(store: Store, publisher: Publisher) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            store,
+            publisher,
+            hashing: Arc::new(Semaphore::new(cores)),
+        }
+    }
+
+    /// Hashes on a blocking thread, at most one hash per core at a time.
+    async fn hash(
+        &self,
+        password: simplebank_core::domain::Password,
+    ) -> Result<simplebank_core::secret::Secret<String>, Status> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|e| status::internal(&e))?;
+        tokio::task::spawn_blocking(move || password::hash(&password))
+            .await
+            .map_err(|e| status::internal(&e))?
+            .map_err(|e| status::internal(&e))
+    }
+}
+
+#[tonic::async_trait]
+impl SimpleBank for SimpleBankService {
+    async fn create_user(
+        &self,
+        request: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::CreateUserResponse>, Status> {
+        let request = request.into_inner();
+        let new_user = NewUser::parse(
+            &request.username,
+            &request.full_name,
+            &request.email,
+            request.password,
+        )
+        .map_err(status::invalid_argument)?;
+        let hashed_password = self.hash(new_user.password.clone()).await?;
+        let task = Task::new(&SendVerifyEmail {
+            username: new_user.username.as_str().to_owned(),
+        })
+        .map_err(|e| status::internal(&e))?;
+
+        let (user, outbox_id) = self
+            .store
+            .create_user(&new_user, &hashed_password, &task)
+            .await
+            .map_err(status::from_store)?;
+
+        // Committed: answer now, publish in the background. If Redis is down the row stays in
+        // the outbox and the relay publishes it later.
+        let (store, publisher) = (self.store.clone(), self.publisher.clone());
+        tokio::spawn(async move {
+            if let Err(err) = outbox::publish_row(&store, &publisher, outbox_id).await {
+                tracing::warn!(
+                    task_id = %task.id,
+                    error = %status::chain(&err),
+                    "task left in the outbox; the relay will publish it"
+                );
+            }
+        });
+        Ok(Response::new(pb::CreateUserResponse {
+            user: Some(to_pb(user)),
+        }))
+    }
+}
+
+fn to_pb(user: User) -> pb::User {
+    pb::User {
+        username: user.username,
+        full_name: user.full_name,
+        email: user.email,
+        password_changed_at: Some(timestamp(user.password_changed_at)),
+        created_at: Some(timestamp(user.created_at)),
+        is_email_verified: user.is_email_verified,
+    }
+}
+
+fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.unix_timestamp(),
+        nanos: i32::try_from(at.nanosecond()).unwrap_or(0),
+    }
+}
