@@ -77,9 +77,7 @@ pub fn duration_or(name: &'static str, default: Duration) -> Result<Duration, Co
 /// Parses `250ms`, `30s`, `5m`, `1h` or a bare number of seconds.
 pub fn parse_duration(raw: &str) -> Option<Duration> {
     let raw = raw.trim();
-    let split = raw
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(raw.len());
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
     let (number, unit) = raw.split_at(split);
     let number: u64 = number.parse().ok()?;
     let millis = match unit.trim() {

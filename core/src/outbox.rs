@@ -23,7 +23,11 @@ pub enum RelayError {
 
 /// Publishes the outbox row `id`, unless another relay holds it or it is gone.
 /// Returns whether this call published it.
-pub async fn publish_row(store: &Store, publisher: &Publisher, id: i64) -> Result<bool, RelayError> {
+pub async fn publish_row(
+    store: &Store,
+    publisher: &Publisher,
+    id: i64,
+) -> Result<bool, RelayError> {
     Ok(relay(store, publisher, Some(id), 1).await? == 1)
 }
 

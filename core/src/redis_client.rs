@@ -5,6 +5,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 /// A client for `address`: `host:port` (plain TCP) or a `redis://` / `rediss://` URL.
+/// The response timeout for ordinary (non-blocking) commands.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 pub fn client(address: &str) -> redis::RedisResult<redis::Client> {
     if address.contains("://") {
         redis::Client::open(address)
@@ -15,11 +18,15 @@ pub fn client(address: &str) -> redis::RedisResult<redis::Client> {
 
 /// A shared, multiplexed connection that reconnects by itself. It is created without
 /// connecting, so a program can start (and sign-ups can succeed) while Redis is down.
-/// Commands fail within about a second when Redis does not answer, instead of queueing.
-pub fn lazy_manager(client: redis::Client) -> redis::RedisResult<ConnectionManager> {
+/// Connecting gives up after a second, and a command after `response_timeout` (keep it above
+/// the BLOCK time of blocking reads), so callers see an error instead of waiting on a dead Redis.
+pub fn lazy_manager(
+    client: redis::Client,
+    response_timeout: Duration,
+) -> redis::RedisResult<ConnectionManager> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(response_timeout))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(500));
     ConnectionManager::new_lazy_with_config(client, config)

@@ -154,7 +154,10 @@ impl Default for TestRedis {
 
 impl Drop for TestRedis {
     fn drop(&mut self) {
-        let Ok(mut conn) = self.client().get_connection_with_timeout(Duration::from_secs(1)) else {
+        let Ok(mut conn) = self
+            .client()
+            .get_connection_with_timeout(Duration::from_secs(1))
+        else {
             return;
         };
         let keys: Vec<String> = redis::cmd("KEYS")
@@ -232,18 +235,22 @@ impl RedisServer {
             .expect("redis-server is installed (run `make services`)");
         self.child = Some(child);
         let client = crate::redis_client::client(&self.address()).expect("address");
-        eventually("private redis-server answers PING", Duration::from_secs(10), || {
-            let client = client.clone();
-            async move {
-                let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-                    return false;
-                };
-                redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .is_ok()
-            }
-        })
+        eventually(
+            "private redis-server answers PING",
+            Duration::from_secs(10),
+            || {
+                let client = client.clone();
+                async move {
+                    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                        return false;
+                    };
+                    redis::cmd("PING")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .is_ok()
+                }
+            },
+        )
         .await;
     }
 
@@ -289,6 +296,9 @@ mod tests {
             with_database("postgres://u@h:5432/simple_bank?sslmode=disable", "x"),
             "postgres://u@h:5432/x?sslmode=disable"
         );
-        assert_eq!(with_database("postgres://u@h:5432", "x"), "postgres://u@h:5432/x");
+        assert_eq!(
+            with_database("postgres://u@h:5432", "x"),
+            "postgres://u@h:5432/x"
+        );
     }
 }

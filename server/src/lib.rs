@@ -67,7 +67,7 @@ pub async fn run(
 
     let redis = redis_client::client(config.common.redis_address.expose())?;
     let publisher = Publisher::new(
-        redis_client::lazy_manager(redis)?,
+        redis_client::lazy_manager(redis, redis_client::RESPONSE_TIMEOUT)?,
         Keys::new(config.common.namespace.clone()),
     );
 

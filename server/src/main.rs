@@ -25,7 +25,12 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         [] => serve(config).await,
         ["migrate", direction @ ("up" | "down")] => migrate(&config, direction).await,
         _ => {
@@ -45,7 +50,12 @@ async fn main() -> ExitCode {
 async fn serve(config: ServerConfig) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(config.grpc_address)
         .await
-        .map_err(|e| format!("cannot listen on GRPC_SERVER_ADDRESS {}: {e}", config.grpc_address))?;
+        .map_err(|e| {
+            format!(
+                "cannot listen on GRPC_SERVER_ADDRESS {}: {e}",
+                config.grpc_address
+            )
+        })?;
     simplebank_server::run(config, listener, shutdown_signal()).await?;
     Ok(())
 }

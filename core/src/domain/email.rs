@@ -52,7 +52,13 @@ mod tests {
     #[test]
     fn rules() {
         assert!(Email::parse("a@b.co").is_ok());
-        for bad in ["ab", "plainaddress", "@example.com", "a@", "a b@example.com"] {
+        for bad in [
+            "ab",
+            "plainaddress",
+            "@example.com",
+            "a@",
+            "a b@example.com",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
         }
         let long = format!("{}@example.com", "a".repeat(190));

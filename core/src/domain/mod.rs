@@ -6,7 +6,7 @@ mod full_name;
 mod password;
 mod username;
 
-pub use email::Email;
+pub use email::{Email, mask};
 pub use full_name::FullName;
 pub use password::Password;
 pub use username::Username;
@@ -86,15 +86,10 @@ impl NewUser {
                 password,
             }),
             (username, full_name, email, password) => Err(ValidationError {
-                violations: [
-                    username.err(),
-                    full_name.err(),
-                    email.err(),
-                    password.err(),
-                ]
-                .into_iter()
-                .flatten()
-                .collect(),
+                violations: [username.err(), full_name.err(), email.err(), password.err()]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
             }),
         }
     }
@@ -113,8 +108,13 @@ mod tests {
 
     #[test]
     fn accepts_a_good_request() {
-        let user = NewUser::parse("alice_1", "Alice O'Neil", "alice@example.com", "secret1".into())
-            .unwrap();
+        let user = NewUser::parse(
+            "alice_1",
+            "Alice O'Neil",
+            "alice@example.com",
+            "secret1".into(),
+        )
+        .unwrap();
         assert_eq!(user.username.as_str(), "alice_1");
     }
 }

@@ -85,10 +85,7 @@ impl Store {
     /// A pool for `db_source` that connects on first use. Acquiring a connection gives up after
     /// a few seconds, so callers see `Unavailable` instead of hanging when PostgreSQL is down.
     pub fn connect_lazy(db_source: &Secret<String>) -> Result<Self, StoreError> {
-        let options: PgConnectOptions = db_source
-            .expose()
-            .parse()
-            .map_err(StoreError::Database)?;
+        let options: PgConnectOptions = db_source.expose().parse().map_err(StoreError::Database)?;
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(3))
@@ -106,12 +103,15 @@ impl Store {
 
     /// Applies the embedded migrations that have not run yet.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        crate::MIGRATOR.run(&self.pool).await.map_err(|err| match err {
-            sqlx::migrate::MigrateError::Execute(inner) if is_unavailable(&inner) => {
-                StoreError::Unavailable(inner)
-            }
-            other => StoreError::Migrate(other),
-        })
+        crate::MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|err| match err {
+                sqlx::migrate::MigrateError::Execute(inner) if is_unavailable(&inner) => {
+                    StoreError::Unavailable(inner)
+                }
+                other => StoreError::Migrate(other),
+            })
     }
 
     /// Reverts every migration (what `make migratedown` does).

@@ -42,12 +42,13 @@ impl Store {
         .bind(user.email.as_str())
         .fetch_one(&mut *tx)
         .await?;
-        let outbox_id: i64 =
-            sqlx::query_scalar("INSERT INTO task_outbox (task_id, task) VALUES ($1, $2) RETURNING id")
-                .bind(&task.id)
-                .bind(encoded)
-                .fetch_one(&mut *tx)
-                .await?;
+        let outbox_id: i64 = sqlx::query_scalar(
+            "INSERT INTO task_outbox (task_id, task) VALUES ($1, $2) RETURNING id",
+        )
+        .bind(&task.id)
+        .bind(encoded)
+        .fetch_one(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok((created, outbox_id))
     }

@@ -30,8 +30,7 @@ impl std::fmt::Debug for VerifyEmail {
     }
 }
 
-const COLUMNS: &str =
-    "id, username, email, secret_code, is_used, created_at, expired_at, task_id";
+const COLUMNS: &str = "id, username, email, secret_code, is_used, created_at, expired_at, task_id";
 
 impl Store {
     /// The record of `task_id`, created with `secret_code` if the task has none yet.

@@ -65,7 +65,10 @@ pub fn decode(queue: QueueName, map: &HashMap<String, Value>) -> Result<Task, De
     })
 }
 
-fn optional(map: &HashMap<String, Value>, name: &'static str) -> Result<Option<String>, DecodeError> {
+fn optional(
+    map: &HashMap<String, Value>,
+    name: &'static str,
+) -> Result<Option<String>, DecodeError> {
     map.get(name)
         .map(|value| redis::from_redis_value_ref(value).map_err(|_| DecodeError::Invalid(name)))
         .transpose()

@@ -135,7 +135,10 @@ mod tests {
         let keys = Keys::new(Namespace::default());
         let critical = QueueName::parse("critical").unwrap();
         assert_eq!(keys.stream(&critical), "{simplebank}:stream:critical");
-        assert_eq!(keys.queue_of("{simplebank}:stream:critical"), Some(critical));
+        assert_eq!(
+            keys.queue_of("{simplebank}:stream:critical"),
+            Some(critical)
+        );
         assert_eq!(keys.queue_of("{other}:stream:critical"), None);
     }
 

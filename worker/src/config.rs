@@ -1,0 +1,177 @@
+//! The worker's settings. See the README's configuration table for every variable.
+
+use std::{path::PathBuf, time::Duration};
+
+use simplebank_core::{
+    config::{self, CommonConfig, ConfigError},
+    task::{QueueName, keys::DEFAULT_QUEUES},
+};
+
+/// How the worker consumes the streams; independent of what its handlers do.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// `WORKER_CONCURRENCY`, default 10: tasks run at the same time by this process.
+    pub concurrency: usize,
+    /// `WORKER_QUEUES`, default `critical:6,default:3,low:1`: queues and their weights.
+    pub queues: Vec<(QueueName, u32)>,
+    /// `WORKER_STRICT_PRIORITY`, default false: always serve the heaviest non-empty queue first.
+    pub strict_priority: bool,
+    /// `WORKER_VISIBILITY_TIMEOUT`, default 2m: how long an entry may stay pending with its
+    /// consumer before another worker takes it over. Keep it above the longest task timeout.
+    pub visibility_timeout: Duration,
+    /// `WORKER_SHUTDOWN_TIMEOUT`, default 10s: how long in-flight tasks may take to finish
+    /// after SIGINT/SIGTERM. Unfinished ones stay pending for another worker.
+    pub shutdown_timeout: Duration,
+    /// `WORKER_CONSUMER_NAME`, default `<hostname>-<pid>`: this process in the consumer group.
+    pub consumer_name: String,
+    /// How long one blocking read waits when every queue is empty (1s).
+    pub block: Duration,
+}
+
+impl ConsumerSettings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let concurrency: usize = config::parse_or("WORKER_CONCURRENCY", 10)?;
+        if concurrency == 0 {
+            return Err(ConfigError::new("WORKER_CONCURRENCY", "must be at least 1"));
+        }
+        let queues = match config::var("WORKER_QUEUES")? {
+            None => default_queues(),
+            Some(raw) => {
+                parse_queues(&raw).map_err(|reason| ConfigError::new("WORKER_QUEUES", reason))?
+            }
+        };
+        let visibility_timeout =
+            config::duration_or("WORKER_VISIBILITY_TIMEOUT", Duration::from_secs(120))?;
+        if visibility_timeout < Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                "WORKER_VISIBILITY_TIMEOUT",
+                "must be at least 100ms",
+            ));
+        }
+        Ok(Self {
+            concurrency,
+            queues,
+            strict_priority: config::parse_or("WORKER_STRICT_PRIORITY", false)?,
+            visibility_timeout,
+            shutdown_timeout: config::duration_or(
+                "WORKER_SHUTDOWN_TIMEOUT",
+                Duration::from_secs(10),
+            )?,
+            consumer_name: match config::var("WORKER_CONSUMER_NAME")? {
+                Some(name) => name,
+                None => default_consumer_name(),
+            },
+            block: Duration::from_secs(1),
+        })
+    }
+
+    /// Defaults everywhere; for tests and embedding.
+    pub fn new(consumer_name: impl Into<String>) -> Self {
+        Self {
+            concurrency: 10,
+            queues: default_queues(),
+            strict_priority: false,
+            visibility_timeout: Duration::from_secs(120),
+            shutdown_timeout: Duration::from_secs(10),
+            consumer_name: consumer_name.into(),
+            block: Duration::from_secs(1),
+        }
+    }
+
+    /// How often pending entries are checked for takeover: half the visibility timeout,
+    /// at most 30 s.
+    pub fn reclaim_interval(&self) -> Duration {
+        (self.visibility_timeout / 2).min(Duration::from_secs(30))
+    }
+}
+
+fn default_queues() -> Vec<(QueueName, u32)> {
+    DEFAULT_QUEUES
+        .iter()
+        .zip([6, 3, 1])
+        .map(|(name, weight)| (QueueName::parse(name).expect("valid default names"), weight))
+        .collect()
+}
+
+/// `<hostname>-<pid>`: unique per process on a host, readable in `XINFO CONSUMERS`.
+pub fn default_consumer_name() -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    format!("{host}-{}", std::process::id())
+}
+
+/// Parses `name:weight,name:weight`; weights are positive integers, names unique.
+pub fn parse_queues(raw: &str) -> Result<Vec<(QueueName, u32)>, String> {
+    let mut queues: Vec<(QueueName, u32)> = Vec::new();
+    for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, weight) = item
+            .split_once(':')
+            .ok_or_else(|| format!("expected name:weight, got {item:?}"))?;
+        let name = QueueName::parse(name.trim()).map_err(|e| format!("queue {name:?}: {e}"))?;
+        let weight: u32 = weight
+            .trim()
+            .parse()
+            .ok()
+            .filter(|w| *w > 0)
+            .ok_or_else(|| format!("queue {name}: weight must be a positive integer"))?;
+        if queues.iter().any(|(existing, _)| *existing == name) {
+            return Err(format!("queue {name} is listed twice"));
+        }
+        queues.push((name, weight));
+    }
+    if queues.is_empty() {
+        return Err("no queues given".into());
+    }
+    Ok(queues)
+}
+
+/// Everything `worker::run` needs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub common: CommonConfig,
+    pub consumer: ConsumerSettings,
+    /// `EMAIL_FILE_DIR`, default `.local/mail`: where the file mailer writes `.eml` files.
+    pub email_file_dir: PathBuf,
+    /// `EMAIL_SENDER`, default `Simple Bank <no-reply@simplebank.local>`.
+    pub email_sender: String,
+    /// `VERIFY_EMAIL_URL`, default `http://localhost:8080/v1/verify_email`: the base of the
+    /// link in the verification email; `email_id` and `secret_code` are appended.
+    pub verify_email_url: String,
+}
+
+impl WorkerConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: CommonConfig::from_env()?,
+            consumer: ConsumerSettings::from_env()?,
+            email_file_dir: config::var("EMAIL_FILE_DIR")?
+                .unwrap_or_else(|| ".local/mail".into())
+                .into(),
+            email_sender: config::var("EMAIL_SENDER")?
+                .unwrap_or_else(|| "Simple Bank <no-reply@simplebank.local>".into()),
+            verify_email_url: config::var("VERIFY_EMAIL_URL")?
+                .unwrap_or_else(|| "http://localhost:8080/v1/verify_email".into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_queues;
+
+    #[test]
+    fn queues() {
+        let parsed = parse_queues("critical:6, default:3,low:1").unwrap();
+        let names: Vec<_> = parsed.iter().map(|(q, w)| (q.as_str(), *w)).collect();
+        assert_eq!(names, [("critical", 6), ("default", 3), ("low", 1)]);
+        for bad in [
+            "",
+            "critical",
+            "critical:0",
+            "critical:x",
+            "a:1,a:2",
+            "bad name:1",
+        ] {
+            assert!(parse_queues(bad).is_err(), "{bad:?}");
+        }
+    }
+}

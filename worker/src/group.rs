@@ -1,0 +1,35 @@
+//! The consumer group: created on every task stream with `XGROUP CREATE <stream> workers 0
+//! MKSTREAM`, so entries added before the first worker started are delivered too.
+//! BUSYGROUP (it already exists) is success.
+
+use redis::aio::ConnectionManager;
+use simplebank_core::task::{GROUP, Keys, QueueName};
+
+/// Creates the group on each queue's stream (and the stream), if missing.
+pub async fn ensure(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    queues: &[QueueName],
+) -> redis::RedisResult<()> {
+    for queue in queues {
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(keys.stream(queue))
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(conn)
+            .await;
+        match created {
+            Ok(()) => {}
+            Err(err) if err.code() == Some("BUSYGROUP") => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// Whether `err` says the group (or its stream) is gone, so it must be created again.
+pub fn is_missing(err: &redis::RedisError) -> bool {
+    err.code() == Some("NOGROUP")
+}

@@ -1,0 +1,109 @@
+//! Taking over entries whose consumer vanished or failed: every reclaim interval, each stream's
+//! pending entries idle for longer than the visibility timeout are claimed with XAUTOCLAIM,
+//! paging the cursor until `0-0`, and run like new ones. Entries that were deleted from the
+//! stream while pending come back in XAUTOCLAIM's third reply element; Redis has already
+//! removed them from the pending list, so they are only counted in the log.
+
+use std::{sync::Arc, time::Duration};
+
+use redis::{
+    aio::ConnectionManager,
+    streams::{StreamAutoClaimOptions, StreamAutoClaimReply},
+};
+use simplebank_core::task::{GROUP, Keys, QueueName};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch::Dispatcher;
+
+/// What the reclaim loop needs.
+#[derive(Debug)]
+pub struct Reclaimer {
+    pub conn: ConnectionManager,
+    pub keys: Keys,
+    pub queues: Vec<QueueName>,
+    pub consumer: String,
+    pub visibility_timeout: Duration,
+    pub interval: Duration,
+    pub slots: Arc<Semaphore>,
+    pub dispatcher: Arc<Dispatcher>,
+}
+
+impl Reclaimer {
+    /// Runs until `stop` is cancelled.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            for queue in self.queues.clone() {
+                if let Err(err) = self.sweep(&queue, &stop).await {
+                    tracing::warn!(queue = %queue, error = %err, "reclaim failed; will retry");
+                }
+            }
+        }
+    }
+
+    /// Claims and dispatches every entry of `queue` idle past the visibility timeout.
+    async fn sweep(
+        &mut self,
+        queue: &QueueName,
+        stop: &CancellationToken,
+    ) -> redis::RedisResult<()> {
+        let stream = self.keys.stream(queue);
+        let min_idle = u64::try_from(self.visibility_timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut cursor = "0-0".to_owned();
+        loop {
+            let Some(mut permits) = self.free_slots(stop).await else {
+                return Ok(());
+            };
+            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(&stream)
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg(min_idle)
+                .arg(&cursor)
+                .arg(StreamAutoClaimOptions::default().count(permits.len()))
+                .query_async(&mut self.conn)
+                .await?;
+            if !reply.deleted_ids.is_empty() {
+                tracing::warn!(
+                    queue = %queue,
+                    count = reply.deleted_ids.len(),
+                    "pending entries no longer in the stream were dropped by XAUTOCLAIM"
+                );
+            }
+            for entry in reply.claimed {
+                tracing::info!(queue = %queue, entry_id = %entry.id, "reclaimed a pending entry");
+                let permit = match permits.pop() {
+                    Some(permit) => permit,
+                    None => match self.slots.clone().acquire_owned().await {
+                        Ok(permit) => permit,
+                        Err(_) => return Ok(()),
+                    },
+                };
+                self.dispatcher.spawn(queue.clone(), entry, permit);
+            }
+            cursor = reply.next_stream_id;
+            if cursor == "0-0" {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits for at least one free slot and takes every free one; `None` when stopping.
+    async fn free_slots(&self, stop: &CancellationToken) -> Option<Vec<OwnedSemaphorePermit>> {
+        let first = tokio::select! {
+            () = stop.cancelled() => return None,
+            permit = self.slots.clone().acquire_owned() => permit.ok()?,
+        };
+        let mut permits = vec![first];
+        while let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            permits.push(permit);
+        }
+        Some(permits)
+    }
+}
