@@ -18,7 +18,7 @@ impl FullName {
                 "must contain only letters, spaces, apostrophes or hyphens",
             ));
         }
-        if value.trim().is_empty() {
+        if !value.chars().any(char::is_alphabetic) {
             return Err(FieldViolation::new(FIELD, "must contain letters"));
         }
         Ok(Self(value.to_owned()))
