@@ -3,6 +3,7 @@
 //! - [`TestDb`]: a fresh database with the migrations applied, dropped when the value drops.
 //! - [`TestRedis`]: a fresh key namespace on the shared Redis, its keys deleted on drop.
 //! - [`RedisServer`]: a private `redis-server` on a free port, for tests that stop or restart it.
+//! - [`TcpProxy`]: a TCP forwarder a test can cut, to make PostgreSQL unreachable on demand.
 //!
 //! The shared services come from `DB_SOURCE` and `REDIS_ADDRESS` (the same variables and
 //! defaults as the programs), which `make test` points at the services it started.
@@ -87,6 +88,35 @@ fn with_database(source: &str, name: &str) -> String {
         Some(query) => format!("{base}/{name}?{query}"),
         None => format!("{base}/{name}"),
     }
+}
+
+impl TestDb {
+    /// The URL of this database reached through `127.0.0.1:port` (a [`TcpProxy`]).
+    pub fn url_via(&self, port: u16) -> Secret<String> {
+        Secret::new(with_authority(
+            self.url.expose(),
+            &format!("127.0.0.1:{port}"),
+        ))
+    }
+
+    /// `host:port` of the PostgreSQL server behind `DB_SOURCE`.
+    pub fn server_address(&self) -> String {
+        format!("{}:{}", self.admin.get_host(), self.admin.get_port())
+    }
+}
+
+/// `url` with its `host:port` replaced (user, password, database and query kept).
+fn with_authority(url: &str, host_port: &str) -> String {
+    let scheme_end = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let userinfo = authority.rfind('@').map_or("", |at| &authority[..=at]);
+    format!(
+        "{}{userinfo}{host_port}{}",
+        &url[..scheme_end],
+        &rest[authority_end..]
+    )
 }
 
 impl Drop for TestDb {
@@ -267,6 +297,79 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Forwards connections from a local port to `upstream` until [`TcpProxy::cut`]: then every
+/// open connection is closed and new ones are refused, as when a server goes away.
+#[derive(Debug)]
+pub struct TcpProxy {
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    pub async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy port");
+        let port = listener.local_addr().expect("proxy address").port();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self { port, task }
+    }
+
+    /// Closes every forwarded connection and stops listening.
+    pub fn cut(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A folder of the test's own under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let path = std::env::temp_dir().join(format!("simplebank-test-{}", unique_suffix()));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+
+    /// The files in the folder, sorted by name.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.0)
+            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -1,0 +1,192 @@
+//! Starting the real server (and worker) in-process, and reading what they stored.
+
+use std::{net::SocketAddr, time::Duration};
+
+use simplebank_core::{
+    config::{CommonConfig, Environment},
+    secret::Secret,
+    store::Store,
+    testing::{TempDir, TestDb, TestRedis, eventually},
+};
+use simplebank_server::{
+    ServerConfig, ServerError,
+    pb::{CreateUserRequest, simple_bank_client::SimpleBankClient},
+};
+use simplebank_worker::{ConsumerSettings, WorkerConfig};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub fn common_config(db_url: Secret<String>, redis: &TestRedis) -> CommonConfig {
+    CommonConfig {
+        db_source: db_url,
+        redis_address: Secret::new(redis.address.clone()),
+        namespace: redis.namespace.clone(),
+        environment: Environment::Development,
+    }
+}
+
+/// A server running in this test's runtime on a port of its own.
+pub struct TestServer {
+    pub client: SimpleBankClient<Channel>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<Result<(), ServerError>>,
+}
+
+impl TestServer {
+    pub async fn start(common: CommonConfig) -> Self {
+        let config = ServerConfig {
+            common,
+            grpc_address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            outbox_relay_interval: Duration::from_millis(100),
+            health_check_interval: Duration::from_millis(100),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind test port");
+        let addr = listener.local_addr().expect("local address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(simplebank_server::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let client = SimpleBankClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect to the test server");
+        Self {
+            client,
+            stop: Some(stop),
+            handle,
+        }
+    }
+
+    /// Stops the server (as SIGTERM would) and returns what `run` returned.
+    pub async fn stop(mut self) -> Result<(), ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.handle).await.expect("server task")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// A worker running in this test's runtime, writing mail into its own folder.
+pub struct TestWorker {
+    pub mail: TempDir,
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl TestWorker {
+    pub fn start(common: CommonConfig) -> Self {
+        let mail = TempDir::new();
+        let mut consumer = ConsumerSettings::new(format!("test-{}", uuid::Uuid::new_v4()));
+        consumer.block = Duration::from_millis(200);
+        consumer.visibility_timeout = Duration::from_secs(5);
+        let config = WorkerConfig {
+            common,
+            consumer,
+            email_file_dir: mail.0.clone(),
+            email_sender: "Simple Bank <no-reply@simplebank.test>".into(),
+            verify_email_url: "http://localhost:8080/v1/verify_email".into(),
+        };
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let handle = tokio::spawn(async move {
+            simplebank_worker::run(config, token)
+                .await
+                .expect("worker runs");
+        });
+        Self { mail, stop, handle }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.handle.await;
+    }
+}
+
+pub fn request(username: &str, email: &str) -> CreateUserRequest {
+    CreateUserRequest {
+        username: username.into(),
+        full_name: "Alice Liddell".into(),
+        email: email.into(),
+        password: "secret-password-1".into(),
+    }
+}
+
+pub async fn count(store: &Store, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(store.pool())
+        .await
+        .expect("count query")
+}
+
+/// Waits until `username` has exactly one verification record and `worker` wrote one email.
+pub async fn wait_for_verification(db: &TestDb, worker: &TestWorker, username: &str) {
+    let store = db.store.clone();
+    let username = username.to_owned();
+    eventually(
+        "the worker created the verification record",
+        Duration::from_secs(20),
+        || {
+            let (store, username) = (store.clone(), username.clone());
+            async move {
+                store
+                    .verify_emails_of(&username)
+                    .await
+                    .map(|rows| rows.len() == 1)
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+    eventually(
+        "the worker wrote the email",
+        Duration::from_secs(10),
+        || {
+            let files = worker.mail.files();
+            async move {
+                files
+                    .iter()
+                    .any(|f| f.extension().is_some_and(|e| e == "eml"))
+            }
+        },
+    )
+    .await;
+}
+
+/// The entries of a task stream, as field maps.
+pub async fn stream_entries(
+    redis: &TestRedis,
+    queue: &str,
+) -> Vec<std::collections::HashMap<String, String>> {
+    let key = redis
+        .keys()
+        .stream(&simplebank_core::task::QueueName::parse(queue).expect("queue name"));
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut redis.conn().await)
+        .await
+        .expect("XRANGE");
+    reply
+        .ids
+        .into_iter()
+        .map(|entry| {
+            entry
+                .map
+                .iter()
+                .map(|(k, v)| {
+                    let value: String = redis::from_redis_value_ref(v).expect("string field");
+                    (k.clone(), value)
+                })
+                .collect()
+        })
+        .collect()
+}

@@ -1,0 +1,8 @@
+//! Integration tests of the server, against real PostgreSQL and Redis (one database and one
+//! Redis namespace per test). `make test` starts the services and installs grpcurl.
+
+mod create_user;
+mod e2e;
+mod helpers;
+mod outbox;
+mod pipeline;
