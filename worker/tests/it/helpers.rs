@@ -1,0 +1,182 @@
+//! Workers with recording handlers, and publishing straight to the streams.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use simplebank_core::{
+    redis_client,
+    task::{GROUP, Publisher, QueueName, Task, TaskPayload},
+    testing::TestRedis,
+};
+use simplebank_worker::{
+    ConsumerSettings, Handler, HandlerError, Handlers, Worker, handler::BoxFuture,
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A no-op task type for queue tests.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Noop {
+    pub n: u32,
+}
+
+impl TaskPayload for Noop {
+    const TYPE: &'static str = "test:noop";
+    const QUEUE: &'static str = "default";
+    const MAX_RETRY: u32 = 3;
+    const TIMEOUT: Duration = Duration::from_secs(30);
+}
+
+/// What a recording handler does on each call, by how many times it saw the task before.
+pub type Behaviour = Arc<dyn Fn(u32) -> Result<(), &'static str> + Send + Sync>;
+
+/// Counts every run of every task id, by consumer; optionally sleeps, fails or panics.
+#[derive(Clone)]
+pub struct Recorder {
+    pub runs: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    consumer: String,
+    delay: Duration,
+    behaviour: Behaviour,
+}
+
+impl Recorder {
+    pub fn new() -> Self {
+        Self {
+            runs: Arc::default(),
+            consumer: String::new(),
+            delay: Duration::ZERO,
+            behaviour: Arc::new(|_| Ok(())),
+        }
+    }
+
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    pub fn with_behaviour(mut self, behaviour: Behaviour) -> Self {
+        self.behaviour = behaviour;
+        self
+    }
+
+    /// The same records, attributed to `consumer`.
+    pub fn for_consumer(&self, consumer: &str) -> Self {
+        Self {
+            consumer: consumer.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    pub fn total_runs(&self) -> usize {
+        self.runs.lock().expect("lock").values().map(Vec::len).sum()
+    }
+
+    pub fn distinct(&self) -> usize {
+        self.runs.lock().expect("lock").len()
+    }
+}
+
+impl Handler for Recorder {
+    fn handle<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let seen_before = {
+                let mut runs = self.runs.lock().expect("lock");
+                let entry = runs.entry(task.id.clone()).or_default();
+                entry.push(self.consumer.clone());
+                u32::try_from(entry.len() - 1).expect("small")
+            };
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
+            (self.behaviour)(seen_before).map_err(HandlerError::new)
+        })
+    }
+}
+
+pub fn settings(consumer: &str) -> ConsumerSettings {
+    let mut settings = ConsumerSettings::new(consumer);
+    settings.block = Duration::from_millis(100);
+    settings
+}
+
+/// A worker running in this test's runtime.
+pub struct RunningWorker {
+    pub stop: CancellationToken,
+    pub handle: JoinHandle<()>,
+}
+
+impl RunningWorker {
+    pub fn start(redis: &TestRedis, settings: ConsumerSettings, handlers: Handlers) -> Self {
+        let worker = Worker::new(&redis.address, redis.namespace.clone(), settings, handlers)
+            .expect("worker config");
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let handle = tokio::spawn(async move {
+            worker.run(token).await.expect("worker runs");
+        });
+        Self { stop, handle }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.handle.await.expect("worker task");
+    }
+}
+
+pub fn publisher(redis: &TestRedis) -> Publisher {
+    let conn = redis_client::lazy_manager(redis.client(), redis_client::RESPONSE_TIMEOUT)
+        .expect("connection manager");
+    Publisher::new(conn, redis.keys())
+}
+
+/// Publishes `n` no-op tasks with one pipelined request; returns their ids.
+pub async fn publish_noops(redis: &TestRedis, n: u32) -> Vec<String> {
+    let stream = redis
+        .keys()
+        .stream(&QueueName::parse(Noop::QUEUE).expect("queue"));
+    let mut pipe = redis::pipe();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let task = Task::new(&Noop { n: i }).expect("task");
+        pipe.cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg(simplebank_core::task::fields::encode(&task))
+            .ignore();
+        ids.push(task.id);
+    }
+    pipe.query_async::<()>(&mut redis.conn().await)
+        .await
+        .expect("XADD pipeline");
+    ids
+}
+
+/// Stream length and pending count of `queue`'s stream.
+pub async fn stream_state(redis: &TestRedis, queue: &str) -> (usize, usize) {
+    let stream = redis
+        .keys()
+        .stream(&QueueName::parse(queue).expect("queue"));
+    let mut conn = redis.conn().await;
+    let len: usize = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .expect("XLEN");
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg(GROUP)
+        .query_async(&mut conn)
+        .await
+        .expect("XPENDING");
+    let count = match pending {
+        redis::Value::Array(items) => items
+            .first()
+            .and_then(|v| redis::from_redis_value_ref::<usize>(v).ok())
+            .unwrap_or(0),
+        _ => 0,
+    };
+    (len, count)
+}

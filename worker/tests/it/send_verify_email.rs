@@ -1,0 +1,108 @@
+//! The send_verify_email handler: one record and one email per task, even when delivered twice.
+
+use std::{sync::Arc, time::Duration};
+
+use simplebank_core::{
+    domain::NewUser,
+    secret::Secret,
+    task::{Task, TaskPayload},
+    tasks::SendVerifyEmail,
+    testing::{TempDir, TestDb, TestRedis, eventually},
+};
+use simplebank_worker::{Handlers, handlers::SendVerifyEmailHandler, mail::FileMailer};
+
+use crate::helpers::{RunningWorker, publisher, settings, stream_state};
+
+async fn user_with_task(db: &TestDb, username: &str, email: &str) -> Task {
+    let user = NewUser::parse(username, "Alice Liddell", email, "secret-password".into())
+        .expect("valid user");
+    let task = Task::new(&SendVerifyEmail {
+        username: username.into(),
+    })
+    .expect("task");
+    db.store
+        .create_user(
+            &user,
+            &Secret::new("$argon2id$not-a-real-hash".into()),
+            &task,
+        )
+        .await
+        .expect("user stored");
+    task
+}
+
+fn handlers(db: &TestDb, mail: &TempDir) -> Handlers {
+    Handlers::new().with(
+        SendVerifyEmail::TYPE,
+        SendVerifyEmailHandler::new(
+            db.store.clone(),
+            Arc::new(FileMailer::new(&mail.0)),
+            "Simple Bank <no-reply@simplebank.test>".into(),
+            "https://bank.example/verify".into(),
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_task_delivered_twice_gives_one_record_and_one_email() {
+    let (db, redis, mail) = (TestDb::create().await, TestRedis::new(), TempDir::new());
+    let task = user_with_task(&db, "alice", "alice@example.com").await;
+    let publisher = publisher(&redis);
+    // The same task twice, as a relay retry after a crash would publish it.
+    publisher.publish(&task).await.expect("publish");
+    publisher.publish(&task).await.expect("publish again");
+
+    let worker = RunningWorker::start(&redis, settings("mailer"), handlers(&db, &mail));
+    eventually("both deliveries processed", Duration::from_secs(15), || {
+        let redis = &redis;
+        async move { stream_state(redis, "critical").await == (0, 0) }
+    })
+    .await;
+    worker.stop().await;
+
+    let records = db.store.verify_emails_of("alice").await.expect("records");
+    assert_eq!(records.len(), 1, "one record for one task");
+    assert_eq!(records[0].task_id, task.id);
+    assert!(records[0].secret_code.len() >= 32);
+    assert!(
+        records[0]
+            .secret_code
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric())
+    );
+
+    let files = mail.files();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let message = std::fs::read_to_string(&files[0]).expect("email");
+    assert!(message.contains("\r\nTo: alice@example.com\r\n"));
+    assert!(message.contains(&format!(
+        "https://bank.example/verify?email_id={}&secret_code={}",
+        records[0].id, records[0].secret_code
+    )));
+}
+
+#[tokio::test]
+async fn different_tasks_get_different_codes() {
+    let (db, redis, mail) = (TestDb::create().await, TestRedis::new(), TempDir::new());
+    let first = user_with_task(&db, "alice", "alice@example.com").await;
+    let second = Task::new(&SendVerifyEmail {
+        username: "alice".into(),
+    })
+    .expect("task");
+    let publisher = publisher(&redis);
+    publisher.publish(&first).await.expect("publish");
+    publisher.publish(&second).await.expect("publish");
+
+    let worker = RunningWorker::start(&redis, settings("mailer"), handlers(&db, &mail));
+    eventually("both processed", Duration::from_secs(15), || {
+        let redis = &redis;
+        async move { stream_state(redis, "critical").await == (0, 0) }
+    })
+    .await;
+    worker.stop().await;
+
+    let records = db.store.verify_emails_of("alice").await.expect("records");
+    assert_eq!(records.len(), 2);
+    assert_ne!(records[0].secret_code, records[1].secret_code);
+    assert_eq!(mail.files().len(), 2);
+}

@@ -1,0 +1,87 @@
+//! Graceful shutdown: running tasks finish and are acked; tasks past the shutdown timeout are
+//! not acked and stay pending for another worker.
+
+use std::time::Duration;
+
+use simplebank_core::{
+    task::TaskPayload,
+    testing::{TestRedis, eventually},
+};
+use simplebank_worker::Handlers;
+
+use crate::helpers::{Noop, Recorder, RunningWorker, publish_noops, settings, stream_state};
+
+#[tokio::test]
+async fn running_tasks_finish_and_are_acked_on_shutdown() {
+    let redis = TestRedis::new();
+    let recorder = Recorder::new().with_delay(Duration::from_millis(300));
+    let worker = RunningWorker::start(
+        &redis,
+        settings("graceful"),
+        Handlers::new().with(Noop::TYPE, recorder.clone()),
+    );
+    publish_noops(&redis, 3).await;
+    let seen = recorder.clone();
+    eventually("three tasks running", Duration::from_secs(10), move || {
+        let n = seen.total_runs();
+        async move { n == 3 }
+    })
+    .await;
+
+    worker.stop().await; // returns only after the running tasks finished
+    assert_eq!(
+        stream_state(&redis, "default").await,
+        (0, 0),
+        "all three acked"
+    );
+}
+
+#[tokio::test]
+async fn tasks_past_the_shutdown_timeout_stay_pending_and_unacked() {
+    let redis = TestRedis::new();
+    let recorder = Recorder::new().with_delay(Duration::from_secs(30));
+    let mut stuck_settings = settings("stuck");
+    stuck_settings.shutdown_timeout = Duration::from_millis(200);
+    let worker = RunningWorker::start(
+        &redis,
+        stuck_settings,
+        Handlers::new().with(Noop::TYPE, recorder.clone()),
+    );
+    publish_noops(&redis, 2).await;
+    let seen = recorder.clone();
+    eventually("two tasks running", Duration::from_secs(10), move || {
+        let n = seen.total_runs();
+        async move { n == 2 }
+    })
+    .await;
+
+    tokio::time::timeout(Duration::from_secs(5), worker.stop())
+        .await
+        .expect("the worker stops at the shutdown timeout, not when the tasks end");
+    assert_eq!(
+        stream_state(&redis, "default").await,
+        (2, 2),
+        "both still pending"
+    );
+
+    // Another worker takes them over after the visibility timeout and finishes them.
+    let mut takeover = settings("takeover");
+    takeover.visibility_timeout = Duration::from_millis(200);
+    let finisher = Recorder::new();
+    let worker = RunningWorker::start(
+        &redis,
+        takeover,
+        Handlers::new().with(Noop::TYPE, finisher.clone()),
+    );
+    eventually(
+        "the other worker finished both",
+        Duration::from_secs(10),
+        || {
+            let redis = &redis;
+            async move { stream_state(redis, "default").await == (0, 0) }
+        },
+    )
+    .await;
+    assert_eq!(finisher.distinct(), 2);
+    worker.stop().await;
+}
