@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs the server and one worker in the foreground; Ctrl-C (or SIGTERM) stops both gracefully.
+# Each runs in a session of its own, so Ctrl-C reaches only this script, which forwards one
+# SIGTERM to each (the worker treats a second signal as "exit now").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-./target/debug/simplebank-server &
+setsid ./target/debug/simplebank-server &
 server=$!
-./target/debug/simplebank-worker &
+setsid ./target/debug/simplebank-worker &
 worker=$!
 
 stop() {
