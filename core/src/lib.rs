@@ -5,6 +5,7 @@
 //! - [`task`]: the task envelope, its Redis Streams encoding, the key layout and the publisher.
 //! - [`tasks`]: the task types this project defines (`send_verify_email`).
 //! - [`outbox`]: publishing committed outbox rows to Redis, once per row, safe with many servers.
+//! - [`report`]: an error and its causes as one line, for logs.
 //! - [`config`]: reading the environment (and `app.env`) with errors naming the variable.
 //!
 //! The crate is a library for embedding: the server and the worker are thin users of it.
@@ -14,6 +15,7 @@ pub mod domain;
 pub mod outbox;
 pub mod password;
 pub mod redis_client;
+pub mod report;
 pub mod secret;
 pub mod store;
 pub mod task;

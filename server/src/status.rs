@@ -3,6 +3,7 @@
 
 use std::error::Error;
 
+pub use simplebank_core::report::chain;
 use simplebank_core::{domain::ValidationError, store::StoreError};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -36,16 +37,4 @@ pub fn from_store(err: StoreError) -> Status {
 pub fn internal(err: &dyn Error) -> Status {
     tracing::error!(error = %chain(err), "internal error");
     Status::internal("internal error")
-}
-
-/// `err` and its sources, joined with ": ".
-pub fn chain(err: &dyn Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

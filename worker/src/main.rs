@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use simplebank_core::config;
+use simplebank_core::{config, report};
 use simplebank_observability::LogFormat;
 use simplebank_worker::WorkerConfig;
 use tokio_util::sync::CancellationToken;
@@ -29,13 +29,7 @@ async fn main() -> ExitCode {
     match simplebank_worker::run(config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let mut message = err.to_string();
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            tracing::error!(error = %message, "simplebank-worker failed");
+            tracing::error!(error = %report::chain(&err), "simplebank-worker failed");
             ExitCode::FAILURE
         }
     }

@@ -3,12 +3,16 @@
 use std::{sync::Arc, time::Duration};
 
 use simplebank_core::{
+    redis_client,
     task::{GROUP, QueueName, TaskPayload},
-    testing::{TestRedis, eventually},
+    testing::TestRedis,
 };
-use simplebank_worker::Handlers;
+use simplebank_worker::{Handlers, group};
 
-use crate::helpers::{Noop, Recorder, RunningWorker, publish_noops, settings, stream_state};
+use crate::helpers::{
+    Noop, Recorder, RunningWorker, publish_noops, settings, stream_state, wait_for_runs,
+    wait_until_drained,
+};
 
 #[tokio::test]
 async fn two_workers_process_each_of_1000_tasks_exactly_once() {
@@ -26,18 +30,9 @@ async fn two_workers_process_each_of_1000_tasks_exactly_once() {
         .collect();
     let ids = publish_noops(&redis, 1000).await;
 
-    let seen = recorder.clone();
-    eventually("1000 tasks processed", Duration::from_secs(60), move || {
-        let n = seen.distinct();
-        async move { n == 1000 }
-    })
-    .await;
+    wait_for_runs(&recorder, 1000, true).await;
     // Let acks land, then check nothing ran twice and nothing is left.
-    eventually("stream and PEL are empty", Duration::from_secs(10), || {
-        let redis = &redis;
-        async move { stream_state(redis, "default").await == (0, 0) }
-    })
-    .await;
+    wait_until_drained(&redis, "default").await;
     for worker in workers {
         worker.stop().await;
     }
@@ -68,29 +63,15 @@ async fn an_entry_left_pending_by_a_vanished_consumer_is_taken_over() {
     let mut worker_settings = settings("survivor");
     worker_settings.visibility_timeout = Duration::from_millis(300);
 
-    // Create the group, then have a consumer read the entry and vanish without acking.
-    let starter = RunningWorker::start(
-        &redis,
-        settings("starter"),
-        Handlers::new(), // no handlers: it only creates the group
-    );
-    let stream = redis
-        .keys()
-        .stream(&QueueName::parse("default").expect("queue"));
+    // The group exists; a consumer reads the entry and vanishes without acking.
+    let queue = QueueName::parse("default").expect("queue");
+    let stream = redis.keys().stream(&queue);
+    let mut manager =
+        redis_client::lazy_manager(redis.client(), redis_client::RESPONSE_TIMEOUT).expect("conn");
+    group::ensure(&mut manager, &redis.keys(), &[queue])
+        .await
+        .expect("create the group");
     let mut conn = redis.conn().await;
-    simplebank_core::testing::eventually("the group exists", Duration::from_secs(10), || {
-        let (stream, mut conn) = (stream.clone(), conn.clone());
-        async move {
-            redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(&stream)
-                .query_async::<redis::Value>(&mut conn)
-                .await
-                .is_ok()
-        }
-    })
-    .await;
-    starter.stop().await;
     let ids = publish_noops(&redis, 1).await;
     let _: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
@@ -115,25 +96,8 @@ async fn an_entry_left_pending_by_a_vanished_consumer_is_taken_over() {
         worker_settings,
         Handlers::new().with(Noop::TYPE, recorder.clone()),
     );
-    let seen = recorder.clone();
-    eventually(
-        "the survivor ran the ghost's task",
-        Duration::from_secs(10),
-        move || {
-            let n = seen.total_runs();
-            async move { n == 1 }
-        },
-    )
-    .await;
-    eventually(
-        "the entry is acked and deleted",
-        Duration::from_secs(10),
-        || {
-            let redis = &redis;
-            async move { stream_state(redis, "default").await == (0, 0) }
-        },
-    )
-    .await;
+    wait_for_runs(&recorder, 1, false).await;
+    wait_until_drained(&redis, "default").await;
     worker.stop().await;
     assert_eq!(recorder.runs.lock().expect("lock")[&ids[0]].len(), 1);
 }
@@ -156,29 +120,12 @@ async fn a_failed_or_panicking_attempt_stays_pending_and_runs_again() {
     );
     let ids = publish_noops(&redis, 1).await;
 
-    eventually(
-        "the task succeeded on its third run",
-        Duration::from_secs(15),
-        || {
-            let redis = &redis;
-            async move { stream_state(redis, "default").await == (0, 0) }
-        },
-    )
-    .await;
+    wait_until_drained(&redis, "default").await;
     assert_eq!(recorder.runs.lock().expect("lock")[&ids[0]].len(), 3);
 
     // The worker survived the panic: it still processes new tasks.
     let more = publish_noops(&redis, 5).await;
-    let seen = recorder.clone();
-    eventually(
-        "new tasks processed after the panic",
-        Duration::from_secs(10),
-        move || {
-            let n = seen.distinct();
-            async move { n == 6 }
-        },
-    )
-    .await;
+    wait_for_runs(&recorder, 6, true).await;
     assert!(
         more.iter()
             .all(|id| recorder.runs.lock().expect("lock").contains_key(id))

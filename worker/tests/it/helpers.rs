@@ -9,7 +9,7 @@ use std::{
 use simplebank_core::{
     redis_client,
     task::{GROUP, Publisher, QueueName, Task, TaskPayload},
-    testing::TestRedis,
+    testing::{TestRedis, eventually},
 };
 use simplebank_worker::{
     ConsumerSettings, Handler, HandlerError, Handlers, Worker, handler::BoxFuture,
@@ -152,6 +152,29 @@ pub async fn publish_noops(redis: &TestRedis, n: u32) -> Vec<String> {
         .await
         .expect("XADD pipeline");
     ids
+}
+
+/// Waits until `queue`'s stream is empty and nothing is pending: every task finished and acked.
+pub async fn wait_until_drained(redis: &TestRedis, queue: &str) {
+    eventually(
+        &format!("{queue} is drained and acked"),
+        Duration::from_secs(30),
+        || async move { stream_state(redis, queue).await == (0, 0) },
+    )
+    .await;
+}
+
+/// Waits until `recorder` has counted `n` runs (all deliveries, or distinct tasks).
+pub async fn wait_for_runs(recorder: &Recorder, n: usize, distinct: bool) {
+    eventually(&format!("{n} runs"), Duration::from_secs(60), || {
+        let seen = if distinct {
+            recorder.distinct()
+        } else {
+            recorder.total_runs()
+        };
+        async move { seen == n }
+    })
+    .await;
 }
 
 /// Stream length and pending count of `queue`'s stream.

@@ -1,17 +1,17 @@
 //! The send_verify_email handler: one record and one email per task, even when delivered twice.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use simplebank_core::{
     domain::NewUser,
     secret::Secret,
     task::{Task, TaskPayload},
     tasks::SendVerifyEmail,
-    testing::{TempDir, TestDb, TestRedis, eventually},
+    testing::{TempDir, TestDb, TestRedis},
 };
 use simplebank_worker::{Handlers, handlers::SendVerifyEmailHandler, mail::FileMailer};
 
-use crate::helpers::{RunningWorker, publisher, settings, stream_state};
+use crate::helpers::{RunningWorker, publisher, settings, wait_until_drained};
 
 async fn user_with_task(db: &TestDb, username: &str, email: &str) -> Task {
     let user = NewUser::parse(username, "Alice Liddell", email, "secret-password".into())
@@ -53,11 +53,7 @@ async fn a_task_delivered_twice_gives_one_record_and_one_email() {
     publisher.publish(&task).await.expect("publish again");
 
     let worker = RunningWorker::start(&redis, settings("mailer"), handlers(&db, &mail));
-    eventually("both deliveries processed", Duration::from_secs(15), || {
-        let redis = &redis;
-        async move { stream_state(redis, "critical").await == (0, 0) }
-    })
-    .await;
+    wait_until_drained(&redis, "critical").await;
     worker.stop().await;
 
     let records = db.store.verify_emails_of("alice").await.expect("records");
@@ -94,11 +90,7 @@ async fn different_tasks_get_different_codes() {
     publisher.publish(&second).await.expect("publish");
 
     let worker = RunningWorker::start(&redis, settings("mailer"), handlers(&db, &mail));
-    eventually("both processed", Duration::from_secs(15), || {
-        let redis = &redis;
-        async move { stream_state(redis, "critical").await == (0, 0) }
-    })
-    .await;
+    wait_until_drained(&redis, "critical").await;
     worker.stop().await;
 
     let records = db.store.verify_emails_of("alice").await.expect("records");

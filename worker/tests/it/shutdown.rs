@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use simplebank_core::{
-    task::TaskPayload,
-    testing::{TestRedis, eventually},
-};
+use simplebank_core::{task::TaskPayload, testing::TestRedis};
 use simplebank_worker::Handlers;
 
-use crate::helpers::{Noop, Recorder, RunningWorker, publish_noops, settings, stream_state};
+use crate::helpers::{
+    Noop, Recorder, RunningWorker, publish_noops, settings, stream_state, wait_for_runs,
+    wait_until_drained,
+};
 
 #[tokio::test]
 async fn running_tasks_finish_and_are_acked_on_shutdown() {
@@ -21,12 +21,7 @@ async fn running_tasks_finish_and_are_acked_on_shutdown() {
         Handlers::new().with(Noop::TYPE, recorder.clone()),
     );
     publish_noops(&redis, 3).await;
-    let seen = recorder.clone();
-    eventually("three tasks running", Duration::from_secs(10), move || {
-        let n = seen.total_runs();
-        async move { n == 3 }
-    })
-    .await;
+    wait_for_runs(&recorder, 3, false).await;
 
     worker.stop().await; // returns only after the running tasks finished
     assert_eq!(
@@ -48,12 +43,7 @@ async fn tasks_past_the_shutdown_timeout_stay_pending_and_unacked() {
         Handlers::new().with(Noop::TYPE, recorder.clone()),
     );
     publish_noops(&redis, 2).await;
-    let seen = recorder.clone();
-    eventually("two tasks running", Duration::from_secs(10), move || {
-        let n = seen.total_runs();
-        async move { n == 2 }
-    })
-    .await;
+    wait_for_runs(&recorder, 2, false).await;
 
     tokio::time::timeout(Duration::from_secs(5), worker.stop())
         .await
@@ -73,15 +63,7 @@ async fn tasks_past_the_shutdown_timeout_stay_pending_and_unacked() {
         takeover,
         Handlers::new().with(Noop::TYPE, finisher.clone()),
     );
-    eventually(
-        "the other worker finished both",
-        Duration::from_secs(10),
-        || {
-            let redis = &redis;
-            async move { stream_state(redis, "default").await == (0, 0) }
-        },
-    )
-    .await;
+    wait_until_drained(&redis, "default").await;
     assert_eq!(finisher.distinct(), 2);
     worker.stop().await;
 }
