@@ -52,6 +52,11 @@ async fn relay(
     for (id, task) in &batch.rows {
         match publisher.publish(task).await {
             Ok(_) => published.push(*id),
+            // Its uniqueness rule refuses it: that is the producer's intent, not a failure.
+            Err(PublishError::Conflict { task_id, what }) => {
+                tracing::info!(%task_id, what, "outbox task dropped: a task with the same lock is live");
+                published.push(*id);
+            }
             Err(err) => {
                 failure = Some(err);
                 break;

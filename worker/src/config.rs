@@ -2,6 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use crate::backoff::Backoff;
 use simplebank_core::{
     config::{self, CommonConfig, ConfigError},
     task::{QueueName, keys::DEFAULT_QUEUES},
@@ -16,8 +17,10 @@ pub struct ConsumerSettings {
     pub queues: Vec<(QueueName, u32)>,
     /// `WORKER_STRICT_PRIORITY`, default false: always serve the heaviest non-empty queue first.
     pub strict_priority: bool,
-    /// `WORKER_VISIBILITY_TIMEOUT`, default 2m: how long an entry may stay pending with its
-    /// consumer before another worker takes it over. Keep it above the longest task timeout.
+    /// `WORKER_VISIBILITY_TIMEOUT`, default 60s: how long an entry may stay pending with its
+    /// consumer, without a lease renewal, before another worker takes it over. Running tasks
+    /// renew their lease every third of it, so it bounds how long a crashed worker's tasks
+    /// wait, not how long a task may run.
     pub visibility_timeout: Duration,
     /// `WORKER_SHUTDOWN_TIMEOUT`, default 10s: how long in-flight tasks may take to finish
     /// after SIGINT/SIGTERM. Unfinished ones stay pending for another worker.
@@ -26,6 +29,8 @@ pub struct ConsumerSettings {
     pub consumer_name: String,
     /// How long one blocking read waits when every queue is empty (1s).
     pub block: Duration,
+    /// `WORKER_RETRY_BASE_DELAY` (1s) and `WORKER_RETRY_MAX_DELAY` (10m): retry backoff.
+    pub backoff: Backoff,
 }
 
 impl ConsumerSettings {
@@ -41,11 +46,11 @@ impl ConsumerSettings {
             }
         };
         let visibility_timeout =
-            config::duration_or("WORKER_VISIBILITY_TIMEOUT", Duration::from_secs(120))?;
-        if visibility_timeout < Duration::from_millis(100) {
+            config::duration_or("WORKER_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT)?;
+        if visibility_timeout < Duration::from_millis(300) {
             return Err(ConfigError::new(
                 "WORKER_VISIBILITY_TIMEOUT",
-                "must be at least 100ms",
+                "must be at least 300ms (leases are renewed every third of it)",
             ));
         }
         Ok(Self {
@@ -62,6 +67,18 @@ impl ConsumerSettings {
                 None => default_consumer_name(),
             },
             block: Duration::from_secs(1),
+            backoff: {
+                let defaults = Backoff::default();
+                let base = config::duration_or("WORKER_RETRY_BASE_DELAY", defaults.base)?;
+                let max = config::duration_or("WORKER_RETRY_MAX_DELAY", defaults.max)?;
+                if base.is_zero() || max < base {
+                    return Err(ConfigError::new(
+                        "WORKER_RETRY_MAX_DELAY",
+                        "must be at least WORKER_RETRY_BASE_DELAY, which must be above zero",
+                    ));
+                }
+                Backoff { base, max }
+            },
         })
     }
 
@@ -71,10 +88,11 @@ impl ConsumerSettings {
             concurrency: 10,
             queues: default_queues(),
             strict_priority: false,
-            visibility_timeout: Duration::from_secs(120),
+            visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
             shutdown_timeout: Duration::from_secs(10),
             consumer_name: consumer_name.into(),
             block: Duration::from_secs(1),
+            backoff: Backoff::default(),
         }
     }
 
@@ -82,6 +100,12 @@ impl ConsumerSettings {
     /// at most 30 s.
     pub fn reclaim_interval(&self) -> Duration {
         (self.visibility_timeout / 2).min(Duration::from_secs(30))
+    }
+
+    /// How often a running task renews its lease: a third of the visibility timeout, so two
+    /// renewals can fail before another worker may take the task over.
+    pub fn renew_interval(&self) -> Duration {
+        self.visibility_timeout / 3
     }
 }
 
@@ -123,6 +147,9 @@ pub fn parse_queues(raw: &str) -> Result<Vec<(QueueName, u32)>, String> {
     }
     Ok(queues)
 }
+
+/// Default of `WORKER_VISIBILITY_TIMEOUT`.
+pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Everything `worker::run` needs.
 #[derive(Debug, Clone)]

@@ -1,19 +1,41 @@
-//! Running one entry: decode it, find its handler, run it with the task's timeout in a task of
-//! its own (so a panic is caught as a failure, not a dead worker), then acknowledge and delete
-//! the entry if it succeeded.
+//! Running one entry and settling it. The handler runs in a task of its own (a panic is a
+//! failed attempt, not a dead worker), under the task's timeout or deadline, while its lease is
+//! renewed every third of the visibility timeout. Then exactly one of:
 //!
-//! An attempt that did not succeed (error, timeout, panic, undecodable entry, unknown type)
-//! leaves the entry pending: after the visibility timeout the reclaim loop of some worker takes
-//! it over and runs it again. Nothing is acknowledged that did not finish.
+//! | outcome | action (one script each, see `simplebank_core::task::scripts`) |
+//! |---|---|
+//! | success | FINISH: ack, delete, release the uniqueness lock |
+//! | failure, attempts left | RETRY: ack, delete, schedule attempt + 1 at now + backoff |
+//! | "not a failure" | RETRY with the same attempt number |
+//! | failure, no attempts left; "skip retry"; deadline passed | KILL: to the dead letters |
+//! | undecodable entry, unknown type, delivered too often (crash loop) | KILL at once |
+//! | shutdown timeout passed | nothing: the entry stays pending for another worker |
+//!
+//! If Redis fails while settling, the entry stays pending and is taken over later: the task
+//! may run again (at least once), it is never lost.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use redis::{aio::ConnectionManager, streams::StreamId};
-use simplebank_core::task::{Keys, QueueName, fields};
+use redis::{Value, aio::ConnectionManager, streams::StreamId};
+use simplebank_core::{
+    report,
+    task::{
+        GROUP, Keys, QueueName, Task,
+        dead::{dead_fields, poison_fields},
+        fields, now_ms, scripts,
+    },
+};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{ack, handler::Handlers};
+use crate::{
+    backoff::Backoff,
+    handler::{FailureKind, Handlers},
+};
 
 /// Runs entries; shared by the fetch loop and the reclaim loop.
 #[derive(Debug)]
@@ -21,6 +43,10 @@ pub struct Dispatcher {
     pub conn: ConnectionManager,
     pub keys: Keys,
     pub handlers: Handlers,
+    pub consumer: String,
+    /// How often a running task's lease is renewed (a third of the visibility timeout).
+    pub renew_every: Duration,
+    pub backoff: Backoff,
     /// Every running entry; shutdown waits on it.
     pub tracker: TaskTracker,
     /// Cancelled when the shutdown timeout passes: unfinished handlers are aborted and their
@@ -28,78 +54,127 @@ pub struct Dispatcher {
     pub abandon: CancellationToken,
 }
 
+/// How an attempt ended, when it did not succeed.
+struct Failure {
+    kind: FailureKind,
+    message: String,
+}
+
+impl Failure {
+    fn retry(message: impl Into<String>) -> Self {
+        Self {
+            kind: FailureKind::Retry,
+            message: message.into(),
+        }
+    }
+}
+
 impl Dispatcher {
     /// Runs `entry` in the background, holding `permit` (a concurrency slot) until done.
+    /// `deliveries` is Redis' delivery count when known (reclaimed entries).
     pub fn spawn(
         self: &Arc<Self>,
         queue: QueueName,
         entry: StreamId,
+        deliveries: Option<u64>,
         permit: OwnedSemaphorePermit,
     ) {
         let this = Arc::clone(self);
         self.tracker.spawn(async move {
-            this.process(queue, entry).await;
+            this.process(queue, entry, deliveries).await;
             drop(permit);
         });
     }
 
-    async fn process(&self, queue: QueueName, entry: StreamId) {
+    async fn process(&self, queue: QueueName, entry: StreamId, deliveries: Option<u64>) {
         let stream = self.keys.stream(&queue);
         let task = match fields::decode(queue.clone(), &entry.map) {
-            Ok(task) => Arc::new(task),
+            Ok(task) => task,
             Err(err) => {
-                tracing::error!(
-                    queue = %queue, entry_id = %entry.id, reason = %err,
-                    "undecodable entry; left pending"
-                );
+                let reason = format!("undecodable entry: {err}");
+                self.kill_poison(&stream, &queue, &entry.id, &entry.map, &reason)
+                    .await;
                 return;
             }
         };
         let Some(handler) = self.handlers.get(&task.kind) else {
-            tracing::error!(
-                queue = %queue, entry_id = %entry.id, task_id = %task.id, task_type = %task.kind,
-                "no handler for this task type; left pending"
-            );
+            let reason = format!("no handler for task type {:?}", task.kind);
+            self.kill(&stream, &entry.id, task, &reason, false).await;
             return;
         };
-
-        let started = Instant::now();
-        let running = Arc::clone(&task);
-        let mut attempt = tokio::spawn(async move { handler.handle(&running).await });
-        let outcome = tokio::select! {
-            () = self.abandon.cancelled() => {
-                attempt.abort();
-                tracing::warn!(
-                    task_id = %task.id, task_type = %task.kind,
-                    "shutdown timeout passed; task left pending for another worker"
-                );
+        if let Some(deliveries) = deliveries
+            && deliveries > u64::from(task.max_retry) + 1
+        {
+            let reason = format!(
+                "delivered {deliveries} times without finishing: its worker crashed or hung each time"
+            );
+            self.kill(&stream, &entry.id, task, &reason, true).await;
+            return;
+        }
+        let mut timeout = task.timeout();
+        if let Some(deadline) = task.deadline {
+            let left = deadline.saturating_sub(now_ms());
+            if left <= 0 {
+                self.kill(&stream, &entry.id, task, "deadline exceeded", false)
+                    .await;
                 return;
             }
-            outcome = tokio::time::timeout(task.timeout(), &mut attempt) => outcome,
-        };
-        let failure = match outcome {
-            Ok(Ok(Ok(()))) => None,
-            Ok(Ok(Err(err))) => Some(err.to_string()),
-            Ok(Err(join)) if join.is_panic() => Some("handler panicked".to_owned()),
-            Ok(Err(join)) => Some(join.to_string()),
-            Err(_) => {
-                attempt.abort();
-                Some(format!("timed out after {} ms", task.timeout_ms))
+            timeout = timeout.min(Duration::from_millis(u64::try_from(left).unwrap_or(0)));
+        }
+
+        let started = Instant::now();
+        let running = Arc::new(task.clone());
+        let mut attempt = tokio::spawn(async move { handler.handle(&running).await });
+        let mut renew = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.renew_every,
+            self.renew_every,
+        );
+        let cutoff = tokio::time::sleep(timeout);
+        tokio::pin!(cutoff);
+        let outcome = loop {
+            tokio::select! {
+                () = self.abandon.cancelled() => {
+                    attempt.abort();
+                    tracing::warn!(
+                        task_id = %task.id, task_type = %task.kind,
+                        "shutdown timeout passed; task left pending for another worker"
+                    );
+                    return;
+                }
+                () = &mut cutoff => {
+                    attempt.abort();
+                    break Err(Failure::retry(format!("timed out after {} ms", timeout.as_millis())));
+                }
+                joined = &mut attempt => break match joined {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(err)) => Err(Failure { kind: err.kind, message: err.to_string() }),
+                    Err(join) if join.is_panic() => Err(Failure::retry("handler panicked")),
+                    Err(join) => Err(Failure::retry(join.to_string())),
+                },
+                _ = renew.tick() => self.renew(&stream, &entry.id, &task).await,
             }
         };
         let duration_ms = started.elapsed().as_secs_f64() * 1_000.0;
-        if let Some(error) = failure {
-            tracing::warn!(
-                task_id = %task.id, task_type = %task.kind, queue = %queue, attempt = task.attempt,
-                duration_ms, error = %error,
-                "task failed; it stays pending and runs again after the visibility timeout"
-            );
-            return;
+        match outcome {
+            Ok(()) => self.finish(&stream, &entry.id, &task, duration_ms).await,
+            Err(failure) => self.fail(&stream, &entry.id, task, failure).await,
         }
-        match ack::ack_and_delete(&mut self.conn.clone(), &stream, &entry.id).await {
-            Ok(()) => tracing::info!(
-                task_id = %task.id, task_type = %task.kind, queue = %queue, duration_ms,
-                "processed task"
+    }
+
+    async fn finish(&self, stream: &str, entry_id: &str, task: &Task, duration_ms: f64) {
+        let settled: redis::RedisResult<i64> = scripts::FINISH
+            .key(stream)
+            .key(self.keys.unique(task.unique.as_deref()))
+            .arg(GROUP)
+            .arg(entry_id)
+            .arg(&task.id)
+            .arg(lock_flag(task))
+            .invoke_async(&mut self.conn.clone())
+            .await;
+        match settled {
+            Ok(_) => tracing::info!(
+                task_id = %task.id, task_type = %task.kind, queue = %task.queue,
+                attempt = task.attempt, duration_ms, "processed task"
             ),
             Err(err) => tracing::warn!(
                 task_id = %task.id, error = %err,
@@ -107,4 +182,139 @@ impl Dispatcher {
             ),
         }
     }
+
+    async fn fail(&self, stream: &str, entry_id: &str, task: Task, failure: Failure) {
+        let out_of_attempts = failure.kind == FailureKind::Retry && task.attempt > task.max_retry;
+        if failure.kind == FailureKind::SkipRetry || out_of_attempts {
+            self.kill(stream, entry_id, task, &failure.message, true)
+                .await;
+            return;
+        }
+        let delay = self.backoff.delay(&task.id, task.attempt);
+        let mut next = task.clone();
+        next.first_failed_at.get_or_insert_with(now_ms);
+        next.last_error = Some(failure.message.clone());
+        if failure.kind == FailureKind::Retry {
+            next.attempt += 1;
+        }
+        let scheduled: redis::RedisResult<i64> = scripts::RETRY
+            .key(stream)
+            .key(self.keys.scheduled())
+            .arg(GROUP)
+            .arg(entry_id)
+            .arg(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
+            .arg(fields::scheduled_member(&next))
+            .invoke_async(&mut self.conn.clone())
+            .await;
+        match scheduled {
+            Ok(1) => tracing::warn!(
+                task_id = %task.id, task_type = %task.kind, queue = %task.queue,
+                attempt = task.attempt, max_retry = task.max_retry, retry_in_ms = delay.as_millis(),
+                counted = failure.kind == FailureKind::Retry, error = %failure.message,
+                "task failed; retry scheduled"
+            ),
+            Ok(_) => tracing::warn!(
+                task_id = %task.id, error = %failure.message,
+                "task failed, but its entry is no longer pending here (taken over); not rescheduled"
+            ),
+            Err(err) => tracing::warn!(
+                task_id = %task.id, error = %err,
+                "task failed and could not be rescheduled; it stays pending and will be taken over"
+            ),
+        }
+    }
+
+    /// Moves the task to the dead letters. `attempted`: whether this delivery ran the handler.
+    async fn kill(
+        &self,
+        stream: &str,
+        entry_id: &str,
+        mut task: Task,
+        reason: &str,
+        attempted: bool,
+    ) {
+        let now = now_ms();
+        let attempts = if attempted {
+            task.attempt
+        } else {
+            task.attempt.saturating_sub(1)
+        };
+        if attempted {
+            task.first_failed_at.get_or_insert(now);
+        }
+        let killed: redis::RedisResult<i64> = scripts::KILL
+            .key(stream)
+            .key(self.keys.dead())
+            .key(self.keys.unique(task.unique.as_deref()))
+            .arg(GROUP)
+            .arg(entry_id)
+            .arg(&task.id)
+            .arg(lock_flag(&task))
+            .arg(dead_fields(&task, reason, attempts, now))
+            .invoke_async(&mut self.conn.clone())
+            .await;
+        match killed {
+            Ok(_) => tracing::error!(
+                task_id = %task.id, task_type = %task.kind, queue = %task.queue, attempts,
+                reason, "task moved to the dead letters"
+            ),
+            Err(err) => tracing::warn!(
+                task_id = %task.id, error = %err,
+                "could not dead-letter the task; it stays pending"
+            ),
+        }
+    }
+
+    async fn kill_poison(
+        &self,
+        stream: &str,
+        queue: &QueueName,
+        entry_id: &str,
+        raw: &HashMap<String, Value>,
+        reason: &str,
+    ) {
+        let killed: redis::RedisResult<i64> = scripts::KILL
+            .key(stream)
+            .key(self.keys.dead())
+            .key(self.keys.unique(None))
+            .arg(GROUP)
+            .arg(entry_id)
+            .arg("")
+            .arg("0")
+            .arg(poison_fields(queue, raw, reason))
+            .invoke_async(&mut self.conn.clone())
+            .await;
+        match killed {
+            Ok(_) => {
+                tracing::error!(queue = %queue, entry_id, reason, "poison entry moved to the dead letters")
+            }
+            Err(err) => tracing::warn!(
+                entry_id, error = %report::chain(&err),
+                "could not dead-letter a poison entry; it stays pending"
+            ),
+        }
+    }
+
+    /// Keeps a long-running task from being taken over while this worker is alive.
+    async fn renew(&self, stream: &str, entry_id: &str, task: &Task) {
+        let renewed: redis::RedisResult<i64> = scripts::RENEW
+            .key(stream)
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(entry_id)
+            .invoke_async(&mut self.conn.clone())
+            .await;
+        match renewed {
+            Ok(1) => tracing::debug!(task_id = %task.id, "lease renewed"),
+            Ok(_) => tracing::warn!(
+                task_id = %task.id,
+                "lease lost: another worker took the task over; it may run twice"
+            ),
+            Err(err) => tracing::warn!(task_id = %task.id, error = %err, "lease renewal failed"),
+        }
+    }
+}
+
+fn lock_flag(task: &Task) -> &'static str {
+    if task.unique.is_some() { "1" } else { "0" }
 }

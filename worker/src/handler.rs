@@ -7,14 +7,50 @@ use simplebank_core::task::Task;
 /// A boxed, sendable future (what a [`Handler`] returns).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Why a handler failed. The message goes to the log: keep secrets and personal data out.
+/// Why a handler failed, and what the worker should do about it. The message goes to the log
+/// and the dead letters: keep secrets and personal data out of it.
 #[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct HandlerError(Box<dyn Error + Send + Sync>);
+#[error("{source}")]
+pub struct HandlerError {
+    source: Box<dyn Error + Send + Sync>,
+    pub kind: FailureKind,
+}
+
+/// What a failure means for the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// A failed attempt: retried with backoff until `max_retry` is used up, then dead.
+    Retry,
+    /// Retrying cannot help (asynq's SkipRetry): straight to the dead letters.
+    SkipRetry,
+    /// Not the task's fault (asynq's IsFailure = false): retried with backoff without using
+    /// up an attempt.
+    NotAFailure,
+}
 
 impl HandlerError {
+    /// A failed attempt, retried with backoff.
     pub fn new(err: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
-        Self(err.into())
+        Self {
+            source: err.into(),
+            kind: FailureKind::Retry,
+        }
+    }
+
+    /// A failure retrying cannot fix: the task goes to the dead letters at once.
+    pub fn skip_retry(err: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
+        Self {
+            source: err.into(),
+            kind: FailureKind::SkipRetry,
+        }
+    }
+
+    /// Not a failure of the task (a dependency is busy, say): retried later, attempt not counted.
+    pub fn not_a_failure(err: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
+        Self {
+            source: err.into(),
+            kind: FailureKind::NotAFailure,
+        }
     }
 }
 

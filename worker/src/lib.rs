@@ -4,14 +4,16 @@
 //! Each process:
 //! - reads new entries in weighted priority order ([`fetch`], [`priority`]);
 //! - runs each with its handler, at most `WORKER_CONCURRENCY` at a time ([`dispatch`]);
-//! - acknowledges and deletes an entry only when its handler succeeded ([`ack`]);
-//! - takes over entries left pending past the visibility timeout ([`reclaim`]);
+//! - settles each entry: done, retried with backoff, or dead-lettered ([`dispatch`]);
+//! - renews the lease of long tasks, and takes over entries left pending past the visibility
+//!   timeout by a crashed worker ([`reclaim`]);
+//! - promotes due delayed tasks and retries onto their streams ([`promote`]);
 //! - on shutdown stops reading, lets running tasks finish within the shutdown timeout, and
 //!   leaves the rest pending for another worker.
 //!
 //! [`run`] wires the project's handlers; [`Worker`] runs any [`Handlers`] (for embedding).
 
-pub mod ack;
+pub mod backoff;
 pub mod config;
 pub mod dispatch;
 pub mod fetch;
@@ -20,6 +22,7 @@ pub mod handler;
 pub mod handlers;
 pub mod mail;
 pub mod priority;
+pub mod promote;
 pub mod reclaim;
 
 use std::{sync::Arc, time::Duration};
@@ -122,9 +125,17 @@ impl Worker {
             conn: conn.clone(),
             keys: self.keys.clone(),
             handlers: self.handlers,
+            consumer: settings.consumer_name.clone(),
+            renew_every: settings.renew_interval(),
+            backoff: settings.backoff,
             tracker: TaskTracker::new(),
             abandon: CancellationToken::new(),
         });
+        let promoter = tokio::spawn(promote::run(
+            conn.clone(),
+            self.keys.clone(),
+            shutdown.clone(),
+        ));
         let reclaim = tokio::spawn(
             Reclaimer {
                 conn: conn.clone(),
@@ -156,7 +167,7 @@ impl Worker {
             &shutdown,
         )
         .await;
-        let _ = reclaim.await;
+        let _ = tokio::join!(reclaim, promoter);
 
         dispatcher.tracker.close();
         let running = dispatcher.tracker.len();
@@ -211,7 +222,7 @@ async fn fetch_loop(
                             Err(_) => return,
                         },
                     };
-                    dispatcher.spawn(queue, entry, permit);
+                    dispatcher.spawn(queue, entry, None, permit);
                 }
             }
             Err(err) => {

@@ -3,8 +3,12 @@
 //! paging the cursor until `0-0`, and run like new ones. Entries that were deleted from the
 //! stream while pending come back in XAUTOCLAIM's third reply element; Redis has already
 //! removed them from the pending list, so they are only counted in the log.
+//!
+//! The delivery counts of the claimed entries (one XPENDING per batch) go with them to the
+//! dispatcher, which dead-letters an entry delivered more than `max_retry + 1` times: a task
+//! that kills its worker every time cannot kill them all.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use redis::{
     aio::ConnectionManager,
@@ -76,8 +80,13 @@ impl Reclaimer {
                     "pending entries no longer in the stream were dropped by XAUTOCLAIM"
                 );
             }
+            let deliveries = self.delivery_counts(&stream, &reply.claimed).await;
             for entry in reply.claimed {
-                tracing::info!(queue = %queue, entry_id = %entry.id, "reclaimed a pending entry");
+                let delivered = deliveries.get(&entry.id).copied();
+                tracing::info!(
+                    queue = %queue, entry_id = %entry.id, deliveries = ?delivered,
+                    "reclaimed a pending entry"
+                );
                 let permit = match permits.pop() {
                     Some(permit) => permit,
                     None => match self.slots.clone().acquire_owned().await {
@@ -85,13 +94,39 @@ impl Reclaimer {
                         Err(_) => return Ok(()),
                     },
                 };
-                self.dispatcher.spawn(queue.clone(), entry, permit);
+                self.dispatcher
+                    .spawn(queue.clone(), entry, delivered, permit);
             }
             cursor = reply.next_stream_id;
             if cursor == "0-0" {
                 return Ok(());
             }
         }
+    }
+
+    /// Redis' delivery counter of each of `claimed` (now pending with this consumer).
+    async fn delivery_counts(
+        &mut self,
+        stream: &str,
+        claimed: &[redis::streams::StreamId],
+    ) -> HashMap<String, u64> {
+        let (Some(first), Some(last)) = (claimed.first(), claimed.last()) else {
+            return HashMap::new();
+        };
+        let pending: redis::RedisResult<Vec<(String, String, u64, u64)>> = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(GROUP)
+            .arg(&first.id)
+            .arg(&last.id)
+            .arg(claimed.len())
+            .arg(&self.consumer)
+            .query_async(&mut self.conn)
+            .await;
+        pending
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(id, _consumer, _idle, deliveries)| (id, deliveries))
+            .collect()
     }
 
     /// Waits for at least one free slot and takes every free one; `None` when stopping.

@@ -11,8 +11,13 @@
 //! | `enqueued_at` | creation time, ms since the Unix epoch                   |
 //! | `traceparent` | W3C trace context of the producer (absent when none)     |
 //! | `tracestate`  | W3C trace state (absent when none)                       |
+//! | `deadline`    | no attempt starts after it, ms since the epoch (optional)|
+//! | `unique`      | the lock held, `{ns}:unique:<unique>` (optional)         |
+//! | `first_failed_at` | end of the first failed attempt, ms (after a failure)|
+//! | `last_error`  | error of the last failed attempt (after a failure)       |
 //!
-//! The queue is not a field: it is the stream the entry is in.
+//! The queue is not a field: it is the stream the entry is in. A delayed task waits in the
+//! scheduled set as [`scheduled_member`]: the same fields plus its queue, as JSON.
 
 use std::collections::HashMap;
 
@@ -43,10 +48,32 @@ pub fn encode(task: &Task) -> Vec<(&'static str, String)> {
     if let Some(traceparent) = &task.traceparent {
         fields.push(("traceparent", traceparent.clone()));
     }
-    if let Some(tracestate) = &task.tracestate {
-        fields.push(("tracestate", tracestate.clone()));
-    }
+    let optional = [
+        ("tracestate", task.tracestate.clone()),
+        ("deadline", task.deadline.map(|d| d.to_string())),
+        ("unique", task.unique.clone()),
+        (
+            "first_failed_at",
+            task.first_failed_at.map(|t| t.to_string()),
+        ),
+        ("last_error", task.last_error.clone()),
+    ];
+    fields.extend(
+        optional
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|value| (name, value))),
+    );
     fields
+}
+
+/// The scheduled-set member for `task`: `{"queue": ..., "fields": [name, value, ...]}`. It
+/// holds the task id and attempt, so two retries of one task are two members.
+pub fn scheduled_member(task: &Task) -> String {
+    let fields: Vec<String> = encode(task)
+        .into_iter()
+        .flat_map(|(name, value)| [name.to_owned(), value])
+        .collect();
+    serde_json::json!({ "queue": task.queue.as_str(), "fields": fields }).to_string()
 }
 
 /// The task held by an entry of the stream of `queue`.
@@ -62,6 +89,12 @@ pub fn decode(queue: QueueName, map: &HashMap<String, Value>) -> Result<Task, De
         enqueued_at: number(map, "enqueued_at")?,
         traceparent: optional(map, "traceparent")?,
         tracestate: optional(map, "tracestate")?,
+        deadline: optional_number(map, "deadline")?,
+        unique: optional(map, "unique")?,
+        first_failed_at: optional_number(map, "first_failed_at")?,
+        last_error: optional(map, "last_error")?,
+        schedule: None,
+        unique_ttl_ms: None,
     })
 }
 
@@ -76,6 +109,15 @@ fn optional(
 
 fn required(map: &HashMap<String, Value>, name: &'static str) -> Result<String, DecodeError> {
     optional(map, name)?.ok_or(DecodeError::Missing(name))
+}
+
+fn optional_number<T: std::str::FromStr>(
+    map: &HashMap<String, Value>,
+    name: &'static str,
+) -> Result<Option<T>, DecodeError> {
+    optional(map, name)?
+        .map(|raw| raw.parse().map_err(|_| DecodeError::Invalid(name)))
+        .transpose()
 }
 
 fn number<T: std::str::FromStr>(
@@ -106,6 +148,9 @@ mod tests {
         })
         .unwrap();
         task.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        task.first_failed_at = Some(1_700_000_000_000);
+        task.last_error = Some("boom".into());
+        let task = task.with_task_id("fixed-id").unwrap();
         let decoded = decode(task.queue.clone(), &as_map(encode(&task))).unwrap();
         assert_eq!(decoded, task);
     }

@@ -4,6 +4,9 @@
 //! | key                      | type   | holds                                                  |
 //! |--------------------------|--------|--------------------------------------------------------|
 //! | `{ns}:stream:<queue>`    | stream | tasks ready to run, one stream per queue               |
+//! | `{ns}:scheduled`         | zset   | delayed tasks and retries; score = due time (ms, Redis clock); member = [`super::fields::scheduled_member`] |
+//! | `{ns}:dead`              | stream | dead-lettered tasks: the task's fields plus `queue`, `error`, `attempts`, `first_failed_at`, `last_failed_at`; poison entries as `queue`, `error`, `raw` |
+//! | `{ns}:unique:<suffix>`   | string | uniqueness lock (`id:<task id>` or `content:<queue>:<type>:<hash>`), value = the holding task's id; released when it finishes or dies |
 //!
 //! Consumer group on every task stream: [`GROUP`], created with `XGROUP CREATE ... 0 MKSTREAM`.
 //! Task streams are never trimmed (no `MAXLEN`): an entry leaves its stream only when the
@@ -114,6 +117,30 @@ impl Keys {
         format!("{{{}}}:stream:{}", self.ns.as_str(), queue.as_str())
     }
 
+    /// The common prefix of task streams, `{ns}:stream:` (scripts append the queue).
+    pub fn stream_prefix(&self) -> String {
+        format!("{{{}}}:stream:", self.ns.as_str())
+    }
+
+    /// `{ns}:scheduled`: delayed tasks and retries, by due time.
+    pub fn scheduled(&self) -> String {
+        format!("{{{}}}:scheduled", self.ns.as_str())
+    }
+
+    /// `{ns}:dead`: the dead-letter stream.
+    pub fn dead(&self) -> String {
+        format!("{{{}}}:dead", self.ns.as_str())
+    }
+
+    /// `{ns}:unique:<suffix>`: a uniqueness lock. Without one, a placeholder in the same slot
+    /// (scripts take a key either way; the placeholder is never written).
+    pub fn unique(&self, suffix: Option<&str>) -> String {
+        match suffix {
+            Some(suffix) => format!("{{{}}}:unique:{suffix}", self.ns.as_str()),
+            None => format!("{{{}}}:unique", self.ns.as_str()),
+        }
+    }
+
     /// The queue a stream key belongs to, if it is one of this namespace's task streams.
     pub fn queue_of(&self, stream: &str) -> Option<QueueName> {
         let prefix = format!("{{{}}}:stream:", self.ns.as_str());
@@ -140,6 +167,9 @@ mod tests {
             Some(critical)
         );
         assert_eq!(keys.queue_of("{other}:stream:critical"), None);
+        assert_eq!(keys.scheduled(), "{simplebank}:scheduled");
+        assert_eq!(keys.dead(), "{simplebank}:dead");
+        assert_eq!(keys.unique(Some("id:x")), "{simplebank}:unique:id:x");
     }
 
     #[test]

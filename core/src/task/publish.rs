@@ -1,16 +1,37 @@
-//! Publishing a task: one XADD onto the stream of its queue. No `MAXLEN`: a trim could drop an
-//! entry no worker has finished.
+//! Enqueueing a task. A plain task is one XADD onto the stream of its queue; a task with a
+//! delay or a uniqueness lock goes through the [`super::scripts::ENQUEUE`] script, which takes
+//! the lock and queues or schedules it in one step. No `MAXLEN`: a trim could drop an entry no
+//! worker has finished.
 
 use redis::aio::ConnectionManager;
 
-use super::{Keys, Task, fields};
+use super::{Keys, Schedule, Task, fields, scripts};
+
+/// Where an enqueued task went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Onto its stream, as this entry.
+    Queued { entry_id: String },
+    /// Into the scheduled set, due at this time (ms since the epoch, Redis' clock).
+    Scheduled { due_ms: i64 },
+    /// This very task (same id, same lock) was enqueued before: nothing was added. A
+    /// republished outbox row ends here.
+    AlreadyEnqueued,
+}
 
 #[derive(Debug, thiserror::Error)]
-#[error("could not publish task {task_id} to Redis")]
-pub struct PublishError {
-    pub task_id: String,
-    #[source]
-    pub source: redis::RedisError,
+pub enum PublishError {
+    /// Another live task holds the lock: the same `task_id`, or the same unique content.
+    #[error(
+        "task {task_id} not enqueued: a task with the same {what} is already queued, scheduled or running"
+    )]
+    Conflict { task_id: String, what: &'static str },
+    #[error("could not publish task {task_id} to Redis")]
+    Redis {
+        task_id: String,
+        #[source]
+        source: redis::RedisError,
+    },
 }
 
 /// Publishes tasks to the streams of one namespace. Cheap to clone.
@@ -44,27 +65,72 @@ impl Publisher {
             .await
     }
 
-    /// XADDs `task` onto its queue's stream; returns the entry id.
-    pub async fn publish(&self, task: &Task) -> Result<String, PublishError> {
+    /// Enqueues `task`: onto its queue's stream, or into the scheduled set if it has a delay.
+    pub async fn publish(&self, task: &Task) -> Result<Enqueued, PublishError> {
+        let redis_error = |source| PublishError::Redis {
+            task_id: task.id.clone(),
+            source,
+        };
         let stream = self.keys.stream(&task.queue);
-        let entry_id: String = redis::cmd("XADD")
-            .arg(&stream)
-            .arg("*")
-            .arg(fields::encode(task))
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(|source| PublishError {
-                task_id: task.id.clone(),
-                source,
-            })?;
+        let enqueued = if task.unique.is_none() && task.schedule.is_none() {
+            let entry_id: String = redis::cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg(fields::encode(task))
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(redis_error)?;
+            Enqueued::Queued { entry_id }
+        } else {
+            let (kind, at) = match task.schedule {
+                None => ("", 0),
+                Some(Schedule::At(at)) => ("at", at),
+                Some(Schedule::In(delay)) => ("in", i64::try_from(delay).unwrap_or(i64::MAX)),
+            };
+            let member = if task.schedule.is_some() {
+                fields::scheduled_member(task)
+            } else {
+                String::new()
+            };
+            let (status, detail): (String, String) = scripts::ENQUEUE
+                .key(&stream)
+                .key(self.keys.scheduled())
+                .key(self.keys.unique(task.unique.as_deref()))
+                .arg(&task.id)
+                .arg(if task.unique.is_some() { "1" } else { "0" })
+                .arg(task.unique_ttl_ms.unwrap_or(0))
+                .arg(kind)
+                .arg(at)
+                .arg(member)
+                .arg(fields::encode(task))
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(redis_error)?;
+            match status.as_str() {
+                "queued" => Enqueued::Queued { entry_id: detail },
+                "scheduled" => Enqueued::Scheduled {
+                    due_ms: detail.parse().unwrap_or_default(),
+                },
+                "exists" => Enqueued::AlreadyEnqueued,
+                _ => {
+                    return Err(PublishError::Conflict {
+                        task_id: task.id.clone(),
+                        what: match task.unique.as_deref() {
+                            Some(unique) if unique.starts_with("id:") => "task_id",
+                            _ => "unique key",
+                        },
+                    });
+                }
+            }
+        };
         tracing::info!(
             task_id = %task.id,
             task_type = %task.kind,
             queue = %task.queue,
             max_retry = task.max_retry,
-            entry_id = %entry_id,
+            outcome = ?enqueued,
             "enqueued task"
         );
-        Ok(entry_id)
+        Ok(enqueued)
     }
 }

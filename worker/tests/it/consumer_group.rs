@@ -10,8 +10,8 @@ use simplebank_core::{
 use simplebank_worker::{Handlers, group};
 
 use crate::helpers::{
-    Noop, Recorder, RunningWorker, publish_noops, settings, stream_state, wait_for_runs,
-    wait_until_drained,
+    Noop, Recorder, RunningWorker, publish_noops, scheduled_count, settings, stream_state,
+    wait_for_runs, wait_until_drained,
 };
 
 #[tokio::test]
@@ -103,7 +103,7 @@ async fn an_entry_left_pending_by_a_vanished_consumer_is_taken_over() {
 }
 
 #[tokio::test]
-async fn a_failed_or_panicking_attempt_stays_pending_and_runs_again() {
+async fn a_failed_or_panicking_attempt_is_retried() {
     let redis = TestRedis::new();
     // First run panics, second fails, third succeeds.
     let recorder = Recorder::new().with_behaviour(Arc::new(|seen_before| match seen_before {
@@ -111,16 +111,16 @@ async fn a_failed_or_panicking_attempt_stays_pending_and_runs_again() {
         1 => Err("transient failure"),
         _ => Ok(()),
     }));
-    let mut worker_settings = settings("flaky");
-    worker_settings.visibility_timeout = Duration::from_millis(200);
     let worker = RunningWorker::start(
         &redis,
-        worker_settings,
+        settings("flaky"),
         Handlers::new().with(Noop::TYPE, recorder.clone()),
     );
     let ids = publish_noops(&redis, 1).await;
 
+    wait_for_runs(&recorder, 3, false).await;
     wait_until_drained(&redis, "default").await;
+    assert_eq!(scheduled_count(&redis).await, 0, "no retry left scheduled");
     assert_eq!(recorder.runs.lock().expect("lock")[&ids[0]].len(), 3);
 
     // The worker survived the panic: it still processes new tasks.

@@ -12,7 +12,7 @@ use simplebank_core::{
     testing::{TestRedis, eventually},
 };
 use simplebank_worker::{
-    ConsumerSettings, Handler, HandlerError, Handlers, Worker, handler::BoxFuture,
+    ConsumerSettings, Handler, HandlerError, Handlers, Worker, backoff::Backoff, handler::BoxFuture,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -96,9 +96,14 @@ impl Handler for Recorder {
     }
 }
 
+/// Test settings: short blocking reads and retry delays of 10-50 ms.
 pub fn settings(consumer: &str) -> ConsumerSettings {
     let mut settings = ConsumerSettings::new(consumer);
     settings.block = Duration::from_millis(100);
+    settings.backoff = Backoff {
+        base: Duration::from_millis(10),
+        max: Duration::from_millis(50),
+    };
     settings
 }
 
@@ -202,4 +207,13 @@ pub async fn stream_state(redis: &TestRedis, queue: &str) -> (usize, usize) {
         _ => 0,
     };
     (len, count)
+}
+
+/// Members of the scheduled set (delayed tasks and retries).
+pub async fn scheduled_count(redis: &TestRedis) -> usize {
+    redis::cmd("ZCARD")
+        .arg(redis.keys().scheduled())
+        .query_async(&mut redis.conn().await)
+        .await
+        .expect("ZCARD")
 }
