@@ -167,7 +167,7 @@ impl Dispatcher {
             .key(self.keys.unique(task.unique.as_deref()))
             .arg(GROUP)
             .arg(entry_id)
-            .arg(&task.id)
+            .arg(task.lock_token())
             .arg(lock_flag(task))
             .invoke_async(&mut self.conn.clone())
             .await;
@@ -248,7 +248,7 @@ impl Dispatcher {
             .key(self.keys.unique(task.unique.as_deref()))
             .arg(GROUP)
             .arg(entry_id)
-            .arg(&task.id)
+            .arg(task.lock_token())
             .arg(lock_flag(&task))
             .arg(dead_fields(&task, reason, attempts, now))
             .invoke_async(&mut self.conn.clone())

@@ -152,7 +152,7 @@ impl DeadLetters {
             .key(self.keys.stream(&task.queue))
             .key(self.keys.unique(task.unique.as_deref()))
             .arg(entry_id)
-            .arg(&task.id)
+            .arg(task.lock_token())
             .arg(if task.unique.is_some() { "1" } else { "0" })
             .arg(fields::encode(&task))
             .invoke_async(&mut self.conn.clone())

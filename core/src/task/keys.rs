@@ -6,7 +6,7 @@
 //! | `{ns}:stream:<queue>`    | stream | tasks ready to run, one stream per queue               |
 //! | `{ns}:scheduled`         | zset   | delayed tasks and retries; score = due time (ms, Redis clock); member = [`super::fields::scheduled_member`] |
 //! | `{ns}:dead`              | stream | dead-lettered tasks: the task's fields plus `queue`, `error`, `attempts`, `first_failed_at`, `last_failed_at`; poison entries as `queue`, `error`, `raw` |
-//! | `{ns}:unique:<suffix>`   | string | uniqueness lock (`id:<task id>` or `content:<queue>:<type>:<hash>`), value = the holding task's id; released when it finishes or dies |
+//! | `{ns}:unique:<suffix>`   | string | uniqueness lock (`id:<task id>` or `content:<queue>:<type>:<hash>`), value = the holding task's lock token (`Task::lock_token`); released when it finishes or dies |
 //!
 //! Consumer group on every task stream: [`GROUP`], created with `XGROUP CREATE ... 0 MKSTREAM`.
 //! Task streams are never trimmed (no `MAXLEN`): an entry leaves its stream only when the

@@ -204,6 +204,14 @@ impl Task {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }
+
+    /// The value this task writes into its uniqueness lock: its id and a hash of what it was
+    /// created with. The same task republished (an outbox retry) has the same token; another
+    /// task given the same id has a different one.
+    pub fn lock_token(&self) -> String {
+        let identity = format!("{}\0{}\0{}", self.kind, self.payload, self.enqueued_at);
+        format!("{}/{:016x}", self.id, fnv1a(identity.as_bytes()))
+    }
 }
 
 /// The payload may hold personal data, so `Debug` leaves it out.

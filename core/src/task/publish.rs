@@ -96,7 +96,7 @@ impl Publisher {
                 .key(&stream)
                 .key(self.keys.scheduled())
                 .key(self.keys.unique(task.unique.as_deref()))
-                .arg(&task.id)
+                .arg(task.lock_token())
                 .arg(if task.unique.is_some() { "1" } else { "0" })
                 .arg(task.unique_ttl_ms.unwrap_or(0))
                 .arg(kind)

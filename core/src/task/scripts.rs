@@ -20,7 +20,7 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// KEYS: stream, scheduled, lock. ARGV: task id, has lock (`1`/`0`), lock ttl ms (`0` = none),
+/// KEYS: stream, scheduled, lock. ARGV: lock token (`Task::lock_token`), has lock (`1`/`0`), lock ttl ms (`0` = none),
 /// schedule kind (`` / `at` / `in`), schedule ms, scheduled member, then the entry's fields.
 /// Returns `{status, detail}`: `queued` + entry id, `scheduled` + due ms, `exists` (this very
 /// task already holds the lock: enqueued before), `conflict` (another task holds it).
@@ -76,7 +76,7 @@ return {#due, wait}
     )
 });
 
-/// KEYS: stream, lock. ARGV: group, entry id, task id, has lock.
+/// KEYS: stream, lock. ARGV: group, entry id, lock token, has lock.
 /// Acks and deletes the entry; releases the lock if this task holds it.
 pub static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -107,7 +107,7 @@ return 1
     )
 });
 
-/// KEYS: stream, dead, lock. ARGV: group, entry id, task id, has lock, then the dead entry's
+/// KEYS: stream, dead, lock. ARGV: group, entry id, lock token, has lock, then the dead entry's
 /// fields. Only if the entry is still pending: ack, delete, add to the dead letters (with
 /// `dead_at` from Redis' clock), release the lock. Returns 1, or 0 if no longer pending.
 pub static KILL: LazyLock<Script> = LazyLock::new(|| {
@@ -140,7 +140,7 @@ return 1
     )
 });
 
-/// KEYS: dead, stream, lock. ARGV: dead entry id, task id, has lock, then the fields of the
+/// KEYS: dead, stream, lock. ARGV: dead entry id, lock token, has lock, then the fields of the
 /// new entry. Moves a dead task back to its stream, taking its lock again. Returns the new
 /// entry id, `gone` if the dead entry no longer exists, `conflict` if another live task holds
 /// the lock.

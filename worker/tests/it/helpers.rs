@@ -37,6 +37,8 @@ pub type Behaviour = Arc<dyn Fn(u32) -> Result<(), &'static str> + Send + Sync>;
 #[derive(Clone)]
 pub struct Recorder {
     pub runs: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    /// The queue of every run, in the order the runs started.
+    pub order: Arc<Mutex<Vec<String>>>,
     consumer: String,
     delay: Duration,
     behaviour: Behaviour,
@@ -46,6 +48,7 @@ impl Recorder {
     pub fn new() -> Self {
         Self {
             runs: Arc::default(),
+            order: Arc::default(),
             consumer: String::new(),
             delay: Duration::ZERO,
             behaviour: Arc::new(|_| Ok(())),
@@ -82,6 +85,10 @@ impl Recorder {
 impl Handler for Recorder {
     fn handle<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
+            self.order
+                .lock()
+                .expect("lock")
+                .push(task.queue.to_string());
             let seen_before = {
                 let mut runs = self.runs.lock().expect("lock");
                 let entry = runs.entry(task.id.clone()).or_default();
@@ -169,7 +176,8 @@ pub async fn wait_until_drained(redis: &TestRedis, queue: &str) {
     .await;
 }
 
-/// Waits until `recorder` has counted `n` runs (all deliveries, or distinct tasks).
+/// Waits until `recorder` has counted at least `n` runs (all deliveries, or distinct tasks);
+/// tests that need an exact count assert it afterwards.
 pub async fn wait_for_runs(recorder: &Recorder, n: usize, distinct: bool) {
     eventually(&format!("{n} runs"), Duration::from_secs(60), || {
         let seen = if distinct {
@@ -177,7 +185,7 @@ pub async fn wait_for_runs(recorder: &Recorder, n: usize, distinct: bool) {
         } else {
             recorder.total_runs()
         };
-        async move { seen == n }
+        async move { seen >= n }
     })
     .await;
 }
@@ -216,4 +224,87 @@ pub async fn scheduled_count(redis: &TestRedis) -> usize {
         .query_async(&mut redis.conn().await)
         .await
         .expect("ZCARD")
+}
+
+/// The payload of `test:job`, run by the `test_worker` example process.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct TestJob {
+    pub n: u32,
+    pub sleep_ms: u64,
+}
+
+impl TaskPayload for TestJob {
+    const TYPE: &'static str = "test:job";
+}
+
+/// Publishes `n` `test:job` tasks sleeping `sleep_ms` each, pipelined; returns their ids.
+pub async fn publish_jobs(redis: &TestRedis, n: u32, sleep_ms: u64) -> Vec<String> {
+    let stream = redis
+        .keys()
+        .stream(&QueueName::parse(TestJob::QUEUE).expect("queue"));
+    let mut ids = Vec::new();
+    let mut conn = redis.conn().await;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            let task = Task::new(&TestJob { n: *i, sleep_ms }).expect("task");
+            pipe.cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg(simplebank_core::task::fields::encode(&task))
+                .ignore();
+            ids.push(task.id);
+        }
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .expect("XADD pipeline");
+    }
+    ids
+}
+
+/// The `test_worker` example binary (built by `cargo test --all-targets` / `make test`).
+pub fn test_worker_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let debug_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/<profile>");
+    let binary = debug_dir.join("examples").join("test_worker");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build --examples` (make test does)",
+        binary.display()
+    );
+    binary
+}
+
+/// Starts a `test_worker` process on `address` / `redis.namespace` as consumer `name`.
+pub fn spawn_test_worker(
+    address: &str,
+    redis: &TestRedis,
+    name: &str,
+    env: &[(&str, &str)],
+) -> tokio::process::Child {
+    let mut command = tokio::process::Command::new(test_worker_binary());
+    command
+        .env("REDIS_ADDRESS", address)
+        .env("REDIS_NAMESPACE", redis.namespace.as_str())
+        .env("WORKER_CONSUMER_NAME", name)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.spawn().expect("start test_worker")
+}
+
+/// How often each task id ran in `test_worker` processes (`{ns}:test:runs`).
+pub async fn recorded_runs(redis: &TestRedis) -> HashMap<String, u64> {
+    redis::cmd("HGETALL")
+        .arg(format!("{{{}}}:test:runs", redis.namespace.as_str()))
+        .query_async(&mut redis.conn().await)
+        .await
+        .expect("HGETALL")
 }

@@ -3,6 +3,12 @@
 
 mod binary;
 mod consumer_group;
+mod delayed;
+mod faults;
 mod helpers;
+mod lease;
+mod priority;
+mod retries;
 mod send_verify_email;
 mod shutdown;
+mod uniqueness;

@@ -1,0 +1,89 @@
+//! A worker process for fault tests and benchmarks: the real consumer (`Worker`), configured
+//! from the same environment variables as `simplebank-worker`, with one handler:
+//!
+//! `test:job` {n, sleep_ms, fail}: sleeps `sleep_ms`, records the run with
+//! `HINCRBY {ns}:test:runs <task id> 1`, then succeeds (or fails if `fail`). A run recorded
+//! but never acknowledged (the process was killed in between) shows as a count of 2: that is
+//! how the fault tests count duplicates.
+
+use std::time::Duration;
+
+use simplebank_core::{
+    config::{self, CommonConfig},
+    redis_client,
+    task::{Keys, Task},
+};
+use simplebank_worker::{
+    ConsumerSettings, Handler, HandlerError, Handlers, Worker, handler::BoxFuture,
+};
+use tokio_util::sync::CancellationToken;
+
+#[derive(serde::Deserialize)]
+struct Job {
+    #[serde(default)]
+    sleep_ms: u64,
+    #[serde(default)]
+    fail: bool,
+}
+
+struct Recorder {
+    conn: redis::aio::ConnectionManager,
+    runs: String,
+}
+
+impl Handler for Recorder {
+    fn handle<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let job: Job = serde_json::from_str(&task.payload).map_err(HandlerError::skip_retry)?;
+            if job.sleep_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(job.sleep_ms)).await;
+            }
+            let _: i64 = redis::cmd("HINCRBY")
+                .arg(&self.runs)
+                .arg(&task.id)
+                .arg(1)
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(HandlerError::new)?;
+            if job.fail {
+                return Err(HandlerError::new("job asked to fail"));
+            }
+            Ok(())
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let common = CommonConfig::from_env()?;
+    let settings = ConsumerSettings::from_env()?;
+    if config::var("RUST_LOG")?.is_some() {
+        simplebank_observability::init(simplebank_observability::LogFormat::Pretty)?;
+    }
+    let client = redis_client::client(common.redis_address.expose())?;
+    let keys = Keys::new(common.namespace.clone());
+    let recorder = Recorder {
+        conn: redis_client::lazy_manager(client, redis_client::RESPONSE_TIMEOUT)?,
+        runs: format!("{{{}}}:test:runs", keys.namespace().as_str()),
+    };
+    let worker = Worker::new(
+        common.redis_address.expose(),
+        common.namespace,
+        settings,
+        Handlers::new().with("test:job", recorder),
+    )?;
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        token.cancel();
+    });
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        terminate.recv().await;
+        token.cancel();
+    });
+    worker.run(shutdown).await?;
+    Ok(())
+}

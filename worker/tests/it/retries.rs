@@ -1,0 +1,323 @@
+//! Failure handling: retries with backoff up to max_retry, dead letters, requeue, panics,
+//! timeouts, skip-retry, not-a-failure, poison entries, unknown types, crash loops.
+
+use std::{sync::Arc, time::Duration};
+
+use simplebank_core::{
+    redis_client,
+    task::{DeadLetters, GROUP, QueueName, Task, TaskPayload},
+    testing::{TestRedis, eventually},
+};
+use simplebank_worker::{Handler, HandlerError, Handlers, handler::BoxFuture};
+
+use crate::helpers::{
+    Noop, Recorder, RunningWorker, publisher, scheduled_count, settings, wait_for_runs,
+    wait_until_drained,
+};
+
+fn dead_letters(redis: &TestRedis) -> DeadLetters {
+    let conn = redis_client::lazy_manager(redis.client(), redis_client::RESPONSE_TIMEOUT)
+        .expect("connection");
+    DeadLetters::new(conn, redis.keys())
+}
+
+async fn wait_for_dead(redis: &TestRedis, n: usize) {
+    let dead = dead_letters(redis);
+    eventually(
+        &format!("{n} dead letters"),
+        Duration::from_secs(20),
+        || {
+            let dead = dead.clone();
+            async move { dead.count().await.ok() == Some(n) }
+        },
+    )
+    .await;
+}
+
+fn noop(n: u32) -> Task {
+    Task::new(&Noop { n }).expect("task")
+}
+
+#[tokio::test]
+async fn a_failing_task_runs_max_retry_plus_one_times_then_is_dead_and_can_be_requeued() {
+    let redis = TestRedis::new();
+    // Fails its first 4 runs, succeeds after: with max_retry 3 it dies after run 4; a requeue
+    // then succeeds.
+    let recorder = Recorder::new().with_behaviour(Arc::new(|seen_before| {
+        if seen_before < 4 { Err("boom") } else { Ok(()) }
+    }));
+    let worker = RunningWorker::start(
+        &redis,
+        settings("failing"),
+        Handlers::new().with(Noop::TYPE, recorder.clone()),
+    );
+    let mut task = noop(1).with_max_retry(3);
+    task.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+    publisher(&redis).publish(&task).await.expect("publish");
+
+    wait_for_dead(&redis, 1).await;
+    assert_eq!(recorder.total_runs(), 4, "exactly max_retry + 1 attempts");
+    let dead = dead_letters(&redis).list(10).await.expect("list");
+    assert_eq!(dead.len(), 1);
+    let letter = &dead[0];
+    assert_eq!(letter.error, "boom");
+    assert_eq!(letter.attempts, 4);
+    assert_eq!(
+        letter.queue.as_ref().map(QueueName::as_str),
+        Some("default")
+    );
+    let (first, last) = (
+        letter.first_failed_at.expect("first"),
+        letter.last_failed_at.expect("last"),
+    );
+    assert!(first <= last, "{first} <= {last}");
+    let dead_task = letter.task.as_ref().expect("a decodable task");
+    assert_eq!(dead_task.id, task.id);
+    assert_eq!(
+        dead_task.traceparent, task.traceparent,
+        "trace context kept"
+    );
+    assert_eq!(scheduled_count(&redis).await, 0);
+    wait_until_drained(&redis, "default").await;
+    // No fifth run happens on its own.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(recorder.total_runs(), 4);
+
+    // Requeue: it runs again (and now succeeds); the dead letter is gone.
+    dead_letters(&redis)
+        .requeue(&letter.entry_id)
+        .await
+        .expect("requeue");
+    wait_for_runs(&recorder, 5, false).await;
+    wait_until_drained(&redis, "default").await;
+    assert_eq!(dead_letters(&redis).count().await.expect("count"), 0);
+    worker.stop().await;
+}
+
+/// A handler that sleeps far past its timeout, or panics, depending on the payload.
+struct Misbehaving;
+
+impl Handler for Misbehaving {
+    fn handle<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let noop: Noop = task.payload().map_err(HandlerError::skip_retry)?;
+            match noop.n {
+                0 => tokio::time::sleep(Duration::from_secs(30)).await,
+                1 => panic!("handler bug"),
+                2 => return Err(HandlerError::skip_retry("bad input, do not retry")),
+                _ => {}
+            }
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn timeouts_and_panics_are_failed_attempts_and_skip_retry_dies_at_once() {
+    let redis = TestRedis::new();
+    let worker = RunningWorker::start(
+        &redis,
+        settings("misbehaving"),
+        Handlers::new().with(Noop::TYPE, Misbehaving),
+    );
+    let publisher = publisher(&redis);
+    let slow = noop(0)
+        .with_max_retry(1)
+        .with_timeout(Duration::from_millis(100))
+        .expect("timeout");
+    let panicking = noop(1).with_max_retry(1);
+    let refused = noop(2).with_max_retry(5);
+    for task in [&slow, &panicking, &refused] {
+        publisher.publish(task).await.expect("publish");
+    }
+    wait_for_dead(&redis, 3).await;
+
+    let dead = dead_letters(&redis).list(10).await.expect("list");
+    let find = |id: &str| {
+        dead.iter()
+            .find(|d| d.task.as_ref().is_some_and(|t| t.id == id))
+            .expect("dead letter")
+    };
+    assert!(
+        find(&slow.id).error.starts_with("timed out after 100"),
+        "{:?}",
+        find(&slow.id)
+    );
+    assert_eq!(find(&slow.id).attempts, 2);
+    assert_eq!(find(&panicking.id).error, "handler panicked");
+    assert_eq!(find(&panicking.id).attempts, 2);
+    assert_eq!(find(&refused.id).error, "bad input, do not retry");
+    assert_eq!(find(&refused.id).attempts, 1);
+
+    // Still alive: a good task is processed.
+    let good = noop(3);
+    publisher.publish(&good).await.expect("publish");
+    wait_until_drained(&redis, "default").await;
+    assert_eq!(dead_letters(&redis).count().await.expect("count"), 3);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn not_a_failure_is_retried_without_using_up_attempts() {
+    let redis = TestRedis::new();
+    struct Busy(Recorder);
+    impl Handler for Busy {
+        fn handle<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), HandlerError>> {
+            Box::pin(async move {
+                let _ = self.0.handle(task).await;
+                if self.0.total_runs() <= 3 {
+                    return Err(HandlerError::not_a_failure("rate limited, try later"));
+                }
+                Ok(())
+            })
+        }
+    }
+    let recorder = Recorder::new();
+    let worker = RunningWorker::start(
+        &redis,
+        settings("busy"),
+        Handlers::new().with(Noop::TYPE, Busy(recorder.clone())),
+    );
+    // max_retry 0: one counted failure would kill it.
+    publisher(&redis)
+        .publish(&noop(1).with_max_retry(0))
+        .await
+        .expect("publish");
+    wait_for_runs(&recorder, 4, false).await;
+    wait_until_drained(&redis, "default").await;
+    assert_eq!(scheduled_count(&redis).await, 0);
+    assert_eq!(dead_letters(&redis).count().await.expect("count"), 0);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn poison_entries_and_unknown_types_are_dead_lettered_at_once() {
+    let redis = TestRedis::new();
+    let recorder = Recorder::new();
+    let worker = RunningWorker::start(
+        &redis,
+        settings("sorter"),
+        Handlers::new().with(Noop::TYPE, recorder.clone()),
+    );
+    let stream = redis
+        .keys()
+        .stream(&QueueName::parse("default").expect("queue"));
+    let mut conn = redis.conn().await;
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("garbage")
+        .arg("\u{1f4a9}")
+        .arg("id")
+        .arg("x")
+        .query_async(&mut conn)
+        .await
+        .expect("XADD poison");
+    let mut unknown = noop(1);
+    unknown.kind = "task:nobody_handles_this".into();
+    let publisher = publisher(&redis);
+    publisher
+        .publish(&unknown)
+        .await
+        .expect("enqueue an unknown type is allowed");
+    for n in 0..5 {
+        publisher.publish(&noop(n)).await.expect("publish");
+    }
+
+    wait_for_dead(&redis, 2).await;
+    wait_for_runs(&recorder, 5, true).await;
+    wait_until_drained(&redis, "default").await;
+    let dead = dead_letters(&redis).list(10).await.expect("list");
+    let poison = dead
+        .iter()
+        .find(|d| d.task.is_none())
+        .expect("poison letter");
+    assert!(
+        poison.error.contains("undecodable entry"),
+        "{}",
+        poison.error
+    );
+    assert!(
+        poison
+            .raw
+            .as_deref()
+            .is_some_and(|raw| raw.contains("garbage"))
+    );
+    assert_eq!(poison.attempts, 0);
+    let orphan = dead
+        .iter()
+        .find(|d| d.task.is_some())
+        .expect("unknown-type letter");
+    assert_eq!(
+        orphan.error,
+        r#"no handler for task type "task:nobody_handles_this""#
+    );
+    assert_eq!(orphan.attempts, 0);
+    assert!(matches!(
+        dead_letters(&redis).requeue(&poison.entry_id).await,
+        Err(simplebank_core::task::dead::DeadError::Poison(_))
+    ));
+    assert_eq!(recorder.total_runs(), 5, "nothing else disturbed");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn an_entry_delivered_more_than_max_retry_plus_one_times_is_dead_lettered() {
+    let redis = TestRedis::new();
+    let recorder = Recorder::new();
+    let queue = QueueName::parse("default").expect("queue");
+    let stream = redis.keys().stream(&queue);
+    let mut manager =
+        redis_client::lazy_manager(redis.client(), redis_client::RESPONSE_TIMEOUT).expect("conn");
+    simplebank_worker::group::ensure(&mut manager, &redis.keys(), &[queue])
+        .await
+        .expect("group");
+    let task = noop(1).with_max_retry(2);
+    publisher(&redis).publish(&task).await.expect("publish");
+
+    // A consumer that crashed on it again and again: delivered, then "claimed" 4 more times.
+    let mut conn = redis.conn().await;
+    let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg("crasher")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .expect("read");
+    let entry_id = reply.keys[0].ids[0].id.clone();
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(&stream)
+        .arg(GROUP)
+        .arg("crasher")
+        .arg(0)
+        .arg(&entry_id)
+        .arg("RETRYCOUNT")
+        .arg(3)
+        .arg("JUSTID")
+        .query_async(&mut conn)
+        .await
+        .expect("set the delivery count");
+
+    let mut survivor = settings("survivor");
+    survivor.visibility_timeout = Duration::from_millis(300);
+    let worker = RunningWorker::start(
+        &redis,
+        survivor,
+        Handlers::new().with(Noop::TYPE, recorder.clone()),
+    );
+    wait_for_dead(&redis, 1).await;
+    let dead = dead_letters(&redis).list(10).await.expect("list");
+    assert!(
+        dead[0].error.starts_with("delivered 4 times"),
+        "{}",
+        dead[0].error
+    );
+    assert_eq!(recorder.total_runs(), 0, "not run a fifth time");
+    wait_until_drained(&redis, "default").await;
+    worker.stop().await;
+}

@@ -1,0 +1,105 @@
+//! task_id and unique: a duplicate enqueue is refused with the typed error while the first is
+//! live; the lock is released when the task finishes.
+
+use std::time::Duration;
+
+use simplebank_core::{
+    task::{Enqueued, PublishError, Task},
+    testing::TestRedis,
+};
+use simplebank_worker::Handlers;
+
+use crate::helpers::{
+    Noop, Recorder, RunningWorker, publisher, settings, wait_for_runs, wait_until_drained,
+};
+
+#[tokio::test]
+async fn a_task_id_is_refused_while_its_task_is_live_and_free_after() {
+    let redis = TestRedis::new();
+    let publisher = publisher(&redis);
+    let first = Task::new(&Noop { n: 1 })
+        .expect("task")
+        .with_task_id("welcome-alice")
+        .expect("id");
+    assert!(matches!(
+        publisher.publish(&first).await,
+        Ok(Enqueued::Queued { .. })
+    ));
+
+    // The same task again (an outbox republish): accepted, nothing added.
+    assert_eq!(
+        publisher.publish(&first).await.expect("republish"),
+        Enqueued::AlreadyEnqueued
+    );
+
+    // Another task with the same id: refused, typed.
+    let second = Task::new(&Noop { n: 2 })
+        .expect("task")
+        .with_task_id("welcome-alice")
+        .expect("id");
+    match publisher.publish(&second).await {
+        Err(PublishError::Conflict { task_id, what }) => {
+            assert_eq!(task_id, "welcome-alice");
+            assert_eq!(what, "task_id");
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    // Scheduled counts as live too.
+    let delayed = Task::new(&Noop { n: 3 })
+        .expect("task")
+        .with_task_id("later")
+        .expect("id")
+        .with_process_in(Duration::from_secs(60));
+    publisher.publish(&delayed).await.expect("scheduled");
+    let again = Task::new(&Noop { n: 4 })
+        .expect("task")
+        .with_task_id("later")
+        .expect("id");
+    assert!(matches!(
+        publisher.publish(&again).await,
+        Err(PublishError::Conflict { .. })
+    ));
+
+    // Once processed, the id is free.
+    let recorder = Recorder::new();
+    let worker = RunningWorker::start(
+        &redis,
+        settings("u"),
+        Handlers::new().with("test:noop", recorder.clone()),
+    );
+    wait_for_runs(&recorder, 1, false).await;
+    wait_until_drained(&redis, "default").await;
+    worker.stop().await;
+    assert!(matches!(
+        publisher.publish(&second).await,
+        Ok(Enqueued::Queued { .. })
+    ));
+}
+
+#[tokio::test]
+async fn unique_refuses_the_same_content_for_its_ttl() {
+    let redis = TestRedis::new();
+    let publisher = publisher(&redis);
+    let ttl = Duration::from_millis(500);
+    let first = Task::new(&Noop { n: 7 })
+        .expect("task")
+        .with_unique(ttl)
+        .expect("ttl");
+    let same = Task::new(&Noop { n: 7 })
+        .expect("task")
+        .with_unique(ttl)
+        .expect("ttl");
+    let other = Task::new(&Noop { n: 8 })
+        .expect("task")
+        .with_unique(ttl)
+        .expect("ttl");
+    publisher.publish(&first).await.expect("first");
+    match publisher.publish(&same).await {
+        Err(PublishError::Conflict { what, .. }) => assert_eq!(what, "unique key"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    publisher.publish(&other).await.expect("different payload");
+    // After the time-to-live the lock is gone, even though no worker ran the first.
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    publisher.publish(&same).await.expect("after the ttl");
+}
