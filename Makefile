@@ -14,7 +14,7 @@ DB_SOURCE ?= $(or $(call from_app_env,DB_SOURCE),postgres://postgres@127.0.0.1:5
 REDIS_ADDRESS ?= $(or $(call from_app_env,REDIS_ADDRESS),127.0.0.1:6379)
 export DB_SOURCE REDIS_ADDRESS
 
-.PHONY: run test services postgres redis createdb dropdb stop-services migrateup migratedown \
+.PHONY: bench run test services postgres redis createdb dropdb stop-services migrateup migratedown \
 	new_migration build server worker proto evans tools lint fmt clean
 
 ## run: services, migrations, build, then the server and one worker (Ctrl-C stops both)
@@ -24,6 +24,11 @@ run: services build migrateup
 ## test: services, grpcurl, fmt + clippy gate, then the whole test suite
 test: services tools lint
 	$(CARGO) test --workspace --all-targets
+
+## bench: release-mode benchmarks against the services (see BENCHMARKS.md)
+bench: services
+	$(CARGO) build --release -p simplebank-worker --examples
+	./target/release/examples/promotion_lag
 
 ## services: make sure PostgreSQL and Redis answer (start project-local ones if needed)
 services:
