@@ -17,7 +17,9 @@ use simplebank_core::{
     redis_client,
     task::{Enqueued, Keys, Namespace, Publisher, Task, TaskPayload, now_ms},
 };
-use simplebank_worker::{ConsumerSettings, Handler, HandlerError, Handlers, Worker, handler::BoxFuture};
+use simplebank_worker::{
+    ConsumerSettings, Handler, HandlerError, Handlers, Worker, handler::BoxFuture,
+};
 use tokio_util::sync::CancellationToken;
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -119,9 +121,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let leftovers: Vec<String> = redis::cmd("KEYS").arg(keys.pattern()).query_async(&mut conn).await?;
+    let leftovers: Vec<String> = redis::cmd("KEYS")
+        .arg(keys.pattern())
+        .query_async(&mut conn)
+        .await?;
     if !leftovers.is_empty() {
-        let _: () = redis::cmd("DEL").arg(leftovers).query_async(&mut conn).await?;
+        let _: () = redis::cmd("DEL")
+            .arg(leftovers)
+            .query_async(&mut conn)
+            .await?;
     }
     if early > 0 {
         return Err(format!("{early} tasks started before their due time").into());

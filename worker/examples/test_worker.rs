@@ -73,17 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Handlers::new().with("test:job", recorder),
     )?;
     let shutdown = CancellationToken::new();
-    let token = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        token.cancel();
-    });
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let token = shutdown.clone();
-    tokio::spawn(async move {
-        terminate.recv().await;
-        token.cancel();
-    });
+    tokio::spawn(simplebank_worker::signals::watch(shutdown.clone()));
     worker.run(shutdown).await?;
     Ok(())
 }

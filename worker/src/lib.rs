@@ -24,6 +24,7 @@ pub mod mail;
 pub mod priority;
 pub mod promote;
 pub mod reclaim;
+pub mod signals;
 
 use std::{sync::Arc, time::Duration};
 

@@ -25,37 +25,12 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let shutdown = CancellationToken::new();
-    tokio::spawn(watch_signals(shutdown.clone()));
+    tokio::spawn(simplebank_worker::signals::watch(shutdown.clone()));
     match simplebank_worker::run(config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %report::chain(&err), "simplebank-worker failed");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// First SIGINT/SIGTERM: graceful shutdown. Second: exit now; unfinished tasks stay pending.
-async fn watch_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        tracing::warn!("cannot listen for signals");
-        return;
-    };
-    for round in 0..2 {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-        if round == 0 {
-            tracing::info!("shutting down: finishing running tasks (signal again to exit now)");
-            shutdown.cancel();
-        } else {
-            tracing::warn!("second signal: exiting now; unfinished tasks stay pending");
-            std::process::exit(130);
         }
     }
 }

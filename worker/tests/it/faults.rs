@@ -179,6 +179,43 @@ async fn a_redis_restart_with_aof_loses_no_acknowledged_enqueue() {
 }
 
 #[tokio::test]
+async fn a_second_sigterm_exits_at_once_acking_nothing_unfinished() {
+    let redis = TestRedis::new();
+    let env = [
+        ("WORKER_CONCURRENCY", "4"),
+        ("WORKER_SHUTDOWN_TIMEOUT", "60s"),
+    ];
+    let mut worker = spawn_test_worker(&redis.address, &redis, "impatient", &env);
+    let slow = publish_jobs(&redis, 2, 30_000).await;
+    eventually(
+        "both tasks are running",
+        Duration::from_secs(20),
+        || async { stream_state(&redis, "default").await == (2, 2) },
+    )
+    .await;
+    let pid = worker.id().expect("running").to_string();
+    for _ in 0..2 {
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = tokio::time::timeout(Duration::from_secs(5), worker.wait())
+        .await
+        .expect("exits at once, not after the 60 s shutdown timeout")
+        .expect("wait");
+    assert_eq!(status.code(), Some(130));
+    assert!(recorded_runs(&redis).await.is_empty(), "nothing finished");
+    assert_eq!(
+        stream_state(&redis, "default").await,
+        (2, 2),
+        "both still pending, unacked"
+    );
+    assert_eq!(slow.len(), 2);
+}
+
+#[tokio::test]
 async fn sigterm_acks_what_finished_and_leaves_the_rest_to_another_worker() {
     let redis = TestRedis::new();
     let env = [
