@@ -1,19 +1,29 @@
-//! Tracing set-up shared by the simplebank binaries.
+//! Tracing and OpenTelemetry set-up shared by the simplebank binaries, and W3C trace-context
+//! propagation across the queue.
 //!
-//! Binaries call [`init`] once at start; libraries only emit `tracing` events and spans.
-//! Logs are human-readable in development and JSON lines in production; `RUST_LOG` filters
-//! (default `info`).
+//! - [`init`]: installs the global subscriber (logs + OpenTelemetry layer) and returns a
+//!   [`Guard`] that flushes and shuts the exporter down on drop. Binaries call it once; libraries
+//!   only emit `tracing` spans and events.
+//! - [`propagation`]: `traceparent`/`tracestate` in and out of gRPC metadata and task entries.
+//! - [`logs`]: log lines (pretty or JSON) that carry `trace_id` and `span_id`.
+//!
+//! Export is OTLP over gRPC, configured by the standard variables: `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; unset = no export, no error, no delay),
+//! `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`,
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_EXPORTER_OTLP_TIMEOUT`. Trace ids
+//! exist (and propagate) even without export, so log lines can always be correlated.
 
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+mod export;
+pub mod logs;
+pub mod propagation;
 
-/// Which log format to write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Coloured, multi-field lines for a terminal.
-    Pretty,
-    /// One JSON object per line, for log collectors.
-    Json,
-}
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use tracing_subscriber::{EnvFilter, prelude::*};
+
+pub use logs::LogFormat;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -21,28 +31,75 @@ pub enum InitError {
     Filter(#[from] tracing_subscriber::filter::ParseError),
     #[error("a global tracing subscriber is already installed")]
     AlreadyInstalled(#[from] tracing_subscriber::util::TryInitError),
+    #[error("cannot build the OTLP exporter (OTEL_EXPORTER_OTLP_ENDPOINT)")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
 }
 
-/// Installs the global subscriber: logs to stderr in `format`, filtered by `RUST_LOG`.
-pub fn init(format: LogFormat) -> Result<(), InitError> {
+/// What [`init`] needs from the program.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Used when `OTEL_SERVICE_NAME` is not set.
+    pub default_service_name: &'static str,
+    pub log_format: LogFormat,
+}
+
+/// Flushes pending spans and shuts the exporter down when dropped, within two seconds at most:
+/// an unreachable collector does not hold up the program's exit.
+#[must_use = "spans are flushed when the guard drops"]
+#[derive(Debug)]
+pub struct Guard {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.provider.shutdown_with_timeout(Duration::from_secs(2));
+    }
+}
+
+/// Whether an OTLP endpoint is configured.
+pub fn export_enabled() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .any(|var| std::env::var(var).is_ok_and(|v| !v.trim().is_empty()))
+}
+
+/// Installs logging and tracing for the whole process. Call once, inside the Tokio runtime.
+pub fn init(config: &Config) -> Result<Guard, InitError> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(directives)?,
         _ => EnvFilter::new("info"),
     };
-    let registry = tracing_subscriber::registry().with(filter);
-    match format {
-        LogFormat::Pretty => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
-            .try_init()?,
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init()?,
+    let mut resource = Resource::builder();
+    if std::env::var("OTEL_SERVICE_NAME").map_or(true, |v| v.trim().is_empty()) {
+        resource = resource.with_service_name(config.default_service_name);
     }
-    Ok(())
+    let mut provider = SdkTracerProvider::builder().with_resource(resource.build());
+    if export_enabled() {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()?;
+        provider = provider.with_batch_exporter(export::WarnOnFailure::new(exporter));
+    }
+    let provider = provider.build();
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let tracer = provider.tracer("simplebank");
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+            // The exporter's own diagnostics never become spans (no feedback loop).
+            !meta.target().starts_with("opentelemetry")
+        }));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(otel)
+        .with(logs::layer(config.log_format))
+        .try_init()?;
+    Ok(Guard { provider })
 }

@@ -1,4 +1,9 @@
-//! One log line per gRPC call: method, status code and duration.
+//! Every gRPC call gets a server span and one log line.
+//!
+//! The span follows the OpenTelemetry RPC conventions (`rpc.system`, `rpc.service`,
+//! `rpc.method`, `rpc.grpc.status_code`), continues the trace of a `traceparent` the client
+//! sent in the metadata, and is marked ERROR for the server-fault codes. The log line (method,
+//! status code, duration) is written inside the span, so it carries the trace id.
 //!
 //! Unary errors are "trailers-only" responses, so their `grpc-status` is in the response
 //! headers; a response without it in the headers is a success whose OK status follows in the
@@ -11,8 +16,10 @@ use std::{
     time::Instant,
 };
 
+use simplebank_observability::propagation::{TraceContext, record_error, set_parent};
 use tonic::{Code, codegen::http};
 use tower::{Layer, Service};
+use tracing::Instrument;
 
 /// Wraps every service of the server in [`CallLog`].
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +38,26 @@ pub struct CallLog<S> {
     inner: S,
 }
 
+/// Codes that mean the server failed (OpenTelemetry: span status ERROR on the server side).
+fn is_server_error(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
+
+fn header(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+}
+
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for CallLog<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send,
@@ -47,27 +74,51 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let method = request.uri().path().to_owned();
+        let full_name = method.trim_start_matches('/');
+        let (rpc_service, rpc_method) = full_name.split_once('/').unwrap_or((full_name, ""));
+        let span = tracing::info_span!(
+            "grpc",
+            otel.name = %full_name,
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = %rpc_service,
+            rpc.method = %rpc_method,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        set_parent(
+            &span,
+            &TraceContext {
+                traceparent: header(request.headers(), "traceparent"),
+                tracestate: header(request.headers(), "tracestate"),
+            },
+        );
         let started = Instant::now();
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let result = future.await;
-            let elapsed = started.elapsed();
-            let code = match &result {
-                Ok(response) => response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.parse::<i32>().ok())
-                    .map_or(Code::Ok, Code::from_i32),
-                Err(_) => Code::Unknown,
-            };
-            let duration_ms = elapsed.as_secs_f64() * 1_000.0;
-            if matches!(code, Code::Internal | Code::Unknown | Code::DataLoss) {
-                tracing::error!(method, status_code = ?code, duration_ms, "gRPC call");
-            } else {
-                tracing::info!(method, status_code = ?code, duration_ms, "gRPC call");
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        Box::pin(
+            async move {
+                let result = future.await;
+                let code = match &result {
+                    Ok(response) => header(response.headers(), "grpc-status")
+                        .and_then(|value| value.parse::<i32>().ok())
+                        .map_or(Code::Ok, Code::from_i32),
+                    Err(_) => Code::Unknown,
+                };
+                let span = tracing::Span::current();
+                span.record("rpc.grpc.status_code", code as i64);
+                let duration_ms = started.elapsed().as_secs_f64() * 1_000.0;
+                if is_server_error(code) {
+                    record_error(&span, &format!("{code:?}"));
+                    tracing::error!(method, status_code = ?code, duration_ms, "gRPC call");
+                } else {
+                    tracing::info!(method, status_code = ?code, duration_ms, "gRPC call");
+                }
+                result
             }
-            result
-        })
+            .instrument(span),
+        )
     }
 }

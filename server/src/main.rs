@@ -20,10 +20,16 @@ async fn main() -> ExitCode {
         config::Environment::Production => LogFormat::Json,
         config::Environment::Development => LogFormat::Pretty,
     };
-    if let Err(err) = simplebank_observability::init(format) {
-        eprintln!("simplebank-server: {err}");
-        return ExitCode::from(2);
-    }
+    let _telemetry = match simplebank_observability::init(&simplebank_observability::Config {
+        default_service_name: "simplebank-server",
+        log_format: format,
+    }) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("simplebank-server: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args
         .iter()

@@ -9,6 +9,7 @@ use simplebank_core::{
     task::{Publisher, Task},
     tasks::SendVerifyEmail,
 };
+use simplebank_observability::propagation::context_of;
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
@@ -68,10 +69,14 @@ impl SimpleBank for SimpleBankService {
         )
         .map_err(status::invalid_argument)?;
         let hashed_password = self.hash(new_user.password.clone()).await?;
-        let task = Task::new(&SendVerifyEmail {
+        let mut task = Task::new(&SendVerifyEmail {
             username: new_user.username.as_str().to_owned(),
         })
         .map_err(|e| status::internal(&e))?;
+        // The task belongs to this call's trace, wherever and whenever it is published.
+        let trace = context_of(&tracing::Span::current());
+        task.traceparent = trace.traceparent;
+        task.tracestate = trace.tracestate;
 
         let (user, outbox_id) = self
             .store
@@ -83,6 +88,7 @@ impl SimpleBank for SimpleBankService {
         // the outbox and the relay publishes it later.
         let (store, publisher) = (self.store.clone(), self.publisher.clone());
         tokio::spawn(async move {
+            // (The publish span continues the call's trace through the task's traceparent.)
             if let Err(err) = outbox::publish_row(&store, &publisher, outbox_id).await {
                 tracing::warn!(
                     task_id = %task.id,

@@ -57,9 +57,15 @@ impl Handler for Recorder {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let common = CommonConfig::from_env()?;
     let settings = ConsumerSettings::from_env()?;
-    if config::var("RUST_LOG")?.is_some() {
-        simplebank_observability::init(simplebank_observability::LogFormat::Pretty)?;
-    }
+    let _telemetry = match config::var("RUST_LOG")? {
+        Some(_) => Some(simplebank_observability::init(
+            &simplebank_observability::Config {
+                default_service_name: "simplebank-test-worker",
+                log_format: simplebank_observability::LogFormat::Pretty,
+            },
+        )?),
+        None => None,
+    };
     let client = redis_client::client(common.redis_address.expose())?;
     let keys = Keys::new(common.namespace.clone());
     let recorder = Recorder {

@@ -29,8 +29,10 @@ use simplebank_core::{
         fields, now_ms, scripts,
     },
 };
+use simplebank_observability::propagation::{TraceContext, record_error, set_parent};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
 
 use crate::{
     backoff::Backoff,
@@ -122,9 +124,46 @@ impl Dispatcher {
             timeout = timeout.min(Duration::from_millis(u64::try_from(left).unwrap_or(0)));
         }
 
+        let span = tracing::info_span!(
+            "process",
+            otel.name = format!("process {stream}"),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "redis",
+            messaging.destination.name = %stream,
+            messaging.operation.type = "process",
+            messaging.consumer.group.name = GROUP,
+            messaging.message.id = %entry.id,
+            simplebank.task.id = %task.id,
+            simplebank.task.type = %task.kind,
+            simplebank.task.attempt = task.attempt,
+        );
+        set_parent(
+            &span,
+            &TraceContext {
+                traceparent: task.traceparent.clone(),
+                tracestate: task.tracestate.clone(),
+            },
+        );
+        self.run(stream, entry.id, task, handler, timeout)
+            .instrument(span)
+            .await;
+    }
+
+    /// Runs one attempt inside its process span and settles the entry.
+    async fn run(
+        &self,
+        stream: String,
+        entry_id: String,
+        task: Task,
+        handler: Arc<dyn crate::handler::Handler>,
+        timeout: Duration,
+    ) {
         let started = Instant::now();
         let running = Arc::new(task.clone());
-        let mut attempt = tokio::spawn(async move { handler.handle(&running).await });
+        let mut attempt = tokio::spawn(
+            async move { handler.handle(&running).await }.instrument(tracing::Span::current()),
+        );
         let mut renew = tokio::time::interval_at(
             tokio::time::Instant::now() + self.renew_every,
             self.renew_every,
@@ -151,13 +190,16 @@ impl Dispatcher {
                     Err(join) if join.is_panic() => Err(Failure::retry("handler panicked")),
                     Err(join) => Err(Failure::retry(join.to_string())),
                 },
-                _ = renew.tick() => self.renew(&stream, &entry.id, &task).await,
+                _ = renew.tick() => self.renew(&stream, &entry_id, &task).await,
             }
         };
         let duration_ms = started.elapsed().as_secs_f64() * 1_000.0;
         match outcome {
-            Ok(()) => self.finish(&stream, &entry.id, &task, duration_ms).await,
-            Err(failure) => self.fail(&stream, &entry.id, task, failure).await,
+            Ok(()) => self.finish(&stream, &entry_id, &task, duration_ms).await,
+            Err(failure) => {
+                record_error(&tracing::Span::current(), &failure.message);
+                self.fail(&stream, &entry_id, task, failure).await;
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 use std::{fmt, path::PathBuf};
 
 use simplebank_core::domain::mask;
+use tracing::Instrument;
 
 use crate::handler::BoxFuture;
 
@@ -74,18 +75,28 @@ impl FileMailer {
 
 impl Mailer for FileMailer {
     fn send<'a>(&'a self, email: &'a Email) -> BoxFuture<'a, Result<(), MailError>> {
-        Box::pin(async move {
-            let path = self.dir.join(Self::file_name(&email.message_id));
-            let temp = path.with_extension("eml.tmp");
-            let fail = |source| MailError::File {
-                path: path.clone(),
-                source,
-            };
-            tokio::fs::create_dir_all(&self.dir).await.map_err(fail)?;
-            tokio::fs::write(&temp, render(email)).await.map_err(fail)?;
-            tokio::fs::rename(&temp, &path).await.map_err(fail)?;
-            Ok(())
-        })
+        let span = tracing::info_span!(
+            "send email",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            email.transport = "file",
+            email.message_id = %email.message_id,
+        );
+        Box::pin(
+            async move {
+                let path = self.dir.join(Self::file_name(&email.message_id));
+                let temp = path.with_extension("eml.tmp");
+                let fail = |source| MailError::File {
+                    path: path.clone(),
+                    source,
+                };
+                tokio::fs::create_dir_all(&self.dir).await.map_err(fail)?;
+                tokio::fs::write(&temp, render(email)).await.map_err(fail)?;
+                tokio::fs::rename(&temp, &path).await.map_err(fail)?;
+                Ok(())
+            }
+            .instrument(span),
+        )
     }
 }
 

@@ -20,10 +20,16 @@ async fn main() -> ExitCode {
         config::Environment::Production => LogFormat::Json,
         config::Environment::Development => LogFormat::Pretty,
     };
-    if let Err(err) = simplebank_observability::init(format) {
-        eprintln!("simplebank-worker: {err}");
-        return ExitCode::from(2);
-    }
+    let _telemetry = match simplebank_observability::init(&simplebank_observability::Config {
+        default_service_name: "simplebank-worker",
+        log_format: format,
+    }) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("simplebank-worker: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let shutdown = CancellationToken::new();
     tokio::spawn(simplebank_worker::signals::watch(shutdown.clone()));
     match simplebank_worker::run(config, shutdown).await {

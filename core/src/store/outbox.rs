@@ -32,6 +32,11 @@ impl OutboxBatch {
 
 impl Store {
     /// Locks up to `limit` unlocked outbox rows, oldest first; `only` restricts it to one row id.
+    #[tracing::instrument(
+        name = "SELECT task_outbox FOR UPDATE SKIP LOCKED",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT")
+    )]
     pub async fn lock_outbox(
         &self,
         only: Option<i64>,

@@ -24,6 +24,11 @@ const USER_COLUMNS: &str =
 impl Store {
     /// Inserts `user` and an outbox row holding `task`, in one transaction. Returns the stored
     /// user and the outbox row id, which the caller publishes after commit.
+    #[tracing::instrument(
+        name = "INSERT users, task_outbox",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT")
+    )]
     pub async fn create_user(
         &self,
         user: &NewUser,
@@ -53,6 +58,11 @@ impl Store {
         Ok((created, outbox_id))
     }
 
+    #[tracing::instrument(
+        name = "SELECT users",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT")
+    )]
     pub async fn get_user(&self, username: &str) -> Result<User, StoreError> {
         let user = sqlx::query_as(&format!(
             "SELECT {USER_COLUMNS} FROM users WHERE username = $1"

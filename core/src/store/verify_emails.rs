@@ -34,6 +34,11 @@ const COLUMNS: &str = "id, username, email, secret_code, is_used, created_at, ex
 
 impl Store {
     /// The record of `task_id`, created with `secret_code` if the task has none yet.
+    #[tracing::instrument(
+        name = "INSERT verify_emails",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT")
+    )]
     pub async fn create_verify_email(
         &self,
         task_id: &str,

@@ -4,6 +4,8 @@
 //! worker has finished.
 
 use redis::aio::ConnectionManager;
+use simplebank_observability::propagation::{TraceContext, context_of, record_error, set_parent};
+use tracing::Instrument;
 
 use super::{Keys, Schedule, Task, fields, scripts};
 
@@ -66,7 +68,49 @@ impl Publisher {
     }
 
     /// Enqueues `task`: onto its queue's stream, or into the scheduled set if it has a delay.
+    ///
+    /// Runs in a producer span (`send <stream>`) that continues the trace the task carries
+    /// (the RPC that created it, even when the outbox relay publishes it later); the entry then
+    /// carries this span's context, so the worker's span is its child.
     pub async fn publish(&self, task: &Task) -> Result<Enqueued, PublishError> {
+        let stream = self.keys.stream(&task.queue);
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = format!("send {stream}"),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "redis",
+            messaging.destination.name = %stream,
+            messaging.operation.type = "send",
+            messaging.message.id = tracing::field::Empty,
+            simplebank.task.id = %task.id,
+            simplebank.task.type = %task.kind,
+        );
+        set_parent(
+            &span,
+            &TraceContext {
+                traceparent: task.traceparent.clone(),
+                tracestate: task.tracestate.clone(),
+            },
+        );
+        let mut task = task.clone();
+        let trace = context_of(&span);
+        if trace.traceparent.is_some() {
+            task.traceparent = trace.traceparent;
+            task.tracestate = trace.tracestate;
+        }
+        let result = self.enqueue(&task).instrument(span.clone()).await;
+        match &result {
+            Ok(Enqueued::Queued { entry_id }) => {
+                span.record("messaging.message.id", entry_id.as_str());
+            }
+            Ok(_) => {}
+            Err(err) => record_error(&span, &err.to_string()),
+        }
+        result
+    }
+
+    async fn enqueue(&self, task: &Task) -> Result<Enqueued, PublishError> {
         let redis_error = |source| PublishError::Redis {
             task_id: task.id.clone(),
             source,

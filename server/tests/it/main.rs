@@ -6,3 +6,4 @@ mod e2e;
 mod helpers;
 mod outbox;
 mod pipeline;
+mod traces;

@@ -1,0 +1,496 @@
+//! One trace from the RPC through the queue into the worker, received by an OTLP trace
+//! receiver inside the test (a tonic server implementing the collector's TraceService from the
+//! official OpenTelemetry protobuf definitions), with the real server and worker binaries
+//! running as separate processes.
+
+use std::{
+    path::PathBuf,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::{AnyValue, any_value::Value},
+    trace::v1::{Span, span::SpanKind},
+};
+use simplebank_core::testing::{RedisServer, TempDir, TestDb, TestRedis, eventually, free_port};
+use simplebank_server::pb::simple_bank_client::SimpleBankClient;
+use tonic::{Request, Response, Status, metadata::MetadataValue};
+
+use crate::helpers::request;
+
+/// Every span the receiver got, with the service that sent it.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<(String, Span)>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let mut spans = self.spans.lock().expect("lock");
+        for resource_spans in request.into_inner().resource_spans {
+            let service = resource_spans
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref())
+                .map(text)
+                .unwrap_or_default();
+            for scope in resource_spans.scope_spans {
+                spans.extend(scope.spans.into_iter().map(|span| (service.clone(), span)));
+            }
+        }
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+fn text(value: &AnyValue) -> String {
+    match &value.value {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn attr(span: &Span, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .map(text)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Collector {
+    async fn start() -> (Self, u16) {
+        let collector = Self::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let service = TraceServiceServer::new(collector.clone());
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        });
+        (collector, port)
+    }
+
+    fn of_trace(&self, trace_id: &str) -> Vec<(String, Span)> {
+        self.spans
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(_, span)| hex(&span.trace_id) == trace_id)
+            .cloned()
+            .collect()
+    }
+}
+
+/// The server and worker binaries, exporting to the receiver, logging JSON into files.
+struct Stack {
+    db: TestDb,
+    redis: TestRedis,
+    grpc: String,
+    logs: TempDir,
+    server: tokio::process::Child,
+    worker: Option<tokio::process::Child>,
+    env: Vec<(String, String)>,
+}
+
+fn worker_binary() -> PathBuf {
+    let server = PathBuf::from(env!("CARGO_BIN_EXE_simplebank-server"));
+    let worker = server.with_file_name("simplebank-worker");
+    assert!(
+        worker.exists(),
+        "build the worker first: cargo build --workspace --bins"
+    );
+    worker
+}
+
+impl Stack {
+    async fn start(redis: TestRedis, otlp_port: u16, mail_dir: Option<PathBuf>) -> Self {
+        let db = TestDb::create().await;
+        let logs = TempDir::new();
+        let grpc = format!("127.0.0.1:{}", free_port());
+        let mail_dir = mail_dir.unwrap_or_else(|| logs.0.join("mail"));
+        let env: Vec<(String, String)> = [
+            ("DB_SOURCE", db.url.expose().clone()),
+            ("REDIS_ADDRESS", redis.address.clone()),
+            ("REDIS_NAMESPACE", redis.namespace.as_str().to_owned()),
+            ("GRPC_SERVER_ADDRESS", grpc.clone()),
+            ("ENVIRONMENT", "production".into()),
+            ("RUST_LOG", "info".into()),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{otlp_port}"),
+            ),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            ("OUTBOX_RELAY_INTERVAL", "100ms".into()),
+            ("EMAIL_FILE_DIR", mail_dir.display().to_string()),
+            ("WORKER_RETRY_BASE_DELAY", "200ms".into()),
+            ("WORKER_RETRY_MAX_DELAY", "400ms".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let server = spawn(
+            env!("CARGO_BIN_EXE_simplebank-server").into(),
+            &env,
+            &logs.0.join("server.log"),
+        );
+        let stack = Self {
+            db,
+            redis,
+            grpc,
+            logs,
+            server,
+            worker: None,
+            env,
+        };
+        let address = format!("http://{}", stack.grpc);
+        eventually(
+            "the server accepts connections",
+            Duration::from_secs(30),
+            || {
+                let address = address.clone();
+                async move { SimpleBankClient::connect(address).await.is_ok() }
+            },
+        )
+        .await;
+        stack
+    }
+
+    fn start_worker(&mut self) {
+        self.worker = Some(spawn(
+            worker_binary(),
+            &self.env,
+            &self.logs.0.join("worker.log"),
+        ));
+    }
+
+    async fn create_user(&self, trace_id: &str) -> String {
+        let mut client = SimpleBankClient::connect(format!("http://{}", self.grpc))
+            .await
+            .expect("connect");
+        let mut call = Request::new(request("alice", "alice@example.com"));
+        let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+        call.metadata_mut().insert(
+            "traceparent",
+            MetadataValue::try_from(traceparent.as_str()).expect("ascii"),
+        );
+        client.create_user(call).await.expect("CreateUser");
+        "secret-password-1".to_owned()
+    }
+
+    /// SIGTERM both and return their log lines.
+    async fn stop(mut self) -> (Vec<String>, TestDb) {
+        for child in [Some(&mut self.server), self.worker.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        }
+        let mut lines = Vec::new();
+        for name in ["server.log", "worker.log"] {
+            if let Ok(text) = std::fs::read_to_string(self.logs.0.join(name)) {
+                lines.extend(text.lines().map(str::to_owned));
+            }
+        }
+        let _ = &self.redis;
+        (lines, self.db)
+    }
+}
+
+fn spawn(binary: PathBuf, env: &[(String, String)], log: &PathBuf) -> tokio::process::Child {
+    let file = std::fs::File::create(log).expect("log file");
+    tokio::process::Command::new(binary)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(file))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start binary")
+}
+
+/// Waits for the RPC, publish and process spans of `trace_id`; returns the trace's spans.
+async fn wait_for_trace(
+    collector: &Collector,
+    trace_id: &str,
+    processes: usize,
+) -> Vec<(String, Span)> {
+    eventually("the whole trace arrived", Duration::from_secs(30), || {
+        let spans = collector.of_trace(trace_id);
+        async move {
+            let kinds: Vec<i32> = spans.iter().map(|(_, s)| s.kind).collect();
+            let published = spans.iter().any(|(_, s)| {
+                s.kind == SpanKind::Producer as i32 && attr(s, "messaging.message.id").is_some()
+            });
+            kinds.contains(&(SpanKind::Server as i32))
+                && published
+                && kinds
+                    .iter()
+                    .filter(|k| **k == SpanKind::Consumer as i32)
+                    .count()
+                    >= processes
+                && spans.iter().any(|(_, s)| s.name == "send email")
+        }
+    })
+    .await;
+    collector.of_trace(trace_id)
+}
+
+fn one(spans: &[(String, Span)], kind: SpanKind) -> &(String, Span) {
+    let found: Vec<_> = spans
+        .iter()
+        .filter(|(_, s)| s.kind == kind as i32)
+        .collect();
+    assert_eq!(found.len(), 1, "one {kind:?} span: {found:?}");
+    found[0]
+}
+
+/// Checks the RPC -> publish -> process chain and the attributes; returns the process spans.
+fn check_chain(spans: &[(String, Span)], queue_stream: &str) -> Vec<Span> {
+    let (server_service, rpc) = one(spans, SpanKind::Server);
+    assert_eq!(server_service, "simplebank-server");
+    assert_eq!(rpc.name, "simplebank.v1.SimpleBank/CreateUser");
+    assert_eq!(
+        hex(&rpc.parent_span_id),
+        "00f067aa0ba902b7",
+        "continues the client's trace"
+    );
+    assert_eq!(attr(rpc, "rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(
+        attr(rpc, "rpc.service").as_deref(),
+        Some("simplebank.v1.SimpleBank")
+    );
+    assert_eq!(attr(rpc, "rpc.method").as_deref(), Some("CreateUser"));
+    assert_eq!(attr(rpc, "rpc.grpc.status_code").as_deref(), Some("0"));
+
+    let db = spans
+        .iter()
+        .find(|(_, s)| s.name == "INSERT users, task_outbox")
+        .map(|(_, s)| s)
+        .expect("the database span");
+    assert_eq!(db.parent_span_id, rpc.span_id);
+    assert_eq!(attr(db, "db.system").as_deref(), Some("postgresql"));
+
+    // Failed publish attempts (Redis down) are spans of the trace too, marked ERROR; exactly one
+    // attempt succeeded.
+    let publishes: Vec<&Span> = spans
+        .iter()
+        .filter(|(_, s)| s.kind == SpanKind::Producer as i32)
+        .map(|(_, s)| s)
+        .collect();
+    for attempt in &publishes {
+        assert_eq!(
+            attempt.parent_span_id, rpc.span_id,
+            "publish is a child of the RPC"
+        );
+    }
+    let succeeded: Vec<&&Span> = publishes
+        .iter()
+        .filter(|s| s.status.as_ref().is_none_or(|st| st.code != 2))
+        .collect();
+    assert_eq!(succeeded.len(), 1, "one successful publish: {publishes:?}");
+    let publish = *succeeded[0];
+    assert_eq!(publish.name, format!("send {queue_stream}"));
+    assert_eq!(attr(publish, "messaging.system").as_deref(), Some("redis"));
+    assert_eq!(
+        attr(publish, "messaging.destination.name").as_deref(),
+        Some(queue_stream)
+    );
+    assert_eq!(
+        attr(publish, "messaging.operation.type").as_deref(),
+        Some("send")
+    );
+    assert!(attr(publish, "messaging.message.id").is_some_and(|id| id.contains('-')));
+
+    let processes: Vec<Span> = spans
+        .iter()
+        .filter(|(service, s)| {
+            s.kind == SpanKind::Consumer as i32 && service == "simplebank-worker"
+        })
+        .map(|(_, s)| s.clone())
+        .collect();
+    for process in &processes {
+        assert_eq!(
+            process.parent_span_id, publish.span_id,
+            "process is a child of publish"
+        );
+        assert_eq!(
+            attr(process, "messaging.operation.type").as_deref(),
+            Some("process")
+        );
+        assert_eq!(
+            attr(process, "messaging.consumer.group.name").as_deref(),
+            Some("workers")
+        );
+        assert_eq!(
+            attr(process, "messaging.destination.name").as_deref(),
+            Some(queue_stream)
+        );
+        assert!(attr(process, "simplebank.task.attempt").is_some());
+    }
+    let mail = spans
+        .iter()
+        .find(|(_, s)| s.name == "send email")
+        .map(|(_, s)| s)
+        .expect("the mailer span");
+    assert!(processes.iter().any(|p| p.span_id == mail.parent_span_id));
+    processes
+}
+
+/// Nothing secret in any span (names, attributes, events) or log line.
+async fn assert_no_secrets(collector: &Collector, lines: &[String], db: &TestDb, password: &str) {
+    let code: String = sqlx::query_scalar("SELECT secret_code FROM verify_emails LIMIT 1")
+        .fetch_one(db.store.pool())
+        .await
+        .expect("a verification record");
+    let spans = format!("{:?}", collector.spans.lock().expect("lock"));
+    for secret in [password, code.as_str(), "alice@example.com", "$argon2"] {
+        assert!(!spans.contains(secret), "a span holds {secret:?}");
+        assert!(
+            !lines.iter().any(|l| l.contains(secret)),
+            "a log line holds {secret:?}"
+        );
+    }
+}
+
+fn assert_logs_carry(lines: &[String], trace_id: &str, message: &str) {
+    let line = lines
+        .iter()
+        .find(|l| l.contains(message) && l.contains(trace_id))
+        .unwrap_or_else(|| panic!("no {message:?} log line with trace id {trace_id}"));
+    let json: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+    assert_eq!(json["trace_id"], trace_id);
+    assert!(json["span_id"].as_str().is_some_and(|s| s.len() == 16));
+}
+
+#[tokio::test]
+async fn one_sign_up_is_one_trace_from_the_rpc_into_the_worker() {
+    let (collector, port) = Collector::start().await;
+    let redis = TestRedis::new();
+    let stream = redis
+        .keys()
+        .stream(&simplebank_core::task::QueueName::parse("critical").expect("q"));
+    let mut stack = Stack::start(redis, port, None).await;
+    stack.start_worker();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let password = stack.create_user(trace_id).await;
+
+    let spans = wait_for_trace(&collector, trace_id, 1).await;
+    let processes = check_chain(&spans, &stream);
+    assert_eq!(processes.len(), 1);
+    let (lines, db) = stack.stop().await;
+    assert_logs_carry(&lines, trace_id, "processed task");
+    assert_logs_carry(&lines, trace_id, "gRPC call");
+    assert_no_secrets(&collector, &lines, &db, &password).await;
+}
+
+#[tokio::test]
+async fn a_task_relayed_from_the_outbox_later_stays_in_its_trace() {
+    let (collector, port) = Collector::start().await;
+    let mut redis_server = RedisServer::stopped(free_port(), &[]);
+    let redis = TestRedis::at(redis_server.address());
+    let stream = redis
+        .keys()
+        .stream(&simplebank_core::task::QueueName::parse("critical").expect("q"));
+    let mut stack = Stack::start(redis, port, None).await;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let password = stack.create_user(trace_id).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        stack.db.store.outbox_len().await.expect("outbox"),
+        1,
+        "waiting in the outbox"
+    );
+
+    redis_server.restart().await;
+    stack.start_worker();
+    let spans = wait_for_trace(&collector, trace_id, 1).await;
+    check_chain(&spans, &stream);
+    let (lines, db) = stack.stop().await;
+    assert_no_secrets(&collector, &lines, &db, &password).await;
+}
+
+#[tokio::test]
+async fn a_retried_task_stays_in_its_trace_with_the_failure_recorded() {
+    let (collector, port) = Collector::start().await;
+    let redis = TestRedis::new();
+    let stream = redis
+        .keys()
+        .stream(&simplebank_core::task::QueueName::parse("critical").expect("q"));
+    // The mail folder is a regular file at first: the first attempt fails.
+    let blocker = TempDir::new();
+    let mail_dir = blocker.0.join("mail");
+    std::fs::write(&mail_dir, "not a folder").expect("blocker file");
+    let mut stack = Stack::start(redis, port, Some(mail_dir.clone())).await;
+    stack.start_worker();
+    let trace_id = "5b8efff798038103d269b633813fc60c";
+    let password = stack.create_user(trace_id).await;
+
+    eventually("the first attempt failed", Duration::from_secs(30), || {
+        let failed = collector.of_trace(trace_id).iter().any(|(_, s)| {
+            s.kind == SpanKind::Consumer as i32 && s.status.as_ref().is_some_and(|st| st.code == 2)
+        });
+        async move { failed }
+    })
+    .await;
+    std::fs::remove_file(&mail_dir).expect("unblock");
+    let spans = wait_for_trace(&collector, trace_id, 2).await;
+    let processes = check_chain(&spans, &stream);
+    let attempts: Vec<String> = processes
+        .iter()
+        .filter_map(|p| attr(p, "simplebank.task.attempt"))
+        .collect();
+    assert!(
+        attempts.contains(&"1".to_owned()) && attempts.contains(&"2".to_owned()),
+        "{attempts:?}"
+    );
+    assert!(
+        mail_dir.is_dir(),
+        "the second attempt created the mail folder"
+    );
+    let (lines, db) = stack.stop().await;
+    assert_no_secrets(&collector, &lines, &db, &password).await;
+}
+
+#[tokio::test]
+async fn with_the_receiver_down_sign_up_works_and_shutdown_is_prompt() {
+    let closed_port = free_port();
+    let redis = TestRedis::new();
+    let stack = Stack::start(redis, closed_port, None).await;
+    stack.create_user("6e0c63257de34c926f9efcd03899a3e6").await;
+    let started = std::time::Instant::now();
+    let (_lines, _db) = stack.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "stopped in {:?}",
+        started.elapsed()
+    );
+}
