@@ -74,9 +74,7 @@ impl SimpleBank for SimpleBankService {
         })
         .map_err(|e| status::internal(&e))?;
         // The task belongs to this call's trace, wherever and whenever it is published.
-        let trace = context_of(&tracing::Span::current());
-        task.traceparent = trace.traceparent;
-        task.tracestate = trace.tracestate;
+        task.set_trace(context_of(&tracing::Span::current()));
 
         let (user, outbox_id) = self
             .store

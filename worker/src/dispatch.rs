@@ -29,7 +29,7 @@ use simplebank_core::{
         fields, now_ms, scripts,
     },
 };
-use simplebank_observability::propagation::{TraceContext, record_error, set_parent};
+use simplebank_observability::propagation::{record_error, set_parent};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
@@ -138,13 +138,7 @@ impl Dispatcher {
             simplebank.task.type = %task.kind,
             simplebank.task.attempt = task.attempt,
         );
-        set_parent(
-            &span,
-            &TraceContext {
-                traceparent: task.traceparent.clone(),
-                tracestate: task.tracestate.clone(),
-            },
-        );
+        set_parent(&span, &task.trace());
         self.run(stream, entry.id, task, handler, timeout)
             .instrument(span)
             .await;

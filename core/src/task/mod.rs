@@ -17,6 +17,7 @@ pub mod scripts;
 use std::{fmt, time::Duration};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use simplebank_observability::propagation::TraceContext;
 use time::OffsetDateTime;
 
 pub use dead::{DeadLetters, DeadTask};
@@ -203,6 +204,22 @@ impl Task {
 
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The W3C trace context the task carries.
+    pub fn trace(&self) -> TraceContext {
+        TraceContext {
+            traceparent: self.traceparent.clone(),
+            tracestate: self.tracestate.clone(),
+        }
+    }
+
+    /// Makes the task carry `trace` (when it holds a context).
+    pub fn set_trace(&mut self, trace: TraceContext) {
+        if trace.traceparent.is_some() {
+            self.traceparent = trace.traceparent;
+            self.tracestate = trace.tracestate;
+        }
     }
 
     /// The value this task writes into its uniqueness lock: its id and a hash of what it was

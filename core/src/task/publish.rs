@@ -4,7 +4,7 @@
 //! worker has finished.
 
 use redis::aio::ConnectionManager;
-use simplebank_observability::propagation::{TraceContext, context_of, record_error, set_parent};
+use simplebank_observability::propagation::{context_of, record_error, set_parent};
 use tracing::Instrument;
 
 use super::{Keys, Schedule, Task, fields, scripts};
@@ -86,19 +86,9 @@ impl Publisher {
             simplebank.task.id = %task.id,
             simplebank.task.type = %task.kind,
         );
-        set_parent(
-            &span,
-            &TraceContext {
-                traceparent: task.traceparent.clone(),
-                tracestate: task.tracestate.clone(),
-            },
-        );
+        set_parent(&span, &task.trace());
         let mut task = task.clone();
-        let trace = context_of(&span);
-        if trace.traceparent.is_some() {
-            task.traceparent = trace.traceparent;
-            task.tracestate = trace.tracestate;
-        }
+        task.set_trace(context_of(&span));
         let result = self.enqueue(&task).instrument(span.clone()).await;
         match &result {
             Ok(Enqueued::Queued { entry_id }) => {

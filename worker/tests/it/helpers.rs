@@ -144,26 +144,33 @@ pub fn publisher(redis: &TestRedis) -> Publisher {
     Publisher::new(conn, redis.keys())
 }
 
-/// Publishes `n` no-op tasks with one pipelined request; returns their ids.
-pub async fn publish_noops(redis: &TestRedis, n: u32) -> Vec<String> {
-    let stream = redis
-        .keys()
-        .stream(&QueueName::parse(Noop::QUEUE).expect("queue"));
-    let mut pipe = redis::pipe();
-    let mut ids = Vec::new();
-    for i in 0..n {
-        let task = Task::new(&Noop { n: i }).expect("task");
-        pipe.cmd("XADD")
-            .arg(&stream)
-            .arg("*")
-            .arg(simplebank_core::task::fields::encode(&task))
-            .ignore();
-        ids.push(task.id);
+/// XADDs `tasks` onto their streams, pipelined 1,000 at a time; returns their ids.
+pub async fn xadd_all(redis: &TestRedis, tasks: Vec<Task>) -> Vec<String> {
+    let mut conn = redis.conn().await;
+    let mut ids = Vec::with_capacity(tasks.len());
+    for chunk in tasks.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for task in chunk {
+            pipe.cmd("XADD")
+                .arg(redis.keys().stream(&task.queue))
+                .arg("*")
+                .arg(simplebank_core::task::fields::encode(task))
+                .ignore();
+            ids.push(task.id.clone());
+        }
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .expect("XADD pipeline");
     }
-    pipe.query_async::<()>(&mut redis.conn().await)
-        .await
-        .expect("XADD pipeline");
     ids
+}
+
+/// Publishes `n` no-op tasks; returns their ids.
+pub async fn publish_noops(redis: &TestRedis, n: u32) -> Vec<String> {
+    let tasks = (0..n)
+        .map(|n| Task::new(&Noop { n }).expect("task"))
+        .collect();
+    xadd_all(redis, tasks).await
 }
 
 /// Waits until `queue`'s stream is empty and nothing is pending: every task finished and acked.
@@ -239,29 +246,12 @@ impl TaskPayload for TestJob {
     const TYPE: &'static str = "test:job";
 }
 
-/// Publishes `n` `test:job` tasks sleeping `sleep_ms` each, pipelined; returns their ids.
+/// Publishes `n` `test:job` tasks sleeping `sleep_ms` each; returns their ids.
 pub async fn publish_jobs(redis: &TestRedis, n: u32, sleep_ms: u64) -> Vec<String> {
-    let stream = redis
-        .keys()
-        .stream(&QueueName::parse(TestJob::QUEUE).expect("queue"));
-    let mut ids = Vec::new();
-    let mut conn = redis.conn().await;
-    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
-        let mut pipe = redis::pipe();
-        for i in chunk {
-            let task = Task::new(&TestJob { n: *i, sleep_ms }).expect("task");
-            pipe.cmd("XADD")
-                .arg(&stream)
-                .arg("*")
-                .arg(simplebank_core::task::fields::encode(&task))
-                .ignore();
-            ids.push(task.id);
-        }
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .expect("XADD pipeline");
-    }
-    ids
+    let tasks = (0..n)
+        .map(|n| Task::new(&TestJob { n, sleep_ms }).expect("task"))
+        .collect();
+    xadd_all(redis, tasks).await
 }
 
 /// The `test_worker` example binary (built by `cargo test --all-targets` / `make test`).

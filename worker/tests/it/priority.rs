@@ -6,27 +6,20 @@ use simplebank_core::{
 };
 use simplebank_worker::Handlers;
 
-use crate::helpers::{Noop, Recorder, RunningWorker, settings, wait_for_runs};
+use crate::helpers::{Noop, Recorder, RunningWorker, settings, wait_for_runs, xadd_all};
 
-/// Fills each queue with `per_queue` no-op tasks in one pipeline.
+/// Fills each queue with `per_queue` no-op tasks.
 async fn fill(redis: &TestRedis, per_queue: u32) {
-    let mut pipe = redis::pipe();
+    let mut tasks = Vec::new();
     for queue in ["critical", "default", "low"] {
         let queue = QueueName::parse(queue).expect("queue");
-        for n in 0..per_queue {
-            let task = Task::new(&Noop { n })
+        tasks.extend((0..per_queue).map(|n| {
+            Task::new(&Noop { n })
                 .expect("task")
-                .with_queue(queue.clone());
-            pipe.cmd("XADD")
-                .arg(redis.keys().stream(&queue))
-                .arg("*")
-                .arg(simplebank_core::task::fields::encode(&task))
-                .ignore();
-        }
+                .with_queue(queue.clone())
+        }));
     }
-    pipe.query_async::<()>(&mut redis.conn().await)
-        .await
-        .expect("fill");
+    xadd_all(redis, tasks).await;
 }
 
 async fn first_served(strict: bool, served: usize) -> Vec<String> {
