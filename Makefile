@@ -21,8 +21,10 @@ export DB_SOURCE REDIS_ADDRESS
 run: services build migrateup
 	@scripts/run.sh
 
-## test: services, grpcurl, fmt + clippy gate, then the whole test suite
+## test: services, grpcurl, fmt + clippy gate, then the whole test suite. The binaries and
+## examples are built first: the end-to-end and fault tests run them as processes.
 test: services tools lint
+	$(CARGO) build --workspace --bins --examples
 	$(CARGO) test --workspace --all-targets
 
 ## bench: release-mode benchmarks against the services (see BENCHMARKS.md)
