@@ -30,6 +30,9 @@ impl<T> fmt::Display for Secret<T> {
     }
 }
 
+/// Length of verification codes: 32 characters of `[A-Za-z0-9]`, over 190 random bits.
+pub const SECRET_CODE_LEN: usize = 32;
+
 /// A random code of `len` characters from `[A-Za-z0-9]`, drawn from the operating system's
 /// CSPRNG (about 5.95 bits per character; 32 characters give over 190 bits).
 pub fn random_code(len: usize) -> Secret<String> {

@@ -373,6 +373,20 @@ impl Drop for TempDir {
     }
 }
 
+/// The `email_id` and `secret_code` of the first verification link in an email's text.
+pub fn verify_link(message: &str) -> Option<(i64, String)> {
+    let start = message.find("email_id=")? + "email_id=".len();
+    let rest = &message[start..];
+    let id_end = rest.find(|c: char| !c.is_ascii_digit())?;
+    let id = rest[..id_end].parse().ok()?;
+    let code_start = rest.find("secret_code=")? + "secret_code=".len();
+    let code: String = rest[code_start..]
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect();
+    Some((id, code))
+}
+
 /// Polls `check` every 20 ms until it returns true; panics with `what` after `timeout`.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use simplebank_core::{
-    domain::NewUser,
+    domain::{FieldViolation, NewUser, ValidationError},
     outbox, password,
+    secret::SECRET_CODE_LEN,
     store::{Store, User},
     task::{Publisher, Task},
     tasks::SendVerifyEmail,
@@ -98,6 +99,32 @@ impl SimpleBank for SimpleBankService {
         Ok(Response::new(pb::CreateUserResponse {
             user: Some(to_pb(user)),
         }))
+    }
+
+    async fn verify_email(
+        &self,
+        request: Request<pb::VerifyEmailRequest>,
+    ) -> Result<Response<pb::VerifyEmailResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Vec::new();
+        if request.email_id <= 0 {
+            violations.push(FieldViolation::new("email_id", "must be a positive number"));
+        }
+        let code = &request.secret_code;
+        if code.len() != SECRET_CODE_LEN || !code.chars().all(|c| c.is_ascii_alphanumeric()) {
+            violations.push(FieldViolation::new(
+                "secret_code",
+                format!("must be {SECRET_CODE_LEN} letters and digits"),
+            ));
+        }
+        if !violations.is_empty() {
+            return Err(status::invalid_argument(ValidationError { violations }));
+        }
+        self.store
+            .verify_email(request.email_id, code)
+            .await
+            .map_err(status::from_verify)?;
+        Ok(Response::new(pb::VerifyEmailResponse { is_verified: true }))
     }
 }
 

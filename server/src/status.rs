@@ -4,7 +4,10 @@
 use std::error::Error;
 
 pub use simplebank_core::report::chain;
-use simplebank_core::{domain::ValidationError, store::StoreError};
+use simplebank_core::{
+    domain::ValidationError,
+    store::{StoreError, VerifyError},
+};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -30,6 +33,20 @@ pub fn from_store(err: StoreError) -> Status {
             Status::unavailable("the database is unavailable; try again later")
         }
         other => internal(&other),
+    }
+}
+
+/// VerifyEmail's outcomes: one NOT_FOUND for an unknown id and a wrong code (ids cannot be
+/// probed), FAILED_PRECONDITION naming why a right code no longer works.
+pub fn from_verify(err: VerifyError) -> Status {
+    match err {
+        VerifyError::NotFound => Status::not_found("no verification with this id and code"),
+        VerifyError::Expired => Status::failed_precondition("the code has expired"),
+        VerifyError::AlreadyUsed => Status::failed_precondition("the code was already used"),
+        VerifyError::AddressChanged => {
+            Status::failed_precondition("the code was sent to an address the user no longer has")
+        }
+        VerifyError::Store(err) => from_store(err),
     }
 }
 

@@ -2,9 +2,13 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use crate::backoff::Backoff;
+use crate::{
+    backoff::Backoff,
+    mail::smtp::{SmtpConfig, TlsMode},
+};
 use simplebank_core::{
     config::{self, CommonConfig, ConfigError},
+    secret::Secret,
     task::{QueueName, keys::DEFAULT_QUEUES},
 };
 
@@ -151,13 +155,66 @@ pub fn parse_queues(raw: &str) -> Result<Vec<(QueueName, u32)>, String> {
 /// Default of `WORKER_VISIBILITY_TIMEOUT`.
 pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Which mailer sends the verification emails (`EMAIL_MAILER`, default `file`).
+#[derive(Debug, Clone)]
+pub enum MailerConfig {
+    /// `.eml` files in `EMAIL_FILE_DIR` (default `.local/mail`).
+    File { dir: PathBuf },
+    /// An SMTP server (`SMTP_*`).
+    Smtp(SmtpConfig),
+}
+
+impl MailerConfig {
+    fn from_env() -> Result<Self, ConfigError> {
+        let kind = config::var("EMAIL_MAILER")?.unwrap_or_else(|| "file".into());
+        match kind.as_str() {
+            "file" => Ok(Self::File {
+                dir: config::var("EMAIL_FILE_DIR")?
+                    .unwrap_or_else(|| ".local/mail".into())
+                    .into(),
+            }),
+            "smtp" => {
+                let host = config::var("SMTP_HOST")?.ok_or_else(|| {
+                    ConfigError::new("SMTP_HOST", "required when EMAIL_MAILER=smtp")
+                })?;
+                let tls: TlsMode = config::parse_or("SMTP_TLS", TlsMode::StartTls)?;
+                let default_port = match tls {
+                    TlsMode::None => 25,
+                    TlsMode::StartTls => 587,
+                    TlsMode::Tls => 465,
+                };
+                let credentials =
+                    match (config::var("SMTP_USERNAME")?, config::var("SMTP_PASSWORD")?) {
+                        (Some(user), Some(password)) => Some((user, Secret::new(password))),
+                        (None, None) => None,
+                        _ => {
+                            return Err(ConfigError::new(
+                                "SMTP_USERNAME",
+                                "SMTP_USERNAME and SMTP_PASSWORD go together",
+                            ));
+                        }
+                    };
+                Ok(Self::Smtp(SmtpConfig {
+                    host,
+                    port: config::parse_or("SMTP_PORT", default_port)?,
+                    credentials,
+                    tls,
+                    timeout: config::duration_or("SMTP_TIMEOUT", Duration::from_secs(10))?,
+                }))
+            }
+            _ => Err(ConfigError::new("EMAIL_MAILER", "expected file or smtp")),
+        }
+    }
+}
+
 /// Everything `worker::run` needs.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub common: CommonConfig,
     pub consumer: ConsumerSettings,
-    /// `EMAIL_FILE_DIR`, default `.local/mail`: where the file mailer writes `.eml` files.
-    pub email_file_dir: PathBuf,
+    pub mailer: MailerConfig,
+    /// `VERIFY_EMAIL_EXPIRY`, default 15m: how long a verification code is valid.
+    pub verify_email_expiry: Duration,
     /// `EMAIL_SENDER`, default `Simple Bank <no-reply@simplebank.local>`.
     pub email_sender: String,
     /// `VERIFY_EMAIL_URL`, default `http://localhost:8080/v1/verify_email`: the base of the
@@ -170,9 +227,11 @@ impl WorkerConfig {
         Ok(Self {
             common: CommonConfig::from_env()?,
             consumer: ConsumerSettings::from_env()?,
-            email_file_dir: config::var("EMAIL_FILE_DIR")?
-                .unwrap_or_else(|| ".local/mail".into())
-                .into(),
+            mailer: MailerConfig::from_env()?,
+            verify_email_expiry: config::duration_or(
+                "VERIFY_EMAIL_EXPIRY",
+                Duration::from_secs(15 * 60),
+            )?,
             email_sender: config::var("EMAIL_SENDER")?
                 .unwrap_or_else(|| "Simple Bank <no-reply@simplebank.local>".into()),
             verify_email_url: config::var("VERIFY_EMAIL_URL")?

@@ -41,7 +41,11 @@ pub use config::{ConsumerSettings, WorkerConfig};
 pub use handler::{Handler, HandlerError, Handlers};
 
 use crate::{
-    dispatch::Dispatcher, fetch::Fetcher, handlers::SendVerifyEmailHandler, mail::FileMailer,
+    config::MailerConfig,
+    dispatch::Dispatcher,
+    fetch::Fetcher,
+    handlers::SendVerifyEmailHandler,
+    mail::{FileMailer, MailError, Mailer, smtp::SmtpMailer},
     reclaim::Reclaimer,
 };
 
@@ -51,12 +55,17 @@ pub enum WorkerError {
     Store(#[from] StoreError),
     #[error("cannot use Redis (REDIS_ADDRESS)")]
     Redis(#[from] redis::RedisError),
+    #[error("cannot set up the SMTP mailer (SMTP_HOST)")]
+    Mailer(#[from] MailError),
 }
 
 /// Runs a worker with this project's handlers until `shutdown` is cancelled.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
     let store = Store::connect_lazy(&config.common.db_source)?;
-    let mailer = Arc::new(FileMailer::new(&config.email_file_dir));
+    let mailer: Arc<dyn Mailer> = match &config.mailer {
+        MailerConfig::File { dir } => Arc::new(FileMailer::new(dir)),
+        MailerConfig::Smtp(smtp) => Arc::new(SmtpMailer::new(smtp)?),
+    };
     let handlers = Handlers::new().with(
         SendVerifyEmail::TYPE,
         SendVerifyEmailHandler::new(
@@ -64,6 +73,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             mailer,
             config.email_sender.clone(),
             config.verify_email_url.clone(),
+            config.verify_email_expiry,
         ),
     );
     let worker = Worker::new(

@@ -19,7 +19,7 @@ pub struct FieldViolation {
 }
 
 impl FieldViolation {
-    fn new(field: &'static str, description: impl Into<String>) -> Self {
+    pub fn new(field: &'static str, description: impl Into<String>) -> Self {
         Self {
             field,
             description: description.into(),

@@ -19,7 +19,7 @@ use sqlx::{
 use crate::secret::Secret;
 
 pub use users::User;
-pub use verify_emails::VerifyEmail;
+pub use verify_emails::{VerifyEmail, VerifyError};
 
 /// What went wrong talking to PostgreSQL, sorted by what a caller does about it.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use simplebank_server::{
     ServerConfig, ServerError,
     pb::{CreateUserRequest, simple_bank_client::SimpleBankClient},
 };
-use simplebank_worker::{ConsumerSettings, WorkerConfig};
+use simplebank_worker::{ConsumerSettings, WorkerConfig, config::MailerConfig};
 use tokio::{sync::oneshot, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -90,7 +90,10 @@ impl TestWorker {
         let config = WorkerConfig {
             common,
             consumer,
-            email_file_dir: mail.0.clone(),
+            mailer: MailerConfig::File {
+                dir: mail.0.clone(),
+            },
+            verify_email_expiry: Duration::from_secs(15 * 60),
             email_sender: "Simple Bank <no-reply@simplebank.test>".into(),
             verify_email_url: "http://localhost:8080/v1/verify_email".into(),
         };

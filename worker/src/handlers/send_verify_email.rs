@@ -1,13 +1,15 @@
 //! `task:send_verify_email`: create the user's verification record and email the link.
 //!
-//! Idempotent by task id: the record is keyed by it, so a redelivery finds the record (and
-//! code) of the first delivery, and the email gets the same message id.
+//! Idempotent by task id: the record is keyed by it, so a redelivery finds the record of the
+//! first delivery; once its email is marked sent, a redelivery sends nothing. The database
+//! keeps only a hash of the code. Mail failures follow the retry rules: a permanent rejection
+//! (5xx) is dead-lettered at once, a transient one is retried with backoff.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use simplebank_core::{
-    secret::{Secret, random_code},
-    store::Store,
+    secret::{SECRET_CODE_LEN, Secret, random_code},
+    store::{Store, StoreError},
     task::Task,
     tasks::SendVerifyEmail,
 };
@@ -17,15 +19,13 @@ use crate::{
     mail::{Email, Mailer},
 };
 
-/// Length of the secret code: 32 characters of `[A-Za-z0-9]`, over 190 random bits.
-pub const SECRET_CODE_LEN: usize = 32;
-
 #[derive(Clone)]
 pub struct SendVerifyEmailHandler {
     store: Store,
     mailer: Arc<dyn Mailer>,
     sender: String,
     verify_url: String,
+    expiry: Duration,
 }
 
 impl std::fmt::Debug for SendVerifyEmailHandler {
@@ -37,40 +37,63 @@ impl std::fmt::Debug for SendVerifyEmailHandler {
 }
 
 impl SendVerifyEmailHandler {
-    pub fn new(store: Store, mailer: Arc<dyn Mailer>, sender: String, verify_url: String) -> Self {
+    pub fn new(
+        store: Store,
+        mailer: Arc<dyn Mailer>,
+        sender: String,
+        verify_url: String,
+        expiry: Duration,
+    ) -> Self {
         Self {
             store,
             mailer,
             sender,
             verify_url,
+            expiry,
         }
     }
 
     async fn run(&self, task: &Task) -> Result<(), HandlerError> {
-        let payload: SendVerifyEmail = task.payload().map_err(HandlerError::new)?;
-        let user = self
+        let payload: SendVerifyEmail = task.payload().map_err(HandlerError::skip_retry)?;
+        let user = match self.store.get_user(&payload.username).await {
+            Ok(user) => user,
+            // The outbox only holds tasks of committed users: a missing one was deleted since.
+            Err(StoreError::NotFound) => {
+                return Err(HandlerError::skip_retry("the user no longer exists"));
+            }
+            Err(err) => return Err(HandlerError::new(err)),
+        };
+        let code = random_code(SECRET_CODE_LEN);
+        let (record, created) = self
             .store
-            .get_user(&payload.username)
+            .create_verify_email(&task.id, &user.username, &user.email, &code, self.expiry)
             .await
             .map_err(HandlerError::new)?;
-        let record = self
-            .store
-            .create_verify_email(
-                &task.id,
-                &user.username,
-                &user.email,
-                &random_code(SECRET_CODE_LEN),
-            )
-            .await
-            .map_err(HandlerError::new)?;
+        if record.email_sent_at.is_some() {
+            tracing::info!(
+                task_id = %task.id, verify_email_id = record.id,
+                "verification email already sent for this task; not sending again"
+            );
+            return Ok(());
+        }
+        if !created {
+            // A redelivery before the email went out: only the hash of the first code was
+            // kept, so this delivery sends a fresh code and replaces the hash.
+            self.store
+                .replace_verify_code(record.id, &code, self.expiry)
+                .await
+                .map_err(HandlerError::new)?;
+        }
         let link = Secret::new(format!(
             "{}?email_id={}&secret_code={}",
-            self.verify_url, record.id, record.secret_code
+            self.verify_url,
+            record.id,
+            code.expose()
         ));
         let email = Email {
             message_id: format!("verify-email-{}@simplebank", record.id),
             from: self.sender.clone(),
-            to: user.email.clone(),
+            to: record.email.clone(),
             subject: "Welcome to Simple Bank".into(),
             text: format!(
                 "Hello {name},\r\n\r\nThank you for registering with us!\r\n\
@@ -85,7 +108,19 @@ impl SendVerifyEmailHandler {
                 link = html_escape(link.expose())
             ),
         };
-        self.mailer.send(&email).await.map_err(HandlerError::new)?;
+        self.mailer.send(&email).await.map_err(|err| {
+            if err.is_permanent() {
+                HandlerError::skip_retry(err)
+            } else {
+                HandlerError::new(err)
+            }
+        })?;
+        // A crash between the send and this line sends the email again on redelivery (with a
+        // fresh code; the first link then stops working): the one duplicate window.
+        self.store
+            .mark_verify_email_sent(record.id)
+            .await
+            .map_err(HandlerError::new)?;
         tracing::info!(
             task_id = %task.id,
             username = %user.username,

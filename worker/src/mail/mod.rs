@@ -1,5 +1,8 @@
-//! Sending email. [`Mailer`] is the seam; [`FileMailer`] (the default) writes each message as
-//! an `.eml` file, so development needs no mail server and tests can read what was sent.
+//! Sending email. [`Mailer`] is the seam; [`FileMailer`] (the default, `EMAIL_MAILER=file`)
+//! writes each message as an `.eml` file, so development needs no mail server;
+//! [`smtp::SmtpMailer`] (`EMAIL_MAILER=smtp`) delivers through an SMTP server.
+
+pub mod smtp;
 
 use std::{fmt, path::PathBuf};
 
@@ -39,6 +42,22 @@ pub enum MailError {
         #[source]
         source: std::io::Error,
     },
+    /// The message could not be built (a malformed sender or recipient address).
+    #[error("invalid email: {0}")]
+    Invalid(String),
+    /// The SMTP server refused for good (5xx, e.g. 550 on RCPT): retrying cannot help.
+    #[error("SMTP server rejected the message permanently: {0}")]
+    Rejected(String),
+    /// Connection refused, timeout, 4xx: worth retrying.
+    #[error("SMTP delivery failed (transient): {0}")]
+    Transient(String),
+}
+
+impl MailError {
+    /// Whether retrying cannot help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Invalid(_) | Self::Rejected(_))
+    }
 }
 
 /// Delivers emails.
