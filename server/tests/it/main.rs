@@ -3,6 +3,7 @@
 
 mod create_user;
 mod e2e;
+mod email;
 mod helpers;
 mod outbox;
 mod pipeline;

@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""A real SMTP server for the tests (aiosmtpd, from PyPI).
+
+Stores each accepted message as <dir>/<n>.eml, with an `X-Rcpt-To:` line first naming the
+envelope recipients. Refuses any recipient whose local part starts with `reject` with
+`550 5.1.1`, as a server does for an unknown mailbox. Stops on SIGTERM or SIGINT.
+
+    python3 scripts/smtp_sink.py --port 2525 --dir /tmp/mail
+"""
+
+import argparse
+import itertools
+import pathlib
+import signal
+import threading
+
+from aiosmtpd.controller import Controller
+
+
+class Sink:
+    def __init__(self, folder):
+        self.folder = pathlib.Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.counter = itertools.count(1)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.split("@")[0].startswith("reject"):
+            return "550 5.1.1 No such user here"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        n = next(self.counter)
+        temp = self.folder / f".{n}.tmp"
+        header = ("X-Rcpt-To: " + ",".join(envelope.rcpt_tos) + "\r\n").encode()
+        temp.write_bytes(header + envelope.content)
+        temp.rename(self.folder / f"{n}.eml")
+        return "250 Message accepted for delivery"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--dir", required=True)
+    args = parser.parse_args()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    controller = Controller(Sink(args.dir), hostname="127.0.0.1", port=args.port)
+    controller.start()
+    print("ready", flush=True)
+    stop.wait()
+    controller.stop()
+
+
+if __name__ == "__main__":
+    main()
