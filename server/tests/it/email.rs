@@ -362,6 +362,17 @@ async fn a_rejected_recipient_is_dead_lettered_after_one_attempt() {
         "no retries burnt on a permanent rejection"
     );
     assert!(letters[0].error.contains("550"), "{}", letters[0].error);
+    // The server echoed the address; the error keeps it masked.
+    assert!(
+        !letters[0].error.contains("reject@example.com"),
+        "{}",
+        letters[0].error
+    );
+    assert!(
+        letters[0].error.contains("r***@example.com"),
+        "{}",
+        letters[0].error
+    );
     assert!(setup.sink.messages().is_empty());
     setup.worker.stop().await;
 }

@@ -11,7 +11,7 @@ use lettre::{
     AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor, message::MultiPart,
     transport::smtp::authentication::Credentials,
 };
-use simplebank_core::secret::Secret;
+use simplebank_core::{domain::mask, secret::Secret};
 use tracing::Instrument;
 
 use super::{Email, MailError, Mailer};
@@ -110,10 +110,15 @@ impl Mailer for SmtpMailer {
         Box::pin(
             async move {
                 let message = message(email)?;
+                // Servers often echo the recipient in their replies; errors end up in logs,
+                // spans and dead letters, so the address is masked there.
+                let describe = |err: &lettre::transport::smtp::Error| {
+                    err.to_string().replace(&email.to, &mask(&email.to))
+                };
                 match self.transport.send(message).await {
                     Ok(_) => Ok(()),
-                    Err(err) if err.is_permanent() => Err(MailError::Rejected(err.to_string())),
-                    Err(err) => Err(MailError::Transient(err.to_string())),
+                    Err(err) if err.is_permanent() => Err(MailError::Rejected(describe(&err))),
+                    Err(err) => Err(MailError::Transient(describe(&err))),
                 }
             }
             .instrument(span),
