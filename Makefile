@@ -27,10 +27,10 @@ test: services tools lint
 	$(CARGO) build --workspace --bins --examples
 	$(CARGO) test --workspace --all-targets
 
-## bench: release-mode benchmarks against the services (see BENCHMARKS.md)
+## bench: the benchmark suite in release mode, on its own redis-server; writes BENCHMARKS.md
 bench: services
 	$(CARGO) build --release -p simplebank-worker --examples
-	./target/release/examples/promotion_lag
+	./target/release/examples/bench
 
 ## services: make sure PostgreSQL and Redis answer (start project-local ones if needed)
 services:

@@ -1,7 +1,8 @@
 //! A worker process for fault tests and benchmarks: the real consumer (`Worker`), configured
 //! from the same environment variables as `simplebank-worker`, with one handler:
 //!
-//! `test:job` {n, sleep_ms, fail}: sleeps `sleep_ms`, records the run with
+//! `test:job` {n, sleep_ms, fail, record}: sleeps `sleep_ms`, records the run (unless `record`
+//! is false, for benchmarks) with
 //! `HINCRBY {ns}:test:runs <task id> 1`, then succeeds (or fails if `fail`). A run recorded
 //! but never acknowledged (the process was killed in between) shows as a count of 2: that is
 //! how the fault tests count duplicates.
@@ -24,6 +25,13 @@ struct Job {
     sleep_ms: u64,
     #[serde(default)]
     fail: bool,
+    /// `false` for benchmarks: a true no-op.
+    #[serde(default = "yes")]
+    record: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 struct Recorder {
@@ -37,6 +45,9 @@ impl Handler for Recorder {
             let job: Job = serde_json::from_str(&task.payload).map_err(HandlerError::skip_retry)?;
             if job.sleep_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(job.sleep_ms)).await;
+            }
+            if !job.record {
+                return Ok(());
             }
             let _: i64 = redis::cmd("HINCRBY")
                 .arg(&self.runs)

@@ -103,3 +103,49 @@ async fn unique_refuses_the_same_content_for_its_ttl() {
     tokio::time::sleep(ttl + Duration::from_millis(100)).await;
     publisher.publish(&same).await.expect("after the ttl");
 }
+
+#[tokio::test]
+async fn a_batch_is_enqueued_in_order_and_options_are_honoured() {
+    let redis = TestRedis::new();
+    let publisher = publisher(&redis);
+    let mut tasks: Vec<Task> = (0..2500)
+        .map(|n| Task::new(&Noop { n }).expect("task"))
+        .collect();
+    let outcomes = publisher.publish_batch(&tasks).await.expect("batch");
+    assert_eq!(outcomes.len(), 2500);
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Enqueued::Queued { .. }))
+    );
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(redis.keys().stream(&tasks[0].queue))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut redis.conn().await)
+        .await
+        .expect("XRANGE");
+    let ids: Vec<String> = reply
+        .ids
+        .iter()
+        .filter_map(|e| e.get::<String>("id"))
+        .collect();
+    let expected: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
+    assert_eq!(ids, expected, "in order");
+
+    // A batch with options goes through the script: the duplicate id is refused.
+    tasks.truncate(1);
+    let with_id = Task::new(&Noop { n: 1 })
+        .expect("task")
+        .with_task_id("batch-1")
+        .expect("id");
+    publisher.publish_batch(&[with_id]).await.expect("first");
+    let again = Task::new(&Noop { n: 2 })
+        .expect("task")
+        .with_task_id("batch-1")
+        .expect("id");
+    assert!(matches!(
+        publisher.publish_batch(&[again]).await,
+        Err(PublishError::Conflict { .. })
+    ));
+}
