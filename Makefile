@@ -29,7 +29,7 @@ test: services tools lint
 
 ## bench: the benchmark suite in release mode, on its own redis-server; writes BENCHMARKS.md
 bench: services
-	$(CARGO) build --release -p simplebank-worker --examples
+	$(CARGO) build --release --workspace --bins --examples
 	./target/release/examples/bench
 
 ## services: make sure PostgreSQL and Redis answer (start project-local ones if needed)

@@ -1,10 +1,9 @@
 //! The `simplebank.v1.SimpleBank` service.
 
-use std::sync::Arc;
-
 use simplebank_core::{
     domain::{FieldViolation, NewUser, ValidationError},
-    outbox, password,
+    outbox,
+    password::HashPool,
     secret::SECRET_CODE_LEN,
     store::{Store, User},
     task::{Publisher, Task},
@@ -12,7 +11,6 @@ use simplebank_core::{
 };
 use simplebank_observability::propagation::context_of;
 use time::OffsetDateTime;
-use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -24,31 +22,25 @@ use crate::{
 pub struct SimpleBankService {
     store: Store,
     publisher: Publisher,
-    /// Bounds concurrent argon2 hashes (each takes 19 MiB and a core) to the number of cores.
-    hashing: Arc<Semaphore>,
+    /// argon2 runs on one thread per core (bounded CPU and memory), never on the executor.
+    hashing: HashPool,
 }
 
 impl SimpleBankService {
     pub fn new(store: Store, publisher: Publisher) -> Self {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             store,
             publisher,
-            hashing: Arc::new(Semaphore::new(cores)),
+            hashing: HashPool::per_core(),
         }
     }
 
-    /// Hashes on a blocking thread, at most one hash per core at a time.
     async fn hash(
         &self,
         password: simplebank_core::domain::Password,
     ) -> Result<simplebank_core::secret::Secret<String>, Status> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|e| status::internal(&e))?;
-        tokio::task::spawn_blocking(move || password::hash(&password))
+        self.hashing
+            .hash(password)
             .await
             .map_err(|e| status::internal(&e))?
             .map_err(|e| status::internal(&e))

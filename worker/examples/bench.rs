@@ -10,11 +10,13 @@
 //! 2. enqueue: through `Publisher`, one at a time with 50 concurrent producers, and batched
 //!    (`publish_batch`, pipelined); ceilings: `redis-benchmark` XADD at 50 clients, without and
 //!    with pipelining.
+//! 3. latency: enqueue to handler start at 1,000 tasks/s for `BENCH_LATENCY_SECS` (30 s).
 //! 4. promotion lag: the `promotion_lag` example.
+//! 5. CreateUser against the argon2 ceiling, and the server's peak RSS: the server crate's
+//!    `bench_create_user` example.
 //! 6. resources: the worker's CPU seconds per 100,000 tasks and peak RSS while draining.
 //!
-//! Not yet here (the issue stays open for them): 3 (latency at a fixed rate), 5 (CreateUser
-//! against the argon2 ceiling), server RSS, and 7 (tracing on versus off).
+//! Not yet here (the issue stays open for it): 7 (tracing on versus off).
 
 use std::{
     fmt::Write as _,
@@ -31,6 +33,9 @@ use simplebank_core::{
     config, redis_client,
     task::{GROUP, Keys, Namespace, Publisher, QueueName, Task, TaskPayload},
     testing::RedisServer,
+};
+use simplebank_worker::{
+    ConsumerSettings, Handler, HandlerError, Handlers, Worker, handler::BoxFuture,
 };
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -280,6 +285,88 @@ impl Bench {
     }
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Ping {
+    /// When the producer sent it, µs since the Unix epoch.
+    sent_us: u64,
+}
+
+impl TaskPayload for Ping {
+    const TYPE: &'static str = "bench:ping";
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Records how long after its send each task's handler started (µs).
+#[derive(Clone, Default)]
+struct Latency(Arc<std::sync::Mutex<Vec<u64>>>);
+
+impl Handler for Latency {
+    fn handle<'a>(
+        &'a self,
+        task: &'a Task,
+    ) -> BoxFuture<'a, std::result::Result<(), HandlerError>> {
+        let started = now_us();
+        Box::pin(async move {
+            let ping: Ping = task.payload().map_err(HandlerError::skip_retry)?;
+            self.0
+                .lock()
+                .expect("lock")
+                .push(started.saturating_sub(ping.sent_us));
+            Ok(())
+        })
+    }
+}
+
+impl Bench {
+    /// Scenario 3: `rate` tasks/s for `seconds`, one at a time through `publish`, with an
+    /// in-process worker (concurrency 10). Returns the latencies in µs, sorted.
+    async fn latency(&self, rate: u64, seconds: u64) -> Result<Vec<u64>> {
+        let keys = self.keys();
+        let publisher = self.publisher(&keys)?;
+        let recorder = Latency::default();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mut settings = ConsumerSettings::new("latency");
+        settings.concurrency = 10;
+        let worker = Worker::new(
+            &self.address,
+            keys.namespace().clone(),
+            settings,
+            Handlers::new().with(Ping::TYPE, recorder.clone()),
+        )?;
+        let running = tokio::spawn(worker.run(stop.clone()));
+        tokio::time::sleep(Duration::from_millis(300)).await; // the worker is reading
+        let total = rate * seconds;
+        let mut ticks = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        for _ in 0..total {
+            ticks.tick().await;
+            let task = Task::new(&Ping { sent_us: now_us() })?;
+            publisher.publish(&task).await?;
+        }
+        let expected = usize::try_from(total)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while recorder.0.lock().expect("lock").len() < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+        running.await??;
+        let mut latencies = recorder.0.lock().expect("lock").clone();
+        latencies.sort_unstable();
+        self.flush().await?;
+        Ok(latencies)
+    }
+}
+
+fn percentile_us(sorted: &[u64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
 /// CPU seconds (user + system) and peak RSS (MiB) of a running process, from /proc.
 fn proc_usage(pid: u32) -> Result<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -356,6 +443,19 @@ async fn main() -> Result<()> {
         single.push(bench.enqueue_single().await?);
     }
 
+    let latency_secs: u64 = config::parse_or("BENCH_LATENCY_SECS", 30)?;
+    eprintln!("scenario 3: latency at 1,000 tasks/s for {latency_secs} s...");
+    let mut latency_runs = Vec::new();
+    for _ in 0..bench.runs {
+        let sorted = bench.latency(1000, latency_secs).await?;
+        latency_runs.push((
+            sorted.len(),
+            percentile_us(&sorted, 50.0),
+            percentile_us(&sorted, 99.0),
+            sorted.last().copied().unwrap_or(0) as f64 / 1000.0,
+        ));
+    }
+
     eprintln!("scenario 4: promotion lag...");
     let mut lag_lines = Vec::new();
     for _ in 0..bench.runs {
@@ -366,6 +466,20 @@ async fn main() -> Result<()> {
             .output()?;
         lag_lines.push(String::from_utf8_lossy(&output.stdout).trim().to_owned());
     }
+
+    eprintln!("scenario 5: CreateUser...");
+    let create_user = std::process::Command::new(sibling("bench_create_user"))
+        .env("REDIS_ADDRESS", &bench.address)
+        .env("BENCH_RUNS", bench.runs.to_string())
+        .output()?;
+    if !create_user.status.success() {
+        return Err(format!(
+            "bench_create_user failed: {}",
+            String::from_utf8_lossy(&create_user.stderr)
+        )
+        .into());
+    }
+    let create_user = String::from_utf8_lossy(&create_user.stdout).into_owned();
 
     let (cycle_median, _, _) = summary(&cycle);
     let (pipelined_median, _, _) = summary(&xadd_pipelined);
@@ -403,7 +517,11 @@ async fn main() -> Result<()> {
         report,
         "- Redis: {redis_version} (own instance on loopback, no persistence, noeviction)"
     )?;
-    writeln!(report, "- PostgreSQL: not used by these scenarios")?;
+    writeln!(
+        report,
+        "- PostgreSQL: {} (scenario 5 only, a database of its own on `DB_SOURCE`)",
+        command_output("psql", &["--version"])
+    )?;
     writeln!(
         report,
         "- build: release; {runs} runs per figure: median (min-max); {tasks} tasks per drain run\n"
@@ -455,6 +573,25 @@ async fn main() -> Result<()> {
         "One-at-a-time producers share one multiplexed connection, which pipelines concurrent commands on the wire, so they can pass `redis-benchmark` without pipelining. The batch figure is the enqueue phase of every drain run (one producer, 1,000 XADDs per round trip).\n"
     )?;
 
+    writeln!(
+        report,
+        "## 3. Latency, enqueue to handler start, at 1,000 tasks/s for {latency_secs} s\n"
+    )?;
+    writeln!(
+        report,
+        "One producer paced at 1,000/s (`publish`, awaited), one in-process worker (concurrency 10); latency = handler start minus the send time carried in the payload (µs clock).\n"
+    )?;
+    writeln!(report, "| run | tasks | p50 | p99 | max |")?;
+    writeln!(report, "|---|---|---|---|---|")?;
+    for (i, (count, p50, p99, max)) in latency_runs.iter().enumerate() {
+        writeln!(
+            report,
+            "| {} | {count} | {p50:.2} ms | {p99:.2} ms | {max:.2} ms |",
+            i + 1
+        )?;
+    }
+    writeln!(report)?;
+
     writeln!(report, "## 4. Delayed promotion lag\n")?;
     writeln!(
         report,
@@ -464,6 +601,8 @@ async fn main() -> Result<()> {
         writeln!(report, "- {line}")?;
     }
     writeln!(report)?;
+
+    report.push_str(&create_user);
 
     writeln!(
         report,
@@ -480,7 +619,7 @@ async fn main() -> Result<()> {
     writeln!(report, "## Not measured yet\n")?;
     writeln!(
         report,
-        "Scenario 3 (enqueue-to-start latency at 1,000 tasks/s), 5 (CreateUser against the argon2 ceiling, server RSS) and 7 (tracing export on versus off) are not part of the suite yet; neither are profiles or tuning."
+        "Scenario 7 (tracing export on versus off) is not part of the suite yet."
     )?;
     std::fs::write(&out, &report)?;
     eprintln!("wrote {out}");

@@ -1,0 +1,218 @@
+//! Benchmark scenario 5, CreateUser: the real server and worker binaries (release), a database
+//! of the bench's own on the PostgreSQL at `DB_SOURCE`, and `BENCH_CLIENTS` (16) concurrent
+//! tonic clients calling CreateUser for `BENCH_SECONDS` (30), `BENCH_RUNS` (3) times.
+//!
+//! Ceiling, on the same machine in the same run: argon2id hashes per second with the server's
+//! parameters on every core, and the p50 of one hash. Reported: requests/s and its ratio to the
+//! ceiling, p50/p99 latency, the overhead beyond one hash at p50, the server's peak RSS.
+//!
+//! Prints a Markdown section; `make bench` puts it into BENCHMARKS.md. Needs `REDIS_ADDRESS`.
+
+use std::{
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use simplebank_core::{
+    config,
+    domain::Password,
+    password,
+    testing::{TempDir, TestDb, free_port},
+};
+use simplebank_server::pb::{CreateUserRequest, simple_bank_client::SimpleBankClient};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn binary(name: &str) -> PathBuf {
+    let me = std::env::current_exe().expect("own path");
+    me.parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/release")
+        .join(name)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Hashes per second on all cores for `seconds`, and the p50 of one hash (ms).
+fn argon2_ceiling(seconds: u64) -> (f64, f64) {
+    let password = Password::parse("bench-password-1".into()).expect("valid");
+    let mut one = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        password::hash(&password).expect("hash");
+        one.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    one.sort_by(f64::total_cmp);
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let done = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let threads: Vec<_> = (0..cores)
+        .map(|_| {
+            let (done, password) = (Arc::clone(&done), password.clone());
+            std::thread::spawn(move || {
+                while Instant::now() < deadline {
+                    password::hash(&password).expect("hash");
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        let _ = thread.join();
+    }
+    (
+        done.load(Ordering::Relaxed) as f64 / seconds as f64,
+        percentile(&one, 50.0),
+    )
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+struct Run {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    server_rss: f64,
+}
+
+async fn run(clients: usize, seconds: u64, redis: &str) -> Result<Run> {
+    let db = TestDb::create().await;
+    let mail = TempDir::new();
+    let address = format!("127.0.0.1:{}", free_port());
+    let namespace = format!("bench-{}", std::process::id());
+    let env = [
+        ("DB_SOURCE", db.url.expose().clone()),
+        ("REDIS_ADDRESS", redis.to_owned()),
+        ("REDIS_NAMESPACE", namespace),
+        ("GRPC_SERVER_ADDRESS", address.clone()),
+        ("EMAIL_FILE_DIR", mail.0.display().to_string()),
+        ("RUST_LOG", "warn".to_owned()),
+    ];
+    let spawn = |name: &str| {
+        tokio::process::Command::new(binary(name))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+    };
+    let mut server = spawn("simplebank-server")?;
+    let mut worker = spawn("simplebank-worker")?;
+    let endpoint = format!("http://{address}");
+    let started = Instant::now();
+    let channel = loop {
+        match tonic::transport::Endpoint::from_shared(endpoint.clone())?
+            .connect()
+            .await
+        {
+            Ok(channel) => break channel,
+            Err(_) if started.elapsed() < Duration::from_secs(20) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    };
+
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let counter = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let begun = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (channel, latencies, counter) = (
+            channel.clone(),
+            Arc::clone(&latencies),
+            Arc::clone(&counter),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut client = SimpleBankClient::new(channel);
+            while Instant::now() < deadline {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let request = CreateUserRequest {
+                    username: format!("user_{n}"),
+                    full_name: "Bench User".into(),
+                    email: format!("user{n}@bench.example"),
+                    password: "bench-password-1".into(),
+                };
+                let sent = Instant::now();
+                client.create_user(request).await.expect("CreateUser");
+                latencies
+                    .lock()
+                    .expect("lock")
+                    .push(sent.elapsed().as_secs_f64() * 1000.0);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let elapsed = begun.elapsed().as_secs_f64();
+    let server_rss = server.id().map_or(0.0, peak_rss_mib);
+    let _ = server.kill().await;
+    let _ = worker.kill().await;
+    let mut sorted = latencies.lock().expect("lock").clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(Run {
+        rate: sorted.len() as f64 / elapsed,
+        p50: percentile(&sorted, 50.0),
+        p99: percentile(&sorted, 99.0),
+        server_rss,
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let runs: usize = config::parse_or("BENCH_RUNS", 3)?;
+    let seconds: u64 = config::parse_or("BENCH_SECONDS", 30)?;
+    let clients: usize = config::parse_or("BENCH_CLIENTS", 16)?;
+    let redis = config::var("REDIS_ADDRESS")?.ok_or("REDIS_ADDRESS is required")?;
+    let mut lines = Vec::new();
+    for i in 0..runs {
+        let (ceiling, hash_p50) = argon2_ceiling(5);
+        let run = run(clients, seconds, &redis).await?;
+        lines.push(format!(
+            "| {} | {:.1} | {:.1} | {:.0}% | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} MiB |",
+            i + 1,
+            run.rate,
+            ceiling,
+            run.rate / ceiling * 100.0,
+            run.p50,
+            run.p99,
+            hash_p50,
+            run.p50 - hash_p50,
+            run.server_rss
+        ));
+    }
+    println!("## 5. CreateUser ({clients} concurrent clients for {seconds} s, worker running)\n");
+    println!(
+        "Ceiling in the same run: argon2id hashes/s with the server's parameters on every core, and the p50 of one hash.\n"
+    );
+    println!(
+        "| run | requests/s | argon2 ceiling (hashes/s) | ratio | p50 | p99 | one hash p50 | overhead beyond the hash at p50 | server peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for line in lines {
+        println!("{line}");
+    }
+    println!();
+    Ok(())
+}
