@@ -102,6 +102,25 @@ struct Setup {
     sink: SmtpSink,
 }
 
+impl Setup {
+    async fn sign_up(&mut self, username: &str, email: &str) {
+        self.server
+            .client
+            .create_user(request(username, email))
+            .await
+            .expect("sign up");
+    }
+
+    async fn is_verified(&self, username: &str) -> bool {
+        self.db
+            .store
+            .get_user(username)
+            .await
+            .expect("user")
+            .is_email_verified
+    }
+}
+
 async fn setup(sink_up: bool, expiry: Duration) -> Setup {
     let (db, redis) = (TestDb::create().await, TestRedis::new());
     let common = common_config(db.url.clone(), &redis);
@@ -148,12 +167,7 @@ async fn verify(setup: &mut Setup, email_id: i64, code: &str) -> Result<bool, to
 #[tokio::test]
 async fn the_received_link_verifies_the_address_once() {
     let mut setup = setup(true, Duration::from_secs(900)).await;
-    setup
-        .server
-        .client
-        .create_user(request("alice", "alice@example.com"))
-        .await
-        .expect("sign up");
+    setup.sign_up("alice", "alice@example.com").await;
 
     let messages = wait_for_messages(&setup.sink, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -167,29 +181,13 @@ async fn the_received_link_verifies_the_address_once() {
     assert!(message.contains("text/plain") && message.contains("text/html"));
     let (email_id, code) = verify_link(message).expect("a link with email_id and secret_code");
 
-    assert!(
-        !setup
-            .db
-            .store
-            .get_user("alice")
-            .await
-            .expect("user")
-            .is_email_verified
-    );
+    assert!(!setup.is_verified("alice").await);
     assert!(
         verify(&mut setup, email_id, &code)
             .await
             .expect("VerifyEmail")
     );
-    assert!(
-        setup
-            .db
-            .store
-            .get_user("alice")
-            .await
-            .expect("user")
-            .is_email_verified
-    );
+    assert!(setup.is_verified("alice").await);
 
     let reused = verify(&mut setup, email_id, &code)
         .await
@@ -203,12 +201,7 @@ async fn the_received_link_verifies_the_address_once() {
 async fn each_failure_has_its_code() {
     let mut setup = setup(true, Duration::from_secs(900)).await;
     for (user, email) in [("bob", "bob@example.com"), ("carol", "carol@example.com")] {
-        setup
-            .server
-            .client
-            .create_user(request(user, email))
-            .await
-            .expect("sign up");
+        setup.sign_up(user, email).await;
     }
     let messages = wait_for_messages(&setup.sink, 2).await;
     let link_of = |address: &str| {
@@ -260,15 +253,7 @@ async fn each_failure_has_its_code() {
         changed.message(),
         "the code was sent to an address the user no longer has"
     );
-    assert!(
-        !setup
-            .db
-            .store
-            .get_user("bob")
-            .await
-            .expect("bob")
-            .is_email_verified
-    );
+    assert!(!setup.is_verified("bob").await);
 
     // Expired: the clock moves past the code's expiry (the record's expiry is moved back).
     sqlx::query("UPDATE verify_emails SET expired_at = now() - interval '1 second' WHERE id = $1")
@@ -287,12 +272,7 @@ async fn each_failure_has_its_code() {
 #[tokio::test]
 async fn a_code_expires_after_the_configured_expiry() {
     let mut setup = setup(true, Duration::from_secs(1)).await;
-    setup
-        .server
-        .client
-        .create_user(request("dave", "dave@example.com"))
-        .await
-        .expect("sign up");
+    setup.sign_up("dave", "dave@example.com").await;
     let messages = wait_for_messages(&setup.sink, 1).await;
     let (id, code) = verify_link(&messages[0]).expect("link");
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -304,12 +284,7 @@ async fn a_code_expires_after_the_configured_expiry() {
 #[tokio::test]
 async fn smtp_down_then_up_delivers_the_email_once() {
     let mut setup = setup(false, Duration::from_secs(900)).await;
-    setup
-        .server
-        .client
-        .create_user(request("erin", "erin@example.com"))
-        .await
-        .expect("sign up");
+    setup.sign_up("erin", "erin@example.com").await;
     // Attempts fail (connection refused) and are retried with backoff; then the server comes up.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let records = setup
