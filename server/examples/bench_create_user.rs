@@ -169,6 +169,17 @@ async fn run(clients: usize, seconds: u64, redis: &str) -> Result<Run> {
     let server_rss = server.id().map_or(0.0, peak_rss_mib);
     let _ = server.kill().await;
     let _ = worker.kill().await;
+    // Leave nothing behind in a shared Redis.
+    let client = simplebank_core::redis_client::client(redis)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let pattern = format!("{{bench-{}}}:*", std::process::id());
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut conn)
+        .await?;
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(keys).query_async(&mut conn).await?;
+    }
     let mut sorted = latencies.lock().expect("lock").clone();
     sorted.sort_by(f64::total_cmp);
     Ok(Run {

@@ -15,12 +15,15 @@ use crate::helpers::{
 
 const CONCURRENCY: usize = 10;
 
-fn sigkill(child: &tokio::process::Child) {
+/// SIGKILL, then wait for the exit: a dying worker must not touch Redis after the test cleans
+/// its namespace up.
+async fn sigkill(child: &mut tokio::process::Child) {
     if let Some(pid) = child.id() {
         let _ = std::process::Command::new("kill")
             .args(["-KILL", &pid.to_string()])
             .status();
     }
+    let _ = child.wait().await;
 }
 
 async fn sigterm_and_wait(mut child: tokio::process::Child) -> std::process::ExitStatus {
@@ -76,8 +79,7 @@ async fn killing_workers_with_sigkill_loses_nothing_and_bounds_duplicates() {
             break;
         }
         let victim = kills % workers.len();
-        sigkill(&workers[victim]);
-        let _ = workers[victim].wait().await;
+        sigkill(&mut workers[victim]).await;
         generation += 1;
         workers[victim] = spawn_test_worker(
             &redis.address,
@@ -88,8 +90,8 @@ async fn killing_workers_with_sigkill_loses_nothing_and_bounds_duplicates() {
         kills += 1;
     }
     let runs = wait_all_done(&redis, &ids, Duration::from_secs(120)).await;
-    for worker in &workers {
-        sigkill(worker);
+    for worker in &mut workers {
+        sigkill(worker).await;
     }
 
     assert!(
@@ -123,7 +125,7 @@ async fn a_redis_restart_with_aof_loses_no_acknowledged_enqueue() {
         ("WORKER_CONCURRENCY", "10"),
         ("WORKER_VISIBILITY_TIMEOUT", "1s"),
     ];
-    let workers: Vec<tokio::process::Child> = (0..2)
+    let mut workers: Vec<tokio::process::Child> = (0..2)
         .map(|i| spawn_test_worker(&redis.address, &redis, &format!("aof-{i}"), &env))
         .collect();
     let conn = redis_client::lazy_manager(redis.client(), redis_client::RESPONSE_TIMEOUT)
@@ -168,8 +170,8 @@ async fn a_redis_restart_with_aof_loses_no_acknowledged_enqueue() {
         acknowledged.iter().all(|id| runs.contains_key(id)),
         "every acknowledged task ran"
     );
-    for worker in &workers {
-        sigkill(worker);
+    for worker in &mut workers {
+        sigkill(worker).await;
     }
     eprintln!(
         "aof test: {} acknowledged, {refused} refused while down, all {} ran",
@@ -245,12 +247,12 @@ async fn sigterm_acks_what_finished_and_leaves_the_rest_to_another_worker() {
         "only the slow four are left, pending"
     );
 
-    let second = spawn_test_worker(&redis.address, &redis, "second", &env);
+    let mut second = spawn_test_worker(&redis.address, &redis, "second", &env);
     let all: Vec<String> = quick.iter().chain(&slow).cloned().collect();
     let runs = wait_all_done(&redis, &all, Duration::from_secs(30)).await;
     assert!(
         all.iter().all(|id| runs[id] == 1),
         "each ran exactly once: {runs:?}"
     );
-    sigkill(&second);
+    sigkill(&mut second).await;
 }
