@@ -16,12 +16,14 @@
 mod export;
 pub mod logs;
 pub mod propagation;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
-use tracing_subscriber::{EnvFilter, prelude::*};
+use tracing_subscriber::{EnvFilter, filter::LevelFilter, prelude::*};
 
 pub use logs::LogFormat;
 
@@ -89,17 +91,20 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
     let tracer = provider.tracer("simplebank");
+    // RUST_LOG filters the log lines only. Spans reach the OpenTelemetry layer down to INFO
+    // whatever the log level (so RUST_LOG=warn does not switch tracing off), or further down
+    // when RUST_LOG asks for more; dependencies' DEBUG/TRACE spans stay out of traces.
+    let global = std::cmp::max(
+        LevelFilter::INFO,
+        filter.max_level_hint().unwrap_or(LevelFilter::TRACE),
+    );
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
-        .with_location(false)
-        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-            // The exporter's own diagnostics never become spans (no feedback loop).
-            !meta.target().starts_with("opentelemetry")
-        }));
+        .with_location(false);
     tracing_subscriber::registry()
-        .with(filter)
+        .with(global)
         .with(otel)
-        .with(logs::layer(config.log_format))
+        .with(logs::layer(config.log_format).with_filter(filter))
         .try_init()?;
     Ok(Guard { provider })
 }

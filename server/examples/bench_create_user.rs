@@ -6,7 +6,8 @@
 //! parameters on every core, and the p50 of one hash. Reported: requests/s and its ratio to the
 //! ceiling, p50/p99 latency, the overhead beyond one hash at p50, the server's peak RSS.
 //!
-//! Prints a Markdown section; `make bench` puts it into BENCHMARKS.md. Needs `REDIS_ADDRESS`.
+//! Prints a Markdown section; `make bench` puts it into BENCHMARKS.md. Needs `REDIS_ADDRESS`;
+//! with `BENCH_OTLP_ENDPOINT` the binaries export every span there (scenario 7).
 
 use std::{
     path::PathBuf,
@@ -94,7 +95,7 @@ struct Run {
     server_rss: f64,
 }
 
-async fn run(clients: usize, seconds: u64, redis: &str) -> Result<Run> {
+async fn run(clients: usize, seconds: u64, redis: &str, otlp: Option<&str>) -> Result<Run> {
     let db = TestDb::create().await;
     let mail = TempDir::new();
     let address = format!("127.0.0.1:{}", free_port());
@@ -106,6 +107,12 @@ async fn run(clients: usize, seconds: u64, redis: &str) -> Result<Run> {
         ("GRPC_SERVER_ADDRESS", address.clone()),
         ("EMAIL_FILE_DIR", mail.0.display().to_string()),
         ("RUST_LOG", "warn".to_owned()),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            otlp.unwrap_or_default().to_owned(),
+        ),
+        ("OTEL_TRACES_SAMPLER", "always_on".to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
     ];
     let spawn = |name: &str| {
         tokio::process::Command::new(binary(name))
@@ -167,8 +174,20 @@ async fn run(clients: usize, seconds: u64, redis: &str) -> Result<Run> {
     }
     let elapsed = begun.elapsed().as_secs_f64();
     let server_rss = server.id().map_or(0.0, peak_rss_mib);
-    let _ = server.kill().await;
-    let _ = worker.kill().await;
+    for child in [&mut server, &mut worker] {
+        // SIGTERM, so a tracing guard flushes its spans; then SIGKILL if it hangs.
+        if let Some(pid) = child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
     // Leave nothing behind in a shared Redis.
     let client = simplebank_core::redis_client::client(redis)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
@@ -196,10 +215,12 @@ async fn main() -> Result<()> {
     let seconds: u64 = config::parse_or("BENCH_SECONDS", 30)?;
     let clients: usize = config::parse_or("BENCH_CLIENTS", 16)?;
     let redis = config::var("REDIS_ADDRESS")?.ok_or("REDIS_ADDRESS is required")?;
+    // With an endpoint, the binaries export every span there (scenario 7).
+    let otlp = config::var("BENCH_OTLP_ENDPOINT")?;
     let mut lines = Vec::new();
     for i in 0..runs {
         let (ceiling, hash_p50) = argon2_ceiling(5);
-        let run = run(clients, seconds, &redis).await?;
+        let run = run(clients, seconds, &redis, otlp.as_deref()).await?;
         lines.push(format!(
             "| {} | {:.1} | {:.1} | {:.0}% | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} MiB |",
             i + 1,
@@ -213,7 +234,14 @@ async fn main() -> Result<()> {
             run.server_rss
         ));
     }
-    println!("## 5. CreateUser ({clients} concurrent clients for {seconds} s, worker running)\n");
+    match otlp {
+        None => println!(
+            "## 5. CreateUser ({clients} concurrent clients for {seconds} s, worker running)\n"
+        ),
+        Some(_) => {
+            println!("### CreateUser with tracing export on ({clients} clients, {seconds} s)\n")
+        }
+    }
     println!(
         "Ceiling in the same run: argon2id hashes/s with the server's parameters on every core, and the p50 of one hash.\n"
     );

@@ -3,60 +3,24 @@
 //! official OpenTelemetry protobuf definitions), with the real server and worker binaries
 //! running as separate processes.
 
-use std::{
-    path::PathBuf,
-    process::Stdio,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-        trace_service_server::{TraceService, TraceServiceServer},
-    },
     common::v1::{AnyValue, any_value::Value},
     trace::v1::{Span, span::SpanKind},
 };
 use simplebank_core::testing::{
     RedisServer, TempDir, TestDb, TestRedis, eventually, free_port, verify_link,
 };
+use simplebank_observability::testing::OtlpSink;
 use simplebank_server::pb::simple_bank_client::SimpleBankClient;
-use tonic::{Request, Response, Status, metadata::MetadataValue};
+use tonic::{Request, metadata::MetadataValue};
 
 use crate::helpers::request;
 
-/// Every span the receiver got, with the service that sent it.
-#[derive(Clone, Default)]
-struct Collector {
-    spans: Arc<Mutex<Vec<(String, Span)>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let mut spans = self.spans.lock().expect("lock");
-        for resource_spans in request.into_inner().resource_spans {
-            let service = resource_spans
-                .resource
-                .iter()
-                .flat_map(|r| &r.attributes)
-                .find(|kv| kv.key == "service.name")
-                .and_then(|kv| kv.value.as_ref())
-                .map(text)
-                .unwrap_or_default();
-            for scope in resource_spans.scope_spans {
-                spans.extend(scope.spans.into_iter().map(|span| (service.clone(), span)));
-            }
-        }
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
+/// The OTLP receiver, keeping every span.
+#[derive(Clone)]
+struct Collector(OtlpSink);
 
 fn text(value: &AnyValue) -> String {
     match &value.value {
@@ -82,28 +46,18 @@ fn hex(bytes: &[u8]) -> String {
 
 impl Collector {
     async fn start() -> (Self, u16) {
-        let collector = Self::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let service = TraceServiceServer::new(collector.clone());
-        tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await;
-        });
-        (collector, port)
+        let (sink, port) = OtlpSink::start(true).await.expect("OTLP receiver");
+        (Self(sink), port)
+    }
+
+    fn all(&self) -> Vec<(String, Span)> {
+        self.0.spans()
     }
 
     fn of_trace(&self, trace_id: &str) -> Vec<(String, Span)> {
-        self.spans
-            .lock()
-            .expect("lock")
-            .iter()
+        self.all()
+            .into_iter()
             .filter(|(_, span)| hex(&span.trace_id) == trace_id)
-            .cloned()
             .collect()
     }
 }
@@ -131,7 +85,13 @@ fn worker_binary() -> PathBuf {
 }
 
 impl Stack {
-    async fn start(redis: TestRedis, otlp_port: u16, mail_dir: Option<PathBuf>) -> Self {
+    /// `rust_log`: the binaries' log filter (it must not change what is traced).
+    async fn start(
+        redis: TestRedis,
+        otlp_port: u16,
+        mail_dir: Option<PathBuf>,
+        rust_log: &str,
+    ) -> Self {
         let db = TestDb::create().await;
         let logs = TempDir::new();
         let grpc = format!("127.0.0.1:{}", free_port());
@@ -142,7 +102,7 @@ impl Stack {
             ("REDIS_NAMESPACE", redis.namespace.as_str().to_owned()),
             ("GRPC_SERVER_ADDRESS", grpc.clone()),
             ("ENVIRONMENT", "production".into()),
-            ("RUST_LOG", "info".into()),
+            ("RUST_LOG", rust_log.into()),
             (
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
                 format!("http://127.0.0.1:{otlp_port}"),
@@ -382,7 +342,7 @@ fn assert_no_secrets(collector: &Collector, lines: &[String], emails: &[String],
         .iter()
         .find_map(|email| verify_link(email))
         .expect("the verification email and its link");
-    let spans = format!("{:?}", collector.spans.lock().expect("lock"));
+    let spans = format!("{:?}", collector.all());
     for secret in [password, code.as_str(), "alice@example.com", "$argon2"] {
         assert!(!spans.contains(secret), "a span holds {secret:?}");
         assert!(
@@ -409,7 +369,7 @@ async fn one_sign_up_is_one_trace_from_the_rpc_into_the_worker() {
     let stream = redis
         .keys()
         .stream(&simplebank_core::task::QueueName::parse("critical").expect("q"));
-    let mut stack = Stack::start(redis, port, None).await;
+    let mut stack = Stack::start(redis, port, None, "info").await;
     stack.start_worker();
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let password = stack.create_user(trace_id).await;
@@ -431,7 +391,8 @@ async fn a_task_relayed_from_the_outbox_later_stays_in_its_trace() {
     let stream = redis
         .keys()
         .stream(&simplebank_core::task::QueueName::parse("critical").expect("q"));
-    let mut stack = Stack::start(redis, port, None).await;
+    // Logs at warn only: tracing must not depend on the log level.
+    let mut stack = Stack::start(redis, port, None, "warn").await;
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let password = stack.create_user(trace_id).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -460,7 +421,7 @@ async fn a_retried_task_stays_in_its_trace_with_the_failure_recorded() {
     let blocker = TempDir::new();
     let mail_dir = blocker.0.join("mail");
     std::fs::write(&mail_dir, "not a folder").expect("blocker file");
-    let mut stack = Stack::start(redis, port, Some(mail_dir.clone())).await;
+    let mut stack = Stack::start(redis, port, Some(mail_dir.clone()), "info").await;
     stack.start_worker();
     let trace_id = "5b8efff798038103d269b633813fc60c";
     let password = stack.create_user(trace_id).await;
@@ -495,7 +456,7 @@ async fn a_retried_task_stays_in_its_trace_with_the_failure_recorded() {
 async fn with_the_receiver_down_sign_up_works_and_shutdown_is_prompt() {
     let closed_port = free_port();
     let redis = TestRedis::new();
-    let stack = Stack::start(redis, closed_port, None).await;
+    let stack = Stack::start(redis, closed_port, None, "info").await;
     stack.create_user("6e0c63257de34c926f9efcd03899a3e6").await;
     let started = std::time::Instant::now();
     let _ = stack.stop().await;
