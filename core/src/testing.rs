@@ -387,6 +387,22 @@ pub fn verify_link(message: &str) -> Option<(i64, String)> {
     Some((id, code))
 }
 
+/// SIGTERM to `child` (so it shuts down cleanly and a tracing guard flushes its spans), up to
+/// 10 s to exit, then SIGKILL.
+pub async fn stop_gracefully(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
 /// Polls `check` every 20 ms until it returns true; panics with `what` after `timeout`.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where

@@ -23,7 +23,7 @@ use simplebank_core::{
     config,
     domain::Password,
     password,
-    testing::{TempDir, TestDb, free_port},
+    testing::{TempDir, TestDb, free_port, stop_gracefully},
 };
 use simplebank_server::pb::{CreateUserRequest, simple_bank_client::SimpleBankClient};
 
@@ -175,18 +175,7 @@ async fn run(clients: usize, seconds: u64, redis: &str, otlp: Option<&str>) -> R
     let elapsed = begun.elapsed().as_secs_f64();
     let server_rss = server.id().map_or(0.0, peak_rss_mib);
     for child in [&mut server, &mut worker] {
-        // SIGTERM, so a tracing guard flushes its spans; then SIGKILL if it hangs.
-        if let Some(pid) = child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-        if tokio::time::timeout(Duration::from_secs(10), child.wait())
-            .await
-            .is_err()
-        {
-            let _ = child.kill().await;
-        }
+        stop_gracefully(child).await;
     }
     // Leave nothing behind in a shared Redis.
     let client = simplebank_core::redis_client::client(redis)?;

@@ -271,7 +271,7 @@ impl Bench {
             }
         }
         for mut worker in workers {
-            stop_gracefully(&mut worker).await;
+            simplebank_core::testing::stop_gracefully(&mut worker).await;
         }
         self.flush().await?;
         Ok((
@@ -393,21 +393,6 @@ impl Bench {
 fn percentile_us(sorted: &[u64], p: f64) -> f64 {
     let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
     sorted[rank.min(sorted.len() - 1)] as f64 / 1000.0
-}
-
-/// SIGTERM (so a tracing guard flushes its spans), up to 10 s to exit, then SIGKILL.
-async fn stop_gracefully(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-    }
-    if tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
-    }
 }
 
 /// CPU seconds (user + system) and peak RSS (MiB) of a running process, from /proc.
