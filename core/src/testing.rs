@@ -387,18 +387,23 @@ pub fn verify_link(message: &str) -> Option<(i64, String)> {
     Some((id, code))
 }
 
-/// SIGTERM to `child` (so it shuts down cleanly and a tracing guard flushes its spans), up to
-/// 10 s to exit, then SIGKILL.
-pub async fn stop_gracefully(child: &mut tokio::process::Child) {
+/// Sends SIGTERM to `child` and waits up to `timeout` for it to exit; `None` if it did not.
+pub async fn sigterm(
+    child: &mut tokio::process::Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
     if let Some(pid) = child.id() {
         let _ = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status();
     }
-    if tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .is_err()
-    {
+    tokio::time::timeout(timeout, child.wait()).await.ok()?.ok()
+}
+
+/// SIGTERM to `child` (so it shuts down cleanly and a tracing guard flushes its spans), up to
+/// 10 s to exit, then SIGKILL.
+pub async fn stop_gracefully(child: &mut tokio::process::Child) {
+    if sigterm(child, Duration::from_secs(10)).await.is_none() {
         let _ = child.kill().await;
     }
 }

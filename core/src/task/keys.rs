@@ -141,12 +141,6 @@ impl Keys {
         }
     }
 
-    /// The queue a stream key belongs to, if it is one of this namespace's task streams.
-    pub fn queue_of(&self, stream: &str) -> Option<QueueName> {
-        let prefix = format!("{{{}}}:stream:", self.ns.as_str());
-        QueueName::parse(stream.strip_prefix(&prefix)?).ok()
-    }
-
     /// The pattern matching every key of the namespace (for clean-up in tests and tools).
     pub fn pattern(&self) -> String {
         format!("{{{}}}:*", self.ns.as_str())
@@ -162,11 +156,6 @@ mod tests {
         let keys = Keys::new(Namespace::default());
         let critical = QueueName::parse("critical").unwrap();
         assert_eq!(keys.stream(&critical), "{simplebank}:stream:critical");
-        assert_eq!(
-            keys.queue_of("{simplebank}:stream:critical"),
-            Some(critical)
-        );
-        assert_eq!(keys.queue_of("{other}:stream:critical"), None);
         assert_eq!(keys.scheduled(), "{simplebank}:scheduled");
         assert_eq!(keys.dead(), "{simplebank}:dead");
         assert_eq!(keys.unique(Some("id:x")), "{simplebank}:unique:id:x");

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use simplebank_core::testing::{TestDb, TestRedis, eventually, free_port};
+use simplebank_core::testing::{TestDb, TestRedis, eventually, free_port, sigterm};
 
 fn grpcurl() -> PathBuf {
     if let Ok(path) = std::env::var("GRPCURL") {
@@ -109,15 +109,8 @@ async fn the_binary_serves_reflection_health_and_create_user_to_grpcurl() {
     );
 
     // SIGTERM: stops and exits 0.
-    let pid = child.id().expect("pid").to_string();
-    let signalled = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(signalled.success());
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+    let status = sigterm(&mut child, Duration::from_secs(15))
         .await
-        .expect("exits after SIGTERM")
-        .expect("wait");
+        .expect("exits after SIGTERM");
     assert!(status.success(), "exit status {status:?}");
 }

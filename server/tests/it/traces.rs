@@ -10,7 +10,7 @@ use opentelemetry_proto::tonic::{
     trace::v1::{Span, span::SpanKind},
 };
 use simplebank_core::testing::{
-    RedisServer, TempDir, TestDb, TestRedis, eventually, free_port, verify_link,
+    RedisServer, TempDir, TestDb, TestRedis, eventually, free_port, stop_gracefully, verify_link,
 };
 use simplebank_observability::testing::OtlpSink;
 use simplebank_server::pb::simple_bank_client::SimpleBankClient;
@@ -172,12 +172,7 @@ impl Stack {
             .into_iter()
             .flatten()
         {
-            if let Some(pid) = child.id() {
-                let _ = std::process::Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .status();
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+            stop_gracefully(child).await;
         }
         let mut lines = Vec::new();
         for name in ["server.log", "worker.log"] {

@@ -3,7 +3,7 @@
 
 use std::{process::Stdio, time::Duration};
 
-use simplebank_core::testing::{TestDb, TestRedis};
+use simplebank_core::testing::{TestDb, TestRedis, sigterm};
 use tokio::io::AsyncBufReadExt;
 
 fn worker() -> tokio::process::Command {
@@ -66,15 +66,8 @@ async fn sigterm_stops_the_worker_with_exit_code_0() {
     // Keep draining its log so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
-    let pid = child.id().expect("pid").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
+    let exit = sigterm(&mut child, Duration::from_secs(15))
         .await
-        .expect("exits after SIGTERM")
-        .expect("wait");
+        .expect("exits after SIGTERM");
     assert!(exit.success(), "{exit:?}");
 }
