@@ -432,6 +432,18 @@ async fn main() -> Result<()> {
         tasks,
         runs,
     };
+    if config::var("BENCH_ONLY")?.as_deref() == Some("drain") {
+        // A quick loop for profiling (`perf record -a` around it): no report is written.
+        for _ in 0..bench.runs {
+            let ceiling = bench.raw_cycle().await?;
+            let (_, drain, cpu, rss) = bench.drain(1, 100).await?;
+            println!(
+                "raw cycle {ceiling:.0}/s; drain 1x100 {drain:.0}/s, {cpu:.2} CPU s per 100k, \
+                 peak RSS {rss:.1} MiB"
+            );
+        }
+        return Ok(());
+    }
     let redis_version = command_output("redis-server", &["--version"]);
     let mut report = String::new();
 

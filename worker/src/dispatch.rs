@@ -1,10 +1,10 @@
-//! Running one entry and settling it. The handler runs in a task of its own (a panic is a
+//! Running one entry and settling it. The handler runs inside the entry's task (a panic is a
 //! failed attempt, not a dead worker), under the task's timeout or deadline, while its lease is
 //! renewed every third of the visibility timeout. Then exactly one of:
 //!
 //! | outcome | action (one script each, see `simplebank_core::task::scripts`) |
 //! |---|---|
-//! | success | FINISH: ack, delete, release the uniqueness lock |
+//! | success | FINISH: ack, delete, release the uniqueness lock (batched, see [`crate::ack`]) |
 //! | failure, attempts left | RETRY: ack, delete, schedule attempt + 1 at now + backoff |
 //! | "not a failure" | RETRY with the same attempt number |
 //! | failure, no attempts left; "skip retry"; deadline passed | KILL: to the dead letters |
@@ -15,18 +15,21 @@
 //! may run again (at least once), it is never lost.
 
 use std::{
-    collections::HashMap,
+    panic::AssertUnwindSafe,
+    pin::Pin,
     sync::Arc,
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
-use redis::{Value, aio::ConnectionManager, streams::StreamId};
+use redis::{Value, aio::ConnectionManager};
 use simplebank_core::{
     report,
     task::{
         GROUP, Keys, QueueName, Task,
         dead::{dead_fields, poison_fields},
-        fields, now_ms, scripts,
+        fields::{self, Entry},
+        now_ms, scripts,
     },
 };
 use simplebank_observability::propagation::{record_error, set_parent};
@@ -35,6 +38,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use crate::{
+    ack::{Ack, Acker},
     backoff::Backoff,
     handler::{FailureKind, Handlers},
 };
@@ -45,6 +49,8 @@ pub struct Dispatcher {
     pub conn: ConnectionManager,
     pub keys: Keys,
     pub handlers: Handlers,
+    /// Settles successful tasks in batches.
+    pub acker: Acker,
     pub consumer: String,
     /// How often a running task's lease is renewed (a third of the visibility timeout).
     pub renew_every: Duration,
@@ -77,7 +83,7 @@ impl Dispatcher {
     pub fn spawn(
         self: &Arc<Self>,
         queue: QueueName,
-        entry: StreamId,
+        entry: Entry,
         deliveries: Option<u64>,
         permit: OwnedSemaphorePermit,
     ) {
@@ -88,13 +94,13 @@ impl Dispatcher {
         });
     }
 
-    async fn process(&self, queue: QueueName, entry: StreamId, deliveries: Option<u64>) {
+    async fn process(&self, queue: QueueName, entry: Entry, deliveries: Option<u64>) {
         let stream = self.keys.stream(&queue);
-        let task = match fields::decode(queue.clone(), &entry.map) {
+        let task = match fields::decode_entry(queue.clone(), &entry) {
             Ok(task) => task,
             Err(err) => {
                 let reason = format!("undecodable entry: {err}");
-                self.kill_poison(&stream, &queue, &entry.id, &entry.map, &reason)
+                self.kill_poison(&stream, &queue, &entry.id, &entry.fields, &reason)
                     .await;
                 return;
             }
@@ -154,10 +160,7 @@ impl Dispatcher {
         timeout: Duration,
     ) {
         let started = Instant::now();
-        let running = Arc::new(task.clone());
-        let mut attempt = tokio::spawn(
-            async move { handler.handle(&running).await }.instrument(tracing::Span::current()),
-        );
+        let mut attempt = CatchUnwind(handler.handle(&task));
         let mut renew = tokio::time::interval_at(
             tokio::time::Instant::now() + self.renew_every,
             self.renew_every,
@@ -166,8 +169,14 @@ impl Dispatcher {
         tokio::pin!(cutoff);
         let outcome = loop {
             tokio::select! {
+                // The attempt first: a handler that is done never waits on (or arms) a timer.
+                biased;
+                joined = &mut attempt => break match joined {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(err)) => Err(Failure { kind: err.kind, message: err.to_string() }),
+                    Err(_panic) => Err(Failure::retry("handler panicked")),
+                },
                 () = self.abandon.cancelled() => {
-                    attempt.abort();
                     tracing::warn!(
                         task_id = %task.id, task_type = %task.kind,
                         "shutdown timeout passed; task left pending for another worker"
@@ -175,18 +184,13 @@ impl Dispatcher {
                     return;
                 }
                 () = &mut cutoff => {
-                    attempt.abort();
                     break Err(Failure::retry(format!("timed out after {} ms", timeout.as_millis())));
                 }
-                joined = &mut attempt => break match joined {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(err)) => Err(Failure { kind: err.kind, message: err.to_string() }),
-                    Err(join) if join.is_panic() => Err(Failure::retry("handler panicked")),
-                    Err(join) => Err(Failure::retry(join.to_string())),
-                },
                 _ = renew.tick() => self.renew(&stream, &entry_id, &task).await,
             }
         };
+        // Stops a handler cut off by its timeout (at its next await point).
+        drop(attempt);
         let duration_ms = started.elapsed().as_secs_f64() * 1_000.0;
         match outcome {
             Ok(()) => self.finish(&stream, &entry_id, &task, duration_ms).await,
@@ -198,17 +202,17 @@ impl Dispatcher {
     }
 
     async fn finish(&self, stream: &str, entry_id: &str, task: &Task, duration_ms: f64) {
-        let settled: redis::RedisResult<i64> = scripts::FINISH
-            .key(stream)
-            .key(self.keys.unique(task.unique.as_deref()))
-            .arg(GROUP)
-            .arg(entry_id)
-            .arg(task.lock_token())
-            .arg(lock_flag(task))
-            .invoke_async(&mut self.conn.clone())
-            .await;
-        match settled {
-            Ok(_) => tracing::info!(
+        let lock = task
+            .unique
+            .as_deref()
+            .map(|unique| (self.keys.unique(Some(unique)), task.lock_token()));
+        let ack = Ack {
+            stream: stream.to_owned(),
+            entry_id: entry_id.to_owned(),
+            lock,
+        };
+        match self.acker.ack(ack).await {
+            Ok(()) => tracing::info!(
                 task_id = %task.id, task_type = %task.kind, queue = %task.queue,
                 attempt = task.attempt, duration_ms, "processed task"
             ),
@@ -306,7 +310,7 @@ impl Dispatcher {
         stream: &str,
         queue: &QueueName,
         entry_id: &str,
-        raw: &HashMap<String, Value>,
+        raw: &[(String, Value)],
         reason: &str,
     ) {
         let killed: redis::RedisResult<i64> = scripts::KILL
@@ -347,6 +351,25 @@ impl Dispatcher {
                 "lease lost: another worker took the task over; it may run twice"
             ),
             Err(err) => tracing::warn!(task_id = %task.id, error = %err, "lease renewal failed"),
+        }
+    }
+}
+
+/// Polls a handler's future, turning a panic into `Err`: a panic is a failed attempt, and the
+/// worker lives on. (The handler runs inside its entry's task, not in a task of its own: one
+/// spawn per entry instead of two. As in any async code, a handler must not block its thread;
+/// CPU-heavy or blocking work belongs in `tokio::task::spawn_blocking`.)
+struct CatchUnwind<F>(F);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut *inner).poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => Poll::Ready(Err(panic)),
         }
     }
 }

@@ -4,11 +4,8 @@
 
 use std::time::Duration;
 
-use redis::{
-    aio::ConnectionManager,
-    streams::{StreamId, StreamReadOptions, StreamReadReply},
-};
-use simplebank_core::task::{GROUP, Keys, QueueName};
+use redis::{Value, aio::ConnectionManager, streams::StreamReadOptions};
+use simplebank_core::task::{GROUP, Keys, QueueName, fields::Entry};
 
 use crate::priority::Priority;
 
@@ -45,7 +42,7 @@ impl Fetcher {
 
     /// Up to `count` new entries from one queue (or a few more from a blocking read across
     /// all queues); empty when nothing arrived within the block time.
-    pub async fn fetch(&mut self, count: usize) -> redis::RedisResult<Vec<(QueueName, StreamId)>> {
+    pub async fn fetch(&mut self, count: usize) -> redis::RedisResult<Vec<(QueueName, Entry)>> {
         for index in self.priority.next_order() {
             let options = StreamReadOptions::default()
                 .group(GROUP, &self.consumer)
@@ -68,9 +65,9 @@ impl Fetcher {
         &self,
         streams: &[&String],
         options: StreamReadOptions,
-    ) -> redis::RedisResult<Vec<(QueueName, StreamId)>> {
+    ) -> redis::RedisResult<Vec<(QueueName, Entry)>> {
         let ids = vec![">"; streams.len()];
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+        let reply: Value = redis::cmd("XREADGROUP")
             .arg(&options)
             .arg("STREAMS")
             .arg(streams)
@@ -78,13 +75,133 @@ impl Fetcher {
             .query_async(&mut self.conn.clone())
             .await?;
         let mut entries = Vec::new();
-        for stream in reply.map(|r| r.keys).unwrap_or_default() {
-            let Some(position) = self.streams.iter().position(|s| *s == stream.key) else {
+        for (stream, read) in read_reply(reply)? {
+            let Some(position) = self.streams.iter().position(|s| *s == stream) else {
                 continue;
             };
             let queue = &self.queues[position];
-            entries.extend(stream.ids.into_iter().map(|id| (queue.clone(), id)));
+            entries.extend(read.into_iter().map(|entry| (queue.clone(), entry)));
         }
         Ok(entries)
+    }
+}
+
+/// The entries of an XREAD/XREADGROUP reply, by stream, moved out of the reply rather than
+/// copied (the generic `StreamReadReply` conversion clones every value into a hash map: a
+/// sixth of the worker's CPU when draining, measured with perf).
+pub fn read_reply(reply: Value) -> redis::RedisResult<Vec<(String, Vec<Entry>)>> {
+    let streams = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Map(streams) => streams,
+        Value::Array(streams) => streams
+            .into_iter()
+            .map(|stream| pair(stream).ok_or_else(unexpected))
+            .collect::<redis::RedisResult<_>>()?,
+        _ => return Err(unexpected()),
+    };
+    streams
+        .into_iter()
+        .map(|(key, entries)| {
+            let Value::Array(entries) = entries else {
+                return Err(unexpected());
+            };
+            let entries = entries
+                .into_iter()
+                .map(entry)
+                .collect::<redis::RedisResult<_>>()?;
+            Ok((text(key).ok_or_else(unexpected)?, entries))
+        })
+        .collect()
+}
+
+/// One entry: `[id, [field, value, ...]]`; the fields are nil for an entry deleted while
+/// pending.
+fn entry(raw: Value) -> redis::RedisResult<Entry> {
+    let (id, fields) = pair(raw).ok_or_else(unexpected)?;
+    let id = text(id).ok_or_else(unexpected)?;
+    let fields = match fields {
+        Value::Nil => Vec::new(),
+        Value::Map(fields) => fields,
+        Value::Array(flat) => {
+            let mut fields = Vec::with_capacity(flat.len() / 2);
+            let mut flat = flat.into_iter();
+            while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
+                fields.push((name, value));
+            }
+            fields
+        }
+        _ => return Err(unexpected()),
+    };
+    let fields = fields
+        .into_iter()
+        .map(|(name, value)| Some((text(name)?, value)))
+        .collect::<Option<_>>()
+        .ok_or_else(unexpected)?;
+    Ok(Entry { id, fields })
+}
+
+fn pair(value: Value) -> Option<(Value, Value)> {
+    let Value::Array(items) = value else {
+        return None;
+    };
+    let [first, second] = <[Value; 2]>::try_from(items).ok()?;
+    Some((first, second))
+}
+
+fn text(value: Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+        Value::SimpleString(text) => Some(text),
+        _ => None,
+    }
+}
+
+fn unexpected() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "unexpected XREADGROUP reply",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn reads_resp2_and_resp3_replies() {
+        let entries = |fields: Value| {
+            Value::Array(vec![
+                Value::Array(vec![bulk("1-0"), fields]),
+                Value::Array(vec![bulk("2-0"), Value::Nil]),
+            ])
+        };
+        let flat = Value::Array(vec![bulk("id"), bulk("a"), bulk("type"), bulk("t")]);
+        let expected = vec![(
+            "{ns}:stream:default".to_owned(),
+            vec![
+                Entry {
+                    id: "1-0".into(),
+                    fields: vec![("id".into(), bulk("a")), ("type".into(), bulk("t"))],
+                },
+                Entry {
+                    id: "2-0".into(),
+                    fields: Vec::new(),
+                },
+            ],
+        )];
+        let resp2 = Value::Array(vec![Value::Array(vec![
+            bulk("{ns}:stream:default"),
+            entries(flat.clone()),
+        ])]);
+        assert_eq!(read_reply(resp2).unwrap(), expected);
+        let resp3 = Value::Map(vec![(bulk("{ns}:stream:default"), entries(flat))]);
+        assert_eq!(read_reply(resp3).unwrap(), expected);
+        assert!(read_reply(Value::Nil).unwrap().is_empty());
+        assert!(read_reply(Value::Int(1)).is_err());
+        assert!(read_reply(Value::Array(vec![Value::Array(vec![bulk("k")])])).is_err());
     }
 }

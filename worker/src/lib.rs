@@ -13,6 +13,7 @@
 //!
 //! [`run`] wires the project's handlers; [`Worker`] runs any [`Handlers`] (for embedding).
 
+pub mod ack;
 pub mod backoff;
 pub mod config;
 pub mod dispatch;
@@ -136,6 +137,7 @@ impl Worker {
             conn: conn.clone(),
             keys: self.keys.clone(),
             handlers: self.handlers,
+            acker: ack::Acker::start(conn.clone()),
             consumer: settings.consumer_name.clone(),
             renew_every: settings.renew_interval(),
             backoff: settings.backoff,

@@ -95,7 +95,7 @@ impl Reclaimer {
                     },
                 };
                 self.dispatcher
-                    .spawn(queue.clone(), entry, delivered, permit);
+                    .spawn(queue.clone(), entry.into(), delivered, permit);
             }
             cursor = reply.next_stream_id;
             if cursor == "0-0" {

@@ -50,7 +50,7 @@ pub fn dead_fields(
 /// The fields of the dead entry of an undecodable stream entry.
 pub fn poison_fields(
     queue: &QueueName,
-    raw: &HashMap<String, Value>,
+    raw: &[(String, Value)],
     reason: &str,
 ) -> Vec<(&'static str, String)> {
     let raw: serde_json::Map<String, serde_json::Value> = raw

@@ -76,8 +76,46 @@ pub fn scheduled_member(task: &Task) -> String {
     serde_json::json!({ "queue": task.queue.as_str(), "fields": fields }).to_string()
 }
 
+/// One stream entry as read: its id and its fields, in order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Entry {
+    pub id: String,
+    pub fields: Vec<(String, Value)>,
+}
+
+impl From<redis::streams::StreamId> for Entry {
+    fn from(entry: redis::streams::StreamId) -> Self {
+        Self {
+            id: entry.id,
+            fields: entry.map.into_iter().collect(),
+        }
+    }
+}
+
+impl Entry {
+    /// The value of field `name`.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.fields
+            .iter()
+            .find(|(field, _)| field == name)
+            .map(|(_, value)| value)
+    }
+}
+
 /// The task held by an entry of the stream of `queue`.
+pub fn decode_entry(queue: QueueName, entry: &Entry) -> Result<Task, DecodeError> {
+    decode_with(queue, &|name| entry.get(name))
+}
+
+/// The task held by the fields `map` of an entry of the stream of `queue`.
 pub fn decode(queue: QueueName, map: &HashMap<String, Value>) -> Result<Task, DecodeError> {
+    decode_with(queue, &|name| map.get(name))
+}
+
+/// Looks a field up by name.
+type Lookup<'a> = dyn Fn(&str) -> Option<&'a Value> + 'a;
+
+fn decode_with<'a>(queue: QueueName, map: &Lookup<'a>) -> Result<Task, DecodeError> {
     Ok(Task {
         id: required(map, "id")?,
         kind: required(map, "type")?,
@@ -98,21 +136,18 @@ pub fn decode(queue: QueueName, map: &HashMap<String, Value>) -> Result<Task, De
     })
 }
 
-fn optional(
-    map: &HashMap<String, Value>,
-    name: &'static str,
-) -> Result<Option<String>, DecodeError> {
-    map.get(name)
+fn optional(map: &Lookup<'_>, name: &'static str) -> Result<Option<String>, DecodeError> {
+    map(name)
         .map(|value| redis::from_redis_value_ref(value).map_err(|_| DecodeError::Invalid(name)))
         .transpose()
 }
 
-fn required(map: &HashMap<String, Value>, name: &'static str) -> Result<String, DecodeError> {
+fn required(map: &Lookup<'_>, name: &'static str) -> Result<String, DecodeError> {
     optional(map, name)?.ok_or(DecodeError::Missing(name))
 }
 
 fn optional_number<T: std::str::FromStr>(
-    map: &HashMap<String, Value>,
+    map: &Lookup<'_>,
     name: &'static str,
 ) -> Result<Option<T>, DecodeError> {
     optional(map, name)?
@@ -120,10 +155,7 @@ fn optional_number<T: std::str::FromStr>(
         .transpose()
 }
 
-fn number<T: std::str::FromStr>(
-    map: &HashMap<String, Value>,
-    name: &'static str,
-) -> Result<T, DecodeError> {
+fn number<T: std::str::FromStr>(map: &Lookup<'_>, name: &'static str) -> Result<T, DecodeError> {
     required(map, name)?
         .parse()
         .map_err(|_| DecodeError::Invalid(name))
@@ -153,6 +185,11 @@ mod tests {
         let task = task.with_task_id("fixed-id").unwrap();
         let decoded = decode(task.queue.clone(), &as_map(encode(&task))).unwrap();
         assert_eq!(decoded, task);
+        let entry = Entry {
+            id: "1-0".into(),
+            fields: as_map(encode(&task)).into_iter().collect(),
+        };
+        assert_eq!(decode_entry(task.queue.clone(), &entry).unwrap(), task);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! |---|---|
 //! | [`ENQUEUE`] | new -> queued, or scheduled; refused when its uniqueness lock is held |
 //! | [`PROMOTE`] | scheduled (due) -> queued |
-//! | [`FINISH`] | running -> done (ack, delete, release the lock) |
+//! | [`FINISH`] | running -> done (ack, delete, release the lock), for a batch of entries |
 //! | [`RETRY`] | running -> scheduled at now + delay |
 //! | [`KILL`] | running -> dead (release the lock) |
 //! | [`RENEW`] | running -> running, idle time reset (the lease), if still held by this consumer |
@@ -76,15 +76,20 @@ return {#due, wait}
     )
 });
 
-/// KEYS: stream, lock. ARGV: group, entry id, lock token, has lock.
-/// Acks and deletes the entry; releases the lock if this task holds it.
+/// KEYS: stream, then the lock of each finished task that holds one. ARGV: group, the number
+/// `n` of entries, their `n` ids, then one lock token per lock key.
+/// Acks and deletes the entries (a batch: the worker settles finished tasks together, see
+/// `simplebank_worker::ack`); releases each lock its task still holds. Returns the number acked.
 pub static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-if ARGV[4] == '1' and redis.call('GET', KEYS[2]) == ARGV[3] then
-  redis.call('DEL', KEYS[2])
+local n = tonumber(ARGV[2])
+local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3, 2 + n))
+redis.call('XDEL', KEYS[1], unpack(ARGV, 3, 2 + n))
+for i = 2, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1 + n + i] then
+    redis.call('DEL', KEYS[i])
+  end
 end
 return acked
 ",
