@@ -64,6 +64,11 @@ impl Handler for Recorder {
     }
 }
 
+/// mimalloc rather than the system allocator: a fifth of the worker's CPU went to glibc
+/// malloc and free while draining (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let common = CommonConfig::from_env()?;

@@ -78,7 +78,9 @@ impl Failure {
 }
 
 impl Dispatcher {
-    /// Runs `entry` in the background, holding `permit` (a concurrency slot) until done.
+    /// Runs `entry` in the background, holding `permit` (a concurrency slot) while its handler
+    /// runs. The slot is free once the handler returned, while the entry is being settled:
+    /// reading the next entries overlaps with acknowledging the last ones.
     /// `deliveries` is Redis' delivery count when known (reclaimed entries).
     pub fn spawn(
         self: &Arc<Self>,
@@ -89,12 +91,17 @@ impl Dispatcher {
     ) {
         let this = Arc::clone(self);
         self.tracker.spawn(async move {
-            this.process(queue, entry, deliveries).await;
-            drop(permit);
+            this.process(queue, entry, deliveries, permit).await;
         });
     }
 
-    async fn process(&self, queue: QueueName, entry: Entry, deliveries: Option<u64>) {
+    async fn process(
+        &self,
+        queue: QueueName,
+        entry: Entry,
+        deliveries: Option<u64>,
+        permit: OwnedSemaphorePermit,
+    ) {
         let stream = self.keys.stream(&queue);
         let task = match fields::decode_entry(queue.clone(), &entry) {
             Ok(task) => task,
@@ -145,7 +152,7 @@ impl Dispatcher {
             simplebank.task.attempt = task.attempt,
         );
         set_parent(&span, &task.trace());
-        self.run(stream, entry.id, task, handler, timeout)
+        self.run(stream, entry.id, task, handler, timeout, permit)
             .instrument(span)
             .await;
     }
@@ -158,6 +165,7 @@ impl Dispatcher {
         task: Task,
         handler: Arc<dyn crate::handler::Handler>,
         timeout: Duration,
+        permit: OwnedSemaphorePermit,
     ) {
         let started = Instant::now();
         let mut attempt = CatchUnwind(handler.handle(&task));
@@ -191,6 +199,7 @@ impl Dispatcher {
         };
         // Stops a handler cut off by its timeout (at its next await point).
         drop(attempt);
+        drop(permit);
         let duration_ms = started.elapsed().as_secs_f64() * 1_000.0;
         match outcome {
             Ok(()) => self.finish(&stream, &entry_id, &task, duration_ms).await,

@@ -11,7 +11,10 @@ use simplebank_core::{
 use simplebank_worker::ack::{Ack, Acker};
 use tokio::task::JoinSet;
 
+use crate::helpers::stream_state;
+
 const PER_STREAM: usize = 300;
+const QUEUES: [&str; 2] = ["default", "critical"];
 
 #[tokio::test]
 async fn finished_entries_are_acked_in_batches_and_locks_released_only_by_their_holder() {
@@ -20,7 +23,7 @@ async fn finished_entries_are_acked_in_batches_and_locks_released_only_by_their_
     let redis = TestRedis::at(server.address());
     let keys = redis.keys();
     let mut conn = redis.conn().await;
-    let streams: Vec<String> = ["default", "critical"]
+    let streams: Vec<String> = QUEUES
         .iter()
         .map(|q| keys.stream(&QueueName::parse(q).expect("queue")))
         .collect();
@@ -99,25 +102,12 @@ async fn finished_entries_are_acked_in_batches_and_locks_released_only_by_their_
         result.expect("joined").expect("acked");
     }
 
-    for stream in &streams {
-        let len: usize = redis::cmd("XLEN")
-            .arg(stream)
-            .query_async(&mut conn)
-            .await
-            .expect("xlen");
-        assert_eq!(len, 0, "every entry deleted from {stream}");
-        let pending: (
-            usize,
-            Option<String>,
-            Option<String>,
-            Option<Vec<(String, String)>>,
-        ) = redis::cmd("XPENDING")
-            .arg(stream)
-            .arg(GROUP)
-            .query_async(&mut conn)
-            .await
-            .expect("xpending");
-        assert_eq!(pending.0, 0, "every entry acknowledged on {stream}");
+    for queue in QUEUES {
+        assert_eq!(
+            stream_state(&redis, queue).await,
+            (0, 0),
+            "every entry of {queue} acknowledged and deleted"
+        );
     }
     for key in &released {
         let exists: bool = redis::cmd("EXISTS")
