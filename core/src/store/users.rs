@@ -18,6 +18,14 @@ pub struct User {
     pub is_email_verified: bool,
 }
 
+/// What sign-up's single statement returns.
+#[derive(sqlx::FromRow)]
+struct Created {
+    #[sqlx(flatten)]
+    user: User,
+    outbox_id: i64,
+}
+
 const USER_COLUMNS: &str =
     "username, full_name, email, password_changed_at, created_at, is_email_verified";
 
@@ -36,26 +44,25 @@ impl Store {
         task: &Task,
     ) -> Result<(User, i64), StoreError> {
         let encoded = serde_json::to_value(task).map_err(StoreError::BadTask)?;
-        let mut tx = self.pool.begin().await?;
-        let created: User = sqlx::query_as(&format!(
-            "INSERT INTO users (username, hashed_password, full_name, email) \
-             VALUES ($1, $2, $3, $4) RETURNING {USER_COLUMNS}"
+        // One statement, so one round trip and one implicit transaction: both rows or neither
+        // (a duplicate username or email fails the whole statement).
+        let created: Created = sqlx::query_as(&format!(
+            "WITH created AS ( \
+               INSERT INTO users (username, hashed_password, full_name, email) \
+               VALUES ($1, $2, $3, $4) RETURNING {USER_COLUMNS}), \
+             queued AS ( \
+               INSERT INTO task_outbox (task_id, task) VALUES ($5, $6) RETURNING id) \
+             SELECT {USER_COLUMNS}, queued.id AS outbox_id FROM created, queued"
         ))
         .bind(user.username.as_str())
         .bind(hashed_password.expose())
         .bind(user.full_name.as_str())
         .bind(user.email.as_str())
-        .fetch_one(&mut *tx)
-        .await?;
-        let outbox_id: i64 = sqlx::query_scalar(
-            "INSERT INTO task_outbox (task_id, task) VALUES ($1, $2) RETURNING id",
-        )
         .bind(&task.id)
         .bind(encoded)
-        .fetch_one(&mut *tx)
+        .fetch_one(&self.pool)
         .await?;
-        tx.commit().await?;
-        Ok((created, outbox_id))
+        Ok((created.user, created.outbox_id))
     }
 
     #[tracing::instrument(
