@@ -437,9 +437,12 @@ async fn main() -> Result<()> {
         for _ in 0..bench.runs {
             let ceiling = bench.raw_cycle().await?;
             let (_, drain, cpu, rss) = bench.drain(1, 100).await?;
+            let subscribed = [("RUST_LOG".to_owned(), "warn".to_owned())];
+            let (_, traced, traced_cpu, _) = bench.drain_with(1, 100, &subscribed).await?;
             println!(
                 "raw cycle {ceiling:.0}/s; drain 1x100 {drain:.0}/s, {cpu:.2} CPU s per 100k, \
-                 peak RSS {rss:.1} MiB"
+                 peak RSS {rss:.1} MiB; with tracing (no export) {traced:.0}/s, \
+                 {traced_cpu:.2} CPU s per 100k"
             );
         }
         return Ok(());
