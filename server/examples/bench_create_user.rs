@@ -40,6 +40,11 @@ fn binary(name: &str) -> PathBuf {
         .join(name)
 }
 
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
@@ -216,6 +221,9 @@ async fn main() -> Result<()> {
     let low_clients: usize = config::parse_or("BENCH_LOW_CLIENTS", 1)?;
     let low_seconds: u64 = config::parse_or("BENCH_LOW_SECONDS", 10)?;
     let (mut lines, mut low_lines) = (Vec::new(), Vec::new());
+    // For the verdict against the targets: ratio to the ceiling at saturation, overhead beyond
+    // one hash below saturation, server peak RSS.
+    let (mut ratios, mut overheads, mut peak_rss) = (Vec::new(), Vec::new(), 0.0_f64);
     for i in 0..runs {
         let (ceiling, hash_p50) = argon2_ceiling(5);
         let run_line = |run: &Run| {
@@ -232,12 +240,14 @@ async fn main() -> Result<()> {
                 run.server_rss
             )
         };
-        lines.push(run_line(
-            &run(clients, seconds, &redis, otlp.as_deref()).await?,
-        ));
+        let saturated = run(clients, seconds, &redis, otlp.as_deref()).await?;
+        lines.push(run_line(&saturated));
+        ratios.push(saturated.rate / ceiling);
+        peak_rss = peak_rss.max(saturated.server_rss);
         if otlp.is_none() {
             let low = run(low_clients, low_seconds, &redis, None).await?;
             low_lines.push(run_line(&low));
+            overheads.push(low.p50 - hash_p50);
         }
     }
     let header = "| run | requests/s | argon2 ceiling (hashes/s) | ratio | p50 | p99 | one hash p50 | overhead beyond the hash at p50 | server peak RSS |\n|---|---|---|---|---|---|---|---|---|";
@@ -271,5 +281,24 @@ async fn main() -> Result<()> {
         }
         println!();
     }
+    let verdict = |met: bool| if met { "yes" } else { "**no**" };
+    let ratio = median(&mut ratios);
+    println!("Against the targets (medians of the runs above):\n");
+    println!(
+        "- at least 90% of the argon2 ceiling: {:.0}%, met: {}",
+        ratio * 100.0,
+        verdict(ratio >= 0.9)
+    );
+    if !overheads.is_empty() {
+        let overhead = median(&mut overheads);
+        println!(
+            "- overhead beyond one hash at p50 at most 2 ms (below saturation): {overhead:.1} ms, met: {}",
+            verdict(overhead <= 2.0)
+        );
+    }
+    println!(
+        "- server RSS under load at most 50 MiB: peak {peak_rss:.1} MiB, met: {}\n",
+        verdict(peak_rss <= 50.0)
+    );
     Ok(())
 }
