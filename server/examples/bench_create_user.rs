@@ -28,6 +28,7 @@ use simplebank_core::{
     password,
     testing::{TempDir, TestDb, free_port, stop_gracefully},
 };
+use simplebank_observability::testing::OtlpSink;
 use simplebank_server::pb::{CreateUserRequest, simple_bank_client::SimpleBankClient};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -224,6 +225,7 @@ async fn main() -> Result<()> {
     // For the verdict against the targets: ratio to the ceiling at saturation, overhead beyond
     // one hash below saturation, server peak RSS.
     let (mut ratios, mut overheads, mut peak_rss) = (Vec::new(), Vec::new(), 0.0_f64);
+    let mut quiet_overheads = Vec::new();
     for i in 0..runs {
         let (ceiling, hash_p50) = argon2_ceiling(5);
         let run_line = |run: &Run| {
@@ -245,9 +247,29 @@ async fn main() -> Result<()> {
         ratios.push(saturated.rate / ceiling);
         peak_rss = peak_rss.max(saturated.server_rss);
         if otlp.is_none() {
-            let low = run(low_clients, low_seconds, &redis, None).await?;
-            low_lines.push(run_line(&low));
-            overheads.push(low.p50 - hash_p50);
+            // Spans go to a receiver here: the server's own "hash password" span times each
+            // hash in the same run (the machine's speed drifts between runs).
+            let (sink, port) = OtlpSink::start(true).await?;
+            let endpoint = format!("http://127.0.0.1:{port}");
+            let low = run(low_clients, low_seconds, &redis, Some(&endpoint)).await?;
+            let mut hashes: Vec<f64> = sink
+                .spans()
+                .iter()
+                .filter(|(_, span)| span.name == "hash password")
+                .map(|(_, span)| {
+                    span.end_time_unix_nano
+                        .saturating_sub(span.start_time_unix_nano) as f64
+                        / 1e6
+                })
+                .collect();
+            let in_run_hash = median(&mut hashes);
+            low_lines.push(format!(
+                "{} {in_run_hash:.1} ms | {:.1} ms |",
+                run_line(&low),
+                low.p50 - in_run_hash
+            ));
+            overheads.push(low.p50 - in_run_hash);
+            quiet_overheads.push(low.p50 - hash_p50);
         }
     }
     let header = "| run | requests/s | argon2 ceiling (hashes/s) | ratio | p50 | p99 | one hash p50 | overhead beyond the hash at p50 | server peak RSS |\n|---|---|---|---|---|---|---|---|---|";
@@ -273,9 +295,16 @@ async fn main() -> Result<()> {
         );
         println!(
             "With the hashing threads not queued, the latency beyond one hash is the per-request \
-             overhead: gRPC, the insert, the publish after commit and the outbox delete.\n"
+             overhead: gRPC and the insert (the publish after commit runs after the answer). \
+             This run exports its spans to a receiver in the bench, so the server's \
+             `hash password` span gives the hash time in the same run; \"one hash p50\" is the \
+             quiet machine's, measured before the run.\n"
         );
-        println!("{header}");
+        println!(
+            "{} hash span p50 (server, same run) | latency p50 beyond it |\n{}---|---|",
+            header.lines().next().unwrap_or_default(),
+            header.lines().nth(1).unwrap_or_default()
+        );
         for line in low_lines {
             println!("{line}");
         }
@@ -291,9 +320,14 @@ async fn main() -> Result<()> {
     );
     if !overheads.is_empty() {
         let overhead = median(&mut overheads);
+        let quiet = median(&mut quiet_overheads);
         println!(
-            "- overhead beyond one hash at p50 at most 2 ms (below saturation): {overhead:.1} ms, met: {}",
-            verdict(overhead <= 2.0)
+            "- overhead beyond one hash at p50 at most 2 ms (below saturation): against the hash \
+             span of the same run {overhead:.1} ms, met: {}; against the quiet machine's hash \
+             {quiet:.1} ms, met: {} (the difference is the hash itself running slower while \
+             PostgreSQL and the worker share the cores)",
+            verdict(overhead <= 2.0),
+            verdict(quiet <= 2.0)
         );
     }
     println!(

@@ -12,6 +12,7 @@ use simplebank_core::{
 use simplebank_observability::propagation::context_of;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::{
     pb::{self, simple_bank_server::SimpleBank},
@@ -61,7 +62,12 @@ impl SimpleBank for SimpleBankService {
             request.password,
         )
         .map_err(status::invalid_argument)?;
-        let hashed_password = self.hash(new_user.password.clone()).await?;
+        // Its own span: in a trace, the hash (and any wait for a hashing thread) is most of
+        // the call.
+        let hashed_password = self
+            .hash(new_user.password.clone())
+            .instrument(tracing::info_span!("hash password", otel.kind = "internal"))
+            .await?;
         let mut task = Task::new(&SendVerifyEmail {
             username: new_user.username.as_str().to_owned(),
         })

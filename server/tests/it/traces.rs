@@ -264,6 +264,16 @@ fn check_chain(spans: &[(String, Span)], queue_stream: &str) -> Vec<Span> {
         .expect("the database span");
     assert_eq!(db.parent_span_id, rpc.span_id);
     assert_eq!(attr(db, "db.system").as_deref(), Some("postgresql"));
+    let hash = spans
+        .iter()
+        .find(|(_, s)| s.name == "hash password")
+        .map(|(_, s)| s)
+        .expect("the hashing span");
+    assert_eq!(hash.parent_span_id, rpc.span_id);
+    assert!(
+        hash.end_time_unix_nano <= db.start_time_unix_nano,
+        "the password is hashed before the insert"
+    );
 
     // Failed publish attempts (Redis down) are spans of the trace too, marked ERROR; exactly one
     // attempt succeeded.
