@@ -20,6 +20,7 @@
 //!
 //! `BENCH_ONLY=drain` runs only a quick loop for profiling (the raw cycle, then the drain at
 //! 1 x 100 with and without a tracing subscriber) and prints the figures; no report.
+//! `BENCH_ONLY=tracing` likewise runs only scenario 7's drains.
 
 use std::{
     fmt::Write as _,
@@ -482,6 +483,25 @@ fn proc_usage(pid: u32) -> Result<(f64, f64)> {
     Ok((ticks / 100.0, hwm_kb / 1024.0))
 }
 
+/// Extra environment variables for worker processes.
+type Env = Vec<(String, String)>;
+
+/// Worker environments for scenario 7: a log subscriber only (`off`), and the same exporting
+/// every span to `endpoint` (`on`).
+fn tracing_env(endpoint: &str) -> (Env, Env) {
+    let off = vec![("RUST_LOG".to_owned(), "warn".to_owned())];
+    let mut on = off.clone();
+    on.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.to_owned()));
+    on.push(("OTEL_TRACES_SAMPLER".into(), "always_on".into()));
+    // Export five times a second with room to queue and large batches, so spans are exported
+    // while the drain runs rather than dropped (the SDK drops what overflows its queue). At
+    // 100k tasks/s the default of 512 spans per export means 200 exports a second.
+    on.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()));
+    on.push(("OTEL_BSP_MAX_QUEUE_SIZE".into(), "65536".into()));
+    on.push(("OTEL_BSP_MAX_EXPORT_BATCH_SIZE".into(), "2048".into()));
+    (off, on)
+}
+
 fn command_output(program: &str, args: &[&str]) -> String {
     std::process::Command::new(program)
         .args(args)
@@ -502,6 +522,22 @@ async fn main() -> Result<()> {
         tasks,
         runs,
     };
+    if config::var("BENCH_ONLY")?.as_deref() == Some("tracing") {
+        // Scenario 7's drains alone, for tuning the export.
+        let (sink, port) = simplebank_observability::testing::OtlpSink::start(false).await?;
+        let (off_env, on_env) = tracing_env(&format!("http://127.0.0.1:{port}"));
+        for _ in 0..bench.runs {
+            let off = bench.drain_with(1, 100, &off_env).await?.1;
+            let before = sink.count();
+            let on = bench.drain_with(1, 100, &on_env).await?.1;
+            println!(
+                "tracing off {off:.0}/s, on {on:.0}/s; spans received {} of {}",
+                sink.count() - before,
+                bench.tasks
+            );
+        }
+        return Ok(());
+    }
     if config::var("BENCH_ONLY")?.as_deref() == Some("drain") {
         // A quick loop for profiling (`perf record -a` around it): no report is written.
         for _ in 0..bench.runs {
@@ -597,14 +633,7 @@ async fn main() -> Result<()> {
     eprintln!("scenario 7: tracing export off versus on...");
     let (sink, sink_port) = simplebank_observability::testing::OtlpSink::start(false).await?;
     let endpoint = format!("http://127.0.0.1:{sink_port}");
-    let off_env = vec![("RUST_LOG".to_owned(), "warn".to_owned())];
-    let mut on_env = off_env.clone();
-    on_env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()));
-    on_env.push(("OTEL_TRACES_SAMPLER".into(), "always_on".into()));
-    // Export five times a second with room to queue, so spans are exported while the drain
-    // runs rather than dropped (the SDK drops what overflows its queue).
-    on_env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()));
-    on_env.push(("OTEL_BSP_MAX_QUEUE_SIZE".into(), "65536".into()));
+    let (off_env, on_env) = tracing_env(&endpoint);
     let (mut traced_off, mut traced_on, mut exported) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..bench.runs {
         traced_off.push(bench.drain_with(1, 100, &off_env).await?.1);
