@@ -1,8 +1,6 @@
 //! The dead-letter stream `{ns}:dead`: tasks that used up their retries, were refused by their
 //! handler (skip retry), have no handler, could not be decoded, or kept crashing their worker.
-//! Each entry keeps the task's fields (envelope and payload, trace context included) plus why
-//! and when it died: `queue`, `error`, `attempts`, `last_failed_at`, `dead_at` (poison entries:
-//! `raw`, the original fields as JSON).
+//! Each entry keeps the task's fields (trace context included) plus why and when it died.
 //! Operators list them, requeue one or all (attempts start again at 1), or delete one.
 
 use std::collections::HashMap;
@@ -226,8 +224,7 @@ fn parse(entry_id: String, map: &HashMap<String, Value>) -> DeadTask {
         attempts: number("attempts")
             .and_then(|n: i64| u32::try_from(n).ok())
             .unwrap_or(0),
-        // In the task's envelope (a poison entry never ran).
-        first_failed_at: task.as_ref().and_then(|task| task.first_failed_at),
+        first_failed_at: number("first_failed_at"),
         last_failed_at: number("last_failed_at"),
         dead_at: number("dead_at"),
         raw: text(map, "raw"),

@@ -1,16 +1,10 @@
-//! A [`Task`] as the fields of one Redis Stream entry, and back. Two fields:
+//! A [`Task`] as the fields of one Redis Stream entry, and back.
 //!
-//! | field     | value                                                                |
-//! |-----------|----------------------------------------------------------------------|
-//! | `task`    | the envelope, a JSON object (below)                                  |
-//! | `payload` | the payload, JSON text                                               |
-//!
-//! The envelope:
-//!
-//! | key           | value                                                    |
+//! | field         | value                                                    |
 //! |---------------|----------------------------------------------------------|
 //! | `id`          | task id (UUID unless the producer chose one)             |
 //! | `type`        | task type, e.g. `task:send_verify_email`                 |
+//! | `payload`     | JSON text                                                |
 //! | `attempt`     | 1 for the first attempt                                  |
 //! | `max_retry`   | retries allowed after the first attempt                  |
 //! | `timeout_ms`  | how long one attempt may run                             |
@@ -22,14 +16,9 @@
 //! | `first_failed_at` | end of the first failed attempt, ms (after a failure)|
 //! | `last_error`  | error of the last failed attempt (after a failure)       |
 //!
-//! Why one JSON field rather than a stream field each: a worker parses every field of every
-//! entry it reads, and with thirteen fields that parsing was the largest part of its CPU when
-//! draining (perf, see BENCHMARKS.md). `XRANGE` still shows the envelope readably.
-//!
 //! The queue is not a field: it is the stream the entry is in. A delayed task waits in the
 //! scheduled set as [`scheduled_member`]: the same fields plus its queue, as JSON.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 
 use redis::Value;
@@ -45,49 +34,36 @@ pub enum DecodeError {
     Invalid(&'static str),
 }
 
-/// The envelope of a task, as stored in the `task` field.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Envelope<'a> {
-    id: Cow<'a, str>,
-    #[serde(rename = "type")]
-    kind: Cow<'a, str>,
-    attempt: u32,
-    max_retry: u32,
-    timeout_ms: u64,
-    enqueued_at: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    traceparent: Option<Cow<'a, str>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    tracestate: Option<Cow<'a, str>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    deadline: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    unique: Option<Cow<'a, str>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    first_failed_at: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    last_error: Option<Cow<'a, str>>,
-}
-
-/// The entry fields of `task`: `task` (the envelope) and `payload`.
+/// The entry fields of `task`, in the order of the table above.
 pub fn encode(task: &Task) -> Vec<(&'static str, String)> {
-    let envelope = Envelope {
-        id: Cow::Borrowed(&task.id),
-        kind: Cow::Borrowed(&task.kind),
-        attempt: task.attempt,
-        max_retry: task.max_retry,
-        timeout_ms: task.timeout_ms,
-        enqueued_at: task.enqueued_at,
-        traceparent: task.traceparent.as_deref().map(Cow::Borrowed),
-        tracestate: task.tracestate.as_deref().map(Cow::Borrowed),
-        deadline: task.deadline,
-        unique: task.unique.as_deref().map(Cow::Borrowed),
-        first_failed_at: task.first_failed_at,
-        last_error: task.last_error.as_deref().map(Cow::Borrowed),
-    };
-    // Serializing strings and integers cannot fail.
-    let envelope = serde_json::to_string(&envelope).unwrap_or_default();
-    vec![("task", envelope), ("payload", task.payload.clone())]
+    let mut fields = vec![
+        ("id", task.id.clone()),
+        ("type", task.kind.clone()),
+        ("payload", task.payload.clone()),
+        ("attempt", task.attempt.to_string()),
+        ("max_retry", task.max_retry.to_string()),
+        ("timeout_ms", task.timeout_ms.to_string()),
+        ("enqueued_at", task.enqueued_at.to_string()),
+    ];
+    if let Some(traceparent) = &task.traceparent {
+        fields.push(("traceparent", traceparent.clone()));
+    }
+    let optional = [
+        ("tracestate", task.tracestate.clone()),
+        ("deadline", task.deadline.map(|d| d.to_string())),
+        ("unique", task.unique.clone()),
+        (
+            "first_failed_at",
+            task.first_failed_at.map(|t| t.to_string()),
+        ),
+        ("last_error", task.last_error.clone()),
+    ];
+    fields.extend(
+        optional
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|value| (name, value))),
+    );
+    fields
 }
 
 /// The scheduled-set member for `task`: `{"queue": ..., "fields": [name, value, ...]}`. It
@@ -140,38 +116,49 @@ pub fn decode(queue: QueueName, map: &HashMap<String, Value>) -> Result<Task, De
 type Lookup<'a> = dyn Fn(&str) -> Option<&'a Value> + 'a;
 
 fn decode_with<'a>(queue: QueueName, map: &Lookup<'a>) -> Result<Task, DecodeError> {
-    let envelope: Envelope<'_> =
-        serde_json::from_slice(bytes(map, "task")?).map_err(|_| DecodeError::Invalid("task"))?;
-    let payload =
-        std::str::from_utf8(bytes(map, "payload")?).map_err(|_| DecodeError::Invalid("payload"))?;
     Ok(Task {
-        id: envelope.id.into_owned(),
-        kind: envelope.kind.into_owned(),
-        payload: payload.to_owned(),
+        id: required(map, "id")?,
+        kind: required(map, "type")?,
+        payload: required(map, "payload")?,
         queue,
-        max_retry: envelope.max_retry,
-        attempt: envelope.attempt,
-        timeout_ms: envelope.timeout_ms,
-        enqueued_at: envelope.enqueued_at,
-        traceparent: envelope.traceparent.map(Cow::into_owned),
-        tracestate: envelope.tracestate.map(Cow::into_owned),
-        deadline: envelope.deadline,
-        unique: envelope.unique.map(Cow::into_owned),
-        first_failed_at: envelope.first_failed_at,
-        last_error: envelope.last_error.map(Cow::into_owned),
+        max_retry: number(map, "max_retry")?,
+        attempt: number(map, "attempt")?,
+        timeout_ms: number(map, "timeout_ms")?,
+        enqueued_at: number(map, "enqueued_at")?,
+        traceparent: optional(map, "traceparent")?,
+        tracestate: optional(map, "tracestate")?,
+        deadline: optional_number(map, "deadline")?,
+        unique: optional(map, "unique")?,
+        first_failed_at: optional_number(map, "first_failed_at")?,
+        last_error: optional(map, "last_error")?,
         schedule: None,
         unique_ttl_ms: None,
     })
 }
 
-/// The bytes of field `name`.
-fn bytes<'a>(map: &Lookup<'a>, name: &'static str) -> Result<&'a [u8], DecodeError> {
-    match map(name) {
-        Some(Value::BulkString(bytes)) => Ok(bytes),
-        Some(Value::SimpleString(text)) => Ok(text.as_bytes()),
-        Some(_) => Err(DecodeError::Invalid(name)),
-        None => Err(DecodeError::Missing(name)),
-    }
+fn optional(map: &Lookup<'_>, name: &'static str) -> Result<Option<String>, DecodeError> {
+    map(name)
+        .map(|value| redis::from_redis_value_ref(value).map_err(|_| DecodeError::Invalid(name)))
+        .transpose()
+}
+
+fn required(map: &Lookup<'_>, name: &'static str) -> Result<String, DecodeError> {
+    optional(map, name)?.ok_or(DecodeError::Missing(name))
+}
+
+fn optional_number<T: std::str::FromStr>(
+    map: &Lookup<'_>,
+    name: &'static str,
+) -> Result<Option<T>, DecodeError> {
+    optional(map, name)?
+        .map(|raw| raw.parse().map_err(|_| DecodeError::Invalid(name)))
+        .transpose()
+}
+
+fn number<T: std::str::FromStr>(map: &Lookup<'_>, name: &'static str) -> Result<T, DecodeError> {
+    required(map, name)?
+        .parse()
+        .map_err(|_| DecodeError::Invalid(name))
 }
 
 #[cfg(test)]
@@ -212,43 +199,16 @@ mod tests {
         })
         .unwrap();
         let mut map = as_map(encode(&task));
-        map.remove("payload");
+        map.remove("type");
         assert_eq!(
             decode(task.queue.clone(), &map),
-            Err(DecodeError::Missing("payload"))
+            Err(DecodeError::Missing("type"))
         );
-        map.remove("task");
+        map.insert("type".into(), Value::BulkString(b"x".to_vec()));
+        map.insert("attempt".into(), Value::BulkString(b"one".to_vec()));
         assert_eq!(
             decode(task.queue.clone(), &map),
-            Err(DecodeError::Missing("task"))
+            Err(DecodeError::Invalid("attempt"))
         );
-        map.insert("payload".into(), Value::BulkString(b"{}".to_vec()));
-        map.insert(
-            "task".into(),
-            Value::BulkString(br#"{"id":"x","type":"t","attempt":"one"}"#.to_vec()),
-        );
-        assert_eq!(
-            decode(task.queue.clone(), &map),
-            Err(DecodeError::Invalid("task"))
-        );
-    }
-
-    #[test]
-    fn an_entry_is_two_fields_with_a_readable_envelope() {
-        let task = Task::new(&SendVerifyEmail {
-            username: "alice".into(),
-        })
-        .unwrap();
-        let fields = encode(&task);
-        let names: Vec<&str> = fields.iter().map(|(name, _)| *name).collect();
-        assert_eq!(names, ["task", "payload"]);
-        let envelope: serde_json::Value = serde_json::from_str(&fields[0].1).unwrap();
-        assert_eq!(envelope["type"], "task:send_verify_email");
-        assert_eq!(envelope["attempt"], 1);
-        assert!(
-            envelope.get("last_error").is_none(),
-            "unset options are left out"
-        );
-        assert_eq!(fields[1].1, r#"{"username":"alice"}"#);
     }
 }
