@@ -68,14 +68,17 @@ each step on top of the previous one):
 | 2 | two spawns per task (entry, then handler) | the handler is polled in its entry's task under `catch_unwind`, timers armed only if it does not finish at once | 82-84k/s | 1.08-1.12 s |
 | 3 | `StreamReadReply`: every value cloned into a hash map (a sixth of the CPU) | XREADGROUP replies moved into entries without copies | 89-93k/s | 0.95 s |
 | 4 | the fetch loop waited for acks: a slot stayed taken until its entry was acked | a slot is freed when the handler returns; settling overlaps the next read | 88-99k/s | 0.89-0.96 s |
-| 5 | a fifth of the CPU in glibc malloc/free | mimalloc in the worker binaries (peak RSS 6.5 to 19 MiB) | 106-110k/s | 0.71-0.74 s |
-| 6 | the RESP parser was now the largest cost: 13 stream fields per entry (15 bulk strings to parse, and Redis building them) | the envelope as one JSON field plus the payload: two fields | 128-139k/s | 0.59-0.68 s |
+| 5 | a fifth of the CPU in glibc malloc/free; a sixth in the kernel waking threads | mimalloc | 106-110k/s | 0.71-0.74 s |
+| 6 | the RESP parser (redis-rs' `combine` grammar) was now the largest cost: 13 stream fields per entry | tried: the envelope as one JSON field plus the payload. 128-139k/s at 0.59-0.68 s, and the raw ceiling doubled. **Reverted**: DESIGN.md asks for one stream field per envelope key, so that entries stay inspectable field by field and any producer can write them | (reverted) | |
+| 7 | cross-thread wake-ups (futex, scheduler) on the multi-threaded runtime | the worker binaries on tokio's current-thread runtime; mimalloc then saved only 5% for 7 MiB, and was removed | 103-107k/s | 0.60-0.63 s |
 
-Step 6 also doubled the raw-cycle ceiling (it reads the same entries: 112-149k to 220-241k
-entries/s), which is why the ratio to it moves less than the rate. Delivery is unchanged: the
-fault tests (SIGKILL under load, Redis restart with AOF, lease, shutdown hand-over) pass, and
-`worker/tests/it/ack.rs` checks that a batch acks every entry across streams, releases only the
-locks their tasks still hold, and takes far fewer script calls than tasks.
+With the fields kept, a third of the worker's CPU is redis-rs parsing replies (a known cost of
+its parser: redis-rs pull request 2184 proposes a fast path). The drain is now bound by the
+round trips at concurrency 100 rather than by CPU: both the worker and Redis are about half
+busy. Delivery is unchanged: the fault tests (SIGKILL under load, Redis restart with AOF,
+lease, shutdown hand-over) pass, and `worker/tests/it/ack.rs` checks that a batch acks every
+entry across streams, releases only the locks their tasks still hold, and takes far fewer
+script calls than tasks.
 
 With a subscriber installed (`RUST_LOG` set, no export), perf showed a tenth of the worker's CPU
 in tracing-opentelemetry's busy/idle timings (two clock reads per poll of each span); they and

@@ -64,12 +64,11 @@ impl Handler for Recorder {
     }
 }
 
-/// mimalloc rather than the system allocator: a fifth of the worker's CPU went to glibc
-/// malloc and free while draining (see BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[tokio::main]
+/// One runtime thread: a worker process is I/O-bound, and on one thread it needs no
+/// cross-thread wake-ups (a third less CPU per task than the multi-threaded runtime, measured
+/// by `make bench`). Run more processes to use more cores; blocking work in a handler belongs
+/// in `spawn_blocking`, which has its own threads.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let common = CommonConfig::from_env()?;
     let settings = ConsumerSettings::from_env()?;

@@ -7,12 +7,11 @@ use simplebank_observability::LogFormat;
 use simplebank_worker::WorkerConfig;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc rather than the system allocator: a fifth of the worker's CPU went to glibc
-/// malloc and free while draining (see BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[tokio::main]
+/// One runtime thread: a worker process is I/O-bound, and on one thread it needs no
+/// cross-thread wake-ups (a third less CPU per task than the multi-threaded runtime, measured
+/// by `make bench`). Run more processes to use more cores; blocking work in a handler belongs
+/// in `spawn_blocking`, which has its own threads.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let config = match config::load_app_env().and_then(|()| WorkerConfig::from_env()) {
         Ok(config) => config,
