@@ -71,11 +71,10 @@ each step on top of the previous one):
 | 5 | a fifth of the CPU in glibc malloc/free; a sixth in the kernel waking threads | mimalloc | 106-110k/s | 0.71-0.74 s |
 | 6 | the RESP parser (redis-rs' `combine` grammar) was now the largest cost: 13 stream fields per entry | tried: the envelope as one JSON field plus the payload. 128-139k/s at 0.59-0.68 s, and the raw ceiling doubled. **Reverted**: DESIGN.md asks for one stream field per envelope key, so that entries stay inspectable field by field and any producer can write them | (reverted) | |
 | 7 | cross-thread wake-ups (futex, scheduler) on the multi-threaded runtime | the worker binaries on tokio's current-thread runtime; mimalloc then saved only 5% for 7 MiB, and was removed | 103-107k/s | 0.60-0.63 s |
+| 8 | worker and Redis each about half idle: one read at a time, so the worker waited a round trip per batch | double buffering: while entries keep coming, reads of half the slots, two in flight | 108-129k/s | 0.58-0.69 s |
 
 With the fields kept, a third of the worker's CPU is redis-rs parsing replies (a known cost of
-its parser: redis-rs pull request 2184 proposes a fast path). The drain is now bound by the
-round trips at concurrency 100 rather than by CPU: both the worker and Redis are about half
-busy. Delivery is unchanged: the fault tests (SIGKILL under load, Redis restart with AOF,
+its parser: redis-rs pull request 2184 proposes a fast path). Delivery is unchanged: the fault tests (SIGKILL under load, Redis restart with AOF,
 lease, shutdown hand-over) pass, and `worker/tests/it/ack.rs` checks that a batch acks every
 entry across streams, releases only the locks their tasks still hold, and takes far fewer
 script calls than tasks.

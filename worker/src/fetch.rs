@@ -1,8 +1,9 @@
 //! Reading new entries (XREADGROUP `>`) in priority order: the queues of one round are tried
 //! one by one without blocking; only when all are empty does one read block on all of them.
 //! Blocking reads use their own connection, so acks and claims never wait behind them.
+//! [`Fetcher::fetch`] returns an independent read, so the fetch loop can keep two in flight.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use redis::{Value, aio::ConnectionManager, streams::StreamReadOptions};
 use simplebank_core::task::{GROUP, Keys, QueueName, fields::Entry};
@@ -12,10 +13,16 @@ use crate::priority::Priority;
 /// Reads new entries for one consumer.
 #[derive(Debug)]
 pub struct Fetcher {
+    target: Arc<Target>,
+    priority: Priority,
+}
+
+/// What a read needs, shared by reads in flight.
+#[derive(Debug)]
+struct Target {
     conn: ConnectionManager,
     streams: Vec<String>,
     queues: Vec<QueueName>,
-    priority: Priority,
     consumer: String,
     block: Duration,
 }
@@ -31,19 +38,37 @@ impl Fetcher {
     ) -> Self {
         let weights: Vec<u32> = queues.iter().map(|(_, weight)| *weight).collect();
         Self {
-            conn,
-            streams: queues.iter().map(|(queue, _)| keys.stream(queue)).collect(),
-            queues: queues.iter().map(|(queue, _)| queue.clone()).collect(),
+            target: Arc::new(Target {
+                conn,
+                streams: queues.iter().map(|(queue, _)| keys.stream(queue)).collect(),
+                queues: queues.iter().map(|(queue, _)| queue.clone()).collect(),
+                consumer,
+                block,
+            }),
             priority: Priority::new(&weights, strict),
-            consumer,
-            block,
         }
     }
 
-    /// Up to `count` new entries from one queue (or a few more from a blocking read across
-    /// all queues); empty when nothing arrived within the block time.
-    pub async fn fetch(&mut self, count: usize) -> redis::RedisResult<Vec<(QueueName, Entry)>> {
-        for index in self.priority.next_order() {
+    /// A read of up to `count` new entries from one queue (or a few more from a blocking read
+    /// across all queues); empty when nothing arrived within the block time. The queue order
+    /// is taken now; the read is independent of `self`, so reads can overlap.
+    pub fn fetch(
+        &mut self,
+        count: usize,
+    ) -> impl Future<Output = redis::RedisResult<Vec<(QueueName, Entry)>>> + Send + 'static {
+        let order = self.priority.next_order();
+        let target = Arc::clone(&self.target);
+        async move { target.fetch(&order, count).await }
+    }
+}
+
+impl Target {
+    async fn fetch(
+        &self,
+        order: &[usize],
+        count: usize,
+    ) -> redis::RedisResult<Vec<(QueueName, Entry)>> {
+        for &index in order {
             let options = StreamReadOptions::default()
                 .group(GROUP, &self.consumer)
                 .count(count);

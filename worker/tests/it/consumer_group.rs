@@ -132,3 +132,54 @@ async fn a_failed_or_panicking_attempt_is_retried() {
     );
     worker.stop().await;
 }
+
+/// Counts handlers running at once and remembers the most.
+#[derive(Clone, Default)]
+struct Gauge {
+    running: Arc<std::sync::atomic::AtomicUsize>,
+    most: Arc<std::sync::atomic::AtomicUsize>,
+    done: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl simplebank_worker::Handler for Gauge {
+    fn handle<'a>(
+        &'a self,
+        _task: &'a simplebank_core::task::Task,
+    ) -> simplebank_worker::handler::BoxFuture<'a, Result<(), simplebank_worker::HandlerError>>
+    {
+        use std::sync::atomic::Ordering::SeqCst;
+        Box::pin(async move {
+            let now = self.running.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            self.running.fetch_sub(1, SeqCst);
+            self.done.fetch_add(1, SeqCst);
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn never_more_handlers_run_at_once_than_the_concurrency() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let redis = TestRedis::new();
+    let gauge = Gauge::default();
+    let mut worker_settings = settings("w1");
+    worker_settings.concurrency = 7;
+    let worker = RunningWorker::start(
+        &redis,
+        worker_settings,
+        Handlers::new().with(Noop::TYPE, gauge.clone()),
+    );
+    publish_noops(&redis, 400).await;
+    simplebank_core::testing::eventually("400 tasks ran", Duration::from_secs(20), || {
+        let done = gauge.done.load(SeqCst);
+        async move { done == 400 }
+    })
+    .await;
+    wait_until_drained(&redis, "default").await;
+    worker.stop().await;
+    let most = gauge.most.load(SeqCst);
+    assert!(most <= 7, "{most} handlers ran at once with concurrency 7");
+    assert!(most >= 4, "only {most} at once: the slots were not used");
+}
