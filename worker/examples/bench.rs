@@ -718,7 +718,7 @@ async fn main() -> Result<()> {
     }
     writeln!(
         report,
-        "\nCeilings in the same run: raw XREADGROUP COUNT 100 + XACK loop {} entries/s; `redis-benchmark` XADD (50 clients, pipeline 16) {} requests/s.\n",
+        "\nCeilings in the same run: raw XREADGROUP COUNT 100 + XACK loop {} entries/s; `redis-benchmark` XADD (50 clients, pipeline 16) {} requests/s. The raw loop is one client doing one thing at a time (read, then ack, then read); a worker keeps reads and acks in flight together, so it can come close to it, and two workers can pass it.\n",
         fmt_rate(&cycle),
         fmt_rate(&xadd_pipelined)
     )?;
