@@ -1,14 +1,131 @@
 //! Reading new entries (XREADGROUP `>`) in priority order: the queues of one round are tried
 //! one by one without blocking; only when all are empty does one read block on all of them.
 //! Blocking reads use their own connection, so acks and claims never wait behind them.
-//! [`Fetcher::fetch`] returns an independent read, so the fetch loop can keep two in flight.
+//!
+//! [`run`] is the fetch loop: it takes free concurrency slots, reads as many entries, and hands
+//! each to the dispatcher with its slot. [`Fetcher::fetch`] returns an independent read, so the
+//! loop can keep two in flight while entries keep coming.
 
 use std::{sync::Arc, time::Duration};
 
 use redis::{Value, aio::ConnectionManager, streams::StreamReadOptions};
 use simplebank_core::task::{GROUP, Keys, QueueName, fields::Entry};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
 
-use crate::priority::Priority;
+use crate::{dispatch::Dispatcher, group, priority::Priority};
+
+/// How many reads may be in flight at once while entries keep coming: the next read goes out
+/// while the last batch runs, so a busy worker is not idle for a round trip per batch. An idle
+/// worker has one (blocking) read at a time.
+const READS_IN_FLIGHT: usize = 2;
+
+/// What the fetch loop reads for and with.
+pub(crate) struct Reading<'a> {
+    /// For re-creating the consumer groups if they vanish.
+    pub conn: &'a mut redis::aio::ConnectionManager,
+    pub keys: &'a Keys,
+    pub queues: &'a [QueueName],
+    pub slots: &'a Arc<Semaphore>,
+    pub concurrency: usize,
+    pub dispatcher: &'a Arc<Dispatcher>,
+}
+
+/// A read in flight, with the concurrency slots it reads for.
+type Read = (
+    Vec<OwnedSemaphorePermit>,
+    redis::RedisResult<Vec<(QueueName, Entry)>>,
+);
+
+/// Reads and dispatches until `shutdown`. A read is never cut short (its entries are already
+/// delivered to this consumer): on `shutdown` no new read starts, and the entries of the reads
+/// in flight are still dispatched.
+pub(crate) async fn run(mut fetcher: Fetcher, reading: Reading<'_>, shutdown: &CancellationToken) {
+    let Reading {
+        conn,
+        keys,
+        queues,
+        slots,
+        concurrency,
+        dispatcher,
+    } = reading;
+    let mut reads: JoinSet<Read> = JoinSet::new();
+    let mut failing = false;
+    // Whether the last read brought entries: only then may a second read overlap.
+    let mut busy = false;
+    loop {
+        let limit = if busy { READS_IN_FLIGHT } else { 1 };
+        let may_read = !shutdown.is_cancelled() && reads.len() < limit;
+        tokio::select! {
+            biased;
+            Some(done) = reads.join_next() => {
+                let (mut permits, result) = match done {
+                    Ok(read) => read,
+                    Err(join) => (Vec::new(), Err(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "a read task failed",
+                        join.to_string(),
+                    )))),
+                };
+                match result {
+                    Ok(entries) => {
+                        if failing {
+                            tracing::info!("reading from Redis again");
+                            failing = false;
+                        }
+                        busy = !entries.is_empty();
+                        for (queue, entry) in entries {
+                            let permit = match permits.pop() {
+                                Some(permit) => permit,
+                                None => match Arc::clone(slots).acquire_owned().await {
+                                    Ok(permit) => permit,
+                                    Err(_) => return,
+                                },
+                            };
+                            dispatcher.spawn(queue, entry, None, permit);
+                        }
+                    }
+                    Err(err) => {
+                        busy = false;
+                        drop(permits);
+                        if group::is_missing(&err) {
+                            let _ = group::ensure(conn, keys, queues).await;
+                        }
+                        if !failing {
+                            tracing::warn!(error = %err, "cannot read tasks from Redis; retrying");
+                            failing = true;
+                        }
+                        tokio::select! {
+                            () = shutdown.cancelled() => {}
+                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                    }
+                }
+            }
+            permit = Arc::clone(slots).acquire_owned(), if may_read => {
+                let Ok(first) = permit else { return };
+                // Busy: reads of half the slots each, so one is in flight while the entries
+                // of the other run (double buffering). Idle: one read for every free slot.
+                let cap = if busy { concurrency.div_ceil(READS_IN_FLIGHT) } else { usize::MAX };
+                let mut permits = vec![first];
+                while permits.len() < cap
+                    && let Ok(permit) = Arc::clone(slots).try_acquire_owned()
+                {
+                    permits.push(permit);
+                }
+                let read = fetcher.fetch(permits.len());
+                reads.spawn(async move { (permits, read.await) });
+            }
+            () = shutdown.cancelled(), if reads.is_empty() => return,
+        }
+        if shutdown.is_cancelled() && reads.is_empty() {
+            return;
+        }
+    }
+}
 
 /// Reads new entries for one consumer.
 #[derive(Debug)]
