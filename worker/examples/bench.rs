@@ -108,12 +108,14 @@ the thread attributes are off now.
   the latency beyond that same run's hash is 1.4 ms. The section reports both.
 - Also: the user and its outbox row are inserted by one statement (one round trip instead of
   four), and a request no longer goes through `spawn_blocking` to reach the hashing queue.
-- **Why 90% is out of reach here**: perf at saturation gives the hashing threads 81% of the two
-  cores; PostgreSQL takes 7%, the worker sending the emails 3.5%, the server's own RPC and
-  database work about 4.5% (mostly in the kernel), Redis 1.3%, the load client 1%. All of that
-  runs on the same two cores as the hashes and is work each sign-up needs, so the ratio is
-  bounded near 80% on this machine whatever the server does; on a machine where PostgreSQL and
-  the worker run elsewhere the same server would be measured against its hashing alone.
+- **Why 90% is out of reach here**: perf over 8 s at saturation (after the changes above)
+  gives the hashing threads 78% of the two cores; PostgreSQL takes 8%, the server's own RPC,
+  database and Redis work 4.6% (mostly in the kernel), the worker sending the emails 4.2%,
+  Redis 1.5%, the load client 1.2%. All of that runs on the same two cores as the hashes and is
+  work each sign-up needs (two commits on the request path, three statements in the worker), so
+  the ratio is bounded near 80% on this machine whatever the server does; the ceiling itself
+  moved between 143 and 177 hashes/s from run to run. Where PostgreSQL and the worker run on
+  other cores, the same server would be measured against its hashing alone.
 ";
 
 #[derive(serde::Serialize, serde::Deserialize)]
