@@ -94,7 +94,7 @@ impl HashPool {
     /// The threads share their argon2 memory blocks (19 MiB each, at most one per thread) as a
     /// stack: a hash takes the block used last, still warm in the CPU cache. Below saturation
     /// the idle threads take turns, so per-thread blocks would start every hash from a cold
-    /// cache (measured: about 3 ms more per 11 ms hash on the benchmark machine).
+    /// cache (measured: about 2-3 ms more per 11 ms hash on the benchmark machine).
     pub fn new(threads: usize) -> Self {
         let (jobs, receiver) = std::sync::mpsc::sync_channel::<Job>(1024);
         let receiver = std::sync::Arc::new(std::sync::Mutex::new(receiver));

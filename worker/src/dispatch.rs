@@ -197,7 +197,7 @@ impl Dispatcher {
                 _ = renew.tick() => self.renew(&stream, &entry_id, &task).await,
             }
         };
-        // Stops a handler cut off by its timeout (at its next await point).
+        // A handler cut off by its timeout is cancelled here: its future is dropped.
         drop(attempt);
         drop(permit);
         let duration_ms = started.elapsed().as_secs_f64() * 1_000.0;
