@@ -50,6 +50,10 @@ pub fn context_of(span: &tracing::Span) -> TraceContext {
 
 /// Makes `span` a child of the remote context `trace` (if it holds a valid `traceparent`).
 pub fn set_parent(span: &tracing::Span, trace: &TraceContext) {
+    // A disabled span (no subscriber, or filtered out) has no parent to set: skip the parsing.
+    if span.is_disabled() {
+        return;
+    }
     let Some(traceparent) = &trace.traceparent else {
         return;
     };
