@@ -346,7 +346,12 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new() -> Self {
-        let path = std::env::temp_dir().join(format!("simplebank-test-{}", unique_suffix()));
+        Self::new_in(&std::env::temp_dir())
+    }
+
+    /// A fresh folder inside `parent`.
+    pub fn new_in(parent: &std::path::Path) -> Self {
+        let path = parent.join(format!("simplebank-test-{}", unique_suffix()));
         std::fs::create_dir_all(&path).expect("create temp dir");
         Self(path)
     }
