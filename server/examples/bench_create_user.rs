@@ -4,7 +4,9 @@
 //!
 //! Ceiling, on the same machine in the same run: argon2id hashes per second with the server's
 //! parameters on every core, and the p50 of one hash. Reported: requests/s and its ratio to the
-//! ceiling, p50/p99 latency, the overhead beyond one hash at p50, the server's peak RSS.
+//! ceiling, p50/p99 latency, the overhead beyond one hash at p50, the server's peak RSS, and
+//! the CPU time per sign-up of each process involved (from `/proc`), which explains the ratio.
+//! The worker's file mailer writes to tmpfs (`/dev/shm`) where there is one.
 //!
 //! Then the same at `BENCH_LOW_CLIENTS` (1) client for `BENCH_LOW_SECONDS` (10): below
 //! saturation, where the latency beyond one hash is the per-request overhead.
