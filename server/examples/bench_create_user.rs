@@ -320,19 +320,24 @@ async fn main() -> Result<()> {
     let (mut lines, mut low_lines, mut cpu_lines) = (Vec::new(), Vec::new(), Vec::new());
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
     // Per sign-up at saturation: the CPU beyond hashing, and one hash at the ceiling's speed.
-    let (mut others_ms, mut ceiling_hash_ms) = (Vec::new(), Vec::new());
+    let (mut others_ms, mut hashing_ms, mut shares) = (Vec::new(), Vec::new(), Vec::new());
     // For the verdict against the targets: ratio to the ceiling at saturation, overhead beyond
     // one hash below saturation, server peak RSS.
     let (mut ratios, mut overheads, mut peak_rss) = (Vec::new(), Vec::new(), 0.0_f64);
     let mut quiet_overheads = Vec::new();
     for i in 0..runs {
-        let (ceiling, hash_p50) = argon2_ceiling(5);
+        // The machine's speed drifts (by a third within minutes on a shared virtual machine):
+        // the ceiling is measured before and after the loaded run, and the higher of the two,
+        // the stricter, is the one compared against.
+        let (before, hash_p50) = argon2_ceiling(5);
+        let saturated = run(clients, seconds, &redis, otlp.as_deref()).await?;
+        let (after, _) = argon2_ceiling(5);
+        let ceiling = before.max(after);
         let run_line = |run: &Run| {
             format!(
-                "| {} | {:.1} | {:.1} | {:.0}% | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} MiB |",
+                "| {} | {:.1} | {ceiling:.1} ({before:.1} / {after:.1}) | {:.0}% | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} MiB |",
                 i + 1,
                 run.rate,
-                ceiling,
                 run.rate / ceiling * 100.0,
                 run.p50,
                 run.p99,
@@ -341,7 +346,6 @@ async fn main() -> Result<()> {
                 run.server_rss
             )
         };
-        let saturated = run(clients, seconds, &redis, otlp.as_deref()).await?;
         lines.push(run_line(&saturated));
         ratios.push(saturated.rate / ceiling);
         {
@@ -352,7 +356,8 @@ async fn main() -> Result<()> {
             let speed = hash_ms / per(cpu.hashing);
             let others = per(cpu.busy() - cpu.hashing);
             others_ms.push(others);
-            ceiling_hash_ms.push(hash_ms);
+            hashing_ms.push(per(cpu.hashing));
+            shares.push(share);
             cpu_lines.push(format!(
                 "| {} | {:.1} ms | {hash_ms:.1} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {others:.2} ms | {:.0}% | {:.0}% | {:.0}% | {:.0}% | {:.0}% |",
                 i + 1,
@@ -396,7 +401,7 @@ async fn main() -> Result<()> {
             quiet_overheads.push(low.p50 - hash_p50);
         }
     }
-    let header = "| run | requests/s | argon2 ceiling (hashes/s) | ratio | p50 | p99 | one hash p50 | overhead beyond the hash at p50 | server peak RSS |\n|---|---|---|---|---|---|---|---|---|";
+    let header = "| run | requests/s | argon2 ceiling, hashes/s (before / after) | ratio | p50 | p99 | one hash p50 | overhead beyond the hash at p50 | server peak RSS |\n|---|---|---|---|---|---|---|---|---|";
     match otlp {
         None => println!(
             "## 5. CreateUser ({clients} concurrent clients for {seconds} s, worker running)\n"
@@ -406,7 +411,7 @@ async fn main() -> Result<()> {
         }
     }
     println!(
-        "Ceiling in the same run: argon2id hashes/s with the server's parameters on every core, and the p50 of one hash.\n"
+        "Ceiling in the same run: argon2id hashes/s with the server's parameters on every core, measured for 5 s before and again after the loaded run; the higher of the two is the ceiling (the machine's speed drifts, and the higher is the stricter). \"One hash p50\" is one thread's, before the run.\n"
     );
     println!("{header}");
     for line in lines {
@@ -455,20 +460,29 @@ async fn main() -> Result<()> {
     let verdict = |met: bool| if met { "yes" } else { "**no**" };
     let ratio = median(&mut ratios);
     println!("Against the targets (medians of the runs above):\n");
+    // Drift-free: the ratio cannot pass hashing's share of the CPU used unless the machine ran
+    // faster during the load than while the ceiling was measured.
+    let share = (!shares.is_empty()).then(|| median(&mut shares));
+    let drifted = share.is_some_and(|share| ratio > share + 0.05);
     println!(
         "- at least 90% of the argon2 ceiling: {:.0}%, met: {}",
         ratio * 100.0,
-        verdict(ratio >= 0.9)
+        if drifted {
+            "unreliable (above hashing's share of the CPU, which needs the machine to have run \
+             faster during the load than during the ceiling)"
+        } else {
+            verdict(ratio >= 0.9)
+        }
     );
-    if !others_ms.is_empty() {
-        let (others, hash) = (median(&mut others_ms), median(&mut ceiling_hash_ms));
+    if let Some(share) = share {
+        let (others, hash) = (median(&mut others_ms), median(&mut hashing_ms));
         println!(
-            "  - on cores shared by everything, 90% needs all the CPU a sign-up takes beyond its \
-             hash to be at most a ninth of one hash ({:.2} ms at the ceiling's {hash:.1} ms), \
-             even with every hash as fast as the ceiling's; measured {others:.2} ms, which \
-             bounds the ratio at {:.0}%",
-            hash / 9.0,
-            hash / (hash + others) * 100.0
+            "  - on cores shared by everything, the ratio cannot pass hashing's share of the CPU \
+             used unless hashes run faster than the ceiling's: {:.0}% here, because a sign-up \
+             takes {others:.2} ms of CPU beyond its {hash:.1} ms hash; 90% needs at most a \
+             ninth of the hash ({:.2} ms)",
+            share * 100.0,
+            hash / 9.0
         );
     }
     if !overheads.is_empty() {
