@@ -95,6 +95,9 @@ impl Dispatcher {
         });
     }
 
+    // The rare paths (dead letters, retries, lease renewals) are awaited through a `Box`: inline,
+    // their states made the future spawned per entry 3,216 bytes, copied whole on spawn and on
+    // completion; boxed, it is 1,944 (callgrind: 2% fewer instructions per no-op task).
     async fn process(
         &self,
         queue: QueueName,
@@ -107,14 +110,14 @@ impl Dispatcher {
             Ok(task) => task,
             Err(err) => {
                 let reason = format!("undecodable entry: {err}");
-                self.kill_poison(&stream, &queue, &entry.id, &entry.fields, &reason)
+                Box::pin(self.kill_poison(&stream, &queue, &entry.id, &entry.fields, &reason))
                     .await;
                 return;
             }
         };
         let Some(handler) = self.handlers.get(&task.kind) else {
             let reason = format!("no handler for task type {:?}", task.kind);
-            self.kill(&stream, &entry.id, task, &reason, false).await;
+            Box::pin(self.kill(&stream, &entry.id, task, &reason, false)).await;
             return;
         };
         if let Some(deliveries) = deliveries
@@ -123,15 +126,14 @@ impl Dispatcher {
             let reason = format!(
                 "delivered {deliveries} times without finishing: its worker crashed or hung each time"
             );
-            self.kill(&stream, &entry.id, task, &reason, true).await;
+            Box::pin(self.kill(&stream, &entry.id, task, &reason, true)).await;
             return;
         }
         let mut timeout = task.timeout();
         if let Some(deadline) = task.deadline {
             let left = deadline.saturating_sub(now_ms());
             if left <= 0 {
-                self.kill(&stream, &entry.id, task, "deadline exceeded", false)
-                    .await;
+                Box::pin(self.kill(&stream, &entry.id, task, "deadline exceeded", false)).await;
                 return;
             }
             timeout = timeout.min(Duration::from_millis(u64::try_from(left).unwrap_or(0)));
@@ -194,7 +196,7 @@ impl Dispatcher {
                 () = &mut cutoff => {
                     break Err(Failure::retry(format!("timed out after {} ms", timeout.as_millis())));
                 }
-                _ = renew.tick() => self.renew(&stream, &entry_id, &task).await,
+                _ = renew.tick() => Box::pin(self.renew(&stream, &entry_id, &task)).await,
             }
         };
         // A handler cut off by its timeout is cancelled here: its future is dropped.
@@ -205,7 +207,7 @@ impl Dispatcher {
             Ok(()) => self.finish(&stream, &entry_id, &task, duration_ms).await,
             Err(failure) => {
                 record_error(&tracing::Span::current(), &failure.message);
-                self.fail(&stream, &entry_id, task, failure).await;
+                Box::pin(self.fail(&stream, &entry_id, task, failure)).await;
             }
         }
     }
