@@ -38,6 +38,31 @@ fn unique_suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()
 }
 
+/// `(name, CPU seconds: user + system)` from a `/proc/<pid>/stat` or `/proc/<pid>/task/<tid>/stat`
+/// file (Linux; USER_HZ is 100). For benchmarks.
+pub fn proc_cpu(stat_path: &str) -> Option<(String, f64)> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    // utime and stime are fields 14 and 15; after the name they are at 11 and 12.
+    let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some((stat[open + 1..close].to_owned(), ticks / 100.0))
+}
+
+/// Peak resident memory (`VmHWM`) of process `pid` in MiB; 0 when unknown. For benchmarks.
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
 /// A database of its own for one test, migrated. Dropped (with `FORCE`) when this drops.
 #[derive(Debug)]
 pub struct TestDb {

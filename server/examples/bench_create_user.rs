@@ -28,7 +28,7 @@ use simplebank_core::{
     config,
     domain::Password,
     password,
-    testing::{TempDir, TestDb, free_port, stop_gracefully},
+    testing::{TempDir, TestDb, free_port, peak_rss_mib, proc_cpu, stop_gracefully},
 };
 use simplebank_observability::testing::OtlpSink;
 use simplebank_server::pb::{CreateUserRequest, simple_bank_client::SimpleBankClient};
@@ -90,19 +90,6 @@ fn argon2_ceiling(seconds: u64) -> (f64, f64) {
     )
 }
 
-fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 /// CPU seconds spent so far, from `/proc` (USER_HZ ticks, 100 per second on Linux), by the
 /// parts of a sign-up: the server's hashing threads, the rest of the server, the worker, every
 /// `postgres` and `redis-server` process on the machine, and this client.
@@ -118,23 +105,14 @@ struct Cpu {
     idle: f64,
 }
 
-/// `(comm, utime + stime in seconds)` of a `/proc/.../stat` file.
-fn stat_cpu(path: &str) -> Option<(String, f64)> {
-    let stat = std::fs::read_to_string(path).ok()?;
-    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
-    let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some((stat[open + 1..close].to_owned(), ticks / 100.0))
-}
-
 impl Cpu {
     fn sample(server: u32, worker: u32) -> Self {
         let mut cpu = Self::default();
-        let server_total = stat_cpu(&format!("/proc/{server}/stat")).map_or(0.0, |(_, s)| s);
+        let server_total = proc_cpu(&format!("/proc/{server}/stat")).map_or(0.0, |(_, s)| s);
         if let Ok(threads) = std::fs::read_dir(format!("/proc/{server}/task")) {
             for thread in threads.flatten() {
                 let path = format!("{}/stat", thread.path().display());
-                if let Some((name, seconds)) = stat_cpu(&path)
+                if let Some((name, seconds)) = proc_cpu(&path)
                     && name.starts_with("argon2-")
                 {
                     cpu.hashing += seconds;
@@ -142,12 +120,12 @@ impl Cpu {
             }
         }
         cpu.server_other = server_total - cpu.hashing;
-        cpu.worker = stat_cpu(&format!("/proc/{worker}/stat")).map_or(0.0, |(_, s)| s);
-        cpu.client = stat_cpu("/proc/self/stat").map_or(0.0, |(_, s)| s);
+        cpu.worker = proc_cpu(&format!("/proc/{worker}/stat")).map_or(0.0, |(_, s)| s);
+        cpu.client = proc_cpu("/proc/self/stat").map_or(0.0, |(_, s)| s);
         if let Ok(processes) = std::fs::read_dir("/proc") {
             for process in processes.flatten() {
                 let path = format!("{}/stat", process.path().display());
-                match stat_cpu(&path) {
+                match proc_cpu(&path) {
                     Some((name, seconds)) if name == "postgres" => cpu.postgres += seconds,
                     Some((name, seconds)) if name == "redis-server" => cpu.redis += seconds,
                     _ => {}

@@ -36,7 +36,7 @@ use std::{
 use simplebank_core::{
     config, redis_client,
     task::{GROUP, Keys, Namespace, Publisher, QueueName, Task, TaskPayload},
-    testing::RedisServer,
+    testing::{self, RedisServer},
 };
 use simplebank_worker::{
     ConsumerSettings, Handler, HandlerError, Handlers, Worker, handler::BoxFuture,
@@ -499,19 +499,8 @@ fn percentile_us(sorted: &[u64], p: f64) -> f64 {
 
 /// CPU seconds (user + system) and peak RSS (MiB) of a running process, from /proc.
 fn proc_usage(pid: u32) -> Result<(f64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after_name = stat.rsplit(')').next().ok_or("bad stat")?;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat; after the name they are at 11 and 12.
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hwm_kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    Ok((ticks / 100.0, hwm_kb / 1024.0))
+    let (_, cpu) = testing::proc_cpu(&format!("/proc/{pid}/stat")).ok_or("no such process")?;
+    Ok((cpu, testing::peak_rss_mib(pid)))
 }
 
 /// Extra environment variables for worker processes.

@@ -64,10 +64,7 @@ impl Handler for Recorder {
     }
 }
 
-/// One runtime thread: a worker process is I/O-bound, and on one thread it needs no
-/// cross-thread wake-ups (a third less CPU per task than the multi-threaded runtime, measured
-/// by `make bench`). Run more processes to use more cores; blocking work in a handler belongs
-/// in `spawn_blocking`, which has its own threads.
+/// One runtime thread, as the worker binary (`src/main.rs` says why).
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let common = CommonConfig::from_env()?;

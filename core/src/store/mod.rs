@@ -89,9 +89,9 @@ impl Store {
     /// A pool for `db_source` that connects on first use. Acquiring a connection gives up after
     /// a few seconds, so callers see `Unavailable` instead of hanging when PostgreSQL is down.
     ///
-    /// sqlx checks every connection with a round trip before handing it out, by default: that
-    /// doubled the round trips of each statement, and was a sixth of the worker's CPU while
-    /// sign-ups were saturated. Only connections idle for over [`PING_IDLE_AFTER`] are checked
+    /// By default sqlx checks every connection with a round trip before handing it out (and
+    /// again after it is returned, which cannot be turned off): three round trips per
+    /// statement, the first check a sixth of the worker's CPU while sign-ups were saturated. Only connections idle for over [`PING_IDLE_AFTER`] are checked
     /// here, so those a restart of PostgreSQL broke while idle are still replaced unseen; a
     /// connection broken in the second after its last use fails its statement, which reports
     /// `Unavailable` (an RPC error, or a task retried).
