@@ -1,10 +1,14 @@
 //! Validated input. Each type has private fields and a `parse` that returns a
-//! [`FieldViolation`], so a value that got past the edge is known to be valid.
+//! [`FieldViolation`], so a value that got past the edge is known to be valid. Every `parse`
+//! starts with `text::check_text`: no control or format character gets into any field.
 
 mod email;
 mod full_name;
 mod password;
+mod text;
 mod username;
+
+use text::check_text;
 
 pub use email::{Email, mask};
 pub use full_name::FullName;
@@ -38,23 +42,6 @@ impl ValidationError {
     pub fn fields(&self) -> Vec<&'static str> {
         self.violations.iter().map(|v| v.field).collect()
     }
-}
-
-/// Checks a length in characters (not bytes) against an inclusive range.
-fn check_length(
-    field: &'static str,
-    value: &str,
-    min: usize,
-    max: usize,
-) -> Result<(), FieldViolation> {
-    let len = value.chars().count();
-    if len < min || len > max {
-        return Err(FieldViolation::new(
-            field,
-            format!("must contain from {min} to {max} characters"),
-        ));
-    }
-    Ok(())
 }
 
 /// A sign-up request that passed validation.

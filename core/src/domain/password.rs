@@ -1,6 +1,6 @@
 use crate::secret::Secret;
 
-use super::{FieldViolation, check_length};
+use super::{FieldViolation, check_text};
 
 const FIELD: &str = "password";
 
@@ -10,7 +10,7 @@ pub struct Password(Secret<String>);
 
 impl Password {
     pub fn parse(value: String) -> Result<Self, FieldViolation> {
-        check_length(FIELD, &value, 6, 100)?;
+        check_text(FIELD, &value, 6, 100)?;
         Ok(Self(Secret::new(value)))
     }
 

@@ -1,4 +1,4 @@
-use super::{FieldViolation, check_length};
+use super::{FieldViolation, check_text};
 
 const FIELD: &str = "username";
 
@@ -8,7 +8,7 @@ pub struct Username(String);
 
 impl Username {
     pub fn parse(value: &str) -> Result<Self, FieldViolation> {
-        check_length(FIELD, value, 3, 100)?;
+        check_text(FIELD, value, 3, 100)?;
         if !value
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')

@@ -49,7 +49,8 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
                 match db.constraint() {
                     Some("users_pkey") => Self::AlreadyExists { field: "username" },
-                    Some("users_email_key") => Self::AlreadyExists { field: "email" },
+                    // The unique index on lower(email): one account per mailbox, any case.
+                    Some("users_email_lower_key") => Self::AlreadyExists { field: "email" },
                     _ => Self::Database(err),
                 }
             }

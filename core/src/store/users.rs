@@ -80,3 +80,69 @@ impl Store {
         Ok(user)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{store::StoreError, testing::TestDb};
+
+    async fn insert(db: &TestDb, username: &str, email: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO users (username, hashed_password, full_name, email) \
+             VALUES ($1, 'x', 'Test User', $2)",
+        )
+        .bind(username)
+        .bind(email)
+        .execute(db.store.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The migration before the one that made addresses unique whatever their case.
+    const BEFORE_LOWER_EMAIL: i64 = 20261128000002;
+
+    #[tokio::test]
+    async fn an_address_taken_in_another_case_is_already_exists_email() {
+        let db = TestDb::create().await;
+        insert(&db, "alice", "alice@example.com")
+            .await
+            .expect("first");
+        for email in [
+            "alice@example.com",
+            "ALICE@example.com",
+            "Alice@Example.Com",
+        ] {
+            let err = insert(&db, "other", email).await.expect_err(email);
+            assert!(
+                matches!(err, StoreError::AlreadyExists { field: "email" }),
+                "{email}: {err:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_case_insensitive_index_migrates_down_and_up_again() {
+        let db = TestDb::create().await;
+        crate::MIGRATOR
+            .undo(db.store.pool(), BEFORE_LOWER_EMAIL)
+            .await
+            .expect("migrate down");
+        // Down: the old case-sensitive constraint is back.
+        insert(&db, "alice", "alice@example.com")
+            .await
+            .expect("first");
+        insert(&db, "alice2", "ALICE@example.com")
+            .await
+            .expect("another case was a distinct address before");
+        assert!(insert(&db, "alice3", "alice@example.com").await.is_err());
+
+        sqlx::query("DELETE FROM users WHERE username = 'alice2'")
+            .execute(db.store.pool())
+            .await
+            .expect("delete");
+        db.store.migrate().await.expect("migrate up again");
+        let err = insert(&db, "alice2", "ALICE@example.com")
+            .await
+            .expect_err("the same mailbox");
+        assert!(matches!(err, StoreError::AlreadyExists { field: "email" }));
+    }
+}

@@ -195,3 +195,249 @@ async fn unreachable_database_is_unavailable() {
     );
     server.stop().await.expect("clean stop");
 }
+
+/// Sends `req` and expects INVALID_ARGUMENT with exactly one violation, of `field`, whose
+/// description contains `kind`.
+async fn assert_refused_as(
+    server: &mut TestServer,
+    req: simplebank_server::pb::CreateUserRequest,
+    field: &str,
+    kind: &str,
+) {
+    let sent = format!("{req:?}");
+    let status = server
+        .client
+        .create_user(req)
+        .await
+        .expect_err("bad input is refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{sent}: {status:?}");
+    let violations = status
+        .get_details_bad_request()
+        .expect("a google.rpc.BadRequest detail")
+        .field_violations;
+    assert_eq!(violations.len(), 1, "{sent}: {violations:?}");
+    assert_eq!(violations[0].field, field, "{sent}");
+    assert!(
+        violations[0].description.contains(kind),
+        "{sent}: {:?} does not say {kind:?}",
+        violations[0].description
+    );
+    // Never the value, nor a piece of it.
+    for text in [status.message(), violations[0].description.as_str()] {
+        for piece in ["example", "evil", "Pwned", "qzx", "Liddell", "secret"] {
+            assert!(!text.contains(piece), "{sent}: {text:?} echoes the value");
+        }
+    }
+}
+
+#[tokio::test]
+async fn header_injection_and_invisible_characters_are_refused_naming_the_field() {
+    let (db, redis) = (TestDb::create().await, TestRedis::new());
+    let mut server = TestServer::start(common_config(db.url.clone(), &redis)).await;
+    let with = |field: &str, value: &str| {
+        let mut req = request("valid_name", "valid@example.com");
+        match field {
+            "username" => req.username = value.into(),
+            "full_name" => req.full_name = value.into(),
+            "email" => req.email = value.into(),
+            "password" => req.password = value.into(),
+            _ => unreachable!("unknown field {field}"),
+        }
+        req
+    };
+
+    // The attack of issue 11: a Bcc and a Subject smuggled in as headers, and a blank line
+    // that would start the body with the attacker's text.
+    for email in [
+        "x\r\nBcc: attacker@evil.example\r\nSubject: Pwned\r\nX-A: y <v@example.com>",
+        "x\r\n\r\nClick https://evil.example/ <v@example.com>",
+        "v@example.com\r\nBcc: attacker@evil.example",
+        "v@example.com\nBcc: attacker@evil.example",
+        "v@example.com\r\n",
+    ] {
+        assert_refused_as(&mut server, with("email", email), "email", "control").await;
+    }
+
+    // NUL in every field used to reach PostgreSQL (INTERNAL); now refused at the edge.
+    for (field, value) in [
+        ("username", "qzx\0jkw"),
+        ("full_name", "Alice\0Liddell"),
+        ("email", "ali\0ce@example.com"),
+        // This one got INTERNAL: the NUL in the display name reached PostgreSQL.
+        ("email", "A\0B <v@example.com>"),
+        ("password", "secret\0password"),
+    ] {
+        assert_refused_as(&mut server, with(field, value), field, "control").await;
+    }
+
+    // The other classes, in every field.
+    for field in ["username", "full_name", "email", "password"] {
+        let base = match field {
+            "username" => ["qzx", "jkw"],
+            "full_name" => ["Alice ", "Liddell"],
+            "email" => ["alice", "@example.com"],
+            _ => ["secret-", "password"],
+        };
+        for (insert, kind) in [
+            ("\t", "control"),
+            ("\u{7f}", "control"),
+            ("\u{85}", "control"),
+            ("\u{2028}", "line or paragraph separator"),
+            ("\u{2029}", "line or paragraph separator"),
+            ("\u{202e}", "bidirectional"),
+            ("\u{2066}", "bidirectional"),
+            ("\u{200f}", "bidirectional"),
+            ("\u{61c}", "bidirectional"),
+            ("\u{200b}", "invisible format"),
+            ("\u{feff}", "invisible format"),
+            ("\u{ad}", "invisible format"),
+        ] {
+            let value = format!("{}{insert}{}", base[0], base[1]);
+            assert_refused_as(&mut server, with(field, &value), field, kind).await;
+        }
+    }
+
+    // Not bare addresses: a display name, a comment, a quoted local part, whitespace.
+    for email in [
+        "Other <dup@example.com>",
+        "<dup@example.com>",
+        "dup@example.com (comment)",
+        "(comment)dup@example.com",
+        "\"dup\"@example.com",
+        "\"a b\"@example.com",
+        " dup@example.com",
+        "dup@example.com ",
+    ] {
+        assert_refused_as(&mut server, with("email", email), "email", "").await;
+    }
+
+    assert_eq!(count(&db.store, "SELECT count(*) FROM users").await, 0);
+    assert_eq!(db.store.outbox_len().await.expect("outbox"), 0);
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn an_address_is_stored_canonical_and_unique_whatever_its_case() {
+    let (db, redis) = (TestDb::create().await, TestRedis::new());
+    let mut server = TestServer::start(common_config(db.url.clone(), &redis)).await;
+    let user = server
+        .client
+        .create_user(request("dup1", "dup@example.com"))
+        .await
+        .expect("first sign-up")
+        .into_inner()
+        .user
+        .expect("user");
+    assert_eq!(user.email, "dup@example.com");
+
+    for (username, email) in [
+        ("dup2", "DUP@example.com"),
+        ("dup3", "dup@EXAMPLE.com"),
+        ("dup4", "Dup@Example.COM"),
+    ] {
+        let status = server
+            .client
+            .create_user(request(username, email))
+            .await
+            .expect_err("the same mailbox");
+        assert_eq!(status.code(), Code::AlreadyExists, "{email}: {status:?}");
+        assert_eq!(status.message(), "email already exists");
+    }
+
+    // The domain is lower-cased, the local part kept as given.
+    let user = server
+        .client
+        .create_user(request("mixed", "Mixed.Case@Example.ORG"))
+        .await
+        .expect("a new mailbox")
+        .into_inner()
+        .user
+        .expect("user");
+    assert_eq!(user.email, "Mixed.Case@example.org");
+
+    // An IDN domain is stored in its ASCII form; the Unicode spelling is the same mailbox.
+    let user = server
+        .client
+        .create_user(request("idn1", "user@BÜcher.example"))
+        .await
+        .expect("an IDN domain")
+        .into_inner()
+        .user
+        .expect("user");
+    assert_eq!(user.email, "user@xn--bcher-kva.example");
+    for email in ["user@bücher.example", "USER@xn--BCHER-kva.example"] {
+        let status = server
+            .client
+            .create_user(request("idn2", email))
+            .await
+            .expect_err("the same mailbox");
+        assert_eq!(status.code(), Code::AlreadyExists, "{email}: {status:?}");
+        assert_eq!(status.message(), "email already exists");
+    }
+
+    let stored: Vec<String> = sqlx::query_scalar("SELECT email FROM users ORDER BY email")
+        .fetch_all(db.store.pool())
+        .await
+        .expect("emails");
+    assert_eq!(
+        stored,
+        [
+            "Mixed.Case@example.org",
+            "dup@example.com",
+            "user@xn--bcher-kva.example"
+        ]
+    );
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn literals_dotless_and_oversized_domains_are_refused() {
+    let (db, redis) = (TestDb::create().await, TestRedis::new());
+    let mut server = TestServer::start(common_config(db.url.clone(), &redis)).await;
+    let label63 = "a".repeat(63);
+    let label64 = "a".repeat(64);
+    // 4 labels of 63 + 3 dots = 255 octets.
+    let domain255 = [label63.as_str(); 4].join(".");
+    // 64 + 1 + 190 = 255 octets in all, each part within its own limit.
+    let total255 = format!(
+        "{}@{}.{}.{}",
+        "l".repeat(64),
+        label63,
+        label63,
+        "b".repeat(62)
+    );
+    for email in [
+        "x@[127.0.0.1]",
+        "x@[IPv6:::1]",
+        "x@127.0.0.1",
+        "x@localhost",
+        "x@example..com",
+        "x@.example.com",
+        "x@example.com.",
+        "x@-example.com",
+        "x@exa_mple.com",
+        &format!("x@{label64}.com"),
+        &format!("x@{domain255}"),
+        &total255,
+        &format!("{}@example.com", "l".repeat(65)),
+        ".x@example.com",
+        "x.@example.com",
+        "x..y@example.com",
+        "x@y@example.com",
+        // Cyrillic "а" in the local part: a look-alike of "a".
+        "\u{430}lice@example.com",
+    ] {
+        let request = request("valid_name", email);
+        let status = server
+            .client
+            .create_user(request)
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{email}: {status:?}");
+        let violations = status.get_details_bad_request().expect("BadRequest");
+        assert_eq!(violations.field_violations.len(), 1, "{email}");
+        assert_eq!(violations.field_violations[0].field, "email", "{email}");
+    }
+    assert_eq!(count(&db.store, "SELECT count(*) FROM users").await, 0);
+    server.stop().await.expect("clean stop");
+}
