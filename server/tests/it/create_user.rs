@@ -1,13 +1,16 @@
-//! CreateUser: the happy path, every validation rule, duplicates, and an unreachable database.
+//! CreateUser: the happy path, every validation rule (control and format characters, bare
+//! canonical addresses), duplicates whatever their case, and an unreachable database.
 
 use std::time::Duration;
 
 use prost::Message;
-use simplebank_core::testing::{TcpProxy, TestDb, TestRedis, eventually};
+use simplebank_core::testing::{TcpProxy, TestDb, TestRedis, eventually, verify_link};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{TestServer, common_config, count, request, stream_entries};
+use crate::helpers::{
+    TestServer, TestWorker, common_config, count, request, stream_entries, wait_for_verification,
+};
 
 #[tokio::test]
 async fn creates_the_user_and_publishes_its_task() {
@@ -439,5 +442,44 @@ async fn literals_dotless_and_oversized_domains_are_refused() {
         assert_eq!(violations.field_violations[0].field, "email", "{email}");
     }
     assert_eq!(count(&db.store, "SELECT count(*) FROM users").await, 0);
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn the_worker_mails_the_canonical_address_and_its_link_verifies() {
+    let (db, redis) = (TestDb::create().await, TestRedis::new());
+    let common = common_config(db.url.clone(), &redis);
+    let mut server = TestServer::start(common.clone()).await;
+    let worker = TestWorker::start(common);
+    server
+        .client
+        .create_user(request("carol", "Carol.Hara@BÜcher.Example"))
+        .await
+        .expect("CreateUser");
+    wait_for_verification(&db, &worker, "carol").await;
+
+    let records = db.store.verify_emails_of("carol").await.expect("records");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].email, "Carol.Hara@xn--bcher-kva.example");
+    let files = worker.mail.files();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let message = std::fs::read_to_string(&files[0]).expect("read the email");
+    assert!(
+        message.contains("\r\nTo: Carol.Hara@xn--bcher-kva.example\r\n"),
+        "{message}"
+    );
+    let (email_id, secret_code) = verify_link(&message).expect("a verification link");
+    let verified = server
+        .client
+        .verify_email(simplebank_server::pb::VerifyEmailRequest {
+            email_id,
+            secret_code,
+        })
+        .await
+        .expect("VerifyEmail")
+        .into_inner();
+    assert!(verified.is_verified);
+
+    worker.stop().await;
     server.stop().await.expect("clean stop");
 }
