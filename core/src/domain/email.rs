@@ -231,9 +231,13 @@ mod tests {
             "@example.com",
             "a@",
             "x@y@example.com",
+            "dup\u{FF20}example.com",
         ] {
             refused(bad);
         }
+        // Huge input is refused on its length before any parsing.
+        let huge = format!("{}@example.com", "a".repeat(5_000_000));
+        assert!(refused(&huge).contains("254"));
     }
 
     #[test]
