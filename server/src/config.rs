@@ -4,6 +4,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use simplebank_core::config::{self, CommonConfig, ConfigError};
 
+use crate::tls::TlsConfig;
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub common: CommonConfig,
@@ -13,6 +15,8 @@ pub struct ServerConfig {
     pub outbox_relay_interval: Duration,
     /// `HEALTH_CHECK_INTERVAL`, default `2s`: how often PostgreSQL and Redis are checked.
     pub health_check_interval: Duration,
+    /// `GRPC_TLS_CERT_FILE`, `GRPC_TLS_KEY_FILE`, `GRPC_TLS_CLIENT_CA_FILE`: TLS when set.
+    pub tls: Option<TlsConfig>,
 }
 
 impl ServerConfig {
@@ -31,6 +35,7 @@ impl ServerConfig {
                 "HEALTH_CHECK_INTERVAL",
                 config::duration_or("HEALTH_CHECK_INTERVAL", Duration::from_secs(2))?,
             )?,
+            tls: TlsConfig::from_env()?,
         })
     }
 }

@@ -7,6 +7,7 @@
 //! - [`relay`]: the loop that publishes outbox rows left behind.
 //! - [`health`]: `grpc.health.v1` status, driven by PostgreSQL and Redis checks.
 //! - [`call_log`]: one log line per call.
+//! - [`tls`]: TLS (and client certificates) for the listener, from PEM files.
 //!
 //! [`run`] starts everything on a given listener and stops when `shutdown` resolves, so tests
 //! run the real server in-process on port 0.
@@ -17,6 +18,7 @@ pub mod health;
 pub mod relay;
 pub mod service;
 pub mod status;
+pub mod tls;
 
 /// The generated `simplebank.v1` code.
 pub mod pb {
@@ -93,9 +95,10 @@ pub async fn run(
     let bank = service::SimpleBankService::new(store, publisher);
     let address = listener.local_addr().ok();
     tracing::info!(address = ?address, "start gRPC server");
+    tls::log_mode(config.tls.as_ref(), address);
 
     let stopping = stop.clone();
-    let served = tonic::transport::Server::builder()
+    let served = tls::server_builder(config.tls.as_ref())?
         .layer(call_log::CallLogLayer)
         .add_service(health_service)
         .add_service(reflection_v1)

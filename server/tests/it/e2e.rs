@@ -9,7 +9,7 @@ use std::{
 
 use simplebank_core::testing::{TestDb, TestRedis, eventually, free_port, sigterm};
 
-fn grpcurl() -> PathBuf {
+pub(crate) fn grpcurl() -> PathBuf {
     if let Ok(path) = std::env::var("GRPCURL") {
         return path.into();
     }
@@ -21,8 +21,10 @@ fn grpcurl() -> PathBuf {
     local
 }
 
-fn run_grpcurl(args: &[&str]) -> (bool, String) {
+/// Runs grpcurl (bounded to 30 s a call) and returns whether it succeeded and what it printed.
+pub(crate) fn run_grpcurl(args: &[&str]) -> (bool, String) {
     let output = Command::new(grpcurl())
+        .args(["-max-time", "30"])
         .args(args)
         .output()
         .expect("grpcurl runs");
@@ -31,19 +33,31 @@ fn run_grpcurl(args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// The real server binary for `db` and `redis` on `address`, quiet, killed on drop; the caller
+/// adds variables of its own and spawns it.
+pub(crate) fn server_command(
+    db: &TestDb,
+    redis: &TestRedis,
+    address: &str,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_simplebank-server"));
+    command
+        .env("DB_SOURCE", db.url.expose())
+        .env("REDIS_ADDRESS", &redis.address)
+        .env("REDIS_NAMESPACE", redis.namespace.as_str())
+        .env("GRPC_SERVER_ADDRESS", address)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
 #[tokio::test]
 async fn the_binary_serves_reflection_health_and_create_user_to_grpcurl() {
     let (db, redis) = (TestDb::create().await, TestRedis::new());
     let address = format!("127.0.0.1:{}", free_port());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_simplebank-server"))
-        .env("DB_SOURCE", db.url.expose())
-        .env("REDIS_ADDRESS", &redis.address)
-        .env("REDIS_NAMESPACE", redis.namespace.as_str())
-        .env("GRPC_SERVER_ADDRESS", &address)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
+    let mut child = server_command(&db, &redis, &address)
         .spawn()
         .expect("start simplebank-server");
 

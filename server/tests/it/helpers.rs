@@ -40,6 +40,7 @@ impl TestServer {
             grpc_address: SocketAddr::from(([127, 0, 0, 1], 0)),
             outbox_relay_interval: Duration::from_millis(100),
             health_check_interval: Duration::from_millis(100),
+            tls: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -4,7 +4,9 @@
 mod create_user;
 mod e2e;
 mod email;
+mod health;
 mod helpers;
 mod outbox;
 mod pipeline;
+mod tls;
 mod traces;

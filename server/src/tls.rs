@@ -1,0 +1,199 @@
+//! TLS for the gRPC listener (rustls with ring). `GRPC_TLS_CERT_FILE` and `GRPC_TLS_KEY_FILE`
+//! (PEM, both or neither) turn it on; `GRPC_TLS_CLIENT_CA_FILE` (PEM) also requires client
+//! certificates signed by that CA (mTLS).
+//!
+//! The files are read and checked once, at start, with the same rustls that serves them, so a
+//! missing file, PEM that does not parse or a key that does not match its certificate stops the
+//! program with the variable's name instead of failing on the first handshake.
+
+use std::{fmt, path::Path, sync::Arc, time::Duration};
+
+use rustls::{
+    RootCertStore,
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::WebPkiClientVerifier,
+    sign::CertifiedKey,
+};
+use simplebank_core::config::{self, ConfigError};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+const CERT_VAR: &str = "GRPC_TLS_CERT_FILE";
+const KEY_VAR: &str = "GRPC_TLS_KEY_FILE";
+const CLIENT_CA_VAR: &str = "GRPC_TLS_CLIENT_CA_FILE";
+
+/// A client must finish its handshake within this, so half-open connections cannot pile up.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The certificate chain, key and optional client CA, as checked PEM.
+#[derive(Clone)]
+pub struct TlsConfig {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    client_ca_pem: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("key", &"[redacted]")
+            .field("client_certificates", &self.requires_client_certificates())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsConfig {
+    /// `None` when neither `GRPC_TLS_CERT_FILE` nor `GRPC_TLS_KEY_FILE` is set (plaintext).
+    pub fn from_env() -> Result<Option<Self>, ConfigError> {
+        let cert = config::var(CERT_VAR)?;
+        let key = config::var(KEY_VAR)?;
+        let client_ca = config::var(CLIENT_CA_VAR)?;
+        match (cert, key) {
+            (Some(cert), Some(key)) => Self::from_files(
+                Path::new(&cert),
+                Path::new(&key),
+                client_ca.as_deref().map(Path::new),
+            )
+            .map(Some),
+            (Some(_), None) => Err(ConfigError::new(
+                KEY_VAR,
+                format!("must be set when {CERT_VAR} is"),
+            )),
+            (None, Some(_)) => Err(ConfigError::new(
+                CERT_VAR,
+                format!("must be set when {KEY_VAR} is"),
+            )),
+            (None, None) if client_ca.is_some() => Err(ConfigError::new(
+                CLIENT_CA_VAR,
+                format!(
+                    "needs {CERT_VAR} and {KEY_VAR}: client certificates are checked only over TLS"
+                ),
+            )),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Reads and checks the PEM files; each error names the variable of the file at fault.
+    pub fn from_files(
+        cert: &Path,
+        key: &Path,
+        client_ca: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cert_pem = read(CERT_VAR, cert)?;
+        let key_pem = read(KEY_VAR, key)?;
+        let chain = certificates(CERT_VAR, &cert_pem)?;
+        let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+            .map_err(|e| ConfigError::new(KEY_VAR, format!("no usable PEM private key: {e}")))?;
+        let signing_key = provider
+            .key_provider
+            .load_private_key(key_der)
+            .map_err(|e| ConfigError::new(KEY_VAR, format!("unsupported private key: {e}")))?;
+        match CertifiedKey::new(chain, signing_key).keys_match() {
+            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+                return Err(ConfigError::new(
+                    KEY_VAR,
+                    format!("the key does not match the certificate in {CERT_VAR}"),
+                ));
+            }
+            Err(e) => {
+                return Err(ConfigError::new(
+                    CERT_VAR,
+                    format!("unusable certificate: {e}"),
+                ));
+            }
+        }
+        let client_ca_pem = client_ca
+            .map(|path| {
+                let pem = read(CLIENT_CA_VAR, path)?;
+                client_verifier(&pem, &provider)?;
+                Ok::<_, ConfigError>(pem)
+            })
+            .transpose()?;
+        Ok(Self {
+            cert_pem,
+            key_pem,
+            client_ca_pem,
+        })
+    }
+
+    /// True when clients must present a certificate signed by `GRPC_TLS_CLIENT_CA_FILE`.
+    pub fn requires_client_certificates(&self) -> bool {
+        self.client_ca_pem.is_some()
+    }
+
+    /// The settings for tonic's TLS acceptor.
+    pub fn server_tls_config(&self) -> ServerTlsConfig {
+        let config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .timeout(HANDSHAKE_TIMEOUT);
+        match &self.client_ca_pem {
+            Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+            None => config,
+        }
+    }
+}
+
+fn read(var: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path)
+        .map_err(|e| ConfigError::new(var, format!("cannot read {}: {e}", path.display())))
+}
+
+fn certificates(
+    var: &'static str,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let chain = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::new(var, format!("PEM does not parse: {e}")))?;
+    if chain.is_empty() {
+        return Err(ConfigError::new(var, "no PEM CERTIFICATE found"));
+    }
+    Ok(chain)
+}
+
+/// Builds the verifier tonic will build, so a CA file it would silently skip is refused here.
+fn client_verifier(pem: &[u8], provider: &Arc<CryptoProvider>) -> Result<(), ConfigError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(CLIENT_CA_VAR, pem)? {
+        roots.add(cert).map_err(|e| {
+            ConfigError::new(CLIENT_CA_VAR, format!("unusable CA certificate: {e}"))
+        })?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| ConfigError::new(CLIENT_CA_VAR, format!("unusable CA: {e}")))?;
+    Ok(())
+}
+
+/// A server builder that serves TLS when `tls` is set, and plaintext otherwise.
+pub fn server_builder(
+    tls: Option<&TlsConfig>,
+) -> Result<tonic::transport::Server, tonic::transport::Error> {
+    let builder = tonic::transport::Server::builder();
+    match tls {
+        Some(tls) => builder.tls_config(tls.server_tls_config()),
+        None => Ok(builder),
+    }
+}
+
+/// Says at start whether TLS is on; plaintext on an address other machines reach is a warning,
+/// since passwords then cross the network in clear.
+pub fn log_mode(tls: Option<&TlsConfig>, address: Option<std::net::SocketAddr>) {
+    match tls {
+        Some(tls) if tls.requires_client_certificates() => {
+            tracing::info!(
+                "TLS on: clients must present a certificate from GRPC_TLS_CLIENT_CA_FILE"
+            );
+        }
+        Some(_) => tracing::info!("TLS on"),
+        None if address.is_some_and(|a| a.ip().is_loopback()) => {
+            tracing::info!("TLS off: plaintext gRPC on a loopback address");
+        }
+        None => tracing::warn!(
+            "TLS off: plaintext gRPC on a non-loopback address, passwords cross the network in \
+             clear; set GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE"
+        ),
+    }
+}

@@ -1,0 +1,346 @@
+//! TLS and client certificates on the real binary, called with the real grpcurl. The CAs and
+//! certificates are made here (rcgen), so the tests need nothing outside the build.
+
+use std::{
+    io::Read,
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use simplebank_core::testing::{TempDir, TestDb, TestRedis, eventually, free_port, sigterm};
+
+use crate::e2e::{run_grpcurl, server_command};
+
+/// A certificate authority of the test's own.
+struct Ca {
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::new()).expect("CA parameters");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+        ];
+        let key = KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("self-signed CA");
+        Self {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate for `names` with `purpose`, signed by this CA: (certificate PEM, key PEM).
+    fn issue(&self, names: &[&str], purpose: ExtendedKeyUsagePurpose) -> (String, String) {
+        let mut params = CertificateParams::new(
+            names
+                .iter()
+                .map(|name| (*name).to_owned())
+                .collect::<Vec<_>>(),
+        )
+        .expect("leaf parameters");
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![purpose];
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.issuer).expect("signed leaf");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn server_cert(&self) -> (String, String) {
+        self.issue(
+            &["localhost", "127.0.0.1"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    fn client_cert(&self, name: &str) -> (String, String) {
+        self.issue(&[name], ExtendedKeyUsagePurpose::ClientAuth)
+    }
+}
+
+/// Writes `contents` to `dir/name` and returns the path as a string.
+fn write(dir: &TempDir, name: &str, contents: &str) -> String {
+    let path = dir.0.join(name);
+    std::fs::write(&path, contents).expect("write PEM file");
+    path.to_str().expect("UTF-8 temp path").to_owned()
+}
+
+const CREATE_ALICE: &str = r#"{"username":"alice","full_name":"Alice Liddell","email":"alice@example.com","password":"secret1"}"#;
+
+/// Starts the binary with `tls_env` and waits until grpcurl with `client_args` sees SERVING.
+async fn start(
+    db: &TestDb,
+    redis: &TestRedis,
+    tls_env: &[(&str, &str)],
+    client_args: &[&str],
+) -> (tokio::process::Child, String) {
+    let address = format!("127.0.0.1:{}", free_port());
+    let child = server_command(db, redis, &address)
+        .envs(tls_env.iter().copied())
+        .spawn()
+        .expect("start simplebank-server");
+    let (target, args): (String, Vec<String>) = (
+        address.clone(),
+        client_args.iter().map(|a| (*a).to_owned()).collect(),
+    );
+    eventually(
+        "the TLS server reports SERVING",
+        Duration::from_secs(30),
+        move || {
+            let mut call = args.clone();
+            call.extend([target.clone(), "grpc.health.v1.Health/Check".into()]);
+            async move {
+                let call: Vec<&str> = call.iter().map(String::as_str).collect();
+                let (ok, text) = run_grpcurl(&call);
+                ok && text.contains("\"SERVING\"")
+            }
+        },
+    )
+    .await;
+    (child, address)
+}
+
+#[tokio::test]
+async fn with_tls_grpcurl_needs_the_servers_ca_and_plaintext_is_refused() {
+    let (db, redis, dir) = (TestDb::create().await, TestRedis::new(), TempDir::new());
+    let ca = Ca::new("simplebank test CA");
+    let (cert, key) = ca.server_cert();
+    let ca_file = write(&dir, "ca.pem", &ca.cert_pem);
+    let other_ca_file = write(&dir, "other-ca.pem", &Ca::new("some other CA").cert_pem);
+    let env = [
+        ("GRPC_TLS_CERT_FILE", write(&dir, "server.pem", &cert)),
+        ("GRPC_TLS_KEY_FILE", write(&dir, "server.key", &key)),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (mut child, address) = start(&db, &redis, &env, &["-cacert", &ca_file]).await;
+
+    let (ok, services) = run_grpcurl(&["-cacert", &ca_file, &address, "list"]);
+    assert!(ok, "{services}");
+    assert!(
+        services.lines().any(|l| l == "simplebank.v1.SimpleBank"),
+        "{services}"
+    );
+    let (ok, created) = run_grpcurl(&[
+        "-cacert",
+        &ca_file,
+        "-d",
+        CREATE_ALICE,
+        &address,
+        "simplebank.v1.SimpleBank/CreateUser",
+    ]);
+    assert!(ok, "{created}");
+    let json: serde_json::Value = serde_json::from_str(&created).expect("grpcurl prints JSON");
+    assert_eq!(json["user"]["username"], "alice");
+
+    // A plaintext client gets no answer at all, for any call.
+    for call in [
+        vec!["-plaintext", &address, "list"],
+        vec!["-plaintext", &address, "grpc.health.v1.Health/Check"],
+        vec![
+            "-plaintext",
+            "-d",
+            CREATE_ALICE,
+            &address,
+            "simplebank.v1.SimpleBank/CreateUser",
+        ],
+    ] {
+        let (ok, text) = run_grpcurl(&call);
+        assert!(!ok, "plaintext {call:?} must fail: {text}");
+        assert!(
+            !text.contains("SERVING") && !text.contains("alice"),
+            "{text}"
+        );
+    }
+    // A client that trusts another CA refuses the server's certificate.
+    let (ok, text) = run_grpcurl(&["-cacert", &other_ca_file, &address, "list"]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("certificate"), "{text}");
+    // So does one that trusts only the system's CAs.
+    let (ok, text) = run_grpcurl(&[&address, "list"]);
+    assert!(!ok, "{text}");
+
+    let status = sigterm(&mut child, Duration::from_secs(15))
+        .await
+        .expect("exits after SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test]
+async fn with_a_client_ca_only_clients_with_a_certificate_it_signed_get_in() {
+    let (db, redis, dir) = (TestDb::create().await, TestRedis::new(), TempDir::new());
+    let server_ca = Ca::new("simplebank server CA");
+    let client_ca = Ca::new("simplebank client CA");
+    let (cert, key) = server_ca.server_cert();
+    let ca_file = write(&dir, "ca.pem", &server_ca.cert_pem);
+    let (client_cert, client_key) = client_ca.client_cert("alice-client");
+    let (client_cert, client_key) = (
+        write(&dir, "client.pem", &client_cert),
+        write(&dir, "client.key", &client_key),
+    );
+    // Signed by the server's CA, not by the client CA: must not get in either.
+    let (rogue_cert, rogue_key) = server_ca.client_cert("mallory-client");
+    let (rogue_cert, rogue_key) = (
+        write(&dir, "rogue.pem", &rogue_cert),
+        write(&dir, "rogue.key", &rogue_key),
+    );
+    let env = [
+        ("GRPC_TLS_CERT_FILE", write(&dir, "server.pem", &cert)),
+        ("GRPC_TLS_KEY_FILE", write(&dir, "server.key", &key)),
+        (
+            "GRPC_TLS_CLIENT_CA_FILE",
+            write(&dir, "client-ca.pem", &client_ca.cert_pem),
+        ),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let with_cert = [
+        "-cacert",
+        &ca_file,
+        "-cert",
+        &client_cert,
+        "-key",
+        &client_key,
+    ];
+    let (mut child, address) = start(&db, &redis, &env, &with_cert).await;
+
+    let mut call = with_cert.to_vec();
+    call.extend([
+        "-d",
+        CREATE_ALICE,
+        &address,
+        "simplebank.v1.SimpleBank/CreateUser",
+    ]);
+    let (ok, created) = run_grpcurl(&call);
+    assert!(ok, "{created}");
+    assert!(created.contains("\"alice\""), "{created}");
+
+    let (ok, text) = run_grpcurl(&["-cacert", &ca_file, &address, "list"]);
+    assert!(!ok, "a call without a client certificate must fail: {text}");
+    let (ok, text) = run_grpcurl(&[
+        "-cacert",
+        &ca_file,
+        "-cert",
+        &rogue_cert,
+        "-key",
+        &rogue_key,
+        &address,
+        "list",
+    ]);
+    assert!(
+        !ok,
+        "a client certificate from another CA must fail: {text}"
+    );
+    let (ok, text) = run_grpcurl(&["-plaintext", &address, "list"]);
+    assert!(!ok, "{text}");
+
+    let status = sigterm(&mut child, Duration::from_secs(15))
+        .await
+        .expect("exits after SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+}
+
+/// Runs the binary with only `env` among the TLS variables; it must stop at start (exit 2)
+/// naming `var`, and print no key material. Returns what it printed.
+fn refused(dir: &Path, env: &[(&str, &str)], var: &str) -> String {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_simplebank-server"));
+    for name in [
+        "GRPC_TLS_CERT_FILE",
+        "GRPC_TLS_KEY_FILE",
+        "GRPC_TLS_CLIENT_CA_FILE",
+    ] {
+        command.env_remove(name);
+    }
+    let mut child = command
+        .envs(env.iter().copied())
+        .env("GRPC_SERVER_ADDRESS", format!("127.0.0.1:{}", free_port()))
+        // No app.env here: only the variables above count.
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run simplebank-server");
+    // A configuration wrongly accepted would serve forever: give it a deadline, not a hang.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for simplebank-server") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{env:?}: simplebank-server started instead of refusing its configuration");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut text = String::new();
+    for mut stream in [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        stream.read_to_string(&mut text).expect("read output");
+    }
+    assert_eq!(status.code(), Some(2), "{env:?}: {text}");
+    assert!(text.contains(var), "{env:?} must name {var}: {text}");
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+    text
+}
+
+#[test]
+fn bad_tls_configuration_stops_the_binary_naming_the_variable() {
+    let dir = TempDir::new();
+    let ca = Ca::new("simplebank test CA");
+    let (cert, key) = ca.server_cert();
+    let (_, other_key) = ca.server_cert();
+    let cert = write(&dir, "server.pem", &cert);
+    let key = write(&dir, "server.key", &key);
+    let other_key = write(&dir, "other.key", &other_key);
+    let missing = dir.0.join("missing.pem");
+    let missing = missing.to_str().expect("UTF-8 temp path");
+    let garbage = write(&dir, "garbage.pem", "not PEM at all\n");
+    let bad_der = write(
+        &dir,
+        "bad-der.pem",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
+    let folder = dir.0.to_str().expect("UTF-8 temp path");
+    let (c, k, ca_var) = (
+        "GRPC_TLS_CERT_FILE",
+        "GRPC_TLS_KEY_FILE",
+        "GRPC_TLS_CLIENT_CA_FILE",
+    );
+
+    // One of the pair without the other.
+    refused(&dir.0, &[(c, &cert)], k);
+    refused(&dir.0, &[(k, &key)], c);
+    // A client CA without TLS would silently check nothing.
+    refused(&dir.0, &[(ca_var, &cert)], ca_var);
+    // Unreadable files.
+    refused(&dir.0, &[(c, missing), (k, &key)], c);
+    refused(&dir.0, &[(c, &cert), (k, missing)], k);
+    refused(&dir.0, &[(c, folder), (k, &key)], c);
+    refused(&dir.0, &[(c, &cert), (k, &key), (ca_var, missing)], ca_var);
+    // PEM that does not parse, or parses to no certificate or key.
+    refused(&dir.0, &[(c, &garbage), (k, &key)], c);
+    refused(&dir.0, &[(c, &key), (k, &key)], c);
+    refused(&dir.0, &[(c, &bad_der), (k, &key)], c);
+    refused(&dir.0, &[(c, &cert), (k, &garbage)], k);
+    refused(&dir.0, &[(c, &cert), (k, &cert)], k);
+    refused(&dir.0, &[(c, &cert), (k, &key), (ca_var, &garbage)], ca_var);
+    refused(&dir.0, &[(c, &cert), (k, &key), (ca_var, &bad_der)], ca_var);
+    // A key that is not the certificate's.
+    let text = refused(&dir.0, &[(c, &cert), (k, &other_key)], k);
+    assert!(text.contains("does not match"), "{text}");
+}
