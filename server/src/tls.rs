@@ -6,7 +6,7 @@
 //! missing file, PEM that does not parse or a key that does not match its certificate stops the
 //! program with the variable's name instead of failing on the first handshake.
 
-use std::{fmt, path::Path, sync::Arc, time::Duration};
+use std::{fmt, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use rustls::{
     RootCertStore,
@@ -180,20 +180,51 @@ pub fn server_builder(
 
 /// Says at start whether TLS is on; plaintext on an address other machines reach is a warning,
 /// since passwords then cross the network in clear.
-pub fn log_mode(tls: Option<&TlsConfig>, address: Option<std::net::SocketAddr>) {
+pub fn log_mode(tls: Option<&TlsConfig>, address: Option<SocketAddr>) {
+    match startup_notice(tls, address) {
+        Notice::Info(text) => tracing::info!("{text}"),
+        Notice::Warning(text) => tracing::warn!("{text}"),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Notice {
+    Info(&'static str),
+    Warning(&'static str),
+}
+
+fn startup_notice(tls: Option<&TlsConfig>, address: Option<SocketAddr>) -> Notice {
     match tls {
-        Some(tls) if tls.requires_client_certificates() => {
-            tracing::info!(
-                "TLS on: clients must present a certificate from GRPC_TLS_CLIENT_CA_FILE"
+        Some(tls) if tls.requires_client_certificates() => Notice::Info(
+            "TLS on: clients must present a certificate signed by GRPC_TLS_CLIENT_CA_FILE",
+        ),
+        Some(_) => Notice::Info("TLS on"),
+        None if address.is_some_and(|a| a.ip().is_loopback()) => {
+            Notice::Info("TLS off: plaintext gRPC on a loopback address")
+        }
+        None => Notice::Warning(
+            "TLS off: plaintext gRPC on a non-loopback address, so passwords cross the network \
+             in clear; set GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Notice, startup_notice};
+
+    #[test]
+    fn plaintext_is_a_warning_unless_only_this_machine_can_connect() {
+        for address in ["0.0.0.0:9090", "[::]:9090", "192.0.2.7:9090"] {
+            let notice = startup_notice(None, address.parse().ok());
+            assert!(
+                matches!(notice, Notice::Warning(_)),
+                "{address}: {notice:?}"
             );
         }
-        Some(_) => tracing::info!("TLS on"),
-        None if address.is_some_and(|a| a.ip().is_loopback()) => {
-            tracing::info!("TLS off: plaintext gRPC on a loopback address");
+        for address in ["127.0.0.1:9090", "127.1.2.3:9090", "[::1]:9090"] {
+            let notice = startup_notice(None, address.parse().ok());
+            assert!(matches!(notice, Notice::Info(_)), "{address}: {notice:?}");
         }
-        None => tracing::warn!(
-            "TLS off: plaintext gRPC on a non-loopback address, passwords cross the network in \
-             clear; set GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE"
-        ),
     }
 }
