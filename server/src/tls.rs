@@ -6,7 +6,7 @@
 //! missing file, PEM that does not parse or a key that does not match its certificate stops the
 //! program with the variable's name instead of failing on the first handshake.
 
-use std::{fmt, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{fmt, io::Read, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use rustls::{
     RootCertStore,
@@ -135,9 +135,22 @@ impl TlsConfig {
     }
 }
 
+/// PEM files this large are not certificates; the cap keeps `/dev/zero` from filling memory.
+const MAX_PEM_BYTES: u64 = 1024 * 1024;
+
 fn read(var: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path)
-        .map_err(|e| ConfigError::new(var, format!("cannot read {}: {e}", path.display())))
+    let cannot = |e: std::io::Error| ConfigError::new(var, format!("cannot read {path:?}: {e}"));
+    let mut pem = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_PEM_BYTES + 1).read_to_end(&mut pem))
+        .map_err(cannot)?;
+    if pem.len() as u64 > MAX_PEM_BYTES {
+        return Err(ConfigError::new(
+            var,
+            format!("{path:?} is larger than {MAX_PEM_BYTES} bytes: not a PEM file"),
+        ));
+    }
+    Ok(pem)
 }
 
 fn certificates(

@@ -354,6 +354,9 @@ fn bad_tls_configuration_stops_the_binary_naming_the_variable() {
     refused(&dir.0, &[(c, &cert), (k, missing)], k);
     refused(&dir.0, &[(c, folder), (k, &key)], c);
     refused(&dir.0, &[(c, &cert), (k, &key), (ca_var, missing)], ca_var);
+    // Endless or huge input is refused, not read into memory.
+    refused(&dir.0, &[(c, "/dev/zero"), (k, &key)], c);
+    refused(&dir.0, &[(c, &cert), (k, "/dev/urandom")], k);
     // PEM that does not parse, or parses to no certificate or key.
     refused(&dir.0, &[(c, &garbage), (k, &key)], c);
     refused(&dir.0, &[(c, &key), (k, &key)], c);
