@@ -9,7 +9,7 @@
 //! - Length: at most 64 octets before the @, 253 after it, 254 in all (RFC 5321).
 //!
 //! Uniqueness is case-insensitive on the whole address: the database has a unique index on
-//! `lower(email)` (see the migrations).
+//! `lower(email COLLATE "C")` (see the migrations).
 
 use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
 

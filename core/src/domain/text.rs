@@ -19,6 +19,10 @@ enum Refused {
     Bidi,
     /// The rest of Cf: zero-width characters, U+FEFF, the soft hyphen, tags, ...
     Format,
+    /// Default-ignorable characters outside Cf that render as nothing (Hangul fillers,
+    /// variation selectors, U+034F), private-use and unassigned code points: a value made of
+    /// them looks empty, or different on every system.
+    Invisible,
 }
 
 impl Refused {
@@ -30,6 +34,8 @@ impl Refused {
             }
             GeneralCategory::Format if is_bidi_control(c) => Some(Self::Bidi),
             GeneralCategory::Format => Some(Self::Format),
+            GeneralCategory::PrivateUse | GeneralCategory::Unassigned => Some(Self::Invisible),
+            _ if is_invisible(c) => Some(Self::Invisible),
             _ => None,
         }
     }
@@ -42,6 +48,10 @@ impl Refused {
             Self::Format => {
                 "must not contain invisible format characters (such as zero-width spaces)"
             }
+            Self::Invisible => {
+                "must not contain invisible, private-use or unassigned characters (such as \
+                 U+3164 or variation selectors)"
+            }
         }
     }
 }
@@ -49,6 +59,15 @@ impl Refused {
 /// The Bidi_Control characters of Unicode (all of them category Cf).
 fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// The Default_Ignorable_Code_Points of Unicode that are not Cf (letters and marks that
+/// display as nothing).
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180D}' | '\u{180F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}'
+        | '\u{FFA0}' | '\u{E0100}'..='\u{E01EF}')
 }
 
 /// Refuses control and format characters, then checks the length in characters (not bytes)
@@ -130,6 +149,27 @@ mod tests {
         ] {
             assert!(
                 refusal(&format!("abc{c}")).contains("invisible format"),
+                "{c:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn fillers_variation_selectors_private_use_and_unassigned() {
+        for c in [
+            '\u{3164}',
+            '\u{FFA0}',
+            '\u{115F}',
+            '\u{1160}',
+            '\u{034F}',
+            '\u{FE0F}',
+            '\u{E0100}',
+            '\u{E000}',
+            '\u{10FFFD}',
+            '\u{0378}',
+        ] {
+            assert!(
+                refusal(&format!("ab{c}")).contains("invisible, private-use"),
                 "{c:?}"
             );
         }
