@@ -1,17 +1,41 @@
 //! The transactional outbox: a task is written in the same transaction as its data, then
-//! published to Redis and deleted. If publishing fails (Redis down, crash after commit), the row
-//! stays and a relay loop publishes it later.
+//! published to Redis and deleted. If publishing fails (Redis down or hung, crash after
+//! commit), the row stays and a relay loop publishes it later.
 //!
-//! Both paths lock the rows they publish (`FOR UPDATE SKIP LOCKED`): the request path its own
-//! row, the relay the oldest rows. A row is therefore published by one of them, and deleted in
-//! the same transaction that held its lock. A crash between XADD and commit leaves the row for
-//! the relay, which publishes it again: delivery is at least once, and handlers key their
-//! effects on the task id.
+//! No database connection or transaction is ever held while Redis is called: a row is owned
+//! through a lease (`task_outbox.leased_until`), not a row lock.
+//! - The request path writes its row already leased for [`PUBLISH_GRACE`], publishes it with
+//!   no connection held, then deletes it (or ends the lease if Redis failed).
+//! - A relay claims rows whose lease ran out in one short statement (leasing them for
+//!   [`RELAY_LEASE`]), publishes them with no connection held, then deletes what it published
+//!   and ends the lease of the rest.
+//!
+//! A lease that runs out mid-publish (a publish slower than the lease, a server stopped
+//! between XADD and DELETE) lets another server publish the row again: delivery is at least
+//! once. Tasks carry their id as a uniqueness lock, so a second publish while the first is
+//! still queued or running adds nothing; after it finished, handlers key their effects on the
+//! task id.
+
+use std::time::Duration;
 
 use crate::{
     store::{Store, StoreError},
-    task::{PublishError, Publisher},
+    task::{PublishError, Publisher, Task},
 };
+
+/// How long a row written by a request is left to that request's own publish before a relay
+/// may take it. Above [`PUBLISH_TIMEOUT`], so only a publish that outlives its bound is
+/// repeated.
+pub const PUBLISH_GRACE: Duration = Duration::from_secs(10);
+
+/// How long the request path's publish and delete may take before it gives up and leaves the
+/// row to the relay. It bounds the background task each sign-up spawns (and so shutdown).
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a relay owns the rows it claimed. A batch stops at the first Redis error, and
+/// each command times out after a few seconds, so a batch ends well inside it unless Redis is
+/// slow on every row.
+pub const RELAY_LEASE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -21,51 +45,64 @@ pub enum RelayError {
     Publish(#[from] PublishError),
 }
 
-/// Publishes the outbox row `id`, unless another relay holds it or it is gone.
-/// Returns whether this call published it.
+/// Publishes `task`, written by the caller as outbox row `id` (leased for [`PUBLISH_GRACE`]),
+/// then deletes the row. If Redis fails, the lease ends so the relay takes the row at once.
 pub async fn publish_row(
     store: &Store,
     publisher: &Publisher,
     id: i64,
-) -> Result<bool, RelayError> {
-    Ok(relay(store, publisher, Some(id), 1).await? == 1)
+    task: &Task,
+) -> Result<(), RelayError> {
+    match publish(publisher, task).await {
+        Ok(()) => Ok(store.delete_outbox(&[id]).await?),
+        Err(err) => {
+            // Best effort: if this fails too, the lease runs out by itself.
+            let _ = store.release_outbox(&[id]).await;
+            Err(err.into())
+        }
+    }
 }
 
-/// Publishes up to `limit` of the oldest unlocked outbox rows; returns how many.
+/// Claims up to `limit` of the oldest unleased outbox rows and publishes them; returns how
+/// many were published.
 pub async fn relay_batch(
     store: &Store,
     publisher: &Publisher,
     limit: i64,
 ) -> Result<usize, RelayError> {
-    relay(store, publisher, None, limit).await
-}
-
-async fn relay(
-    store: &Store,
-    publisher: &Publisher,
-    only: Option<i64>,
-    limit: i64,
-) -> Result<usize, RelayError> {
-    let batch = store.lock_outbox(only, limit).await?;
-    let mut published = Vec::with_capacity(batch.rows.len());
+    let rows = store.lease_outbox(limit, RELAY_LEASE).await?;
+    let mut published = Vec::with_capacity(rows.len());
     let mut failure = None;
-    for (id, task) in &batch.rows {
-        match publisher.publish(task).await {
-            Ok(_) => published.push(*id),
-            // Its uniqueness rule refuses it: that is the producer's intent, not a failure.
-            Err(PublishError::Conflict { task_id, what }) => {
-                tracing::info!(%task_id, what, "outbox task dropped: a task with the same lock is live");
-                published.push(*id);
-            }
+    for (id, task) in &rows {
+        match publish(publisher, task).await {
+            Ok(()) => published.push(*id),
             Err(err) => {
                 failure = Some(err);
                 break;
             }
         }
     }
-    batch.finish(&published).await?;
+    if !published.is_empty() {
+        store.delete_outbox(&published).await?;
+    }
     match failure {
-        Some(err) => Err(err.into()),
+        Some(err) => {
+            let rest: Vec<i64> = rows[published.len()..].iter().map(|(id, _)| *id).collect();
+            store.release_outbox(&rest).await?;
+            Err(err.into())
+        }
         None => Ok(published.len()),
+    }
+}
+
+async fn publish(publisher: &Publisher, task: &Task) -> Result<(), PublishError> {
+    match publisher.publish(task).await {
+        Ok(_) => Ok(()),
+        // Its uniqueness rule refuses it: that is the producer's intent, not a failure.
+        Err(PublishError::Conflict { task_id, what }) => {
+            tracing::info!(%task_id, what, "outbox task dropped: a task with the same lock is live");
+            Ok(())
+        }
+        Err(err) => Err(err),
     }
 }

@@ -309,6 +309,26 @@ impl RedisServer {
         .await;
     }
 
+    /// Suspends the process (SIGSTOP): connections stay open and commands go unanswered, as
+    /// with a hung Redis. [`RedisServer::resume`] lets it go on.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Continues a paused process (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} redis-server");
+    }
+
     /// Kills the process at once (SIGKILL): no save, no goodbye.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

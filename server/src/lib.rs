@@ -92,7 +92,8 @@ pub async fn run(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let bank = service::SimpleBankService::new(store, publisher);
+    let publishes = tokio_util::task::TaskTracker::new();
+    let bank = service::SimpleBankService::new(store, publisher, publishes.clone());
     let address = listener.local_addr().ok();
     tracing::info!(address = ?address, "start gRPC server");
     tls::log_mode(config.tls.as_ref(), address);
@@ -112,6 +113,10 @@ pub async fn run(
         })
         .await;
     stop.cancel();
+    // The publishes after commit still running: each gives up within
+    // `outbox::PUBLISH_TIMEOUT`, leaving its row to the relay of the next start.
+    publishes.close();
+    publishes.wait().await;
     let _ = tokio::join!(health, relay);
     tracing::info!("gRPC server stopped");
     Ok(served?)

@@ -11,6 +11,7 @@ use simplebank_core::{
 };
 use simplebank_observability::propagation::context_of;
 use time::OffsetDateTime;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -25,14 +26,19 @@ pub struct SimpleBankService {
     publisher: Publisher,
     /// argon2 runs on one thread per core (bounded CPU and memory), never on the executor.
     hashing: HashPool,
+    /// The publishes spawned after commit, so shutdown can wait for them.
+    publishes: TaskTracker,
 }
 
 impl SimpleBankService {
-    pub fn new(store: Store, publisher: Publisher) -> Self {
+    /// `publishes` tracks the publish spawned after each sign-up's commit; each is bounded by
+    /// [`outbox::PUBLISH_TIMEOUT`], so waiting for them at shutdown is bounded too.
+    pub fn new(store: Store, publisher: Publisher, publishes: TaskTracker) -> Self {
         Self {
             store,
             publisher,
             hashing: HashPool::per_core(),
+            publishes,
         }
     }
 
@@ -72,6 +78,10 @@ impl SimpleBank for SimpleBankService {
             username: new_user.username.as_str().to_owned(),
         })
         .map_err(|e| status::internal(&e))?;
+        // The id as a uniqueness lock: a row published twice (a lease that ran out, an XADD
+        // that timed out on a hung Redis but ran when it woke) adds one entry, not two.
+        let id = task.id.clone();
+        task = task.with_task_id(id).map_err(|e| status::internal(&e))?;
         // The task belongs to this call's trace, wherever and whenever it is published.
         task.set_trace(context_of(&tracing::Span::current()));
 
@@ -81,17 +91,28 @@ impl SimpleBank for SimpleBankService {
             .await
             .map_err(status::from_store)?;
 
-        // Committed: answer now, publish in the background. If Redis is down the row stays in
-        // the outbox and the relay publishes it later.
+        // Committed: answer now, publish in the background, holding no database connection
+        // while Redis is called. If Redis is down or hung the row stays in the outbox and the
+        // relay publishes it later.
         let (store, publisher) = (self.store.clone(), self.publisher.clone());
-        tokio::spawn(async move {
+        self.publishes.spawn(async move {
             // (The publish span continues the call's trace through the task's traceparent.)
-            if let Err(err) = outbox::publish_row(&store, &publisher, outbox_id).await {
-                tracing::warn!(
+            let published = tokio::time::timeout(
+                outbox::PUBLISH_TIMEOUT,
+                outbox::publish_row(&store, &publisher, outbox_id, &task),
+            )
+            .await;
+            match published {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(
                     task_id = %task.id,
                     error = %status::chain(&err),
                     "task left in the outbox; the relay will publish it"
-                );
+                ),
+                Err(_) => tracing::warn!(
+                    task_id = %task.id,
+                    "publishing the task timed out; the relay will publish it"
+                ),
             }
         });
         Ok(Response::new(pb::CreateUserResponse {

@@ -2,7 +2,7 @@
 //! database; every query is exercised by the integration tests against a real PostgreSQL.
 //!
 //! - [`users`]: sign-up (user + outbox row in one transaction) and reads.
-//! - [`outbox`]: the rows of `task_outbox`, locked with `FOR UPDATE SKIP LOCKED`.
+//! - [`outbox`]: the rows of `task_outbox`, owned while published through a lease.
 //! - [`verify_emails`]: verification records, one per `send_verify_email` task.
 
 pub mod outbox;

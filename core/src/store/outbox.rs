@@ -1,61 +1,70 @@
 //! Rows of `task_outbox`: tasks committed with their data and not yet published to Redis.
-//! Readers lock the rows they publish (`FOR UPDATE SKIP LOCKED`), so any number of servers can
-//! relay the same table without publishing a row twice while both are alive.
+//!
+//! A row is published under a lease (`leased_until`), never under a lock: claiming rows is one
+//! short statement that commits at once, so no connection or transaction is held while Redis
+//! is called. A row whose lease has run out can be claimed again by any server.
 
-use sqlx::{Postgres, Transaction};
+use std::time::Duration;
 
 use crate::task::Task;
 
 use super::{Store, StoreError};
 
-/// A locked batch of outbox rows. Rows whose ids are passed to [`OutboxBatch::finish`] are
-/// deleted on commit; dropping the batch releases the locks and keeps every row.
-#[derive(Debug)]
-pub struct OutboxBatch {
-    tx: Transaction<'static, Postgres>,
-    pub rows: Vec<(i64, Task)>,
-}
+impl Store {
+    /// Claims up to `limit` outbox rows whose lease has run out, oldest first, leasing them
+    /// for `lease`. One statement (its own transaction); `SKIP LOCKED` keeps two servers
+    /// claiming at the same moment from waiting on, or claiming, each other's rows.
+    #[tracing::instrument(
+        name = "UPDATE task_outbox",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE")
+    )]
+    pub async fn lease_outbox(
+        &self,
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Vec<(i64, Task)>, StoreError> {
+        let mut rows: Vec<(i64, sqlx::types::Json<Task>)> = sqlx::query_as(
+            "UPDATE task_outbox SET leased_until = now() + make_interval(secs => $2) \
+             WHERE id IN ( \
+               SELECT id FROM task_outbox WHERE leased_until <= now() \
+               ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, task",
+        )
+        .bind(limit)
+        .bind(lease.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.sort_unstable_by_key(|(id, _)| *id);
+        Ok(rows.into_iter().map(|(id, task)| (id, task.0)).collect())
+    }
 
-impl OutboxBatch {
-    /// Deletes the `published` rows and commits, releasing the rest.
-    pub async fn finish(mut self, published: &[i64]) -> Result<(), StoreError> {
-        if !published.is_empty() {
-            sqlx::query("DELETE FROM task_outbox WHERE id = ANY($1)")
-                .bind(published)
-                .execute(&mut *self.tx)
-                .await?;
-        }
-        self.tx.commit().await?;
+    /// Deletes published rows.
+    #[tracing::instrument(
+        name = "DELETE task_outbox",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "DELETE")
+    )]
+    pub async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM task_outbox WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
-}
 
-impl Store {
-    /// Locks up to `limit` unlocked outbox rows, oldest first; `only` restricts it to one row id.
+    /// Ends the lease of rows that could not be published, so the next relay round takes them.
     #[tracing::instrument(
-        name = "SELECT task_outbox FOR UPDATE SKIP LOCKED",
+        name = "UPDATE task_outbox",
         skip_all,
-        fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT")
+        fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE")
     )]
-    pub async fn lock_outbox(
-        &self,
-        only: Option<i64>,
-        limit: i64,
-    ) -> Result<OutboxBatch, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let rows: Vec<(i64, sqlx::types::Json<Task>)> = sqlx::query_as(
-            "SELECT id, task FROM task_outbox \
-             WHERE ($1::bigint IS NULL OR id = $1) \
-             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(only)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-        Ok(OutboxBatch {
-            tx,
-            rows: rows.into_iter().map(|(id, task)| (id, task.0)).collect(),
-        })
+    pub async fn release_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
+        sqlx::query("UPDATE task_outbox SET leased_until = now() WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// How many tasks wait in the outbox.

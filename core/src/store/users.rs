@@ -51,7 +51,8 @@ impl Store {
                INSERT INTO users (username, hashed_password, full_name, email) \
                VALUES ($1, $2, $3, $4) RETURNING {USER_COLUMNS}), \
              queued AS ( \
-               INSERT INTO task_outbox (task_id, task) VALUES ($5, $6) RETURNING id) \
+               INSERT INTO task_outbox (task_id, task, leased_until) \
+               VALUES ($5, $6, now() + make_interval(secs => $7)) RETURNING id) \
              SELECT {USER_COLUMNS}, queued.id AS outbox_id FROM created, queued"
         ))
         .bind(user.username.as_str())
@@ -60,6 +61,8 @@ impl Store {
         .bind(user.email.as_str())
         .bind(&task.id)
         .bind(encoded)
+        // Leased to this request's own publish after commit (see `crate::outbox`).
+        .bind(crate::outbox::PUBLISH_GRACE.as_secs_f64())
         .fetch_one(&self.pool)
         .await?;
         Ok((created.user, created.outbox_id))

@@ -1,12 +1,18 @@
 //! The outbox: sign-up works while Redis is down, and the task is delivered once it is back.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
-use simplebank_core::testing::{RedisServer, TestDb, TestRedis, free_port};
+use simplebank_core::testing::{RedisServer, TestDb, TestRedis, eventually, free_port};
 use tonic::Code;
 
 use crate::helpers::{
-    TestServer, TestWorker, common_config, count, request, wait_for_verification,
+    TestServer, TestWorker, common_config, count, request, stream_entries, wait_for_verification,
 };
 
 #[tokio::test]
@@ -49,5 +55,83 @@ async fn sign_up_succeeds_while_redis_is_down_and_the_relay_delivers_later() {
     assert_eq!(db.store.outbox_len().await.expect("outbox"), 0);
 
     worker.stop().await;
+    server.stop().await.expect("clean stop");
+}
+
+/// Item 5: a hung Redis (SIGSTOP: connections open, no replies) must not cost sign-ups. The
+/// publish after commit waits on Redis; it must hold no database connection while it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ups_all_succeed_while_redis_hangs_and_each_task_is_delivered_once() {
+    const CLIENTS: usize = 16;
+    const CALLS: usize = 200;
+    let db = TestDb::create().await;
+    let redis_server = RedisServer::start().await;
+    let redis = TestRedis::at(redis_server.address());
+    let mut server = TestServer::start(common_config(db.url.clone(), &redis)).await;
+
+    // One sign-up while Redis answers: the connection and the enqueue script are in place.
+    server
+        .client
+        .create_user(request("warm_up", "warm-up@example.com"))
+        .await
+        .expect("CreateUser with Redis up");
+    eventually("the first task is published", Duration::from_secs(30), || {
+        let store = db.store.clone();
+        async move { store.outbox_len().await.is_ok_and(|n| n == 0) }
+    })
+    .await;
+
+    redis_server.pause();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let (mut client, next) = (server.client.clone(), next.clone());
+        clients.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= CALLS {
+                    return failures;
+                }
+                let call = request(&format!("user_{i}"), &format!("user-{i}@example.com"));
+                if let Err(status) = client.create_user(call).await {
+                    failures.push((i, status.code(), status.message().to_owned()));
+                }
+            }
+        }));
+    }
+    let mut failures = Vec::new();
+    for client in clients {
+        failures.extend(client.await.expect("client task"));
+    }
+    assert_eq!(failures, Vec::new(), "every sign-up succeeds while Redis hangs");
+    let users = count(&db.store, "SELECT count(*) FROM users").await;
+    assert_eq!(users, i64::try_from(CALLS + 1).expect("count"));
+
+    // Redis goes on: every task reaches the stream, the outbox empties.
+    redis_server.resume();
+    eventually("the outbox is empty", Duration::from_secs(60), || {
+        let store = db.store.clone();
+        async move { store.outbox_len().await.is_ok_and(|n| n == 0) }
+    })
+    .await;
+    let entries = stream_entries(&redis, "critical").await;
+    let mut usernames: Vec<String> = entries
+        .iter()
+        .map(|entry| {
+            let payload: serde_json::Value =
+                serde_json::from_str(&entry["payload"]).expect("payload is JSON");
+            payload["username"].as_str().expect("username").to_owned()
+        })
+        .collect();
+    usernames.sort();
+    let mut expected: Vec<String> = sqlx::query_scalar("SELECT username FROM users")
+        .fetch_all(db.store.pool())
+        .await
+        .expect("usernames");
+    expected.sort();
+    // Exactly one entry per user: none lost, none published twice.
+    assert_eq!(usernames, expected);
+
     server.stop().await.expect("clean stop");
 }

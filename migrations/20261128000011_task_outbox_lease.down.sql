@@ -1,0 +1,1 @@
+ALTER TABLE task_outbox DROP COLUMN leased_until;
