@@ -23,13 +23,13 @@ use crate::{
     task::{PublishError, Publisher, Task},
 };
 
-/// How long a row written by a request is left to that request's own publish before a relay
-/// may take it. Above [`PUBLISH_TIMEOUT`], so only a publish that outlives its bound is
-/// repeated.
+/// How long a row written by a request is left to that request's own [`publish_row`] before
+/// a relay may take it. Callers bound the whole of `publish_row` by it, so a relay repeats
+/// only a publish that was cut off.
 pub const PUBLISH_GRACE: Duration = Duration::from_secs(10);
 
-/// How long the request path's publish and delete may take before it gives up and leaves the
-/// row to the relay. It bounds the background task each sign-up spawns (and so shutdown).
+/// How long [`publish_row`] waits on Redis before it gives up and leaves the row to the relay.
+/// Half the grace: the other half is for the DELETE (or the release) that follows.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a relay owns the rows it claimed. A batch stops at the first Redis error, and
@@ -43,24 +43,27 @@ pub enum RelayError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error("Redis did not answer within {PUBLISH_TIMEOUT:?}")]
+    Timeout,
 }
 
 /// Publishes `task`, written by the caller as outbox row `id` (leased for [`PUBLISH_GRACE`]),
-/// then deletes the row. If Redis fails, the lease ends so the relay takes the row at once.
+/// then deletes the row. If Redis fails or does not answer within [`PUBLISH_TIMEOUT`], the
+/// lease ends, so the relay takes the row at its next round.
 pub async fn publish_row(
     store: &Store,
     publisher: &Publisher,
     id: i64,
     task: &Task,
 ) -> Result<(), RelayError> {
-    match publish(publisher, task).await {
-        Ok(()) => Ok(store.delete_outbox(&[id]).await?),
-        Err(err) => {
-            // Best effort: if this fails too, the lease runs out by itself.
-            let _ = store.release_outbox(&[id]).await;
-            Err(err.into())
-        }
-    }
+    let failure = match tokio::time::timeout(PUBLISH_TIMEOUT, publish(publisher, task)).await {
+        Ok(Ok(())) => return Ok(store.delete_outbox(&[id]).await?),
+        Ok(Err(err)) => RelayError::Publish(err),
+        Err(_) => RelayError::Timeout,
+    };
+    // Best effort: if this fails too, the lease runs out by itself.
+    let _ = store.release_outbox(&[id]).await;
+    Err(failure)
 }
 
 /// Claims up to `limit` of the oldest unleased outbox rows and publishes them; returns how

@@ -17,6 +17,49 @@ pub struct ServerConfig {
     pub health_check_interval: Duration,
     /// `GRPC_TLS_CERT_FILE`, `GRPC_TLS_KEY_FILE`, `GRPC_TLS_CLIENT_CA_FILE`: TLS when set.
     pub tls: Option<TlsConfig>,
+    /// Back-pressure on the `SimpleBank` calls.
+    pub limits: CallLimits,
+}
+
+/// How much work the `SimpleBank` service takes on (see `crate::backpressure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimits {
+    /// `GRPC_REQUEST_TIMEOUT`, default `10s`: a call still running after this ends with
+    /// DEADLINE_EXCEEDED.
+    pub request_timeout: Duration,
+    /// `GRPC_MAX_CONCURRENT_CALLS`, default `64`: calls past this many in flight are refused
+    /// at once with RESOURCE_EXHAUSTED and a retry hint.
+    pub max_concurrent_calls: usize,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(10),
+            max_concurrent_calls: 64,
+        }
+    }
+}
+
+impl CallLimits {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        let max_concurrent_calls =
+            config::parse_or("GRPC_MAX_CONCURRENT_CALLS", defaults.max_concurrent_calls)?;
+        if max_concurrent_calls == 0 {
+            return Err(ConfigError::new(
+                "GRPC_MAX_CONCURRENT_CALLS",
+                "must be greater than zero",
+            ));
+        }
+        Ok(Self {
+            request_timeout: positive(
+                "GRPC_REQUEST_TIMEOUT",
+                config::duration_or("GRPC_REQUEST_TIMEOUT", defaults.request_timeout)?,
+            )?,
+            max_concurrent_calls,
+        })
+    }
 }
 
 impl ServerConfig {
@@ -36,6 +79,7 @@ impl ServerConfig {
                 config::duration_or("HEALTH_CHECK_INTERVAL", Duration::from_secs(2))?,
             )?,
             tls: TlsConfig::from_env()?,
+            limits: CallLimits::from_env()?,
         })
     }
 }

@@ -8,10 +8,12 @@
 //! - [`health`]: `grpc.health.v1` status, driven by PostgreSQL and Redis checks.
 //! - [`call_log`]: one log line per call.
 //! - [`tls`]: TLS (and client certificates) for the listener, from PEM files.
+//! - [`backpressure`]: the concurrency limit (with load shedding) and request timeout.
 //!
 //! [`run`] starts everything on a given listener and stops when `shutdown` resolves, so tests
 //! run the real server in-process on port 0.
 
+pub mod backpressure;
 pub mod call_log;
 pub mod config;
 pub mod health;
@@ -101,6 +103,7 @@ pub async fn run(
     let stopping = stop.clone();
     let served = tls::server_builder(config.tls.as_ref())?
         .layer(call_log::CallLogLayer)
+        .layer(backpressure::BackpressureLayer::new(config.limits))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -113,8 +116,8 @@ pub async fn run(
         })
         .await;
     stop.cancel();
-    // The publishes after commit still running: each gives up within
-    // `outbox::PUBLISH_TIMEOUT`, leaving its row to the relay of the next start.
+    // The publishes after commit still running: each ends within `outbox::PUBLISH_GRACE`,
+    // leaving its row to a relay if Redis did not take it.
     publishes.close();
     publishes.wait().await;
     let _ = tokio::join!(health, relay);

@@ -32,7 +32,7 @@ pub struct SimpleBankService {
 
 impl SimpleBankService {
     /// `publishes` tracks the publish spawned after each sign-up's commit; each is bounded by
-    /// [`outbox::PUBLISH_TIMEOUT`], so waiting for them at shutdown is bounded too.
+    /// [`outbox::PUBLISH_GRACE`], so waiting for them at shutdown is bounded too.
     pub fn new(store: Store, publisher: Publisher, publishes: TaskTracker) -> Self {
         Self {
             store,
@@ -97,8 +97,9 @@ impl SimpleBank for SimpleBankService {
         let (store, publisher) = (self.store.clone(), self.publisher.clone());
         self.publishes.spawn(async move {
             // (The publish span continues the call's trace through the task's traceparent.)
+            // Bounded by the row's grace: past it, the relay owns the row anyway.
             let published = tokio::time::timeout(
-                outbox::PUBLISH_TIMEOUT,
+                outbox::PUBLISH_GRACE,
                 outbox::publish_row(&store, &publisher, outbox_id, &task),
             )
             .await;
@@ -111,7 +112,7 @@ impl SimpleBank for SimpleBankService {
                 ),
                 Err(_) => tracing::warn!(
                     task_id = %task.id,
-                    "publishing the task timed out; the relay will publish it"
+                    "publishing the task was cut off; the relay will publish it"
                 ),
             }
         });

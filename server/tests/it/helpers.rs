@@ -10,6 +10,7 @@ use simplebank_core::{
 };
 use simplebank_server::{
     ServerConfig, ServerError,
+    config::CallLimits,
     pb::{CreateUserRequest, simple_bank_client::SimpleBankClient},
 };
 use simplebank_worker::{ConsumerSettings, WorkerConfig, backoff::Backoff, config::MailerConfig};
@@ -29,18 +30,25 @@ pub fn common_config(db_url: Secret<String>, redis: &TestRedis) -> CommonConfig 
 /// A server running in this test's runtime on a port of its own.
 pub struct TestServer {
     pub client: SimpleBankClient<Channel>,
+    pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     handle: JoinHandle<Result<(), ServerError>>,
 }
 
 impl TestServer {
     pub async fn start(common: CommonConfig) -> Self {
+        Self::start_with_limits(common, CallLimits::default()).await
+    }
+
+    /// A server whose `SimpleBank` calls are limited by `limits`.
+    pub async fn start_with_limits(common: CommonConfig, limits: CallLimits) -> Self {
         let config = ServerConfig {
             common,
             grpc_address: SocketAddr::from(([127, 0, 0, 1], 0)),
             outbox_relay_interval: Duration::from_millis(100),
             health_check_interval: Duration::from_millis(100),
             tls: None,
+            limits,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -55,6 +63,7 @@ impl TestServer {
             .expect("connect to the test server");
         Self {
             client,
+            addr,
             stop: Some(stop),
             handle,
         }

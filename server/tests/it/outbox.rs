@@ -75,10 +75,14 @@ async fn sign_ups_all_succeed_while_redis_hangs_and_each_task_is_delivered_once(
         .create_user(request("warm_up", "warm-up@example.com"))
         .await
         .expect("CreateUser with Redis up");
-    eventually("the first task is published", Duration::from_secs(30), || {
-        let store = db.store.clone();
-        async move { store.outbox_len().await.is_ok_and(|n| n == 0) }
-    })
+    eventually(
+        "the first task is published",
+        Duration::from_secs(30),
+        || {
+            let store = db.store.clone();
+            async move { store.outbox_len().await.is_ok_and(|n| n == 0) }
+        },
+    )
     .await;
 
     redis_server.pause();
@@ -104,7 +108,11 @@ async fn sign_ups_all_succeed_while_redis_hangs_and_each_task_is_delivered_once(
     for client in clients {
         failures.extend(client.await.expect("client task"));
     }
-    assert_eq!(failures, Vec::new(), "every sign-up succeeds while Redis hangs");
+    assert_eq!(
+        failures,
+        Vec::new(),
+        "every sign-up succeeds while Redis hangs"
+    );
     let users = count(&db.store, "SELECT count(*) FROM users").await;
     assert_eq!(users, i64::try_from(CALLS + 1).expect("count"));
 
@@ -134,4 +142,47 @@ async fn sign_ups_all_succeed_while_redis_hangs_and_each_task_is_delivered_once(
     assert_eq!(usernames, expected);
 
     server.stop().await.expect("clean stop");
+}
+
+/// Item 11: the publish spawned after commit is tracked, so shutdown waits for it (it is
+/// bounded by the row's grace). With Redis hung, `run` returns only once that publish gave
+/// up and handed its row back to the relay; the task stays in the outbox for the next start.
+#[tokio::test]
+async fn shutdown_waits_for_the_publish_after_commit_which_leaves_its_row_to_the_relay() {
+    let db = TestDb::create().await;
+    let redis_server = RedisServer::start().await;
+    let redis = TestRedis::at(redis_server.address());
+    let mut server = TestServer::start(common_config(db.url.clone(), &redis)).await;
+    server
+        .client
+        .create_user(request("warm_up", "warm-up@example.com"))
+        .await
+        .expect("CreateUser with Redis up");
+    eventually(
+        "the first task is published",
+        Duration::from_secs(30),
+        || {
+            let store = db.store.clone();
+            async move { store.outbox_len().await.is_ok_and(|n| n == 0) }
+        },
+    )
+    .await;
+
+    redis_server.pause();
+    server
+        .client
+        .create_user(request("alice", "alice@example.com"))
+        .await
+        .expect("CreateUser with Redis hung");
+    server.stop().await.expect("clean stop");
+
+    // The publish had ended when `run` returned: it gave the row back (its lease ended)
+    // instead of still waiting on Redis inside its grace.
+    let rows: Vec<(String, bool)> =
+        sqlx::query_as("SELECT task->>'payload', leased_until <= now() FROM task_outbox")
+            .fetch_all(db.store.pool())
+            .await
+            .expect("outbox rows");
+    assert_eq!(rows, vec![(r#"{"username":"alice"}"#.to_owned(), true)]);
+    redis_server.resume();
 }
