@@ -9,13 +9,16 @@
 //! - [`call_log`]: one log line per call.
 //! - [`tls`]: TLS (and client certificates) for the listener, from PEM files.
 //! - [`backpressure`]: the concurrency limit (with load shedding) and request timeout.
+//! - [`framing`], [`codec`]: malformed or oversized requests are the client's error.
 //!
 //! [`run`] starts everything on a given listener and stops when `shutdown` resolves, so tests
 //! run the real server in-process on port 0.
 
 pub mod backpressure;
 pub mod call_log;
+pub mod codec;
 pub mod config;
+pub mod framing;
 pub mod health;
 pub mod relay;
 pub mod service;
@@ -104,10 +107,14 @@ pub async fn run(
     let served = tls::server_builder(config.tls.as_ref())?
         .layer(call_log::CallLogLayer)
         .layer(backpressure::BackpressureLayer::new(config.limits))
+        .layer(framing::FramingLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::simple_bank_server::SimpleBankServer::new(bank))
+        .add_service(
+            pb::simple_bank_server::SimpleBankServer::new(bank)
+                .max_decoding_message_size(framing::MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.await;
             tracing::info!("shutting down: refusing new calls, finishing calls in flight");

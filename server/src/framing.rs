@@ -1,0 +1,186 @@
+//! The gRPC framing of `SimpleBank` requests, checked as the body streams in, before tonic
+//! buffers or decodes anything (a tower layer on the server builder):
+//!
+//! - a message longer than [`MAX_REQUEST_BYTES`] is RESOURCE_EXHAUSTED, refused on its 5-byte
+//!   header, so a large body is never buffered (tonic alone says OUT_OF_RANGE, after its
+//!   4 MiB default);
+//! - a body that ends inside a frame, or carries no message, or a frame whose flag byte is
+//!   neither 0 nor 1, is INVALID_ARGUMENT (tonic alone says INTERNAL).
+//!
+//! A request's fields are a few short strings: 64 KiB is far above any valid request and far
+//! below what would cost the server memory; it is a constant, not a setting, for that reason.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use http_body::{Body as HttpBody, Frame};
+use tonic::{
+    Status,
+    body::Body,
+    codegen::{Bytes, http},
+};
+use tower::{Layer, Service};
+
+/// The largest request message the `SimpleBank` RPCs accept, in bytes (before decompression;
+/// tonic applies the same limit after it).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// The path prefix of the calls whose bodies are checked.
+const CHECKED: &str = "/simplebank.v1.SimpleBank/";
+
+/// gRPC's length-prefixed message header: a flag byte and a big-endian u32 length.
+const HEADER: usize = 5;
+
+/// Wraps the request body of every `SimpleBank` call in [`CheckedBody`].
+#[derive(Debug, Clone, Copy)]
+pub struct FramingLayer;
+
+impl<S> Layer<S> for FramingLayer {
+    type Service = Framing<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Framing { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Framing<S> {
+    inner: S,
+}
+
+impl<S> Service<http::Request<Body>> for Framing<S>
+where
+    S: Service<http::Request<Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if !request.uri().path().starts_with(CHECKED) {
+            return self.inner.call(request);
+        }
+        self.inner
+            .call(request.map(|body| Body::new(CheckedBody::new(body))))
+    }
+}
+
+/// A request body that fails (with the [`Status`] the client gets) as soon as its framing is
+/// wrong.
+#[derive(Debug)]
+pub struct CheckedBody {
+    inner: Body,
+    header: [u8; HEADER],
+    header_len: usize,
+    /// Bytes of the current message still to come.
+    remaining: usize,
+    messages: usize,
+    failed: bool,
+}
+
+impl CheckedBody {
+    fn new(inner: Body) -> Self {
+        Self {
+            inner,
+            header: [0; HEADER],
+            header_len: 0,
+            remaining: 0,
+            messages: 0,
+            failed: false,
+        }
+    }
+
+    /// Follows the frames through `data`; the first violation is returned.
+    fn check(&mut self, data: &Bytes) -> Result<(), Status> {
+        let mut rest = data.as_ref();
+        while !rest.is_empty() {
+            if self.remaining > 0 {
+                let take = self.remaining.min(rest.len());
+                self.remaining -= take;
+                rest = &rest[take..];
+                continue;
+            }
+            self.header[self.header_len] = rest[0];
+            self.header_len += 1;
+            rest = &rest[1..];
+            if self.header_len < HEADER {
+                continue;
+            }
+            self.header_len = 0;
+            self.messages += 1;
+            if self.header[0] > 1 {
+                return Err(Status::invalid_argument(
+                    "malformed request: a message's compression flag must be 0 or 1",
+                ));
+            }
+            let len = u32::from_be_bytes([
+                self.header[1],
+                self.header[2],
+                self.header[3],
+                self.header[4],
+            ]);
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
+            if len > MAX_REQUEST_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "the request message is {len} bytes; the limit is {MAX_REQUEST_BYTES} bytes"
+                )));
+            }
+            self.remaining = len;
+        }
+        Ok(())
+    }
+
+    /// At the end of the body: a frame cut short, or no message at all, is malformed.
+    fn finish(&self) -> Result<(), Status> {
+        if self.header_len > 0 || self.remaining > 0 {
+            return Err(Status::invalid_argument(
+                "malformed request: the body ends inside a message",
+            ));
+        }
+        if self.messages == 0 {
+            return Err(Status::invalid_argument(
+                "malformed request: the body carries no message",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl HttpBody for CheckedBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if self.failed {
+            return Poll::Ready(None);
+        }
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let verdict = match &polled {
+            Poll::Pending | Poll::Ready(Some(Err(_))) => return polled,
+            Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
+                Some(data) => {
+                    let data = data.clone();
+                    self.check(&data)
+                }
+                None => Ok(()),
+            },
+            Poll::Ready(None) => self.finish(),
+        };
+        match verdict {
+            Ok(()) => polled,
+            Err(status) => {
+                self.failed = true;
+                Poll::Ready(Some(Err(status)))
+            }
+        }
+    }
+}
