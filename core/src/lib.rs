@@ -4,7 +4,8 @@
 //! - [`store`]: PostgreSQL access with sqlx (users, the task outbox, verification records).
 //! - [`task`]: the task envelope, its Redis Streams encoding, the key layout and the publisher.
 //! - [`tasks`]: the task types this project defines (`send_verify_email`).
-//! - [`outbox`]: publishing committed outbox rows to Redis, once per row, safe with many servers.
+//! - [`outbox`]: publishing committed outbox rows to Redis under a lease (no connection held
+//!   across Redis), at least once, safe with many servers.
 //! - [`report`]: an error and its causes as one line, for logs.
 //! - [`config`]: reading the environment (and `app.env`) with errors naming the variable.
 //!

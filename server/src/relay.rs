@@ -1,5 +1,6 @@
-//! The outbox relay: publishes tasks whose publish after commit did not happen (Redis down,
-//! crash between commit and XADD). Safe to run in every server: rows are locked while published.
+//! The outbox relay: publishes tasks whose publish after commit did not happen (Redis down or
+//! hung, crash between commit and XADD). Safe to run in every server: a row is claimed under a
+//! lease in one short statement, and published with no database connection held.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::status::chain;
 
-/// Rows published per transaction.
+/// Rows claimed (and published) per round.
 const BATCH: i64 = 100;
 
 /// Relays every `interval` until `stop` is cancelled. A full batch is followed by the next

@@ -74,3 +74,85 @@ impl Store {
             .await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeSet, time::Duration};
+
+    use crate::{store::Store, task::Task, tasks::SendVerifyEmail, testing::TestDb};
+
+    const LEASE: Duration = Duration::from_secs(30);
+
+    async fn insert_rows(store: &Store, n: usize) -> BTreeSet<i64> {
+        let mut ids = BTreeSet::new();
+        for i in 0..n {
+            let task = Task::new(&SendVerifyEmail {
+                username: format!("user_{i}"),
+            })
+            .expect("task");
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO task_outbox (task_id, task) VALUES ($1, $2) RETURNING id",
+            )
+            .bind(&task.id)
+            .bind(serde_json::to_value(&task).expect("json"))
+            .fetch_one(store.pool())
+            .await
+            .expect("insert");
+            ids.insert(id);
+        }
+        ids
+    }
+
+    fn ids(rows: &[(i64, Task)]) -> BTreeSet<i64> {
+        rows.iter().map(|(id, _)| *id).collect()
+    }
+
+    /// Two servers (two pools) claiming at the same moment never claim the same row.
+    #[tokio::test]
+    async fn concurrent_claims_are_disjoint_and_a_lease_keeps_others_off_until_it_ends() {
+        let db = TestDb::create().await;
+        let other = Store::connect_lazy(&db.url).expect("a second pool");
+        let all = insert_rows(&db.store, 50).await;
+
+        let (a, b) = tokio::join!(
+            db.store.lease_outbox(30, LEASE),
+            other.lease_outbox(30, LEASE)
+        );
+        let (a, b) = (ids(&a.expect("claim a")), ids(&b.expect("claim b")));
+        assert!(a.is_disjoint(&b), "{a:?} and {b:?} overlap");
+        assert_eq!(a.union(&b).copied().collect::<BTreeSet<_>>(), all);
+
+        // Everything is leased: nothing more to claim.
+        assert!(
+            db.store
+                .lease_outbox(100, LEASE)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
+
+        // Released rows and rows whose lease ran out are claimed again; the rest are not.
+        let released: Vec<i64> = a.iter().copied().take(3).collect();
+        db.store.release_outbox(&released).await.expect("release");
+        let expired = *b.iter().next().expect("a row");
+        sqlx::query(
+            "UPDATE task_outbox SET leased_until = now() - interval '1 second' WHERE id = $1",
+        )
+        .bind(expired)
+        .execute(db.store.pool())
+        .await
+        .expect("expire a lease");
+        let again = ids(&other.lease_outbox(100, LEASE).await.expect("claim"));
+        let mut expected: BTreeSet<i64> = released.into_iter().collect();
+        expected.insert(expired);
+        assert_eq!(again, expected);
+
+        // Deleted rows are gone for good.
+        let done: Vec<i64> = again.into_iter().collect();
+        db.store.delete_outbox(&done).await.expect("delete");
+        assert_eq!(
+            db.store.outbox_len().await.expect("len"),
+            i64::try_from(all.len() - done.len()).expect("len")
+        );
+    }
+}
