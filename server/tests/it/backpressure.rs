@@ -167,3 +167,27 @@ async fn a_call_past_the_request_timeout_ends_with_deadline_exceeded_and_frees_i
     lock.rollback().await.expect("release the lock");
     server.stop().await.expect("clean stop");
 }
+
+#[tokio::test]
+async fn a_bad_limit_stops_the_server_binary_naming_the_variable() {
+    for (var, value) in [
+        ("GRPC_MAX_CONCURRENT_CALLS", "0"),
+        ("GRPC_MAX_CONCURRENT_CALLS", "many"),
+        ("GRPC_REQUEST_TIMEOUT", "0s"),
+        ("GRPC_REQUEST_TIMEOUT", "soon"),
+    ] {
+        let output = answered(
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_simplebank-server"))
+                .env(var, value)
+                .env("GRPC_SERVER_ADDRESS", "127.0.0.1:0")
+                .stdout(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("run the server");
+        assert_eq!(output.status.code(), Some(2), "{var}={value}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(var), "{var}={value}: {stderr}");
+    }
+}

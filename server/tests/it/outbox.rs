@@ -186,3 +186,32 @@ async fn shutdown_waits_for_the_publish_after_commit_which_leaves_its_row_to_the
     assert_eq!(rows, vec![(r#"{"username":"alice"}"#.to_owned(), true)]);
     redis_server.resume();
 }
+
+/// The lease migration is reversible: `migrate down` removes everything, `migrate up` brings
+/// the lease column back.
+#[tokio::test]
+async fn the_migrations_go_down_and_up_again_with_the_lease_column() {
+    let db = TestDb::create().await;
+    let migrate = |direction: &'static str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_simplebank-server"))
+            .args(["migrate", direction])
+            .env("DB_SOURCE", db.url.expose())
+            .env("RUST_LOG", "warn")
+            .output()
+    };
+    let lease_columns = || async {
+        count(
+            &db.store,
+            "SELECT count(*) FROM information_schema.columns \
+             WHERE table_name = 'task_outbox' AND column_name = 'leased_until'",
+        )
+        .await
+    };
+    assert_eq!(lease_columns().await, 1);
+    let down = migrate("down").await.expect("run migrate down");
+    assert!(down.status.success(), "{down:?}");
+    assert_eq!(lease_columns().await, 0);
+    let up = migrate("up").await.expect("run migrate up");
+    assert!(up.status.success(), "{up:?}");
+    assert_eq!(lease_columns().await, 1);
+}
