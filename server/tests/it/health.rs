@@ -36,6 +36,7 @@ impl Server {
             outbox_relay_interval: Duration::from_millis(100),
             health_check_interval: Duration::from_millis(100),
             tls: None,
+            limits: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -158,15 +158,16 @@ pub async fn wait_for_verification(db: &TestDb, worker: &TestWorker, username: &
     let store = db.store.clone();
     let username = username.to_owned();
     eventually(
-        "the worker created the verification record",
+        "the worker created the verification record and marked its email sent",
         Duration::from_secs(20),
         || {
             let (store, username) = (store.clone(), username.clone());
             async move {
+                // Sent is noted after the file is written: waiting only for the file raced.
                 store
                     .verify_emails_of(&username)
                     .await
-                    .map(|rows| rows.len() == 1)
+                    .map(|rows| rows.len() == 1 && rows[0].email_sent_at.is_some())
                     .unwrap_or(false)
             }
         },
