@@ -58,12 +58,16 @@ migrateup: build
 migratedown: build
 	./target/debug/simplebank-server migrate down
 
-## new_migration name=add_accounts: create an empty reversible migration
+## new_migration name=add_accounts: create an empty reversible migration. The name reaches the
+## shell only through the environment, unexpanded, and must be letters, digits and underscores.
+new_migration: export MIGRATION_NAME = $(value name)
 new_migration:
-	@test -n "$(name)" || { echo "usage: make new_migration name=<what_it_does>"; exit 2; }
+	@LC_ALL=C; [[ "$$MIGRATION_NAME" =~ ^[A-Za-z0-9_]+$$ ]] || { \
+		echo "usage: make new_migration name=<what_it_does> (letters, digits and underscores only, e.g. add_accounts)" >&2; \
+		exit 2; }
 	@ts=$$(date -u +%Y%m%d%H%M%S); \
-	touch migrations/$${ts}_$(name).up.sql migrations/$${ts}_$(name).down.sql; \
-	echo "created migrations/$${ts}_$(name).{up,down}.sql"
+	touch "migrations/$${ts}_$${MIGRATION_NAME}.up.sql" "migrations/$${ts}_$${MIGRATION_NAME}.down.sql"; \
+	echo "created migrations/$${ts}_$${MIGRATION_NAME}.{up,down}.sql"
 
 build:
 	$(CARGO) build --workspace --bins
