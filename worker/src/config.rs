@@ -100,10 +100,12 @@ impl ConsumerSettings {
         }
     }
 
-    /// How often pending entries are checked for takeover: half the visibility timeout,
-    /// at most 30 s.
+    /// How often pending entries are checked for takeover: a tenth of the visibility timeout,
+    /// at least 100 ms (three XAUTOCLAIMs a scan, so a short timeout does not busy Redis).
+    /// A dead worker's entries are taken over at most `visibility_timeout + reclaim_interval`
+    /// after its last read or renewal (66 s with the default 60 s).
     pub fn reclaim_interval(&self) -> Duration {
-        (self.visibility_timeout / 2).min(Duration::from_secs(30))
+        (self.visibility_timeout / 10).max(MIN_RECLAIM_INTERVAL)
     }
 
     /// How often a running task renews its lease: a third of the visibility timeout, so two
@@ -154,6 +156,9 @@ pub fn parse_queues(raw: &str) -> Result<Vec<(QueueName, u32)>, String> {
 
 /// Default of `WORKER_VISIBILITY_TIMEOUT`.
 pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The floor of [`ConsumerSettings::reclaim_interval`].
+const MIN_RECLAIM_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Which mailer sends the verification emails (`EMAIL_MAILER`, default `file`).
 #[derive(Debug, Clone)]
@@ -242,7 +247,29 @@ impl WorkerConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_queues;
+    use std::time::Duration;
+
+    use super::{ConsumerSettings, parse_queues};
+
+    /// Takeover happens within a tenth of the visibility timeout after it (the README's bound).
+    #[test]
+    fn reclaim_scans_every_tenth_of_the_visibility_timeout() {
+        let mut settings = ConsumerSettings::new("c");
+        for (visibility, interval) in [
+            (60_000, 6_000),
+            (10 * 60_000, 60_000),
+            (3_000, 300),
+            (1_000, 100),
+            (300, 100),
+        ] {
+            settings.visibility_timeout = Duration::from_millis(visibility);
+            assert_eq!(
+                settings.reclaim_interval(),
+                Duration::from_millis(interval),
+                "visibility timeout {visibility} ms"
+            );
+        }
+    }
 
     #[test]
     fn queues() {
