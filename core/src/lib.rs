@@ -102,7 +102,10 @@ mod tests {
             let output = make(name);
             let stderr = String::from_utf8_lossy(&output.stderr);
             assert_eq!(output.status.code(), Some(2), "{name:?}: {stderr}");
-            assert!(stderr.contains("usage: make new_migration"), "{name:?}: {stderr}");
+            assert!(
+                stderr.contains("usage: make new_migration"),
+                "{name:?}: {stderr}"
+            );
             let mut left: Vec<_> = std::fs::read_dir(&root.0)
                 .expect("read the folder")
                 .map(|e| e.expect("entry").file_name())
@@ -123,7 +126,10 @@ mod tests {
             .collect();
         created.sort();
         assert_eq!(created.len(), 2, "{created:?}");
-        assert!(created[0].ends_with("_add_accounts.down.sql"), "{created:?}");
+        assert!(
+            created[0].ends_with("_add_accounts.down.sql"),
+            "{created:?}"
+        );
         assert!(created[1].ends_with("_add_accounts.up.sql"), "{created:?}");
     }
 }

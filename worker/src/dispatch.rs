@@ -175,6 +175,10 @@ impl Dispatcher {
             tokio::time::Instant::now() + self.renew_every,
             self.renew_every,
         );
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A renewal in flight runs beside the handler, never instead of it: a hung Redis must
+        // not stop the handler from being polled or its timeout from firing. One at a time.
+        let mut renewal: Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
         let cutoff = tokio::time::sleep(timeout);
         tokio::pin!(cutoff);
         let outcome = loop {
@@ -196,10 +200,20 @@ impl Dispatcher {
                 () = &mut cutoff => {
                     break Err(Failure::retry(format!("timed out after {} ms", timeout.as_millis())));
                 }
-                _ = renew.tick() => Box::pin(self.renew(&stream, &entry_id, &task)).await,
+                () = async {
+                    match renewal.as_mut() {
+                        Some(renewing) => renewing.await,
+                        None => std::future::pending().await,
+                    }
+                }, if renewal.is_some() => renewal = None,
+                _ = renew.tick(), if renewal.is_none() => {
+                    renewal = Some(Box::pin(self.renew(&stream, &entry_id, &task)));
+                }
             }
         };
-        // A handler cut off by its timeout is cancelled here: its future is dropped.
+        // A handler cut off by its timeout is cancelled here: its future is dropped, and so is
+        // a renewal still waiting on Redis (the entry is settled next, which ends the lease).
+        drop(renewal);
         drop(attempt);
         drop(permit);
         let duration_ms = started.elapsed().as_secs_f64() * 1_000.0;

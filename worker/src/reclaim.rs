@@ -4,9 +4,11 @@
 //! stream while pending come back in XAUTOCLAIM's third reply element; Redis has already
 //! removed them from the pending list, so they are only counted in the log.
 //!
-//! The delivery counts of the claimed entries (one XPENDING per batch) go with them to the
-//! dispatcher, which dead-letters an entry delivered more than `max_retry + 1` times: a task
-//! that kills its worker every time cannot kill them all.
+//! The delivery counts of the claimed entries (one pipelined XPENDING per entry) go with them
+//! to the dispatcher, which dead-letters an entry delivered more than `max_retry + 1` times: a
+//! task that kills its worker every time cannot kill them all. An entry whose count cannot be
+//! read is not run: it stays pending with this consumer and is taken over again after the
+//! visibility timeout (its count grows by one each time), so the cap holds even then.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -14,11 +16,30 @@ use redis::{
     aio::ConnectionManager,
     streams::{StreamAutoClaimOptions, StreamAutoClaimReply},
 };
-use simplebank_core::task::{GROUP, Keys, QueueName};
+use simplebank_core::{
+    report,
+    task::{GROUP, Keys, QueueName},
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::Dispatcher;
+
+/// Why a sweep of one queue stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReclaimError {
+    #[error("XAUTOCLAIM failed")]
+    Claim(#[source] redis::RedisError),
+    #[error(
+        "cannot read the delivery counts of {count} claimed entries (XPENDING); \
+         they are not run now and stay pending until taken over again"
+    )]
+    DeliveryCounts {
+        count: usize,
+        #[source]
+        source: redis::RedisError,
+    },
+}
 
 /// What the reclaim loop needs.
 #[derive(Debug)]
@@ -45,7 +66,9 @@ impl Reclaimer {
             }
             for queue in self.queues.clone() {
                 if let Err(err) = self.sweep(&queue, &stop).await {
-                    tracing::warn!(queue = %queue, error = %err, "reclaim failed; will retry");
+                    tracing::error!(
+                        queue = %queue, error = %report::chain(&err), "reclaim failed; will retry"
+                    );
                 }
             }
         }
@@ -56,7 +79,7 @@ impl Reclaimer {
         &mut self,
         queue: &QueueName,
         stop: &CancellationToken,
-    ) -> redis::RedisResult<()> {
+    ) -> Result<(), ReclaimError> {
         let stream = self.keys.stream(queue);
         let min_idle = u64::try_from(self.visibility_timeout.as_millis()).unwrap_or(u64::MAX);
         let mut cursor = "0-0".to_owned();
@@ -72,7 +95,8 @@ impl Reclaimer {
                 .arg(&cursor)
                 .arg(StreamAutoClaimOptions::default().count(permits.len()))
                 .query_async(&mut self.conn)
-                .await?;
+                .await
+                .map_err(ReclaimError::Claim)?;
             if !reply.deleted_ids.is_empty() {
                 tracing::warn!(
                     queue = %queue,
@@ -80,11 +104,20 @@ impl Reclaimer {
                     "pending entries no longer in the stream were dropped by XAUTOCLAIM"
                 );
             }
-            let deliveries = self.delivery_counts(&stream, &reply.claimed).await;
+            let deliveries = self
+                .delivery_counts(&stream, &reply.claimed)
+                .await
+                .map_err(|source| ReclaimError::DeliveryCounts {
+                    count: reply.claimed.len(),
+                    source,
+                })?;
             for entry in reply.claimed {
-                let delivered = deliveries.get(&entry.id).copied();
+                // Missing: no longer pending here (acknowledged meanwhile), nothing to run.
+                let Some(&delivered) = deliveries.get(&entry.id) else {
+                    continue;
+                };
                 tracing::info!(
-                    queue = %queue, entry_id = %entry.id, deliveries = ?delivered,
+                    queue = %queue, entry_id = %entry.id, deliveries = delivered,
                     "reclaimed a pending entry"
                 );
                 let permit = match permits.pop() {
@@ -95,7 +128,7 @@ impl Reclaimer {
                     },
                 };
                 self.dispatcher
-                    .spawn(queue.clone(), entry.into(), delivered, permit);
+                    .spawn(queue.clone(), entry.into(), Some(delivered), permit);
             }
             cursor = reply.next_stream_id;
             if cursor == "0-0" {
@@ -104,29 +137,34 @@ impl Reclaimer {
         }
     }
 
-    /// Redis' delivery counter of each of `claimed` (now pending with this consumer).
+    /// Redis' delivery counter of each of `claimed` (now pending with this consumer): one
+    /// XPENDING per id, pipelined. (One XPENDING over the range would also list this consumer's
+    /// other entries between them, and its COUNT could cut off claimed ones.)
     async fn delivery_counts(
         &mut self,
         stream: &str,
         claimed: &[redis::streams::StreamId],
-    ) -> HashMap<String, u64> {
-        let (Some(first), Some(last)) = (claimed.first(), claimed.last()) else {
-            return HashMap::new();
-        };
-        let pending: redis::RedisResult<Vec<(String, String, u64, u64)>> = redis::cmd("XPENDING")
-            .arg(stream)
-            .arg(GROUP)
-            .arg(&first.id)
-            .arg(&last.id)
-            .arg(claimed.len())
-            .arg(&self.consumer)
-            .query_async(&mut self.conn)
-            .await;
-        pending
-            .unwrap_or_default()
+    ) -> redis::RedisResult<HashMap<String, u64>> {
+        if claimed.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut pipe = redis::pipe();
+        for entry in claimed {
+            pipe.cmd("XPENDING")
+                .arg(stream)
+                .arg(GROUP)
+                .arg(&entry.id)
+                .arg(&entry.id)
+                .arg(1)
+                .arg(&self.consumer);
+        }
+        let replies: Vec<Vec<(String, String, u64, u64)>> =
+            pipe.query_async(&mut self.conn).await?;
+        Ok(replies
             .into_iter()
+            .flatten()
             .map(|(id, _consumer, _idle, deliveries)| (id, deliveries))
-            .collect()
+            .collect())
     }
 
     /// Waits for at least one free slot and takes every free one; `None` when stopping.

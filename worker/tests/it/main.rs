@@ -9,6 +9,7 @@ mod faults;
 mod helpers;
 mod lease;
 mod priority;
+mod reclaim;
 mod retries;
 mod send_verify_email;
 mod shutdown;
