@@ -1,13 +1,19 @@
-//! Turning `REDIS_ADDRESS` into a client, and the connection settings the project uses.
+//! Turning `REDIS_ADDRESS` into a client, the connection settings the project uses, and the
+//! start-up check that tells a misconfigured Redis (stop) from one that is down (carry on).
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{
+    ErrorKind, ServerErrorKind,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
 
-/// A client for `address`: `host:port` (plain TCP) or a `redis://` / `rediss://` URL.
+use crate::{config::ConfigError, task::Keys};
+
 /// The response timeout for ordinary (non-blocking) commands.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A client for `address`: `host:port` (plain TCP) or a `redis://` / `rediss://` URL.
 pub fn client(address: &str) -> redis::RedisResult<redis::Client> {
     if address.contains("://") {
         redis::Client::open(address)
@@ -30,4 +36,56 @@ pub fn lazy_manager(
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(500));
     ConnectionManager::new_lazy_with_config(client, config)
+}
+
+/// Whether `err` is a setting that waiting cannot fix: a refused password or user (WRONGPASS,
+/// NOAUTH), a command or key the ACL user may not use (NOPERM), a database index the server
+/// does not have. A Redis that is down, hung or loading is not one of these.
+pub fn is_misconfiguration(err: &redis::RedisError) -> bool {
+    matches!(
+        err.kind(),
+        ErrorKind::AuthenticationFailed
+            | ErrorKind::InvalidClientConfig
+            | ErrorKind::Server(ServerErrorKind::NoPerm)
+    ) || matches!(err.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+        || err.to_string().contains("DB index is out of range")
+}
+
+/// Connects to `client` once and reads a key of the namespace, as the programs will: a
+/// misconfiguration ([`is_misconfiguration`]) is an error naming `REDIS_ADDRESS`. Anything
+/// else (refused, timed out, hung) passes: the programs start and wait for Redis.
+pub async fn check_access(client: &redis::Client, keys: &Keys) -> Result<(), ConfigError> {
+    let checked: redis::RedisResult<()> = async {
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(
+                &redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(1)))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT)),
+            )
+            .await?;
+        redis::cmd("EXISTS")
+            .arg(keys.scheduled())
+            .query_async::<i64>(&mut conn)
+            .await?;
+        Ok(())
+    }
+    .await;
+    match checked {
+        Err(err) if is_misconfiguration(&err) => {
+            // The server's own words (`NOPERM this user has no permissions ...`) where it
+            // answered; the client's otherwise (a refused AUTH, a bad database index).
+            let reason = match (err.kind(), err.code(), err.detail()) {
+                (ErrorKind::AuthenticationFailed, ..) => {
+                    "WRONGPASS: the user name or password was refused".to_owned()
+                }
+                (_, Some(code), Some(detail)) => format!("{code} {detail}"),
+                _ => err.to_string(),
+            };
+            Err(ConfigError::new(
+                "REDIS_ADDRESS",
+                format!("Redis refuses this client: {reason}"),
+            ))
+        }
+        _ => Ok(()),
+    }
 }

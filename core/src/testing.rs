@@ -345,6 +345,36 @@ impl Drop for RedisServer {
     }
 }
 
+/// `REDIS_ADDRESS` values that Redis refuses for good, each with a word the programs' message
+/// must carry: a database index out of range (on the shared Redis), and, on the private server
+/// returned (the `default` user has a password; ACL user `elsewhere` may touch only keys under
+/// `other:`), a wrong password, an unknown user, no password, a forbidden key.
+pub async fn refusing_redis() -> (RedisServer, Vec<(String, &'static str)>) {
+    let server = RedisServer::start().await;
+    let mut conn = TestRedis::at(server.address()).conn().await;
+    for rule in [
+        &["SETUSER", "elsewhere", "on", ">pw", "~other:*", "+@all"][..],
+        &["SETUSER", "default", ">right"][..],
+    ] {
+        let _: () = redis::cmd("ACL")
+            .arg(rule)
+            .query_async(&mut conn)
+            .await
+            .expect("ACL SETUSER");
+    }
+    let shared = redis_address();
+    let shared = shared.trim_start_matches("redis://");
+    let port = server.port;
+    let refusals = vec![
+        (format!("redis://{shared}/99"), "DB index is out of range"),
+        (format!("redis://:wrong@127.0.0.1:{port}"), "WRONGPASS"),
+        (format!("redis://nobody:pw@127.0.0.1:{port}"), "WRONGPASS"),
+        (format!("redis://127.0.0.1:{port}"), "NOAUTH"),
+        (format!("redis://elsewhere:pw@127.0.0.1:{port}"), "NOPERM"),
+    ];
+    (server, refusals)
+}
+
 /// Forwards connections from a local port to `upstream` until [`TcpProxy::cut`]: then every
 /// open connection is closed and new ones are refused, as when a server goes away.
 #[derive(Debug)]

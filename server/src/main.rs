@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use simplebank_core::{config, store::Store};
+use simplebank_core::{config, redis_client, store::Store, task::Keys};
 use simplebank_observability::LogFormat;
 use simplebank_server::{ServerConfig, status::chain};
 
@@ -16,6 +16,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A refused password, a missing database index or an ACL that forbids our keys will not
+    // fix itself: stop now, like any bad setting. A Redis that is down or hung is waited for.
+    if let Err(err) = check_redis(&config).await {
+        eprintln!("simplebank-server: {err}");
+        return ExitCode::from(2);
+    }
     let format = match config.common.environment {
         config::Environment::Production => LogFormat::Json,
         config::Environment::Development => LogFormat::Pretty,
@@ -76,6 +82,12 @@ async fn migrate(config: &ServerConfig, direction: &str) -> Result<(), Box<dyn s
         tracing::info!("db migrated down successfully");
     }
     Ok(())
+}
+
+async fn check_redis(config: &ServerConfig) -> Result<(), config::ConfigError> {
+    let client = redis_client::client(config.common.redis_address.expose())
+        .map_err(|e| config::ConfigError::new("REDIS_ADDRESS", e.to_string()))?;
+    redis_client::check_access(&client, &Keys::new(config.common.namespace.clone())).await
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

@@ -121,7 +121,7 @@ impl Worker {
             settings.block + redis_client::RESPONSE_TIMEOUT,
         )?;
 
-        if !wait_for_groups(&mut conn, &self.keys, &queues, &shutdown).await {
+        if !wait_for_groups(&mut conn, &self.keys, &queues, &shutdown).await? {
             return Ok(());
         }
         warn_about_redis_settings(&mut conn).await;
@@ -196,17 +196,19 @@ impl Worker {
     }
 }
 
-/// Creates the consumer groups, retrying while Redis is unreachable. False if shut down first.
+/// Creates the consumer groups, retrying while Redis is unreachable. False if shut down first;
+/// an error if Redis refuses this client (a misconfiguration, which waiting cannot fix).
 async fn wait_for_groups(
     conn: &mut redis::aio::ConnectionManager,
     keys: &Keys,
     queues: &[QueueName],
     shutdown: &CancellationToken,
-) -> bool {
+) -> Result<bool, WorkerError> {
     let mut warned = false;
     loop {
         match group::ensure(conn, keys, queues).await {
-            Ok(()) => return true,
+            Ok(()) => return Ok(true),
+            Err(err) if redis_client::is_misconfiguration(&err) => return Err(err.into()),
             Err(err) if !warned => {
                 tracing::warn!(error = %err, "cannot reach Redis; retrying");
                 warned = true;
@@ -214,7 +216,7 @@ async fn wait_for_groups(
             Err(_) => {}
         }
         tokio::select! {
-            () = shutdown.cancelled() => return false,
+            () = shutdown.cancelled() => return Ok(false),
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use simplebank_core::{config, report};
+use simplebank_core::{config, redis_client, report, task::Keys};
 use simplebank_observability::LogFormat;
 use simplebank_worker::WorkerConfig;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +20,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A refused password, a missing database index or an ACL that forbids our keys will not
+    // fix itself: stop now, like any bad setting. A Redis that is down or hung is waited for.
+    if let Err(err) = check_redis(&config).await {
+        eprintln!("simplebank-worker: {err}");
+        return ExitCode::from(2);
+    }
     let format = match config.common.environment {
         config::Environment::Production => LogFormat::Json,
         config::Environment::Development => LogFormat::Pretty,
@@ -43,4 +49,10 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn check_redis(config: &WorkerConfig) -> Result<(), config::ConfigError> {
+    let client = redis_client::client(config.common.redis_address.expose())
+        .map_err(|e| config::ConfigError::new("REDIS_ADDRESS", e.to_string()))?;
+    redis_client::check_access(&client, &Keys::new(config.common.namespace.clone())).await
 }

@@ -10,5 +10,6 @@ mod helpers;
 mod malformed;
 mod outbox;
 mod pipeline;
+mod startup;
 mod tls;
 mod traces;

@@ -1,9 +1,12 @@
-//! The `simplebank-worker` binary: a bad setting stops it at start naming the variable;
-//! SIGTERM stops it cleanly with exit code 0.
+//! The `simplebank-worker` binary: a bad setting stops it at start naming the variable (a Redis
+//! that refuses it too; one that is down or hung is waited for); SIGTERM stops it cleanly with
+//! exit code 0.
 
 use std::{process::Stdio, time::Duration};
 
-use simplebank_core::testing::{TestDb, TestRedis, sigterm};
+use simplebank_core::testing::{
+    RedisServer, TestDb, TestRedis, free_port, refusing_redis, sigterm,
+};
 use tokio::io::AsyncBufReadExt;
 
 fn worker() -> tokio::process::Command {
@@ -70,4 +73,81 @@ async fn sigterm_stops_the_worker_with_exit_code_0() {
         .await
         .expect("exits after SIGTERM");
     assert!(exit.success(), "{exit:?}");
+}
+
+#[tokio::test]
+async fn a_redis_that_refuses_the_worker_stops_it_naming_redis_address() {
+    let (_server, refusals) = refusing_redis().await;
+    for (address, reason) in refusals {
+        let output = tokio::time::timeout(
+            Duration::from_secs(30),
+            worker().env("REDIS_ADDRESS", &address).output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{address}: still running after 30 s"))
+        .expect("run the worker");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{address}: {stderr}");
+        assert!(stderr.contains("REDIS_ADDRESS"), "{address}: {stderr}");
+        assert!(stderr.contains(reason), "{address}: {stderr}");
+        assert!(
+            !stderr.contains("pw@") && !stderr.contains("wrong"),
+            "{stderr}"
+        );
+    }
+}
+
+/// Waits for a line containing `text` on `lines`; false at the end of the output.
+async fn wait_for_line(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    text: &str,
+) -> bool {
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains(text) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    found == Ok(true)
+}
+
+#[tokio::test]
+async fn a_redis_that_is_down_or_hung_is_waited_for() {
+    // Down: nothing listens. Then hung: a private server under SIGSTOP, resumed later.
+    let down = format!("127.0.0.1:{}", free_port());
+    let server = RedisServer::start().await;
+    let redis = TestRedis::at(server.address());
+    server.pause();
+    for (address, hung) in [(down, false), (server.address(), true)] {
+        let mut child = worker()
+            .env("REDIS_ADDRESS", &address)
+            .env("REDIS_NAMESPACE", redis.namespace.as_str())
+            .env("RUST_LOG", "info")
+            .spawn()
+            .expect("start the worker");
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        assert!(
+            wait_for_line(&mut lines, "cannot reach Redis; retrying").await,
+            "{address}: the worker waits for Redis"
+        );
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "{address}: still running"
+        );
+        if hung {
+            server.resume();
+            assert!(
+                wait_for_line(&mut lines, "start task processor").await,
+                "started once Redis answered"
+            );
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let exit = sigterm(&mut child, Duration::from_secs(15))
+            .await
+            .expect("exits after SIGTERM");
+        assert!(exit.success(), "{address}: {exit:?}");
+    }
 }

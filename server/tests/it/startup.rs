@@ -1,0 +1,84 @@
+//! Starting the real binary: a Redis that refuses the server stops it naming `REDIS_ADDRESS`;
+//! one that is hung does not, and sign-ups work meanwhile (the outbox holds their tasks).
+
+use std::{process::Stdio, time::Duration};
+
+use simplebank_core::testing::{
+    RedisServer, TestDb, TestRedis, eventually, free_port, refusing_redis, stop_gracefully,
+};
+use simplebank_server::pb::simple_bank_client::SimpleBankClient;
+
+use crate::helpers::request;
+
+fn server() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_simplebank-server"));
+    command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+#[tokio::test]
+async fn a_redis_that_refuses_the_server_stops_it_naming_redis_address() {
+    let db = TestDb::create().await;
+    let (_redis, refusals) = refusing_redis().await;
+    for (address, reason) in refusals {
+        let output = tokio::time::timeout(
+            Duration::from_secs(30),
+            server()
+                .env("DB_SOURCE", db.url.expose())
+                .env("REDIS_ADDRESS", &address)
+                .env("GRPC_SERVER_ADDRESS", format!("127.0.0.1:{}", free_port()))
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{address}: still running after 30 s"))
+        .expect("run the server");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{address}: {stderr}");
+        assert!(stderr.contains("REDIS_ADDRESS"), "{address}: {stderr}");
+        assert!(stderr.contains(reason), "{address}: {stderr}");
+        assert!(
+            !stderr.contains("pw@") && !stderr.contains("wrong"),
+            "{stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_hung_redis_at_start_does_not_stop_the_server_from_taking_sign_ups() {
+    let db = TestDb::create().await;
+    let redis_server = RedisServer::start().await;
+    let redis = TestRedis::at(redis_server.address());
+    redis_server.pause();
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut child = server()
+        .env("DB_SOURCE", db.url.expose())
+        .env("REDIS_ADDRESS", &redis.address)
+        .env("REDIS_NAMESPACE", redis.namespace.as_str())
+        .env("GRPC_SERVER_ADDRESS", &address)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start simplebank-server");
+    let url = format!("http://{address}");
+    eventually(
+        "the server accepts connections",
+        Duration::from_secs(30),
+        || {
+            let url = url.clone();
+            async move { SimpleBankClient::connect(url).await.is_ok() }
+        },
+    )
+    .await;
+    let mut client = SimpleBankClient::connect(url).await.expect("connect");
+    let created = client
+        .create_user(request("hung_redis", "hung@example.com"))
+        .await;
+    let still_running = child.try_wait().expect("wait").is_none();
+    redis_server.resume();
+    assert!(created.is_ok(), "{created:?}");
+    assert!(still_running, "the server kept running");
+    stop_gracefully(&mut child).await;
+}
