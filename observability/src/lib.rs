@@ -37,6 +37,10 @@ pub enum InitError {
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
 }
 
+/// The log filter when `RUST_LOG` is unset: INFO, without PostgreSQL's notices (sqlx logs each
+/// at INFO, and every migration run says "relation _sqlx_migrations already exists").
+pub const DEFAULT_LOG_FILTER: &str = "info,sqlx::postgres::notice=warn";
+
 /// What [`init`] needs from the program.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -73,7 +77,7 @@ pub fn export_enabled() -> bool {
 pub fn init(config: &Config) -> Result<Guard, InitError> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(directives)?,
-        _ => EnvFilter::new("info"),
+        _ => EnvFilter::new(DEFAULT_LOG_FILTER),
     };
     let mut resource = Resource::builder();
     if std::env::var("OTEL_SERVICE_NAME").map_or(true, |v| v.trim().is_empty()) {

@@ -3,7 +3,9 @@
 //! The span follows the OpenTelemetry RPC conventions (`rpc.system`, `rpc.service`,
 //! `rpc.method`, `rpc.grpc.status_code`), continues the trace of a `traceparent` the client
 //! sent in the metadata, and is marked ERROR for the server-fault codes. The log line (method,
-//! status code, duration) is written inside the span, so it carries the trace id.
+//! status code, duration) is written inside the span, so it carries the trace id. Reflection
+//! and health calls (tools and load balancers, several a second) are logged at DEBUG, unless
+//! they fail on the server's side.
 //!
 //! Unary errors are "trailers-only" responses, so their `grpc-status` is in the response
 //! headers; a response without it in the headers is a success whose OK status follows in the
@@ -49,6 +51,34 @@ fn is_server_error(code: Code) -> bool {
             | Code::Unavailable
             | Code::DataLoss
     )
+}
+
+/// Reflection and health: called by tools and load balancers, not by users.
+fn is_infrastructure(method: &str) -> bool {
+    method.starts_with("/grpc.reflection.") || method.starts_with("/grpc.health.")
+}
+
+/// The code's name as gRPC documents it (`INVALID_ARGUMENT`), for the log.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
 }
 
 fn header(headers: &http::HeaderMap, name: &str) -> Option<String> {
@@ -109,12 +139,15 @@ where
                 };
                 let span = tracing::Span::current();
                 span.record("rpc.grpc.status_code", code as i64);
-                let duration_ms = started.elapsed().as_secs_f64() * 1_000.0;
+                let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let status = code_name(code);
                 if is_server_error(code) {
-                    record_error(&span, &format!("{code:?}"));
-                    tracing::error!(method, status_code = ?code, duration_ms, "gRPC call");
+                    record_error(&span, status);
+                    tracing::error!(method, status, duration_ms, "gRPC call");
+                } else if is_infrastructure(&method) {
+                    tracing::debug!(method, status, duration_ms, "gRPC call");
                 } else {
-                    tracing::info!(method, status_code = ?code, duration_ms, "gRPC call");
+                    tracing::info!(method, status, duration_ms, "gRPC call");
                 }
                 result
             }

@@ -100,7 +100,10 @@ pub async fn run(
     let publishes = tokio_util::task::TaskTracker::new();
     let bank = service::SimpleBankService::new(store, publisher, publishes.clone());
     let address = listener.local_addr().ok();
-    tracing::info!(address = ?address, "start gRPC server");
+    match address {
+        Some(address) => tracing::info!(%address, "start gRPC server"),
+        None => tracing::info!("start gRPC server"),
+    }
     tls::log_mode(config.tls.as_ref(), address);
 
     let stopping = stop.clone();

@@ -216,7 +216,7 @@ impl Dispatcher {
         drop(renewal);
         drop(attempt);
         drop(permit);
-        let duration_ms = started.elapsed().as_secs_f64() * 1_000.0;
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         match outcome {
             Ok(()) => self.finish(&stream, &entry_id, &task, duration_ms).await,
             Err(failure) => {
@@ -226,7 +226,7 @@ impl Dispatcher {
         }
     }
 
-    async fn finish(&self, stream: &str, entry_id: &str, task: &Task, duration_ms: f64) {
+    async fn finish(&self, stream: &str, entry_id: &str, task: &Task, duration_ms: u64) {
         let lock = task
             .unique
             .as_deref()

@@ -128,7 +128,7 @@ impl Worker {
         tracing::info!(
             consumer = %settings.consumer_name,
             concurrency = settings.concurrency,
-            queues = ?settings.queues.iter().map(|(q, w)| format!("{q}:{w}")).collect::<Vec<_>>(),
+            queues = %settings.queues.iter().map(|(q, w)| format!("{q}:{w}")).collect::<Vec<_>>().join(","),
             "start task processor"
         );
 

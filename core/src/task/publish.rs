@@ -196,12 +196,20 @@ impl Publisher {
                 }
             }
         };
+        // The outcome as plain fields (an entry id or a due time), not a Rust value.
+        let (outcome, entry_id, due_ms) = match &enqueued {
+            Enqueued::Queued { entry_id } => ("queued", Some(entry_id.as_str()), None),
+            Enqueued::Scheduled { due_ms } => ("scheduled", None, Some(*due_ms)),
+            Enqueued::AlreadyEnqueued => ("already enqueued", None, None),
+        };
         tracing::info!(
             task_id = %task.id,
             task_type = %task.kind,
             queue = %task.queue,
             max_retry = task.max_retry,
-            outcome = ?enqueued,
+            outcome,
+            entry_id,
+            due_ms,
             "enqueued task"
         );
         Ok(enqueued)

@@ -7,6 +7,7 @@ mod e2e;
 mod email;
 mod health;
 mod helpers;
+mod logs;
 mod malformed;
 mod outbox;
 mod pipeline;
