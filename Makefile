@@ -17,8 +17,9 @@ export DB_SOURCE REDIS_ADDRESS
 .PHONY: bench run test services postgres redis createdb dropdb stop-services migrateup migratedown \
 	new_migration build server worker proto evans tools lint fmt clean
 
-## run: services, migrations, build, then the server and one worker (Ctrl-C stops both)
-run: services build migrateup
+## run: services, grpcurl (the README's examples use it), migrations, build, then the server
+## and one worker (Ctrl-C stops both)
+run: services .local/bin/grpcurl build migrateup
 	@scripts/run.sh
 
 ## test: services, grpcurl, fmt + clippy gate, then the whole test suite. The binaries and

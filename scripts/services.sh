@@ -8,11 +8,16 @@
 # a project-local instance under .local/ on the configured port. Where it cannot (no root, no
 # apt-get, a remote address), it stops with a message saying what is missing and how to fix it.
 # `all` also makes sure redis-server is installed, since some tests start private instances.
+# `stop` stops only what this checkout started: the instances whose data folders are this
+# checkout's (under its .local/, or /var/tmp/simplebank-postgres-<checkout id>-<port> when
+# PostgreSQL must run as the postgres user), never a process found by name.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 LOCAL=$ROOT/.local
+# Names this checkout in paths outside it, so two checkouts never share (or stop) an instance.
+CHECKOUT_ID=$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)
 
 say() { printf 'services: %s\n' "$*" >&2; }
 die() { printf 'services: error: %s\n' "$*" >&2; exit 1; }
@@ -108,7 +113,7 @@ start_local_postgres() {
     id postgres >/dev/null 2>&1 || die "no postgres user to run PostgreSQL as; install the postgresql package"
     owner=postgres
     if ! runuser -u postgres -- test -x "$ROOT"; then
-      data=/var/tmp/simplebank-postgres-$PG_PORT
+      data=/var/tmp/simplebank-postgres-$CHECKOUT_ID-$PG_PORT
       log=$data.log
     fi
   fi
@@ -186,9 +191,10 @@ ensure_python() {
 }
 
 stop_local() {
-  local bindir
+  local bindir pid dir
   bindir=$(pg_bindir)
-  for data in "$LOCAL"/postgres-* /var/tmp/simplebank-postgres-*; do
+  # pg_ctl stops the server of that data folder only (its postmaster.pid names the process).
+  for data in "$LOCAL"/postgres-* /var/tmp/simplebank-postgres-"$CHECKOUT_ID"-*; do
     [ -f "$data/postmaster.pid" ] || continue
     say "stopping PostgreSQL in $data"
     if [ "$(id -u)" -eq 0 ]; then
@@ -199,8 +205,18 @@ stop_local() {
   done
   for pidfile in "$LOCAL"/redis-*/redis.pid; do
     [ -f "$pidfile" ] || continue
-    say "stopping Redis $(dirname "$pidfile")"
-    kill "$(cat "$pidfile")" 2>/dev/null || true
+    dir=$(dirname "$pidfile")
+    pid=$(cat "$pidfile")
+    # A stale pid file may name an unrelated process by now: stop it only if it is a
+    # redis-server working in this folder (started with --dir here).
+    if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" != redis-server ] ||
+      [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" != "$(cd "$dir" && pwd -P)" ]; then
+      say "Redis in $dir is not running (stale pid file removed)"
+      rm -f "$pidfile"
+      continue
+    fi
+    say "stopping Redis $dir"
+    kill "$pid" 2>/dev/null || true
   done
 }
 

@@ -1,6 +1,8 @@
 //! The consumer group: created on every task stream with `XGROUP CREATE <stream> workers 0
 //! MKSTREAM`, so entries added before the first worker started are delivered too.
-//! BUSYGROUP (it already exists) is success.
+//! BUSYGROUP (it already exists) is success. A worker then joins the group on each stream
+//! (`XGROUP CREATECONSUMER`), so it shows in `XINFO CONSUMERS` from its start, not only once
+//! it has read an entry.
 
 use redis::aio::ConnectionManager;
 use simplebank_core::task::{GROUP, Keys, QueueName};
@@ -27,6 +29,25 @@ pub async fn ensure(
         }
     }
     Ok(())
+}
+
+/// Adds `consumer` to the group on each queue's stream (nothing if it is already there).
+pub async fn join(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    queues: &[QueueName],
+    consumer: &str,
+) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    for queue in queues {
+        pipe.cmd("XGROUP")
+            .arg("CREATECONSUMER")
+            .arg(keys.stream(queue))
+            .arg(GROUP)
+            .arg(consumer)
+            .ignore();
+    }
+    pipe.query_async(conn).await
 }
 
 /// Whether `err` says the group (or its stream) is gone, so it must be created again.

@@ -124,6 +124,13 @@ impl Worker {
         if !wait_for_groups(&mut conn, &self.keys, &queues, &shutdown).await? {
             return Ok(());
         }
+        // Visible in XINFO CONSUMERS from now on; a failure here only delays that (the first
+        // read adds the consumer too), so it is not a reason to stop.
+        if let Err(err) =
+            group::join(&mut conn, &self.keys, &queues, &settings.consumer_name).await
+        {
+            tracing::warn!(error = %err, "cannot join the consumer group yet; the first read will");
+        }
         warn_about_redis_settings(&mut conn).await;
         tracing::info!(
             consumer = %settings.consumer_name,

@@ -151,3 +151,46 @@ async fn a_redis_that_is_down_or_hung_is_waited_for() {
         assert!(exit.success(), "{address}: {exit:?}");
     }
 }
+
+#[tokio::test]
+async fn a_new_worker_shows_in_xinfo_consumers_on_every_stream_before_reading_anything() {
+    let redis = TestRedis::new();
+    let name = format!("visible-{}", uuid::Uuid::new_v4());
+    let mut child = worker()
+        .env("REDIS_ADDRESS", &redis.address)
+        .env("REDIS_NAMESPACE", redis.namespace.as_str())
+        .env("WORKER_CONSUMER_NAME", &name)
+        .env("RUST_LOG", "info")
+        .spawn()
+        .expect("start the worker");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    assert!(
+        wait_for_line(&mut lines, "start task processor").await,
+        "the worker started"
+    );
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let mut conn = redis.conn().await;
+    for queue in ["critical", "default", "low"] {
+        let stream = redis
+            .keys()
+            .stream(&simplebank_core::task::QueueName::parse(queue).expect("queue"));
+        let consumers: Vec<std::collections::HashMap<String, redis::Value>> =
+            redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(&stream)
+                .arg(simplebank_core::task::GROUP)
+                .query_async(&mut conn)
+                .await
+                .expect("XINFO CONSUMERS");
+        let names: Vec<String> = consumers
+            .iter()
+            .filter_map(|c| redis::from_redis_value_ref::<String>(c.get("name")?).ok())
+            .collect();
+        assert_eq!(names, [name.clone()], "{queue}");
+    }
+    let exit = sigterm(&mut child, Duration::from_secs(15))
+        .await
+        .expect("exits after SIGTERM");
+    assert!(exit.success(), "{exit:?}");
+}
