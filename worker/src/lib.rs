@@ -126,8 +126,7 @@ impl Worker {
         }
         // Visible in XINFO CONSUMERS from now on; a failure here only delays that (the first
         // read adds the consumer too), so it is not a reason to stop.
-        if let Err(err) =
-            group::join(&mut conn, &self.keys, &queues, &settings.consumer_name).await
+        if let Err(err) = group::join(&mut conn, &self.keys, &queues, &settings.consumer_name).await
         {
             tracing::warn!(error = %err, "cannot join the consumer group yet; the first read will");
         }

@@ -175,19 +175,18 @@ async fn a_new_worker_shows_in_xinfo_consumers_on_every_stream_before_reading_an
         let stream = redis
             .keys()
             .stream(&simplebank_core::task::QueueName::parse(queue).expect("queue"));
-        let consumers: Vec<std::collections::HashMap<String, redis::Value>> =
-            redis::cmd("XINFO")
-                .arg("CONSUMERS")
-                .arg(&stream)
-                .arg(simplebank_core::task::GROUP)
-                .query_async(&mut conn)
-                .await
-                .expect("XINFO CONSUMERS");
+        let consumers: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&stream)
+            .arg(simplebank_core::task::GROUP)
+            .query_async(&mut conn)
+            .await
+            .expect("XINFO CONSUMERS");
         let names: Vec<String> = consumers
             .iter()
             .filter_map(|c| redis::from_redis_value_ref::<String>(c.get("name")?).ok())
             .collect();
-        assert_eq!(names, [name.clone()], "{queue}");
+        assert_eq!(names, std::slice::from_ref(&name), "{queue}");
     }
     let exit = sigterm(&mut child, Duration::from_secs(15))
         .await
