@@ -1,5 +1,5 @@
 //! Starting the real binary: a Redis that refuses the server stops it naming `REDIS_ADDRESS`;
-//! one that is hung does not, and sign-ups work meanwhile (the outbox holds their tasks).
+//! one that is down or hung does not, and sign-ups work meanwhile (the outbox holds their tasks).
 
 use std::{process::Stdio, time::Duration};
 
@@ -47,38 +47,44 @@ async fn a_redis_that_refuses_the_server_stops_it_naming_redis_address() {
 }
 
 #[tokio::test]
-async fn a_hung_redis_at_start_does_not_stop_the_server_from_taking_sign_ups() {
+async fn a_redis_down_or_hung_at_start_does_not_stop_the_server_from_taking_sign_ups() {
     let db = TestDb::create().await;
     let redis_server = RedisServer::start().await;
-    let redis = TestRedis::at(redis_server.address());
+    let hung = TestRedis::at(redis_server.address());
     redis_server.pause();
-    let address = format!("127.0.0.1:{}", free_port());
-    let mut child = server()
-        .env("DB_SOURCE", db.url.expose())
-        .env("REDIS_ADDRESS", &redis.address)
-        .env("REDIS_NAMESPACE", redis.namespace.as_str())
-        .env("GRPC_SERVER_ADDRESS", &address)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start simplebank-server");
-    let url = format!("http://{address}");
-    eventually(
-        "the server accepts connections",
-        Duration::from_secs(30),
-        || {
-            let url = url.clone();
-            async move { SimpleBankClient::connect(url).await.is_ok() }
-        },
-    )
-    .await;
-    let mut client = SimpleBankClient::connect(url).await.expect("connect");
-    let created = client
-        .create_user(request("hung_redis", "hung@example.com"))
+    let down = format!("127.0.0.1:{}", free_port());
+    for (n, redis_address) in [down, hung.address.clone()].into_iter().enumerate() {
+        let address = format!("127.0.0.1:{}", free_port());
+        let mut child = server()
+            .env("DB_SOURCE", db.url.expose())
+            .env("REDIS_ADDRESS", &redis_address)
+            .env("REDIS_NAMESPACE", hung.namespace.as_str())
+            .env("GRPC_SERVER_ADDRESS", &address)
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start simplebank-server");
+        let url = format!("http://{address}");
+        eventually(
+            "the server accepts connections",
+            Duration::from_secs(30),
+            || {
+                let url = url.clone();
+                async move { SimpleBankClient::connect(url).await.is_ok() }
+            },
+        )
         .await;
-    let still_running = child.try_wait().expect("wait").is_none();
+        let mut client = SimpleBankClient::connect(url).await.expect("connect");
+        let created = client
+            .create_user(request(
+                &format!("no_redis_{n}"),
+                &format!("r{n}@example.com"),
+            ))
+            .await;
+        let still_running = child.try_wait().expect("wait").is_none();
+        assert!(created.is_ok(), "{redis_address}: {created:?}");
+        assert!(still_running, "{redis_address}: the server kept running");
+        stop_gracefully(&mut child).await;
+    }
     redis_server.resume();
-    assert!(created.is_ok(), "{created:?}");
-    assert!(still_running, "the server kept running");
-    stop_gracefully(&mut child).await;
 }

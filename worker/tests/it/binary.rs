@@ -53,7 +53,7 @@ async fn sigterm_stops_the_worker_with_exit_code_0() {
         .spawn()
         .expect("start the worker");
 
-    // Ready: it logged that it started (an idle consumer does not show in XINFO on Redis 7.0).
+    // Ready: it logged that it started.
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = tokio::io::BufReader::new(stderr).lines();
     let started = tokio::time::timeout(Duration::from_secs(20), async {
