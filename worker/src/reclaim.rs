@@ -59,16 +59,28 @@ impl Reclaimer {
     pub async fn run(mut self, stop: CancellationToken) {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut unreachable_redis = false;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = ticks.tick() => {}
             }
             for queue in self.queues.clone() {
-                if let Err(err) = self.sweep(&queue, &stop).await {
-                    tracing::error!(
+                match self.sweep(&queue, &stop).await {
+                    Ok(()) => unreachable_redis = false,
+                    // Redis unreachable: said once per outage, not on every scan.
+                    Err(err @ ReclaimError::Claim(_)) => {
+                        if !unreachable_redis {
+                            tracing::warn!(
+                                queue = %queue, error = %report::chain(&err),
+                                "reclaim failed; will retry"
+                            );
+                        }
+                        unreachable_redis = true;
+                    }
+                    Err(err) => tracing::error!(
                         queue = %queue, error = %report::chain(&err), "reclaim failed; will retry"
-                    );
+                    ),
                 }
             }
         }
