@@ -81,6 +81,29 @@ fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// The request path as it may appear in a log line and a span name: gRPC paths are
+/// `/package.Service/Method`, so anything else (a client's spaces, braces or `key=value`
+/// text, which the development log format would print as if they were fields) becomes `_`,
+/// and the length is capped.
+fn loggable_path(path: &str) -> String {
+    const MAX: usize = 200;
+    let mut clean: String = path
+        .chars()
+        .take(MAX)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if path.chars().count() > MAX {
+        clean.push_str("...");
+    }
+    clean
+}
+
 fn header(headers: &http::HeaderMap, name: &str) -> Option<String> {
     headers
         .get(name)
@@ -103,7 +126,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let method = request.uri().path().to_owned();
+        let method = loggable_path(request.uri().path());
         let full_name = method.trim_start_matches('/');
         let (rpc_service, rpc_method) = full_name.split_once('/').unwrap_or((full_name, ""));
         let span = tracing::info_span!(
@@ -141,7 +164,12 @@ where
                 span.record("rpc.grpc.status_code", code as i64);
                 let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                 let status = code_name(code);
-                if is_server_error(code) {
+                if code == Code::Unimplemented {
+                    // An error of the call's span, but any client can ask for a method that
+                    // does not exist: not an ERROR line an operator is paged for.
+                    record_error(&span, status);
+                    tracing::warn!(method, status, duration_ms, "gRPC call");
+                } else if is_server_error(code) {
                     record_error(&span, status);
                     tracing::error!(method, status, duration_ms, "gRPC call");
                 } else if is_infrastructure(&method) {
@@ -153,5 +181,25 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loggable_path;
+
+    #[test]
+    fn paths_cannot_forge_log_fields() {
+        assert_eq!(
+            loggable_path("/simplebank.v1.SimpleBank/CreateUser"),
+            "/simplebank.v1.SimpleBank/CreateUser"
+        );
+        assert_eq!(
+            loggable_path("/x}: admin_login_ok user=root {a=1/CreateUser"),
+            "/x___admin_login_ok_user_root__a_1/CreateUser"
+        );
+        assert_eq!(loggable_path("/a\u{1b}[31mred"), "/a__31mred");
+        let long = format!("/{}", "a".repeat(10_000));
+        assert_eq!(loggable_path(&long).len(), 203);
     }
 }
