@@ -9,6 +9,11 @@ use argon2::{
     password_hash::{SaltString, rand_core::OsRng},
 };
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
 use crate::{domain::Password, secret::Secret};
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +63,50 @@ pub fn hash(password: &Password) -> Result<Secret<String>, HashError> {
         .map_err(HashError)
 }
 
+/// Whether `password` matches the argon2 PHC string `hash`, computed in `memory` (resized as
+/// needed, kept by the caller) with the hash's own parameters. The comparison is
+/// constant-time. A hash that does not parse matches nothing.
+pub fn verify_with_memory(password: &str, hash: &str, memory: &mut Vec<argon2::Block>) -> bool {
+    use subtle::ConstantTimeEq;
+
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let Ok(params) = argon2::Params::try_from(&parsed) else {
+        return false;
+    };
+    let Ok(algorithm) = argon2::Algorithm::try_from(parsed.algorithm) else {
+        return false;
+    };
+    let version = parsed
+        .version
+        .and_then(|v| argon2::Version::try_from(v).ok())
+        .unwrap_or_default();
+    let mut salt_bytes = [0u8; 64];
+    let Ok(raw_salt) = salt.decode_b64(&mut salt_bytes) else {
+        return false;
+    };
+    let mut out = vec![0u8; expected.len()];
+    memory.resize(params.block_count(), argon2::Block::default());
+    let argon2 = Argon2::new(algorithm, version, params);
+    if argon2
+        .hash_password_into_with_memory(password.as_bytes(), raw_salt, &mut out, &mut memory[..])
+        .is_err()
+    {
+        return false;
+    }
+    bool::from(out.as_slice().ct_eq(expected.as_bytes()))
+}
+
+/// What an unknown user's password is checked against, so that sign-in does the same work
+/// whether or not the user exists. The hash of a random password nobody knows, with the same
+/// parameters as every hash [`hash`] makes (a unit test keeps them equal).
+pub const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$\
+    c2ltcGxlYmFuay1kdW1teQ$2dnQ9e6K4uJYFn2j3sSmKZp0mQ8oHcYwqVr6cLk0XbE";
+
 /// Whether `password` matches the PHC string `hash`.
 pub fn verify(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
@@ -72,16 +121,42 @@ pub fn verify(password: &str, hash: &str) -> bool {
 /// Idle argon2 memory blocks, the last used on top.
 type MemoryStack = std::sync::Arc<std::sync::Mutex<Vec<Vec<argon2::Block>>>>;
 
-type Job = (
-    Password,
-    tokio::sync::oneshot::Sender<Result<Secret<String>, HashError>>,
-);
+enum Job {
+    Hash(
+        Password,
+        tokio::sync::oneshot::Sender<Result<Secret<String>, HashError>>,
+    ),
+    /// A presented password and the stored hash (`None`: [`DUMMY_HASH`], and no match).
+    Verify(
+        Secret<String>,
+        Option<Secret<String>>,
+        tokio::sync::oneshot::Sender<bool>,
+    ),
+}
+
+impl Job {
+    fn run(self, memory: &mut Vec<argon2::Block>, verifications: &AtomicU64) {
+        match self {
+            Self::Hash(password, reply) => {
+                let _ = reply.send(hash_with_memory(&password, memory));
+            }
+            Self::Verify(password, hash, reply) => {
+                let stored = hash.as_ref().map_or(DUMMY_HASH, |h| h.expose().as_str());
+                let matched = verify_with_memory(password.expose(), stored, memory);
+                verifications.fetch_add(1, Ordering::Relaxed);
+                let _ = reply.send(matched && hash.is_some());
+            }
+        }
+    }
+}
 
 /// A fixed pool of hashing threads. Cheap to clone; the threads stop when the last clone drops.
 #[derive(Debug, Clone)]
 pub struct HashPool {
     jobs: std::sync::mpsc::SyncSender<Job>,
     blocks: MemoryStack,
+    /// Password verifications run to the end (argon2 computed), dummy ones included.
+    verifications: Arc<AtomicU64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,9 +174,11 @@ impl HashPool {
         let (jobs, receiver) = std::sync::mpsc::sync_channel::<Job>(1024);
         let receiver = std::sync::Arc::new(std::sync::Mutex::new(receiver));
         let blocks: MemoryStack = std::sync::Arc::default();
+        let verifications = Arc::new(AtomicU64::new(0));
         for i in 0..threads.max(1) {
             let receiver = std::sync::Arc::clone(&receiver);
             let blocks = std::sync::Arc::clone(&blocks);
+            let verifications = Arc::clone(&verifications);
             let spawned = std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
                 .spawn(move || {
@@ -110,25 +187,35 @@ impl HashPool {
                             Ok(receiver) => receiver.recv(),
                             Err(_) => return,
                         };
-                        let Ok((password, reply)) = job else { return };
+                        let Ok(job) = job else { return };
                         let mut memory = blocks
                             .lock()
                             .ok()
                             .and_then(|mut stack| stack.pop())
                             .unwrap_or_default();
-                        let hashed = hash_with_memory(&password, &mut memory);
-                        // Back on the stack before the reply, for the caller's next request.
+                        // The reply is sent from inside `run`, before the block is back on
+                        // the stack: a caller's next request may find the stack one short and
+                        // allocate (a cost, not an error).
+                        job.run(&mut memory, &verifications);
                         if let Ok(mut stack) = blocks.lock() {
                             stack.push(memory);
                         }
-                        let _ = reply.send(hashed);
                     }
                 });
             if spawned.is_err() {
                 tracing::error!("cannot start a password hashing thread");
             }
         }
-        Self { jobs, blocks }
+        Self {
+            jobs,
+            blocks,
+            verifications,
+        }
+    }
+
+    /// How many password verifications the pool has run to the end, dummy ones included.
+    pub fn verifications(&self) -> u64 {
+        self.verifications.load(Ordering::Relaxed)
     }
 
     /// How many argon2 memory blocks (19 MiB each) the pool holds while idle.
@@ -147,7 +234,25 @@ impl HashPool {
         password: Password,
     ) -> Result<Result<Secret<String>, HashError>, PoolGone> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        match self.jobs.try_send((password, reply)) {
+        self.submit(Job::Hash(password, reply)).await?;
+        answer.await.map_err(|_| PoolGone)
+    }
+
+    /// Whether `password` matches `hash`, checked on a pool thread. With no hash (an unknown
+    /// user) the password is checked against [`DUMMY_HASH`] all the same, and never matches:
+    /// the caller's answer and its cost do not tell whether the user exists.
+    pub async fn verify(
+        &self,
+        password: Secret<String>,
+        hash: Option<Secret<String>>,
+    ) -> Result<bool, PoolGone> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.submit(Job::Verify(password, hash, reply)).await?;
+        answer.await.map_err(|_| PoolGone)
+    }
+
+    async fn submit(&self, job: Job) -> Result<(), PoolGone> {
+        match self.jobs.try_send(job) {
             Ok(()) => {}
             Err(std::sync::mpsc::TrySendError::Full(job)) => {
                 // A full queue blocks the sender: wait for room off the executor.
@@ -159,7 +264,7 @@ impl HashPool {
             }
             Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(PoolGone),
         }
-        answer.await.map_err(|_| PoolGone)
+        Ok(())
     }
 }
 
@@ -171,9 +276,9 @@ mod tests {
     async fn one_request_at_a_time_reuses_one_memory_block_whichever_thread_hashes() {
         let pool = HashPool::new(2);
         for i in 0..4 {
-            let password = Password::parse(format!("secret-{i}")).unwrap();
+            let password = Password::parse(format!("plum-tractor-{i}")).unwrap();
             let hashed = pool.hash(password).await.unwrap().unwrap();
-            assert!(verify(&format!("secret-{i}"), hashed.expose()));
+            assert!(verify(&format!("plum-tractor-{i}"), hashed.expose()));
         }
         assert_eq!(pool.idle_blocks(), 1);
     }
@@ -185,21 +290,21 @@ mod tests {
             .map(|i| {
                 let pool = pool.clone();
                 tokio::spawn(async move {
-                    let password = Password::parse(format!("secret-{i}")).unwrap();
+                    let password = Password::parse(format!("plum-tractor-{i}")).unwrap();
                     (i, pool.hash(password).await.unwrap().unwrap())
                 })
             })
             .collect();
         for handle in hashes {
             let (i, hashed) = handle.await.unwrap();
-            assert!(verify(&format!("secret-{i}"), hashed.expose()));
+            assert!(verify(&format!("plum-tractor-{i}"), hashed.expose()));
         }
     }
 
     #[test]
     fn hashing_with_reused_memory_gives_standard_verifiable_hashes() {
         let mut memory = Vec::new();
-        for secret in ["secret1", "another-secret"] {
+        for secret in ["plum-tractor-1", "another-secret"] {
             let password = Password::parse(secret.into()).unwrap();
             let hashed = hash_with_memory(&password, &mut memory).unwrap();
             assert!(
@@ -216,11 +321,47 @@ mod tests {
 
     #[test]
     fn hashes_with_argon2id_and_verifies() {
-        let password = Password::parse("secret1".into()).unwrap();
+        let password = Password::parse("plum-tractor-1".into()).unwrap();
         let hashed = hash(&password).unwrap();
         assert!(hashed.expose().starts_with("$argon2id$"));
-        assert!(verify("secret1", hashed.expose()));
-        assert!(!verify("secret2", hashed.expose()));
+        assert!(verify("plum-tractor-1", hashed.expose()));
+        assert!(!verify("plum-tractor-2", hashed.expose()));
         assert_ne!(hash(&password).unwrap().expose(), hashed.expose(), "salted");
+    }
+
+    #[test]
+    fn the_dummy_hash_costs_what_a_real_one_does() {
+        let dummy = PasswordHash::new(DUMMY_HASH).expect("a PHC string");
+        let real_hash = hash(&Password::parse("plum-tractor-1".into()).unwrap()).unwrap();
+        let real = PasswordHash::new(real_hash.expose()).unwrap();
+        assert_eq!(dummy.algorithm, real.algorithm);
+        assert_eq!(dummy.version, real.version);
+        assert_eq!(
+            argon2::Params::try_from(&dummy).unwrap(),
+            argon2::Params::try_from(&real).unwrap()
+        );
+        assert_eq!(dummy.hash.map(|h| h.len()), real.hash.map(|h| h.len()));
+    }
+
+    #[test]
+    fn verifying_with_reused_memory_agrees_with_the_library() {
+        let mut memory = Vec::new();
+        let hashed = hash(&Password::parse("plum-tractor-1".into()).unwrap()).unwrap();
+        assert!(verify_with_memory("plum-tractor-1", hashed.expose(), &mut memory));
+        assert!(!verify_with_memory("plum-tractor-2", hashed.expose(), &mut memory));
+        assert!(!verify_with_memory("plum-tractor-1", "not a hash", &mut memory));
+    }
+
+    #[tokio::test]
+    async fn the_pool_counts_real_and_dummy_verifications_alike() {
+        let pool = HashPool::new(1);
+        let password = Password::parse("plum-tractor-1".into()).unwrap();
+        let hashed = pool.hash(password).await.unwrap().unwrap();
+        let presented = |p: &str| Secret::new(p.to_owned());
+        assert!(pool.verify(presented("plum-tractor-1"), Some(hashed.clone())).await.unwrap());
+        assert!(!pool.verify(presented("wrong-one-1"), Some(hashed)).await.unwrap());
+        // Even the dummy's own password would not match: no hash, no match.
+        assert!(!pool.verify(presented("plum-tractor-1"), None).await.unwrap());
+        assert_eq!(pool.verifications(), 3);
     }
 }

@@ -2,9 +2,17 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use simplebank_core::config::{self, CommonConfig, ConfigError};
+use simplebank_core::{
+    config::{self, CommonConfig, ConfigError, Environment},
+    secret::{Secret, random_code},
+    store::SessionLimits,
+};
 
-use crate::tls::TlsConfig;
+use crate::{
+    throttle::LoginLimits,
+    tls::TlsConfig,
+    tokens::{KEY_LEN, TokenMaker},
+};
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -19,6 +27,123 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Back-pressure on the `SimpleBank` calls.
     pub limits: CallLimits,
+    /// Tokens, sessions and sign-in throttling.
+    pub auth: AuthConfig,
+}
+
+/// Tokens, sessions and sign-in throttling.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// `TOKEN_SYMMETRIC_KEY`: 32 bytes (characters of ASCII text, as the course has it).
+    /// Required in production; in development a random key is made at start when unset (tokens
+    /// then do not survive a restart).
+    pub token_key: Secret<[u8; KEY_LEN]>,
+    /// `ACCESS_TOKEN_DURATION`, default `15m`.
+    pub access_token_duration: Duration,
+    /// `REFRESH_TOKEN_DURATION` (default `24h`) and `SESSION_MAX_DURATION` (default `168h`).
+    pub sessions: SessionLimits,
+    /// `LOGIN_MAX_FAILURES_PER_USERNAME`, `LOGIN_MAX_FAILURES_PER_ADDRESS`,
+    /// `LOGIN_FAILURE_WINDOW`.
+    pub login: LoginLimits,
+    /// Whether `token_key` was made at start (development without `TOKEN_SYMMETRIC_KEY`).
+    pub ephemeral_key: bool,
+}
+
+impl AuthConfig {
+    /// The defaults, with `key`.
+    pub fn with_key(key: [u8; KEY_LEN]) -> Self {
+        Self {
+            token_key: Secret::new(key),
+            access_token_duration: Duration::from_secs(15 * 60),
+            sessions: SessionLimits {
+                refresh_token: Duration::from_secs(24 * 3600),
+                session: Duration::from_secs(7 * 24 * 3600),
+            },
+            login: LoginLimits::default(),
+            ephemeral_key: false,
+        }
+    }
+
+    pub fn token_maker(&self) -> TokenMaker {
+        TokenMaker::new(self.token_key.clone(), self.access_token_duration)
+    }
+
+    pub fn from_env(environment: Environment) -> Result<Self, ConfigError> {
+        const KEY: &str = "TOKEN_SYMMETRIC_KEY";
+        let key = match config::var(KEY)? {
+            Some(raw) => parse_key(&raw)?,
+            None if environment == Environment::Production => {
+                return Err(ConfigError::new(KEY, "must be set in production (32 bytes)"));
+            }
+            None => {
+                return Ok(Self {
+                    ephemeral_key: true,
+                    ..Self::from_env_with_key(parse_key(random_code(KEY_LEN).expose())?)?
+                });
+            }
+        };
+        Self::from_env_with_key(key)
+    }
+
+    fn from_env_with_key(key: [u8; KEY_LEN]) -> Result<Self, ConfigError> {
+        let defaults = Self::with_key(key);
+        let sessions = SessionLimits {
+            refresh_token: positive(
+                "REFRESH_TOKEN_DURATION",
+                config::duration_or("REFRESH_TOKEN_DURATION", defaults.sessions.refresh_token)?,
+            )?,
+            session: positive(
+                "SESSION_MAX_DURATION",
+                config::duration_or("SESSION_MAX_DURATION", defaults.sessions.session)?,
+            )?,
+        };
+        if sessions.refresh_token > sessions.session {
+            return Err(ConfigError::new(
+                "REFRESH_TOKEN_DURATION",
+                "must not be longer than SESSION_MAX_DURATION",
+            ));
+        }
+        let login = LoginLimits {
+            per_username: at_least_one(
+                "LOGIN_MAX_FAILURES_PER_USERNAME",
+                config::parse_or("LOGIN_MAX_FAILURES_PER_USERNAME", defaults.login.per_username)?,
+            )?,
+            per_address: at_least_one(
+                "LOGIN_MAX_FAILURES_PER_ADDRESS",
+                config::parse_or("LOGIN_MAX_FAILURES_PER_ADDRESS", defaults.login.per_address)?,
+            )?,
+            window: positive(
+                "LOGIN_FAILURE_WINDOW",
+                config::duration_or("LOGIN_FAILURE_WINDOW", defaults.login.window)?,
+            )?,
+        };
+        Ok(Self {
+            access_token_duration: positive(
+                "ACCESS_TOKEN_DURATION",
+                config::duration_or("ACCESS_TOKEN_DURATION", defaults.access_token_duration)?,
+            )?,
+            sessions,
+            login,
+            ..defaults
+        })
+    }
+}
+
+/// A key of exactly [`KEY_LEN`] bytes. The message never shows the value.
+fn parse_key(raw: &str) -> Result<[u8; KEY_LEN], ConfigError> {
+    raw.as_bytes().try_into().map_err(|_| {
+        ConfigError::new(
+            "TOKEN_SYMMETRIC_KEY",
+            format!("must be exactly {KEY_LEN} bytes (got {})", raw.len()),
+        )
+    })
+}
+
+fn at_least_one(var: &'static str, value: u32) -> Result<u32, ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::new(var, "must be at least 1"));
+    }
+    Ok(value)
 }
 
 /// How much work the `SimpleBank` service takes on (see `crate::backpressure`).
@@ -64,8 +189,11 @@ impl CallLimits {
 
 impl ServerConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
+        let common = CommonConfig::from_env()?;
+        let auth = AuthConfig::from_env(common.environment)?;
         Ok(Self {
-            common: CommonConfig::from_env()?,
+            common,
+            auth,
             grpc_address: config::parse_or(
                 "GRPC_SERVER_ADDRESS",
                 SocketAddr::from(([0, 0, 0, 0], 9090)),

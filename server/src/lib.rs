@@ -10,10 +10,14 @@
 //! - [`tls`]: TLS (and client certificates) for the listener, from PEM files.
 //! - [`backpressure`]: the concurrency limit (with load shedding) and request timeout.
 //! - [`framing`], [`codec`]: malformed or oversized requests are the client's error.
+//! - [`tokens`]: PASETO v4.local access tokens.
+//! - [`auth`]: the caller's bearer token, address and user agent.
+//! - [`throttle`]: failed sign-ins counted per username and address in Redis.
 //!
 //! [`run`] starts everything on a given listener and stops when `shutdown` resolves, so tests
 //! run the real server in-process on port 0.
 
+pub mod auth;
 pub mod backpressure;
 pub mod call_log;
 pub mod codec;
@@ -23,7 +27,9 @@ pub mod health;
 pub mod relay;
 pub mod service;
 pub mod status;
+pub mod throttle;
 pub mod tls;
+pub mod tokens;
 
 /// The generated `simplebank.v1` code.
 pub mod pb {
@@ -38,6 +44,7 @@ pub mod pb {
 use std::future::Future;
 
 use simplebank_core::{
+    password::HashPool,
     redis_client,
     store::{Store, StoreError},
     task::{Keys, Publisher},
@@ -68,15 +75,31 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    run_with_hashing(config, listener, shutdown, HashPool::per_core()).await
+}
+
+/// [`run`] with the password hashing pool given, so a test can count its verifications.
+pub async fn run_with_hashing(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    hashing: HashPool,
+) -> Result<(), ServerError> {
+    if config.auth.ephemeral_key {
+        tracing::warn!(
+            "TOKEN_SYMMETRIC_KEY is not set: using a random key; access tokens will not survive \
+             a restart"
+        );
+    }
     let store = Store::connect_lazy(&config.common.db_source)?;
     store.migrate().await?;
     tracing::info!("db migrated successfully");
 
     let redis = redis_client::client(config.common.redis_address.expose())?;
-    let publisher = Publisher::new(
-        redis_client::lazy_manager(redis, redis_client::RESPONSE_TIMEOUT)?,
-        Keys::new(config.common.namespace.clone()),
-    );
+    let redis = redis_client::lazy_manager(redis, redis_client::RESPONSE_TIMEOUT)?;
+    let keys = Keys::new(config.common.namespace.clone());
+    let throttle = throttle::LoginThrottle::new(redis.clone(), keys.clone(), config.auth.login);
+    let publisher = Publisher::new(redis, keys);
 
     let stop = CancellationToken::new();
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -98,7 +121,13 @@ pub async fn run(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let publishes = tokio_util::task::TaskTracker::new();
-    let bank = service::SimpleBankService::new(store, publisher, publishes.clone());
+    let auth = service::Auth {
+        tokens: config.auth.token_maker(),
+        sessions: config.auth.sessions,
+        throttle,
+    };
+    let bank =
+        service::SimpleBankService::new(store, publisher, publishes.clone(), hashing, auth);
     let address = listener.local_addr().ok();
     match address {
         Some(address) => tracing::info!(%address, "start gRPC server"),

@@ -1,11 +1,15 @@
-//! The `simplebank.v1.SimpleBank` service.
+//! The `simplebank.v1.SimpleBank` service: sign-up and verification, sign-in and sessions,
+//! account updates.
 
 use simplebank_core::{
-    domain::{FieldViolation, NewUser, ValidationError},
+    domain::{FieldViolation, NewUser, Password, UserUpdate, Username, ValidationError},
     outbox,
     password::HashPool,
-    secret::SECRET_CODE_LEN,
-    store::{Store, User},
+    secret::{SECRET_CODE_LEN, Secret},
+    store::{
+        SessionLimits, SessionOrigin, Store, User,
+        sessions::{is_refresh_token, new_refresh_token},
+    },
     task::{Publisher, Task},
     tasks::SendVerifyEmail,
 };
@@ -16,8 +20,11 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::{
+    auth,
     pb::{self, simple_bank_server::SimpleBank},
     status,
+    throttle::{LoginThrottle, Verdict},
+    tokens::{AccessClaims, TokenMaker},
 };
 
 #[derive(Debug, Clone)]
@@ -28,18 +35,106 @@ pub struct SimpleBankService {
     hashing: HashPool,
     /// The publishes spawned after commit, so shutdown can wait for them.
     publishes: TaskTracker,
+    tokens: TokenMaker,
+    sessions: SessionLimits,
+    throttle: LoginThrottle,
 }
 
+/// What sign-in, sessions and account updates need.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub tokens: TokenMaker,
+    pub sessions: SessionLimits,
+    pub throttle: LoginThrottle,
+}
+
+/// The one answer for an unknown user and a wrong password: nothing tells them apart.
+const BAD_CREDENTIALS: &str = "incorrect username or password";
+
 impl SimpleBankService {
-    /// `publishes` tracks the publish spawned after each sign-up's commit; each is bounded by
-    /// [`outbox::PUBLISH_GRACE`], so waiting for them at shutdown is bounded too.
-    pub fn new(store: Store, publisher: Publisher, publishes: TaskTracker) -> Self {
+    /// `publishes` tracks the publish spawned after each commit that wrote a task; each is
+    /// bounded by [`outbox::PUBLISH_GRACE`], so waiting for them at shutdown is bounded too.
+    pub fn new(
+        store: Store,
+        publisher: Publisher,
+        publishes: TaskTracker,
+        hashing: HashPool,
+        auth: Auth,
+    ) -> Self {
         Self {
             store,
             publisher,
-            hashing: HashPool::per_core(),
+            hashing,
             publishes,
+            tokens: auth.tokens,
+            sessions: auth.sessions,
+            throttle: auth.throttle,
         }
+    }
+
+    /// A `send_verify_email` task for `username`, in this call's trace, with its id as its
+    /// uniqueness lock: a row published twice (a lease that ran out, an XADD that timed out
+    /// on a hung Redis but ran when it woke) adds one entry, not two.
+    fn verify_email_task(username: &str) -> Result<Task, Status> {
+        let mut task = Task::new(&SendVerifyEmail {
+            username: username.to_owned(),
+        })
+        .map_err(|e| status::internal(&e))?;
+        let id = task.id.clone();
+        task = task.with_task_id(id).map_err(|e| status::internal(&e))?;
+        // The task belongs to this call's trace, wherever and whenever it is published.
+        task.set_trace(context_of(&tracing::Span::current()));
+        Ok(task)
+    }
+
+    /// Publishes committed outbox row `outbox_id` in the background, holding no database
+    /// connection while Redis is called. If Redis is down or hung the row stays in the outbox
+    /// and the relay publishes it later.
+    fn publish_after_commit(&self, outbox_id: i64, task: Task) {
+        let (store, publisher) = (self.store.clone(), self.publisher.clone());
+        self.publishes.spawn(async move {
+            // (The publish span continues the call's trace through the task's traceparent.)
+            // Bounded by the row's grace: past it, the relay owns the row anyway.
+            let published = tokio::time::timeout(
+                outbox::PUBLISH_GRACE,
+                outbox::publish_row(&store, &publisher, outbox_id, &task),
+            )
+            .await;
+            match published {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(
+                    task_id = %task.id,
+                    error = %status::chain(&err),
+                    "task left in the outbox; the relay will publish it"
+                ),
+                Err(_) => tracing::warn!(
+                    task_id = %task.id,
+                    "publishing the task was cut off; the relay will publish it"
+                ),
+            }
+        });
+    }
+
+    /// The caller's access token, decrypted, checked, and its session live.
+    async fn authenticate(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<AccessClaims, Status> {
+        let token = auth::bearer(metadata)?;
+        let claims = self.tokens.check(token).map_err(|err| {
+            tracing::info!(reason = %err, "access token refused");
+            auth::unauthenticated()
+        })?;
+        let live = self
+            .store
+            .session_is_live(claims.session_id, &claims.username)
+            .await
+            .map_err(status::from_store)?;
+        if !live {
+            tracing::info!(session_id = %claims.session_id, "access token of an ended session");
+            return Err(auth::unauthenticated());
+        }
+        Ok(claims)
     }
 
     async fn hash(
@@ -74,16 +169,7 @@ impl SimpleBank for SimpleBankService {
             .hash(new_user.password.clone())
             .instrument(tracing::info_span!("hash password", otel.kind = "internal"))
             .await?;
-        let mut task = Task::new(&SendVerifyEmail {
-            username: new_user.username.as_str().to_owned(),
-        })
-        .map_err(|e| status::internal(&e))?;
-        // The id as a uniqueness lock: a row published twice (a lease that ran out, an XADD
-        // that timed out on a hung Redis but ran when it woke) adds one entry, not two.
-        let id = task.id.clone();
-        task = task.with_task_id(id).map_err(|e| status::internal(&e))?;
-        // The task belongs to this call's trace, wherever and whenever it is published.
-        task.set_trace(context_of(&tracing::Span::current()));
+        let task = Self::verify_email_task(new_user.username.as_str())?;
 
         let (user, outbox_id) = self
             .store
@@ -91,31 +177,8 @@ impl SimpleBank for SimpleBankService {
             .await
             .map_err(status::from_store)?;
 
-        // Committed: answer now, publish in the background, holding no database connection
-        // while Redis is called. If Redis is down or hung the row stays in the outbox and the
-        // relay publishes it later.
-        let (store, publisher) = (self.store.clone(), self.publisher.clone());
-        self.publishes.spawn(async move {
-            // (The publish span continues the call's trace through the task's traceparent.)
-            // Bounded by the row's grace: past it, the relay owns the row anyway.
-            let published = tokio::time::timeout(
-                outbox::PUBLISH_GRACE,
-                outbox::publish_row(&store, &publisher, outbox_id, &task),
-            )
-            .await;
-            match published {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => tracing::warn!(
-                    task_id = %task.id,
-                    error = %status::chain(&err),
-                    "task left in the outbox; the relay will publish it"
-                ),
-                Err(_) => tracing::warn!(
-                    task_id = %task.id,
-                    "publishing the task was cut off; the relay will publish it"
-                ),
-            }
-        });
+        // Committed: answer now, publish in the background.
+        self.publish_after_commit(outbox_id, task);
         Ok(Response::new(pb::CreateUserResponse {
             user: Some(to_pb(user)),
         }))
@@ -146,6 +209,185 @@ impl SimpleBank for SimpleBankService {
             .map_err(status::from_verify)?;
         Ok(Response::new(pb::VerifyEmailResponse { is_verified: true }))
     }
+
+    async fn login_user(
+        &self,
+        request: Request<pb::LoginUserRequest>,
+    ) -> Result<Response<pb::LoginUserResponse>, Status> {
+        let address = auth::client_ip(&request);
+        let origin = SessionOrigin {
+            user_agent: auth::user_agent(request.metadata()),
+            client_ip: address.to_string(),
+        };
+        let request = request.into_inner();
+        let username = Username::parse(&request.username);
+        let password = Password::presented("password", request.password);
+        let (username, password) = match (username, password) {
+            (Ok(username), Ok(password)) => (username, password),
+            (username, password) => {
+                return Err(status::invalid_argument(ValidationError {
+                    violations: [username.err(), password.err()]
+                        .into_iter()
+                        .flatten()
+                        .collect(),
+                }));
+            }
+        };
+        let username = username.as_str();
+
+        // Before any password is checked: a throttled attempt costs no hashing and says
+        // nothing about the password.
+        if let Verdict::Throttled(retry_after) = self.throttle.check(username, &address).await {
+            tracing::info!(%username, %address, "sign-in throttled");
+            return Err(status::throttled(retry_after));
+        }
+
+        let credentials = self
+            .store
+            .credentials(username)
+            .await
+            .map_err(status::from_store)?;
+        // An unknown user's password is checked against a dummy hash: the same work, the same
+        // answer, as a wrong password.
+        let matched = self
+            .hashing
+            .verify(
+                password,
+                credentials.as_ref().map(|c| c.hashed_password.clone()),
+            )
+            .instrument(tracing::info_span!("verify password", otel.kind = "internal"))
+            .await
+            .map_err(|e| status::internal(&e))?;
+        let Some(credentials) = credentials.filter(|_| matched) else {
+            self.throttle.record_failure(username, &address).await;
+            return Err(Status::unauthenticated(BAD_CREDENTIALS));
+        };
+        self.throttle.reset(username).await;
+
+        let refresh_token = new_refresh_token();
+        let session = self
+            .store
+            .create_session(username, &refresh_token, &origin, self.sessions)
+            .await
+            .map_err(status::from_store)?;
+        let access = self
+            .tokens
+            .make(username, session.id)
+            .map_err(|e| status::internal(&e))?;
+        tracing::info!(%username, session_id = %session.id, "user signed in");
+        Ok(Response::new(pb::LoginUserResponse {
+            user: Some(to_pb(credentials.user)),
+            session_id: session.id.to_string(),
+            access_token: expose(access.token),
+            refresh_token: expose(refresh_token),
+            access_token_expires_at: Some(timestamp(access.expires_at)),
+            refresh_token_expires_at: Some(timestamp(session.refresh_token_expires_at)),
+        }))
+    }
+
+    async fn renew_access_token(
+        &self,
+        request: Request<pb::RenewAccessTokenRequest>,
+    ) -> Result<Response<pb::RenewAccessTokenResponse>, Status> {
+        let presented = request.into_inner().refresh_token;
+        if !is_refresh_token(&presented) {
+            return Err(status::bad_refresh_token());
+        }
+        let next = new_refresh_token();
+        let session = self
+            .store
+            .rotate_refresh_token(&presented, &next, self.sessions.refresh_token)
+            .await
+            .map_err(status::from_session)?;
+        let access = self
+            .tokens
+            .make(&session.username, session.id)
+            .map_err(|e| status::internal(&e))?;
+        Ok(Response::new(pb::RenewAccessTokenResponse {
+            access_token: expose(access.token),
+            access_token_expires_at: Some(timestamp(access.expires_at)),
+            refresh_token: expose(next),
+            refresh_token_expires_at: Some(timestamp(session.refresh_token_expires_at)),
+        }))
+    }
+
+    async fn logout_user(
+        &self,
+        request: Request<pb::LogoutUserRequest>,
+    ) -> Result<Response<pb::LogoutUserResponse>, Status> {
+        let request = request.into_inner();
+        if !is_refresh_token(&request.refresh_token) {
+            return Err(status::bad_refresh_token());
+        }
+        let ended = self
+            .store
+            .end_sessions(&request.refresh_token, request.all_sessions)
+            .await
+            .map_err(status::from_session)?;
+        tracing::info!(sessions = ended, all = request.all_sessions, "signed out");
+        Ok(Response::new(pb::LogoutUserResponse {}))
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<pb::UpdateUserRequest>,
+    ) -> Result<Response<pb::UpdateUserResponse>, Status> {
+        let claims = self.authenticate(request.metadata()).await?;
+        let request = request.into_inner();
+        if request.username != claims.username {
+            return Err(Status::permission_denied(
+                "you may update only your own account",
+            ));
+        }
+        let update = UserUpdate::parse(
+            request.full_name.as_deref(),
+            request.email.as_deref(),
+            request.password,
+        )
+        .ok_or_else(|| {
+            Status::invalid_argument("nothing to update: set full_name, email or password")
+        })?
+        .map_err(status::invalid_argument)?;
+        let hashed_password = match &update.password {
+            Some(password) => Some(
+                self.hash(password.clone())
+                    .instrument(tracing::info_span!("hash password", otel.kind = "internal"))
+                    .await?,
+            ),
+            None => None,
+        };
+        // Written only if the address changes, in the update's transaction.
+        let task = Self::verify_email_task(&claims.username)?;
+        let updated = self
+            .store
+            .update_user(
+                &claims.username,
+                &update,
+                hashed_password.as_ref(),
+                &task,
+                claims.session_id,
+            )
+            .await
+            .map_err(status::from_store)?;
+        if let Some(outbox_id) = updated.outbox_id {
+            self.publish_after_commit(outbox_id, task);
+        }
+        tracing::info!(
+            username = %claims.username,
+            email_changed = updated.outbox_id.is_some(),
+            password_changed = hashed_password.is_some(),
+            other_sessions_ended = updated.sessions_ended,
+            "user updated"
+        );
+        Ok(Response::new(pb::UpdateUserResponse {
+            user: Some(to_pb(updated.user)),
+        }))
+    }
+}
+
+/// A secret handed to its owner, the client, and to no one else.
+fn expose(secret: Secret<String>) -> String {
+    secret.expose().clone()
 }
 
 fn to_pb(user: User) -> pb::User {

@@ -4,9 +4,11 @@
 use std::error::Error;
 
 pub use simplebank_core::report::chain;
+use std::time::Duration;
+
 use simplebank_core::{
     domain::ValidationError,
-    store::{StoreError, VerifyError},
+    store::{SessionError, StoreError, VerifyError},
 };
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -48,6 +50,41 @@ pub fn from_verify(err: VerifyError) -> Status {
         }
         VerifyError::Store(err) => from_store(err),
     }
+}
+
+/// The one answer for a refresh token that is malformed, unknown, expired or ended.
+pub fn bad_refresh_token() -> Status {
+    Status::unauthenticated("invalid, expired or ended refresh token")
+}
+
+/// UNAUTHENTICATED for every refresh token that cannot be used; a replayed one (whose session
+/// is now ended) is logged as the warning it is.
+pub fn from_session(err: SessionError) -> Status {
+    match err {
+        SessionError::Invalid => bad_refresh_token(),
+        SessionError::Reused { session_id } => {
+            tracing::warn!(
+                %session_id,
+                "an already exchanged refresh token was presented again: session ended"
+            );
+            Status::unauthenticated(
+                "this refresh token was already used: the session has been ended; sign in again",
+            )
+        }
+        SessionError::Store(err) => from_store(err),
+    }
+}
+
+/// RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` saying when to try again.
+pub fn throttled(retry_after: Duration) -> Status {
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        format!(
+            "too many failed sign-ins; try again in {} s",
+            retry_after.as_millis().div_ceil(1000).max(1)
+        ),
+        ErrorDetails::with_retry_info(Some(retry_after)),
+    )
 }
 
 /// INTERNAL with an opaque message; the cause goes to the log only.

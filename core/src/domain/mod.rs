@@ -82,6 +82,44 @@ impl NewUser {
     }
 }
 
+/// A validated UpdateUser request: the fields to change (at least one is set).
+#[derive(Debug, Clone)]
+pub struct UserUpdate {
+    pub full_name: Option<FullName>,
+    pub email: Option<Email>,
+    pub password: Option<Password>,
+}
+
+impl UserUpdate {
+    /// Validates every field given, by the same rules as sign-up, and reports every bad one.
+    /// `None` when no field is set.
+    pub fn parse(
+        full_name: Option<&str>,
+        email: Option<&str>,
+        password: Option<String>,
+    ) -> Option<Result<Self, ValidationError>> {
+        if full_name.is_none() && email.is_none() && password.is_none() {
+            return None;
+        }
+        let full_name = full_name.map(FullName::parse).transpose();
+        let email = email.map(Email::parse).transpose();
+        let password = password.map(Password::parse).transpose();
+        Some(match (full_name, email, password) {
+            (Ok(full_name), Ok(email), Ok(password)) => Ok(Self {
+                full_name,
+                email,
+                password,
+            }),
+            (full_name, email, password) => Err(ValidationError {
+                violations: [full_name.err(), email.err(), password.err()]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+            }),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,9 +137,22 @@ mod tests {
             "alice_1",
             "Alice O'Neil",
             "alice@example.com",
-            "secret1".into(),
+            "plum-tractor-galaxy".into(),
         )
         .unwrap();
         assert_eq!(user.username.as_str(), "alice_1");
+    }
+
+    #[test]
+    fn an_update_validates_only_the_fields_it_sets() {
+        assert!(UserUpdate::parse(None, None, None).is_none());
+        let update = UserUpdate::parse(Some("Alice Smith"), None, None)
+            .unwrap()
+            .unwrap();
+        assert!(update.email.is_none() && update.password.is_none());
+        let err = UserUpdate::parse(Some("x"), Some("bad\r\n@example.com"), Some("password".into()))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.fields(), ["full_name", "email", "password"]);
     }
 }

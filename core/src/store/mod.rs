@@ -4,8 +4,10 @@
 //! - [`users`]: sign-up (user + outbox row in one transaction) and reads.
 //! - [`outbox`]: the rows of `task_outbox`, owned while published through a lease.
 //! - [`verify_emails`]: verification records, one per `send_verify_email` task.
+//! - [`sessions`]: sign-in sessions and their (hashed, rotated) refresh tokens.
 
 pub mod outbox;
+pub mod sessions;
 pub mod users;
 pub mod verify_emails;
 
@@ -18,7 +20,8 @@ use sqlx::{
 
 use crate::secret::Secret;
 
-pub use users::User;
+pub use sessions::{Session, SessionError, SessionLimits, SessionOrigin};
+pub use users::{Credentials, Updated, User};
 pub use verify_emails::{VerifyEmail, VerifyError};
 
 /// What went wrong talking to PostgreSQL, sorted by what a caller does about it.

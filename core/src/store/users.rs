@@ -3,7 +3,13 @@
 
 use time::OffsetDateTime;
 
-use crate::{domain::NewUser, secret::Secret, task::Task};
+use uuid::Uuid;
+
+use crate::{
+    domain::{NewUser, UserUpdate},
+    secret::Secret,
+    task::Task,
+};
 
 use super::{Store, StoreError};
 
@@ -24,6 +30,23 @@ struct Created {
     #[sqlx(flatten)]
     user: User,
     outbox_id: i64,
+}
+
+/// A user with their password hash, for sign-in only.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub user: User,
+    pub hashed_password: Secret<String>,
+}
+
+/// What an update did besides changing the row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Updated {
+    pub user: User,
+    /// The outbox row of the new address's verification task, when the address changed.
+    pub outbox_id: Option<i64>,
+    /// Other sessions ended by a password change.
+    pub sessions_ended: u64,
 }
 
 const USER_COLUMNS: &str =
@@ -81,6 +104,95 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         Ok(user)
+    }
+}
+
+impl Store {
+    /// The user and password hash of `username`, if there is one.
+    #[tracing::instrument(
+        name = "SELECT users",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT")
+    )]
+    pub async fn credentials(&self, username: &str) -> Result<Option<Credentials>, StoreError> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            #[sqlx(flatten)]
+            user: User,
+            hashed_password: String,
+        }
+        let row: Option<Row> = sqlx::query_as(&format!(
+            "SELECT {USER_COLUMNS}, hashed_password FROM users WHERE username = $1"
+        ))
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|row| Credentials {
+            user: row.user,
+            hashed_password: Secret::new(row.hashed_password),
+        }))
+    }
+
+    /// Applies `update` to `username` in one transaction. A new address (different from the
+    /// stored one) is stored unverified and `verify_task` goes into the outbox with it, leased
+    /// to the caller's publish after commit like sign-up's; a new password (`hashed_password`)
+    /// moves `password_changed_at` and ends every session of the user but `session`.
+    #[tracing::instrument(
+        name = "UPDATE users",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE")
+    )]
+    pub async fn update_user(
+        &self,
+        username: &str,
+        update: &UserUpdate,
+        hashed_password: Option<&Secret<String>>,
+        verify_task: &Task,
+        session: Uuid,
+    ) -> Result<Updated, StoreError> {
+        let new_email = update.email.as_ref().map(|e| e.as_str());
+        let mut tx = self.pool.begin().await?;
+        let old_email: String =
+            sqlx::query_scalar("SELECT email FROM users WHERE username = $1 FOR UPDATE")
+                .bind(username)
+                .fetch_one(&mut *tx)
+                .await?;
+        let email_changed = new_email.is_some_and(|new| new != old_email);
+        let user: User = sqlx::query_as(&format!(
+            "UPDATE users SET                full_name = COALESCE($2, full_name),                email = COALESCE($3, email),                is_email_verified = is_email_verified AND NOT $4,                hashed_password = COALESCE($5, hashed_password),                password_changed_at = CASE WHEN $5 IS NULL THEN password_changed_at ELSE now() END              WHERE username = $1 RETURNING {USER_COLUMNS}"
+        ))
+        .bind(username)
+        .bind(update.full_name.as_ref().map(|n| n.as_str()))
+        .bind(new_email)
+        .bind(email_changed)
+        .bind(hashed_password.map(|h| h.expose().as_str()))
+        .fetch_one(&mut *tx)
+        .await?;
+        let outbox_id = if email_changed {
+            let encoded = serde_json::to_value(verify_task).map_err(StoreError::BadTask)?;
+            Some(
+                sqlx::query_scalar(
+                    "INSERT INTO task_outbox (task_id, task, leased_until)                      VALUES ($1, $2, now() + make_interval(secs => $3)) RETURNING id",
+                )
+                .bind(&verify_task.id)
+                .bind(encoded)
+                .bind(crate::outbox::PUBLISH_GRACE.as_secs_f64())
+                .fetch_one(&mut *tx)
+                .await?,
+            )
+        } else {
+            None
+        };
+        let sessions_ended = match hashed_password {
+            Some(_) => super::sessions::revoke_others(&mut *tx, username, session).await?,
+            None => 0,
+        };
+        tx.commit().await?;
+        Ok(Updated {
+            user,
+            outbox_id,
+            sessions_ended,
+        })
     }
 }
 

@@ -6,6 +6,8 @@
 //! | `{ns}:stream:<queue>`    | stream | tasks ready to run, one stream per queue               |
 //! | `{ns}:scheduled`         | zset   | delayed tasks and retries; score = due time (ms, Redis clock); member = [`super::fields::scheduled_member`] |
 //! | `{ns}:dead`              | stream | dead-lettered tasks: the task's fields plus `queue`, `error`, `attempts`, `first_failed_at`, `last_failed_at`; poison entries as `queue`, `error`, `raw` |
+//! | `{ns}:login_failures:username:<username>` | zset | failed sign-ins for a username in the sliding window; score = time (ms, Redis clock), member = a random id; expires one window after the last failure |
+//! | `{ns}:login_failures:address:<ip>` | zset | the same, per client IP address |
 //! | `{ns}:unique:<suffix>`   | string | uniqueness lock (`id:<task id>` or `content:<queue>:<type>:<hash>`), value = the holding task's lock token (`Task::lock_token`); released when it finishes or dies |
 //!
 //! Consumer group on every task stream: [`GROUP`], created with `XGROUP CREATE ... 0 MKSTREAM`.
@@ -139,6 +141,17 @@ impl Keys {
             Some(suffix) => format!("{{{}}}:unique:{suffix}", self.ns.as_str()),
             None => format!("{{{}}}:unique", self.ns.as_str()),
         }
+    }
+
+    /// `{ns}:login_failures:username:<username>`: recent failed sign-ins for a username
+    /// (a validated one: `[a-z0-9_]`).
+    pub fn login_failures_username(&self, username: &str) -> String {
+        format!("{{{}}}:login_failures:username:{username}", self.ns.as_str())
+    }
+
+    /// `{ns}:login_failures:address:<ip>`: recent failed sign-ins from a client address.
+    pub fn login_failures_address(&self, ip: &std::net::IpAddr) -> String {
+        format!("{{{}}}:login_failures:address:{ip}", self.ns.as_str())
     }
 
     /// The pattern matching every key of the namespace (for clean-up in tests and tools).

@@ -1,0 +1,412 @@
+//! Sign-in sessions and their refresh tokens.
+//!
+//! A refresh token is 43 characters of `[A-Za-z0-9]` (over 250 bits from the OS CSPRNG);
+//! only its SHA-256 hash is stored (a token is random, not guessable, so a fast hash is
+//! enough). Every renewal replaces the session's token and files the old hash in
+//! `session_rotated_tokens`: an old token presented again is a replay (the token leaked, or
+//! a client kept a copy) and ends the whole session. A session has an absolute end
+//! (`expires_at`) that renewals never move.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::secret::{Secret, random_code};
+
+use super::{Store, StoreError};
+
+/// Length of a refresh token in characters (43 x 5.95 bits: over 250 bits).
+pub const REFRESH_TOKEN_LEN: usize = 43;
+
+/// A new refresh token from the operating system's CSPRNG.
+pub fn new_refresh_token() -> Secret<String> {
+    random_code(REFRESH_TOKEN_LEN)
+}
+
+/// Whether `token` has the shape of a refresh token (anything else is refused unread).
+pub fn is_refresh_token(token: &str) -> bool {
+    token.len() == REFRESH_TOKEN_LEN && token.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// What the database keeps of a refresh token.
+pub fn hash_refresh_token(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// Why a session was ended, as stored in `sessions.revoked_reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeReason {
+    Logout,
+    PasswordChanged,
+    /// A refresh token that had already been exchanged was presented again.
+    TokenReused,
+}
+
+impl RevokeReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Logout => "logout",
+            Self::PasswordChanged => "password_changed",
+            Self::TokenReused => "refresh_token_reused",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Session {
+    pub id: Uuid,
+    pub username: String,
+    pub user_agent: String,
+    pub client_ip: String,
+    pub created_at: OffsetDateTime,
+    pub refresh_token_expires_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    pub revoked_at: Option<OffsetDateTime>,
+    pub revoked_reason: Option<String>,
+}
+
+const COLUMNS: &str = "id, username, user_agent, client_ip, created_at, \
+     refresh_token_expires_at, expires_at, revoked_at, revoked_reason";
+
+/// Where and with what a session was started (stored for the user's own review).
+#[derive(Debug, Clone)]
+pub struct SessionOrigin {
+    pub user_agent: String,
+    pub client_ip: String,
+}
+
+/// How long a session's refresh tokens live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Each refresh token's lifetime, from its issue.
+    pub refresh_token: Duration,
+    /// The session's absolute lifetime, from sign-in; no token outlives it.
+    pub session: Duration,
+}
+
+/// Why a refresh token was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Unknown, expired or ended: one case, so nothing about other sessions can be learnt.
+    #[error("invalid refresh token")]
+    Invalid,
+    /// An already exchanged token came back: its session has now been ended.
+    #[error("refresh token reused; session {session_id} ended")]
+    Reused { session_id: Uuid },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for SessionError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Store(err.into())
+    }
+}
+
+impl Store {
+    /// Starts a session for `username` holding the hash of `refresh_token`.
+    #[tracing::instrument(
+        name = "INSERT sessions",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT")
+    )]
+    pub async fn create_session(
+        &self,
+        username: &str,
+        refresh_token: &Secret<String>,
+        origin: &SessionOrigin,
+        limits: SessionLimits,
+    ) -> Result<Session, StoreError> {
+        let session = sqlx::query_as(&format!(
+            "INSERT INTO sessions (id, username, refresh_token_hash, user_agent, client_ip, \
+               refresh_token_expires_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, \
+               now() + make_interval(secs => LEAST($6, $7)), now() + make_interval(secs => $7)) \
+             RETURNING {COLUMNS}"
+        ))
+        .bind(Uuid::new_v4())
+        .bind(username)
+        .bind(hash_refresh_token(refresh_token.expose()))
+        .bind(&origin.user_agent)
+        .bind(&origin.client_ip)
+        .bind(limits.refresh_token.as_secs_f64())
+        .bind(limits.session.as_secs_f64())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(session)
+    }
+
+    /// Exchanges `presented` for `next`: the session's token becomes `next`, valid for
+    /// `refresh_token` but never past the session's end. A token already exchanged ends its
+    /// session ([`SessionError::Reused`]).
+    #[tracing::instrument(
+        name = "UPDATE sessions",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE")
+    )]
+    pub async fn rotate_refresh_token(
+        &self,
+        presented: &str,
+        next: &Secret<String>,
+        refresh_token: Duration,
+    ) -> Result<Session, SessionError> {
+        let presented_hash = hash_refresh_token(presented);
+        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        // The row lock serialises renewals of one session: of two concurrent renewals with
+        // the same token, the second finds the hash changed and counts as a reuse.
+        let current: Option<(Uuid, bool)> = sqlx::query_as(
+            "SELECT id, revoked_at IS NULL AND refresh_token_expires_at > now() \
+               AND expires_at > now() \
+             FROM sessions WHERE refresh_token_hash = $1 FOR UPDATE",
+        )
+        .bind(&presented_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let session_id = match current {
+            Some((id, true)) => id,
+            Some((_, false)) => return Err(SessionError::Invalid),
+            None => {
+                let rotated: Option<Uuid> = sqlx::query_scalar(
+                    "SELECT session_id FROM session_rotated_tokens WHERE token_hash = $1",
+                )
+                .bind(&presented_hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(session_id) = rotated else {
+                    return Err(SessionError::Invalid);
+                };
+                revoke(&mut *tx, session_id, RevokeReason::TokenReused).await?;
+                tx.commit().await.map_err(StoreError::from)?;
+                return Err(SessionError::Reused { session_id });
+            }
+        };
+        sqlx::query("INSERT INTO session_rotated_tokens (token_hash, session_id) VALUES ($1, $2)")
+            .bind(&presented_hash)
+            .bind(session_id)
+            .execute(&mut *tx)
+            .await?;
+        let session = sqlx::query_as(&format!(
+            "UPDATE sessions SET refresh_token_hash = $2, refresh_token_expires_at = \
+               LEAST(now() + make_interval(secs => $3), expires_at) \
+             WHERE id = $1 RETURNING {COLUMNS}"
+        ))
+        .bind(session_id)
+        .bind(hash_refresh_token(next.expose()))
+        .bind(refresh_token.as_secs_f64())
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(session)
+    }
+
+    /// Ends the session of `presented` (a current refresh token of a session not ended yet;
+    /// expired is fine), or with `all_sessions` every live session of its user. Returns how
+    /// many sessions were ended.
+    #[tracing::instrument(
+        name = "UPDATE sessions",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE")
+    )]
+    pub async fn end_sessions(
+        &self,
+        presented: &str,
+        all_sessions: bool,
+    ) -> Result<u64, SessionError> {
+        let ended = sqlx::query(
+            "WITH this AS ( \
+               SELECT id, username FROM sessions \
+               WHERE refresh_token_hash = $1 AND revoked_at IS NULL) \
+             UPDATE sessions s SET revoked_at = now(), revoked_reason = $3 FROM this \
+             WHERE s.revoked_at IS NULL AND (s.id = this.id OR ($2 AND s.username = this.username))",
+        )
+        .bind(hash_refresh_token(presented))
+        .bind(all_sessions)
+        .bind(RevokeReason::Logout.as_str())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if ended == 0 {
+            return Err(SessionError::Invalid);
+        }
+        Ok(ended)
+    }
+
+    /// Whether session `id` belongs to `username` and is live (not ended, not past its end):
+    /// an access token is honoured only while its session is.
+    #[tracing::instrument(
+        name = "SELECT sessions",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT")
+    )]
+    pub async fn session_is_live(&self, id: Uuid, username: &str) -> Result<bool, StoreError> {
+        let live: Option<bool> = sqlx::query_scalar(
+            "SELECT revoked_at IS NULL AND expires_at > now() FROM sessions \
+             WHERE id = $1 AND username = $2",
+        )
+        .bind(id)
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(live.unwrap_or(false))
+    }
+
+    pub async fn session(&self, id: Uuid) -> Result<Session, StoreError> {
+        Ok(
+            sqlx::query_as(&format!("SELECT {COLUMNS} FROM sessions WHERE id = $1"))
+                .bind(id)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn sessions_of(&self, username: &str) -> Result<Vec<Session>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM sessions WHERE username = $1 ORDER BY created_at, id"
+        ))
+        .bind(username)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+/// Ends session `id` (if live) inside `tx`.
+async fn revoke(
+    tx: &mut sqlx::PgConnection,
+    id: Uuid,
+    reason: RevokeReason,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE sessions SET revoked_at = now(), revoked_reason = $2 \
+         WHERE id = $1 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .bind(reason.as_str())
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Ends every live session of `username` but `keep`, inside `tx` (a password change).
+pub(super) async fn revoke_others(
+    tx: &mut sqlx::PgConnection,
+    username: &str,
+    keep: Uuid,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE sessions SET revoked_at = now(), revoked_reason = $3 \
+         WHERE username = $1 AND id <> $2 AND revoked_at IS NULL",
+    )
+    .bind(username)
+    .bind(keep)
+    .bind(RevokeReason::PasswordChanged.as_str())
+    .execute(tx)
+    .await?
+    .rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TestDb;
+
+    async fn user(db: &TestDb, username: &str) {
+        sqlx::query(
+            "INSERT INTO users (username, hashed_password, full_name, email) \
+             VALUES ($1, 'x', 'Test User', $1 || '@example.com')",
+        )
+        .bind(username)
+        .execute(db.store.pool())
+        .await
+        .expect("user");
+    }
+
+    fn origin() -> SessionOrigin {
+        SessionOrigin {
+            user_agent: "test".into(),
+            client_ip: "127.0.0.1".into(),
+        }
+    }
+
+    const LIMITS: SessionLimits = SessionLimits {
+        refresh_token: Duration::from_secs(3600),
+        session: Duration::from_secs(7200),
+    };
+
+    #[test]
+    fn tokens_are_long_random_and_only_their_hash_is_kept() {
+        let (a, b) = (new_refresh_token(), new_refresh_token());
+        assert!(is_refresh_token(a.expose()));
+        assert_ne!(a.expose(), b.expose());
+        assert_eq!(hash_refresh_token(a.expose()).len(), 32);
+        assert!(!is_refresh_token("short"));
+        assert!(!is_refresh_token(&format!("{}\n", &a.expose()[1..])));
+    }
+
+    #[tokio::test]
+    async fn rotation_replaces_the_token_and_a_replayed_one_ends_the_session() {
+        let db = TestDb::create().await;
+        user(&db, "alice").await;
+        let first = new_refresh_token();
+        let session = db
+            .store
+            .create_session("alice", &first, &origin(), LIMITS)
+            .await
+            .unwrap();
+        let stored: Vec<u8> = sqlx::query_scalar("SELECT refresh_token_hash FROM sessions")
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+        assert_ne!(stored, first.expose().as_bytes(), "the hash, not the token");
+
+        let second = new_refresh_token();
+        let rotated = db
+            .store
+            .rotate_refresh_token(first.expose(), &second, LIMITS.refresh_token)
+            .await
+            .unwrap();
+        assert_eq!(rotated.id, session.id);
+        assert!(rotated.refresh_token_expires_at <= rotated.expires_at);
+
+        let err = db
+            .store
+            .rotate_refresh_token(first.expose(), &new_refresh_token(), LIMITS.refresh_token)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SessionError::Reused { session_id } if session_id == session.id));
+        let ended = db.store.session(session.id).await.unwrap();
+        assert_eq!(ended.revoked_reason.as_deref(), Some("refresh_token_reused"));
+        // The current token died with its session.
+        let err = db
+            .store
+            .rotate_refresh_token(second.expose(), &new_refresh_token(), LIMITS.refresh_token)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SessionError::Invalid), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn renewal_never_passes_the_sessions_absolute_end() {
+        let db = TestDb::create().await;
+        user(&db, "alice").await;
+        let limits = SessionLimits {
+            refresh_token: Duration::from_secs(3600),
+            session: Duration::from_secs(60),
+        };
+        let token = new_refresh_token();
+        let session = db
+            .store
+            .create_session("alice", &token, &origin(), limits)
+            .await
+            .unwrap();
+        assert_eq!(session.refresh_token_expires_at, session.expires_at);
+        let rotated = db
+            .store
+            .rotate_refresh_token(token.expose(), &new_refresh_token(), limits.refresh_token)
+            .await
+            .unwrap();
+        assert_eq!(rotated.expires_at, session.expires_at);
+        assert_eq!(rotated.refresh_token_expires_at, session.expires_at);
+    }
+}

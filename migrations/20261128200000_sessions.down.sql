@@ -1,0 +1,2 @@
+DROP TABLE session_rotated_tokens;
+DROP TABLE sessions;

@@ -1,0 +1,92 @@
+//! What a call says about its caller: the bearer token in `authorization`, the client's
+//! address and user agent. Values from the client are untrusted: a malformed header is
+//! UNAUTHENTICATED, and what is stored is bounded and stripped of control characters.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use tonic::{Status, metadata::MetadataMap};
+
+/// The longest user agent kept with a session, in characters.
+pub const MAX_USER_AGENT: usize = 256;
+
+/// The one answer for every missing, malformed, forged, expired or revoked access token.
+pub fn unauthenticated() -> Status {
+    Status::unauthenticated("missing, invalid or expired access token")
+}
+
+/// The token of `authorization: bearer <token>` (the scheme in any case).
+pub fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
+    let value = metadata
+        .get("authorization")
+        .ok_or_else(unauthenticated)?
+        .to_str()
+        .map_err(|_| unauthenticated())?;
+    let (scheme, token) = value.split_once(' ').ok_or_else(unauthenticated)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(unauthenticated());
+    }
+    Ok(token)
+}
+
+/// The peer's IP address (the direct peer: forwarding headers are not trusted). Unknown
+/// peers (none over TCP) share one throttling bucket.
+pub fn client_ip<T>(request: &tonic::Request<T>) -> IpAddr {
+    request
+        .remote_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |addr| {
+            addr.ip().to_canonical()
+        })
+}
+
+/// The `user-agent` the client sent, without control or format characters, at most
+/// [`MAX_USER_AGENT`] characters.
+pub fn user_agent(metadata: &MetadataMap) -> String {
+    let raw = metadata
+        .get("user-agent")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    raw.chars()
+        .filter(|c| !c.is_control() && !is_format(*c))
+        .take(MAX_USER_AGENT)
+        .collect()
+}
+
+/// Invisible characters that reorder or hide text (bidi controls, zero-width characters).
+fn is_format(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{061C}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::metadata::MetadataValue;
+
+    fn with(name: &'static str, value: &[u8]) -> MetadataMap {
+        let mut metadata = MetadataMap::new();
+        if let Ok(value) = MetadataValue::try_from(value) {
+            metadata.insert(name, value);
+        }
+        metadata
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        assert_eq!(bearer(&with("authorization", b"bearer abc")).unwrap(), "abc");
+        assert_eq!(bearer(&with("authorization", b"Bearer abc")).unwrap(), "abc");
+        for bad in [&b"abc"[..], b"basic abc", b"bearer ", b"bearer", b""] {
+            let err = bearer(&with("authorization", bad)).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::Unauthenticated, "{bad:?}");
+        }
+        assert!(bearer(&MetadataMap::new()).is_err());
+    }
+
+    #[test]
+    fn user_agents_are_bounded_and_clean() {
+        let agent = user_agent(&with("user-agent", "grpcurl\u{202E}/1.9\u{200B}".as_bytes()));
+        assert_eq!(agent, "grpcurl/1.9");
+        let long = "x".repeat(10_000);
+        assert_eq!(user_agent(&with("user-agent", long.as_bytes())).len(), MAX_USER_AGENT);
+        assert_eq!(user_agent(&MetadataMap::new()), "");
+    }
+}
