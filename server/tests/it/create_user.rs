@@ -115,8 +115,8 @@ async fn each_validation_rule_names_its_field() {
     ] {
         assert_rejected(&mut server, "email", value).await;
     }
-    let long_password = "p".repeat(101);
-    for value in ["12345", long_password.as_str()] {
+    let long_password = "p".repeat(129);
+    for value in ["12345", "1234567", "Password123", long_password.as_str()] {
         assert_rejected(&mut server, "password", value).await;
     }
 

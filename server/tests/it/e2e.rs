@@ -95,7 +95,7 @@ async fn the_binary_serves_reflection_health_and_create_user_to_grpcurl() {
     ]);
     assert!(ok && described.contains("rpc CreateUser"), "{described}");
 
-    let body = r#"{"username":"alice","full_name":"Alice Liddell","email":"alice@example.com","password":"secret1"}"#;
+    let body = r#"{"username":"alice","full_name":"Alice Liddell","email":"alice@example.com","password":"plum-tractor-galaxy"}"#;
     let (ok, created) = run_grpcurl(&[
         "-plaintext",
         "-d",
@@ -107,12 +107,12 @@ async fn the_binary_serves_reflection_health_and_create_user_to_grpcurl() {
     let json: serde_json::Value = serde_json::from_str(&created).expect("grpcurl prints JSON");
     assert_eq!(json["user"]["username"], "alice");
     assert_eq!(json["user"]["email"], "alice@example.com");
-    assert!(!created.contains("secret1"));
+    assert!(!created.contains("plum-tractor-galaxy"));
 
     let (ok, refused) = run_grpcurl(&[
         "-plaintext",
         "-d",
-        r#"{"username":"x","full_name":"Alice Liddell","email":"alice@example.com","password":"secret1"}"#,
+        r#"{"username":"x","full_name":"Alice Liddell","email":"alice@example.com","password":"plum-tractor-galaxy"}"#,
         &address,
         "simplebank.v1.SimpleBank/CreateUser",
     ]);

@@ -37,6 +37,7 @@ impl Server {
             health_check_interval: Duration::from_millis(100),
             tls: None,
             limits: Default::default(),
+            auth: crate::helpers::test_auth(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

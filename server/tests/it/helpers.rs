@@ -4,13 +4,14 @@ use std::{net::SocketAddr, time::Duration};
 
 use simplebank_core::{
     config::{CommonConfig, Environment},
+    password::HashPool,
     secret::Secret,
     store::Store,
     testing::{TempDir, TestDb, TestRedis, eventually},
 };
 use simplebank_server::{
     ServerConfig, ServerError,
-    config::CallLimits,
+    config::{AuthConfig, CallLimits},
     pb::{CreateUserRequest, simple_bank_client::SimpleBankClient},
 };
 use simplebank_worker::{ConsumerSettings, WorkerConfig, backoff::Backoff, config::MailerConfig};
@@ -25,6 +26,11 @@ pub fn common_config(db_url: Secret<String>, redis: &TestRedis) -> CommonConfig 
         namespace: redis.namespace.clone(),
         environment: Environment::Development,
     }
+}
+
+/// Default token, session and throttling settings with a fixed test key.
+pub fn test_auth() -> AuthConfig {
+    AuthConfig::with_key(*b"test-key-0123456789abcdefghijklm")
 }
 
 /// A server running in this test's runtime on a port of its own.
@@ -42,6 +48,17 @@ impl TestServer {
 
     /// A server whose `SimpleBank` calls are limited by `limits`.
     pub async fn start_with_limits(common: CommonConfig, limits: CallLimits) -> Self {
+        Self::start_with(common, limits, test_auth(), HashPool::new(2)).await
+    }
+
+    /// A server with `auth` settings and the hashing pool `hashing` (a clone of which the
+    /// test may keep, to count verifications).
+    pub async fn start_with(
+        common: CommonConfig,
+        limits: CallLimits,
+        auth: AuthConfig,
+        hashing: HashPool,
+    ) -> Self {
         let config = ServerConfig {
             common,
             grpc_address: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -49,15 +66,21 @@ impl TestServer {
             health_check_interval: Duration::from_millis(100),
             tls: None,
             limits,
+            auth,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind test port");
         let addr = listener.local_addr().expect("local address");
         let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(simplebank_server::run(config, listener, async {
-            let _ = stopped.await;
-        }));
+        let handle = tokio::spawn(simplebank_server::run_with_hashing(
+            config,
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+            hashing,
+        ));
         let client = SimpleBankClient::connect(format!("http://{addr}"))
             .await
             .expect("connect to the test server");

@@ -11,6 +11,7 @@ mod logs;
 mod malformed;
 mod outbox;
 mod pipeline;
+mod sessions;
 mod startup;
 mod tls;
 mod traces;

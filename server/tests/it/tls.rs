@@ -76,7 +76,7 @@ fn write(dir: &TempDir, name: &str, contents: &str) -> String {
     path.to_str().expect("UTF-8 temp path").to_owned()
 }
 
-const CREATE_ALICE: &str = r#"{"username":"alice","full_name":"Alice Liddell","email":"alice@example.com","password":"secret1"}"#;
+const CREATE_ALICE: &str = r#"{"username":"alice","full_name":"Alice Liddell","email":"alice@example.com","password":"plum-tractor-galaxy"}"#;
 
 /// Starts the binary with `tls_env` and waits until grpcurl with `client_args` sees SERVING.
 async fn start(
