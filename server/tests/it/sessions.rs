@@ -573,3 +573,61 @@ async fn an_email_change_sends_exactly_one_email_whose_link_verifies_the_new_add
     assert_eq!(db.store.verify_emails_of("alice").await.expect("rows").len(), 2);
     server.stop().await;
 }
+
+/// In-process, to read the hashing pool's count: an unknown user costs a full argon2
+/// verification (against the dummy hash), exactly as a wrong password does.
+#[tokio::test]
+async fn an_unknown_user_costs_a_full_password_verification_like_a_wrong_password() {
+    use simplebank_core::password::HashPool;
+    use simplebank_server::{config::CallLimits, pb::LoginUserRequest};
+
+    let (db, redis) = (TestDb::create().await, TestRedis::new());
+    let hashing = HashPool::new(1);
+    let mut server = crate::helpers::TestServer::start_with(
+        common_config(db.url.clone(), &redis),
+        CallLimits::default(),
+        crate::helpers::test_auth(),
+        hashing.clone(),
+    )
+    .await;
+    server
+        .client
+        .create_user(crate::helpers::request("alice", "alice@example.com"))
+        .await
+        .expect("sign up");
+    let login = |username: &str, password: &str| LoginUserRequest {
+        username: username.into(),
+        password: password.into(),
+    };
+
+    let before = hashing.verifications();
+    let wrong = server
+        .client
+        .login_user(login("alice", "wrong-password-1"))
+        .await
+        .expect_err("wrong password");
+    assert_eq!(hashing.verifications(), before + 1);
+    let unknown = server
+        .client
+        .login_user(login("nobody", "wrong-password-1"))
+        .await
+        .expect_err("unknown user");
+    assert_eq!(hashing.verifications(), before + 2, "the unknown user was verified too");
+    assert_eq!(
+        (wrong.code(), wrong.message()),
+        (unknown.code(), unknown.message())
+    );
+    // A throttled attempt is refused before any verification (the limit is 5 per username).
+    for _ in 0..4 {
+        let _ = server.client.login_user(login("alice", "wrong-password-1")).await;
+    }
+    let counted = hashing.verifications();
+    let throttled = server
+        .client
+        .login_user(login("alice", "secret-password-1"))
+        .await
+        .expect_err("throttled");
+    assert_eq!(throttled.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(hashing.verifications(), counted);
+    server.stop().await.expect("server stops");
+}

@@ -13,10 +13,16 @@ use simplebank_core::testing::{
     RedisServer, TempDir, TestDb, TestRedis, eventually, free_port, stop_gracefully, verify_link,
 };
 use simplebank_observability::testing::OtlpSink;
-use simplebank_server::pb::simple_bank_client::SimpleBankClient;
+use simplebank_server::pb::{
+    LoginUserRequest, LogoutUserRequest, RenewAccessTokenRequest, UpdateUserRequest,
+    simple_bank_client::SimpleBankClient,
+};
 use tonic::{Request, metadata::MetadataValue};
 
 use crate::helpers::request;
+
+/// The servers' token key: no span or log line may hold it.
+const TOKEN_KEY: &str = "traces-test-key-0123456789abcdef";
 
 /// The OTLP receiver, keeping every span.
 #[derive(Clone)]
@@ -102,6 +108,7 @@ impl Stack {
             ("REDIS_NAMESPACE", redis.namespace.as_str().to_owned()),
             ("GRPC_SERVER_ADDRESS", grpc.clone()),
             ("ENVIRONMENT", "production".into()),
+            ("TOKEN_SYMMETRIC_KEY", TOKEN_KEY.into()),
             ("RUST_LOG", rust_log.into()),
             (
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -470,4 +477,184 @@ async fn with_the_receiver_down_sign_up_works_and_shutdown_is_prompt() {
         "stopped in {:?}",
         started.elapsed()
     );
+}
+
+/// `message` with a `traceparent` starting trace `trace_id`, and optional bearer token.
+fn traced<T>(message: T, trace_id: &str, bearer: Option<&str>) -> Request<T> {
+    let mut call = Request::new(message);
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    call.metadata_mut().insert(
+        "traceparent",
+        MetadataValue::try_from(traceparent.as_str()).expect("ascii"),
+    );
+    if let Some(token) = bearer {
+        call.metadata_mut().insert(
+            "authorization",
+            MetadataValue::try_from(format!("bearer {token}")).expect("ascii"),
+        );
+    }
+    call
+}
+
+#[tokio::test]
+async fn sign_in_session_and_update_calls_are_spans_and_an_email_change_joins_its_trace() {
+    let (collector, port) = Collector::start().await;
+    let redis = TestRedis::new();
+    let stream = redis
+        .keys()
+        .stream(&simplebank_core::task::QueueName::parse("critical").expect("q"));
+    let mut stack = Stack::start(redis, port, None, "info").await;
+    stack.start_worker();
+    let password = stack.create_user("11111111111111111111111111111111").await;
+    wait_for_trace(&collector, "11111111111111111111111111111111", 1).await;
+    let mut client = SimpleBankClient::connect(format!("http://{}", stack.grpc))
+        .await
+        .expect("connect");
+
+    let (login_trace, renew_trace, update_trace, logout_trace) = (
+        "22222222222222222222222222222222",
+        "33333333333333333333333333333333",
+        "44444444444444444444444444444444",
+        "55555555555555555555555555555555",
+    );
+    let login = client
+        .login_user(traced(
+            LoginUserRequest {
+                username: "alice".into(),
+                password: password.clone(),
+            },
+            login_trace,
+            None,
+        ))
+        .await
+        .expect("LoginUser")
+        .into_inner();
+    // A wrong password too: its refusal must not carry the attempt either.
+    let wrong = client
+        .login_user(traced(
+            LoginUserRequest {
+                username: "alice".into(),
+                password: "wrong-password-for-alice".into(),
+            },
+            login_trace,
+            None,
+        ))
+        .await
+        .expect_err("a wrong password");
+    assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+    let renewed = client
+        .renew_access_token(traced(
+            RenewAccessTokenRequest {
+                refresh_token: login.refresh_token.clone(),
+            },
+            renew_trace,
+            None,
+        ))
+        .await
+        .expect("RenewAccessToken")
+        .into_inner();
+    let new_password = "a-brand-new-secret-9";
+    client
+        .update_user(traced(
+            UpdateUserRequest {
+                username: "alice".into(),
+                full_name: None,
+                email: Some("alice.new@example.com".into()),
+                password: Some(new_password.into()),
+            },
+            update_trace,
+            Some(&renewed.access_token),
+        ))
+        .await
+        .expect("UpdateUser");
+    // The verification task of the new address is part of the UpdateUser trace.
+    let spans = wait_for_trace(&collector, update_trace, 1).await;
+    check_rpc_chain(&spans, &stream, "UpdateUser", "UPDATE users");
+    client
+        .logout_user(traced(
+            LogoutUserRequest {
+                refresh_token: renewed.refresh_token.clone(),
+                all_sessions: true,
+            },
+            logout_trace,
+            None,
+        ))
+        .await
+        .expect("LogoutUser");
+
+    for (trace, method) in [
+        (login_trace, "LoginUser"),
+        (renew_trace, "RenewAccessToken"),
+        (logout_trace, "LogoutUser"),
+    ] {
+        let name = format!("simplebank.v1.SimpleBank/{method}");
+        eventually(&format!("the {method} span"), Duration::from_secs(30), || {
+            let found = collector
+                .of_trace(trace)
+                .iter()
+                .any(|(_, s)| s.kind == SpanKind::Server as i32 && s.name == name);
+            async move { found }
+        })
+        .await;
+    }
+    let verify_span = collector
+        .of_trace(login_trace)
+        .into_iter()
+        .filter(|(_, s)| s.name == "verify password")
+        .count();
+    assert_eq!(verify_span, 2, "each sign-in checks a password, wrong or right");
+
+    let (lines, emails) = stack.stop().await;
+    let all = format!("{:?}", collector.all());
+    let codes: Vec<String> = emails
+        .iter()
+        .filter_map(|e| verify_link(e).map(|(_, code)| code))
+        .collect();
+    assert_eq!(codes.len(), 2, "the sign-up email and the new address's");
+    let mut secrets = vec![
+        password,
+        "wrong-password-for-alice".to_owned(),
+        new_password.to_owned(),
+        login.access_token,
+        login.refresh_token,
+        renewed.access_token,
+        renewed.refresh_token,
+        TOKEN_KEY.to_owned(),
+        "alice.new@example.com".to_owned(),
+        "$argon2".to_owned(),
+    ];
+    secrets.extend(codes);
+    for secret in &secrets {
+        assert!(!all.contains(secret.as_str()), "a span holds {secret:?}");
+        assert!(
+            !lines.iter().any(|l| l.contains(secret.as_str())),
+            "a log line holds {secret:?}"
+        );
+    }
+}
+
+/// The RPC `method` -> its database span `db_span`, and publish -> process of its task.
+fn check_rpc_chain(spans: &[(String, Span)], queue_stream: &str, method: &str, db_span: &str) {
+    let (_, rpc) = one(spans, SpanKind::Server);
+    assert_eq!(rpc.name, format!("simplebank.v1.SimpleBank/{method}"));
+    assert_eq!(attr(rpc, "rpc.method").as_deref(), Some(method));
+    let db = spans
+        .iter()
+        .find(|(_, s)| s.name == db_span)
+        .map(|(_, s)| s)
+        .expect("the database span");
+    assert_eq!(db.parent_span_id, rpc.span_id);
+    let (_, publish) = spans
+        .iter()
+        .find(|(_, s)| {
+            s.kind == SpanKind::Producer as i32 && s.status.as_ref().is_none_or(|st| st.code != 2)
+        })
+        .expect("a publish");
+    assert_eq!(publish.parent_span_id, rpc.span_id);
+    assert_eq!(publish.name, format!("send {queue_stream}"));
+    let (_, process) = spans
+        .iter()
+        .find(|(service, s)| s.kind == SpanKind::Consumer as i32 && service == "simplebank-worker")
+        .expect("the worker's span");
+    assert_eq!(process.parent_span_id, publish.span_id);
 }
