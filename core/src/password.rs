@@ -347,9 +347,21 @@ mod tests {
     fn verifying_with_reused_memory_agrees_with_the_library() {
         let mut memory = Vec::new();
         let hashed = hash(&Password::parse("plum-tractor-1".into()).unwrap()).unwrap();
-        assert!(verify_with_memory("plum-tractor-1", hashed.expose(), &mut memory));
-        assert!(!verify_with_memory("plum-tractor-2", hashed.expose(), &mut memory));
-        assert!(!verify_with_memory("plum-tractor-1", "not a hash", &mut memory));
+        assert!(verify_with_memory(
+            "plum-tractor-1",
+            hashed.expose(),
+            &mut memory
+        ));
+        assert!(!verify_with_memory(
+            "plum-tractor-2",
+            hashed.expose(),
+            &mut memory
+        ));
+        assert!(!verify_with_memory(
+            "plum-tractor-1",
+            "not a hash",
+            &mut memory
+        ));
     }
 
     #[tokio::test]
@@ -358,10 +370,24 @@ mod tests {
         let password = Password::parse("plum-tractor-1".into()).unwrap();
         let hashed = pool.hash(password).await.unwrap().unwrap();
         let presented = |p: &str| Secret::new(p.to_owned());
-        assert!(pool.verify(presented("plum-tractor-1"), Some(hashed.clone())).await.unwrap());
-        assert!(!pool.verify(presented("wrong-one-1"), Some(hashed)).await.unwrap());
+        assert!(
+            pool.verify(presented("plum-tractor-1"), Some(hashed.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !pool
+                .verify(presented("wrong-one-1"), Some(hashed))
+                .await
+                .unwrap()
+        );
         // Even the dummy's own password would not match: no hash, no match.
-        assert!(!pool.verify(presented("plum-tractor-1"), None).await.unwrap());
+        assert!(
+            !pool
+                .verify(presented("plum-tractor-1"), None)
+                .await
+                .unwrap()
+        );
         assert_eq!(pool.verifications(), 3);
     }
 }

@@ -72,8 +72,14 @@ mod tests {
 
     #[test]
     fn bearer_tokens() {
-        assert_eq!(bearer(&with("authorization", b"bearer abc")).unwrap(), "abc");
-        assert_eq!(bearer(&with("authorization", b"Bearer abc")).unwrap(), "abc");
+        assert_eq!(
+            bearer(&with("authorization", b"bearer abc")).unwrap(),
+            "abc"
+        );
+        assert_eq!(
+            bearer(&with("authorization", b"Bearer abc")).unwrap(),
+            "abc"
+        );
         for bad in [&b"abc"[..], b"basic abc", b"bearer ", b"bearer", b""] {
             let err = bearer(&with("authorization", bad)).unwrap_err();
             assert_eq!(err.code(), tonic::Code::Unauthenticated, "{bad:?}");
@@ -83,10 +89,16 @@ mod tests {
 
     #[test]
     fn user_agents_are_bounded_and_clean() {
-        let agent = user_agent(&with("user-agent", "grpcurl\u{202E}/1.9\u{200B}".as_bytes()));
+        let agent = user_agent(&with(
+            "user-agent",
+            "grpcurl\u{202E}/1.9\u{200B}".as_bytes(),
+        ));
         assert_eq!(agent, "grpcurl/1.9");
         let long = "x".repeat(10_000);
-        assert_eq!(user_agent(&with("user-agent", long.as_bytes())).len(), MAX_USER_AGENT);
+        assert_eq!(
+            user_agent(&with("user-agent", long.as_bytes())).len(),
+            MAX_USER_AGENT
+        );
         assert_eq!(user_agent(&MetadataMap::new()), "");
     }
 }

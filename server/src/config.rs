@@ -73,7 +73,10 @@ impl AuthConfig {
         let key = match config::var(KEY)? {
             Some(raw) => parse_key(&raw)?,
             None if environment == Environment::Production => {
-                return Err(ConfigError::new(KEY, "must be set in production (32 bytes)"));
+                return Err(ConfigError::new(
+                    KEY,
+                    "must be set in production (32 bytes)",
+                ));
             }
             None => {
                 return Ok(Self {
@@ -106,7 +109,10 @@ impl AuthConfig {
         let login = LoginLimits {
             per_username: at_least_one(
                 "LOGIN_MAX_FAILURES_PER_USERNAME",
-                config::parse_or("LOGIN_MAX_FAILURES_PER_USERNAME", defaults.login.per_username)?,
+                config::parse_or(
+                    "LOGIN_MAX_FAILURES_PER_USERNAME",
+                    defaults.login.per_username,
+                )?,
             )?,
             per_address: at_least_one(
                 "LOGIN_MAX_FAILURES_PER_ADDRESS",

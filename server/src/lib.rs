@@ -126,8 +126,7 @@ pub async fn run_with_hashing(
         sessions: config.auth.sessions,
         throttle,
     };
-    let bank =
-        service::SimpleBankService::new(store, publisher, publishes.clone(), hashing, auth);
+    let bank = service::SimpleBankService::new(store, publisher, publishes.clone(), hashing, auth);
     let address = listener.local_addr().ok();
     match address {
         Some(address) => tracing::info!(%address, "start gRPC server"),

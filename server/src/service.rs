@@ -255,7 +255,10 @@ impl SimpleBank for SimpleBankService {
                 password,
                 credentials.as_ref().map(|c| c.hashed_password.clone()),
             )
-            .instrument(tracing::info_span!("verify password", otel.kind = "internal"))
+            .instrument(tracing::info_span!(
+                "verify password",
+                otel.kind = "internal"
+            ))
             .await
             .map_err(|e| status::internal(&e))?;
         let Some(credentials) = credentials.filter(|_| matched) else {

@@ -148,7 +148,10 @@ mod tests {
         assert_eq!(claims.session_id, session);
         assert_eq!(claims.expires_at, made.expires_at);
         let again = maker.make("alice", session).unwrap();
-        assert_ne!(maker.check(again.token.expose()).unwrap().token_id, claims.token_id);
+        assert_ne!(
+            maker.check(again.token.expose()).unwrap().token_id,
+            claims.token_id
+        );
     }
 
     #[test]
@@ -156,14 +159,25 @@ mod tests {
         let made = maker(7, Duration::from_secs(60))
             .make("alice", Uuid::new_v4())
             .unwrap();
-        assert!(maker(8, Duration::from_secs(60)).check(made.token.expose()).is_err());
+        assert!(
+            maker(8, Duration::from_secs(60))
+                .check(made.token.expose())
+                .is_err()
+        );
         let mut tampered = made.token.expose().clone().into_bytes();
         let last = tampered.len() - 1;
         tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(tampered).unwrap();
         let maker = maker(7, Duration::from_secs(60));
         assert!(maker.check(&tampered).is_err());
-        for garbage in ["", "v4.local.", "v4.public.abc", "v2.local.abc", "bearer", "\0\r\n"] {
+        for garbage in [
+            "",
+            "v4.local.",
+            "v4.public.abc",
+            "v2.local.abc",
+            "bearer",
+            "\0\r\n",
+        ] {
             assert!(maker.check(garbage).is_err(), "{garbage:?}");
         }
     }
@@ -174,7 +188,10 @@ mod tests {
         let made = maker.make("alice", Uuid::new_v4()).unwrap();
         // Past its expiry (1 ms) by far: the expiry claim is checked to the nanosecond.
         std::thread::sleep(Duration::from_millis(50));
-        assert!(matches!(maker.check(made.token.expose()), Err(TokenError::Invalid)));
+        assert!(matches!(
+            maker.check(made.token.expose()),
+            Err(TokenError::Invalid)
+        ));
     }
 
     #[test]

@@ -150,9 +150,13 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(update.email.is_none() && update.password.is_none());
-        let err = UserUpdate::parse(Some("x"), Some("bad\r\n@example.com"), Some("password".into()))
-            .unwrap()
-            .unwrap_err();
+        let err = UserUpdate::parse(
+            Some("x"),
+            Some("bad\r\n@example.com"),
+            Some("password".into()),
+        )
+        .unwrap()
+        .unwrap_err();
         assert_eq!(err.fields(), ["full_name", "email", "password"]);
     }
 }

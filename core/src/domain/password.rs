@@ -72,19 +72,36 @@ mod tests {
         assert!(Password::parse("Correct horse 9".into()).is_ok());
         assert!(Password::parse("kx7#Qw2".into()).is_err(), "7 characters");
         assert!(Password::parse("kx7#Qw2z".into()).is_ok(), "8 characters");
-        assert!(Password::parse("é".repeat(MAX_LEN)).is_ok(), "characters, not bytes");
+        assert!(
+            Password::parse("é".repeat(MAX_LEN)).is_ok(),
+            "characters, not bytes"
+        );
         let err = Password::parse("x".repeat(MAX_LEN + 1)).unwrap_err();
         assert_eq!(err.field, "password");
-        assert!(err.description.contains("from 8 to 128"), "{}", err.description);
+        assert!(
+            err.description.contains("from 8 to 128"),
+            "{}",
+            err.description
+        );
     }
 
     #[test]
     fn the_common_list_is_shipped_whole_and_looked_up_in_any_case() {
         assert!(COMMON.len() >= 19_000, "{}", COMMON.len());
-        for common in ["password", "PASSWORD", "Password1", "iloveyou", "12345678", "QwErTyUiOp"] {
+        for common in [
+            "password",
+            "PASSWORD",
+            "Password1",
+            "iloveyou",
+            "12345678",
+            "QwErTyUiOp",
+        ] {
             let err = Password::parse(common.into()).expect_err(common);
             assert!(err.description.contains("most commonly used"), "{common}");
-            assert!(!err.description.contains("iloveyou"), "no value in the message");
+            assert!(
+                !err.description.contains("iloveyou"),
+                "no value in the message"
+            );
         }
         assert!(Password::parse("plum-tractor-galaxy".into()).is_ok());
     }
@@ -93,7 +110,10 @@ mod tests {
     fn control_characters_are_refused_before_anything_else() {
         for bad in ["abcdefgh\0", "abcdefgh\r\n", "abc\u{202E}defgh"] {
             assert!(Password::parse(bad.into()).is_err(), "{bad:?}");
-            assert!(Password::presented("password", bad.into()).is_err(), "{bad:?}");
+            assert!(
+                Password::presented("password", bad.into()).is_err(),
+                "{bad:?}"
+            );
         }
     }
 

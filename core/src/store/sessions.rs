@@ -177,7 +177,7 @@ impl Store {
                 let Some(session_id) = rotated else {
                     return Err(SessionError::Invalid);
                 };
-                revoke(&mut *tx, session_id, RevokeReason::TokenReused).await?;
+                revoke(&mut tx, session_id, RevokeReason::TokenReused).await?;
                 tx.commit().await.map_err(StoreError::from)?;
                 return Err(SessionError::Reused { session_id });
             }
@@ -376,7 +376,10 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, SessionError::Reused { session_id } if session_id == session.id));
         let ended = db.store.session(session.id).await.unwrap();
-        assert_eq!(ended.revoked_reason.as_deref(), Some("refresh_token_reused"));
+        assert_eq!(
+            ended.revoked_reason.as_deref(),
+            Some("refresh_token_reused")
+        );
         // The current token died with its session.
         let err = db
             .store

@@ -184,7 +184,7 @@ impl Store {
             None
         };
         let sessions_ended = match hashed_password {
-            Some(_) => super::sessions::revoke_others(&mut *tx, username, session).await?,
+            Some(_) => super::sessions::revoke_others(&mut tx, username, session).await?,
             None => 0,
         };
         tx.commit().await?;

@@ -146,7 +146,10 @@ impl Keys {
     /// `{ns}:login_failures:username:<username>`: recent failed sign-ins for a username
     /// (a validated one: `[a-z0-9_]`).
     pub fn login_failures_username(&self, username: &str) -> String {
-        format!("{{{}}}:login_failures:username:{username}", self.ns.as_str())
+        format!(
+            "{{{}}}:login_failures:username:{username}",
+            self.ns.as_str()
+        )
     }
 
     /// `{ns}:login_failures:address:<ip>`: recent failed sign-ins from a client address.

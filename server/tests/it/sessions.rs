@@ -52,7 +52,12 @@ fn text(json: &Value, camel: &str, snake: &str) -> String {
 }
 
 impl Binary {
-    async fn start(db: &TestDb, redis_address: &str, namespace: &str, env: &[(&str, &str)]) -> Self {
+    async fn start(
+        db: &TestDb,
+        redis_address: &str,
+        namespace: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let redis = TestRedis::at(redis_address.to_owned());
         let address = format!("127.0.0.1:{}", free_port());
         let logs = TempDir::new();
@@ -69,14 +74,18 @@ impl Binary {
         }
         let child = command.spawn().expect("start simplebank-server");
         let target = address.clone();
-        eventually("the server reports SERVING", Duration::from_secs(30), move || {
-            let address = target.clone();
-            async move {
-                let (ok, text) =
-                    run_grpcurl(&["-plaintext", &address, "grpc.health.v1.Health/Check"]);
-                ok && text.contains("\"SERVING\"")
-            }
-        })
+        eventually(
+            "the server reports SERVING",
+            Duration::from_secs(30),
+            move || {
+                let address = target.clone();
+                async move {
+                    let (ok, text) =
+                        run_grpcurl(&["-plaintext", &address, "grpc.health.v1.Health/Check"]);
+                    ok && text.contains("\"SERVING\"")
+                }
+            },
+        )
         .await;
         Self {
             address,
@@ -148,7 +157,10 @@ fn assert_no_secrets(lines: &[String], secrets: &[String]) {
     for secret in secrets {
         assert!(!secret.is_empty());
         for line in lines {
-            assert!(!line.contains(secret.as_str()), "a secret in the log: {line}");
+            assert!(
+                !line.contains(secret.as_str()),
+                "a secret in the log: {line}"
+            );
         }
     }
 }
@@ -256,7 +268,14 @@ async fn login_renew_with_rotation_and_reuse_detection_and_logout_of_one_and_all
     assert_eq!(live, 0);
 
     let lines = server.stop().await;
-    let mut secrets = vec![PASSWORD.to_owned(), access, refresh, refresh2, refresh3, access2];
+    let mut secrets = vec![
+        PASSWORD.to_owned(),
+        access,
+        refresh,
+        refresh2,
+        refresh3,
+        access2,
+    ];
     secrets.extend([one, two, three].iter().flat_map(|s| {
         [
             text(s, "accessToken", "access_token"),
@@ -266,7 +285,9 @@ async fn login_renew_with_rotation_and_reuse_detection_and_logout_of_one_and_all
     secrets.push("e2e-test-key-0123456789abcdefghi".into());
     assert_no_secrets(&lines, &secrets);
     assert!(
-        lines.iter().any(|l| l.contains("already exchanged refresh token")),
+        lines
+            .iter()
+            .any(|l| l.contains("already exchanged refresh token")),
         "the reuse is logged"
     );
 }
@@ -300,7 +321,12 @@ async fn update_user_needs_a_valid_token_for_that_very_user() {
 
     // Missing, malformed or forged tokens.
     unauthenticated(&server.err("UpdateUser", update, None));
-    for bad in ["x", "v4.local.AAAA", &access[..access.len() - 2], "v4.public.abc"] {
+    for bad in [
+        "x",
+        "v4.local.AAAA",
+        &access[..access.len() - 2],
+        "v4.public.abc",
+    ] {
         unauthenticated(&server.err("UpdateUser", update, Some(bad)));
     }
     let (ok, text_out) = run_grpcurl(&[
@@ -333,7 +359,10 @@ async fn update_user_needs_a_valid_token_for_that_very_user() {
     );
     assert!(!ok);
     for name in ["full_name", "email", "password"] {
-        assert!(out.contains(&format!(r#""field":"{name}""#)) || out.contains(name), "{out}");
+        assert!(
+            out.contains(&format!(r#""field":"{name}""#)) || out.contains(name),
+            "{out}"
+        );
     }
     // Taken address.
     let (code, message) = server.err(
@@ -341,21 +370,39 @@ async fn update_user_needs_a_valid_token_for_that_very_user() {
         r#"{"username":"alice","email":"BOB@example.com"}"#,
         Some(&access),
     );
-    assert_eq!((code.as_str(), message.as_str()), ("AlreadyExists", "email already exists"));
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        ("AlreadyExists", "email already exists")
+    );
 
     // A good update.
     let updated = server.ok("UpdateUser", update, Some(&access));
-    assert_eq!(updated["user"]["full_name"].as_str().or(updated["user"]["fullName"].as_str()), Some("Alice Smith"));
+    assert_eq!(
+        updated["user"]["full_name"]
+            .as_str()
+            .or(updated["user"]["fullName"].as_str()),
+        Some("Alice Smith")
+    );
 
     // A new password: password_changed_at moves, every other session ends, this one goes on.
     let other = server.login("alice", PASSWORD);
-    let before = db.store.get_user("alice").await.expect("user").password_changed_at;
+    let before = db
+        .store
+        .get_user("alice")
+        .await
+        .expect("user")
+        .password_changed_at;
     server.ok(
         "UpdateUser",
         r#"{"username":"alice","password":"new-plum-tractor-9"}"#,
         Some(&access),
     );
-    let after = db.store.get_user("alice").await.expect("user").password_changed_at;
+    let after = db
+        .store
+        .get_user("alice")
+        .await
+        .expect("user")
+        .password_changed_at;
     assert!(after > before);
     unauthenticated(&server.err(
         "UpdateUser",
@@ -372,7 +419,10 @@ async fn update_user_needs_a_valid_token_for_that_very_user() {
     server.login("alice", "new-plum-tractor-9");
 
     let lines = server.stop().await;
-    assert_no_secrets(&lines, &[PASSWORD.into(), "new-plum-tractor-9".into(), access]);
+    assert_no_secrets(
+        &lines,
+        &[PASSWORD.into(), "new-plum-tractor-9".into(), access],
+    );
 }
 
 #[tokio::test]
@@ -402,26 +452,32 @@ async fn access_tokens_expire_and_sessions_end_at_their_absolute_limit() {
 
     // Renewing keeps the session going, but never past its absolute end.
     let mut refresh = text(&login, "refreshToken", "refresh_token");
-    let session_end: time::OffsetDateTime =
-        sqlx::query_scalar("SELECT expires_at FROM sessions")
-            .fetch_one(db.store.pool())
-            .await
-            .expect("session");
-    eventually("the session reached its absolute end", Duration::from_secs(60), || {
-        let (ok, out) = server.call("RenewAccessToken", &refresh_body(&refresh), None);
-        if ok {
-            let json: Value = serde_json::from_str(&out).expect("json");
-            refresh = text(&json, "refreshToken", "refresh_token");
-        }
-        async move { !ok && error_of(&out).0 == "Unauthenticated" }
-    })
+    let session_end: time::OffsetDateTime = sqlx::query_scalar("SELECT expires_at FROM sessions")
+        .fetch_one(db.store.pool())
+        .await
+        .expect("session");
+    eventually(
+        "the session reached its absolute end",
+        Duration::from_secs(60),
+        || {
+            let (ok, out) = server.call("RenewAccessToken", &refresh_body(&refresh), None);
+            if ok {
+                let json: Value = serde_json::from_str(&out).expect("json");
+                refresh = text(&json, "refreshToken", "refresh_token");
+            }
+            async move { !ok && error_of(&out).0 == "Unauthenticated" }
+        },
+    )
     .await;
     let stored_end: time::OffsetDateTime =
         sqlx::query_scalar("SELECT refresh_token_expires_at FROM sessions")
             .fetch_one(db.store.pool())
             .await
             .expect("session");
-    assert!(stored_end <= session_end, "renewal never moved past the session's end");
+    assert!(
+        stored_end <= session_end,
+        "renewal never moved past the session's end"
+    );
     server.stop().await;
 }
 
@@ -453,7 +509,10 @@ async fn failed_logins_are_throttled_per_username_whatever_the_password_then_res
     let (ok, out) = server.call("LoginUser", &login_body("alice", PASSWORD), None);
     assert!(!ok);
     assert_eq!(error_of(&out).0, "ResourceExhausted", "{out}");
-    assert!(out.contains("RetryInfo") || out.contains("retryDelay") || out.contains("retry_delay"), "{out}");
+    assert!(
+        out.contains("RetryInfo") || out.contains("retryDelay") || out.contains("retry_delay"),
+        "{out}"
+    );
     // Other users are not affected.
     server.login("bob", PASSWORD);
     // The key is where ARCHITECTURE says, under the namespace's hash tag.
@@ -466,10 +525,14 @@ async fn failed_logins_are_throttled_per_username_whatever_the_password_then_res
     assert_eq!(count, 3);
 
     // The window slides: the right password works again once the failures are old enough.
-    eventually("the failures left the window", Duration::from_secs(60), || {
-        let (ok, _) = server.call("LoginUser", &login_body("alice", PASSWORD), None);
-        async move { ok }
-    })
+    eventually(
+        "the failures left the window",
+        Duration::from_secs(60),
+        || {
+            let (ok, _) = server.call("LoginUser", &login_body("alice", PASSWORD), None);
+            async move { ok }
+        },
+    )
     .await;
     server.stop().await;
 }
@@ -504,15 +567,19 @@ async fn an_email_change_sends_exactly_one_email_whose_link_verifies_the_new_add
     let server = Binary::start(&db, &redis.address, redis.namespace.as_str(), &[]).await;
     let worker = TestWorker::start(common_config(db.url.clone(), &redis));
     server.sign_up("alice");
-    eventually("the sign-up email went out", Duration::from_secs(30), || {
-        let store = db.store.clone();
-        async move {
-            store
-                .verify_emails_of("alice")
-                .await
-                .is_ok_and(|rows| rows.len() == 1 && rows[0].email_sent_at.is_some())
-        }
-    })
+    eventually(
+        "the sign-up email went out",
+        Duration::from_secs(30),
+        || {
+            let store = db.store.clone();
+            async move {
+                store
+                    .verify_emails_of("alice")
+                    .await
+                    .is_ok_and(|rows| rows.len() == 1 && rows[0].email_sent_at.is_some())
+            }
+        },
+    )
     .await;
     let login = server.login("alice", PASSWORD);
     let access = text(&login, "accessToken", "access_token");
@@ -523,21 +590,29 @@ async fn an_email_change_sends_exactly_one_email_whose_link_verifies_the_new_add
         Some(&access),
     );
     let user = &updated["user"];
-    assert_eq!(user["email"], "Alice.New@example.com", "canonical: {updated}");
+    assert_eq!(
+        user["email"], "Alice.New@example.com",
+        "canonical: {updated}"
+    );
     assert!(
-        !field(user, "isEmailVerified", "is_email_verified").as_bool().unwrap_or(false),
+        !field(user, "isEmailVerified", "is_email_verified")
+            .as_bool()
+            .unwrap_or(false),
         "{updated}"
     );
 
-    eventually("the new address's email went out", Duration::from_secs(30), || {
-        let store = db.store.clone();
-        async move {
-            store
-                .verify_emails_of("alice")
-                .await
-                .is_ok_and(|rows| rows.len() == 2 && rows.iter().all(|r| r.email_sent_at.is_some()))
-        }
-    })
+    eventually(
+        "the new address's email went out",
+        Duration::from_secs(30),
+        || {
+            let store = db.store.clone();
+            async move {
+                store.verify_emails_of("alice").await.is_ok_and(|rows| {
+                    rows.len() == 2 && rows.iter().all(|r| r.email_sent_at.is_some())
+                })
+            }
+        },
+    )
     .await;
     let to_new: Vec<String> = worker
         .mail
@@ -548,14 +623,21 @@ async fn an_email_change_sends_exactly_one_email_whose_link_verifies_the_new_add
         .filter(|m| m.contains("Alice.New@example.com"))
         .collect();
     assert_eq!(to_new.len(), 1, "exactly one email to the new address");
-    let (id, code) = verify_link(&to_new[0].replace("=\r\n", "").replace("=3D", "=")).expect("a link");
+    let (id, code) =
+        verify_link(&to_new[0].replace("=\r\n", "").replace("=3D", "=")).expect("a link");
     let verified = server.ok(
         "VerifyEmail",
         &format!(r#"{{"email_id":{id},"secret_code":"{code}"}}"#),
         None,
     );
     assert_eq!(field(&verified, "isVerified", "is_verified"), true);
-    assert!(db.store.get_user("alice").await.expect("user").is_email_verified);
+    assert!(
+        db.store
+            .get_user("alice")
+            .await
+            .expect("user")
+            .is_email_verified
+    );
     let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM task_outbox")
         .fetch_one(db.store.pool())
         .await
@@ -568,9 +650,22 @@ async fn an_email_change_sends_exactly_one_email_whose_link_verifies_the_new_add
         r#"{"username":"alice","email":"Alice.New@example.com"}"#,
         Some(&access),
     );
-    assert!(db.store.get_user("alice").await.expect("user").is_email_verified);
+    assert!(
+        db.store
+            .get_user("alice")
+            .await
+            .expect("user")
+            .is_email_verified
+    );
     worker.stop().await;
-    assert_eq!(db.store.verify_emails_of("alice").await.expect("rows").len(), 2);
+    assert_eq!(
+        db.store
+            .verify_emails_of("alice")
+            .await
+            .expect("rows")
+            .len(),
+        2
+    );
     server.stop().await;
 }
 
@@ -612,14 +707,21 @@ async fn an_unknown_user_costs_a_full_password_verification_like_a_wrong_passwor
         .login_user(login("nobody", "wrong-password-1"))
         .await
         .expect_err("unknown user");
-    assert_eq!(hashing.verifications(), before + 2, "the unknown user was verified too");
+    assert_eq!(
+        hashing.verifications(),
+        before + 2,
+        "the unknown user was verified too"
+    );
     assert_eq!(
         (wrong.code(), wrong.message()),
         (unknown.code(), unknown.message())
     );
     // A throttled attempt is refused before any verification (the limit is 5 per username).
     for _ in 0..4 {
-        let _ = server.client.login_user(login("alice", "wrong-password-1")).await;
+        let _ = server
+            .client
+            .login_user(login("alice", "wrong-password-1"))
+            .await;
     }
     let counted = hashing.verifications();
     let throttled = server
@@ -630,4 +732,38 @@ async fn an_unknown_user_costs_a_full_password_verification_like_a_wrong_passwor
     assert_eq!(throttled.code(), tonic::Code::ResourceExhausted);
     assert_eq!(hashing.verifications(), counted);
     server.stop().await.expect("server stops");
+}
+
+#[tokio::test]
+async fn the_binary_refuses_a_missing_key_in_production_and_a_short_key_anywhere() {
+    let (db, redis) = (TestDb::create().await, TestRedis::new());
+    let address = format!("127.0.0.1:{}", free_port());
+    // Away from the workspace: app.env (found in any parent folder) holds a development key.
+    let elsewhere = TempDir::new();
+    for (environment, key) in [
+        ("production", None),
+        ("production", Some("too-short-key-1")),
+        ("development", Some("too-short-key-1")),
+        ("development", Some("a-key-of-thirty-three-bytes-12345")),
+    ] {
+        let mut command = server_command(&db, &redis, &address);
+        command
+            .env("ENVIRONMENT", environment)
+            .env_remove("TOKEN_SYMMETRIC_KEY")
+            .current_dir(&elsewhere.0)
+            .stderr(Stdio::piped());
+        if let Some(key) = key {
+            command.env("TOKEN_SYMMETRIC_KEY", key);
+        }
+        let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+            .await
+            .expect("exits at once")
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{environment} {key:?}");
+        assert!(stderr.contains("TOKEN_SYMMETRIC_KEY"), "{stderr}");
+        if let Some(key) = key {
+            assert!(!stderr.contains(key), "the key is not printed: {stderr}");
+        }
+    }
 }

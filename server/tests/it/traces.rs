@@ -588,13 +588,17 @@ async fn sign_in_session_and_update_calls_are_spans_and_an_email_change_joins_it
         (logout_trace, "LogoutUser"),
     ] {
         let name = format!("simplebank.v1.SimpleBank/{method}");
-        eventually(&format!("the {method} span"), Duration::from_secs(30), || {
-            let found = collector
-                .of_trace(trace)
-                .iter()
-                .any(|(_, s)| s.kind == SpanKind::Server as i32 && s.name == name);
-            async move { found }
-        })
+        eventually(
+            &format!("the {method} span"),
+            Duration::from_secs(30),
+            || {
+                let found = collector
+                    .of_trace(trace)
+                    .iter()
+                    .any(|(_, s)| s.kind == SpanKind::Server as i32 && s.name == name);
+                async move { found }
+            },
+        )
         .await;
     }
     let verify_span = collector
@@ -602,7 +606,10 @@ async fn sign_in_session_and_update_calls_are_spans_and_an_email_change_joins_it
         .into_iter()
         .filter(|(_, s)| s.name == "verify password")
         .count();
-    assert_eq!(verify_span, 2, "each sign-in checks a password, wrong or right");
+    assert_eq!(
+        verify_span, 2,
+        "each sign-in checks a password, wrong or right"
+    );
 
     let (lines, emails) = stack.stop().await;
     let all = format!("{:?}", collector.all());
