@@ -412,4 +412,42 @@ mod tests {
         assert_eq!(rotated.expires_at, session.expires_at);
         assert_eq!(rotated.refresh_token_expires_at, session.expires_at);
     }
+
+    #[tokio::test]
+    async fn two_renewals_racing_with_one_token_end_the_session() {
+        let db = TestDb::create().await;
+        user(&db, "alice").await;
+        let token = new_refresh_token();
+        let session = db
+            .store
+            .create_session("alice", &token, &origin(), LIMITS)
+            .await
+            .unwrap();
+        let renew = || {
+            let (store, presented) = (db.store.clone(), token.expose().clone());
+            tokio::spawn(async move {
+                store
+                    .rotate_refresh_token(&presented, &new_refresh_token(), LIMITS.refresh_token)
+                    .await
+            })
+        };
+        let (a, b) = (renew(), renew());
+        let results = [a.await.unwrap(), b.await.unwrap()];
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{results:?}"
+        );
+        assert!(
+            results
+                .iter()
+                .any(|r| matches!(r, Err(SessionError::Reused { .. }))),
+            "{results:?}"
+        );
+        let ended = db.store.session(session.id).await.unwrap();
+        assert_eq!(
+            ended.revoked_reason.as_deref(),
+            Some("refresh_token_reused")
+        );
+    }
 }

@@ -767,3 +767,147 @@ async fn the_binary_refuses_a_missing_key_in_production_and_a_short_key_anywhere
         }
     }
 }
+
+#[tokio::test]
+async fn failed_logins_are_throttled_per_client_address_across_usernames() {
+    let (db, redis) = (TestDb::create().await, TestRedis::new());
+    let server = Binary::start(
+        &db,
+        &redis.address,
+        redis.namespace.as_str(),
+        &[("LOGIN_MAX_FAILURES_PER_ADDRESS", "3")],
+    )
+    .await;
+    server.sign_up("alice");
+    for username in ["nobody", "alice", "someone_else"] {
+        unauthenticated(&server.err("LoginUser", &login_body(username, "wrong-password-1"), None));
+    }
+    // A fourth username, never tried: the address is over its limit.
+    server.sign_up("bob");
+    let (code, message) = server.err("LoginUser", &login_body("bob", PASSWORD), None);
+    assert_eq!(code, "ResourceExhausted", "{message}");
+    let count: i64 = redis::cmd("ZCARD")
+        .arg(
+            redis
+                .keys()
+                .login_failures_address(&"127.0.0.1".parse().expect("ip")),
+        )
+        .query_async(&mut redis.conn().await)
+        .await
+        .expect("ZCARD");
+    assert_eq!(count, 3);
+    server.stop().await;
+}
+
+/// Hostile input on every new RPC: a field error naming the field (or UNAUTHENTICATED for a
+/// token), never a crash, never the value echoed.
+#[tokio::test]
+async fn hostile_input_is_refused_by_field_and_never_echoed() {
+    use simplebank_server::{
+        config::CallLimits,
+        pb::{LoginUserRequest, LogoutUserRequest, RenewAccessTokenRequest, UpdateUserRequest},
+    };
+    use tonic::Code;
+
+    let (db, redis) = (TestDb::create().await, TestRedis::new());
+    let mut server = crate::helpers::TestServer::start_with(
+        common_config(db.url.clone(), &redis),
+        CallLimits::default(),
+        crate::helpers::test_auth(),
+        simplebank_core::password::HashPool::new(1),
+    )
+    .await;
+    server
+        .client
+        .create_user(crate::helpers::request("alice", "alice@example.com"))
+        .await
+        .expect("sign up");
+    let long = "p".repeat(129);
+    for (username, password, field) in [
+        ("alice\r\nlevel=ERROR", "secret-password-1", "username"),
+        ("alice\0", "secret-password-1", "username"),
+        ("аlice", "secret-password-1", "username"), // Cyrillic а
+        ("alice", "secret\u{202E}1-drowssap", "password"),
+        ("alice", "secret-password-1\n", "password"),
+        ("alice", long.as_str(), "password"),
+        ("alice", "", "password"),
+    ] {
+        let err = server
+            .client
+            .login_user(LoginUserRequest {
+                username: username.into(),
+                password: password.into(),
+            })
+            .await
+            .expect_err(field);
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{username:?} {password:?}"
+        );
+        assert!(err.message().contains(field), "{}", err.message());
+        assert!(!err.message().contains("secret"), "{}", err.message());
+    }
+    for token in [
+        "",
+        "\0",
+        "a\u{202E}b",
+        &"A".repeat(43 * 100),
+        "ａ".repeat(43).as_str(),
+    ] {
+        let err = server
+            .client
+            .renew_access_token(RenewAccessTokenRequest {
+                refresh_token: token.into(),
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), Code::Unauthenticated);
+        let err = server
+            .client
+            .logout_user(LogoutUserRequest {
+                refresh_token: token.into(),
+                all_sessions: true,
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), Code::Unauthenticated);
+    }
+    let login = server
+        .client
+        .login_user(LoginUserRequest {
+            username: "alice".into(),
+            password: "secret-password-1".into(),
+        })
+        .await
+        .expect("sign in")
+        .into_inner();
+    let mut update = tonic::Request::new(UpdateUserRequest {
+        username: "alice".into(),
+        full_name: Some("Alice\u{200B}Smith".into()),
+        email: Some("alice@example.com\r\nBcc: evil@example.com".into()),
+        password: Some("password".into()),
+    });
+    update.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", login.access_token)
+            .parse()
+            .expect("ascii"),
+    );
+    let err = server
+        .client
+        .update_user(update)
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(err.message(), "invalid full_name, email, password");
+    assert!(
+        !db.store
+            .get_user("alice")
+            .await
+            .expect("user")
+            .full_name
+            .contains("Smith")
+    );
+    server.stop().await.expect("server stops");
+}
