@@ -23,5 +23,9 @@ UPDATE verify_emails v SET email = pg_temp.canonical_email(v.email)
 UPDATE users SET email = pg_temp.canonical_email(email)
     WHERE email <> pg_temp.canonical_email(email);
 
+-- A pg_temp function lives until the connection closes: dropped, so migrating down and up again
+-- on one connection can create it anew.
+DROP FUNCTION pg_temp.canonical_email(TEXT);
+
 CREATE UNIQUE INDEX users_email_lower_key ON users (lower(email COLLATE "C"));
 ALTER TABLE users DROP CONSTRAINT users_email_key;

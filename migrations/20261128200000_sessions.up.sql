@@ -1,7 +1,3 @@
--- The previous migration's helper lives in pg_temp until its session ends: drop it, so that
--- migrating down and up again on one connection does not find it there.
-DROP FUNCTION IF EXISTS pg_temp.canonical_email(TEXT);
-
 -- Sign-in sessions. A session holds the hash of its current refresh token only (the token
 -- itself exists at the client alone); every renewal replaces it and files the old hash in
 -- session_rotated_tokens, so a replayed old token is recognised and ends the whole session.
