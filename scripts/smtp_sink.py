@@ -3,12 +3,17 @@
 
 Stores each accepted message as <dir>/<n>.eml, with an `X-Rcpt-To:` line first naming the
 envelope recipients. Refuses any recipient whose local part starts with `reject` with
-`550 5.1.1`, as a server does for an unknown mailbox. Stops on SIGTERM or SIGINT.
+`550 5.1.1`, as a server does for an unknown mailbox, echoing the mailbox as real servers do:
+in capitals, in angle brackets and with a quoted local part. With `--data-delay SECONDS` the
+reply to DATA comes that much later (the message is stored first, as a server that has
+received it and stalls; <n>.replied appears when the reply goes out). Stops on SIGTERM or
+SIGINT.
 
-    python3 scripts/smtp_sink.py --port 2525 --dir /tmp/mail
+    python3 scripts/smtp_sink.py --port 2525 --dir /tmp/mail [--data-delay 3]
 """
 
 import argparse
+import asyncio
 import itertools
 import pathlib
 import signal
@@ -18,14 +23,16 @@ from aiosmtpd.controller import Controller
 
 
 class Sink:
-    def __init__(self, folder):
+    def __init__(self, folder, data_delay):
+        self.data_delay = data_delay
         self.folder = pathlib.Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.counter = itertools.count(1)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address.split("@")[0].startswith("reject"):
-            return f"550 5.1.1 <{address}>: No such user here"
+            local, _, domain = address.partition("@")
+            return f'550 5.1.1 <{address.upper()}>: No such user here ("{local}"@{domain})'
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -35,6 +42,10 @@ class Sink:
         header = ("X-Rcpt-To: " + ",".join(envelope.rcpt_tos) + "\r\n").encode()
         temp.write_bytes(header + envelope.content)
         temp.rename(self.folder / f"{n}.eml")
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
+            # Tests read this to know the stalled reply has gone out.
+            (self.folder / f"{n}.replied").touch()
         return "250 Message accepted for delivery"
 
 
@@ -42,11 +53,12 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dir", required=True)
+    parser.add_argument("--data-delay", type=float, default=0.0)
     args = parser.parse_args()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    controller = Controller(Sink(args.dir), hostname="127.0.0.1", port=args.port)
+    controller = Controller(Sink(args.dir, args.data_delay), hostname="127.0.0.1", port=args.port)
     controller.start()
     print("ready", flush=True)
     stop.wait()

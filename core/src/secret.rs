@@ -1,5 +1,5 @@
 //! A wrapper for values that must never be printed: passwords, connection strings with
-//! credentials, secret codes.
+//! credentials, secret codes; and the making of secret codes (random, or derived from a key).
 
 use std::fmt;
 
@@ -55,9 +55,56 @@ pub fn random_code(len: usize) -> Secret<String> {
     Secret::new(code)
 }
 
+/// The least length of a key for [`derive_code`], in bytes (256 bits, HMAC-SHA256's strength).
+pub const MIN_CODE_KEY_LEN: usize = 32;
+
+/// The code of `subject` under `key`: HMAC-SHA256 of `subject`, encoded as `len` characters of
+/// `[A-Za-z0-9]` (unbiased, as [`random_code`]). The same key and subject always give the same
+/// code, so every process holding the key agrees on it; without the key it cannot be guessed.
+pub fn derive_code(key: &Secret<Vec<u8>>, subject: &str, len: usize) -> Secret<String> {
+    use hmac::{Hmac, Mac};
+
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    const LIMIT: u8 = 248;
+    let mut code = String::with_capacity(len);
+    // Each block is one MAC over (counter, subject); about 31 of its 32 bytes are usable.
+    let mut counter = 0u32;
+    while code.len() < len {
+        let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(key.expose()) else {
+            unreachable!("HMAC accepts keys of any length")
+        };
+        mac.update(&counter.to_be_bytes());
+        mac.update(subject.as_bytes());
+        for byte in mac.finalize().into_bytes().iter().filter(|b| **b < LIMIT) {
+            if code.len() == len {
+                break;
+            }
+            code.push(char::from(ALPHABET[usize::from(*byte) % ALPHABET.len()]));
+        }
+        counter += 1;
+    }
+    Secret::new(code)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{Secret, random_code};
+    use super::{Secret, derive_code, random_code};
+
+    #[test]
+    fn derived_codes_depend_on_key_and_subject_only() {
+        let key = Secret::new(b"0123456789abcdef0123456789abcdef".to_vec());
+        let other = Secret::new(b"0123456789abcdef0123456789abcdeF".to_vec());
+        let a = derive_code(&key, "task-1", 32);
+        assert_eq!(a.expose().len(), 32);
+        assert!(a.expose().chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_eq!(a.expose(), derive_code(&key, "task-1", 32).expose());
+        assert_ne!(a.expose(), derive_code(&key, "task-2", 32).expose());
+        assert_ne!(a.expose(), derive_code(&other, "task-1", 32).expose());
+        // Longer than one MAC block: the counter feeds more blocks.
+        let long = derive_code(&key, "task-1", 100);
+        assert_eq!(long.expose().len(), 100);
+        assert!(long.expose().starts_with(a.expose().as_str()));
+    }
 
     #[test]
     fn random_codes() {

@@ -453,8 +453,10 @@ impl Drop for TempDir {
     }
 }
 
-/// The `email_id` and `secret_code` of the first verification link in an email's text.
+/// The `email_id` and `secret_code` of the first verification link in an email's text (raw:
+/// quoted-printable soft line breaks and `=3D` are undone first).
 pub fn verify_link(message: &str) -> Option<(i64, String)> {
+    let message = &message.replace("=\r\n", "").replace("=3D", "=");
     let start = message.find("email_id=")? + "email_id=".len();
     let rest = &message[start..];
     let id_end = rest.find(|c: char| !c.is_ascii_digit())?;

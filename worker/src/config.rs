@@ -7,8 +7,8 @@ use crate::{
     mail::smtp::{SmtpConfig, TlsMode},
 };
 use simplebank_core::{
-    config::{self, CommonConfig, ConfigError},
-    secret::Secret,
+    config::{self, CommonConfig, ConfigError, Environment},
+    secret::{MIN_CODE_KEY_LEN, Secret},
     task::{QueueName, keys::DEFAULT_QUEUES},
 };
 
@@ -225,12 +225,19 @@ pub struct WorkerConfig {
     /// `VERIFY_EMAIL_URL`, default `http://localhost:8080/v1/verify_email`: the base of the
     /// link in the verification email; `email_id` and `secret_code` are appended.
     pub verify_email_url: String,
+    /// `VERIFY_EMAIL_KEY`: the secret (at least 32 bytes) that verification codes are derived
+    /// from; every worker of a deployment must have the same. Required in production. `None`
+    /// only in development: [`crate::run`] then makes a random key for the process and warns.
+    pub verify_email_key: Option<Secret<Vec<u8>>>,
 }
 
 impl WorkerConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
+        let common = CommonConfig::from_env()?;
+        let verify_email_key = verify_email_key(common.environment)?;
         Ok(Self {
-            common: CommonConfig::from_env()?,
+            common,
+            verify_email_key,
             consumer: ConsumerSettings::from_env()?,
             mailer: MailerConfig::from_env()?,
             verify_email_expiry: config::duration_or(
@@ -242,6 +249,22 @@ impl WorkerConfig {
             verify_email_url: config::var("VERIFY_EMAIL_URL")?
                 .unwrap_or_else(|| "http://localhost:8080/v1/verify_email".into()),
         })
+    }
+}
+
+/// `VERIFY_EMAIL_KEY`: its bytes, at least [`MIN_CODE_KEY_LEN`] of them; required in production.
+fn verify_email_key(environment: Environment) -> Result<Option<Secret<Vec<u8>>>, ConfigError> {
+    match config::var("VERIFY_EMAIL_KEY")? {
+        Some(key) if key.len() >= MIN_CODE_KEY_LEN => Ok(Some(Secret::new(key.into_bytes()))),
+        Some(_) => Err(ConfigError::new(
+            "VERIFY_EMAIL_KEY",
+            format!("must be at least {MIN_CODE_KEY_LEN} bytes (e.g. openssl rand -base64 48)"),
+        )),
+        None if environment == Environment::Production => Err(ConfigError::new(
+            "VERIFY_EMAIL_KEY",
+            "required in production: a secret of at least 32 bytes, the same for every worker",
+        )),
+        None => Ok(None),
     }
 }
 

@@ -31,6 +31,7 @@ use std::{sync::Arc, time::Duration};
 
 use simplebank_core::{
     redis_client,
+    secret::{MIN_CODE_KEY_LEN, Secret, random_code},
     store::{Store, StoreError},
     task::{Keys, Namespace, QueueName, TaskPayload},
     tasks::SendVerifyEmail,
@@ -75,6 +76,14 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             config.email_sender.clone(),
             config.verify_email_url.clone(),
             config.verify_email_expiry,
+            config.verify_email_key.clone().unwrap_or_else(|| {
+                tracing::warn!(
+                    "VERIFY_EMAIL_KEY is not set: using a random key for this process \
+                     (development only; workers must share one key, or a redelivered task's \
+                     email can carry a code that does not verify)"
+                );
+                Secret::new(random_code(MIN_CODE_KEY_LEN).expose().clone().into_bytes())
+            }),
         ),
     );
     let worker = Worker::new(

@@ -1,6 +1,7 @@
 //! Verification records. One per `send_verify_email` task, keyed by the task id. Only a
-//! SHA-256 hash of the code is stored; the code itself exists in the email alone. A record
-//! notes when its email was sent, so a redelivered task does not send it again.
+//! SHA-256 hash of the code is stored; the code itself exists in the email alone (the worker
+//! derives it from the task id with a keyed MAC). A record notes when its email was sent, so a
+//! redelivered task does not send it again.
 
 use std::time::Duration;
 
@@ -22,6 +23,14 @@ pub struct VerifyEmail {
     pub expired_at: OffsetDateTime,
     pub task_id: String,
     pub email_sent_at: Option<OffsetDateTime>,
+}
+
+/// A row of an upsert: the record and whether the statement inserted it (`xmax = 0`).
+#[derive(sqlx::FromRow)]
+struct CreatedRow {
+    created: bool,
+    #[sqlx(flatten)]
+    record: VerifyEmail,
 }
 
 const COLUMNS: &str =
@@ -58,6 +67,11 @@ impl From<sqlx::Error> for VerifyError {
 impl Store {
     /// The record of `task_id`, created with the hash of `secret_code` (valid for `expiry`) if
     /// the task has none yet. The flag says whether this call created it.
+    ///
+    /// While the record's email is unsent, a later call restarts the expiry (a redelivery must
+    /// not send a code that is already expired) and stores the hash of its code: the code is
+    /// derived from the task, so that is the same hash unless the key was rotated in between,
+    /// and then the newest email is the one whose code works.
     #[tracing::instrument(
         name = "INSERT verify_emails",
         skip_all,
@@ -71,56 +85,24 @@ impl Store {
         secret_code: &Secret<String>,
         expiry: Duration,
     ) -> Result<(VerifyEmail, bool), StoreError> {
-        let inserted: Option<VerifyEmail> = sqlx::query_as(&format!(
+        let row: CreatedRow = sqlx::query_as(&format!(
             "INSERT INTO verify_emails (username, email, secret_code_hash, task_id, expired_at) \
              VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) \
-             ON CONFLICT (task_id) DO NOTHING RETURNING {COLUMNS}"
+             ON CONFLICT (task_id) DO UPDATE SET \
+               secret_code_hash = CASE WHEN verify_emails.email_sent_at IS NULL \
+                 THEN EXCLUDED.secret_code_hash ELSE verify_emails.secret_code_hash END, \
+               expired_at = CASE WHEN verify_emails.email_sent_at IS NULL \
+                 THEN EXCLUDED.expired_at ELSE verify_emails.expired_at END \
+             RETURNING (xmax = 0) AS created, {COLUMNS}"
         ))
         .bind(username)
         .bind(email)
         .bind(hash_code(secret_code.expose()))
         .bind(task_id)
         .bind(expiry.as_secs_f64())
-        .fetch_optional(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        match inserted {
-            Some(row) => Ok((row, true)),
-            None => Ok((
-                sqlx::query_as(&format!(
-                    "SELECT {COLUMNS} FROM verify_emails WHERE task_id = $1"
-                ))
-                .bind(task_id)
-                .fetch_one(&self.pool)
-                .await?,
-                false,
-            )),
-        }
-    }
-
-    /// Replaces the code of a record whose email was never sent (its code is unknown: only the
-    /// hash was kept), restarting its expiry.
-    #[tracing::instrument(
-        name = "UPDATE verify_emails",
-        skip_all,
-        fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE")
-    )]
-    pub async fn replace_verify_code(
-        &self,
-        id: i64,
-        secret_code: &Secret<String>,
-        expiry: Duration,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE verify_emails SET secret_code_hash = $2, \
-             expired_at = now() + make_interval(secs => $3) \
-             WHERE id = $1 AND email_sent_at IS NULL",
-        )
-        .bind(id)
-        .bind(hash_code(secret_code.expose()))
-        .bind(expiry.as_secs_f64())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        Ok((row.record, row.created))
     }
 
     /// Notes that the record's email went out.

@@ -143,6 +143,7 @@ impl TestWorker {
             verify_email_expiry: expiry,
             email_sender: "Simple Bank <no-reply@simplebank.test>".into(),
             verify_email_url: "http://localhost:8080/v1/verify_email".into(),
+            verify_email_key: Some(Secret::new(TEST_VERIFY_EMAIL_KEY.as_bytes().to_vec())),
         };
         let stop = CancellationToken::new();
         let token = stop.clone();
@@ -159,6 +160,9 @@ impl TestWorker {
         let _ = self.handle.await;
     }
 }
+
+/// The `VERIFY_EMAIL_KEY` of test workers (in-process and binaries).
+pub const TEST_VERIFY_EMAIL_KEY: &str = "test-verify-email-key-0123456789abcdef";
 
 pub fn request(username: &str, email: &str) -> CreateUserRequest {
     CreateUserRequest {

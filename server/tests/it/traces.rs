@@ -119,6 +119,10 @@ impl Stack {
             ("EMAIL_FILE_DIR", mail_dir.display().to_string()),
             ("WORKER_RETRY_BASE_DELAY", "200ms".into()),
             ("WORKER_RETRY_MAX_DELAY", "400ms".into()),
+            (
+                "VERIFY_EMAIL_KEY",
+                crate::helpers::TEST_VERIFY_EMAIL_KEY.into(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

@@ -1,12 +1,23 @@
 //! Sending email. [`Mailer`] is the seam; [`FileMailer`] (the default, `EMAIL_MAILER=file`)
 //! writes each message as an `.eml` file, so development needs no mail server;
-//! [`smtp::SmtpMailer`] (`EMAIL_MAILER=smtp`) delivers through an SMTP server.
+//! [`smtp::SmtpMailer`] (`EMAIL_MAILER=smtp`) delivers through an SMTP server. Both send what
+//! [`build_message`] builds: headers are written by lettre, never by string concatenation, and
+//! text that could break out of a header or the body is refused before that.
 
+pub mod redact;
 pub mod smtp;
 
-use std::{fmt, path::PathBuf};
+use std::{
+    fmt,
+    io::Write,
+    path::{Path, PathBuf},
+};
 
-use simplebank_core::domain::mask;
+use lettre::{
+    Address, Message,
+    message::{Mailbox, MultiPart},
+};
+use simplebank_core::{domain::mask, secret::random_code};
 use tracing::Instrument;
 
 use crate::handler::BoxFuture;
@@ -36,13 +47,15 @@ impl fmt::Debug for Email {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MailError {
-    #[error("could not write the email file {path}")]
+    /// The OS error is part of the message (not a `source`): the worker logs and dead-letters
+    /// a failure's message, and this is the one detail an operator needs.
+    #[error("could not write the email file {path}: {cause}")]
     File {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    /// The message could not be built (a malformed sender or recipient address).
+    /// The message could not be built (a malformed sender or recipient address, or text with
+    /// control characters): permanent.
     #[error("invalid email: {0}")]
     Invalid(String),
     /// The SMTP server refused for good (5xx, e.g. 550 on RCPT): retrying cannot help.
@@ -66,7 +79,8 @@ pub trait Mailer: Send + Sync + 'static {
 }
 
 /// Writes each email to `<dir>/<message id>.eml` (RFC 5322, multipart/alternative). The same
-/// message id overwrites the same file, atomically (write, then rename).
+/// message id overwrites the same file, atomically (write a temporary file, then rename). The
+/// folder is created 0700 and the files are 0600: they hold live verification codes.
 #[derive(Debug, Clone)]
 pub struct FileMailer {
     dir: PathBuf,
@@ -90,6 +104,42 @@ impl FileMailer {
             .collect();
         format!("{safe}.eml")
     }
+
+    /// Writes `content` to `path` through a temporary file of its own (two deliveries of one
+    /// task may write at once) that is removed on any failure.
+    fn write(dir: &Path, path: &Path, content: &[u8]) -> Result<(), MailError> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+
+        let fail = |cause| MailError::File {
+            path: path.to_owned(),
+            cause,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(fail)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        let temp = dir.join(format!(".{name}.{}.tmp", random_code(8).expose()));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(fail)?;
+        let written = file
+            .write_all(content)
+            .and_then(|()| file.sync_all())
+            .and_then(|()| std::fs::rename(&temp, path));
+        drop(file);
+        written.map_err(|cause| {
+            let _ = std::fs::remove_file(&temp);
+            fail(cause)
+        })
+    }
 }
 
 impl Mailer for FileMailer {
@@ -103,39 +153,162 @@ impl Mailer for FileMailer {
         );
         Box::pin(
             async move {
-                let path = self.dir.join(Self::file_name(&email.message_id));
-                let temp = path.with_extension("eml.tmp");
-                let fail = |source| MailError::File {
-                    path: path.clone(),
-                    source,
-                };
-                tokio::fs::create_dir_all(&self.dir).await.map_err(fail)?;
-                tokio::fs::write(&temp, render(email)).await.map_err(fail)?;
-                tokio::fs::rename(&temp, &path).await.map_err(fail)?;
-                Ok(())
+                let content = build_message(email)?.formatted();
+                let dir = self.dir.clone();
+                let path = dir.join(Self::file_name(&email.message_id));
+                // Blocking file calls (create, write, fsync, rename) in one trip off the executor.
+                tokio::task::spawn_blocking(move || Self::write(&dir, &path, &content))
+                    .await
+                    .map_err(|err| MailError::Transient(format!("the file writer failed: {err}")))?
             }
             .instrument(span),
         )
     }
 }
 
-/// The message in RFC 5322 form with a text and an HTML part.
-pub fn render(email: &Email) -> String {
-    let boundary = format!("=_{}", email.message_id.replace(['<', '>', '@'], "_"));
-    let date = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc2822)
-        .unwrap_or_default();
-    format!(
-        "Message-ID: <{id}>\r\nDate: {date}\r\nFrom: {from}\r\nTo: {to}\r\nSubject: {subject}\r\n\
-         MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n\
-         --{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n\
-         --{boundary}\r\nContent-Type: text/html; charset=utf-8\r\n\r\n{html}\r\n\
-         --{boundary}--\r\n",
-        id = email.message_id,
-        from = email.from,
-        to = email.to,
-        subject = email.subject,
-        text = email.text,
-        html = email.html,
-    )
+/// The message both mailers send: text and HTML parts, headers built by lettre. The recipient
+/// must be a bare address (no display name); the recipient, subject and message id must hold
+/// no control or format characters. Anything else is [`MailError::Invalid`] (permanent).
+pub fn build_message(email: &Email) -> Result<Message, MailError> {
+    let invalid = |what: &str| MailError::Invalid(format!("bad {what}"));
+    for (what, text) in [
+        ("recipient address", &email.to),
+        ("subject", &email.subject),
+        ("message id", &email.message_id),
+        ("sender address", &email.from),
+    ] {
+        if has_unsafe_chars(text) {
+            return Err(invalid(what));
+        }
+    }
+    if !email
+        .message_id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@'))
+    {
+        return Err(invalid("message id"));
+    }
+    let to: Address = email.to.parse().map_err(|_| invalid("recipient address"))?;
+    Message::builder()
+        .message_id(Some(format!("<{}>", email.message_id)))
+        .from(
+            email
+                .from
+                .parse::<Mailbox>()
+                .map_err(|_| invalid("sender address"))?,
+        )
+        .to(Mailbox::new(None, to))
+        .subject(&email.subject)
+        .multipart(MultiPart::alternative_plain_html(
+            email.text.clone(),
+            email.html.clone(),
+        ))
+        .map_err(|e| MailError::Invalid(e.to_string()))
+}
+
+/// Whether `text` holds a character that has no business in a name, an address or a header:
+/// C0/C1 controls (CR, LF, NUL...), line and paragraph separators, bidi overrides and
+/// isolates, zero-width and other invisible format characters.
+pub fn has_unsafe_chars(text: &str) -> bool {
+    text.chars().any(|c| {
+        c.is_control()
+            || matches!(c,
+                '\u{00AD}'
+                | '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}')
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn email() -> Email {
+        Email {
+            message_id: "verify-email-0b7e@simplebank".into(),
+            from: "Simple Bank <no-reply@simplebank.test>".into(),
+            to: "alice@example.com".into(),
+            subject: "Welcome".into(),
+            text: "text".into(),
+            html: "<p>html</p>".into(),
+        }
+    }
+
+    #[test]
+    fn builds_a_multipart_message_with_bare_recipient_and_message_id() {
+        let formatted = String::from_utf8(build_message(&email()).unwrap().formatted()).unwrap();
+        assert!(formatted.contains("Message-ID: <verify-email-0b7e@simplebank>\r\n"));
+        assert!(formatted.contains("\r\nTo: alice@example.com\r\n"));
+        assert!(formatted.contains("\r\nDate: "));
+        assert!(formatted.contains("multipart/alternative"));
+    }
+
+    #[test]
+    fn refuses_what_could_inject_a_header() {
+        let cases: [(&str, fn(&mut Email)); 9] = [
+            ("crlf in to", |e| {
+                e.to = "x\r\nBcc: attacker@evil.example\r\nX-A: y <v@example.com>".into()
+            }),
+            ("display name", |e| e.to = "Other <dup@example.com>".into()),
+            ("comment", |e| e.to = "dup@example.com (x)".into()),
+            ("lf only", |e| {
+                e.to = "a@example.com\nBcc: b@evil.example".into()
+            }),
+            ("nul", |e| e.to = "a\0@example.com".into()),
+            ("bidi", |e| e.to = "a\u{202E}@example.com".into()),
+            ("line separator", |e| e.subject = "Hi\u{2028}Bcc: x".into()),
+            ("crlf in subject", |e| {
+                e.subject = "Hi\r\nBcc: x@evil.example".into()
+            }),
+            ("message id", |e| e.message_id = "a>\r\nBcc: x".into()),
+        ];
+        for (what, spoil) in cases {
+            let mut bad = email();
+            spoil(&mut bad);
+            let err = build_message(&bad).expect_err(what);
+            assert!(err.is_permanent(), "{what}");
+        }
+    }
+
+    #[test]
+    fn unsafe_characters() {
+        for bad in [
+            "\r", "\n", "\0", "\u{7f}", "\u{85}", "\u{202E}", "\u{2066}", "\u{200B}", "\u{FEFF}",
+        ] {
+            assert!(has_unsafe_chars(&format!("Alice{bad}Liddell")), "{bad:?}");
+        }
+        assert!(!has_unsafe_chars("Zoë O'Brien-Smith 李"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn files_are_private_and_a_failed_write_leaves_nothing() {
+        use std::os::unix::fs::PermissionsExt;
+
+        let root = std::env::temp_dir().join(format!("mail-test-{}", random_code(8).expose()));
+        let dir = root.join("mail");
+        let path = dir.join("a.eml");
+        FileMailer::write(&dir, &path, b"hello").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello");
+        // Renaming onto a folder fails after the temporary file was written: it is removed,
+        // and the OS reason is in the message.
+        std::fs::create_dir(dir.join("b.eml")).unwrap();
+        let err = FileMailer::write(&dir, &dir.join("b.eml"), b"x").unwrap_err();
+        assert!(err.to_string().contains("os error"), "{err}");
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

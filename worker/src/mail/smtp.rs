@@ -4,17 +4,24 @@
 //! Failures are sorted for the retry rules: a permanent rejection (5xx, such as 550 for an
 //! unknown recipient) is [`MailError::Rejected`] and goes to the dead letters without burning
 //! retries; anything else (connection refused, timeout, 4xx) is [`MailError::Transient`].
+//! Addresses in the server's replies are masked ([`super::redact`]) before they go anywhere.
+//!
+//! `SMTP_TIMEOUT` bounds each delivery attempt as a whole: connect, greeting, TLS, login and
+//! every command and reply through the reply to DATA. lettre's own timeout covers only the TCP
+//! connect in its async transport, so a server that stalls a reply would hold the attempt for
+//! as long as it likes. Each attempt uses a connection of its own (lettre's pool is not
+//! enabled), so an attempt cut off mid-dialogue leaves nothing behind to reuse.
 
 use std::time::Duration;
 
 use lettre::{
-    AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor, message::MultiPart,
+    AsyncSmtpTransport, AsyncTransport, Tokio1Executor,
     transport::smtp::authentication::Credentials,
 };
-use simplebank_core::{domain::mask, secret::Secret};
+use simplebank_core::secret::Secret;
 use tracing::Instrument;
 
-use super::{Email, MailError, Mailer};
+use super::{Email, MailError, Mailer, build_message, redact::mask_addresses};
 use crate::handler::BoxFuture;
 
 /// `SMTP_TLS`.
@@ -49,14 +56,16 @@ pub struct SmtpConfig {
     pub credentials: Option<(String, Secret<String>)>,
     /// `SMTP_TLS`, default `starttls`.
     pub tls: TlsMode,
-    /// `SMTP_TIMEOUT`, default 10s: connect and each command.
+    /// `SMTP_TIMEOUT`, default 10s: the whole of one delivery attempt (connect and every
+    /// command and reply).
     pub timeout: Duration,
 }
 
-/// Delivers through an SMTP server, reusing connections (lettre's pool).
+/// Delivers through an SMTP server, one connection per attempt.
 #[derive(Clone)]
 pub struct SmtpMailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for SmtpMailer {
@@ -81,22 +90,9 @@ impl SmtpMailer {
         }
         Ok(Self {
             transport: builder.build(),
+            timeout: config.timeout,
         })
     }
-}
-
-fn message(email: &Email) -> Result<Message, MailError> {
-    let invalid = |what: &str| MailError::Invalid(format!("bad {what} address"));
-    Message::builder()
-        .message_id(Some(format!("<{}>", email.message_id)))
-        .from(email.from.parse().map_err(|_| invalid("sender"))?)
-        .to(email.to.parse().map_err(|_| invalid("recipient"))?)
-        .subject(&email.subject)
-        .multipart(MultiPart::alternative_plain_html(
-            email.text.clone(),
-            email.html.clone(),
-        ))
-        .map_err(|e| MailError::Invalid(e.to_string()))
 }
 
 impl Mailer for SmtpMailer {
@@ -109,44 +105,23 @@ impl Mailer for SmtpMailer {
         );
         Box::pin(
             async move {
-                let message = message(email)?;
-                // Servers often echo the recipient in their replies; errors end up in logs,
-                // spans and dead letters, so the address is masked there.
-                let describe = |err: &lettre::transport::smtp::Error| {
-                    err.to_string().replace(&email.to, &mask(&email.to))
-                };
-                match self.transport.send(message).await {
-                    Ok(_) => Ok(()),
-                    Err(err) if err.is_permanent() => Err(MailError::Rejected(describe(&err))),
-                    Err(err) => Err(MailError::Transient(describe(&err))),
+                let message = build_message(email)?;
+                let sent = tokio::time::timeout(self.timeout, self.transport.send(message)).await;
+                // Servers often echo the recipient in their replies, in any spelling; errors
+                // end up in logs, spans and dead letters, so every address in them is masked.
+                match sent {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(err)) if err.is_permanent() => {
+                        Err(MailError::Rejected(mask_addresses(&err.to_string())))
+                    }
+                    Ok(Err(err)) => Err(MailError::Transient(mask_addresses(&err.to_string()))),
+                    Err(_) => Err(MailError::Transient(format!(
+                        "no answer from the SMTP server within SMTP_TIMEOUT ({:?})",
+                        self.timeout
+                    ))),
                 }
             }
             .instrument(span),
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn builds_a_multipart_message_with_its_message_id() {
-        let email = Email {
-            message_id: "verify-email-7@simplebank".into(),
-            from: "Simple Bank <no-reply@simplebank.test>".into(),
-            to: "alice@example.com".into(),
-            subject: "Welcome".into(),
-            text: "text".into(),
-            html: "<p>html</p>".into(),
-        };
-        let formatted = String::from_utf8(message(&email).unwrap().formatted()).unwrap();
-        assert!(formatted.contains("Message-ID: <verify-email-7@simplebank>"));
-        assert!(formatted.contains("multipart/alternative"));
-        let bad = Email {
-            to: "not an address".into(),
-            ..email
-        };
-        assert!(message(&bad).unwrap_err().is_permanent());
     }
 }

@@ -1,0 +1,128 @@
+//! Masking email addresses in text that comes from outside (an SMTP server's reply) before it
+//! reaches a log line, a span or a dead letter.
+//!
+//! Servers echo the recipient in their own spelling (another case, angle brackets, quotes, the
+//! punycode form of an IDN domain), so matching the stored address is not enough: every token
+//! around an at sign is masked, whatever it looks like.
+
+/// `text` with every email-like token masked: its local part becomes `x***` (`x` its first
+/// character when that is an ASCII letter or digit, else `*`) and its domain is kept, lower-cased
+/// (`<Bob.Smith@Example.COM>` becomes `<b***@example.com>`). A quoted local part may hold
+/// spaces and is masked whole. Full-width at signs count as at signs.
+pub fn mask_addresses(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let Some(at) = chars[i..].iter().position(|c| is_at(*c)).map(|p| p + i) else {
+            out.extend(&chars[i..]);
+            break;
+        };
+        let start = local_start(&chars, i, at);
+        let end = domain_end(&chars, at);
+        out.extend(&chars[i..start]);
+        let first = chars[start..at]
+            .iter()
+            .find(|c| !matches!(c, '"' | '\''))
+            .filter(|c| c.is_ascii_alphanumeric())
+            .map_or('*', |c| c.to_ascii_lowercase());
+        out.push(first);
+        out.push_str("***@");
+        out.extend(chars[at + 1..end].iter().flat_map(|c| c.to_lowercase()));
+        i = end;
+    }
+    out
+}
+
+fn is_at(c: char) -> bool {
+    matches!(c, '@' | '\u{FF20}' | '\u{FE6B}')
+}
+
+/// Characters that end a token on either side: whitespace and the delimiters servers put
+/// around addresses.
+fn is_delimiter(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '<' | '>' | '(' | ')' | '[' | ']' | ',' | ';' | ':' | '=')
+}
+
+/// Where the local part before `at` starts (not before `floor`). A local part that ends in a
+/// quote runs back to its opening quote, spaces included.
+fn local_start(chars: &[char], floor: usize, at: usize) -> usize {
+    if at > floor && chars[at - 1] == '"' {
+        if let Some(open) = chars[floor..at - 1].iter().rposition(|c| *c == '"') {
+            return floor + open;
+        }
+    }
+    let mut start = at;
+    while start > floor && !is_delimiter(chars[start - 1]) && !is_at(chars[start - 1]) {
+        start -= 1;
+    }
+    // A single quote opening the token quotes it (`'bob@x'`); inside, it belongs to the address.
+    if start < at && chars[start] == '\'' {
+        start += 1;
+    }
+    start
+}
+
+/// Where the domain after `at` ends: at a delimiter, a quote, or trailing sentence punctuation.
+fn domain_end(chars: &[char], at: usize) -> usize {
+    let mut end = at + 1;
+    while end < chars.len()
+        && !is_delimiter(chars[end])
+        && !is_at(chars[end])
+        && !matches!(chars[end], '"' | '\'')
+    {
+        end += 1;
+    }
+    while end > at + 1 && matches!(chars[end - 1], '.' | '!' | '?') {
+        end -= 1;
+    }
+    end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask_addresses;
+
+    #[test]
+    fn masks_every_spelling_of_an_address() {
+        for (text, masked) in [
+            (
+                "550 5.1.1 <reject@example.com>: No such user",
+                "550 5.1.1 <r***@example.com>: No such user",
+            ),
+            (
+                "550 5.1.1 <REJECT@EXAMPLE.COM>: No such user",
+                "550 5.1.1 <r***@example.com>: No such user",
+            ),
+            ("user Reject@Example.com.", "user r***@example.com."),
+            ("\"reject\"@example.com", "r***@example.com"),
+            (
+                "mailbox \"john smith\"@example.com unknown",
+                "mailbox j***@example.com unknown",
+            ),
+            ("'reject@example.com'", "'r***@example.com'"),
+            (
+                "to=<reject@xn--bcher-kva.example>",
+                "to=<r***@xn--bcher-kva.example>",
+            ),
+            ("reject@bücher.example", "r***@bücher.example"),
+            ("reject＠example.com", "r***@example.com"),
+            ("_x@example.com", "****@example.com"),
+            ("a@b@c", "a***@b****@c"),
+            ("@", "****@"),
+            ("no address here", "no address here"),
+            ("", ""),
+        ] {
+            assert_eq!(mask_addresses(text), masked, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn leaves_no_local_part_behind() {
+        let text =
+            "RCPT <Alice.Liddell+tag@Example.COM> refused; also alice.liddell+tag@example.com";
+        let masked = mask_addresses(text);
+        assert!(!masked.to_lowercase().contains("liddell"), "{masked}");
+        assert_eq!(masked.matches("a***@example.com").count(), 2, "{masked}");
+    }
+}
