@@ -1,17 +1,23 @@
-//! The send_verify_email handler: one record and one email per task, even when delivered twice.
+//! The send_verify_email handler: one record and one email per task, even when delivered twice;
+//! nothing injected from a user row; and the file mailer's files: private, never colliding, no
+//! leftovers on a failed write (a real one: a file size limit), the OS reason in the log.
 
-use std::sync::Arc;
+use std::{os::unix::fs::PermissionsExt, process::Stdio, sync::Arc, time::Duration};
 
 use simplebank_core::{
     domain::NewUser,
+    redis_client,
     secret::Secret,
-    task::{Task, TaskPayload},
+    task::{DeadLetters, Task, TaskPayload},
     tasks::SendVerifyEmail,
-    testing::{TempDir, TestDb, TestRedis, verify_link},
+    testing::{TempDir, TestDb, TestRedis, sigterm, verify_link},
 };
 use simplebank_worker::{Handlers, handlers::SendVerifyEmailHandler, mail::FileMailer};
+use tokio::io::AsyncBufReadExt;
 
 use crate::helpers::{RunningWorker, publisher, settings, wait_until_drained};
+
+const KEY: &str = "test-verify-email-key-0123456789abcdef";
 
 async fn user_with_task(db: &TestDb, username: &str, email: &str) -> Task {
     let user = NewUser::parse(username, "Alice Liddell", email, "secret-password".into())
@@ -39,9 +45,41 @@ fn handlers(db: &TestDb, mail: &TempDir) -> Handlers {
             Arc::new(FileMailer::new(&mail.0)),
             "Simple Bank <no-reply@simplebank.test>".into(),
             "https://bank.example/verify".into(),
-            std::time::Duration::from_secs(900),
+            Duration::from_secs(900),
+            Secret::new(KEY.as_bytes().to_vec()),
         ),
     )
+}
+
+/// A user row inserted with SQL, past the edge's validation, and a task for it.
+async fn raw_user_with_task(db: &TestDb, username: &str, email: &str, full_name: &str) -> Task {
+    sqlx::query(
+        "INSERT INTO users (username, hashed_password, full_name, email) VALUES ($1, 'x', $2, $3)",
+    )
+    .bind(username)
+    .bind(full_name)
+    .bind(email)
+    .execute(db.store.pool())
+    .await
+    .expect("insert the row directly");
+    Task::new(&SendVerifyEmail {
+        username: username.into(),
+    })
+    .expect("task")
+}
+
+fn dead_letters(redis: &TestRedis) -> DeadLetters {
+    DeadLetters::new(
+        redis_client::lazy_manager(redis.client(), redis_client::RESPONSE_TIMEOUT).expect("conn"),
+        redis.keys(),
+    )
+}
+
+fn eml_files(mail: &TempDir) -> Vec<std::path::PathBuf> {
+    mail.files()
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "eml"))
+        .collect()
 }
 
 #[tokio::test]
@@ -106,4 +144,238 @@ async fn different_tasks_get_different_codes() {
         .collect();
     assert_eq!(codes.len(), 2);
     assert_ne!(codes[0], codes[1]);
+}
+
+#[tokio::test]
+async fn a_malicious_row_injects_nothing_into_the_eml() {
+    let (db, redis, mail) = (TestDb::create().await, TestRedis::new(), TempDir::new());
+    let publisher = publisher(&redis);
+    for (username, email, full_name) in [
+        (
+            "header",
+            "x\r\nBcc: attacker@evil.example\r\nSubject: Pwned\r\nX-A: y <v@example.com>",
+            "Alice Liddell",
+        ),
+        (
+            "blank",
+            "x\r\n\r\nURGENT: wire money <v@example.com>",
+            "Alice Liddell",
+        ),
+        ("named", "Other <dup@example.com>", "Alice Liddell"),
+        (
+            "body",
+            "body@example.com",
+            "Eve\r\n\r\nURGENT: wire money\r\nBcc: attacker@evil.example",
+        ),
+        ("bidi", "bidi@example.com", "Eve \u{202E}lanigiro"),
+        ("good", "good@example.com", "Alice Liddell"),
+    ] {
+        let task = raw_user_with_task(&db, username, email, full_name).await;
+        publisher.publish(&task).await.expect("publish");
+    }
+
+    let worker = RunningWorker::start(&redis, settings("mailer"), handlers(&db, &mail));
+    wait_until_drained(&redis, "critical").await;
+    worker.stop().await;
+
+    let files = eml_files(&mail);
+    assert_eq!(files.len(), 1, "only the good row is mailed: {files:?}");
+    let message = std::fs::read_to_string(&files[0]).expect("email");
+    assert!(
+        message.contains("\r\nTo: good@example.com\r\n"),
+        "{message}"
+    );
+    for injected in ["Bcc:", "Pwned", "evil.example", "URGENT", "X-A:"] {
+        assert!(!message.contains(injected), "{injected}: {message}");
+    }
+    let letters = dead_letters(&redis).list(10).await.expect("dead letters");
+    assert_eq!(letters.len(), 5);
+    for letter in letters {
+        assert!(
+            letter.error.starts_with("invalid email: "),
+            "{}",
+            letter.error
+        );
+    }
+}
+
+#[tokio::test]
+async fn emails_are_private_files_in_a_private_folder() {
+    let (db, redis, root) = (TestDb::create().await, TestRedis::new(), TempDir::new());
+    let mail = TempDir(root.0.join("new").join("mail"));
+    let task = user_with_task(&db, "alice", "alice@example.com").await;
+    publisher(&redis).publish(&task).await.expect("publish");
+    let worker = RunningWorker::start(&redis, settings("mailer"), handlers(&db, &mail));
+    wait_until_drained(&redis, "critical").await;
+    worker.stop().await;
+
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&mail.0), 0o700, "the folder");
+    assert_eq!(mode(&root.0.join("new")), 0o700, "a parent it created");
+    let files = eml_files(&mail);
+    assert_eq!(files.len(), 1);
+    assert_eq!(mode(&files[0]), 0o600, "the email holds a live code");
+}
+
+#[tokio::test]
+async fn file_names_never_collide_across_database_resets() {
+    let (redis, mail) = (TestRedis::new(), TempDir::new());
+    // Two databases stand for one before and after a reset: both records get id 1.
+    for _ in 0..2 {
+        let db = TestDb::create().await;
+        let task = user_with_task(&db, "alice", "alice@example.com").await;
+        publisher(&redis).publish(&task).await.expect("publish");
+        let worker = RunningWorker::start(&redis, settings("mailer"), handlers(&db, &mail));
+        wait_until_drained(&redis, "critical").await;
+        worker.stop().await;
+        let records = db.store.verify_emails_of("alice").await.expect("records");
+        assert_eq!(records[0].id, 1);
+        let name = format!("verify-email-{}_simplebank.eml", task.id);
+        assert!(mail.0.join(&name).exists(), "named by task id: {name}");
+    }
+    assert_eq!(eml_files(&mail).len(), 2, "the second email kept the first");
+}
+
+#[tokio::test]
+async fn a_redelivery_before_the_send_restarts_the_expiry_and_keeps_the_code() {
+    let db = TestDb::create().await;
+    let task = user_with_task(&db, "alice", "alice@example.com").await;
+    let code = Secret::new("A".repeat(32));
+    let expiry = Duration::from_secs(900);
+    let store = &db.store;
+    let (first, created) = store
+        .create_verify_email(&task.id, "alice", "alice@example.com", &code, expiry)
+        .await
+        .expect("create");
+    assert!(created);
+    let expire = "UPDATE verify_emails SET expired_at = now() - interval '1 second'";
+    sqlx::query(expire)
+        .execute(store.pool())
+        .await
+        .expect("expire");
+
+    // Unsent: a redelivery gets a live code again (the same record).
+    let (again, created) = store
+        .create_verify_email(&task.id, "alice", "alice@example.com", &code, expiry)
+        .await
+        .expect("again");
+    assert!(!created);
+    assert_eq!(again.id, first.id);
+    assert!(again.expired_at > time::OffsetDateTime::now_utc() + Duration::from_secs(800));
+
+    // Sent: the expiry stands, and the sent code still verifies.
+    store.mark_verify_email_sent(first.id).await.expect("sent");
+    sqlx::query(expire)
+        .execute(store.pool())
+        .await
+        .expect("expire");
+    let (sent, _) = store
+        .create_verify_email(&task.id, "alice", "alice@example.com", &code, expiry)
+        .await
+        .expect("after the send");
+    assert!(sent.expired_at < time::OffsetDateTime::now_utc());
+    sqlx::query("UPDATE verify_emails SET expired_at = now() + interval '1 hour'")
+        .execute(store.pool())
+        .await
+        .expect("unexpire");
+    store
+        .verify_email(first.id, code.expose())
+        .await
+        .expect("the code verifies");
+}
+
+/// `program` (the worker binary, or a shell that runs it) with the worker's settings.
+fn worker_command(
+    program: &str,
+    db: &TestDb,
+    redis: &TestRedis,
+    mail: &TempDir,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .env("ENVIRONMENT", "development")
+        .env("RUST_LOG", "info")
+        .env("DB_SOURCE", db.url.expose())
+        .env("REDIS_ADDRESS", &redis.address)
+        .env("REDIS_NAMESPACE", redis.namespace.as_str())
+        .env("EMAIL_MAILER", "file")
+        .env("EMAIL_FILE_DIR", &mail.0)
+        .env("VERIFY_EMAIL_KEY", KEY)
+        .env("WORKER_RETRY_BASE_DELAY", "100ms")
+        .env("WORKER_RETRY_MAX_DELAY", "200ms")
+        .env_remove("WORKER_CONSUMER_NAME")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+#[tokio::test]
+async fn a_failed_write_leaves_no_file_and_logs_the_os_error() {
+    let (db, redis, mail) = (TestDb::create().await, TestRedis::new(), TempDir::new());
+    let task = user_with_task(&db, "alice", "alice@example.com").await;
+    publisher(&redis).publish(&task).await.expect("publish");
+
+    // A real write failure: the worker may not grow any file (RLIMIT_FSIZE 0), and ignores
+    // SIGXFSZ so the write fails with EFBIG instead of killing it. Its log is a pipe, no file.
+    let mut child = worker_command("bash", &db, &redis, &mail)
+        .args([
+            "-c",
+            "trap '' XFSZ; ulimit -f 0; exec \"$0\"",
+            env!("CARGO_BIN_EXE_simplebank-worker"),
+        ])
+        .spawn()
+        .expect("start the worker");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let failed = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("could not write the email file") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("the failure was logged");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    assert!(failed.contains("File too large (os error 27)"), "{failed}");
+    sigterm(&mut child, Duration::from_secs(20))
+        .await
+        .expect("stops");
+
+    let left: Vec<_> = mail.files();
+    assert!(
+        left.is_empty(),
+        "no temporary or partial file is left: {left:?}"
+    );
+}
+
+#[tokio::test]
+async fn production_needs_a_long_enough_verify_email_key() {
+    let (db, redis, mail) = (TestDb::create().await, TestRedis::new(), TempDir::new());
+    for (key, reason) in [
+        (None, "required in production"),
+        (Some("short"), "at least 32 bytes"),
+    ] {
+        let mut command =
+            worker_command(env!("CARGO_BIN_EXE_simplebank-worker"), &db, &redis, &mail);
+        // Set, even if empty: the worker would otherwise read the development key in app.env.
+        command
+            .env("ENVIRONMENT", "production")
+            .env("VERIFY_EMAIL_KEY", key.unwrap_or(""));
+        let output = command.output().await.expect("run the worker");
+        assert_eq!(output.status.code(), Some(2), "{key:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("VERIFY_EMAIL_KEY") && stderr.contains(reason),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("short"),
+            "the value is not echoed: {stderr}"
+        );
+    }
 }
