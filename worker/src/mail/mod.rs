@@ -251,7 +251,8 @@ mod tests {
 
     #[test]
     fn refuses_what_could_inject_a_header() {
-        let cases: [(&str, fn(&mut Email)); 9] = [
+        type Spoil = fn(&mut Email);
+        let cases: [(&str, Spoil); 9] = [
             ("crlf in to", |e| {
                 e.to = "x\r\nBcc: attacker@evil.example\r\nX-A: y <v@example.com>".into()
             }),

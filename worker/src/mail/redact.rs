@@ -47,10 +47,11 @@ fn is_delimiter(c: char) -> bool {
 /// Where the local part before `at` starts (not before `floor`). A local part that ends in a
 /// quote runs back to its opening quote, spaces included.
 fn local_start(chars: &[char], floor: usize, at: usize) -> usize {
-    if at > floor && chars[at - 1] == '"' {
-        if let Some(open) = chars[floor..at - 1].iter().rposition(|c| *c == '"') {
-            return floor + open;
-        }
+    if at > floor
+        && chars[at - 1] == '"'
+        && let Some(open) = chars[floor..at - 1].iter().rposition(|c| *c == '"')
+    {
+        return floor + open;
     }
     let mut start = at;
     while start > floor && !is_delimiter(chars[start - 1]) && !is_at(chars[start - 1]) {
