@@ -89,7 +89,8 @@ impl SmtpSink {
             port: self.port,
             credentials: None,
             tls: TlsMode::None,
-            timeout: Duration::from_secs(2),
+            // A whole attempt; generous, so a loaded machine does not turn one send into two.
+            timeout: Duration::from_secs(10),
         })
     }
 

@@ -250,6 +250,21 @@ mod tests {
     }
 
     #[test]
+    fn header_text_is_encoded_by_lettre() {
+        let mut accented = email();
+        accented.subject = "Bienvenue à Simple Bank".into();
+        accented.from = "Banque Élan <no-reply@simplebank.test>".into();
+        let formatted = String::from_utf8(build_message(&accented).unwrap().formatted()).unwrap();
+        let headers = formatted.split("\r\n\r\n").next().unwrap();
+        assert!(headers.is_ascii(), "{headers}");
+        assert!(
+            headers.contains("Subject: Bienvenue =?utf-8?b?"),
+            "{headers}"
+        );
+        assert!(headers.contains("From: =?utf-8?"), "{headers}");
+    }
+
+    #[test]
     fn refuses_what_could_inject_a_header() {
         type Spoil = fn(&mut Email);
         let cases: [(&str, Spoil); 9] = [
