@@ -67,38 +67,31 @@ pub fn hash(password: &Password) -> Result<Secret<String>, HashError> {
 /// needed, kept by the caller) with the hash's own parameters. The comparison is
 /// constant-time. A hash that does not parse matches nothing.
 pub fn verify_with_memory(password: &str, hash: &str, memory: &mut Vec<argon2::Block>) -> bool {
+    run_argon2(password, hash, memory).unwrap_or(false)
+}
+
+/// [`verify_with_memory`], but `None` when argon2 never ran (a hash that does not parse), so
+/// the pool counts only the verifications that did the work.
+fn run_argon2(password: &str, hash: &str, memory: &mut Vec<argon2::Block>) -> Option<bool> {
     use subtle::ConstantTimeEq;
 
-    let Ok(parsed) = PasswordHash::new(hash) else {
-        return false;
-    };
-    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
-        return false;
-    };
-    let Ok(params) = argon2::Params::try_from(&parsed) else {
-        return false;
-    };
-    let Ok(algorithm) = argon2::Algorithm::try_from(parsed.algorithm) else {
-        return false;
-    };
+    let parsed = PasswordHash::new(hash).ok()?;
+    let (salt, expected) = parsed.salt.zip(parsed.hash)?;
+    let params = argon2::Params::try_from(&parsed).ok()?;
+    let algorithm = argon2::Algorithm::try_from(parsed.algorithm).ok()?;
     let version = parsed
         .version
         .and_then(|v| argon2::Version::try_from(v).ok())
         .unwrap_or_default();
     let mut salt_bytes = [0u8; 64];
-    let Ok(raw_salt) = salt.decode_b64(&mut salt_bytes) else {
-        return false;
-    };
+    let raw_salt = salt.decode_b64(&mut salt_bytes).ok()?;
     let mut out = vec![0u8; expected.len()];
     memory.resize(params.block_count(), argon2::Block::default());
     let argon2 = Argon2::new(algorithm, version, params);
-    if argon2
+    argon2
         .hash_password_into_with_memory(password.as_bytes(), raw_salt, &mut out, &mut memory[..])
-        .is_err()
-    {
-        return false;
-    }
-    bool::from(out.as_slice().ct_eq(expected.as_bytes()))
+        .ok()?;
+    Some(bool::from(out.as_slice().ct_eq(expected.as_bytes())))
 }
 
 /// What an unknown user's password is checked against, so that sign-in does the same work
@@ -142,9 +135,11 @@ impl Job {
             }
             Self::Verify(password, hash, reply) => {
                 let stored = hash.as_ref().map_or(DUMMY_HASH, |h| h.expose().as_str());
-                let matched = verify_with_memory(password.expose(), stored, memory);
-                verifications.fetch_add(1, Ordering::Relaxed);
-                let _ = reply.send(matched && hash.is_some());
+                let matched = run_argon2(password.expose(), stored, memory);
+                if matched.is_some() {
+                    verifications.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = reply.send(matched == Some(true) && hash.is_some());
             }
         }
     }
@@ -385,6 +380,14 @@ mod tests {
         assert!(
             !pool
                 .verify(presented("plum-tractor-1"), None)
+                .await
+                .unwrap()
+        );
+        assert_eq!(pool.verifications(), 3);
+        // A stored hash that does not parse: no match, and no argon2 run to count.
+        assert!(
+            !pool
+                .verify(presented("plum-tractor-1"), Some(presented("not a hash")))
                 .await
                 .unwrap()
         );
