@@ -19,7 +19,7 @@
 use std::time::Duration;
 
 use crate::{
-    store::{Store, StoreError},
+    store::{Store, StoreError, outbox::OutboxLease},
     task::{PublishError, Publisher, Task},
 };
 
@@ -47,22 +47,22 @@ pub enum RelayError {
     Timeout,
 }
 
-/// Publishes `task`, written by the caller as outbox row `id` (leased for [`PUBLISH_GRACE`]),
+/// Publishes `task`, written by the caller as outbox row `row` (leased for [`PUBLISH_GRACE`]),
 /// then deletes the row. If Redis fails or does not answer within [`PUBLISH_TIMEOUT`], the
-/// lease ends, so the relay takes the row at its next round.
+/// lease ends (if still ours), so the relay takes the row at its next round.
 pub async fn publish_row(
     store: &Store,
     publisher: &Publisher,
-    id: i64,
+    row: OutboxLease,
     task: &Task,
 ) -> Result<(), RelayError> {
     let failure = match tokio::time::timeout(PUBLISH_TIMEOUT, publish(publisher, task)).await {
-        Ok(Ok(())) => return Ok(store.delete_outbox(&[id]).await?),
+        Ok(Ok(())) => return Ok(store.delete_outbox(&[row.id]).await?),
         Ok(Err(err)) => RelayError::Publish(err),
         Err(_) => RelayError::Timeout,
     };
     // Best effort: if this fails too, the lease runs out by itself.
-    let _ = store.release_outbox(&[id]).await;
+    let _ = store.release_outbox(&[row]).await;
     Err(failure)
 }
 
@@ -76,9 +76,9 @@ pub async fn relay_batch(
     let rows = store.lease_outbox(limit, RELAY_LEASE).await?;
     let mut published = Vec::with_capacity(rows.len());
     let mut failure = None;
-    for (id, task) in &rows {
+    for (row, task) in &rows {
         match publish(publisher, task).await {
-            Ok(()) => published.push(*id),
+            Ok(()) => published.push(row.id),
             Err(err) => {
                 failure = Some(err);
                 break;
@@ -90,7 +90,10 @@ pub async fn relay_batch(
     }
     match failure {
         Some(err) => {
-            let rest: Vec<i64> = rows[published.len()..].iter().map(|(id, _)| *id).collect();
+            let rest: Vec<OutboxLease> = rows[published.len()..]
+                .iter()
+                .map(|(row, _)| *row)
+                .collect();
             store.release_outbox(&rest).await?;
             Err(err.into())
         }

@@ -8,6 +8,7 @@ use simplebank_core::{
     secret::{SECRET_CODE_LEN, Secret},
     store::{
         SessionLimits, SessionOrigin, Store, User,
+        outbox::OutboxLease,
         sessions::{is_refresh_token, new_refresh_token},
     },
     task::{Publisher, Task},
@@ -87,17 +88,17 @@ impl SimpleBankService {
         Ok(task)
     }
 
-    /// Publishes committed outbox row `outbox_id` in the background, holding no database
+    /// Publishes committed outbox row `row` in the background, holding no database
     /// connection while Redis is called. If Redis is down or hung the row stays in the outbox
     /// and the relay publishes it later.
-    fn publish_after_commit(&self, outbox_id: i64, task: Task) {
+    fn publish_after_commit(&self, row: OutboxLease, task: Task) {
         let (store, publisher) = (self.store.clone(), self.publisher.clone());
         self.publishes.spawn(async move {
             // (The publish span continues the call's trace through the task's traceparent.)
             // Bounded by the row's grace: past it, the relay owns the row anyway.
             let published = tokio::time::timeout(
                 outbox::PUBLISH_GRACE,
-                outbox::publish_row(&store, &publisher, outbox_id, &task),
+                outbox::publish_row(&store, &publisher, row, &task),
             )
             .await;
             match published {
@@ -171,14 +172,14 @@ impl SimpleBank for SimpleBankService {
             .await?;
         let task = Self::verify_email_task(new_user.username.as_str())?;
 
-        let (user, outbox_id) = self
+        let (user, outbox) = self
             .store
             .create_user(&new_user, &hashed_password, &task)
             .await
             .map_err(status::from_store)?;
 
         // Committed: answer now, publish in the background.
-        self.publish_after_commit(outbox_id, task);
+        self.publish_after_commit(outbox, task);
         Ok(Response::new(pb::CreateUserResponse {
             user: Some(to_pb(user)),
         }))
@@ -372,12 +373,12 @@ impl SimpleBank for SimpleBankService {
             )
             .await
             .map_err(status::from_store)?;
-        if let Some(outbox_id) = updated.outbox_id {
-            self.publish_after_commit(outbox_id, task);
+        if let Some(row) = updated.outbox {
+            self.publish_after_commit(row, task);
         }
         tracing::info!(
             username = %claims.username,
-            email_changed = updated.outbox_id.is_some(),
+            email_changed = updated.outbox.is_some(),
             password_changed = hashed_password.is_some(),
             other_sessions_ended = updated.sessions_ended,
             "user updated"

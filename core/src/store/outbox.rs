@@ -6,9 +6,21 @@
 
 use std::time::Duration;
 
+use time::OffsetDateTime;
+
 use crate::task::Task;
 
 use super::{Store, StoreError};
+
+/// An outbox row held under a lease: its id and the lease's end as written by the holder.
+/// The end doubles as the holder's mark: a later claim writes another, so a release can tell
+/// whether the row is still its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct OutboxLease {
+    pub id: i64,
+    #[sqlx(rename = "leased_until")]
+    pub until: OffsetDateTime,
+}
 
 impl Store {
     /// Claims up to `limit` outbox rows whose lease has run out, oldest first, leasing them
@@ -23,20 +35,23 @@ impl Store {
         &self,
         limit: i64,
         lease: Duration,
-    ) -> Result<Vec<(i64, Task)>, StoreError> {
-        let mut rows: Vec<(i64, sqlx::types::Json<Task>)> = sqlx::query_as(
+    ) -> Result<Vec<(OutboxLease, Task)>, StoreError> {
+        let mut rows: Vec<(i64, OffsetDateTime, sqlx::types::Json<Task>)> = sqlx::query_as(
             "UPDATE task_outbox SET leased_until = now() + make_interval(secs => $2) \
              WHERE id IN ( \
                SELECT id FROM task_outbox WHERE leased_until <= now() \
                ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, task",
+             RETURNING id, leased_until, task",
         )
         .bind(limit)
         .bind(lease.as_secs_f64())
         .fetch_all(&self.pool)
         .await?;
-        rows.sort_unstable_by_key(|(id, _)| *id);
-        Ok(rows.into_iter().map(|(id, task)| (id, task.0)).collect())
+        rows.sort_unstable_by_key(|(id, _, _)| *id);
+        Ok(rows
+            .into_iter()
+            .map(|(id, until, task)| (OutboxLease { id, until }, task.0))
+            .collect())
     }
 
     /// Deletes published rows.
@@ -54,16 +69,25 @@ impl Store {
     }
 
     /// Ends the lease of rows that could not be published, so the next relay round takes them.
+    /// Only where the lease is still the caller's: a row whose lease ran out and that another
+    /// server has claimed since keeps that server's lease.
     #[tracing::instrument(
         name = "UPDATE task_outbox",
         skip_all,
         fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE")
     )]
-    pub async fn release_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
-        sqlx::query("UPDATE task_outbox SET leased_until = now() WHERE id = ANY($1)")
-            .bind(ids)
-            .execute(&self.pool)
-            .await?;
+    pub async fn release_outbox(&self, leases: &[OutboxLease]) -> Result<(), StoreError> {
+        let (ids, ends): (Vec<i64>, Vec<OffsetDateTime>) =
+            leases.iter().map(|lease| (lease.id, lease.until)).unzip();
+        sqlx::query(
+            "UPDATE task_outbox SET leased_until = now() \
+             FROM unnest($1::bigint[], $2::timestamptz[]) AS mine(id, until) \
+             WHERE task_outbox.id = mine.id AND task_outbox.leased_until = mine.until",
+        )
+        .bind(ids)
+        .bind(ends)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -79,7 +103,12 @@ impl Store {
 mod tests {
     use std::{collections::BTreeSet, time::Duration};
 
-    use crate::{store::Store, task::Task, tasks::SendVerifyEmail, testing::TestDb};
+    use crate::{
+        store::{Store, outbox::OutboxLease},
+        task::Task,
+        tasks::SendVerifyEmail,
+        testing::TestDb,
+    };
 
     const LEASE: Duration = Duration::from_secs(30);
 
@@ -103,8 +132,8 @@ mod tests {
         ids
     }
 
-    fn ids(rows: &[(i64, Task)]) -> BTreeSet<i64> {
-        rows.iter().map(|(id, _)| *id).collect()
+    fn ids(rows: &[(OutboxLease, Task)]) -> BTreeSet<i64> {
+        rows.iter().map(|(lease, _)| lease.id).collect()
     }
 
     /// Two servers (two pools) claiming at the same moment never claim the same row.
@@ -118,7 +147,8 @@ mod tests {
             db.store.lease_outbox(30, LEASE),
             other.lease_outbox(30, LEASE)
         );
-        let (a, b) = (ids(&a.expect("claim a")), ids(&b.expect("claim b")));
+        let (a_rows, b_rows) = (a.expect("claim a"), b.expect("claim b"));
+        let (a, b) = (ids(&a_rows), ids(&b_rows));
         assert!(a.is_disjoint(&b), "{a:?} and {b:?} overlap");
         assert_eq!(a.union(&b).copied().collect::<BTreeSet<_>>(), all);
 
@@ -132,8 +162,9 @@ mod tests {
         );
 
         // Released rows and rows whose lease ran out are claimed again; the rest are not.
-        let released: Vec<i64> = a.iter().copied().take(3).collect();
+        let released: Vec<OutboxLease> = a_rows.iter().take(3).map(|(l, _)| *l).collect();
         db.store.release_outbox(&released).await.expect("release");
+        let released: Vec<i64> = released.iter().map(|l| l.id).collect();
         let expired = *b.iter().next().expect("a row");
         sqlx::query(
             "UPDATE task_outbox SET leased_until = now() - interval '1 second' WHERE id = $1",
@@ -153,6 +184,44 @@ mod tests {
         assert_eq!(
             db.store.outbox_len().await.expect("len"),
             i64::try_from(all.len() - done.len()).expect("len")
+        );
+    }
+
+    /// A server whose lease ran out (a publish slower than its lease) and was claimed by
+    /// another server cannot end the other's lease by releasing its own.
+    #[tokio::test]
+    async fn a_release_ends_only_the_callers_own_lease() {
+        let db = TestDb::create().await;
+        let other = Store::connect_lazy(&db.url).expect("a second pool");
+        let all = insert_rows(&db.store, 3).await;
+
+        // The first server's lease is over at once; the second claims the rows after it.
+        let stale = db
+            .store
+            .lease_outbox(10, Duration::ZERO)
+            .await
+            .expect("claim");
+        assert_eq!(ids(&stale), all);
+        let taken = other.lease_outbox(10, LEASE).await.expect("claim again");
+        assert_eq!(ids(&taken), all);
+
+        let stale: Vec<OutboxLease> = stale.iter().map(|(l, _)| *l).collect();
+        db.store.release_outbox(&stale).await.expect("release");
+        assert!(
+            db.store
+                .lease_outbox(10, LEASE)
+                .await
+                .expect("claim")
+                .is_empty(),
+            "the second server's lease still holds"
+        );
+
+        // Its own release does end it.
+        let taken: Vec<OutboxLease> = taken.iter().map(|(l, _)| *l).collect();
+        other.release_outbox(&taken).await.expect("release");
+        assert_eq!(
+            ids(&db.store.lease_outbox(10, LEASE).await.expect("claim")),
+            all
         );
     }
 }

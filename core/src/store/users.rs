@@ -11,7 +11,7 @@ use crate::{
     task::Task,
 };
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, outbox::OutboxLease};
 
 /// A stored user, as the application sees it. The password hash is deliberately not here.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -29,7 +29,8 @@ pub struct User {
 struct Created {
     #[sqlx(flatten)]
     user: User,
-    outbox_id: i64,
+    #[sqlx(flatten)]
+    outbox: OutboxLease,
 }
 
 /// A user with their password hash, for sign-in only.
@@ -44,7 +45,7 @@ pub struct Credentials {
 pub struct Updated {
     pub user: User,
     /// The outbox row of the new address's verification task, when the address changed.
-    pub outbox_id: Option<i64>,
+    pub outbox: Option<OutboxLease>,
     /// Other sessions ended by a password change.
     pub sessions_ended: u64,
 }
@@ -54,7 +55,7 @@ const USER_COLUMNS: &str =
 
 impl Store {
     /// Inserts `user` and an outbox row holding `task`, in one transaction. Returns the stored
-    /// user and the outbox row id, which the caller publishes after commit.
+    /// user and the outbox row with its lease, which the caller publishes after commit.
     #[tracing::instrument(
         name = "INSERT users, task_outbox",
         skip_all,
@@ -65,7 +66,7 @@ impl Store {
         user: &NewUser,
         hashed_password: &Secret<String>,
         task: &Task,
-    ) -> Result<(User, i64), StoreError> {
+    ) -> Result<(User, OutboxLease), StoreError> {
         let encoded = serde_json::to_value(task).map_err(StoreError::BadTask)?;
         // One statement, so one round trip and one implicit transaction: both rows or neither
         // (a duplicate username or email fails the whole statement).
@@ -75,8 +76,9 @@ impl Store {
                VALUES ($1, $2, $3, $4) RETURNING {USER_COLUMNS}), \
              queued AS ( \
                INSERT INTO task_outbox (task_id, task, leased_until) \
-               VALUES ($5, $6, now() + make_interval(secs => $7)) RETURNING id) \
-             SELECT {USER_COLUMNS}, queued.id AS outbox_id FROM created, queued"
+               VALUES ($5, $6, clock_timestamp() + make_interval(secs => $7)) \
+               RETURNING id, leased_until) \
+             SELECT {USER_COLUMNS}, queued.id, queued.leased_until FROM created, queued"
         ))
         .bind(user.username.as_str())
         .bind(hashed_password.expose())
@@ -84,11 +86,12 @@ impl Store {
         .bind(user.email.as_str())
         .bind(&task.id)
         .bind(encoded)
-        // Leased to this request's own publish after commit (see `crate::outbox`).
+        // Leased to this request's own publish after commit (see `crate::outbox`), from the
+        // insert itself: now() is the transaction's start, before any wait on a row lock.
         .bind(crate::outbox::PUBLISH_GRACE.as_secs_f64())
         .fetch_one(&self.pool)
         .await?;
-        Ok((created.user, created.outbox_id))
+        Ok((created.user, created.outbox))
     }
 
     #[tracing::instrument(
@@ -159,7 +162,13 @@ impl Store {
                 .await?;
         let email_changed = new_email.is_some_and(|new| new != old_email);
         let user: User = sqlx::query_as(&format!(
-            "UPDATE users SET                full_name = COALESCE($2, full_name),                email = COALESCE($3, email),                is_email_verified = is_email_verified AND NOT $4,                hashed_password = COALESCE($5, hashed_password),                password_changed_at = CASE WHEN $5 IS NULL THEN password_changed_at ELSE now() END              WHERE username = $1 RETURNING {USER_COLUMNS}"
+            "UPDATE users SET \
+               full_name = COALESCE($2, full_name), \
+               email = COALESCE($3, email), \
+               is_email_verified = is_email_verified AND NOT $4, \
+               hashed_password = COALESCE($5, hashed_password), \
+               password_changed_at = CASE WHEN $5 IS NULL THEN password_changed_at ELSE now() END \
+             WHERE username = $1 RETURNING {USER_COLUMNS}"
         ))
         .bind(username)
         .bind(update.full_name.as_ref().map(|n| n.as_str()))
@@ -168,11 +177,15 @@ impl Store {
         .bind(hashed_password.map(|h| h.expose().as_str()))
         .fetch_one(&mut *tx)
         .await?;
-        let outbox_id = if email_changed {
+        // The lease counts from the insert (clock_timestamp), not from the transaction's start
+        // (now()), which precedes the wait for the row lock above.
+        let outbox = if email_changed {
             let encoded = serde_json::to_value(verify_task).map_err(StoreError::BadTask)?;
             Some(
-                sqlx::query_scalar(
-                    "INSERT INTO task_outbox (task_id, task, leased_until)                      VALUES ($1, $2, now() + make_interval(secs => $3)) RETURNING id",
+                sqlx::query_as(
+                    "INSERT INTO task_outbox (task_id, task, leased_until) \
+                     VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3)) \
+                     RETURNING id, leased_until",
                 )
                 .bind(&verify_task.id)
                 .bind(encoded)
@@ -190,7 +203,7 @@ impl Store {
         tx.commit().await?;
         Ok(Updated {
             user,
-            outbox_id,
+            outbox,
             sessions_ended,
         })
     }
@@ -198,7 +211,17 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use crate::{store::StoreError, testing::TestDb};
+    use time::OffsetDateTime;
+
+    use crate::{
+        domain::Email,
+        domain::UserUpdate,
+        outbox::PUBLISH_GRACE,
+        store::StoreError,
+        task::Task,
+        tasks::SendVerifyEmail,
+        testing::{TestDb, eventually},
+    };
 
     async fn insert(db: &TestDb, username: &str, email: &str) -> Result<(), StoreError> {
         sqlx::query(
@@ -303,5 +326,67 @@ mod tests {
             .await
             .expect_err("the same mailbox");
         assert!(matches!(err, StoreError::AlreadyExists { field: "email" }));
+    }
+
+    /// The grace of the new address's outbox row counts from the insert, not from the start
+    /// of a transaction that waited on the user's row lock first.
+    #[tokio::test]
+    async fn an_updates_outbox_lease_counts_from_after_its_lock_wait() {
+        let db = TestDb::create().await;
+        insert(&db, "alice", "alice@example.com")
+            .await
+            .expect("user");
+        let mut holder = db.store.pool().begin().await.expect("begin");
+        sqlx::query("SELECT 1 FROM users WHERE username = 'alice' FOR UPDATE")
+            .execute(&mut *holder)
+            .await
+            .expect("lock the row");
+
+        let store = db.store.clone();
+        let update = tokio::spawn(async move {
+            let update = UserUpdate {
+                full_name: None,
+                email: Some(Email::parse("alice@example.org").expect("email")),
+                password: None,
+            };
+            let task = Task::new(&SendVerifyEmail {
+                username: "alice".into(),
+            })
+            .expect("task");
+            store
+                .update_user("alice", &update, None, &task, uuid::Uuid::nil())
+                .await
+        });
+        let pool = db.store.pool().clone();
+        eventually(
+            "the update waits on the row lock",
+            std::time::Duration::from_secs(30),
+            || {
+                let pool = pool.clone();
+                async move {
+                    sqlx::query_scalar::<_, i64>(
+                        "SELECT count(*) FROM pg_stat_activity \
+                         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    )
+                    .fetch_one(&pool)
+                    .await
+                    .is_ok_and(|n| n == 1)
+                }
+            },
+        )
+        .await;
+        let released: OffsetDateTime = sqlx::query_scalar("SELECT clock_timestamp()")
+            .fetch_one(&mut *holder)
+            .await
+            .expect("clock");
+        holder.commit().await.expect("release the lock");
+
+        let updated = update.await.expect("task").expect("update");
+        let row = updated.outbox.expect("an outbox row");
+        assert!(
+            row.until >= released + PUBLISH_GRACE,
+            "leased until {} though the lock was released at {released}",
+            row.until
+        );
     }
 }
