@@ -212,11 +212,12 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use time::OffsetDateTime;
+    use uuid::Uuid;
 
     use crate::{
-        domain::Email,
-        domain::UserUpdate,
+        domain::{Email, NewUser, UserUpdate},
         outbox::PUBLISH_GRACE,
+        secret::Secret,
         store::StoreError,
         task::Task,
         tasks::SendVerifyEmail,
@@ -328,6 +329,50 @@ mod tests {
         assert!(matches!(err, StoreError::AlreadyExists { field: "email" }));
     }
 
+    /// Waits until one statement of the test's database waits on a lock, then reads the clock
+    /// in `holder` and ends it (commit or rollback): returns when the lock was let go.
+    async fn release_after_a_wait(
+        db: &TestDb,
+        mut holder: sqlx::Transaction<'_, sqlx::Postgres>,
+        commit: bool,
+    ) -> OffsetDateTime {
+        let pool = db.store.pool().clone();
+        eventually(
+            "a statement waits on the lock",
+            std::time::Duration::from_secs(30),
+            || {
+                let pool = pool.clone();
+                async move {
+                    sqlx::query_scalar::<_, i64>(
+                        "SELECT count(*) FROM pg_stat_activity \
+                         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    )
+                    .fetch_one(&pool)
+                    .await
+                    .is_ok_and(|n| n == 1)
+                }
+            },
+        )
+        .await;
+        let released = sqlx::query_scalar("SELECT clock_timestamp()")
+            .fetch_one(&mut *holder)
+            .await
+            .expect("clock");
+        if commit {
+            holder.commit().await.expect("commit");
+        } else {
+            holder.rollback().await.expect("rollback");
+        }
+        released
+    }
+
+    fn verify_task(username: &str) -> Task {
+        Task::new(&SendVerifyEmail {
+            username: username.into(),
+        })
+        .expect("task")
+    }
+
     /// The grace of the new address's outbox row counts from the insert, not from the start
     /// of a transaction that waited on the user's row lock first.
     #[tokio::test]
@@ -349,43 +394,47 @@ mod tests {
                 email: Some(Email::parse("alice@example.org").expect("email")),
                 password: None,
             };
-            let task = Task::new(&SendVerifyEmail {
-                username: "alice".into(),
-            })
-            .expect("task");
             store
-                .update_user("alice", &update, None, &task, uuid::Uuid::nil())
+                .update_user("alice", &update, None, &verify_task("alice"), Uuid::nil())
                 .await
         });
-        let pool = db.store.pool().clone();
-        eventually(
-            "the update waits on the row lock",
-            std::time::Duration::from_secs(30),
-            || {
-                let pool = pool.clone();
-                async move {
-                    sqlx::query_scalar::<_, i64>(
-                        "SELECT count(*) FROM pg_stat_activity \
-                         WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                    )
-                    .fetch_one(&pool)
-                    .await
-                    .is_ok_and(|n| n == 1)
-                }
-            },
-        )
-        .await;
-        let released: OffsetDateTime = sqlx::query_scalar("SELECT clock_timestamp()")
-            .fetch_one(&mut *holder)
-            .await
-            .expect("clock");
-        holder.commit().await.expect("release the lock");
+        let released = release_after_a_wait(&db, holder, true).await;
 
-        let updated = update.await.expect("task").expect("update");
-        let row = updated.outbox.expect("an outbox row");
+        let row = update.await.expect("task").expect("update").outbox;
+        let row = row.expect("an outbox row");
         assert!(
             row.until >= released + PUBLISH_GRACE,
-            "leased until {} though the lock was released at {released}",
+            "leased until {} though the lock was let go at {released}",
+            row.until
+        );
+    }
+
+    /// Likewise for sign-up waiting on another transaction's insert of the same username.
+    #[tokio::test]
+    async fn a_sign_ups_outbox_lease_counts_from_after_its_lock_wait() {
+        let db = TestDb::create().await;
+        let mut holder = db.store.pool().begin().await.expect("begin");
+        sqlx::query(
+            "INSERT INTO users (username, hashed_password, full_name, email) \
+             VALUES ('bob', 'x', 'Bob', 'other@example.com')",
+        )
+        .execute(&mut *holder)
+        .await
+        .expect("an uncommitted insert of the name");
+
+        let store = db.store.clone();
+        let create = tokio::spawn(async move {
+            let user = NewUser::parse("bob", "Bob", "bob@example.com", "plum-tractor-1".into())
+                .expect("user");
+            let hashed = Secret::new("x".to_owned());
+            store.create_user(&user, &hashed, &verify_task("bob")).await
+        });
+        let released = release_after_a_wait(&db, holder, false).await;
+
+        let (_, row) = create.await.expect("task").expect("sign up");
+        assert!(
+            row.until >= released + PUBLISH_GRACE,
+            "leased until {} though the lock was let go at {released}",
             row.until
         );
     }
