@@ -6,10 +6,12 @@ envelope recipients. Refuses any recipient whose local part starts with `reject`
 `550 5.1.1`, as a server does for an unknown mailbox, echoing the mailbox as real servers do:
 in capitals, in angle brackets and with a quoted local part. With `--data-delay SECONDS` the
 reply to DATA comes that much later (the message is stored first, as a server that has
-received it and stalls; <n>.replied appears when the reply goes out). Stops on SIGTERM or
-SIGINT.
+received it and stalls; <n>.replied appears when the reply goes out). With
+`--hold-data-until FILE` the reply to DATA waits until FILE exists, so a test decides when a
+stalled reply goes out rather than racing a clock. Stops on SIGTERM or SIGINT.
 
     python3 scripts/smtp_sink.py --port 2525 --dir /tmp/mail [--data-delay 3]
+        [--hold-data-until /tmp/release]
 """
 
 import argparse
@@ -23,8 +25,9 @@ from aiosmtpd.controller import Controller
 
 
 class Sink:
-    def __init__(self, folder, data_delay):
+    def __init__(self, folder, data_delay, hold_until):
         self.data_delay = data_delay
+        self.hold_until = pathlib.Path(hold_until) if hold_until else None
         self.folder = pathlib.Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.counter = itertools.count(1)
@@ -42,8 +45,10 @@ class Sink:
         header = ("X-Rcpt-To: " + ",".join(envelope.rcpt_tos) + "\r\n").encode()
         temp.write_bytes(header + envelope.content)
         temp.rename(self.folder / f"{n}.eml")
-        if self.data_delay:
+        if self.data_delay or self.hold_until:
             await asyncio.sleep(self.data_delay)
+            while self.hold_until and not self.hold_until.exists():
+                await asyncio.sleep(0.02)
             # Tests read this to know the stalled reply has gone out.
             (self.folder / f"{n}.replied").touch()
         return "250 Message accepted for delivery"
@@ -54,11 +59,13 @@ def main():
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dir", required=True)
     parser.add_argument("--data-delay", type=float, default=0.0)
+    parser.add_argument("--hold-data-until", default=None)
     args = parser.parse_args()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    controller = Controller(Sink(args.dir, args.data_delay), hostname="127.0.0.1", port=args.port)
+    sink = Sink(args.dir, args.data_delay, args.hold_data_until)
+    controller = Controller(sink, hostname="127.0.0.1", port=args.port)
     controller.start()
     print("ready", flush=True)
     stop.wait()

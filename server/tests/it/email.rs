@@ -51,7 +51,8 @@ impl SmtpSink {
         self.start_with(&[]).await;
     }
 
-    /// Starts the server with extra arguments of `scripts/smtp_sink.py` (`--data-delay`).
+    /// Starts the server with extra arguments of `scripts/smtp_sink.py` (`--data-delay`,
+    /// `--hold-data-until`).
     async fn start_with(&mut self, args: &[&str]) {
         let python = workspace().join(".local/python");
         assert!(
@@ -559,8 +560,10 @@ async fn smtp_timeout_cuts_off_a_stalled_data_reply() {
 async fn a_worker_stalled_mid_send_never_sends_a_dead_link() {
     let (db, redis) = (TestDb::create().await, TestRedis::new());
     let mut sink = SmtpSink::stopped();
-    // Long enough for the first worker to be caught waiting for it; short for the suite.
-    sink.start_with(&["--data-delay", "2"]).await;
+    // Every DATA reply waits for the test's word: the first worker is caught waiting for it.
+    let release = sink.inbox.0.join("release");
+    let hold = release.to_str().expect("UTF-8 path");
+    sink.start_with(&["--hold-data-until", hold]).await;
     let mut server = TestServer::start(common_config(db.url.clone(), &redis)).await;
     let fast_takeover = [("WORKER_VISIBILITY_TIMEOUT", "1s")];
     let first = WorkerProcess::spawn(&db, &redis, &sink, &fast_takeover);
@@ -574,9 +577,12 @@ async fn a_worker_stalled_mid_send_never_sends_a_dead_link() {
     wait_for_messages(&sink, 1).await;
     first.signal("-STOP");
     let second = WorkerProcess::spawn(&db, &redis, &sink, &fast_takeover);
+    // The second took the task over and sent DATA too; now both replies go out.
+    wait_for_messages(&sink, 2).await;
+    std::fs::write(&release, b"").expect("release the DATA replies");
     let store = db.store.clone();
     eventually(
-        "the second worker took the task over and sent the email",
+        "the second worker recorded its send",
         Duration::from_secs(60),
         || {
             let store = store.clone();
