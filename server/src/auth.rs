@@ -47,14 +47,9 @@ pub fn user_agent(metadata: &MetadataMap) -> String {
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .unwrap_or_default();
     raw.chars()
-        .filter(|c| !c.is_control() && !is_format(*c))
+        .filter(|c| !simplebank_core::domain::is_refused_char(*c))
         .take(MAX_USER_AGENT)
         .collect()
-}
-
-/// Invisible characters that reorder or hide text (bidi controls, zero-width characters).
-fn is_format(c: char) -> bool {
-    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{061C}')
 }
 
 #[cfg(test)]
@@ -91,9 +86,9 @@ mod tests {
     fn user_agents_are_bounded_and_clean() {
         let agent = user_agent(&with(
             "user-agent",
-            "grpcurl\u{202E}/1.9\u{200B}".as_bytes(),
+            "grpcurl\u{202E}/1.9\u{200B}\u{2028} (x\u{2029})".as_bytes(),
         ));
-        assert_eq!(agent, "grpcurl/1.9");
+        assert_eq!(agent, "grpcurl/1.9 (x)");
         let long = "x".repeat(10_000);
         assert_eq!(
             user_agent(&with("user-agent", long.as_bytes())).len(),

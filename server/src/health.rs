@@ -11,7 +11,7 @@
 
 use std::{future::Future, time::Duration};
 
-use simplebank_core::{store::Store, task::Publisher};
+use simplebank_core::{report::chain, store::Store, task::Publisher};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -106,24 +106,9 @@ async fn check<E: std::error::Error + 'static>(
 ) -> Result<(), String> {
     match tokio::time::timeout(deadline, ping).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(reason(&err)),
+        Ok(Err(err)) => Err(chain(&err)),
         Err(_) => Err(format!("no answer within {} ms", deadline.as_millis())),
     }
-}
-
-/// `err` and its sources in one line, each text once (some errors repeat their source's).
-fn reason(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Marks the server and the SimpleBank service NOT_SERVING (on shutdown).
@@ -144,32 +129,5 @@ async fn set_bank(reporter: &HealthReporter, status: ServingStatus) {
                 .set_not_serving::<SimpleBankServer<SimpleBankService>>()
                 .await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::reason;
-
-    /// Like redis-rs's I/O errors: the display already holds the source's text.
-    #[derive(Debug)]
-    struct Wrapped(std::io::Error);
-
-    impl std::fmt::Display for Wrapped {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "{}", self.0)
-        }
-    }
-
-    impl std::error::Error for Wrapped {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            Some(&self.0)
-        }
-    }
-
-    #[test]
-    fn a_reason_says_each_text_once() {
-        let err = Wrapped(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        assert_eq!(reason(&err), "connection refused");
     }
 }

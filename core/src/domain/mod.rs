@@ -9,6 +9,7 @@ mod text;
 mod username;
 
 use text::check_text;
+pub use text::{has_refused_chars, is_refused_char};
 
 pub use email::{Email, mask};
 pub use full_name::FullName;

@@ -70,6 +70,17 @@ fn is_invisible(c: char) -> bool {
         | '\u{FFA0}' | '\u{E0100}'..='\u{E01EF}')
 }
 
+/// Whether no field accepts `c`: for text that reaches headers, logs or rows other than
+/// through a field's `parse` (user agents, rows written by other programs).
+pub fn is_refused_char(c: char) -> bool {
+    Refused::of(c).is_some()
+}
+
+/// Whether `text` holds a character no field accepts (see [`is_refused_char`]).
+pub fn has_refused_chars(text: &str) -> bool {
+    text.chars().any(is_refused_char)
+}
+
 /// Refuses control and format characters, then checks the length in characters (not bytes)
 /// against an inclusive range.
 pub(super) fn check_text(
@@ -93,7 +104,18 @@ pub(super) fn check_text(
 
 #[cfg(test)]
 mod tests {
-    use super::check_text;
+    use super::{check_text, has_refused_chars};
+
+    #[test]
+    fn text_made_otherwise_is_judged_by_the_same_rule() {
+        for bad in [
+            "\r", "\n", "\0", "\u{7f}", "\u{85}", "\u{2028}", "\u{2029}", "\u{202E}", "\u{2066}",
+            "\u{200B}", "\u{FEFF}", "\u{00AD}", "\u{3164}",
+        ] {
+            assert!(has_refused_chars(&format!("Alice{bad}Liddell")), "{bad:?}");
+        }
+        assert!(!has_refused_chars("Zoë O'Brien-Smith 李"));
+    }
 
     fn refusal(value: &str) -> String {
         check_text("field", value, 0, 1000)

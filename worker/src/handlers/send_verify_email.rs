@@ -10,6 +10,7 @@
 use std::{sync::Arc, time::Duration};
 
 use simplebank_core::{
+    domain::has_refused_chars,
     secret::{SECRET_CODE_LEN, Secret, derive_code},
     store::{Store, StoreError},
     task::Task,
@@ -18,7 +19,7 @@ use simplebank_core::{
 
 use crate::{
     handler::{BoxFuture, Handler, HandlerError},
-    mail::{Email, MailError, Mailer, has_unsafe_chars},
+    mail::{Email, MailError, Mailer},
 };
 
 #[derive(Clone)]
@@ -70,7 +71,7 @@ impl SendVerifyEmailHandler {
         };
         // The name goes into the body: a line break there could put text of the attacker's
         // at the top of the email. The edge refuses such names; this guards rows made otherwise.
-        if has_unsafe_chars(&user.full_name) {
+        if has_refused_chars(&user.full_name) {
             return Err(HandlerError::skip_retry(MailError::Invalid(
                 "the user's full_name holds control or format characters".into(),
             )));
