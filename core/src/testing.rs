@@ -415,6 +415,33 @@ impl Drop for TcpProxy {
     }
 }
 
+/// Users rows that bypass the gRPC edge's validation, as another writer could insert them:
+/// `(username, email, full_name)`. Every row but the last (`good`) must be refused by the
+/// mailer, none of [`INJECTED`] may reach a message.
+pub const MALICIOUS_ROWS: [(&str, &str, &str); 6] = [
+    (
+        "header",
+        "x\r\nBcc: attacker@evil.example\r\nSubject: Pwned\r\nX-A: y <v@example.com>",
+        "Alice Liddell",
+    ),
+    (
+        "blank",
+        "x\r\n\r\nURGENT: wire money <v@example.com>",
+        "Alice Liddell",
+    ),
+    ("named", "Other <dup@example.com>", "Alice Liddell"),
+    (
+        "body",
+        "body@example.com",
+        "Eve\r\n\r\nURGENT: wire money\r\nBcc: attacker@evil.example",
+    ),
+    ("bidi", "bidi@example.com", "Eve \u{202E}lanigiro"),
+    ("good", "good@example.com", "Alice Liddell"),
+];
+
+/// What the rows of [`MALICIOUS_ROWS`] try to put into a message.
+pub const INJECTED: [&str; 5] = ["Bcc:", "Pwned", "evil.example", "URGENT", "X-A:"];
+
 /// A folder of the test's own under the system temp dir, removed on drop.
 #[derive(Debug)]
 pub struct TempDir(pub PathBuf);

@@ -15,7 +15,10 @@ use simplebank_core::{
     redis_client,
     task::{DeadLetters, Publisher, Task},
     tasks::SendVerifyEmail,
-    testing::{TempDir, TestDb, TestRedis, eventually, free_port, stop_gracefully, verify_link},
+    testing::{
+        INJECTED, MALICIOUS_ROWS, TempDir, TestDb, TestRedis, eventually, free_port,
+        stop_gracefully, verify_link,
+    },
 };
 use simplebank_server::pb::VerifyEmailRequest;
 use simplebank_worker::{
@@ -644,27 +647,11 @@ async fn a_malicious_row_injects_nothing_into_the_smtp_message() {
         Some(sink.mailer()),
         Duration::from_secs(900),
     );
-    // Rows that bypass the gRPC edge's validation, as another writer could insert them.
-    let rows = [
-        (
-            "header",
-            "x\r\nBcc: attacker@evil.example\r\nSubject: Pwned\r\nX-A: y <v@example.com>",
-            "Alice Liddell",
-        ),
-        ("named", "Other <dup@example.com>", "Alice Liddell"),
-        (
-            "body",
-            "body@example.com",
-            "Eve\r\n\r\nURGENT: wire money\r\nBcc: attacker@evil.example",
-        ),
-        ("bidi", "bidi@example.com", "Eve \u{202E}lanigiro"),
-        ("good", "good@example.com", "Alice Liddell"),
-    ];
     let publisher = Publisher::new(
         redis_client::lazy_manager(redis.client(), redis_client::RESPONSE_TIMEOUT).expect("conn"),
         redis.keys(),
     );
-    for (username, email, full_name) in rows {
+    for (username, email, full_name) in MALICIOUS_ROWS {
         sqlx::query(
             "INSERT INTO users (username, hashed_password, full_name, email) \
              VALUES ($1, 'x', $2, $3)",
@@ -682,7 +669,7 @@ async fn a_malicious_row_injects_nothing_into_the_smtp_message() {
         publisher.publish(&task).await.expect("publish");
     }
 
-    wait_for_dead(&dead_letters(&redis), 4).await;
+    wait_for_dead(&dead_letters(&redis), MALICIOUS_ROWS.len() - 1).await;
     let messages = wait_for_messages(&sink, 1).await;
     worker.stop().await;
     assert_eq!(messages.len(), 1, "only the good row is mailed");
@@ -691,7 +678,7 @@ async fn a_malicious_row_injects_nothing_into_the_smtp_message() {
         message.starts_with("X-Rcpt-To: good@example.com\r\n"),
         "{message}"
     );
-    for injected in ["Bcc:", "Pwned", "evil.example", "URGENT", "X-A:"] {
+    for injected in INJECTED {
         assert!(!message.contains(injected), "{injected}: {message}");
     }
     for letter in dead_letters(&redis).list(10).await.expect("list") {

@@ -28,6 +28,22 @@ pub fn common_config(db_url: Secret<String>, redis: &TestRedis) -> CommonConfig 
     }
 }
 
+/// Polls until a server just started at `address` (host:port) accepts gRPC connections, and
+/// returns a client connected to it.
+pub async fn connect_when_up(address: &str) -> SimpleBankClient<Channel> {
+    let url = format!("http://{address}");
+    eventually(
+        "the server accepts connections",
+        Duration::from_secs(30),
+        || {
+            let url = url.clone();
+            async move { SimpleBankClient::connect(url).await.is_ok() }
+        },
+    )
+    .await;
+    SimpleBankClient::connect(url).await.expect("connect")
+}
+
 /// Default token, session and throttling settings with a fixed test key.
 pub fn test_auth() -> AuthConfig {
     AuthConfig::with_key(*b"test-key-0123456789abcdefghijklm")

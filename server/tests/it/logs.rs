@@ -12,10 +12,9 @@ use std::{
 use simplebank_core::testing::{
     TempDir, TestDb, TestRedis, eventually, free_port, stop_gracefully,
 };
-use simplebank_server::pb::simple_bank_client::SimpleBankClient;
 use tonic::Code;
 
-use crate::helpers::request;
+use crate::helpers::{connect_when_up, request};
 
 fn grpcurl() -> PathBuf {
     std::env::var("GRPCURL").map_or_else(
@@ -112,16 +111,7 @@ async fn the_logs_read_like_an_operators_log() {
         .spawn()
         .expect("start the worker");
 
-    let url = format!("http://{grpc}");
-    eventually(
-        "the server accepts connections",
-        Duration::from_secs(30),
-        || {
-            let url = url.clone();
-            async move { SimpleBankClient::connect(url).await.is_ok() }
-        },
-    )
-    .await;
+    let mut client = connect_when_up(&grpc).await;
     for args in [
         &["-plaintext", &grpc, "list"][..],
         &["-plaintext", &grpc, "grpc.health.v1.Health/Check"][..],
@@ -132,7 +122,6 @@ async fn the_logs_read_like_an_operators_log() {
             .expect("grpcurl runs (make tools)");
         assert!(output.status.success(), "{output:?}");
     }
-    let mut client = SimpleBankClient::connect(url).await.expect("connect");
     client
         .create_user(request("log_reader", "logs@example.com"))
         .await

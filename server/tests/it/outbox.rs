@@ -58,18 +58,9 @@ async fn sign_up_succeeds_while_redis_is_down_and_the_relay_delivers_later() {
     server.stop().await.expect("clean stop");
 }
 
-/// Item 5: a hung Redis (SIGSTOP: connections open, no replies) must not cost sign-ups. The
-/// publish after commit waits on Redis; it must hold no database connection while it does.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sign_ups_all_succeed_while_redis_hangs_and_each_task_is_delivered_once() {
-    const CLIENTS: usize = 16;
-    const CALLS: usize = 200;
-    let db = TestDb::create().await;
-    let redis_server = RedisServer::start().await;
-    let redis = TestRedis::at(redis_server.address());
-    let mut server = TestServer::start(common_config(db.url.clone(), &redis)).await;
-
-    // One sign-up while Redis answers: the connection and the enqueue script are in place.
+/// One sign-up while Redis answers, published: the connection and the enqueue script are in
+/// place before the test makes Redis hang.
+async fn warm_up(server: &mut TestServer, db: &TestDb) {
     server
         .client
         .create_user(request("warm_up", "warm-up@example.com"))
@@ -84,6 +75,20 @@ async fn sign_ups_all_succeed_while_redis_hangs_and_each_task_is_delivered_once(
         },
     )
     .await;
+}
+
+/// Item 5: a hung Redis (SIGSTOP: connections open, no replies) must not cost sign-ups. The
+/// publish after commit waits on Redis; it must hold no database connection while it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ups_all_succeed_while_redis_hangs_and_each_task_is_delivered_once() {
+    const CLIENTS: usize = 16;
+    const CALLS: usize = 200;
+    let db = TestDb::create().await;
+    let redis_server = RedisServer::start().await;
+    let redis = TestRedis::at(redis_server.address());
+    let mut server = TestServer::start(common_config(db.url.clone(), &redis)).await;
+
+    warm_up(&mut server, &db).await;
 
     redis_server.pause();
     let next = Arc::new(AtomicUsize::new(0));
@@ -153,20 +158,7 @@ async fn shutdown_waits_for_the_publish_after_commit_which_leaves_its_row_to_the
     let redis_server = RedisServer::start().await;
     let redis = TestRedis::at(redis_server.address());
     let mut server = TestServer::start(common_config(db.url.clone(), &redis)).await;
-    server
-        .client
-        .create_user(request("warm_up", "warm-up@example.com"))
-        .await
-        .expect("CreateUser with Redis up");
-    eventually(
-        "the first task is published",
-        Duration::from_secs(30),
-        || {
-            let store = db.store.clone();
-            async move { store.outbox_len().await.is_ok_and(|n| n == 0) }
-        },
-    )
-    .await;
+    warm_up(&mut server, &db).await;
 
     redis_server.pause();
     server

@@ -4,11 +4,10 @@
 use std::{process::Stdio, time::Duration};
 
 use simplebank_core::testing::{
-    RedisServer, TestDb, TestRedis, eventually, free_port, refusing_redis, stop_gracefully,
+    RedisServer, TestDb, TestRedis, free_port, refusing_redis, stop_gracefully,
 };
-use simplebank_server::pb::simple_bank_client::SimpleBankClient;
 
-use crate::helpers::request;
+use crate::helpers::{connect_when_up, request};
 
 fn server() -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_simplebank-server"));
@@ -64,17 +63,7 @@ async fn a_redis_down_or_hung_at_start_does_not_stop_the_server_from_taking_sign
             .stderr(Stdio::null())
             .spawn()
             .expect("start simplebank-server");
-        let url = format!("http://{address}");
-        eventually(
-            "the server accepts connections",
-            Duration::from_secs(30),
-            || {
-                let url = url.clone();
-                async move { SimpleBankClient::connect(url).await.is_ok() }
-            },
-        )
-        .await;
-        let mut client = SimpleBankClient::connect(url).await.expect("connect");
+        let mut client = connect_when_up(&address).await;
         let created = client
             .create_user(request(
                 &format!("no_redis_{n}"),

@@ -19,7 +19,7 @@ use simplebank_server::pb::{
 };
 use tonic::{Request, metadata::MetadataValue};
 
-use crate::helpers::request;
+use crate::helpers::{connect_when_up, request};
 
 /// The servers' token key: no span or log line may hold it.
 const TOKEN_KEY: &str = "traces-test-key-0123456789abcdef";
@@ -142,16 +142,7 @@ impl Stack {
             worker: None,
             env,
         };
-        let address = format!("http://{}", stack.grpc);
-        eventually(
-            "the server accepts connections",
-            Duration::from_secs(30),
-            || {
-                let address = address.clone();
-                async move { SimpleBankClient::connect(address).await.is_ok() }
-            },
-        )
-        .await;
+        connect_when_up(&stack.grpc).await;
         stack
     }
 

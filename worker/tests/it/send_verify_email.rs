@@ -10,7 +10,7 @@ use simplebank_core::{
     secret::Secret,
     task::{DeadLetters, Task, TaskPayload},
     tasks::SendVerifyEmail,
-    testing::{TempDir, TestDb, TestRedis, sigterm, verify_link},
+    testing::{INJECTED, MALICIOUS_ROWS, TempDir, TestDb, TestRedis, sigterm, verify_link},
 };
 use simplebank_worker::{Handlers, handlers::SendVerifyEmailHandler, mail::FileMailer};
 use tokio::io::AsyncBufReadExt;
@@ -150,26 +150,7 @@ async fn different_tasks_get_different_codes() {
 async fn a_malicious_row_injects_nothing_into_the_eml() {
     let (db, redis, mail) = (TestDb::create().await, TestRedis::new(), TempDir::new());
     let publisher = publisher(&redis);
-    for (username, email, full_name) in [
-        (
-            "header",
-            "x\r\nBcc: attacker@evil.example\r\nSubject: Pwned\r\nX-A: y <v@example.com>",
-            "Alice Liddell",
-        ),
-        (
-            "blank",
-            "x\r\n\r\nURGENT: wire money <v@example.com>",
-            "Alice Liddell",
-        ),
-        ("named", "Other <dup@example.com>", "Alice Liddell"),
-        (
-            "body",
-            "body@example.com",
-            "Eve\r\n\r\nURGENT: wire money\r\nBcc: attacker@evil.example",
-        ),
-        ("bidi", "bidi@example.com", "Eve \u{202E}lanigiro"),
-        ("good", "good@example.com", "Alice Liddell"),
-    ] {
+    for (username, email, full_name) in MALICIOUS_ROWS {
         let task = raw_user_with_task(&db, username, email, full_name).await;
         publisher.publish(&task).await.expect("publish");
     }
@@ -185,11 +166,11 @@ async fn a_malicious_row_injects_nothing_into_the_eml() {
         message.contains("\r\nTo: good@example.com\r\n"),
         "{message}"
     );
-    for injected in ["Bcc:", "Pwned", "evil.example", "URGENT", "X-A:"] {
+    for injected in INJECTED {
         assert!(!message.contains(injected), "{injected}: {message}");
     }
     let letters = dead_letters(&redis).list(10).await.expect("dead letters");
-    assert_eq!(letters.len(), 5);
+    assert_eq!(letters.len(), MALICIOUS_ROWS.len() - 1);
     for letter in letters {
         assert!(
             letter.error.starts_with("invalid email: "),
