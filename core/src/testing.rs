@@ -124,6 +124,17 @@ impl TestDb {
         ))
     }
 
+    /// How many statements on this database wait on a lock right now (to know that a call
+    /// blocked by the test's own transaction is inside its wait).
+    pub async fn waiting_on_locks(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(self.store.pool())
+        .await
+    }
+
     /// `host:port` of the PostgreSQL server behind `DB_SOURCE`.
     pub fn server_address(&self) -> String {
         format!("{}:{}", self.admin.get_host(), self.admin.get_port())

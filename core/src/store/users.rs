@@ -336,22 +336,10 @@ mod tests {
         mut holder: sqlx::Transaction<'_, sqlx::Postgres>,
         commit: bool,
     ) -> OffsetDateTime {
-        let pool = db.store.pool().clone();
         eventually(
             "a statement waits on the lock",
             std::time::Duration::from_secs(30),
-            || {
-                let pool = pool.clone();
-                async move {
-                    sqlx::query_scalar::<_, i64>(
-                        "SELECT count(*) FROM pg_stat_activity \
-                         WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                    )
-                    .fetch_one(&pool)
-                    .await
-                    .is_ok_and(|n| n == 1)
-                }
-            },
+            || async { db.waiting_on_locks().await.is_ok_and(|n| n == 1) },
         )
         .await;
         let released = sqlx::query_scalar("SELECT clock_timestamp()")
