@@ -121,6 +121,10 @@ impl Store {
 
     /// Checks `secret_code` for record `id` and, if it is good, marks the record used and the
     /// user's address verified, in one transaction. The comparison is constant-time.
+    ///
+    /// The user row is locked with the record, and the final update names the address the code
+    /// was mailed to: an address change committed meanwhile (UpdateUser) is seen, never
+    /// overwritten, so a code only ever verifies its own address.
     #[tracing::instrument(
         name = "verify email",
         skip_all,
@@ -131,7 +135,7 @@ impl Store {
         let row: Option<(Vec<u8>, bool, bool, bool)> = sqlx::query_as(
             "SELECT v.secret_code_hash, v.is_used, v.expired_at < now(), v.email <> u.email \
              FROM verify_emails v JOIN users u ON u.username = v.username \
-             WHERE v.id = $1 FOR UPDATE OF v",
+             WHERE v.id = $1 FOR UPDATE OF v, u",
         )
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -155,13 +159,19 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "UPDATE users SET is_email_verified = true \
-             WHERE username = (SELECT username FROM verify_emails WHERE id = $1)",
+        let verified = sqlx::query(
+            "UPDATE users u SET is_email_verified = true FROM verify_emails v \
+             WHERE v.id = $1 AND u.username = v.username AND u.email = v.email",
         )
         .bind(id)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if verified == 0 {
+            // (Unreachable while the row lock above holds; kept so no path verifies another
+            // address.) The transaction rolls back on drop.
+            return Err(VerifyError::AddressChanged);
+        }
         tx.commit().await.map_err(StoreError::from)?;
         Ok(())
     }
@@ -173,5 +183,117 @@ impl Store {
         .bind(username)
         .fetch_all(&self.pool)
         .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use uuid::Uuid;
+
+    use super::VerifyError;
+    use crate::{
+        domain::UserUpdate,
+        secret::Secret,
+        task::Task,
+        tasks::SendVerifyEmail,
+        testing::{TestDb, eventually},
+    };
+
+    /// How many backends of the test database wait on a lock.
+    async fn lock_waiters(db: &TestDb) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(db.store.pool())
+        .await
+        .expect("pg_stat_activity")
+    }
+
+    async fn wait_for_lock_waiters(db: &TestDb, n: i64) {
+        eventually(
+            &format!("{n} backends wait on a lock"),
+            Duration::from_secs(30),
+            || async move { lock_waiters(db).await == n },
+        )
+        .await;
+    }
+
+    /// The attack: a code for the attacker's own address, used while UpdateUser moves the
+    /// account to the victim's address. The interleaving is forced: UpdateUser is held (by a
+    /// lock on the outbox) after it changed the address and before it commits, the
+    /// verification runs into it, then UpdateUser commits.
+    #[tokio::test]
+    async fn a_code_never_verifies_an_address_changed_while_it_was_checked() {
+        let db = TestDb::create().await;
+        sqlx::query(
+            "INSERT INTO users (username, hashed_password, full_name, email) \
+             VALUES ('mallory', 'x', 'Test User', 'mallory@example.org')",
+        )
+        .execute(db.store.pool())
+        .await
+        .expect("user");
+        let code = Secret::new("c".repeat(32));
+        let (record, _) = db
+            .store
+            .create_verify_email(
+                "t1",
+                "mallory",
+                "mallory@example.org",
+                &code,
+                Duration::from_secs(3600),
+            )
+            .await
+            .expect("record");
+
+        let mut blocker = db.store.pool().begin().await.expect("begin");
+        sqlx::query("LOCK TABLE task_outbox IN SHARE MODE")
+            .execute(&mut *blocker)
+            .await
+            .expect("lock");
+        let update = {
+            let store = db.store.clone();
+            tokio::spawn(async move {
+                let update = UserUpdate::parse(None, Some("victim@example.com"), None)
+                    .expect("a field")
+                    .expect("valid");
+                let task = Task::new(&SendVerifyEmail {
+                    username: "mallory".into(),
+                })
+                .expect("task");
+                store
+                    .update_user("mallory", &update, None, &task, Uuid::nil())
+                    .await
+            })
+        };
+        wait_for_lock_waiters(&db, 1).await;
+        let verify = {
+            let store = db.store.clone();
+            let code = code.expose().clone();
+            tokio::spawn(async move { store.verify_email(record.id, &code).await })
+        };
+        wait_for_lock_waiters(&db, 2).await;
+        blocker.commit().await.expect("release");
+
+        update.await.expect("joins").expect("address changed");
+        let verified = verify.await.expect("joins");
+        let user = db.store.get_user("mallory").await.expect("user");
+        assert_eq!(user.email, "victim@example.com");
+        assert!(
+            !user.is_email_verified,
+            "the victim's address was marked verified: {verified:?}"
+        );
+        assert!(
+            matches!(verified, Err(VerifyError::AddressChanged)),
+            "{verified:?}"
+        );
+        let used: bool = sqlx::query_scalar("SELECT is_used FROM verify_emails WHERE id = $1")
+            .bind(record.id)
+            .fetch_one(db.store.pool())
+            .await
+            .expect("record");
+        assert!(!used, "a refused code stays unused");
     }
 }
