@@ -269,11 +269,23 @@ impl SimpleBank for SimpleBankService {
         self.throttle.reset(username).await;
 
         let refresh_token = new_refresh_token();
-        let session = self
+        // Only while the password is still the one just checked: a change in between must
+        // not leave a session behind it.
+        let Some(session) = self
             .store
-            .create_session(username, &refresh_token, &origin, self.sessions)
+            .create_session(
+                username,
+                &credentials.hashed_password,
+                &refresh_token,
+                &origin,
+                self.sessions,
+            )
             .await
-            .map_err(status::from_store)?;
+            .map_err(status::from_store)?
+        else {
+            tracing::info!(%username, "password changed during sign-in; no session started");
+            return Err(Status::unauthenticated(BAD_CREDENTIALS));
+        };
         let access = self
             .tokens
             .make(username, session.id)

@@ -106,7 +106,13 @@ impl From<sqlx::Error> for SessionError {
 }
 
 impl Store {
-    /// Starts a session for `username` holding the hash of `refresh_token`.
+    /// Starts a session for `username` holding the hash of `refresh_token`, if the user's
+    /// password hash is still `verified_hash` (the one sign-in just checked); `None` if it is
+    /// not (the password changed meanwhile).
+    ///
+    /// The check and the insert are one statement holding a share lock on the user row: a
+    /// password change either committed first (no session) or waits for this one and then
+    /// ends it with the user's other sessions.
     #[tracing::instrument(
         name = "INSERT sessions",
         skip_all,
@@ -115,15 +121,20 @@ impl Store {
     pub async fn create_session(
         &self,
         username: &str,
+        verified_hash: &Secret<String>,
         refresh_token: &Secret<String>,
         origin: &SessionOrigin,
         limits: SessionLimits,
-    ) -> Result<Session, StoreError> {
+    ) -> Result<Option<Session>, StoreError> {
         let session = sqlx::query_as(&format!(
-            "INSERT INTO sessions (id, username, refresh_token_hash, user_agent, client_ip, \
+            "WITH still AS ( \
+               SELECT username FROM users WHERE username = $2 AND hashed_password = $8 \
+               FOR SHARE) \
+             INSERT INTO sessions (id, username, refresh_token_hash, user_agent, client_ip, \
                refresh_token_expires_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, \
-               now() + make_interval(secs => LEAST($6, $7)), now() + make_interval(secs => $7)) \
+             SELECT $1, still.username, $3, $4, $5, \
+               now() + make_interval(secs => LEAST($6, $7)), now() + make_interval(secs => $7) \
+             FROM still \
              RETURNING {COLUMNS}"
         ))
         .bind(Uuid::new_v4())
@@ -133,7 +144,8 @@ impl Store {
         .bind(&origin.client_ip)
         .bind(limits.refresh_token.as_secs_f64())
         .bind(limits.session.as_secs_f64())
-        .fetch_one(&self.pool)
+        .bind(verified_hash.expose())
+        .fetch_optional(&self.pool)
         .await?;
         Ok(session)
     }
@@ -228,9 +240,26 @@ impl Store {
         .await?
         .rows_affected();
         if ended == 0 {
-            return Err(SessionError::Invalid);
+            return Err(self.replayed_at_logout(presented).await?);
         }
         Ok(ended)
+    }
+
+    /// Why `presented` ended no session: an already exchanged token is a replay, as in
+    /// [`Self::rotate_refresh_token`], and ends its session; anything else is just invalid.
+    async fn replayed_at_logout(&self, presented: &str) -> Result<SessionError, SessionError> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        let rotated: Option<Uuid> =
+            sqlx::query_scalar("SELECT session_id FROM session_rotated_tokens WHERE token_hash = $1")
+                .bind(hash_refresh_token(presented))
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(session_id) = rotated else {
+            return Ok(SessionError::Invalid);
+        };
+        revoke(&mut tx, session_id, RevokeReason::TokenReused).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(SessionError::Reused { session_id })
     }
 
     /// Whether session `id` belongs to `username` and is live (not ended, not past its end):
@@ -322,6 +351,11 @@ mod tests {
         .expect("user");
     }
 
+    /// The password hash `user` stores.
+    fn hash() -> Secret<String> {
+        Secret::new("x".into())
+    }
+
     fn origin() -> SessionOrigin {
         SessionOrigin {
             user_agent: "test".into(),
@@ -351,8 +385,9 @@ mod tests {
         let first = new_refresh_token();
         let session = db
             .store
-            .create_session("alice", &first, &origin(), LIMITS)
+            .create_session("alice", &hash(), &first, &origin(), LIMITS)
             .await
+            .unwrap()
             .unwrap();
         let stored: Vec<u8> = sqlx::query_scalar("SELECT refresh_token_hash FROM sessions")
             .fetch_one(db.store.pool())
@@ -400,8 +435,9 @@ mod tests {
         let token = new_refresh_token();
         let session = db
             .store
-            .create_session("alice", &token, &origin(), limits)
+            .create_session("alice", &hash(), &token, &origin(), limits)
             .await
+            .unwrap()
             .unwrap();
         assert_eq!(session.refresh_token_expires_at, session.expires_at);
         let rotated = db
@@ -420,8 +456,9 @@ mod tests {
         let token = new_refresh_token();
         let session = db
             .store
-            .create_session("alice", &token, &origin(), LIMITS)
+            .create_session("alice", &hash(), &token, &origin(), LIMITS)
             .await
+            .unwrap()
             .unwrap();
         let renew = || {
             let (store, presented) = (db.store.clone(), token.expose().clone());
@@ -449,5 +486,106 @@ mod tests {
             ended.revoked_reason.as_deref(),
             Some("refresh_token_reused")
         );
+    }
+
+    /// Sign-in checked the old hash; the password changed before the session was written.
+    #[tokio::test]
+    async fn no_session_is_started_for_a_password_that_changed_after_it_was_checked() {
+        let db = TestDb::create().await;
+        user(&db, "alice").await;
+        let checked = hash();
+        sqlx::query("UPDATE users SET hashed_password = 'y' WHERE username = 'alice'")
+            .execute(db.store.pool())
+            .await
+            .unwrap();
+        let created = db
+            .store
+            .create_session("alice", &checked, &new_refresh_token(), &origin(), LIMITS)
+            .await
+            .unwrap();
+        assert_eq!(created, None);
+        assert!(db.store.sessions_of("alice").await.unwrap().is_empty());
+    }
+
+    /// The interleaving forced: a password change holds the user row (uncommitted) when the
+    /// session is written; the session waits, sees the new hash, and is not started.
+    #[tokio::test]
+    async fn a_session_waits_for_a_password_change_in_flight_and_is_refused() {
+        let db = TestDb::create().await;
+        user(&db, "alice").await;
+        let mut change = db.store.pool().begin().await.unwrap();
+        sqlx::query("UPDATE users SET hashed_password = 'y' WHERE username = 'alice'")
+            .execute(&mut *change)
+            .await
+            .unwrap();
+        let login = {
+            let store = db.store.clone();
+            tokio::spawn(async move {
+                store
+                    .create_session("alice", &hash(), &new_refresh_token(), &origin(), LIMITS)
+                    .await
+            })
+        };
+        crate::testing::eventually(
+            "the sign-in waits on the user row",
+            Duration::from_secs(30),
+            || async {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+                .fetch_one(db.store.pool())
+                .await
+                .unwrap()
+                    == 1
+            },
+        )
+        .await;
+        change.commit().await.unwrap();
+        assert_eq!(login.await.unwrap().unwrap(), None);
+        assert!(db.store.sessions_of("alice").await.unwrap().is_empty());
+    }
+
+    /// LogoutUser with a token already exchanged is a replay: the session ends, as at renewal.
+    #[tokio::test]
+    async fn logout_with_an_exchanged_token_ends_the_session_as_a_replay() {
+        let db = TestDb::create().await;
+        user(&db, "alice").await;
+        let first = new_refresh_token();
+        let session = db
+            .store
+            .create_session("alice", &hash(), &first, &origin(), LIMITS)
+            .await
+            .unwrap()
+            .unwrap();
+        let second = new_refresh_token();
+        db.store
+            .rotate_refresh_token(first.expose(), &second, LIMITS.refresh_token)
+            .await
+            .unwrap();
+        let err = db.store.end_sessions(first.expose(), false).await.unwrap_err();
+        assert!(
+            matches!(err, SessionError::Reused { session_id } if session_id == session.id),
+            "{err:?}"
+        );
+        let ended = db.store.session(session.id).await.unwrap();
+        assert_eq!(
+            ended.revoked_reason.as_deref(),
+            Some("refresh_token_reused")
+        );
+        // The thief's copy of the current token died with the session.
+        let err = db
+            .store
+            .rotate_refresh_token(second.expose(), &new_refresh_token(), LIMITS.refresh_token)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SessionError::Invalid), "{err:?}");
+        // An unknown token is still just invalid.
+        let err = db
+            .store
+            .end_sessions(new_refresh_token().expose(), true)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SessionError::Invalid), "{err:?}");
     }
 }
