@@ -11,7 +11,7 @@ use simplebank_core::{
 use crate::{
     throttle::LoginLimits,
     tls::TlsConfig,
-    tokens::{KEY_LEN, TokenMaker},
+    tokens::{DEVELOPMENT_KEY, KEY_LEN, TokenMaker},
 };
 
 #[derive(Debug, Clone)]
@@ -71,6 +71,13 @@ impl AuthConfig {
     pub fn from_env(environment: Environment) -> Result<Self, ConfigError> {
         const KEY: &str = "TOKEN_SYMMETRIC_KEY";
         let key = match config::var(KEY)? {
+            Some(raw) if environment == Environment::Production && raw == DEVELOPMENT_KEY => {
+                return Err(ConfigError::new(
+                    KEY,
+                    "is the public development key from app.env; production needs its own \
+                     random key (32 bytes)",
+                ));
+            }
             Some(raw) => parse_key(&raw)?,
             None if environment == Environment::Production => {
                 return Err(ConfigError::new(
@@ -122,6 +129,7 @@ impl AuthConfig {
                 "LOGIN_FAILURE_WINDOW",
                 config::duration_or("LOGIN_FAILURE_WINDOW", defaults.login.window)?,
             )?,
+            ..defaults.login
         };
         Ok(Self {
             access_token_duration: positive(

@@ -138,6 +138,33 @@ impl SimpleBankService {
         Ok(claims)
     }
 
+    /// The credentials of `username` if `password` is theirs. An unknown user's password is
+    /// checked against a dummy hash: the same work, the same answer, as a wrong password.
+    async fn check_password(
+        &self,
+        username: &str,
+        password: Secret<String>,
+    ) -> Result<Option<simplebank_core::store::Credentials>, Status> {
+        let credentials = self
+            .store
+            .credentials(username)
+            .await
+            .map_err(status::from_store)?;
+        let matched = self
+            .hashing
+            .verify(
+                password,
+                credentials.as_ref().map(|c| c.hashed_password.clone()),
+            )
+            .instrument(tracing::info_span!(
+                "verify password",
+                otel.kind = "internal"
+            ))
+            .await
+            .map_err(|e| status::internal(&e))?;
+        Ok(credentials.filter(|_| matched))
+    }
+
     async fn hash(
         &self,
         password: simplebank_core::domain::Password,
@@ -238,35 +265,26 @@ impl SimpleBank for SimpleBankService {
 
         // Before any password is checked: a throttled attempt costs no hashing and says
         // nothing about the password.
-        if let Verdict::Throttled(retry_after) = self.throttle.check(username, &address).await {
-            tracing::info!(%username, %address, "sign-in throttled");
-            return Err(status::throttled(retry_after));
-        }
-
-        let credentials = self
-            .store
-            .credentials(username)
-            .await
-            .map_err(status::from_store)?;
-        // An unknown user's password is checked against a dummy hash: the same work, the same
-        // answer, as a wrong password.
-        let matched = self
-            .hashing
-            .verify(
-                password,
-                credentials.as_ref().map(|c| c.hashed_password.clone()),
-            )
-            .instrument(tracing::info_span!(
-                "verify password",
-                otel.kind = "internal"
-            ))
-            .await
-            .map_err(|e| status::internal(&e))?;
-        let Some(credentials) = credentials.filter(|_| matched) else {
-            self.throttle.record_failure(username, &address).await;
-            return Err(Status::unauthenticated(BAD_CREDENTIALS));
+        // The attempt is counted (reserved) before the check, so concurrent attempts cannot
+        // all pass the limit.
+        let attempt = match self.throttle.reserve(username, &address).await {
+            Verdict::Allowed(attempt) => attempt,
+            Verdict::Throttled(retry_after) => {
+                tracing::info!(%username, %address, "sign-in throttled");
+                return Err(status::throttled(retry_after));
+            }
         };
-        self.throttle.reset(username).await;
+        let checked = self.check_password(username, password).await;
+        let credentials = match checked {
+            Ok(Some(credentials)) => credentials,
+            // A failure keeps its reservation: it is the failure's record.
+            Ok(None) => return Err(Status::unauthenticated(BAD_CREDENTIALS)),
+            Err(status) => {
+                self.throttle.abandoned(attempt).await;
+                return Err(status);
+            }
+        };
+        self.throttle.succeeded(attempt).await;
 
         let refresh_token = new_refresh_token();
         // Only while the password is still the one just checked: a change in between must

@@ -1,20 +1,29 @@
 //! Sign-in throttling: failed sign-ins are counted per username and per client address in
-//! Redis sorted sets (a sliding window; keys in `simplebank_core::task::Keys`), and a sign-in
-//! past either limit is refused before any password is checked, whatever the password.
+//! Redis sorted sets (a sliding window; keys in `simplebank_core::task::Keys`). An attempt
+//! first reserves its place in both counts, atomically (one script: under both limits, add a
+//! member to each; else refuse), before any password is checked: concurrent attempts cannot
+//! all pass one check. A failure keeps its reservation (it is the failure's record); a success
+//! removes it and forgets the username's failures.
+//!
+//! IPv4 clients are counted per address, IPv6 clients per /64 (one host usually holds a whole
+//! /64, so counting single IPv6 addresses would not limit anyone).
 //!
 //! Every Redis call is bounded by [`REDIS_TIMEOUT`]. When Redis is down or hung, throttling
 //! fails open (sign-in keeps working, unthrottled): refusing every sign-in because the counter
-//! store is away would turn a Redis outage into a login outage. The outage is logged once,
-//! and its end once.
+//! store is away would turn a Redis outage into a login outage. After a timeout Redis is not
+//! asked again for [`LoginLimits::outage_pause`], so a hung Redis does not slow every sign-in.
+//! The outage is logged once, and its end once.
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, Ipv6Addr},
     sync::{
-        Arc, LazyLock,
+        Arc, LazyLock, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
+
+use tokio::time::Instant;
 
 use redis::{Script, aio::ConnectionManager};
 use simplebank_core::{report::chain, task::Keys};
@@ -31,6 +40,9 @@ pub struct LoginLimits {
     pub per_address: u32,
     /// `LOGIN_FAILURE_WINDOW`, default 15m.
     pub window: Duration,
+    /// How long Redis is left alone after it timed out (5 s): sign-in goes on unthrottled
+    /// meanwhile instead of waiting out a timeout on every call.
+    pub outage_pause: Duration,
 }
 
 impl Default for LoginLimits {
@@ -39,14 +51,16 @@ impl Default for LoginLimits {
             per_username: 5,
             per_address: 50,
             window: Duration::from_secs(15 * 60),
+            outage_pause: Duration::from_secs(5),
         }
     }
 }
 
-/// KEYS: username key, address key. ARGV: window ms, username limit, address limit.
-/// Drops failures older than the window; returns 0 when both counts are under their limits,
-/// else the ms until enough failures leave the window for the next attempt to be allowed.
-static CHECK: LazyLock<Script> = LazyLock::new(|| {
+/// KEYS: username key, address key. ARGV: window ms, username limit, address limit, member.
+/// Drops failures older than the window; when both counts are under their limits, adds the
+/// member to both (the attempt's reservation) and returns 0, else returns the ms until enough
+/// failures leave the window for the next attempt to be allowed.
+static RESERVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local t = redis.call('TIME')
@@ -63,32 +77,47 @@ for i, key in ipairs(KEYS) do
     if w > wait then wait = w end
   end
 end
-if wait > 0 and wait < 1 then wait = 1 end
-return math.ceil(wait)
+if wait > 0 then
+  if wait < 1 then wait = 1 end
+  return math.ceil(wait)
+end
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now, ARGV[4])
+  redis.call('PEXPIRE', key, window)
+end
+return 0
 ",
     )
 });
 
-/// KEYS: username key, address key. ARGV: window ms, member. Notes one failure in each.
-static RECORD: LazyLock<Script> = LazyLock::new(|| {
+/// KEYS: username key, address key. ARGV: member, whether to forget the username's failures
+/// ("1": a success). Removes the reservation from both.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for _, key in ipairs(KEYS) do
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - tonumber(ARGV[1]))
-  redis.call('ZADD', key, now, ARGV[2])
-  redis.call('PEXPIRE', key, ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if ARGV[2] == '1' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('ZREM', KEYS[1], ARGV[1])
 end
 return 1
 ",
     )
 });
 
+/// A sign-in attempt's place in the counts: kept on failure, released otherwise.
+#[derive(Debug)]
+pub struct Attempt {
+    keys: [String; 2],
+    /// `None` when Redis was not asked (an outage): nothing to release.
+    member: Option<String>,
+}
+
 /// The verdict on a sign-in attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Verdict {
-    Allowed,
+    Allowed(Attempt),
     /// Too many failures: try again after this long.
     Throttled(Duration),
 }
@@ -101,6 +130,8 @@ pub struct LoginThrottle {
     /// Whether the last call failed: the outage is logged when this turns on, and its end
     /// when it turns off, not on every call.
     degraded: Arc<AtomicBool>,
+    /// Set by a timeout: until then Redis is not asked.
+    paused_until: Arc<Mutex<Option<Instant>>>,
 }
 
 impl LoginThrottle {
@@ -110,13 +141,14 @@ impl LoginThrottle {
             keys,
             limits,
             degraded: Arc::default(),
+            paused_until: Arc::default(),
         }
     }
 
     fn keys_of(&self, username: &str, address: &IpAddr) -> [String; 2] {
         [
             self.keys.login_failures_username(username),
-            self.keys.login_failures_address(address),
+            self.keys.login_failures_address(&counted_address(address)),
         ]
     }
 
@@ -124,44 +156,54 @@ impl LoginThrottle {
         u64::try_from(self.limits.window.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Whether `username` may try to sign in from `address` now.
-    pub async fn check(&self, username: &str, address: &IpAddr) -> Verdict {
-        let mut invocation = CHECK.prepare_invoke();
-        for key in self.keys_of(username, address) {
+    /// Reserves an attempt for `username` from `address`, or says how long to wait.
+    pub async fn reserve(&self, username: &str, address: &IpAddr) -> Verdict {
+        let keys = self.keys_of(username, address);
+        let member = uuid::Uuid::new_v4().to_string();
+        let mut invocation = RESERVE.prepare_invoke();
+        for key in &keys {
             invocation.key(key);
         }
         invocation
             .arg(self.window_ms())
             .arg(self.limits.per_username)
-            .arg(self.limits.per_address);
+            .arg(self.limits.per_address)
+            .arg(&member);
         let mut redis = self.redis.clone();
         let waited: Option<u64> = self.bounded(invocation.invoke_async(&mut redis)).await;
         match waited {
             Some(ms) if ms > 0 => Verdict::Throttled(Duration::from_millis(ms)),
-            _ => Verdict::Allowed,
+            Some(_) => Verdict::Allowed(Attempt {
+                keys,
+                member: Some(member),
+            }),
+            None => Verdict::Allowed(Attempt { keys, member: None }),
         }
     }
 
-    /// Notes a failed sign-in for `username` and for `address`.
-    pub async fn record_failure(&self, username: &str, address: &IpAddr) {
-        let mut invocation = RECORD.prepare_invoke();
-        for key in self.keys_of(username, address) {
+    /// The attempt signed in: its reservation goes and the username's failures are forgotten
+    /// (the address keeps its count).
+    pub async fn succeeded(&self, attempt: Attempt) {
+        self.release(attempt, true).await;
+    }
+
+    /// The attempt ended without a verdict on the password (an internal error): it does not
+    /// count as a failure.
+    pub async fn abandoned(&self, attempt: Attempt) {
+        self.release(attempt, false).await;
+    }
+
+    async fn release(&self, attempt: Attempt, success: bool) {
+        let Some(member) = attempt.member else {
+            return;
+        };
+        let mut invocation = RELEASE.prepare_invoke();
+        for key in &attempt.keys {
             invocation.key(key);
         }
-        invocation
-            .arg(self.window_ms())
-            .arg(uuid::Uuid::new_v4().to_string());
+        invocation.arg(member).arg(if success { "1" } else { "0" });
         let mut redis = self.redis.clone();
         let _: Option<i64> = self.bounded(invocation.invoke_async(&mut redis)).await;
-    }
-
-    /// Forgets the failures of `username` (it just signed in); the address keeps its count.
-    pub async fn reset(&self, username: &str) {
-        let mut redis = self.redis.clone();
-        let key = self.keys.login_failures_username(username);
-        let _: Option<i64> = self
-            .bounded(redis::cmd("DEL").arg(key).query_async(&mut redis))
-            .await;
     }
 
     /// `call` within [`REDIS_TIMEOUT`]; `None` (and the outage logged once) if it failed.
@@ -169,6 +211,9 @@ impl LoginThrottle {
         &self,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Option<T> {
+        if self.paused() {
+            return None;
+        }
         let failure = match tokio::time::timeout(REDIS_TIMEOUT, call).await {
             Ok(Ok(value)) => {
                 if self.degraded.swap(false, Ordering::Relaxed) {
@@ -177,7 +222,10 @@ impl LoginThrottle {
                 return Some(value);
             }
             Ok(Err(err)) => chain(&err),
-            Err(_) => format!("Redis did not answer within {REDIS_TIMEOUT:?}"),
+            Err(_) => {
+                self.pause();
+                format!("Redis did not answer within {REDIS_TIMEOUT:?}")
+            }
         };
         if !self.degraded.swap(true, Ordering::Relaxed) {
             tracing::warn!(
@@ -186,5 +234,56 @@ impl LoginThrottle {
             );
         }
         None
+    }
+
+    /// Whether Redis is being left alone after a timeout.
+    fn paused(&self) -> bool {
+        let until = *self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        until.is_some_and(|until| Instant::now() < until)
+    }
+
+    fn pause(&self) {
+        *self.paused_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Instant::now() + self.limits.outage_pause);
+    }
+}
+
+/// What failures from `address` are counted under: an IPv4 address itself (also when it comes
+/// IPv4-mapped), an IPv6 address's /64.
+pub fn counted_address(address: &IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => *address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(*v6) & !(u64::MAX as u128))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::counted_address;
+
+    fn counted(address: &str) -> String {
+        counted_address(&address.parse::<IpAddr>().expect("an address")).to_string()
+    }
+
+    #[test]
+    fn ipv4_is_counted_per_address_and_ipv6_per_64() {
+        assert_eq!(counted("203.0.113.7"), "203.0.113.7");
+        assert_eq!(counted("203.0.113.8"), "203.0.113.8");
+        assert_eq!(counted("::ffff:203.0.113.7"), "203.0.113.7");
+        // A whole /64 is one client; the next /64 is another.
+        for address in [
+            "2001:db8:1:2::1",
+            "2001:db8:1:2:ffff:ffff:ffff:ffff",
+            "2001:db8:1:2:dead:beef:0:1",
+        ] {
+            assert_eq!(counted(address), "2001:db8:1:2::", "{address}");
+        }
+        assert_eq!(counted("2001:db8:1:3::1"), "2001:db8:1:3::");
+        assert_eq!(counted("::1"), "::");
     }
 }

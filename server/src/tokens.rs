@@ -21,6 +21,10 @@ use uuid::Uuid;
 /// Length of `TOKEN_SYMMETRIC_KEY`, in bytes.
 pub const KEY_LEN: usize = 32;
 
+/// The development `TOKEN_SYMMETRIC_KEY` committed in app.env: public, so refused in
+/// production (anyone could mint access tokens with it).
+pub const DEVELOPMENT_KEY: &str = "dev-only-key-0123456789abcdefghi";
+
 /// Bound into every token (authenticated, not stored in it): a token made for another purpose
 /// with the same key is refused.
 const IMPLICIT_ASSERTION: &[u8] = b"simplebank.v1 access token";
@@ -130,6 +134,18 @@ fn claim_time(claims: &Claims, name: &str) -> Option<OffsetDateTime> {
 
 #[cfg(test)]
 mod tests {
+    /// The refused key is the one app.env really holds.
+    #[test]
+    fn the_development_key_is_app_envs() {
+        let app_env = include_str!("../../app.env");
+        assert!(
+            app_env
+                .lines()
+                .any(|l| l == format!("TOKEN_SYMMETRIC_KEY={}", super::DEVELOPMENT_KEY)),
+            "app.env and DEVELOPMENT_KEY differ"
+        );
+    }
+
     use super::*;
 
     fn maker(key: u8, duration: Duration) -> TokenMaker {

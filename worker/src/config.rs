@@ -252,9 +252,21 @@ impl WorkerConfig {
     }
 }
 
+/// The development `VERIFY_EMAIL_KEY` committed in app.env: public, so refused in production
+/// (anyone could derive every verification code with it).
+const DEVELOPMENT_VERIFY_EMAIL_KEY: &str = "development-only-key-not-a-secret-0123456789";
+
 /// `VERIFY_EMAIL_KEY`: its bytes, at least [`MIN_CODE_KEY_LEN`] of them; required in production.
 fn verify_email_key(environment: Environment) -> Result<Option<Secret<Vec<u8>>>, ConfigError> {
     match config::var("VERIFY_EMAIL_KEY")? {
+        Some(key)
+            if environment == Environment::Production && key == DEVELOPMENT_VERIFY_EMAIL_KEY =>
+        {
+            Err(ConfigError::new(
+                "VERIFY_EMAIL_KEY",
+                "is the public development key from app.env; production needs its own secret",
+            ))
+        }
         Some(key) if key.len() >= MIN_CODE_KEY_LEN => Ok(Some(Secret::new(key.into_bytes()))),
         Some(_) => Err(ConfigError::new(
             "VERIFY_EMAIL_KEY",
@@ -270,6 +282,20 @@ fn verify_email_key(environment: Environment) -> Result<Option<Secret<Vec<u8>>>,
 
 #[cfg(test)]
 mod tests {
+    /// The refused key is the one app.env really holds.
+    #[test]
+    fn the_development_verify_email_key_is_app_envs() {
+        let app_env = include_str!("../../app.env");
+        assert!(
+            app_env.lines().any(|l| l
+                == format!(
+                    "VERIFY_EMAIL_KEY={}",
+                    super::DEVELOPMENT_VERIFY_EMAIL_KEY
+                )),
+            "app.env and DEVELOPMENT_VERIFY_EMAIL_KEY differ"
+        );
+    }
+
     use std::time::Duration;
 
     use super::{ConsumerSettings, parse_queues};

@@ -12,6 +12,7 @@ mod malformed;
 mod outbox;
 mod pipeline;
 mod sessions;
+mod signin;
 mod startup;
 mod tls;
 mod traces;

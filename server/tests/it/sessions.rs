@@ -743,6 +743,8 @@ async fn the_binary_refuses_a_missing_key_in_production_and_a_short_key_anywhere
     for (environment, key) in [
         ("production", None),
         ("production", Some("too-short-key-1")),
+        // The public development key from app.env.
+        ("production", Some("dev-only-key-0123456789abcdefghi")),
         ("development", Some("too-short-key-1")),
         ("development", Some("a-key-of-thirty-three-bytes-12345")),
     ] {

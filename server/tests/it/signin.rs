@@ -1,0 +1,255 @@
+//! Sign-in under attack (issue 11, the outside review): concurrent wrong passwords against the
+//! throttle, a replayed refresh token at logout, and a hung Redis during sign-in. In-process,
+//! to read the hashing pool's verification count.
+
+use std::time::Duration;
+
+use simplebank_core::{
+    password::HashPool,
+    testing::{RedisServer, TestDb, TestRedis, eventually},
+};
+use simplebank_server::{
+    config::CallLimits,
+    pb::{LoginUserRequest, LogoutUserRequest, RenewAccessTokenRequest},
+};
+use tonic::Code;
+
+use crate::helpers::{TestServer, common_config, request, test_auth};
+
+/// Generous: argon2 in a debug build on a loaded machine, one hashing thread.
+const LIMITS: CallLimits = CallLimits {
+    request_timeout: Duration::from_secs(300),
+    max_concurrent_calls: 64,
+};
+
+fn login(username: &str, password: &str) -> LoginUserRequest {
+    LoginUserRequest {
+        username: username.into(),
+        password: password.into(),
+    }
+}
+
+/// Many wrong passwords at once for one username: each attempt takes its place in the count
+/// before its password is checked, so no more than the limit are ever verified.
+#[tokio::test]
+async fn concurrent_wrong_passwords_verify_no_more_than_the_limit() {
+    const ATTEMPTS: usize = 40;
+    let (db, redis) = (TestDb::create().await, TestRedis::new());
+    let hashing = HashPool::new(1);
+    let server = TestServer::start_with(
+        common_config(db.url.clone(), &redis),
+        LIMITS,
+        test_auth(),
+        hashing.clone(),
+    )
+    .await;
+    let mut client = server.client.clone();
+    client
+        .create_user(request("alice", "alice@example.com"))
+        .await
+        .expect("sign up");
+    let limit = test_auth().login.per_username as usize;
+    assert!(limit < ATTEMPTS);
+
+    let before = hashing.verifications();
+    let calls: Vec<_> = (0..ATTEMPTS)
+        .map(|_| {
+            let mut client = server.client.clone();
+            tokio::spawn(async move { client.login_user(login("alice", "wrong-password-1")).await })
+        })
+        .collect();
+    let (mut refused, mut throttled) = (0, 0);
+    for call in calls {
+        let err = call.await.expect("joins").expect_err("a wrong password");
+        match err.code() {
+            Code::Unauthenticated => refused += 1,
+            Code::ResourceExhausted if err.message().contains("failed sign-ins") => throttled += 1,
+            _ => panic!("unexpected: {err:?}"),
+        }
+    }
+    assert_eq!(hashing.verifications() - before, limit as u64);
+    assert_eq!((refused, throttled), (limit, ATTEMPTS - limit));
+    let failures: i64 = redis::cmd("ZCARD")
+        .arg(redis.keys().login_failures_username("alice"))
+        .query_async(&mut redis.conn().await)
+        .await
+        .expect("ZCARD");
+    assert_eq!(failures, limit as i64);
+    server.stop().await.expect("server stops");
+}
+
+/// A success takes back its reservation: successful sign-ins never count against the address.
+#[tokio::test]
+async fn successful_sign_ins_leave_no_count_behind() {
+    let (db, redis) = (TestDb::create().await, TestRedis::new());
+    let server = TestServer::start_with(
+        common_config(db.url.clone(), &redis),
+        LIMITS,
+        test_auth(),
+        HashPool::new(1),
+    )
+    .await;
+    let mut client = server.client.clone();
+    client
+        .create_user(request("alice", "alice@example.com"))
+        .await
+        .expect("sign up");
+    for _ in 0..3 {
+        client
+            .login_user(login("alice", "secret-password-1"))
+            .await
+            .expect("sign in");
+    }
+    let mut conn = redis.conn().await;
+    for key in [
+        redis.keys().login_failures_username("alice"),
+        redis
+            .keys()
+            .login_failures_address(&"127.0.0.1".parse().expect("ip")),
+    ] {
+        let count: i64 = redis::cmd("ZCARD")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("ZCARD");
+        assert_eq!(count, 0, "{key}");
+    }
+    server.stop().await.expect("server stops");
+}
+
+/// LogoutUser with a refresh token already exchanged is a replay, as in RenewAccessToken: the
+/// session ends, so whoever holds the current token is signed out too.
+#[tokio::test]
+async fn logout_with_an_exchanged_refresh_token_ends_the_session() {
+    let (db, redis) = (TestDb::create().await, TestRedis::new());
+    let server = TestServer::start_with(
+        common_config(db.url.clone(), &redis),
+        LIMITS,
+        test_auth(),
+        HashPool::new(1),
+    )
+    .await;
+    let mut client = server.client.clone();
+    client
+        .create_user(request("alice", "alice@example.com"))
+        .await
+        .expect("sign up");
+    let signed_in = client
+        .login_user(login("alice", "secret-password-1"))
+        .await
+        .expect("sign in")
+        .into_inner();
+    let renewed = client
+        .renew_access_token(RenewAccessTokenRequest {
+            refresh_token: signed_in.refresh_token.clone(),
+        })
+        .await
+        .expect("renew")
+        .into_inner();
+
+    let err = client
+        .logout_user(LogoutUserRequest {
+            refresh_token: signed_in.refresh_token,
+            all_sessions: false,
+        })
+        .await
+        .expect_err("an exchanged token");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("already used"), "{}", err.message());
+    let session = db
+        .store
+        .session(signed_in.session_id.parse().expect("uuid"))
+        .await
+        .expect("session");
+    assert_eq!(
+        session.revoked_reason.as_deref(),
+        Some("refresh_token_reused")
+    );
+    let err = client
+        .renew_access_token(RenewAccessTokenRequest {
+            refresh_token: renewed.refresh_token,
+        })
+        .await
+        .expect_err("the session ended");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    server.stop().await.expect("server stops");
+}
+
+/// With Redis hung, only the first sign-in waits for it: after a timeout Redis is left alone
+/// for a while. Counted, not timed: every call that reached the hung Redis runs once it
+/// wakes, so the failures it then holds are the calls that went to it.
+#[tokio::test]
+async fn after_a_redis_timeout_sign_in_leaves_redis_alone_for_a_while() {
+    let db = TestDb::create().await;
+    let redis = RedisServer::start().await;
+    let test_redis = TestRedis::at(redis.address());
+    let mut auth = test_auth();
+    // Longer than the test: nothing below may depend on how fast the machine is.
+    auth.login.outage_pause = Duration::from_secs(600);
+    let server = TestServer::start_with(
+        common_config(db.url.clone(), &test_redis),
+        LIMITS,
+        auth,
+        HashPool::new(1),
+    )
+    .await;
+    let mut client = server.client.clone();
+    client
+        .create_user(request("alice", "alice@example.com"))
+        .await
+        .expect("sign up");
+    client
+        .create_user(request("bob", "bob@example.com"))
+        .await
+        .expect("sign up");
+    // Loads the scripts while Redis answers (a failure, then a success that forgets it).
+    client
+        .login_user(login("alice", "wrong-password-1"))
+        .await
+        .expect_err("wrong password");
+    client
+        .login_user(login("alice", "secret-password-1"))
+        .await
+        .expect("sign in");
+
+    redis.pause();
+    for _ in 0..4 {
+        let err = client
+            .login_user(login("alice", "wrong-password-1"))
+            .await
+            .expect_err("wrong password");
+        assert_eq!(err.code(), Code::Unauthenticated);
+    }
+    // Fail open: sign-in still works (another user: a success forgets alice's failures).
+    client
+        .login_user(login("bob", "secret-password-1"))
+        .await
+        .expect("sign in while Redis hangs");
+    redis.resume();
+
+    let key = test_redis.keys().login_failures_username("alice");
+    let count = || {
+        let (client, key) = (test_redis.client(), key.clone());
+        async move {
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("Redis answers again");
+            redis::cmd("ZCARD")
+                .arg(&key)
+                .query_async::<i64>(&mut conn)
+                .await
+                .expect("ZCARD")
+        }
+    };
+    // The first attempt's reservation, sent before the timeout, runs now (with the rest of
+    // what was queued on that connection, in one go).
+    eventually(
+        "the queued reservation ran",
+        Duration::from_secs(30),
+        || async { count().await >= 1 },
+    )
+    .await;
+    assert_eq!(count().await, 1, "only the first sign-in asked the hung Redis");
+    server.stop().await.expect("server stops");
+}
