@@ -287,11 +287,9 @@ mod tests {
     fn the_development_verify_email_key_is_app_envs() {
         let app_env = include_str!("../../app.env");
         assert!(
-            app_env.lines().any(|l| l
-                == format!(
-                    "VERIFY_EMAIL_KEY={}",
-                    super::DEVELOPMENT_VERIFY_EMAIL_KEY
-                )),
+            app_env
+                .lines()
+                .any(|l| l == format!("VERIFY_EMAIL_KEY={}", super::DEVELOPMENT_VERIFY_EMAIL_KEY)),
             "app.env and DEVELOPMENT_VERIFY_EMAIL_KEY differ"
         );
     }

@@ -249,11 +249,12 @@ impl Store {
     /// [`Self::rotate_refresh_token`], and ends its session; anything else is just invalid.
     async fn replayed_at_logout(&self, presented: &str) -> Result<SessionError, SessionError> {
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
-        let rotated: Option<Uuid> =
-            sqlx::query_scalar("SELECT session_id FROM session_rotated_tokens WHERE token_hash = $1")
-                .bind(hash_refresh_token(presented))
-                .fetch_optional(&mut *tx)
-                .await?;
+        let rotated: Option<Uuid> = sqlx::query_scalar(
+            "SELECT session_id FROM session_rotated_tokens WHERE token_hash = $1",
+        )
+        .bind(hash_refresh_token(presented))
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some(session_id) = rotated else {
             return Ok(SessionError::Invalid);
         };
@@ -563,7 +564,11 @@ mod tests {
             .rotate_refresh_token(first.expose(), &second, LIMITS.refresh_token)
             .await
             .unwrap();
-        let err = db.store.end_sessions(first.expose(), false).await.unwrap_err();
+        let err = db
+            .store
+            .end_sessions(first.expose(), false)
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, SessionError::Reused { session_id } if session_id == session.id),
             "{err:?}"

@@ -250,6 +250,10 @@ async fn after_a_redis_timeout_sign_in_leaves_redis_alone_for_a_while() {
         || async { count().await >= 1 },
     )
     .await;
-    assert_eq!(count().await, 1, "only the first sign-in asked the hung Redis");
+    assert_eq!(
+        count().await,
+        1,
+        "only the first sign-in asked the hung Redis"
+    );
     server.stop().await.expect("server stops");
 }

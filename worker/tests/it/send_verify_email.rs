@@ -352,7 +352,11 @@ async fn production_needs_a_long_enough_verify_email_key() {
         command
             .env("ENVIRONMENT", "production")
             .env("VERIFY_EMAIL_KEY", key.unwrap_or(""));
-        let output = command.output().await.expect("run the worker");
+        // Bounded: a worker that accepted the key would run until stopped.
+        let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+            .await
+            .expect("the worker refuses to start")
+            .expect("run the worker");
         assert_eq!(output.status.code(), Some(2), "{key:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
