@@ -530,16 +530,7 @@ mod tests {
         crate::testing::eventually(
             "the sign-in waits on the user row",
             Duration::from_secs(30),
-            || async {
-                sqlx::query_scalar::<_, i64>(
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                )
-                .fetch_one(db.store.pool())
-                .await
-                .unwrap()
-                    == 1
-            },
+            || async { db.waiting_on_locks().await.is_ok_and(|n| n == 1) },
         )
         .await;
         change.commit().await.unwrap();

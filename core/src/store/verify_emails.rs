@@ -201,22 +201,11 @@ mod tests {
         testing::{TestDb, eventually},
     };
 
-    /// How many backends of the test database wait on a lock.
-    async fn lock_waiters(db: &TestDb) -> i64 {
-        sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(db.store.pool())
-        .await
-        .expect("pg_stat_activity")
-    }
-
     async fn wait_for_lock_waiters(db: &TestDb, n: i64) {
         eventually(
             &format!("{n} backends wait on a lock"),
             Duration::from_secs(30),
-            || async move { lock_waiters(db).await == n },
+            || async move { db.waiting_on_locks().await.is_ok_and(|w| w == n) },
         )
         .await;
     }
