@@ -257,3 +257,63 @@ async fn after_a_redis_timeout_sign_in_leaves_redis_alone_for_a_while() {
     );
     server.stop().await.expect("server stops");
 }
+
+/// A password change in flight while LoginUser checks the old password: the sign-in read the
+/// old hash and verified it, then waits on the change's row lock, and once the change commits
+/// starts no session.
+#[tokio::test]
+async fn a_sign_in_racing_a_password_change_starts_no_session() {
+    let (db, redis) = (TestDb::create().await, TestRedis::new());
+    let hashing = HashPool::new(1);
+    let server = TestServer::start_with(
+        common_config(db.url.clone(), &redis),
+        LIMITS,
+        test_auth(),
+        hashing.clone(),
+    )
+    .await;
+    let mut client = server.client.clone();
+    client
+        .create_user(request("alice", "alice@example.com"))
+        .await
+        .expect("sign up");
+
+    // The change, as UpdateUser's transaction makes it, held open.
+    let mut change = db.store.pool().begin().await.expect("begin");
+    sqlx::query(
+        "UPDATE users SET hashed_password = 'changed', password_changed_at = now() \
+         WHERE username = 'alice'",
+    )
+    .execute(&mut *change)
+    .await
+    .expect("change the password");
+    let before = hashing.verifications();
+    let login = {
+        let mut client = server.client.clone();
+        tokio::spawn(async move { client.login_user(login("alice", "secret-password-1")).await })
+    };
+    // (Without the check the sign-in does not wait: it finishes, with a session.)
+    eventually(
+        "the sign-in waits on the user row, or is done",
+        Duration::from_secs(60),
+        || async { login.is_finished() || db.waiting_on_locks().await.is_ok_and(|n| n == 1) },
+    )
+    .await;
+    assert_eq!(
+        hashing.verifications(),
+        before + 1,
+        "the old password was verified"
+    );
+    change.commit().await.expect("commit the change");
+
+    let err = login.await.expect("joins").expect_err("no session");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(
+        db.store
+            .sessions_of("alice")
+            .await
+            .expect("sessions")
+            .is_empty()
+    );
+    server.stop().await.expect("server stops");
+}
