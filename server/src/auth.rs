@@ -32,8 +32,9 @@ pub fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
 /// The peer's IP address (the direct peer: forwarding headers are not trusted). Unknown
 /// peers (none over TCP) share one throttling bucket.
 pub fn client_ip<T>(request: &tonic::Request<T>) -> IpAddr {
-    request
-        .remote_addr()
+    crate::connection::ConnInfo::of(request.extensions())
+        .and_then(crate::connection::ConnInfo::remote_addr)
+        .or_else(|| request.remote_addr())
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |addr| {
             addr.ip().to_canonical()
         })

@@ -1,6 +1,10 @@
 //! Back-pressure on the `SimpleBank` calls, as one tower layer on the server builder: a
 //! concurrency limit that sheds the excess at once, and a request timeout.
 //!
+//! - The request message is read whole first, within `GRPC_REQUEST_BODY_TIMEOUT`, and only a
+//!   complete message takes a call slot: a client that trickles (or stalls) its body cannot
+//!   hold the shared budget. A request is one message of at most 64 KiB
+//!   ([`crate::framing`] checks that as it arrives), so buffering it costs little.
 //! - Past `GRPC_MAX_CONCURRENT_CALLS` calls in flight, a new call is refused before any work
 //!   with RESOURCE_EXHAUSTED and a `google.rpc.RetryInfo` detail ([`RETRY_AFTER`]): waiting
 //!   calls would each hold memory and, behind the hashing queue, time; a client can retry
@@ -20,8 +24,13 @@ use std::{
     time::Duration,
 };
 
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::Semaphore;
-use tonic::{Code, Status, codegen::http};
+use tonic::{
+    Code, Status,
+    body::Body,
+    codegen::{Bytes, http},
+};
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
@@ -38,6 +47,7 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 pub struct BackpressureLayer {
     slots: Arc<Semaphore>,
     timeout: Duration,
+    body_timeout: Duration,
 }
 
 impl BackpressureLayer {
@@ -45,6 +55,7 @@ impl BackpressureLayer {
         Self {
             slots: Arc::new(Semaphore::new(limits.max_concurrent_calls)),
             timeout: limits.request_timeout,
+            body_timeout: limits.body_timeout,
         }
     }
 }
@@ -57,6 +68,7 @@ impl<S> Layer<S> for BackpressureLayer {
             inner,
             slots: self.slots.clone(),
             timeout: self.timeout,
+            body_timeout: self.body_timeout,
         }
     }
 }
@@ -66,13 +78,13 @@ pub struct Backpressure<S> {
     inner: S,
     slots: Arc<Semaphore>,
     timeout: Duration,
+    body_timeout: Duration,
 }
 
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Backpressure<S>
+impl<S, ResBody> Service<http::Request<Body>> for Backpressure<S>
 where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send,
+    S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    ReqBody: Send + 'static,
     ResBody: Default + Send + 'static,
 {
     type Response = S::Response;
@@ -83,16 +95,31 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         if !request.uri().path().starts_with(LIMITED) {
             return Box::pin(self.inner.call(request));
         }
-        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            return Box::pin(async { Ok(shed().into_http()) });
-        };
-        let (future, timeout) = (self.inner.call(request), self.timeout);
+        // The service that was made ready; a clone takes its place for the next call.
+        let inner = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, inner);
+        let (slots, timeout, body_timeout) = (self.slots.clone(), self.timeout, self.body_timeout);
         Box::pin(async move {
-            let _slot = slot;
+            let (parts, body) = request.into_parts();
+            let body = match tokio::time::timeout(body_timeout, Buffered::read(body)).await {
+                Ok(Ok(body)) => body,
+                Ok(Err(status)) => return Ok(status.into_http()),
+                Err(_) => {
+                    return Ok(Status::deadline_exceeded(format!(
+                        "the request message did not arrive within the server's {} s limit",
+                        body_timeout.as_secs_f64()
+                    ))
+                    .into_http());
+                }
+            };
+            let Ok(_slot) = slots.try_acquire_owned() else {
+                return Ok(shed().into_http());
+            };
+            let future = inner.call(http::Request::from_parts(parts, Body::new(body)));
             match tokio::time::timeout(timeout, future).await {
                 Ok(result) => result,
                 Err(_) => Ok(Status::deadline_exceeded(format!(
@@ -102,6 +129,50 @@ where
                 .into_http()),
             }
         })
+    }
+}
+
+/// A request body read whole: its data chunks as they arrived (one, usually; never copied).
+#[derive(Debug, Default)]
+struct Buffered {
+    chunks: std::collections::VecDeque<Bytes>,
+}
+
+impl Buffered {
+    /// Reads `body` to its end; a framing error (see [`crate::framing`]) is the client's answer.
+    async fn read(mut body: Body) -> Result<Self, Status> {
+        let mut buffered = Self::default();
+        while let Some(frame) =
+            std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            if let Ok(data) = frame?.into_data()
+                && !data.is_empty()
+            {
+                buffered.chunks.push_back(data);
+            }
+        }
+        Ok(buffered)
+    }
+}
+
+impl HttpBody for Buffered {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        Poll::Ready(self.chunks.pop_front().map(|data| Ok(Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let len: usize = self.chunks.iter().map(Bytes::len).sum();
+        SizeHint::with_exact(u64::try_from(len).unwrap_or(u64::MAX))
     }
 }
 

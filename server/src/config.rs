@@ -160,7 +160,8 @@ fn at_least_one(var: &'static str, value: u32) -> Result<u32, ConfigError> {
     Ok(value)
 }
 
-/// How much work the `SimpleBank` service takes on (see `crate::backpressure`).
+/// How much work the `SimpleBank` service takes on (see `crate::backpressure`), and what a
+/// connection may hold (see `crate::connection`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallLimits {
     /// `GRPC_REQUEST_TIMEOUT`, default `10s`: a call still running after this ends with
@@ -169,6 +170,10 @@ pub struct CallLimits {
     /// `GRPC_MAX_CONCURRENT_CALLS`, default `64`: calls past this many in flight are refused
     /// at once with RESOURCE_EXHAUSTED and a retry hint.
     pub max_concurrent_calls: usize,
+    /// `GRPC_REQUEST_BODY_TIMEOUT`, default `5s`: a `SimpleBank` request whose message has not
+    /// fully arrived after this ends with DEADLINE_EXCEEDED, before it takes a call slot.
+    pub body_timeout: Duration,
+    pub connections: ConnectionLimits,
 }
 
 impl Default for CallLimits {
@@ -176,29 +181,100 @@ impl Default for CallLimits {
         Self {
             request_timeout: Duration::from_secs(10),
             max_concurrent_calls: 64,
+            body_timeout: Duration::from_secs(5),
+            connections: ConnectionLimits::default(),
         }
+    }
+}
+
+/// Bounds on connections and what each holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// `GRPC_MAX_CONNECTIONS`, default `1000`: at this many open connections the server stops
+    /// accepting (new clients wait in the listen backlog) until one closes.
+    pub max_connections: usize,
+    /// `GRPC_MAX_STREAMS_PER_CONNECTION`, default `32`: HTTP/2 streams (calls, health watches,
+    /// reflection) one connection may have open at once.
+    pub max_streams_per_connection: u32,
+    /// `GRPC_CONNECTION_PREFACE_TIMEOUT`, default `10s`: a new connection that has not sent the
+    /// HTTP/2 preface (24 bytes) by then is closed.
+    pub preface_timeout: Duration,
+    /// `GRPC_CONNECTION_IDLE_TIMEOUT`, default `5m`: a connection with no open stream for this
+    /// long is closed.
+    pub idle_timeout: Duration,
+    /// `GRPC_KEEPALIVE_INTERVAL`, default `60s`: how often an HTTP/2 ping is sent.
+    pub keepalive_interval: Duration,
+    /// `GRPC_KEEPALIVE_TIMEOUT`, default `20s`: a peer that does not answer a ping within this
+    /// is closed.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1000,
+            max_streams_per_connection: 32,
+            preface_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(5 * 60),
+            keepalive_interval: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+impl ConnectionLimits {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        Ok(Self {
+            max_connections: nonzero(
+                "GRPC_MAX_CONNECTIONS",
+                config::parse_or("GRPC_MAX_CONNECTIONS", defaults.max_connections)?,
+            )?,
+            max_streams_per_connection: nonzero(
+                "GRPC_MAX_STREAMS_PER_CONNECTION",
+                config::parse_or(
+                    "GRPC_MAX_STREAMS_PER_CONNECTION",
+                    defaults.max_streams_per_connection,
+                )?,
+            )?,
+            preface_timeout: positive_or(
+                "GRPC_CONNECTION_PREFACE_TIMEOUT",
+                defaults.preface_timeout,
+            )?,
+            idle_timeout: positive_or("GRPC_CONNECTION_IDLE_TIMEOUT", defaults.idle_timeout)?,
+            keepalive_interval: positive_or(
+                "GRPC_KEEPALIVE_INTERVAL",
+                defaults.keepalive_interval,
+            )?,
+            keepalive_timeout: positive_or("GRPC_KEEPALIVE_TIMEOUT", defaults.keepalive_timeout)?,
+        })
     }
 }
 
 impl CallLimits {
     pub fn from_env() -> Result<Self, ConfigError> {
         let defaults = Self::default();
-        let max_concurrent_calls =
-            config::parse_or("GRPC_MAX_CONCURRENT_CALLS", defaults.max_concurrent_calls)?;
-        if max_concurrent_calls == 0 {
-            return Err(ConfigError::new(
-                "GRPC_MAX_CONCURRENT_CALLS",
-                "must be greater than zero",
-            ));
-        }
         Ok(Self {
-            request_timeout: positive(
-                "GRPC_REQUEST_TIMEOUT",
-                config::duration_or("GRPC_REQUEST_TIMEOUT", defaults.request_timeout)?,
+            request_timeout: positive_or("GRPC_REQUEST_TIMEOUT", defaults.request_timeout)?,
+            max_concurrent_calls: nonzero(
+                "GRPC_MAX_CONCURRENT_CALLS",
+                config::parse_or("GRPC_MAX_CONCURRENT_CALLS", defaults.max_concurrent_calls)?,
             )?,
-            max_concurrent_calls,
+            body_timeout: positive_or("GRPC_REQUEST_BODY_TIMEOUT", defaults.body_timeout)?,
+            connections: ConnectionLimits::from_env()?,
         })
     }
+}
+
+fn nonzero<T: PartialEq + Default>(var: &'static str, value: T) -> Result<T, ConfigError> {
+    if value == T::default() {
+        return Err(ConfigError::new(var, "must be greater than zero"));
+    }
+    Ok(value)
+}
+
+fn positive_or(var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+    positive(var, config::duration_or(var, default)?)
 }
 
 impl ServerConfig {

@@ -1,11 +1,15 @@
-//! The gRPC framing of `SimpleBank` requests, checked as the body streams in, before tonic
-//! buffers or decodes anything (a tower layer on the server builder):
+//! The gRPC framing of every request on the port (`SimpleBank`, health, reflection), checked as
+//! the body streams in, before tonic buffers or decodes anything (a tower layer on the server
+//! builder):
 //!
 //! - a message longer than [`MAX_REQUEST_BYTES`] is RESOURCE_EXHAUSTED, refused on its 5-byte
 //!   header, so a large body is never buffered (tonic alone says OUT_OF_RANGE, after its
 //!   4 MiB default);
-//! - a body that ends inside a frame, or carries no message, or a frame whose flag byte is
-//!   neither 0 nor 1, is INVALID_ARGUMENT (tonic alone says INTERNAL).
+//! - a body that ends inside a frame, or a frame whose flag byte is neither 0 nor 1, or is 1
+//!   (compressed) without a `grpc-encoding` header, is INVALID_ARGUMENT (tonic alone says
+//!   INTERNAL);
+//! - a `SimpleBank` call (all unary) must carry exactly one message: none, or a second one, is
+//!   INVALID_ARGUMENT before the handler runs (tonic alone would ignore the second).
 //!
 //! A request's fields are a few short strings: 64 KiB is far above any valid request and far
 //! below what would cost the server memory; it is a constant, not a setting, for that reason.
@@ -27,13 +31,13 @@ use tower::{Layer, Service};
 /// tonic applies the same limit after it).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
-/// The path prefix of the calls whose bodies are checked.
-const CHECKED: &str = "/simplebank.v1.SimpleBank/";
+/// The path prefix of the unary calls, whose bodies carry exactly one message.
+const UNARY: &str = "/simplebank.v1.SimpleBank/";
 
 /// gRPC's length-prefixed message header: a flag byte and a big-endian u32 length.
 const HEADER: usize = 5;
 
-/// Wraps the request body of every `SimpleBank` call in [`CheckedBody`].
+/// Wraps the request body of every call in [`CheckedBody`].
 #[derive(Debug, Clone, Copy)]
 pub struct FramingLayer;
 
@@ -63,11 +67,15 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if !request.uri().path().starts_with(CHECKED) {
-            return self.inner.call(request);
-        }
-        self.inner
-            .call(request.map(|body| Body::new(CheckedBody::new(body))))
+        let unary = request.uri().path().starts_with(UNARY);
+        // Without an encoding (or with `identity`) nothing can be compressed.
+        let compressed = request
+            .headers()
+            .get("grpc-encoding")
+            .is_some_and(|encoding| encoding.as_bytes() != b"identity");
+        self.inner.call(
+            request.map(|body| Body::new(CheckedBody::new(body, unary, compressed))),
+        )
     }
 }
 
@@ -82,10 +90,14 @@ pub struct CheckedBody {
     remaining: usize,
     messages: usize,
     failed: bool,
+    /// A unary call: exactly one message.
+    unary: bool,
+    /// The request names a `grpc-encoding`, so a message may be compressed.
+    compressed: bool,
 }
 
 impl CheckedBody {
-    fn new(inner: Body) -> Self {
+    fn new(inner: Body, unary: bool, compressed: bool) -> Self {
         Self {
             inner,
             header: [0; HEADER],
@@ -93,6 +105,8 @@ impl CheckedBody {
             remaining: 0,
             messages: 0,
             failed: false,
+            unary,
+            compressed,
         }
     }
 
@@ -114,9 +128,19 @@ impl CheckedBody {
             }
             self.header_len = 0;
             self.messages += 1;
+            if self.unary && self.messages > 1 {
+                return Err(Status::invalid_argument(
+                    "malformed request: a unary call carries exactly one message",
+                ));
+            }
             if self.header[0] > 1 {
                 return Err(Status::invalid_argument(
                     "malformed request: a message's compression flag must be 0 or 1",
+                ));
+            }
+            if self.header[0] == 1 && !self.compressed {
+                return Err(Status::invalid_argument(
+                    "malformed request: a compressed message needs a grpc-encoding header",
                 ));
             }
             let len = u32::from_be_bytes([
@@ -143,7 +167,7 @@ impl CheckedBody {
                 "malformed request: the body ends inside a message",
             ));
         }
-        if self.messages == 0 {
+        if self.unary && self.messages == 0 {
             return Err(Status::invalid_argument(
                 "malformed request: the body carries no message",
             ));

@@ -9,6 +9,7 @@
 //! - [`call_log`]: one log line per call.
 //! - [`tls`]: TLS (and client certificates) for the listener, from PEM files.
 //! - [`backpressure`]: the concurrency limit (with load shedding) and request timeout.
+//! - [`connection`]: the bound on open connections, and deadlines for silent or idle ones.
 //! - [`framing`], [`codec`]: malformed or oversized requests are the client's error.
 //! - [`tokens`]: PASETO v4.local access tokens.
 //! - [`auth`]: the caller's bearer token, address and user agent.
@@ -22,6 +23,7 @@ pub mod backpressure;
 pub mod call_log;
 pub mod codec;
 pub mod config;
+pub mod connection;
 pub mod framing;
 pub mod health;
 pub mod relay;
@@ -50,7 +52,6 @@ use simplebank_core::{
     task::{Keys, Publisher},
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use config::ServerConfig;
@@ -135,10 +136,16 @@ pub async fn run_with_hashing(
     tls::log_mode(config.tls.as_ref(), address);
 
     let stopping = stop.clone();
+    let connections = config.limits.connections;
+    // Layers run in this order. Framing wraps the body before back-pressure reads it whole.
     let served = tls::server_builder(config.tls.as_ref())?
+        .max_concurrent_streams(connections.max_streams_per_connection)
+        .http2_keepalive_interval(Some(connections.keepalive_interval))
+        .http2_keepalive_timeout(Some(connections.keepalive_timeout))
+        .layer(connection::StreamCountLayer)
         .layer(call_log::CallLogLayer)
-        .layer(backpressure::BackpressureLayer::new(config.limits))
         .layer(framing::FramingLayer)
+        .layer(backpressure::BackpressureLayer::new(config.limits))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -146,7 +153,7 @@ pub async fn run_with_hashing(
             pb::simple_bank_server::SimpleBankServer::new(bank)
                 .max_decoding_message_size(framing::MAX_REQUEST_BYTES),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(connection::incoming(listener, connections), async move {
             shutdown.await;
             tracing::info!("shutting down: refusing new calls, finishing calls in flight");
             stopping.cancel();

@@ -4,7 +4,9 @@
 //!
 //! The files are read and checked once, at start, with the same rustls that serves them, so a
 //! missing file, PEM that does not parse or a key that does not match its certificate stops the
-//! program with the variable's name instead of failing on the first handshake.
+//! program with the variable's name instead of failing on the first handshake. A variable set
+//! to an empty value is refused too: a broken template must not fall back to plaintext. A key
+//! file readable by group or others is served, with a warning at start.
 
 use std::{fmt, io::Read, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
@@ -31,6 +33,8 @@ pub struct TlsConfig {
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
     client_ca_pem: Option<Vec<u8>>,
+    /// The key file's mode lets group or others read it.
+    key_exposed: bool,
 }
 
 impl fmt::Debug for TlsConfig {
@@ -45,9 +49,9 @@ impl fmt::Debug for TlsConfig {
 impl TlsConfig {
     /// `None` when neither `GRPC_TLS_CERT_FILE` nor `GRPC_TLS_KEY_FILE` is set (plaintext).
     pub fn from_env() -> Result<Option<Self>, ConfigError> {
-        let cert = config::var(CERT_VAR)?;
-        let key = config::var(KEY_VAR)?;
-        let client_ca = config::var(CLIENT_CA_VAR)?;
+        let cert = path_var(CERT_VAR)?;
+        let key = path_var(KEY_VAR)?;
+        let client_ca = path_var(CLIENT_CA_VAR)?;
         match (cert, key) {
             (Some(cert), Some(key)) => Self::from_files(
                 Path::new(&cert),
@@ -82,6 +86,7 @@ impl TlsConfig {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let cert_pem = read(CERT_VAR, cert)?;
         let key_pem = read(KEY_VAR, key)?;
+        let key_exposed = readable_by_others(key);
         let chain = certificates(CERT_VAR, &cert_pem)?;
         let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
             .map_err(|e| ConfigError::new(KEY_VAR, format!("no usable PEM private key: {e}")))?;
@@ -115,6 +120,7 @@ impl TlsConfig {
             cert_pem,
             key_pem,
             client_ca_pem,
+            key_exposed,
         })
     }
 
@@ -133,6 +139,28 @@ impl TlsConfig {
             None => config,
         }
     }
+}
+
+/// A TLS path variable: unset is `None`, set but empty (or blank) is an error.
+fn path_var(var: &'static str) -> Result<Option<String>, ConfigError> {
+    if std::env::var_os(var).is_some_and(|value| value.to_string_lossy().trim().is_empty()) {
+        return Err(ConfigError::new(
+            var,
+            "is set but empty: name a PEM file, or unset it for plaintext",
+        ));
+    }
+    config::var(var)
+}
+
+#[cfg(unix)]
+fn readable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o044 != 0)
+}
+
+#[cfg(not(unix))]
+fn readable_by_others(_path: &Path) -> bool {
+    false
 }
 
 /// PEM files this large are not certificates; the cap keeps `/dev/zero` from filling memory.
@@ -194,6 +222,12 @@ pub fn server_builder(
 /// Says at start whether TLS is on; plaintext on an address other machines reach is a warning,
 /// since passwords then cross the network in clear.
 pub fn log_mode(tls: Option<&TlsConfig>, address: Option<SocketAddr>) {
+    if tls.is_some_and(|tls| tls.key_exposed) {
+        tracing::warn!(
+            "the private key in GRPC_TLS_KEY_FILE is readable by group or others; \
+             restrict it (chmod 600)"
+        );
+    }
     match startup_notice(tls, address) {
         Notice::Info(text) => tracing::info!("{text}"),
         Notice::Warning(text) => tracing::warn!("{text}"),

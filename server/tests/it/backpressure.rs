@@ -84,6 +84,7 @@ async fn calls_past_the_limit_are_shed_with_a_retry_hint_and_health_still_answer
     let limits = CallLimits {
         request_timeout: Duration::from_secs(120),
         max_concurrent_calls: 1,
+        ..CallLimits::default()
     };
     let mut server =
         TestServer::start_with_limits(common_config(db.url.clone(), &redis), limits).await;
@@ -146,6 +147,7 @@ async fn a_call_past_the_request_timeout_ends_with_deadline_exceeded_and_frees_i
     let limits = CallLimits {
         request_timeout: Duration::from_secs(1),
         max_concurrent_calls: 1,
+        ..CallLimits::default()
     };
     let server = TestServer::start_with_limits(common_config(db.url.clone(), &redis), limits).await;
 

@@ -2,6 +2,7 @@
 //! Redis namespace per test). `make test` starts the services and installs grpcurl.
 
 mod backpressure;
+mod connections;
 mod create_user;
 mod e2e;
 mod email;

@@ -1,0 +1,258 @@
+//! The server's edge against slow and idle clients (issue 11 follow-ups): a stalled request
+//! body does not take a call slot, silent and idle connections are closed, the number of open
+//! connections is bounded, and a connection's streams are capped. Raw HTTP/2 through the `h2`
+//! crate, so the test controls every frame.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use h2::{PingPong, client::SendRequest};
+use simplebank_core::testing::{TestDb, TestRedis};
+use simplebank_server::config::{CallLimits, ConnectionLimits};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    task::JoinHandle,
+};
+use tonic::{
+    Code,
+    codegen::{Bytes, http},
+    transport::Channel,
+};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::helpers::{TestServer, common_config, request};
+
+const CREATE_USER: &str = "/simplebank.v1.SimpleBank/CreateUser";
+
+/// Generous: the machine is shared and loaded.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+async fn answered<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within {PATIENCE:?}"))
+}
+
+/// An HTTP/2 connection to `addr`; its driver task ends when the connection closes.
+async fn h2_connect(addr: SocketAddr) -> (SendRequest<Bytes>, PingPong, JoinHandle<()>) {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (client, mut connection) = answered("h2 handshake", h2::client::handshake(tcp))
+        .await
+        .expect("h2 handshake");
+    let mut ping_pong = connection.ping_pong().expect("ping pong");
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    round_trips(&mut ping_pong).await;
+    (client, ping_pong, driver)
+}
+
+/// Two ping round trips: every frame sent before has been read and dispatched by the server.
+async fn round_trips(ping_pong: &mut PingPong) {
+    for _ in 0..2 {
+        answered("ping", ping_pong.ping(h2::Ping::opaque()))
+            .await
+            .expect("pong");
+    }
+}
+
+fn grpc_request(path: &str) -> http::Request<()> {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!("http://localhost{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request")
+}
+
+async fn health(addr: SocketAddr) -> Result<(), tonic::Status> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("address")
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test]
+async fn stalled_request_bodies_take_no_call_slot_and_time_out() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::new();
+    let limits = CallLimits {
+        max_concurrent_calls: 4,
+        body_timeout: Duration::from_secs(2),
+        ..CallLimits::default()
+    };
+    let mut server =
+        TestServer::start_with_limits(common_config(db.url.clone(), &redis), limits).await;
+
+    // As many CreateUser streams as there are call slots, each sending 4 of the 5 bytes of
+    // its message header, then nothing.
+    let (mut client, mut ping_pong, _driver) = h2_connect(server.addr).await;
+    let mut stalled = Vec::new();
+    for _ in 0..limits.max_concurrent_calls {
+        client = answered("stream ready", client.ready())
+            .await
+            .expect("ready");
+        let (response, mut body) = client
+            .send_request(grpc_request(CREATE_USER), false)
+            .expect("send headers");
+        body.send_data(Bytes::from_static(&[0, 0, 0, 0]), false)
+            .expect("send data");
+        stalled.push((response, body));
+    }
+    round_trips(&mut ping_pong).await;
+
+    // A real call still gets a slot.
+    let created = answered(
+        "a real call",
+        server
+            .client
+            .create_user(request("alice", "alice@example.com")),
+    )
+    .await
+    .expect("the real call is served while the stalled ones wait");
+    assert_eq!(created.into_inner().user.expect("user").username, "alice");
+
+    // The stalled ones end at the body deadline, with DEADLINE_EXCEEDED.
+    for (response, _body) in stalled {
+        let response = answered("a stalled stream", response)
+            .await
+            .expect("a response");
+        let status = tonic::Status::from_header_map(response.headers()).expect("grpc-status");
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        assert!(
+            status.message().contains("did not arrive"),
+            "{}",
+            status.message()
+        );
+    }
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_connection_may_open_only_so_many_streams() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::new();
+    let limits = CallLimits {
+        connections: ConnectionLimits {
+            max_streams_per_connection: 3,
+            ..ConnectionLimits::default()
+        },
+        ..CallLimits::default()
+    };
+    let server = TestServer::start_with_limits(common_config(db.url.clone(), &redis), limits).await;
+    let (client, _ping_pong, _driver) = h2_connect(server.addr).await;
+    assert_eq!(client.current_max_send_streams(), 3);
+    server.stop().await.expect("clean stop");
+}
+
+/// Reads from `tcp` until the server closes it (EOF or reset).
+async fn closed_by_server(mut tcp: TcpStream) {
+    let mut buf = [0u8; 1024];
+    loop {
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_and_idle_connections_are_closed() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::new();
+    let limits = CallLimits {
+        connections: ConnectionLimits {
+            preface_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(2),
+            ..ConnectionLimits::default()
+        },
+        ..CallLimits::default()
+    };
+    let server = TestServer::start_with_limits(common_config(db.url.clone(), &redis), limits).await;
+
+    // Never a byte; half the preface; the whole preface and nothing else.
+    let silent = TcpStream::connect(server.addr).await.expect("connect");
+    let mut half = TcpStream::connect(server.addr).await.expect("connect");
+    half.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
+    let mut preface_only = TcpStream::connect(server.addr).await.expect("connect");
+    preface_only
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("write");
+    answered("the silent connection is closed", closed_by_server(silent)).await;
+    answered("the half-preface connection is closed", closed_by_server(half)).await;
+    answered(
+        "the preface-only connection is closed",
+        closed_by_server(preface_only),
+    )
+    .await;
+
+    // A proper HTTP/2 client that answers pings but opens no stream is closed too.
+    let (_client, _ping_pong, driver) = h2_connect(server.addr).await;
+    answered("the idle HTTP/2 connection is closed", driver)
+        .await
+        .expect("driver");
+
+    // The server still serves.
+    answered("health", health(server.addr))
+        .await
+        .expect("health answers");
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn at_the_connection_bound_new_connections_wait_and_existing_ones_work() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::new();
+    let limits = CallLimits {
+        connections: ConnectionLimits {
+            max_connections: 2,
+            ..ConnectionLimits::default()
+        },
+        ..CallLimits::default()
+    };
+    let mut server =
+        TestServer::start_with_limits(common_config(db.url.clone(), &redis), limits).await;
+    // The test server's own client holds one connection; this is the second.
+    let (second, second_ping_pong, second_driver) = h2_connect(server.addr).await;
+
+    // The third is not accepted: its HTTP/2 handshake (the server's SETTINGS) does not come.
+    let addr = server.addr;
+    let waiting = tokio::spawn(async move { h2_connect(addr).await });
+    // Time for the server to accept, were it going to (a negative check needs a wait).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!waiting.is_finished(), "a third connection was accepted");
+
+    // The existing connection still works.
+    server
+        .client
+        .create_user(request("alice", "alice@example.com"))
+        .await
+        .expect("a call on an existing connection");
+
+    // Once one closes, the waiting one is accepted and served.
+    drop((second, second_ping_pong));
+    second_driver.abort();
+    let (client, _ping_pong, _driver) = answered("the waiting connection is accepted", waiting)
+        .await
+        .expect("handshake task");
+    let mut client = answered("ready", client.ready()).await.expect("ready");
+    let (response, mut body) = client
+        .send_request(grpc_request("/grpc.health.v1.Health/Check"), false)
+        .expect("send");
+    body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .expect("send an empty HealthCheckRequest");
+    let response = answered("health on the new connection", response)
+        .await
+        .expect("response");
+    assert_eq!(response.status(), http::StatusCode::OK);
+    server.stop().await.expect("clean stop");
+}
