@@ -11,11 +11,16 @@
 //! - a `SimpleBank` call (all unary) must carry exactly one message: none, or a second one, is
 //!   INVALID_ARGUMENT before the handler runs (tonic alone would ignore the second).
 //!
+//! A streaming service may swallow the error of its request stream (reflection ends with OK):
+//! for calls outside `SimpleBank` the violation also replaces the status in the trailers.
+//!
 //! A request's fields are a few short strings: 64 KiB is far above any valid request and far
 //! below what would cost the server memory; it is a constant, not a setting, for that reason.
 
 use std::{
+    future::Future,
     pin::Pin,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
 };
 
@@ -56,11 +61,12 @@ pub struct Framing<S> {
 
 impl<S> Service<http::Request<Body>> for Framing<S>
 where
-    S: Service<http::Request<Body>>,
+    S: Service<http::Request<Body>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -73,9 +79,56 @@ where
             .headers()
             .get("grpc-encoding")
             .is_some_and(|encoding| encoding.as_bytes() != b"identity");
-        self.inner.call(
-            request.map(|body| Body::new(CheckedBody::new(body, unary, compressed))),
-        )
+        // tonic's unary path turns the body's error into the call's status by itself.
+        let violation = (!unary).then(|| Arc::new(OnceLock::new()));
+        let checked = |body| CheckedBody::new(body, unary, compressed, violation.clone());
+        let future = self.inner.call(request.map(|body| Body::new(checked(body))));
+        Box::pin(async move {
+            let response = future.await?;
+            Ok(match violation {
+                None => response,
+                Some(violation) => response.map(|inner| Body::new(Overridden { inner, violation })),
+            })
+        })
+    }
+}
+
+/// A response body whose final status is the request's framing violation, if there was one.
+#[derive(Debug)]
+struct Overridden {
+    inner: Body,
+    violation: Arc<OnceLock<Status>>,
+}
+
+impl HttpBody for Overridden {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let ends = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(frame))) => frame.is_trailers(),
+            _ => false,
+        };
+        match self.violation.get() {
+            Some(status) if ends => {
+                let mut trailers = http::HeaderMap::new();
+                let status = Status::new(status.code(), status.message());
+                match status.add_header(&mut trailers) {
+                    Ok(()) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+                    Err(status) => Poll::Ready(Some(Err(status))),
+                }
+            }
+            _ => polled,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream() && self.violation.get().is_none()
     }
 }
 
@@ -94,10 +147,17 @@ pub struct CheckedBody {
     unary: bool,
     /// The request names a `grpc-encoding`, so a message may be compressed.
     compressed: bool,
+    /// Where a violation is kept for the response (calls outside `SimpleBank`).
+    violation: Option<Arc<OnceLock<Status>>>,
 }
 
 impl CheckedBody {
-    fn new(inner: Body, unary: bool, compressed: bool) -> Self {
+    fn new(
+        inner: Body,
+        unary: bool,
+        compressed: bool,
+        violation: Option<Arc<OnceLock<Status>>>,
+    ) -> Self {
         Self {
             inner,
             header: [0; HEADER],
@@ -107,6 +167,7 @@ impl CheckedBody {
             failed: false,
             unary,
             compressed,
+            violation,
         }
     }
 
@@ -203,6 +264,9 @@ impl HttpBody for CheckedBody {
             Ok(()) => polled,
             Err(status) => {
                 self.failed = true;
+                if let Some(violation) = &self.violation {
+                    let _ = violation.set(Status::new(status.code(), status.message()));
+                }
                 Poll::Ready(Some(Err(status)))
             }
         }

@@ -154,3 +154,81 @@ async fn malformed_requests_are_invalid_argument_and_oversized_ones_resource_exh
         .expect("a good request still succeeds");
     server.stop().await.expect("clean stop");
 }
+
+/// A CreateUserRequest message that would create `username` (and pass validation).
+fn create_user_message(username: &str) -> Vec<u8> {
+    let field = |number: u8, value: &str| {
+        let len = u8::try_from(value.len()).expect("short field");
+        [&[number << 3 | 2, len][..], value.as_bytes()].concat()
+    };
+    [
+        field(1, username),
+        field(2, "Some Body"),
+        field(3, &format!("{username}@example.com")),
+        field(4, "plum-tractor-galaxy"),
+    ]
+    .concat()
+}
+
+#[tokio::test]
+async fn compressed_without_encoding_two_messages_and_large_reflection_requests_are_refused() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::new();
+    let server = TestServer::start(common_config(db.url.clone(), &redis)).await;
+    let channel = Channel::from_shared(format!("http://{}", server.addr))
+        .expect("address")
+        .connect()
+        .await
+        .expect("connect");
+
+    // The compressed flag with no grpc-encoding: nothing says how to decompress.
+    let mut compressed = frame(&create_user_message("carol"));
+    compressed[0] = 1;
+    assert_eq!(
+        call(&channel, CREATE_USER, compressed).await,
+        (
+            Code::InvalidArgument,
+            "malformed request: a compressed message needs a grpc-encoding header".to_owned()
+        )
+    );
+
+    // A unary call with two messages (and with many empty ones) is refused before the
+    // handler: neither user is created.
+    let two = [
+        frame(&create_user_message("bob")),
+        frame(&create_user_message("dave")),
+    ]
+    .concat();
+    let many = frame(&[]).repeat(1000);
+    for body in [two, many] {
+        assert_eq!(
+            call(&channel, CREATE_USER, body).await,
+            (
+                Code::InvalidArgument,
+                "malformed request: a unary call carries exactly one message".to_owned()
+            )
+        );
+    }
+    let users = crate::helpers::count(&db.store, "SELECT count(*) FROM users").await;
+    assert_eq!(users, 0, "nothing was created");
+
+    // Reflection and health have the same size limit as the API: a 3 MiB request is refused
+    // on its header, never buffered.
+    for path in [
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.health.v1.Health/Check",
+    ] {
+        let size = 3 * 1024 * 1024;
+        let (code, text) = call(&channel, path, frame(&username_of_size(size))).await;
+        assert_eq!(code, Code::ResourceExhausted, "{path}: {text}");
+        assert_eq!(
+            text,
+            format!("the request message is {size} bytes; the limit is {MAX_REQUEST_BYTES} bytes")
+        );
+    }
+    // Health still answers a well-formed request.
+    let (code, text) = call(&channel, "/grpc.health.v1.Health/Check", frame(&[])).await;
+    assert_eq!(code, Code::Ok, "{text}");
+    server.stop().await.expect("clean stop");
+}
