@@ -368,4 +368,58 @@ fn bad_tls_configuration_stops_the_binary_naming_the_variable() {
     // A key that is not the certificate's.
     let text = refused(&dir.0, &[(c, &cert), (k, &other_key)], k);
     assert!(text.contains("does not match"), "{text}");
+    // Set but empty (a template that did not fill it in) must not mean plaintext.
+    for blank in ["", "  "] {
+        let text = refused(&dir.0, &[(c, blank), (k, blank)], c);
+        assert!(text.contains("set but empty"), "{text}");
+        refused(&dir.0, &[(c, &cert), (k, blank)], k);
+        refused(&dir.0, &[(c, blank), (k, &key)], c);
+        refused(&dir.0, &[(c, &cert), (k, &key), (ca_var, blank)], ca_var);
+    }
+}
+
+/// The binary's log up to its TLS start-up line, with the key file at `mode`.
+async fn startup_log(mode: u32) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let (db, redis, dir) = (TestDb::create().await, TestRedis::new(), TempDir::new());
+    let (cert, key) = Ca::new("simplebank test CA").server_cert();
+    let key_file = write(&dir, "server.key", &key);
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut child = server_command(&db, &redis, &address)
+        .env("GRPC_TLS_CERT_FILE", write(&dir, "server.pem", &cert))
+        .env("GRPC_TLS_KEY_FILE", &key_file)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start simplebank-server");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut log = String::new();
+    let read = async {
+        while let Some(line) = lines.next_line().await.expect("read the log") {
+            log.push_str(&line);
+            log.push('\n');
+            if line.contains("TLS on") {
+                return;
+            }
+        }
+        panic!("the server exited before TLS was on");
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("the TLS start-up line");
+    let _ = child.kill().await;
+    log
+}
+
+#[tokio::test]
+async fn a_key_file_readable_by_others_is_warned_about_at_start() {
+    const WARNING: &str = "readable by group or others";
+    let log = startup_log(0o644).await;
+    assert!(log.contains(WARNING), "{log}");
+    assert!(!log.contains("PRIVATE KEY"), "{log}");
+    let log = startup_log(0o600).await;
+    assert!(!log.contains(WARNING), "{log}");
 }
