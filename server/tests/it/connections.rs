@@ -256,3 +256,69 @@ async fn at_the_connection_bound_new_connections_wait_and_existing_ones_work() {
     assert_eq!(response.status(), http::StatusCode::OK);
     server.stop().await.expect("clean stop");
 }
+
+/// Open file descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+#[tokio::test]
+async fn out_of_file_descriptors_the_binary_logs_backs_off_and_recovers() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let (db, redis) = (TestDb::create().await, TestRedis::new());
+    let address = format!("127.0.0.1:{}", simplebank_core::testing::free_port());
+    let addr: SocketAddr = address.parse().expect("address");
+    let mut child = crate::e2e::server_command(&db, &redis, &address)
+        .env("RUST_LOG", "error")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start simplebank-server");
+    let pid = child.id().expect("pid");
+    simplebank_core::testing::eventually("the server answers health", PATIENCE, || async {
+        health(addr).await.is_ok()
+    })
+    .await;
+
+    // A few descriptors to spare, then many clients: accept fails with EMFILE.
+    let limit = open_fds(pid) + 6;
+    let status = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .expect("run prlimit");
+    assert!(status.success(), "prlimit: {status:?}");
+    let mut clients = Vec::new();
+    for _ in 0..40 {
+        clients.push(TcpStream::connect(addr).await.expect("the kernel queues it"));
+    }
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let first = answered("an accept error is logged", async {
+        loop {
+            let line = lines.next_line().await.expect("log").expect("the server runs");
+            if line.contains("cannot accept connections") {
+                return line;
+            }
+        }
+    })
+    .await;
+    assert!(first.contains("Too many open files"), "{first}");
+    // The errors go on while the clients stay: a window to count their log lines in.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The clients go and the server serves again (a fresh connection each try).
+    drop(clients);
+    simplebank_core::testing::eventually("the server answers health again", PATIENCE, || async {
+        health(addr).await.is_ok()
+    })
+    .await;
+    // One line per ERROR_LOG_EVERY at most: the errors since are counted, not each logged.
+    let _ = child.start_kill();
+    let mut more = 0;
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.contains("cannot accept connections") {
+            more += 1;
+        }
+    }
+    assert!(more <= 1, "{more} more accept error lines: not rate-limited");
+}
