@@ -142,8 +142,7 @@ impl Buffered {
     /// Reads `body` to its end; a framing error (see [`crate::framing`]) is the client's answer.
     async fn read(mut body: Body) -> Result<Self, Status> {
         let mut buffered = Self::default();
-        while let Some(frame) =
-            std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
         {
             if let Ok(data) = frame?.into_data()
                 && !data.is_empty()

@@ -82,7 +82,9 @@ where
         // tonic's unary path turns the body's error into the call's status by itself.
         let violation = (!unary).then(|| Arc::new(OnceLock::new()));
         let checked = |body| CheckedBody::new(body, unary, compressed, violation.clone());
-        let future = self.inner.call(request.map(|body| Body::new(checked(body))));
+        let future = self
+            .inner
+            .call(request.map(|body| Body::new(checked(body))));
         Box::pin(async move {
             let response = future.await?;
             Ok(match violation {

@@ -188,7 +188,11 @@ async fn silent_and_idle_connections_are_closed() {
         .await
         .expect("write");
     answered("the silent connection is closed", closed_by_server(silent)).await;
-    answered("the half-preface connection is closed", closed_by_server(half)).await;
+    answered(
+        "the half-preface connection is closed",
+        closed_by_server(half),
+    )
+    .await;
     answered(
         "the preface-only connection is closed",
         closed_by_server(preface_only),
@@ -290,12 +294,20 @@ async fn out_of_file_descriptors_the_binary_logs_backs_off_and_recovers() {
     assert!(status.success(), "prlimit: {status:?}");
     let mut clients = Vec::new();
     for _ in 0..40 {
-        clients.push(TcpStream::connect(addr).await.expect("the kernel queues it"));
+        clients.push(
+            TcpStream::connect(addr)
+                .await
+                .expect("the kernel queues it"),
+        );
     }
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let first = answered("an accept error is logged", async {
         loop {
-            let line = lines.next_line().await.expect("log").expect("the server runs");
+            let line = lines
+                .next_line()
+                .await
+                .expect("log")
+                .expect("the server runs");
             if line.contains("cannot accept connections") {
                 return line;
             }
@@ -320,5 +332,8 @@ async fn out_of_file_descriptors_the_binary_logs_backs_off_and_recovers() {
             more += 1;
         }
     }
-    assert!(more <= 1, "{more} more accept error lines: not rate-limited");
+    assert!(
+        more <= 1,
+        "{more} more accept error lines: not rate-limited"
+    );
 }
