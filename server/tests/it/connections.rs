@@ -337,3 +337,111 @@ async fn out_of_file_descriptors_the_binary_logs_backs_off_and_recovers() {
         "{more} more accept error lines: not rate-limited"
     );
 }
+
+/// A client socket that can go deaf: once `deaf` is set it reads and throws away everything
+/// (so the HTTP/2 client answers no ping), and reports the server's close on `closed`.
+struct Deafening {
+    tcp: TcpStream,
+    deaf: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    closed: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl tokio::io::AsyncRead for Deafening {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        if !self.deaf.load(std::sync::atomic::Ordering::SeqCst) {
+            return std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf);
+        }
+        let mut scratch = [0u8; 4096];
+        loop {
+            let mut discard = tokio::io::ReadBuf::new(&mut scratch);
+            match std::pin::Pin::new(&mut self.tcp).poll_read(cx, &mut discard) {
+                Poll::Ready(Ok(())) if !discard.filled().is_empty() => {}
+                Poll::Ready(_) => {
+                    if let Some(closed) = self.closed.take() {
+                        let _ = closed.send(());
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Deafening {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_closed_even_with_a_stream_open() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::new();
+    let limits = CallLimits {
+        connections: ConnectionLimits {
+            keepalive_interval: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(1),
+            ..ConnectionLimits::default()
+        },
+        ..CallLimits::default()
+    };
+    let server = TestServer::start_with_limits(common_config(db.url.clone(), &redis), limits).await;
+
+    let deaf = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (closed, server_closed) = tokio::sync::oneshot::channel();
+    let io = Deafening {
+        tcp: TcpStream::connect(server.addr).await.expect("connect"),
+        deaf: deaf.clone(),
+        closed: Some(closed),
+    };
+    let (client, connection) = answered("h2 handshake", h2::client::handshake(io))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    // A health Watch: an open stream, so only the pings can close the connection.
+    let mut client = answered("ready", client.ready()).await.expect("ready");
+    let (response, mut body) = client
+        .send_request(grpc_request("/grpc.health.v1.Health/Watch"), false)
+        .expect("send");
+    body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .expect("send an empty HealthCheckRequest");
+    let response = answered("the watch starts", response)
+        .await
+        .expect("response");
+    assert_eq!(response.status(), http::StatusCode::OK);
+
+    deaf.store(true, std::sync::atomic::Ordering::SeqCst);
+    answered("the server closes the deaf connection", server_closed)
+        .await
+        .expect("closed");
+    answered("health", health(server.addr))
+        .await
+        .expect("health answers");
+    server.stop().await.expect("clean stop");
+}
