@@ -231,9 +231,11 @@ pub fn incoming(
     tokio::spawn(async move {
         let mut errors = ErrorLog::default();
         loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
+            let slot = tokio::select! {
+                slot = slots.clone().acquire_owned() => slot,
+                () = sender.closed() => return,
             };
+            let Ok(slot) = slot else { return };
             let stream = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = sender.closed() => return,

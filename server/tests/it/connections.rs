@@ -199,11 +199,26 @@ async fn silent_and_idle_connections_are_closed() {
     )
     .await;
 
-    // A proper HTTP/2 client that answers pings but opens no stream is closed too.
+    // A connection with a stream open (a health Watch) is not idle, however long it lasts.
+    let (watching, mut watching_ping_pong, watching_driver) = h2_connect(server.addr).await;
+    let mut watching = answered("ready", watching.ready()).await.expect("ready");
+    let (watch, mut body) = watching
+        .send_request(grpc_request("/grpc.health.v1.Health/Watch"), false)
+        .expect("send");
+    body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .expect("send an empty HealthCheckRequest");
+    let watch = answered("the watch starts", watch).await.expect("response");
+
+    // A proper HTTP/2 client that answers pings but opens no stream is closed.
     let (_client, _ping_pong, driver) = h2_connect(server.addr).await;
     answered("the idle HTTP/2 connection is closed", driver)
         .await
         .expect("driver");
+    // The watching connection, older than the idle one, is still open.
+    round_trips(&mut watching_ping_pong).await;
+    // (An open Watch would hold the server's graceful stop.)
+    drop((watch, watching, watching_ping_pong));
+    watching_driver.abort();
 
     // The server still serves.
     answered("health", health(server.addr))
