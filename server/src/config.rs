@@ -176,14 +176,19 @@ pub struct CallLimits {
     pub connections: ConnectionLimits,
 }
 
+impl CallLimits {
+    /// The defaults, usable in a `const`.
+    pub const DEFAULT: Self = Self {
+        request_timeout: Duration::from_secs(10),
+        max_concurrent_calls: 64,
+        body_timeout: Duration::from_secs(5),
+        connections: ConnectionLimits::DEFAULT,
+    };
+}
+
 impl Default for CallLimits {
     fn default() -> Self {
-        Self {
-            request_timeout: Duration::from_secs(10),
-            max_concurrent_calls: 64,
-            body_timeout: Duration::from_secs(5),
-            connections: ConnectionLimits::default(),
-        }
+        Self::DEFAULT
     }
 }
 
@@ -209,16 +214,21 @@ pub struct ConnectionLimits {
     pub keepalive_timeout: Duration,
 }
 
+impl ConnectionLimits {
+    /// The defaults, usable in a `const`.
+    pub const DEFAULT: Self = Self {
+        max_connections: 1000,
+        max_streams_per_connection: 32,
+        preface_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(5 * 60),
+        keepalive_interval: Duration::from_secs(60),
+        keepalive_timeout: Duration::from_secs(20),
+    };
+}
+
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        Self {
-            max_connections: 1000,
-            max_streams_per_connection: 32,
-            preface_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(5 * 60),
-            keepalive_interval: Duration::from_secs(60),
-            keepalive_timeout: Duration::from_secs(20),
-        }
+        Self::DEFAULT
     }
 }
 

@@ -20,6 +20,7 @@ use crate::helpers::{TestServer, common_config, request, test_auth};
 const LIMITS: CallLimits = CallLimits {
     request_timeout: Duration::from_secs(300),
     max_concurrent_calls: 64,
+    ..CallLimits::DEFAULT
 };
 
 fn login(username: &str, password: &str) -> LoginUserRequest {
