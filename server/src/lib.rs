@@ -138,7 +138,12 @@ pub async fn run_with_hashing(
     let stopping = stop.clone();
     let connections = config.limits.connections;
     // Layers run in this order. Framing wraps the body before back-pressure reads it whole.
-    let served = tls::server_builder(config.tls.as_ref())?
+    // Calls in flight get their request timeout (and the body deadline) to finish after the
+    // shutdown signal; streams that never end on their own (health Watch) are then cut.
+    let drain_limit = config.limits.body_timeout + config.limits.request_timeout;
+    let draining = CancellationToken::new();
+    let drain_started = draining.clone();
+    let serve = tls::server_builder(config.tls.as_ref())?
         .max_concurrent_streams(connections.max_streams_per_connection)
         .http2_keepalive_interval(Some(connections.keepalive_interval))
         .http2_keepalive_timeout(Some(connections.keepalive_timeout))
@@ -158,8 +163,19 @@ pub async fn run_with_hashing(
             tracing::info!("shutting down: refusing new calls, finishing calls in flight");
             stopping.cancel();
             health::set_not_serving(&reporter).await;
-        })
-        .await;
+            drain_started.cancel();
+        });
+    let served = tokio::select! {
+        served = serve => served,
+        () = async {
+            draining.cancelled().await;
+            tokio::time::sleep(drain_limit).await;
+        } => {
+            let limit_ms = u64::try_from(drain_limit.as_millis()).unwrap_or(u64::MAX);
+            tracing::warn!(limit_ms, "calls or streams still open after the drain limit: closed");
+            Ok(())
+        }
+    };
     stop.cancel();
     // The publishes after commit still running: each ends within `outbox::PUBLISH_GRACE`,
     // leaving its row to a relay if Redis did not take it.

@@ -193,3 +193,83 @@ async fn postgres_unreachable_takes_the_server_out_even_while_redis_hangs() {
     server.wait_for(BANK, ServingStatus::NotServing).await;
     assert_eq!(server.status("").await, Some(ServingStatus::NotServing));
 }
+
+#[tokio::test]
+async fn an_open_watch_stream_does_not_keep_a_stopping_server_alive() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::new();
+    let mut config = ServerConfig {
+        common: common_config(db.url.clone(), &redis),
+        grpc_address: SocketAddr::from(([127, 0, 0, 1], 0)),
+        outbox_relay_interval: Duration::from_millis(100),
+        health_check_interval: Duration::from_millis(100),
+        tls: None,
+        limits: Default::default(),
+        auth: crate::helpers::test_auth(),
+    };
+    // The drain limit is the body deadline plus the request timeout.
+    config.limits.body_timeout = Duration::from_millis(200);
+    config.limits.request_timeout = Duration::from_millis(300);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind test port");
+    let addr = listener.local_addr().expect("local address");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(simplebank_server::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("URI")
+        .connect_lazy();
+    let mut health = HealthClient::new(channel);
+    let mut watch = eventually_watch(&mut health).await;
+    // A Watch stream never ends by itself: without a drain limit the server waited for it
+    // forever.
+    stop.send(()).expect("signal shutdown");
+    let stopped = tokio::time::timeout(Duration::from_secs(60), handle)
+        .await
+        .expect("the server stopped with a Watch stream open")
+        .expect("join");
+    assert!(stopped.is_ok(), "{stopped:?}");
+    // The watcher heard NOT_SERVING. (In-process, the connection's task outlives `run`; the
+    // binary's exit closes it.)
+    let heard = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(reply)) = watch.message().await {
+            if ServingStatus::try_from(reply.status) == Ok(ServingStatus::NotServing) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(heard, Ok(true), "the Watch stream was told NOT_SERVING");
+}
+
+/// A Watch stream on the overall status, once the server answers it with SERVING.
+async fn eventually_watch(
+    health: &mut HealthClient<Channel>,
+) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
+    for _ in 0..300 {
+        if let Ok(reply) = health
+            .watch(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+        {
+            let mut stream = reply.into_inner();
+            loop {
+                match stream.message().await {
+                    Ok(Some(update))
+                        if ServingStatus::try_from(update.status) == Ok(ServingStatus::Serving) =>
+                    {
+                        return stream;
+                    }
+                    Ok(Some(_)) => continue,
+                    _ => break,
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the server never reported SERVING on a Watch stream");
+}

@@ -107,6 +107,11 @@ async fn the_logs_read_like_an_operators_log() {
         .expect("start the server");
     let mut worker_env = env.to_vec();
     worker_env.push(("ENVIRONMENT", "production".into()));
+    // Production refuses app.env's development key (found by searching parent folders).
+    worker_env.push((
+        "VERIFY_EMAIL_KEY",
+        crate::helpers::TEST_VERIFY_EMAIL_KEY.into(),
+    ));
     let mut worker = command(&binary("simplebank-worker"), &worker_env, Some(&worker_log))
         .spawn()
         .expect("start the worker");
