@@ -1,5 +1,6 @@
-//! PostgreSQL access. Queries are checked at run time (`sqlx::query`), so building needs no
-//! database; every query is exercised by the integration tests against a real PostgreSQL.
+//! PostgreSQL access. Queries are checked at compile time (`sqlx::query!` and friends) against
+//! the offline data in `.sqlx/` at the workspace root, so building needs no database; after
+//! changing a query or a migration, `make sqlx-prepare` refreshes that data.
 //!
 //! - [`users`]: sign-up (user + outbox row in one transaction) and reads.
 //! - [`outbox`]: the rows of `task_outbox`, owned while published through a lease.
@@ -148,7 +149,7 @@ impl Store {
 
     /// Succeeds when PostgreSQL answers a trivial query.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query!("SELECT 1 AS one").fetch_one(&self.pool).await?;
         Ok(())
     }
 }

@@ -15,10 +15,9 @@ use super::{Store, StoreError};
 /// An outbox row held under a lease: its id and the lease's end as written by the holder.
 /// The end doubles as the holder's mark: a later claim writes another, so a release can tell
 /// whether the row is still its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutboxLease {
     pub id: i64,
-    #[sqlx(rename = "leased_until")]
     pub until: OffsetDateTime,
 }
 
@@ -36,21 +35,27 @@ impl Store {
         limit: i64,
         lease: Duration,
     ) -> Result<Vec<(OutboxLease, Task)>, StoreError> {
-        let mut rows: Vec<(i64, OffsetDateTime, sqlx::types::Json<Task>)> = sqlx::query_as(
+        let mut rows = sqlx::query!(
             "UPDATE task_outbox SET leased_until = now() + make_interval(secs => $2) \
              WHERE id IN ( \
                SELECT id FROM task_outbox WHERE leased_until <= now() \
                ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, leased_until, task",
+             RETURNING id, leased_until, task AS \"task: sqlx::types::Json<Task>\"",
+            limit,
+            lease.as_secs_f64(),
         )
-        .bind(limit)
-        .bind(lease.as_secs_f64())
         .fetch_all(&self.pool)
         .await?;
-        rows.sort_unstable_by_key(|(id, _, _)| *id);
+        rows.sort_unstable_by_key(|row| row.id);
         Ok(rows
             .into_iter()
-            .map(|(id, until, task)| (OutboxLease { id, until }, task.0))
+            .map(|row| {
+                let lease = OutboxLease {
+                    id: row.id,
+                    until: row.leased_until,
+                };
+                (lease, row.task.0)
+            })
             .collect())
     }
 
@@ -61,8 +66,7 @@ impl Store {
         fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "DELETE")
     )]
     pub async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM task_outbox WHERE id = ANY($1)")
-            .bind(ids)
+        sqlx::query!("DELETE FROM task_outbox WHERE id = ANY($1)", ids)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -79,13 +83,13 @@ impl Store {
     pub async fn release_outbox(&self, leases: &[OutboxLease]) -> Result<(), StoreError> {
         let (ids, ends): (Vec<i64>, Vec<OffsetDateTime>) =
             leases.iter().map(|lease| (lease.id, lease.until)).unzip();
-        sqlx::query(
+        sqlx::query!(
             "UPDATE task_outbox SET leased_until = now() \
              FROM unnest($1::bigint[], $2::timestamptz[]) AS mine(id, until) \
              WHERE task_outbox.id = mine.id AND task_outbox.leased_until = mine.until",
+            &ids,
+            &ends,
         )
-        .bind(ids)
-        .bind(ends)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -93,7 +97,7 @@ impl Store {
 
     /// How many tasks wait in the outbox.
     pub async fn outbox_len(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM task_outbox")
+        Ok(sqlx::query_scalar!("SELECT count(*) AS \"count!\" FROM task_outbox")
             .fetch_one(&self.pool)
             .await?)
     }

@@ -54,7 +54,7 @@ impl RevokeReason {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub id: Uuid,
     pub username: String,
@@ -66,9 +66,6 @@ pub struct Session {
     pub revoked_at: Option<OffsetDateTime>,
     pub revoked_reason: Option<String>,
 }
-
-const COLUMNS: &str = "id, username, user_agent, client_ip, created_at, \
-     refresh_token_expires_at, expires_at, revoked_at, revoked_reason";
 
 /// Where and with what a session was started (stored for the user's own review).
 #[derive(Debug, Clone)]
@@ -126,25 +123,27 @@ impl Store {
         origin: &SessionOrigin,
         limits: SessionLimits,
     ) -> Result<Option<Session>, StoreError> {
-        let session = sqlx::query_as(&format!(
+        let session = sqlx::query_as!(
+            Session,
             "WITH still AS ( \
                SELECT username FROM users WHERE username = $2 AND hashed_password = $8 \
                FOR SHARE) \
              INSERT INTO sessions (id, username, refresh_token_hash, user_agent, client_ip, \
                refresh_token_expires_at, expires_at) \
              SELECT $1, still.username, $3, $4, $5, \
-               now() + make_interval(secs => LEAST($6, $7)), now() + make_interval(secs => $7) \
+               now() + make_interval(secs => LEAST($6::float8, $7)), now() + make_interval(secs => $7) \
              FROM still \
-             RETURNING {COLUMNS}"
-        ))
-        .bind(Uuid::new_v4())
-        .bind(username)
-        .bind(hash_refresh_token(refresh_token.expose()))
-        .bind(&origin.user_agent)
-        .bind(&origin.client_ip)
-        .bind(limits.refresh_token.as_secs_f64())
-        .bind(limits.session.as_secs_f64())
-        .bind(verified_hash.expose())
+             RETURNING id, username, user_agent, client_ip, created_at, \
+               refresh_token_expires_at, expires_at, revoked_at, revoked_reason",
+            Uuid::new_v4(),
+            username,
+            hash_refresh_token(refresh_token.expose()),
+            &origin.user_agent,
+            &origin.client_ip,
+            limits.refresh_token.as_secs_f64(),
+            limits.session.as_secs_f64(),
+            verified_hash.expose(),
+        )
         .fetch_optional(&self.pool)
         .await?;
         Ok(session)
@@ -168,22 +167,22 @@ impl Store {
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
         // The row lock serialises renewals of one session: of two concurrent renewals with
         // the same token, the second finds the hash changed and counts as a reuse.
-        let current: Option<(Uuid, bool)> = sqlx::query_as(
+        let current = sqlx::query!(
             "SELECT id, revoked_at IS NULL AND refresh_token_expires_at > now() \
-               AND expires_at > now() \
+               AND expires_at > now() AS \"live!\" \
              FROM sessions WHERE refresh_token_hash = $1 FOR UPDATE",
+            &presented_hash,
         )
-        .bind(&presented_hash)
         .fetch_optional(&mut *tx)
         .await?;
-        let session_id = match current {
+        let session_id = match current.map(|row| (row.id, row.live)) {
             Some((id, true)) => id,
             Some((_, false)) => return Err(SessionError::Invalid),
             None => {
-                let rotated: Option<Uuid> = sqlx::query_scalar(
+                let rotated = sqlx::query_scalar!(
                     "SELECT session_id FROM session_rotated_tokens WHERE token_hash = $1",
+                    &presented_hash,
                 )
-                .bind(&presented_hash)
                 .fetch_optional(&mut *tx)
                 .await?;
                 let Some(session_id) = rotated else {
@@ -194,19 +193,24 @@ impl Store {
                 return Err(SessionError::Reused { session_id });
             }
         };
-        sqlx::query("INSERT INTO session_rotated_tokens (token_hash, session_id) VALUES ($1, $2)")
-            .bind(&presented_hash)
-            .bind(session_id)
-            .execute(&mut *tx)
-            .await?;
-        let session = sqlx::query_as(&format!(
+        sqlx::query!(
+            "INSERT INTO session_rotated_tokens (token_hash, session_id) VALUES ($1, $2)",
+            &presented_hash,
+            session_id,
+        )
+        .execute(&mut *tx)
+        .await?;
+        let session = sqlx::query_as!(
+            Session,
             "UPDATE sessions SET refresh_token_hash = $2, refresh_token_expires_at = \
                LEAST(now() + make_interval(secs => $3), expires_at) \
-             WHERE id = $1 RETURNING {COLUMNS}"
-        ))
-        .bind(session_id)
-        .bind(hash_refresh_token(next.expose()))
-        .bind(refresh_token.as_secs_f64())
+             WHERE id = $1 \
+             RETURNING id, username, user_agent, client_ip, created_at, \
+               refresh_token_expires_at, expires_at, revoked_at, revoked_reason",
+            session_id,
+            hash_refresh_token(next.expose()),
+            refresh_token.as_secs_f64(),
+        )
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await.map_err(StoreError::from)?;
@@ -226,16 +230,16 @@ impl Store {
         presented: &str,
         all_sessions: bool,
     ) -> Result<u64, SessionError> {
-        let ended = sqlx::query(
+        let ended = sqlx::query!(
             "WITH this AS ( \
                SELECT id, username FROM sessions \
                WHERE refresh_token_hash = $1 AND revoked_at IS NULL) \
              UPDATE sessions s SET revoked_at = now(), revoked_reason = $3 FROM this \
              WHERE s.revoked_at IS NULL AND (s.id = this.id OR ($2 AND s.username = this.username))",
+            hash_refresh_token(presented),
+            all_sessions,
+            RevokeReason::Logout.as_str(),
         )
-        .bind(hash_refresh_token(presented))
-        .bind(all_sessions)
-        .bind(RevokeReason::Logout.as_str())
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -249,10 +253,10 @@ impl Store {
     /// [`Self::rotate_refresh_token`], and ends its session; anything else is just invalid.
     async fn replayed_at_logout(&self, presented: &str) -> Result<SessionError, SessionError> {
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
-        let rotated: Option<Uuid> = sqlx::query_scalar(
+        let rotated = sqlx::query_scalar!(
             "SELECT session_id FROM session_rotated_tokens WHERE token_hash = $1",
+            hash_refresh_token(presented),
         )
-        .bind(hash_refresh_token(presented))
         .fetch_optional(&mut *tx)
         .await?;
         let Some(session_id) = rotated else {
@@ -271,31 +275,37 @@ impl Store {
         fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT")
     )]
     pub async fn session_is_live(&self, id: Uuid, username: &str) -> Result<bool, StoreError> {
-        let live: Option<bool> = sqlx::query_scalar(
-            "SELECT revoked_at IS NULL AND expires_at > now() FROM sessions \
+        let live = sqlx::query_scalar!(
+            "SELECT revoked_at IS NULL AND expires_at > now() AS \"live!\" FROM sessions \
              WHERE id = $1 AND username = $2",
+            id,
+            username,
         )
-        .bind(id)
-        .bind(username)
         .fetch_optional(&self.pool)
         .await?;
         Ok(live.unwrap_or(false))
     }
 
     pub async fn session(&self, id: Uuid) -> Result<Session, StoreError> {
-        Ok(
-            sqlx::query_as(&format!("SELECT {COLUMNS} FROM sessions WHERE id = $1"))
-                .bind(id)
-                .fetch_one(&self.pool)
-                .await?,
+        Ok(sqlx::query_as!(
+            Session,
+            "SELECT id, username, user_agent, client_ip, created_at, \
+               refresh_token_expires_at, expires_at, revoked_at, revoked_reason \
+             FROM sessions WHERE id = $1",
+            id,
         )
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     pub async fn sessions_of(&self, username: &str) -> Result<Vec<Session>, StoreError> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM sessions WHERE username = $1 ORDER BY created_at, id"
-        ))
-        .bind(username)
+        Ok(sqlx::query_as!(
+            Session,
+            "SELECT id, username, user_agent, client_ip, created_at, \
+               refresh_token_expires_at, expires_at, revoked_at, revoked_reason \
+             FROM sessions WHERE username = $1 ORDER BY created_at, id",
+            username,
+        )
         .fetch_all(&self.pool)
         .await?)
     }
@@ -307,12 +317,12 @@ async fn revoke(
     id: Uuid,
     reason: RevokeReason,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE sessions SET revoked_at = now(), revoked_reason = $2 \
          WHERE id = $1 AND revoked_at IS NULL",
+        id,
+        reason.as_str(),
     )
-    .bind(id)
-    .bind(reason.as_str())
     .execute(tx)
     .await?;
     Ok(())
@@ -324,13 +334,13 @@ pub(super) async fn revoke_others(
     username: &str,
     keep: Uuid,
 ) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
+    Ok(sqlx::query!(
         "UPDATE sessions SET revoked_at = now(), revoked_reason = $3 \
          WHERE username = $1 AND id <> $2 AND revoked_at IS NULL",
+        username,
+        keep,
+        RevokeReason::PasswordChanged.as_str(),
     )
-    .bind(username)
-    .bind(keep)
-    .bind(RevokeReason::PasswordChanged.as_str())
     .execute(tx)
     .await?
     .rows_affected())

@@ -14,7 +14,7 @@ use crate::{
 use super::{Store, StoreError, outbox::OutboxLease};
 
 /// A stored user, as the application sees it. The password hash is deliberately not here.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     pub username: String,
     pub full_name: String,
@@ -22,15 +22,6 @@ pub struct User {
     pub password_changed_at: OffsetDateTime,
     pub created_at: OffsetDateTime,
     pub is_email_verified: bool,
-}
-
-/// What sign-up's single statement returns.
-#[derive(sqlx::FromRow)]
-struct Created {
-    #[sqlx(flatten)]
-    user: User,
-    #[sqlx(flatten)]
-    outbox: OutboxLease,
 }
 
 /// A user with their password hash, for sign-in only.
@@ -50,9 +41,6 @@ pub struct Updated {
     pub sessions_ended: u64,
 }
 
-const USER_COLUMNS: &str =
-    "username, full_name, email, password_changed_at, created_at, is_email_verified";
-
 impl Store {
     /// Inserts `user` and an outbox row holding `task`, in one transaction. Returns the stored
     /// user and the outbox row with its lease, which the caller publishes after commit.
@@ -70,28 +58,47 @@ impl Store {
         let encoded = serde_json::to_value(task).map_err(StoreError::BadTask)?;
         // One statement, so one round trip and one implicit transaction: both rows or neither
         // (a duplicate username or email fails the whole statement).
-        let created: Created = sqlx::query_as(&format!(
+        // The columns of CTEs are of unknown nullability to sqlx: `!` says what the tables say.
+        let created = sqlx::query!(
             "WITH created AS ( \
                INSERT INTO users (username, hashed_password, full_name, email) \
-               VALUES ($1, $2, $3, $4) RETURNING {USER_COLUMNS}), \
+               VALUES ($1, $2, $3, $4) \
+               RETURNING username, full_name, email, password_changed_at, created_at, \
+                 is_email_verified), \
              queued AS ( \
                INSERT INTO task_outbox (task_id, task, leased_until) \
                VALUES ($5, $6, clock_timestamp() + make_interval(secs => $7)) \
                RETURNING id, leased_until) \
-             SELECT {USER_COLUMNS}, queued.id, queued.leased_until FROM created, queued"
-        ))
-        .bind(user.username.as_str())
-        .bind(hashed_password.expose())
-        .bind(user.full_name.as_str())
-        .bind(user.email.as_str())
-        .bind(&task.id)
-        .bind(encoded)
-        // Leased to this request's own publish after commit (see `crate::outbox`), from the
-        // insert itself: now() is the transaction's start, before any wait on a row lock.
-        .bind(crate::outbox::PUBLISH_GRACE.as_secs_f64())
+             SELECT username AS \"username!\", full_name AS \"full_name!\", \
+               email AS \"email!\", password_changed_at AS \"password_changed_at!\", \
+               created_at AS \"created_at!\", is_email_verified AS \"is_email_verified!\", \
+               queued.id AS \"id!\", queued.leased_until AS \"leased_until!\" \
+             FROM created, queued",
+            user.username.as_str(),
+            hashed_password.expose(),
+            user.full_name.as_str(),
+            user.email.as_str(),
+            &task.id,
+            encoded,
+            // Leased to this request's own publish after commit (see `crate::outbox`), from
+            // the insert itself: now() is the transaction's start, before any wait on a lock.
+            crate::outbox::PUBLISH_GRACE.as_secs_f64(),
+        )
         .fetch_one(&self.pool)
         .await?;
-        Ok((created.user, created.outbox))
+        let user = User {
+            username: created.username,
+            full_name: created.full_name,
+            email: created.email,
+            password_changed_at: created.password_changed_at,
+            created_at: created.created_at,
+            is_email_verified: created.is_email_verified,
+        };
+        let outbox = OutboxLease {
+            id: created.id,
+            until: created.leased_until,
+        };
+        Ok((user, outbox))
     }
 
     #[tracing::instrument(
@@ -100,10 +107,13 @@ impl Store {
         fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT")
     )]
     pub async fn get_user(&self, username: &str) -> Result<User, StoreError> {
-        let user = sqlx::query_as(&format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE username = $1"
-        ))
-        .bind(username)
+        let user = sqlx::query_as!(
+            User,
+            "SELECT username, full_name, email, password_changed_at, created_at, \
+               is_email_verified \
+             FROM users WHERE username = $1",
+            username,
+        )
         .fetch_one(&self.pool)
         .await?;
         Ok(user)
@@ -118,20 +128,23 @@ impl Store {
         fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT")
     )]
     pub async fn credentials(&self, username: &str) -> Result<Option<Credentials>, StoreError> {
-        #[derive(sqlx::FromRow)]
-        struct Row {
-            #[sqlx(flatten)]
-            user: User,
-            hashed_password: String,
-        }
-        let row: Option<Row> = sqlx::query_as(&format!(
-            "SELECT {USER_COLUMNS}, hashed_password FROM users WHERE username = $1"
-        ))
-        .bind(username)
+        let row = sqlx::query!(
+            "SELECT username, full_name, email, password_changed_at, created_at, \
+               is_email_verified, hashed_password \
+             FROM users WHERE username = $1",
+            username,
+        )
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|row| Credentials {
-            user: row.user,
+            user: User {
+                username: row.username,
+                full_name: row.full_name,
+                email: row.email,
+                password_changed_at: row.password_changed_at,
+                created_at: row.created_at,
+                is_email_verified: row.is_email_verified,
+            },
             hashed_password: Secret::new(row.hashed_password),
         }))
     }
@@ -155,26 +168,28 @@ impl Store {
     ) -> Result<Updated, StoreError> {
         let new_email = update.email.as_ref().map(|e| e.as_str());
         let mut tx = self.pool.begin().await?;
-        let old_email: String =
-            sqlx::query_scalar("SELECT email FROM users WHERE username = $1 FOR UPDATE")
-                .bind(username)
+        let old_email =
+            sqlx::query_scalar!("SELECT email FROM users WHERE username = $1 FOR UPDATE", username)
                 .fetch_one(&mut *tx)
                 .await?;
         let email_changed = new_email.is_some_and(|new| new != old_email);
-        let user: User = sqlx::query_as(&format!(
+        let user = sqlx::query_as!(
+            User,
             "UPDATE users SET \
                full_name = COALESCE($2, full_name), \
                email = COALESCE($3, email), \
                is_email_verified = is_email_verified AND NOT $4, \
                hashed_password = COALESCE($5, hashed_password), \
                password_changed_at = CASE WHEN $5 IS NULL THEN password_changed_at ELSE now() END \
-             WHERE username = $1 RETURNING {USER_COLUMNS}"
-        ))
-        .bind(username)
-        .bind(update.full_name.as_ref().map(|n| n.as_str()))
-        .bind(new_email)
-        .bind(email_changed)
-        .bind(hashed_password.map(|h| h.expose().as_str()))
+             WHERE username = $1 \
+             RETURNING username, full_name, email, password_changed_at, created_at, \
+               is_email_verified",
+            username,
+            update.full_name.as_ref().map(|n| n.as_str()),
+            new_email,
+            email_changed,
+            hashed_password.map(|h| h.expose().as_str()),
+        )
         .fetch_one(&mut *tx)
         .await?;
         // The lease counts from the insert (clock_timestamp), not from the transaction's start
@@ -182,14 +197,15 @@ impl Store {
         let outbox = if email_changed {
             let encoded = serde_json::to_value(verify_task).map_err(StoreError::BadTask)?;
             Some(
-                sqlx::query_as(
+                sqlx::query_as!(
+                    OutboxLease,
                     "INSERT INTO task_outbox (task_id, task, leased_until) \
                      VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3)) \
-                     RETURNING id, leased_until",
+                     RETURNING id, leased_until AS until",
+                    &verify_task.id,
+                    encoded,
+                    crate::outbox::PUBLISH_GRACE.as_secs_f64(),
                 )
-                .bind(&verify_task.id)
-                .bind(encoded)
-                .bind(crate::outbox::PUBLISH_GRACE.as_secs_f64())
                 .fetch_one(&mut *tx)
                 .await?,
             )

@@ -13,7 +13,7 @@ use crate::secret::Secret;
 
 use super::{Store, StoreError};
 
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyEmail {
     pub id: i64,
     pub username: String,
@@ -24,17 +24,6 @@ pub struct VerifyEmail {
     pub task_id: String,
     pub email_sent_at: Option<OffsetDateTime>,
 }
-
-/// A row of an upsert: the record and whether the statement inserted it (`xmax = 0`).
-#[derive(sqlx::FromRow)]
-struct CreatedRow {
-    created: bool,
-    #[sqlx(flatten)]
-    record: VerifyEmail,
-}
-
-const COLUMNS: &str =
-    "id, username, email, is_used, created_at, expired_at, task_id, email_sent_at";
 
 /// SHA-256 of a code: what the database keeps. Codes carry 190 random bits, so a fast hash is
 /// enough (no dictionary to guess from).
@@ -85,7 +74,8 @@ impl Store {
         secret_code: &Secret<String>,
         expiry: Duration,
     ) -> Result<(VerifyEmail, bool), StoreError> {
-        let row: CreatedRow = sqlx::query_as(&format!(
+        // `created`: whether the statement inserted the row (`xmax = 0`) or updated it.
+        let row = sqlx::query!(
             "INSERT INTO verify_emails (username, email, secret_code_hash, task_id, expired_at) \
              VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) \
              ON CONFLICT (task_id) DO UPDATE SET \
@@ -93,16 +83,27 @@ impl Store {
                  THEN EXCLUDED.secret_code_hash ELSE verify_emails.secret_code_hash END, \
                expired_at = CASE WHEN verify_emails.email_sent_at IS NULL \
                  THEN EXCLUDED.expired_at ELSE verify_emails.expired_at END \
-             RETURNING (xmax = 0) AS created, {COLUMNS}"
-        ))
-        .bind(username)
-        .bind(email)
-        .bind(hash_code(secret_code.expose()))
-        .bind(task_id)
-        .bind(expiry.as_secs_f64())
+             RETURNING (xmax = 0) AS \"created!\", id, username, email, is_used, created_at, \
+               expired_at, task_id, email_sent_at",
+            username,
+            email,
+            hash_code(secret_code.expose()),
+            task_id,
+            expiry.as_secs_f64(),
+        )
         .fetch_one(&self.pool)
         .await?;
-        Ok((row.record, row.created))
+        let record = VerifyEmail {
+            id: row.id,
+            username: row.username,
+            email: row.email,
+            is_used: row.is_used,
+            created_at: row.created_at,
+            expired_at: row.expired_at,
+            task_id: row.task_id,
+            email_sent_at: row.email_sent_at,
+        };
+        Ok((record, row.created))
     }
 
     /// Notes that the record's email went out.
@@ -112,8 +113,7 @@ impl Store {
         fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE")
     )]
     pub async fn mark_verify_email_sent(&self, id: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE verify_emails SET email_sent_at = now() WHERE id = $1")
-            .bind(id)
+        sqlx::query!("UPDATE verify_emails SET email_sent_at = now() WHERE id = $1", id)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -132,15 +132,23 @@ impl Store {
     )]
     pub async fn verify_email(&self, id: i64, secret_code: &str) -> Result<(), VerifyError> {
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
-        let row: Option<(Vec<u8>, bool, bool, bool)> = sqlx::query_as(
-            "SELECT v.secret_code_hash, v.is_used, v.expired_at < now(), v.email <> u.email \
+        let row = sqlx::query!(
+            "SELECT v.secret_code_hash, v.is_used, v.expired_at < now() AS \"expired!\", \
+               v.email <> u.email AS \"address_changed!\" \
              FROM verify_emails v JOIN users u ON u.username = v.username \
              WHERE v.id = $1 FOR UPDATE OF v, u",
+            id,
         )
-        .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((stored, used, expired, address_changed)) = row else {
+        let Some((stored, used, expired, address_changed)) = row.map(|row| {
+            (
+                row.secret_code_hash,
+                row.is_used,
+                row.expired,
+                row.address_changed,
+            )
+        }) else {
             return Err(VerifyError::NotFound);
         };
         if !bool::from(stored.ct_eq(&hash_code(secret_code))) {
@@ -155,15 +163,14 @@ impl Store {
         if address_changed {
             return Err(VerifyError::AddressChanged);
         }
-        sqlx::query("UPDATE verify_emails SET is_used = true WHERE id = $1")
-            .bind(id)
+        sqlx::query!("UPDATE verify_emails SET is_used = true WHERE id = $1", id)
             .execute(&mut *tx)
             .await?;
-        let verified = sqlx::query(
+        let verified = sqlx::query!(
             "UPDATE users u SET is_email_verified = true FROM verify_emails v \
              WHERE v.id = $1 AND u.username = v.username AND u.email = v.email",
+            id,
         )
-        .bind(id)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -177,10 +184,12 @@ impl Store {
     }
 
     pub async fn verify_emails_of(&self, username: &str) -> Result<Vec<VerifyEmail>, StoreError> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM verify_emails WHERE username = $1 ORDER BY id"
-        ))
-        .bind(username)
+        Ok(sqlx::query_as!(
+            VerifyEmail,
+            "SELECT id, username, email, is_used, created_at, expired_at, task_id, email_sent_at \
+             FROM verify_emails WHERE username = $1 ORDER BY id",
+            username,
+        )
         .fetch_all(&self.pool)
         .await?)
     }
