@@ -97,9 +97,11 @@ impl Store {
 
     /// How many tasks wait in the outbox.
     pub async fn outbox_len(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar!("SELECT count(*) AS \"count!\" FROM task_outbox")
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar!("SELECT count(*) AS \"count!\" FROM task_outbox")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 }
 

@@ -168,10 +168,12 @@ impl Store {
     ) -> Result<Updated, StoreError> {
         let new_email = update.email.as_ref().map(|e| e.as_str());
         let mut tx = self.pool.begin().await?;
-        let old_email =
-            sqlx::query_scalar!("SELECT email FROM users WHERE username = $1 FOR UPDATE", username)
-                .fetch_one(&mut *tx)
-                .await?;
+        let old_email = sqlx::query_scalar!(
+            "SELECT email FROM users WHERE username = $1 FOR UPDATE",
+            username
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         let email_changed = new_email.is_some_and(|new| new != old_email);
         let user = sqlx::query_as!(
             User,

@@ -113,9 +113,12 @@ impl Store {
         fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE")
     )]
     pub async fn mark_verify_email_sent(&self, id: i64) -> Result<(), StoreError> {
-        sqlx::query!("UPDATE verify_emails SET email_sent_at = now() WHERE id = $1", id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query!(
+            "UPDATE verify_emails SET email_sent_at = now() WHERE id = $1",
+            id
+        )
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
