@@ -25,7 +25,8 @@ case "$mode" in
   check) check=(--check) ;;
   *) die "usage: scripts/sqlx.sh prepare|check" ;;
 esac
-[ -x "$SQLX" ] && [ -x "$CARGO_SQLX" ] || die "sqlx-cli is not installed in .local/bin: run make tools"
+[ -x "$SQLX" ] && [ -x "$CARGO_SQLX" ] ||
+  die "sqlx-cli is not installed in .local/bin: run make tools"
 
 # Variables from the environment win; app.env fills the gaps; then the built-in default.
 if [ -z "${DB_SOURCE:-}" ] && [ -f app.env ]; then

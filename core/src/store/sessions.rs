@@ -123,6 +123,8 @@ impl Store {
         origin: &SessionOrigin,
         limits: SessionLimits,
     ) -> Result<Option<Session>, StoreError> {
+        // `$6::float8`: the macro lets PostgreSQL infer parameter types, and LEAST of two
+        // parameters alone would be text (bound at run time, sqlx named float8 itself).
         let session = sqlx::query_as!(
             Session,
             "WITH still AS ( \
@@ -131,7 +133,8 @@ impl Store {
              INSERT INTO sessions (id, username, refresh_token_hash, user_agent, client_ip, \
                refresh_token_expires_at, expires_at) \
              SELECT $1, still.username, $3, $4, $5, \
-               now() + make_interval(secs => LEAST($6::float8, $7)), now() + make_interval(secs => $7) \
+               now() + make_interval(secs => LEAST($6::float8, $7)), \
+               now() + make_interval(secs => $7) \
              FROM still \
              RETURNING id, username, user_agent, client_ip, created_at, \
                refresh_token_expires_at, expires_at, revoked_at, revoked_reason",
