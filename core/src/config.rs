@@ -6,7 +6,9 @@
 
 use std::{fmt::Display, str::FromStr, time::Duration};
 
-use crate::{secret::Secret, task::Namespace};
+use simplebank_queue::Namespace;
+
+use crate::secret::Secret;
 
 /// A configuration value that could not be used, with the variable it came from.
 #[derive(Debug, thiserror::Error)]

@@ -2,8 +2,9 @@
 //!
 //! - [`domain`]: validated input types (`Username`, `Email`, ...); an invalid value cannot exist.
 //! - [`store`]: PostgreSQL access with sqlx (users, the task outbox, verification records).
-//! - [`task`]: the task envelope, its Redis Streams encoding, the key layout and the publisher.
-//! - [`tasks`]: the task types this project defines (`send_verify_email`).
+//! - [`tasks`]: the task types this project defines (`send_verify_email`), on the queue crate
+//!   (`simplebank_queue`), which core depends on and never the other way round.
+//! - [`keys`]: the Redis keys of this project's own, outside the queue's (sign-in throttling).
 //! - [`outbox`]: publishing committed outbox rows to Redis under a lease (no connection held
 //!   across Redis), at least once, safe with many servers.
 //! - [`report`]: an error and its causes as one line, for logs.
@@ -13,13 +14,13 @@
 
 pub mod config;
 pub mod domain;
+pub mod keys;
 pub mod outbox;
 pub mod password;
 pub mod redis_client;
 pub mod report;
 pub mod secret;
 pub mod store;
-pub mod task;
 pub mod tasks;
 
 #[cfg(feature = "test-util")]

@@ -18,10 +18,9 @@
 
 use std::time::Duration;
 
-use crate::{
-    store::{Store, StoreError, outbox::OutboxLease},
-    task::{PublishError, Publisher, Task},
-};
+use simplebank_queue::{PublishError, Publisher, Task};
+
+use crate::store::{Store, StoreError, outbox::OutboxLease};
 
 /// How long a row written by a request is left to that request's own [`publish_row`] before
 /// a relay may take it. Callers bound the whole of `publish_row` by it, so a relay repeats

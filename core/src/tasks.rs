@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::task::TaskPayload;
+use simplebank_queue::TaskPayload;
 
 /// Create a verification record for a new user and email them the link.
 /// Carries only the username: the worker reads the address from the database, so no personal

@@ -11,7 +11,8 @@
 
 use std::{future::Future, time::Duration};
 
-use simplebank_core::{report::chain, store::Store, task::Publisher};
+use simplebank_core::{report::chain, store::Store};
+use simplebank_queue::Publisher;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};

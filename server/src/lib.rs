@@ -49,8 +49,8 @@ use simplebank_core::{
     password::HashPool,
     redis_client,
     store::{Store, StoreError},
-    task::{Keys, Publisher},
 };
+use simplebank_queue::{Keys, Publisher};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

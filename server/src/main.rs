@@ -3,8 +3,9 @@
 
 use std::process::ExitCode;
 
-use simplebank_core::{config, redis_client, store::Store, task::Keys};
+use simplebank_core::{config, redis_client, store::Store};
 use simplebank_observability::LogFormat;
+use simplebank_queue::Keys;
 use simplebank_server::{ServerConfig, status::chain};
 
 #[tokio::main]

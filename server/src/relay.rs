@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use simplebank_core::{outbox, store::Store, task::Publisher};
+use simplebank_core::{outbox, store::Store};
+use simplebank_queue::Publisher;
 use tokio_util::sync::CancellationToken;
 
 use crate::status::chain;

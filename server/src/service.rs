@@ -11,10 +11,9 @@ use simplebank_core::{
         outbox::OutboxLease,
         sessions::{is_refresh_token, new_refresh_token},
     },
-    task::{Publisher, Task},
     tasks::SendVerifyEmail,
 };
-use simplebank_observability::propagation::context_of;
+use simplebank_queue::{Publisher, Task};
 use time::OffsetDateTime;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
@@ -77,15 +76,14 @@ impl SimpleBankService {
     /// uniqueness lock: a row published twice (a lease that ran out, an XADD that timed out
     /// on a hung Redis but ran when it woke) adds one entry, not two.
     fn verify_email_task(username: &str) -> Result<Task, Status> {
-        let mut task = Task::new(&SendVerifyEmail {
+        let task = Task::new(&SendVerifyEmail {
             username: username.to_owned(),
         })
         .map_err(|e| status::internal(&e))?;
-        let id = task.id.clone();
-        task = task.with_task_id(id).map_err(|e| status::internal(&e))?;
+        let id = task.id().to_owned();
+        let task = task.with_task_id(id).map_err(|e| status::internal(&e))?;
         // The task belongs to this call's trace, wherever and whenever it is published.
-        task.set_trace(context_of(&tracing::Span::current()));
-        Ok(task)
+        Ok(task.with_current_trace())
     }
 
     /// Publishes committed outbox row `row` in the background, holding no database
@@ -104,12 +102,12 @@ impl SimpleBankService {
             match published {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => tracing::warn!(
-                    task_id = %task.id,
+                    task_id = %task.id(),
                     error = %status::chain(&err),
                     "task left in the outbox; the relay will publish it"
                 ),
                 Err(_) => tracing::warn!(
-                    task_id = %task.id,
+                    task_id = %task.id(),
                     "publishing the task was cut off; the relay will publish it"
                 ),
             }

@@ -1,5 +1,5 @@
 //! Sign-in throttling: failed sign-ins are counted per username and per client address in
-//! Redis sorted sets (a sliding window; keys in `simplebank_core::task::Keys`). An attempt
+//! Redis sorted sets (a sliding window; keys in `simplebank_core::keys`). An attempt
 //! first reserves its place in both counts, atomically (one script: under both limits, add a
 //! member to each; else refuse), before any password is checked: concurrent attempts cannot
 //! all pass one check. A failure keeps its reservation (it is the failure's record); a success
@@ -26,7 +26,8 @@ use std::{
 use tokio::time::Instant;
 
 use redis::{Script, aio::ConnectionManager};
-use simplebank_core::{report::chain, task::Keys};
+use simplebank_core::{keys::LoginFailureKeys, report::chain};
+use simplebank_queue::Keys;
 
 /// How long one throttling call may wait on Redis before sign-in goes on without it.
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(500);

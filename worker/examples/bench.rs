@@ -35,11 +35,11 @@ use std::{
 
 use simplebank_core::{
     config, redis_client,
-    task::{GROUP, Keys, Namespace, Publisher, QueueName, Task, TaskPayload},
     testing::{self, RedisServer},
 };
-use simplebank_worker::{
-    ConsumerSettings, Handler, HandlerError, Handlers, Worker, handler::BoxFuture,
+use simplebank_queue::{
+    ConsumerSettings, GROUP, Handler, HandlerError, Handlers, Keys, Namespace, Publisher,
+    QueueName, Task, TaskContext, TaskPayload, Worker,
 };
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -421,20 +421,18 @@ fn now_us() -> u64 {
 #[derive(Clone, Default)]
 struct Latency(Arc<std::sync::Mutex<Vec<u64>>>);
 
-impl Handler for Latency {
-    fn handle<'a>(
-        &'a self,
-        task: &'a Task,
-    ) -> BoxFuture<'a, std::result::Result<(), HandlerError>> {
+impl Handler<Ping> for Latency {
+    async fn handle(
+        &self,
+        ping: Ping,
+        _task: TaskContext,
+    ) -> std::result::Result<(), HandlerError> {
         let started = now_us();
-        Box::pin(async move {
-            let ping: Ping = task.payload().map_err(HandlerError::skip_retry)?;
-            self.0
-                .lock()
-                .expect("lock")
-                .push(started.saturating_sub(ping.sent_us));
-            Ok(())
-        })
+        self.0
+            .lock()
+            .expect("lock")
+            .push(started.saturating_sub(ping.sent_us));
+        Ok(())
     }
 }
 
@@ -452,7 +450,7 @@ impl Bench {
             &self.address,
             keys.namespace().clone(),
             settings,
-            Handlers::new().with(Ping::TYPE, recorder.clone()),
+            Handlers::new().on::<Ping>(recorder.clone()),
         )?;
         let running = tokio::spawn(worker.run(stop.clone()));
         tokio::time::sleep(Duration::from_millis(300)).await; // the worker is reading

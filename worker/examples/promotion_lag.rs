@@ -15,11 +15,12 @@ use std::{
 use simplebank_core::{
     config::{self, CommonConfig},
     redis_client,
-    task::{Enqueued, Keys, Namespace, Publisher, Task, TaskPayload, now_ms},
 };
-use simplebank_worker::{
-    ConsumerSettings, Handler, HandlerError, Handlers, Worker, handler::BoxFuture,
+use simplebank_queue::{
+    ConsumerSettings, Enqueued, Handler, HandlerError, Handlers, Keys, Namespace, Publisher, Task,
+    TaskContext, TaskPayload, Worker,
 };
+
 use tokio_util::sync::CancellationToken;
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -37,17 +38,22 @@ struct Lateness {
     late: Arc<Mutex<Vec<i64>>>,
 }
 
-impl Handler for Lateness {
-    fn handle<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let now = now_ms();
-            let due = self.due.lock().expect("lock").get(&task.id).copied();
-            if let Some(due) = due {
-                self.late.lock().expect("lock").push(now - due);
-            }
-            Ok(())
-        })
+impl Handler<Tick> for Lateness {
+    async fn handle(&self, _tick: Tick, task: TaskContext) -> Result<(), HandlerError> {
+        let now = now_ms();
+        let due = self.due.lock().expect("lock").get(task.id()).copied();
+        if let Some(due) = due {
+            self.late.lock().expect("lock").push(now - due);
+        }
+        Ok(())
     }
+}
+
+/// Now, in ms since the Unix epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {
@@ -79,7 +85,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             common.redis_address.expose(),
             namespace.clone(),
             settings,
-            Handlers::new().with(Tick::TYPE, recorder.clone()),
+            Handlers::new().on::<Tick>(recorder.clone()),
         )?;
         workers.push(tokio::spawn(worker.run(stop.clone())));
     }
@@ -88,7 +94,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let step = spread / tasks.max(1);
     for n in 0..tasks {
         let task = Task::new(&Tick { n })?.with_process_at(start + step * n);
-        let id = task.id.clone();
+        let id = task.id().to_owned();
         match publisher.publish(&task).await? {
             Enqueued::Scheduled { due_ms } => {
                 recorder.due.lock().expect("lock").insert(id, due_ms);

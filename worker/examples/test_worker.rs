@@ -12,14 +12,12 @@ use std::time::Duration;
 use simplebank_core::{
     config::{self, CommonConfig},
     redis_client,
-    task::{Keys, Task},
 };
-use simplebank_worker::{
-    ConsumerSettings, Handler, HandlerError, Handlers, Worker, handler::BoxFuture,
-};
+use simplebank_queue::{Handler, HandlerError, Handlers, Keys, TaskContext, TaskPayload, Worker};
+
 use tokio_util::sync::CancellationToken;
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Job {
     #[serde(default)]
     sleep_ms: u64,
@@ -34,33 +32,34 @@ fn yes() -> bool {
     true
 }
 
+impl TaskPayload for Job {
+    const TYPE: &'static str = "test:job";
+}
+
 struct Recorder {
     conn: redis::aio::ConnectionManager,
     runs: String,
 }
 
-impl Handler for Recorder {
-    fn handle<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let job: Job = serde_json::from_str(&task.payload).map_err(HandlerError::skip_retry)?;
-            if job.sleep_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(job.sleep_ms)).await;
-            }
-            if !job.record {
-                return Ok(());
-            }
-            let _: i64 = redis::cmd("HINCRBY")
-                .arg(&self.runs)
-                .arg(&task.id)
-                .arg(1)
-                .query_async(&mut self.conn.clone())
-                .await
-                .map_err(HandlerError::new)?;
-            if job.fail {
-                return Err(HandlerError::new("job asked to fail"));
-            }
-            Ok(())
-        })
+impl Handler<Job> for Recorder {
+    async fn handle(&self, job: Job, task: TaskContext) -> Result<(), HandlerError> {
+        if job.sleep_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(job.sleep_ms)).await;
+        }
+        if !job.record {
+            return Ok(());
+        }
+        let _: i64 = redis::cmd("HINCRBY")
+            .arg(&self.runs)
+            .arg(task.id())
+            .arg(1)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(HandlerError::new)?;
+        if job.fail {
+            return Err(HandlerError::new("job asked to fail"));
+        }
+        Ok(())
     }
 }
 
@@ -68,7 +67,7 @@ impl Handler for Recorder {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let common = CommonConfig::from_env()?;
-    let settings = ConsumerSettings::from_env()?;
+    let settings = simplebank_worker::config::consumer_settings_from_env()?;
     let _telemetry = match config::var("RUST_LOG")? {
         Some(_) => Some(simplebank_observability::init(
             &simplebank_observability::Config {
@@ -88,7 +87,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         common.redis_address.expose(),
         common.namespace,
         settings,
-        Handlers::new().with("test:job", recorder),
+        Handlers::new().on::<Job>(recorder),
     )?;
     let shutdown = CancellationToken::new();
     tokio::spawn(simplebank_worker::signals::watch(shutdown.clone()));

@@ -2,125 +2,51 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use crate::{
-    backoff::Backoff,
-    mail::smtp::{SmtpConfig, TlsMode},
-};
 use simplebank_core::{
     config::{self, CommonConfig, ConfigError, Environment},
+    report::chain,
     secret::{MIN_CODE_KEY_LEN, Secret},
-    task::{QueueName, keys::DEFAULT_QUEUES},
 };
+use simplebank_queue::{Backoff, ConsumerSettings, DEFAULT_VISIBILITY_TIMEOUT, parse_queues};
 
-/// How the worker consumes the streams; independent of what its handlers do.
-#[derive(Debug, Clone)]
-pub struct ConsumerSettings {
-    /// `WORKER_CONCURRENCY`, default 10: tasks run at the same time by this process.
-    pub concurrency: usize,
-    /// `WORKER_QUEUES`, default `critical:6,default:3,low:1`: queues and their weights.
-    pub queues: Vec<(QueueName, u32)>,
-    /// `WORKER_STRICT_PRIORITY`, default false: always serve the heaviest non-empty queue first.
-    pub strict_priority: bool,
-    /// `WORKER_VISIBILITY_TIMEOUT`, default 60s: how long an entry may stay pending with its
-    /// consumer, without a lease renewal, before another worker takes it over. Running tasks
-    /// renew their lease every third of it, so it bounds how long a crashed worker's tasks
-    /// wait, not how long a task may run.
-    pub visibility_timeout: Duration,
-    /// `WORKER_SHUTDOWN_TIMEOUT`, default 10s: how long in-flight tasks may take to finish
-    /// after SIGINT/SIGTERM. Unfinished ones stay pending for another worker.
-    pub shutdown_timeout: Duration,
-    /// `WORKER_CONSUMER_NAME`, default `<hostname>-<pid>`: this process in the consumer group.
-    pub consumer_name: String,
-    /// How long one blocking read waits when every queue is empty (1s).
-    pub block: Duration,
-    /// `WORKER_RETRY_BASE_DELAY` (1s) and `WORKER_RETRY_MAX_DELAY` (10m): retry backoff.
-    pub backoff: Backoff,
-}
+use crate::mail::smtp::{SmtpConfig, TlsMode};
 
-impl ConsumerSettings {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let concurrency: usize = config::parse_or("WORKER_CONCURRENCY", 10)?;
-        if concurrency == 0 {
-            return Err(ConfigError::new("WORKER_CONCURRENCY", "must be at least 1"));
-        }
-        let queues = match config::var("WORKER_QUEUES")? {
-            None => default_queues(),
-            Some(raw) => {
-                parse_queues(&raw).map_err(|reason| ConfigError::new("WORKER_QUEUES", reason))?
-            }
-        };
-        let visibility_timeout =
-            config::duration_or("WORKER_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT)?;
-        if visibility_timeout < Duration::from_millis(300) {
-            return Err(ConfigError::new(
-                "WORKER_VISIBILITY_TIMEOUT",
-                "must be at least 300ms (leases are renewed every third of it)",
-            ));
-        }
-        Ok(Self {
-            concurrency,
-            queues,
-            strict_priority: config::parse_or("WORKER_STRICT_PRIORITY", false)?,
-            visibility_timeout,
-            shutdown_timeout: config::duration_or(
-                "WORKER_SHUTDOWN_TIMEOUT",
-                Duration::from_secs(10),
-            )?,
-            consumer_name: match config::var("WORKER_CONSUMER_NAME")? {
-                Some(name) => name,
-                None => default_consumer_name(),
-            },
-            block: Duration::from_secs(1),
-            backoff: {
-                let defaults = Backoff::default();
-                let base = config::duration_or("WORKER_RETRY_BASE_DELAY", defaults.base)?;
-                let max = config::duration_or("WORKER_RETRY_MAX_DELAY", defaults.max)?;
-                if base.is_zero() || max < base {
-                    return Err(ConfigError::new(
-                        "WORKER_RETRY_MAX_DELAY",
-                        "must be at least WORKER_RETRY_BASE_DELAY, which must be above zero",
-                    ));
-                }
-                Backoff { base, max }
-            },
-        })
+/// The consumer settings from `WORKER_*` (defaults as [`ConsumerSettings::new`]).
+pub fn consumer_settings_from_env() -> Result<ConsumerSettings, ConfigError> {
+    let mut settings = ConsumerSettings::new(match config::var("WORKER_CONSUMER_NAME")? {
+        Some(name) => name,
+        None => default_consumer_name(),
+    });
+    settings.concurrency = config::parse_or("WORKER_CONCURRENCY", settings.concurrency)?;
+    if settings.concurrency == 0 {
+        return Err(ConfigError::new("WORKER_CONCURRENCY", "must be at least 1"));
     }
-
-    /// Defaults everywhere; for tests and embedding.
-    pub fn new(consumer_name: impl Into<String>) -> Self {
-        Self {
-            concurrency: 10,
-            queues: default_queues(),
-            strict_priority: false,
-            visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
-            shutdown_timeout: Duration::from_secs(10),
-            consumer_name: consumer_name.into(),
-            block: Duration::from_secs(1),
-            backoff: Backoff::default(),
-        }
+    if let Some(raw) = config::var("WORKER_QUEUES")? {
+        settings.queues =
+            parse_queues(&raw).map_err(|err| ConfigError::new("WORKER_QUEUES", chain(&err)))?;
     }
-
-    /// How often pending entries are checked for takeover: a tenth of the visibility timeout,
-    /// at least 100 ms (three XAUTOCLAIMs a scan, so a short timeout does not busy Redis).
-    /// A dead worker's entries are taken over at most `visibility_timeout + reclaim_interval`
-    /// after its last read or renewal (66 s with the default 60 s).
-    pub fn reclaim_interval(&self) -> Duration {
-        (self.visibility_timeout / 10).max(MIN_RECLAIM_INTERVAL)
+    settings.strict_priority = config::parse_or("WORKER_STRICT_PRIORITY", false)?;
+    settings.visibility_timeout =
+        config::duration_or("WORKER_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT)?;
+    if settings.visibility_timeout < Duration::from_millis(300) {
+        return Err(ConfigError::new(
+            "WORKER_VISIBILITY_TIMEOUT",
+            "must be at least 300ms (leases are renewed every third of it)",
+        ));
     }
-
-    /// How often a running task renews its lease: a third of the visibility timeout, so two
-    /// renewals can fail before another worker may take the task over.
-    pub fn renew_interval(&self) -> Duration {
-        self.visibility_timeout / 3
+    settings.shutdown_timeout =
+        config::duration_or("WORKER_SHUTDOWN_TIMEOUT", settings.shutdown_timeout)?;
+    let defaults = Backoff::default();
+    let base = config::duration_or("WORKER_RETRY_BASE_DELAY", defaults.base)?;
+    let max = config::duration_or("WORKER_RETRY_MAX_DELAY", defaults.max)?;
+    if base.is_zero() || max < base {
+        return Err(ConfigError::new(
+            "WORKER_RETRY_MAX_DELAY",
+            "must be at least WORKER_RETRY_BASE_DELAY, which must be above zero",
+        ));
     }
-}
-
-fn default_queues() -> Vec<(QueueName, u32)> {
-    DEFAULT_QUEUES
-        .iter()
-        .zip([6, 3, 1])
-        .map(|(name, weight)| (QueueName::parse(name).expect("valid default names"), weight))
-        .collect()
+    settings.backoff = Backoff { base, max };
+    Ok(settings)
 }
 
 /// `<hostname>-<pid>`: unique per process on a host, readable in `XINFO CONSUMERS`.
@@ -129,42 +55,14 @@ pub fn default_consumer_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Parses `name:weight,name:weight`; weights are positive integers, names unique.
-pub fn parse_queues(raw: &str) -> Result<Vec<(QueueName, u32)>, String> {
-    let mut queues: Vec<(QueueName, u32)> = Vec::new();
-    for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (name, weight) = item
-            .split_once(':')
-            .ok_or_else(|| format!("expected name:weight, got {item:?}"))?;
-        let name = QueueName::parse(name.trim()).map_err(|e| format!("queue {name:?}: {e}"))?;
-        let weight: u32 = weight
-            .trim()
-            .parse()
-            .ok()
-            .filter(|w| *w > 0)
-            .ok_or_else(|| format!("queue {name}: weight must be a positive integer"))?;
-        if queues.iter().any(|(existing, _)| *existing == name) {
-            return Err(format!("queue {name} is listed twice"));
-        }
-        queues.push((name, weight));
-    }
-    if queues.is_empty() {
-        return Err("no queues given".into());
-    }
-    Ok(queues)
-}
-
-/// Default of `WORKER_VISIBILITY_TIMEOUT`.
-pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The floor of [`ConsumerSettings::reclaim_interval`].
-const MIN_RECLAIM_INTERVAL: Duration = Duration::from_millis(100);
-
 /// Which mailer sends the verification emails (`EMAIL_MAILER`, default `file`).
 #[derive(Debug, Clone)]
 pub enum MailerConfig {
     /// `.eml` files in `EMAIL_FILE_DIR` (default `.local/mail`).
-    File { dir: PathBuf },
+    File {
+        /// The folder.
+        dir: PathBuf,
+    },
     /// An SMTP server (`SMTP_*`).
     Smtp(SmtpConfig),
 }
@@ -215,8 +113,11 @@ impl MailerConfig {
 /// Everything `worker::run` needs.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
+    /// `DB_SOURCE`, `REDIS_ADDRESS`, `REDIS_NAMESPACE`, `ENVIRONMENT`.
     pub common: CommonConfig,
+    /// `WORKER_*`.
     pub consumer: ConsumerSettings,
+    /// `EMAIL_MAILER` and what it needs.
     pub mailer: MailerConfig,
     /// `VERIFY_EMAIL_EXPIRY`, default 15m: how long a verification code is valid.
     pub verify_email_expiry: Duration,
@@ -232,13 +133,14 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// Reads the environment; an error names the variable.
     pub fn from_env() -> Result<Self, ConfigError> {
         let common = CommonConfig::from_env()?;
         let verify_email_key = verify_email_key(common.environment)?;
         Ok(Self {
             common,
             verify_email_key,
-            consumer: ConsumerSettings::from_env()?,
+            consumer: consumer_settings_from_env()?,
             mailer: MailerConfig::from_env()?,
             verify_email_expiry: config::duration_or(
                 "VERIFY_EMAIL_EXPIRY",
@@ -292,46 +194,5 @@ mod tests {
                 .any(|l| l == format!("VERIFY_EMAIL_KEY={}", super::DEVELOPMENT_VERIFY_EMAIL_KEY)),
             "app.env and DEVELOPMENT_VERIFY_EMAIL_KEY differ"
         );
-    }
-
-    use std::time::Duration;
-
-    use super::{ConsumerSettings, parse_queues};
-
-    /// Takeover happens within a tenth of the visibility timeout after it (the README's bound).
-    #[test]
-    fn reclaim_scans_every_tenth_of_the_visibility_timeout() {
-        let mut settings = ConsumerSettings::new("c");
-        for (visibility, interval) in [
-            (60_000, 6_000),
-            (10 * 60_000, 60_000),
-            (3_000, 300),
-            (1_000, 100),
-            (300, 100),
-        ] {
-            settings.visibility_timeout = Duration::from_millis(visibility);
-            assert_eq!(
-                settings.reclaim_interval(),
-                Duration::from_millis(interval),
-                "visibility timeout {visibility} ms"
-            );
-        }
-    }
-
-    #[test]
-    fn queues() {
-        let parsed = parse_queues("critical:6, default:3,low:1").unwrap();
-        let names: Vec<_> = parsed.iter().map(|(q, w)| (q.as_str(), *w)).collect();
-        assert_eq!(names, [("critical", 6), ("default", 3), ("low", 1)]);
-        for bad in [
-            "",
-            "critical",
-            "critical:0",
-            "critical:x",
-            "a:1,a:2",
-            "bad name:1",
-        ] {
-            assert!(parse_queues(bad).is_err(), "{bad:?}");
-        }
     }
 }

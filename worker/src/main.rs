@@ -2,8 +2,9 @@
 
 use std::process::ExitCode;
 
-use simplebank_core::{config, redis_client, report, task::Keys};
+use simplebank_core::{config, redis_client, report};
 use simplebank_observability::LogFormat;
+use simplebank_queue::Keys;
 use simplebank_worker::WorkerConfig;
 use tokio_util::sync::CancellationToken;
 

@@ -6,9 +6,8 @@
 
 use std::time::Duration;
 
+use simplebank_queue::Task;
 use time::OffsetDateTime;
-
-use crate::task::Task;
 
 use super::{Store, StoreError};
 
@@ -109,9 +108,10 @@ impl Store {
 mod tests {
     use std::{collections::BTreeSet, time::Duration};
 
+    use simplebank_queue::Task;
+
     use crate::{
         store::{Store, outbox::OutboxLease},
-        task::Task,
         tasks::SendVerifyEmail,
         testing::TestDb,
     };
@@ -128,7 +128,7 @@ mod tests {
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO task_outbox (task_id, task) VALUES ($1, $2) RETURNING id",
             )
-            .bind(&task.id)
+            .bind(task.id())
             .bind(serde_json::to_value(&task).expect("json"))
             .fetch_one(store.pool())
             .await

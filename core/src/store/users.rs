@@ -5,10 +5,11 @@ use time::OffsetDateTime;
 
 use uuid::Uuid;
 
+use simplebank_queue::Task;
+
 use crate::{
     domain::{NewUser, UserUpdate},
     secret::Secret,
-    task::Task,
 };
 
 use super::{Store, StoreError, outbox::OutboxLease};
@@ -78,7 +79,7 @@ impl Store {
             hashed_password.expose(),
             user.full_name.as_str(),
             user.email.as_str(),
-            &task.id,
+            task.id(),
             encoded,
             // Leased to this request's own publish after commit (see `crate::outbox`), from
             // the insert itself: now() is the transaction's start, before any wait on a lock.
@@ -204,7 +205,7 @@ impl Store {
                     "INSERT INTO task_outbox (task_id, task, leased_until) \
                      VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3)) \
                      RETURNING id, leased_until AS until",
-                    &verify_task.id,
+                    verify_task.id(),
                     encoded,
                     crate::outbox::PUBLISH_GRACE.as_secs_f64(),
                 )
@@ -232,12 +233,13 @@ mod tests {
     use time::OffsetDateTime;
     use uuid::Uuid;
 
+    use simplebank_queue::Task;
+
     use crate::{
         domain::{Email, NewUser, UserUpdate},
         outbox::PUBLISH_GRACE,
         secret::Secret,
         store::StoreError,
-        task::Task,
         tasks::SendVerifyEmail,
         testing::{TestDb, eventually},
     };

@@ -205,10 +205,11 @@ mod tests {
     use uuid::Uuid;
 
     use super::VerifyError;
+    use simplebank_queue::Task;
+
     use crate::{
         domain::UserUpdate,
         secret::Secret,
-        task::Task,
         tasks::SendVerifyEmail,
         testing::{TestDb, eventually},
     };

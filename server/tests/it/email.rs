@@ -13,13 +13,13 @@ use std::{
 
 use simplebank_core::{
     redis_client,
-    task::{DeadLetters, Publisher, Task},
     tasks::SendVerifyEmail,
     testing::{
         INJECTED, MALICIOUS_ROWS, TempDir, TestDb, TestRedis, eventually, free_port,
         stop_gracefully, verify_link,
     },
 };
+use simplebank_queue::{DeadLetters, Publisher, Task};
 use simplebank_server::pb::VerifyEmailRequest;
 use simplebank_worker::{
     config::MailerConfig,

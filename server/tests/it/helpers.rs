@@ -9,12 +9,13 @@ use simplebank_core::{
     store::Store,
     testing::{TempDir, TestDb, TestRedis, eventually},
 };
+use simplebank_queue::{Backoff, ConsumerSettings};
 use simplebank_server::{
     ServerConfig, ServerError,
     config::{AuthConfig, CallLimits},
     pb::{CreateUserRequest, simple_bank_client::SimpleBankClient},
 };
-use simplebank_worker::{ConsumerSettings, WorkerConfig, backoff::Backoff, config::MailerConfig};
+use simplebank_worker::{WorkerConfig, config::MailerConfig};
 use tokio::{sync::oneshot, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -238,7 +239,7 @@ pub async fn stream_entries(
 ) -> Vec<std::collections::HashMap<String, String>> {
     let key = redis
         .keys()
-        .stream(&simplebank_core::task::QueueName::parse(queue).expect("queue name"));
+        .stream(&simplebank_queue::QueueName::parse(queue).expect("queue name"));
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(key)
         .arg("-")

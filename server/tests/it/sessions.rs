@@ -5,6 +5,7 @@
 use std::{process::Stdio, time::Duration};
 
 use serde_json::Value;
+use simplebank_core::keys::LoginFailureKeys;
 use simplebank_core::testing::{
     RedisServer, TempDir, TestDb, TestRedis, eventually, free_port, stop_gracefully, verify_link,
 };

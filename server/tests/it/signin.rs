@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use simplebank_core::keys::LoginFailureKeys;
 use simplebank_core::{
     password::HashPool,
     testing::{RedisServer, TestDb, TestRedis, eventually},

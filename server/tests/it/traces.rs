@@ -375,7 +375,7 @@ async fn one_sign_up_is_one_trace_from_the_rpc_into_the_worker() {
     let redis = TestRedis::new();
     let stream = redis
         .keys()
-        .stream(&simplebank_core::task::QueueName::parse("critical").expect("q"));
+        .stream(&simplebank_queue::QueueName::parse("critical").expect("q"));
     let mut stack = Stack::start(redis, port, None, "info").await;
     stack.start_worker();
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -397,7 +397,7 @@ async fn a_task_relayed_from_the_outbox_later_stays_in_its_trace() {
     let redis = TestRedis::at(redis_server.address());
     let stream = redis
         .keys()
-        .stream(&simplebank_core::task::QueueName::parse("critical").expect("q"));
+        .stream(&simplebank_queue::QueueName::parse("critical").expect("q"));
     // Logs at warn only: tracing must not depend on the log level.
     let mut stack = Stack::start(redis, port, None, "warn").await;
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
@@ -423,7 +423,7 @@ async fn a_retried_task_stays_in_its_trace_with_the_failure_recorded() {
     let redis = TestRedis::new();
     let stream = redis
         .keys()
-        .stream(&simplebank_core::task::QueueName::parse("critical").expect("q"));
+        .stream(&simplebank_queue::QueueName::parse("critical").expect("q"));
     // The mail folder is a regular file at first: the first attempt fails.
     let blocker = TempDir::new();
     let mail_dir = blocker.0.join("mail");
@@ -497,7 +497,7 @@ async fn sign_in_session_and_update_calls_are_spans_and_an_email_change_joins_it
     let redis = TestRedis::new();
     let stream = redis
         .keys()
-        .stream(&simplebank_core::task::QueueName::parse("critical").expect("q"));
+        .stream(&simplebank_queue::QueueName::parse("critical").expect("q"));
     let mut stack = Stack::start(redis, port, None, "info").await;
     stack.start_worker();
     let password = stack.create_user("11111111111111111111111111111111").await;

@@ -13,15 +13,13 @@ use simplebank_core::{
     domain::has_refused_chars,
     secret::{SECRET_CODE_LEN, Secret, derive_code},
     store::{Store, StoreError},
-    task::Task,
     tasks::SendVerifyEmail,
 };
+use simplebank_queue::{Handler, HandlerError, TaskContext};
 
-use crate::{
-    handler::{BoxFuture, Handler, HandlerError},
-    mail::{Email, MailError, Mailer},
-};
+use crate::mail::{Email, MailError, Mailer};
 
+/// Runs `task:send_verify_email` ([`SendVerifyEmail`]).
 #[derive(Clone)]
 pub struct SendVerifyEmailHandler {
     store: Store,
@@ -41,6 +39,8 @@ impl std::fmt::Debug for SendVerifyEmailHandler {
 }
 
 impl SendVerifyEmailHandler {
+    /// A handler reading users from `store` and sending with `mailer`; codes are derived from
+    /// `code_key` and expire after `expiry`; links start with `verify_url`.
     pub fn new(
         store: Store,
         mailer: Arc<dyn Mailer>,
@@ -59,8 +59,7 @@ impl SendVerifyEmailHandler {
         }
     }
 
-    async fn run(&self, task: &Task) -> Result<(), HandlerError> {
-        let payload: SendVerifyEmail = task.payload().map_err(HandlerError::skip_retry)?;
+    async fn run(&self, payload: SendVerifyEmail, task: TaskContext) -> Result<(), HandlerError> {
         let user = match self.store.get_user(&payload.username).await {
             Ok(user) => user,
             // The outbox only holds tasks of committed users: a missing one was deleted since.
@@ -78,17 +77,17 @@ impl SendVerifyEmailHandler {
         }
         let code = derive_code(
             &self.code_key,
-            &format!("send_verify_email:{}", task.id),
+            &format!("send_verify_email:{}", task.id()),
             SECRET_CODE_LEN,
         );
         let (record, _created) = self
             .store
-            .create_verify_email(&task.id, &user.username, &user.email, &code, self.expiry)
+            .create_verify_email(task.id(), &user.username, &user.email, &code, self.expiry)
             .await
             .map_err(HandlerError::new)?;
         if record.email_sent_at.is_some() {
             tracing::info!(
-                task_id = %task.id, verify_email_id = record.id,
+                task_id = %task.id(), verify_email_id = record.id,
                 "verification email already sent for this task; not sending again"
             );
             return Ok(());
@@ -101,7 +100,7 @@ impl SendVerifyEmailHandler {
         ));
         let email = Email {
             // By task id: unique across database resets, the same for every delivery of a task.
-            message_id: format!("verify-email-{}@simplebank", task.id),
+            message_id: format!("verify-email-{}@simplebank", task.id()),
             from: self.sender.clone(),
             to: record.email.clone(),
             subject: "Welcome to Simple Bank".into(),
@@ -132,7 +131,7 @@ impl SendVerifyEmailHandler {
             .await
             .map_err(HandlerError::new)?;
         tracing::info!(
-            task_id = %task.id,
+            task_id = %task.id(),
             username = %user.username,
             verify_email_id = record.id,
             "sent verification email"
@@ -141,9 +140,13 @@ impl SendVerifyEmailHandler {
     }
 }
 
-impl Handler for SendVerifyEmailHandler {
-    fn handle<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(self.run(task))
+impl Handler<SendVerifyEmail> for SendVerifyEmailHandler {
+    async fn handle(
+        &self,
+        payload: SendVerifyEmail,
+        context: TaskContext,
+    ) -> Result<(), HandlerError> {
+        self.run(payload, context).await
     }
 }
 

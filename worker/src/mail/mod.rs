@@ -23,7 +23,8 @@ use simplebank_core::{
 };
 use tracing::Instrument;
 
-use crate::handler::BoxFuture;
+/// A boxed, sendable future (what a [`Mailer`] returns).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// One message. Bodies may hold secrets (a verification link): `Debug` shows neither them nor
 /// the full address.
@@ -31,10 +32,15 @@ use crate::handler::BoxFuture;
 pub struct Email {
     /// Stable per logical message (a redelivered task produces the same id).
     pub message_id: String,
+    /// The `From` header.
     pub from: String,
+    /// The one recipient.
     pub to: String,
+    /// The `Subject` header.
     pub subject: String,
+    /// The plain-text body.
     pub text: String,
+    /// The HTML body.
     pub html: String,
 }
 
@@ -48,13 +54,16 @@ impl fmt::Debug for Email {
     }
 }
 
+/// Why an email was not sent. The texts are masked (no full address, no code).
 #[derive(Debug, thiserror::Error)]
 pub enum MailError {
     /// The OS error is part of the message (not a `source`): the worker logs and dead-letters
     /// a failure's message, and this is the one detail an operator needs.
     #[error("could not write the email file {path}: {cause}")]
     File {
+        /// The file.
         path: PathBuf,
+        /// The OS error.
         cause: std::io::Error,
     },
     /// The message could not be built (a malformed sender or recipient address, or text with
@@ -78,6 +87,7 @@ impl MailError {
 
 /// Delivers emails.
 pub trait Mailer: Send + Sync + 'static {
+    /// Sends `email`.
     fn send<'a>(&'a self, email: &'a Email) -> BoxFuture<'a, Result<(), MailError>>;
 }
 
@@ -90,6 +100,7 @@ pub struct FileMailer {
 }
 
 impl FileMailer {
+    /// Writes into `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
     }

@@ -21,14 +21,17 @@ use lettre::{
 use simplebank_core::secret::Secret;
 use tracing::Instrument;
 
+use super::BoxFuture;
 use super::{Email, MailError, Mailer, build_message, redact::mask_addresses};
-use crate::handler::BoxFuture;
 
 /// `SMTP_TLS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsMode {
+    /// Plain SMTP (`none`): for a local relay only.
     None,
+    /// STARTTLS after connecting (`starttls`, the default).
     StartTls,
+    /// TLS from the first byte (`tls`).
     Tls,
 }
 
@@ -75,6 +78,7 @@ impl std::fmt::Debug for SmtpMailer {
 }
 
 impl SmtpMailer {
+    /// A mailer for `config`; connects on the first send.
     pub fn new(config: &SmtpConfig) -> Result<Self, MailError> {
         let builder = match config.tls {
             TlsMode::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host),

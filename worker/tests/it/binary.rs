@@ -174,11 +174,11 @@ async fn a_new_worker_shows_in_xinfo_consumers_on_every_stream_before_reading_an
     for queue in ["critical", "default", "low"] {
         let stream = redis
             .keys()
-            .stream(&simplebank_core::task::QueueName::parse(queue).expect("queue"));
+            .stream(&simplebank_queue::QueueName::parse(queue).expect("queue"));
         let consumers: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
             .arg("CONSUMERS")
             .arg(&stream)
-            .arg(simplebank_core::task::GROUP)
+            .arg(simplebank_queue::GROUP)
             .query_async(&mut conn)
             .await
             .expect("XINFO CONSUMERS");

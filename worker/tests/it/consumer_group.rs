@@ -2,16 +2,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use simplebank_core::{
-    redis_client,
-    task::{GROUP, QueueName, TaskPayload},
-    testing::TestRedis,
-};
-use simplebank_worker::{Handlers, group};
+use simplebank_core::testing::TestRedis;
+use simplebank_queue::{GROUP, Handler, HandlerError, Handlers, QueueName, TaskContext};
 
 use crate::helpers::{
-    Noop, Recorder, RunningWorker, publish_noops, scheduled_count, settings, stream_state,
-    wait_for_runs, wait_until_drained,
+    Noop, Recorder, RunningWorker, ensure_group, publish_noops, scheduled_count, settings,
+    stream_state, wait_for_runs, wait_until_drained,
 };
 
 #[tokio::test]
@@ -24,7 +20,7 @@ async fn two_workers_process_each_of_1000_tasks_exactly_once() {
             RunningWorker::start(
                 &redis,
                 settings(name),
-                Handlers::new().with(Noop::TYPE, recorder.for_consumer(name)),
+                Handlers::new().on::<Noop>(recorder.for_consumer(name)),
             )
         })
         .collect();
@@ -66,11 +62,7 @@ async fn an_entry_left_pending_by_a_vanished_consumer_is_taken_over() {
     // The group exists; a consumer reads the entry and vanishes without acking.
     let queue = QueueName::parse("default").expect("queue");
     let stream = redis.keys().stream(&queue);
-    let mut manager =
-        redis_client::lazy_manager(redis.client(), redis_client::RESPONSE_TIMEOUT).expect("conn");
-    group::ensure(&mut manager, &redis.keys(), &[queue])
-        .await
-        .expect("create the group");
+    ensure_group(&redis, &queue).await;
     let mut conn = redis.conn().await;
     let ids = publish_noops(&redis, 1).await;
     let _: redis::Value = redis::cmd("XREADGROUP")
@@ -94,7 +86,7 @@ async fn an_entry_left_pending_by_a_vanished_consumer_is_taken_over() {
     let worker = RunningWorker::start(
         &redis,
         worker_settings,
-        Handlers::new().with(Noop::TYPE, recorder.clone()),
+        Handlers::new().on::<Noop>(recorder.clone()),
     );
     wait_for_runs(&recorder, 1, false).await;
     wait_until_drained(&redis, "default").await;
@@ -114,7 +106,7 @@ async fn a_failed_or_panicking_attempt_is_retried() {
     let worker = RunningWorker::start(
         &redis,
         settings("flaky"),
-        Handlers::new().with(Noop::TYPE, recorder.clone()),
+        Handlers::new().on::<Noop>(recorder.clone()),
     );
     let ids = publish_noops(&redis, 1).await;
 
@@ -141,21 +133,15 @@ struct Gauge {
     done: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-impl simplebank_worker::Handler for Gauge {
-    fn handle<'a>(
-        &'a self,
-        _task: &'a simplebank_core::task::Task,
-    ) -> simplebank_worker::handler::BoxFuture<'a, Result<(), simplebank_worker::HandlerError>>
-    {
+impl Handler<Noop> for Gauge {
+    async fn handle(&self, _payload: Noop, _task: TaskContext) -> Result<(), HandlerError> {
         use std::sync::atomic::Ordering::SeqCst;
-        Box::pin(async move {
-            let now = self.running.fetch_add(1, SeqCst) + 1;
-            self.most.fetch_max(now, SeqCst);
-            tokio::time::sleep(Duration::from_millis(3)).await;
-            self.running.fetch_sub(1, SeqCst);
-            self.done.fetch_add(1, SeqCst);
-            Ok(())
-        })
+        let now = self.running.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        self.running.fetch_sub(1, SeqCst);
+        self.done.fetch_add(1, SeqCst);
+        Ok(())
     }
 }
 
@@ -169,7 +155,7 @@ async fn never_more_handlers_run_at_once_than_the_concurrency() {
     let worker = RunningWorker::start(
         &redis,
         worker_settings,
-        Handlers::new().with(Noop::TYPE, gauge.clone()),
+        Handlers::new().on::<Noop>(gauge.clone()),
     );
     publish_noops(&redis, 400).await;
     simplebank_core::testing::eventually("400 tasks ran", Duration::from_secs(20), || {

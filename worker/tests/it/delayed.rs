@@ -6,15 +6,13 @@ use std::{
     time::Duration,
 };
 
-use simplebank_core::{
-    task::{Enqueued, Task, TaskPayload, now_ms},
-    testing::TestRedis,
-};
-use simplebank_worker::{Handler, HandlerError, Handlers, handler::BoxFuture};
+use simplebank_core::testing::TestRedis;
+use simplebank_queue::{Enqueued, Handler, HandlerError, Handlers, Task, TaskContext, TaskPayload};
+
 use time::OffsetDateTime;
 
 use crate::helpers::{
-    Noop, RunningWorker, publisher, scheduled_count, settings, wait_until_drained,
+    Noop, RunningWorker, now_ms, publisher, scheduled_count, settings, wait_until_drained,
 };
 
 /// Records when each task started, in ms since the epoch (this machine's clock, which is also
@@ -22,17 +20,15 @@ use crate::helpers::{
 #[derive(Clone, Default)]
 struct Clock(Arc<Mutex<HashMap<String, Vec<i64>>>>);
 
-impl Handler for Clock {
-    fn handle<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            self.0
-                .lock()
-                .expect("lock")
-                .entry(task.id.clone())
-                .or_default()
-                .push(now_ms());
-            Ok(())
-        })
+impl Handler<Noop> for Clock {
+    async fn handle(&self, _payload: Noop, task: TaskContext) -> Result<(), HandlerError> {
+        self.0
+            .lock()
+            .expect("lock")
+            .entry(task.id().to_owned())
+            .or_default()
+            .push(now_ms());
+        Ok(())
     }
 }
 
@@ -45,7 +41,7 @@ async fn delayed_tasks_fire_exactly_once_and_never_early_with_three_promoters() 
             RunningWorker::start(
                 &redis,
                 settings(&format!("promoter-{i}")),
-                Handlers::new().with(Noop::TYPE, clock.clone()),
+                Handlers::new().on::<Noop>(clock.clone()),
             )
         })
         .collect();
@@ -67,7 +63,7 @@ async fn delayed_tasks_fire_exactly_once_and_never_early_with_three_promoters() 
             Enqueued::Queued { .. } => before,
             other => panic!("unexpected {other:?}"),
         };
-        due.insert(task.id, due_ms);
+        due.insert(task.id().to_owned(), due_ms);
     }
 
     let seen = clock.clone();

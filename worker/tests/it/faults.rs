@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use simplebank_core::{
     redis_client,
-    task::{Publisher, Task},
     testing::{RedisServer, TestRedis, eventually, sigterm},
 };
+use simplebank_queue::{Publisher, Task};
 
 use crate::helpers::{
     TestJob, publish_jobs, recorded_runs, scheduled_count, spawn_test_worker, stream_state,
@@ -146,7 +146,7 @@ async fn a_redis_restart_with_aof_loses_no_acknowledged_enqueue() {
         }
         let task = Task::new(&TestJob { n, sleep_ms: 2 }).expect("task");
         match publisher.publish(&task).await {
-            Ok(_) => acknowledged.push(task.id),
+            Ok(_) => acknowledged.push(task.id().to_owned()),
             Err(_) => refused += 1,
         }
         if down_since.is_some() && !restarted {

@@ -8,12 +8,13 @@ use std::{
 
 use simplebank_core::{
     redis_client,
-    task::{GROUP, Publisher, QueueName, Task, TaskPayload},
     testing::{TestRedis, eventually},
 };
-use simplebank_worker::{
-    ConsumerSettings, Handler, HandlerError, Handlers, Worker, backoff::Backoff, handler::BoxFuture,
+use simplebank_queue::{
+    Backoff, ConsumerSettings, GROUP, Handler, HandlerError, Handlers, Publisher, QueueName, Task,
+    TaskContext, TaskPayload, Worker,
 };
+
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -82,24 +83,22 @@ impl Recorder {
     }
 }
 
-impl Handler for Recorder {
-    fn handle<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            self.order
-                .lock()
-                .expect("lock")
-                .push(task.queue.to_string());
-            let seen_before = {
-                let mut runs = self.runs.lock().expect("lock");
-                let entry = runs.entry(task.id.clone()).or_default();
-                entry.push(self.consumer.clone());
-                u32::try_from(entry.len() - 1).expect("small")
-            };
-            if !self.delay.is_zero() {
-                tokio::time::sleep(self.delay).await;
-            }
-            (self.behaviour)(seen_before).map_err(HandlerError::new)
-        })
+impl<P: TaskPayload> Handler<P> for Recorder {
+    async fn handle(&self, _payload: P, task: TaskContext) -> Result<(), HandlerError> {
+        self.order
+            .lock()
+            .expect("lock")
+            .push(task.queue().to_string());
+        let seen_before = {
+            let mut runs = self.runs.lock().expect("lock");
+            let entry = runs.entry(task.id().to_owned()).or_default();
+            entry.push(self.consumer.clone());
+            u32::try_from(entry.len() - 1).expect("small")
+        };
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        (self.behaviour)(seen_before).map_err(HandlerError::new)
     }
 }
 
@@ -146,23 +145,40 @@ pub fn publisher(redis: &TestRedis) -> Publisher {
 
 /// XADDs `tasks` onto their streams, pipelined 1,000 at a time; returns their ids.
 pub async fn xadd_all(redis: &TestRedis, tasks: Vec<Task>) -> Vec<String> {
-    let mut conn = redis.conn().await;
-    let mut ids = Vec::with_capacity(tasks.len());
-    for chunk in tasks.chunks(1000) {
-        let mut pipe = redis::pipe();
-        for task in chunk {
-            pipe.cmd("XADD")
-                .arg(redis.keys().stream(&task.queue))
-                .arg("*")
-                .arg(simplebank_core::task::fields::encode(task))
-                .ignore();
-            ids.push(task.id.clone());
-        }
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .expect("XADD pipeline");
+    publisher(redis)
+        .publish_batch(&tasks)
+        .await
+        .expect("XADD pipeline");
+    tasks.iter().map(|task| task.id().to_owned()).collect()
+}
+
+/// Creates the consumer group on `queue`'s stream, as a worker does at start-up (the layout
+/// is documented on `simplebank_queue::Keys`).
+pub async fn ensure_group(redis: &TestRedis, queue: &QueueName) {
+    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(redis.keys().stream(queue))
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut redis.conn().await)
+        .await;
+    match created {
+        Ok(()) => {}
+        Err(err) if err.code() == Some("BUSYGROUP") => {}
+        Err(err) => panic!("XGROUP CREATE: {err}"),
     }
-    ids
+}
+
+/// Now, in ms since the Unix epoch.
+pub fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis(),
+    )
+    .expect("fits")
 }
 
 /// Publishes `n` no-op tasks; returns their ids.

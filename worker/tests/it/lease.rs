@@ -11,11 +11,8 @@ use std::{
     time::Duration,
 };
 
-use simplebank_core::{
-    task::{Task, TaskPayload},
-    testing::{RedisServer, TestRedis, eventually},
-};
-use simplebank_worker::{Handler, HandlerError, Handlers, handler::BoxFuture};
+use simplebank_core::testing::{RedisServer, TestRedis, eventually};
+use simplebank_queue::{Handler, HandlerError, Handlers, TaskContext};
 
 use crate::helpers::{
     Noop, Recorder, RunningWorker, publish_noops, settings, wait_for_runs, wait_until_drained,
@@ -33,7 +30,7 @@ async fn a_long_task_renews_its_lease_and_is_not_taken_over() {
             RunningWorker::start(
                 &redis,
                 worker_settings,
-                Handlers::new().with(Noop::TYPE, recorder.for_consumer(name)),
+                Handlers::new().on::<Noop>(recorder.for_consumer(name)),
             )
         })
         .collect();
@@ -63,16 +60,14 @@ struct Answerer {
     asks: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Ask>>,
 }
 
-impl Handler for Answerer {
-    fn handle<'a>(&'a self, _task: &'a Task) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            self.started.fetch_add(1, Ordering::SeqCst);
-            let mut asks = self.asks.lock().await;
-            while let Some(Ask::Answer) = asks.recv().await {
-                self.answered.fetch_add(1, Ordering::SeqCst);
-            }
-            Ok(())
-        })
+impl Handler<Noop> for Answerer {
+    async fn handle(&self, _payload: Noop, _task: TaskContext) -> Result<(), HandlerError> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        let mut asks = self.asks.lock().await;
+        while let Some(Ask::Answer) = asks.recv().await {
+            self.answered.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
     }
 }
 
@@ -126,14 +121,11 @@ async fn a_hung_redis_does_not_stop_a_running_handler_while_its_lease_is_renewed
     let worker = RunningWorker::start(
         &redis,
         worker_settings,
-        Handlers::new().with(
-            Noop::TYPE,
-            Answerer {
-                started: Arc::clone(&started),
-                answered: Arc::clone(&answered),
-                asks: tokio::sync::Mutex::new(asks),
-            },
-        ),
+        Handlers::new().on::<Noop>(Answerer {
+            started: Arc::clone(&started),
+            answered: Arc::clone(&answered),
+            asks: tokio::sync::Mutex::new(asks),
+        }),
     );
     publish_noops(&redis, 1).await;
     eventually("the handler started", Duration::from_secs(30), || {

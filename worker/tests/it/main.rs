@@ -1,7 +1,6 @@
 //! Integration tests of the worker, against real PostgreSQL and Redis (one database and one
 //! Redis namespace per test).
 
-mod ack;
 mod binary;
 mod consumer_group;
 mod delayed;

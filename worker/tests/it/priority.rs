@@ -1,10 +1,7 @@
 //! Weighted priority with all three queues full, and strict mode.
 
-use simplebank_core::{
-    task::{QueueName, Task},
-    testing::TestRedis,
-};
-use simplebank_worker::Handlers;
+use simplebank_core::testing::TestRedis;
+use simplebank_queue::{Handlers, QueueName, Task};
 
 use crate::helpers::{Noop, Recorder, RunningWorker, settings, wait_for_runs, xadd_all};
 
@@ -32,7 +29,7 @@ async fn first_served(strict: bool, served: usize) -> Vec<String> {
     let worker = RunningWorker::start(
         &redis,
         worker_settings,
-        Handlers::new().with("test:noop", recorder.clone()),
+        Handlers::new().on::<Noop>(recorder.clone()),
     );
     wait_for_runs(&recorder, served, false).await;
     worker.stop().await;

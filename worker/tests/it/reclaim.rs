@@ -4,12 +4,13 @@ use std::time::Duration;
 
 use simplebank_core::{
     redis_client,
-    task::{DeadLetters, GROUP, QueueName, Task, TaskPayload},
     testing::{RedisServer, TestRedis, eventually},
 };
-use simplebank_worker::Handlers;
+use simplebank_queue::{DeadLetters, GROUP, Handlers, QueueName, Task};
 
-use crate::helpers::{Noop, Recorder, RunningWorker, publisher, settings, wait_until_drained};
+use crate::helpers::{
+    Noop, Recorder, RunningWorker, ensure_group, publisher, settings, wait_until_drained,
+};
 
 /// The delivery count of `entry_id` in `stream` (any consumer).
 async fn delivery_count(redis: &TestRedis, stream: &str, entry_id: &str) -> u64 {
@@ -52,11 +53,7 @@ async fn an_entry_whose_delivery_count_cannot_be_read_is_not_run_past_max_retry(
     // A task (max_retry 2) that crashed its consumer again and again: delivered 4 times.
     let queue = QueueName::parse("default").expect("queue");
     let stream = admin.keys().stream(&queue);
-    let mut manager =
-        redis_client::lazy_manager(admin.client(), redis_client::RESPONSE_TIMEOUT).expect("conn");
-    simplebank_worker::group::ensure(&mut manager, &admin.keys(), &[queue])
-        .await
-        .expect("group");
+    ensure_group(&admin, &queue).await;
     let task = Task::new(&Noop { n: 1 }).expect("task").with_max_retry(2);
     publisher(&admin).publish(&task).await.expect("publish");
     let mut conn = admin.conn().await;
@@ -86,7 +83,7 @@ async fn an_entry_whose_delivery_count_cannot_be_read_is_not_run_past_max_retry(
     let worker = RunningWorker::start(
         &limited,
         worker_settings.clone(),
-        Handlers::new().with(Noop::TYPE, recorder.clone()),
+        Handlers::new().on::<Noop>(recorder.clone()),
     );
     eventually(
         "the entry was taken over three times (or run)",
@@ -111,7 +108,7 @@ async fn an_entry_whose_delivery_count_cannot_be_read_is_not_run_past_max_retry(
     let worker = RunningWorker::start(
         &admin,
         worker_settings,
-        Handlers::new().with(Noop::TYPE, recorder.clone()),
+        Handlers::new().on::<Noop>(recorder.clone()),
     );
     wait_until_drained(&admin, "default").await;
     worker.stop().await;

@@ -5,14 +5,15 @@ use std::{sync::Arc, time::Duration};
 
 use simplebank_core::{
     redis_client,
-    task::{DeadLetters, GROUP, QueueName, Task, TaskPayload},
     testing::{TestRedis, eventually},
 };
-use simplebank_worker::{Handler, HandlerError, Handlers, handler::BoxFuture};
+use simplebank_queue::{
+    DeadLetters, GROUP, Handler, HandlerError, Handlers, QueueName, Task, TaskContext, TaskPayload,
+};
 
 use crate::helpers::{
-    Noop, Recorder, RunningWorker, publisher, scheduled_count, settings, wait_for_runs,
-    wait_until_drained,
+    Noop, Recorder, RunningWorker, ensure_group, publisher, scheduled_count, settings,
+    wait_for_runs, wait_until_drained,
 };
 
 fn dead_letters(redis: &TestRedis) -> DeadLetters {
@@ -49,10 +50,14 @@ async fn a_failing_task_runs_max_retry_plus_one_times_then_is_dead_and_can_be_re
     let worker = RunningWorker::start(
         &redis,
         settings("failing"),
-        Handlers::new().with(Noop::TYPE, recorder.clone()),
+        Handlers::new().on::<Noop>(recorder.clone()),
     );
-    let mut task = noop(1).with_max_retry(3);
-    task.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+    let task = noop(1)
+        .with_max_retry(3)
+        .with_trace(simplebank_queue::trace::TraceContext {
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            tracestate: None,
+        });
     publisher(&redis).publish(&task).await.expect("publish");
 
     wait_for_dead(&redis, 1).await;
@@ -72,15 +77,11 @@ async fn a_failing_task_runs_max_retry_plus_one_times_then_is_dead_and_can_be_re
     );
     assert!(first <= last, "{first} <= {last}");
     let dead_task = letter.task.as_ref().expect("a decodable task");
-    assert_eq!(dead_task.id, task.id);
-    assert_eq!(
-        dead_task.traceparent, task.traceparent,
-        "trace context kept"
-    );
+    assert_eq!(dead_task.id(), task.id());
+    assert_eq!(dead_task.trace(), task.trace(), "trace context kept");
+    // No fifth run can happen on its own: nothing is scheduled, queued or pending.
     assert_eq!(scheduled_count(&redis).await, 0);
     wait_until_drained(&redis, "default").await;
-    // No fifth run happens on its own.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(recorder.total_runs(), 4);
 
     // Requeue: it runs again (and now succeeds); the dead letter is gone.
@@ -97,18 +98,15 @@ async fn a_failing_task_runs_max_retry_plus_one_times_then_is_dead_and_can_be_re
 /// A handler that sleeps far past its timeout, or panics, depending on the payload.
 struct Misbehaving;
 
-impl Handler for Misbehaving {
-    fn handle<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let noop: Noop = task.payload().map_err(HandlerError::skip_retry)?;
-            match noop.n {
-                0 => tokio::time::sleep(Duration::from_secs(30)).await,
-                1 => panic!("handler bug"),
-                2 => return Err(HandlerError::skip_retry("bad input, do not retry")),
-                _ => {}
-            }
-            Ok(())
-        })
+impl Handler<Noop> for Misbehaving {
+    async fn handle(&self, noop: Noop, _task: TaskContext) -> Result<(), HandlerError> {
+        match noop.n {
+            0 => tokio::time::sleep(Duration::from_secs(30)).await,
+            1 => panic!("handler bug"),
+            2 => return Err(HandlerError::skip_retry("bad input, do not retry")),
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -118,7 +116,7 @@ async fn timeouts_and_panics_are_failed_attempts_and_skip_retry_dies_at_once() {
     let worker = RunningWorker::start(
         &redis,
         settings("misbehaving"),
-        Handlers::new().with(Noop::TYPE, Misbehaving),
+        Handlers::new().on::<Noop>(Misbehaving),
     );
     let publisher = publisher(&redis);
     let slow = noop(0)
@@ -135,19 +133,19 @@ async fn timeouts_and_panics_are_failed_attempts_and_skip_retry_dies_at_once() {
     let dead = dead_letters(&redis).list(10).await.expect("list");
     let find = |id: &str| {
         dead.iter()
-            .find(|d| d.task.as_ref().is_some_and(|t| t.id == id))
+            .find(|d| d.task.as_ref().is_some_and(|t| t.id() == id))
             .expect("dead letter")
     };
     assert!(
-        find(&slow.id).error.starts_with("timed out after 100"),
+        find(slow.id()).error.starts_with("timed out after 100"),
         "{:?}",
-        find(&slow.id)
+        find(slow.id())
     );
-    assert_eq!(find(&slow.id).attempts, 2);
-    assert_eq!(find(&panicking.id).error, "handler panicked");
-    assert_eq!(find(&panicking.id).attempts, 2);
-    assert_eq!(find(&refused.id).error, "bad input, do not retry");
-    assert_eq!(find(&refused.id).attempts, 1);
+    assert_eq!(find(slow.id()).attempts, 2);
+    assert_eq!(find(panicking.id()).error, "handler panicked");
+    assert_eq!(find(panicking.id()).attempts, 2);
+    assert_eq!(find(refused.id()).error, "bad input, do not retry");
+    assert_eq!(find(refused.id()).attempts, 1);
 
     // Still alive: a good task is processed.
     let good = noop(3);
@@ -161,22 +159,20 @@ async fn timeouts_and_panics_are_failed_attempts_and_skip_retry_dies_at_once() {
 async fn not_a_failure_is_retried_without_using_up_attempts() {
     let redis = TestRedis::new();
     struct Busy(Recorder);
-    impl Handler for Busy {
-        fn handle<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), HandlerError>> {
-            Box::pin(async move {
-                let _ = self.0.handle(task).await;
-                if self.0.total_runs() <= 3 {
-                    return Err(HandlerError::not_a_failure("rate limited, try later"));
-                }
-                Ok(())
-            })
+    impl Handler<Noop> for Busy {
+        async fn handle(&self, noop: Noop, task: TaskContext) -> Result<(), HandlerError> {
+            let _ = Handler::<Noop>::handle(&self.0, noop, task).await;
+            if self.0.total_runs() <= 3 {
+                return Err(HandlerError::not_a_failure("rate limited, try later"));
+            }
+            Ok(())
         }
     }
     let recorder = Recorder::new();
     let worker = RunningWorker::start(
         &redis,
         settings("busy"),
-        Handlers::new().with(Noop::TYPE, Busy(recorder.clone())),
+        Handlers::new().on::<Noop>(Busy(recorder.clone())),
     );
     // max_retry 0: one counted failure would kill it.
     publisher(&redis)
@@ -197,7 +193,7 @@ async fn poison_entries_and_unknown_types_are_dead_lettered_at_once() {
     let worker = RunningWorker::start(
         &redis,
         settings("sorter"),
-        Handlers::new().with(Noop::TYPE, recorder.clone()),
+        Handlers::new().on::<Noop>(recorder.clone()),
     );
     let stream = redis
         .keys()
@@ -213,8 +209,15 @@ async fn poison_entries_and_unknown_types_are_dead_lettered_at_once() {
         .query_async(&mut conn)
         .await
         .expect("XADD poison");
-    let mut unknown = noop(1);
-    unknown.kind = "task:nobody_handles_this".into();
+    /// A type no handler is registered for.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Orphan {
+        n: u32,
+    }
+    impl TaskPayload for Orphan {
+        const TYPE: &'static str = "task:nobody_handles_this";
+    }
+    let unknown = Task::new(&Orphan { n: 1 }).expect("task");
     let publisher = publisher(&redis);
     publisher
         .publish(&unknown)
@@ -255,9 +258,101 @@ async fn poison_entries_and_unknown_types_are_dead_lettered_at_once() {
     assert_eq!(orphan.attempts, 0);
     assert!(matches!(
         dead_letters(&redis).requeue(&poison.entry_id).await,
-        Err(simplebank_core::task::dead::DeadError::Poison(_))
+        Err(simplebank_queue::DeadError::Poison(_))
     ));
     assert_eq!(recorder.total_runs(), 5, "nothing else disturbed");
+    worker.stop().await;
+}
+
+/// A payload that does not decode as its registered type (a producer of another version, say)
+/// cannot succeed on a retry: it is decoded once, before the handler, and dead-lettered at
+/// once with the decoder's reason; the handler never runs.
+#[tokio::test]
+async fn a_payload_that_does_not_decode_as_its_type_is_dead_lettered_without_a_run() {
+    let redis = TestRedis::new();
+    let recorder = Recorder::new();
+    let worker = RunningWorker::start(
+        &redis,
+        settings("decoder"),
+        Handlers::new().on::<Noop>(recorder.clone()),
+    );
+    /// Same wire name as `Noop`, another shape.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct OldNoop {
+        count: String,
+    }
+    impl TaskPayload for OldNoop {
+        const TYPE: &'static str = Noop::TYPE;
+    }
+    let task = Task::new(&OldNoop { count: "x".into() })
+        .expect("task")
+        .with_max_retry(5);
+    publisher(&redis).publish(&task).await.expect("publish");
+    publisher(&redis).publish(&noop(1)).await.expect("publish");
+
+    wait_for_dead(&redis, 1).await;
+    wait_for_runs(&recorder, 1, false).await;
+    wait_until_drained(&redis, "default").await;
+    let dead = dead_letters(&redis).list(10).await.expect("list");
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0]
+            .error
+            .starts_with("the payload does not decode as test:noop: missing field `n`"),
+        "{}",
+        dead[0].error
+    );
+    assert_eq!(dead[0].attempts, 1);
+    assert_eq!(scheduled_count(&redis).await, 0, "not retried");
+    assert_eq!(recorder.total_runs(), 1, "only the good task ran");
+    worker.stop().await;
+}
+
+/// The dead letter and each retry's `last_error` carry the whole cause chain of a handler's
+/// error, each cause once: "outer: inner", not just "outer".
+#[tokio::test]
+async fn errors_reach_last_error_and_the_dead_letters_with_their_causes() {
+    #[derive(Debug, thiserror::Error)]
+    #[error("connection refused")]
+    struct Refused;
+    #[derive(Debug, thiserror::Error)]
+    #[error("database unavailable")]
+    struct Unavailable(#[source] Refused);
+
+    let redis = TestRedis::new();
+    let worker = RunningWorker::start(
+        &redis,
+        settings("causes"),
+        Handlers::new()
+            .on(|_: Noop, _: TaskContext| async { Err(HandlerError::new(Unavailable(Refused))) }),
+    );
+    let task = noop(1).with_max_retry(1);
+    publisher(&redis).publish(&task).await.expect("publish");
+    wait_for_dead(&redis, 1).await;
+    let dead = dead_letters(&redis).list(10).await.expect("list");
+    assert_eq!(dead[0].error, "database unavailable: connection refused");
+    assert_eq!(dead[0].attempts, 2);
+    // The dead letter keeps the fields of the last attempt's entry: its last_error was
+    // written by the retry before it.
+    let raw: Vec<(String, String)> = {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(redis.keys().dead())
+            .arg("-")
+            .arg("+")
+            .query_async(&mut redis.conn().await)
+            .await
+            .expect("XRANGE");
+        reply.ids[0]
+            .map
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), redis::from_redis_value_ref(v).ok()?)))
+            .collect()
+    };
+    assert!(
+        raw.iter()
+            .any(|(k, v)| k == "last_error" && v == "database unavailable: connection refused"),
+        "{raw:?}"
+    );
     worker.stop().await;
 }
 
@@ -267,11 +362,7 @@ async fn an_entry_delivered_more_than_max_retry_plus_one_times_is_dead_lettered(
     let recorder = Recorder::new();
     let queue = QueueName::parse("default").expect("queue");
     let stream = redis.keys().stream(&queue);
-    let mut manager =
-        redis_client::lazy_manager(redis.client(), redis_client::RESPONSE_TIMEOUT).expect("conn");
-    simplebank_worker::group::ensure(&mut manager, &redis.keys(), &[queue])
-        .await
-        .expect("group");
+    ensure_group(&redis, &queue).await;
     let task = noop(1).with_max_retry(2);
     publisher(&redis).publish(&task).await.expect("publish");
 
@@ -308,7 +399,7 @@ async fn an_entry_delivered_more_than_max_retry_plus_one_times_is_dead_lettered(
     let worker = RunningWorker::start(
         &redis,
         survivor,
-        Handlers::new().with(Noop::TYPE, recorder.clone()),
+        Handlers::new().on::<Noop>(recorder.clone()),
     );
     wait_for_dead(&redis, 1).await;
     let dead = dead_letters(&redis).list(10).await.expect("list");

@@ -8,11 +8,11 @@ use simplebank_core::{
     domain::NewUser,
     redis_client,
     secret::Secret,
-    task::{DeadLetters, Task, TaskPayload},
     tasks::SendVerifyEmail,
     testing::{INJECTED, MALICIOUS_ROWS, TempDir, TestDb, TestRedis, sigterm, verify_link},
 };
-use simplebank_worker::{Handlers, handlers::SendVerifyEmailHandler, mail::FileMailer};
+use simplebank_queue::{DeadLetters, Handlers, Task};
+use simplebank_worker::{handlers::SendVerifyEmailHandler, mail::FileMailer};
 use tokio::io::AsyncBufReadExt;
 
 use crate::helpers::{RunningWorker, publisher, settings, wait_until_drained};
@@ -38,17 +38,14 @@ async fn user_with_task(db: &TestDb, username: &str, email: &str) -> Task {
 }
 
 fn handlers(db: &TestDb, mail: &TempDir) -> Handlers {
-    Handlers::new().with(
-        SendVerifyEmail::TYPE,
-        SendVerifyEmailHandler::new(
-            db.store.clone(),
-            Arc::new(FileMailer::new(&mail.0)),
-            "Simple Bank <no-reply@simplebank.test>".into(),
-            "https://bank.example/verify".into(),
-            Duration::from_secs(900),
-            Secret::new(KEY.as_bytes().to_vec()),
-        ),
-    )
+    Handlers::new().on::<SendVerifyEmail>(SendVerifyEmailHandler::new(
+        db.store.clone(),
+        Arc::new(FileMailer::new(&mail.0)),
+        "Simple Bank <no-reply@simplebank.test>".into(),
+        "https://bank.example/verify".into(),
+        Duration::from_secs(900),
+        Secret::new(KEY.as_bytes().to_vec()),
+    ))
 }
 
 /// A user row inserted with SQL, past the edge's validation, and a task for it.
@@ -97,7 +94,7 @@ async fn a_task_delivered_twice_gives_one_record_and_one_email() {
 
     let records = db.store.verify_emails_of("alice").await.expect("records");
     assert_eq!(records.len(), 1, "one record for one task");
-    assert_eq!(records[0].task_id, task.id);
+    assert_eq!(records[0].task_id, task.id());
     assert!(records[0].email_sent_at.is_some());
 
     let files = mail.files();
@@ -212,7 +209,7 @@ async fn file_names_never_collide_across_database_resets() {
         worker.stop().await;
         let records = db.store.verify_emails_of("alice").await.expect("records");
         assert_eq!(records[0].id, 1);
-        let name = format!("verify-email-{}_simplebank.eml", task.id);
+        let name = format!("verify-email-{}_simplebank.eml", task.id());
         assert!(mail.0.join(&name).exists(), "named by task id: {name}");
     }
     assert_eq!(eml_files(&mail).len(), 2, "the second email kept the first");
@@ -226,7 +223,7 @@ async fn a_redelivery_before_the_send_restarts_the_expiry_and_keeps_the_code() {
     let expiry = Duration::from_secs(900);
     let store = &db.store;
     let (first, created) = store
-        .create_verify_email(&task.id, "alice", "alice@example.com", &code, expiry)
+        .create_verify_email(task.id(), "alice", "alice@example.com", &code, expiry)
         .await
         .expect("create");
     assert!(created);
@@ -238,7 +235,7 @@ async fn a_redelivery_before_the_send_restarts_the_expiry_and_keeps_the_code() {
 
     // Unsent: a redelivery gets a live code again (the same record).
     let (again, created) = store
-        .create_verify_email(&task.id, "alice", "alice@example.com", &code, expiry)
+        .create_verify_email(task.id(), "alice", "alice@example.com", &code, expiry)
         .await
         .expect("again");
     assert!(!created);
@@ -252,7 +249,7 @@ async fn a_redelivery_before_the_send_restarts_the_expiry_and_keeps_the_code() {
         .await
         .expect("expire");
     let (sent, _) = store
-        .create_verify_email(&task.id, "alice", "alice@example.com", &code, expiry)
+        .create_verify_email(task.id(), "alice", "alice@example.com", &code, expiry)
         .await
         .expect("after the send");
     assert!(sent.expired_at < time::OffsetDateTime::now_utc());

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use simplebank_core::{task::TaskPayload, testing::TestRedis};
-use simplebank_worker::Handlers;
+use simplebank_core::testing::TestRedis;
+use simplebank_queue::Handlers;
 
 use crate::helpers::{
     Noop, Recorder, RunningWorker, publish_noops, settings, stream_state, wait_for_runs,
@@ -18,7 +18,7 @@ async fn running_tasks_finish_and_are_acked_on_shutdown() {
     let worker = RunningWorker::start(
         &redis,
         settings("graceful"),
-        Handlers::new().with(Noop::TYPE, recorder.clone()),
+        Handlers::new().on::<Noop>(recorder.clone()),
     );
     publish_noops(&redis, 3).await;
     wait_for_runs(&recorder, 3, false).await;
@@ -40,7 +40,7 @@ async fn tasks_past_the_shutdown_timeout_stay_pending_and_unacked() {
     let worker = RunningWorker::start(
         &redis,
         stuck_settings,
-        Handlers::new().with(Noop::TYPE, recorder.clone()),
+        Handlers::new().on::<Noop>(recorder.clone()),
     );
     publish_noops(&redis, 2).await;
     wait_for_runs(&recorder, 2, false).await;
@@ -61,7 +61,7 @@ async fn tasks_past_the_shutdown_timeout_stay_pending_and_unacked() {
     let worker = RunningWorker::start(
         &redis,
         takeover,
-        Handlers::new().with(Noop::TYPE, finisher.clone()),
+        Handlers::new().on::<Noop>(finisher.clone()),
     );
     wait_until_drained(&redis, "default").await;
     assert_eq!(finisher.distinct(), 2);

@@ -3,11 +3,8 @@
 
 use std::time::Duration;
 
-use simplebank_core::{
-    task::{Enqueued, PublishError, Task},
-    testing::TestRedis,
-};
-use simplebank_worker::Handlers;
+use simplebank_core::testing::TestRedis;
+use simplebank_queue::{Enqueued, Handlers, PublishError, Task};
 
 use crate::helpers::{
     Noop, Recorder, RunningWorker, publisher, settings, wait_for_runs, wait_until_drained,
@@ -65,7 +62,7 @@ async fn a_task_id_is_refused_while_its_task_is_live_and_free_after() {
     let worker = RunningWorker::start(
         &redis,
         settings("u"),
-        Handlers::new().with("test:noop", recorder.clone()),
+        Handlers::new().on::<Noop>(recorder.clone()),
     );
     wait_for_runs(&recorder, 1, false).await;
     wait_until_drained(&redis, "default").await;
@@ -119,7 +116,7 @@ async fn a_batch_is_enqueued_in_order_and_options_are_honoured() {
             .all(|o| matches!(o, Enqueued::Queued { .. }))
     );
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(redis.keys().stream(&tasks[0].queue))
+        .arg(redis.keys().stream(tasks[0].queue()))
         .arg("-")
         .arg("+")
         .query_async(&mut redis.conn().await)
@@ -130,7 +127,7 @@ async fn a_batch_is_enqueued_in_order_and_options_are_honoured() {
         .iter()
         .filter_map(|e| e.get::<String>("id"))
         .collect();
-    let expected: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
+    let expected: Vec<String> = tasks.iter().map(|t| t.id().to_owned()).collect();
     assert_eq!(ids, expected, "in order");
 
     // A batch with options goes through the script: the duplicate id is refused.

@@ -9,14 +9,19 @@
 use std::{sync::Arc, time::Duration};
 
 use redis::{Value, aio::ConnectionManager, streams::StreamReadOptions};
-use simplebank_core::task::{GROUP, Keys, QueueName, fields::Entry};
+
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{dispatch::Dispatcher, group, priority::Priority};
+use super::{dispatch::Dispatcher, group, priority::Priority};
+use crate::{
+    fields::Entry,
+    keys::{GROUP, Keys, QueueName},
+    report,
+};
 
 /// How many reads may be in flight at once while entries keep coming: the next read goes out
 /// while the last batch runs, so a busy worker is not idle for a round trip per batch. An idle
@@ -95,7 +100,7 @@ pub(crate) async fn run(mut fetcher: Fetcher, reading: Reading<'_>, shutdown: &C
                             let _ = group::ensure(conn, keys, queues).await;
                         }
                         if !failing {
-                            tracing::warn!(error = %err, "cannot read tasks from Redis; retrying");
+                            tracing::warn!(error = %report::chain(&err), "cannot read tasks from Redis; retrying");
                             failing = true;
                         }
                         tokio::select! {
@@ -129,7 +134,7 @@ pub(crate) async fn run(mut fetcher: Fetcher, reading: Reading<'_>, shutdown: &C
 
 /// Reads new entries for one consumer.
 #[derive(Debug)]
-pub struct Fetcher {
+pub(crate) struct Fetcher {
     target: Arc<Target>,
     priority: Priority,
 }
@@ -145,7 +150,7 @@ struct Target {
 }
 
 impl Fetcher {
-    pub fn new(
+    pub(crate) fn new(
         conn: ConnectionManager,
         keys: &Keys,
         queues: &[(QueueName, u32)],
@@ -169,7 +174,7 @@ impl Fetcher {
     /// A read of up to `count` new entries from one queue (or a few more from a blocking read
     /// across all queues); empty when nothing arrived within the block time. The queue order
     /// is taken now; the read is independent of `self`, so reads can overlap.
-    pub fn fetch(
+    pub(crate) fn fetch(
         &mut self,
         count: usize,
     ) -> impl Future<Output = redis::RedisResult<Vec<(QueueName, Entry)>>> + Send + 'static {

@@ -1,7 +1,7 @@
 //! Settling finished tasks in batches (group commit). A task that succeeded hands its entry to
 //! the [`Acker`] and waits until the entry is acknowledged (its concurrency slot is already free
-//! by then: see `Dispatcher::spawn`). One background loop sends whatever finished while the previous batch was in flight
-//! as one FINISH script per stream (XACK + XDEL of all the entries, locks released), so under
+//! by then: see `Dispatcher::spawn`). One background loop sends whatever finished while the
+//! previous batch was in flight as one FINISH script per stream (XACK + XDEL of all the entries, locks released), so under
 //! load a round trip settles tens of tasks, and an idle worker still acks each task at once:
 //! nothing waits for a batch to fill.
 //!
@@ -11,15 +11,16 @@
 use std::collections::HashMap;
 
 use redis::aio::ConnectionManager;
-use simplebank_core::task::{GROUP, scripts};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::scripts::{self, Finished};
 
 /// The most entries settled by one script call (Lua's `unpack` has a limit near 8,000).
 const MAX_BATCH: usize = 1000;
 
 /// A finished entry to acknowledge.
 #[derive(Debug)]
-pub struct Ack {
+pub(crate) struct Ack {
     pub stream: String,
     pub entry_id: String,
     /// The uniqueness lock (key, token) this task holds, released with the ack.
@@ -30,7 +31,7 @@ type Request = (Ack, oneshot::Sender<redis::RedisResult<()>>);
 
 /// The handle tasks use to have their entries acknowledged.
 #[derive(Debug, Clone)]
-pub struct Acker {
+pub(crate) struct Acker {
     requests: mpsc::UnboundedSender<Request>,
 }
 
@@ -81,14 +82,16 @@ async fn finish(
     stream: &str,
     requests: &[Request],
 ) -> redis::RedisResult<()> {
-    let mut invocation = scripts::FINISH.key(stream);
-    invocation.arg(GROUP).arg(requests.len());
-    for (ack, _) in requests {
-        invocation.arg(&ack.entry_id);
-    }
-    for (key, token) in requests.iter().filter_map(|(ack, _)| ack.lock.as_ref()) {
-        invocation.key(key).arg(token);
-    }
-    let _acked: i64 = invocation.invoke_async(conn).await?;
-    Ok(())
+    let finished: Vec<Finished> = requests
+        .iter()
+        .map(|(ack, _)| Finished {
+            entry_id: ack.entry_id.clone(),
+            lock: ack.lock.clone(),
+        })
+        .collect();
+    scripts::finish(conn, stream, finished.iter()).await
 }
+
+#[cfg(test)]
+#[path = "ack_tests.rs"]
+mod tests;

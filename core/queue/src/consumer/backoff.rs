@@ -7,8 +7,9 @@
 
 use std::time::Duration;
 
-use simplebank_core::task::fnv1a;
+use crate::task::fnv1a;
 
+/// Exponential, capped, jittered retry delays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     /// `WORKER_RETRY_BASE_DELAY`, default 1s.

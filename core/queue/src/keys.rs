@@ -4,17 +4,16 @@
 //! | key                      | type   | holds                                                  |
 //! |--------------------------|--------|--------------------------------------------------------|
 //! | `{ns}:stream:<queue>`    | stream | tasks ready to run, one stream per queue               |
-//! | `{ns}:scheduled`         | zset   | delayed tasks and retries; score = due time (ms, Redis clock); member = [`super::fields::scheduled_member`] |
+//! | `{ns}:scheduled`         | zset   | delayed tasks and retries; score = due time (ms, Redis clock); member = `{"queue": <queue>, "fields": [name, value, ...]}` |
 //! | `{ns}:dead`              | stream | dead-lettered tasks: the task's fields plus `queue`, `error`, `attempts`, `first_failed_at`, `last_failed_at`; poison entries as `queue`, `error`, `raw` |
-//! | `{ns}:login_failures:username:<username>` | zset | failed sign-ins for a username in the sliding window; score = time (ms, Redis clock), member = a random id; expires one window after the last failure |
-//! | `{ns}:login_failures:address:<ip>` | zset | the same, per client IP address |
 //! | `{ns}:unique:<suffix>`   | string | uniqueness lock (`id:<task id>` or `content:<queue>:<type>:<hash>`), value = the holding task's lock token (`Task::lock_token`); released when it finishes or dies |
 //!
 //! Consumer group on every task stream: [`GROUP`], created with `XGROUP CREATE ... 0 MKSTREAM`.
 //! Task streams are never trimmed (no `MAXLEN`): an entry leaves its stream only when the
 //! worker that finished it acknowledges and deletes it.
 //!
-//! Stream entry fields: see [`super::fields`].
+//! Stream entry fields: see the `fields` module. An application may keep keys of its own under
+//! `{ns}:` (simplebank's sign-in throttle does); the queue never touches keys it does not own.
 
 use std::fmt;
 
@@ -29,6 +28,7 @@ pub const DEFAULT_NAMESPACE: &str = "simplebank";
 /// The queues of this project, by default weight order.
 pub const DEFAULT_QUEUES: [&str; 3] = ["critical", "default", "low"];
 
+/// A namespace or queue name that is not 1-64 of `[A-Za-z0-9_.-]`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("must be 1-64 characters of letters, digits, '_', '-' or '.'")]
 pub struct NameError;
@@ -47,11 +47,13 @@ fn check_name(raw: &str) -> Result<(), NameError> {
 pub struct Namespace(String);
 
 impl Namespace {
+    /// `raw`, if it is 1-64 of `[A-Za-z0-9_.-]`.
     pub fn parse(raw: &str) -> Result<Self, NameError> {
         check_name(raw)?;
         Ok(Self(raw.to_owned()))
     }
 
+    /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -69,11 +71,13 @@ impl Default for Namespace {
 pub struct QueueName(String);
 
 impl QueueName {
+    /// `raw`, if it is 1-64 of `[A-Za-z0-9_.-]`.
     pub fn parse(raw: &str) -> Result<Self, NameError> {
         check_name(raw)?;
         Ok(Self(raw.to_owned()))
     }
 
+    /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -106,10 +110,12 @@ pub struct Keys {
 }
 
 impl Keys {
+    /// The keys of namespace `ns`.
     pub fn new(ns: Namespace) -> Self {
         Self { ns }
     }
 
+    /// The namespace.
     pub fn namespace(&self) -> &Namespace {
         &self.ns
     }
@@ -120,7 +126,7 @@ impl Keys {
     }
 
     /// The common prefix of task streams, `{ns}:stream:` (scripts append the queue).
-    pub fn stream_prefix(&self) -> String {
+    pub(crate) fn stream_prefix(&self) -> String {
         format!("{{{}}}:stream:", self.ns.as_str())
     }
 
@@ -136,25 +142,11 @@ impl Keys {
 
     /// `{ns}:unique:<suffix>`: a uniqueness lock. Without one, a placeholder in the same slot
     /// (scripts take a key either way; the placeholder is never written).
-    pub fn unique(&self, suffix: Option<&str>) -> String {
+    pub(crate) fn unique(&self, suffix: Option<&str>) -> String {
         match suffix {
             Some(suffix) => format!("{{{}}}:unique:{suffix}", self.ns.as_str()),
             None => format!("{{{}}}:unique", self.ns.as_str()),
         }
-    }
-
-    /// `{ns}:login_failures:username:<username>`: recent failed sign-ins for a username
-    /// (a validated one: `[a-z0-9_]`).
-    pub fn login_failures_username(&self, username: &str) -> String {
-        format!(
-            "{{{}}}:login_failures:username:{username}",
-            self.ns.as_str()
-        )
-    }
-
-    /// `{ns}:login_failures:address:<ip>`: recent failed sign-ins from a client address.
-    pub fn login_failures_address(&self, ip: &std::net::IpAddr) -> String {
-        format!("{{{}}}:login_failures:address:{ip}", self.ns.as_str())
     }
 
     /// The pattern matching every key of the namespace (for clean-up in tests and tools).

@@ -1,4 +1,5 @@
-//! A [`Task`] as the fields of one Redis Stream entry, and back.
+//! An [`Envelope`] (a task and its delivery state) as the fields of one Redis Stream entry,
+//! and back.
 //!
 //! | field         | value                                                    |
 //! |---------------|----------------------------------------------------------|
@@ -23,24 +24,28 @@ use std::collections::HashMap;
 
 use redis::Value;
 
-use super::{QueueName, Task};
+use crate::{
+    keys::QueueName,
+    task::{Envelope, Task},
+};
 
 /// Why a stream entry is not a task. Names the field, never its value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     #[error("missing field {0:?}")]
     Missing(&'static str),
     #[error("field {0:?} is not valid")]
     Invalid(&'static str),
 }
 
-/// The entry fields of `task`, in the order of the table above.
-pub fn encode(task: &Task) -> Vec<(&'static str, String)> {
+/// The entry fields of `envelope`, in the order of the table above.
+pub(crate) fn encode(envelope: &Envelope) -> Vec<(&'static str, String)> {
+    let task = &envelope.task;
     let mut fields = vec![
         ("id", task.id.clone()),
         ("type", task.kind.clone()),
         ("payload", task.payload.clone()),
-        ("attempt", task.attempt.to_string()),
+        ("attempt", envelope.attempt.to_string()),
         ("max_retry", task.max_retry.to_string()),
         ("timeout_ms", task.timeout_ms.to_string()),
         ("enqueued_at", task.enqueued_at.to_string()),
@@ -54,9 +59,9 @@ pub fn encode(task: &Task) -> Vec<(&'static str, String)> {
         ("unique", task.unique.clone()),
         (
             "first_failed_at",
-            task.first_failed_at.map(|t| t.to_string()),
+            envelope.first_failed_at.map(|t| t.to_string()),
         ),
-        ("last_error", task.last_error.clone()),
+        ("last_error", envelope.last_error.clone()),
     ];
     fields.extend(
         optional
@@ -68,17 +73,17 @@ pub fn encode(task: &Task) -> Vec<(&'static str, String)> {
 
 /// The scheduled-set member for `task`: `{"queue": ..., "fields": [name, value, ...]}`. It
 /// holds the task id and attempt, so two retries of one task are two members.
-pub fn scheduled_member(task: &Task) -> String {
-    let fields: Vec<String> = encode(task)
+pub(crate) fn scheduled_member(envelope: &Envelope) -> String {
+    let fields: Vec<String> = encode(envelope)
         .into_iter()
         .flat_map(|(name, value)| [name.to_owned(), value])
         .collect();
-    serde_json::json!({ "queue": task.queue.as_str(), "fields": fields }).to_string()
+    serde_json::json!({ "queue": envelope.task.queue.as_str(), "fields": fields }).to_string()
 }
 
 /// One stream entry as read: its id and its fields, in order.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub id: String,
     pub fields: Vec<(String, Value)>,
 }
@@ -103,36 +108,42 @@ impl Entry {
 }
 
 /// The task held by an entry of the stream of `queue`.
-pub fn decode_entry(queue: QueueName, entry: &Entry) -> Result<Task, DecodeError> {
+pub(crate) fn decode_entry(queue: QueueName, entry: &Entry) -> Result<Envelope, DecodeError> {
     decode_with(queue, &|name| entry.get(name))
 }
 
 /// The task held by the fields `map` of an entry of the stream of `queue`.
-pub fn decode(queue: QueueName, map: &HashMap<String, Value>) -> Result<Task, DecodeError> {
+pub(crate) fn decode(
+    queue: QueueName,
+    map: &HashMap<String, Value>,
+) -> Result<Envelope, DecodeError> {
     decode_with(queue, &|name| map.get(name))
 }
 
 /// Looks a field up by name.
 type Lookup<'a> = dyn Fn(&str) -> Option<&'a Value> + 'a;
 
-fn decode_with<'a>(queue: QueueName, map: &Lookup<'a>) -> Result<Task, DecodeError> {
-    Ok(Task {
+fn decode_with<'a>(queue: QueueName, map: &Lookup<'a>) -> Result<Envelope, DecodeError> {
+    let task = Task {
         id: required(map, "id")?,
         kind: required(map, "type")?,
         payload: required(map, "payload")?,
         queue,
         max_retry: number(map, "max_retry")?,
-        attempt: number(map, "attempt")?,
         timeout_ms: number(map, "timeout_ms")?,
         enqueued_at: number(map, "enqueued_at")?,
         traceparent: optional(map, "traceparent")?,
         tracestate: optional(map, "tracestate")?,
         deadline: optional_number(map, "deadline")?,
         unique: optional(map, "unique")?,
-        first_failed_at: optional_number(map, "first_failed_at")?,
-        last_error: optional(map, "last_error")?,
         schedule: None,
         unique_ttl_ms: None,
+    };
+    Ok(Envelope {
+        task,
+        attempt: number(map, "attempt")?,
+        first_failed_at: optional_number(map, "first_failed_at")?,
+        last_error: optional(map, "last_error")?,
     })
 }
 
@@ -164,7 +175,16 @@ fn number<T: std::str::FromStr>(map: &Lookup<'_>, name: &'static str) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tasks::SendVerifyEmail;
+    use crate::TaskPayload;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Welcome {
+        username: String,
+    }
+
+    impl TaskPayload for Welcome {
+        const TYPE: &'static str = "test:welcome";
+    }
 
     fn as_map(fields: Vec<(&'static str, String)>) -> HashMap<String, Value> {
         fields
@@ -175,39 +195,46 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let mut task = Task::new(&SendVerifyEmail {
+        let mut task = Task::new(&Welcome {
             username: "alice".into(),
         })
+        .unwrap()
+        .with_task_id("fixed-id")
         .unwrap();
         task.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
-        task.first_failed_at = Some(1_700_000_000_000);
-        task.last_error = Some("boom".into());
-        let task = task.with_task_id("fixed-id").unwrap();
-        let decoded = decode(task.queue.clone(), &as_map(encode(&task))).unwrap();
+        let task = Envelope {
+            task,
+            attempt: 2,
+            first_failed_at: Some(1_700_000_000_000),
+            last_error: Some("boom: cause".into()),
+        };
+        let queue = task.task.queue.clone();
+        let decoded = decode(queue.clone(), &as_map(encode(&task))).unwrap();
         assert_eq!(decoded, task);
         let entry = Entry {
             id: "1-0".into(),
             fields: as_map(encode(&task)).into_iter().collect(),
         };
-        assert_eq!(decode_entry(task.queue.clone(), &entry).unwrap(), task);
+        assert_eq!(decode_entry(queue, &entry).unwrap(), task);
     }
 
     #[test]
     fn names_the_bad_field() {
-        let task = Task::new(&SendVerifyEmail {
+        let task = Task::new(&Welcome {
             username: "alice".into(),
         })
         .unwrap();
+        let task = Envelope::first(task);
         let mut map = as_map(encode(&task));
         map.remove("type");
         assert_eq!(
-            decode(task.queue.clone(), &map),
+            decode(task.task.queue.clone(), &map),
             Err(DecodeError::Missing("type"))
         );
         map.insert("type".into(), Value::BulkString(b"x".to_vec()));
         map.insert("attempt".into(), Value::BulkString(b"one".to_vec()));
         assert_eq!(
-            decode(task.queue.clone(), &map),
+            decode(task.task.queue.clone(), &map),
             Err(DecodeError::Invalid("attempt"))
         );
     }

@@ -3,15 +3,14 @@
 
 use std::time::Duration;
 
-use simplebank_core::{
-    redis_client,
-    task::{GROUP, QueueName},
-    testing::{RedisServer, TestRedis},
-};
-use simplebank_worker::ack::{Ack, Acker};
 use tokio::task::JoinSet;
 
-use crate::helpers::stream_state;
+use super::{Ack, Acker};
+use crate::{
+    connection,
+    keys::{GROUP, QueueName},
+    testing::{RedisServer, TestRedis},
+};
 
 const PER_STREAM: usize = 300;
 const QUEUES: [&str; 2] = ["default", "critical"];
@@ -91,7 +90,7 @@ async fn finished_entries_are_acked_in_batches_and_locks_released_only_by_their_
     }
     let calls_before = finish_calls(&mut conn).await;
 
-    let manager = redis_client::lazy_manager(redis.client(), Duration::from_secs(2)).expect("mgr");
+    let manager = connection::lazy_manager(redis.client(), Duration::from_secs(2)).expect("mgr");
     let acker = Acker::start(manager);
     let mut running = JoinSet::new();
     for ack in acks {
@@ -102,11 +101,22 @@ async fn finished_entries_are_acked_in_batches_and_locks_released_only_by_their_
         result.expect("joined").expect("acked");
     }
 
-    for queue in QUEUES {
+    for stream in &streams {
+        let len: usize = redis::cmd("XLEN")
+            .arg(stream)
+            .query_async(&mut conn)
+            .await
+            .expect("XLEN");
+        let pending: (usize, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(GROUP)
+            .query_async(&mut conn)
+            .await
+            .expect("XPENDING");
         assert_eq!(
-            stream_state(&redis, queue).await,
+            (len, pending.0),
             (0, 0),
-            "every entry of {queue} acknowledged and deleted"
+            "every entry of {stream} acknowledged and deleted"
         );
     }
     for key in &released {

@@ -16,18 +16,18 @@ use redis::{
     aio::ConnectionManager,
     streams::{StreamAutoClaimOptions, StreamAutoClaimReply},
 };
-use simplebank_core::{
-    report,
-    task::{GROUP, Keys, QueueName},
-};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::Dispatcher;
+use super::dispatch::Dispatcher;
+use crate::{
+    keys::{GROUP, Keys, QueueName},
+    report,
+};
 
 /// Why a sweep of one queue stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum ReclaimError {
+pub(crate) enum ReclaimError {
     #[error("XAUTOCLAIM failed")]
     Claim(#[source] redis::RedisError),
     #[error(
@@ -43,7 +43,7 @@ pub enum ReclaimError {
 
 /// What the reclaim loop needs.
 #[derive(Debug)]
-pub struct Reclaimer {
+pub(crate) struct Reclaimer {
     pub conn: ConnectionManager,
     pub keys: Keys,
     pub queues: Vec<QueueName>,
@@ -56,7 +56,7 @@ pub struct Reclaimer {
 
 impl Reclaimer {
     /// Runs until `stop` is cancelled.
-    pub async fn run(mut self, stop: CancellationToken) {
+    pub(crate) async fn run(mut self, stop: CancellationToken) {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut unreachable_redis = false;

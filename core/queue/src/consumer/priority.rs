@@ -6,7 +6,7 @@
 
 /// The reading order of one round.
 #[derive(Debug, Clone)]
-pub struct Priority {
+pub(crate) struct Priority {
     weights: Vec<i64>,
     current: Vec<i64>,
     strict: bool,
@@ -15,7 +15,7 @@ pub struct Priority {
 }
 
 impl Priority {
-    pub fn new(weights: &[u32], strict: bool) -> Self {
+    pub(crate) fn new(weights: &[u32], strict: bool) -> Self {
         let weights: Vec<i64> = weights.iter().map(|w| i64::from(*w)).collect();
         let mut by_weight: Vec<usize> = (0..weights.len()).collect();
         by_weight.sort_by_key(|i| std::cmp::Reverse(weights[*i]));
@@ -28,7 +28,7 @@ impl Priority {
     }
 
     /// Queue indexes in the order to try them this round.
-    pub fn next_order(&mut self) -> Vec<usize> {
+    pub(crate) fn next_order(&mut self) -> Vec<usize> {
         if self.strict || self.weights.len() < 2 {
             return self.by_weight.clone();
         }

@@ -2,13 +2,13 @@
 //! failed attempt, not a dead worker), under the task's timeout or deadline, while its lease is
 //! renewed every third of the visibility timeout. Then exactly one of:
 //!
-//! | outcome | action (one script each, see `simplebank_core::task::scripts`) |
+//! | outcome | action (one script each, see the `scripts` module) |
 //! |---|---|
-//! | success | FINISH: ack, delete, release the uniqueness lock (batched, see [`crate::ack`]) |
+//! | success | FINISH: ack, delete, release the uniqueness lock (batched, see the `ack` module) |
 //! | failure, attempts left | RETRY: ack, delete, schedule attempt + 1 at now + backoff |
 //! | "not a failure" | RETRY with the same attempt number |
 //! | failure, no attempts left; "skip retry"; deadline passed | KILL: to the dead letters |
-//! | undecodable entry, unknown type, delivered too often (crash loop) | KILL at once |
+//! | undecodable entry or payload, unknown type, delivered too often (crash loop) | KILL at once |
 //! | shutdown timeout passed | nothing: the entry stays pending for another worker |
 //!
 //! If Redis fails while settling, the entry stays pending and is taken over later: the task
@@ -23,34 +23,34 @@ use std::{
 };
 
 use redis::{Value, aio::ConnectionManager};
-use simplebank_core::{
-    report,
-    task::{
-        GROUP, Keys, QueueName, Task,
-        dead::{dead_fields, poison_fields},
-        fields::{self, Entry},
-        now_ms, scripts,
-    },
-};
-use simplebank_observability::propagation::{record_error, set_parent};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
-use crate::{
+use super::{
     ack::{Ack, Acker},
     backoff::Backoff,
-    handler::{FailureKind, Handlers},
+    handler::{Erased, FailureKind, Handlers, TaskContext},
+};
+use crate::{
+    dead::{dead_fields, poison_fields},
+    fields::{self, Entry},
+    keys::{GROUP, Keys, QueueName},
+    report, scripts,
+    task::{Envelope, now_ms},
+    trace::{record_error, set_parent},
 };
 
 /// Runs entries; shared by the fetch loop and the reclaim loop.
 #[derive(Debug)]
-pub struct Dispatcher {
+pub(crate) struct Dispatcher {
     pub conn: ConnectionManager,
     pub keys: Keys,
     pub handlers: Handlers,
     /// Settles successful tasks in batches.
     pub acker: Acker,
+    /// Handed to handlers ([`TaskContext::shutting_down`]).
+    pub shutdown: CancellationToken,
     pub consumer: String,
     /// How often a running task's lease is renewed (a third of the visibility timeout).
     pub renew_every: Duration,
@@ -82,7 +82,7 @@ impl Dispatcher {
     /// runs. The slot is free once the handler returned, while the entry is being settled:
     /// reading the next entries overlaps with acknowledging the last ones.
     /// `deliveries` is Redis' delivery count when known (reclaimed entries).
-    pub fn spawn(
+    pub(crate) fn spawn(
         self: &Arc<Self>,
         queue: QueueName,
         entry: Entry,
@@ -95,9 +95,8 @@ impl Dispatcher {
         });
     }
 
-    // The rare paths (dead letters, retries, lease renewals) are awaited through a `Box`: inline,
-    // their states made the future spawned per entry 3,216 bytes, copied whole on spawn and on
-    // completion; boxed, it is 1,944 (callgrind: 2% fewer instructions per no-op task).
+    // The rare paths (dead letters, retries, lease renewals) are awaited through a `Box`, so
+    // the future spawned per entry stays small (BENCHMARKS.md, finding 9).
     async fn process(
         &self,
         queue: QueueName,
@@ -107,7 +106,7 @@ impl Dispatcher {
     ) {
         let stream = self.keys.stream(&queue);
         let task = match fields::decode_entry(queue.clone(), &entry) {
-            Ok(task) => task,
+            Ok(envelope) => envelope,
             Err(err) => {
                 let reason = format!("undecodable entry: {err}");
                 Box::pin(self.kill_poison(&stream, &queue, &entry.id, &entry.fields, &reason))
@@ -115,13 +114,13 @@ impl Dispatcher {
                 return;
             }
         };
-        let Some(handler) = self.handlers.get(&task.kind) else {
-            let reason = format!("no handler for task type {:?}", task.kind);
+        let Some(handler) = self.handlers.get(&task.task.kind) else {
+            let reason = format!("no handler for task type {:?}", task.task.kind);
             Box::pin(self.kill(&stream, &entry.id, task, &reason, false)).await;
             return;
         };
         if let Some(deliveries) = deliveries
-            && deliveries > u64::from(task.max_retry) + 1
+            && deliveries > u64::from(task.task.max_retry) + 1
         {
             let reason = format!(
                 "delivered {deliveries} times without finishing: its worker crashed or hung each time"
@@ -129,8 +128,8 @@ impl Dispatcher {
             Box::pin(self.kill(&stream, &entry.id, task, &reason, true)).await;
             return;
         }
-        let mut timeout = task.timeout();
-        if let Some(deadline) = task.deadline {
+        let mut timeout = task.task.timeout();
+        if let Some(deadline) = task.task.deadline {
             let left = deadline.saturating_sub(now_ms());
             if left <= 0 {
                 Box::pin(self.kill(&stream, &entry.id, task, "deadline exceeded", false)).await;
@@ -149,11 +148,11 @@ impl Dispatcher {
             messaging.operation.type = "process",
             messaging.consumer.group.name = GROUP,
             messaging.message.id = %entry.id,
-            simplebank.task.id = %task.id,
-            simplebank.task.type = %task.kind,
+            simplebank.task.id = %task.task.id,
+            simplebank.task.type = %task.task.kind,
             simplebank.task.attempt = task.attempt,
         );
-        set_parent(&span, &task.trace());
+        set_parent(&span, &task.task.trace());
         self.run(stream, entry.id, task, handler, timeout, permit)
             .instrument(span)
             .await;
@@ -164,13 +163,39 @@ impl Dispatcher {
         &self,
         stream: String,
         entry_id: String,
-        task: Task,
-        handler: Arc<dyn crate::handler::Handler>,
+        task: Envelope,
+        handler: Arc<dyn Erased>,
         timeout: Duration,
         permit: OwnedSemaphorePermit,
     ) {
         let started = Instant::now();
-        let mut attempt = CatchUnwind(handler.handle(&task));
+        let context = TaskContext {
+            id: task.task.id.clone(),
+            queue: task.task.queue.clone(),
+            attempt: task.attempt,
+            max_retry: task.task.max_retry,
+            deadline: tokio::time::Instant::now() + timeout,
+            shutdown: self.shutdown.clone(),
+        };
+        // The payload is decoded once, here; one that does not decode as its type cannot
+        // succeed on a retry.
+        let mut attempt = match handler.start(&task.task.payload, context) {
+            Ok(attempt) => CatchUnwind(attempt),
+            Err(err) => {
+                drop(permit);
+                let failure = Failure {
+                    kind: FailureKind::SkipRetry,
+                    message: format!(
+                        "the payload does not decode as {}: {}",
+                        task.task.kind,
+                        report::chain(&err)
+                    ),
+                };
+                record_error(&tracing::Span::current(), &failure.message);
+                Box::pin(self.fail(&stream, &entry_id, task, failure)).await;
+                return;
+            }
+        };
         let mut renew = tokio::time::interval_at(
             tokio::time::Instant::now() + self.renew_every,
             self.renew_every,
@@ -187,12 +212,12 @@ impl Dispatcher {
                 biased;
                 joined = &mut attempt => break match joined {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(err)) => Err(Failure { kind: err.kind, message: err.to_string() }),
+                    Ok(Err(err)) => Err(Failure { kind: err.kind(), message: report::chain(&err) }),
                     Err(_panic) => Err(Failure::retry("handler panicked")),
                 },
                 () = self.abandon.cancelled() => {
                     tracing::warn!(
-                        task_id = %task.id, task_type = %task.kind,
+                        task_id = %task.task.id, task_type = %task.task.kind,
                         "shutdown timeout passed; task left pending for another worker"
                     );
                     return;
@@ -207,7 +232,7 @@ impl Dispatcher {
                     }
                 }, if renewal.is_some() => renewal = None,
                 _ = renew.tick(), if renewal.is_none() => {
-                    renewal = Some(Box::pin(self.renew(&stream, &entry_id, &task)));
+                    renewal = Some(Box::pin(self.renew(&stream, &entry_id, &task.task.id)));
                 }
             }
         };
@@ -226,7 +251,8 @@ impl Dispatcher {
         }
     }
 
-    async fn finish(&self, stream: &str, entry_id: &str, task: &Task, duration_ms: u64) {
+    async fn finish(&self, stream: &str, entry_id: &str, envelope: &Envelope, duration_ms: u64) {
+        let task = &envelope.task;
         let lock = task
             .unique
             .as_deref()
@@ -239,51 +265,46 @@ impl Dispatcher {
         match self.acker.ack(ack).await {
             Ok(()) => tracing::info!(
                 task_id = %task.id, task_type = %task.kind, queue = %task.queue,
-                attempt = task.attempt, duration_ms, "processed task"
+                attempt = envelope.attempt, duration_ms, "processed task"
             ),
             Err(err) => tracing::warn!(
-                task_id = %task.id, error = %err,
+                task_id = %task.id, error = %report::chain(&err),
                 "task done but not acknowledged; it may run again"
             ),
         }
     }
 
-    async fn fail(&self, stream: &str, entry_id: &str, task: Task, failure: Failure) {
-        let out_of_attempts = failure.kind == FailureKind::Retry && task.attempt > task.max_retry;
+    async fn fail(&self, stream: &str, entry_id: &str, envelope: Envelope, failure: Failure) {
+        let out_of_attempts =
+            failure.kind == FailureKind::Retry && envelope.attempt > envelope.task.max_retry;
         if failure.kind == FailureKind::SkipRetry || out_of_attempts {
-            self.kill(stream, entry_id, task, &failure.message, true)
+            self.kill(stream, entry_id, envelope, &failure.message, true)
                 .await;
             return;
         }
-        let delay = self.backoff.delay(&task.id, task.attempt);
-        let mut next = task.clone();
+        let task = &envelope.task;
+        let delay = self.backoff.delay(&task.id, envelope.attempt);
+        let mut next = envelope.clone();
         next.first_failed_at.get_or_insert_with(now_ms);
         next.last_error = Some(failure.message.clone());
         if failure.kind == FailureKind::Retry {
             next.attempt += 1;
         }
-        let scheduled: redis::RedisResult<i64> = scripts::RETRY
-            .key(stream)
-            .key(self.keys.scheduled())
-            .arg(GROUP)
-            .arg(entry_id)
-            .arg(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
-            .arg(fields::scheduled_member(&next))
-            .invoke_async(&mut self.conn.clone())
-            .await;
+        let scheduled =
+            scripts::retry(&mut self.conn.clone(), &self.keys, entry_id, delay, &next).await;
         match scheduled {
-            Ok(1) => tracing::warn!(
+            Ok(true) => tracing::warn!(
                 task_id = %task.id, task_type = %task.kind, queue = %task.queue,
-                attempt = task.attempt, max_retry = task.max_retry, retry_in_ms = delay.as_millis(),
+                attempt = envelope.attempt, max_retry = task.max_retry, retry_in_ms = delay.as_millis(),
                 counted = failure.kind == FailureKind::Retry, error = %failure.message,
                 "task failed; retry scheduled"
             ),
-            Ok(_) => tracing::warn!(
+            Ok(false) => tracing::warn!(
                 task_id = %task.id, error = %failure.message,
                 "task failed, but its entry is no longer pending here (taken over); not rescheduled"
             ),
             Err(err) => tracing::warn!(
-                task_id = %task.id, error = %err,
+                task_id = %task.id, error = %report::chain(&err),
                 "task failed and could not be rescheduled; it stays pending and will be taken over"
             ),
         }
@@ -294,37 +315,36 @@ impl Dispatcher {
         &self,
         stream: &str,
         entry_id: &str,
-        mut task: Task,
+        mut envelope: Envelope,
         reason: &str,
         attempted: bool,
     ) {
         let now = now_ms();
         let attempts = if attempted {
-            task.attempt
+            envelope.attempt
         } else {
-            task.attempt.saturating_sub(1)
+            envelope.attempt.saturating_sub(1)
         };
         if attempted {
-            task.first_failed_at.get_or_insert(now);
+            envelope.first_failed_at.get_or_insert(now);
         }
-        let killed: redis::RedisResult<i64> = scripts::KILL
-            .key(stream)
-            .key(self.keys.dead())
-            .key(self.keys.unique(task.unique.as_deref()))
-            .arg(GROUP)
-            .arg(entry_id)
-            .arg(task.lock_token())
-            .arg(lock_flag(&task))
-            .arg(dead_fields(&task, reason, attempts, now))
-            .invoke_async(&mut self.conn.clone())
-            .await;
+        let killed = scripts::kill(
+            &mut self.conn.clone(),
+            &self.keys,
+            stream,
+            entry_id,
+            Some(&envelope.task),
+            dead_fields(&envelope, reason, attempts, now),
+        )
+        .await;
+        let task = &envelope.task;
         match killed {
             Ok(_) => tracing::error!(
                 task_id = %task.id, task_type = %task.kind, queue = %task.queue, attempts,
                 reason, "task moved to the dead letters"
             ),
             Err(err) => tracing::warn!(
-                task_id = %task.id, error = %err,
+                task_id = %task.id, error = %report::chain(&err),
                 "could not dead-letter the task; it stays pending"
             ),
         }
@@ -338,17 +358,15 @@ impl Dispatcher {
         raw: &[(String, Value)],
         reason: &str,
     ) {
-        let killed: redis::RedisResult<i64> = scripts::KILL
-            .key(stream)
-            .key(self.keys.dead())
-            .key(self.keys.unique(None))
-            .arg(GROUP)
-            .arg(entry_id)
-            .arg("")
-            .arg("0")
-            .arg(poison_fields(queue, raw, reason))
-            .invoke_async(&mut self.conn.clone())
-            .await;
+        let killed = scripts::kill(
+            &mut self.conn.clone(),
+            &self.keys,
+            stream,
+            entry_id,
+            None,
+            poison_fields(queue, raw, reason),
+        )
+        .await;
         match killed {
             Ok(_) => {
                 tracing::error!(queue = %queue, entry_id, reason, "poison entry moved to the dead letters")
@@ -361,29 +379,26 @@ impl Dispatcher {
     }
 
     /// Keeps a long-running task from being taken over while this worker is alive.
-    async fn renew(&self, stream: &str, entry_id: &str, task: &Task) {
-        let renewed: redis::RedisResult<i64> = scripts::RENEW
-            .key(stream)
-            .arg(GROUP)
-            .arg(&self.consumer)
-            .arg(entry_id)
-            .invoke_async(&mut self.conn.clone())
-            .await;
+    async fn renew(&self, stream: &str, entry_id: &str, task_id: &str) {
+        let renewed =
+            scripts::renew(&mut self.conn.clone(), stream, &self.consumer, entry_id).await;
         match renewed {
-            Ok(1) => tracing::debug!(task_id = %task.id, "lease renewed"),
-            Ok(_) => tracing::warn!(
-                task_id = %task.id,
+            Ok(true) => tracing::debug!(task_id, "lease renewed"),
+            Ok(false) => tracing::warn!(
+                task_id,
                 "lease lost: another worker took the task over; it may run twice"
             ),
-            Err(err) => tracing::warn!(task_id = %task.id, error = %err, "lease renewal failed"),
+            Err(err) => {
+                tracing::warn!(task_id, error = %report::chain(&err), "lease renewal failed");
+            }
         }
     }
 }
 
 /// Polls a handler's future, turning a panic into `Err`: a panic is a failed attempt, and the
-/// worker lives on. (The handler runs inside its entry's task, not in a task of its own: one
-/// spawn per entry instead of two. As in any async code, a handler must not block its thread;
-/// CPU-heavy or blocking work belongs in `tokio::task::spawn_blocking`.)
+/// worker lives on. The handler runs inside its entry's task, not in a task of its own (one
+/// spawn per entry, not two), so it must not block its thread: blocking or CPU-heavy work
+/// belongs in `tokio::task::spawn_blocking`.
 struct CatchUnwind<F>(F);
 
 impl<F: Future + Unpin> Future for CatchUnwind<F> {
@@ -397,8 +412,4 @@ impl<F: Future + Unpin> Future for CatchUnwind<F> {
             Err(panic) => Poll::Ready(Err(panic)),
         }
     }
-}
-
-fn lock_flag(task: &Task) -> &'static str {
-    if task.unique.is_some() { "1" } else { "0" }
 }

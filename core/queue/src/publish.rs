@@ -1,42 +1,77 @@
 //! Enqueueing a task. A plain task is one XADD onto the stream of its queue; a task with a
-//! delay or a uniqueness lock goes through the [`super::scripts::ENQUEUE`] script, which takes
+//! delay or a uniqueness lock goes through the enqueue script, which takes
 //! the lock and queues or schedules it in one step. No `MAXLEN`: a trim could drop an entry no
 //! worker has finished.
 
 use redis::aio::ConnectionManager;
-use simplebank_observability::propagation::{context_of, record_error, set_parent};
 use tracing::Instrument;
 
-use super::{Keys, Schedule, Task, fields, scripts};
+use crate::{
+    fields,
+    keys::Keys,
+    report, scripts,
+    task::{Envelope, Task},
+    trace::{context_of, record_error, set_parent},
+};
 
 /// Where an enqueued task went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
     /// Onto its stream, as this entry.
-    Queued { entry_id: String },
+    Queued {
+        /// The stream entry id.
+        entry_id: String,
+    },
     /// Into the scheduled set, due at this time (ms since the epoch, Redis' clock).
-    Scheduled { due_ms: i64 },
+    Scheduled {
+        /// When it becomes ready.
+        due_ms: i64,
+    },
     /// This very task (same id, same lock) was enqueued before: nothing was added. A
     /// republished outbox row ends here.
     AlreadyEnqueued,
 }
 
+/// Why a task was not enqueued.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     /// Another live task holds the lock: the same `task_id`, or the same unique content.
     #[error(
         "task {task_id} not enqueued: a task with the same {what} is already queued, scheduled or running"
     )]
-    Conflict { task_id: String, what: &'static str },
+    Conflict {
+        /// The refused task.
+        task_id: String,
+        /// `task_id` or `unique key`.
+        what: &'static str,
+    },
+    /// Redis failed or did not answer.
     #[error("could not publish task {task_id} to Redis")]
     Redis {
+        /// The task being published (the first of a batch).
         task_id: String,
+        /// Redis' error.
         #[source]
         source: redis::RedisError,
     },
 }
 
 /// Publishes tasks to the streams of one namespace. Cheap to clone.
+///
+/// ```no_run
+/// use simplebank_queue::{Keys, Namespace, Publisher, Task, TaskPayload, connection};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Ping;
+/// impl TaskPayload for Ping { const TYPE: &'static str = "ping"; }
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = connection::client("127.0.0.1:6379")?;
+/// let conn = connection::lazy_manager(client, connection::RESPONSE_TIMEOUT)?;
+/// let publisher = Publisher::new(conn, Keys::new(Namespace::parse("my-service")?));
+/// publisher.publish(&Task::new(&Ping)?).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Publisher {
     conn: ConnectionManager,
@@ -52,10 +87,12 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
+    /// A publisher on `conn` (see [`crate::connection`]) for the namespace of `keys`.
     pub fn new(conn: ConnectionManager, keys: Keys) -> Self {
         Self { conn, keys }
     }
 
+    /// The keys of its namespace.
     pub fn keys(&self) -> &Keys {
         &self.keys
     }
@@ -89,13 +126,16 @@ impl Publisher {
         set_parent(&span, &task.trace());
         let mut task = task.clone();
         task.set_trace(context_of(&span));
-        let result = self.enqueue(&task).instrument(span.clone()).await;
+        let result = self
+            .enqueue(&Envelope::first(task))
+            .instrument(span.clone())
+            .await;
         match &result {
             Ok(Enqueued::Queued { entry_id }) => {
                 span.record("messaging.message.id", entry_id.as_str());
             }
             Ok(_) => {}
-            Err(err) => record_error(&span, &err.to_string()),
+            Err(err) => record_error(&span, &report::chain(err)),
         }
         result
     }
@@ -120,7 +160,7 @@ impl Publisher {
                 pipe.cmd("XADD")
                     .arg(self.keys.stream(&task.queue))
                     .arg("*")
-                    .arg(fields::encode(task));
+                    .arg(fields::encode(&Envelope::first(task.clone())));
             }
             let entry_ids: Vec<String> =
                 pipe.query_async(&mut self.conn.clone())
@@ -139,53 +179,30 @@ impl Publisher {
         Ok(outcomes)
     }
 
-    async fn enqueue(&self, task: &Task) -> Result<Enqueued, PublishError> {
+    async fn enqueue(&self, envelope: &Envelope) -> Result<Enqueued, PublishError> {
+        let task = &envelope.task;
         let redis_error = |source| PublishError::Redis {
             task_id: task.id.clone(),
             source,
         };
-        let stream = self.keys.stream(&task.queue);
         let enqueued = if task.unique.is_none() && task.schedule.is_none() {
             let entry_id: String = redis::cmd("XADD")
-                .arg(&stream)
+                .arg(self.keys.stream(&task.queue))
                 .arg("*")
-                .arg(fields::encode(task))
+                .arg(fields::encode(envelope))
                 .query_async(&mut self.conn.clone())
                 .await
                 .map_err(redis_error)?;
             Enqueued::Queued { entry_id }
         } else {
-            let (kind, at) = match task.schedule {
-                None => ("", 0),
-                Some(Schedule::At(at)) => ("at", at),
-                Some(Schedule::In(delay)) => ("in", i64::try_from(delay).unwrap_or(i64::MAX)),
-            };
-            let member = if task.schedule.is_some() {
-                fields::scheduled_member(task)
-            } else {
-                String::new()
-            };
-            let (status, detail): (String, String) = scripts::ENQUEUE
-                .key(&stream)
-                .key(self.keys.scheduled())
-                .key(self.keys.unique(task.unique.as_deref()))
-                .arg(task.lock_token())
-                .arg(if task.unique.is_some() { "1" } else { "0" })
-                .arg(task.unique_ttl_ms.unwrap_or(0))
-                .arg(kind)
-                .arg(at)
-                .arg(member)
-                .arg(fields::encode(task))
-                .invoke_async(&mut self.conn.clone())
+            match scripts::enqueue(&mut self.conn.clone(), &self.keys, envelope)
                 .await
-                .map_err(redis_error)?;
-            match status.as_str() {
-                "queued" => Enqueued::Queued { entry_id: detail },
-                "scheduled" => Enqueued::Scheduled {
-                    due_ms: detail.parse().unwrap_or_default(),
-                },
-                "exists" => Enqueued::AlreadyEnqueued,
-                _ => {
+                .map_err(redis_error)?
+            {
+                scripts::Enqueue::Queued(entry_id) => Enqueued::Queued { entry_id },
+                scripts::Enqueue::Scheduled(due_ms) => Enqueued::Scheduled { due_ms },
+                scripts::Enqueue::Exists => Enqueued::AlreadyEnqueued,
+                scripts::Enqueue::Conflict => {
                     return Err(PublishError::Conflict {
                         task_id: task.id.clone(),
                         what: match task.unique.as_deref() {

@@ -8,24 +8,19 @@
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use simplebank_core::task::{Keys, scripts};
 use tokio_util::sync::CancellationToken;
 
+use crate::{keys::Keys, report, scripts};
+
 /// The longest wait between two looks at the scheduled set.
-pub const POLL: Duration = Duration::from_millis(20);
+const POLL: Duration = Duration::from_millis(20);
 const BATCH: usize = 500;
 
 /// Promotes until `stop` is cancelled.
-pub async fn run(mut conn: ConnectionManager, keys: Keys, stop: CancellationToken) {
-    let (scheduled, prefix) = (keys.scheduled(), keys.stream_prefix());
+pub(crate) async fn run(mut conn: ConnectionManager, keys: Keys, stop: CancellationToken) {
     let mut failing = false;
     loop {
-        let promoted: redis::RedisResult<(usize, i64)> = scripts::PROMOTE
-            .key(&scheduled)
-            .arg(&prefix)
-            .arg(BATCH)
-            .invoke_async(&mut conn)
-            .await;
+        let promoted = scripts::promote(&mut conn, &keys, BATCH).await;
         let pause = match promoted {
             Ok((moved, wait_ms)) => {
                 if failing {
@@ -38,14 +33,14 @@ pub async fn run(mut conn: ConnectionManager, keys: Keys, stop: CancellationToke
                 if moved == BATCH {
                     continue;
                 }
-                match u64::try_from(wait_ms) {
-                    Ok(wait) => Duration::from_millis(wait.max(1)).min(POLL),
-                    Err(_) => POLL,
+                match wait_ms {
+                    Some(wait) => Duration::from_millis(wait.max(1)).min(POLL),
+                    None => POLL,
                 }
             }
             Err(err) => {
                 if !failing {
-                    tracing::warn!(error = %err, "cannot promote scheduled tasks; retrying");
+                    tracing::warn!(error = %report::chain(&err), "cannot promote scheduled tasks; retrying");
                     failing = true;
                 }
                 Duration::from_millis(500)

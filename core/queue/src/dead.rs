@@ -7,7 +7,12 @@ use std::collections::HashMap;
 
 use redis::{Value, aio::ConnectionManager, streams::StreamRangeReply};
 
-use super::{Keys, QueueName, Task, fields, scripts};
+use crate::{
+    fields,
+    keys::{Keys, QueueName},
+    scripts,
+    task::{Envelope, Task},
+};
 
 /// One dead letter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,11 +21,13 @@ pub struct DeadTask {
     pub entry_id: String,
     /// The queue the task came from.
     pub queue: Option<QueueName>,
-    /// Why it died: the last error, or the reason it was not run.
+    /// Why it died: the last error with its causes, or the reason it was not run.
     pub error: String,
     /// Attempts made (0 when it was never run).
     pub attempts: u32,
+    /// When its first failed attempt ended (ms since the epoch).
     pub first_failed_at: Option<i64>,
+    /// When its last failed attempt ended (ms since the epoch).
     pub last_failed_at: Option<i64>,
     /// When it died (ms since the epoch, Redis' clock).
     pub dead_at: Option<i64>,
@@ -30,16 +37,16 @@ pub struct DeadTask {
     pub raw: Option<String>,
 }
 
-/// The fields of the dead entry of `task`, which failed with `error` at `now_ms`.
-pub fn dead_fields(
-    task: &Task,
+/// The fields of the dead entry of `envelope`, which failed with `error` at `now_ms`.
+pub(crate) fn dead_fields(
+    envelope: &Envelope,
     error: &str,
     attempts: u32,
     now_ms: i64,
 ) -> Vec<(&'static str, String)> {
-    let mut entry = fields::encode(task);
+    let mut entry = fields::encode(envelope);
     entry.extend([
-        ("queue", task.queue.to_string()),
+        ("queue", envelope.task.queue.to_string()),
         ("error", error.to_owned()),
         ("attempts", attempts.to_string()),
         ("last_failed_at", now_ms.to_string()),
@@ -48,7 +55,7 @@ pub fn dead_fields(
 }
 
 /// The fields of the dead entry of an undecodable stream entry.
-pub fn poison_fields(
+pub(crate) fn poison_fields(
     queue: &QueueName,
     raw: &[(String, Value)],
     reason: &str,
@@ -71,15 +78,20 @@ pub fn poison_fields(
     ]
 }
 
+/// Why an operation on the dead letters failed. Each variant names the entry.
 #[derive(Debug, thiserror::Error)]
 pub enum DeadError {
+    /// No dead letter has this entry id.
     #[error("dead letter {0} not found")]
     NotFound(String),
+    /// A poison entry: it holds no task to requeue.
     #[error("dead letter {0} cannot be requeued: it is not a decodable task")]
     Poison(String),
+    /// A live task holds its uniqueness lock.
     #[error("dead letter {0} cannot be requeued: a live task holds its lock")]
     Conflict(String),
-    #[error(transparent)]
+    /// Redis failed or did not answer.
+    #[error("the dead letters cannot be read or changed")]
     Redis(#[from] redis::RedisError),
 }
 
@@ -99,10 +111,12 @@ impl std::fmt::Debug for DeadLetters {
 }
 
 impl DeadLetters {
+    /// Dead letters of the namespace of `keys`, on `conn`.
     pub fn new(conn: ConnectionManager, keys: Keys) -> Self {
         Self { conn, keys }
     }
 
+    /// How many dead letters there are.
     pub async fn count(&self) -> Result<usize, DeadError> {
         Ok(redis::cmd("XLEN")
             .arg(self.keys.dead())
@@ -141,28 +155,17 @@ impl DeadLetters {
             .next()
             .ok_or_else(|| DeadError::NotFound(entry_id.to_owned()))?;
         let dead = parse(entry.id, &entry.map);
-        let mut task = dead
+        let task = dead
             .task
             .ok_or_else(|| DeadError::Poison(entry_id.to_owned()))?;
-        task.attempt = 1;
-        task.first_failed_at = None;
-        task.last_error = None;
-        let outcome: String = scripts::REQUEUE
-            .key(self.keys.dead())
-            .key(self.keys.stream(&task.queue))
-            .key(self.keys.unique(task.unique.as_deref()))
-            .arg(entry_id)
-            .arg(task.lock_token())
-            .arg(if task.unique.is_some() { "1" } else { "0" })
-            .arg(fields::encode(&task))
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        match outcome.as_str() {
-            "gone" => Err(DeadError::NotFound(entry_id.to_owned())),
-            "conflict" => Err(DeadError::Conflict(entry_id.to_owned())),
-            _ => {
+        let envelope = Envelope::first(task);
+        match scripts::requeue(&mut self.conn.clone(), &self.keys, entry_id, &envelope).await? {
+            scripts::Requeue::Gone => Err(DeadError::NotFound(entry_id.to_owned())),
+            scripts::Requeue::Conflict => Err(DeadError::Conflict(entry_id.to_owned())),
+            scripts::Requeue::Queued(new_entry_id) => {
+                let task = &envelope.task;
                 tracing::info!(task_id = %task.id, queue = %task.queue, "requeued dead task");
-                Ok(outcome)
+                Ok(new_entry_id)
             }
         }
     }
@@ -215,7 +218,7 @@ fn parse(entry_id: String, map: &HashMap<String, Value>) -> DeadTask {
     let queue = text(map, "queue").and_then(|q| QueueName::parse(&q).ok());
     let number = |name| text(map, name).and_then(|v| v.parse().ok());
     let task = match (&queue, map.contains_key("raw")) {
-        (Some(queue), false) => fields::decode(queue.clone(), map).ok(),
+        (Some(queue), false) => fields::decode(queue.clone(), map).ok().map(|e| e.task),
         _ => None,
     };
     DeadTask {

@@ -5,10 +5,11 @@
 //! it has read an entry.
 
 use redis::aio::ConnectionManager;
-use simplebank_core::task::{GROUP, Keys, QueueName};
+
+use crate::keys::{GROUP, Keys, QueueName};
 
 /// Creates the group on each queue's stream (and the stream), if missing.
-pub async fn ensure(
+pub(crate) async fn ensure(
     conn: &mut ConnectionManager,
     keys: &Keys,
     queues: &[QueueName],
@@ -32,7 +33,7 @@ pub async fn ensure(
 }
 
 /// Adds `consumer` to the group on each queue's stream (nothing if it is already there).
-pub async fn join(
+pub(crate) async fn join(
     conn: &mut ConnectionManager,
     keys: &Keys,
     queues: &[QueueName],
@@ -51,6 +52,6 @@ pub async fn join(
 }
 
 /// Whether `err` says the group (or its stream) is gone, so it must be created again.
-pub fn is_missing(err: &redis::RedisError) -> bool {
+pub(crate) fn is_missing(err: &redis::RedisError) -> bool {
     err.code() == Some("NOGROUP")
 }

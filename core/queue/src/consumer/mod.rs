@@ -1,0 +1,229 @@
+//! The consumer engine. All workers of a namespace form one consumer group on the task
+//! streams (one per queue). Each [`Worker`]:
+//! - reads new entries in weighted priority order (`fetch`, `priority`);
+//! - runs each with its handler, at most `concurrency` at a time (`dispatch`);
+//! - settles each entry: done (batched acks, `ack`), retried with backoff (`backoff`), or
+//!   dead-lettered (`dispatch`);
+//! - renews the lease of long tasks, and takes over entries left pending past the visibility
+//!   timeout by a crashed worker (`reclaim`);
+//! - promotes due delayed tasks and retries onto their streams (`promote`);
+//! - on shutdown stops reading, lets running tasks finish within the shutdown timeout, and
+//!   leaves the rest pending for another worker.
+
+mod ack;
+mod backoff;
+mod dispatch;
+mod fetch;
+mod group;
+mod handler;
+mod priority;
+mod promote;
+mod reclaim;
+mod settings;
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::Semaphore;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+pub use backoff::Backoff;
+pub use handler::{FailureKind, Handler, HandlerError, Handlers, TaskContext};
+pub use settings::{ConsumerSettings, DEFAULT_VISIBILITY_TIMEOUT, QueuesError, parse_queues};
+
+use crate::{
+    connection,
+    keys::{Keys, Namespace, QueueName},
+    report,
+};
+use dispatch::Dispatcher;
+use fetch::Fetcher;
+use reclaim::Reclaimer;
+
+/// Why a worker stopped before its shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// The address is not a Redis address.
+    #[error("invalid Redis address")]
+    Address(#[source] redis::RedisError),
+    /// Redis refuses this client (a password, an ACL, a database index): waiting cannot fix it.
+    #[error("Redis refuses this client")]
+    Refused(#[source] redis::RedisError),
+}
+
+/// One process's consumer: any handlers, any queues. See the crate docs for a whole example.
+#[derive(Debug)]
+pub struct Worker {
+    client: redis::Client,
+    keys: Keys,
+    settings: ConsumerSettings,
+    handlers: Handlers,
+}
+
+impl Worker {
+    /// A worker for the queues of `settings` in `namespace`, on the Redis at `redis_address`
+    /// (`host:port` or a `redis://` URL). Nothing is connected until [`Worker::run`].
+    pub fn new(
+        redis_address: &str,
+        namespace: Namespace,
+        settings: ConsumerSettings,
+        handlers: Handlers,
+    ) -> Result<Self, ConsumerError> {
+        Ok(Self {
+            client: connection::client(redis_address).map_err(ConsumerError::Address)?,
+            keys: Keys::new(namespace),
+            settings,
+            handlers,
+        })
+    }
+
+    /// Consumes until `shutdown` is cancelled, then drains as described in the crate docs.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
+        let settings = self.settings;
+        let queues: Vec<QueueName> = settings.queues.iter().map(|(q, _)| q.clone()).collect();
+        let mut conn = connection::lazy_manager(self.client.clone(), connection::RESPONSE_TIMEOUT)
+            .map_err(ConsumerError::Address)?;
+        let fetch_conn = connection::lazy_manager(
+            self.client.clone(),
+            settings.block + connection::RESPONSE_TIMEOUT,
+        )
+        .map_err(ConsumerError::Address)?;
+
+        if !wait_for_groups(&mut conn, &self.keys, &queues, &shutdown).await? {
+            return Ok(());
+        }
+        // Visible in XINFO CONSUMERS from now on; a failure here only delays that (the first
+        // read adds the consumer too), so it is not a reason to stop.
+        if let Err(err) = group::join(&mut conn, &self.keys, &queues, &settings.consumer_name).await
+        {
+            tracing::warn!(error = %report::chain(&err), "cannot join the consumer group yet; the first read will");
+        }
+        warn_about_redis_settings(&mut conn).await;
+        tracing::info!(
+            consumer = %settings.consumer_name,
+            concurrency = settings.concurrency,
+            queues = %settings.queues.iter().map(|(q, w)| format!("{q}:{w}")).collect::<Vec<_>>().join(","),
+            "start task processor"
+        );
+
+        let slots = Arc::new(Semaphore::new(settings.concurrency));
+        let dispatcher = Arc::new(Dispatcher {
+            conn: conn.clone(),
+            keys: self.keys.clone(),
+            handlers: self.handlers,
+            acker: ack::Acker::start(conn.clone()),
+            shutdown: shutdown.clone(),
+            consumer: settings.consumer_name.clone(),
+            renew_every: settings.renew_interval(),
+            backoff: settings.backoff,
+            tracker: TaskTracker::new(),
+            abandon: CancellationToken::new(),
+        });
+        let promoter = tokio::spawn(promote::run(
+            conn.clone(),
+            self.keys.clone(),
+            shutdown.clone(),
+        ));
+        let reclaim = tokio::spawn(
+            Reclaimer {
+                conn: conn.clone(),
+                keys: self.keys.clone(),
+                queues: queues.clone(),
+                consumer: settings.consumer_name.clone(),
+                visibility_timeout: settings.visibility_timeout,
+                interval: settings.reclaim_interval(),
+                slots: Arc::clone(&slots),
+                dispatcher: Arc::clone(&dispatcher),
+            }
+            .run(shutdown.clone()),
+        );
+        let fetcher = Fetcher::new(
+            fetch_conn,
+            &self.keys,
+            &settings.queues,
+            settings.strict_priority,
+            settings.consumer_name.clone(),
+            settings.block,
+        );
+        let reading = fetch::Reading {
+            conn: &mut conn,
+            keys: &self.keys,
+            queues: &queues,
+            slots: &slots,
+            concurrency: settings.concurrency,
+            dispatcher: &dispatcher,
+        };
+        fetch::run(fetcher, reading, &shutdown).await;
+        let _ = tokio::join!(reclaim, promoter);
+
+        dispatcher.tracker.close();
+        let running = dispatcher.tracker.len();
+        tracing::info!(running, "stopped reading; waiting for running tasks");
+        if tokio::time::timeout(settings.shutdown_timeout, dispatcher.tracker.wait())
+            .await
+            .is_err()
+        {
+            dispatcher.abandon.cancel();
+            dispatcher.tracker.wait().await;
+        }
+        tracing::info!("task processor stopped");
+        Ok(())
+    }
+}
+
+/// Creates the consumer groups, retrying while Redis is unreachable. False if shut down first;
+/// an error if Redis refuses this client (a misconfiguration, which waiting cannot fix).
+async fn wait_for_groups(
+    conn: &mut redis::aio::ConnectionManager,
+    keys: &Keys,
+    queues: &[QueueName],
+    shutdown: &CancellationToken,
+) -> Result<bool, ConsumerError> {
+    let mut warned = false;
+    loop {
+        match group::ensure(conn, keys, queues).await {
+            Ok(()) => return Ok(true),
+            Err(err) if connection::is_misconfiguration(&err) => {
+                return Err(ConsumerError::Refused(err));
+            }
+            Err(err) if !warned => {
+                tracing::warn!(error = %report::chain(&err), "cannot reach Redis; retrying");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(false),
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Warns when Redis may lose tasks: an eviction policy other than `noeviction`, or no AOF.
+/// Managed Redis services may refuse CONFIG; then nothing is said.
+async fn warn_about_redis_settings(conn: &mut redis::aio::ConnectionManager) {
+    let config = |name: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async::<Vec<String>>(&mut conn)
+                .await
+                .ok()
+                .and_then(|pair| pair.into_iter().nth(1))
+        }
+    };
+    if let Some(policy) = config("maxmemory-policy").await
+        && policy != "noeviction"
+    {
+        tracing::warn!(
+            policy,
+            "Redis maxmemory-policy is not noeviction: it may evict queued tasks"
+        );
+    }
+    if config("appendonly").await.as_deref() == Some("no") {
+        tracing::warn!(
+            "Redis runs without AOF (appendonly no): a Redis restart loses queued tasks"
+        );
+    }
+}

@@ -1,0 +1,176 @@
+//! How a worker consumes the streams, independent of what its handlers do. The programs read
+//! these from the environment (see the README's configuration table); an embedding service
+//! starts from [`ConsumerSettings::new`] and changes what it needs.
+
+use std::time::Duration;
+
+use crate::{
+    consumer::backoff::Backoff,
+    keys::{DEFAULT_QUEUES, NameError, QueueName},
+};
+
+/// The consumer's settings.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// Tasks run at the same time by this process (`WORKER_CONCURRENCY`, default 10).
+    pub concurrency: usize,
+    /// Queues and their weights (`WORKER_QUEUES`, default `critical:6,default:3,low:1`).
+    pub queues: Vec<(QueueName, u32)>,
+    /// Always serve the heaviest non-empty queue first (`WORKER_STRICT_PRIORITY`, default false).
+    pub strict_priority: bool,
+    /// How long an entry may stay pending with its consumer, without a lease renewal, before
+    /// another worker takes it over (`WORKER_VISIBILITY_TIMEOUT`, default 60s). Running tasks
+    /// renew their lease every third of it, so it bounds how long a crashed worker's tasks
+    /// wait, not how long a task may run.
+    pub visibility_timeout: Duration,
+    /// How long in-flight tasks may take to finish after shutdown begins
+    /// (`WORKER_SHUTDOWN_TIMEOUT`, default 10s). Unfinished ones stay pending for another worker.
+    pub shutdown_timeout: Duration,
+    /// This process in the consumer group (`WORKER_CONSUMER_NAME`); unique per process.
+    pub consumer_name: String,
+    /// How long one blocking read waits when every queue is empty (1s).
+    pub block: Duration,
+    /// Retry backoff (`WORKER_RETRY_BASE_DELAY`, `WORKER_RETRY_MAX_DELAY`).
+    pub backoff: Backoff,
+}
+
+/// Default of [`ConsumerSettings::visibility_timeout`].
+pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The floor of [`ConsumerSettings::reclaim_interval`].
+const MIN_RECLAIM_INTERVAL: Duration = Duration::from_millis(100);
+
+impl ConsumerSettings {
+    /// Defaults everywhere, as `consumer_name`.
+    pub fn new(consumer_name: impl Into<String>) -> Self {
+        Self {
+            concurrency: 10,
+            queues: default_queues(),
+            strict_priority: false,
+            visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
+            shutdown_timeout: Duration::from_secs(10),
+            consumer_name: consumer_name.into(),
+            block: Duration::from_secs(1),
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// How often pending entries are checked for takeover: a tenth of the visibility timeout,
+    /// at least 100 ms (three XAUTOCLAIMs a scan, so a short timeout does not busy Redis).
+    /// A dead worker's entries are taken over at most `visibility_timeout + reclaim_interval`
+    /// after its last read or renewal (66 s with the default 60 s).
+    pub fn reclaim_interval(&self) -> Duration {
+        (self.visibility_timeout / 10).max(MIN_RECLAIM_INTERVAL)
+    }
+
+    /// How often a running task renews its lease: a third of the visibility timeout, so two
+    /// renewals can fail before another worker may take the task over.
+    pub fn renew_interval(&self) -> Duration {
+        self.visibility_timeout / 3
+    }
+}
+
+fn default_queues() -> Vec<(QueueName, u32)> {
+    DEFAULT_QUEUES
+        .iter()
+        .zip([6, 3, 1])
+        .filter_map(|(name, weight)| Some((QueueName::parse(name).ok()?, weight)))
+        .collect()
+}
+
+/// Why a `name:weight,...` list is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueuesError {
+    /// An item without `:`.
+    #[error("expected name:weight, got {0:?}")]
+    Item(String),
+    /// A bad queue name.
+    #[error("queue {name:?}")]
+    Name {
+        /// The name as given.
+        name: String,
+        /// Why it is not one.
+        #[source]
+        source: NameError,
+    },
+    /// A weight that is not a positive integer.
+    #[error("queue {0}: weight must be a positive integer")]
+    Weight(QueueName),
+    /// A queue listed twice.
+    #[error("queue {0} is listed twice")]
+    Duplicate(QueueName),
+    /// Nothing listed.
+    #[error("no queues given")]
+    Empty,
+}
+
+/// Parses `name:weight,name:weight`; weights are positive integers, names unique.
+pub fn parse_queues(raw: &str) -> Result<Vec<(QueueName, u32)>, QueuesError> {
+    let mut queues: Vec<(QueueName, u32)> = Vec::new();
+    for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, weight) = item
+            .split_once(':')
+            .ok_or_else(|| QueuesError::Item(item.to_owned()))?;
+        let name = QueueName::parse(name.trim()).map_err(|source| QueuesError::Name {
+            name: name.to_owned(),
+            source,
+        })?;
+        let weight: u32 = match weight.trim().parse() {
+            Ok(weight) if weight > 0 => weight,
+            _ => return Err(QueuesError::Weight(name)),
+        };
+        if queues.iter().any(|(existing, _)| *existing == name) {
+            return Err(QueuesError::Duplicate(name));
+        }
+        queues.push((name, weight));
+    }
+    if queues.is_empty() {
+        return Err(QueuesError::Empty);
+    }
+    Ok(queues)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{ConsumerSettings, QueuesError, parse_queues};
+
+    /// Takeover happens within a tenth of the visibility timeout after it (the README's bound).
+    #[test]
+    fn reclaim_scans_every_tenth_of_the_visibility_timeout() {
+        let mut settings = ConsumerSettings::new("c");
+        for (visibility, interval) in [
+            (60_000, 6_000),
+            (10 * 60_000, 60_000),
+            (3_000, 300),
+            (1_000, 100),
+            (300, 100),
+        ] {
+            settings.visibility_timeout = Duration::from_millis(visibility);
+            assert_eq!(
+                settings.reclaim_interval(),
+                Duration::from_millis(interval),
+                "visibility timeout {visibility} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn queues() {
+        let parsed = parse_queues("critical:6, default:3,low:1").unwrap();
+        let names: Vec<_> = parsed.iter().map(|(q, w)| (q.as_str(), *w)).collect();
+        assert_eq!(names, [("critical", 6), ("default", 3), ("low", 1)]);
+        assert_eq!(parse_queues(""), Err(QueuesError::Empty));
+        for bad in [
+            "",
+            "critical",
+            "critical:0",
+            "critical:x",
+            "a:1,a:2",
+            "bad name:1",
+        ] {
+            assert!(parse_queues(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! simplebank-queue: a Redis Streams task queue to embed in a Rust service.
+//!
+//! - Producers build a [`Task`] from a payload type ([`TaskPayload`]) and enqueue it with a
+//!   [`Publisher`]: at once, later, or at most once per id or content.
+//! - A [`Worker`] consumes the queues as one member of a consumer group and runs each task
+//!   with the handler registered for its payload type ([`Handlers::on`]): retries with
+//!   backoff, dead letters, lease renewal, takeover of a crashed worker's tasks, graceful
+//!   shutdown. Delivery is at least once; handlers key their side effects on the task id.
+//! - [`DeadLetters`] lists, requeues and deletes what could not be done.
+//!
+//! The Redis layout is documented once, on [`Keys`]. Dependencies are Redis, serde, tokio and
+//! tracing, plus the OpenTelemetry API for trace context: no SDK, exporter or database.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use simplebank_queue::{
+//!     ConsumerSettings, HandlerError, Handlers, Keys, Namespace, Publisher, Task, TaskContext,
+//!     TaskPayload, Worker, connection,
+//! };
+//! use tokio_util::sync::CancellationToken;
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Invoice { number: u32 }
+//!
+//! impl TaskPayload for Invoice {
+//!     const TYPE: &'static str = "billing:invoice";
+//!     const MAX_RETRY: u32 = 5;
+//! }
+//!
+//! async fn send(invoice: Invoice, cx: TaskContext) -> Result<(), HandlerError> {
+//!     println!("invoice {} (task {}, attempt {})", invoice.number, cx.id(), cx.attempt());
+//!     Ok(())
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let namespace = Namespace::parse("billing")?;
+//! let conn = connection::lazy_manager(
+//!     connection::client("127.0.0.1:6379")?,
+//!     connection::RESPONSE_TIMEOUT,
+//! )?;
+//! let publisher = Publisher::new(conn, Keys::new(namespace.clone()));
+//! publisher.publish(&Task::new(&Invoice { number: 7 })?).await?;
+//!
+//! let worker = Worker::new(
+//!     "127.0.0.1:6379",
+//!     namespace,
+//!     ConsumerSettings::new("billing-1"),
+//!     Handlers::new().on(send),
+//! )?;
+//! let shutdown = CancellationToken::new();
+//! worker.run(shutdown).await?;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod connection;
+mod consumer;
+mod dead;
+mod fields;
+mod keys;
+mod publish;
+pub mod report;
+mod scripts;
+mod task;
+pub mod trace;
+
+#[cfg(feature = "test-util")]
+pub mod testing;
+
+pub use consumer::{
+    Backoff, ConsumerError, ConsumerSettings, DEFAULT_VISIBILITY_TIMEOUT, FailureKind, Handler,
+    HandlerError, Handlers, QueuesError, TaskContext, Worker, parse_queues,
+};
+pub use dead::{DeadError, DeadLetters, DeadTask};
+pub use keys::{DEFAULT_NAMESPACE, DEFAULT_QUEUES, GROUP, Keys, NameError, Namespace, QueueName};
+pub use publish::{Enqueued, PublishError, Publisher};
+pub use task::{DEFAULT_MAX_RETRY, DEFAULT_TIMEOUT, Task, TaskError, TaskPayload};

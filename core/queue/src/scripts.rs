@@ -1,0 +1,371 @@
+//! The Lua scripts that move a task from one state to another in one atomic step. Each runs
+//! on keys of one namespace, all in the `{ns}` hash slot. Times come from Redis' own clock
+//! (`TIME`), so workers with skewed clocks agree on when a task is due.
+//!
+//! States: *queued* (an entry in `{ns}:stream:<queue>`), *running* (that entry, pending with a
+//! consumer), *scheduled* (a member of `{ns}:scheduled`: delayed or waiting for a retry), *dead*
+//! (an entry of `{ns}:dead`), *done* (gone).
+//!
+//! | script | from -> to |
+//! |---|---|
+//! | [`enqueue`] | new -> queued, or scheduled; refused when its uniqueness lock is held |
+//! | [`promote`] | scheduled (due) -> queued |
+//! | [`finish`] | running -> done (ack, delete, release the lock), for a batch of entries |
+//! | [`retry`] | running -> scheduled at now + delay |
+//! | [`kill`] | running -> dead (release the lock) |
+//! | [`renew`] | running -> running, idle time reset (the lease), if still held by this consumer |
+//! | [`requeue`] | dead -> queued |
+//!
+//! The scripts are private statics; each is called only through the typed function below it,
+//! the one place that knows its KEYS/ARGV order.
+
+use std::{sync::LazyLock, time::Duration};
+
+use redis::{RedisResult, Script, aio::ConnectionManager};
+
+use crate::{
+    fields,
+    keys::{GROUP, Keys},
+    task::{Envelope, Schedule, Task},
+};
+
+/// KEYS: stream, scheduled, lock. ARGV: lock token (`Task::lock_token`), has lock (`1`/`0`), lock ttl ms (`0` = none),
+/// schedule kind (`` / `at` / `in`), schedule ms, scheduled member, then the entry's fields.
+/// Returns `{status, detail}`: `queued` + entry id, `scheduled` + due ms, `exists` (this very
+/// task already holds the lock: enqueued before), `conflict` (another task holds it).
+static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if ARGV[2] == '1' then
+  local ok
+  if ARGV[3] ~= '0' then
+    ok = redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[3])
+  else
+    ok = redis.call('SET', KEYS[3], ARGV[1], 'NX')
+  end
+  if not ok then
+    if redis.call('GET', KEYS[3]) == ARGV[1] then return {'exists', ''} end
+    return {'conflict', ''}
+  end
+end
+if ARGV[4] ~= '' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local due = tonumber(ARGV[5])
+  if ARGV[4] == 'in' then due = now + due end
+  if due > now then
+    redis.call('ZADD', KEYS[2], due, ARGV[6])
+    return {'scheduled', tostring(due)}
+  end
+end
+return {'queued', redis.call('XADD', KEYS[1], '*', unpack(ARGV, 7))}
+",
+    )
+});
+
+/// KEYS: scheduled. ARGV: stream key prefix, batch size.
+/// Moves up to a batch of due members onto their streams. Returns `{moved, wait}`: `wait` is
+/// how many ms until the next member is due (-1 when none is left).
+static PROMOTE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+for _, member in ipairs(due) do
+  local task = cjson.decode(member)
+  redis.call('XADD', ARGV[1] .. task.queue, '*', unpack(task.fields))
+  redis.call('ZREM', KEYS[1], member)
+end
+local next = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local wait = -1
+if next[2] then wait = math.max(0, tonumber(next[2]) - now) end
+return {#due, wait}
+",
+    )
+});
+
+/// KEYS: stream, then the lock of each finished task that holds one. ARGV: group, the number
+/// `n` of entries, their `n` ids, then one lock token per lock key.
+/// Acks and deletes the entries (a batch: the worker settles finished tasks together, see
+/// `simplebank_worker::ack`); releases each lock its task still holds. Returns the number acked.
+static FINISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local n = tonumber(ARGV[2])
+local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3, 2 + n))
+redis.call('XDEL', KEYS[1], unpack(ARGV, 3, 2 + n))
+for i = 2, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1 + n + i] then
+    redis.call('DEL', KEYS[i])
+  end
+end
+return acked
+",
+    )
+});
+
+/// KEYS: stream, scheduled. ARGV: group, entry id, delay ms, scheduled member (next attempt).
+/// Only if the entry is still pending (not finished elsewhere): ack, delete, schedule.
+/// Returns 1 if scheduled, 0 if the entry was no longer pending.
+static RETRY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('XDEL', KEYS[1], ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4])
+return 1
+",
+    )
+});
+
+/// KEYS: stream, dead, lock. ARGV: group, entry id, lock token, has lock, then the dead entry's
+/// fields. Only if the entry is still pending: ack, delete, add to the dead letters (with
+/// `dead_at` from Redis' clock), release the lock. Returns 1, or 0 if no longer pending.
+static KILL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('XDEL', KEYS[1], ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('XADD', KEYS[2], '*', 'dead_at', tostring(now), unpack(ARGV, 5))
+if ARGV[4] == '1' and redis.call('GET', KEYS[3]) == ARGV[3] then
+  redis.call('DEL', KEYS[3])
+end
+return 1
+",
+    )
+});
+
+/// KEYS: stream. ARGV: group, consumer, entry id.
+/// Resets the entry's idle time (XCLAIM JUSTID: the delivery count is not raised), only if it
+/// is still pending with this consumer. Returns 1 if renewed, 0 if the lease was lost.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #pending == 0 or pending[1][2] ~= ARGV[2] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+",
+    )
+});
+
+/// KEYS: dead, stream, lock. ARGV: dead entry id, lock token, has lock, then the fields of the
+/// new entry. Moves a dead task back to its stream, taking its lock again. Returns the new
+/// entry id, `gone` if the dead entry no longer exists, `conflict` if another live task holds
+/// the lock.
+static REQUEUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then return 'gone' end
+if ARGV[3] == '1' then
+  if not redis.call('SET', KEYS[3], ARGV[2], 'NX') and redis.call('GET', KEYS[3]) ~= ARGV[2] then
+    return 'conflict'
+  end
+end
+redis.call('XDEL', KEYS[1], ARGV[1])
+return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
+",
+    )
+});
+
+fn flag(on: bool) -> &'static str {
+    if on { "1" } else { "0" }
+}
+
+fn ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What [`enqueue`] did.
+pub(crate) enum Enqueue {
+    /// Added to its stream, as this entry.
+    Queued(String),
+    /// Added to the scheduled set, due at this time (ms, Redis' clock).
+    Scheduled(i64),
+    /// This very task already holds its lock: enqueued before.
+    Exists,
+    /// Another task holds the lock.
+    Conflict,
+}
+
+/// Takes `envelope`'s lock (if any) and queues or schedules it, in one step.
+pub(crate) async fn enqueue(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    envelope: &Envelope,
+) -> RedisResult<Enqueue> {
+    let task = &envelope.task;
+    let (kind, at) = match task.schedule {
+        None => ("", 0),
+        Some(Schedule::At(at)) => ("at", at),
+        Some(Schedule::In(delay)) => ("in", i64::try_from(delay).unwrap_or(i64::MAX)),
+    };
+    let member = if task.schedule.is_some() {
+        fields::scheduled_member(envelope)
+    } else {
+        String::new()
+    };
+    let (status, detail): (String, String) = ENQUEUE
+        .key(keys.stream(&task.queue))
+        .key(keys.scheduled())
+        .key(keys.unique(task.unique.as_deref()))
+        .arg(task.lock_token())
+        .arg(flag(task.unique.is_some()))
+        .arg(task.unique_ttl_ms.unwrap_or(0))
+        .arg(kind)
+        .arg(at)
+        .arg(member)
+        .arg(fields::encode(envelope))
+        .invoke_async(conn)
+        .await?;
+    Ok(match status.as_str() {
+        "queued" => Enqueue::Queued(detail),
+        "scheduled" => Enqueue::Scheduled(detail.parse().unwrap_or_default()),
+        "exists" => Enqueue::Exists,
+        _ => Enqueue::Conflict,
+    })
+}
+
+/// Moves up to `batch` due tasks onto their streams. Returns how many moved and how many ms
+/// until the next one is due (`None` when none is left).
+pub(crate) async fn promote(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    batch: usize,
+) -> RedisResult<(usize, Option<u64>)> {
+    let (moved, wait): (usize, i64) = PROMOTE
+        .key(keys.scheduled())
+        .arg(keys.stream_prefix())
+        .arg(batch)
+        .invoke_async(conn)
+        .await?;
+    Ok((moved, u64::try_from(wait).ok()))
+}
+
+/// One finished entry for [`finish`]: its id and the lock (key, token) its task holds.
+#[derive(Debug)]
+pub(crate) struct Finished {
+    pub entry_id: String,
+    pub lock: Option<(String, String)>,
+}
+
+/// Acks and deletes `entries` of `stream` and releases the locks they still hold.
+pub(crate) async fn finish<'a>(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    entries: impl Iterator<Item = &'a Finished> + Clone,
+) -> RedisResult<()> {
+    let mut invocation = FINISH.key(stream);
+    invocation.arg(GROUP).arg(entries.clone().count());
+    for entry in entries.clone() {
+        invocation.arg(&entry.entry_id);
+    }
+    for (key, token) in entries.filter_map(|entry| entry.lock.as_ref()) {
+        invocation.key(key).arg(token);
+    }
+    let _acked: i64 = invocation.invoke_async(conn).await?;
+    Ok(())
+}
+
+/// Schedules `next` `delay` from now in place of pending entry `entry_id`. False if the entry
+/// was no longer pending (finished or taken over elsewhere).
+pub(crate) async fn retry(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    entry_id: &str,
+    delay: Duration,
+    next: &Envelope,
+) -> RedisResult<bool> {
+    let scheduled: i64 = RETRY
+        .key(keys.stream(&next.task.queue))
+        .key(keys.scheduled())
+        .arg(GROUP)
+        .arg(entry_id)
+        .arg(ms(delay))
+        .arg(fields::scheduled_member(next))
+        .invoke_async(conn)
+        .await?;
+    Ok(scheduled == 1)
+}
+
+/// Moves pending entry `entry_id` of `stream` to the dead letters as `dead_fields`, releasing
+/// the lock of `task` (if it holds one). False if the entry was no longer pending.
+pub(crate) async fn kill(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    stream: &str,
+    entry_id: &str,
+    task: Option<&Task>,
+    dead_fields: Vec<(&'static str, String)>,
+) -> RedisResult<bool> {
+    let unique = task.and_then(|task| task.unique.as_deref());
+    let killed: i64 = KILL
+        .key(stream)
+        .key(keys.dead())
+        .key(keys.unique(unique))
+        .arg(GROUP)
+        .arg(entry_id)
+        .arg(task.map(Task::lock_token).unwrap_or_default())
+        .arg(flag(unique.is_some()))
+        .arg(dead_fields)
+        .invoke_async(conn)
+        .await?;
+    Ok(killed == 1)
+}
+
+/// Renews the lease of `consumer` on pending entry `entry_id`. False if the lease was lost.
+pub(crate) async fn renew(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    consumer: &str,
+    entry_id: &str,
+) -> RedisResult<bool> {
+    let renewed: i64 = RENEW
+        .key(stream)
+        .arg(GROUP)
+        .arg(consumer)
+        .arg(entry_id)
+        .invoke_async(conn)
+        .await?;
+    Ok(renewed == 1)
+}
+
+/// What [`requeue`] did.
+pub(crate) enum Requeue {
+    /// Back on its stream, as this entry.
+    Queued(String),
+    /// The dead entry no longer exists.
+    Gone,
+    /// Another live task holds the lock.
+    Conflict,
+}
+
+/// Moves dead entry `dead_entry_id` back onto its stream as `envelope`, taking its lock again.
+pub(crate) async fn requeue(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    dead_entry_id: &str,
+    envelope: &Envelope,
+) -> RedisResult<Requeue> {
+    let task = &envelope.task;
+    let outcome: String = REQUEUE
+        .key(keys.dead())
+        .key(keys.stream(&task.queue))
+        .key(keys.unique(task.unique.as_deref()))
+        .arg(dead_entry_id)
+        .arg(task.lock_token())
+        .arg(flag(task.unique.is_some()))
+        .arg(fields::encode(envelope))
+        .invoke_async(conn)
+        .await?;
+    Ok(match outcome.as_str() {
+        "gone" => Requeue::Gone,
+        "conflict" => Requeue::Conflict,
+        _ => Requeue::Queued(outcome),
+    })
+}

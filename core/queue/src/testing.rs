@@ -1,0 +1,226 @@
+//! Test helpers (feature `test-util`), for the queue's tests and for services that embed it:
+//! real Redis, isolated per test.
+//!
+//! - [`TestRedis`]: a fresh key namespace on the shared Redis (`REDIS_ADDRESS`, default
+//!   `127.0.0.1:6379`), its keys deleted on drop.
+//! - [`RedisServer`]: a private `redis-server` on a free port, for tests that stop, pause
+//!   (SIGSTOP) or restart it.
+//! - [`eventually`]: polls a condition with a deadline, instead of sleeping.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::{
+    future::Future,
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::keys::{Keys, Namespace};
+
+const DEFAULT_REDIS_ADDRESS: &str = "127.0.0.1:6379";
+
+/// `REDIS_ADDRESS` of the shared Redis the tests use.
+pub fn redis_address() -> String {
+    std::env::var("REDIS_ADDRESS").unwrap_or_else(|_| DEFAULT_REDIS_ADDRESS.into())
+}
+
+fn unique_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()
+}
+
+/// A Redis namespace of its own for one test; its keys are deleted when this drops.
+#[derive(Debug)]
+pub struct TestRedis {
+    pub address: String,
+    pub namespace: Namespace,
+}
+
+impl TestRedis {
+    pub fn new() -> Self {
+        Self::at(redis_address())
+    }
+
+    /// A namespace on the Redis at `address` (a private server, for instance).
+    pub fn at(address: String) -> Self {
+        Self {
+            address,
+            namespace: Namespace::parse(&format!("t-{}", unique_suffix())).expect("valid name"),
+        }
+    }
+
+    pub fn keys(&self) -> Keys {
+        Keys::new(self.namespace.clone())
+    }
+
+    pub fn client(&self) -> redis::Client {
+        crate::connection::client(&self.address).expect("valid Redis address")
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        self.client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis at REDIS_ADDRESS answers (run `make services`)")
+    }
+}
+
+impl Default for TestRedis {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let Ok(mut conn) = self
+            .client()
+            .get_connection_with_timeout(Duration::from_secs(1))
+        else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(self.keys().pattern())
+            .query(&mut conn)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+/// A `redis-server` process of the test's own, on a free port, killed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+impl RedisServer {
+    /// Starts a server with no persistence and waits until it answers.
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts a server with extra arguments (`["--appendonly", "yes"]`, ...).
+    pub async fn start_with(extra_args: &[&str]) -> Self {
+        Self::on_port(free_port(), extra_args).await
+    }
+
+    /// Prepares a server on `port` without starting it: for tests where Redis is down first.
+    pub fn stopped(port: u16, extra_args: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("simplebank-redis-{}", unique_suffix()));
+        std::fs::create_dir_all(&dir).expect("temp dir for redis-server");
+        Self {
+            port,
+            dir,
+            child: None,
+            extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    async fn on_port(port: u16, extra_args: &[&str]) -> Self {
+        let mut server = Self::stopped(port, extra_args);
+        server.restart().await;
+        server
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again), with the same port, data folder and arguments.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let child = Command::new(std::env::var("REDIS_SERVER").unwrap_or("redis-server".into()))
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (run `make services`)");
+        self.child = Some(child);
+        let client = crate::connection::client(&self.address()).expect("address");
+        eventually(
+            "private redis-server answers PING",
+            Duration::from_secs(10),
+            || {
+                let client = client.clone();
+                async move {
+                    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                        return false;
+                    };
+                    redis::cmd("PING")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .is_ok()
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Suspends the process (SIGSTOP): connections stay open and commands go unanswered, as
+    /// with a hung Redis. [`RedisServer::resume`] lets it go on.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Continues a paused process (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} redis-server");
+    }
+
+    /// Kills the process at once (SIGKILL): no save, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls `check` every 20 ms until it returns true; panics with `what` after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
