@@ -25,10 +25,11 @@ impl TaskPayload for Welcome {
 /// refused for good (a dead letter), everyone else is welcomed.
 async fn welcome(job: Welcome, cx: TaskContext) -> Result<(), HandlerError> {
     match (job.user.as_str(), cx.attempt()) {
-        ("bob", 1) => Err(HandlerError::new("mail server busy")),
-        ("mallory", _) => Err(HandlerError::skip_retry("address is on the block list")),
-        (user, attempt) => Ok(println!("welcomed {user} (attempt {attempt})")),
+        ("bob", 1) => return Err(HandlerError::new("mail server busy")),
+        ("mallory", _) => return Err(HandlerError::skip_retry("address is on the block list")),
+        (user, attempt) => println!("welcomed {user} (attempt {attempt})"),
     }
+    Ok(())
 }
 
 #[tokio::main]
