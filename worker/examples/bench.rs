@@ -64,7 +64,7 @@ each step on top of the previous one):
 | step | what perf showed | change | drain 1 x 100 | worker CPU per 100k |
 |---|---|---|---|---|
 | start | | | 60-63k/s | 1.42 s |
-| 1 | one FINISH script per task: its encoding, reply parsing and a syscall each, and Redis running a script per task | acks batched (group commit, `worker/src/ack.rs`): everything finished while the last FINISH was in flight goes in one script call per stream | 71-79k/s | 1.23-1.36 s |
+| 1 | one FINISH script per task: its encoding, reply parsing and a syscall each, and Redis running a script per task | acks batched (group commit, `core/queue/src/consumer/ack.rs`): everything finished while the last FINISH was in flight goes in one script call per stream | 71-79k/s | 1.23-1.36 s |
 | 2 | two spawns per task (entry, then handler) | the handler is polled in its entry's task under `catch_unwind`, timers armed only if it does not finish at once | 82-84k/s | 1.08-1.12 s |
 | 3 | `StreamReadReply`: every value cloned into a hash map (a sixth of the CPU) | XREADGROUP replies moved into entries without copies | 89-93k/s | 0.95 s |
 | 4 | the fetch loop waited for acks: a slot stayed taken until its entry was acked | a slot is freed when the handler returns; settling overlaps the next read | 88-99k/s | 0.89-0.96 s |
@@ -76,7 +76,7 @@ each step on top of the previous one):
 
 With the fields kept, a third of the worker's CPU is redis-rs parsing replies (a known cost of
 its parser: redis-rs pull request 2184 proposes a fast path). Delivery is unchanged: the fault tests (SIGKILL under load, Redis restart with AOF,
-lease, shutdown hand-over) pass, and `worker/tests/it/ack.rs` checks that a batch acks every
+lease, shutdown hand-over) pass, and `core/queue/src/consumer/ack_tests.rs` checks that a batch acks every
 entry across streams, releases only the locks their tasks still hold, and takes far fewer
 script calls than tasks.
 

@@ -8,10 +8,9 @@ use simplebank_queue::Keys;
 use simplebank_worker::WorkerConfig;
 use tokio_util::sync::CancellationToken;
 
-/// One runtime thread: a worker process is I/O-bound, and on one thread it needs no
-/// cross-thread wake-ups (a third less CPU per task than the multi-threaded runtime, measured
-/// by `make bench`). Run more processes to use more cores; blocking work in a handler belongs
-/// in `spawn_blocking`, which has its own threads.
+/// One runtime thread: a worker process is I/O-bound and needs no cross-thread wake-ups
+/// (BENCHMARKS.md, step 7). Run more processes to use more cores; blocking work in a handler
+/// belongs in `spawn_blocking`, which has its own threads.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let config = match config::load_app_env().and_then(|()| WorkerConfig::from_env()) {

@@ -72,9 +72,10 @@ async fn delayed_tasks_fire_exactly_once_and_never_early_with_three_promoters() 
         async move { n == 300 }
     })
     .await;
+    // Nothing queued, pending or scheduled: no second fire can come. Stopping the workers
+    // waits for any run already dispatched.
     wait_until_drained(&redis, Noop::QUEUE).await;
     assert_eq!(scheduled_count(&redis).await, 0);
-    tokio::time::sleep(Duration::from_millis(200)).await; // time for any double fire to show
     for worker in workers {
         worker.stop().await;
     }

@@ -234,8 +234,7 @@ impl Target {
 }
 
 /// The entries of an XREAD/XREADGROUP reply, by stream, moved out of the reply rather than
-/// copied (the generic `StreamReadReply` conversion clones every value into a hash map: a
-/// sixth of the worker's CPU when draining, measured with perf).
+/// copied into the hash maps of the generic `StreamReadReply` (BENCHMARKS.md, step 3).
 fn read_reply(reply: Value) -> redis::RedisResult<Vec<(String, Vec<Entry>)>> {
     let streams = match reply {
         Value::Nil => return Ok(Vec::new()),
