@@ -30,7 +30,7 @@ use tracing::Instrument;
 use super::{
     ack::{Ack, Acker},
     backoff::Backoff,
-    handler::{Erased, FailureKind, Handlers, TaskContext},
+    handler::{Erased, FailureKind, HandlerError, Handlers, TaskContext},
 };
 use crate::{
     dead::{dead_fields, poison_fields},
@@ -179,7 +179,7 @@ impl Dispatcher {
         };
         // The payload is decoded once, here; one that does not decode as its type cannot
         // succeed on a retry.
-        let mut attempt = match handler.start(&task.task.payload, context) {
+        let attempt = match handler.start(&task.task.payload, context) {
             Ok(attempt) => CatchUnwind(attempt),
             Err(err) => {
                 drop(permit);
@@ -196,51 +196,29 @@ impl Dispatcher {
                 return;
             }
         };
-        let mut renew = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.renew_every,
-            self.renew_every,
-        );
-        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // A renewal in flight runs beside the handler, never instead of it: a hung Redis must
-        // not stop the handler from being polled or its timeout from firing. One at a time.
-        let mut renewal: Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
-        let cutoff = tokio::time::sleep(timeout);
-        tokio::pin!(cutoff);
-        let outcome = loop {
-            tokio::select! {
-                // The attempt first: a handler that is done never waits on (or arms) a timer.
-                biased;
-                joined = &mut attempt => break match joined {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(err)) => Err(Failure { kind: err.kind(), message: report::chain(&err) }),
-                    Err(_panic) => Err(Failure::retry("handler panicked")),
-                },
-                () = self.abandon.cancelled() => {
-                    tracing::warn!(
-                        task_id = %task.task.id, task_type = %task.task.kind,
-                        "shutdown timeout passed; task left pending for another worker"
-                    );
-                    return;
-                }
-                () = &mut cutoff => {
-                    break Err(Failure::retry(format!("timed out after {} ms", timeout.as_millis())));
-                }
-                () = async {
-                    match renewal.as_mut() {
-                        Some(renewing) => renewing.await,
-                        None => std::future::pending().await,
-                    }
-                }, if renewal.is_some() => renewal = None,
-                _ = renew.tick(), if renewal.is_none() => {
-                    renewal = Some(Box::pin(self.renew(&stream, &entry_id, &task.task.id)));
-                }
+        let renew = || -> Renewal<'_> { Box::pin(self.renew(&stream, &entry_id, &task.task.id)) };
+        let ended = supervise(attempt, timeout, self.renew_every, &self.abandon, renew).await;
+        // The handler's future (cut off or finished) and any renewal are dropped by now.
+        drop(permit);
+        let outcome = match ended {
+            Ended::Returned(Ok(())) => Ok(()),
+            Ended::Returned(Err(err)) => Err(Failure {
+                kind: err.kind(),
+                message: report::chain(&err),
+            }),
+            Ended::Panicked => Err(Failure::retry("handler panicked")),
+            Ended::TimedOut => Err(Failure::retry(format!(
+                "timed out after {} ms",
+                timeout.as_millis()
+            ))),
+            Ended::Abandoned => {
+                tracing::warn!(
+                    task_id = %task.task.id, task_type = %task.task.kind,
+                    "shutdown timeout passed; task left pending for another worker"
+                );
+                return;
             }
         };
-        // A handler cut off by its timeout is cancelled here: its future is dropped, and so is
-        // a renewal still waiting on Redis (the entry is settled next, which ends the lease).
-        drop(renewal);
-        drop(attempt);
-        drop(permit);
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         match outcome {
             Ok(()) => self.finish(&stream, &entry_id, &task, duration_ms).await,
@@ -395,6 +373,60 @@ impl Dispatcher {
     }
 }
 
+/// A lease renewal in flight.
+type Renewal<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// How one attempt ended.
+#[derive(Debug)]
+enum Ended {
+    Returned(Result<(), HandlerError>),
+    Panicked,
+    TimedOut,
+    /// The shutdown timeout passed: the entry is left pending.
+    Abandoned,
+}
+
+/// Polls `attempt` until it ends, `timeout` passes or `abandon` is cancelled, starting a
+/// renewal every `renew_every` (the first one `renew_every` in). A renewal runs beside the
+/// handler, never instead of it: a hung Redis must not stop the handler from being polled or
+/// its timeout from firing. One renewal at a time; one still in flight is dropped at the end.
+async fn supervise<'a, F>(
+    mut attempt: CatchUnwind<F>,
+    timeout: Duration,
+    renew_every: Duration,
+    abandon: &CancellationToken,
+    mut renew: impl FnMut() -> Renewal<'a>,
+) -> Ended
+where
+    F: Future<Output = Result<(), HandlerError>> + Unpin,
+{
+    let mut ticks =
+        tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renewal: Option<Renewal<'a>> = None;
+    let cutoff = tokio::time::sleep(timeout);
+    tokio::pin!(cutoff);
+    loop {
+        tokio::select! {
+            // The attempt first: a handler that is done never waits on (or arms) a timer.
+            biased;
+            joined = &mut attempt => return match joined {
+                Ok(returned) => Ended::Returned(returned),
+                Err(_panic) => Ended::Panicked,
+            },
+            () = abandon.cancelled() => return Ended::Abandoned,
+            () = &mut cutoff => return Ended::TimedOut,
+            () = async {
+                match renewal.as_mut() {
+                    Some(renewing) => renewing.await,
+                    None => std::future::pending().await,
+                }
+            }, if renewal.is_some() => renewal = None,
+            _ = ticks.tick(), if renewal.is_none() => renewal = Some(renew()),
+        }
+    }
+}
+
 /// Polls a handler's future, turning a panic into `Err`: a panic is a failed attempt, and the
 /// worker lives on. The handler runs inside its entry's task, not in a task of its own (one
 /// spawn per entry, not two), so it must not block its thread: blocking or CPU-heavy work
@@ -411,5 +443,80 @@ impl<F: Future + Unpin> Future for CatchUnwind<F> {
             Ok(Poll::Pending) => Poll::Pending,
             Err(panic) => Poll::Ready(Err(panic)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    type Attempt = CatchUnwind<Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>>;
+
+    fn sleeping(duration: Duration) -> Attempt {
+        CatchUnwind(Box::pin(async move {
+            tokio::time::sleep(duration).await;
+            Ok(())
+        }))
+    }
+
+    /// Runs `attempt` with a 1 s renewal cadence and a 5 s timeout, on paused time; returns
+    /// how it ended and how many renewals started.
+    async fn supervised(attempt: Attempt, renewal_takes: Duration) -> (Ended, u32) {
+        let renewals = AtomicU32::new(0);
+        let abandon = CancellationToken::new();
+        let ended = supervise(
+            attempt,
+            Duration::from_secs(5),
+            Duration::from_secs(1),
+            &abandon,
+            || {
+                renewals.fetch_add(1, Ordering::SeqCst);
+                Box::pin(tokio::time::sleep(renewal_takes))
+            },
+        )
+        .await;
+        (ended, renewals.load(Ordering::SeqCst))
+    }
+
+    /// A lease is renewed every `renew_every` while the handler runs, the first one
+    /// `renew_every` in: a 2.5 s handler gets two.
+    #[tokio::test(start_paused = true)]
+    async fn renews_the_lease_on_its_cadence_while_the_handler_runs() {
+        let (ended, renewals) =
+            supervised(sleeping(Duration::from_millis(2500)), Duration::ZERO).await;
+        assert!(matches!(ended, Ended::Returned(Ok(()))), "{ended:?}");
+        assert_eq!(renewals, 2);
+    }
+
+    /// A handler that finishes at once arms no timer and renews nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_done_at_once_renews_nothing() {
+        let (ended, renewals) = supervised(sleeping(Duration::ZERO), Duration::ZERO).await;
+        assert!(matches!(ended, Ended::Returned(Ok(()))), "{ended:?}");
+        assert_eq!(renewals, 0);
+    }
+
+    /// The timeout cuts a long handler off at 5 s, after the renewals at 1-4 s.
+    #[tokio::test(start_paused = true)]
+    async fn the_timeout_cuts_a_long_handler_off() {
+        let (ended, renewals) = supervised(sleeping(Duration::from_secs(60)), Duration::ZERO).await;
+        assert!(matches!(ended, Ended::TimedOut), "{ended:?}");
+        assert_eq!(renewals, 4);
+    }
+
+    /// A renewal that hangs (Redis stopped) neither stalls the handler nor starts a second
+    /// renewal beside it; the timeout still fires.
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_renewal_does_not_stop_the_handler_or_its_timeout() {
+        let (ended, renewals) =
+            supervised(sleeping(Duration::from_secs(3)), Duration::from_secs(3600)).await;
+        assert!(matches!(ended, Ended::Returned(Ok(()))), "{ended:?}");
+        assert_eq!(renewals, 1, "one renewal at a time");
+        let (ended, renewals) =
+            supervised(sleeping(Duration::from_secs(60)), Duration::from_secs(3600)).await;
+        assert!(matches!(ended, Ended::TimedOut), "{ended:?}");
+        assert_eq!(renewals, 1);
     }
 }
