@@ -35,8 +35,9 @@ pub enum WorkerError {
     /// The database settings are unusable.
     #[error("cannot use PostgreSQL (DB_SOURCE)")]
     Store(#[from] StoreError),
-    /// Redis refuses the worker, or the address is not one.
-    #[error("cannot use Redis (REDIS_ADDRESS)")]
+    /// The consumer cannot run: Redis refuses it or the address is not one, or a `WORKER_*`
+    /// setting is unusable.
+    #[error("cannot run the task consumer (REDIS_ADDRESS, WORKER_*)")]
     Consumer(#[from] ConsumerError),
     /// The SMTP mailer cannot be set up.
     #[error("cannot set up the SMTP mailer (SMTP_HOST)")]

@@ -70,7 +70,8 @@ pub mod testing;
 
 pub use consumer::{
     Backoff, ConsumerError, ConsumerSettings, DEFAULT_VISIBILITY_TIMEOUT, FailureKind, Handler,
-    HandlerError, Handlers, QueuesError, TaskContext, Worker, parse_queues,
+    HandlerError, Handlers, MIN_VISIBILITY_TIMEOUT, QueuesError, SettingsError, TaskContext,
+    Worker, parse_queues,
 };
 pub use dead::{DeadError, DeadLetters, DeadTask};
 pub use keys::{DEFAULT_NAMESPACE, DEFAULT_QUEUES, GROUP, Keys, NameError, Namespace, QueueName};

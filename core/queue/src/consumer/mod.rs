@@ -28,7 +28,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use backoff::Backoff;
 pub use handler::{FailureKind, Handler, HandlerError, Handlers, TaskContext};
-pub use settings::{ConsumerSettings, DEFAULT_VISIBILITY_TIMEOUT, QueuesError, parse_queues};
+pub use settings::{
+    ConsumerSettings, DEFAULT_VISIBILITY_TIMEOUT, MIN_VISIBILITY_TIMEOUT, QueuesError,
+    SettingsError, parse_queues,
+};
 
 use crate::{
     connection,
@@ -42,6 +45,9 @@ use reclaim::Reclaimer;
 /// Why a worker stopped before its shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {
+    /// A setting the worker cannot run with.
+    #[error("invalid consumer settings")]
+    Settings(#[from] SettingsError),
     /// The address is not a Redis address.
     #[error("invalid Redis address")]
     Address(#[source] redis::RedisError),
@@ -68,6 +74,7 @@ impl Worker {
         settings: ConsumerSettings,
         handlers: Handlers,
     ) -> Result<Self, ConsumerError> {
+        settings.validate()?;
         Ok(Self {
             client: connection::client(redis_address).map_err(ConsumerError::Address)?,
             keys: Keys::new(namespace),

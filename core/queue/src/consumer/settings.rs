@@ -37,6 +37,29 @@ pub struct ConsumerSettings {
 /// Default of [`ConsumerSettings::visibility_timeout`].
 pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The least [`ConsumerSettings::visibility_timeout`]: leases are renewed every third of it.
+pub const MIN_VISIBILITY_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// A setting a worker cannot run with; names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    /// `concurrency` is zero.
+    #[error("concurrency must be at least 1")]
+    Concurrency,
+    /// `queues` is empty, has a zero weight or a queue twice.
+    #[error("queues must list each queue once, with a positive weight")]
+    Queues,
+    /// `visibility_timeout` is below [`MIN_VISIBILITY_TIMEOUT`].
+    #[error("visibility_timeout must be at least 300ms (leases are renewed every third of it)")]
+    VisibilityTimeout,
+    /// `block` is zero (a blocking read would never return).
+    #[error("block must be above zero")]
+    Block,
+    /// `backoff.base` is zero or above `backoff.max`.
+    #[error("backoff.max must be at least backoff.base, which must be above zero")]
+    Backoff,
+}
+
 /// The floor of [`ConsumerSettings::reclaim_interval`].
 const MIN_RECLAIM_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -53,6 +76,31 @@ impl ConsumerSettings {
             block: Duration::from_secs(1),
             backoff: Backoff::default(),
         }
+    }
+
+    /// Checks the settings a worker cannot run with; [`crate::Worker::new`] calls it.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.concurrency == 0 {
+            return Err(SettingsError::Concurrency);
+        }
+        if self.queues.is_empty() || self.queues.iter().any(|(_, weight)| *weight == 0) {
+            return Err(SettingsError::Queues);
+        }
+        for (i, (queue, _)) in self.queues.iter().enumerate() {
+            if self.queues[..i].iter().any(|(other, _)| other == queue) {
+                return Err(SettingsError::Queues);
+            }
+        }
+        if self.visibility_timeout < MIN_VISIBILITY_TIMEOUT {
+            return Err(SettingsError::VisibilityTimeout);
+        }
+        if self.block.is_zero() {
+            return Err(SettingsError::Block);
+        }
+        if self.backoff.base.is_zero() || self.backoff.max < self.backoff.base {
+            return Err(SettingsError::Backoff);
+        }
+        Ok(())
     }
 
     /// How often pending entries are checked for takeover: a tenth of the visibility timeout,
@@ -154,6 +202,32 @@ mod tests {
                 "visibility timeout {visibility} ms"
             );
         }
+    }
+
+    /// A worker refuses what would hang or panic it, naming the field.
+    #[test]
+    fn validate_names_the_bad_setting() {
+        use super::SettingsError;
+        assert_eq!(ConsumerSettings::new("c").validate(), Ok(()));
+        type Change = fn(&mut ConsumerSettings);
+        let cases: [(Change, SettingsError); 5] = [
+            (|s| s.concurrency = 0, SettingsError::Concurrency),
+            (|s| s.queues.clear(), SettingsError::Queues),
+            (
+                |s| s.visibility_timeout = Duration::ZERO,
+                SettingsError::VisibilityTimeout,
+            ),
+            (|s| s.block = Duration::ZERO, SettingsError::Block),
+            (|s| s.backoff.base = Duration::ZERO, SettingsError::Backoff),
+        ];
+        for (change, expected) in cases {
+            let mut settings = ConsumerSettings::new("c");
+            change(&mut settings);
+            assert_eq!(settings.validate(), Err(expected));
+        }
+        let mut twice = ConsumerSettings::new("c");
+        twice.queues.push(twice.queues[0].clone());
+        assert_eq!(twice.validate(), Err(SettingsError::Queues));
     }
 
     #[test]
