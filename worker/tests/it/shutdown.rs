@@ -56,7 +56,7 @@ async fn tasks_past_the_shutdown_timeout_stay_pending_and_unacked() {
 
     // Another worker takes them over after the visibility timeout and finishes them.
     let mut takeover = settings("takeover");
-    takeover.visibility_timeout = Duration::from_millis(200);
+    takeover.visibility_timeout = Duration::from_millis(300);
     let finisher = Recorder::new();
     let worker = RunningWorker::start(
         &redis,
