@@ -22,9 +22,8 @@ const MAX_BATCH: usize = 1000;
 #[derive(Debug)]
 pub(crate) struct Ack {
     pub stream: String,
-    pub entry_id: String,
-    /// The uniqueness lock (key, token) this task holds, released with the ack.
-    pub lock: Option<(String, String)>,
+    /// The entry, and the uniqueness lock (key, token) its task holds, released with the ack.
+    pub entry: Finished,
 }
 
 type Request = (Ack, oneshot::Sender<redis::RedisResult<()>>);
@@ -82,14 +81,7 @@ async fn finish(
     stream: &str,
     requests: &[Request],
 ) -> redis::RedisResult<()> {
-    let finished: Vec<Finished> = requests
-        .iter()
-        .map(|(ack, _)| Finished {
-            entry_id: ack.entry_id.clone(),
-            lock: ack.lock.clone(),
-        })
-        .collect();
-    scripts::finish(conn, stream, finished.iter()).await
+    scripts::finish(conn, stream, requests.iter().map(|(ack, _)| &ack.entry)).await
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use super::{Ack, Acker};
 use crate::{
     connection,
     keys::{GROUP, QueueName},
+    scripts::Finished,
     testing::{RedisServer, TestRedis},
 };
 
@@ -63,8 +64,10 @@ async fn finished_entries_are_acked_in_batches_and_locks_released_only_by_their_
         for entry in &read.keys[0].ids {
             acks.push(Ack {
                 stream: stream.clone(),
-                entry_id: entry.id.clone(),
-                lock: None,
+                entry: Finished {
+                    entry_id: entry.id.clone(),
+                    lock: None,
+                },
             });
         }
     }
@@ -86,7 +89,7 @@ async fn finished_entries_are_acked_in_batches_and_locks_released_only_by_their_
         } else {
             released.push(key.clone());
         }
-        ack.lock = Some((key, token));
+        ack.entry.lock = Some((key, token));
     }
     let calls_before = finish_calls(&mut conn).await;
 

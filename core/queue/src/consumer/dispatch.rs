@@ -36,7 +36,8 @@ use crate::{
     dead::{dead_fields, poison_fields},
     fields::{self, Entry},
     keys::{GROUP, Keys, QueueName},
-    report, scripts,
+    report,
+    scripts::{self, Finished},
     task::{Envelope, now_ms},
     trace::{record_error, set_parent},
 };
@@ -237,8 +238,10 @@ impl Dispatcher {
             .map(|unique| (self.keys.unique(Some(unique)), task.lock_token()));
         let ack = Ack {
             stream: stream.to_owned(),
-            entry_id: entry_id.to_owned(),
-            lock,
+            entry: Finished {
+                entry_id: entry_id.to_owned(),
+                lock,
+            },
         };
         match self.acker.ack(ack).await {
             Ok(()) => tracing::info!(
