@@ -40,12 +40,30 @@ pub(crate) enum DecodeError {
 
 /// The entry fields of `envelope`, in the order of the table above.
 pub(crate) fn encode(envelope: &Envelope) -> Vec<(&'static str, String)> {
-    let task = &envelope.task;
+    encode_parts(
+        &envelope.task,
+        envelope.attempt,
+        envelope.first_failed_at,
+        envelope.last_error.as_deref(),
+    )
+}
+
+/// The entry fields of `task` on its first attempt (what a publisher writes).
+pub(crate) fn encode_new(task: &Task) -> Vec<(&'static str, String)> {
+    encode_parts(task, 1, None, None)
+}
+
+fn encode_parts(
+    task: &Task,
+    attempt: u32,
+    first_failed_at: Option<i64>,
+    last_error: Option<&str>,
+) -> Vec<(&'static str, String)> {
     let mut fields = vec![
         ("id", task.id.clone()),
         ("type", task.kind.clone()),
         ("payload", task.payload.clone()),
-        ("attempt", envelope.attempt.to_string()),
+        ("attempt", attempt.to_string()),
         ("max_retry", task.max_retry.to_string()),
         ("timeout_ms", task.timeout_ms.to_string()),
         ("enqueued_at", task.enqueued_at.to_string()),
@@ -57,11 +75,8 @@ pub(crate) fn encode(envelope: &Envelope) -> Vec<(&'static str, String)> {
         ("tracestate", task.tracestate.clone()),
         ("deadline", task.deadline.map(|d| d.to_string())),
         ("unique", task.unique.clone()),
-        (
-            "first_failed_at",
-            envelope.first_failed_at.map(|t| t.to_string()),
-        ),
-        ("last_error", envelope.last_error.clone()),
+        ("first_failed_at", first_failed_at.map(|t| t.to_string())),
+        ("last_error", last_error.map(str::to_owned)),
     ];
     fields.extend(
         optional

@@ -172,7 +172,7 @@ impl Publisher {
                 pipe.cmd("XADD")
                     .arg(self.keys.stream(&task.queue))
                     .arg("*")
-                    .arg(fields::encode(&Envelope::first(task.clone())));
+                    .arg(fields::encode_new(task));
             }
             let entry_ids: Vec<String> =
                 pipe.query_async(&mut self.conn.clone())
