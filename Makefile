@@ -24,11 +24,13 @@ export DB_SOURCE REDIS_ADDRESS
 run: services .local/bin/grpcurl build migrateup
 	@scripts/run.sh
 
-## test: services, tools, the gate (fmt, clippy, the SQL check), then the whole test suite. The binaries and
-## examples are built first: the end-to-end and fault tests run them as processes.
+## test: services, tools, the gate (fmt, clippy, the SQL check, the lean tree), then the whole
+## test suite and the doctests. The binaries and examples are built first: the end-to-end and
+## fault tests run them as processes.
 test: services tools lint
 	$(CARGO) build --workspace --bins --examples
 	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
 
 ## bench: the benchmark suite in release mode, on its own redis-server; writes BENCHMARKS.md
 bench: services
