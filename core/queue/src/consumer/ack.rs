@@ -26,7 +26,18 @@ pub(crate) struct Ack {
     pub entry: Finished,
 }
 
-type Request = (Ack, oneshot::Sender<redis::RedisResult<()>>);
+/// Why an entry was not acknowledged.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum AckError {
+    /// The FINISH call failed: the entry stays pending.
+    #[error("the FINISH script failed")]
+    Redis(#[source] redis::RedisError),
+    /// The loop ended (the worker is stopping).
+    #[error("the acknowledging loop has stopped")]
+    Stopped,
+}
+
+type Request = (Ack, oneshot::Sender<Result<(), AckError>>);
 
 /// The handle tasks use to have their entries acknowledged.
 #[derive(Debug, Clone)]
@@ -43,17 +54,13 @@ impl Acker {
     }
 
     /// Acknowledges `ack`, batched with others finishing at the same time.
-    pub async fn ack(&self, ack: Ack) -> redis::RedisResult<()> {
+    pub async fn ack(&self, ack: Ack) -> Result<(), AckError> {
         let (done, result) = oneshot::channel();
         if self.requests.send((ack, done)).is_err() {
-            return Err(stopped());
+            return Err(AckError::Stopped);
         }
-        result.await.unwrap_or_else(|_| Err(stopped()))
+        result.await.unwrap_or(Err(AckError::Stopped))
     }
-}
-
-fn stopped() -> redis::RedisError {
-    redis::RedisError::from((redis::ErrorKind::Io, "the acknowledging loop has stopped"))
 }
 
 async fn run(mut conn: ConnectionManager, mut receiver: mpsc::UnboundedReceiver<Request>) {
@@ -67,7 +74,9 @@ async fn run(mut conn: ConnectionManager, mut receiver: mpsc::UnboundedReceiver<
                 .push(request);
         }
         for (stream, requests) in by_stream {
-            let result = finish(&mut conn, &stream, &requests).await;
+            let result = finish(&mut conn, &stream, &requests)
+                .await
+                .map_err(AckError::Redis);
             for (_, done) in requests {
                 let _ = done.send(result.clone());
             }

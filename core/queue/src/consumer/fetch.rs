@@ -45,6 +45,16 @@ type Read = (
     redis::RedisResult<Vec<(QueueName, Entry)>>,
 );
 
+/// Why a read brought nothing.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("XREADGROUP failed")]
+    Redis(#[from] redis::RedisError),
+    /// The task running the read panicked (a bug, not a Redis failure).
+    #[error("the read task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// Reads and dispatches until `shutdown`. A read is never cut short (its entries are already
 /// delivered to this consumer): on `shutdown` no new read starts, and the entries of the reads
 /// in flight are still dispatched.
@@ -68,12 +78,8 @@ pub(crate) async fn run(mut fetcher: Fetcher, reading: Reading<'_>, shutdown: &C
             biased;
             Some(done) = reads.join_next() => {
                 let (mut permits, result) = match done {
-                    Ok(read) => read,
-                    Err(join) => (Vec::new(), Err(redis::RedisError::from((
-                        redis::ErrorKind::Client,
-                        "a read task failed",
-                        join.to_string(),
-                    )))),
+                    Ok((permits, read)) => (permits, read.map_err(ReadError::Redis)),
+                    Err(join) => (Vec::new(), Err(ReadError::Task(join))),
                 };
                 match result {
                     Ok(entries) => {
@@ -96,11 +102,13 @@ pub(crate) async fn run(mut fetcher: Fetcher, reading: Reading<'_>, shutdown: &C
                     Err(err) => {
                         busy = false;
                         drop(permits);
-                        if group::is_missing(&err) {
+                        if let ReadError::Redis(err) = &err
+                            && group::is_missing(err)
+                        {
                             let _ = group::ensure(conn, keys, queues).await;
                         }
                         if !failing {
-                            tracing::warn!(error = %report::chain(&err), "cannot read tasks from Redis; retrying");
+                            tracing::warn!(error = %report::chain(&err), "cannot read tasks; retrying");
                             failing = true;
                         }
                         tokio::select! {
