@@ -68,13 +68,14 @@ impl Default for Namespace {
 /// The name of a queue (`critical`, `default`, `low`, or one an application adds).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct QueueName(String);
+// Shared text: a queue name is copied for every entry read and every task run.
+pub struct QueueName(std::sync::Arc<str>);
 
 impl QueueName {
     /// `raw`, if it is 1-64 of `[A-Za-z0-9_.-]`.
     pub fn parse(raw: &str) -> Result<Self, NameError> {
         check_name(raw)?;
-        Ok(Self(raw.to_owned()))
+        Ok(Self(raw.into()))
     }
 
     /// The name.
@@ -93,7 +94,7 @@ impl TryFrom<String> for QueueName {
 
 impl From<QueueName> for String {
     fn from(value: QueueName) -> Self {
-        value.0
+        value.0.to_string()
     }
 }
 

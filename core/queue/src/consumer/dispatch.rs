@@ -51,7 +51,7 @@ pub(crate) struct Dispatcher {
     /// Settles successful tasks in batches.
     pub acker: Acker,
     /// Handed to handlers ([`TaskContext::shutting_down`]).
-    pub shutdown: CancellationToken,
+    pub shutdown: Arc<CancellationToken>,
     pub consumer: String,
     /// How often a running task's lease is renewed (a third of the visibility timeout).
     pub renew_every: Duration,
@@ -176,7 +176,7 @@ impl Dispatcher {
             attempt: task.attempt,
             max_retry: task.task.max_retry,
             deadline: tokio::time::Instant::now() + timeout,
-            shutdown: self.shutdown.clone(),
+            shutdown: Arc::clone(&self.shutdown),
         };
         // The payload is decoded once, here; one that does not decode as its type cannot
         // succeed on a retry.

@@ -96,7 +96,8 @@ pub struct TaskContext {
     pub(crate) attempt: u32,
     pub(crate) max_retry: u32,
     pub(crate) deadline: tokio::time::Instant,
-    pub(crate) shutdown: CancellationToken,
+    /// Shared, not cloned: a token's clone takes a lock, an `Arc`'s does not.
+    pub(crate) shutdown: Arc<CancellationToken>,
 }
 
 impl TaskContext {

@@ -118,7 +118,7 @@ impl Worker {
             keys: self.keys.clone(),
             handlers: self.handlers,
             acker: ack::Acker::start(conn.clone()),
-            shutdown: shutdown.clone(),
+            shutdown: Arc::new(shutdown.clone()),
             consumer: settings.consumer_name.clone(),
             renew_every: settings.renew_interval(),
             backoff: settings.backoff,
