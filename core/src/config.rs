@@ -14,11 +14,14 @@ use crate::secret::Secret;
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {var}: {reason}")]
 pub struct ConfigError {
+    /// The environment variable (or file) the value came from.
     pub var: &'static str,
+    /// What is wrong with the value, for a person to act on.
     pub reason: String,
 }
 
 impl ConfigError {
+    /// An error about `var`, with `reason` saying what is wrong.
     pub fn new(var: &'static str, reason: impl Into<String>) -> Self {
         Self {
             var,
@@ -95,7 +98,9 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
 /// Where the program runs; `production` switches logs to JSON lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Environment {
+    /// `development` or `dev` (the default): human-readable logs.
     Development,
+    /// `production` or `prod`: logs as JSON lines.
     Production,
 }
 
@@ -130,6 +135,7 @@ pub const DEFAULT_DB_SOURCE: &str = "postgres://postgres@127.0.0.1:5432/simple_b
 pub const DEFAULT_REDIS_ADDRESS: &str = "127.0.0.1:6379";
 
 impl CommonConfig {
+    /// Reads the shared settings from the environment, with their defaults.
     pub fn from_env() -> Result<Self, ConfigError> {
         let db_source = var("DB_SOURCE")?.unwrap_or_else(|| DEFAULT_DB_SOURCE.into());
         if !(db_source.starts_with("postgres://") || db_source.starts_with("postgresql://")) {

@@ -12,6 +12,8 @@
 //!
 //! The crate is a library for embedding: the server and the worker are thin users of it.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod domain;
 pub mod keys;

@@ -36,12 +36,16 @@ pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// slow on every row.
 pub const RELAY_LEASE: Duration = Duration::from_secs(30);
 
+/// Why an outbox row (or a batch of them) was not published; the rows stay for a later round.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
+    /// Reading, deleting or releasing outbox rows failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Redis refused or failed the publish.
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// Redis did not answer within [`PUBLISH_TIMEOUT`].
     #[error("Redis did not answer within {PUBLISH_TIMEOUT:?}")]
     Timeout,
 }

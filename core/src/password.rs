@@ -16,6 +16,7 @@ use std::sync::{
 
 use crate::{domain::Password, secret::Secret};
 
+/// argon2 could not hash a password (an error of its parameters, salt or output encoding).
 #[derive(Debug, thiserror::Error)]
 #[error("password hashing failed: {0}")]
 pub struct HashError(argon2::password_hash::Error);
@@ -154,6 +155,8 @@ pub struct HashPool {
     verifications: Arc<AtomicU64>,
 }
 
+/// The [`HashPool`] could not run a job: its threads are gone (none started, or they
+/// panicked) or the runtime is shutting down.
 #[derive(Debug, thiserror::Error)]
 #[error("the password hashing pool is gone")]
 pub struct PoolGone;

@@ -9,10 +9,12 @@ use std::fmt;
 pub struct Secret<T>(T);
 
 impl<T> Secret<T> {
+    /// Wraps `value`, from now on printed as `[redacted]`.
     pub fn new(value: T) -> Self {
         Self(value)
     }
 
+    /// The value itself. Named so that every read of a secret stands out in review.
     pub fn expose(&self) -> &T {
         &self.0
     }

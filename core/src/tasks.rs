@@ -11,6 +11,7 @@ use simplebank_queue::TaskPayload;
 /// data sits in Redis.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendVerifyEmail {
+    /// The user to verify.
     pub username: String,
 }
 

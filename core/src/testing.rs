@@ -52,14 +52,18 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
 /// A database of its own for one test, migrated. Dropped (with `FORCE`) when this drops.
 #[derive(Debug)]
 pub struct TestDb {
+    /// The database's name (`sbtest_` and a random suffix).
     pub name: String,
     /// A URL for this database, for programs started by the test.
     pub url: Secret<String>,
+    /// A store on this database.
     pub store: Store,
     admin: PgConnectOptions,
 }
 
 impl TestDb {
+    /// Creates the database on the server at `DB_SOURCE` and applies the migrations; panics
+    /// if PostgreSQL is not there.
     pub async fn create() -> Self {
         let source = db_source();
         let admin: PgConnectOptions = source.parse().expect("DB_SOURCE is a PostgreSQL URL");
@@ -198,11 +202,13 @@ pub async fn refusing_redis() -> (RedisServer, Vec<(String, &'static str)>) {
 /// open connection is closed and new ones are refused, as when a server goes away.
 #[derive(Debug)]
 pub struct TcpProxy {
+    /// The local port to connect to instead of the upstream one.
     pub port: u16,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl TcpProxy {
+    /// Starts forwarding a free local port to `upstream` (`host:port`).
     pub async fn start(upstream: String) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -266,6 +272,7 @@ pub const INJECTED: [&str; 5] = ["Bcc:", "Pwned", "evil.example", "URGENT", "X-A
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
+    /// A fresh folder under the system temp dir.
     pub fn new() -> Self {
         Self::new_in(&std::env::temp_dir())
     }

@@ -13,6 +13,8 @@
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_EXPORTER_OTLP_TIMEOUT`. Trace ids
 //! exist (and propagate) even without export, so log lines can always be correlated.
 
+#![warn(missing_docs)]
+
 mod export;
 pub mod logs;
 pub mod propagation;
@@ -27,12 +29,16 @@ use tracing_subscriber::{EnvFilter, filter::LevelFilter, prelude::*};
 
 pub use logs::LogFormat;
 
+/// Why [`init`] could not install logging and tracing.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
+    /// `RUST_LOG` is not a valid filter.
     #[error("invalid RUST_LOG: {0}")]
     Filter(#[from] tracing_subscriber::filter::ParseError),
+    /// [`init`] was called before, or something else installed a global subscriber.
     #[error("a global tracing subscriber is already installed")]
     AlreadyInstalled(#[from] tracing_subscriber::util::TryInitError),
+    /// The OTLP exporter could not be built from the `OTEL_EXPORTER_OTLP_*` settings.
     #[error("cannot build the OTLP exporter (OTEL_EXPORTER_OTLP_ENDPOINT)")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
 }
@@ -46,6 +52,7 @@ pub const DEFAULT_LOG_FILTER: &str = "info,sqlx::postgres::notice=warn";
 pub struct Config {
     /// Used when `OTEL_SERVICE_NAME` is not set.
     pub default_service_name: &'static str,
+    /// How log lines are written: pretty for people, JSON for collectors.
     pub log_format: LogFormat,
 }
 

@@ -26,6 +26,15 @@ const MAX_LABEL_LEN: usize = 63;
 pub struct Email(String);
 
 impl Email {
+    /// Checks `value` against the rules above and returns it in canonical form.
+    ///
+    /// ```
+    /// use simplebank_core::domain::Email;
+    ///
+    /// let email = Email::parse("Alice.Liddell@Example.COM").expect("a valid address");
+    /// assert_eq!(email.as_str(), "Alice.Liddell@example.com");
+    /// assert!(Email::parse("Alice <alice@example.com>").is_err());
+    /// ```
     pub fn parse(value: &str) -> Result<Self, FieldViolation> {
         check_text(FIELD, value, 3, MAX_LEN)?;
         let Some((local, domain)) = value.split_once('@') else {

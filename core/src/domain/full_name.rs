@@ -14,6 +14,7 @@ const MAX_MARKS_PER_LETTER: usize = 3;
 pub struct FullName(String);
 
 impl FullName {
+    /// Checks `value` against the rules above; the name is kept as given.
     pub fn parse(value: &str) -> Result<Self, FieldViolation> {
         check_text(FIELD, value, 3, 100)?;
         let mut previous = None;
@@ -56,6 +57,7 @@ impl FullName {
         Ok(Self(value.to_owned()))
     }
 
+    /// The name as given.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -19,11 +19,14 @@ pub use username::Username;
 /// One bad field: which one, and what is wrong with it (never the value itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {
+    /// The request field's name, as the API spells it (`username`, `email`, ...).
     pub field: &'static str,
+    /// What is wrong with it, for the client to show.
     pub description: String,
 }
 
 impl FieldViolation {
+    /// A violation of `field`, described by `description`.
     pub fn new(field: &'static str, description: impl Into<String>) -> Self {
         Self {
             field,
@@ -36,10 +39,12 @@ impl FieldViolation {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {}", self.fields().join(", "))]
 pub struct ValidationError {
+    /// The bad fields, at least one.
     pub violations: Vec<FieldViolation>,
 }
 
 impl ValidationError {
+    /// The names of the bad fields, in request order.
     pub fn fields(&self) -> Vec<&'static str> {
         self.violations.iter().map(|v| v.field).collect()
     }
@@ -48,14 +53,30 @@ impl ValidationError {
 /// A sign-up request that passed validation.
 #[derive(Debug, Clone)]
 pub struct NewUser {
+    /// The account's name and primary key.
     pub username: Username,
+    /// The person's full name.
     pub full_name: FullName,
+    /// The address to verify and mail to.
     pub email: Email,
+    /// The new password, to be hashed before it is stored.
     pub password: Password,
 }
 
 impl NewUser {
     /// Validates every field and reports every bad one, not just the first.
+    ///
+    /// ```
+    /// use simplebank_core::domain::NewUser;
+    ///
+    /// let password = String::from("plum-tractor-galaxy");
+    /// let user = NewUser::parse("alice_1", "Alice Liddell", "alice@example.com", password.clone())
+    ///     .expect("a valid request");
+    /// assert_eq!(user.email.as_str(), "alice@example.com");
+    ///
+    /// let err = NewUser::parse("Alice!", "Alice Liddell", "not-an-email", password).unwrap_err();
+    /// assert_eq!(err.fields(), ["username", "email"]);
+    /// ```
     pub fn parse(
         username: &str,
         full_name: &str,
@@ -86,8 +107,11 @@ impl NewUser {
 /// A validated UpdateUser request: the fields to change (at least one is set).
 #[derive(Debug, Clone)]
 pub struct UserUpdate {
+    /// The new full name, if it changes.
     pub full_name: Option<FullName>,
+    /// The new address, if it changes (it then needs verifying again).
     pub email: Option<Email>,
+    /// The new password, if it changes.
     pub password: Option<Password>,
 }
 

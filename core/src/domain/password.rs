@@ -54,10 +54,12 @@ impl Password {
         Ok(Secret::new(value))
     }
 
+    /// The password itself, for hashing: each use is visible in review.
     pub fn expose(&self) -> &str {
         self.0.expose()
     }
 
+    /// The password as a plain [`Secret`], for code that takes one.
     pub fn into_secret(self) -> Secret<String> {
         self.0
     }

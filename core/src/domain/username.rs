@@ -7,6 +7,7 @@ const FIELD: &str = "username";
 pub struct Username(String);
 
 impl Username {
+    /// Checks `value` against the rules above.
     pub fn parse(value: &str) -> Result<Self, FieldViolation> {
         check_text(FIELD, value, 3, 100)?;
         if !value
@@ -21,6 +22,7 @@ impl Username {
         Ok(Self(value.to_owned()))
     }
 
+    /// The username as given.
     pub fn as_str(&self) -> &str {
         &self.0
     }

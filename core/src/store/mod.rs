@@ -30,16 +30,23 @@ pub use verify_emails::{VerifyEmail, VerifyError};
 pub enum StoreError {
     /// A unique constraint refused the row; `field` is the request field it concerns.
     #[error("{field} already exists")]
-    AlreadyExists { field: &'static str },
+    AlreadyExists {
+        /// The request field whose value is taken (`username`, `email`).
+        field: &'static str,
+    },
+    /// No row matched.
     #[error("not found")]
     NotFound,
     /// The database could not be reached (connection refused, pool timeout, shutting down).
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// Any other database error.
     #[error("database error")]
     Database(#[source] sqlx::Error),
+    /// A migration failed to apply.
     #[error("migration failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    /// A task in the outbox could not be encoded or decoded as JSON.
     #[error("stored task could not be decoded")]
     BadTask(#[source] serde_json::Error),
 }
@@ -118,10 +125,12 @@ impl Store {
         Ok(Self { pool })
     }
 
+    /// A store on a pool the caller built (its own options, or one shared with other code).
     pub fn from_pool(pool: PgPool) -> Self {
         Self { pool }
     }
 
+    /// The underlying pool, for queries this module does not provide (tests, tools).
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

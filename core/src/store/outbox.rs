@@ -16,7 +16,9 @@ use super::{Store, StoreError};
 /// whether the row is still its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutboxLease {
+    /// The row's id in `task_outbox`.
     pub id: i64,
+    /// The end of the lease, exactly as the holder wrote it.
     pub until: OffsetDateTime,
 }
 

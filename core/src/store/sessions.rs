@@ -38,7 +38,9 @@ pub fn hash_refresh_token(token: &str) -> Vec<u8> {
 /// Why a session was ended, as stored in `sessions.revoked_reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RevokeReason {
+    /// The user signed out.
     Logout,
+    /// The user's password changed, which ends their other sessions.
     PasswordChanged,
     /// A refresh token that had already been exchanged was presented again.
     TokenReused,
@@ -54,23 +56,35 @@ impl RevokeReason {
     }
 }
 
+/// A stored sign-in session (a row of `sessions`), without its refresh token hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
+    /// The session's id, carried by its access tokens.
     pub id: Uuid,
+    /// The user signed in.
     pub username: String,
+    /// The client's `User-Agent` at sign-in.
     pub user_agent: String,
+    /// The client's IP address at sign-in.
     pub client_ip: String,
+    /// When the user signed in.
     pub created_at: OffsetDateTime,
+    /// When the current refresh token stops working; never later than `expires_at`.
     pub refresh_token_expires_at: OffsetDateTime,
+    /// The absolute end of the session: renewals do not move it.
     pub expires_at: OffsetDateTime,
+    /// When the session was ended, if it was.
     pub revoked_at: Option<OffsetDateTime>,
+    /// Why it was ended: `logout`, `password_changed` or `refresh_token_reused`.
     pub revoked_reason: Option<String>,
 }
 
 /// Where and with what a session was started (stored for the user's own review).
 #[derive(Debug, Clone)]
 pub struct SessionOrigin {
+    /// The client's `User-Agent`.
     pub user_agent: String,
+    /// The client's IP address.
     pub client_ip: String,
 }
 
@@ -91,7 +105,11 @@ pub enum SessionError {
     Invalid,
     /// An already exchanged token came back: its session has now been ended.
     #[error("refresh token reused; session {session_id} ended")]
-    Reused { session_id: Uuid },
+    Reused {
+        /// The session that was ended.
+        session_id: Uuid,
+    },
+    /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -289,6 +307,7 @@ impl Store {
         Ok(live.unwrap_or(false))
     }
 
+    /// The session `id`, ended or not; [`StoreError::NotFound`] if there is none.
     pub async fn session(&self, id: Uuid) -> Result<Session, StoreError> {
         Ok(sqlx::query_as!(
             Session,
@@ -301,6 +320,7 @@ impl Store {
         .await?)
     }
 
+    /// Every session of `username`, ended ones included, oldest first.
     pub async fn sessions_of(&self, username: &str) -> Result<Vec<Session>, StoreError> {
         Ok(sqlx::query_as!(
             Session,

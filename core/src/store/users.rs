@@ -17,24 +17,33 @@ use super::{Store, StoreError, outbox::OutboxLease};
 /// A stored user, as the application sees it. The password hash is deliberately not here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
+    /// The primary key.
     pub username: String,
+    /// The person's name.
     pub full_name: String,
+    /// The current address, verified or not.
     pub email: String,
+    /// When the password was last changed (year 1 if it never was).
     pub password_changed_at: OffsetDateTime,
+    /// When the user signed up.
     pub created_at: OffsetDateTime,
+    /// Whether the current address has been verified.
     pub is_email_verified: bool,
 }
 
 /// A user with their password hash, for sign-in only.
 #[derive(Debug, Clone)]
 pub struct Credentials {
+    /// The user.
     pub user: User,
+    /// The argon2id hash of their password, as a PHC string.
     pub hashed_password: Secret<String>,
 }
 
 /// What an update did besides changing the row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Updated {
+    /// The user as stored after the update.
     pub user: User,
     /// The outbox row of the new address's verification task, when the address changed.
     pub outbox: Option<OutboxLease>,
@@ -107,6 +116,7 @@ impl Store {
         skip_all,
         fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT")
     )]
+    /// The user `username`; [`StoreError::NotFound`] if there is none.
     pub async fn get_user(&self, username: &str) -> Result<User, StoreError> {
         let user = sqlx::query_as!(
             User,

@@ -13,15 +13,24 @@ use crate::secret::Secret;
 
 use super::{Store, StoreError};
 
+/// A verification record (a row of `verify_emails`), without its code hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyEmail {
+    /// The record's id, sent in the link with the code.
     pub id: i64,
+    /// The user to verify.
     pub username: String,
+    /// The address the code was sent to; verifying applies only while the user still has it.
     pub email: String,
+    /// Whether the code has already verified the address.
     pub is_used: bool,
+    /// When the record was made.
     pub created_at: OffsetDateTime,
+    /// When the code stops working.
     pub expired_at: OffsetDateTime,
+    /// The id of the `send_verify_email` task the record belongs to (one record per task).
     pub task_id: String,
+    /// When the email was sent, so a redelivered task does not send it again.
     pub email_sent_at: Option<OffsetDateTime>,
 }
 
@@ -37,12 +46,16 @@ pub enum VerifyError {
     /// Unknown id or wrong code: deliberately one case, so ids cannot be probed.
     #[error("verification not found")]
     NotFound,
+    /// The code is right but past its `expired_at`.
     #[error("the code has expired")]
     Expired,
+    /// The code has already verified its address.
     #[error("the code was already used")]
     AlreadyUsed,
+    /// The user changed their address after the code was sent.
     #[error("the code was sent to an address the user no longer has")]
     AddressChanged,
+    /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -186,6 +199,7 @@ impl Store {
         Ok(())
     }
 
+    /// Every verification record of `username`, oldest first.
     pub async fn verify_emails_of(&self, username: &str) -> Result<Vec<VerifyEmail>, StoreError> {
         Ok(sqlx::query_as!(
             VerifyEmail,
