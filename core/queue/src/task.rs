@@ -80,6 +80,8 @@ pub(crate) enum Schedule {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
     /// Unique id (a UUID unless the producer chose one); handlers key their side effects on it.
+    /// Checked when read back too (the outbox stores tasks as JSON), as `with_task_id` checks it.
+    #[serde(deserialize_with = "checked_task_id")]
     pub(crate) id: String,
     #[serde(rename = "type")]
     pub(crate) kind: String,
@@ -87,6 +89,7 @@ pub struct Task {
     pub(crate) payload: String,
     pub(crate) queue: QueueName,
     pub(crate) max_retry: u32,
+    #[serde(deserialize_with = "checked_timeout_ms")]
     pub(crate) timeout_ms: u64,
     /// Attempts starting after this time (ms since the epoch) are not run: the task is dead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -239,10 +242,7 @@ impl Task {
     /// scheduled, running or retrying.
     pub fn with_task_id(mut self, id: impl Into<String>) -> Result<Self, TaskError> {
         let id = id.into();
-        if id.is_empty()
-            || id.chars().count() > 200
-            || id.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
+        if !is_valid_task_id(&id) {
             return Err(TaskError::TaskId);
         }
         self.unique = Some(format!("id:{id}"));
@@ -367,6 +367,31 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// What `with_task_id` accepts: 1-200 characters, no whitespace or control characters.
+fn is_valid_task_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.chars().count() <= 200
+        && !id.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+fn checked_task_id<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let id = String::deserialize(deserializer)?;
+    if is_valid_task_id(&id) {
+        Ok(id)
+    } else {
+        Err(serde::de::Error::custom(
+            "a task id has 1-200 characters and no whitespace or control characters",
+        ))
+    }
+}
+
+fn checked_timeout_ms<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    match u64::deserialize(deserializer)? {
+        0 => Err(serde::de::Error::custom("a task timeout is not zero")),
+        ms => Ok(ms),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,6 +410,27 @@ mod tests {
             username: "alice".into(),
         })
         .unwrap()
+    }
+
+    /// JSON (the outbox's form) cannot carry what the builder refuses.
+    #[test]
+    fn a_task_read_from_json_is_checked_like_a_built_one() {
+        let good = serde_json::to_value(task()).unwrap();
+        assert!(serde_json::from_value::<Task>(good.clone()).is_ok());
+        for (field, bad) in [
+            ("id", serde_json::json!("")),
+            ("id", serde_json::json!("a b")),
+            ("id", serde_json::json!("a\nb")),
+            ("id", serde_json::json!("x".repeat(201))),
+            ("timeout_ms", serde_json::json!(0)),
+        ] {
+            let mut json = good.clone();
+            json[field] = bad;
+            assert!(
+                serde_json::from_value::<Task>(json).is_err(),
+                "{field} accepted"
+            );
+        }
     }
 
     /// A payload type that declares a bad queue gets a typed error naming it, not a panic.
