@@ -20,6 +20,19 @@ use crate::helpers::{common_config, request};
 
 const BANK: &str = "simplebank.v1.SimpleBank";
 
+/// The test server's configuration: quick health checks and relay, default limits.
+fn config(db_url: Secret<String>, redis: &TestRedis) -> ServerConfig {
+    ServerConfig {
+        common: common_config(db_url, redis),
+        grpc_address: SocketAddr::from(([127, 0, 0, 1], 0)),
+        outbox_relay_interval: Duration::from_millis(100),
+        health_check_interval: Duration::from_millis(100),
+        tls: None,
+        limits: Default::default(),
+        auth: crate::helpers::test_auth(),
+    }
+}
+
 /// The server in-process, with a health client; stopped when dropped.
 struct Server {
     health: HealthClient<Channel>,
@@ -30,15 +43,7 @@ struct Server {
 
 impl Server {
     async fn start(db_url: Secret<String>, redis: &TestRedis) -> Self {
-        let config = ServerConfig {
-            common: common_config(db_url, redis),
-            grpc_address: SocketAddr::from(([127, 0, 0, 1], 0)),
-            outbox_relay_interval: Duration::from_millis(100),
-            health_check_interval: Duration::from_millis(100),
-            tls: None,
-            limits: Default::default(),
-            auth: crate::helpers::test_auth(),
-        };
+        let config = config(db_url, redis);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind test port");
@@ -198,15 +203,7 @@ async fn postgres_unreachable_takes_the_server_out_even_while_redis_hangs() {
 async fn an_open_watch_stream_does_not_keep_a_stopping_server_alive() {
     let db = TestDb::create().await;
     let redis = TestRedis::new();
-    let mut config = ServerConfig {
-        common: common_config(db.url.clone(), &redis),
-        grpc_address: SocketAddr::from(([127, 0, 0, 1], 0)),
-        outbox_relay_interval: Duration::from_millis(100),
-        health_check_interval: Duration::from_millis(100),
-        tls: None,
-        limits: Default::default(),
-        auth: crate::helpers::test_auth(),
-    };
+    let mut config = config(db.url.clone(), &redis);
     // The drain limit is the body deadline plus the request timeout.
     config.limits.body_timeout = Duration::from_millis(200);
     config.limits.request_timeout = Duration::from_millis(300);
