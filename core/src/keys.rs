@@ -1,5 +1,6 @@
 //! The Redis keys simplebank keeps beside the queue's (the queue's own are documented on
-//! `simplebank_queue::Keys`). They live under the same `{ns}:` hash tag.
+//! `simplebank_queue::Keys`). They are namespace-wide keys, under the `{ns}:` hash tag
+//! (`Keys::namespaced`), never touched by a queue's script.
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -18,16 +19,10 @@ pub trait LoginFailureKeys {
 
 impl LoginFailureKeys for Keys {
     fn login_failures_username(&self, username: &str) -> String {
-        format!(
-            "{{{}}}:login_failures:username:{username}",
-            self.namespace().as_str()
-        )
+        self.namespaced(&format!("login_failures:username:{username}"))
     }
 
     fn login_failures_address(&self, ip: &std::net::IpAddr) -> String {
-        format!(
-            "{{{}}}:login_failures:address:{ip}",
-            self.namespace().as_str()
-        )
+        self.namespaced(&format!("login_failures:address:{ip}"))
     }
 }

@@ -26,7 +26,7 @@ pub async fn check_access(client: &redis::Client, keys: &Keys) -> Result<(), Con
             )
             .await?;
         redis::cmd("EXISTS")
-            .arg(keys.scheduled())
+            .arg(keys.queues())
             .query_async::<i64>(&mut conn)
             .await?;
         Ok(())

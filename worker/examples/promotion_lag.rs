@@ -127,15 +127,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let leftovers: Vec<String> = redis::cmd("KEYS")
-        .arg(keys.pattern())
-        .query_async(&mut conn)
-        .await?;
-    if !leftovers.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(leftovers)
+    for pattern in keys.patterns() {
+        let leftovers: Vec<String> = redis::cmd("KEYS")
+            .arg(pattern)
             .query_async(&mut conn)
             .await?;
+        if !leftovers.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(leftovers)
+                .query_async(&mut conn)
+                .await?;
+        }
     }
     if early > 0 {
         return Err(format!("{early} tasks started before their due time").into());

@@ -58,10 +58,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let running = tokio::spawn(worker.run(shutdown.clone()));
 
     // Until nothing is queued, running or waiting for a retry.
-    while publisher.backlog(&[QueueName::parse("default")?]).await? > 0 {
+    let default = QueueName::parse("default")?;
+    while publisher.backlog(std::slice::from_ref(&default)).await? > 0 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for letter in DeadLetters::new(conn, keys).list(10).await? {
+    for letter in DeadLetters::new(conn, keys).list(&default, 10).await? {
         println!(
             "dead letter: {} after {} attempt(s)",
             letter.error, letter.attempts

@@ -1,7 +1,7 @@
-//! The dead-letter stream `{ns}:dead`: tasks that used up their retries, were refused by their
+//! The dead-letter streams `{ns:q}:dead`, one per queue: tasks that used up their retries, were refused by their
 //! handler (skip retry), have no handler, could not be decoded, or kept crashing their worker.
 //! Each entry keeps the task's fields (trace context included) plus why and when it died.
-//! Operators list them, requeue one or all (attempts start again at 1), or delete one.
+//! Operators list them, requeue some or all (attempts start again at 1), or delete some or all.
 
 use std::collections::HashMap;
 
@@ -17,10 +17,10 @@ use crate::{
 /// One dead letter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadTask {
-    /// The entry id in `{ns}:dead`.
+    /// The entry id in `{ns:q}:dead`.
     pub entry_id: String,
-    /// The queue the task came from.
-    pub queue: Option<QueueName>,
+    /// The queue the task came from (whose dead stream holds it).
+    pub queue: QueueName,
     /// Why it died: the last error with its causes, or the reason it was not run.
     pub error: String,
     /// Attempts made (0 when it was never run).
@@ -95,7 +95,9 @@ pub enum DeadError {
     Redis(#[from] redis::RedisError),
 }
 
-/// Operations on the dead letters of one namespace.
+/// Operations on the dead letters of the queues of one namespace. Each operation is on one
+/// queue's dead stream, `{ns:q}:dead`; the ones that change it are idempotent (a second run
+/// affects nothing) and return how many letters they affected.
 #[derive(Clone)]
 pub struct DeadLetters {
     conn: ConnectionManager,
@@ -110,26 +112,52 @@ impl std::fmt::Debug for DeadLetters {
     }
 }
 
+/// How many dead letters [`DeadLetters::requeue_all`] reads at a time.
+const PAGE: usize = 100;
+
 impl DeadLetters {
     /// Dead letters of the namespace of `keys`, on `conn`.
     pub fn new(conn: ConnectionManager, keys: Keys) -> Self {
         Self { conn, keys }
     }
 
-    /// How many dead letters there are.
-    pub async fn count(&self) -> Result<usize, DeadError> {
+    /// How many dead letters `queue` has.
+    pub async fn count(&self, queue: &QueueName) -> Result<usize, DeadError> {
         Ok(redis::cmd("XLEN")
-            .arg(self.keys.dead())
+            .arg(self.keys.dead(queue))
             .query_async(&mut self.conn.clone())
             .await?)
     }
 
-    /// Up to `count` dead letters, oldest first.
-    pub async fn list(&self, count: usize) -> Result<Vec<DeadTask>, DeadError> {
+    /// Up to `count` dead letters of `queue`, oldest first.
+    pub async fn list(&self, queue: &QueueName, count: usize) -> Result<Vec<DeadTask>, DeadError> {
+        self.list_after(queue, None, count).await
+    }
+
+    /// Up to `count` dead letters of `queue` after entry `after` (from the oldest when
+    /// `None`), oldest first: pages that stay stable while letters come and go.
+    pub async fn list_after(
+        &self,
+        queue: &QueueName,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<DeadTask>, DeadError> {
+        self.range(queue, after, "+", count).await
+    }
+
+    /// Up to `count` dead letters of `queue` after `after`, up to `last` (an id, or `+`).
+    async fn range(
+        &self,
+        queue: &QueueName,
+        after: Option<&str>,
+        last: &str,
+        count: usize,
+    ) -> Result<Vec<DeadTask>, DeadError> {
+        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
         let reply: StreamRangeReply = redis::cmd("XRANGE")
-            .arg(self.keys.dead())
-            .arg("-")
-            .arg("+")
+            .arg(self.keys.dead(queue))
+            .arg(start)
+            .arg(last)
             .arg("COUNT")
             .arg(count)
             .query_async(&mut self.conn.clone())
@@ -137,24 +165,42 @@ impl DeadLetters {
         Ok(reply
             .ids
             .into_iter()
-            .map(|entry| parse(entry.id, &entry.map))
+            .map(|entry| parse(queue, entry.id, &entry.map))
             .collect())
     }
 
-    /// Puts dead letter `entry_id` back on its queue as a fresh task (attempt 1).
-    pub async fn requeue(&self, entry_id: &str) -> Result<String, DeadError> {
+    /// Dead letter `entry_id` of `queue`, if it is there.
+    pub async fn get(
+        &self,
+        queue: &QueueName,
+        entry_id: &str,
+    ) -> Result<Option<DeadTask>, DeadError> {
         let reply: StreamRangeReply = redis::cmd("XRANGE")
-            .arg(self.keys.dead())
+            .arg(self.keys.dead(queue))
             .arg(entry_id)
             .arg(entry_id)
             .query_async(&mut self.conn.clone())
             .await?;
-        let entry = reply
+        Ok(reply
             .ids
             .into_iter()
             .next()
+            .map(|entry| parse(queue, entry.id, &entry.map)))
+    }
+
+    /// Puts dead letter `entry_id` of `queue` back on its stream as a fresh task (attempt 1),
+    /// in one step that also removes the letter: a letter is requeued once however many
+    /// callers race. Returns the new entry id; [`DeadError::NotFound`] when it is not (or no
+    /// longer) there, [`DeadError::Poison`] or [`DeadError::Conflict`] when it stays.
+    pub async fn requeue_one(
+        &self,
+        queue: &QueueName,
+        entry_id: &str,
+    ) -> Result<String, DeadError> {
+        let dead = self
+            .get(queue, entry_id)
+            .await?
             .ok_or_else(|| DeadError::NotFound(entry_id.to_owned()))?;
-        let dead = parse(entry.id, &entry.map);
         let task = dead
             .task
             .ok_or_else(|| DeadError::Poison(entry_id.to_owned()))?;
@@ -170,42 +216,83 @@ impl DeadLetters {
         }
     }
 
-    /// Requeues every decodable dead letter; returns how many. Poison entries and tasks whose
-    /// lock is held stay.
-    pub async fn requeue_all(&self) -> Result<usize, DeadError> {
+    /// Requeues the dead letters `entry_ids` of `queue` (see [`DeadLetters::requeue_one`]);
+    /// returns how many were requeued. Ids not there (already requeued or deleted), poison
+    /// entries and tasks whose lock a live task holds are skipped: a second run requeues
+    /// nothing.
+    pub async fn requeue<S: AsRef<str>>(
+        &self,
+        queue: &QueueName,
+        entry_ids: &[S],
+    ) -> Result<usize, DeadError> {
         let mut requeued = 0;
-        let mut after = "-".to_owned();
-        loop {
-            let reply: StreamRangeReply = redis::cmd("XRANGE")
-                .arg(self.keys.dead())
-                .arg(&after)
-                .arg("+")
-                .arg("COUNT")
-                .arg(100)
-                .query_async(&mut self.conn.clone())
-                .await?;
-            let Some(last) = reply.ids.last() else { break };
-            after = format!("({}", last.id);
-            for entry in &reply.ids {
-                match self.requeue(&entry.id).await {
-                    Ok(_) => requeued += 1,
-                    Err(DeadError::Poison(_) | DeadError::Conflict(_) | DeadError::NotFound(_)) => {
-                    }
-                    Err(err) => return Err(err),
-                }
+        for entry_id in entry_ids {
+            match self.requeue_one(queue, entry_id.as_ref()).await {
+                Ok(_) => requeued += 1,
+                Err(DeadError::Poison(_) | DeadError::Conflict(_) | DeadError::NotFound(_)) => {}
+                Err(err) => return Err(err),
             }
         }
         Ok(requeued)
     }
 
-    /// Deletes dead letter `entry_id`; false if it was not there.
-    pub async fn delete(&self, entry_id: &str) -> Result<bool, DeadError> {
-        let deleted: usize = redis::cmd("XDEL")
-            .arg(self.keys.dead())
-            .arg(entry_id)
+    /// Requeues every decodable dead letter of `queue` there when it starts; returns how
+    /// many. Poison entries and tasks whose lock is held stay. Letters that arrive meanwhile
+    /// (a requeued task that dies again) are left for the next run, so it always ends. Two
+    /// concurrent runs requeue each letter once between them.
+    pub async fn requeue_all(&self, queue: &QueueName) -> Result<usize, DeadError> {
+        let newest: StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(self.keys.dead(queue))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
             .query_async(&mut self.conn.clone())
             .await?;
-        Ok(deleted == 1)
+        let Some(last) = newest.ids.into_iter().next().map(|entry| entry.id) else {
+            return Ok(0);
+        };
+        let mut requeued = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.range(queue, after.as_deref(), &last, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.entry_id.clone());
+            let ids: Vec<&str> = page.iter().map(|dead| dead.entry_id.as_str()).collect();
+            requeued += self.requeue(queue, &ids).await?;
+        }
+        Ok(requeued)
+    }
+
+    /// Deletes the dead letters `entry_ids` of `queue`; returns how many were there.
+    pub async fn delete<S: AsRef<str>>(
+        &self,
+        queue: &QueueName,
+        entry_ids: &[S],
+    ) -> Result<usize, DeadError> {
+        if entry_ids.is_empty() {
+            return Ok(0);
+        }
+        let mut cmd = redis::cmd("XDEL");
+        cmd.arg(self.keys.dead(queue));
+        for entry_id in entry_ids {
+            cmd.arg(entry_id.as_ref());
+        }
+        Ok(cmd.query_async(&mut self.conn.clone()).await?)
+    }
+
+    /// Deletes every dead letter of `queue`; returns how many there were.
+    pub async fn delete_all(&self, queue: &QueueName) -> Result<usize, DeadError> {
+        let key = self.keys.dead(queue);
+        let (count, _deleted): (usize, usize) = redis::pipe()
+            .atomic()
+            .cmd("XLEN")
+            .arg(&key)
+            .cmd("DEL")
+            .arg(&key)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(count)
     }
 }
 
@@ -214,12 +301,14 @@ fn text(map: &HashMap<String, Value>, name: &str) -> Option<String> {
         .and_then(|v| redis::from_redis_value_ref(v).ok())
 }
 
-fn parse(entry_id: String, map: &HashMap<String, Value>) -> DeadTask {
-    let queue = text(map, "queue").and_then(|q| QueueName::parse(&q).ok());
+/// A letter of the dead stream of `queue`. Its task belongs to `queue` whatever its `queue`
+/// field says: requeueing it must stay in that queue's slot.
+fn parse(queue: &QueueName, entry_id: String, map: &HashMap<String, Value>) -> DeadTask {
     let number = |name| text(map, name).and_then(|v| v.parse().ok());
-    let task = match (&queue, map.contains_key("raw")) {
-        (Some(queue), false) => fields::decode(queue.clone(), map).ok().map(|e| e.task),
-        _ => None,
+    let task = if map.contains_key("raw") {
+        None
+    } else {
+        fields::decode(queue.clone(), map).ok().map(|e| e.task)
     };
     DeadTask {
         entry_id,
@@ -231,7 +320,7 @@ fn parse(entry_id: String, map: &HashMap<String, Value>) -> DeadTask {
         last_failed_at: number("last_failed_at"),
         dead_at: number("dead_at"),
         raw: text(map, "raw"),
-        queue,
+        queue: queue.clone(),
         task,
     }
 }

@@ -13,7 +13,7 @@
 //! | `traceparent` | W3C trace context of the producer (absent when none)     |
 //! | `tracestate`  | W3C trace state (absent when none)                       |
 //! | `deadline`    | no attempt starts after it, ms since the epoch (optional)|
-//! | `unique`      | the lock held, `{ns}:unique:<unique>` (optional)         |
+//! | `unique`      | the lock held, `{ns:q}:unique:<unique>` (optional)       |
 //! | `first_failed_at` | end of the first failed attempt, ms (after a failure)|
 //! | `last_error`  | error of the last failed attempt (after a failure)       |
 //!

@@ -1,19 +1,32 @@
-//! The Redis layout. Every key starts with the namespace in a hash tag, `{ns}`, so all of them
-//! live in one Redis Cluster slot and multi-key scripts and reads work there too.
+//! The Redis layout. A queue's keys share one hash tag, `{<ns>:<queue>}`, so they live in one
+//! Redis Cluster slot (every script works on one queue's keys) and different queues spread
+//! across shards. Keys of the whole namespace keep the tag `{<ns>}`. Names never contain `:`,
+//! `{` or `}` ([`Namespace`], [`QueueName`]), so no queue's tag can equal another's or the
+//! namespace's.
 //!
-//! | key                      | type   | holds                                                  |
-//! |--------------------------|--------|--------------------------------------------------------|
-//! | `{ns}:stream:<queue>`    | stream | tasks ready to run, one stream per queue               |
-//! | `{ns}:scheduled`         | zset   | delayed tasks and retries; score = due time (ms, Redis clock); member = `{"queue": <queue>, "fields": [name, value, ...]}` |
-//! | `{ns}:dead`              | stream | dead-lettered tasks: the task's fields plus `queue`, `error`, `attempts`, `first_failed_at`, `last_failed_at`; poison entries as `queue`, `error`, `raw` |
-//! | `{ns}:unique:<suffix>`   | string | uniqueness lock (`id:<task id>` or `content:<queue>:<type>:<hash>`), value = the holding task's lock token (`Task::lock_token`); released when it finishes or dies |
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{ns:q}:stream` | stream | tasks of queue `q` ready to run, or running (pending with a consumer of [`GROUP`]) |
+//! | `{ns:q}:scheduled` | zset | tasks delayed by `process_in`/`process_at`; score = due time (ms, Redis clock); member = `{"queue": <q>, "fields": [name, value, ...]}` |
+//! | `{ns:q}:retry` | zset | tasks waiting for their next attempt; score and member as in `scheduled` |
+//! | `{ns:q}:dead` | stream | dead letters of `q`: the task's fields plus `queue`, `error`, `attempts`, `first_failed_at`, `last_failed_at`, `dead_at`; a poison entry as `queue`, `error`, `attempts`, `raw`, `dead_at` |
+//! | `{ns:q}:unique:<suffix>` | string | uniqueness lock (`id:<task id>` or `content:<type>:<hash>`), value = the holding task's lock token (`Task::lock_token`); released when it finishes or dies, or expires with its TTL |
+//! | `{ns:q}:paused` | string | `1` while the queue is paused (persistent) |
+//! | `{ns:q}:stats` | hash | `processed` (attempts finished, success or failure), `failed` (failed attempts) |
+//! | `{ns}:queues` | hash | the registry: queue -> weight, written by each worker at start |
+//!
+//! The rule that keeps scripts single-slot: every script's KEYS are keys of ONE queue (one
+//! `{ns:q}` tag), and no script builds a key name from ARGV. State shared across queues (the
+//! registry, an application's keys under `{ns}:`) is never touched by a script that touches
+//! queue keys: it is read or written by plain commands of its own.
 //!
 //! Consumer group on every task stream: [`GROUP`], created with `XGROUP CREATE ... 0 MKSTREAM`.
 //! Task streams are never trimmed (no `MAXLEN`): an entry leaves its stream only when the
 //! worker that finished it acknowledges and deletes it.
 //!
 //! Stream entry fields: see the `fields` module. An application may keep keys of its own under
-//! `{ns}:` (simplebank's sign-in throttle does); the queue never touches keys it does not own.
+//! `{ns}:` ([`Keys::namespaced`]; simplebank's sign-in throttle does); the queue never touches
+//! keys it does not own. Only this module formats key names.
 
 use std::fmt;
 
@@ -121,38 +134,68 @@ impl Keys {
         &self.ns
     }
 
-    /// `{ns}:stream:<queue>`: the tasks of one queue, ready to run.
+    /// `{ns:q}`: the hash tag of queue `q`'s keys.
+    fn tag(&self, queue: &QueueName) -> String {
+        format!("{{{}:{}}}", self.ns.as_str(), queue.as_str())
+    }
+
+    /// `{ns:q}:stream`: the tasks of queue `q`, ready to run or running.
     pub fn stream(&self, queue: &QueueName) -> String {
-        format!("{{{}}}:stream:{}", self.ns.as_str(), queue.as_str())
+        format!("{}:stream", self.tag(queue))
     }
 
-    /// The common prefix of task streams, `{ns}:stream:` (scripts append the queue).
-    pub(crate) fn stream_prefix(&self) -> String {
-        format!("{{{}}}:stream:", self.ns.as_str())
+    /// `{ns:q}:scheduled`: tasks of `q` delayed by `process_in`/`process_at`, by due time.
+    pub fn scheduled(&self, queue: &QueueName) -> String {
+        format!("{}:scheduled", self.tag(queue))
     }
 
-    /// `{ns}:scheduled`: delayed tasks and retries, by due time.
-    pub fn scheduled(&self) -> String {
-        format!("{{{}}}:scheduled", self.ns.as_str())
+    /// `{ns:q}:retry`: tasks of `q` waiting for their next attempt, by due time.
+    pub fn retry(&self, queue: &QueueName) -> String {
+        format!("{}:retry", self.tag(queue))
     }
 
-    /// `{ns}:dead`: the dead-letter stream.
-    pub fn dead(&self) -> String {
-        format!("{{{}}}:dead", self.ns.as_str())
+    /// `{ns:q}:dead`: the dead letters of `q`.
+    pub fn dead(&self, queue: &QueueName) -> String {
+        format!("{}:dead", self.tag(queue))
     }
 
-    /// `{ns}:unique:<suffix>`: a uniqueness lock. Without one, a placeholder in the same slot
-    /// (scripts take a key either way; the placeholder is never written).
-    pub(crate) fn unique(&self, suffix: Option<&str>) -> String {
+    /// `{ns:q}:unique:<suffix>`: a uniqueness lock of a task of `q`. Without one, a
+    /// placeholder in the same slot (scripts take a key either way; it is never written).
+    pub fn unique(&self, queue: &QueueName, suffix: Option<&str>) -> String {
         match suffix {
-            Some(suffix) => format!("{{{}}}:unique:{suffix}", self.ns.as_str()),
-            None => format!("{{{}}}:unique", self.ns.as_str()),
+            Some(suffix) => format!("{}:unique:{suffix}", self.tag(queue)),
+            None => format!("{}:unique", self.tag(queue)),
         }
     }
 
-    /// The pattern matching every key of the namespace (for clean-up in tests and tools).
-    pub fn pattern(&self) -> String {
-        format!("{{{}}}:*", self.ns.as_str())
+    /// `{ns:q}:paused`: present while `q` is paused.
+    pub fn paused(&self, queue: &QueueName) -> String {
+        format!("{}:paused", self.tag(queue))
+    }
+
+    /// `{ns:q}:stats`: the counters of `q` (`processed`, `failed`).
+    pub fn stats(&self, queue: &QueueName) -> String {
+        format!("{}:stats", self.tag(queue))
+    }
+
+    /// `{ns}:queues`: the registry of queues and their weights.
+    pub fn queues(&self) -> String {
+        self.namespaced("queues")
+    }
+
+    /// `{ns}:<name>`: a namespace-wide key, for an application's own keys (and the queue's
+    /// registry). Never use it for a key a queue script touches.
+    pub fn namespaced(&self, name: &str) -> String {
+        format!("{{{}}}:{name}", self.ns.as_str())
+    }
+
+    /// The patterns (`SCAN MATCH`/`KEYS`) that together match every key of the namespace:
+    /// `{ns}:*` (namespace-wide keys) and `{ns:*` (the keys of its queues).
+    pub fn patterns(&self) -> [String; 2] {
+        [
+            format!("{{{}}}:*", self.ns.as_str()),
+            format!("{{{}:*", self.ns.as_str()),
+        ]
     }
 }
 
@@ -164,10 +207,19 @@ mod tests {
     fn layout() {
         let keys = Keys::new(Namespace::default());
         let critical = QueueName::parse("critical").unwrap();
-        assert_eq!(keys.stream(&critical), "{simplebank}:stream:critical");
-        assert_eq!(keys.scheduled(), "{simplebank}:scheduled");
-        assert_eq!(keys.dead(), "{simplebank}:dead");
-        assert_eq!(keys.unique(Some("id:x")), "{simplebank}:unique:id:x");
+        assert_eq!(keys.stream(&critical), "{simplebank:critical}:stream");
+        assert_eq!(keys.scheduled(&critical), "{simplebank:critical}:scheduled");
+        assert_eq!(keys.retry(&critical), "{simplebank:critical}:retry");
+        assert_eq!(keys.dead(&critical), "{simplebank:critical}:dead");
+        assert_eq!(
+            keys.unique(&critical, Some("id:x")),
+            "{simplebank:critical}:unique:id:x"
+        );
+        assert_eq!(keys.unique(&critical, None), "{simplebank:critical}:unique");
+        assert_eq!(keys.paused(&critical), "{simplebank:critical}:paused");
+        assert_eq!(keys.stats(&critical), "{simplebank:critical}:stats");
+        assert_eq!(keys.queues(), "{simplebank}:queues");
+        assert_eq!(keys.patterns(), ["{simplebank}:*", "{simplebank:*"]);
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //!   with the handler registered for its payload type ([`Handlers::on`]): retries with
 //!   backoff, dead letters, lease renewal, takeover of a crashed worker's tasks, graceful
 //!   shutdown. Delivery is at least once; handlers key their side effects on the task id.
-//! - [`DeadLetters`] lists, requeues and deletes what could not be done.
+//! - [`DeadLetters`] lists, requeues and deletes what could not be done, queue by queue.
+//! - [`queue_stats`] and [`known_queues`] read the state of the queues (for an admin service
+//!   and metrics).
 //!
-//! The Redis layout is documented once, on [`Keys`]. Dependencies are Redis, serde, tokio and
+//! The Redis layout (one hash tag per queue) is documented once, on [`Keys`]. Dependencies are Redis, serde, tokio and
 //! tracing, plus the OpenTelemetry API for trace context: no SDK, exporter or database.
 //!
 //! ```no_run
@@ -62,6 +64,7 @@ mod keys;
 mod publish;
 pub mod report;
 mod scripts;
+pub mod stats;
 mod task;
 pub mod trace;
 
@@ -76,4 +79,5 @@ pub use consumer::{
 pub use dead::{DeadError, DeadLetters, DeadTask};
 pub use keys::{DEFAULT_NAMESPACE, DEFAULT_QUEUES, GROUP, Keys, NameError, Namespace, QueueName};
 pub use publish::{Enqueued, PublishError, Publisher};
+pub use stats::{QueueStats, known_queues, queue_stats};
 pub use task::{DEFAULT_MAX_RETRY, DEFAULT_TIMEOUT, Task, TaskError, TaskPayload};

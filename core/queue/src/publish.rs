@@ -104,19 +104,21 @@ impl Publisher {
             .await
     }
 
-    /// How many tasks are not settled yet: those queued or running in `queues`, plus every
-    /// delayed task and retry of the namespace. Zero means nothing more will run.
+    /// How many tasks of `queues` are not settled yet: queued, running, delayed or waiting
+    /// for a retry. Zero means nothing more will run there.
     pub async fn backlog(&self, queues: &[QueueName]) -> redis::RedisResult<u64> {
         let mut pipe = redis::pipe();
         for queue in queues {
             pipe.cmd("XLEN").arg(self.keys.stream(queue));
+            pipe.cmd("ZCARD").arg(self.keys.scheduled(queue));
+            pipe.cmd("ZCARD").arg(self.keys.retry(queue));
         }
-        pipe.cmd("ZCARD").arg(self.keys.scheduled());
         let counts: Vec<u64> = pipe.query_async(&mut self.conn.clone()).await?;
         Ok(counts.iter().sum())
     }
 
-    /// Enqueues `task`: onto its queue's stream, or into the scheduled set if it has a delay.
+    /// Enqueues `task`: onto its queue's stream, or into its queue's scheduled set if it has a
+    /// delay.
     ///
     /// Runs in a producer span (`send <stream>`) that continues the trace the task carries
     /// (the RPC that created it, even when the outbox relay publishes it later); the entry then

@@ -1,17 +1,19 @@
 //! The Lua scripts that move a task from one state to another in one atomic step. Each runs
-//! on keys of one namespace, all in the `{ns}` hash slot. Times come from Redis' own clock
-//! (`TIME`), so workers with skewed clocks agree on when a task is due.
+//! on the keys of ONE queue (its `{ns:q}` hash tag, one Redis Cluster slot), all passed in
+//! KEYS: no script builds a key name. Times come from Redis' own clock (`TIME`), so workers
+//! with skewed clocks agree on when a task is due.
 //!
-//! States: *queued* (an entry in `{ns}:stream:<queue>`), *running* (that entry, pending with a
-//! consumer), *scheduled* (a member of `{ns}:scheduled`: delayed or waiting for a retry), *dead*
-//! (an entry of `{ns}:dead`), *done* (gone).
+//! States: *queued* (an entry in `{ns:q}:stream`), *running* (that entry, pending with a
+//! consumer), *scheduled* (a member of `{ns:q}:scheduled`: delayed), *retry* (a member of
+//! `{ns:q}:retry`: waiting for its next attempt), *dead* (an entry of `{ns:q}:dead`), *done*
+//! (gone).
 //!
 //! | script | from -> to |
 //! |---|---|
 //! | [`enqueue`] | new -> queued, or scheduled; refused when its uniqueness lock is held |
-//! | [`promote`] | scheduled (due) -> queued |
+//! | [`promote`] | scheduled or retry (due) -> queued |
 //! | [`finish`] | running -> done (ack, delete, release the lock), for a batch of entries |
-//! | [`retry`] | running -> scheduled at now + delay |
+//! | [`retry`] | running -> retry at now + delay |
 //! | [`kill`] | running -> dead (release the lock) |
 //! | [`renew`] | running -> running, idle time reset (the lease), if still held by this consumer |
 //! | [`requeue`] | dead -> queued |
@@ -25,7 +27,7 @@ use redis::{RedisResult, Script, aio::ConnectionManager};
 
 use crate::{
     fields,
-    keys::{GROUP, Keys},
+    keys::{GROUP, Keys, QueueName},
     task::{Envelope, Schedule, Task},
 };
 
@@ -63,24 +65,31 @@ return {'queued', redis.call('XADD', KEYS[1], '*', unpack(ARGV, 7))}
     )
 });
 
-/// KEYS: scheduled. ARGV: stream key prefix, batch size.
-/// Moves up to a batch of due members onto their streams. Returns `{moved, wait}`: `wait` is
-/// how many ms until the next member is due (-1 when none is left).
+/// KEYS: scheduled, retry, stream (of one queue). ARGV: batch size.
+/// Moves up to a batch of due members of each set onto the stream. Returns `{moved, wait}`:
+/// `wait` is how many ms until the next member of either set is due (-1 when both are empty).
 static PROMOTE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
-for _, member in ipairs(due) do
-  local task = cjson.decode(member)
-  redis.call('XADD', ARGV[1] .. task.queue, '*', unpack(task.fields))
-  redis.call('ZREM', KEYS[1], member)
-end
-local next = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local moved = 0
 local wait = -1
-if next[2] then wait = math.max(0, tonumber(next[2]) - now) end
-return {#due, wait}
+for i = 1, 2 do
+  local due = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+  for _, member in ipairs(due) do
+    local task = cjson.decode(member)
+    redis.call('XADD', KEYS[3], '*', unpack(task.fields))
+    redis.call('ZREM', KEYS[i], member)
+  end
+  moved = moved + #due
+  local next = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+  if next[2] then
+    local w = math.max(0, tonumber(next[2]) - now)
+    if wait < 0 or w < wait then wait = w end
+  end
+end
+return {moved, wait}
 ",
     )
 });
@@ -105,8 +114,8 @@ return acked
     )
 });
 
-/// KEYS: stream, scheduled. ARGV: group, entry id, delay ms, scheduled member (next attempt).
-/// Only if the entry is still pending (not finished elsewhere): ack, delete, schedule.
+/// KEYS: stream, retry. ARGV: group, entry id, delay ms, retry member (next attempt).
+/// Only if the entry is still pending (not finished elsewhere): ack, delete, add to retry.
 /// Returns 1 if scheduled, 0 if the entry was no longer pending.
 static RETRY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -212,8 +221,8 @@ pub(crate) async fn enqueue(
     };
     let (status, detail): (String, String) = ENQUEUE
         .key(keys.stream(&task.queue))
-        .key(keys.scheduled())
-        .key(keys.unique(task.unique.as_deref()))
+        .key(keys.scheduled(&task.queue))
+        .key(keys.unique(&task.queue, task.unique.as_deref()))
         .arg(task.lock_token())
         .arg(flag(task.unique.is_some()))
         .arg(task.unique_ttl_ms.unwrap_or(0))
@@ -231,16 +240,19 @@ pub(crate) async fn enqueue(
     })
 }
 
-/// Moves up to `batch` due tasks onto their streams. Returns how many moved and how many ms
-/// until the next one is due (`None` when none is left).
+/// Moves up to `batch` due tasks of each of `queue`'s scheduled and retry sets onto its
+/// stream. Returns how many moved and how many ms until the next one is due (`None` when none
+/// is left).
 pub(crate) async fn promote(
     conn: &mut ConnectionManager,
     keys: &Keys,
+    queue: &QueueName,
     batch: usize,
 ) -> RedisResult<(usize, Option<u64>)> {
     let (moved, wait): (usize, i64) = PROMOTE
-        .key(keys.scheduled())
-        .arg(keys.stream_prefix())
+        .key(keys.scheduled(queue))
+        .key(keys.retry(queue))
+        .key(keys.stream(queue))
         .arg(batch)
         .invoke_async(conn)
         .await?;
@@ -283,7 +295,7 @@ pub(crate) async fn retry(
 ) -> RedisResult<bool> {
     let scheduled: i64 = RETRY
         .key(keys.stream(&next.task.queue))
-        .key(keys.scheduled())
+        .key(keys.retry(&next.task.queue))
         .arg(GROUP)
         .arg(entry_id)
         .arg(ms(delay))
@@ -293,21 +305,21 @@ pub(crate) async fn retry(
     Ok(scheduled == 1)
 }
 
-/// Moves pending entry `entry_id` of `stream` to the dead letters as `dead_fields`, releasing
-/// the lock of `task` (if it holds one). False if the entry was no longer pending.
+/// Moves pending entry `entry_id` of `queue`'s stream to its dead letters as `dead_fields`,
+/// releasing the lock of `task` (if it holds one). False if the entry was no longer pending.
 pub(crate) async fn kill(
     conn: &mut ConnectionManager,
     keys: &Keys,
-    stream: &str,
+    queue: &QueueName,
     entry_id: &str,
     task: Option<&Task>,
     dead_fields: Vec<(&'static str, String)>,
 ) -> RedisResult<bool> {
     let unique = task.and_then(|task| task.unique.as_deref());
     let killed: i64 = KILL
-        .key(stream)
-        .key(keys.dead())
-        .key(keys.unique(unique))
+        .key(keys.stream(queue))
+        .key(keys.dead(queue))
+        .key(keys.unique(queue, unique))
         .arg(GROUP)
         .arg(entry_id)
         .arg(task.map(Task::lock_token).unwrap_or_default())
@@ -354,9 +366,9 @@ pub(crate) async fn requeue(
 ) -> RedisResult<Requeue> {
     let task = &envelope.task;
     let outcome: String = REQUEUE
-        .key(keys.dead())
+        .key(keys.dead(&task.queue))
         .key(keys.stream(&task.queue))
-        .key(keys.unique(task.unique.as_deref()))
+        .key(keys.unique(&task.queue, task.unique.as_deref()))
         .arg(dead_entry_id)
         .arg(task.lock_token())
         .arg(flag(task.unique.is_some()))

@@ -99,7 +99,7 @@ pub struct Task {
     /// W3C trace context of the producer, carried across the queue.
     pub(crate) traceparent: Option<String>,
     pub(crate) tracestate: Option<String>,
-    /// The uniqueness lock this task holds, as the suffix of `{ns}:unique:<suffix>`.
+    /// The uniqueness lock this task holds, as the suffix of `{ns:q}:unique:<suffix>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) unique: Option<String>,
     /// Run later instead of now. Not carried in the stream entry.
@@ -257,9 +257,9 @@ impl Task {
             return Err(TaskError::UniqueTtl);
         }
         if self.unique.is_none() {
+            // The queue is in the lock's key (`{ns:q}:unique:...`), not in its suffix.
             self.unique = Some(format!(
-                "content:{}:{}:{:016x}",
-                self.queue,
+                "content:{}:{:016x}",
                 self.kind,
                 fnv1a(self.payload.as_bytes())
             ));

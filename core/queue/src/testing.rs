@@ -79,12 +79,14 @@ impl Drop for TestRedis {
         else {
             return;
         };
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(self.keys().pattern())
-            .query(&mut conn)
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        for pattern in self.keys().patterns() {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(pattern)
+                .query(&mut conn)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+            }
         }
     }
 }

@@ -19,7 +19,7 @@ use simplebank_core::{
         stop_gracefully, verify_link,
     },
 };
-use simplebank_queue::{DeadLetters, Publisher, Task};
+use simplebank_queue::{DeadLetters, Publisher, QueueName, Task, TaskPayload};
 use simplebank_server::pb::VerifyEmailRequest;
 use simplebank_worker::{
     config::MailerConfig,
@@ -357,10 +357,10 @@ async fn a_rejected_recipient_is_dead_lettered_after_one_attempt() {
     );
     eventually("the task is dead-lettered", Duration::from_secs(20), || {
         let dead = dead.clone();
-        async move { dead.count().await.ok() == Some(1) }
+        async move { dead.count(&verify_queue()).await.ok() == Some(1) }
     })
     .await;
-    let letters = dead.list(10).await.expect("list");
+    let letters = dead.list(&verify_queue(), 10).await.expect("list");
     assert_eq!(
         letters[0].attempts, 1,
         "no retries burnt on a permanent rejection"
@@ -471,6 +471,11 @@ impl WorkerProcess {
     }
 }
 
+/// The queue of the verification task, whose dead letters the tests read.
+fn verify_queue() -> QueueName {
+    QueueName::parse(SendVerifyEmail::QUEUE).expect("queue name")
+}
+
 fn dead_letters(redis: &TestRedis) -> DeadLetters {
     DeadLetters::new(
         redis_client::lazy_manager(redis.client(), redis_client::RESPONSE_TIMEOUT).expect("conn"),
@@ -484,7 +489,7 @@ async fn wait_for_dead(dead: &DeadLetters, n: usize) {
         Duration::from_secs(30),
         || {
             let dead = dead.clone();
-            async move { dead.count().await.ok() == Some(n) }
+            async move { dead.count(&verify_queue()).await.ok() == Some(n) }
         },
     )
     .await;
@@ -509,7 +514,7 @@ async fn a_rejected_address_appears_in_no_log_line_and_no_dead_letter() {
         .wait_for_log("the worker logged the rejection", "550")
         .await;
     let log = worker.stop().await;
-    let letters = dead.list(10).await.expect("list");
+    let letters = dead.list(&verify_queue(), 10).await.expect("list");
 
     // The sink echoes `<REJECT.ME@EXAMPLE.COM>` and `"reject.me"@example.com`: no form of the
     // mailbox may survive, in any case.
@@ -553,7 +558,13 @@ async fn smtp_timeout_cuts_off_a_stalled_data_reply() {
         "the attempt ended before the stalled reply"
     );
     assert!(!sink.messages().is_empty(), "the attempt reached DATA");
-    assert_eq!(dead_letters(&redis).count().await.expect("count"), 0);
+    assert_eq!(
+        dead_letters(&redis)
+            .count(&verify_queue())
+            .await
+            .expect("count"),
+        0
+    );
     let records = db.store.verify_emails_of("gina").await.expect("records");
     assert!(records.iter().all(|r| r.email_sent_at.is_none()));
     worker.stop().await;
@@ -681,7 +692,11 @@ async fn a_malicious_row_injects_nothing_into_the_smtp_message() {
     for injected in INJECTED {
         assert!(!message.contains(injected), "{injected}: {message}");
     }
-    for letter in dead_letters(&redis).list(10).await.expect("list") {
+    for letter in dead_letters(&redis)
+        .list(&verify_queue(), 10)
+        .await
+        .expect("list")
+    {
         assert!(
             letter.error.starts_with("invalid email: "),
             "{}",

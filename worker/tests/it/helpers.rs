@@ -242,13 +242,20 @@ pub async fn stream_state(redis: &TestRedis, queue: &str) -> (usize, usize) {
     (len, count)
 }
 
-/// Members of the scheduled set (delayed tasks and retries).
+/// Tasks delayed or waiting for a retry, in the default queues.
 pub async fn scheduled_count(redis: &TestRedis) -> usize {
-    redis::cmd("ZCARD")
-        .arg(redis.keys().scheduled())
+    let keys = redis.keys();
+    let mut pipe = redis::pipe();
+    for queue in simplebank_queue::DEFAULT_QUEUES {
+        let queue = QueueName::parse(queue).expect("queue");
+        pipe.cmd("ZCARD").arg(keys.scheduled(&queue));
+        pipe.cmd("ZCARD").arg(keys.retry(&queue));
+    }
+    let counts: Vec<usize> = pipe
         .query_async(&mut redis.conn().await)
         .await
-        .expect("ZCARD")
+        .expect("ZCARD");
+    counts.iter().sum()
 }
 
 /// The payload of `test:job`, run by the `test_worker` example process.

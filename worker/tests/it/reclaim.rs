@@ -115,7 +115,7 @@ async fn an_entry_whose_delivery_count_cannot_be_read_is_not_run_past_max_retry(
     let dead_conn =
         redis_client::lazy_manager(admin.client(), redis_client::RESPONSE_TIMEOUT).expect("conn");
     let dead = DeadLetters::new(dead_conn, admin.keys())
-        .list(10)
+        .list(&QueueName::parse("default").expect("queue"), 10)
         .await
         .expect("dead letters");
     assert_eq!(dead.len(), 1);

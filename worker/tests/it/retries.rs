@@ -16,6 +16,11 @@ use crate::helpers::{
     wait_for_runs, wait_until_drained,
 };
 
+/// The queue of [`Noop`] tasks.
+fn default_queue() -> QueueName {
+    QueueName::parse("default").expect("queue")
+}
+
 fn dead_letters(redis: &TestRedis) -> DeadLetters {
     let conn = redis_client::lazy_manager(redis.client(), redis_client::RESPONSE_TIMEOUT)
         .expect("connection");
@@ -29,7 +34,7 @@ async fn wait_for_dead(redis: &TestRedis, n: usize) {
         Duration::from_secs(20),
         || {
             let dead = dead.clone();
-            async move { dead.count().await.ok() == Some(n) }
+            async move { dead.count(&default_queue()).await.ok() == Some(n) }
         },
     )
     .await;
@@ -62,15 +67,15 @@ async fn a_failing_task_runs_max_retry_plus_one_times_then_is_dead_and_can_be_re
 
     wait_for_dead(&redis, 1).await;
     assert_eq!(recorder.total_runs(), 4, "exactly max_retry + 1 attempts");
-    let dead = dead_letters(&redis).list(10).await.expect("list");
+    let dead = dead_letters(&redis)
+        .list(&default_queue(), 10)
+        .await
+        .expect("list");
     assert_eq!(dead.len(), 1);
     let letter = &dead[0];
     assert_eq!(letter.error, "boom");
     assert_eq!(letter.attempts, 4);
-    assert_eq!(
-        letter.queue.as_ref().map(QueueName::as_str),
-        Some("default")
-    );
+    assert_eq!(letter.queue.as_str(), "default");
     let (first, last) = (
         letter.first_failed_at.expect("first"),
         letter.last_failed_at.expect("last"),
@@ -85,13 +90,22 @@ async fn a_failing_task_runs_max_retry_plus_one_times_then_is_dead_and_can_be_re
     assert_eq!(recorder.total_runs(), 4);
 
     // Requeue: it runs again (and now succeeds); the dead letter is gone.
-    dead_letters(&redis)
-        .requeue(&letter.entry_id)
-        .await
-        .expect("requeue");
+    assert_eq!(
+        dead_letters(&redis)
+            .requeue(&default_queue(), &[&letter.entry_id])
+            .await
+            .expect("requeue"),
+        1
+    );
     wait_for_runs(&recorder, 5, false).await;
     wait_until_drained(&redis, "default").await;
-    assert_eq!(dead_letters(&redis).count().await.expect("count"), 0);
+    assert_eq!(
+        dead_letters(&redis)
+            .count(&default_queue())
+            .await
+            .expect("count"),
+        0
+    );
     worker.stop().await;
 }
 
@@ -130,7 +144,10 @@ async fn timeouts_and_panics_are_failed_attempts_and_skip_retry_dies_at_once() {
     }
     wait_for_dead(&redis, 3).await;
 
-    let dead = dead_letters(&redis).list(10).await.expect("list");
+    let dead = dead_letters(&redis)
+        .list(&default_queue(), 10)
+        .await
+        .expect("list");
     let find = |id: &str| {
         dead.iter()
             .find(|d| d.task.as_ref().is_some_and(|t| t.id() == id))
@@ -151,7 +168,13 @@ async fn timeouts_and_panics_are_failed_attempts_and_skip_retry_dies_at_once() {
     let good = noop(3);
     publisher.publish(&good).await.expect("publish");
     wait_until_drained(&redis, "default").await;
-    assert_eq!(dead_letters(&redis).count().await.expect("count"), 3);
+    assert_eq!(
+        dead_letters(&redis)
+            .count(&default_queue())
+            .await
+            .expect("count"),
+        3
+    );
     worker.stop().await;
 }
 
@@ -182,7 +205,13 @@ async fn not_a_failure_is_retried_without_using_up_attempts() {
     wait_for_runs(&recorder, 4, false).await;
     wait_until_drained(&redis, "default").await;
     assert_eq!(scheduled_count(&redis).await, 0);
-    assert_eq!(dead_letters(&redis).count().await.expect("count"), 0);
+    assert_eq!(
+        dead_letters(&redis)
+            .count(&default_queue())
+            .await
+            .expect("count"),
+        0
+    );
     worker.stop().await;
 }
 
@@ -230,7 +259,10 @@ async fn poison_entries_and_unknown_types_are_dead_lettered_at_once() {
     wait_for_dead(&redis, 2).await;
     wait_for_runs(&recorder, 5, true).await;
     wait_until_drained(&redis, "default").await;
-    let dead = dead_letters(&redis).list(10).await.expect("list");
+    let dead = dead_letters(&redis)
+        .list(&default_queue(), 10)
+        .await
+        .expect("list");
     let poison = dead
         .iter()
         .find(|d| d.task.is_none())
@@ -257,7 +289,9 @@ async fn poison_entries_and_unknown_types_are_dead_lettered_at_once() {
     );
     assert_eq!(orphan.attempts, 0);
     assert!(matches!(
-        dead_letters(&redis).requeue(&poison.entry_id).await,
+        dead_letters(&redis)
+            .requeue_one(&default_queue(), &poison.entry_id)
+            .await,
         Err(simplebank_queue::DeadError::Poison(_))
     ));
     assert_eq!(recorder.total_runs(), 5, "nothing else disturbed");
@@ -293,7 +327,10 @@ async fn a_payload_that_does_not_decode_as_its_type_is_dead_lettered_without_a_r
     wait_for_dead(&redis, 1).await;
     wait_for_runs(&recorder, 1, false).await;
     wait_until_drained(&redis, "default").await;
-    let dead = dead_letters(&redis).list(10).await.expect("list");
+    let dead = dead_letters(&redis)
+        .list(&default_queue(), 10)
+        .await
+        .expect("list");
     assert_eq!(dead.len(), 1);
     assert!(
         dead[0]
@@ -329,14 +366,17 @@ async fn errors_reach_last_error_and_the_dead_letters_with_their_causes() {
     let task = noop(1).with_max_retry(1);
     publisher(&redis).publish(&task).await.expect("publish");
     wait_for_dead(&redis, 1).await;
-    let dead = dead_letters(&redis).list(10).await.expect("list");
+    let dead = dead_letters(&redis)
+        .list(&default_queue(), 10)
+        .await
+        .expect("list");
     assert_eq!(dead[0].error, "database unavailable: connection refused");
     assert_eq!(dead[0].attempts, 2);
     // The dead letter keeps the fields of the last attempt's entry: its last_error was
     // written by the retry before it.
     let raw: Vec<(String, String)> = {
         let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(redis.keys().dead())
+            .arg(redis.keys().dead(&default_queue()))
             .arg("-")
             .arg("+")
             .query_async(&mut redis.conn().await)
@@ -402,7 +442,10 @@ async fn an_entry_delivered_more_than_max_retry_plus_one_times_is_dead_lettered(
         Handlers::new().on::<Noop>(recorder.clone()),
     );
     wait_for_dead(&redis, 1).await;
-    let dead = dead_letters(&redis).list(10).await.expect("list");
+    let dead = dead_letters(&redis)
+        .list(&default_queue(), 10)
+        .await
+        .expect("list");
     assert!(
         dead[0].error.starts_with("delivered 4 times"),
         "{}",

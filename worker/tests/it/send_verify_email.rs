@@ -11,7 +11,7 @@ use simplebank_core::{
     tasks::SendVerifyEmail,
     testing::{INJECTED, MALICIOUS_ROWS, TempDir, TestDb, TestRedis, sigterm, verify_link},
 };
-use simplebank_queue::{DeadLetters, Handlers, Task};
+use simplebank_queue::{DeadLetters, Handlers, QueueName, Task, TaskPayload};
 use simplebank_worker::{handlers::SendVerifyEmailHandler, mail::FileMailer};
 use tokio::io::AsyncBufReadExt;
 
@@ -166,7 +166,13 @@ async fn a_malicious_row_injects_nothing_into_the_eml() {
     for injected in INJECTED {
         assert!(!message.contains(injected), "{injected}: {message}");
     }
-    let letters = dead_letters(&redis).list(10).await.expect("dead letters");
+    let letters = dead_letters(&redis)
+        .list(
+            &QueueName::parse(SendVerifyEmail::QUEUE).expect("queue"),
+            10,
+        )
+        .await
+        .expect("dead letters");
     assert_eq!(letters.len(), MALICIOUS_ROWS.len() - 1);
     for letter in letters {
         assert!(

@@ -75,7 +75,9 @@ async fn finished_entries_are_acked_in_batches_and_locks_released_only_by_their_
     let mut released = Vec::new();
     let mut kept = Vec::new();
     for (i, ack) in acks.iter_mut().enumerate().filter(|(i, _)| i % 10 == 0) {
-        let key = keys.unique(Some(&format!("u{i}")));
+        // The lock is in the slot of its task's queue.
+        let queue = QueueName::parse(QUEUES[i / PER_STREAM]).expect("queue");
+        let key = keys.unique(&queue, Some(&format!("u{i}")));
         let token = format!("token-{i}");
         let holder = if i % 30 == 0 { "another" } else { &token };
         let _: () = redis::cmd("SET")

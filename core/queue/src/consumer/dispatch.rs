@@ -110,14 +110,13 @@ impl Dispatcher {
             Ok(envelope) => envelope,
             Err(err) => {
                 let reason = format!("undecodable entry: {err}");
-                Box::pin(self.kill_poison(&stream, &queue, &entry.id, &entry.fields, &reason))
-                    .await;
+                Box::pin(self.kill_poison(&queue, &entry.id, &entry.fields, &reason)).await;
                 return;
             }
         };
         let Some(handler) = self.handlers.get(&task.task.kind) else {
             let reason = format!("no handler for task type {:?}", task.task.kind);
-            Box::pin(self.kill(&stream, &entry.id, task, &reason, false)).await;
+            Box::pin(self.kill(&entry.id, task, &reason, false)).await;
             return;
         };
         if let Some(deliveries) = deliveries
@@ -126,14 +125,14 @@ impl Dispatcher {
             let reason = format!(
                 "delivered {deliveries} times without finishing: its worker crashed or hung each time"
             );
-            Box::pin(self.kill(&stream, &entry.id, task, &reason, true)).await;
+            Box::pin(self.kill(&entry.id, task, &reason, true)).await;
             return;
         }
         let mut timeout = task.task.timeout();
         if let Some(deadline) = task.task.deadline {
             let left = deadline.saturating_sub(now_ms());
             if left <= 0 {
-                Box::pin(self.kill(&stream, &entry.id, task, "deadline exceeded", false)).await;
+                Box::pin(self.kill(&entry.id, task, "deadline exceeded", false)).await;
                 return;
             }
             timeout = timeout.min(Duration::from_millis(u64::try_from(left).unwrap_or(0)));
@@ -193,7 +192,7 @@ impl Dispatcher {
                     ),
                 };
                 record_error(&tracing::Span::current(), &failure.message);
-                Box::pin(self.fail(&stream, &entry_id, task, failure)).await;
+                Box::pin(self.fail(&entry_id, task, failure)).await;
                 return;
             }
         };
@@ -225,17 +224,19 @@ impl Dispatcher {
             Ok(()) => self.finish(&stream, &entry_id, &task, duration_ms).await,
             Err(failure) => {
                 record_error(&tracing::Span::current(), &failure.message);
-                Box::pin(self.fail(&stream, &entry_id, task, failure)).await;
+                Box::pin(self.fail(&entry_id, task, failure)).await;
             }
         }
     }
 
     async fn finish(&self, stream: &str, entry_id: &str, envelope: &Envelope, duration_ms: u64) {
         let task = &envelope.task;
-        let lock = task
-            .unique
-            .as_deref()
-            .map(|unique| (self.keys.unique(Some(unique)), task.lock_token()));
+        let lock = task.unique.as_deref().map(|unique| {
+            (
+                self.keys.unique(&task.queue, Some(unique)),
+                task.lock_token(),
+            )
+        });
         let ack = Ack {
             stream: stream.to_owned(),
             entry: Finished {
@@ -255,12 +256,11 @@ impl Dispatcher {
         }
     }
 
-    async fn fail(&self, stream: &str, entry_id: &str, envelope: Envelope, failure: Failure) {
+    async fn fail(&self, entry_id: &str, envelope: Envelope, failure: Failure) {
         let out_of_attempts =
             failure.kind == FailureKind::Retry && envelope.attempt > envelope.task.max_retry;
         if failure.kind == FailureKind::SkipRetry || out_of_attempts {
-            self.kill(stream, entry_id, envelope, &failure.message, true)
-                .await;
+            self.kill(entry_id, envelope, &failure.message, true).await;
             return;
         }
         let task = &envelope.task;
@@ -292,14 +292,7 @@ impl Dispatcher {
     }
 
     /// Moves the task to the dead letters. `attempted`: whether this delivery ran the handler.
-    async fn kill(
-        &self,
-        stream: &str,
-        entry_id: &str,
-        mut envelope: Envelope,
-        reason: &str,
-        attempted: bool,
-    ) {
+    async fn kill(&self, entry_id: &str, mut envelope: Envelope, reason: &str, attempted: bool) {
         let now = now_ms();
         let attempts = if attempted {
             envelope.attempt
@@ -312,7 +305,7 @@ impl Dispatcher {
         let killed = scripts::kill(
             &mut self.conn.clone(),
             &self.keys,
-            stream,
+            &envelope.task.queue,
             entry_id,
             Some(&envelope.task),
             dead_fields(&envelope, reason, attempts, now),
@@ -333,7 +326,6 @@ impl Dispatcher {
 
     async fn kill_poison(
         &self,
-        stream: &str,
         queue: &QueueName,
         entry_id: &str,
         raw: &[(String, Value)],
@@ -342,7 +334,7 @@ impl Dispatcher {
         let killed = scripts::kill(
             &mut self.conn.clone(),
             &self.keys,
-            stream,
+            queue,
             entry_id,
             None,
             poison_fields(queue, raw, reason),

@@ -335,7 +335,7 @@ mod tests {
         };
         let flat = Value::Array(vec![bulk("id"), bulk("a"), bulk("type"), bulk("t")]);
         let expected = vec![(
-            "{ns}:stream:default".to_owned(),
+            "{ns:default}:stream".to_owned(),
             vec![
                 Entry {
                     id: "1-0".into(),
@@ -348,11 +348,11 @@ mod tests {
             ],
         )];
         let resp2 = Value::Array(vec![Value::Array(vec![
-            bulk("{ns}:stream:default"),
+            bulk("{ns:default}:stream"),
             entries(flat.clone()),
         ])]);
         assert_eq!(read_reply(resp2).unwrap(), expected);
-        let resp3 = Value::Map(vec![(bulk("{ns}:stream:default"), entries(flat))]);
+        let resp3 = Value::Map(vec![(bulk("{ns:default}:stream"), entries(flat))]);
         assert_eq!(read_reply(resp3).unwrap(), expected);
         assert!(read_reply(Value::Nil).unwrap().is_empty());
         assert!(read_reply(Value::Int(1)).is_err());

@@ -2,7 +2,8 @@
 //! MKSTREAM`, so entries added before the first worker started are delivered too.
 //! BUSYGROUP (it already exists) is success. A worker then joins the group on each stream
 //! (`XGROUP CREATECONSUMER`), so it shows in `XINFO CONSUMERS` from its start, not only once
-//! it has read an entry.
+//! it has read an entry, and writes its queues and their weights into the registry
+//! (`{ns}:queues`), where the admin service and the metrics find them.
 
 use redis::aio::ConnectionManager;
 
@@ -49,6 +50,22 @@ pub(crate) async fn join(
             .ignore();
     }
     pipe.query_async(conn).await
+}
+
+/// Writes `queues` and their weights into the registry `{ns}:queues` (a plain HSET: the
+/// registry is namespace-wide, never touched by a queue's script). A queue served by workers
+/// with different weights shows the weight of the last one started.
+pub(crate) async fn register(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    queues: &[(QueueName, u32)],
+) -> redis::RedisResult<()> {
+    let mut cmd = redis::cmd("HSET");
+    cmd.arg(keys.queues());
+    for (queue, weight) in queues {
+        cmd.arg(queue.as_str()).arg(*weight);
+    }
+    cmd.query_async::<()>(conn).await
 }
 
 /// Whether `err` says the group (or its stream) is gone, so it must be created again.

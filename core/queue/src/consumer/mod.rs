@@ -6,7 +6,7 @@
 //!   dead-lettered (`dispatch`);
 //! - renews the lease of long tasks, and takes over entries left pending past the visibility
 //!   timeout by a crashed worker (`reclaim`);
-//! - promotes due delayed tasks and retries onto their streams (`promote`);
+//! - promotes due delayed tasks and retries of its queues onto their streams (`promote`);
 //! - on shutdown stops reading, lets running tasks finish within the shutdown timeout, and
 //!   leaves the rest pending for another worker.
 
@@ -104,6 +104,10 @@ impl Worker {
         {
             tracing::warn!(error = %report::chain(&err), "cannot join the consumer group yet; the first read will");
         }
+        // Only the admin service and the metrics read the registry: a failure is not fatal.
+        if let Err(err) = group::register(&mut conn, &self.keys, &settings.queues).await {
+            tracing::warn!(error = %report::chain(&err), "cannot write this worker's queues into the registry");
+        }
         warn_about_redis_settings(&mut conn).await;
         tracing::info!(
             consumer = %settings.consumer_name,
@@ -128,6 +132,7 @@ impl Worker {
         let promoter = tokio::spawn(promote::run(
             conn.clone(),
             self.keys.clone(),
+            queues.clone(),
             shutdown.clone(),
         ));
         let reclaim = tokio::spawn(

@@ -1,36 +1,42 @@
-//! The promoter: moves due tasks (delayed ones and retries) from `{ns}:scheduled` onto their
-//! streams with the PROMOTE script, which reads Redis' clock, so nothing is promoted early and,
-//! since a script runs alone, nothing twice, however many workers promote at once.
+//! The promoter: moves due tasks (delayed ones and retries) from each of the worker's queues'
+//! `{ns:q}:scheduled` and `{ns:q}:retry` onto `{ns:q}:stream` with the PROMOTE script (one call
+//! per queue, on that queue's slot), which reads Redis' clock, so nothing is promoted early
+//! and, since a script runs alone, nothing twice, however many workers promote at once.
 //!
-//! It looks every 20 ms at most (sooner when the next task is due sooner), so a due task waits
-//! about 10 ms on average for promotion; a full batch is followed by the next at once.
+//! It looks every 20 ms at most (sooner when the next task of any queue is due sooner), so a
+//! due task waits about 10 ms on average for promotion; a full batch of any queue is followed
+//! by the next round at once.
 
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
-use crate::{keys::Keys, report, scripts};
+use crate::{
+    keys::{Keys, QueueName},
+    report, scripts,
+};
 
-/// The longest wait between two looks at the scheduled set.
+/// The longest wait between two looks at the scheduled sets.
 const POLL: Duration = Duration::from_millis(20);
 const BATCH: usize = 500;
 
-/// Promotes until `stop` is cancelled.
-pub(crate) async fn run(mut conn: ConnectionManager, keys: Keys, stop: CancellationToken) {
+/// Promotes the due tasks of `queues` until `stop` is cancelled.
+pub(crate) async fn run(
+    mut conn: ConnectionManager,
+    keys: Keys,
+    queues: Vec<QueueName>,
+    stop: CancellationToken,
+) {
     let mut failing = false;
     loop {
-        let promoted = scripts::promote(&mut conn, &keys, BATCH).await;
-        let pause = match promoted {
-            Ok((moved, wait_ms)) => {
+        let pause = match round(&mut conn, &keys, &queues).await {
+            Ok(Round { full, wait_ms }) => {
                 if failing {
                     tracing::info!("promoting scheduled tasks again");
                     failing = false;
                 }
-                if moved > 0 {
-                    tracing::debug!(moved, "promoted scheduled tasks");
-                }
-                if moved == BATCH {
+                if full {
                     continue;
                 }
                 match wait_ms {
@@ -50,5 +56,49 @@ pub(crate) async fn run(mut conn: ConnectionManager, keys: Keys, stop: Cancellat
             () = stop.cancelled() => return,
             () = tokio::time::sleep(pause) => {}
         }
+    }
+}
+
+/// What one round over the queues found.
+struct Round {
+    /// Some queue had a full batch due: more may be due already.
+    full: bool,
+    /// How long until the next task of any queue is due.
+    wait_ms: Option<u64>,
+}
+
+/// One PROMOTE call per queue. A queue whose call fails does not keep the others waiting;
+/// the round reports the first error after trying them all.
+async fn round(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    queues: &[QueueName],
+) -> redis::RedisResult<Round> {
+    let mut found = Round {
+        full: false,
+        wait_ms: None,
+    };
+    let mut error = None;
+    for queue in queues {
+        match scripts::promote(conn, keys, queue, BATCH).await {
+            Ok((moved, wait_ms)) => {
+                if moved > 0 {
+                    tracing::debug!(queue = %queue, moved, "promoted scheduled tasks");
+                }
+                // Each of the two sets moves at most a batch; a full one may have more due.
+                found.full |= moved >= BATCH;
+                found.wait_ms = match (found.wait_ms, wait_ms) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            Err(err) => {
+                error.get_or_insert(err);
+            }
+        }
+    }
+    match error {
+        Some(err) => Err(err),
+        None => Ok(found),
     }
 }

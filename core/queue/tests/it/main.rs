@@ -1,0 +1,10 @@
+//! Integration tests of the queue, on the real Redis: one binary, one module per subject.
+
+// Test code: a failed step should panic where it happened.
+#![allow(clippy::unwrap_used)]
+
+mod dead;
+mod embedded;
+mod helpers;
+mod layout;
+mod stats;
