@@ -73,13 +73,13 @@ pub fn duration_or(name: &'static str, default: Duration) -> Result<Duration, Co
         Some(raw) => parse_duration(&raw).ok_or_else(|| {
             ConfigError::new(
                 name,
-                format!("expected a duration such as 500ms, 30s, 5m or 1h (got {raw:?})"),
+                format!("expected a duration such as 500ms, 30s, 5m, 1h or 90d (got {raw:?})"),
             )
         }),
     }
 }
 
-/// Parses `250ms`, `30s`, `5m`, `1h` or a bare number of seconds.
+/// Parses `250ms`, `30s`, `5m`, `1h`, `90d` or a bare number of seconds.
 pub fn parse_duration(raw: &str) -> Option<Duration> {
     let raw = raw.trim();
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
@@ -90,6 +90,7 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
         "" | "s" => number.checked_mul(1_000)?,
         "m" => number.checked_mul(60_000)?,
         "h" => number.checked_mul(3_600_000)?,
+        "d" => number.checked_mul(86_400_000)?,
         _ => return None,
     };
     Some(Duration::from_millis(millis))
@@ -172,6 +173,10 @@ mod tests {
         assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
         assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
         assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            parse_duration("90d"),
+            Some(Duration::from_secs(90 * 86_400))
+        );
         assert_eq!(parse_duration("abc"), None);
         assert_eq!(parse_duration("5 days"), None);
         assert_eq!(parse_duration("-1s"), None);

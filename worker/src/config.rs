@@ -7,7 +7,9 @@ use simplebank_core::{
     report::chain,
     secret::{MIN_CODE_KEY_LEN, Secret},
 };
-use simplebank_queue::{Backoff, ConsumerSettings, DEFAULT_VISIBILITY_TIMEOUT, parse_queues};
+use simplebank_queue::{
+    Backoff, ConsumerSettings, DEFAULT_VISIBILITY_TIMEOUT, MAX_DEAD_LETTER_MAX, parse_queues,
+};
 
 use crate::mail::smtp::{SmtpConfig, TlsMode};
 
@@ -46,6 +48,21 @@ pub fn consumer_settings_from_env() -> Result<ConsumerSettings, ConfigError> {
         ));
     }
     settings.backoff = Backoff { base, max };
+    settings.dead_letter_max = config::parse_or("DEAD_LETTER_MAX", settings.dead_letter_max)?;
+    if settings.dead_letter_max == 0 || settings.dead_letter_max > MAX_DEAD_LETTER_MAX {
+        return Err(ConfigError::new(
+            "DEAD_LETTER_MAX",
+            format!("must be from 1 to {MAX_DEAD_LETTER_MAX}"),
+        ));
+    }
+    settings.dead_letter_retention =
+        config::duration_or("DEAD_LETTER_RETENTION", settings.dead_letter_retention)?;
+    if settings.dead_letter_retention < Duration::from_secs(1) {
+        return Err(ConfigError::new(
+            "DEAD_LETTER_RETENTION",
+            "must be at least 1s",
+        ));
+    }
     Ok(settings)
 }
 

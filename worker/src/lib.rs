@@ -9,6 +9,7 @@
 pub mod config;
 pub mod handlers;
 pub mod mail;
+pub mod migrate_redis;
 pub mod signals;
 
 use std::sync::Arc;

@@ -1,4 +1,5 @@
 //! `simplebank-worker`: runs tasks until SIGINT/SIGTERM; a second signal exits at once.
+//! `simplebank-worker migrate-redis` moves a Redis of the old key layout into the new one.
 
 use std::process::ExitCode;
 
@@ -13,6 +14,14 @@ use tokio_util::sync::CancellationToken;
 /// belongs in `spawn_blocking`, which has its own threads.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("migrate-redis") => return migrate_redis().await,
+        Some(_) => {
+            eprintln!("usage: simplebank-worker [migrate-redis]");
+            return ExitCode::from(2);
+        }
+    }
     let config = match config::load_app_env().and_then(|()| WorkerConfig::from_env()) {
         Ok(config) => config,
         Err(err) => {
@@ -55,4 +64,25 @@ async fn check_redis(config: &WorkerConfig) -> Result<(), config::ConfigError> {
     let client = redis_client::client(config.common.redis_address.expose())
         .map_err(|e| config::ConfigError::new("REDIS_ADDRESS", e.to_string()))?;
     redis_client::check_access(&client, &Keys::new(config.common.namespace.clone())).await
+}
+
+/// `migrate-redis`: needs only REDIS_ADDRESS and REDIS_NAMESPACE (and app.env).
+async fn migrate_redis() -> ExitCode {
+    let common = match config::load_app_env().and_then(|()| config::CommonConfig::from_env()) {
+        Ok(common) => common,
+        Err(err) => {
+            eprintln!("simplebank-worker: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match simplebank_worker::migrate_redis::run(&common).await {
+        Ok(migrated) => {
+            println!("{}", simplebank_worker::migrate_redis::summary(&migrated));
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("simplebank-worker migrate-redis: {}", report::chain(&err));
+            ExitCode::FAILURE
+        }
+    }
 }

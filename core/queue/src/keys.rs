@@ -189,6 +189,38 @@ impl Keys {
         format!("{{{}}}:{name}", self.ns.as_str())
     }
 
+    /// The keys of the layout before one hash tag per queue, for the migration only (see the
+    /// `migrate` module): `{ns}:stream:<q>`.
+    pub(crate) fn old_stream(&self, queue: &QueueName) -> String {
+        format!("{{{}}}:stream:{queue}", self.ns.as_str())
+    }
+
+    /// The old layout's `{ns}:scheduled` (delayed tasks and retries of every queue).
+    pub(crate) fn old_scheduled(&self) -> String {
+        self.namespaced("scheduled")
+    }
+
+    /// The old layout's `{ns}:dead` (dead letters of every queue).
+    pub(crate) fn old_dead(&self) -> String {
+        self.namespaced("dead")
+    }
+
+    /// The old layout's lock `{ns}:unique:<suffix>`.
+    pub(crate) fn old_unique(&self, suffix: &str) -> String {
+        self.namespaced(&format!("unique:{suffix}"))
+    }
+
+    /// Patterns of the old layout's streams and locks.
+    pub(crate) fn old_patterns(&self) -> (String, String) {
+        (self.namespaced("stream:*"), self.namespaced("unique:*"))
+    }
+
+    /// The queue of an old layout stream key, if it is one.
+    pub(crate) fn old_stream_queue(&self, key: &str) -> Option<QueueName> {
+        let prefix = self.namespaced("stream:");
+        QueueName::parse(key.strip_prefix(&prefix)?).ok()
+    }
+
     /// The patterns (`SCAN MATCH`/`KEYS`) that together match every key of the namespace:
     /// `{ns}:*` (namespace-wide keys) and `{ns:*` (the keys of its queues).
     pub fn patterns(&self) -> [String; 2] {

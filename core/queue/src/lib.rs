@@ -10,7 +10,8 @@
 //! - [`queue_stats`] and [`known_queues`] read the state of the queues (for an admin service
 //!   and metrics).
 //!
-//! The Redis layout (one hash tag per queue) is documented once, on [`Keys`]. Dependencies are Redis, serde, tokio and
+//! The Redis layout (one hash tag per queue) is documented once, on [`Keys`]; [`migrate`]
+//! moves a Redis written by the old layout (one hash tag per namespace) into it. Dependencies are Redis, serde, tokio and
 //! tracing, plus the OpenTelemetry API for trace context: no SDK, exporter or database.
 //!
 //! ```no_run
@@ -61,8 +62,11 @@ mod consumer;
 mod dead;
 mod fields;
 mod keys;
+pub mod migrate;
+pub mod pause;
 mod publish;
 pub mod report;
+mod retention;
 mod scripts;
 pub mod stats;
 mod task;
@@ -72,12 +76,14 @@ pub mod trace;
 pub mod testing;
 
 pub use consumer::{
-    Backoff, ConsumerError, ConsumerSettings, DEFAULT_VISIBILITY_TIMEOUT, FailureKind, Handler,
-    HandlerError, Handlers, MIN_VISIBILITY_TIMEOUT, QueuesError, SettingsError, TaskContext,
-    Worker, parse_queues,
+    Backoff, ConsumerError, ConsumerSettings, DEFAULT_DEAD_LETTER_MAX,
+    DEFAULT_DEAD_LETTER_RETENTION, DEFAULT_VISIBILITY_TIMEOUT, FailureKind, Handler, HandlerError,
+    Handlers, MAX_BLOCK, MAX_DEAD_LETTER_MAX, MIN_VISIBILITY_TIMEOUT, QueuesError, SettingsError,
+    TaskContext, Worker, parse_queues,
 };
 pub use dead::{DeadError, DeadLetters, DeadTask};
 pub use keys::{DEFAULT_NAMESPACE, DEFAULT_QUEUES, GROUP, Keys, NameError, Namespace, QueueName};
+pub use pause::{pause, resume};
 pub use publish::{Enqueued, PublishError, Publisher};
 pub use stats::{QueueStats, known_queues, queue_stats};
 pub use task::{DEFAULT_MAX_RETRY, DEFAULT_TIMEOUT, Task, TaskError, TaskPayload};

@@ -14,9 +14,13 @@
 //! | [`promote`] | scheduled or retry (due) -> queued |
 //! | [`finish`] | running -> done (ack, delete, release the lock), for a batch of entries |
 //! | [`retry`] | running -> retry at now + delay |
-//! | [`kill`] | running -> dead (release the lock) |
+//! | [`kill`] | running -> dead (release the lock; trim the dead stream) |
 //! | [`renew`] | running -> running, idle time reset (the lease), if still held by this consumer |
 //! | [`requeue`] | dead -> queued |
+//! | [`trim_dead`] | dead -> gone: past the dead stream's length or age limit |
+//!
+//! FINISH, RETRY and KILL also count the attempt they settle in the queue's `stats` hash
+//! (`processed`, and `failed` for a failed attempt), in the same step.
 //!
 //! The scripts are private statics; each is called only through the typed function below it,
 //! the one place that knows its KEYS/ARGV order.
@@ -94,18 +98,20 @@ return {moved, wait}
     )
 });
 
-/// KEYS: stream, then the lock of each finished task that holds one. ARGV: group, the number
-/// `n` of entries, their `n` ids, then one lock token per lock key.
+/// KEYS: stream, stats, then the lock of each finished task that holds one. ARGV: group, the
+/// number `n` of entries, their `n` ids, then one lock token per lock key.
 /// Acks and deletes the entries (a batch: the worker settles finished tasks together, see
-/// `simplebank_worker::ack`); releases each lock its task still holds. Returns the number acked.
+/// the consumer's `ack` module); counts the acked ones as processed (one HINCRBY per batch);
+/// releases each lock its task still holds. Returns the number acked.
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local n = tonumber(ARGV[2])
 local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3, 2 + n))
 redis.call('XDEL', KEYS[1], unpack(ARGV, 3, 2 + n))
-for i = 2, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[1 + n + i] then
+if acked > 0 then redis.call('HINCRBY', KEYS[2], 'processed', acked) end
+for i = 3, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[n + i] then
     redis.call('DEL', KEYS[i])
   end
 end
@@ -114,9 +120,10 @@ return acked
     )
 });
 
-/// KEYS: stream, retry. ARGV: group, entry id, delay ms, retry member (next attempt).
-/// Only if the entry is still pending (not finished elsewhere): ack, delete, add to retry.
-/// Returns 1 if scheduled, 0 if the entry was no longer pending.
+/// KEYS: stream, retry, stats. ARGV: group, entry id, delay ms, retry member (next attempt),
+/// failed (`1` if the attempt counts as failed, `0` for "not a failure").
+/// Only if the entry is still pending (not finished elsewhere): ack, delete, add to retry,
+/// count the attempt. Returns 1 if scheduled, 0 if the entry was no longer pending.
 static RETRY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -125,28 +132,65 @@ redis.call('XDEL', KEYS[1], ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4])
+redis.call('HINCRBY', KEYS[3], 'processed', 1)
+if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[3], 'failed', 1) end
 return 1
 ",
     )
 });
 
-/// KEYS: stream, dead, lock. ARGV: group, entry id, lock token, has lock, then the dead entry's
-/// fields. Only if the entry is still pending: ack, delete, add to the dead letters (with
-/// `dead_at` from Redis' clock), release the lock. Returns 1, or 0 if no longer pending.
+/// The retention of the dead stream, as the scripts apply it (the end of KILL and TRIM_DEAD):
+/// exact `MAXLEN` (the oldest go first), then `MINID` now - retention (Redis' clock). ARGV[m]
+/// is the max length, ARGV[m + 1] the retention in ms.
+const TRIM_DEAD_LUA: &str = r"
+local function trim_dead(key, max, retention_ms, now)
+  local by_max = redis.call('XTRIM', key, 'MAXLEN', max)
+  local by_age = 0
+  local min = now - retention_ms
+  if min > 0 then
+    by_age = redis.call('XTRIM', key, 'MINID', string.format('%.0f', min) .. '-0')
+  end
+  return {by_max, by_age}
+end
+";
+
+/// KEYS: stream, dead, lock, stats. ARGV: group, entry id, lock token, has lock, failed (`1`
+/// if this delivery was a failed attempt: counted as processed and failed), dead max length,
+/// retention ms, then the dead entry's fields. Only if the entry is still pending: ack,
+/// delete, add to the dead letters (with `dead_at` from Redis' clock), release the lock,
+/// count the attempt, trim the dead stream. Returns `{killed (1/0), trimmed by max length,
+/// trimmed by age}`.
 static KILL: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+    Script::new(&format!(
+        r"{TRIM_DEAD_LUA}
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return {{0, 0, 0}} end
 redis.call('XDEL', KEYS[1], ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('XADD', KEYS[2], '*', 'dead_at', tostring(now), unpack(ARGV, 5))
+redis.call('XADD', KEYS[2], '*', 'dead_at', tostring(now), unpack(ARGV, 8))
 if ARGV[4] == '1' and redis.call('GET', KEYS[3]) == ARGV[3] then
   redis.call('DEL', KEYS[3])
 end
-return 1
-",
-    )
+if ARGV[5] == '1' then
+  redis.call('HINCRBY', KEYS[4], 'processed', 1)
+  redis.call('HINCRBY', KEYS[4], 'failed', 1)
+end
+local trimmed = trim_dead(KEYS[2], ARGV[6], tonumber(ARGV[7]), now)
+return {{1, trimmed[1], trimmed[2]}}
+"
+    ))
+});
+
+/// KEYS: dead. ARGV: dead max length, retention ms. Trims the dead stream as KILL does.
+/// Returns `{trimmed by max length, trimmed by age}`.
+static TRIM_DEAD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{TRIM_DEAD_LUA}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return trim_dead(KEYS[1], ARGV[1], tonumber(ARGV[2]), now)
+"
+    ))
 });
 
 /// KEYS: stream. ARGV: group, consumer, entry id.
@@ -266,14 +310,19 @@ pub(crate) struct Finished {
     pub lock: Option<(String, String)>,
 }
 
-/// Acks and deletes `entries` of `stream` and releases the locks they still hold.
+/// Acks and deletes `entries` of `queue`'s stream, counts them as processed and releases the
+/// locks they still hold.
 pub(crate) async fn finish<'a>(
     conn: &mut ConnectionManager,
-    stream: &str,
+    keys: &Keys,
+    queue: &QueueName,
     entries: impl Iterator<Item = &'a Finished> + Clone,
 ) -> RedisResult<()> {
-    let mut invocation = FINISH.key(stream);
-    invocation.arg(GROUP).arg(entries.clone().count());
+    let mut invocation = FINISH.key(keys.stream(queue));
+    invocation
+        .key(keys.stats(queue))
+        .arg(GROUP)
+        .arg(entries.clone().count());
     for entry in entries.clone() {
         invocation.arg(&entry.entry_id);
     }
@@ -284,50 +333,103 @@ pub(crate) async fn finish<'a>(
     Ok(())
 }
 
-/// Schedules `next` `delay` from now in place of pending entry `entry_id`. False if the entry
-/// was no longer pending (finished or taken over elsewhere).
+/// Schedules `next` `delay` from now in place of pending entry `entry_id`, counting the
+/// attempt (as failed if `failed`). False if the entry was no longer pending (finished or
+/// taken over elsewhere).
 pub(crate) async fn retry(
     conn: &mut ConnectionManager,
     keys: &Keys,
     entry_id: &str,
     delay: Duration,
     next: &Envelope,
+    failed: bool,
 ) -> RedisResult<bool> {
+    let queue = &next.task.queue;
     let scheduled: i64 = RETRY
-        .key(keys.stream(&next.task.queue))
-        .key(keys.retry(&next.task.queue))
+        .key(keys.stream(queue))
+        .key(keys.retry(queue))
+        .key(keys.stats(queue))
         .arg(GROUP)
         .arg(entry_id)
         .arg(ms(delay))
         .arg(fields::scheduled_member(next))
+        .arg(flag(failed))
         .invoke_async(conn)
         .await?;
     Ok(scheduled == 1)
 }
 
+/// How a dead stream is bounded: at most `max_len` letters, none older than `max_age`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Retention {
+    pub max_len: u64,
+    pub max_age: Duration,
+}
+
+/// How many dead letters a trim removed, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Trimmed {
+    pub by_max_len: u64,
+    pub by_age: u64,
+}
+
+/// What [`kill`] did.
+pub(crate) struct Killed {
+    /// False if the entry was no longer pending (nothing done).
+    pub killed: bool,
+    pub trimmed: Trimmed,
+}
+
 /// Moves pending entry `entry_id` of `queue`'s stream to its dead letters as `dead_fields`,
-/// releasing the lock of `task` (if it holds one). False if the entry was no longer pending.
+/// releasing the lock of `task` (if it holds one), counting a failed attempt if `failed`, and
+/// trimming the dead stream to `retention`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn kill(
     conn: &mut ConnectionManager,
     keys: &Keys,
     queue: &QueueName,
     entry_id: &str,
     task: Option<&Task>,
+    failed: bool,
+    retention: Retention,
     dead_fields: Vec<(&'static str, String)>,
-) -> RedisResult<bool> {
+) -> RedisResult<Killed> {
     let unique = task.and_then(|task| task.unique.as_deref());
-    let killed: i64 = KILL
+    let (killed, by_max_len, by_age): (i64, u64, u64) = KILL
         .key(keys.stream(queue))
         .key(keys.dead(queue))
         .key(keys.unique(queue, unique))
+        .key(keys.stats(queue))
         .arg(GROUP)
         .arg(entry_id)
         .arg(task.map(Task::lock_token).unwrap_or_default())
         .arg(flag(unique.is_some()))
+        .arg(flag(failed))
+        .arg(retention.max_len)
+        .arg(ms(retention.max_age))
         .arg(dead_fields)
         .invoke_async(conn)
         .await?;
-    Ok(killed == 1)
+    Ok(Killed {
+        killed: killed == 1,
+        trimmed: Trimmed { by_max_len, by_age },
+    })
+}
+
+/// Trims `queue`'s dead stream to `retention`.
+pub(crate) async fn trim_dead(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    queue: &QueueName,
+    retention: Retention,
+) -> RedisResult<Trimmed> {
+    let (by_max_len, by_age): (u64, u64) = TRIM_DEAD
+        .key(keys.dead(queue))
+        .arg(retention.max_len)
+        .arg(ms(retention.max_age))
+        .invoke_async(conn)
+        .await?;
+    Ok(Trimmed { by_max_len, by_age })
 }
 
 /// Renews the lease of `consumer` on pending entry `entry_id`. False if the lease was lost.

@@ -26,6 +26,14 @@ async fn a_bad_setting_stops_the_worker_naming_the_variable() {
         ("WORKER_CONCURRENCY", "0"),
         ("WORKER_QUEUES", "critical:high"),
         ("WORKER_VISIBILITY_TIMEOUT", "soon"),
+        ("DEAD_LETTER_MAX", "0"),
+        ("DEAD_LETTER_MAX", "-5"),
+        ("DEAD_LETTER_MAX", "1\r\n0"),
+        ("DEAD_LETTER_MAX", "1000000001"),
+        ("DEAD_LETTER_MAX", "99999999999999999999"),
+        ("DEAD_LETTER_RETENTION", "500ms"),
+        ("DEAD_LETTER_RETENTION", "90 days"),
+        ("DEAD_LETTER_RETENTION", "99999999999999999999d"),
         ("REDIS_NAMESPACE", "a:b"),
         ("DB_SOURCE", "mysql://localhost/x"),
     ] {
@@ -192,4 +200,80 @@ async fn a_new_worker_shows_in_xinfo_consumers_on_every_stream_before_reading_an
         .await
         .expect("exits after SIGTERM");
     assert!(exit.success(), "{exit:?}");
+}
+
+/// A worker started on a Redis that still has keys of the old layout warns, naming the
+/// command; `migrate-redis` moves them, and says so; a second run moves nothing.
+#[tokio::test]
+async fn old_layout_keys_are_reported_at_start_and_moved_once_by_migrate_redis() {
+    let redis = TestRedis::new();
+    let ns = redis.namespace.as_str().to_owned();
+    let mut conn = redis.conn().await;
+    let fields = [
+        ("id", "old-task-1"),
+        ("type", "task:old"),
+        ("payload", "{}"),
+        ("attempt", "1"),
+        ("max_retry", "3"),
+        ("timeout_ms", "1000"),
+        ("enqueued_at", "1700000000000"),
+    ];
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{{{ns}}}:stream:low"))
+        .arg("*")
+        .arg(&fields)
+        .query_async(&mut conn)
+        .await
+        .expect("XADD old stream");
+
+    let mut child = worker()
+        .env("REDIS_ADDRESS", &redis.address)
+        .env("REDIS_NAMESPACE", &ns)
+        .env("RUST_LOG", "info")
+        .spawn()
+        .expect("start the worker");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    assert!(
+        wait_for_line(&mut lines, "simplebank-worker migrate-redis").await,
+        "the worker warned about the old layout"
+    );
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let exit = sigterm(&mut child, Duration::from_secs(15))
+        .await
+        .expect("exits after SIGTERM");
+    assert!(exit.success(), "{exit:?}");
+
+    let migrate = || {
+        let mut command = worker();
+        command
+            .arg("migrate-redis")
+            .env("REDIS_ADDRESS", &redis.address)
+            .env("REDIS_NAMESPACE", &ns)
+            .stdout(Stdio::piped());
+        command
+    };
+    let first = migrate().output().await.expect("run migrate-redis");
+    assert!(first.status.success(), "{first:?}");
+    let said = String::from_utf8_lossy(&first.stdout);
+    assert!(said.starts_with("moved 1 stream entries"), "{said}");
+    let second = migrate().output().await.expect("run migrate-redis again");
+    assert!(second.status.success(), "{second:?}");
+    let said = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        said.starts_with("moved 0 stream entries (they run again), 0 scheduled"),
+        "{said}"
+    );
+    let len: usize = redis::cmd("XLEN")
+        .arg(
+            redis
+                .keys()
+                .stream(&simplebank_queue::QueueName::parse("low").expect("queue")),
+        )
+        .query_async(&mut conn)
+        .await
+        .expect("XLEN");
+    assert_eq!(len, 1, "the task is on its queue's stream now");
+
+    let usage = worker().arg("migrate").output().await.expect("run");
+    assert_eq!(usage.status.code(), Some(2), "{usage:?}");
 }

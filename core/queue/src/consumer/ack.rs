@@ -1,7 +1,8 @@
 //! Settling finished tasks in batches (group commit). A task that succeeded hands its entry to
 //! the [`Acker`] and waits until the entry is acknowledged (its concurrency slot is already free
 //! by then: see `Dispatcher::spawn`). One background loop sends whatever finished while the
-//! previous batch was in flight as one FINISH script per stream (XACK + XDEL of all the entries, locks released), so under
+//! previous batch was in flight as one FINISH script per queue (XACK + XDEL of all the entries,
+//! one HINCRBY of the queue's `processed` counter, locks released), so under
 //! load a round trip settles tens of tasks, and an idle worker still acks each task at once:
 //! nothing waits for a batch to fill.
 //!
@@ -13,7 +14,10 @@ use std::collections::HashMap;
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::scripts::{self, Finished};
+use crate::{
+    keys::{Keys, QueueName},
+    scripts::{self, Finished},
+};
 
 /// The most entries settled by one script call (Lua's `unpack` has a limit near 8,000).
 const MAX_BATCH: usize = 1000;
@@ -21,7 +25,7 @@ const MAX_BATCH: usize = 1000;
 /// A finished entry to acknowledge.
 #[derive(Debug)]
 pub(crate) struct Ack {
-    pub stream: String,
+    pub queue: QueueName,
     /// The entry, and the uniqueness lock (key, token) its task holds, released with the ack.
     pub entry: Finished,
 }
@@ -46,10 +50,11 @@ pub(crate) struct Acker {
 }
 
 impl Acker {
-    /// Starts the batching loop on `conn`. It ends when every handle is dropped.
-    pub fn start(conn: ConnectionManager) -> Self {
+    /// Starts the batching loop on `conn`, for the queues of `keys`. It ends when every
+    /// handle is dropped.
+    pub fn start(conn: ConnectionManager, keys: Keys) -> Self {
         let (requests, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(run(conn, receiver));
+        tokio::spawn(run(conn, keys, receiver));
         Self { requests }
     }
 
@@ -63,18 +68,22 @@ impl Acker {
     }
 }
 
-async fn run(mut conn: ConnectionManager, mut receiver: mpsc::UnboundedReceiver<Request>) {
+async fn run(
+    mut conn: ConnectionManager,
+    keys: Keys,
+    mut receiver: mpsc::UnboundedReceiver<Request>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut by_stream: HashMap<String, Vec<Request>> = HashMap::new();
+        let mut by_queue: HashMap<QueueName, Vec<Request>> = HashMap::new();
         for request in batch.drain(..) {
-            by_stream
-                .entry(request.0.stream.clone())
+            by_queue
+                .entry(request.0.queue.clone())
                 .or_default()
                 .push(request);
         }
-        for (stream, requests) in by_stream {
-            let result = finish(&mut conn, &stream, &requests)
+        for (queue, requests) in by_queue {
+            let result = finish(&mut conn, &keys, &queue, &requests)
                 .await
                 .map_err(AckError::Redis);
             for (_, done) in requests {
@@ -84,13 +93,20 @@ async fn run(mut conn: ConnectionManager, mut receiver: mpsc::UnboundedReceiver<
     }
 }
 
-/// One FINISH script call for `requests`, all of entries of `stream`.
+/// One FINISH script call for `requests`, all of entries of `queue`'s stream.
 async fn finish(
     conn: &mut ConnectionManager,
-    stream: &str,
+    keys: &Keys,
+    queue: &QueueName,
     requests: &[Request],
 ) -> redis::RedisResult<()> {
-    scripts::finish(conn, stream, requests.iter().map(|(ack, _)| &ack.entry)).await
+    scripts::finish(
+        conn,
+        keys,
+        queue,
+        requests.iter().map(|(ack, _)| &ack.entry),
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -29,7 +29,8 @@ async fn finished_entries_are_acked_in_batches_and_locks_released_only_by_their_
         .collect();
 
     let mut acks = Vec::new();
-    for stream in &streams {
+    for (queue, stream) in QUEUES.iter().zip(&streams) {
+        let queue = QueueName::parse(queue).expect("queue");
         let _: () = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(stream)
@@ -63,7 +64,7 @@ async fn finished_entries_are_acked_in_batches_and_locks_released_only_by_their_
             .expect("read");
         for entry in &read.keys[0].ids {
             acks.push(Ack {
-                stream: stream.clone(),
+                queue: queue.clone(),
                 entry: Finished {
                     entry_id: entry.id.clone(),
                     lock: None,
@@ -96,7 +97,7 @@ async fn finished_entries_are_acked_in_batches_and_locks_released_only_by_their_
     let calls_before = finish_calls(&mut conn).await;
 
     let manager = connection::lazy_manager(redis.client(), Duration::from_secs(2)).expect("mgr");
-    let acker = Acker::start(manager);
+    let acker = Acker::start(manager, keys.clone());
     let mut running = JoinSet::new();
     for ack in acks {
         let acker = acker.clone();
@@ -139,6 +140,18 @@ async fn finished_entries_are_acked_in_batches_and_locks_released_only_by_their_
             .await
             .expect("get");
         assert_eq!(holder, "another", "{key} belongs to another task now");
+    }
+    for queue in QUEUES {
+        let processed: u64 = redis::cmd("HGET")
+            .arg(keys.stats(&QueueName::parse(queue).expect("queue")))
+            .arg("processed")
+            .query_async(&mut conn)
+            .await
+            .expect("HGET");
+        assert_eq!(
+            processed, PER_STREAM as u64,
+            "every ack of {queue} counted once"
+        );
     }
     let calls = finish_calls(&mut conn).await - calls_before;
     assert!(

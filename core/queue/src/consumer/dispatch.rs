@@ -36,8 +36,8 @@ use crate::{
     dead::{dead_fields, poison_fields},
     fields::{self, Entry},
     keys::{GROUP, Keys, QueueName},
-    report,
-    scripts::{self, Finished},
+    report, retention,
+    scripts::{self, Finished, Retention},
     task::{Envelope, now_ms},
     trace::{record_error, set_parent},
 };
@@ -56,6 +56,8 @@ pub(crate) struct Dispatcher {
     /// How often a running task's lease is renewed (a third of the visibility timeout).
     pub renew_every: Duration,
     pub backoff: Backoff,
+    /// The bounds of the dead streams, applied by each kill.
+    pub retention: Retention,
     /// Every running entry; shutdown waits on it.
     pub tracker: TaskTracker,
     /// Cancelled when the shutdown timeout passes: unfinished handlers are aborted and their
@@ -221,7 +223,7 @@ impl Dispatcher {
         };
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         match outcome {
-            Ok(()) => self.finish(&stream, &entry_id, &task, duration_ms).await,
+            Ok(()) => self.finish(&entry_id, &task, duration_ms).await,
             Err(failure) => {
                 record_error(&tracing::Span::current(), &failure.message);
                 Box::pin(self.fail(&entry_id, task, failure)).await;
@@ -229,7 +231,7 @@ impl Dispatcher {
         }
     }
 
-    async fn finish(&self, stream: &str, entry_id: &str, envelope: &Envelope, duration_ms: u64) {
+    async fn finish(&self, entry_id: &str, envelope: &Envelope, duration_ms: u64) {
         let task = &envelope.task;
         let lock = task.unique.as_deref().map(|unique| {
             (
@@ -238,7 +240,7 @@ impl Dispatcher {
             )
         });
         let ack = Ack {
-            stream: stream.to_owned(),
+            queue: task.queue.clone(),
             entry: Finished {
                 entry_id: entry_id.to_owned(),
                 lock,
@@ -271,8 +273,16 @@ impl Dispatcher {
         if failure.kind == FailureKind::Retry {
             next.attempt += 1;
         }
-        let scheduled =
-            scripts::retry(&mut self.conn.clone(), &self.keys, entry_id, delay, &next).await;
+        let failed = failure.kind == FailureKind::Retry;
+        let scheduled = scripts::retry(
+            &mut self.conn.clone(),
+            &self.keys,
+            entry_id,
+            delay,
+            &next,
+            failed,
+        )
+        .await;
         match scheduled {
             Ok(true) => tracing::warn!(
                 task_id = %task.id, task_type = %task.kind, queue = %task.queue,
@@ -308,14 +318,23 @@ impl Dispatcher {
             &envelope.task.queue,
             entry_id,
             Some(&envelope.task),
+            attempted,
+            self.retention,
             dead_fields(&envelope, reason, attempts, now),
         )
         .await;
         let task = &envelope.task;
         match killed {
-            Ok(_) => tracing::error!(
-                task_id = %task.id, task_type = %task.kind, queue = %task.queue, attempts,
-                reason, "task moved to the dead letters"
+            Ok(killed) if killed.killed => {
+                tracing::error!(
+                    task_id = %task.id, task_type = %task.kind, queue = %task.queue, attempts,
+                    reason, "task moved to the dead letters"
+                );
+                retention::report(&task.queue, killed.trimmed);
+            }
+            Ok(_) => tracing::warn!(
+                task_id = %task.id, reason,
+                "task not dead-lettered: its entry is no longer pending here (taken over)"
             ),
             Err(err) => tracing::warn!(
                 task_id = %task.id, error = %report::chain(&err),
@@ -337,13 +356,20 @@ impl Dispatcher {
             queue,
             entry_id,
             None,
+            false,
+            self.retention,
             poison_fields(queue, raw, reason),
         )
         .await;
         match killed {
-            Ok(_) => {
-                tracing::error!(queue = %queue, entry_id, reason, "poison entry moved to the dead letters")
+            Ok(killed) if killed.killed => {
+                tracing::error!(queue = %queue, entry_id, reason, "poison entry moved to the dead letters");
+                retention::report(queue, killed.trimmed);
             }
+            Ok(_) => tracing::warn!(
+                queue = %queue, entry_id,
+                "poison entry not dead-lettered: no longer pending here (taken over)"
+            ),
             Err(err) => tracing::warn!(
                 entry_id, error = %report::chain(&err),
                 "could not dead-letter a poison entry; it stays pending"

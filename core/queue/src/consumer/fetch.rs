@@ -1,6 +1,8 @@
 //! Reading new entries (XREADGROUP `>`) in priority order: the queues of one round are tried
 //! one by one without blocking; only when all are empty does one read block on all of them.
 //! Blocking reads use their own connection, so acks and claims never wait behind them.
+//! Paused queues (as last refreshed, see `paused`) are left out of every read; when all are
+//! paused, a read waits for a change of the flags instead, at most the block time.
 //!
 //! [`run`] is the fetch loop: it takes free concurrency slots, reads as many entries, and hands
 //! each to the dispatcher with its slot. [`Fetcher::fetch`] returns an independent read, so the
@@ -16,7 +18,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{dispatch::Dispatcher, group, priority::Priority};
+use super::{dispatch::Dispatcher, group, paused::Paused, priority::Priority};
 use crate::{
     fields::Entry,
     keys::{GROUP, Keys, QueueName},
@@ -155,6 +157,7 @@ struct Target {
     queues: Vec<QueueName>,
     consumer: String,
     block: Duration,
+    paused: Paused,
 }
 
 impl Fetcher {
@@ -165,6 +168,7 @@ impl Fetcher {
         strict: bool,
         consumer: String,
         block: Duration,
+        paused: Paused,
     ) -> Self {
         let weights: Vec<u32> = queues.iter().map(|(_, weight)| *weight).collect();
         Self {
@@ -174,6 +178,7 @@ impl Fetcher {
                 queues: queues.iter().map(|(queue, _)| queue.clone()).collect(),
                 consumer,
                 block,
+                paused,
             }),
             priority: Priority::new(&weights, strict),
         }
@@ -198,7 +203,11 @@ impl Target {
         order: &[usize],
         count: usize,
     ) -> redis::RedisResult<Vec<(QueueName, Entry)>> {
+        let open = self.paused.now();
         for &index in order {
+            if !open.is_open(index) {
+                continue;
+            }
             let options = StreamReadOptions::default()
                 .group(GROUP, &self.consumer)
                 .count(count);
@@ -212,7 +221,17 @@ impl Target {
             .group(GROUP, &self.consumer)
             .count(count)
             .block(block_ms);
-        let streams: Vec<&String> = self.streams.iter().collect();
+        let streams: Vec<&String> = (self.streams.iter().enumerate())
+            .filter(|(index, _)| open.is_open(*index))
+            .map(|(_, stream)| stream)
+            .collect();
+        if streams.is_empty() {
+            // Every queue paused (or their state not known yet): nothing to read until that
+            // changes; wait for it, at most a block time, as a blocking read would.
+            let mut paused = self.paused.clone();
+            let _ = tokio::time::timeout(self.block, paused.changed()).await;
+            return Ok(Vec::new());
+        }
         self.read(&streams, options).await
     }
 

@@ -53,19 +53,30 @@ pub(crate) async fn join(
 }
 
 /// Writes `queues` and their weights into the registry `{ns}:queues` (a plain HSET: the
-/// registry is namespace-wide, never touched by a queue's script). A queue served by workers
-/// with different weights shows the weight of the last one started.
+/// registry is namespace-wide, never touched by a queue's script), and creates each queue's
+/// counters at 0 if missing, so they read 0 rather than nothing from the start. A queue
+/// served by workers with different weights shows the weight of the last one started.
 pub(crate) async fn register(
     conn: &mut ConnectionManager,
     keys: &Keys,
     queues: &[(QueueName, u32)],
 ) -> redis::RedisResult<()> {
-    let mut cmd = redis::cmd("HSET");
-    cmd.arg(keys.queues());
+    let mut pipe = redis::pipe();
+    let registry = pipe.cmd("HSET").arg(keys.queues());
     for (queue, weight) in queues {
-        cmd.arg(queue.as_str()).arg(*weight);
+        registry.arg(queue.as_str()).arg(*weight);
     }
-    cmd.query_async::<()>(conn).await
+    registry.ignore();
+    for (queue, _) in queues {
+        for counter in ["processed", "failed"] {
+            pipe.cmd("HINCRBY")
+                .arg(keys.stats(queue))
+                .arg(counter)
+                .arg(0)
+                .ignore();
+        }
+    }
+    pipe.query_async::<()>(conn).await
 }
 
 /// Whether `err` says the group (or its stream) is gone, so it must be created again.

@@ -1,12 +1,14 @@
 //! The consumer engine. All workers of a namespace form one consumer group on the task
 //! streams (one per queue). Each [`Worker`]:
-//! - reads new entries in weighted priority order (`fetch`, `priority`);
+//! - reads new entries in weighted priority order (`fetch`, `priority`), leaving out paused
+//!   queues (`paused`);
 //! - runs each with its handler, at most `concurrency` at a time (`dispatch`);
 //! - settles each entry: done (batched acks, `ack`), retried with backoff (`backoff`), or
 //!   dead-lettered (`dispatch`);
 //! - renews the lease of long tasks, and takes over entries left pending past the visibility
 //!   timeout by a crashed worker (`reclaim`);
-//! - promotes due delayed tasks and retries of its queues onto their streams (`promote`);
+//! - promotes due delayed tasks and retries of its queues onto their streams, and trims their
+//!   dead letters to the retention (`promote`);
 //! - on shutdown stops reading, lets running tasks finish within the shutdown timeout, and
 //!   leaves the rest pending for another worker.
 
@@ -16,6 +18,7 @@ mod dispatch;
 mod fetch;
 mod group;
 mod handler;
+mod paused;
 mod priority;
 mod promote;
 mod reclaim;
@@ -29,8 +32,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 pub use backoff::Backoff;
 pub use handler::{FailureKind, Handler, HandlerError, Handlers, TaskContext};
 pub use settings::{
-    ConsumerSettings, DEFAULT_VISIBILITY_TIMEOUT, MIN_VISIBILITY_TIMEOUT, QueuesError,
-    SettingsError, parse_queues,
+    ConsumerSettings, DEFAULT_DEAD_LETTER_MAX, DEFAULT_DEAD_LETTER_RETENTION,
+    DEFAULT_VISIBILITY_TIMEOUT, MAX_BLOCK, MAX_DEAD_LETTER_MAX, MIN_VISIBILITY_TIMEOUT,
+    QueuesError, SettingsError, parse_queues,
 };
 
 use crate::{
@@ -109,6 +113,7 @@ impl Worker {
             tracing::warn!(error = %report::chain(&err), "cannot write this worker's queues into the registry");
         }
         warn_about_redis_settings(&mut conn).await;
+        warn_about_old_layout(&mut conn, &self.keys, &queues).await;
         tracing::info!(
             consumer = %settings.consumer_name,
             concurrency = settings.concurrency,
@@ -116,16 +121,23 @@ impl Worker {
             "start task processor"
         );
 
+        let paused = paused::watch(
+            conn.clone(),
+            self.keys.clone(),
+            queues.clone(),
+            shutdown.clone(),
+        );
         let slots = Arc::new(Semaphore::new(settings.concurrency));
         let dispatcher = Arc::new(Dispatcher {
             conn: conn.clone(),
             keys: self.keys.clone(),
             handlers: self.handlers,
-            acker: ack::Acker::start(conn.clone()),
+            acker: ack::Acker::start(conn.clone(), self.keys.clone()),
             shutdown: Arc::new(shutdown.clone()),
             consumer: settings.consumer_name.clone(),
             renew_every: settings.renew_interval(),
             backoff: settings.backoff,
+            retention: settings.retention(),
             tracker: TaskTracker::new(),
             abandon: CancellationToken::new(),
         });
@@ -133,6 +145,7 @@ impl Worker {
             conn.clone(),
             self.keys.clone(),
             queues.clone(),
+            settings.retention(),
             shutdown.clone(),
         ));
         let reclaim = tokio::spawn(
@@ -145,6 +158,7 @@ impl Worker {
                 interval: settings.reclaim_interval(),
                 slots: Arc::clone(&slots),
                 dispatcher: Arc::clone(&dispatcher),
+                paused: paused.clone(),
             }
             .run(shutdown.clone()),
         );
@@ -155,6 +169,7 @@ impl Worker {
             settings.strict_priority,
             settings.consumer_name.clone(),
             settings.block,
+            paused,
         );
         let reading = fetch::Reading {
             conn: &mut conn,
@@ -206,6 +221,27 @@ async fn wait_for_groups(
         tokio::select! {
             () = shutdown.cancelled() => return Ok(false),
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Warns when Redis still holds keys of the old layout (one hash tag per namespace): their
+/// tasks are not run until they are moved.
+async fn warn_about_old_layout(
+    conn: &mut redis::aio::ConnectionManager,
+    keys: &Keys,
+    queues: &[QueueName],
+) {
+    match crate::migrate::old_layout_keys(conn, keys, queues).await {
+        Ok(found) if !found.is_empty() => tracing::warn!(
+            keys = %found.join(", "),
+            "Redis holds keys of the old single-hash-tag layout: their tasks are not run. \
+             Stop the old workers and run `simplebank-worker migrate-redis` \
+             (an embedding service: simplebank_queue::migrate::run)"
+        ),
+        Ok(_) => {}
+        Err(err) => {
+            tracing::debug!(error = %report::chain(&err), "cannot look for old-layout keys")
         }
     }
 }

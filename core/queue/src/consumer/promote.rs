@@ -6,30 +6,43 @@
 //! It looks every 20 ms at most (sooner when the next task of any queue is due sooner), so a
 //! due task waits about 10 ms on average for promotion; a full batch of any queue is followed
 //! by the next round at once.
+//!
+//! Every [`TRIM_EVERY`] it also trims each queue's dead letters to the retention (see the
+//! `retention` module): KILL trims as it adds, this ages letters out of quiet queues.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     keys::{Keys, QueueName},
-    report, scripts,
+    report, retention,
+    scripts::{self, Retention},
 };
 
 /// The longest wait between two looks at the scheduled sets.
 const POLL: Duration = Duration::from_millis(20);
 const BATCH: usize = 500;
+/// How often the dead letters are trimmed to their retention.
+const TRIM_EVERY: Duration = Duration::from_secs(60);
 
-/// Promotes the due tasks of `queues` until `stop` is cancelled.
+/// Promotes the due tasks of `queues`, and trims their dead letters to `dead_letters`, until
+/// `stop` is cancelled.
 pub(crate) async fn run(
     mut conn: ConnectionManager,
     keys: Keys,
     queues: Vec<QueueName>,
+    dead_letters: Retention,
     stop: CancellationToken,
 ) {
     let mut failing = false;
+    let mut trimmed_at: Option<Instant> = None;
     loop {
+        if trimmed_at.is_none_or(|at| at.elapsed() >= TRIM_EVERY) {
+            trim(&mut conn, &keys, &queues, dead_letters).await;
+            trimmed_at = Some(Instant::now());
+        }
         let pause = match round(&mut conn, &keys, &queues).await {
             Ok(Round { full, wait_ms }) => {
                 if failing {
@@ -55,6 +68,24 @@ pub(crate) async fn run(
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Trims the dead letters of each of `queues`; a failure is logged (the next round retries).
+async fn trim(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    queues: &[QueueName],
+    dead_letters: Retention,
+) {
+    for queue in queues {
+        match scripts::trim_dead(conn, keys, queue, dead_letters).await {
+            Ok(trimmed) => retention::report(queue, trimmed),
+            Err(err) => tracing::warn!(
+                queue = %queue, error = %report::chain(&err),
+                "cannot trim the dead letters; will retry"
+            ),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Taking over entries whose consumer vanished or failed: every reclaim interval, each stream's
+//! Taking over entries whose consumer vanished or failed: every reclaim interval, each unpaused
+//! queue's stream's
 //! pending entries idle for longer than the visibility timeout are claimed with XAUTOCLAIM,
 //! paging the cursor until `0-0`, and run like new ones. Entries that were deleted from the
 //! stream while pending come back in XAUTOCLAIM's third reply element; Redis has already
@@ -19,7 +20,7 @@ use redis::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::dispatch::Dispatcher;
+use super::{dispatch::Dispatcher, paused::Paused};
 use crate::{
     keys::{GROUP, Keys, QueueName},
     report,
@@ -52,6 +53,8 @@ pub(crate) struct Reclaimer {
     pub interval: Duration,
     pub slots: Arc<Semaphore>,
     pub dispatcher: Arc<Dispatcher>,
+    /// Paused queues are not swept: what a crashed worker left there waits for the resume.
+    pub paused: Paused,
 }
 
 impl Reclaimer {
@@ -65,7 +68,11 @@ impl Reclaimer {
                 () = stop.cancelled() => return,
                 _ = ticks.tick() => {}
             }
-            for queue in self.queues.clone() {
+            let open = self.paused.now();
+            for (index, queue) in self.queues.clone().into_iter().enumerate() {
+                if !open.is_open(index) {
+                    continue;
+                }
                 match self.sweep(&queue, &stop).await {
                     Ok(()) => unreachable_redis = false,
                     // Redis unreachable: said once per outage, not on every scan.

@@ -28,11 +28,33 @@ pub struct ConsumerSettings {
     pub shutdown_timeout: Duration,
     /// This process in the consumer group (`WORKER_CONSUMER_NAME`); unique per process.
     pub consumer_name: String,
-    /// How long one blocking read waits when every queue is empty (1s).
+    /// How long one blocking read waits when every queue is empty (500ms, at most
+    /// [`MAX_BLOCK`]).
     pub block: Duration,
     /// Retry backoff (`WORKER_RETRY_BASE_DELAY`, `WORKER_RETRY_MAX_DELAY`).
     pub backoff: Backoff,
+    /// The most dead letters a queue keeps; the oldest are trimmed first (`DEAD_LETTER_MAX`,
+    /// default 10,000).
+    pub dead_letter_max: u64,
+    /// How long a dead letter is kept (`DEAD_LETTER_RETENTION`, default 90 days).
+    pub dead_letter_retention: Duration,
 }
+
+/// The longest [`ConsumerSettings::block`]: a paused queue must stop being read within a
+/// second, and a blocking read already sent cannot be taken back (its entries are delivered).
+/// With the pause state refreshed every 250 ms, the last read of a queue ends at most 750 ms
+/// after it was paused.
+pub const MAX_BLOCK: Duration = Duration::from_millis(500);
+
+/// Default of [`ConsumerSettings::dead_letter_max`].
+pub const DEFAULT_DEAD_LETTER_MAX: u64 = 10_000;
+
+/// The largest [`ConsumerSettings::dead_letter_max`] (Redis takes a signed 64-bit length; a
+/// billion letters is already far past what a Redis should hold).
+pub const MAX_DEAD_LETTER_MAX: u64 = 1_000_000_000;
+
+/// Default of [`ConsumerSettings::dead_letter_retention`]: 90 days.
+pub const DEFAULT_DEAD_LETTER_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// Default of [`ConsumerSettings::visibility_timeout`].
 pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -52,12 +74,20 @@ pub enum SettingsError {
     /// `visibility_timeout` is below [`MIN_VISIBILITY_TIMEOUT`].
     #[error("visibility_timeout must be at least 300ms (leases are renewed every third of it)")]
     VisibilityTimeout,
-    /// `block` is zero (a blocking read would never return).
-    #[error("block must be above zero")]
+    /// `block` is zero (a blocking read would never return) or above [`MAX_BLOCK`].
+    #[error(
+        "block must be above zero and at most 500ms (a paused queue stops being read within a second)"
+    )]
     Block,
     /// `backoff.base` is zero or above `backoff.max`.
     #[error("backoff.max must be at least backoff.base, which must be above zero")]
     Backoff,
+    /// `dead_letter_max` is zero or above [`MAX_DEAD_LETTER_MAX`].
+    #[error("dead_letter_max (DEAD_LETTER_MAX) must be from 1 to 1000000000")]
+    DeadLetterMax,
+    /// `dead_letter_retention` is below a second.
+    #[error("dead_letter_retention (DEAD_LETTER_RETENTION) must be at least 1s")]
+    DeadLetterRetention,
 }
 
 /// The floor of [`ConsumerSettings::reclaim_interval`].
@@ -73,8 +103,10 @@ impl ConsumerSettings {
             visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
             shutdown_timeout: Duration::from_secs(10),
             consumer_name: consumer_name.into(),
-            block: Duration::from_secs(1),
+            block: MAX_BLOCK,
             backoff: Backoff::default(),
+            dead_letter_max: DEFAULT_DEAD_LETTER_MAX,
+            dead_letter_retention: DEFAULT_DEAD_LETTER_RETENTION,
         }
     }
 
@@ -94,11 +126,17 @@ impl ConsumerSettings {
         if self.visibility_timeout < MIN_VISIBILITY_TIMEOUT {
             return Err(SettingsError::VisibilityTimeout);
         }
-        if self.block.is_zero() {
+        if self.block.is_zero() || self.block > MAX_BLOCK {
             return Err(SettingsError::Block);
         }
         if self.backoff.base.is_zero() || self.backoff.max < self.backoff.base {
             return Err(SettingsError::Backoff);
+        }
+        if self.dead_letter_max == 0 || self.dead_letter_max > MAX_DEAD_LETTER_MAX {
+            return Err(SettingsError::DeadLetterMax);
+        }
+        if self.dead_letter_retention < Duration::from_secs(1) {
+            return Err(SettingsError::DeadLetterRetention);
         }
         Ok(())
     }
@@ -109,6 +147,14 @@ impl ConsumerSettings {
     /// after its last read or renewal (66 s with the default 60 s).
     pub fn reclaim_interval(&self) -> Duration {
         (self.visibility_timeout / 10).max(MIN_RECLAIM_INTERVAL)
+    }
+
+    /// The dead-letter bounds, as the scripts take them.
+    pub(crate) fn retention(&self) -> crate::scripts::Retention {
+        crate::scripts::Retention {
+            max_len: self.dead_letter_max,
+            max_age: self.dead_letter_retention,
+        }
     }
 
     /// How often a running task renews its lease: a third of the visibility timeout, so two
@@ -210,7 +256,7 @@ mod tests {
         use super::SettingsError;
         assert_eq!(ConsumerSettings::new("c").validate(), Ok(()));
         type Change = fn(&mut ConsumerSettings);
-        let cases: [(Change, SettingsError); 5] = [
+        let cases: [(Change, SettingsError); 9] = [
             (|s| s.concurrency = 0, SettingsError::Concurrency),
             (|s| s.queues.clear(), SettingsError::Queues),
             (
@@ -219,6 +265,16 @@ mod tests {
             ),
             (|s| s.block = Duration::ZERO, SettingsError::Block),
             (|s| s.backoff.base = Duration::ZERO, SettingsError::Backoff),
+            (|s| s.block = Duration::from_secs(1), SettingsError::Block),
+            (|s| s.dead_letter_max = 0, SettingsError::DeadLetterMax),
+            (
+                |s| s.dead_letter_max = u64::MAX,
+                SettingsError::DeadLetterMax,
+            ),
+            (
+                |s| s.dead_letter_retention = Duration::from_millis(999),
+                SettingsError::DeadLetterRetention,
+            ),
         ];
         for (change, expected) in cases {
             let mut settings = ConsumerSettings::new("c");

@@ -16,6 +16,8 @@ pub enum Mode {
     Succeed,
     /// Fails every attempt (retried with backoff).
     Fail,
+    /// Fails its first attempt, succeeds after.
+    FailOnce,
     /// Fails for good at once (a dead letter).
     Refuse,
 }
@@ -37,10 +39,11 @@ pub fn job(queue: &QueueName, n: u32, mode: Mode) -> Task {
 }
 
 pub fn handlers() -> Handlers {
-    Handlers::new().on(|job: Job, _: TaskContext| async move {
+    Handlers::new().on(|job: Job, cx: TaskContext| async move {
         match job.mode {
             Mode::Succeed => Ok(()),
-            Mode::Fail => Err(HandlerError::new("failing on purpose")),
+            Mode::FailOnce if cx.attempt() > 1 => Ok(()),
+            Mode::Fail | Mode::FailOnce => Err(HandlerError::new("failing on purpose")),
             Mode::Refuse => Err(HandlerError::skip_retry("refused on purpose")),
         }
     })
@@ -114,4 +117,56 @@ pub async fn namespace_keys(
     }
     found.sort();
     found
+}
+
+/// The log lines of every test of this binary, captured by one global subscriber (a
+/// subscriber per test, `set_default`, misses events when tests run in parallel: callsite
+/// interest is cached across threads). Tests pick their own lines by queue names no other
+/// test uses.
+#[derive(Clone, Default)]
+pub struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+struct LogWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+
+impl Logs {
+    /// The captured lines (capturing from the first call on).
+    pub fn capture() -> Self {
+        LOGS.get_or_init(|| {
+            let logs = Self::default();
+            let buffer = logs.0.clone();
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_max_level(tracing::Level::INFO)
+                .with_writer(move || LogWriter(buffer.clone()))
+                .init();
+            logs
+        })
+        .clone()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// The lines that contain every one of `parts`.
+    pub fn lines_with(&self, parts: &[&str]) -> Vec<String> {
+        self.text()
+            .lines()
+            .filter(|line| parts.iter().all(|part| line.contains(part)))
+            .map(str::to_owned)
+            .collect()
+    }
 }

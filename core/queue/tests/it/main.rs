@@ -6,5 +6,9 @@
 mod dead;
 mod embedded;
 mod helpers;
+mod hygiene;
 mod layout;
+mod migrate;
+mod pause;
+mod retention;
 mod stats;
