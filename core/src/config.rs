@@ -6,7 +6,7 @@
 
 use std::{fmt::Display, str::FromStr, time::Duration};
 
-use simplebank_queue::Namespace;
+use simplebank_queue::{Namespace, connection::Tls};
 
 use crate::secret::Secret;
 
@@ -124,6 +124,9 @@ pub struct CommonConfig {
     pub db_source: Secret<String>,
     /// `REDIS_ADDRESS`: `host:port`, or a `redis://` / `rediss://` URL.
     pub redis_address: Secret<String>,
+    /// `REDIS_TLS_CA_FILE`, `REDIS_TLS_CERT_FILE`, `REDIS_TLS_KEY_FILE`: for `rediss://`, the
+    /// CA to trust (the system's roots by default) and a client certificate, read at start.
+    pub redis_tls: Tls,
     /// `REDIS_NAMESPACE`: the prefix of every Redis key.
     pub namespace: Namespace,
     /// `ENVIRONMENT`: `development` (default) or `production`.
@@ -146,8 +149,7 @@ impl CommonConfig {
             ));
         }
         let redis_address = var("REDIS_ADDRESS")?.unwrap_or_else(|| DEFAULT_REDIS_ADDRESS.into());
-        crate::redis_client::client(&redis_address)
-            .map_err(|e| ConfigError::new("REDIS_ADDRESS", e.to_string()))?;
+        let redis_tls = crate::redis_client::tls_from_env(&redis_address)?;
         let namespace = match var("REDIS_NAMESPACE")? {
             None => Namespace::default(),
             Some(raw) => Namespace::parse(&raw)
@@ -156,9 +158,17 @@ impl CommonConfig {
         Ok(Self {
             db_source: Secret::new(db_source),
             redis_address: Secret::new(redis_address),
+            redis_tls,
             namespace,
             environment: parse_or("ENVIRONMENT", Environment::Development)?,
         })
+    }
+}
+
+impl CommonConfig {
+    /// A Redis client for `REDIS_ADDRESS` with the TLS settings; nothing is connected yet.
+    pub fn redis_client(&self) -> redis::RedisResult<redis::Client> {
+        simplebank_queue::connection::client_with_tls(self.redis_address.expose(), &self.redis_tls)
     }
 }
 

@@ -1,17 +1,79 @@
-//! The start-up check that tells a misconfigured Redis (stop, naming `REDIS_ADDRESS`) from one
-//! that is down (carry on). The connection settings themselves are the queue's
-//! ([`simplebank_queue::connection`]), re-exported here.
+//! Redis settings read at start: the TLS files (`REDIS_TLS_*`), and the start-up check that
+//! tells a misconfigured Redis (stop, naming the variable) from one that is down (carry on).
+//! The connection settings themselves are the queue's ([`simplebank_queue::connection`]),
+//! re-exported here.
 
 use std::time::Duration;
 
 use redis::ErrorKind;
-use simplebank_queue::Keys;
+use simplebank_queue::{Keys, connection::TlsError};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, var};
 
 pub use simplebank_queue::connection::{
-    RESPONSE_TIMEOUT, client, is_misconfiguration, lazy_manager,
+    RESPONSE_TIMEOUT, Tls, TlsRefusal, client, client_with_tls, is_misconfiguration, lazy_manager,
+    tls_refusal,
 };
+
+const CA_VAR: &str = "REDIS_TLS_CA_FILE";
+const CERT_VAR: &str = "REDIS_TLS_CERT_FILE";
+const KEY_VAR: &str = "REDIS_TLS_KEY_FILE";
+
+/// The TLS settings of `REDIS_TLS_CA_FILE` (PEM CA certificates; the system's roots when
+/// unset) and `REDIS_TLS_CERT_FILE` / `REDIS_TLS_KEY_FILE` (a client certificate and its key,
+/// both or neither), read and checked now, and the address they go with: each error names
+/// its variable. TLS files with a plaintext address are refused, not ignored.
+pub fn tls_from_env(address: &str) -> Result<Tls, ConfigError> {
+    let mut tls = Tls::default();
+    if let Some(path) = var(CA_VAR)? {
+        tls = tls
+            .with_ca_pem(read(CA_VAR, &path)?)
+            .map_err(|e| ConfigError::new(CA_VAR, e.to_string()))?;
+    }
+    match (var(CERT_VAR)?, var(KEY_VAR)?) {
+        (Some(cert), Some(key)) => {
+            tls = tls
+                .with_client_identity(read(CERT_VAR, &cert)?, read(KEY_VAR, &key)?)
+                .map_err(|e| match e {
+                    TlsError::ClientKey(_) | TlsError::KeyMismatch => {
+                        ConfigError::new(KEY_VAR, e.to_string())
+                    }
+                    _ => ConfigError::new(CERT_VAR, e.to_string()),
+                })?;
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                KEY_VAR,
+                format!("must be set when {CERT_VAR} is"),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                CERT_VAR,
+                format!("must be set when {KEY_VAR} is"),
+            ));
+        }
+        (None, None) => {}
+    }
+    client_with_tls(address, &Tls::default())
+        .map_err(|e| ConfigError::new("REDIS_ADDRESS", e.to_string()))?;
+    if !tls.is_default() && !address.starts_with("rediss://") {
+        let var = if var(CA_VAR)?.is_some() {
+            CA_VAR
+        } else {
+            CERT_VAR
+        };
+        return Err(ConfigError::new(
+            var,
+            "is set, but REDIS_ADDRESS is not a rediss:// URL (TLS files are never ignored)",
+        ));
+    }
+    Ok(tls)
+}
+
+fn read(var: &'static str, path: &str) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| ConfigError::new(var, format!("cannot read {path:?}: {e}")))
+}
 
 /// Connects to `client` once and reads a key of the namespace, as the programs will: a
 /// misconfiguration ([`is_misconfiguration`]) is an error naming `REDIS_ADDRESS`. Anything
@@ -32,6 +94,11 @@ pub async fn check_access(client: &redis::Client, keys: &Keys) -> Result<(), Con
         Ok(())
     }
     .await;
+    if let Err(err) = &checked
+        && let Some(refusal) = tls_refusal(err)
+    {
+        return Err(tls_error(&refusal));
+    }
     match checked {
         Err(err) if is_misconfiguration(&err) => {
             // The server's own words (`NOPERM this user has no permissions ...`) where it
@@ -49,5 +116,26 @@ pub async fn check_access(client: &redis::Client, keys: &Keys) -> Result<(), Con
             ))
         }
         _ => Ok(()),
+    }
+}
+
+/// A TLS handshake that failed on a certificate, said with the variables to look at.
+fn tls_error(refusal: &TlsRefusal) -> ConfigError {
+    match refusal {
+        TlsRefusal::ServerCertificate(err) => ConfigError::new(
+            "REDIS_ADDRESS",
+            format!(
+                "the Redis server's certificate does not verify ({err}): {CA_VAR} must name the \
+                 CA that signed it (the system's roots when unset), and the certificate must \
+                 name the host of REDIS_ADDRESS"
+            ),
+        ),
+        TlsRefusal::ClientCertificate(err) => ConfigError::new(
+            "REDIS_ADDRESS",
+            format!(
+                "the Redis server refused the TLS client certificate ({err}): set \
+                 {CERT_VAR} and {KEY_VAR} to a certificate its CA signed"
+            ),
+        ),
     }
 }

@@ -96,7 +96,7 @@ pub async fn run_with_hashing(
     store.migrate().await?;
     tracing::info!("db migrated successfully");
 
-    let redis = redis_client::client(config.common.redis_address.expose())?;
+    let redis = config.common.redis_client()?;
     let redis = redis_client::lazy_manager(redis, redis_client::RESPONSE_TIMEOUT)?;
     let keys = Keys::new(config.common.namespace.clone());
     let throttle = throttle::LoginThrottle::new(redis.clone(), keys.clone(), config.auth.login);

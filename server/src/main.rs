@@ -88,7 +88,9 @@ async fn migrate(config: &ServerConfig, direction: &str) -> Result<(), Box<dyn s
 }
 
 async fn check_redis(config: &ServerConfig) -> Result<(), config::ConfigError> {
-    let client = redis_client::client(config.common.redis_address.expose())
+    let client = config
+        .common
+        .redis_client()
         .map_err(|e| config::ConfigError::new("REDIS_ADDRESS", e.to_string()))?;
     redis_client::check_access(&client, &Keys::new(config.common.namespace.clone())).await
 }

@@ -69,7 +69,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let promoters: usize = config::parse_or("BENCH_PROMOTERS", 2)?;
     let namespace = Namespace::parse(&format!("bench-{}", std::process::id()))?;
     let keys = Keys::new(namespace.clone());
-    let client = redis_client::client(common.redis_address.expose())?;
+    let client = common.redis_client()?;
     let publisher = Publisher::new(
         redis_client::lazy_manager(client.clone(), redis_client::RESPONSE_TIMEOUT)?,
         keys.clone(),
@@ -81,8 +81,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for i in 0..promoters {
         let mut settings = ConsumerSettings::new(format!("bench-{i}"));
         settings.concurrency = 100;
-        let worker = Worker::new(
-            common.redis_address.expose(),
+        let worker = Worker::from_client(
+            client.clone(),
             namespace.clone(),
             settings,
             Handlers::new().on::<Tick>(recorder.clone()),

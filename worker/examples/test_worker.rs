@@ -77,14 +77,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?),
         None => None,
     };
-    let client = redis_client::client(common.redis_address.expose())?;
+    let client = common.redis_client()?;
     let keys = Keys::new(common.namespace.clone());
     let recorder = Recorder {
-        conn: redis_client::lazy_manager(client, redis_client::RESPONSE_TIMEOUT)?,
+        conn: redis_client::lazy_manager(client.clone(), redis_client::RESPONSE_TIMEOUT)?,
         runs: format!("{{{}}}:test:runs", keys.namespace().as_str()),
     };
-    let worker = Worker::new(
-        common.redis_address.expose(),
+    let worker = Worker::from_client(
+        client.clone(),
         common.namespace,
         settings,
         Handlers::new().on::<Job>(recorder),

@@ -67,8 +67,11 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             Secret::new(random_code(MIN_CODE_KEY_LEN).expose().clone().into_bytes())
         }),
     ));
-    let worker = Worker::new(
-        config.common.redis_address.expose(),
+    let worker = Worker::from_client(
+        config
+            .common
+            .redis_client()
+            .map_err(ConsumerError::Address)?,
         config.common.namespace.clone(),
         config.consumer,
         handlers,

@@ -61,7 +61,9 @@ async fn main() -> ExitCode {
 }
 
 async fn check_redis(config: &WorkerConfig) -> Result<(), config::ConfigError> {
-    let client = redis_client::client(config.common.redis_address.expose())
+    let client = config
+        .common
+        .redis_client()
         .map_err(|e| config::ConfigError::new("REDIS_ADDRESS", e.to_string()))?;
     redis_client::check_access(&client, &Keys::new(config.common.namespace.clone())).await
 }

@@ -11,7 +11,9 @@
 //!   and metrics).
 //!
 //! The Redis layout (one hash tag per queue) is documented once, on [`Keys`]; [`migrate`]
-//! moves a Redis written by the old layout (one hash tag per namespace) into it. Dependencies are Redis, serde, tokio and
+//! moves a Redis written by the old layout (one hash tag per namespace) into it. The commands
+//! the queue runs (for an ACL user) are listed once, in [`acl::COMMANDS`]. Dependencies are
+//! Redis, serde, tokio and
 //! tracing, plus the OpenTelemetry API for trace context: no SDK, exporter or database.
 //!
 //! ```no_run
@@ -57,6 +59,7 @@
 
 #![warn(missing_docs)]
 
+pub mod acl;
 pub mod connection;
 mod consumer;
 mod dead;

@@ -24,6 +24,7 @@ pub fn common_config(db_url: Secret<String>, redis: &TestRedis) -> CommonConfig 
     CommonConfig {
         db_source: db_url,
         redis_address: Secret::new(redis.address.clone()),
+        redis_tls: Default::default(),
         namespace: redis.namespace.clone(),
         environment: Environment::Development,
     }

@@ -2,6 +2,7 @@
 //! Redis namespace per test). `make test` starts the services and installs grpcurl.
 
 mod backpressure;
+mod certs;
 mod connections;
 mod create_user;
 mod e2e;
@@ -12,8 +13,10 @@ mod logs;
 mod malformed;
 mod outbox;
 mod pipeline;
+mod redis_tls;
 mod sessions;
 mod signin;
 mod startup;
+mod stores;
 mod tls;
 mod traces;

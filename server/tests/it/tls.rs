@@ -1,5 +1,5 @@
 //! TLS and client certificates on the real binary, called with the real grpcurl. The CAs and
-//! certificates are made here (rcgen), so the tests need nothing outside the build.
+//! certificates are made in the test (`certs`), so the tests need nothing outside the build.
 
 use std::{
     io::Read,
@@ -8,73 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use simplebank_core::testing::{TempDir, TestDb, TestRedis, eventually, free_port, sigterm};
 
-use crate::e2e::{run_grpcurl, server_command};
-
-/// A certificate authority of the test's own.
-struct Ca {
-    cert_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::new()).expect("CA parameters");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-        ];
-        let key = KeyPair::generate().expect("CA key");
-        let cert = params.self_signed(&key).expect("self-signed CA");
-        Self {
-            cert_pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A certificate for `names` with `purpose`, signed by this CA: (certificate PEM, key PEM).
-    fn issue(&self, names: &[&str], purpose: ExtendedKeyUsagePurpose) -> (String, String) {
-        let mut params = CertificateParams::new(
-            names
-                .iter()
-                .map(|name| (*name).to_owned())
-                .collect::<Vec<_>>(),
-        )
-        .expect("leaf parameters");
-        params.distinguished_name.push(DnType::CommonName, names[0]);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![purpose];
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, &self.issuer).expect("signed leaf");
-        (cert.pem(), key.serialize_pem())
-    }
-
-    fn server_cert(&self) -> (String, String) {
-        self.issue(
-            &["localhost", "127.0.0.1"],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        )
-    }
-
-    fn client_cert(&self, name: &str) -> (String, String) {
-        self.issue(&[name], ExtendedKeyUsagePurpose::ClientAuth)
-    }
-}
-
-/// Writes `contents` to `dir/name` and returns the path as a string.
-fn write(dir: &TempDir, name: &str, contents: &str) -> String {
-    let path = dir.0.join(name);
-    std::fs::write(&path, contents).expect("write PEM file");
-    path.to_str().expect("UTF-8 temp path").to_owned()
-}
+use crate::{
+    certs::{Ca, write},
+    e2e::{run_grpcurl, server_command},
+};
 
 const CREATE_ALICE: &str = r#"{"username":"alice","full_name":"Alice Liddell","email":"alice@example.com","password":"plum-tractor-galaxy"}"#;
 

@@ -87,6 +87,23 @@ impl Worker {
         })
     }
 
+    /// [`Worker::new`] on a client built by the caller, for TLS settings of its own
+    /// ([`connection::client_with_tls`]).
+    pub fn from_client(
+        client: redis::Client,
+        namespace: Namespace,
+        settings: ConsumerSettings,
+        handlers: Handlers,
+    ) -> Result<Self, ConsumerError> {
+        settings.validate()?;
+        Ok(Self {
+            client,
+            keys: Keys::new(namespace),
+            settings,
+            handlers,
+        })
+    }
+
     /// Consumes until `shutdown` is cancelled, then drains as described in the crate docs.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
         let settings = self.settings;
