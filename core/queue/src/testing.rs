@@ -63,6 +63,34 @@ impl TestRedis {
             .await
             .expect("Redis at REDIS_ADDRESS answers (run `make services`)")
     }
+
+    /// What the server's ACL refused since it started (`ACL LOG`), one line per entry:
+    /// `<user> <reason> <object>` (the reason is `command`, `key`, `channel` or `auth`; the
+    /// object a command such as `config|get`, or a key). Needs a user allowed `ACL LOG`.
+    pub async fn acl_denials(&self) -> Vec<String> {
+        let entries: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("ACL")
+            .arg("LOG")
+            .query_async(&mut self.conn().await)
+            .await
+            .expect("ACL LOG");
+        let text = |entry: &std::collections::HashMap<String, redis::Value>, field: &str| {
+            entry
+                .get(field)
+                .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+                .unwrap_or_default()
+        };
+        entries
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {} {}",
+                    text(e, "username"),
+                    text(e, "reason"),
+                    text(e, "object")
+                )
+            })
+            .collect()
+    }
 }
 
 impl Default for TestRedis {
@@ -173,6 +201,28 @@ impl RedisServer {
             },
         )
         .await;
+    }
+
+    /// Adds the ACL user `user` with `password` and exactly `rules` (`ACL SETUSER` syntax), and
+    /// `admin` (password `admin`: every key and command, for the test's own checks), then turns
+    /// the `default` user off. Returns the admin's address (a `redis://` URL).
+    pub async fn restrict_to(&self, user: &str, password: &str, rules: &[String]) -> String {
+        let mut conn = TestRedis::at(self.address()).conn().await;
+        let admin = [
+            "SETUSER", "admin", "reset", "on", ">admin", "~*", "&*", "+@all",
+        ];
+        let mut restricted = vec!["SETUSER", user, "reset", "on"];
+        let password = format!(">{password}");
+        restricted.push(&password);
+        restricted.extend(rules.iter().map(String::as_str));
+        for rule in [&admin[..], &restricted, &["SETUSER", "default", "off"]] {
+            let () = redis::cmd("ACL")
+                .arg(rule)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("ACL {rule:?}: {e}"));
+        }
+        format!("redis://admin:admin@{}", self.address())
     }
 
     /// Suspends the process (SIGSTOP): connections stay open and commands go unanswered, as

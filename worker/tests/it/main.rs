@@ -1,6 +1,7 @@
 //! Integration tests of the worker, against real PostgreSQL and Redis (one database and one
 //! Redis namespace per test).
 
+mod acl;
 mod binary;
 mod consumer_group;
 mod delayed;
