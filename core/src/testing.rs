@@ -4,6 +4,7 @@
 //! - [`TestRedis`], [`RedisServer`], [`eventually`]: the queue's helpers
 //!   (`simplebank_queue::testing`), re-exported.
 //! - [`TcpProxy`]: a TCP forwarder a test can cut, to make PostgreSQL unreachable on demand.
+//! - [`PostgresServer`]: a PostgreSQL server of the test's own, serving TLS only.
 //!
 //! The shared services come from `DB_SOURCE` and `REDIS_ADDRESS` (the same variables and
 //! defaults as the programs), which `make test` points at the services it started.
@@ -196,6 +197,162 @@ pub async fn refusing_redis() -> (RedisServer, Vec<(String, &'static str)>) {
         (format!("redis://elsewhere:pw@127.0.0.1:{port}"), "NOPERM"),
     ];
     (server, refusals)
+}
+
+/// A PostgreSQL server of the test's own on a free loopback port (`initdb` and `pg_ctl` from
+/// the newest `/usr/lib/postgresql/*/bin`, run as the `postgres` user when the test runs as
+/// root), serving TLS with the certificate and key given and accepting only TLS connections
+/// with a password (`hostssl ... scram-sha-256`) from loopback. Stopped and removed on drop.
+#[derive(Debug)]
+pub struct PostgresServer {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    dir: TempDir,
+    bindir: PathBuf,
+    as_postgres: bool,
+}
+
+impl PostgresServer {
+    /// Creates the cluster (superuser `postgres` with `password`) and starts it with
+    /// `ssl = on`; waits until it accepts connections.
+    pub fn start_tls(cert_pem: &str, key_pem: &str, password: &str) -> Self {
+        let bindir = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries under /usr/lib/postgresql (make services)")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|bin| bin.join("initdb").exists())
+            .max_by_key(|bin| {
+                bin.parent()
+                    .and_then(|v| v.file_name())
+                    .and_then(|v| v.to_str())
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(0)
+            })
+            .expect("initdb under /usr/lib/postgresql/*/bin");
+        // PostgreSQL refuses to run as root.
+        let as_postgres = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let server = Self {
+            port: free_port(),
+            dir: TempDir::new(),
+            bindir,
+            as_postgres,
+        };
+        let data = server.dir.0.join("data");
+        let pwfile = server.dir.0.join("pw");
+        std::fs::write(&pwfile, password).expect("password file");
+        server.own(&server.dir.0.clone());
+        server.run(
+            "initdb",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-U".as_ref(),
+                "postgres".as_ref(),
+                "--auth-local=trust".as_ref(),
+                "--auth-host=scram-sha-256".as_ref(),
+                "-E".as_ref(),
+                "UTF8".as_ref(),
+                format!("--pwfile={}", pwfile.display()).as_ref(),
+            ],
+        );
+        std::fs::write(data.join("server.crt"), cert_pem).expect("server.crt");
+        std::fs::write(data.join("server.key"), key_pem).expect("server.key");
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .expect("pg_hba.conf");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod server.key");
+        server.own(&data);
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file=server.crt \
+             -c ssl_key_file=server.key -k {}",
+            server.port,
+            server.dir.0.display()
+        );
+        server.run(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-l".as_ref(),
+                server.dir.0.join("log").as_os_str(),
+                "-w".as_ref(),
+                "-o".as_ref(),
+                options.as_ref(),
+                "start".as_ref(),
+            ],
+        );
+        server
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("log")).unwrap_or_default()
+    }
+
+    fn own(&self, path: &std::path::Path) {
+        if self.as_postgres {
+            let status = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(path)
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown -R postgres {}", path.display());
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&std::ffi::OsStr]) {
+        let binary = self.bindir.join(program);
+        let output = if self.as_postgres {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&binary)
+                .args(args)
+                .output()
+        } else {
+            Command::new(&binary).args(args).output()
+        }
+        .unwrap_or_else(|e| panic!("run {}: {e}", binary.display()));
+        assert!(
+            output.status.success(),
+            "{program} failed: {}{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            self.log()
+        );
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        let data = self.dir.0.join("data");
+        let args: [&std::ffi::OsStr; 6] = [
+            "-D".as_ref(),
+            data.as_os_str(),
+            "-m".as_ref(),
+            "immediate".as_ref(),
+            "-w".as_ref(),
+            "stop".as_ref(),
+        ];
+        let binary = self.bindir.join("pg_ctl");
+        let _ = if self.as_postgres {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&binary)
+                .args(args)
+                .output()
+        } else {
+            Command::new(&binary).args(args).output()
+        };
+    }
 }
 
 /// Forwards connections from a local port to `upstream` until [`TcpProxy::cut`]: then every

@@ -3,7 +3,10 @@
 
 use std::process::ExitCode;
 
-use simplebank_core::{config, redis_client, store::Store};
+use simplebank_core::{
+    config, redis_client,
+    store::{self, Store},
+};
 use simplebank_observability::LogFormat;
 use simplebank_queue::Keys;
 use simplebank_server::{ServerConfig, status::chain};
@@ -20,6 +23,11 @@ async fn main() -> ExitCode {
     // A refused password, a missing database index or an ACL that forbids our keys will not
     // fix itself: stop now, like any bad setting. A Redis that is down or hung is waited for.
     // (`migrate` does not use Redis.)
+    // A certificate that does not verify will not fix itself either.
+    if let Err(err) = store::check_access(&config.common.db_source).await {
+        eprintln!("simplebank-server: {err}");
+        return ExitCode::from(2);
+    }
     let serving = std::env::args().len() == 1;
     if serving && let Err(err) = check_redis(&config).await {
         eprintln!("simplebank-server: {err}");

@@ -31,6 +31,11 @@ async fn main() -> ExitCode {
     };
     // A refused password, a missing database index or an ACL that forbids our keys will not
     // fix itself: stop now, like any bad setting. A Redis that is down or hung is waited for.
+    // A database certificate that does not verify will not fix itself either.
+    if let Err(err) = simplebank_core::store::check_access(&config.common.db_source).await {
+        eprintln!("simplebank-worker: {err}");
+        return ExitCode::from(2);
+    }
     if let Err(err) = check_redis(&config).await {
         eprintln!("simplebank-worker: {err}");
         return ExitCode::from(2);

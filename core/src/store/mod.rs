@@ -19,7 +19,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use crate::secret::Secret;
+use crate::{config::ConfigError, secret::Secret};
 
 pub use sessions::{Session, SessionError, SessionLimits, SessionOrigin};
 pub use users::{Credentials, Updated, User};
@@ -84,6 +84,50 @@ fn is_unavailable(err: &sqlx::Error) -> bool {
             code.starts_with("08") || ["57P01", "57P02", "57P03", "53300"].contains(&&*code)
         }),
         _ => false,
+    }
+}
+
+/// Connects to `db_source` once (5 s at most), as the programs do at start: a TLS handshake
+/// that fails on a certificate (the server's does not verify against `sslrootcert`, or the
+/// server refused ours) is an error naming `DB_SOURCE`, since waiting cannot fix it. Anything
+/// else passes (a database that is down is waited for, as before).
+pub async fn check_access(db_source: &Secret<String>) -> Result<(), ConfigError> {
+    use simplebank_queue::connection::{TlsRefusal, certificate_refusal};
+    use sqlx::Connection;
+
+    let Ok(options) = db_source.expose().parse::<PgConnectOptions>() else {
+        return Ok(());
+    };
+    let connected = tokio::time::timeout(
+        Duration::from_secs(5),
+        sqlx::PgConnection::connect_with(&options),
+    )
+    .await;
+    let err = match connected {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            return Ok(());
+        }
+        Ok(Err(err)) => err,
+        Err(_) => return Ok(()),
+    };
+    match certificate_refusal(&err) {
+        Some(TlsRefusal::ServerCertificate(reason)) => Err(ConfigError::new(
+            "DB_SOURCE",
+            format!(
+                "the PostgreSQL server's certificate does not verify ({reason}): sslrootcert \
+                 must name the CA that signed it (the system's roots when unset), and with \
+                 sslmode=verify-full the certificate must name the host of DB_SOURCE"
+            ),
+        )),
+        Some(TlsRefusal::ClientCertificate(reason)) => Err(ConfigError::new(
+            "DB_SOURCE",
+            format!(
+                "the PostgreSQL server refused the TLS client certificate ({reason}): set \
+                 sslcert and sslkey to a certificate its CA signed"
+            ),
+        )),
+        None => Ok(()),
     }
 }
 

@@ -13,6 +13,7 @@ mod logs;
 mod malformed;
 mod outbox;
 mod pipeline;
+mod postgres_tls;
 mod redis_acl;
 mod redis_tls;
 mod sessions;
