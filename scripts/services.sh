@@ -203,19 +203,20 @@ stop_local() {
       "$bindir/pg_ctl" -D "$data" -m fast stop >/dev/null || true
     fi
   done
-  for pidfile in "$LOCAL"/redis-*/redis.pid; do
+  # Also a Valkey of scripts/test-valkey.sh whose run was killed before it could stop it.
+  for pidfile in "$LOCAL"/redis-*/redis.pid "$LOCAL"/valkey-*/valkey.pid; do
     [ -f "$pidfile" ] || continue
     dir=$(dirname "$pidfile")
     pid=$(cat "$pidfile")
     # A stale pid file may name an unrelated process by now: stop it only if it is a
     # redis-server working in this folder (started with --dir here).
-    if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" != redis-server ] ||
+    if ! [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" =~ ^(redis|valkey)-server$ ]] ||
       [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" != "$(cd "$dir" && pwd -P)" ]; then
-      say "Redis in $dir is not running (stale pid file removed)"
+      say "$(basename "$dir") is not running (stale pid file removed)"
       rm -f "$pidfile"
       continue
     fi
-    say "stopping Redis $dir"
+    say "stopping $dir"
     kill "$pid" 2>/dev/null || true
   done
 }
