@@ -30,7 +30,7 @@ pub const APP_COMMANDS: &[&str] = &[
 
 /// The rules of the least-privilege ACL user of namespace `ns` (password not included): its
 /// keys only, the queue's and simplebank's commands only. Production's line is
-/// `ACL SETUSER <user> on ><password> ` followed by these (README, "Production deployment").
+/// `ACL SETUSER <user> reset on ><password> ` followed by these (README, "Production deployment").
 pub fn acl_setuser_rules(ns: &Namespace) -> Vec<String> {
     acl::setuser_rules(ns, acl::COMMANDS.iter().chain(APP_COMMANDS).copied())
 }
@@ -105,7 +105,7 @@ mod tests {
             std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
                 .expect("README.md");
         let line = format!(
-            "ACL SETUSER simplebank on >CHANGE-ME {}",
+            "ACL SETUSER simplebank reset on >CHANGE-ME {}",
             acl_setuser_rules(&Namespace::default()).join(" ")
         );
         assert!(

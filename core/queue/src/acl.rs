@@ -62,7 +62,7 @@ pub fn key_patterns(ns: &Namespace) -> [String; 2] {
     ]
 }
 
-/// The rules of an `ACL SETUSER <user> on ><password> <rules...>` line for a user that may run
+/// The rules of an `ACL SETUSER <user> reset on ><password> <rules...>` line for a user that may run
 /// `commands` (this crate's [`COMMANDS`] and the application's) on the keys of `ns` only, and
 /// nothing else: no other key, no channel, no other command. The password is not part of it.
 pub fn setuser_rules<'a>(

@@ -13,8 +13,8 @@
 //! The Redis layout (one hash tag per queue) is documented once, on [`Keys`]; [`migrate`]
 //! moves a Redis written by the old layout (one hash tag per namespace) into it. The commands
 //! the queue runs (for an ACL user) are listed once, in [`acl::COMMANDS`]. Dependencies are
-//! Redis, serde, tokio and
-//! tracing, plus the OpenTelemetry API for trace context: no SDK, exporter or database.
+//! Redis (with rustls and ring for `rediss://`), serde, tokio and tracing, plus the
+//! OpenTelemetry API for trace context: no SDK, exporter or database.
 //!
 //! ```no_run
 //! use std::time::Duration;
