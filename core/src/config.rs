@@ -52,6 +52,27 @@ pub fn var(var: &'static str) -> Result<Option<String>, ConfigError> {
     }
 }
 
+/// PEM files this large are not certificates; the cap keeps `/dev/zero` from filling memory.
+pub const MAX_PEM_BYTES: u64 = 1024 * 1024;
+
+/// The contents of the PEM file at `path`, named by `var`: at most [`MAX_PEM_BYTES`].
+pub fn read_pem(var: &'static str, path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+
+    let cannot = |e: std::io::Error| ConfigError::new(var, format!("cannot read {path:?}: {e}"));
+    let mut pem = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_PEM_BYTES + 1).read_to_end(&mut pem))
+        .map_err(cannot)?;
+    if pem.len() as u64 > MAX_PEM_BYTES {
+        return Err(ConfigError::new(
+            var,
+            format!("{path:?} is larger than {MAX_PEM_BYTES} bytes: not a PEM file"),
+        ));
+    }
+    Ok(pem)
+}
+
 /// `var` parsed with `FromStr`, or `default` when unset.
 pub fn parse_or<T>(name: &'static str, default: T) -> Result<T, ConfigError>
 where

@@ -72,7 +72,7 @@ pub fn tls_from_env(address: &str) -> Result<Tls, ConfigError> {
 }
 
 fn read(var: &'static str, path: &str) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path).map_err(|e| ConfigError::new(var, format!("cannot read {path:?}: {e}")))
+    crate::config::read_pem(var, std::path::Path::new(path))
 }
 
 /// Connects to `client` once and reads a key of the namespace, as the programs will: a

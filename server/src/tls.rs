@@ -8,7 +8,7 @@
 //! to an empty value is refused too: a broken template must not fall back to plaintext. A key
 //! file readable by group or others is served, with a warning at start.
 
-use std::{fmt, io::Read, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{fmt, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use rustls::{
     RootCertStore,
@@ -163,22 +163,8 @@ fn readable_by_others(_path: &Path) -> bool {
     false
 }
 
-/// PEM files this large are not certificates; the cap keeps `/dev/zero` from filling memory.
-const MAX_PEM_BYTES: u64 = 1024 * 1024;
-
 fn read(var: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    let cannot = |e: std::io::Error| ConfigError::new(var, format!("cannot read {path:?}: {e}"));
-    let mut pem = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|file| file.take(MAX_PEM_BYTES + 1).read_to_end(&mut pem))
-        .map_err(cannot)?;
-    if pem.len() as u64 > MAX_PEM_BYTES {
-        return Err(ConfigError::new(
-            var,
-            format!("{path:?} is larger than {MAX_PEM_BYTES} bytes: not a PEM file"),
-        ));
-    }
-    Ok(pem)
+    config::read_pem(var, path)
 }
 
 fn certificates(

@@ -150,6 +150,21 @@ async fn unusable_redis_tls_settings_stop_the_programs_naming_the_variable() {
             ],
             "REDIS_TLS_CA_FILE",
         ),
+        // Endless, and a name with CR/LF and a bidi control.
+        (
+            vec![
+                ("REDIS_ADDRESS", tls.clone()),
+                ("REDIS_TLS_CA_FILE", "/dev/zero".into()),
+            ],
+            "REDIS_TLS_CA_FILE",
+        ),
+        (
+            vec![
+                ("REDIS_ADDRESS", tls.clone()),
+                ("REDIS_TLS_CA_FILE", "/tmp/ca\r\nx\u{202e}.pem".into()),
+            ],
+            "REDIS_TLS_CA_FILE",
+        ),
         (
             vec![
                 ("REDIS_ADDRESS", tls.clone()),
@@ -208,4 +223,38 @@ async fn unusable_redis_tls_settings_stop_the_programs_naming_the_variable() {
             assert!(stderr.contains(var), "{program} {env:?}: {var} in {stderr}");
         }
     }
+}
+
+#[tokio::test]
+async fn a_hung_tls_redis_at_start_is_waited_for_not_mistaken_for_a_bad_certificate() {
+    use tokio::io::AsyncBufReadExt;
+
+    let dir = TempDir::new();
+    let ca = Ca::new("simplebank redis CA");
+    let (server, address) = tls_redis(&dir, &ca, false).await;
+    // SIGSTOP: the kernel still accepts the connection, the TLS handshake gets no answer.
+    server.pause();
+    let env = [
+        ("REDIS_ADDRESS", address),
+        ("REDIS_TLS_CA_FILE", write(&dir, "ca.pem", &ca.cert_pem)),
+    ];
+    let mut worker = crate::stores::command(&binary("simplebank-worker"), &env)
+        .env("RUST_LOG", "info")
+        .spawn()
+        .expect("start the worker");
+    let mut lines = tokio::io::BufReader::new(worker.stderr.take().expect("stderr")).lines();
+    let waiting = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("cannot reach Redis; retrying") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(waiting, Ok(true), "the worker waits for the hung Redis");
+    assert!(worker.try_wait().expect("wait").is_none(), "still running");
+    server.resume();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    simplebank_core::testing::stop_gracefully(&mut worker).await;
 }
