@@ -24,9 +24,11 @@ pub const COMMANDS: &[&str] = &[
     "xadd",
     "xlen",
     "zcard",
-    // The consumer group, reading and taking over.
+    // The consumer group, reading and taking over; the queue registry (`{ns}:queues`) each
+    // worker writes at start.
     "xgroup|create",
     "xgroup|createconsumer",
+    "hset",
     "xreadgroup",
     "xautoclaim",
     "xpending",
@@ -44,6 +46,12 @@ pub const COMMANDS: &[&str] = &[
     "zrem",
     "zrange",
     "zrangebyscore",
+    // Reading the queues' state (stats script, registry) and the dead letters newest first.
+    "xinfo|groups",
+    "hget",
+    "hgetall",
+    "hmget",
+    "xrevrange",
 ];
 
 /// Commands the queue (or the redis crate under it) tries but does without when an ACL

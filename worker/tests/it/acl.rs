@@ -127,12 +127,17 @@ async fn the_queue_runs_its_retry_dead_delay_unique_and_takeover_paths_as_the_ac
     );
     eventually("the doomed task is dead", Duration::from_secs(30), || {
         let dead = dead.clone();
-        async move { dead.count().await.ok() == Some(1) }
+        let default = default.clone();
+        async move { dead.count(&default).await.ok() == Some(1) }
     })
     .await;
-    let letters = dead.list(10).await.expect("list dead letters");
+    let letters = dead.list(&default, 10).await.expect("list dead letters");
     assert_eq!(letters[0].attempts, 4);
-    dead.requeue(&letters[0].entry_id).await.expect("requeue");
+    let requeued = dead
+        .requeue(&default, &[&letters[0].entry_id])
+        .await
+        .expect("requeue");
+    assert_eq!(requeued, 1);
 
     let runs = |id: &str| {
         recorder
@@ -154,7 +159,7 @@ async fn the_queue_runs_its_retry_dead_delay_unique_and_takeover_paths_as_the_ac
         }
     })
     .await;
-    assert_eq!(dead.count().await.expect("count"), 0);
+    assert_eq!(dead.count(&default).await.expect("count"), 0);
     worker.stop().await;
 
     let denials: Vec<String> = admin
