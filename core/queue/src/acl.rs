@@ -52,6 +52,13 @@ pub const COMMANDS: &[&str] = &[
     "hgetall",
     "hmget",
     "xrevrange",
+    // Counters (`{ns:q}:stats`) and dead-letter retention, inside the scripts.
+    "hincrby",
+    "xtrim",
+    // `simplebank-worker migrate-redis`: finding and moving keys of the old layout.
+    "scan",
+    "pttl",
+    "zscore",
 ];
 
 /// Commands the queue (or the redis crate under it) tries but does without when an ACL
