@@ -59,7 +59,12 @@ impl TestRedis {
 
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
         self.client()
-            .get_multiplexed_async_connection()
+            // The client's default 500 ms response timeout is for production; a test's own
+            // reads must not fail because two busy cores kept Redis waiting that long.
+            .get_multiplexed_async_connection_with_config(
+                &redis::AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(Duration::from_secs(30))),
+            )
             .await
             .expect("Redis at REDIS_ADDRESS answers (run `make services`)")
     }
