@@ -14,6 +14,7 @@
 //! | `tracestate`  | W3C trace state (absent when none)                       |
 //! | `deadline`    | no attempt starts after it, ms since the epoch (optional)|
 //! | `unique`      | the lock held, `{ns:q}:unique:<unique>` (optional)       |
+//! | `sensitive`   | `1` when the payload must never be shown (optional)      |
 //! | `first_failed_at` | end of the first failed attempt, ms (after a failure)|
 //! | `last_error`  | error of the last failed attempt (after a failure)       |
 //!
@@ -75,6 +76,7 @@ fn encode_parts(
         ("tracestate", task.tracestate.clone()),
         ("deadline", task.deadline.map(|d| d.to_string())),
         ("unique", task.unique.clone()),
+        ("sensitive", task.sensitive.then(|| "1".to_owned())),
         ("first_failed_at", first_failed_at.map(|t| t.to_string())),
         ("last_error", last_error.map(str::to_owned)),
     ];
@@ -153,6 +155,8 @@ fn decode_with<'a>(queue: QueueName, map: &Lookup<'a>) -> Result<Envelope, Decod
         unique: optional(map, "unique")?,
         schedule: None,
         unique_ttl_ms: None,
+        // Any value but absent counts: a reader must err on the side of not showing.
+        sensitive: map("sensitive").is_some(),
     };
     Ok(Envelope {
         task,
@@ -231,6 +235,30 @@ mod tests {
             fields: as_map(encode(&task)).into_iter().collect(),
         };
         assert_eq!(decode_entry(queue, &entry).unwrap(), task);
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Reset {
+        token: String,
+    }
+
+    impl TaskPayload for Reset {
+        const TYPE: &'static str = "test:reset";
+        const SENSITIVE: bool = true;
+    }
+
+    #[test]
+    fn the_sensitive_mark_travels_with_the_task() {
+        let plain = Envelope::first(Task::new(&Welcome { username: "a".into() }).unwrap());
+        assert!(!encode(&plain).iter().any(|(name, _)| *name == "sensitive"));
+        let secret = Envelope::first(Task::new(&Reset { token: "t".into() }).unwrap());
+        assert!(secret.task.is_sensitive());
+        let queue = secret.task.queue.clone();
+        let decoded = decode(queue, &as_map(encode(&secret))).unwrap();
+        assert!(decoded.task.is_sensitive());
+        // Through the outbox's JSON form too.
+        let json = serde_json::to_string(&secret.task).unwrap();
+        assert!(serde_json::from_str::<Task>(&json).unwrap().is_sensitive());
     }
 
     #[test]

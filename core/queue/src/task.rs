@@ -40,6 +40,11 @@ pub trait TaskPayload: Serialize + DeserializeOwned + Send + 'static {
     const MAX_RETRY: u32 = DEFAULT_MAX_RETRY;
     /// How long one attempt may run before it counts as failed.
     const TIMEOUT: Duration = DEFAULT_TIMEOUT;
+    /// Whether the payload holds something no operator may read (a secret, a token): the task
+    /// then carries a `sensitive` mark, and the admin service never shows its payload. The
+    /// mark travels with the task (stream entry, retries, dead letters), so a reader needs
+    /// neither this type nor its crate to honour it.
+    const SENSITIVE: bool = false;
 }
 
 /// Default `max_retry`: 25, as asynq.
@@ -109,6 +114,9 @@ pub struct Task {
     /// finishes or is dead-lettered. Not carried in the stream entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) unique_ttl_ms: Option<u64>,
+    /// The payload must not be shown ([`TaskPayload::SENSITIVE`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) sensitive: bool,
 }
 
 /// A task that cannot be built or an option value that cannot be used.
@@ -171,7 +179,13 @@ impl Task {
             unique: None,
             schedule: None,
             unique_ttl_ms: None,
+            sensitive: P::SENSITIVE,
         })
+    }
+
+    /// Whether the payload must never be shown to an operator ([`TaskPayload::SENSITIVE`]).
+    pub fn is_sensitive(&self) -> bool {
+        self.sensitive
     }
 
     /// The task id: a UUID, or what [`Task::with_task_id`] set.
@@ -343,6 +357,7 @@ impl fmt::Debug for Task {
             .field("enqueued_at", &self.enqueued_at)
             .field("schedule", &self.schedule)
             .field("unique", &self.unique)
+            .field("sensitive", &self.sensitive)
             .finish_non_exhaustive()
     }
 }
