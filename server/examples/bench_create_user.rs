@@ -186,6 +186,7 @@ async fn run(clients: usize, seconds: u64, redis: &str, otlp: Option<&str>) -> R
         ("REDIS_ADDRESS", redis.to_owned()),
         ("REDIS_NAMESPACE", namespace),
         ("GRPC_SERVER_ADDRESS", address.clone()),
+        ("ADMIN_GRPC_ADDRESS", "off".to_owned()),
         ("EMAIL_FILE_DIR", mail.0.display().to_string()),
         ("RUST_LOG", "warn".to_owned()),
         (

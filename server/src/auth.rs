@@ -16,17 +16,16 @@ pub fn unauthenticated() -> Status {
 
 /// The token of `authorization: bearer <token>` (the scheme in any case).
 pub fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
-    let value = metadata
-        .get("authorization")
-        .ok_or_else(unauthenticated)?
-        .to_str()
-        .map_err(|_| unauthenticated())?;
-    let (scheme, token) = value.split_once(' ').ok_or_else(unauthenticated)?;
+    bearer_header(metadata.as_ref()).ok_or_else(unauthenticated)
+}
+
+/// The token of an `authorization: bearer <token>` header (the scheme in any case), if there
+/// is one, well-formed.
+pub fn bearer_header(headers: &tonic::codegen::http::HeaderMap) -> Option<&str> {
+    let value = headers.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
-    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
-        return Err(unauthenticated());
-    }
-    Ok(token)
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// The peer's IP address (the direct peer: forwarding headers are not trusted). Unknown

@@ -1,5 +1,6 @@
-//! Back-pressure on the `SimpleBank` calls, as one tower layer on the server builder: a
-//! concurrency limit that sheds the excess at once, and a request timeout.
+//! Back-pressure on the `SimpleBank` calls (and, with a budget of its own, the `QueueAdmin`
+//! calls of the admin listener), as one tower layer on the server builder: a concurrency limit
+//! that sheds the excess at once, and a request timeout.
 //!
 //! - The request message is read whole first, within `GRPC_REQUEST_BODY_TIMEOUT`, and only a
 //!   complete message takes a call slot: a client that trickles (or stalls) its body cannot
@@ -36,8 +37,6 @@ use tower::{Layer, Service};
 
 use crate::config::CallLimits;
 
-/// The path prefix of the calls this layer limits.
-const LIMITED: &str = "/simplebank.v1.SimpleBank/";
 
 /// The delay a shed call is told to wait before it retries.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -96,7 +95,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if !request.uri().path().starts_with(LIMITED) {
+        if !crate::framing::is_unary(request.uri().path()) {
             return Box::pin(self.inner.call(request));
         }
         // The service that was made ready; a clone takes its place for the next call.

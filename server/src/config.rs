@@ -9,6 +9,7 @@ use simplebank_core::{
 };
 
 use crate::{
+    admin::config::AdminConfig,
     throttle::LoginLimits,
     tls::TlsConfig,
     tokens::{DEVELOPMENT_KEY, KEY_LEN, TokenMaker},
@@ -29,6 +30,8 @@ pub struct ServerConfig {
     pub limits: CallLimits,
     /// Tokens, sessions and sign-in throttling.
     pub auth: AuthConfig,
+    /// `ADMIN_GRPC_ADDRESS`, `ADMIN_TOKEN`: the admin listener.
+    pub admin: AdminConfig,
 }
 
 /// Tokens, sessions and sign-in throttling.
@@ -308,6 +311,7 @@ impl ServerConfig {
             )?,
             tls: TlsConfig::from_env()?,
             limits: CallLimits::from_env()?,
+            admin: AdminConfig::from_env()?,
         })
     }
 }

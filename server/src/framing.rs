@@ -8,11 +8,12 @@
 //! - a body that ends inside a frame, or a frame whose flag byte is neither 0 nor 1, or is 1
 //!   (compressed) without a `grpc-encoding` header, is INVALID_ARGUMENT (tonic alone says
 //!   INTERNAL);
-//! - a `SimpleBank` call (all unary) must carry exactly one message: none, or a second one, is
-//!   INVALID_ARGUMENT before the handler runs (tonic alone would ignore the second).
+//! - a `SimpleBank` or `QueueAdmin` call (all unary) must carry exactly one message: none, or a
+//!   second one, is INVALID_ARGUMENT before the handler runs (tonic alone would ignore the
+//!   second).
 //!
 //! A streaming service may swallow the error of its request stream (reflection ends with OK):
-//! for calls outside `SimpleBank` the violation also replaces the status in the trailers.
+//! for calls of the other services the violation also replaces the status in the trailers.
 //!
 //! A request's fields are a few short strings: 64 KiB is far above any valid request and far
 //! below what would cost the server memory; it is a constant, not a setting, for that reason.
@@ -36,8 +37,14 @@ use tower::{Layer, Service};
 /// tonic applies the same limit after it).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
-/// The path prefix of the unary calls, whose bodies carry exactly one message.
-const UNARY: &str = "/simplebank.v1.SimpleBank/";
+/// The path prefixes of the unary services (`SimpleBank` on the public listener, `QueueAdmin`
+/// on the admin one), whose calls carry exactly one message each.
+pub const UNARY_SERVICES: [&str; 2] = ["/simplebank.v1.SimpleBank/", "/simplebank.admin.v1.QueueAdmin/"];
+
+/// Whether `path` is a call of one of the [`UNARY_SERVICES`].
+pub fn is_unary(path: &str) -> bool {
+    UNARY_SERVICES.iter().any(|prefix| path.starts_with(prefix))
+}
 
 /// gRPC's length-prefixed message header: a flag byte and a big-endian u32 length.
 const HEADER: usize = 5;
@@ -73,7 +80,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let unary = request.uri().path().starts_with(UNARY);
+        let unary = is_unary(request.uri().path());
         // Without an encoding (or with `identity`) nothing can be compressed.
         let compressed = request
             .headers()

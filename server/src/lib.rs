@@ -14,10 +14,13 @@
 //! - [`tokens`]: PASETO v4.local access tokens.
 //! - [`auth`]: the caller's bearer token, address and user agent.
 //! - [`throttle`]: failed sign-ins counted per username and address in Redis.
+//! - [`admin`]: the `simplebank.admin.v1.QueueAdmin` service on its own listener, with its
+//!   token check.
 //!
 //! [`run`] starts everything on a given listener and stops when `shutdown` resolves, so tests
-//! run the real server in-process on port 0.
+//! run the real server in-process on port 0 ([`run_with`] takes the admin listener too).
 
+pub mod admin;
 pub mod auth;
 pub mod backpressure;
 pub mod call_log;
@@ -41,6 +44,17 @@ pub mod pb {
     /// The encoded descriptors of `simplebank.v1` and its imports, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("simplebank_descriptor");
+
+    /// The generated `simplebank.admin.v1` code (the admin listener's API).
+    pub mod admin {
+        #![allow(missing_debug_implementations, clippy::all)]
+        tonic::include_proto!("simplebank.admin.v1");
+
+        /// The encoded descriptors of `simplebank.admin.v1` and its imports, for the admin
+        /// listener's reflection.
+        pub const FILE_DESCRIPTOR_SET: &[u8] =
+            tonic::include_file_descriptor_set!("simplebank_admin_descriptor");
+    }
 }
 
 use std::future::Future;
@@ -54,6 +68,8 @@ use simplebank_queue::{Keys, Publisher};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::{admin::auth::AdminAuthLayer, config::CallLimits, tls::TlsConfig};
+
 pub use config::ServerConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +82,21 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC transport failed")]
     Transport(#[from] tonic::transport::Error),
+    #[error("cannot listen on ADMIN_GRPC_ADDRESS {address}")]
+    AdminListen {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The sockets the server serves: the public API, and the admin API when it is on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// `simplebank.v1.SimpleBank`, health and reflection.
+    pub public: TcpListener,
+    /// `simplebank.admin.v1.QueueAdmin`, health and reflection; `None`: no admin listener.
+    pub admin: Option<TcpListener>,
 }
 
 /// Runs the server on `listener` until `shutdown` resolves: migrates the database, serves
@@ -79,13 +110,41 @@ pub async fn run(
     run_with_hashing(config, listener, shutdown, HashPool::per_core()).await
 }
 
-/// [`run`] with the password hashing pool given, so a test can count its verifications.
+/// [`run`] with the password hashing pool given, so a test can count its verifications. The
+/// admin listener is bound here, on `ADMIN_GRPC_ADDRESS` (`config.admin.address`).
 pub async fn run_with_hashing(
     config: ServerConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     hashing: HashPool,
 ) -> Result<(), ServerError> {
+    let admin = match config.admin.address {
+        None => None,
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .map_err(|source| ServerError::AdminListen { address, source })?,
+        ),
+    };
+    let listeners = Listeners {
+        public: listener,
+        admin,
+    };
+    run_with(config, listeners, shutdown, hashing).await
+}
+
+/// The whole server on `listeners` (the admin one, if any, as given: `config.admin.address`
+/// is not bound again), until `shutdown` resolves.
+pub async fn run_with(
+    config: ServerConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    hashing: HashPool,
+) -> Result<(), ServerError> {
+    let Listeners {
+        public: listener,
+        admin: admin_listener,
+    } = listeners;
     if config.auth.ephemeral_key {
         tracing::warn!(
             "TOKEN_SYMMETRIC_KEY is not set: using a random key; access tokens will not survive \
@@ -100,6 +159,7 @@ pub async fn run_with_hashing(
     let redis = redis_client::lazy_manager(redis, redis_client::RESPONSE_TIMEOUT)?;
     let keys = Keys::new(config.common.namespace.clone());
     let throttle = throttle::LoginThrottle::new(redis.clone(), keys.clone(), config.auth.login);
+    let queue_admin = admin::QueueAdminService::new(redis.clone(), keys.clone());
     let publisher = Publisher::new(redis, keys);
 
     let stop = CancellationToken::new();
@@ -118,8 +178,6 @@ pub async fn run_with_hashing(
         stop.clone(),
     ));
 
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let publishes = tokio_util::task::TaskTracker::new();
     let auth = service::Auth {
@@ -135,37 +193,66 @@ pub async fn run_with_hashing(
     }
     tls::log_mode(config.tls.as_ref(), address);
 
+    let public_routes = tonic::service::Routes::new(health_service.clone())
+        .add_service(reflection(pb::FILE_DESCRIPTOR_SET).build_v1()?)
+        .add_service(reflection(pb::FILE_DESCRIPTOR_SET).build_v1alpha()?)
+        .add_service(
+            pb::simple_bank_server::SimpleBankServer::new(bank)
+                .max_decoding_message_size(framing::MAX_REQUEST_BYTES),
+        );
+
     let stopping = stop.clone();
-    let connections = config.limits.connections;
-    // Layers run in this order. Framing wraps the body before back-pressure reads it whole.
     // Calls in flight get their request timeout (and the body deadline) to finish after the
     // shutdown signal; streams that never end on their own (health Watch) are then cut.
     let drain_limit = config.limits.body_timeout + config.limits.request_timeout;
     let draining = CancellationToken::new();
     let drain_started = draining.clone();
-    let serve = tls::server_builder(config.tls.as_ref())?
-        .max_concurrent_streams(connections.max_streams_per_connection)
-        .http2_keepalive_interval(Some(connections.keepalive_interval))
-        .http2_keepalive_timeout(Some(connections.keepalive_timeout))
-        .layer(connection::StreamCountLayer)
-        .layer(call_log::CallLogLayer)
-        .layer(framing::FramingLayer)
-        .layer(backpressure::BackpressureLayer::new(config.limits))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(
-            pb::simple_bank_server::SimpleBankServer::new(bank)
-                .max_decoding_message_size(framing::MAX_REQUEST_BYTES),
-        )
-        .serve_with_incoming_shutdown(connection::incoming(listener, connections), async move {
+    let public = serve(
+        public_routes,
+        config.tls.as_ref(),
+        config.limits,
+        AdminAuthLayer::new(None),
+        listener,
+        async move {
             shutdown.await;
             tracing::info!("shutting down: refusing new calls, finishing calls in flight");
             stopping.cancel();
             health::set_not_serving(&reporter).await;
             drain_started.cancel();
-        });
-    let served = tokio::select! {
+        },
+    );
+    let admin = async {
+        let Some(admin_listener) = admin_listener else {
+            return Ok(());
+        };
+        let address = admin_listener.local_addr().ok();
+        admin::log_start(address, &config.admin);
+        let routes = tonic::service::Routes::new(health_service)
+            .add_service(reflection(pb::admin::FILE_DESCRIPTOR_SET).build_v1()?)
+            .add_service(reflection(pb::admin::FILE_DESCRIPTOR_SET).build_v1alpha()?)
+            .add_service(
+                pb::admin::queue_admin_server::QueueAdminServer::new(queue_admin)
+                    .max_decoding_message_size(framing::MAX_REQUEST_BYTES),
+            );
+        // Its own budget of calls and connections: operators can look while the public port
+        // is saturated, and admin calls never take a sign-up's slot.
+        let draining = draining.clone();
+        serve(
+            routes,
+            config.tls.as_ref(),
+            config.limits,
+            AdminAuthLayer::new(config.admin.token.as_ref()),
+            admin_listener,
+            async move { draining.cancelled().await },
+        )
+        .await
+        .map_err(ServerError::from)
+    };
+    // A listener that fails stops the other: the server is not half up.
+    let serve = async {
+        tokio::try_join!(async { public.await.map_err(ServerError::from) }, admin).map(|_| ())
+    };
+    let served: Result<(), ServerError> = tokio::select! {
         served = serve => served,
         () = async {
             draining.cancelled().await;
@@ -183,14 +270,42 @@ pub async fn run_with_hashing(
     publishes.wait().await;
     let _ = tokio::join!(health, relay);
     tracing::info!("gRPC server stopped");
-    Ok(served?)
+    served
 }
 
-/// Reflection knows our API, health, and `google.rpc` error details (so grpcurl and Evans can
-/// print a BadRequest's field violations).
-fn reflection() -> tonic_reflection::server::Builder<'static> {
+/// One listener's server: the hardening stack (stream counting, the call log, the token check
+/// where there is one, framing, back-pressure with a budget of its own) around `routes`, with
+/// TLS when configured, until `shutdown` resolves.
+async fn serve(
+    routes: tonic::service::Routes,
+    tls: Option<&TlsConfig>,
+    limits: CallLimits,
+    auth: AdminAuthLayer,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let connections = limits.connections;
+    // Layers run in this order. Framing wraps the body before back-pressure reads it whole;
+    // the token is checked before either reads anything.
+    tls::server_builder(tls)?
+        .max_concurrent_streams(connections.max_streams_per_connection)
+        .http2_keepalive_interval(Some(connections.keepalive_interval))
+        .http2_keepalive_timeout(Some(connections.keepalive_timeout))
+        .layer(connection::StreamCountLayer)
+        .layer(call_log::CallLogLayer)
+        .layer(auth)
+        .layer(framing::FramingLayer)
+        .layer(backpressure::BackpressureLayer::new(limits))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(connection::incoming(listener, connections), shutdown)
+        .await
+}
+
+/// Reflection knows one API (`descriptors`), health, and `google.rpc` error details (so grpcurl
+/// and Evans can print a BadRequest's field violations).
+fn reflection(descriptors: &'static [u8]) -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(descriptors)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }

@@ -92,3 +92,34 @@ pub fn internal(err: &dyn Error) -> Status {
     tracing::error!(error = %chain(err), "internal error");
     Status::internal("internal error")
 }
+
+/// INVALID_ARGUMENT with one `google.rpc.BadRequest` violation naming `field`.
+pub fn bad_field(field: &str, description: &str) -> Status {
+    let mut details = ErrorDetails::new();
+    details.add_bad_request_violation(field, description);
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("{field}: {description}"),
+        details,
+    )
+}
+
+/// The admin operations' outcomes: NOT_FOUND for an unknown queue or task, INVALID_ARGUMENT
+/// naming `page_token`, UNAVAILABLE when Redis is down or does not answer in time, INTERNAL
+/// (logged) for the rest.
+pub fn from_admin(err: simplebank_queue::admin::AdminError) -> Status {
+    use simplebank_queue::admin::AdminError;
+    match err {
+        AdminError::QueueNotFound(queue) => Status::not_found(format!("queue {queue} not found")),
+        AdminError::TaskNotFound => Status::not_found("task not found"),
+        AdminError::PageToken => bad_field(
+            "page_token",
+            "is not a token this server issued for this queue and state",
+        ),
+        err @ (AdminError::Unavailable(_) | AdminError::TimedOut(_)) => {
+            tracing::warn!(error = %chain(&err), "admin call: Redis unavailable");
+            Status::unavailable("Redis is unavailable; try again later")
+        }
+        other => internal(&other),
+    }
+}

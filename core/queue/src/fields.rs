@@ -98,6 +98,45 @@ pub(crate) fn scheduled_member(envelope: &Envelope) -> String {
     serde_json::json!({ "queue": envelope.task.queue.as_str(), "fields": fields }).to_string()
 }
 
+/// The task held by a scheduled-set member of `queue` (see [`scheduled_member`]).
+pub(crate) fn decode_member(queue: QueueName, member: &str) -> Result<Envelope, DecodeError> {
+    let fields = member_fields(member)?;
+    decode_with(queue, &|name| {
+        fields
+            .iter()
+            .find(|(field, _)| field == name)
+            .map(|(_, value)| value)
+    })
+}
+
+/// The task id of a scheduled-set member, without decoding the rest.
+pub(crate) fn decode_member_id(member: &str) -> Option<String> {
+    member_text(member)
+        .ok()?
+        .chunks_exact(2)
+        .find(|pair| pair[0] == "id")
+        .map(|pair| pair[1].clone())
+}
+
+/// The `fields` of a member: name, value, name, value...
+fn member_text(member: &str) -> Result<Vec<String>, DecodeError> {
+    #[derive(serde::Deserialize)]
+    struct Member {
+        fields: Vec<String>,
+    }
+    serde_json::from_str::<Member>(member)
+        .map(|member| member.fields)
+        .map_err(|_| DecodeError::Invalid("fields"))
+}
+
+/// The `fields` of a member as (name, value) pairs.
+fn member_fields(member: &str) -> Result<Vec<(String, Value)>, DecodeError> {
+    Ok(member_text(member)?
+        .chunks_exact(2)
+        .map(|pair| (pair[0].clone(), Value::BulkString(pair[1].clone().into_bytes())))
+        .collect())
+}
+
 /// One stream entry as read: its id and its fields, in order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Entry {
@@ -259,6 +298,26 @@ mod tests {
         // Through the outbox's JSON form too.
         let json = serde_json::to_string(&secret.task).unwrap();
         assert!(serde_json::from_str::<Task>(&json).unwrap().is_sensitive());
+    }
+
+    #[test]
+    fn members_decode() {
+        let task = Task::new(&Welcome {
+            username: "alice".into(),
+        })
+        .unwrap();
+        let envelope = Envelope {
+            task,
+            attempt: 3,
+            first_failed_at: Some(5),
+            last_error: Some("boom".into()),
+        };
+        let member = scheduled_member(&envelope);
+        let queue = envelope.task.queue.clone();
+        assert_eq!(decode_member(queue.clone(), &member).unwrap(), envelope);
+        assert_eq!(decode_member_id(&member).as_deref(), Some(envelope.task.id()));
+        assert!(decode_member(queue, "{").is_err());
+        assert_eq!(decode_member_id("[]"), None);
     }
 
     #[test]

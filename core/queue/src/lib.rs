@@ -9,6 +9,8 @@
 //! - [`DeadLetters`] lists, requeues and deletes what could not be done, queue by queue.
 //! - [`queue_stats`] and [`known_queues`] read the state of the queues (for an admin service
 //!   and metrics).
+//! - [`admin`]: what an operator needs (queues, tasks by state with stable paging, a task by
+//!   id, requeue, cancel, pause, workers), for an admin service or a CLI.
 //!
 //! The Redis layout (one hash tag per queue) is documented once, on [`Keys`]; [`migrate`]
 //! moves a Redis written by the old layout (one hash tag per namespace) into it. The commands
@@ -60,6 +62,7 @@
 #![warn(missing_docs)]
 
 pub mod acl;
+pub mod admin;
 pub mod connection;
 mod consumer;
 mod dead;

@@ -383,7 +383,7 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// What `with_task_id` accepts: 1-200 characters, no whitespace or control characters.
-fn is_valid_task_id(id: &str) -> bool {
+pub(crate) fn is_valid_task_id(id: &str) -> bool {
     !id.is_empty()
         && id.chars().count() <= 200
         && !id.chars().any(|c| c.is_whitespace() || c.is_control())

@@ -46,6 +46,8 @@ pub(crate) fn server_command(
         .env("REDIS_ADDRESS", &redis.address)
         .env("REDIS_NAMESPACE", redis.namespace.as_str())
         .env("GRPC_SERVER_ADDRESS", address)
+        // Tests run in parallel: none may take the admin listener's default port.
+        .env("ADMIN_GRPC_ADDRESS", "off")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -30,6 +30,7 @@ fn config(db_url: Secret<String>, redis: &TestRedis) -> ServerConfig {
         tls: None,
         limits: Default::default(),
         auth: crate::helpers::test_auth(),
+        admin: simplebank_server::admin::config::AdminConfig::off(),
     }
 }
 

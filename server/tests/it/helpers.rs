@@ -12,6 +12,7 @@ use simplebank_core::{
 use simplebank_queue::{Backoff, ConsumerSettings};
 use simplebank_server::{
     ServerConfig, ServerError,
+    admin::config::AdminConfig,
     config::{AuthConfig, CallLimits},
     pb::{CreateUserRequest, simple_bank_client::SimpleBankClient},
 };
@@ -85,6 +86,7 @@ impl TestServer {
             tls: None,
             limits,
             auth,
+            admin: AdminConfig::off(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

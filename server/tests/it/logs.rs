@@ -88,6 +88,7 @@ async fn the_logs_read_like_an_operators_log() {
         ("REDIS_ADDRESS", redis.address.clone()),
         ("REDIS_NAMESPACE", redis.namespace.as_str().to_owned()),
         ("GRPC_SERVER_ADDRESS", grpc.clone()),
+        ("ADMIN_GRPC_ADDRESS", "off".to_owned()),
         ("EMAIL_FILE_DIR", mail.display().to_string()),
     ];
     let server_bin = binary("simplebank-server");

@@ -1,6 +1,7 @@
 //! Integration tests of the server, against real PostgreSQL and Redis (one database and one
 //! Redis namespace per test). `make test` starts the services and installs grpcurl.
 
+mod admin;
 mod backpressure;
 mod certs;
 mod connections;

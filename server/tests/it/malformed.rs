@@ -19,7 +19,7 @@ const CREATE_USER: &str = "/simplebank.v1.SimpleBank/CreateUser";
 const VERIFY_EMAIL: &str = "/simplebank.v1.SimpleBank/VerifyEmail";
 
 /// One gRPC message frame: flag 0, big-endian length, the bytes.
-fn frame(message: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(message: &[u8]) -> Vec<u8> {
     let len = u32::try_from(message.len()).expect("length");
     let mut out = vec![0];
     out.extend_from_slice(&len.to_be_bytes());
@@ -29,11 +29,25 @@ fn frame(message: &[u8]) -> Vec<u8> {
 
 /// Sends `body` as the whole request body of `path`; returns the status code and message.
 async fn call(channel: &Channel, path: &str, body: Vec<u8>) -> (Code, String) {
-    let request = http::Request::builder()
+    call_with(channel, path, body, &[]).await
+}
+
+/// [`call`] with extra request `headers`.
+pub(crate) async fn call_with(
+    channel: &Channel,
+    path: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> (Code, String) {
+    let mut request = http::Request::builder()
         .method("POST")
         .uri(path)
         .header("content-type", "application/grpc")
-        .header("te", "trailers")
+        .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
         .body(Body::new(Full::new(Bytes::from(body))))
         .expect("request");
     let mut channel = channel.clone();

@@ -12,6 +12,7 @@ use crate::helpers::{connect_when_up, request};
 fn server() -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_simplebank-server"));
     command
+        .env("ADMIN_GRPC_ADDRESS", "off")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);

@@ -107,6 +107,7 @@ impl Stack {
             ("REDIS_ADDRESS", redis.address.clone()),
             ("REDIS_NAMESPACE", redis.namespace.as_str().to_owned()),
             ("GRPC_SERVER_ADDRESS", grpc.clone()),
+            ("ADMIN_GRPC_ADDRESS", "off".into()),
             ("ENVIRONMENT", "production".into()),
             ("TOKEN_SYMMETRIC_KEY", TOKEN_KEY.into()),
             ("RUST_LOG", rust_log.into()),
