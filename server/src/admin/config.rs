@@ -3,10 +3,7 @@
 
 use std::net::SocketAddr;
 
-use simplebank_core::{
-    config::{self, ConfigError},
-    secret::Secret,
-};
+use simplebank_core::{config::ConfigError, secret::Secret};
 
 /// Default `ADMIN_GRPC_ADDRESS`: loopback only.
 pub const DEFAULT_ADDRESS: SocketAddr = SocketAddr::new(
@@ -176,7 +173,7 @@ mod tests {
             &long,
             "0123456789abcdef 0123456789abcdef",
             "0123456789abcdef\r\n0123456789abcdef",
-            "0123456789abcdef\00123456789abcdef",
+            "0123456789abcdef\u{0}0123456789abcdef",
             "0123456789abcdef\u{202e}0123456789abcdef",
             "0123456789abcdefé0123456789abcdef",
         ];

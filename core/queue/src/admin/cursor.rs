@@ -71,7 +71,7 @@ impl Cursor {
     }
 
     fn decode(token: &str, queue: &QueueName, state: TaskState) -> Option<Self> {
-        if token.len() > MAX_TOKEN || token.len() % 2 != 0 {
+        if token.len() > MAX_TOKEN || !token.len().is_multiple_of(2) {
             return None;
         }
         let bytes = (0..token.len())

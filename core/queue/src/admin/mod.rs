@@ -154,6 +154,17 @@ impl From<DeadError> for AdminError {
     }
 }
 
+/// Whether `err` says the stream or its group does not exist (nothing enqueued or joined yet).
+fn is_absent(err: &redis::RedisError) -> bool {
+    match err.code() {
+        Some("NOGROUP") => true,
+        Some("ERR") => err
+            .detail()
+            .is_some_and(|detail| detail.to_ascii_lowercase().contains("no such key")),
+        _ => false,
+    }
+}
+
 /// Whether `id` is a well-formed task id (1-200 characters, no whitespace or control
 /// characters), as `Task::with_task_id` requires.
 pub fn is_valid_task_id(id: &str) -> bool {

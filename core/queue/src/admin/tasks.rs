@@ -237,7 +237,7 @@ async fn last_delivered(admin: &Admin, key: &str) -> Result<Option<EntryId>, Adm
     let groups = match reply {
         Ok(groups) => groups,
         // No such key: nothing was ever enqueued, nothing delivered.
-        Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
+        Err(err) if super::is_absent(&err) => {
             return Ok(None);
         }
         Err(err) => return Err(err.into()),
@@ -287,7 +287,7 @@ async fn active(
     let held = match reply {
         Ok(reply) => reply.ids,
         // No stream or no group yet: nothing delivered.
-        Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
+        Err(err) if super::is_absent(&err) => {
             Vec::new()
         }
         Err(err) => return Err(err.into()),

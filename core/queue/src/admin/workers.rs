@@ -50,9 +50,7 @@ pub(super) async fn list(
         let consumers = match reply {
             Ok(reply) => reply.consumers,
             // No stream or no group yet: nobody joined.
-            Err(err)
-                if err.kind()
-                    == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+            Err(err) if super::is_absent(&err) =>
             {
                 continue;
             }
