@@ -8,7 +8,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let well_known = protoc_bin_vendored::include_path()?;
     for (proto, descriptor) in [
-        ("simplebank/v1/simple_bank.proto", "simplebank_descriptor.bin"),
+        (
+            "simplebank/v1/simple_bank.proto",
+            "simplebank_descriptor.bin",
+        ),
         (
             "simplebank/admin/v1/queue_admin.proto",
             "simplebank_admin_descriptor.bin",

@@ -37,7 +37,6 @@ use tower::{Layer, Service};
 
 use crate::config::CallLimits;
 
-
 /// The delay a shed call is told to wait before it retries.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 

@@ -39,7 +39,10 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// The path prefixes of the unary services (`SimpleBank` on the public listener, `QueueAdmin`
 /// on the admin one), whose calls carry exactly one message each.
-pub const UNARY_SERVICES: [&str; 2] = ["/simplebank.v1.SimpleBank/", "/simplebank.admin.v1.QueueAdmin/"];
+pub const UNARY_SERVICES: [&str; 2] = [
+    "/simplebank.v1.SimpleBank/",
+    "/simplebank.admin.v1.QueueAdmin/",
+];
 
 /// Whether `path` is a call of one of the [`UNARY_SERVICES`].
 pub fn is_unary(path: &str) -> bool {

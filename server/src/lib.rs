@@ -178,7 +178,6 @@ pub async fn run_with(
         stop.clone(),
     ));
 
-
     let publishes = tokio_util::task::TaskTracker::new();
     let auth = service::Auth {
         tokens: config.auth.token_maker(),

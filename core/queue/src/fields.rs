@@ -133,7 +133,12 @@ fn member_text(member: &str) -> Result<Vec<String>, DecodeError> {
 fn member_fields(member: &str) -> Result<Vec<(String, Value)>, DecodeError> {
     Ok(member_text(member)?
         .chunks_exact(2)
-        .map(|pair| (pair[0].clone(), Value::BulkString(pair[1].clone().into_bytes())))
+        .map(|pair| {
+            (
+                pair[0].clone(),
+                Value::BulkString(pair[1].clone().into_bytes()),
+            )
+        })
         .collect())
 }
 
@@ -288,7 +293,12 @@ mod tests {
 
     #[test]
     fn the_sensitive_mark_travels_with_the_task() {
-        let plain = Envelope::first(Task::new(&Welcome { username: "a".into() }).unwrap());
+        let plain = Envelope::first(
+            Task::new(&Welcome {
+                username: "a".into(),
+            })
+            .unwrap(),
+        );
         assert!(!encode(&plain).iter().any(|(name, _)| *name == "sensitive"));
         let secret = Envelope::first(Task::new(&Reset { token: "t".into() }).unwrap());
         assert!(secret.task.is_sensitive());
@@ -315,7 +325,10 @@ mod tests {
         let member = scheduled_member(&envelope);
         let queue = envelope.task.queue.clone();
         assert_eq!(decode_member(queue.clone(), &member).unwrap(), envelope);
-        assert_eq!(decode_member_id(&member).as_deref(), Some(envelope.task.id()));
+        assert_eq!(
+            decode_member_id(&member).as_deref(),
+            Some(envelope.task.id())
+        );
         assert!(decode_member(queue, "{").is_err());
         assert_eq!(decode_member_id("[]"), None);
     }

@@ -119,12 +119,8 @@ mod tests {
     fn only_the_token_passes() {
         let token = Secret::new("0123456789abcdef0123456789abcdef".to_owned());
         let layer = AdminAuthLayer::new(Some(&token));
-        assert!(layer.allows(&headers(Some(
-            "bearer 0123456789abcdef0123456789abcdef"
-        ))));
-        assert!(layer.allows(&headers(Some(
-            "Bearer 0123456789abcdef0123456789abcdef"
-        ))));
+        assert!(layer.allows(&headers(Some("bearer 0123456789abcdef0123456789abcdef"))));
+        assert!(layer.allows(&headers(Some("Bearer 0123456789abcdef0123456789abcdef"))));
         for bad in [
             None,
             Some(""),

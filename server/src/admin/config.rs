@@ -6,10 +6,8 @@ use std::net::SocketAddr;
 use simplebank_core::{config::ConfigError, secret::Secret};
 
 /// Default `ADMIN_GRPC_ADDRESS`: loopback only.
-pub const DEFAULT_ADDRESS: SocketAddr = SocketAddr::new(
-    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-    9091,
-);
+pub const DEFAULT_ADDRESS: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9091);
 
 /// The value of `ADMIN_GRPC_ADDRESS` that turns the admin listener off.
 pub const OFF: &str = "off";
@@ -39,9 +37,10 @@ impl AdminConfig {
         const ADDRESS: &str = "ADMIN_GRPC_ADDRESS";
         let address = match std::env::var_os(ADDRESS) {
             None => Some(DEFAULT_ADDRESS),
-            Some(raw) => parse_address(raw.to_str().ok_or_else(|| {
-                ConfigError::new(ADDRESS, "the value is not valid UTF-8")
-            })?)?,
+            Some(raw) => parse_address(
+                raw.to_str()
+                    .ok_or_else(|| ConfigError::new(ADDRESS, "the value is not valid UTF-8"))?,
+            )?,
         };
         let token = match std::env::var_os("ADMIN_TOKEN") {
             None => None,

@@ -101,10 +101,7 @@ fn selection(ids: &[String], all: bool) -> Result<Selection<'_>, Status> {
             }
             Ok(Selection::Ids(ids))
         }
-        _ => Err(status::bad_field(
-            "ids",
-            "set exactly one of ids and all",
-        )),
+        _ => Err(status::bad_field("ids", "set exactly one of ids and all")),
     }
 }
 
@@ -291,7 +288,11 @@ impl queue_admin_server::QueueAdmin for QueueAdminService {
         request: Request<pb::ResumeQueueRequest>,
     ) -> Result<Response<pb::ResumeQueueResponse>, Status> {
         let queue = queue("queue", &request.into_inner().queue)?;
-        let changed = self.admin.resume(&queue).await.map_err(status::from_admin)?;
+        let changed = self
+            .admin
+            .resume(&queue)
+            .await
+            .map_err(status::from_admin)?;
         if changed {
             tracing::info!(%queue, "queue resumed");
         }

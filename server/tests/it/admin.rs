@@ -16,8 +16,8 @@ use simplebank_core::testing::{
     RedisServer, TestDb, TestRedis, eventually, free_port, stop_gracefully,
 };
 use simplebank_queue::{
-    Backoff, ConsumerSettings, HandlerError, Handlers, Publisher, QueueName, Task,
-    TaskContext, TaskPayload, Worker, connection,
+    Backoff, ConsumerSettings, HandlerError, Handlers, Publisher, QueueName, Task, TaskContext,
+    TaskPayload, Worker, connection,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +56,6 @@ impl TaskPayload for Secret {
 
 /// The server binary with its admin listener on a port of its own.
 struct AdminServer {
-    public: String,
     admin: String,
     child: tokio::process::Child,
 }
@@ -73,11 +72,7 @@ impl AdminServer {
             command.env(name, value);
         }
         let child = command.spawn().expect("start simplebank-server");
-        let server = Self {
-            public,
-            admin,
-            child,
-        };
+        let server = Self { admin, child };
         let target = server.admin.clone();
         eventually(
             "the admin listener answers health",
@@ -221,7 +216,9 @@ impl TestWorker {
                     "dead" => Err(HandlerError::skip_retry(std::io::Error::other("refused"))),
                     "hold" => {
                         cx.shutting_down().await;
-                        Err(HandlerError::not_a_failure(std::io::Error::other("stopped")))
+                        Err(HandlerError::not_a_failure(std::io::Error::other(
+                            "stopped",
+                        )))
                     }
                     _ => {
                         counter.fetch_add(1, Ordering::SeqCst);
@@ -277,10 +274,14 @@ async fn the_admin_listener_is_its_own_and_refuses_a_missing_or_wrong_token() {
     let right = format!("authorization: bearer {TOKEN}");
     let target = admin.clone();
     let header = right.clone();
-    eventually("the admin listener answers", Duration::from_secs(30), move || {
-        let (target, header) = (target.clone(), header.clone());
-        async move { run_grpcurl(&["-plaintext", "-H", &header, &target, "list"]).0 }
-    })
+    eventually(
+        "the admin listener answers",
+        Duration::from_secs(30),
+        move || {
+            let (target, header) = (target.clone(), header.clone());
+            async move { run_grpcurl(&["-plaintext", "-H", &header, &target, "list"]).0 }
+        },
+    )
     .await;
 
     // With the token: reflection lists the admin service, health answers, calls work.
@@ -301,12 +302,13 @@ async fn the_admin_listener_is_its_own_and_refuses_a_missing_or_wrong_token() {
     // with one message.
     let wrong = format!("authorization: bearer {}x", &TOKEN[..TOKEN.len() - 1]);
     let mut messages = Vec::new();
-    for header in [None, Some(wrong.as_str()), Some("authorization: basic x"), Some("authorization: bearer")] {
-        for call in [
-            vec!["list"],
-            vec!["grpc.health.v1.Health/Check"],
-            vec![],
-        ] {
+    for header in [
+        None,
+        Some(wrong.as_str()),
+        Some("authorization: basic x"),
+        Some("authorization: bearer"),
+    ] {
+        for call in [vec!["list"], vec!["grpc.health.v1.Health/Check"], vec![]] {
             let mut args = vec!["-plaintext"];
             if let Some(header) = header {
                 args.extend(["-H", header]);
@@ -344,7 +346,12 @@ async fn the_admin_listener_is_its_own_and_refuses_a_missing_or_wrong_token() {
             );
         }
     }
-    assert!(messages.iter().all(|m| m.contains("missing or invalid admin token")), "{messages:?}");
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.contains("missing or invalid admin token")),
+        "{messages:?}"
+    );
 
     // The public listener never serves the admin service: not in its reflection, and a call
     // with the admin proto is UNIMPLEMENTED there, token or not.
@@ -368,7 +375,10 @@ async fn the_admin_listener_is_its_own_and_refuses_a_missing_or_wrong_token() {
     let log = std::fs::read_to_string(logs.0.join("server.log")).expect("server log");
     assert!(log.contains("start admin gRPC server"), "{log}");
     assert!(!log.contains(TOKEN), "the token is in the log");
-    assert!(!log.contains(&TOKEN[..20]), "part of the token is in the log");
+    assert!(
+        !log.contains(&TOKEN[..20]),
+        "part of the token is in the log"
+    );
 }
 
 #[tokio::test]
@@ -377,11 +387,26 @@ async fn the_server_refuses_to_start_with_a_reachable_admin_address_without_a_to
     let port = free_port();
     let secret_looking = "tooshort-but-secret";
     for (env, named) in [
-        (vec![("ADMIN_GRPC_ADDRESS", format!("0.0.0.0:{port}"))], vec!["ADMIN_GRPC_ADDRESS", "ADMIN_TOKEN"]),
-        (vec![("ADMIN_GRPC_ADDRESS", format!("[::]:{port}"))], vec!["ADMIN_GRPC_ADDRESS", "ADMIN_TOKEN"]),
-        (vec![("ADMIN_GRPC_ADDRESS", "admin.example:9091".into())], vec!["ADMIN_GRPC_ADDRESS"]),
-        (vec![("ADMIN_GRPC_ADDRESS", String::new())], vec!["ADMIN_GRPC_ADDRESS"]),
-        (vec![("ADMIN_TOKEN", secret_looking.into())], vec!["ADMIN_TOKEN"]),
+        (
+            vec![("ADMIN_GRPC_ADDRESS", format!("0.0.0.0:{port}"))],
+            vec!["ADMIN_GRPC_ADDRESS", "ADMIN_TOKEN"],
+        ),
+        (
+            vec![("ADMIN_GRPC_ADDRESS", format!("[::]:{port}"))],
+            vec!["ADMIN_GRPC_ADDRESS", "ADMIN_TOKEN"],
+        ),
+        (
+            vec![("ADMIN_GRPC_ADDRESS", "admin.example:9091".into())],
+            vec!["ADMIN_GRPC_ADDRESS"],
+        ),
+        (
+            vec![("ADMIN_GRPC_ADDRESS", String::new())],
+            vec!["ADMIN_GRPC_ADDRESS"],
+        ),
+        (
+            vec![("ADMIN_TOKEN", secret_looking.into())],
+            vec!["ADMIN_TOKEN"],
+        ),
         (vec![("ADMIN_TOKEN", String::new())], vec!["ADMIN_TOKEN"]),
         (
             vec![("ADMIN_TOKEN", format!("{TOKEN}\u{7}"))],
@@ -409,7 +434,10 @@ async fn the_server_refuses_to_start_with_a_reachable_admin_address_without_a_to
         for var in named {
             assert!(stderr.contains(var), "{env:?}: {stderr}");
         }
-        assert!(!stderr.contains(secret_looking) && !stderr.contains(TOKEN), "{stderr}");
+        assert!(
+            !stderr.contains(secret_looking) && !stderr.contains(TOKEN),
+            "{stderr}"
+        );
     }
     // With a token, the same address starts (and `off` turns the listener off).
     let public = format!("127.0.0.1:{}", free_port());
@@ -420,10 +448,14 @@ async fn the_server_refuses_to_start_with_a_reachable_admin_address_without_a_to
         .expect("start simplebank-server");
     let header = format!("authorization: bearer {TOKEN}");
     let admin = format!("127.0.0.1:{port}");
-    eventually("the admin listener answers", Duration::from_secs(30), || {
-        let (admin, header) = (admin.clone(), header.clone());
-        async move { run_grpcurl(&["-plaintext", "-H", &header, &admin, "list"]).0 }
-    })
+    eventually(
+        "the admin listener answers",
+        Duration::from_secs(30),
+        || {
+            let (admin, header) = (admin.clone(), header.clone());
+            async move { run_grpcurl(&["-plaintext", "-H", &header, &admin, "list"]).0 }
+        },
+    )
     .await;
     stop_gracefully(&mut child).await;
 }
@@ -444,10 +476,16 @@ async fn list_queues_counts_a_known_mix_of_pending_active_scheduled_retrying_and
         publish(&publisher, "dead", None).await;
     }
     publish(&publisher, "hold", None).await;
-    eventually("the worker settled what it could", Duration::from_secs(20), || async {
-        let queue = server.queue(QUEUE);
-        count(&queue, "retry") == 2 && count(&queue, "dead") == 4 && count(&queue, "active") == 1
-    })
+    eventually(
+        "the worker settled what it could",
+        Duration::from_secs(20),
+        || async {
+            let queue = server.queue(QUEUE);
+            count(&queue, "retry") == 2
+                && count(&queue, "dead") == 4
+                && count(&queue, "active") == 1
+        },
+    )
     .await;
     assert_eq!(worker.done.load(Ordering::SeqCst), 3);
 
@@ -477,11 +515,20 @@ async fn list_queues_counts_a_known_mix_of_pending_active_scheduled_retrying_and
     assert_eq!(count(&queue, "retry"), 2, "{queue}");
     assert_eq!(count(&queue, "dead"), 4, "{queue}");
     assert_eq!(queue["weight"], 2, "{queue}");
-    assert!(queue["paused"].is_null() || queue["paused"] == false, "{queue}");
+    assert!(
+        queue["paused"].is_null() || queue["paused"] == false,
+        "{queue}"
+    );
     assert!(queue["oldestPendingAge"].is_string(), "{queue}");
 
     // Each state lists its tasks.
-    for (state, expected) in [("PENDING", 5), ("ACTIVE", 1), ("SCHEDULED", 3), ("RETRY", 2), ("DEAD", 4)] {
+    for (state, expected) in [
+        ("PENDING", 5),
+        ("ACTIVE", 1),
+        ("SCHEDULED", 3),
+        ("RETRY", 2),
+        ("DEAD", 4),
+    ] {
         let page = server.ok(
             "ListTasks",
             &format!(r#"{{"queue":"{QUEUE}","state":"{state}"}}"#),
@@ -491,9 +538,17 @@ async fn list_queues_counts_a_known_mix_of_pending_active_scheduled_retrying_and
         assert!(tasks.iter().all(|t| t["state"] == state), "{page}");
         assert!(page["nextPageToken"].is_null(), "{page}");
     }
-    let retry = server.ok("ListTasks", &format!(r#"{{"queue":"{QUEUE}","state":"RETRY"}}"#));
+    let retry = server.ok(
+        "ListTasks",
+        &format!(r#"{{"queue":"{QUEUE}","state":"RETRY"}}"#),
+    );
     let retrying = &retry["tasks"][0];
-    assert!(retrying["lastError"].as_str().is_some_and(|e| e.contains("try later")), "{retry}");
+    assert!(
+        retrying["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("try later")),
+        "{retry}"
+    );
     assert!(retrying["nextRunAt"].is_string(), "{retry}");
     server.stop().await;
 }
@@ -515,7 +570,12 @@ async fn get_task_shows_a_payload_only_when_the_task_is_not_sensitive() {
     assert_eq!(shown["task"]["state"], "PENDING", "{shown}");
     assert_eq!(shown["task"]["queue"], QUEUE, "{shown}");
     assert_eq!(shown["task"]["type"], "test:admin_job", "{shown}");
-    assert!(shown["task"]["payload"].as_str().is_some_and(|p| p.contains("\"ok\"")), "{shown}");
+    assert!(
+        shown["task"]["payload"]
+            .as_str()
+            .is_some_and(|p| p.contains("\"ok\"")),
+        "{shown}"
+    );
 
     let hidden = server.ok(
         "GetTask",
@@ -523,7 +583,10 @@ async fn get_task_shows_a_payload_only_when_the_task_is_not_sensitive() {
     );
     assert_eq!(hidden["task"]["state"], "SCHEDULED", "{hidden}");
     assert_eq!(hidden["task"]["payloadRedacted"], true, "{hidden}");
-    let listed = server.ok("ListTasks", &format!(r#"{{"queue":"{QUEUE}","state":"SCHEDULED"}}"#));
+    let listed = server.ok(
+        "ListTasks",
+        &format!(r#"{{"queue":"{QUEUE}","state":"SCHEDULED"}}"#),
+    );
     for text in [hidden.to_string(), listed.to_string()] {
         assert!(!text.contains("do-not-show-me"), "{text}");
     }
@@ -564,7 +627,11 @@ async fn requeue_all_run_twice_at_once_moves_each_dead_task_exactly_once() {
         let b = scope.spawn(|| server.ok("RequeueDeadTasks", &body));
         (a.join().expect("first"), b.join().expect("second"))
     });
-    assert_eq!(count(&a, "requeued") + count(&b, "requeued"), DEAD, "{a} {b}");
+    assert_eq!(
+        count(&a, "requeued") + count(&b, "requeued"),
+        DEAD,
+        "{a} {b}"
+    );
     let queue = server.queue(QUEUE);
     assert_eq!(count(&queue, "dead"), 0, "{queue}");
     assert_eq!(count(&queue, "pending"), DEAD, "{queue}");
@@ -578,7 +645,10 @@ async fn requeue_all_run_twice_at_once_moves_each_dead_task_exactly_once() {
     })
     .await;
     worker.stop().await;
-    let dead = server.ok("ListTasks", &format!(r#"{{"queue":"{QUEUE}","state":"DEAD","pageSize":3}}"#));
+    let dead = server.ok(
+        "ListTasks",
+        &format!(r#"{{"queue":"{QUEUE}","state":"DEAD","pageSize":3}}"#),
+    );
     let ids: Vec<String> = dead["tasks"]
         .as_array()
         .expect("tasks")
@@ -593,7 +663,12 @@ async fn requeue_all_run_twice_at_once_moves_each_dead_task_exactly_once() {
 }
 
 /// Pages through `state` of [`QUEUE`], calling `between` after each page; the ids listed.
-fn page_through(server: &AdminServer, state: &str, size: u32, mut between: impl FnMut(usize)) -> Vec<String> {
+fn page_through(
+    server: &AdminServer,
+    state: &str,
+    size: u32,
+    mut between: impl FnMut(usize),
+) -> Vec<String> {
     let mut ids = Vec::new();
     let mut token = String::new();
     for page in 0.. {
@@ -604,7 +679,11 @@ fn page_through(server: &AdminServer, state: &str, size: u32, mut between: impl 
         let reply = server.ok("ListTasks", &body);
         let tasks = reply["tasks"].as_array().cloned().unwrap_or_default();
         assert!(tasks.len() <= size as usize, "{reply}");
-        ids.extend(tasks.iter().map(|t| t["id"].as_str().expect("id").to_owned()));
+        ids.extend(
+            tasks
+                .iter()
+                .map(|t| t["id"].as_str().expect("id").to_owned()),
+        );
         between(page);
         match reply["nextPageToken"].as_str() {
             Some(next) if !next.is_empty() => token = next.to_owned(),
@@ -628,9 +707,15 @@ async fn paging_is_stable_while_tasks_move() {
     let mut stays = Vec::new();
     let mut goes = Vec::new();
     for n in 0..40 {
-        let task = Task::new(&Job { action: "ok".into() })
-            .expect("task")
-            .with_process_at(if n < 30 { at } else { at + time::Duration::minutes(n) });
+        let task = Task::new(&Job {
+            action: "ok".into(),
+        })
+        .expect("task")
+        .with_process_at(if n < 30 {
+            at
+        } else {
+            at + time::Duration::minutes(n)
+        });
         publisher.publish(&task).await.expect("publish");
         if n % 4 == 3 {
             goes.push(task.id().to_owned());
@@ -689,27 +774,86 @@ async fn malformed_input_is_invalid_argument_naming_the_field() {
     let ids: Vec<String> = (0..1001).map(|n| format!("id-{n}")).collect();
     let many_ids = serde_json::json!({ "queue": QUEUE, "ids": ids }).to_string();
     let cases: Vec<(&str, String, &str)> = vec![
-        ("ListTasks", r#"{"queue":"","state":"PENDING"}"#.into(), "queue"),
-        ("ListTasks", r#"{"queue":"a\r\nb","state":"PENDING"}"#.into(), "queue"),
-        ("ListTasks", r#"{"queue":"a\u0000b","state":"PENDING"}"#.into(), "queue"),
-        ("ListTasks", r#"{"queue":"a\u202eb","state":"PENDING"}"#.into(), "queue"),
-        ("ListTasks", r#"{"queue":"{x}","state":"PENDING"}"#.into(), "queue"),
-        ("ListTasks", format!(r#"{{"queue":"{huge}","state":"PENDING"}}"#), "queue"),
+        (
+            "ListTasks",
+            r#"{"queue":"","state":"PENDING"}"#.into(),
+            "queue",
+        ),
+        (
+            "ListTasks",
+            r#"{"queue":"a\r\nb","state":"PENDING"}"#.into(),
+            "queue",
+        ),
+        (
+            "ListTasks",
+            r#"{"queue":"a\u0000b","state":"PENDING"}"#.into(),
+            "queue",
+        ),
+        (
+            "ListTasks",
+            r#"{"queue":"a\u202eb","state":"PENDING"}"#.into(),
+            "queue",
+        ),
+        (
+            "ListTasks",
+            r#"{"queue":"{x}","state":"PENDING"}"#.into(),
+            "queue",
+        ),
+        (
+            "ListTasks",
+            format!(r#"{{"queue":"{huge}","state":"PENDING"}}"#),
+            "queue",
+        ),
         ("ListTasks", format!(r#"{{"queue":"{QUEUE}"}}"#), "state"),
-        ("ListTasks", format!(r#"{{"queue":"{QUEUE}","state":42}}"#), "state"),
-        ("ListTasks", format!(r#"{{"queue":"{QUEUE}","state":"DEAD","pageSize":1001}}"#), "page_size"),
-        ("ListTasks", format!(r#"{{"queue":"{QUEUE}","state":"DEAD","pageToken":"zz"}}"#), "page_token"),
-        ("ListTasks", format!(r#"{{"queue":"{QUEUE}","state":"DEAD","pageToken":"{}"}}"#, "ab".repeat(3000)), "page_token"),
+        (
+            "ListTasks",
+            format!(r#"{{"queue":"{QUEUE}","state":42}}"#),
+            "state",
+        ),
+        (
+            "ListTasks",
+            format!(r#"{{"queue":"{QUEUE}","state":"DEAD","pageSize":1001}}"#),
+            "page_size",
+        ),
+        (
+            "ListTasks",
+            format!(r#"{{"queue":"{QUEUE}","state":"DEAD","pageToken":"zz"}}"#),
+            "page_token",
+        ),
+        (
+            "ListTasks",
+            format!(
+                r#"{{"queue":"{QUEUE}","state":"DEAD","pageToken":"{}"}}"#,
+                "ab".repeat(3000)
+            ),
+            "page_token",
+        ),
         ("GetTask", r#"{"id":""}"#.into(), "id"),
         ("GetTask", r#"{"id":"a b"}"#.into(), "id"),
         ("GetTask", r#"{"id":"a\nb"}"#.into(), "id"),
-        ("GetTask", format!(r#"{{"id":"{}"}}"#, "x".repeat(201)), "id"),
+        (
+            "GetTask",
+            format!(r#"{{"id":"{}"}}"#, "x".repeat(201)),
+            "id",
+        ),
         ("GetTask", r#"{"id":"x","queue":"a:b"}"#.into(), "queue"),
         ("CancelScheduledTask", r#"{"id":"a\u0000"}"#.into(), "id"),
-        ("RequeueDeadTasks", format!(r#"{{"queue":"{QUEUE}"}}"#), "ids"),
-        ("RequeueDeadTasks", format!(r#"{{"queue":"{QUEUE}","ids":["a"],"all":true}}"#), "ids"),
+        (
+            "RequeueDeadTasks",
+            format!(r#"{{"queue":"{QUEUE}"}}"#),
+            "ids",
+        ),
+        (
+            "RequeueDeadTasks",
+            format!(r#"{{"queue":"{QUEUE}","ids":["a"],"all":true}}"#),
+            "ids",
+        ),
         ("RequeueDeadTasks", many_ids.clone(), "ids"),
-        ("DeleteDeadTasks", format!(r#"{{"queue":"{QUEUE}","ids":["a\tb"]}}"#), "ids"),
+        (
+            "DeleteDeadTasks",
+            format!(r#"{{"queue":"{QUEUE}","ids":["a\tb"]}}"#),
+            "ids",
+        ),
         ("PauseQueue", r#"{"queue":""}"#.into(), "queue"),
         ("ResumeQueue", r#"{"queue":"x y"}"#.into(), "queue"),
     ];
@@ -727,11 +871,18 @@ async fn malformed_input_is_invalid_argument_naming_the_field() {
         "ListTasks",
         &format!(r#"{{"queue":"{QUEUE}","state":"PENDING","pageSize":1}}"#),
     );
-    let token = page["nextPageToken"].as_str().expect("a next page").to_owned();
+    let token = page["nextPageToken"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
     for (queue, state) in [(QUEUE, "DEAD"), ("other", "PENDING")] {
         let body = serde_json::json!({ "queue": queue, "state": state, "pageToken": token });
         let (code, text) = server.err("ListTasks", &body.to_string());
-        let expected = if queue == QUEUE { "InvalidArgument" } else { "NotFound" };
+        let expected = if queue == QUEUE {
+            "InvalidArgument"
+        } else {
+            "NotFound"
+        };
         assert_eq!(code, expected, "{text}");
     }
 
@@ -746,17 +897,30 @@ async fn malformed_input_is_invalid_argument_naming_the_field() {
     let auth = [("authorization", bearer.as_str())];
     let path = format!("/{ADMIN}/ListTasks");
     for (body, expected) in [
-        (crate::malformed::frame(&[0xff, 0xff, 0xff]), tonic::Code::InvalidArgument),
-        (crate::malformed::frame(&[0x0a, 0x02, 0xc3, 0x28]), tonic::Code::InvalidArgument),
-        (crate::malformed::frame(&[0x10]), tonic::Code::InvalidArgument),
+        (
+            crate::malformed::frame(&[0xff, 0xff, 0xff]),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            crate::malformed::frame(&[0x0a, 0x02, 0xc3, 0x28]),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            crate::malformed::frame(&[0x10]),
+            tonic::Code::InvalidArgument,
+        ),
         (
             [crate::malformed::frame(&[]), crate::malformed::frame(&[])].concat(),
             tonic::Code::InvalidArgument,
         ),
         (vec![0, 0, 0, 0], tonic::Code::InvalidArgument),
-        (crate::malformed::frame(&vec![b'a'; 70_000]), tonic::Code::ResourceExhausted),
+        (
+            crate::malformed::frame(&vec![b'a'; 70_000]),
+            tonic::Code::ResourceExhausted,
+        ),
     ] {
-        let (code, message) = crate::malformed::call_with(&channel, &path, body.clone(), &auth).await;
+        let (code, message) =
+            crate::malformed::call_with(&channel, &path, body.clone(), &auth).await;
         assert_eq!(code, expected, "{message}");
         let (code, _) = crate::malformed::call_with(&channel, &path, body, &[]).await;
         assert_eq!(code, tonic::Code::Unauthenticated);
@@ -775,14 +939,20 @@ async fn a_hung_redis_is_unavailable_within_a_bounded_wait() {
     redis_server.pause();
     for (method, body) in [
         ("ListQueues", "{}".to_owned()),
-        ("ListTasks", format!(r#"{{"queue":"{QUEUE}","state":"PENDING"}}"#)),
+        (
+            "ListTasks",
+            format!(r#"{{"queue":"{QUEUE}","state":"PENDING"}}"#),
+        ),
         ("PauseQueue", format!(r#"{{"queue":"{QUEUE}"}}"#)),
     ] {
         let (code, text) = server.err(method, &body);
         assert_eq!(code, "Unavailable", "{method}: {text}");
     }
     redis_server.resume();
-    let (ok, text) = server.call("ListTasks", &format!(r#"{{"queue":"{QUEUE}","state":"PENDING"}}"#));
+    let (ok, text) = server.call(
+        "ListTasks",
+        &format!(r#"{{"queue":"{QUEUE}","state":"PENDING"}}"#),
+    );
     assert!(ok, "{text}");
     server.stop().await;
 }
@@ -796,24 +966,33 @@ async fn pausing_stops_processing_and_resuming_drains() {
     let body = format!(r#"{{"queue":"{QUEUE}"}}"#);
     let paused = server.ok("PauseQueue", &body);
     assert_eq!(paused["changed"], true, "{paused}");
-    assert!(server.ok("PauseQueue", &body)["changed"].is_null(), "pausing twice changes nothing");
+    assert!(
+        server.ok("PauseQueue", &body)["changed"].is_null(),
+        "pausing twice changes nothing"
+    );
     assert_eq!(server.queue(QUEUE)["paused"], true);
 
     // The pause reaches the worker within a second. A probe shows when: a task on the paused
     // queue stays pending while one published after it on the other queue is done.
     let probes = std::sync::Mutex::new(0usize);
-    eventually("the worker stops reading the paused queue", Duration::from_secs(10), || async {
-        let probe = publish(&publisher, "ok", None).await;
-        *probes.lock().expect("probes") += 1;
-        let done = worker.done.load(Ordering::SeqCst);
-        publish_to(&publisher, other(), "ok", None).await;
-        eventually("the other queue is served", Duration::from_secs(10), || async {
-            worker.done.load(Ordering::SeqCst) > done
-        })
-        .await;
-        let task = server.ok("GetTask", &format!(r#"{{"id":"{probe}"}}"#));
-        task["task"]["state"] == "PENDING"
-    })
+    eventually(
+        "the worker stops reading the paused queue",
+        Duration::from_secs(10),
+        || async {
+            let probe = publish(&publisher, "ok", None).await;
+            *probes.lock().expect("probes") += 1;
+            let done = worker.done.load(Ordering::SeqCst);
+            publish_to(&publisher, other(), "ok", None).await;
+            eventually(
+                "the other queue is served",
+                Duration::from_secs(10),
+                || async { worker.done.load(Ordering::SeqCst) > done },
+            )
+            .await;
+            let task = server.ok("GetTask", &format!(r#"{{"id":"{probe}"}}"#));
+            task["task"]["state"] == "PENDING"
+        },
+    )
     .await;
 
     // From then on, nothing of the paused queue runs, while the other queue drains.
@@ -823,20 +1002,28 @@ async fn pausing_stops_processing_and_resuming_drains() {
         publish(&publisher, "ok", None).await;
         publish_to(&publisher, other(), "ok", None).await;
     }
-    eventually("the other queue drained", Duration::from_secs(20), || async {
-        worker.done.load(Ordering::SeqCst) >= before + 10
-    })
+    eventually(
+        "the other queue drained",
+        Duration::from_secs(20),
+        || async { worker.done.load(Ordering::SeqCst) >= before + 10 },
+    )
     .await;
     let queue = server.queue(QUEUE);
-    assert_eq!(worker.done.load(Ordering::SeqCst), before + 10, "a paused queue was read");
+    assert_eq!(
+        worker.done.load(Ordering::SeqCst),
+        before + 10,
+        "a paused queue was read"
+    );
     assert!(count(&queue, "pending") >= 11, "{queue}");
 
     // Resumed, it drains.
     let resumed = server.ok("ResumeQueue", &body);
     assert_eq!(resumed["changed"], true, "{resumed}");
-    eventually("the worker drains the queue", Duration::from_secs(20), || async {
-        count(&server.queue(QUEUE), "pending") == 0
-    })
+    eventually(
+        "the worker drains the queue",
+        Duration::from_secs(20),
+        || async { count(&server.queue(QUEUE), "pending") == 0 },
+    )
     .await;
     assert!(worker.done.load(Ordering::SeqCst) >= before + 10 + 11);
     assert!(probes >= 1);

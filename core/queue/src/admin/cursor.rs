@@ -59,10 +59,11 @@ impl Cursor {
                 format!("v1:{}:{queue}:s:{score}:{tie}", state.as_str())
             }
         };
-        text.bytes().fold(String::with_capacity(text.len() * 2), |mut hex, b| {
-            let _ = write!(hex, "{b:02x}");
-            hex
-        })
+        text.bytes()
+            .fold(String::with_capacity(text.len() * 2), |mut hex, b| {
+                let _ = write!(hex, "{b:02x}");
+                hex
+            })
     }
 
     /// The position in `token`, which must be one issued for `queue` and `state`.

@@ -252,7 +252,13 @@ mod tests {
     #[test]
     fn patterns_escape_the_glob() {
         assert_eq!(member_pattern("abc"), r#"*"fields":\["id","abc",*"#);
-        assert_eq!(member_pattern("a*b?[c]"), r#"*"fields":\["id","a\*b\?\[c\]",*"#);
-        assert_eq!(member_pattern("a\"b\\c"), r#"*"fields":\["id","a\\"b\\\\c",*"#);
+        assert_eq!(
+            member_pattern("a*b?[c]"),
+            r#"*"fields":\["id","a\*b\?\[c\]",*"#
+        );
+        assert_eq!(
+            member_pattern("a\"b\\c"),
+            r#"*"fields":\["id","a\\"b\\\\c",*"#
+        );
     }
 }

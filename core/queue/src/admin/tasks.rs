@@ -12,10 +12,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use redis::{
-    Value,
-    streams::{StreamInfoGroupsReply, StreamPendingCountReply, StreamRangeReply},
-};
+use redis::streams::{StreamInfoGroupsReply, StreamPendingCountReply, StreamRangeReply};
 
 use super::{
     Admin, AdminError, TaskInfo, TaskState,
@@ -192,7 +189,11 @@ type Read = (Vec<TaskInfo>, Option<Position>);
 
 /// Keeps `page_size` of `items` (read one more to learn whether a next page exists), and the
 /// position of the last kept.
-fn page<T>(mut items: Vec<T>, page_size: usize, position: impl Fn(&T) -> Position) -> (Vec<T>, Option<Position>) {
+fn page<T>(
+    mut items: Vec<T>,
+    page_size: usize,
+    position: impl Fn(&T) -> Position,
+) -> (Vec<T>, Option<Position>) {
     if items.len() <= page_size {
         return (items, None);
     }
@@ -287,9 +288,7 @@ async fn active(
     let held = match reply {
         Ok(reply) => reply.ids,
         // No stream or no group yet: nothing delivered.
-        Err(err) if super::is_absent(&err) => {
-            Vec::new()
-        }
+        Err(err) if super::is_absent(&err) => Vec::new(),
         Err(err) => return Err(err.into()),
     };
     let (held, last) = page(held, page_size, |held| {
@@ -398,12 +397,6 @@ async fn dead(
     Ok((letters.into_iter().map(dead_info).collect(), last))
 }
 
-/// The field map of a stream entry (for tests and lookups).
-#[allow(dead_code)]
-pub(super) fn field_map(entry: &Entry) -> HashMap<String, Value> {
-    entry.fields.iter().cloned().collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,7 +420,12 @@ mod tests {
             .as_deref(),
             Some("0af7651916cd43dd8448eb211c80319c")
         );
-        for bad in ["", "00", "00-xyz-1-01", "00-0af7651916cd43dd8448eb211c80319-b-01"] {
+        for bad in [
+            "",
+            "00",
+            "00-xyz-1-01",
+            "00-0af7651916cd43dd8448eb211c80319-b-01",
+        ] {
             assert_eq!(trace_id(Some(bad)), None, "{bad}");
         }
     }
@@ -444,6 +442,9 @@ mod tests {
         let tie = tie(&member, "a\"b:c").expect("the member names its id");
         assert!(member.starts_with(&tie));
         assert!(tie.ends_with(r#""a\"b:c""#), "{tie}");
-        assert!(!tie.contains("secret-ish") && !tie.contains("payload"), "{tie}");
+        assert!(
+            !tie.contains("secret-ish") && !tie.contains("payload"),
+            "{tie}"
+        );
     }
 }

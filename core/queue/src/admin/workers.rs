@@ -50,27 +50,24 @@ pub(super) async fn list(
         let consumers = match reply {
             Ok(reply) => reply.consumers,
             // No stream or no group yet: nobody joined.
-            Err(err) if super::is_absent(&err) =>
-            {
+            Err(err) if super::is_absent(&err) => {
                 continue;
             }
             Err(err) => return Err(err.into()),
         };
         for consumer in consumers {
             let idle = Duration::from_millis(u64::try_from(consumer.idle).unwrap_or(0));
-            let worker = workers
-                .entry(consumer.name.clone())
-                .or_insert_with(|| {
-                    let (host, pid) = host_pid(&consumer.name).unzip();
-                    WorkerInfo {
-                        name: consumer.name.clone(),
-                        host,
-                        pid,
-                        tasks_held: 0,
-                        idle,
-                        queues: Vec::new(),
-                    }
-                });
+            let worker = workers.entry(consumer.name.clone()).or_insert_with(|| {
+                let (host, pid) = host_pid(&consumer.name).unzip();
+                WorkerInfo {
+                    name: consumer.name.clone(),
+                    host,
+                    pid,
+                    tasks_held: 0,
+                    idle,
+                    queues: Vec::new(),
+                }
+            });
             worker.tasks_held += u64::try_from(consumer.pending).unwrap_or(0);
             worker.idle = worker.idle.min(idle);
             worker.queues.push(queue.clone());
@@ -87,7 +84,14 @@ mod tests {
     fn default_names() {
         assert_eq!(host_pid("web-1-4242"), Some(("web-1".into(), 4242)));
         assert_eq!(host_pid("mail-3"), Some(("mail".into(), 3)));
-        for other in ["worker", "-12", "host-", "host-x", "host-0", "host-99999999999"] {
+        for other in [
+            "worker",
+            "-12",
+            "host-",
+            "host-x",
+            "host-0",
+            "host-99999999999",
+        ] {
             assert_eq!(host_pid(other), None, "{other}");
         }
     }
