@@ -229,6 +229,17 @@ impl Keys {
             format!("{{{}:*", self.ns.as_str()),
         ]
     }
+
+    /// The queue a key of this namespace belongs to (`{ns:q}:...` -> `q`), for tools that
+    /// find queues by scanning `patterns()[1]`.
+    pub fn queue_of(&self, key: &str) -> Option<QueueName> {
+        let rest = key
+            .strip_prefix('{')?
+            .strip_prefix(self.ns.as_str())?
+            .strip_prefix(':')?;
+        let (queue, _) = rest.split_once('}')?;
+        QueueName::parse(queue).ok()
+    }
 }
 
 #[cfg(test)]
@@ -252,6 +263,15 @@ mod tests {
         assert_eq!(keys.stats(&critical), "{simplebank:critical}:stats");
         assert_eq!(keys.queues(), "{simplebank}:queues");
         assert_eq!(keys.patterns(), ["{simplebank}:*", "{simplebank:*"]);
+        assert_eq!(keys.queue_of(&keys.dead(&critical)), Some(critical.clone()));
+        for other in [
+            "{simplebank}:queues",
+            "{simplebankx:q}:stream",
+            "{other:q}:stream",
+            "{simplebank:a:b}:x",
+        ] {
+            assert_eq!(keys.queue_of(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! this crate reads. Every operation is bounded in time ([`DEADLINE`]): a Redis that is down or
 //! hung is an error ([`AdminError::Unavailable`] / [`AdminError::TimedOut`]), never a wait.
 //!
-//! - [`Admin::list_queues`]: [`QueueStats`] of every registered queue.
+//! - [`Admin::list_queues`]: [`QueueStats`] of every queue (registered, or found by scanning).
 //! - [`Admin::list_tasks`]: one page of a queue's tasks in one [`TaskState`], with page tokens
 //!   that hold a position (`cursor`), so paging is stable while tasks move.
 //! - [`Admin::get_task`], [`Admin::cancel_scheduled`]: by task id (`lookup`; these scan, see
@@ -211,13 +211,13 @@ impl Admin {
         self.conn.clone()
     }
 
-    /// The registered queues, with the state of each (see [`QueueStats`]), by name. A queue
-    /// only producers have used is not listed until a worker registers it.
+    /// Every queue a worker registered, plus any other queue that has keys (one only
+    /// producers have used), with the state of each (see [`QueueStats`]), by name.
     pub async fn list_queues(&self) -> Result<Vec<QueueStats>, AdminError> {
         bounded(async {
             let mut conn = self.conn();
             let mut all = Vec::new();
-            for (queue, _weight) in known_queues(&mut conn, &self.keys).await? {
+            for queue in self.all_queues().await? {
                 all.push(queue_stats(&mut conn, &self.keys, &queue).await?);
             }
             Ok(all)
@@ -225,18 +225,42 @@ impl Admin {
         .await
     }
 
-    /// The registered queues, or `only` (checked to exist).
+    /// The registered queues and those found by scanning the keyspace for the namespace's
+    /// queue keys (`SCAN MATCH {ns:*`, O(keys in Redis)), by name.
+    async fn all_queues(&self) -> Result<Vec<QueueName>, AdminError> {
+        let mut conn = self.conn();
+        let mut queues: std::collections::BTreeSet<QueueName> = known_queues(&mut conn, &self.keys)
+            .await?
+            .into_iter()
+            .map(|(queue, _)| queue)
+            .collect();
+        let [_, pattern] = self.keys.patterns();
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            queues.extend(keys.iter().filter_map(|key| self.keys.queue_of(key)));
+            if next == 0 {
+                return Ok(queues.into_iter().collect());
+            }
+            cursor = next;
+        }
+    }
+
+    /// Every queue ([`Admin::all_queues`]), or `only` (checked to exist).
     async fn queues(&self, only: Option<&QueueName>) -> Result<Vec<QueueName>, AdminError> {
         match only {
             Some(queue) => {
                 self.ensure_known(queue).await?;
                 Ok(vec![queue.clone()])
             }
-            None => Ok(known_queues(&mut self.conn(), &self.keys)
-                .await?
-                .into_iter()
-                .map(|(queue, _)| queue)
-                .collect()),
+            None => self.all_queues().await,
         }
     }
 
@@ -286,7 +310,7 @@ impl Admin {
         .await
     }
 
-    /// The task with id `id`, in `queue` or in any registered queue.
+    /// The task with id `id`, in `queue` or in any queue.
     pub async fn get_task(
         &self,
         id: &str,
@@ -304,7 +328,7 @@ impl Admin {
     }
 
     /// Removes the task `id` from the scheduled and retry sets (of `queue`, or of every
-    /// registered queue), releasing its uniqueness lock; returns how many copies it removed
+    /// queue), releasing its uniqueness lock; returns how many copies it removed
     /// (0 when it was not waiting there: a second call removes nothing).
     pub async fn cancel_scheduled(
         &self,
@@ -393,7 +417,11 @@ impl Admin {
     /// Every consumer of the group on the registered queues, by name.
     pub async fn list_workers(&self) -> Result<Vec<WorkerInfo>, AdminError> {
         bounded(async {
-            let queues = self.queues(None).await?;
+            let queues: Vec<QueueName> = known_queues(&mut self.conn(), &self.keys)
+                .await?
+                .into_iter()
+                .map(|(queue, _)| queue)
+                .collect();
             workers::list(self, &queues).await
         })
         .await
