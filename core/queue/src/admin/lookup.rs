@@ -145,6 +145,24 @@ pub(super) async fn find(
             return Ok(Some(member_info(queue, state, &member, score)));
         }
     }
+    let mut found = None;
+    scan_dead(admin, queue, |_, task| {
+        if task.id == id {
+            found = Some(task);
+        }
+        found.is_none()
+    })
+    .await?;
+    Ok(found)
+}
+
+/// Visits `queue`'s dead letters in order, page by page, as (entry id, task), while `visit`
+/// returns true.
+async fn scan_dead(
+    admin: &Admin,
+    queue: &QueueName,
+    mut visit: impl FnMut(String, TaskInfo) -> bool,
+) -> Result<(), AdminError> {
     let mut after: Option<String> = None;
     loop {
         let page = admin
@@ -152,17 +170,17 @@ pub(super) async fn find(
             .list_after(queue, after.as_deref(), SCAN_PAGE)
             .await?;
         let Some(last) = page.last().map(|dead| dead.entry_id.clone()) else {
-            return Ok(None);
+            return Ok(());
         };
         let count = page.len();
         for dead in page {
-            let task = dead_info(dead);
-            if task.id == id {
-                return Ok(Some(task));
+            let entry_id = dead.entry_id.clone();
+            if !visit(entry_id, dead_info(dead)) {
+                return Ok(());
             }
         }
-        if count < SCAN_PAGE {
-            return Ok(None);
+        if count < SCAN_PAGE || EntryId::parse(&last).is_none() {
+            return Ok(());
         }
         after = Some(last);
     }
@@ -176,27 +194,14 @@ pub(super) async fn dead_entries(
 ) -> Result<Vec<String>, AdminError> {
     let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
     let mut entries = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = admin
-            .dead
-            .list_after(queue, after.as_deref(), SCAN_PAGE)
-            .await?;
-        let Some(last) = page.last().map(|dead| dead.entry_id.clone()) else {
-            return Ok(entries);
-        };
-        let count = page.len();
-        for dead in page {
-            let entry_id = dead.entry_id.clone();
-            if wanted.contains(dead_info(dead).id.as_str()) {
-                entries.push(entry_id);
-            }
+    scan_dead(admin, queue, |entry_id, task| {
+        if wanted.contains(task.id.as_str()) {
+            entries.push(entry_id);
         }
-        if count < SCAN_PAGE || EntryId::parse(&last).is_none() {
-            return Ok(entries);
-        }
-        after = Some(last);
-    }
+        true
+    })
+    .await?;
+    Ok(entries)
 }
 
 /// KEYS: the set, the task's lock (or the queue's placeholder). ARGV: member, lock token.
