@@ -498,6 +498,7 @@ async fn list_queues_counts_a_known_mix_of_pending_active_scheduled_retrying_and
 
     // Stopped, the worker leaves its held task pending in the group (active), and what is
     // published now stays pending.
+    let worker_name = worker.name.clone();
     worker.stop().await;
     for _ in 0..5 {
         publish(&publisher, "ok", None).await;
@@ -517,6 +518,18 @@ async fn list_queues_counts_a_known_mix_of_pending_active_scheduled_retrying_and
         "{queue}"
     );
     assert!(queue["oldestPendingAge"].is_string(), "{queue}");
+
+    // The active task names its worker.
+    let active = server.ok(
+        "ListTasks",
+        &format!(r#"{{"queue":"{QUEUE}","state":"TASK_STATE_ACTIVE"}}"#),
+    );
+    assert_eq!(
+        active["tasks"][0]["worker"],
+        worker_name.as_str(),
+        "{active}"
+    );
+    assert_eq!(count(&active["tasks"][0], "deliveries"), 1, "{active}");
 
     // Each state lists its tasks.
     for (state, expected) in [
@@ -554,11 +567,24 @@ async fn list_queues_counts_a_known_mix_of_pending_active_scheduled_retrying_and
 async fn get_task_shows_a_payload_only_when_the_task_is_not_sensitive() {
     let (db, redis) = (TestDb::create().await, TestRedis::new());
     let publisher = publisher(&redis).await;
-    let plain = publish(&publisher, "ok", None).await;
+    const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    let traced = Task::new(&Job {
+        action: "ok".into(),
+    })
+    .expect("task")
+    .with_trace(simplebank_queue::trace::TraceContext {
+        traceparent: Some(format!("00-{TRACE}-b7ad6b7169203331-01")),
+        tracestate: None,
+    });
+    publisher.publish(&traced).await.expect("publish");
+    let plain = traced.id().to_owned();
+    // An explicit id holds a uniqueness lock until the task is done (or cancelled).
     let secret = Task::new(&Secret {
         token: "do-not-show-me".into(),
     })
     .expect("task")
+    .with_task_id("report-42")
+    .expect("task id")
     .with_process_in(Duration::from_secs(3600));
     publisher.publish(&secret).await.expect("publish");
     let server = AdminServer::start(&db, &redis, &[]).await;
@@ -567,6 +593,8 @@ async fn get_task_shows_a_payload_only_when_the_task_is_not_sensitive() {
     assert_eq!(shown["task"]["state"], "TASK_STATE_PENDING", "{shown}");
     assert_eq!(shown["task"]["queue"], QUEUE, "{shown}");
     assert_eq!(shown["task"]["type"], "test:admin_job", "{shown}");
+    assert_eq!(shown["task"]["traceId"], TRACE, "{shown}");
+    assert_eq!(count(&shown["task"], "attempt"), 1, "{shown}");
     assert!(
         shown["task"]["payload"]
             .as_str()
@@ -602,6 +630,18 @@ async fn get_task_shows_a_payload_only_when_the_task_is_not_sensitive() {
     let again = server.ok("CancelScheduledTask", &body);
     assert_eq!(count(&again, "cancelled"), 0, "{again}");
     assert_eq!(server.err("GetTask", &body).0, "NotFound");
+    // Its lock went with it: the id can be used again.
+    let again = Task::new(&Secret {
+        token: "again".into(),
+    })
+    .expect("task")
+    .with_task_id("report-42")
+    .expect("task id")
+    .with_process_in(Duration::from_secs(3600));
+    publisher
+        .publish(&again)
+        .await
+        .expect("a cancelled task's id is free again");
     server.stop().await;
 }
 
