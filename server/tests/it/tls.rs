@@ -362,3 +362,37 @@ async fn a_key_file_readable_by_others_is_warned_about_at_start() {
     let log = startup_log(0o600).await;
     assert!(!log.contains(WARNING), "{log}");
 }
+
+#[tokio::test]
+async fn the_admin_listener_serves_tls_too() {
+    let (db, redis, dir) = (TestDb::create().await, TestRedis::new(), TempDir::new());
+    let ca = Ca::new("simplebank test CA");
+    let (cert, key) = ca.server_cert();
+    let ca_file = write(&dir, "ca.pem", &ca.cert_pem);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let token = "admin-tls-token-0123456789abcdefghijkl";
+    let env = [
+        ("GRPC_TLS_CERT_FILE", write(&dir, "server.pem", &cert)),
+        ("GRPC_TLS_KEY_FILE", write(&dir, "server.key", &key)),
+        ("ADMIN_GRPC_ADDRESS", admin.clone()),
+        ("ADMIN_TOKEN", token.to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (mut child, _address) = start(&db, &redis, &env, &["-cacert", &ca_file]).await;
+
+    let header = format!("authorization: bearer {token}");
+    let (ok, services) = run_grpcurl(&["-cacert", &ca_file, "-H", &header, &admin, "list"]);
+    assert!(ok, "{services}");
+    assert!(
+        services
+            .lines()
+            .any(|l| l == "simplebank.admin.v1.QueueAdmin"),
+        "{services}"
+    );
+    let (ok, text) = run_grpcurl(&["-plaintext", "-H", &header, &admin, "list"]);
+    assert!(!ok, "plaintext on the TLS admin listener: {text}");
+    let status = sigterm(&mut child, Duration::from_secs(15))
+        .await
+        .expect("exits after SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+}
