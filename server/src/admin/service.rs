@@ -277,9 +277,6 @@ impl queue_admin_server::QueueAdmin for QueueAdminService {
     ) -> Result<Response<pb::PauseQueueResponse>, Status> {
         let queue = queue("queue", &request.into_inner().queue)?;
         let changed = self.admin.pause(&queue).await.map_err(status::from_admin)?;
-        if changed {
-            tracing::info!(%queue, "queue paused");
-        }
         Ok(Response::new(pb::PauseQueueResponse { changed }))
     }
 
@@ -293,9 +290,6 @@ impl queue_admin_server::QueueAdmin for QueueAdminService {
             .resume(&queue)
             .await
             .map_err(status::from_admin)?;
-        if changed {
-            tracing::info!(%queue, "queue resumed");
-        }
         Ok(Response::new(pb::ResumeQueueResponse { changed }))
     }
 

@@ -512,6 +512,9 @@ async fn list_queues_counts_a_known_mix_of_pending_active_scheduled_retrying_and
     assert_eq!(count(&queue, "scheduled"), 3, "{queue}");
     assert_eq!(count(&queue, "retry"), 2, "{queue}");
     assert_eq!(count(&queue, "dead"), 4, "{queue}");
+    // Attempts finished: 3 successes, 2 failures to retry, 4 refusals (the held one runs on).
+    assert_eq!(count(&queue, "processed"), 9, "{queue}");
+    assert_eq!(count(&queue, "failed"), 6, "{queue}");
     assert_eq!(queue["weight"], 2, "{queue}");
     assert!(
         queue["paused"].is_null() || queue["paused"] == false,

@@ -8,7 +8,7 @@
 //! - [`Admin::get_task`], [`Admin::cancel_scheduled`]: by task id (`lookup`; these scan, see
 //!   there for the cost).
 //! - [`Admin::requeue_dead`], [`Admin::delete_dead`]: on [`DeadLetters`], by task ids or all.
-//! - [`Admin::pause`], [`Admin::resume`]: the queue's `paused` key.
+//! - [`Admin::pause`], [`Admin::resume`]: [`crate::pause`].
 //! - [`Admin::list_workers`]: the consumers of the group on every registered queue (`workers`).
 //!
 //! Payloads are shown only for tasks not marked sensitive ([`crate::TaskPayload::SENSITIVE`]);
@@ -386,30 +386,20 @@ impl Admin {
         .await
     }
 
-    /// Pauses `queue` (its `paused` key, persistent); false when it already was.
+    /// Pauses `queue` ([`crate::pause::pause`]); false when it already was.
     pub async fn pause(&self, queue: &QueueName) -> Result<bool, AdminError> {
         bounded(async {
             self.ensure_known(queue).await?;
-            let set: Option<String> = redis::cmd("SET")
-                .arg(self.keys.paused(queue))
-                .arg("1")
-                .arg("NX")
-                .query_async(&mut self.conn())
-                .await?;
-            Ok(set.is_some())
+            Ok(crate::pause::pause(&mut self.conn(), &self.keys, queue).await?)
         })
         .await
     }
 
-    /// Resumes `queue`; false when it was not paused.
+    /// Resumes `queue` ([`crate::pause::resume`]); false when it was not paused.
     pub async fn resume(&self, queue: &QueueName) -> Result<bool, AdminError> {
         bounded(async {
             self.ensure_known(queue).await?;
-            let deleted: u32 = redis::cmd("DEL")
-                .arg(self.keys.paused(queue))
-                .query_async(&mut self.conn())
-                .await?;
-            Ok(deleted == 1)
+            Ok(crate::pause::resume(&mut self.conn(), &self.keys, queue).await?)
         })
         .await
     }
