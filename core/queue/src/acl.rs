@@ -59,6 +59,11 @@ pub const COMMANDS: &[&str] = &[
     "scan",
     "pttl",
     "zscore",
+    // The admin operations (`admin`): whether a queue is registered, its consumers, a task
+    // looked up by id in a sorted set (and SCAN, XPENDING, XRANGE, ZRANGE above).
+    "hexists",
+    "xinfo|consumers",
+    "zscan",
 ];
 
 /// Commands the queue (or the redis crate under it) tries but does without when an ACL
