@@ -60,10 +60,13 @@ pub const COMMANDS: &[&str] = &[
     "pttl",
     "zscore",
     // The admin operations (`admin`): whether a queue is registered, its consumers, a task
-    // looked up by id in a sorted set (and SCAN, XPENDING, XRANGE, ZRANGE above).
+    // looked up by id in a sorted set (and SCAN, XPENDING, XRANGE, ZRANGE above); deleting
+    // all of a queue's dead letters is a MULTI/EXEC transaction (XLEN, DEL).
     "hexists",
     "xinfo|consumers",
     "zscan",
+    "multi",
+    "exec",
 ];
 
 /// Commands the queue (or the redis crate under it) tries but does without when an ACL

@@ -1078,3 +1078,72 @@ async fn pausing_stops_processing_and_resuming_drains() {
     worker.stop().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn every_admin_call_runs_as_the_least_privilege_acl_user() {
+    use simplebank_core::keys::acl_setuser_rules;
+    use simplebank_queue::acl::OPTIONAL;
+
+    const PASSWORD: &str = "admin-acl-Pa55word";
+    let db = TestDb::create().await;
+    let redis_server = RedisServer::start().await;
+    let namespace = simplebank_queue::Namespace::parse(&format!(
+        "acl-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    ))
+    .expect("namespace");
+    let superuser = TestRedis {
+        address: redis_server
+            .restrict_to("simplebank", PASSWORD, &acl_setuser_rules(&namespace))
+            .await,
+        namespace,
+    };
+    let publisher = publisher(&superuser).await;
+    let worker = TestWorker::start(&superuser);
+    for action in ["ok", "dead", "hold"] {
+        publish(&publisher, action, None).await;
+    }
+    let scheduled = publish(&publisher, "ok", Some(Duration::from_secs(3600))).await;
+    let user = format!("redis://simplebank:{PASSWORD}@{}", redis_server.address());
+    let server = AdminServer::start(&db, &superuser, &[("REDIS_ADDRESS", &user)]).await;
+    eventually(
+        "the worker settled what it could",
+        Duration::from_secs(20),
+        || async {
+            let queue = server.queue(QUEUE);
+            count(&queue, "dead") == 1 && count(&queue, "active") == 1
+        },
+    )
+    .await;
+
+    for state in ["PENDING", "ACTIVE", "SCHEDULED", "RETRY", "DEAD"] {
+        server.ok(
+            "ListTasks",
+            &format!(r#"{{"queue":"{QUEUE}","state":"TASK_STATE_{state}","pageSize":1}}"#),
+        );
+    }
+    server.ok("GetTask", &format!(r#"{{"id":"{scheduled}"}}"#));
+    server.ok("ListWorkers", "{}");
+    server.ok("CancelScheduledTask", &format!(r#"{{"id":"{scheduled}"}}"#));
+    server.ok("PauseQueue", r#"{"queue":"other"}"#);
+    server.ok("ResumeQueue", r#"{"queue":"other"}"#);
+    let requeued = server.ok(
+        "RequeueDeadTasks",
+        &format!(r#"{{"queue":"{QUEUE}","all":true}}"#),
+    );
+    assert_eq!(count(&requeued, "requeued"), 1, "{requeued}");
+    server.ok(
+        "DeleteDeadTasks",
+        &format!(r#"{{"queue":"{QUEUE}","all":true}}"#),
+    );
+    worker.stop().await;
+    server.stop().await;
+
+    let denials: Vec<String> = superuser
+        .acl_denials()
+        .await
+        .into_iter()
+        .filter(|line| !OPTIONAL.iter().any(|optional| line.ends_with(optional)))
+        .collect();
+    assert!(denials.is_empty(), "Redis refused: {denials:#?}");
+}

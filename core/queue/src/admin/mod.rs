@@ -133,7 +133,6 @@ impl From<redis::RedisError> for AdminError {
             || err.is_timeout()
             || err.is_connection_dropped()
             || err.is_connection_refusal()
-            || err.is_unrecoverable_error()
         {
             Self::Unavailable(err)
         } else {
