@@ -6,7 +6,10 @@
 
 use std::{fmt::Display, str::FromStr, time::Duration};
 
-use simplebank_queue::{Namespace, connection::Tls};
+use simplebank_queue::{
+    Namespace, ReplicaWait,
+    connection::{Endpoint, Tls},
+};
 
 use crate::secret::Secret;
 
@@ -143,11 +146,17 @@ impl FromStr for Environment {
 pub struct CommonConfig {
     /// `DB_SOURCE`: a PostgreSQL URL. Secret because it may hold a password.
     pub db_source: Secret<String>,
-    /// `REDIS_ADDRESS`: `host:port`, or a `redis://` / `rediss://` URL.
+    /// `REDIS_ADDRESS`: `host:port`, or a `redis://` / `rediss://` URL; with `REDIS_CLUSTER`,
+    /// one or more seed nodes of the cluster, comma-separated.
     pub redis_address: Secret<String>,
     /// `REDIS_TLS_CA_FILE`, `REDIS_TLS_CERT_FILE`, `REDIS_TLS_KEY_FILE`: for `rediss://`, the
     /// CA to trust (the system's roots by default) and a client certificate, read at start.
     pub redis_tls: Tls,
+    /// `REDIS_CLUSTER` (default false): `REDIS_ADDRESS` names seed nodes of a Redis Cluster.
+    pub redis_cluster: bool,
+    /// `REDIS_WAIT_REPLICAS` (default 0: none) and `REDIS_WAIT_TIMEOUT` (default 1s): a
+    /// publish succeeds once that many replicas have the task (see [`ReplicaWait`]).
+    pub redis_wait: Option<ReplicaWait>,
     /// `REDIS_NAMESPACE`: the prefix of every Redis key.
     pub namespace: Namespace,
     /// `ENVIRONMENT`: `development` (default) or `production`.
@@ -170,7 +179,10 @@ impl CommonConfig {
             ));
         }
         let redis_address = var("REDIS_ADDRESS")?.unwrap_or_else(|| DEFAULT_REDIS_ADDRESS.into());
-        let redis_tls = crate::redis_client::tls_from_env(&redis_address)?;
+        let redis_cluster = parse_or("REDIS_CLUSTER", false)?;
+        let redis_tls = crate::redis_client::tls_from_env(&redis_address, redis_cluster)?;
+        Endpoint::parse(&redis_address, redis_cluster, &redis_tls)
+            .map_err(|e| ConfigError::new("REDIS_ADDRESS", e.to_string()))?;
         let namespace = match var("REDIS_NAMESPACE")? {
             None => Namespace::default(),
             Some(raw) => Namespace::parse(&raw)
@@ -180,6 +192,8 @@ impl CommonConfig {
             db_source: Secret::new(db_source),
             redis_address: Secret::new(redis_address),
             redis_tls,
+            redis_cluster,
+            redis_wait: redis_wait_from_env()?,
             namespace,
             environment: parse_or("ENVIRONMENT", Environment::Development)?,
         })
@@ -187,10 +201,32 @@ impl CommonConfig {
 }
 
 impl CommonConfig {
-    /// A Redis client for `REDIS_ADDRESS` with the TLS settings; nothing is connected yet.
-    pub fn redis_client(&self) -> redis::RedisResult<redis::Client> {
-        simplebank_queue::connection::client_with_tls(self.redis_address.expose(), &self.redis_tls)
+    /// Where Redis is (`REDIS_ADDRESS`, `REDIS_CLUSTER`), with the TLS settings
+    /// (`REDIS_TLS_*`); nothing is connected yet. The one way the programs build their Redis
+    /// connections.
+    pub fn redis_endpoint(&self) -> redis::RedisResult<Endpoint> {
+        Endpoint::parse(
+            self.redis_address.expose(),
+            self.redis_cluster,
+            &self.redis_tls,
+        )
     }
+}
+
+/// The longest `REDIS_WAIT_TIMEOUT`: a publish after commit gives up on Redis after 5 s
+/// (`outbox::PUBLISH_TIMEOUT`), and the write before the WAIT needs its share of that.
+pub const MAX_REDIS_WAIT_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn redis_wait_from_env() -> Result<Option<ReplicaWait>, ConfigError> {
+    let replicas: u32 = parse_or("REDIS_WAIT_REPLICAS", 0)?;
+    let timeout = duration_or("REDIS_WAIT_TIMEOUT", Duration::from_secs(1))?;
+    if timeout.is_zero() || timeout > MAX_REDIS_WAIT_TIMEOUT {
+        return Err(ConfigError::new(
+            "REDIS_WAIT_TIMEOUT",
+            "must be from 1ms to 3s (WAIT with 0 would wait forever)",
+        ));
+    }
+    Ok(ReplicaWait::new(replicas, timeout))
 }
 
 #[cfg(test)]

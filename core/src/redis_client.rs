@@ -1,18 +1,21 @@
 //! Redis settings read at start: the TLS files (`REDIS_TLS_*`), and the start-up check that
-//! tells a misconfigured Redis (stop, naming the variable) from one that is down (carry on).
-//! The connection settings themselves are the queue's ([`simplebank_queue::connection`]),
-//! re-exported here.
+//! tells a misconfigured Redis (stop, naming `REDIS_ADDRESS`, `REDIS_CLUSTER` or a TLS
+//! variable) from one that is down (carry on). The connection settings themselves are the
+//! queue's ([`simplebank_queue::connection`]), re-exported here.
 
 use std::time::Duration;
 
 use redis::ErrorKind;
-use simplebank_queue::{Keys, connection::TlsError};
+use simplebank_queue::{
+    Keys,
+    connection::{Endpoint, TlsError},
+};
 
 use crate::config::{ConfigError, var};
 
 pub use simplebank_queue::connection::{
-    RESPONSE_TIMEOUT, Tls, TlsRefusal, client, client_with_tls, is_misconfiguration, lazy_manager,
-    tls_refusal,
+    Connection, RESPONSE_TIMEOUT, Tls, TlsRefusal, client, client_with_tls, is_misconfiguration,
+    lazy_manager, tls_refusal,
 };
 
 const CA_VAR: &str = "REDIS_TLS_CA_FILE";
@@ -21,9 +24,10 @@ const KEY_VAR: &str = "REDIS_TLS_KEY_FILE";
 
 /// The TLS settings of `REDIS_TLS_CA_FILE` (PEM CA certificates; the system's roots when
 /// unset) and `REDIS_TLS_CERT_FILE` / `REDIS_TLS_KEY_FILE` (a client certificate and its key,
-/// both or neither), read and checked now, and the address they go with: each error names
-/// its variable. TLS files with a plaintext address are refused, not ignored.
-pub fn tls_from_env(address: &str) -> Result<Tls, ConfigError> {
+/// both or neither), read and checked now, and the address they go with (with `cluster`,
+/// each seed of it): each error names its variable. TLS files with a plaintext address (or
+/// seed) are refused, not ignored.
+pub fn tls_from_env(address: &str, cluster: bool) -> Result<Tls, ConfigError> {
     let mut tls = Tls::default();
     if let Some(path) = var(CA_VAR)? {
         tls = tls
@@ -55,9 +59,16 @@ pub fn tls_from_env(address: &str) -> Result<Tls, ConfigError> {
         }
         (None, None) => {}
     }
-    client_with_tls(address, &Tls::default())
+    Endpoint::parse(address, cluster, &Tls::default())
         .map_err(|e| ConfigError::new("REDIS_ADDRESS", e.to_string()))?;
-    if !tls.is_default() && !address.starts_with("rediss://") {
+    let seeds: Vec<&str> = if cluster {
+        let seeds = address.split(',').map(str::trim);
+        seeds.filter(|seed| !seed.is_empty()).collect()
+    } else {
+        vec![address]
+    };
+    let plaintext = seeds.iter().any(|seed| !seed.starts_with("rediss://"));
+    if !tls.is_default() && plaintext {
         let var = if var(CA_VAR)?.is_some() {
             CA_VAR
         } else {
@@ -75,10 +86,28 @@ fn read(var: &'static str, path: &str) -> Result<Vec<u8>, ConfigError> {
     crate::config::read_pem(var, std::path::Path::new(path))
 }
 
-/// Connects to `client` once and reads a key of the namespace, as the programs will: a
-/// misconfiguration ([`is_misconfiguration`]) is an error naming `REDIS_ADDRESS`. Anything
+/// Connects to each server of `endpoint` (the one server, or each seed of a cluster) once and
+/// reads a key of the namespace, as the programs will: a misconfiguration
+/// ([`is_misconfiguration`]) is an error naming `REDIS_ADDRESS` (a certificate refused in the
+/// TLS handshake: naming the TLS variables), a server that is a cluster node when
+/// `REDIS_CLUSTER` is false (or the reverse) one naming `REDIS_CLUSTER`. Anything
 /// else (refused, timed out, hung) passes: the programs start and wait for Redis.
-pub async fn check_access(client: &redis::Client, keys: &Keys) -> Result<(), ConfigError> {
+pub async fn check_access(endpoint: &Endpoint, keys: &Keys) -> Result<(), ConfigError> {
+    let seeds = endpoint
+        .seeds()
+        .map_err(|e| ConfigError::new("REDIS_ADDRESS", e.to_string()))?;
+    for seed in &seeds {
+        check_server(seed, keys, endpoint.is_cluster()).await?;
+    }
+    Ok(())
+}
+
+async fn check_server(
+    client: &redis::Client,
+    keys: &Keys,
+    cluster: bool,
+) -> Result<(), ConfigError> {
+    let mut cluster_enabled = None;
     let checked: redis::RedisResult<()> = async {
         let mut conn = client
             .get_multiplexed_async_connection_with_config(
@@ -87,10 +116,23 @@ pub async fn check_access(client: &redis::Client, keys: &Keys) -> Result<(), Con
                     .set_response_timeout(Some(RESPONSE_TIMEOUT)),
             )
             .await?;
-        redis::cmd("EXISTS")
+        // On a cluster node the key may live on another node (MOVED): not a refusal.
+        match redis::cmd("EXISTS")
             .arg(keys.queues())
             .query_async::<i64>(&mut conn)
-            .await?;
+            .await
+        {
+            Err(err) if err.kind() == ErrorKind::Server(redis::ServerErrorKind::Moved) => {}
+            other => {
+                other?;
+            }
+        }
+        // An ACL user without INFO (or a managed Redis that hides it) skips this check.
+        let info: redis::RedisResult<String> = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut conn)
+            .await;
+        cluster_enabled = info.ok().map(|info| info.contains("cluster_enabled:1"));
         Ok(())
     }
     .await;
@@ -98,6 +140,22 @@ pub async fn check_access(client: &redis::Client, keys: &Keys) -> Result<(), Con
         && let Some(refusal) = tls_refusal(err)
     {
         return Err(tls_error(&refusal));
+    }
+    match cluster_enabled {
+        Some(true) if !cluster => {
+            return Err(ConfigError::new(
+                "REDIS_CLUSTER",
+                "REDIS_ADDRESS is a Redis Cluster node: set REDIS_CLUSTER=true (and name one or \
+                 more of its nodes, comma-separated)",
+            ));
+        }
+        Some(false) if cluster => {
+            return Err(ConfigError::new(
+                "REDIS_CLUSTER",
+                "is true, but REDIS_ADDRESS is not a Redis Cluster node (cluster_enabled:0)",
+            ));
+        }
+        _ => {}
     }
     match checked {
         Err(err) if is_misconfiguration(&err) => {

@@ -155,12 +155,22 @@ pub async fn run_with(
     store.migrate().await?;
     tracing::info!("db migrated successfully");
 
-    let redis = config.common.redis_client()?;
-    let redis = redis_client::lazy_manager(redis, redis_client::RESPONSE_TIMEOUT)?;
+    let endpoint = config.common.redis_endpoint()?;
+    let redis = endpoint.connect_lazy(redis_client::RESPONSE_TIMEOUT)?;
     let keys = Keys::new(config.common.namespace.clone());
     let throttle = throttle::LoginThrottle::new(redis.clone(), keys.clone(), config.auth.login);
     let queue_admin = admin::QueueAdminService::new(redis.clone(), keys.clone());
-    let publisher = Publisher::new(redis, keys);
+    // A publisher that waits for replicas has a connection of its own: a WAIT holds up the
+    // commands behind it on its connection (sign-in throttling, health), and its response
+    // timeout must cover the wait.
+    let publisher = match config.common.redis_wait {
+        None => Publisher::new(redis, keys),
+        Some(wait) => Publisher::new(
+            endpoint.connect_lazy(redis_client::RESPONSE_TIMEOUT + wait.timeout())?,
+            keys,
+        )
+        .with_replica_wait(Some(wait)),
+    };
 
     let stop = CancellationToken::new();
     let (reporter, health_service) = tonic_health::server::health_reporter();

@@ -96,11 +96,11 @@ async fn migrate(config: &ServerConfig, direction: &str) -> Result<(), Box<dyn s
 }
 
 async fn check_redis(config: &ServerConfig) -> Result<(), config::ConfigError> {
-    let client = config
+    let endpoint = config
         .common
-        .redis_client()
+        .redis_endpoint()
         .map_err(|e| config::ConfigError::new("REDIS_ADDRESS", e.to_string()))?;
-    redis_client::check_access(&client, &Keys::new(config.common.namespace.clone())).await
+    redis_client::check_access(&endpoint, &Keys::new(config.common.namespace.clone())).await
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

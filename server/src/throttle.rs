@@ -25,7 +25,8 @@ use std::{
 
 use tokio::time::Instant;
 
-use redis::{Script, aio::ConnectionManager};
+use redis::Script;
+use simplebank_core::redis_client::Connection;
 use simplebank_core::{keys::LoginFailureKeys, report::chain};
 use simplebank_queue::Keys;
 
@@ -125,7 +126,7 @@ pub enum Verdict {
 
 #[derive(Debug, Clone)]
 pub struct LoginThrottle {
-    redis: ConnectionManager,
+    redis: Connection,
     keys: Keys,
     limits: LoginLimits,
     /// Whether the last call failed: the outage is logged when this turns on, and its end
@@ -136,9 +137,9 @@ pub struct LoginThrottle {
 }
 
 impl LoginThrottle {
-    pub fn new(redis: ConnectionManager, keys: Keys, limits: LoginLimits) -> Self {
+    pub fn new(redis: impl Into<Connection>, keys: Keys, limits: LoginLimits) -> Self {
         Self {
-            redis,
+            redis: redis.into(),
             keys,
             limits,
             degraded: Arc::default(),

@@ -69,9 +69,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let promoters: usize = config::parse_or("BENCH_PROMOTERS", 2)?;
     let namespace = Namespace::parse(&format!("bench-{}", std::process::id()))?;
     let keys = Keys::new(namespace.clone());
-    let client = common.redis_client()?;
+    let endpoint = common.redis_endpoint()?;
     let publisher = Publisher::new(
-        redis_client::lazy_manager(client.clone(), redis_client::RESPONSE_TIMEOUT)?,
+        endpoint.connect_lazy(redis_client::RESPONSE_TIMEOUT)?,
         keys.clone(),
     );
 
@@ -81,8 +81,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for i in 0..promoters {
         let mut settings = ConsumerSettings::new(format!("bench-{i}"));
         settings.concurrency = 100;
-        let worker = Worker::from_client(
-            client.clone(),
+        let worker = Worker::with_endpoint(
+            endpoint.clone(),
             namespace.clone(),
             settings,
             Handlers::new().on::<Tick>(recorder.clone()),
@@ -126,7 +126,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         late.last().copied().unwrap_or_default(),
     );
 
-    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut conn = endpoint.connect_lazy(redis_client::RESPONSE_TIMEOUT)?;
     for pattern in keys.patterns() {
         let leftovers: Vec<String> = redis::cmd("KEYS")
             .arg(pattern)

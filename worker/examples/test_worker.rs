@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use simplebank_core::{
     config::{self, CommonConfig},
-    redis_client,
+    redis_client::{self, Connection},
 };
 use simplebank_queue::{Handler, HandlerError, Handlers, Keys, TaskContext, TaskPayload, Worker};
 
@@ -37,7 +37,7 @@ impl TaskPayload for Job {
 }
 
 struct Recorder {
-    conn: redis::aio::ConnectionManager,
+    conn: Connection,
     runs: String,
 }
 
@@ -77,14 +77,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?),
         None => None,
     };
-    let client = common.redis_client()?;
+    // REDIS_CLUSTER and REDIS_TLS_* as the worker binary: the fault tests run this on a
+    // cluster too.
+    let endpoint = common.redis_endpoint()?;
     let keys = Keys::new(common.namespace.clone());
     let recorder = Recorder {
-        conn: redis_client::lazy_manager(client.clone(), redis_client::RESPONSE_TIMEOUT)?,
+        conn: endpoint.connect_lazy(redis_client::RESPONSE_TIMEOUT)?,
         runs: format!("{{{}}}:test:runs", keys.namespace().as_str()),
     };
-    let worker = Worker::from_client(
-        client.clone(),
+    let worker = Worker::with_endpoint(
+        endpoint,
         common.namespace,
         settings,
         Handlers::new().on::<Job>(recorder),

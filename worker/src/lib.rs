@@ -67,10 +67,10 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             Secret::new(random_code(MIN_CODE_KEY_LEN).expose().clone().into_bytes())
         }),
     ));
-    let worker = Worker::from_client(
+    let worker = Worker::with_endpoint(
         config
             .common
-            .redis_client()
+            .redis_endpoint()
             .map_err(ConsumerError::Address)?,
         config.common.namespace.clone(),
         config.consumer,

@@ -66,11 +66,11 @@ async fn main() -> ExitCode {
 }
 
 async fn check_redis(config: &WorkerConfig) -> Result<(), config::ConfigError> {
-    let client = config
+    let endpoint = config
         .common
-        .redis_client()
+        .redis_endpoint()
         .map_err(|e| config::ConfigError::new("REDIS_ADDRESS", e.to_string()))?;
-    redis_client::check_access(&client, &Keys::new(config.common.namespace.clone())).await
+    redis_client::check_access(&endpoint, &Keys::new(config.common.namespace.clone())).await
 }
 
 /// `migrate-redis`: needs only REDIS_ADDRESS and REDIS_NAMESPACE (and app.env).

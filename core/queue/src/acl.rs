@@ -55,6 +55,12 @@ pub const COMMANDS: &[&str] = &[
     // Counters (`{ns:q}:stats`) and dead-letter retention, inside the scripts.
     "hincrby",
     "xtrim",
+    // Publishing with REDIS_WAIT_REPLICAS: WAIT pipelined after the enqueue.
+    "wait",
+    // On a Redis Cluster, run by the redis crate's cluster client: the slot map (at start,
+    // after MOVED and after a failover) and the ASK redirection of a slot being migrated.
+    "cluster|slots",
+    "asking",
     // `simplebank-worker migrate-redis`: finding and moving keys of the old layout.
     "scan",
     "pttl",
@@ -71,9 +77,10 @@ pub const COMMANDS: &[&str] = &[
 
 /// Commands the queue (or the redis crate under it) tries but does without when an ACL
 /// refuses them, so they are left out of the least-privilege user: `CONFIG GET` (the worker's
-/// warning about `maxmemory-policy` and AOF) and `CLIENT SETINFO` (the client library's name,
-/// sent on connect; its reply is ignored).
-pub const OPTIONAL: &[&str] = &["config|get", "client|setinfo"];
+/// warning about `maxmemory-policy` and AOF), `CLIENT SETINFO` (the client library's name,
+/// sent on connect; its reply is ignored) and `INFO` (the start-up check that `REDIS_CLUSTER`
+/// matches the server's `cluster_enabled`; skipped when refused).
+pub const OPTIONAL: &[&str] = &["config|get", "client|setinfo", "info"];
 
 /// The key patterns of namespace `ns`: `~{ns}*` (the namespace-wide `{ns}:...` keys) and
 /// `~{ns:*` (each queue's `{ns:<queue>}:...` keys). Names never contain `:`, `{` or `}`, so

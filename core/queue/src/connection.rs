@@ -6,6 +6,13 @@
 //! verified, against the CA given ([`Tls::with_ca_pem`]) or the system's roots; nothing turns
 //! that off (a `rediss://...#insecure` URL is refused). A certificate that does not verify is a
 //! misconfiguration ([`is_misconfiguration`]): waiting cannot fix it.
+//!
+//! [`Endpoint`] and [`Connection`] cover one server and a Redis Cluster alike (`endpoint`),
+//! with the same TLS settings.
+
+mod endpoint;
+
+pub use endpoint::{Connection, Endpoint};
 
 use std::{fmt, time::Duration};
 

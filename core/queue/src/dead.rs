@@ -5,9 +5,10 @@
 
 use std::collections::HashMap;
 
-use redis::{Value, aio::ConnectionManager, streams::StreamRangeReply};
+use redis::{Value, streams::StreamRangeReply};
 
 use crate::{
+    connection::Connection,
     fields,
     keys::{Keys, QueueName},
     scripts,
@@ -100,7 +101,7 @@ pub enum DeadError {
 /// affects nothing) and return how many letters they affected.
 #[derive(Clone)]
 pub struct DeadLetters {
-    conn: ConnectionManager,
+    conn: Connection,
     keys: Keys,
 }
 
@@ -117,8 +118,11 @@ const PAGE: usize = 100;
 
 impl DeadLetters {
     /// Dead letters of the namespace of `keys`, on `conn`.
-    pub fn new(conn: ConnectionManager, keys: Keys) -> Self {
-        Self { conn, keys }
+    pub fn new(conn: impl Into<Connection>, keys: Keys) -> Self {
+        Self {
+            conn: conn.into(),
+            keys,
+        }
     }
 
     /// How many dead letters `queue` has.

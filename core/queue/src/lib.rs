@@ -90,6 +90,6 @@ pub use consumer::{
 pub use dead::{DeadError, DeadLetters, DeadTask};
 pub use keys::{DEFAULT_NAMESPACE, DEFAULT_QUEUES, GROUP, Keys, NameError, Namespace, QueueName};
 pub use pause::{pause, resume};
-pub use publish::{Enqueued, PublishError, Publisher};
+pub use publish::{Enqueued, PublishError, Publisher, ReplicaWait};
 pub use stats::{QueueStats, known_queues, queue_stats};
 pub use task::{DEFAULT_MAX_RETRY, DEFAULT_TIMEOUT, Task, TaskError, TaskPayload};

@@ -2,8 +2,17 @@
 //! delay or a uniqueness lock goes through the enqueue script, which takes
 //! the lock and queues or schedules it in one step. No `MAXLEN`: a trim could drop an entry no
 //! worker has finished.
+//!
+//! With a [`ReplicaWait`], a publish also waits until that many replicas have the task: the
+//! write and a `WAIT <replicas> <timeout>` go out as one pipeline on one connection, so the
+//! WAIT reaches the node that took the write (on a cluster, the primary of the queue's slot)
+//! and counts this very write. Fewer replicas in time is [`PublishError::NotReplicated`]:
+//! the task is on the primary, but a failover could still lose it, so a caller that keeps
+//! the task (the outbox) keeps it and publishes it again later.
 
-use redis::aio::ConnectionManager;
+use std::time::Duration;
+
+use crate::connection::Connection;
 use tracing::Instrument;
 
 use crate::{
@@ -45,6 +54,20 @@ pub enum PublishError {
         /// `task_id` or `unique key`.
         what: &'static str,
     },
+    /// The task was written, but fewer replicas than asked acknowledged it within the
+    /// timeout ([`ReplicaWait`]). Publishing it again is safe for a task with a lock (it is
+    /// recognised); a plain task would be added a second time.
+    #[error(
+        "task {task_id} written, but only {acknowledged} of {wanted} replicas acknowledged it in time"
+    )]
+    NotReplicated {
+        /// The task (the first of a batch).
+        task_id: String,
+        /// Replicas that acknowledged the write.
+        acknowledged: u32,
+        /// Replicas asked for.
+        wanted: u32,
+    },
     /// Redis failed or did not answer.
     #[error("could not publish task {task_id} to Redis")]
     Redis {
@@ -74,22 +97,89 @@ pub enum PublishError {
 /// ```
 #[derive(Clone)]
 pub struct Publisher {
-    conn: ConnectionManager,
+    conn: Connection,
     keys: Keys,
+    wait: Option<ReplicaWait>,
+}
+
+/// How many replicas must have a task before its publish succeeds, and how long to wait for
+/// them (Redis' `WAIT`). Not a guarantee against every loss (Redis replication stays
+/// asynchronous), but a primary that fails after the publish succeeded has a replica that
+/// holds the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaWait {
+    replicas: u32,
+    timeout_ms: u64,
+}
+
+impl ReplicaWait {
+    /// Wait for `replicas` replicas, at most `timeout` (at least 1 ms: `WAIT` with 0 would
+    /// wait forever). `None` for zero replicas: nothing to wait for.
+    pub fn new(replicas: u32, timeout: Duration) -> Option<Self> {
+        (replicas > 0).then(|| Self {
+            replicas,
+            timeout_ms: u64::try_from(timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        })
+    }
+
+    /// The replicas waited for.
+    pub fn replicas(&self) -> u32 {
+        self.replicas
+    }
+
+    /// The longest wait.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The `WAIT` command.
+    pub(crate) fn cmd(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(self.replicas).arg(self.timeout_ms);
+        cmd
+    }
+
+    /// `acknowledged` (WAIT's reply) as a result for `task_id`.
+    pub(crate) fn check(&self, task_id: &str, acknowledged: u32) -> Result<(), PublishError> {
+        if acknowledged >= self.replicas {
+            Ok(())
+        } else {
+            Err(PublishError::NotReplicated {
+                task_id: task_id.to_owned(),
+                acknowledged,
+                wanted: self.replicas,
+            })
+        }
+    }
 }
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Publisher")
             .field("keys", &self.keys)
+            .field("wait", &self.wait)
             .finish_non_exhaustive()
     }
 }
 
 impl Publisher {
     /// A publisher on `conn` (see [`crate::connection`]) for the namespace of `keys`.
-    pub fn new(conn: ConnectionManager, keys: Keys) -> Self {
-        Self { conn, keys }
+    pub fn new(conn: impl Into<Connection>, keys: Keys) -> Self {
+        Self {
+            conn: conn.into(),
+            keys,
+            wait: None,
+        }
+    }
+
+    /// This publisher, waiting for replicas after each write (`None`: not waiting). Give it a
+    /// connection of its own, with a response timeout above the wait's: a `WAIT` holds up
+    /// the commands behind it on its connection until the replicas answer.
+    pub fn with_replica_wait(mut self, wait: Option<ReplicaWait>) -> Self {
+        self.wait = wait;
+        self
     }
 
     /// The keys of its namespace.
@@ -107,14 +197,21 @@ impl Publisher {
     /// How many tasks of `queues` are not settled yet: queued, running, delayed or waiting
     /// for a retry. Zero means nothing more will run there.
     pub async fn backlog(&self, queues: &[QueueName]) -> redis::RedisResult<u64> {
-        let mut pipe = redis::pipe();
+        let mut total = 0;
+        // One pipeline per queue: a queue's keys share a slot, different queues may not.
         for queue in queues {
-            pipe.cmd("XLEN").arg(self.keys.stream(queue));
-            pipe.cmd("ZCARD").arg(self.keys.scheduled(queue));
-            pipe.cmd("ZCARD").arg(self.keys.retry(queue));
+            let counts: (u64, u64, u64) = redis::pipe()
+                .cmd("XLEN")
+                .arg(self.keys.stream(queue))
+                .cmd("ZCARD")
+                .arg(self.keys.scheduled(queue))
+                .cmd("ZCARD")
+                .arg(self.keys.retry(queue))
+                .query_async(&mut self.conn.clone())
+                .await?;
+            total += counts.0 + counts.1 + counts.2;
         }
-        let counts: Vec<u64> = pipe.query_async(&mut self.conn.clone()).await?;
-        Ok(counts.iter().sum())
+        Ok(total)
     }
 
     /// Enqueues `task`: onto its queue's stream, or into its queue's scheduled set if it has a
@@ -169,25 +266,54 @@ impl Publisher {
                 }
                 continue;
             }
-            let mut pipe = redis::pipe();
-            for task in chunk {
-                pipe.cmd("XADD")
-                    .arg(self.keys.stream(&task.queue))
-                    .arg("*")
-                    .arg(fields::encode_new(task));
-            }
-            let entry_ids: Vec<String> =
-                pipe.query_async(&mut self.conn.clone())
+            // One pipeline per queue (a cluster refuses one across slots); the outcomes are
+            // put back in the order of the tasks.
+            let mut entry_ids: Vec<Option<String>> = vec![None; chunk.len()];
+            let mut queues: Vec<&QueueName> = chunk.iter().map(|task| &task.queue).collect();
+            queues.sort();
+            queues.dedup();
+            for queue in queues {
+                let positions: Vec<usize> = (0..chunk.len())
+                    .filter(|&i| chunk[i].queue == *queue)
+                    .collect();
+                let mut pipe = redis::pipe();
+                for &i in &positions {
+                    pipe.cmd("XADD")
+                        .arg(self.keys.stream(queue))
+                        .arg("*")
+                        .arg(fields::encode_new(&chunk[i]));
+                }
+                if let Some(wait) = &self.wait {
+                    pipe.add_command(wait.cmd());
+                }
+                let first = &chunk[positions[0]].id;
+                let mut replies: Vec<redis::Value> = pipe
+                    .query_async(&mut self.conn.clone())
                     .await
                     .map_err(|source| PublishError::Redis {
-                        task_id: chunk[0].id.clone(),
+                        task_id: first.clone(),
                         source,
                     })?;
-            outcomes.extend(
-                entry_ids
-                    .into_iter()
-                    .map(|entry_id| Enqueued::Queued { entry_id }),
-            );
+                if let Some(wait) = &self.wait {
+                    let acknowledged = replies.pop().map(acknowledged).transpose();
+                    let acknowledged = acknowledged.map_err(|source| PublishError::Redis {
+                        task_id: first.clone(),
+                        source,
+                    })?;
+                    wait.check(first, acknowledged.unwrap_or(0))?;
+                }
+                for (&i, reply) in positions.iter().zip(replies) {
+                    entry_ids[i] = Some(redis::from_redis_value(reply).map_err(|source| {
+                        PublishError::Redis {
+                            task_id: chunk[i].id.clone(),
+                            source: source.into(),
+                        }
+                    })?);
+                }
+            }
+            outcomes.extend(entry_ids.into_iter().map(|entry_id| Enqueued::Queued {
+                entry_id: entry_id.unwrap_or_default(),
+            }));
         }
         tracing::debug!(count = tasks.len(), "enqueued a batch of tasks");
         Ok(outcomes)
@@ -200,19 +326,34 @@ impl Publisher {
             source,
         };
         let enqueued = if task.unique.is_none() && task.schedule.is_none() {
-            let entry_id: String = redis::cmd("XADD")
-                .arg(self.keys.stream(&task.queue))
+            let mut xadd = redis::cmd("XADD");
+            xadd.arg(self.keys.stream(&task.queue))
                 .arg("*")
-                .arg(fields::encode(envelope))
-                .query_async(&mut self.conn.clone())
-                .await
-                .map_err(redis_error)?;
+                .arg(fields::encode(envelope));
+            let entry_id: String = match &self.wait {
+                None => xadd.query_async(&mut self.conn.clone()).await,
+                Some(wait) => {
+                    let (entry_id, acknowledged): (String, u32) = redis::pipe()
+                        .add_command(xadd)
+                        .add_command(wait.cmd())
+                        .query_async(&mut self.conn.clone())
+                        .await
+                        .map_err(redis_error)?;
+                    wait.check(&task.id, acknowledged)?;
+                    Ok(entry_id)
+                }
+            }
+            .map_err(redis_error)?;
             Enqueued::Queued { entry_id }
         } else {
-            match scripts::enqueue(&mut self.conn.clone(), &self.keys, envelope)
-                .await
-                .map_err(redis_error)?
-            {
+            let (enqueued, acknowledged) =
+                scripts::enqueue(&mut self.conn.clone(), &self.keys, envelope, self.wait)
+                    .await
+                    .map_err(redis_error)?;
+            if let (Some(wait), Some(acknowledged)) = (&self.wait, acknowledged) {
+                wait.check(&task.id, acknowledged)?;
+            }
+            match enqueued {
                 scripts::Enqueue::Queued(entry_id) => Enqueued::Queued { entry_id },
                 scripts::Enqueue::Scheduled(due_ms) => Enqueued::Scheduled { due_ms },
                 scripts::Enqueue::Exists => Enqueued::AlreadyEnqueued,
@@ -245,4 +386,9 @@ impl Publisher {
         );
         Ok(enqueued)
     }
+}
+
+/// WAIT's reply: the replicas that acknowledged.
+fn acknowledged(reply: redis::Value) -> redis::RedisResult<u32> {
+    Ok(redis::from_redis_value(reply)?)
 }

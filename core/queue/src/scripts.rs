@@ -27,11 +27,13 @@
 
 use std::{sync::LazyLock, time::Duration};
 
-use redis::{RedisResult, Script, aio::ConnectionManager};
+use redis::{ErrorKind, RedisResult, Script, ServerErrorKind};
 
 use crate::{
+    connection::Connection,
     fields,
     keys::{GROUP, Keys, QueueName},
+    publish::ReplicaWait,
     task::{Envelope, Schedule, Task},
 };
 
@@ -39,6 +41,9 @@ use crate::{
 /// schedule kind (`` / `at` / `in`), schedule ms, scheduled member, then the entry's fields.
 /// Returns `{status, detail}`: `queued` + entry id, `scheduled` + due ms, `exists` (this very
 /// task already holds the lock: enqueued before), `conflict` (another task holds it).
+/// `exists` writes the lock again (same value and TTL): a write of this connection, so a WAIT
+/// after it counts replicas that have the earlier write too (WAIT waits for the connection's
+/// last write, and this connection may not be the one that made the first).
 static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -50,7 +55,10 @@ if ARGV[2] == '1' then
     ok = redis.call('SET', KEYS[3], ARGV[1], 'NX')
   end
   if not ok then
-    if redis.call('GET', KEYS[3]) == ARGV[1] then return {'exists', ''} end
+    if redis.call('GET', KEYS[3]) == ARGV[1] then
+      redis.call('SET', KEYS[3], ARGV[1], 'KEEPTTL')
+      return {'exists', ''}
+    end
     return {'conflict', ''}
   end
 end
@@ -246,12 +254,15 @@ pub(crate) enum Enqueue {
     Conflict,
 }
 
-/// Takes `envelope`'s lock (if any) and queues or schedules it, in one step.
+/// Takes `envelope`'s lock (if any) and queues or schedules it, in one step. With `wait`,
+/// a WAIT follows in the same pipeline (so on the same node and connection), and its reply,
+/// the replicas that acknowledged, comes back too.
 pub(crate) async fn enqueue(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     keys: &Keys,
     envelope: &Envelope,
-) -> RedisResult<Enqueue> {
+    wait: Option<ReplicaWait>,
+) -> RedisResult<(Enqueue, Option<u32>)> {
     let task = &envelope.task;
     let (kind, at) = match task.schedule {
         None => ("", 0),
@@ -263,8 +274,8 @@ pub(crate) async fn enqueue(
     } else {
         String::new()
     };
-    let (status, detail): (String, String) = ENQUEUE
-        .key(keys.stream(&task.queue))
+    let mut invocation = ENQUEUE.key(keys.stream(&task.queue));
+    invocation
         .key(keys.scheduled(&task.queue))
         .key(keys.unique(&task.queue, task.unique.as_deref()))
         .arg(task.lock_token())
@@ -273,22 +284,36 @@ pub(crate) async fn enqueue(
         .arg(kind)
         .arg(at)
         .arg(member)
-        .arg(fields::encode(envelope))
-        .invoke_async(conn)
-        .await?;
-    Ok(match status.as_str() {
+        .arg(fields::encode(envelope));
+    let ((status, detail), acknowledged): ((String, String), Option<u32>) = match wait {
+        None => (invocation.invoke_async(conn).await?, None),
+        Some(wait) => {
+            let mut pipe = redis::pipe();
+            pipe.invoke_script(&invocation).add_command(wait.cmd());
+            let (reply, acknowledged) = match pipe.query_async(conn).await {
+                Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    invocation.load_async(conn).await?;
+                    pipe.query_async(conn).await?
+                }
+                other => other?,
+            };
+            (reply, Some(acknowledged))
+        }
+    };
+    let enqueued = match status.as_str() {
         "queued" => Enqueue::Queued(detail),
         "scheduled" => Enqueue::Scheduled(detail.parse().unwrap_or_default()),
         "exists" => Enqueue::Exists,
         _ => Enqueue::Conflict,
-    })
+    };
+    Ok((enqueued, acknowledged))
 }
 
 /// Moves up to `batch` due tasks of each of `queue`'s scheduled and retry sets onto its
 /// stream. Returns how many moved and how many ms until the next one is due (`None` when none
 /// is left).
 pub(crate) async fn promote(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     keys: &Keys,
     queue: &QueueName,
     batch: usize,
@@ -313,7 +338,7 @@ pub(crate) struct Finished {
 /// Acks and deletes `entries` of `queue`'s stream, counts them as processed and releases the
 /// locks they still hold.
 pub(crate) async fn finish<'a>(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     keys: &Keys,
     queue: &QueueName,
     entries: impl Iterator<Item = &'a Finished> + Clone,
@@ -337,7 +362,7 @@ pub(crate) async fn finish<'a>(
 /// attempt (as failed if `failed`). False if the entry was no longer pending (finished or
 /// taken over elsewhere).
 pub(crate) async fn retry(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     keys: &Keys,
     entry_id: &str,
     delay: Duration,
@@ -385,7 +410,7 @@ pub(crate) struct Killed {
 /// trimming the dead stream to `retention`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn kill(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     keys: &Keys,
     queue: &QueueName,
     entry_id: &str,
@@ -418,7 +443,7 @@ pub(crate) async fn kill(
 
 /// Trims `queue`'s dead stream to `retention`.
 pub(crate) async fn trim_dead(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     keys: &Keys,
     queue: &QueueName,
     retention: Retention,
@@ -434,7 +459,7 @@ pub(crate) async fn trim_dead(
 
 /// Renews the lease of `consumer` on pending entry `entry_id`. False if the lease was lost.
 pub(crate) async fn renew(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     stream: &str,
     consumer: &str,
     entry_id: &str,
@@ -461,7 +486,7 @@ pub(crate) enum Requeue {
 
 /// Moves dead entry `dead_entry_id` back onto its stream as `envelope`, taking its lock again.
 pub(crate) async fn requeue(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     keys: &Keys,
     dead_entry_id: &str,
     envelope: &Envelope,

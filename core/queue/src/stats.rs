@@ -3,7 +3,9 @@
 //! The admin service and the metrics read these; nothing else in the queue does.
 //!
 //! One queue's numbers come from one read-only script on that queue's keys (one slot, one
-//! round trip, one consistent snapshot); its weight from the registry, in the same pipeline.
+//! round trip, one consistent snapshot); its weight from the registry, in a second request
+//! (the registry is in the namespace's slot, which a Redis Cluster may serve from another
+//! node: a pipeline across slots is refused).
 
 use std::{sync::LazyLock, time::Duration};
 
@@ -100,18 +102,12 @@ pub async fn queue_stats<C: ConnectionLike + Send>(
         .key(keys.paused(queue))
         .key(keys.stats(queue))
         .arg(GROUP);
-    let mut pipe = redis::pipe();
-    pipe.invoke_script(&invocation)
-        .cmd("HGET")
+    let numbers: Vec<i64> = invocation.invoke_async(conn).await?;
+    let weight: Option<String> = redis::cmd("HGET")
         .arg(keys.queues())
-        .arg(queue.as_str());
-    let (numbers, weight): (Vec<i64>, Option<String>) = match pipe.query_async(conn).await {
-        Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            invocation.load_async(conn).await?;
-            pipe.query_async(conn).await?
-        }
-        other => other?,
-    };
+        .arg(queue.as_str())
+        .query_async(conn)
+        .await?;
     let number = |i: usize| {
         numbers
             .get(i)

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use simplebank_core::redis_client::Connection;
 use simplebank_queue::{
     Keys, QueueName, QueueStats,
     admin::{Admin, Selection, TaskInfo, TaskState, WorkerInfo},
@@ -30,7 +30,7 @@ pub struct QueueAdminService {
 }
 
 impl QueueAdminService {
-    pub fn new(conn: ConnectionManager, keys: Keys) -> Self {
+    pub fn new(conn: Connection, keys: Keys) -> Self {
         Self {
             admin: Admin::new(conn, keys),
         }

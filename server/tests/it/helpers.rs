@@ -26,6 +26,8 @@ pub fn common_config(db_url: Secret<String>, redis: &TestRedis) -> CommonConfig 
         db_source: db_url,
         redis_address: Secret::new(redis.address.clone()),
         redis_tls: Default::default(),
+        redis_cluster: false,
+        redis_wait: None,
         namespace: redis.namespace.clone(),
         environment: Environment::Development,
     }

@@ -21,7 +21,7 @@ mod workers;
 
 use std::{future::Future, time::Duration};
 
-use redis::aio::ConnectionManager;
+use crate::connection::Connection;
 
 pub use self::{tasks::TaskPage, workers::WorkerInfo};
 use crate::{
@@ -173,7 +173,7 @@ pub fn is_valid_task_id(id: &str) -> bool {
 /// The admin operations on the queues of one namespace.
 #[derive(Clone)]
 pub struct Admin {
-    conn: ConnectionManager,
+    conn: Connection,
     keys: Keys,
     dead: DeadLetters,
 }
@@ -198,7 +198,7 @@ async fn bounded<T>(
 impl Admin {
     /// The queues of the namespace of `keys`, on `conn` (a connection manager with a response
     /// timeout, as [`crate::connection::lazy_manager`] makes).
-    pub fn new(conn: ConnectionManager, keys: Keys) -> Self {
+    pub fn new(conn: Connection, keys: Keys) -> Self {
         Self {
             dead: DeadLetters::new(conn.clone(), keys.clone()),
             conn,
@@ -206,7 +206,7 @@ impl Admin {
         }
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Connection {
         self.conn.clone()
     }
 

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use redis::aio::ConnectionManager;
+use crate::connection::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
@@ -52,7 +52,7 @@ pub(crate) struct Acker {
 impl Acker {
     /// Starts the batching loop on `conn`, for the queues of `keys`. It ends when every
     /// handle is dropped.
-    pub fn start(conn: ConnectionManager, keys: Keys) -> Self {
+    pub fn start(conn: Connection, keys: Keys) -> Self {
         let (requests, receiver) = mpsc::unbounded_channel();
         tokio::spawn(run(conn, keys, receiver));
         Self { requests }
@@ -68,11 +68,7 @@ impl Acker {
     }
 }
 
-async fn run(
-    mut conn: ConnectionManager,
-    keys: Keys,
-    mut receiver: mpsc::UnboundedReceiver<Request>,
-) {
+async fn run(mut conn: Connection, keys: Keys, mut receiver: mpsc::UnboundedReceiver<Request>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut by_queue: HashMap<QueueName, Vec<Request>> = HashMap::new();
@@ -95,7 +91,7 @@ async fn run(
 
 /// One FINISH script call for `requests`, all of entries of `queue`'s stream.
 async fn finish(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     keys: &Keys,
     queue: &QueueName,
     requests: &[Request],

@@ -97,7 +97,7 @@ async fn finished_entries_are_acked_in_batches_and_locks_released_only_by_their_
     let calls_before = finish_calls(&mut conn).await;
 
     let manager = connection::lazy_manager(redis.client(), Duration::from_secs(2)).expect("mgr");
-    let acker = Acker::start(manager, keys.clone());
+    let acker = Acker::start(manager.into(), keys.clone());
     let mut running = JoinSet::new();
     for ack in acks {
         let acker = acker.clone();

@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redis::{Value, aio::ConnectionManager};
+use redis::Value;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
@@ -33,6 +33,7 @@ use super::{
     handler::{Erased, FailureKind, HandlerError, Handlers, TaskContext},
 };
 use crate::{
+    connection::Connection,
     dead::{dead_fields, poison_fields},
     fields::{self, Entry},
     keys::{GROUP, Keys, QueueName},
@@ -45,7 +46,7 @@ use crate::{
 /// Runs entries; shared by the fetch loop and the reclaim loop.
 #[derive(Debug)]
 pub(crate) struct Dispatcher {
-    pub conn: ConnectionManager,
+    pub conn: Connection,
     pub keys: Keys,
     pub handlers: Handlers,
     /// Settles successful tasks in batches.

@@ -1,16 +1,28 @@
 //! Reading new entries (XREADGROUP `>`) in priority order: the queues of one round are tried
-//! one by one without blocking; only when all are empty does one read block on all of them.
-//! Blocking reads use their own connection, so acks and claims never wait behind them.
-//! Paused queues (as last refreshed, see `paused`) are left out of every read; when all are
-//! paused, a read waits for a change of the flags instead, at most the block time.
+//! one by one without blocking; only when all are empty does a read block. Blocking reads use
+//! their own connections, so acks and claims never wait behind them. Paused queues (as last
+//! refreshed, see `paused`) are left out of every read, blocking or not; when all are paused,
+//! a read waits for a change of the flags instead, at most the block time.
+//!
+//! How the blocking read is made depends on the deployment. On one server it is one
+//! `XREADGROUP ... BLOCK` over the streams of all the open queues. On a Redis Cluster the
+//! queues' streams are in different slots (often on different nodes), and a multi-key command
+//! across slots is refused (CROSSSLOT), so each open queue gets a blocking read of its own, on
+//! a connection of its own (a blocked connection to a node holds up whatever else is sent on
+//! it), all waiting at once: an entry on any queue wakes the worker as fast as on one server,
+//! and no weight starves another. A blocking read's reply is never dropped (its entries are
+//! already delivered to this consumer): a queue's blocking read that is still waiting when
+//! another queue woke the worker goes on, and its entries are dispatched when it returns. A
+//! queue paused while its blocking read waits gets no new one once it returns (the block time
+//! is capped, see `paused`).
 //!
 //! [`run`] is the fetch loop: it takes free concurrency slots, reads as many entries, and hands
 //! each to the dispatcher with its slot. [`Fetcher::fetch`] returns an independent read, so the
 //! loop can keep two in flight while entries keep coming.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use redis::{Value, aio::ConnectionManager, streams::StreamReadOptions};
+use redis::{Value, streams::StreamReadOptions};
 
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -20,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{dispatch::Dispatcher, group, paused::Paused, priority::Priority};
 use crate::{
+    connection::Connection,
     fields::Entry,
     keys::{GROUP, Keys, QueueName},
     report,
@@ -33,7 +46,7 @@ const READS_IN_FLIGHT: usize = 2;
 /// What the fetch loop reads for and with.
 pub(crate) struct Reading<'a> {
     /// For re-creating the consumer groups if they vanish.
-    pub conn: &'a mut redis::aio::ConnectionManager,
+    pub conn: &'a mut Connection,
     pub keys: &'a Keys,
     pub queues: &'a [QueueName],
     pub slots: &'a Arc<Semaphore>,
@@ -47,6 +60,9 @@ type Read = (
     redis::RedisResult<Vec<(QueueName, Entry)>>,
 );
 
+/// What a read brought.
+type Entries = Vec<(QueueName, Entry)>;
+
 /// Why a read brought nothing.
 #[derive(Debug, thiserror::Error)]
 enum ReadError {
@@ -59,7 +75,7 @@ enum ReadError {
 
 /// Reads and dispatches until `shutdown`. A read is never cut short (its entries are already
 /// delivered to this consumer): on `shutdown` no new read starts, and the entries of the reads
-/// in flight are still dispatched.
+/// in flight (a cluster's per-queue blocking reads included) are still dispatched.
 pub(crate) async fn run(mut fetcher: Fetcher, reading: Reading<'_>, shutdown: &CancellationToken) {
     let Reading {
         conn,
@@ -70,54 +86,66 @@ pub(crate) async fn run(mut fetcher: Fetcher, reading: Reading<'_>, shutdown: &C
         dispatcher,
     } = reading;
     let mut reads: JoinSet<Read> = JoinSet::new();
+    // Cluster only: the per-queue blocking reads in flight, by task id -> queue index.
+    let mut blocked = Blocked::default();
     let mut failing = false;
     // Whether the last read brought entries: only then may a second read overlap.
     let mut busy = false;
     loop {
         let limit = if busy { READS_IN_FLIGHT } else { 1 };
-        let may_read = !shutdown.is_cancelled() && reads.len() < limit;
+        // An idle worker whose queues' blocking reads are waiting waits for them.
+        let may_read =
+            !shutdown.is_cancelled() && reads.len() < limit && (busy || blocked.reads.is_empty());
         tokio::select! {
             biased;
             Some(done) = reads.join_next() => {
-                let (mut permits, result) = match done {
+                let (permits, result) = match done {
                     Ok((permits, read)) => (permits, read.map_err(ReadError::Redis)),
                     Err(join) => (Vec::new(), Err(ReadError::Task(join))),
                 };
                 match result {
                     Ok(entries) => {
-                        if failing {
-                            tracing::info!("reading from Redis again");
-                            failing = false;
-                        }
+                        recovered(&mut failing);
                         busy = !entries.is_empty();
-                        for (queue, entry) in entries {
-                            let permit = match permits.pop() {
-                                Some(permit) => permit,
-                                None => match Arc::clone(slots).acquire_owned().await {
-                                    Ok(permit) => permit,
-                                    Err(_) => return,
-                                },
-                            };
-                            dispatcher.spawn(queue, entry, None, permit);
+                        if !dispatch(entries, permits, slots, dispatcher).await {
+                            return;
                         }
                     }
                     Err(err) => {
                         busy = false;
                         drop(permits);
-                        if let ReadError::Redis(err) = &err
-                            && group::is_missing(err)
-                        {
-                            let _ = group::ensure(conn, keys, queues).await;
-                        }
-                        if !failing {
-                            tracing::warn!(error = %report::chain(&err), "cannot read tasks; retrying");
-                            failing = true;
-                        }
-                        tokio::select! {
-                            () = shutdown.cancelled() => {}
-                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        read_failed(&err, &mut *conn, keys, queues, &mut failing, shutdown).await;
+                    }
+                }
+                if !busy && !shutdown.is_cancelled() {
+                    blocked.start(&fetcher, slots);
+                }
+            }
+            Some(done) = blocked.reads.join_next_with_id() => {
+                let result = match done {
+                    Ok((id, read)) => {
+                        blocked.queues.remove(&id);
+                        read.map_err(ReadError::Redis)
+                    }
+                    Err(join) => {
+                        blocked.queues.remove(&join.id());
+                        Err(ReadError::Task(join))
+                    }
+                };
+                match result {
+                    Ok(entries) => {
+                        recovered(&mut failing);
+                        busy |= !entries.is_empty();
+                        if !dispatch(entries, Vec::new(), slots, dispatcher).await {
+                            return;
                         }
                     }
+                    Err(err) => {
+                        read_failed(&err, &mut *conn, keys, queues, &mut failing, shutdown).await;
+                    }
+                }
+                if !busy && !shutdown.is_cancelled() {
+                    blocked.start(&fetcher, slots);
                 }
             }
             permit = Arc::clone(slots).acquire_owned(), if may_read => {
@@ -134,10 +162,90 @@ pub(crate) async fn run(mut fetcher: Fetcher, reading: Reading<'_>, shutdown: &C
                 let read = fetcher.fetch(permits.len());
                 reads.spawn(async move { (permits, read.await) });
             }
-            () = shutdown.cancelled(), if reads.is_empty() => return,
+            () = shutdown.cancelled(), if reads.is_empty() && blocked.reads.is_empty() => return,
         }
-        if shutdown.is_cancelled() && reads.is_empty() {
+        if shutdown.is_cancelled() && reads.is_empty() && blocked.reads.is_empty() {
             return;
+        }
+    }
+}
+
+/// Hands each entry to the dispatcher with a slot: one of `permits`, or one waited for (a
+/// read may bring more entries than it had slots for). False when the slots are closed.
+async fn dispatch(
+    entries: Entries,
+    mut permits: Vec<OwnedSemaphorePermit>,
+    slots: &Arc<Semaphore>,
+    dispatcher: &Arc<Dispatcher>,
+) -> bool {
+    for (queue, entry) in entries {
+        let permit = match permits.pop() {
+            Some(permit) => permit,
+            None => match Arc::clone(slots).acquire_owned().await {
+                Ok(permit) => permit,
+                Err(_) => return false,
+            },
+        };
+        dispatcher.spawn(queue, entry, None, permit);
+    }
+    true
+}
+
+fn recovered(failing: &mut bool) {
+    if *failing {
+        tracing::info!("reading from Redis again");
+        *failing = false;
+    }
+}
+
+/// After a failed read: re-creates the groups if they vanished, says so once per outage, and
+/// waits a little before the next read.
+async fn read_failed(
+    err: &ReadError,
+    conn: &mut Connection,
+    keys: &Keys,
+    queues: &[QueueName],
+    failing: &mut bool,
+    shutdown: &CancellationToken,
+) {
+    if let ReadError::Redis(err) = err
+        && group::is_missing(err)
+    {
+        let _ = group::ensure(conn, keys, queues).await;
+    }
+    if !*failing {
+        tracing::warn!(error = %report::chain(err), "cannot read tasks; retrying");
+        *failing = true;
+    }
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+    }
+}
+
+/// The per-queue blocking reads of a cluster in flight, and the queue each one reads.
+#[derive(Default)]
+struct Blocked {
+    reads: JoinSet<redis::RedisResult<Entries>>,
+    queues: HashMap<tokio::task::Id, usize>,
+}
+
+impl Blocked {
+    /// Starts a blocking read on each open (not paused) queue that has none in flight, for as
+    /// many entries as there are free slots. Nothing on one server, where [`Fetcher::fetch`]
+    /// blocks itself.
+    fn start(&mut self, fetcher: &Fetcher, slots: &Semaphore) {
+        let count = slots.available_permits().max(1);
+        let open = fetcher.target.paused.now();
+        for index in 0..fetcher.target.streams.len() {
+            if !open.is_open(index) || self.queues.values().any(|&blocking| blocking == index) {
+                continue;
+            }
+            let Some(read) = fetcher.block_on(index, count) else {
+                return;
+            };
+            let id = self.reads.spawn(read).id();
+            self.queues.insert(id, index);
         }
     }
 }
@@ -152,7 +260,10 @@ pub(crate) struct Fetcher {
 /// What a read needs, shared by reads in flight.
 #[derive(Debug)]
 struct Target {
-    conn: ConnectionManager,
+    /// Non-blocking reads (and, on one server, the blocking read over all streams).
+    conn: Connection,
+    /// Cluster only: one connection per queue (by index) for its blocking reads.
+    blocking: Option<Vec<Connection>>,
     streams: Vec<String>,
     queues: Vec<QueueName>,
     consumer: String,
@@ -160,9 +271,20 @@ struct Target {
     paused: Paused,
 }
 
+/// The connections reads go out on.
+pub(crate) struct ReadConnections {
+    /// Non-blocking reads (and, on one server, the blocking read over all streams).
+    pub conn: Connection,
+    /// Cluster only: one connection per queue, in the order of the queues, for its blocking
+    /// reads.
+    pub blocking: Option<Vec<Connection>>,
+}
+
 impl Fetcher {
+    /// Reads on `conns.conn`; with `conns.blocking` (on a cluster) each queue blocks on its
+    /// own connection, else one read blocks on all streams on `conns.conn`.
     pub(crate) fn new(
-        conn: ConnectionManager,
+        conns: ReadConnections,
         keys: &Keys,
         queues: &[(QueueName, u32)],
         strict: bool,
@@ -173,7 +295,8 @@ impl Fetcher {
         let weights: Vec<u32> = queues.iter().map(|(_, weight)| *weight).collect();
         Self {
             target: Arc::new(Target {
-                conn,
+                conn: conns.conn,
+                blocking: conns.blocking,
                 streams: queues.iter().map(|(queue, _)| keys.stream(queue)).collect(),
                 queues: queues.iter().map(|(queue, _)| queue.clone()).collect(),
                 consumer,
@@ -184,43 +307,53 @@ impl Fetcher {
         }
     }
 
-    /// A read of up to `count` new entries from one queue (or a few more from a blocking read
-    /// across all queues); empty when nothing arrived within the block time. The queue order
-    /// is taken now; the read is independent of `self`, so reads can overlap.
+    /// A read of up to `count` new entries from one queue (or, on one server, a few more from
+    /// a blocking read across all queues); empty when nothing arrived within the block time
+    /// (on a cluster: at once, and the loop starts the queues' blocking reads). The queue
+    /// order is taken now; the read is independent of `self`, so reads can overlap.
     pub(crate) fn fetch(
         &mut self,
         count: usize,
-    ) -> impl Future<Output = redis::RedisResult<Vec<(QueueName, Entry)>>> + Send + 'static {
+    ) -> impl Future<Output = redis::RedisResult<Entries>> + Send + 'static {
         let order = self.priority.next_order();
         let target = Arc::clone(&self.target);
         async move { target.fetch(&order, count).await }
     }
+
+    /// Cluster only: a blocking read of up to `count` new entries of the queue at `index`, on
+    /// that queue's own connection; `None` on one server.
+    fn block_on(
+        &self,
+        index: usize,
+        count: usize,
+    ) -> Option<impl Future<Output = redis::RedisResult<Entries>> + Send + 'static> {
+        let conn = self.target.blocking.as_ref()?.get(index)?.clone();
+        let target = Arc::clone(&self.target);
+        Some(async move {
+            let options = target.options(count).block(target.block_ms());
+            target.read(conn, &[&target.streams[index]], options).await
+        })
+    }
 }
 
 impl Target {
-    async fn fetch(
-        &self,
-        order: &[usize],
-        count: usize,
-    ) -> redis::RedisResult<Vec<(QueueName, Entry)>> {
+    async fn fetch(&self, order: &[usize], count: usize) -> redis::RedisResult<Entries> {
         let open = self.paused.now();
         for &index in order {
             if !open.is_open(index) {
                 continue;
             }
-            let options = StreamReadOptions::default()
-                .group(GROUP, &self.consumer)
-                .count(count);
-            let reply = self.read(&[&self.streams[index]], options).await?;
+            let reply = self
+                .read(
+                    self.conn.clone(),
+                    &[&self.streams[index]],
+                    self.options(count),
+                )
+                .await?;
             if !reply.is_empty() {
                 return Ok(reply);
             }
         }
-        let block_ms = usize::try_from(self.block.as_millis()).unwrap_or(usize::MAX);
-        let options = StreamReadOptions::default()
-            .group(GROUP, &self.consumer)
-            .count(count)
-            .block(block_ms);
         let streams: Vec<&String> = (self.streams.iter().enumerate())
             .filter(|(index, _)| open.is_open(*index))
             .map(|(_, stream)| stream)
@@ -232,21 +365,37 @@ impl Target {
             let _ = tokio::time::timeout(self.block, paused.changed()).await;
             return Ok(Vec::new());
         }
-        self.read(&streams, options).await
+        if self.blocking.is_some() {
+            // A cluster: the loop starts the open queues' blocking reads (`Blocked::start`).
+            return Ok(Vec::new());
+        }
+        let options = self.options(count).block(self.block_ms());
+        self.read(self.conn.clone(), &streams, options).await
+    }
+
+    fn options(&self, count: usize) -> StreamReadOptions {
+        StreamReadOptions::default()
+            .group(GROUP, &self.consumer)
+            .count(count)
+    }
+
+    fn block_ms(&self) -> usize {
+        usize::try_from(self.block.as_millis()).unwrap_or(usize::MAX)
     }
 
     async fn read(
         &self,
+        mut conn: Connection,
         streams: &[&String],
         options: StreamReadOptions,
-    ) -> redis::RedisResult<Vec<(QueueName, Entry)>> {
+    ) -> redis::RedisResult<Entries> {
         let ids = vec![">"; streams.len()];
         let reply: Value = redis::cmd("XREADGROUP")
             .arg(&options)
             .arg("STREAMS")
             .arg(streams)
             .arg(&ids)
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut conn)
             .await?;
         let mut entries = Vec::new();
         for (stream, read) in read_reply(reply)? {

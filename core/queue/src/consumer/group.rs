@@ -5,13 +5,13 @@
 //! it has read an entry, and writes its queues and their weights into the registry
 //! (`{ns}:queues`), where the admin service and the metrics find them.
 
-use redis::aio::ConnectionManager;
+use crate::connection::Connection;
 
 use crate::keys::{GROUP, Keys, QueueName};
 
 /// Creates the group on each queue's stream (and the stream), if missing.
 pub(crate) async fn ensure(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     keys: &Keys,
     queues: &[QueueName],
 ) -> redis::RedisResult<()> {
@@ -33,31 +33,35 @@ pub(crate) async fn ensure(
     Ok(())
 }
 
-/// Adds `consumer` to the group on each queue's stream (nothing if it is already there).
+/// Adds `consumer` to the group on each queue's stream (nothing if it is already there): one
+/// command per queue, since the streams are in different slots (a Redis Cluster refuses a
+/// pipeline across slots).
 pub(crate) async fn join(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     keys: &Keys,
     queues: &[QueueName],
     consumer: &str,
 ) -> redis::RedisResult<()> {
-    let mut pipe = redis::pipe();
     for queue in queues {
-        pipe.cmd("XGROUP")
+        redis::cmd("XGROUP")
             .arg("CREATECONSUMER")
             .arg(keys.stream(queue))
             .arg(GROUP)
             .arg(consumer)
-            .ignore();
+            .exec_async(&mut *conn)
+            .await?;
     }
-    pipe.query_async(conn).await
+    Ok(())
 }
 
 /// Writes `queues` and their weights into the registry `{ns}:queues` (a plain HSET: the
 /// registry is namespace-wide, never touched by a queue's script), and creates each queue's
 /// counters at 0 if missing, so they read 0 rather than nothing from the start. A queue
-/// served by workers with different weights shows the weight of the last one started.
+/// served by workers with different weights shows the weight of the last one started. One
+/// pipeline on one server; on a Redis Cluster the registry and each queue's counters are in
+/// different slots, so one pipeline per slot.
 pub(crate) async fn register(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     keys: &Keys,
     queues: &[(QueueName, u32)],
 ) -> redis::RedisResult<()> {
@@ -68,6 +72,10 @@ pub(crate) async fn register(
     }
     registry.ignore();
     for (queue, _) in queues {
+        if conn.is_cluster() {
+            pipe.query_async::<()>(&mut *conn).await?;
+            pipe.clear();
+        }
         for counter in ["processed", "failed"] {
             pipe.cmd("HINCRBY")
                 .arg(keys.stats(queue))

@@ -63,7 +63,7 @@ pub enum ConsumerError {
 /// One process's consumer: any handlers, any queues. See the crate docs for a whole example.
 #[derive(Debug)]
 pub struct Worker {
-    client: redis::Client,
+    endpoint: connection::Endpoint,
     keys: Keys,
     settings: ConsumerSettings,
     handlers: Handlers,
@@ -78,26 +78,22 @@ impl Worker {
         settings: ConsumerSettings,
         handlers: Handlers,
     ) -> Result<Self, ConsumerError> {
-        settings.validate()?;
-        Ok(Self {
-            client: connection::client(redis_address).map_err(ConsumerError::Address)?,
-            keys: Keys::new(namespace),
-            settings,
-            handlers,
-        })
+        let client = connection::client(redis_address).map_err(ConsumerError::Address)?;
+        Self::with_endpoint(client.into(), namespace, settings, handlers)
     }
 
-    /// [`Worker::new`] on a client built by the caller, for TLS settings of its own
-    /// ([`connection::client_with_tls`]).
-    pub fn from_client(
-        client: redis::Client,
+    /// [`Worker::new`] on a Redis of the caller's choosing: one server with TLS settings of
+    /// its own or a Redis Cluster ([`connection::Endpoint::parse`]), or a client it built
+    /// (`client.into()`). The one way to hand a worker its connection settings.
+    pub fn with_endpoint(
+        endpoint: connection::Endpoint,
         namespace: Namespace,
         settings: ConsumerSettings,
         handlers: Handlers,
     ) -> Result<Self, ConsumerError> {
         settings.validate()?;
         Ok(Self {
-            client,
+            endpoint,
             keys: Keys::new(namespace),
             settings,
             handlers,
@@ -108,13 +104,22 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
         let settings = self.settings;
         let queues: Vec<QueueName> = settings.queues.iter().map(|(q, _)| q.clone()).collect();
-        let mut conn = connection::lazy_manager(self.client.clone(), connection::RESPONSE_TIMEOUT)
-            .map_err(ConsumerError::Address)?;
-        let fetch_conn = connection::lazy_manager(
-            self.client.clone(),
-            settings.block + connection::RESPONSE_TIMEOUT,
-        )
-        .map_err(ConsumerError::Address)?;
+        let connect = |timeout| {
+            self.endpoint
+                .connect_lazy(timeout)
+                .map_err(ConsumerError::Address)
+        };
+        let mut conn = connect(connection::RESPONSE_TIMEOUT)?;
+        let fetch_conn = connect(settings.block + connection::RESPONSE_TIMEOUT)?;
+        // On a cluster each queue blocks on a connection of its own (see `fetch`).
+        let blocking = if self.endpoint.is_cluster() {
+            let blocking = queues
+                .iter()
+                .map(|_| connect(settings.block + connection::RESPONSE_TIMEOUT));
+            Some(blocking.collect::<Result<Vec<_>, _>>()?)
+        } else {
+            None
+        };
 
         if !wait_for_groups(&mut conn, &self.keys, &queues, &shutdown).await? {
             return Ok(());
@@ -180,7 +185,10 @@ impl Worker {
             .run(shutdown.clone()),
         );
         let fetcher = Fetcher::new(
-            fetch_conn,
+            fetch::ReadConnections {
+                conn: fetch_conn,
+                blocking,
+            },
             &self.keys,
             &settings.queues,
             settings.strict_priority,
@@ -217,7 +225,7 @@ impl Worker {
 /// Creates the consumer groups, retrying while Redis is unreachable. False if shut down first;
 /// an error if Redis refuses this client (a misconfiguration, which waiting cannot fix).
 async fn wait_for_groups(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut crate::connection::Connection,
     keys: &Keys,
     queues: &[QueueName],
     shutdown: &CancellationToken,
@@ -245,7 +253,7 @@ async fn wait_for_groups(
 /// Warns when Redis still holds keys of the old layout (one hash tag per namespace): their
 /// tasks are not run until they are moved.
 async fn warn_about_old_layout(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut crate::connection::Connection,
     keys: &Keys,
     queues: &[QueueName],
 ) {
@@ -265,7 +273,7 @@ async fn warn_about_old_layout(
 
 /// Warns when Redis may lose tasks: an eviction policy other than `noeviction`, or no AOF.
 /// Managed Redis services may refuse CONFIG; then nothing is said.
-async fn warn_about_redis_settings(conn: &mut redis::aio::ConnectionManager) {
+async fn warn_about_redis_settings(conn: &mut crate::connection::Connection) {
     let config = |name: &'static str| {
         let mut conn = conn.clone();
         async move {

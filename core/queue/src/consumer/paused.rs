@@ -1,6 +1,7 @@
 //! What the worker knows of its queues' pause flags (`{ns:q}:paused`, see the `pause`
-//! module): a loop reads them all every [`REFRESH`] (one pipelined EXISTS per queue) and
-//! publishes the result; fetch and reclaim look at the last result, an in-memory read, so the
+//! module): a loop reads them all every [`REFRESH`] (one pipelined EXISTS per queue; on a
+//! Redis Cluster, where the flags are in different slots, one EXISTS at a time) and publishes
+//! the result; fetch and reclaim look at the last result, an in-memory read, so the
 //! drain pays no round trip for it. Until the first refresh succeeds every queue counts as
 //! paused: a worker started while a queue is paused never reads it, even once.
 //!
@@ -10,11 +11,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    connection::Connection,
     keys::{Keys, QueueName},
     report,
 };
@@ -58,7 +59,7 @@ impl Paused {
 
 /// Starts the refresh loop for `queues` (until `stop`); returns its view.
 pub(crate) fn watch(
-    conn: ConnectionManager,
+    conn: Connection,
     keys: Keys,
     queues: Vec<QueueName>,
     stop: CancellationToken,
@@ -69,7 +70,7 @@ pub(crate) fn watch(
 }
 
 async fn refresh(
-    mut conn: ConnectionManager,
+    mut conn: Connection,
     keys: Keys,
     queues: Vec<QueueName>,
     state: watch::Sender<State>,
@@ -87,7 +88,12 @@ async fn refresh(
             () = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let flags: Vec<bool> = match pipe.query_async(&mut conn).await {
+        let flags = if conn.is_cluster() {
+            read_each(&mut conn, &keys, &queues).await
+        } else {
+            pipe.query_async::<Vec<bool>>(&mut conn).await
+        };
+        let flags: Vec<bool> = match flags {
             Ok(flags) => flags,
             Err(err) => {
                 if !failing {
@@ -118,4 +124,22 @@ async fn refresh(
             true
         });
     }
+}
+
+/// The flags one EXISTS at a time: a cluster refuses a pipeline across slots.
+async fn read_each(
+    conn: &mut Connection,
+    keys: &Keys,
+    queues: &[QueueName],
+) -> redis::RedisResult<Vec<bool>> {
+    let mut flags = Vec::with_capacity(queues.len());
+    for queue in queues {
+        flags.push(
+            redis::cmd("EXISTS")
+                .arg(keys.paused(queue))
+                .query_async(&mut *conn)
+                .await?,
+        );
+    }
+    Ok(flags)
 }

@@ -12,10 +12,10 @@
 
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    connection::Connection,
     keys::{Keys, QueueName},
     report, retention,
     scripts::{self, Retention},
@@ -30,7 +30,7 @@ const TRIM_EVERY: Duration = Duration::from_secs(60);
 /// Promotes the due tasks of `queues`, and trims their dead letters to `dead_letters`, until
 /// `stop` is cancelled.
 pub(crate) async fn run(
-    mut conn: ConnectionManager,
+    mut conn: Connection,
     keys: Keys,
     queues: Vec<QueueName>,
     dead_letters: Retention,
@@ -73,12 +73,7 @@ pub(crate) async fn run(
 }
 
 /// Trims the dead letters of each of `queues`; a failure is logged (the next round retries).
-async fn trim(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    queues: &[QueueName],
-    dead_letters: Retention,
-) {
+async fn trim(conn: &mut Connection, keys: &Keys, queues: &[QueueName], dead_letters: Retention) {
     for queue in queues {
         match scripts::trim_dead(conn, keys, queue, dead_letters).await {
             Ok(trimmed) => retention::report(queue, trimmed),
@@ -101,7 +96,7 @@ struct Round {
 /// One PROMOTE call per queue. A queue whose call fails does not keep the others waiting;
 /// the round reports the first error after trying them all.
 async fn round(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     keys: &Keys,
     queues: &[QueueName],
 ) -> redis::RedisResult<Round> {

@@ -13,15 +13,13 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use redis::{
-    aio::ConnectionManager,
-    streams::{StreamAutoClaimOptions, StreamAutoClaimReply},
-};
+use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::{dispatch::Dispatcher, paused::Paused};
 use crate::{
+    connection::Connection,
     keys::{GROUP, Keys, QueueName},
     report,
 };
@@ -45,7 +43,7 @@ pub(crate) enum ReclaimError {
 /// What the reclaim loop needs.
 #[derive(Debug)]
 pub(crate) struct Reclaimer {
-    pub conn: ConnectionManager,
+    pub conn: Connection,
     pub keys: Keys,
     pub queues: Vec<QueueName>,
     pub consumer: String,
