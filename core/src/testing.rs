@@ -167,7 +167,7 @@ impl Drop for TestDb {
     }
 }
 
-pub use simplebank_queue::testing::{RedisServer, TestRedis, eventually, free_port};
+pub use simplebank_queue::testing::{RedisCluster, RedisServer, TestRedis, eventually, free_port};
 
 /// `REDIS_ADDRESS` values that Redis refuses for good, each with a word the programs' message
 /// must carry: a database index out of range (on the shared Redis), and, on the private server

@@ -83,7 +83,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let keys = Keys::new(common.namespace.clone());
     let recorder = Recorder {
         conn: endpoint.connect_lazy(redis_client::RESPONSE_TIMEOUT)?,
-        runs: format!("{{{}}}:test:runs", keys.namespace().as_str()),
+        runs: keys.namespaced("test:runs"),
     };
     let worker = Worker::with_endpoint(
         endpoint,

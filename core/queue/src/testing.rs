@@ -5,8 +5,13 @@
 //!   `127.0.0.1:6379`), its keys deleted on drop.
 //! - [`RedisServer`]: a private `redis-server` on a free port, for tests that stop, pause
 //!   (SIGSTOP) or restart it.
+//! - [`RedisCluster`]: a private Redis Cluster (three primaries, a replica each).
 //! - [`eventually`]: polls a condition with a deadline, instead of sleeping.
 #![allow(missing_docs, clippy::unwrap_used)]
+
+mod cluster;
+
+pub use cluster::{NodeInfo, RedisCluster};
 
 use std::{
     future::Future,

@@ -3,6 +3,7 @@
 // Test code: a failed step should panic where it happened.
 #![allow(clippy::unwrap_used)]
 
+mod cluster;
 mod dead;
 mod embedded;
 mod helpers;
