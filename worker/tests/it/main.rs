@@ -3,6 +3,7 @@
 
 mod acl;
 mod binary;
+mod cluster;
 mod consumer_group;
 mod delayed;
 mod faults;
