@@ -4,6 +4,7 @@
 mod admin;
 mod backpressure;
 mod certs;
+mod cluster;
 mod connections;
 mod create_user;
 mod e2e;

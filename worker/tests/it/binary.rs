@@ -277,3 +277,22 @@ async fn old_layout_keys_are_reported_at_start_and_moved_once_by_migrate_redis()
     let usage = worker().arg("migrate").output().await.expect("run");
     assert_eq!(usage.status.code(), Some(2), "{usage:?}");
 }
+
+/// `migrate-redis` runs on one server only: with `REDIS_CLUSTER=true` it refuses before
+/// connecting to anything, saying why.
+#[tokio::test]
+async fn migrate_redis_refuses_a_cluster() {
+    let output = worker()
+        .arg("migrate-redis")
+        .env("REDIS_CLUSTER", "true")
+        .env("REDIS_ADDRESS", format!("127.0.0.1:{}", free_port()))
+        .output()
+        .await
+        .expect("run migrate-redis");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("not a Redis Cluster (REDIS_CLUSTER is true)"),
+        "{stderr}"
+    );
+}

@@ -52,7 +52,7 @@ async fn sigkill(child: &mut tokio::process::Child) {
 }
 
 fn connection(cluster: &RedisCluster, timeout: Duration) -> Connection {
-    Endpoint::parse(&cluster.seeds(), true)
+    Endpoint::parse(&cluster.seeds(), true, &Default::default())
         .expect("seeds")
         .connect_lazy(timeout)
         .expect("cluster connection")
