@@ -382,6 +382,60 @@ impl Bench {
         ))
     }
 
+    /// The drain on a Redis Cluster of this machine (three primaries, a replica each): the
+    /// tasks spread over the three default queues, whose streams the namespace puts on three
+    /// different primaries, drained by `processes` workers (`REDIS_CLUSTER=true`) serving all
+    /// three. Tasks per second. Six redis-servers, the workers and this process share the
+    /// machine's cores, as the single-node drain shares them with one redis-server.
+    async fn cluster_drain(&self, processes: usize, concurrency: usize) -> Result<f64> {
+        let cluster = testing::RedisCluster::start().await;
+        let queues: Vec<QueueName> = simplebank_queue::DEFAULT_QUEUES
+            .iter()
+            .map(|q| QueueName::parse(q))
+            .collect::<std::result::Result<_, _>>()?;
+        let keys = Keys::new(cluster.spread_namespace(&queues).await);
+        let endpoint = simplebank_queue::connection::Endpoint::parse(
+            &cluster.seeds(),
+            true,
+            &Default::default(),
+        )?;
+        let conn = endpoint.connect_lazy(Duration::from_secs(30))?;
+        let publisher = Publisher::new(conn.clone(), keys.clone());
+        let jobs: Vec<Task> = self
+            .jobs(queues[0].clone())
+            .into_iter()
+            .enumerate()
+            .map(|(n, task)| task.with_queue(queues[n % queues.len()].clone()))
+            .collect();
+        publisher.publish_batch(&jobs).await?;
+        drop(jobs);
+        let started = Instant::now();
+        let mut workers = Vec::new();
+        for i in 0..processes {
+            workers.push(
+                tokio::process::Command::new(sibling("test_worker"))
+                    .env("REDIS_ADDRESS", cluster.seeds())
+                    .env("REDIS_CLUSTER", "true")
+                    .env("REDIS_NAMESPACE", keys.namespace().as_str())
+                    .env("WORKER_CONCURRENCY", concurrency.to_string())
+                    .env("WORKER_CONSUMER_NAME", format!("bench-cluster-{i}"))
+                    .env_remove("RUST_LOG")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()?,
+            );
+        }
+        while publisher.backlog(&queues).await? > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let rate = self.tasks as f64 / started.elapsed().as_secs_f64();
+        for mut worker in workers {
+            simplebank_core::testing::stop_gracefully(&mut worker).await;
+        }
+        Ok(rate)
+    }
+
     /// `tasks / 4` tasks through `Publisher::publish`, awaited one at a time by 50 producers.
     async fn enqueue_single(&self) -> Result<f64> {
         let keys = self.keys();
@@ -568,6 +622,16 @@ async fn main() -> Result<()> {
         }
         return Ok(());
     }
+    if config::var("BENCH_ONLY")?.as_deref() == Some("cluster") {
+        // The cluster drain beside the single-node one, once each: no report is written.
+        let (_, single, _, _) = bench.drain(2, 100).await?;
+        let cluster = bench.cluster_drain(2, 100).await?;
+        println!(
+            "drain 2x100: one redis-server {single:.0}/s; Redis Cluster, three primaries \
+             (same machine) {cluster:.0}/s"
+        );
+        return Ok(());
+    }
     if config::var("BENCH_ONLY")?.as_deref() == Some("drain") {
         // A quick loop for profiling (`perf record -a` around it): no report is written.
         for _ in 0..bench.runs {
@@ -598,6 +662,14 @@ async fn main() -> Result<()> {
     }
 
     eprintln!("scenario 1: drain...");
+    let mut cluster_drains = Vec::new();
+    for _ in 0..bench.runs {
+        cluster_drains.push(bench.cluster_drain(2, 100).await?);
+        eprintln!(
+            "  cluster 2x100: {:.0}/s",
+            cluster_drains.last().unwrap_or(&0.0)
+        );
+    }
     let mut drains = Vec::new();
     let mut batch = Vec::new();
     let mut resources = (Vec::new(), Vec::new());
@@ -744,6 +816,15 @@ async fn main() -> Result<()> {
             median / cycle_median * 100.0
         )?;
     }
+    writeln!(
+        report,
+        "| 2, Redis Cluster (3 primaries + 3 replicas, queues on 3 primaries) | 100 | {} | - |",
+        fmt_rate(&cluster_drains)
+    )?;
+    writeln!(
+        report,
+        "\nThe cluster row: the same tasks spread over the three default queues, each queue's stream on its own primary, drained by two workers serving all three. Its six redis-servers, the workers and the benchmark share this machine's two cores with each other, as the single-node rows share them with one redis-server: it shows the cost of the cluster client and per-queue reads, not what three machines would give.\n"
+    )?;
     writeln!(
         report,
         "\nCeilings in the same run: raw XREADGROUP COUNT 100 + XACK loop {} entries/s; `redis-benchmark` XADD (50 clients, pipeline 16) {} requests/s. The raw loop is one client doing one thing at a time (read, then ack, then read); a worker keeps reads and acks in flight together, so it can come close to it, and two workers can pass it.\n",
