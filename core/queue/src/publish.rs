@@ -269,17 +269,22 @@ impl Publisher {
             // One pipeline per queue (a cluster refuses one across slots); the outcomes are
             // put back in the order of the tasks.
             let mut entry_ids: Vec<Option<String>> = vec![None; chunk.len()];
-            let mut queues: Vec<&QueueName> = chunk.iter().map(|task| &task.queue).collect();
+            // On one server, one pipeline for all (one round trip, as before).
+            let cluster = self.conn.is_cluster();
+            let mut queues: Vec<Option<&QueueName>> = chunk
+                .iter()
+                .map(|task| cluster.then_some(&task.queue))
+                .collect();
             queues.sort();
             queues.dedup();
             for queue in queues {
                 let positions: Vec<usize> = (0..chunk.len())
-                    .filter(|&i| chunk[i].queue == *queue)
+                    .filter(|&i| queue.is_none_or(|q| chunk[i].queue == *q))
                     .collect();
                 let mut pipe = redis::pipe();
                 for &i in &positions {
                     pipe.cmd("XADD")
-                        .arg(self.keys.stream(queue))
+                        .arg(self.keys.stream(&chunk[i].queue))
                         .arg("*")
                         .arg(fields::encode_new(&chunk[i]));
                 }
