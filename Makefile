@@ -22,7 +22,7 @@ export DB_SOURCE REDIS_ADDRESS
 
 .PHONY: bench run test services postgres redis createdb dropdb stop-services migrateup migratedown \
 	new_migration build server worker proto evans tools lint sqlx-check sqlx-prepare fmt clean \
-	test-valkey buf-check
+	test-valkey buf-check bench-peers
 
 ## run: services, grpcurl (the README's examples use it), migrations, build, then the server
 ## and one worker (Ctrl-C stops both)
@@ -48,6 +48,20 @@ test-valkey: .local/bin/valkey-server
 bench: services
 	$(CARGO) build --release --workspace --bins --examples
 	./target/release/examples/bench
+
+## bench-peers: the end-to-end workload against apalis and BullMQ (pinned, into .local/peers),
+## interleaved with simplebank's, three rounds; writes its section of BENCHMARKS.md
+bench-peers: services
+	$(CARGO) build --release --workspace --bins --examples
+	CARGO_TARGET_DIR=$(CURDIR)/.local/peers/apalis-target $(CARGO) build --release \
+		--locked --manifest-path peers/apalis/Cargo.toml
+	@if command -v npm >/dev/null && command -v node >/dev/null; then \
+		mkdir -p .local/peers/bullmq && \
+		cp peers/bullmq/package.json peers/bullmq/package-lock.json peers/bullmq/bench.mjs \
+			.local/peers/bullmq/ && \
+		(cd .local/peers/bullmq && npm ci --no-audit --no-fund --silent); \
+	else echo "node or npm is missing: BullMQ is skipped"; fi
+	BENCH_ONLY=peers ./target/release/examples/bench
 
 ## services: make sure PostgreSQL and Redis answer (start project-local ones if needed)
 services:

@@ -17,10 +17,19 @@
 //! 6. resources: the worker's CPU seconds per 100,000 tasks and peak RSS while draining.
 //!
 //! 7. tracing export off versus on: the drain at 1 x 100, and CreateUser.
+//! 9. end to end: `bench_worker` processes (1 and 2) started first, then a `bench_producer`
+//!    process adding `BENCH_E2E_TASKS` (100,000) tasks alongside (`publish` x 50, or
+//!    `publish_batch`); tasks/s, enqueue-to-start latency, CPU per task of each process and of
+//!    Redis, the raw cycle in the same rounds.
+//! 10. peers (`make bench-peers`, `BENCH_ONLY=peers`, not in `make bench`): scenario 9's
+//!    workload with one worker process for simplebank, apalis (`peers/apalis`) and BullMQ
+//!    (`peers/bullmq`), interleaved; written between markers into the report, which
+//!    `make bench` keeps.
 //!
 //! `BENCH_ONLY=drain` runs only a quick loop for profiling (the raw cycle, then the drain at
 //! 1 x 100 with and without a tracing subscriber) and prints the figures; no report.
 //! `BENCH_ONLY=tracing` likewise runs only scenario 7's drains.
+//! `BENCH_ONLY=e2e` runs only scenario 9 and prints it.
 
 use std::{
     fmt::Write as _,
@@ -194,6 +203,8 @@ struct Bench {
     port: u16,
     tasks: usize,
     runs: usize,
+    /// Tasks per end-to-end run.
+    e2e_tasks: usize,
 }
 
 impl Bench {
@@ -542,6 +553,539 @@ impl Bench {
     }
 }
 
+/// Which system an end-to-end run measures.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum System {
+    /// `bench_worker` and `bench_producer` (the real engine and `Publisher`).
+    Simplebank,
+    /// `peers/apalis` (apalis 1.0 + apalis-redis 1.0), task locking (leases) on or off.
+    Apalis { leases: bool },
+    /// `peers/bullmq/bench.mjs` (BullMQ, pinned in its package.json).
+    BullMq,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Simplebank => "simplebank",
+            Self::Apalis { leases: false } => "apalis, leases off",
+            Self::Apalis { leases: true } => "apalis, default (leases on)",
+            Self::BullMq => "BullMQ",
+        }
+    }
+}
+
+/// Where `make bench-peers` puts the peers' programs.
+fn peer_path(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel)
+}
+
+/// One end-to-end run.
+#[derive(Debug)]
+struct E2eRun {
+    /// Tasks per second from the producer's start to the last handler start.
+    rate: f64,
+    /// Seconds the producer took to put every task into Redis.
+    produce_secs: f64,
+    /// Enqueue-to-handler-start latencies, µs, sorted.
+    latencies: Vec<u64>,
+    /// CPU µs per task: the worker processes, the producer, Redis.
+    worker_us: f64,
+    producer_us: f64,
+    redis_us: f64,
+}
+
+/// Redis's own CPU seconds (`INFO cpu`: used_cpu_user + used_cpu_sys).
+async fn redis_cpu(conn: &mut redis::aio::MultiplexedConnection) -> Result<f64> {
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
+    Ok(info
+        .lines()
+        .filter(|l| l.starts_with("used_cpu_user:") || l.starts_with("used_cpu_sys:"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+        .sum())
+}
+
+impl Bench {
+    /// The end-to-end scenario: `processes` worker processes of `system` started first and
+    /// ready, then one producer process adding `BENCH_E2E_TASKS` tasks (`produce`: `single` or
+    /// `batch`) while they run. Concurrency 100 per worker process.
+    async fn end_to_end(&self, system: System, processes: usize, produce: &str) -> Result<E2eRun> {
+        let tasks = self.e2e_tasks;
+        let keys = self.keys();
+        let queue_name = keys.namespace().as_str().to_owned();
+        let dir = PathBuf::from(format!("/dev/shm/{queue_name}"));
+        std::fs::create_dir_all(&dir)?;
+        let mut conn = self.conn().await?;
+        let (host, port) = ("127.0.0.1", self.port.to_string());
+        let url = format!("redis://{host}:{port}");
+        // With one process it stops by itself after the last task; with more, each runs until
+        // the queue is empty and is then stopped.
+        let stop_at = (processes == 1).then(|| tasks.to_string());
+        let command = |role: &str, i: usize| -> tokio::process::Command {
+            let mut cmd = match system {
+                System::Simplebank => {
+                    let mut cmd = tokio::process::Command::new(sibling(if role == "worker" {
+                        "bench_worker"
+                    } else {
+                        "bench_producer"
+                    }));
+                    cmd.env("REDIS_ADDRESS", &self.address)
+                        .env("REDIS_NAMESPACE", keys.namespace().as_str())
+                        .env("WORKER_CONCURRENCY", "100")
+                        .env("WORKER_CONSUMER_NAME", format!("bench-{i}"));
+                    cmd
+                }
+                System::Apalis { leases } => {
+                    let mut cmd = tokio::process::Command::new(peer_path(
+                        ".local/peers/apalis-target/release/peer-apalis",
+                    ));
+                    cmd.arg(role)
+                        .env("APALIS_LEASES", if leases { "on" } else { "off" })
+                        .env("APALIS_HEARTBEAT_MS", "1000");
+                    cmd
+                }
+                System::BullMq => {
+                    let mut cmd = tokio::process::Command::new("node");
+                    cmd.arg(peer_path(".local/peers/bullmq/bench.mjs"))
+                        .arg(role);
+                    cmd
+                }
+            };
+            cmd.env_remove("RUST_LOG")
+                .env("REDIS_URL", &url)
+                .env("REDIS_HOST", host)
+                .env("REDIS_PORT", &port)
+                .env("BENCH_QUEUE", &queue_name)
+                .env("BENCH_TASKS", tasks.to_string())
+                .env("BENCH_CONCURRENCY", "100")
+                .env("BENCH_PRODUCE", produce)
+                .env("BENCH_LATENCY_FILE", dir.join(format!("latency-{i}")))
+                .stdin(Stdio::null())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true);
+            if let Some(n) = &stop_at {
+                cmd.env("BENCH_STOP_AT", n);
+            }
+            cmd
+        };
+
+        let mut workers = Vec::new();
+        for i in 0..processes {
+            let mut cmd = command("worker", i);
+            cmd.stdout(Stdio::piped());
+            workers.push(cmd.spawn()?);
+        }
+        // Ready: simplebank's workers have joined the group (XINFO CONSUMERS); a peer's says
+        // `ready` on stdout once connected.
+        let ready_by = Instant::now() + Duration::from_secs(30);
+        if system == System::Simplebank {
+            let stream = keys.stream(&QueueName::parse("default")?);
+            loop {
+                let joined: redis::RedisResult<Vec<redis::Value>> = redis::cmd("XINFO")
+                    .arg("CONSUMERS")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .query_async(&mut conn)
+                    .await;
+                if joined.map_or(0, |c| c.len()) >= processes {
+                    break;
+                }
+                if Instant::now() > ready_by {
+                    return Err("the workers did not join the group within 30 s".into());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        } else {
+            for worker in &mut workers {
+                use tokio::io::AsyncBufReadExt as _;
+                let stdout = worker.stdout.take().ok_or("no stdout")?;
+                let mut line = String::new();
+                tokio::time::timeout(
+                    Duration::from_secs(30),
+                    tokio::io::BufReader::new(stdout).read_line(&mut line),
+                )
+                .await??;
+                if line.trim() != "ready" {
+                    return Err(format!("{} worker said {line:?}", system.name()).into());
+                }
+            }
+        }
+
+        let redis_before = redis_cpu(&mut conn).await?;
+        let started_us = now_us();
+        let started = Instant::now();
+        let producer = command("produce", 0).stdout(Stdio::null()).spawn()?;
+        let producer_pid = producer.id().ok_or("producer gone")?;
+        let mut producer_cpu = 0.0;
+        let output = {
+            // Its CPU is read just before it exits: poll its /proc entry while it runs.
+            let mut producer = producer;
+            loop {
+                if let Ok((cpu, _)) = proc_usage(producer_pid) {
+                    producer_cpu = cpu;
+                }
+                if let Some(status) = producer.try_wait()? {
+                    break status;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let produce_secs = started.elapsed().as_secs_f64();
+        if !output.success() {
+            return Err(format!("{} producer failed: {output}", system.name()).into());
+        }
+        if stop_at.is_none() {
+            let stream = keys.stream(&QueueName::parse("default")?);
+            loop {
+                let len: usize = redis::cmd("XLEN")
+                    .arg(&stream)
+                    .query_async(&mut conn)
+                    .await?;
+                if len == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            for worker in &mut workers {
+                testing::stop_gracefully(worker).await;
+            }
+        }
+        for worker in &mut workers {
+            let status = tokio::time::timeout(Duration::from_secs(600), worker.wait()).await??;
+            if !status.success() {
+                return Err(format!("{} worker failed: {status}", system.name()).into());
+            }
+        }
+        let redis_used = redis_cpu(&mut conn).await? - redis_before;
+
+        let (mut last_us, mut worker_cpu, mut latencies) = (0_u64, 0.0, Vec::new());
+        for i in 0..processes {
+            let text = std::fs::read_to_string(dir.join(format!("latency-{i}")))?;
+            let mut lines = text.lines();
+            let head: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+            last_us = last_us.max(head.first().ok_or("empty latency file")?.parse()?);
+            worker_cpu += head
+                .get(2)
+                .ok_or("no CPU in the latency file")?
+                .parse::<f64>()?;
+            latencies.extend(lines.filter_map(|l| l.parse::<u64>().ok()));
+        }
+        std::fs::remove_dir_all(&dir)?;
+        if latencies.len() < tasks {
+            return Err(format!(
+                "{}: {} of {tasks} tasks ran",
+                system.name(),
+                latencies.len()
+            )
+            .into());
+        }
+        latencies.sort_unstable();
+        self.flush().await?;
+        let per_task = |secs: f64| secs / tasks as f64 * 1e6;
+        Ok(E2eRun {
+            rate: tasks as f64 / (last_us.saturating_sub(started_us) as f64 / 1e6),
+            produce_secs,
+            latencies,
+            worker_us: per_task(worker_cpu),
+            producer_us: per_task(producer_cpu),
+            redis_us: per_task(redis_used),
+        })
+    }
+}
+
+/// One row of an end-to-end table from several runs: median rate (min-max), latency
+/// percentiles of the median-rate run, CPU per task (medians).
+fn e2e_row(runs: &[E2eRun]) -> String {
+    let rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
+    let (median, _, _) = summary(&rates);
+    let run = runs.iter().find(|r| r.rate == median).unwrap_or(&runs[0]);
+    let med = |f: fn(&E2eRun) -> f64| summary(&runs.iter().map(f).collect::<Vec<_>>()).0;
+    format!(
+        "{} | {:.1} s | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.1} µs | {:.1} µs | {:.1} µs",
+        fmt_rate(&rates),
+        med(|r| r.produce_secs),
+        percentile_us(&run.latencies, 50.0),
+        percentile_us(&run.latencies, 90.0),
+        percentile_us(&run.latencies, 99.0),
+        run.latencies.last().copied().unwrap_or(0) as f64 / 1000.0,
+        med(|r| r.worker_us),
+        med(|r| r.producer_us),
+        med(|r| r.redis_us),
+    )
+}
+
+const E2E_HEADER: &str = "| tasks/s end to end | producer done after | latency p50 | p90 | p99 | max | worker CPU per task | producer CPU per task | Redis CPU per task |";
+const E2E_RULE: &str = "|---|---|---|---|---|---|---|---|---|";
+
+/// The marked section `make bench-peers` writes into BENCHMARKS.md, which `make bench` keeps.
+const PEERS_BEGIN: &str = "<!-- bench-peers: begin -->";
+const PEERS_END: &str = "<!-- bench-peers: end -->";
+
+/// The peers' section of an existing report, markers included ("" if none).
+fn peers_section(report: &str) -> String {
+    match (report.find(PEERS_BEGIN), report.find(PEERS_END)) {
+        (Some(begin), Some(end)) if begin < end => {
+            format!("{}\n", &report[begin..end + PEERS_END.len()])
+        }
+        _ => String::new(),
+    }
+}
+
+impl Bench {
+    /// Scenario 9 (end to end, simplebank only), rounds interleaved: each round measures the
+    /// raw cycle, then 1 and 2 worker processes with each producer. Returns the section.
+    async fn e2e_scenario(&self) -> Result<String> {
+        let configs = [(1, "single"), (1, "batch"), (2, "single"), (2, "batch")];
+        let mut runs: Vec<Vec<E2eRun>> = configs.iter().map(|_| Vec::new()).collect();
+        let mut cycle = Vec::new();
+        let mut loads = Vec::new();
+        for round in 0..self.runs {
+            loads.push(load_average());
+            cycle.push(self.raw_cycle().await?);
+            for (i, (processes, produce)) in configs.iter().enumerate() {
+                let run = self
+                    .end_to_end(System::Simplebank, *processes, produce)
+                    .await?;
+                eprintln!(
+                    "  round {}: {processes} worker(s), {produce}: {:.0}/s",
+                    round + 1,
+                    run.rate
+                );
+                runs[i].push(run);
+            }
+        }
+        let (cycle_median, _, _) = summary(&cycle);
+        let mut out = String::new();
+        writeln!(
+            out,
+            "## 9. End to end: worker processes first, a producer process alongside\n"
+        )?;
+        writeln!(
+            out,
+            "The worker processes (`bench_worker`: the real engine, `simplebank_queue::Worker`, on \
+             the current-thread runtime like `simplebank-worker`, concurrency 100, a no-op handler: \
+             what an application embedding the queue runs; not `simplebank-worker` itself, whose \
+             handlers need PostgreSQL and SMTP) are started and have joined the consumer group; \
+             then one producer process (`bench_producer`) adds {} tasks while they run: \
+             `publish`, 50 concurrent producers awaiting one task each, or `publish_batch` of \
+             1,000. Tasks/s = tasks / (last handler start - producer start). Latency = handler \
+             start - the send time the producer put in the payload (at saturation: the producer \
+             outruns the workers, so it is mostly time in the stream). CPU per task from \
+             `/proc` (workers, producer) and `INFO cpu` (Redis). {} rounds, interleaved (each: \
+             the raw cycle, then the four rows); load average at the start of each round: {}.\n",
+            self.e2e_tasks,
+            self.runs,
+            loads.join("; ")
+        )?;
+        writeln!(
+            out,
+            "| worker processes | producer | {} | vs raw cycle |",
+            E2E_HEADER.trim_start_matches("| ").trim_end_matches(" |")
+        )?;
+        writeln!(out, "|---|---{E2E_RULE}---|")?;
+        for ((processes, produce), runs) in configs.iter().zip(&runs) {
+            let (median, _, _) = summary(&runs.iter().map(|r| r.rate).collect::<Vec<_>>());
+            writeln!(
+                out,
+                "| {processes} | {} | {} | {:.0}% |",
+                if *produce == "single" {
+                    "`publish` x 50"
+                } else {
+                    "`publish_batch`"
+                },
+                e2e_row(runs),
+                median / cycle_median * 100.0
+            )?;
+        }
+        writeln!(
+            out,
+            "\nRaw ceiling in the same rounds: XREADGROUP COUNT 100 + XACK loop {} entries/s \
+             (the ceilings of scenario 2, measured at the start of this run, bound the \
+             producers).\n",
+            fmt_rate(&cycle)
+        )?;
+        Ok(out)
+    }
+
+    /// `make bench-peers`: simplebank, apalis (leases off, then its defaults) and BullMQ on
+    /// the same workload, interleaved, `runs` rounds per producer. Returns the marked section.
+    async fn peers(&self) -> Result<String> {
+        let mut systems = vec![System::Simplebank];
+        let mut missing = Vec::new();
+        if peer_path(".local/peers/apalis-target/release/peer-apalis").exists() {
+            systems.push(System::Apalis { leases: false });
+            systems.push(System::Apalis { leases: true });
+        } else {
+            missing.push("apalis: `peers/apalis` is not built (`make bench-peers` builds it)");
+        }
+        let node = std::process::Command::new("node")
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !node {
+            missing.push("BullMQ: skipped, `node` is not installed");
+        } else if !peer_path(".local/peers/bullmq/node_modules/bullmq").exists() {
+            missing.push("BullMQ: skipped, not installed (`npm` missing or failed)");
+        } else {
+            systems.push(System::BullMq);
+        }
+        let mut out = String::new();
+        writeln!(out, "{PEERS_BEGIN}")?;
+        writeln!(
+            out,
+            "## 10. Against the peers, end to end (`make bench-peers`)\n"
+        )?;
+        writeln!(
+            out,
+            "Written by `make bench-peers` (kept by `make bench`). The same workload for every \
+             system, on the same Redis ({}, no persistence): one worker process started first \
+             and ready, concurrency 100, a no-op handler recording the enqueue-to-start \
+             latency, then one producer process adding {} tasks alongside, 50 concurrent \
+             one-at-a-time producers or batches of 1,000. simplebank: `bench_worker` and \
+             `bench_producer` (scenario 9). apalis 1.0 + apalis-redis 1.0 (`peers/apalis`, its own \
+             Cargo.lock, outside the workspace; multi-threaded tokio, `concurrency(100)`; \
+             \"leases off\" is `Config::lock_tasks(false)`, its defaults lock each task and renew \
+             the locks by heartbeat; both fetch 100 at a time and beat every second, see \
+             `peers/apalis/src/main.rs` for why). BullMQ (`peers/bullmq`, pinned by its package-lock.json, \
+             on node {}; jobs added with `removeOnComplete`/`removeOnFail` so that, as in \
+             simplebank, a finished task leaves nothing in Redis). Rounds interleaved: each \
+             round runs every system once per producer.\n",
+            command_output("redis-server", &["--version"])
+                .split_whitespace()
+                .nth(2)
+                .unwrap_or("?"),
+            self.e2e_tasks,
+            command_output("node", &["--version"]),
+        )?;
+        for note in &missing {
+            writeln!(out, "- {note}")?;
+        }
+        if !missing.is_empty() {
+            writeln!(out)?;
+        }
+        let produces = ["single", "batch"];
+        let mut runs: Vec<Vec<Vec<E2eRun>>> = produces
+            .iter()
+            .map(|_| systems.iter().map(|_| Vec::new()).collect())
+            .collect();
+        let mut loads = Vec::new();
+        let mut failures = Vec::new();
+        for round in 0..self.runs {
+            loads.push(load_average());
+            for (p, produce) in produces.iter().enumerate() {
+                for (s, system) in systems.iter().enumerate() {
+                    // A peer that fails a run is reported, not fatal; simplebank's is.
+                    match self.end_to_end(*system, 1, produce).await {
+                        Ok(run) => {
+                            eprintln!(
+                                "  round {}: {}, {produce}: {:.0}/s",
+                                round + 1,
+                                system.name(),
+                                run.rate
+                            );
+                            runs[p][s].push(run);
+                        }
+                        Err(err) if *system != System::Simplebank => {
+                            eprintln!("  round {}: {} failed: {err}", round + 1, system.name());
+                            failures.push(format!(
+                                "round {}, {produce} producer, {}: {err}",
+                                round + 1,
+                                system.name()
+                            ));
+                            self.flush().await?;
+                        }
+                        Err(err) => return Err(err),
+                    }
+                }
+            }
+        }
+        writeln!(
+            out,
+            "- date: {}; commit {}; {} rounds; load average at the start of each round: {}\n",
+            command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            command_output("git", &["rev-parse", "--short", "HEAD"]),
+            self.runs,
+            loads.join("; ")
+        )?;
+        let mut ratios = Vec::new();
+        for (p, produce) in produces.iter().enumerate() {
+            writeln!(
+                out,
+                "### Producer: {}\n",
+                if *produce == "single" {
+                    "50 concurrent, one task at a time each"
+                } else {
+                    "batches of 1,000"
+                }
+            )?;
+            writeln!(
+                out,
+                "| system | {} | simplebank's rate / its |",
+                E2E_HEADER.trim_start_matches("| ").trim_end_matches(" |")
+            )?;
+            writeln!(out, "|---{E2E_RULE}---|")?;
+            let median =
+                |s: usize| summary(&runs[p][s].iter().map(|r| r.rate).collect::<Vec<_>>()).0;
+            let ours = median(0);
+            for (s, system) in systems.iter().enumerate() {
+                if runs[p][s].is_empty() {
+                    writeln!(
+                        out,
+                        "| {} | every run failed (below) |||||||||",
+                        system.name()
+                    )?;
+                    continue;
+                }
+                let ratio = ours / median(s);
+                writeln!(
+                    out,
+                    "| {} | {} | {ratio:.1}x |",
+                    system.name(),
+                    e2e_row(&runs[p][s])
+                )?;
+                ratios.push((*produce, *system, ratio));
+            }
+            writeln!(out)?;
+        }
+        if !failures.is_empty() {
+            writeln!(out, "Failed runs (left out of the medians):\n")?;
+            for failure in &failures {
+                writeln!(out, "- {failure}")?;
+            }
+            writeln!(out)?;
+        }
+        writeln!(out, "Against the targets (medians, one worker process):\n")?;
+        for (produce, system, ratio) in &ratios {
+            let target = match system {
+                System::BullMq => 10.0,
+                System::Apalis { leases: false } => 3.0,
+                _ => continue,
+            };
+            writeln!(
+                out,
+                "- {produce} producer, at least {target:.0}x {}: {ratio:.1}x, met: {}",
+                system.name(),
+                if *ratio >= target { "yes" } else { "**no**" }
+            )?;
+        }
+        writeln!(out, "\n{PEERS_END}")?;
+        Ok(out)
+    }
+}
+
+/// `/proc/loadavg`'s first three figures.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `(p99, early)` from a `promotion_lag` report line.
 fn lag_p99_early(line: &str) -> Option<(f64, f64)> {
     let after = |key: &str| {
@@ -605,6 +1149,7 @@ async fn main() -> Result<()> {
         port: server.port,
         tasks,
         runs,
+        e2e_tasks: config::parse_or("BENCH_E2E_TASKS", 100_000)?,
     };
     if config::var("BENCH_ONLY")?.as_deref() == Some("tracing") {
         // Scenario 7's drains alone, for tuning the export.
@@ -630,6 +1175,26 @@ async fn main() -> Result<()> {
             "drain 2x100: one redis-server {single:.0}/s; Redis Cluster, three primaries \
              (same machine) {cluster:.0}/s"
         );
+        return Ok(());
+    }
+    if config::var("BENCH_ONLY")?.as_deref() == Some("e2e") {
+        // Scenario 9 alone, printed.
+        print!("{}", bench.e2e_scenario().await?);
+        return Ok(());
+    }
+    if config::var("BENCH_ONLY")?.as_deref() == Some("peers") {
+        // `make bench-peers`: the peers' section, written into the report in place.
+        let section = bench.peers().await?;
+        let old = std::fs::read_to_string(&out).unwrap_or_default();
+        let kept = peers_section(&old);
+        let report = if kept.is_empty() {
+            format!("{}\n{section}", old.trim_end())
+        } else {
+            old.replacen(kept.trim_end(), section.trim_end(), 1)
+        };
+        std::fs::write(&out, report)?;
+        print!("{section}");
+        eprintln!("wrote the peers' section into {out}");
         return Ok(());
     }
     if config::var("BENCH_ONLY")?.as_deref() == Some("drain") {
@@ -753,6 +1318,10 @@ async fn main() -> Result<()> {
     }
     let create_user_traced = String::from_utf8_lossy(&create_user_traced.stdout).into_owned();
     let spans_received = sink.count();
+
+    eprintln!("scenario 9: end to end...");
+    let end_to_end = bench.e2e_scenario().await?;
+    let kept_peers = peers_section(&std::fs::read_to_string(&out).unwrap_or_default());
     let exported: Vec<String> = exported.iter().map(|n| n.to_string()).collect();
 
     let (cycle_median, _, _) = summary(&cycle);
@@ -923,6 +1492,12 @@ async fn main() -> Result<()> {
         exported.join(", ")
     )?;
     report.push_str(&create_user_traced);
+
+    report.push_str(&end_to_end);
+    report.push_str(&kept_peers);
+    if !kept_peers.is_empty() {
+        writeln!(report)?;
+    }
 
     writeln!(report, "## Against the targets\n")?;
     writeln!(
