@@ -1,5 +1,5 @@
-//! The OTLP exporter, wrapped so that a collector that is down costs one warning a minute, not
-//! one per batch, and never an error for the program.
+//! The OTLP exporter, built on a runtime thread of its own, and wrapped so that a collector that
+//! is down costs one warning a minute, not one per batch, and never an error for the program.
 
 use std::{
     sync::Mutex,
@@ -58,4 +58,37 @@ impl<E: SpanExporter> SpanExporter for WarnOnFailure<E> {
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
     }
+}
+
+/// Builds the OTLP/gRPC span exporter on a thread of its own (`otlp-export`) running a
+/// one-thread Tokio runtime, which then drives the exporter's connection for the life of the
+/// process: tonic spawns its channel's tasks (HTTP/2 framing, the socket writes) on the runtime
+/// it is built in. Built on the program's runtime, they ran there: in a worker, on its only
+/// runtime thread beside the tasks, and every span cost that thread its share of the export
+/// (BENCHMARKS.md, scenario 7). The SDK's batch processor encodes on a thread of its own already.
+pub fn otlp_on_own_thread() -> Result<opentelemetry_otlp::SpanExporter, crate::InitError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(crate::InitError::ExportThread)?;
+    let (built, receive) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("otlp-export".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let exporter = opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .build();
+                // The caller waits for this; if it has gone, so has the exporter's use.
+                let _ = built.send(exporter);
+                std::future::pending::<()>().await;
+            });
+        })
+        .map_err(crate::InitError::ExportThread)?;
+    receive
+        .recv()
+        .map_err(|_| {
+            crate::InitError::ExportThread(std::io::Error::other("the export thread stopped"))
+        })?
+        .map_err(crate::InitError::Exporter)
 }

@@ -38,6 +38,9 @@ pub enum InitError {
     /// [`init`] was called before, or something else installed a global subscriber.
     #[error("a global tracing subscriber is already installed")]
     AlreadyInstalled(#[from] tracing_subscriber::util::TryInitError),
+    /// The OTLP exporter's thread or runtime could not be started.
+    #[error("cannot start the OTLP export thread")]
+    ExportThread(#[source] std::io::Error),
     /// The OTLP exporter could not be built from the `OTEL_EXPORTER_OTLP_*` settings.
     #[error("cannot build the OTLP exporter (OTEL_EXPORTER_OTLP_ENDPOINT)")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
@@ -92,9 +95,7 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
     }
     let mut provider = SdkTracerProvider::builder().with_resource(resource.build());
     if export_enabled() {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()?;
+        let exporter = export::otlp_on_own_thread()?;
         provider = provider.with_batch_exporter(export::WarnOnFailure::new(exporter));
     }
     let provider = provider.build();
