@@ -946,6 +946,23 @@ impl Bench {
                 median / cycle_median * 100.0
             )?;
         }
+        let rate = |i: usize| summary(&runs[i].iter().map(|r| r.rate).collect::<Vec<_>>()).0;
+        let redis = |i: usize| summary(&runs[i].iter().map(|r| r.redis_us).collect::<Vec<_>>()).0;
+        for (one, two, producer) in [(0, 2, "`publish` x 50"), (1, 3, "`publish_batch`")] {
+            let (r1, r2) = (rate(one), rate(two));
+            writeln!(
+                out,
+                "\n2 worker processes against 1, {producer}: {:.0}% ({}). Redis CPU per task \
+                 {:.1} µs with 1, {:.1} µs with 2: Redis alone on a core could serve about \
+                 {:.0}k tasks/s at that cost; the rest of the two cores goes to the workers \
+                 and the producer (CPU per task above).",
+                r2 / r1 * 100.0,
+                if r2 > r1 { "faster" } else { "**not faster**" },
+                redis(one),
+                redis(two),
+                1e3 / redis(two),
+            )?;
+        }
         writeln!(
             out,
             "\nRaw ceiling in the same rounds: XREADGROUP COUNT 100 + XACK loop {} entries/s \
