@@ -22,9 +22,9 @@
 //!    `publish_batch`); tasks/s, enqueue-to-start latency, CPU per task of each process and of
 //!    Redis, the raw cycle in the same rounds.
 //! 10. peers (`make bench-peers`, `BENCH_ONLY=peers`, not in `make bench`): scenario 9's
-//!    workload with one worker process for simplebank, apalis (`peers/apalis`) and BullMQ
-//!    (`peers/bullmq`), interleaved; written between markers into the report, which
-//!    `make bench` keeps.
+//!     workload with one worker process for simplebank, apalis (`peers/apalis`) and BullMQ
+//!     (`peers/bullmq`), interleaved; written between markers into the report, which
+//!     `make bench` keeps.
 //!
 //! `BENCH_ONLY=drain` runs only a quick loop for profiling (the raw cycle, then the drain at
 //! 1 x 100 with and without a tracing subscriber) and prints the figures; no report.
