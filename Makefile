@@ -54,10 +54,10 @@ bench: services
 bench-peers: services
 	$(CARGO) build --release --workspace --bins --examples
 	CARGO_TARGET_DIR=$(CURDIR)/.local/peers/apalis-target $(CARGO) build --release \
-		--locked --manifest-path peers/apalis/Cargo.toml
+		--locked --manifest-path worker/peers/apalis/Cargo.toml
 	@if command -v npm >/dev/null && command -v node >/dev/null; then \
 		mkdir -p .local/peers/bullmq && \
-		cp peers/bullmq/package.json peers/bullmq/package-lock.json peers/bullmq/bench.mjs \
+		cp worker/peers/bullmq/package.json worker/peers/bullmq/package-lock.json worker/peers/bullmq/bench.mjs \
 			.local/peers/bullmq/ && \
 		(cd .local/peers/bullmq && npm ci --no-audit --no-fund --silent); \
 	else echo "node or npm is missing: BullMQ is skipped"; fi

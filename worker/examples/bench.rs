@@ -22,8 +22,8 @@
 //!    `publish_batch`); tasks/s, enqueue-to-start latency, CPU per task of each process and of
 //!    Redis, the raw cycle in the same rounds.
 //! 10. peers (`make bench-peers`, `BENCH_ONLY=peers`, not in `make bench`): scenario 9's
-//!     workload with one worker process for simplebank, apalis (`peers/apalis`) and BullMQ
-//!     (`peers/bullmq`), interleaved; written between markers into the report, which
+//!     workload with one worker process for simplebank, apalis (`worker/peers/apalis`) and BullMQ
+//!     (`worker/peers/bullmq`), interleaved; written between markers into the report, which
 //!     `make bench` keeps.
 //!
 //! `BENCH_ONLY=drain` runs only a quick loop for profiling (the raw cycle, then the drain at
@@ -119,7 +119,7 @@ scheduled set and Lua fetch) limits it to about 37k/s against simplebank's worke
 is still redis-rs parsing 13 stream fields per entry, see step 6 above) and the producer's
 (`publish` builds and sends one XADD of 13 fields per task).
 
-apalis-redis 1.0 needed two settings to run this workload at all (`peers/apalis/src/main.rs`):
+apalis-redis 1.0 needed two settings to run this workload at all (`worker/peers/apalis/src/main.rs`):
 `push` always puts a task into a scheduled set (due now) with no signal, and a worker that
 found its queue empty fetched again only at its next heartbeat (30 s by default; the 10 ms poll
 interval did not wake it), so the bench beats every second; and its fetch script moves every
@@ -605,9 +605,9 @@ impl Bench {
 enum System {
     /// `bench_worker` and `bench_producer` (the real engine and `Publisher`).
     Simplebank,
-    /// `peers/apalis` (apalis 1.0 + apalis-redis 1.0), task locking (leases) on or off.
+    /// `worker/peers/apalis` (apalis 1.0 + apalis-redis 1.0), task locking (leases) on or off.
     Apalis { leases: bool },
-    /// `peers/bullmq/bench.mjs` (BullMQ, pinned in its package.json).
+    /// `worker/peers/bullmq/bench.mjs` (BullMQ, pinned in its package.json).
     BullMq,
 }
 
@@ -982,7 +982,8 @@ impl Bench {
             systems.push(System::Apalis { leases: false });
             systems.push(System::Apalis { leases: true });
         } else {
-            missing.push("apalis: `peers/apalis` is not built (`make bench-peers` builds it)");
+            missing
+                .push("apalis: `worker/peers/apalis` is not built (`make bench-peers` builds it)");
         }
         let node = std::process::Command::new("node")
             .arg("--version")
@@ -1009,11 +1010,11 @@ impl Bench {
              and ready, concurrency 100, a no-op handler recording the enqueue-to-start \
              latency, then one producer process adding {} tasks alongside, 50 concurrent \
              one-at-a-time producers or batches of 1,000. simplebank: `bench_worker` and \
-             `bench_producer` (scenario 9). apalis 1.0 + apalis-redis 1.0 (`peers/apalis`, its own \
+             `bench_producer` (scenario 9). apalis 1.0 + apalis-redis 1.0 (`worker/peers/apalis`, its own \
              Cargo.lock, outside the workspace; multi-threaded tokio, `concurrency(100)`; \
              \"leases off\" is `Config::lock_tasks(false)`, its defaults lock each task and renew \
              the locks by heartbeat; both fetch 100 at a time and beat every second, see \
-             `peers/apalis/src/main.rs` for why). BullMQ (`peers/bullmq`, pinned by its package-lock.json, \
+             `worker/peers/apalis/src/main.rs` for why). BullMQ (`worker/peers/bullmq`, pinned by its package-lock.json, \
              on node {}; jobs added with `removeOnComplete`/`removeOnFail` so that, as in \
              simplebank, a finished task leaves nothing in Redis). Rounds interleaved: each \
              round runs every system once per producer.\n",
