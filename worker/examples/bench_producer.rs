@@ -35,10 +35,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let common = CommonConfig::from_env()?;
     let tasks: usize = config::parse_or("BENCH_TASKS", 100_000)?;
     let publisher = Publisher::new(
-        simplebank_core::redis_client::lazy_manager(
-            common.redis_client()?,
-            simplebank_core::redis_client::RESPONSE_TIMEOUT,
-        )?,
+        common
+            .redis_endpoint()?
+            .connect_lazy(simplebank_core::redis_client::RESPONSE_TIMEOUT)?,
         Keys::new(common.namespace),
     );
     match config::var("BENCH_PRODUCE")?.as_deref().unwrap_or("single") {

@@ -99,8 +99,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         shutdown: shutdown.clone(),
     };
     let record = Arc::clone(&recorder.record);
-    let worker = Worker::from_client(
-        common.redis_client()?,
+    let worker = Worker::with_endpoint(
+        common.redis_endpoint()?,
         common.namespace,
         settings,
         Handlers::new().on::<Ping>(recorder),
