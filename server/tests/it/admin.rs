@@ -1147,3 +1147,106 @@ async fn every_admin_call_runs_as_the_least_privilege_acl_user() {
         .collect();
     assert!(denials.is_empty(), "Redis refused: {denials:#?}");
 }
+
+/// A page token as the server encodes it (hex of its text), for tokens a client forges.
+fn forged_token(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// attack14: a well-formed token naming the largest stream entry id (a client may forge any
+/// position; the server's own tokens never name it) is answered INTERNAL ("invalid start ID
+/// for the interval" from XRANGE `(<max>`), and logged at ERROR. It is a position after every
+/// entry: an empty page (or INVALID_ARGUMENT naming page_token), never INTERNAL.
+#[tokio::test]
+async fn a_page_token_past_the_largest_entry_id_is_not_an_internal_error() {
+    let (db, redis) = (TestDb::create().await, TestRedis::new());
+    let publisher = publisher(&redis).await;
+    publish(&publisher, "ok", None).await;
+    let server = AdminServer::start(&db, &redis, &[]).await;
+    for (state, name) in [
+        ("TASK_STATE_PENDING", "pending"),
+        ("TASK_STATE_ACTIVE", "active"),
+        ("TASK_STATE_DEAD", "dead"),
+    ] {
+        let token = forged_token(&format!("v1:{name}:{QUEUE}:e:{0}-{0}", u64::MAX));
+        let body =
+            serde_json::json!({ "queue": QUEUE, "state": state, "pageToken": token }).to_string();
+        let (ok, text) = server.call("ListTasks", &body);
+        if ok {
+            let reply: Value = serde_json::from_str(&text).expect("json");
+            assert!(
+                reply["tasks"].as_array().is_none_or(Vec::is_empty),
+                "{state}: {text}"
+            );
+        } else {
+            assert_eq!(code_of(&text), "InvalidArgument", "{state}: {text}");
+            assert!(text.contains("page_token"), "{state}: {text}");
+        }
+    }
+    server.stop().await;
+}
+
+/// attack14: paging a scheduled set where an undecodable member (another version's, or a
+/// corrupted one) ends a page. Its tie cannot end at a task id, so the token's tie falls back
+/// to the member's first character, `{`, which every member starts with: the next page skips
+/// every other member of that due time, and the listing ends without them. Every decodable
+/// task must be listed once.
+#[tokio::test]
+async fn an_undecodable_scheduled_member_does_not_hide_the_tasks_due_with_it() {
+    let (db, redis) = (TestDb::create().await, TestRedis::new());
+    let publisher = publisher(&redis).await;
+    let at = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let task = Task::new(&Job {
+            action: "ok".into(),
+        })
+        .expect("task")
+        .with_process_at(at);
+        publisher.publish(&task).await.expect("publish");
+        ids.push(task.id().to_owned());
+    }
+    let key = redis.keys().scheduled(&queue_name());
+    let mut conn = redis.conn().await;
+    let due: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(&key)
+        .arg(0)
+        .arg(0)
+        .arg("WITHSCORES")
+        .query_async(&mut conn)
+        .await
+        .expect("zrange");
+    let due = due[0].1;
+    // Members are `{"fields":["id",...`; `!` sorts before `"`, so this one comes first.
+    let poison = r#"{"fields":[!not json"#;
+    let _: i64 = redis::cmd("ZADD")
+        .arg(&key)
+        .arg(due)
+        .arg(poison)
+        .query_async(&mut conn)
+        .await
+        .expect("zadd");
+    let server = AdminServer::start(&db, &redis, &[]).await;
+
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    for page in 0.. {
+        assert!(page < 20, "paging does not end");
+        let body = serde_json::json!({
+            "queue": QUEUE, "state": "TASK_STATE_SCHEDULED", "pageSize": 1, "pageToken": token,
+        })
+        .to_string();
+        let reply = server.ok("ListTasks", &body);
+        for task in reply["tasks"].as_array().cloned().unwrap_or_default() {
+            if let Some(id) = task["id"].as_str().filter(|id| !id.is_empty()) {
+                listed.push(id.to_owned());
+            }
+        }
+        match reply["nextPageToken"].as_str() {
+            Some(next) if !next.is_empty() => token = next.to_owned(),
+            _ => break,
+        }
+    }
+    assert_listed_once(&listed, &ids);
+    server.stop().await;
+}
