@@ -2,14 +2,16 @@
 //! last task shown however many tasks moved meanwhile.
 //!
 //! - streams (pending, active, dead): the last entry id shown; the next page reads after it;
-//! - sets (scheduled, retry): the last due time shown and the start of that member up to its
-//!   task id (`tie`); Redis orders members of one score by their bytes, so the next page is
-//!   the members with a later score, or the same score and bytes after the tie.
+//! - sets (scheduled, retry): the last due time shown and a [`Tie`] naming the last member
+//!   shown; Redis orders members of one score by their bytes, so the next page is the members
+//!   with a later score, or the same score and bytes after that member.
 //!
 //! The token is `v1`, the state, the queue and the position, hex-encoded: opaque to clients,
 //! checked when it comes back (a token of another queue or state, or one that does not parse,
-//! is [`AdminError::PageToken`]). It holds nothing secret: a tie ends at the task id, before
-//! the payload.
+//! is [`AdminError::PageToken`]; so is a stream position after the largest entry id, which
+//! no page can end at). A task's tie ends at its task id, before the payload; only an
+//! undecodable member (which has no task id to end at) is carried whole, up to
+//! [`MAX_MEMBER_TIE`] bytes.
 
 use std::fmt::Write as _;
 
@@ -19,11 +21,18 @@ use crate::keys::QueueName;
 /// The longest token accepted, in characters.
 const MAX_TOKEN: usize = 2048;
 
+/// The longest undecodable member carried whole as a tie, in bytes: a token stays well under
+/// [`MAX_TOKEN`]. A longer one is cut (at a character boundary).
+pub(super) const MAX_MEMBER_TIE: usize = 384;
+
 /// A stream entry id, `<ms>-<seq>`, comparable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct EntryId(pub u64, pub u64);
 
 impl EntryId {
+    /// The largest id: nothing comes after it (and Redis refuses `(<max>` as a range start).
+    pub const MAX: Self = Self(u64::MAX, u64::MAX);
+
     pub fn parse(raw: &str) -> Option<Self> {
         let (ms, seq) = raw.split_once('-')?;
         Some(Self(ms.parse().ok()?, seq.parse().ok()?))
@@ -41,8 +50,41 @@ impl std::fmt::Display for EntryId {
 pub(super) enum Position {
     /// After this stream entry.
     Entry(EntryId),
-    /// After the member of this score that starts with `tie`.
-    Scored { score: i64, tie: String },
+    /// After the member `tie` names among the members of this score.
+    Scored { score: i64, tie: Tie },
+}
+
+/// The last member shown of a due time, as a page token keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Tie {
+    /// A task's member up to and including its task id (`{"fields":["id","<id>"`): the
+    /// members shown are those up to it in byte order, and those that start with it (the same
+    /// task id; the rest of that member, its payload, is not kept).
+    Task(String),
+    /// An undecodable member, whole; or its first [`MAX_MEMBER_TIE`] bytes when longer. The
+    /// members shown are those up to it in byte order. A cut member is a prefix of the member
+    /// shown, so that member and any other starting with the prefix are shown again on the
+    /// next page: a repeat, never a task hidden.
+    Member(String),
+}
+
+impl Tie {
+    /// Whether `member`, of the tie's due time, was on the page that ended at this tie.
+    pub fn shown(&self, member: &str) -> bool {
+        match self {
+            Self::Task(tie) => member.as_bytes() <= tie.as_bytes() || member.starts_with(tie),
+            Self::Member(tie) => member.as_bytes() <= tie.as_bytes(),
+        }
+    }
+
+    /// The tie of an undecodable `member`: whole, or cut to [`MAX_MEMBER_TIE`] bytes.
+    pub fn member(member: &str) -> Self {
+        let mut end = member.len().min(MAX_MEMBER_TIE);
+        while !member.is_char_boundary(end) {
+            end -= 1;
+        }
+        Self::Member(member[..end].to_owned())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,9 +97,14 @@ impl Cursor {
     pub fn token(queue: &QueueName, state: TaskState, position: &Position) -> String {
         let text = match position {
             Position::Entry(id) => format!("v1:{}:{queue}:e:{id}", state.as_str()),
-            Position::Scored { score, tie } => {
-                format!("v1:{}:{queue}:s:{score}:{tie}", state.as_str())
-            }
+            Position::Scored {
+                score,
+                tie: Tie::Task(tie),
+            } => format!("v1:{}:{queue}:s:{score}:{tie}", state.as_str()),
+            Position::Scored {
+                score,
+                tie: Tie::Member(tie),
+            } => format!("v1:{}:{queue}:m:{score}:{tie}", state.as_str()),
         };
         text.bytes()
             .fold(String::with_capacity(text.len() * 2), |mut hex, b| {
@@ -93,16 +140,24 @@ impl Cursor {
         }
         let position = match (form, state) {
             ("e", TaskState::Pending | TaskState::Active | TaskState::Dead) => {
-                Position::Entry(EntryId::parse(rest)?)
+                // No page ends at the largest id (a later entry is needed for a next page),
+                // and Redis refuses a range starting after it.
+                let id = EntryId::parse(rest).filter(|id| *id != EntryId::MAX)?;
+                Position::Entry(id)
             }
-            ("s", TaskState::Scheduled | TaskState::Retry) => {
+            (form @ ("s" | "m"), TaskState::Scheduled | TaskState::Retry) => {
                 let (score, tie) = rest.split_once(':')?;
                 if tie.is_empty() {
                     return None;
                 }
+                let tie = if form == "s" {
+                    Tie::Task(tie.to_owned())
+                } else {
+                    Tie::Member(tie.to_owned())
+                };
                 Position::Scored {
                     score: score.parse().ok()?,
-                    tie: tie.to_owned(),
+                    tie,
                 }
             }
             _ => return None,
@@ -125,19 +180,30 @@ mod tests {
         for (state, position) in [
             (TaskState::Pending, Position::Entry(EntryId(1, 2))),
             (TaskState::Active, Position::Entry(EntryId(u64::MAX, 0))),
+            (
+                TaskState::Dead,
+                Position::Entry(EntryId(u64::MAX - 1, u64::MAX)),
+            ),
             (TaskState::Dead, Position::Entry(EntryId(0, 1))),
             (
                 TaskState::Scheduled,
                 Position::Scored {
                     score: 1_700_000_000_000,
-                    tie: r#"{"fields":["id","a:b\"c"#.into(),
+                    tie: Tie::Task(r#"{"fields":["id","a:b\"c"#.into()),
+                },
+            ),
+            (
+                TaskState::Scheduled,
+                Position::Scored {
+                    score: 7,
+                    tie: Tie::member(&"{\u{e9}".repeat(MAX_MEMBER_TIE)),
                 },
             ),
             (
                 TaskState::Retry,
                 Position::Scored {
                     score: -5,
-                    tie: "x".into(),
+                    tie: Tie::Member("x".into()),
                 },
             ),
         ] {
@@ -166,6 +232,9 @@ mod tests {
             hex("v1:scheduled:default:s:1:"),
             hex("v1:pending:default:e:1-2\r\n"),
             hex("v1:pending:default:e:-1-2"),
+            hex(&format!("v1:pending:default:e:{0}-{0}", u64::MAX)),
+            hex("v1:pending:default:e:18446744073709551616-0"),
+            hex("v1:pending:default:m:1:tie"),
             "ff".repeat(10),
         ];
         for bad in &bad {
@@ -181,5 +250,35 @@ mod tests {
         assert!(Cursor::parse(&token, &queue("low"), TaskState::Pending).is_err());
         assert!(Cursor::parse(&token, &q, TaskState::Active).is_err());
         assert!(Cursor::parse(&token, &q, TaskState::Pending).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod tie_tests {
+    use super::*;
+
+    #[test]
+    fn a_member_tie_shows_only_the_members_up_to_it() {
+        let tie = Tie::member("{\"fields\":[!x");
+        assert!(tie.shown("{\"fields\":[!x"));
+        assert!(tie.shown("{\"fields\":[!"));
+        // Longer members that start with it come after it: not shown yet.
+        assert!(!tie.shown("{\"fields\":[!xy"));
+        assert!(!tie.shown("{\"fields\":[\"id\",\"a\""));
+        // A task tie also covers the rest of its own member.
+        let task = Tie::Task("{\"fields\":[\"id\",\"a\"".into());
+        assert!(task.shown("{\"fields\":[\"id\",\"a\",\"type\""));
+        assert!(!task.shown("{\"fields\":[\"id\",\"b\""));
+    }
+
+    #[test]
+    fn a_long_member_tie_is_cut_at_a_character_boundary() {
+        let member = "\u{e9}".repeat(MAX_MEMBER_TIE);
+        let Tie::Member(cut) = Tie::member(&member) else {
+            panic!("a member tie");
+        };
+        assert!(cut.len() <= MAX_MEMBER_TIE && member.starts_with(&cut));
+        // The cut member itself is shown again, never skipped.
+        assert!(!Tie::Member(cut).shown(&member));
     }
 }

@@ -16,7 +16,7 @@ use redis::streams::{StreamInfoGroupsReply, StreamPendingCountReply, StreamRange
 
 use super::{
     Admin, AdminError, TaskInfo, TaskState,
-    cursor::{Cursor, EntryId, Position},
+    cursor::{Cursor, EntryId, Position, Tie},
 };
 use crate::{
     dead::DeadTask,
@@ -216,6 +216,10 @@ async fn range(
     start: Option<EntryId>,
     count: usize,
 ) -> Result<Vec<Entry>, AdminError> {
+    if start == Some(EntryId::MAX) {
+        // Nothing comes after it, and Redis refuses `(<max>`.
+        return Ok(Vec::new());
+    }
     let start = start.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
     let reply: StreamRangeReply = redis::cmd("XRANGE")
         .arg(key)
@@ -333,7 +337,7 @@ async fn scored(
         _ => admin.keys.scheduled(queue),
     };
     let (min, skip) = match &position {
-        Some(Position::Scored { score, tie }) => (score.to_string(), Some((*score, tie.as_str()))),
+        Some(Position::Scored { score, tie }) => (score.to_string(), Some((*score, tie))),
         _ => ("-inf".to_owned(), None),
     };
     let wanted = page_size + 1;
@@ -356,11 +360,9 @@ async fn scored(
         for (member, score) in batch {
             #[allow(clippy::cast_possible_truncation)]
             let score = score as i64;
-            // Members of the position's due time up to its task were on an earlier page:
+            // Members of the position's due time up to its tie were on an earlier page:
             // Redis orders them by their bytes.
-            let shown = skip.is_some_and(|(at, tie)| {
-                score == at && (member.as_bytes() <= tie.as_bytes() || member.starts_with(tie))
-            });
+            let shown = skip.is_some_and(|(at, tie)| score == at && tie.shown(&member));
             if !shown && kept.len() < wanted {
                 kept.push((member, score));
             }
@@ -375,7 +377,10 @@ async fn scored(
         .collect();
     let (tasks, last) = page(tasks, page_size, |(task, member, score)| Position::Scored {
         score: *score,
-        tie: tie(member, &task.id).unwrap_or_else(|| member.chars().take(1).collect()),
+        // An undecodable member (shown with an empty id) has no task id to end a tie at.
+        tie: tie(member, &task.id)
+            .filter(|_| !task.id.is_empty())
+            .map_or_else(|| Tie::member(member), Tie::Task),
     });
     Ok((tasks.into_iter().map(|(task, _, _)| task).collect(), last))
 }
