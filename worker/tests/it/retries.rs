@@ -287,7 +287,10 @@ async fn poison_entries_and_unknown_types_are_dead_lettered_at_once() {
         orphan.error,
         r#"no handler for task type "task:nobody_handles_this""#
     );
-    assert_eq!(orphan.attempts, 0);
+    assert_eq!(
+        orphan.attempts, 1,
+        "a delivery no handler runs is a failed attempt"
+    );
     assert!(matches!(
         dead_letters(&redis)
             .requeue_one(&default_queue(), &poison.entry_id)

@@ -118,8 +118,10 @@ impl Dispatcher {
             }
         };
         let Some(handler) = self.handlers.get(&task.task.kind) else {
+            // A delivery no handler can run is a failed attempt (attempts and the queue's
+            // `processed`/`failed` counters include it), as a handler refusing the task is.
             let reason = format!("no handler for task type {:?}", task.task.kind);
-            Box::pin(self.kill(&entry.id, task, &reason, false)).await;
+            Box::pin(self.kill(&entry.id, task, &reason, true)).await;
             return;
         };
         if let Some(deliveries) = deliveries

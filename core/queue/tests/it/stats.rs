@@ -188,3 +188,57 @@ async fn an_unused_queue_reads_as_empty() {
             .is_empty()
     );
 }
+
+/// A task whose type no worker handles is dead-lettered as a failed attempt: it counts in
+/// `processed` and `failed` as a refused task does, so `dead` and `failed` agree, and its dead
+/// letter says it was attempted once.
+#[tokio::test]
+async fn a_task_no_handler_runs_is_a_failed_attempt() {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Orphan {
+        n: u32,
+    }
+    impl simplebank_queue::TaskPayload for Orphan {
+        const TYPE: &'static str = "test:nobody_handles_this";
+    }
+    let redis = TestRedis::new();
+    let keys = redis.keys();
+    let queue = QueueName::parse("orphans").unwrap();
+    let conn = manager(&redis);
+    let publisher = publisher(&redis);
+    let worker = Running::start(&redis, settings("adopter", &[(&queue, 1)]), handlers());
+    let orphan = simplebank_queue::Task::new(&Orphan { n: 1 })
+        .unwrap()
+        .with_queue(queue.clone());
+    publisher.publish(&orphan).await.unwrap();
+    publisher
+        .publish(&job(&queue, 2, Mode::Refuse))
+        .await
+        .unwrap();
+    eventually("both dead", Duration::from_secs(10), || {
+        let mut conn = conn.clone();
+        let (keys, queue) = (keys.clone(), queue.clone());
+        async move {
+            let s = queue_stats(&mut conn, &keys, &queue).await.unwrap();
+            (s.dead, s.pending, s.active) == (2, 0, 0)
+        }
+    })
+    .await;
+    worker.stop().await;
+    let stats = queue_stats(&mut manager(&redis), &keys, &queue)
+        .await
+        .unwrap();
+    assert_eq!((stats.processed, stats.failed), (2, 2), "{stats:?}");
+    let dead = DeadLetters::new(manager(&redis), keys.clone());
+    let letters = dead.list(&queue, 10).await.unwrap();
+    let letter = letters
+        .iter()
+        .find(|d| d.task.as_ref().is_some_and(|t| t.id() == orphan.id()))
+        .expect("the orphan's dead letter");
+    assert_eq!(
+        letter.error,
+        r#"no handler for task type "test:nobody_handles_this""#
+    );
+    assert_eq!(letter.attempts, 1);
+    assert!(letter.first_failed_at.is_some() && letter.last_failed_at.is_some());
+}
