@@ -1,5 +1,6 @@
-//! The OTLP exporter, built on a runtime thread of its own, and wrapped so that a collector that
-//! is down costs one warning a minute, not one per batch, and never an error for the program.
+//! The OTLP exporters (spans and metrics), built on a runtime thread of their own, and wrapped
+//! so that a collector that is down costs one warning a minute per signal, not one per batch,
+//! and never an error for the program.
 
 use std::{
     sync::Mutex,
@@ -9,6 +10,7 @@ use std::{
 use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
+    metrics::{Temporality, data::ResourceMetrics, exporter::PushMetricExporter},
     trace::{SpanData, SpanExporter},
 };
 
@@ -27,22 +29,30 @@ impl<E> WarnOnFailure<E> {
             last_warning: Mutex::new(None),
         }
     }
+
+    /// Whether a failure should be warned about now: at most once a minute.
+    fn warning_due(&self) -> bool {
+        let mut last = self.last_warning.lock().unwrap_or_else(|e| e.into_inner());
+        let due = last.is_none_or(|at| at.elapsed() >= WARN_EVERY);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    }
 }
 
 impl<E: SpanExporter> SpanExporter for WarnOnFailure<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let spans = batch.len();
         let result = self.inner.export(batch).await;
-        if let Err(err) = &result {
-            let mut last = self.last_warning.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
-                *last = Some(Instant::now());
-                tracing::warn!(
-                    target: "simplebank::otlp",
-                    spans, error = %err,
-                    "cannot export spans to the OTLP collector; dropping them (next warning in a minute at the earliest)"
-                );
-            }
+        if let Err(err) = &result
+            && self.warning_due()
+        {
+            tracing::warn!(
+                target: "simplebank::otlp",
+                spans, error = %err,
+                "cannot export spans to the OTLP collector; dropping them (next warning in a minute at the earliest)"
+            );
         }
         result
     }
@@ -60,13 +70,16 @@ impl<E: SpanExporter> SpanExporter for WarnOnFailure<E> {
     }
 }
 
-/// Builds the OTLP/gRPC span exporter on a thread of its own (`otlp-export`) running a
-/// one-thread Tokio runtime, which then drives the exporter's connection for the life of the
+/// Builds the OTLP/gRPC exporters (`build`) on a thread of their own (`otlp-export`) running
+/// a one-thread Tokio runtime, which then drives the exporters' connections for the life of the
 /// process: tonic spawns its channel's tasks (HTTP/2 framing, the socket writes) on the runtime
 /// it is built in. Built on the program's runtime, they ran there: in a worker, on its only
 /// runtime thread beside the tasks, and every span cost that thread its share of the export
-/// (BENCHMARKS.md, scenario 7). The SDK's batch processor encodes on a thread of its own already.
-pub fn otlp_on_own_thread() -> Result<opentelemetry_otlp::SpanExporter, crate::InitError> {
+/// (BENCHMARKS.md, scenario 7); and a last export at exit waited for a thread busy shutting
+/// down. The SDK's batch processor and periodic reader encode on threads of their own already.
+pub fn on_own_thread<T: Send + 'static>(
+    build: impl FnOnce() -> Result<T, opentelemetry_otlp::ExporterBuildError> + Send + 'static,
+) -> Result<T, crate::InitError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -76,11 +89,8 @@ pub fn otlp_on_own_thread() -> Result<opentelemetry_otlp::SpanExporter, crate::I
         .name("otlp-export".into())
         .spawn(move || {
             runtime.block_on(async move {
-                let exporter = opentelemetry_otlp::SpanExporter::builder()
-                    .with_tonic()
-                    .build();
-                // The caller waits for this; if it has gone, so has the exporter's use.
-                let _ = built.send(exporter);
+                // The caller waits for this; if it has gone, so has the exporters' use.
+                let _ = built.send(build());
                 std::future::pending::<()>().await;
             });
         })
@@ -91,4 +101,32 @@ pub fn otlp_on_own_thread() -> Result<opentelemetry_otlp::SpanExporter, crate::I
             crate::InitError::ExportThread(std::io::Error::other("the export thread stopped"))
         })?
         .map_err(crate::InitError::Exporter)
+}
+
+impl<E: PushMetricExporter> PushMetricExporter for WarnOnFailure<E> {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        let result = self.inner.export(metrics).await;
+        if let Err(err) = &result
+            && self.warning_due()
+        {
+            tracing::warn!(
+                target: "simplebank::otlp",
+                error = %err,
+                "cannot export metrics to the OTLP collector; this interval's values are lost, cumulative counts recover at the next export (next warning in a minute at the earliest)"
+            );
+        }
+        result
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self) -> Temporality {
+        self.inner.temporality()
+    }
 }

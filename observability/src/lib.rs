@@ -7,16 +7,22 @@
 //! - [`propagation`]: `traceparent`/`tracestate` in and out of gRPC metadata and task entries.
 //! - [`logs`]: log lines (pretty or JSON) that carry `trace_id` and `span_id`.
 //!
+//! - [`metrics`]: the meter provider (OTLP, periodic), installed as the global one so that
+//!   libraries record through the OpenTelemetry API.
+//!
 //! Export is OTLP over gRPC, configured by the standard variables: `OTEL_EXPORTER_OTLP_ENDPOINT`
-//! (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; unset = no export, no error, no delay),
-//! `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`,
-//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_EXPORTER_OTLP_TIMEOUT`. Trace ids
-//! exist (and propagate) even without export, so log lines can always be correlated.
+//! (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` for one
+//! signal; unset = no export, no error, no delay), `OTEL_METRICS_EXPORTER` (`none` turns
+//! metrics off), `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER` /
+//! `OTEL_TRACES_SAMPLER_ARG`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_SCHEDULE_DELAY`,
+//! `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_EXPORTER_OTLP_TIMEOUT`. Trace ids exist (and propagate)
+//! even without export, so log lines can always be correlated.
 
 #![warn(missing_docs)]
 
 mod export;
 pub mod logs;
+pub mod metrics;
 pub mod propagation;
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -24,7 +30,7 @@ pub mod testing;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use opentelemetry_sdk::{Resource, metrics::SdkMeterProvider, trace::SdkTracerProvider};
 use tracing_subscriber::{EnvFilter, filter::LevelFilter, prelude::*};
 
 pub use logs::LogFormat;
@@ -44,6 +50,14 @@ pub enum InitError {
     /// The OTLP exporter could not be built from the `OTEL_EXPORTER_OTLP_*` settings.
     #[error("cannot build the OTLP exporter (OTEL_EXPORTER_OTLP_ENDPOINT)")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// An `OTEL_*` variable has a value that cannot be used.
+    #[error("invalid {variable}: {message}")]
+    Setting {
+        /// The variable's name.
+        variable: &'static str,
+        /// What is wrong with it (never its value).
+        message: String,
+    },
 }
 
 /// The log filter when `RUST_LOG` is unset: INFO, without PostgreSQL's notices (sqlx logs each
@@ -59,31 +73,93 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-/// Flushes pending spans and shuts the exporter down when dropped, within two seconds at most:
-/// an unreachable collector does not hold up the program's exit.
-#[must_use = "spans are flushed when the guard drops"]
+/// How long the last flush may hold up the program's exit.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Flushes pending spans and metrics and shuts the exporters down, within two seconds at most:
+/// an unreachable collector does not hold up the program's exit. Call [`Guard::shutdown`] at
+/// the end of `main`: it waits without blocking the program's runtime. Dropping the guard does
+/// the same as a fallback, blocking the thread it runs on meanwhile (the exporters' connections
+/// run on a thread of their own, so the last export still goes out).
+#[must_use = "spans and metrics are flushed when the guard is shut down or dropped"]
 #[derive(Debug)]
 pub struct Guard {
-    provider: SdkTracerProvider,
+    providers: Option<Providers>,
+    metrics_interval: Option<Duration>,
+}
+
+#[derive(Debug)]
+struct Providers {
+    traces: SdkTracerProvider,
+    metrics: Option<SdkMeterProvider>,
+}
+
+impl Providers {
+    /// Shuts both down on threads of their own (the SDK's meter shutdown waits up to 5 s
+    /// whatever it is told); `done` hears when both have finished.
+    fn shut_down_in_background(self, done: std::sync::mpsc::Sender<()>) {
+        let Self { traces, metrics } = self;
+        let metrics = std::thread::spawn(move || {
+            if let Some(metrics) = metrics {
+                let _ = metrics.shutdown_with_timeout(SHUTDOWN_TIMEOUT);
+            }
+        });
+        std::thread::spawn(move || {
+            let _ = traces.shutdown_with_timeout(SHUTDOWN_TIMEOUT);
+            let _ = metrics.join();
+            let _ = done.send(());
+        });
+    }
+}
+
+impl Guard {
+    /// The export interval when metrics are exported, `None` when they are off: what a
+    /// program's periodic readings for its gauges (the queue depth) should follow.
+    pub fn metrics_interval(&self) -> Option<Duration> {
+        self.metrics_interval
+    }
+
+    /// Flushes and shuts the exporters down, waiting at most two seconds, without blocking
+    /// the async runtime (the exporters' connections run on it).
+    pub async fn shutdown(mut self) {
+        let Some(providers) = self.providers.take() else {
+            return;
+        };
+        let (done, finished) = std::sync::mpsc::channel();
+        providers.shut_down_in_background(done);
+        let waited = tokio::task::spawn_blocking(move || {
+            let _ = finished.recv_timeout(SHUTDOWN_TIMEOUT);
+        });
+        let _ = waited.await;
+    }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let _ = self.provider.shutdown_with_timeout(Duration::from_secs(2));
+        if let Some(providers) = self.providers.take() {
+            let (done, finished) = std::sync::mpsc::channel();
+            providers.shut_down_in_background(done);
+            let _ = finished.recv_timeout(SHUTDOWN_TIMEOUT);
+        }
     }
 }
 
-/// Whether an OTLP endpoint is configured.
-pub fn export_enabled() -> bool {
-    [
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-    ]
-    .iter()
-    .any(|var| std::env::var(var).is_ok_and(|v| !v.trim().is_empty()))
+/// Whether any of `vars` is set to something other than blanks.
+fn any_set(vars: &[&str]) -> bool {
+    vars.iter()
+        .any(|var| std::env::var(var).is_ok_and(|v| !v.trim().is_empty()))
 }
 
-/// Installs logging and tracing for the whole process. Call once, inside the Tokio runtime.
+/// Whether an OTLP endpoint for traces is configured.
+pub fn export_enabled() -> bool {
+    any_set(&[
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ])
+}
+
+/// Installs logging, tracing and (with an endpoint for them) metrics for the whole process.
+/// Call once, inside the Tokio runtime, before building anything that records metrics.
 pub fn init(config: &Config) -> Result<Guard, InitError> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(directives)?,
@@ -93,9 +169,35 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
     if std::env::var("OTEL_SERVICE_NAME").map_or(true, |v| v.trim().is_empty()) {
         resource = resource.with_service_name(config.default_service_name);
     }
-    let mut provider = SdkTracerProvider::builder().with_resource(resource.build());
-    if export_enabled() {
-        let exporter = export::otlp_on_own_thread()?;
+    let resource = resource.build();
+    // Checked first, whether metrics are exported or not: a bad value stops the program.
+    let interval = metrics::export_interval()?;
+    let (traces_on, metrics_on) = (export_enabled(), metrics::enabled()?);
+    let (span_exporter, metric_exporter) = if traces_on || metrics_on {
+        export::on_own_thread(move || {
+            let spans = traces_on
+                .then(|| {
+                    opentelemetry_otlp::SpanExporter::builder()
+                        .with_tonic()
+                        .build()
+                })
+                .transpose()?;
+            let metrics = metrics_on
+                .then(|| {
+                    opentelemetry_otlp::MetricExporter::builder()
+                        .with_tonic()
+                        .build()
+                })
+                .transpose()?;
+            Ok((spans, metrics))
+        })?
+    } else {
+        (None, None)
+    };
+    let meters =
+        metric_exporter.map(|exporter| metrics::provider(resource.clone(), exporter, interval));
+    let mut provider = SdkTracerProvider::builder().with_resource(resource);
+    if let Some(exporter) = span_exporter {
         provider = provider.with_batch_exporter(export::WarnOnFailure::new(exporter));
     }
     let provider = provider.build();
@@ -123,5 +225,16 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
         .with(otel)
         .with(logs::layer(config.log_format).with_filter(filter))
         .try_init()?;
-    Ok(Guard { provider })
+    // Installed last, once nothing can fail: libraries create their instruments from the
+    // global provider when they start (a queue `Worker` or `Publisher`).
+    if let Some(meters) = &meters {
+        opentelemetry::global::set_meter_provider(meters.clone());
+    }
+    Ok(Guard {
+        metrics_interval: meters.as_ref().map(|_| interval),
+        providers: Some(Providers {
+            traces: provider,
+            metrics: meters,
+        }),
+    })
 }

@@ -1,28 +1,199 @@
-//! An OTLP trace receiver (feature `test-util`): a tonic server implementing the collector's
-//! TraceService from the official OpenTelemetry protobuf definitions (`opentelemetry-proto`).
-//! Tests keep the spans to inspect them; benchmarks only count them.
+//! An OTLP receiver (feature `test-util`): a tonic server implementing the collector's
+//! TraceService and MetricsService from the official OpenTelemetry protobuf definitions
+//! (`opentelemetry-proto`). Tests keep the spans and metric points to inspect them; benchmarks
+//! only count them.
 
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicUsize, Ordering},
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-        trace_service_server::{TraceService, TraceServiceServer},
+    collector::{
+        metrics::v1::{
+            ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+            metrics_service_server::{MetricsService, MetricsServiceServer},
+        },
+        trace::v1::{
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+            trace_service_server::{TraceService, TraceServiceServer},
+        },
     },
-    common::v1::any_value::Value,
+    common::v1::{AnyValue, KeyValue, any_value::Value},
+    metrics::v1::{metric::Data, number_data_point},
+    resource::v1::Resource,
     trace::v1::Span,
 };
 use tonic::{Request, Response, Status};
 
-/// Every span received (with the `service.name` that sent it), or only their count.
+/// Every span and metric point received (with the `service.name` that sent it), or only
+/// their count.
 #[derive(Debug, Clone, Default)]
 pub struct OtlpSink {
     spans: Arc<Mutex<Vec<(String, Span)>>>,
     count: Arc<AtomicUsize>,
+    points: Arc<Mutex<Vec<MetricPoint>>>,
+    metric_exports: Arc<AtomicUsize>,
     keep: bool,
+}
+
+/// One data point of one exported metric, flattened for assertions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricPoint {
+    /// The resource's attributes (`service.name`, `service.instance.id`, ...), as text.
+    pub resource: BTreeMap<String, String>,
+    /// The instrumentation scope's name.
+    pub scope: String,
+    /// The metric's name.
+    pub name: String,
+    /// Its unit.
+    pub unit: String,
+    /// The point's attributes, as text.
+    pub attributes: BTreeMap<String, String>,
+    /// When it was taken (ns since the epoch).
+    pub time_unix_nano: u64,
+    /// Its value.
+    pub value: PointValue,
+}
+
+/// The value of a [`MetricPoint`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum PointValue {
+    /// A counter's total (cumulative temporality) or a non-monotonic sum.
+    Sum(f64),
+    /// A gauge's reading.
+    Gauge(f64),
+    /// A histogram's sample count and sum.
+    Histogram {
+        /// How many samples.
+        count: u64,
+        /// Their sum.
+        sum: f64,
+    },
+}
+
+impl PointValue {
+    /// The sum's or gauge's value, or the histogram's count.
+    pub fn number(&self) -> f64 {
+        match self {
+            Self::Sum(v) | Self::Gauge(v) => *v,
+            #[allow(clippy::cast_precision_loss)]
+            Self::Histogram { count, .. } => *count as f64,
+        }
+    }
+}
+
+impl MetricPoint {
+    /// The service that sent it.
+    pub fn service(&self) -> &str {
+        self.resource.get("service.name").map_or("", String::as_str)
+    }
+
+    /// One attribute, if present.
+    pub fn attr(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+}
+
+/// Any attribute value as text (what tests compare against).
+pub fn text(value: Option<&AnyValue>) -> String {
+    match value.and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn attributes(list: &[KeyValue]) -> BTreeMap<String, String> {
+    list.iter()
+        .map(|kv| (kv.key.clone(), text(kv.value.as_ref())))
+        .collect()
+}
+
+fn resource_attributes(resource: Option<&Resource>) -> BTreeMap<String, String> {
+    resource
+        .map(|r| attributes(&r.attributes))
+        .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl MetricsService for OtlpSink {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.metric_exports.fetch_add(1, Ordering::Relaxed);
+        if self.keep {
+            let mut points = self.points.lock().unwrap_or_else(|e| e.into_inner());
+            for resource_metrics in request.into_inner().resource_metrics {
+                let resource = resource_attributes(resource_metrics.resource.as_ref());
+                for scope_metrics in resource_metrics.scope_metrics {
+                    let scope = scope_metrics.scope.map(|s| s.name).unwrap_or_default();
+                    for metric in scope_metrics.metrics {
+                        let point = |attrs: &[KeyValue], time_unix_nano, value| MetricPoint {
+                            resource: resource.clone(),
+                            scope: scope.clone(),
+                            name: metric.name.clone(),
+                            unit: metric.unit.clone(),
+                            attributes: attributes(attrs),
+                            time_unix_nano,
+                            value,
+                        };
+                        #[allow(clippy::cast_precision_loss)]
+                        let number =
+                            |p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint| match p
+                                .value
+                            {
+                                Some(number_data_point::Value::AsDouble(d)) => d,
+                                Some(number_data_point::Value::AsInt(i)) => i as f64,
+                                None => f64::NAN,
+                            };
+                        match &metric.data {
+                            Some(Data::Sum(sum)) => {
+                                points.extend(sum.data_points.iter().map(|p| {
+                                    point(
+                                        &p.attributes,
+                                        p.time_unix_nano,
+                                        PointValue::Sum(number(p)),
+                                    )
+                                }))
+                            }
+                            Some(Data::Gauge(gauge)) => {
+                                points.extend(gauge.data_points.iter().map(|p| {
+                                    point(
+                                        &p.attributes,
+                                        p.time_unix_nano,
+                                        PointValue::Gauge(number(p)),
+                                    )
+                                }));
+                            }
+                            Some(Data::Histogram(histogram)) => {
+                                points.extend(histogram.data_points.iter().map(|p| {
+                                    point(
+                                        &p.attributes,
+                                        p.time_unix_nano,
+                                        PointValue::Histogram {
+                                            count: p.count,
+                                            sum: p.sum.unwrap_or_default(),
+                                        },
+                                    )
+                                }));
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -58,8 +229,8 @@ impl TraceService for OtlpSink {
 }
 
 impl OtlpSink {
-    /// Starts a receiver on a free loopback port; `keep`: store the spans (tests) or only
-    /// count them (benchmarks). Returns it and its port.
+    /// Starts a receiver (traces and metrics) on a free loopback port; `keep`: store the spans
+    /// and metric points (tests) or only count them (benchmarks). Returns it and its port.
     pub async fn start(keep: bool) -> std::io::Result<(Self, u16)> {
         let sink = Self {
             keep,
@@ -68,9 +239,11 @@ impl OtlpSink {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let service = TraceServiceServer::new(sink.clone());
+        let metrics = MetricsServiceServer::new(sink.clone());
         tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(metrics)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await;
         });
@@ -85,5 +258,34 @@ impl OtlpSink {
     /// The kept spans.
     pub fn spans(&self) -> Vec<(String, Span)> {
         self.spans.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// How many metric exports arrived.
+    pub fn metric_exports(&self) -> usize {
+        self.metric_exports.load(Ordering::Relaxed)
+    }
+
+    /// Every kept metric point, in the order received.
+    pub fn metric_points(&self) -> Vec<MetricPoint> {
+        self.points
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The latest point of each series (resource, metric, attributes) named `name`: with
+    /// cumulative temporality, the totals so far.
+    pub fn latest(&self, name: &str) -> Vec<MetricPoint> {
+        let mut latest: BTreeMap<String, MetricPoint> = BTreeMap::new();
+        for point in self.metric_points().into_iter().filter(|p| p.name == name) {
+            let series = format!("{:?}{:?}", point.resource, point.attributes);
+            match latest.get(&series) {
+                Some(seen) if seen.time_unix_nano > point.time_unix_nano => {}
+                _ => {
+                    latest.insert(series, point);
+                }
+            }
+        }
+        latest.into_values().collect()
     }
 }

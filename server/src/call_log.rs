@@ -41,7 +41,7 @@ pub struct CallLog<S> {
 }
 
 /// Codes that mean the server failed (OpenTelemetry: span status ERROR on the server side).
-fn is_server_error(code: Code) -> bool {
+pub(crate) fn is_server_error(code: Code) -> bool {
     matches!(
         code,
         Code::Unknown
@@ -59,7 +59,7 @@ fn is_infrastructure(method: &str) -> bool {
 }
 
 /// The code's name as gRPC documents it (`INVALID_ARGUMENT`), for the log.
-fn code_name(code: Code) -> &'static str {
+pub(crate) fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",

@@ -7,6 +7,8 @@
 //! - [`relay`]: the loop that publishes outbox rows left behind.
 //! - [`health`]: `grpc.health.v1` status, driven by PostgreSQL and Redis checks.
 //! - [`call_log`]: one log line per call.
+//! - [`rpc_metrics`], [`outbox_metrics`]: the call duration histogram and the outbox backlog
+//!   gauge (OpenTelemetry, recorded for the meter provider the binary installs).
 //! - [`tls`]: TLS (and client certificates) for the listener, from PEM files.
 //! - [`backpressure`]: the concurrency limit (with load shedding) and request timeout.
 //! - [`connection`]: the bound on open connections, and deadlines for silent or idle ones.
@@ -29,7 +31,9 @@ pub mod config;
 pub mod connection;
 pub mod framing;
 pub mod health;
+pub mod outbox_metrics;
 pub mod relay;
+pub mod rpc_metrics;
 pub mod service;
 pub mod status;
 pub mod throttle;
@@ -68,7 +72,9 @@ use simplebank_queue::{Keys, Publisher};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{admin::auth::AdminAuthLayer, config::CallLimits, tls::TlsConfig};
+use crate::{
+    admin::auth::AdminAuthLayer, config::CallLimits, rpc_metrics::RpcMetricsLayer, tls::TlsConfig,
+};
 
 pub use config::ServerConfig;
 
@@ -80,6 +86,8 @@ pub enum ServerError {
     Redis(#[from] redis::RedisError),
     #[error("reflection service could not be built")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("the RPC metrics cannot read the services' descriptors")]
+    Descriptors(#[from] rpc_metrics::DescriptorError),
     #[error("gRPC transport failed")]
     Transport(#[from] tonic::transport::Error),
     #[error("cannot listen on ADMIN_GRPC_ADDRESS {address}")]
@@ -187,6 +195,9 @@ pub async fn run_with(
         config.outbox_relay_interval,
         stop.clone(),
     ));
+    // Instruments of the global meter provider (no-ops when the binary exports no metrics).
+    let meter = opentelemetry::global::meter("simplebank-server");
+    let _backlog = outbox_metrics::register(&meter, store.clone());
 
     let publishes = tokio_util::task::TaskTracker::new();
     let auth = service::Auth {
@@ -220,6 +231,7 @@ pub async fn run_with(
         public_routes,
         config.tls.as_ref(),
         config.limits,
+        RpcMetricsLayer::new(&meter, PUBLIC_DESCRIPTORS)?,
         AdminAuthLayer::new(None),
         listener,
         async move {
@@ -250,6 +262,7 @@ pub async fn run_with(
             routes,
             config.tls.as_ref(),
             config.limits,
+            RpcMetricsLayer::new(&meter, ADMIN_DESCRIPTORS)?,
             AdminAuthLayer::new(config.admin.token.as_ref()),
             admin_listener,
             async move { draining.cancelled().await },
@@ -282,13 +295,14 @@ pub async fn run_with(
     served
 }
 
-/// One listener's server: the hardening stack (stream counting, the call log, the token check
-/// where there is one, framing, back-pressure with a budget of its own) around `routes`, with
-/// TLS when configured, until `shutdown` resolves.
+/// One listener's server: the hardening stack (stream counting, the RPC metrics, the call log,
+/// the token check where there is one, framing, back-pressure with a budget of its own) around
+/// `routes`, with TLS when configured, until `shutdown` resolves.
 async fn serve(
     routes: tonic::service::Routes,
     tls: Option<&TlsConfig>,
     limits: CallLimits,
+    metrics: RpcMetricsLayer,
     auth: AdminAuthLayer,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
@@ -301,6 +315,7 @@ async fn serve(
         .http2_keepalive_interval(Some(connections.keepalive_interval))
         .http2_keepalive_timeout(Some(connections.keepalive_timeout))
         .layer(connection::StreamCountLayer)
+        .layer(metrics)
         .layer(call_log::CallLogLayer)
         .layer(auth)
         .layer(framing::FramingLayer)
@@ -309,6 +324,21 @@ async fn serve(
         .serve_with_incoming_shutdown(connection::incoming(listener, connections), shutdown)
         .await
 }
+
+/// The services of each listener, whose methods the RPC metrics name (any other path is
+/// `_OTHER`).
+const PUBLIC_DESCRIPTORS: &[&[u8]] = &[
+    pb::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
+const ADMIN_DESCRIPTORS: &[&[u8]] = &[
+    pb::admin::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
 
 /// Reflection knows one API (`descriptors`), health, and `google.rpc` error details (so grpcurl
 /// and Evans can print a BadRequest's field violations).

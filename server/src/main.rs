@@ -37,7 +37,7 @@ async fn main() -> ExitCode {
         config::Environment::Production => LogFormat::Json,
         config::Environment::Development => LogFormat::Pretty,
     };
-    let _telemetry = match simplebank_observability::init(&simplebank_observability::Config {
+    let telemetry = match simplebank_observability::init(&simplebank_observability::Config {
         default_service_name: "simplebank-server",
         log_format: format,
     }) {
@@ -61,13 +61,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %chain(err.as_ref()), "simplebank-server failed");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown().await;
+    code
 }
 
 async fn serve(config: ServerConfig) -> Result<(), Box<dyn std::error::Error>> {

@@ -17,6 +17,7 @@
 //! 6. resources: the worker's CPU seconds per 100,000 tasks and peak RSS while draining.
 //!
 //! 7. tracing export off versus on: the drain at 1 x 100, and CreateUser.
+//! 8. metrics off versus on: the drain at 1 x 100, exporting every second.
 //! 9. end to end: `bench_worker` processes (1 and 2) started first, then a `bench_producer`
 //!    process adding `BENCH_E2E_TASKS` (100,000) tasks alongside (`publish` x 50, or
 //!    `publish_batch`); tasks/s, enqueue-to-start latency, CPU per task of each process and of
@@ -28,7 +29,8 @@
 //!
 //! `BENCH_ONLY=drain` runs only a quick loop for profiling (the raw cycle, then the drain at
 //! 1 x 100 with and without a tracing subscriber) and prints the figures; no report.
-//! `BENCH_ONLY=tracing` likewise runs only scenario 7's drains.
+//! `BENCH_ONLY=tracing` likewise runs only scenario 7's drains, `BENCH_ONLY=metrics`
+//! scenario 8's.
 //! `BENCH_ONLY=e2e` runs only scenario 9 and prints it.
 
 use std::{
@@ -1202,6 +1204,30 @@ fn tracing_env(endpoint: &str) -> (Env, Env, Env) {
     (off, on, ratio)
 }
 
+/// Worker environments for scenario 8: a log subscriber only (`off`), and the same recording
+/// and exporting metrics (no traces) to `endpoint` every second (`on`).
+fn metrics_env(endpoint: &str) -> (Env, Env) {
+    let off = vec![("RUST_LOG".to_owned(), "warn".to_owned())];
+    let mut on = off.clone();
+    on.push((
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT".into(),
+        endpoint.to_owned(),
+    ));
+    on.push(("OTEL_METRIC_EXPORT_INTERVAL".into(), "1000".into()));
+    (off, on)
+}
+
+/// Scenario 8: paired drains (off, then on) at 1 x 100; returns the rates off and on.
+async fn metrics_drains(bench: &Bench, endpoint: &str) -> Result<(Vec<f64>, Vec<f64>)> {
+    let (off_env, on_env) = metrics_env(endpoint);
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..bench.runs {
+        off.push(bench.drain_with(1, 100, &off_env).await?.1);
+        on.push(bench.drain_with(1, 100, &on_env).await?.1);
+    }
+    Ok((off, on))
+}
+
 fn command_output(program: &str, args: &[&str]) -> String {
     std::process::Command::new(program)
         .args(args)
@@ -1272,6 +1298,18 @@ async fn main() -> Result<()> {
         std::fs::write(&out, report)?;
         print!("{section}");
         eprintln!("wrote the peers' section into {out}");
+        return Ok(());
+    }
+    if config::var("BENCH_ONLY")?.as_deref() == Some("metrics") {
+        let (sink, port) = simplebank_observability::testing::OtlpSink::start(false).await?;
+        let (off, on) = metrics_drains(&bench, &format!("http://127.0.0.1:{port}")).await?;
+        for (off, on) in off.iter().zip(&on) {
+            println!(
+                "metrics off {off:.0}/s, on {on:.0}/s ({:.1}%)",
+                on / off * 100.0
+            );
+        }
+        println!("metric exports received: {}", sink.metric_exports());
         return Ok(());
     }
     if config::var("BENCH_ONLY")?.as_deref() == Some("drain") {
@@ -1403,6 +1441,9 @@ async fn main() -> Result<()> {
     let end_to_end = bench.e2e_scenario().await?;
     let kept_peers = peers_section(&std::fs::read_to_string(&out).unwrap_or_default());
     let exported: Vec<String> = exported.iter().map(|n| n.to_string()).collect();
+
+    eprintln!("scenario 8: metrics off versus on...");
+    let (metrics_off, metrics_on) = metrics_drains(&bench, &endpoint).await?;
 
     let (cycle_median, _, _) = summary(&cycle);
     let (pipelined_median, _, _) = summary(&xadd_pipelined);
@@ -1596,6 +1637,23 @@ async fn main() -> Result<()> {
     )?;
     report.push_str(&create_user_traced);
 
+    writeln!(report, "## 8. Metrics off versus on\n")?;
+    writeln!(
+        report,
+        "Both with the same log subscriber (`RUST_LOG=warn`) and no traces; \"on\" records the queue's metrics (a duration sample and a consumed count per task) and exports them over OTLP/gRPC every second (`OTEL_METRIC_EXPORT_INTERVAL=1000`). Runs paired: off, then on.\n"
+    )?;
+    let (metrics_off_median, _, _) = summary(&metrics_off);
+    let (metrics_on_median, _, _) = summary(&metrics_on);
+    let metrics_ratio = metrics_on_median / metrics_off_median;
+    writeln!(report, "| drain, 1 worker, concurrency 100 | tasks/s |")?;
+    writeln!(report, "|---|---|")?;
+    writeln!(report, "| metrics off | {} |", fmt_rate(&metrics_off))?;
+    writeln!(
+        report,
+        "| metrics on | {} ({:.0}% of off) |\n",
+        fmt_rate(&metrics_on),
+        metrics_ratio * 100.0
+    )?;
     report.push_str(&end_to_end);
     report.push_str(&kept_peers);
     if !kept_peers.is_empty() {
@@ -1617,6 +1675,11 @@ async fn main() -> Result<()> {
     let mut target = |what: &str, measured: String, met: bool| {
         writeln!(report, "| {what} | {measured} | {} |", verdict(met))
     };
+    target(
+        "drain with metrics on: within 5% of off",
+        format!("{:.1}%", metrics_ratio * 100.0),
+        metrics_ratio >= 0.95,
+    )?;
     target(
         "drain, one process: at least 100,000 tasks/s",
         format!("{drain_100:.0}/s"),

@@ -68,7 +68,7 @@ impl Handler<Job> for Recorder {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let common = CommonConfig::from_env()?;
     let settings = simplebank_worker::config::consumer_settings_from_env()?;
-    let _telemetry = match config::var("RUST_LOG")? {
+    let telemetry = match config::var("RUST_LOG")? {
         Some(_) => Some(simplebank_observability::init(
             &simplebank_observability::Config {
                 default_service_name: "simplebank-test-worker",
@@ -85,14 +85,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         conn: endpoint.connect_lazy(redis_client::RESPONSE_TIMEOUT)?,
         runs: keys.namespaced("test:runs"),
     };
-    let worker = Worker::with_endpoint(
+    let mut worker = Worker::with_endpoint(
         endpoint,
         common.namespace,
         settings,
         Handlers::new().on::<Job>(recorder),
     )?;
+    if let Some(every) = telemetry.as_ref().and_then(|t| t.metrics_interval()) {
+        worker = worker.with_queue_depth(every);
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(simplebank_worker::signals::watch(shutdown.clone()));
-    worker.run(shutdown).await?;
-    Ok(())
+    let result = worker.run(shutdown).await;
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
+    }
+    Ok(result?)
 }

@@ -147,6 +147,10 @@ pub struct WorkerConfig {
     /// from; every worker of a deployment must have the same. Required in production. `None`
     /// only in development: [`crate::run`] then makes a random key for the process and warns.
     pub verify_email_key: Option<Secret<Vec<u8>>>,
+    /// Not read here: the program sets it from its telemetry set-up. When metrics are
+    /// exported, their interval, at which the queue gauges are read (by one worker of the
+    /// namespace at a time); `None` when metrics are off.
+    pub metrics_interval: Option<Duration>,
 }
 
 impl WorkerConfig {
@@ -167,6 +171,7 @@ impl WorkerConfig {
                 .unwrap_or_else(|| "Simple Bank <no-reply@simplebank.local>".into()),
             verify_email_url: config::var("VERIFY_EMAIL_URL")?
                 .unwrap_or_else(|| "http://localhost:8080/v1/verify_email".into()),
+            metrics_interval: None,
         })
     }
 }

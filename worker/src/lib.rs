@@ -67,7 +67,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             Secret::new(random_code(MIN_CODE_KEY_LEN).expose().clone().into_bytes())
         }),
     ));
-    let worker = Worker::with_endpoint(
+    let mut worker = Worker::with_endpoint(
         config
             .common
             .redis_endpoint()
@@ -76,5 +76,8 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         config.consumer,
         handlers,
     )?;
+    if let Some(every) = config.metrics_interval {
+        worker = worker.with_queue_depth(every);
+    }
     Ok(worker.run(shutdown).await?)
 }

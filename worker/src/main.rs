@@ -44,7 +44,7 @@ async fn main() -> ExitCode {
         config::Environment::Production => LogFormat::Json,
         config::Environment::Development => LogFormat::Pretty,
     };
-    let _telemetry = match simplebank_observability::init(&simplebank_observability::Config {
+    let telemetry = match simplebank_observability::init(&simplebank_observability::Config {
         default_service_name: "simplebank-worker",
         log_format: format,
     }) {
@@ -54,15 +54,22 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let config = WorkerConfig {
+        metrics_interval: telemetry.metrics_interval(),
+        ..config
+    };
     let shutdown = CancellationToken::new();
     tokio::spawn(simplebank_worker::signals::watch(shutdown.clone()));
-    match simplebank_worker::run(config, shutdown).await {
+    let code = match simplebank_worker::run(config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %report::chain(&err), "simplebank-worker failed");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The last spans and metrics go out while the runtime still drives the exporters.
+    telemetry.shutdown().await;
+    code
 }
 
 async fn check_redis(config: &WorkerConfig) -> Result<(), config::ConfigError> {

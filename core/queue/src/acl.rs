@@ -73,6 +73,9 @@ pub const COMMANDS: &[&str] = &[
     "zscan",
     "multi",
     "exec",
+    // The metrics' reader election (`{ns}:metrics:leader`): SET NX PX, then renewed (and
+    // released) by scripts that GET it first.
+    "pexpire",
 ];
 
 /// Commands the queue (or the redis crate under it) tries but does without when an ACL

@@ -14,6 +14,7 @@
 //! | `{ns:q}:paused` | string | `1` while the queue is paused (persistent) |
 //! | `{ns:q}:stats` | hash | `processed` (attempts finished, success or failure), `failed` (failed attempts) |
 //! | `{ns}:queues` | hash | the registry: queue -> weight, written by each worker at start |
+//! | `{ns}:metrics:leader` | string | the token of the one worker reading the queue gauges; `PX` lock, renewed by its holder (see the `depth` module) |
 //!
 //! The rule that keeps scripts single-slot: every script's KEYS are keys of ONE queue (one
 //! `{ns:q}` tag), and no script builds a key name from ARGV. State shared across queues (the
@@ -181,6 +182,11 @@ impl Keys {
     /// `{ns}:queues`: the registry of queues and their weights.
     pub fn queues(&self) -> String {
         self.namespaced("queues")
+    }
+
+    /// `{ns}:metrics:leader`: which worker reads the queue gauges for the namespace.
+    pub(crate) fn metrics_leader(&self) -> String {
+        self.namespaced("metrics:leader")
     }
 
     /// `{ns}:<name>`: a namespace-wide key, for an application's own keys (and the queue's

@@ -11,6 +11,8 @@
 //!   and metrics).
 //! - [`admin`]: what an operator needs (queues, tasks by state with stable paging, a task by
 //!   id, requeue, cancel, pause, workers), for an admin service or a CLI.
+//! - [`metrics`]: OpenTelemetry metrics (messaging semantic conventions) through the API, for
+//!   whatever meter provider the program installs.
 //!
 //! The Redis layout (one hash tag per queue) is documented once, on [`Keys`]; [`migrate`]
 //! moves a Redis written by the old layout (one hash tag per namespace) into it. The commands
@@ -66,8 +68,10 @@ pub mod admin;
 pub mod connection;
 mod consumer;
 mod dead;
+mod depth;
 mod fields;
 mod keys;
+pub mod metrics;
 pub mod migrate;
 pub mod pause;
 mod publish;

@@ -18,6 +18,7 @@ use tracing::Instrument;
 use crate::{
     fields,
     keys::{Keys, QueueName},
+    metrics::{self, ErrorType, ProducerMetrics},
     report, scripts,
     task::{Envelope, Task},
     trace::{context_of, record_error, set_parent},
@@ -100,6 +101,7 @@ pub struct Publisher {
     conn: Connection,
     keys: Keys,
     wait: Option<ReplicaWait>,
+    metrics: ProducerMetrics,
 }
 
 /// How many replicas must have a task before its publish succeeds, and how long to wait for
@@ -165,13 +167,22 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// A publisher on `conn` (see [`crate::connection`]) for the namespace of `keys`.
+    /// A publisher on `conn` (see [`crate::connection`]) for the namespace of `keys`. Its
+    /// metrics go to the global meter provider as installed now (see [`crate::metrics`]).
     pub fn new(conn: impl Into<Connection>, keys: Keys) -> Self {
         Self {
             conn: conn.into(),
             keys,
             wait: None,
+            metrics: ProducerMetrics::new(&metrics::global_meter()),
         }
+    }
+
+    /// Records the publisher's metrics with `meter` instead of the global provider's.
+    #[must_use]
+    pub fn with_meter(mut self, meter: &opentelemetry::metrics::Meter) -> Self {
+        self.metrics = ProducerMetrics::new(meter);
+        self
     }
 
     /// This publisher, waiting for replicas after each write (`None`: not waiting). Give it a
@@ -235,6 +246,7 @@ impl Publisher {
             simplebank.task.type = %task.kind,
         );
         set_parent(&span, &task.trace());
+        let original = task;
         let mut task = task.clone();
         task.set_trace(context_of(&span));
         let result = self
@@ -248,6 +260,8 @@ impl Publisher {
             Ok(_) => {}
             Err(err) => record_error(&span, &report::chain(err)),
         }
+        let error = result.as_ref().err().map(error_type);
+        self.metrics.sent(&original.queue, &original.kind, error, 1);
         result
     }
 
@@ -292,29 +306,38 @@ impl Publisher {
                     pipe.add_command(wait.cmd());
                 }
                 let first = &chunk[positions[0]].id;
-                let mut replies: Vec<redis::Value> = pipe
-                    .query_async(&mut self.conn.clone())
-                    .await
-                    .map_err(|source| PublishError::Redis {
-                        task_id: first.clone(),
-                        source,
-                    })?;
-                if let Some(wait) = &self.wait {
-                    let acknowledged = replies.pop().map(acknowledged).transpose();
-                    let acknowledged = acknowledged.map_err(|source| PublishError::Redis {
-                        task_id: first.clone(),
-                        source,
-                    })?;
-                    wait.check(first, acknowledged.unwrap_or(0))?;
+                let sent: Result<(), PublishError> = async {
+                    let mut replies: Vec<redis::Value> = pipe
+                        .query_async(&mut self.conn.clone())
+                        .await
+                        .map_err(|source| PublishError::Redis {
+                            task_id: first.clone(),
+                            source,
+                        })?;
+                    if let Some(wait) = &self.wait {
+                        let acknowledged = replies.pop().map(acknowledged).transpose();
+                        let acknowledged = acknowledged.map_err(|source| PublishError::Redis {
+                            task_id: first.clone(),
+                            source,
+                        })?;
+                        wait.check(first, acknowledged.unwrap_or(0))?;
+                    }
+                    for (&i, reply) in positions.iter().zip(replies) {
+                        entry_ids[i] = Some(redis::from_redis_value(reply).map_err(|source| {
+                            PublishError::Redis {
+                                task_id: chunk[i].id.clone(),
+                                source: source.into(),
+                            }
+                        })?);
+                    }
+                    Ok(())
                 }
-                for (&i, reply) in positions.iter().zip(replies) {
-                    entry_ids[i] = Some(redis::from_redis_value(reply).map_err(|source| {
-                        PublishError::Redis {
-                            task_id: chunk[i].id.clone(),
-                            source: source.into(),
-                        }
-                    })?);
+                .await;
+                let error = sent.as_ref().err().map(error_type);
+                for &i in &positions {
+                    self.metrics.sent(&chunk[i].queue, &chunk[i].kind, error, 1);
                 }
+                sent?;
             }
             outcomes.extend(entry_ids.into_iter().map(|entry_id| Enqueued::Queued {
                 entry_id: entry_id.unwrap_or_default(),
@@ -396,4 +419,13 @@ impl Publisher {
 /// WAIT's reply: the replicas that acknowledged.
 fn acknowledged(reply: redis::Value) -> redis::RedisResult<u32> {
     Ok(redis::from_redis_value(reply)?)
+}
+
+/// The metrics' `error.type` of a failed publish.
+fn error_type(err: &PublishError) -> ErrorType {
+    match err {
+        PublishError::Conflict { .. } => ErrorType::Conflict,
+        PublishError::NotReplicated { .. } => ErrorType::NotReplicated,
+        PublishError::Redis { .. } => ErrorType::Redis,
+    }
 }

@@ -6,7 +6,7 @@
 //!
 //! Every trim goes through [`report_trim`], the one place that logs it (and counts it).
 
-use crate::{keys::QueueName, scripts::Trimmed};
+use crate::{keys::QueueName, metrics::ConsumerMetrics, scripts::Trimmed};
 
 /// Why letters were trimmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,10 +24,24 @@ impl TrimReason {
             Self::Age => "older than DEAD_LETTER_RETENTION",
         }
     }
+
+    /// The metrics' `simplebank.trim.reason`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::MaxLen => "max_len",
+            Self::Age => "retention",
+        }
+    }
 }
 
-/// Logs (and counts) one trim of `queue`'s dead letters: `count` letters, for `reason`.
-pub(crate) fn report_trim(queue: &QueueName, count: u64, reason: TrimReason) {
+/// Logs and counts (`simplebank.queue.dead.trimmed`) one trim of `queue`'s dead letters:
+/// `count` letters, for `reason`.
+pub(crate) fn report_trim(
+    queue: &QueueName,
+    count: u64,
+    reason: TrimReason,
+    metrics: &ConsumerMetrics,
+) {
     if count == 0 {
         return;
     }
@@ -37,10 +51,11 @@ pub(crate) fn report_trim(queue: &QueueName, count: u64, reason: TrimReason) {
         reason = reason.as_str(),
         "dead letters trimmed"
     );
+    metrics.dead_trimmed(queue, reason, count);
 }
 
 /// [`report_trim`] for each reason of `trimmed`.
-pub(crate) fn report(queue: &QueueName, trimmed: Trimmed) {
-    report_trim(queue, trimmed.by_max_len, TrimReason::MaxLen);
-    report_trim(queue, trimmed.by_age, TrimReason::Age);
+pub(crate) fn report(queue: &QueueName, trimmed: Trimmed, metrics: &ConsumerMetrics) {
+    report_trim(queue, trimmed.by_max_len, TrimReason::MaxLen, metrics);
+    report_trim(queue, trimmed.by_age, TrimReason::Age, metrics);
 }

@@ -166,6 +166,7 @@ impl TestWorker {
             email_sender: "Simple Bank <no-reply@simplebank.test>".into(),
             verify_email_url: "http://localhost:8080/v1/verify_email".into(),
             verify_email_key: Some(Secret::new(TEST_VERIFY_EMAIL_KEY.as_bytes().to_vec())),
+            metrics_interval: None,
         };
         let stop = CancellationToken::new();
         let token = stop.clone();

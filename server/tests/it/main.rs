@@ -13,6 +13,7 @@ mod health;
 mod helpers;
 mod logs;
 mod malformed;
+mod metrics;
 mod outbox;
 mod pipeline;
 mod postgres_tls;

@@ -36,6 +36,9 @@ pub fn command(program: &Path, env: &[(&str, String)]) -> tokio::process::Comman
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .env("RUST_LOG", "debug")
         .env("VERIFY_EMAIL_KEY", TEST_VERIFY_EMAIL_KEY)
+        // The default admin port (9091) is one for the whole machine: tests running at once
+        // would race for it, and all but one server fail to start.
+        .env("ADMIN_GRPC_ADDRESS", "off")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

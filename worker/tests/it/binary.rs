@@ -36,6 +36,8 @@ async fn a_bad_setting_stops_the_worker_naming_the_variable() {
         ("DEAD_LETTER_RETENTION", "99999999999999999999d"),
         ("REDIS_NAMESPACE", "a:b"),
         ("DB_SOURCE", "mysql://localhost/x"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "5s"),
+        ("OTEL_METRICS_EXPORTER", "prometheus"),
     ] {
         let output = worker()
             .env(var, value)

@@ -9,6 +9,7 @@ mod delayed;
 mod faults;
 mod helpers;
 mod lease;
+mod metrics;
 mod priority;
 mod reclaim;
 mod retries;

@@ -13,6 +13,9 @@
 //!
 //! If Redis fails while settling, the entry stays pending and is taken over later: the task
 //! may run again (at least once), it is never lost.
+//!
+//! Every delivery is counted once in the metrics (see the `metrics` module) with how it ended;
+//! an attempt that reached its process span also records its duration.
 
 use std::{
     panic::AssertUnwindSafe,
@@ -37,6 +40,7 @@ use crate::{
     dead::{dead_fields, poison_fields},
     fields::{self, Entry},
     keys::{GROUP, Keys, QueueName},
+    metrics::{ConsumerMetrics, ErrorType, Outcome},
     report, retention,
     scripts::{self, Finished, Retention},
     task::{Envelope, now_ms},
@@ -64,6 +68,7 @@ pub(crate) struct Dispatcher {
     /// Cancelled when the shutdown timeout passes: unfinished handlers are aborted and their
     /// entries stay pending.
     pub abandon: CancellationToken,
+    pub metrics: ConsumerMetrics,
 }
 
 /// How an attempt ended, when it did not succeed.
@@ -113,14 +118,18 @@ impl Dispatcher {
             Ok(envelope) => envelope,
             Err(err) => {
                 let reason = format!("undecodable entry: {err}");
+                self.metrics
+                    .dead_on_arrival(&queue, None, ErrorType::EntryUndecodable);
                 Box::pin(self.kill_poison(&queue, &entry.id, &entry.fields, &reason)).await;
                 return;
             }
         };
-        let Some(handler) = self.handlers.get(&task.task.kind) else {
+        let Some((task_type, handler)) = self.handlers.get(&task.task.kind) else {
             // A delivery no handler can run is a failed attempt (attempts and the queue's
             // `processed`/`failed` counters include it), as a handler refusing the task is.
             let reason = format!("no handler for task type {:?}", task.task.kind);
+            self.metrics
+                .dead_on_arrival(&queue, None, ErrorType::UnknownType);
             Box::pin(self.kill(&entry.id, task, &reason, true)).await;
             return;
         };
@@ -130,6 +139,8 @@ impl Dispatcher {
             let reason = format!(
                 "delivered {deliveries} times without finishing: its worker crashed or hung each time"
             );
+            self.metrics
+                .dead_on_arrival(&queue, Some(task_type), ErrorType::DeliveredTooOften);
             Box::pin(self.kill(&entry.id, task, &reason, true)).await;
             return;
         }
@@ -137,6 +148,8 @@ impl Dispatcher {
         if let Some(deadline) = task.task.deadline {
             let left = deadline.saturating_sub(now_ms());
             if left <= 0 {
+                self.metrics
+                    .dead_on_arrival(&queue, Some(task_type), ErrorType::DeadlineExceeded);
                 Box::pin(self.kill(&entry.id, task, "deadline exceeded", false)).await;
                 return;
             }
@@ -158,22 +171,31 @@ impl Dispatcher {
             simplebank.task.attempt = task.attempt,
         );
         set_parent(&span, &task.task.trace());
-        self.run(stream, entry.id, task, handler, timeout, permit)
-            .instrument(span)
-            .await;
+        self.run(
+            stream,
+            entry.id,
+            task,
+            (task_type, handler),
+            timeout,
+            permit,
+        )
+        .instrument(span)
+        .await;
     }
 
-    /// Runs one attempt inside its process span and settles the entry.
+    /// Runs one attempt inside its process span and settles the entry. `handler`: the
+    /// registered type's name and handler.
     async fn run(
         &self,
         stream: String,
         entry_id: String,
         task: Envelope,
-        handler: Arc<dyn Erased>,
+        (task_type, handler): (&'static str, Arc<dyn Erased>),
         timeout: Duration,
         permit: OwnedSemaphorePermit,
     ) {
         let started = Instant::now();
+        let queue = task.task.queue.clone();
         let context = TaskContext {
             id: task.task.id.clone(),
             queue: task.task.queue.clone(),
@@ -197,7 +219,14 @@ impl Dispatcher {
                     ),
                 };
                 record_error(&tracing::Span::current(), &failure.message);
-                Box::pin(self.fail(&entry_id, task, failure)).await;
+                let outcome = Box::pin(self.fail(&entry_id, task, failure)).await;
+                self.metrics.attempt(
+                    &queue,
+                    task_type,
+                    outcome,
+                    Some(ErrorType::PayloadUndecodable),
+                    started.elapsed(),
+                );
                 return;
             }
         };
@@ -205,6 +234,8 @@ impl Dispatcher {
         let ended = supervise(attempt, timeout, self.renew_every, &self.abandon, renew).await;
         // The handler's future (cut off or finished) and any renewal are dropped by now.
         drop(permit);
+        let elapsed = started.elapsed();
+        let error = error_type(&ended);
         let outcome = match ended {
             Ended::Returned(Ok(())) => Ok(()),
             Ended::Returned(Err(err)) => Err(Failure {
@@ -221,15 +252,23 @@ impl Dispatcher {
                     task_id = %task.task.id, task_type = %task.task.kind,
                     "shutdown timeout passed; task left pending for another worker"
                 );
+                self.metrics
+                    .attempt(&queue, task_type, Outcome::Abandoned, error, elapsed);
                 return;
             }
         };
-        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         match outcome {
-            Ok(()) => self.finish(&entry_id, &task, duration_ms).await,
+            Ok(()) => {
+                self.finish(&entry_id, &task, duration_ms).await;
+                self.metrics
+                    .attempt(&queue, task_type, Outcome::Success, None, elapsed);
+            }
             Err(failure) => {
                 record_error(&tracing::Span::current(), &failure.message);
-                Box::pin(self.fail(&entry_id, task, failure)).await;
+                let outcome = Box::pin(self.fail(&entry_id, task, failure)).await;
+                self.metrics
+                    .attempt(&queue, task_type, outcome, error, elapsed);
             }
         }
     }
@@ -261,12 +300,13 @@ impl Dispatcher {
         }
     }
 
-    async fn fail(&self, entry_id: &str, envelope: Envelope, failure: Failure) {
+    /// Retries the task, or dead-letters it when retrying cannot help; returns which.
+    async fn fail(&self, entry_id: &str, envelope: Envelope, failure: Failure) -> Outcome {
         let out_of_attempts =
             failure.kind == FailureKind::Retry && envelope.attempt > envelope.task.max_retry;
         if failure.kind == FailureKind::SkipRetry || out_of_attempts {
             self.kill(entry_id, envelope, &failure.message, true).await;
-            return;
+            return Outcome::Dead;
         }
         let task = &envelope.task;
         let delay = self.backoff.delay(&task.id, envelope.attempt);
@@ -302,6 +342,7 @@ impl Dispatcher {
                 "task failed and could not be rescheduled; it stays pending and will be taken over"
             ),
         }
+        Outcome::Retry
     }
 
     /// Moves the task to the dead letters. `attempted`: whether this delivery ran the handler.
@@ -333,7 +374,7 @@ impl Dispatcher {
                     task_id = %task.id, task_type = %task.kind, queue = %task.queue, attempts,
                     reason, "task moved to the dead letters"
                 );
-                retention::report(&task.queue, killed.trimmed);
+                retention::report(&task.queue, killed.trimmed, &self.metrics);
             }
             Ok(_) => tracing::warn!(
                 task_id = %task.id, reason,
@@ -367,7 +408,7 @@ impl Dispatcher {
         match killed {
             Ok(killed) if killed.killed => {
                 tracing::error!(queue = %queue, entry_id, reason, "poison entry moved to the dead letters");
-                retention::report(queue, killed.trimmed);
+                retention::report(queue, killed.trimmed, &self.metrics);
             }
             Ok(_) => tracing::warn!(
                 queue = %queue, entry_id,
@@ -399,6 +440,21 @@ impl Dispatcher {
 
 /// A lease renewal in flight.
 type Renewal<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// The metrics' `error.type` of an attempt that did not succeed.
+fn error_type(ended: &Ended) -> Option<ErrorType> {
+    match ended {
+        Ended::Returned(Ok(())) => None,
+        Ended::Returned(Err(err)) => Some(match err.kind() {
+            FailureKind::Retry => ErrorType::HandlerError,
+            FailureKind::SkipRetry => ErrorType::SkipRetry,
+            FailureKind::NotAFailure => ErrorType::NotAFailure,
+        }),
+        Ended::Panicked => Some(ErrorType::Panic),
+        Ended::TimedOut => Some(ErrorType::Timeout),
+        Ended::Abandoned => Some(ErrorType::ShutdownTimeout),
+    }
+}
 
 /// How one attempt ended.
 #[derive(Debug)]

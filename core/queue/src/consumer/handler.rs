@@ -244,8 +244,11 @@ impl Handlers {
         self.by_type.contains_key(P::TYPE)
     }
 
-    pub(crate) fn get(&self, task_type: &str) -> Option<Arc<dyn Erased>> {
-        self.by_type.get(task_type).cloned()
+    /// The handler of `task_type`, with the type as registered (a bounded name, for metrics).
+    pub(crate) fn get(&self, task_type: &str) -> Option<(&'static str, Arc<dyn Erased>)> {
+        self.by_type
+            .get_key_value(task_type)
+            .map(|(name, handler)| (*name, Arc::clone(handler)))
     }
 }
 

@@ -38,8 +38,9 @@ pub use settings::{
 };
 
 use crate::{
-    connection,
+    connection, depth,
     keys::{Keys, Namespace, QueueName},
+    metrics::{self, ConsumerMetrics},
     report,
 };
 use dispatch::Dispatcher;
@@ -67,6 +68,8 @@ pub struct Worker {
     keys: Keys,
     settings: ConsumerSettings,
     handlers: Handlers,
+    meter: Option<opentelemetry::metrics::Meter>,
+    depth_every: Option<Duration>,
 }
 
 impl Worker {
@@ -97,7 +100,27 @@ impl Worker {
             keys: Keys::new(namespace),
             settings,
             handlers,
+            meter: None,
+            depth_every: None,
         })
+    }
+
+    /// Records the worker's metrics (see the crate docs, "Metrics") with `meter` instead of
+    /// the global meter provider's.
+    #[must_use]
+    pub fn with_meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
+        self.meter = Some(meter);
+        self
+    }
+
+    /// Also reports the queue gauges (`simplebank.queue.depth`, `simplebank.queue.oldest_age`
+    /// of every registered queue), reading them every `every` (the metrics export interval)
+    /// while this worker is the namespace's one reader: the workers elect one through a lock
+    /// in Redis, so the gauges are read once per namespace however many workers run.
+    #[must_use]
+    pub fn with_queue_depth(mut self, every: Duration) -> Self {
+        self.depth_every = Some(every.max(Duration::from_millis(1)));
+        self
     }
 
     /// Consumes until `shutdown` is cancelled, then drains as described in the crate docs.
@@ -149,6 +172,19 @@ impl Worker {
             queues.clone(),
             shutdown.clone(),
         );
+        let meter = self.meter.unwrap_or_else(metrics::global_meter);
+        let depth = self.depth_every.map(|every| {
+            tokio::spawn(
+                depth::DepthReporter {
+                    conn: conn.clone(),
+                    keys: self.keys.clone(),
+                    consumer: settings.consumer_name.clone(),
+                    every,
+                    meter: meter.clone(),
+                }
+                .run(shutdown.clone()),
+            )
+        });
         let slots = Arc::new(Semaphore::new(settings.concurrency));
         let dispatcher = Arc::new(Dispatcher {
             conn: conn.clone(),
@@ -162,12 +198,14 @@ impl Worker {
             retention: settings.retention(),
             tracker: TaskTracker::new(),
             abandon: CancellationToken::new(),
+            metrics: ConsumerMetrics::new(&meter),
         });
         let promoter = tokio::spawn(promote::run(
             conn.clone(),
             self.keys.clone(),
             queues.clone(),
             settings.retention(),
+            dispatcher.metrics.clone(),
             shutdown.clone(),
         ));
         let reclaim = tokio::spawn(
@@ -206,6 +244,9 @@ impl Worker {
         };
         fetch::run(fetcher, reading, &shutdown).await;
         let _ = tokio::join!(reclaim, promoter);
+        if let Some(depth) = depth {
+            let _ = depth.await;
+        }
 
         dispatcher.tracker.close();
         let running = dispatcher.tracker.len();

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     connection::Connection,
     keys::{Keys, QueueName},
+    metrics::ConsumerMetrics,
     report, retention,
     scripts::{self, Retention},
 };
@@ -34,13 +35,14 @@ pub(crate) async fn run(
     keys: Keys,
     queues: Vec<QueueName>,
     dead_letters: Retention,
+    metrics: ConsumerMetrics,
     stop: CancellationToken,
 ) {
     let mut failing = false;
     let mut trimmed_at: Option<Instant> = None;
     loop {
         if trimmed_at.is_none_or(|at| at.elapsed() >= TRIM_EVERY) {
-            trim(&mut conn, &keys, &queues, dead_letters).await;
+            trim(&mut conn, &keys, &queues, dead_letters, &metrics).await;
             trimmed_at = Some(Instant::now());
         }
         let pause = match round(&mut conn, &keys, &queues).await {
@@ -73,10 +75,16 @@ pub(crate) async fn run(
 }
 
 /// Trims the dead letters of each of `queues`; a failure is logged (the next round retries).
-async fn trim(conn: &mut Connection, keys: &Keys, queues: &[QueueName], dead_letters: Retention) {
+async fn trim(
+    conn: &mut Connection,
+    keys: &Keys,
+    queues: &[QueueName],
+    dead_letters: Retention,
+    metrics: &ConsumerMetrics,
+) {
     for queue in queues {
         match scripts::trim_dead(conn, keys, queue, dead_letters).await {
-            Ok(trimmed) => retention::report(queue, trimmed),
+            Ok(trimmed) => retention::report(queue, trimmed, metrics),
             Err(err) => tracing::warn!(
                 queue = %queue, error = %report::chain(&err),
                 "cannot trim the dead letters; will retry"
