@@ -21,7 +21,7 @@ use simplebank_queue::{
 };
 use tokio::sync::Mutex;
 
-use crate::helpers::{TestJob, test_worker_binary};
+use crate::helpers::{TestJob, spawn_test_worker_in};
 
 /// A `test_worker` process on the cluster, as consumer `name`.
 fn spawn_worker(
@@ -30,20 +30,11 @@ fn spawn_worker(
     name: &str,
     env: &[(&str, &str)],
 ) -> tokio::process::Child {
-    let mut command = tokio::process::Command::new(test_worker_binary());
-    command
-        .env("REDIS_ADDRESS", cluster.seeds())
-        .env("REDIS_CLUSTER", "true")
-        .env("REDIS_NAMESPACE", namespace.as_str())
-        .env("WORKER_CONSUMER_NAME", name)
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command.spawn().expect("start test_worker")
+    let env: Vec<(&str, &str)> = [("REDIS_CLUSTER", "true")]
+        .into_iter()
+        .chain(env.iter().copied())
+        .collect();
+    spawn_test_worker_in(&cluster.seeds(), namespace, name, &env)
 }
 
 async fn sigkill(child: &mut tokio::process::Child) {

@@ -11,8 +11,8 @@ use simplebank_core::{
     testing::{TestRedis, eventually},
 };
 use simplebank_queue::{
-    Backoff, ConsumerSettings, GROUP, Handler, HandlerError, Handlers, Publisher, QueueName, Task,
-    TaskContext, TaskPayload, Worker,
+    Backoff, ConsumerSettings, GROUP, Handler, HandlerError, Handlers, Namespace, Publisher,
+    QueueName, Task, TaskContext, TaskPayload, Worker,
 };
 
 use tokio::task::JoinHandle;
@@ -300,10 +300,21 @@ pub fn spawn_test_worker(
     name: &str,
     env: &[(&str, &str)],
 ) -> tokio::process::Child {
+    spawn_test_worker_in(address, &redis.namespace, name, env)
+}
+
+/// Starts a `test_worker` process on `address` / `namespace` as consumer `name`, with `env`
+/// added (a Redis Cluster's tests add `REDIS_CLUSTER`).
+pub fn spawn_test_worker_in(
+    address: &str,
+    namespace: &Namespace,
+    name: &str,
+    env: &[(&str, &str)],
+) -> tokio::process::Child {
     let mut command = tokio::process::Command::new(test_worker_binary());
     command
         .env("REDIS_ADDRESS", address)
-        .env("REDIS_NAMESPACE", redis.namespace.as_str())
+        .env("REDIS_NAMESPACE", namespace.as_str())
         .env("WORKER_CONSUMER_NAME", name)
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::null())
