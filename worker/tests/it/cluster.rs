@@ -104,7 +104,7 @@ async fn killing_workers_on_a_cluster_loses_nothing_and_bounds_duplicates() {
     let publisher = Publisher::new(conn.clone(), keys.clone());
     let tasks: Vec<Task> = (0..3000u32)
         .map(|n| {
-            Task::new(&TestJob { n, sleep_ms: 10 })
+            Task::new(&TestJob { n, sleep_ms: 50 })
                 .expect("task")
                 .with_queue(queues[n as usize % 3].clone())
         })
