@@ -18,9 +18,17 @@
 //!
 //! [`run`] is the fetch loop: it takes free concurrency slots, reads as many entries, and hands
 //! each to the dispatcher with its slot. [`Fetcher::fetch`] returns an independent read, so the
-//! loop can keep two in flight while entries keep coming.
+//! loop can keep two in flight while entries keep coming. A read may bring more entries than it
+//! holds slots for (a cluster's blocking reads hold none; a blocking read across streams counts
+//! per stream): those wait in the loop for slots, and no new read starts before they have one.
+//! The loop never waits for a slot inside a branch: the reads in flight may hold every slot,
+//! and only the loop can hand theirs on.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
 
 use redis::{Value, streams::StreamReadOptions};
 
@@ -88,14 +96,19 @@ pub(crate) async fn run(mut fetcher: Fetcher, reading: Reading<'_>, shutdown: &C
     let mut reads: JoinSet<Read> = JoinSet::new();
     // Cluster only: the per-queue blocking reads in flight, by task id -> queue index.
     let mut blocked = Blocked::default();
+    // Entries read and not yet dispatched, for want of a free slot.
+    let mut waiting = VecDeque::new();
     let mut failing = false;
     // Whether the last read brought entries: only then may a second read overlap.
     let mut busy = false;
     loop {
         let limit = if busy { READS_IN_FLIGHT } else { 1 };
-        // An idle worker whose queues' blocking reads are waiting waits for them.
-        let may_read =
-            !shutdown.is_cancelled() && reads.len() < limit && (busy || blocked.reads.is_empty());
+        // An idle worker whose queues' blocking reads are waiting waits for them; entries
+        // already read go first.
+        let may_read = !shutdown.is_cancelled()
+            && waiting.is_empty()
+            && reads.len() < limit
+            && (busy || blocked.reads.is_empty());
         tokio::select! {
             biased;
             Some(done) = reads.join_next() => {
@@ -107,9 +120,7 @@ pub(crate) async fn run(mut fetcher: Fetcher, reading: Reading<'_>, shutdown: &C
                     Ok(entries) => {
                         recovered(&mut failing);
                         busy = !entries.is_empty();
-                        if !dispatch(entries, permits, slots, dispatcher).await {
-                            return;
-                        }
+                        dispatch(entries, permits, &mut waiting, slots, dispatcher);
                     }
                     Err(err) => {
                         busy = false;
@@ -136,9 +147,7 @@ pub(crate) async fn run(mut fetcher: Fetcher, reading: Reading<'_>, shutdown: &C
                     Ok(entries) => {
                         recovered(&mut failing);
                         busy |= !entries.is_empty();
-                        if !dispatch(entries, Vec::new(), slots, dispatcher).await {
-                            return;
-                        }
+                        dispatch(entries, Vec::new(), &mut waiting, slots, dispatcher);
                     }
                     Err(err) => {
                         read_failed(&err, &mut *conn, keys, queues, &mut failing, shutdown).await;
@@ -148,8 +157,12 @@ pub(crate) async fn run(mut fetcher: Fetcher, reading: Reading<'_>, shutdown: &C
                     blocked.start(&fetcher, slots);
                 }
             }
-            permit = Arc::clone(slots).acquire_owned(), if may_read => {
+            permit = Arc::clone(slots).acquire_owned(), if may_read || !waiting.is_empty() => {
                 let Ok(first) = permit else { return };
+                if !waiting.is_empty() {
+                    dispatch(Entries::new(), vec![first], &mut waiting, slots, dispatcher);
+                    continue;
+                }
                 // Busy: reads of half the slots each, so one is in flight while the entries
                 // of the other run (double buffering). Idle: one read for every free slot.
                 let cap = if busy { concurrency.div_ceil(READS_IN_FLIGHT) } else { usize::MAX };
@@ -162,33 +175,38 @@ pub(crate) async fn run(mut fetcher: Fetcher, reading: Reading<'_>, shutdown: &C
                 let read = fetcher.fetch(permits.len());
                 reads.spawn(async move { (permits, read.await) });
             }
-            () = shutdown.cancelled(), if reads.is_empty() && blocked.reads.is_empty() => return,
+            () = shutdown.cancelled(), if reads.is_empty() && blocked.reads.is_empty() && waiting.is_empty() => return,
         }
-        if shutdown.is_cancelled() && reads.is_empty() && blocked.reads.is_empty() {
+        if shutdown.is_cancelled()
+            && reads.is_empty()
+            && blocked.reads.is_empty()
+            && waiting.is_empty()
+        {
             return;
         }
     }
 }
 
-/// Hands each entry to the dispatcher with a slot: one of `permits`, or one waited for (a
-/// read may bring more entries than it had slots for). False when the slots are closed.
-async fn dispatch(
+/// Hands `entries`, after those already `waiting`, to the dispatcher, each with a slot: one of
+/// `permits`, or a free one taken now. What finds no free slot waits (in order) for the loop's
+/// next one; the permits left over are released.
+fn dispatch(
     entries: Entries,
     mut permits: Vec<OwnedSemaphorePermit>,
+    waiting: &mut VecDeque<(QueueName, Entry)>,
     slots: &Arc<Semaphore>,
     dispatcher: &Arc<Dispatcher>,
-) -> bool {
-    for (queue, entry) in entries {
-        let permit = match permits.pop() {
-            Some(permit) => permit,
-            None => match Arc::clone(slots).acquire_owned().await {
-                Ok(permit) => permit,
-                Err(_) => return false,
-            },
+) {
+    waiting.extend(entries);
+    while let Some(permit) = permits
+        .pop()
+        .or_else(|| Arc::clone(slots).try_acquire_owned().ok())
+    {
+        let Some((queue, entry)) = waiting.pop_front() else {
+            return;
         };
         dispatcher.spawn(queue, entry, None, permit);
     }
-    true
 }
 
 fn recovered(failing: &mut bool) {

@@ -81,8 +81,6 @@ impl Stop {
 }
 
 #[tokio::test]
-#[ignore = "known bug (issue 15 stays open): on a cluster the worker stops reading the \
-            critical queue after the first burst; tasks promoted onto it later stay pending"]
 async fn three_queues_on_three_primaries_take_every_path() {
     let cluster = RedisCluster::start().await;
     let queues = queues();
@@ -221,6 +219,48 @@ async fn three_queues_on_three_primaries_take_every_path() {
             .unwrap();
         assert_eq!(exists, 1, "{queue}'s stream is on port {port}");
     }
+}
+
+/// One slot, tasks trickling onto every queue: while a busy worker's read holds the slot, the
+/// blocking read of another queue (started when it was idle) comes back with entries and no
+/// slot. Those must wait for the slot without stopping the loop that frees it: the fetch loop
+/// once waited for the slot inside the branch, and the read holding it was never taken in.
+#[tokio::test]
+async fn entries_of_a_blocking_read_wait_for_a_slot_without_stopping_the_worker() {
+    let cluster = RedisCluster::start().await;
+    let queues = queues();
+    let keys = Keys::new(cluster.spread_namespace(&queues).await);
+    let endpoint = Endpoint::parse(&cluster.seeds(), true, &Default::default()).unwrap();
+    let conn = endpoint.connect_lazy(Duration::from_secs(2)).unwrap();
+    let publisher = Publisher::new(conn.clone(), keys.clone());
+    let runs = Runs::default();
+    let mut settings = worker_settings("one-slot", &queues);
+    settings.concurrency = 1;
+    let worker = start(&endpoint, &keys, settings, counting_handlers(&runs));
+
+    const TASKS: u32 = 300;
+    for n in 0..TASKS {
+        let queue = &queues[n as usize % queues.len()];
+        publisher
+            .publish(&job(queue, n, Mode::Succeed))
+            .await
+            .unwrap();
+        // Paced, so that the worker goes idle and busy again many times.
+        if n % 3 == 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let all = Arc::clone(&runs);
+    eventually("every task ran", Duration::from_secs(30), move || {
+        let count = all.lock().unwrap().len();
+        async move { count == TASKS as usize }
+    })
+    .await;
+    worker.stop().await;
+    assert!(
+        runs.lock().unwrap().values().all(|&n| n == 1),
+        "ran once each"
+    );
 }
 
 #[tokio::test]
