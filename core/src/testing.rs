@@ -4,7 +4,8 @@
 //! - [`TestRedis`], [`RedisServer`], [`eventually`]: the queue's helpers
 //!   (`simplebank_queue::testing`), re-exported.
 //! - [`TcpProxy`]: a TCP forwarder a test can cut, to make PostgreSQL unreachable on demand.
-//! - [`PostgresServer`]: a PostgreSQL server of the test's own, serving TLS only.
+//! - [`PostgresServer`]: a PostgreSQL server of the test's own (TLS only, or plain), which a
+//!   test may hang ([`PostgresServer::pause`]).
 //!
 //! The shared services come from `DB_SOURCE` and `REDIS_ADDRESS` (the same variables and
 //! defaults as the programs), which `make test` points at the services it started.
@@ -201,8 +202,9 @@ pub async fn refusing_redis() -> (RedisServer, Vec<(String, &'static str)>) {
 
 /// A PostgreSQL server of the test's own on a free loopback port (`initdb` and `pg_ctl` from
 /// the newest `/usr/lib/postgresql/*/bin`, run as the `postgres` user when the test runs as
-/// root), serving TLS with the certificate and key given and accepting only TLS connections
-/// with a password (`hostssl ... scram-sha-256`) from loopback. Stopped and removed on drop.
+/// root), accepting connections with a password (`scram-sha-256`) from loopback: TLS only
+/// ([`PostgresServer::start_tls`]) or without TLS ([`PostgresServer::start`]). Stopped and
+/// removed on drop.
 #[derive(Debug)]
 pub struct PostgresServer {
     /// Its port on 127.0.0.1.
@@ -214,8 +216,18 @@ pub struct PostgresServer {
 
 impl PostgresServer {
     /// Creates the cluster (superuser `postgres` with `password`) and starts it with
-    /// `ssl = on`; waits until it accepts connections.
+    /// `ssl = on`, TLS connections only; waits until it accepts connections.
     pub fn start_tls(cert_pem: &str, key_pem: &str, password: &str) -> Self {
+        Self::start_with(Some((cert_pem, key_pem)), password)
+    }
+
+    /// Creates the cluster (superuser `postgres` with `password`) and starts it without TLS;
+    /// waits until it accepts connections.
+    pub fn start(password: &str) -> Self {
+        Self::start_with(None, password)
+    }
+
+    fn start_with(tls: Option<(&str, &str)>, password: &str) -> Self {
         let bindir = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL server binaries under /usr/lib/postgresql (make services)")
             .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
@@ -257,23 +269,33 @@ impl PostgresServer {
                 format!("--pwfile={}", pwfile.display()).as_ref(),
             ],
         );
-        std::fs::write(data.join("server.crt"), cert_pem).expect("server.crt");
-        std::fs::write(data.join("server.key"), key_pem).expect("server.key");
+        let hba = match tls {
+            Some((cert_pem, key_pem)) => {
+                std::fs::write(data.join("server.crt"), cert_pem).expect("server.crt");
+                std::fs::write(data.join("server.key"), key_pem).expect("server.key");
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(
+                    data.join("server.key"),
+                    std::fs::Permissions::from_mode(0o600),
+                )
+                .expect("chmod server.key");
+                "hostssl"
+            }
+            None => "host",
+        };
         std::fs::write(
             data.join("pg_hba.conf"),
-            "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+            format!("local all all trust\n{hba} all all 127.0.0.1/32 scram-sha-256\n"),
         )
         .expect("pg_hba.conf");
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(
-            data.join("server.key"),
-            std::fs::Permissions::from_mode(0o600),
-        )
-        .expect("chmod server.key");
         server.own(&data);
+        let ssl = if tls.is_some() {
+            " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key"
+        } else {
+            ""
+        };
         let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file=server.crt \
-             -c ssl_key_file=server.key -k {}",
+            "-p {} -c listen_addresses=127.0.0.1{ssl} -k {}",
             server.port,
             server.dir.0.display()
         );
@@ -291,6 +313,30 @@ impl PostgresServer {
             ],
         );
         server
+    }
+
+    /// Hangs the server (SIGSTOP to the postmaster, then to every process it forked: each
+    /// backend, so open connections stop answering too) until the guard returned drops.
+    pub fn pause(&self) -> PausedPostgres<'_> {
+        let pid_file = std::fs::read_to_string(self.dir.0.join("data").join("postmaster.pid"))
+            .expect("postmaster.pid");
+        let postmaster = pid_file
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<u32>().ok())
+            .expect("postmaster.pid starts with the pid");
+        // Stopped first, so it forks nothing while its children are found.
+        let mut paused = PausedPostgres {
+            pids: Vec::new(),
+            _server: self,
+        };
+        signal("-STOP", postmaster);
+        paused.pids.push(postmaster);
+        for child in children(postmaster) {
+            signal("-STOP", child);
+            paused.pids.push(child);
+        }
+        paused
     }
 
     /// The server's log so far.
@@ -353,6 +399,61 @@ impl Drop for PostgresServer {
             Command::new(&binary).args(args).output()
         };
     }
+}
+
+/// A [`PostgresServer`] hung by [`PostgresServer::pause`]; continued (SIGCONT) on drop,
+/// a failing test included.
+#[derive(Debug)]
+pub struct PausedPostgres<'a> {
+    pids: Vec<u32>,
+    _server: &'a PostgresServer,
+}
+
+impl PausedPostgres<'_> {
+    /// How many processes were stopped (the postmaster and its children).
+    pub fn processes(&self) -> usize {
+        self.pids.len()
+    }
+}
+
+impl Drop for PausedPostgres<'_> {
+    fn drop(&mut self) {
+        for pid in self.pids.iter().rev() {
+            // Not `signal`: a panic in a drop during a test's panic would abort the run.
+            let _ = Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// Sends `which` (`-STOP`, `-CONT`) to `pid`.
+fn signal(which: &str, pid: u32) {
+    let status = Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {which} {pid}");
+}
+
+/// The processes whose parent is `pid` (from `/proc/*/stat`).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // After the name (which may hold spaces): state, then the parent's pid.
+                    let rest = &stat[stat.rfind(')')? + 2..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
 }
 
 /// Forwards connections from a local port to `upstream` until [`TcpProxy::cut`]: then every

@@ -5,11 +5,17 @@
 use std::{collections::BTreeMap, path::PathBuf, process::Stdio, str::FromStr, time::Duration};
 
 use simplebank_core::testing::{
-    RedisServer, TempDir, TestDb, TestRedis, eventually, free_port, stop_gracefully,
+    PostgresServer, RedisServer, TempDir, TestDb, TestRedis, eventually, free_port, stop_gracefully,
 };
 use simplebank_observability::testing::{MetricPoint, OtlpSink};
-use simplebank_server::pb::{CreateUserRequest, LoginUserRequest};
+use simplebank_server::{
+    health::REDIS_SERVICE,
+    pb::{CreateUserRequest, LoginUserRequest},
+};
 use tonic::{Code, codegen::http::uri::PathAndQuery, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 use crate::helpers::{connect_when_up, request};
 
@@ -19,6 +25,7 @@ const CREATE_USER: &str = "simplebank.v1.SimpleBank/CreateUser";
 const LOGIN_USER: &str = "simplebank.v1.SimpleBank/LoginUser";
 const LIST_QUEUES: &str = "simplebank.admin.v1.QueueAdmin/ListQueues";
 const LIST_QUEUES_PATH: &str = "/simplebank.admin.v1.QueueAdmin/ListQueues";
+const PG_PASSWORD: &str = "metrics-pg-password";
 
 /// The server binary exporting metrics (only) to `otlp_port` every 200 ms, with its admin
 /// listener on a port of its own.
@@ -26,20 +33,27 @@ struct Server {
     grpc: String,
     admin: String,
     child: tokio::process::Child,
-    _db: TestDb,
-    _logs: TempDir,
+    _db: Option<TestDb>,
+    logs: TempDir,
 }
 
 impl Server {
+    /// On a database of its own on the shared PostgreSQL.
     async fn start(redis: &TestRedis, otlp_port: u16) -> Self {
         let db = TestDb::create().await;
+        let url = db.url.expose().clone();
+        Self::start_on(&url, Some(db), redis, otlp_port).await
+    }
+
+    /// On the database at `db_url` (which the server migrates), keeping `db` alive meanwhile.
+    async fn start_on(db_url: &str, db: Option<TestDb>, redis: &TestRedis, otlp_port: u16) -> Self {
         let logs = TempDir::new();
         let grpc = format!("127.0.0.1:{}", free_port());
         let admin = format!("127.0.0.1:{}", free_port());
         let log = std::fs::File::create(logs.0.join("server.log")).expect("log file");
         let child =
             tokio::process::Command::new(PathBuf::from(env!("CARGO_BIN_EXE_simplebank-server")))
-                .env("DB_SOURCE", db.url.expose())
+                .env("DB_SOURCE", db_url)
                 .env("REDIS_ADDRESS", &redis.address)
                 .env("REDIS_NAMESPACE", redis.namespace.as_str())
                 .env("GRPC_SERVER_ADDRESS", &grpc)
@@ -64,12 +78,17 @@ impl Server {
             admin,
             child,
             _db: db,
-            _logs: logs,
+            logs,
         }
     }
 
     async fn channel(&self) -> Channel {
         connect(&self.grpc).await
+    }
+
+    /// The server's log so far, for failure messages.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.logs.0.join("server.log")).unwrap_or_default()
     }
 }
 
@@ -294,6 +313,132 @@ async fn the_outbox_backlog_gauge_follows_the_rows_waiting() {
         || {
             let seen = backlog(&sink);
             async move { seen == Some(0.0) }
+        },
+    )
+    .await;
+    stop_gracefully(&mut server.child).await;
+}
+
+/// `service`'s status from the public health service, or `None` when the call fails.
+async fn health(channel: &Channel, service: &str) -> Option<ServingStatus> {
+    let reply = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .ok()?;
+    ServingStatus::try_from(reply.into_inner().status).ok()
+}
+
+/// A hung PostgreSQL (SIGSTOP: connections open, nothing answers) leaves the backlog gauge out
+/// of the exports while it lasts (each count gives up after `COUNT_TIMEOUT`), and holds up
+/// neither the other metrics nor the server: exports keep coming with the RPC histogram's new
+/// samples, the health service and the admin API (Redis only) answer. Once PostgreSQL goes on,
+/// the gauge is back.
+#[tokio::test]
+async fn a_hung_postgres_leaves_the_backlog_gauge_out_and_holds_up_nothing_else() {
+    let (sink, port) = OtlpSink::start(true).await.expect("OTLP receiver");
+    // Its own PostgreSQL (the one stopped) and its own Redis.
+    let postgres = PostgresServer::start(PG_PASSWORD);
+    let redis_server = RedisServer::start().await;
+    let redis = TestRedis::at(redis_server.address());
+    let db_url = format!(
+        "postgres://postgres:{PG_PASSWORD}@127.0.0.1:{}/postgres?sslmode=disable",
+        postgres.port
+    );
+    let mut server = Server::start_on(&db_url, None, &redis, port).await;
+    let public = server.channel().await;
+    let admin = connect(&server.admin).await;
+    let gauge_points = |sink: &OtlpSink| -> Vec<f64> {
+        sink.metric_points()
+            .into_iter()
+            .filter(|p| p.name == BACKLOG)
+            .map(|p| p.value.number())
+            .collect()
+    };
+    eventually("the backlog gauge reads 0", Duration::from_secs(30), || {
+        let last = gauge_points(&sink).last().copied();
+        async move { last == Some(0.0) }
+    })
+    .await;
+    eventually("the server is SERVING", Duration::from_secs(30), || {
+        let public = public.clone();
+        async move { health(&public, "").await == Some(ServingStatus::Serving) }
+    })
+    .await;
+
+    let paused = postgres.pause();
+    // Postmaster, its background workers and the server's open connections' backends.
+    assert!(paused.processes() > 2, "{} processes", paused.processes());
+    // A collection under way when PostgreSQL stopped may still carry a count; each export
+    // after the next one was collected with PostgreSQL stopped (the SDK collects and exports
+    // in turn on one thread).
+    let exports = sink.metric_exports();
+    eventually(
+        "two exports after PostgreSQL stopped",
+        Duration::from_secs(30),
+        || {
+            let now = sink.metric_exports();
+            async move { now >= exports + 2 }
+        },
+    )
+    .await;
+    let gauges_before = gauge_points(&sink).len();
+    let exports = sink.metric_exports();
+
+    // The server answers what needs no PostgreSQL, and its health says PostgreSQL is not
+    // answering (its check's deadline), while Redis is.
+    let calls = 5;
+    for _ in 0..calls {
+        assert_eq!(call_path(&admin, LIST_QUEUES_PATH).await, Code::Ok);
+    }
+    assert_eq!(
+        health(&public, REDIS_SERVICE).await,
+        Some(ServingStatus::Serving)
+    );
+    eventually(
+        "health reports PostgreSQL hung: NOT_SERVING",
+        Duration::from_secs(30),
+        || {
+            let public = public.clone();
+            async move { health(&public, "").await == Some(ServingStatus::NotServing) }
+        },
+    )
+    .await;
+    // Exports go on, with the histogram's samples of the calls made while PostgreSQL is hung.
+    eventually(
+        "exports go on with the calls made meanwhile",
+        Duration::from_secs(30),
+        || {
+            let (now, counts) = (sink.metric_exports(), samples(&sink));
+            async move { now >= exports + 3 && count(&counts, LIST_QUEUES, "OK") == calls }
+        },
+    )
+    .await;
+    let gauges = gauge_points(&sink);
+    assert_eq!(
+        gauges.len(),
+        gauges_before,
+        "no backlog gauge point while PostgreSQL is hung: {gauges:?}\n{}",
+        server.log()
+    );
+
+    drop(paused);
+    eventually(
+        "the backlog gauge is reported again",
+        Duration::from_secs(30),
+        || {
+            let gauges = gauge_points(&sink);
+            async move { gauges.len() > gauges_before && gauges.last() == Some(&0.0) }
+        },
+    )
+    .await;
+    eventually(
+        "the server is SERVING again",
+        Duration::from_secs(30),
+        || {
+            let public = public.clone();
+            async move { health(&public, "").await == Some(ServingStatus::Serving) }
         },
     )
     .await;
