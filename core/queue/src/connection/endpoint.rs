@@ -7,13 +7,16 @@
 //! replica promoted) refreshes its slot map and goes on, so no process restarts. A command,
 //! script or pipeline must keep its keys in ONE slot (CROSSSLOT otherwise); the queue's layout
 //! does (one `{ns:q}` hash tag per queue, see `keys`). On one server the connection is the
-//! same `ConnectionManager` as before: the single-node path gains one `match`, nothing else.
+//! redis crate's `ConnectionManager`, renewed after a refused login ([`Single`]).
 //!
 //! TLS is the same for both: `rediss://` seeds with the [`Tls`] settings (CA, client
 //! certificate) given to every node the cluster client connects to, the ones it learns from
 //! the slot map included.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use redis::{
     Cmd, ErrorKind, Pipeline, RedisFuture, RedisResult, Value,
@@ -103,7 +106,7 @@ impl Endpoint {
     pub fn connect_lazy(&self, response_timeout: Duration) -> RedisResult<Connection> {
         Ok(match self {
             Self::Single(client) => {
-                Connection::Single(lazy_manager(client.clone(), response_timeout)?)
+                Connection::Single(Single::new(client.clone(), response_timeout)?)
             }
             Self::Cluster(seeds, tls) => Connection::Cluster(
                 cluster_client(seeds, tls, response_timeout)?
@@ -161,7 +164,7 @@ fn invalid(reason: &'static str) -> redis::RedisError {
 #[derive(Clone)]
 pub enum Connection {
     /// One server: a multiplexed connection that reconnects by itself.
-    Single(ConnectionManager),
+    Single(Single),
     /// A cluster: one multiplexed connection per node, routed by slot.
     Cluster(ClusterConnection),
 }
@@ -176,8 +179,83 @@ impl std::fmt::Debug for Connection {
 }
 
 impl From<ConnectionManager> for Connection {
+    /// A connection that reconnects as `conn` does (see [`Single`] for what it cannot).
     fn from(conn: ConnectionManager) -> Self {
-        Self::Single(conn)
+        Self::Single(Single {
+            shared: Arc::new(Shared {
+                current: RwLock::new((0, conn)),
+                renew: None,
+            }),
+        })
+    }
+}
+
+/// One server's connection, shared by its clones, that recovers from a refused login.
+///
+/// The redis crate's `ConnectionManager` reconnects after an I/O error only: once a reconnect
+/// was refused (WRONGPASS while a password rotates, a user re-created after a restart), every
+/// command after it gets the same refusal, until the program restarts. Here a command that
+/// gets one replaces the manager with a new (lazy) one, so the next command logs in afresh.
+/// Callers already wait between failed attempts; nothing else is retried.
+#[derive(Clone)]
+pub struct Single {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Single {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Single")
+    }
+}
+
+struct Shared {
+    /// The manager in use, with a generation: a refusal renews only the manager it came from.
+    current: RwLock<(u64, ConnectionManager)>,
+    /// How to build a new one; `None` for a manager given from outside (`From`).
+    renew: Option<(redis::Client, Duration)>,
+}
+
+impl Single {
+    fn new(client: redis::Client, response_timeout: Duration) -> RedisResult<Self> {
+        let manager = lazy_manager(client.clone(), response_timeout)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                current: RwLock::new((0, manager)),
+                renew: Some((client, response_timeout)),
+            }),
+        })
+    }
+
+    fn current(&self) -> (u64, ConnectionManager) {
+        let current = self
+            .shared
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        (current.0, current.1.clone())
+    }
+
+    /// After `err` on the manager of `generation`: a new manager if it was a refused login.
+    fn after_error(&self, generation: u64, err: &redis::RedisError) {
+        let refused_login = err.kind() == ErrorKind::AuthenticationFailed
+            || matches!(err.code(), Some("NOAUTH" | "WRONGPASS"));
+        let Some((client, timeout)) = &self.shared.renew else {
+            return;
+        };
+        if !refused_login {
+            return;
+        }
+        let Ok(manager) = lazy_manager(client.clone(), *timeout) else {
+            return;
+        };
+        let mut current = self
+            .shared
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if current.0 == generation {
+            *current = (generation + 1, manager);
+        }
     }
 }
 
@@ -197,7 +275,14 @@ impl Connection {
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Single(single) => Box::pin(async move {
+                let (generation, mut conn) = single.current();
+                let result = conn.send_packed_command(cmd).await;
+                if let Err(err) = &result {
+                    single.after_error(generation, err);
+                }
+                result
+            }),
             Self::Cluster(conn) => conn.req_packed_command(cmd),
         }
     }
@@ -209,14 +294,21 @@ impl ConnectionLike for Connection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Self::Single(conn) => conn.req_packed_commands(cmd, offset, count),
+            Self::Single(single) => Box::pin(async move {
+                let (generation, mut conn) = single.current();
+                let result = conn.send_packed_commands(cmd, offset, count).await;
+                if let Err(err) = &result {
+                    single.after_error(generation, err);
+                }
+                result
+            }),
             Self::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Self::Single(conn) => conn.get_db(),
+            Self::Single(single) => single.current().1.get_db(),
             Self::Cluster(conn) => conn.get_db(),
         }
     }

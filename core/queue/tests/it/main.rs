@@ -11,5 +11,6 @@ mod hygiene;
 mod layout;
 mod migrate;
 mod pause;
+mod reconnect;
 mod retention;
 mod stats;
