@@ -61,8 +61,10 @@ pub enum InitError {
 }
 
 /// The log filter when `RUST_LOG` is unset: INFO, without PostgreSQL's notices (sqlx logs each
-/// at INFO, and every migration run says "relation _sqlx_migrations already exists").
-pub const DEFAULT_LOG_FILTER: &str = "info,sqlx::postgres::notice=warn";
+/// at INFO, and every migration run says "relation _sqlx_migrations already exists") and
+/// without the redis crate's cluster client internals (during an outage they log every
+/// reconnect attempt, tens of lines a second per process; the programs log each outage once).
+pub const DEFAULT_LOG_FILTER: &str = "info,sqlx::postgres::notice=warn,redis::cluster_handling=off";
 
 /// What [`init`] needs from the program.
 #[derive(Debug, Clone)]
@@ -237,4 +239,52 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
             metrics: meters,
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::{EnvFilter, layer::SubscriberExt};
+
+    use super::DEFAULT_LOG_FILTER;
+
+    /// The targets of the events a subscriber with the default filter lets through.
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Seen {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let target = event.metadata().target().to_owned();
+            self.0.lock().unwrap().push(target);
+        }
+    }
+
+    #[test]
+    fn the_default_filter_leaves_out_the_cluster_clients_reconnect_noise_only() {
+        let seen = Seen::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(EnvFilter::new(DEFAULT_LOG_FILTER))
+            .with(seen.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(target: "redis::cluster_handling::async_connection", "refresh failed");
+            tracing::warn!(target: "redis::cluster_handling::async_connection", "failed to connect");
+            tracing::info!(target: "sqlx::postgres::notice", "relation already exists");
+            tracing::warn!(target: "redis::aio::connection_manager", "kept");
+            tracing::warn!(target: "simplebank_queue::consumer", "kept");
+            tracing::info!(target: "simplebank_server", "kept");
+        });
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            [
+                "redis::aio::connection_manager",
+                "simplebank_queue::consumer",
+                "simplebank_server"
+            ]
+        );
+    }
 }
