@@ -87,10 +87,13 @@ fn is_unavailable(err: &sqlx::Error) -> bool {
     }
 }
 
-/// Connects to `db_source` once (5 s at most), as the programs do at start: a TLS handshake
-/// that fails on a certificate (the server's does not verify against `sslrootcert`, or the
-/// server refused ours) is an error naming `DB_SOURCE`, since waiting cannot fix it. Anything
-/// else passes (a database that is down is waited for, as before).
+/// Connects to `db_source` once (5 s at most), as the programs do at start. What waiting cannot
+/// fix is an error naming `DB_SOURCE`: a TLS handshake that fails on a certificate (the
+/// server's does not verify against `sslrootcert`, or the server refused ours), a login the
+/// server refuses (a wrong password or user, no `pg_hba.conf` line for this client, e.g. a
+/// server that takes TLS connections only and `sslmode=disable`), a database that does not
+/// exist, and an `sslrootcert` file that cannot be read. Anything else passes: a database
+/// that is down or hung is waited for.
 pub async fn check_access(db_source: &Secret<String>) -> Result<(), ConfigError> {
     use simplebank_queue::connection::{TlsRefusal, certificate_refusal};
     use sqlx::Connection;
@@ -111,6 +114,22 @@ pub async fn check_access(db_source: &Secret<String>) -> Result<(), ConfigError>
         Ok(Err(err)) => err,
         Err(_) => return Ok(()),
     };
+    if let sqlx::Error::Database(db) = &err
+        && let Some(reason) = db.code().as_deref().and_then(refusal)
+    {
+        // The code only: the server's message names the user and the client's address.
+        let code = db.code().unwrap_or_default();
+        return Err(ConfigError::new(
+            "DB_SOURCE",
+            format!("PostgreSQL refuses this client (SQLSTATE {code}): {reason}"),
+        ));
+    }
+    if let Some(file) = unreadable_root_cert(db_source.expose()) {
+        return Err(ConfigError::new(
+            "DB_SOURCE",
+            format!("its sslrootcert file cannot be read: {file}"),
+        ));
+    }
     match certificate_refusal(&err) {
         Some(TlsRefusal::ServerCertificate(reason)) => Err(ConfigError::new(
             "DB_SOURCE",
@@ -129,6 +148,49 @@ pub async fn check_access(db_source: &Secret<String>) -> Result<(), ConfigError>
         )),
         None => Ok(()),
     }
+}
+
+/// What a refusal at login means, by SQLSTATE, for the codes waiting cannot fix.
+fn refusal(code: &str) -> Option<&'static str> {
+    match code {
+        "28P01" => Some("the user name or password was refused"),
+        "28000" => Some(
+            "no pg_hba.conf line lets this client in (the user, the database, or sslmode: a \
+             server that takes TLS connections only refuses sslmode=disable)",
+        ),
+        "3D000" => Some("the database does not exist"),
+        _ => None,
+    }
+}
+
+/// The `sslrootcert` of a URL-style `db_source` when it names a file that cannot be read
+/// (`system` and unset are the system's roots). Names the file: a path is not a secret.
+fn unreadable_root_cert(db_source: &str) -> Option<String> {
+    let (_, query) = db_source.split_once('?')?;
+    let value = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("sslrootcert="))?;
+    let path = percent_decode(value)?;
+    (path != "system" && std::fs::read(&path).is_err()).then_some(path)
+}
+
+/// `%XX` escapes decoded; `None` when they do not make UTF-8.
+fn percent_decode(value: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(value.len());
+    let mut rest = value.as_bytes();
+    while let Some((&first, tail)) = rest.split_first() {
+        if first == b'%'
+            && let Some(hex) = tail.get(..2)
+            && let Ok(byte) = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16)
+        {
+            bytes.push(byte);
+            rest = &tail[2..];
+        } else {
+            bytes.push(first);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
 }
 
 /// The database handle: a connection pool. Cheap to clone.

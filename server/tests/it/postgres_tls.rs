@@ -1,7 +1,8 @@
 //! PostgreSQL over TLS with `sslmode=verify-full` (sqlx, rustls): a PostgreSQL server of the
 //! test's own that accepts TLS connections only, its certificate signed by a CA made in the
 //! test. The sign-up runs end to end through it; a root certificate that does not verify stops
-//! both programs at start naming `DB_SOURCE`; the password in `DB_SOURCE` is never shown.
+//! both programs at start naming `DB_SOURCE`, as do a refused login, a missing database and an
+//! unreadable `sslrootcert`; the password in `DB_SOURCE` is never shown.
 
 use rcgen::ExtendedKeyUsagePurpose;
 use simplebank_core::testing::{PostgresServer, TempDir, TestRedis};
@@ -89,6 +90,51 @@ async fn a_postgres_certificate_that_does_not_verify_stops_both_programs_at_star
             assert!(stderr.contains("DB_SOURCE"), "{program}: {stderr}");
             assert!(stderr.contains("does not verify"), "{program}: {stderr}");
             assert!(!stderr.contains(PASSWORD), "{program}: {stderr}");
+        }
+    }
+}
+
+/// What waiting cannot fix stops both programs at start naming `DB_SOURCE`, the password never
+/// shown: a wrong password, a database that does not exist, `sslmode=disable` against a
+/// server that takes TLS connections only, and an `sslrootcert` file that is not there.
+#[tokio::test]
+async fn a_postgres_that_refuses_the_login_stops_both_programs_at_start() {
+    let (dir, redis) = (TempDir::new(), TestRedis::new());
+    let (tls_server, ca_file) = tls_postgres(&dir, &["127.0.0.1"]).await;
+    let plain = PostgresServer::start(PASSWORD);
+    let plain_source = |password: &str, db: &str| {
+        format!(
+            "postgres://postgres:{password}@127.0.0.1:{}/{db}?sslmode=disable",
+            plain.port
+        )
+    };
+    let missing = dir.0.join("no-such-ca.pem");
+    let cases = [
+        (plain_source("not-the-password", "postgres"), "28P01"),
+        (plain_source(PASSWORD, "no_such_database"), "3D000"),
+        (
+            db_source(&tls_server, "simple_bank", &ca_file)
+                .replace("sslmode=verify-full", "sslmode=disable"),
+            "28000",
+        ),
+        (
+            db_source(&tls_server, "simple_bank", &missing.display().to_string()),
+            "sslrootcert file cannot be read",
+        ),
+    ];
+    for (source, expected) in cases {
+        let env = [
+            ("DB_SOURCE", source.clone()),
+            ("REDIS_ADDRESS", redis.address.clone()),
+            ("REDIS_NAMESPACE", redis.namespace.as_str().to_owned()),
+        ];
+        for program in ["simplebank-server", "simplebank-worker"] {
+            let (code, stderr) = run_to_exit(&binary(program), &env).await;
+            assert_eq!(code, Some(2), "{program} {source}: {stderr}");
+            assert!(stderr.contains("DB_SOURCE"), "{program}: {stderr}");
+            assert!(stderr.contains(expected), "{program} {expected}: {stderr}");
+            assert!(!stderr.contains(PASSWORD), "{program}: {stderr}");
+            assert!(!stderr.contains("not-the-password"), "{program}: {stderr}");
         }
     }
 }
