@@ -11,8 +11,12 @@
 //! The leader reads every queue of the registry ([`known_queues`]) with [`queue_stats`], one
 //! script per queue, once per export interval, and keeps the snapshot; the gauges' callbacks
 //! (run by the SDK at collection) only report the snapshot, and report nothing when it is
-//! older than two intervals (leadership lost, Redis unreachable), so a stale number is never
-//! exported as current. An empty queue's oldest age is 0, so an alert on it stays defined.
+//! older than two intervals (Redis unreachable) or once the lock may have passed to another
+//! worker: after the last successful acquire or renewal plus the lock's lifetime, timed from
+//! before the command was sent. So a worker that was paused (SIGSTOP, a frozen VM) past its
+//! lock's expiry reports nothing when it wakes, even before its next tick finds the lock gone,
+//! and a stale number is never exported as current. An empty queue's oldest age is 0, so an
+//! alert on it stays defined.
 //!
 //! | metric | unit | attributes |
 //! |---|---|---|
@@ -101,28 +105,45 @@ impl QueueSets {
     }
 }
 
-/// What the leader read last.
+/// What the leader read last, and until when it may report it.
 #[derive(Debug, Default)]
 struct Snapshot {
     taken: Option<Instant>,
+    /// When the lock may expire: the send time of the last acquire or renewal that succeeded,
+    /// plus the lock's lifetime. `None`: not the leader (or cannot know).
+    lock_valid_until: Option<Instant>,
     queues: Vec<(Arc<QueueSets>, QueueStats)>,
+}
+
+impl Snapshot {
+    /// The entries to report at `now`: all of them if they are younger than `max_age` and the
+    /// lock is surely still this worker's, else none.
+    fn report_at(&self, now: Instant, max_age: Duration) -> Vec<(Arc<QueueSets>, QueueStats)> {
+        let fresh = self
+            .taken
+            .is_some_and(|taken| now.saturating_duration_since(taken) <= max_age);
+        let leader = self.lock_valid_until.is_some_and(|until| now < until);
+        if fresh && leader {
+            self.queues.clone()
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 type Shared = Arc<Mutex<Snapshot>>;
 
-/// The two gauges, reporting `snapshot` while it is younger than `max_age`.
+/// The two gauges, reporting `snapshot` while it is younger than `max_age` and the lock is
+/// still this worker's.
 fn register(
     meter: &Meter,
     snapshot: &Shared,
     max_age: Duration,
 ) -> (ObservableGauge<u64>, ObservableGauge<f64>) {
-    // The snapshot's entries, if fresh; the lock is held only to copy them.
+    // The snapshot's entries, if reportable; the lock is held only to copy them.
     let fresh = move |snapshot: &Shared| -> Vec<(Arc<QueueSets>, QueueStats)> {
         let snapshot = snapshot.lock().unwrap_or_else(|e| e.into_inner());
-        match snapshot.taken {
-            Some(taken) if taken.elapsed() <= max_age => snapshot.queues.clone(),
-            _ => Vec::new(),
-        }
+        snapshot.report_at(Instant::now(), max_age)
     };
     let depth = {
         let snapshot = Arc::clone(snapshot);
@@ -182,6 +203,8 @@ impl DepthReporter {
         // Whether the last tick met a Redis error: warned about once, until a clean tick.
         let mut failing = false;
         loop {
+            // Before the command: the lock's lifetime starts at Redis, later than this.
+            let sent = Instant::now();
             let held = if leader {
                 renew(&mut self.conn, &lock, &token, ttl).await
             } else {
@@ -207,14 +230,19 @@ impl DepthReporter {
             if !leader {
                 *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Snapshot::default();
                 last_read = None;
-            } else if last_read.is_none_or(|at| at.elapsed() + tick / 2 >= self.every) {
+            } else {
+                snapshot
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .lock_valid_until = Some(sent + ttl);
+            }
+            if leader && last_read.is_none_or(|at| at.elapsed() + tick / 2 >= self.every) {
                 match self.read(&mut sets).await {
                     Ok(queues) => {
                         last_read = Some(Instant::now());
-                        *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Snapshot {
-                            taken: last_read,
-                            queues,
-                        };
+                        let mut snapshot = snapshot.lock().unwrap_or_else(|e| e.into_inner());
+                        snapshot.taken = last_read;
+                        snapshot.queues = queues;
                     }
                     Err(err) => error = Some(err),
                 }
@@ -293,4 +321,75 @@ async fn renew(conn: &mut Connection, lock: &str, token: &str, ttl: Duration) ->
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(queue: &QueueName, pending: u64) -> QueueStats {
+        QueueStats {
+            queue: queue.clone(),
+            weight: Some(1),
+            paused: false,
+            pending,
+            active: 0,
+            scheduled: 0,
+            retry: 0,
+            dead: 0,
+            oldest_pending_age: None,
+            processed: 0,
+            failed: 0,
+        }
+    }
+
+    /// The attacker's case: an export interval of 20 s (snapshots kept for 40 s), a lock of
+    /// 15 s (3 ticks of 5 s). A leader that renewed at `t0` and was then frozen for 25 s must
+    /// not report its snapshot on waking, though the snapshot is younger than two intervals:
+    /// by then the lock may be another worker's, which reports the current numbers.
+    #[test]
+    fn a_snapshot_is_reported_only_while_the_lock_is_surely_held() {
+        let queue = QueueName::parse("default").expect("queue");
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(15);
+        let max_age = Duration::from_secs(40);
+        let snapshot = Snapshot {
+            taken: Some(t0),
+            lock_valid_until: Some(t0 + ttl),
+            queues: vec![(Arc::new(QueueSets::new(&queue)), stats(&queue, 5))],
+        };
+        let reported = |at: Instant| -> Vec<u64> {
+            snapshot
+                .report_at(at, max_age)
+                .iter()
+                .map(|(_, stats)| stats.pending)
+                .collect()
+        };
+        assert_eq!(reported(t0), [5]);
+        assert_eq!(reported(t0 + ttl - Duration::from_millis(1)), [5]);
+        assert!(reported(t0 + ttl).is_empty(), "the lock may have expired");
+        assert!(
+            reported(t0 + Duration::from_secs(25)).is_empty(),
+            "woken after 25 s"
+        );
+
+        // Not the leader (or it could not tell): nothing, however fresh the snapshot.
+        let unknown = Snapshot {
+            taken: Some(t0),
+            lock_valid_until: None,
+            queues: snapshot.queues.clone(),
+        };
+        assert!(unknown.report_at(t0, max_age).is_empty());
+        // A snapshot older than `max_age` (reads failing while renewals succeed): nothing.
+        let old = Snapshot {
+            taken: Some(t0),
+            lock_valid_until: Some(t0 + Duration::from_secs(100)),
+            queues: snapshot.queues.clone(),
+        };
+        assert_eq!(old.report_at(t0 + max_age, max_age).len(), 1);
+        assert!(
+            old.report_at(t0 + max_age + Duration::from_millis(1), max_age)
+                .is_empty()
+        );
+    }
 }
