@@ -78,7 +78,7 @@ impl<E: SpanExporter> SpanExporter for WarnOnFailure<E> {
 /// (BENCHMARKS.md, scenario 7); and a last export at exit waited for a thread busy shutting
 /// down. The SDK's batch processor and periodic reader encode on threads of their own already.
 pub fn on_own_thread<T: Send + 'static>(
-    build: impl FnOnce() -> Result<T, opentelemetry_otlp::ExporterBuildError> + Send + 'static,
+    build: impl FnOnce() -> Result<T, crate::InitError> + Send + 'static,
 ) -> Result<T, crate::InitError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -95,12 +95,9 @@ pub fn on_own_thread<T: Send + 'static>(
             });
         })
         .map_err(crate::InitError::ExportThread)?;
-    receive
-        .recv()
-        .map_err(|_| {
-            crate::InitError::ExportThread(std::io::Error::other("the export thread stopped"))
-        })?
-        .map_err(crate::InitError::Exporter)
+    receive.recv().map_err(|_| {
+        crate::InitError::ExportThread(std::io::Error::other("the export thread stopped"))
+    })?
 }
 
 impl<E: PushMetricExporter> PushMetricExporter for WarnOnFailure<E> {

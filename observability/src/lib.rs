@@ -16,10 +16,13 @@
 //! metrics off), `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER` /
 //! `OTEL_TRACES_SAMPLER_ARG`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_SCHEDULE_DELAY`,
 //! `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_EXPORTER_OTLP_TIMEOUT`. Trace ids exist (and propagate)
-//! even without export, so log lines can always be correlated.
+//! even without export, so log lines can always be correlated. Endpoints must be `http://`
+//! (no TLS in this build) and are checked at start. Both signals share one resource, whose
+//! `service.instance.id` is a UUID made at start unless `OTEL_RESOURCE_ATTRIBUTES` sets one.
 
 #![warn(missing_docs)]
 
+mod endpoint;
 mod export;
 pub mod logs;
 pub mod metrics;
@@ -29,7 +32,8 @@ pub mod testing;
 
 use std::time::Duration;
 
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{Key, KeyValue, trace::TracerProvider as _};
+use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::{Resource, metrics::SdkMeterProvider, trace::SdkTracerProvider};
 use tracing_subscriber::{EnvFilter, filter::LevelFilter, prelude::*};
 
@@ -48,8 +52,13 @@ pub enum InitError {
     #[error("cannot start the OTLP export thread")]
     ExportThread(#[source] std::io::Error),
     /// The OTLP exporter could not be built from the `OTEL_EXPORTER_OTLP_*` settings.
-    #[error("cannot build the OTLP exporter (OTEL_EXPORTER_OTLP_ENDPOINT)")]
-    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("cannot build the OTLP exporter ({variable}): {cause}")]
+    Exporter {
+        /// The endpoint variable in use.
+        variable: &'static str,
+        /// The exporter's error, without the endpoint's value.
+        cause: String,
+    },
     /// An `OTEL_*` variable has a value that cannot be used.
     #[error("invalid {variable}: {message}")]
     Setting {
@@ -160,6 +169,39 @@ pub fn export_enabled() -> bool {
     ])
 }
 
+/// `service.instance.id`, unless `OTEL_RESOURCE_ATTRIBUTES` sets it.
+const SERVICE_INSTANCE_ID: &str = "service.instance.id";
+
+/// The resource of both signals: the SDK's (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+/// `telemetry.sdk.*`), the program's service name when none is set, and a `service.instance.id`
+/// of its own (a UUID v4 per process start, as the semantic conventions recommend) when none is
+/// set: without one, two workers' series are the same series to a backend, which sees one
+/// counter jump between their values.
+fn resource(default_service_name: &'static str) -> Resource {
+    let builder = || {
+        let builder = Resource::builder();
+        if std::env::var("OTEL_SERVICE_NAME").map_or(true, |v| v.trim().is_empty()) {
+            builder.with_service_name(default_service_name)
+        } else {
+            builder
+        }
+    };
+    let resource = builder().build();
+    let has_instance = resource
+        .get(&Key::from_static_str(SERVICE_INSTANCE_ID))
+        .is_some_and(|id| !id.as_str().trim().is_empty());
+    if has_instance {
+        resource
+    } else {
+        builder()
+            .with_attribute(KeyValue::new(
+                SERVICE_INSTANCE_ID,
+                uuid::Uuid::new_v4().to_string(),
+            ))
+            .build()
+    }
+}
+
 /// Installs logging, tracing and (with an endpoint for them) metrics for the whole process.
 /// Call once, inside the Tokio runtime, before building anything that records metrics.
 pub fn init(config: &Config) -> Result<Guard, InitError> {
@@ -167,35 +209,50 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
         Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(directives)?,
         _ => EnvFilter::new(DEFAULT_LOG_FILTER),
     };
-    let mut resource = Resource::builder();
-    if std::env::var("OTEL_SERVICE_NAME").map_or(true, |v| v.trim().is_empty()) {
-        resource = resource.with_service_name(config.default_service_name);
-    }
-    let resource = resource.build();
+    let resource = resource(config.default_service_name);
     // Checked first, whether metrics are exported or not: a bad value stops the program.
     let interval = metrics::export_interval()?;
-    let (traces_on, metrics_on) = (export_enabled(), metrics::enabled()?);
-    let (span_exporter, metric_exporter) = if traces_on || metrics_on {
-        export::on_own_thread(move || {
-            let spans = traces_on
-                .then(|| {
-                    opentelemetry_otlp::SpanExporter::builder()
-                        .with_tonic()
-                        .build()
-                })
-                .transpose()?;
-            let metrics = metrics_on
-                .then(|| {
-                    opentelemetry_otlp::MetricExporter::builder()
-                        .with_tonic()
-                        .build()
-                })
-                .transpose()?;
-            Ok((spans, metrics))
-        })?
+    let metrics_on = metrics::enabled()?;
+    let traces_endpoint = endpoint::for_signal(endpoint::TRACES_VAR)?;
+    let metrics_endpoint = if metrics_on {
+        endpoint::for_signal(endpoint::METRICS_VAR)?
     } else {
-        (None, None)
+        None
     };
+    let (span_exporter, metric_exporter) =
+        if traces_endpoint.is_some() || metrics_endpoint.is_some() {
+            export::on_own_thread(move || {
+                // The exporters get the checked value; their errors name its variable, not it.
+                let failed = |err: opentelemetry_otlp::ExporterBuildError,
+                              used: &endpoint::Endpoint| {
+                    InitError::Exporter {
+                        variable: used.variable,
+                        cause: endpoint::redacted(&err, &used.url),
+                    }
+                };
+                let spans = traces_endpoint
+                    .map(|used| {
+                        opentelemetry_otlp::SpanExporter::builder()
+                            .with_tonic()
+                            .with_endpoint(used.url.clone())
+                            .build()
+                            .map_err(|err| failed(err, &used))
+                    })
+                    .transpose()?;
+                let metrics = metrics_endpoint
+                    .map(|used| {
+                        opentelemetry_otlp::MetricExporter::builder()
+                            .with_tonic()
+                            .with_endpoint(used.url.clone())
+                            .build()
+                            .map_err(|err| failed(err, &used))
+                    })
+                    .transpose()?;
+                Ok((spans, metrics))
+            })?
+        } else {
+            (None, None)
+        };
     let meters =
         metric_exporter.map(|exporter| metrics::provider(resource.clone(), exporter, interval));
     let mut provider = SdkTracerProvider::builder().with_resource(resource);

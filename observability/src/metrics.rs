@@ -5,9 +5,9 @@
 //! On when `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` is set,
 //! unless `OTEL_METRICS_EXPORTER=none` (for a collector that takes traces only, such as
 //! Jaeger); otherwise no provider is installed, instruments are the API's no-ops, and nothing
-//! is an error. `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds, default 60000) is checked here, whether
-//! export is on or not, so a typo stops the program at start naming the variable instead of
-//! falling back to the default as the SDK would.
+//! is an error. `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds, 100 to a day, default 60000) is
+//! checked here, whether export is on or not, so a typo stops the program at start naming the
+//! variable instead of falling back to the default as the SDK would.
 
 use std::time::Duration;
 
@@ -22,6 +22,9 @@ use crate::{InitError, export::WarnOnFailure};
 pub const EXPORT_INTERVAL_VAR: &str = "OTEL_METRIC_EXPORT_INTERVAL";
 /// The OpenTelemetry default export interval.
 pub const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_secs(60);
+/// The shortest interval accepted: at 1 ms a server spent half a core exporting (and counting
+/// its outbox), and `60` meant as seconds is 60 ms.
+pub const MIN_EXPORT_INTERVAL: Duration = Duration::from_millis(100);
 /// The longest interval accepted (a day): longer is a mistake, not a setting.
 const MAX_EXPORT_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
@@ -71,8 +74,11 @@ fn parse_interval(value: &str) -> Result<Duration, InitError> {
         invalid("must be a whole number of milliseconds (e.g. 60000); the value is not")
     })?;
     let interval = Duration::from_millis(ms);
-    if interval.is_zero() {
-        return Err(invalid("must be at least 1 millisecond"));
+    if interval < MIN_EXPORT_INTERVAL {
+        return Err(invalid(format!(
+            "must be at least {} ms (it is in milliseconds: 60000 is a minute)",
+            MIN_EXPORT_INTERVAL.as_millis()
+        )));
     }
     if interval > MAX_EXPORT_INTERVAL {
         return Err(invalid(format!(
@@ -104,14 +110,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_interval_is_whole_positive_milliseconds() {
+    fn the_interval_is_whole_milliseconds_from_100_to_a_day() {
         assert_eq!(parse_interval("250").ok(), Some(Duration::from_millis(250)));
+        assert_eq!(parse_interval("100").ok(), Some(Duration::from_millis(100)));
         assert_eq!(
             parse_interval(" 60000 ").ok(),
             Some(Duration::from_secs(60))
         );
         for bad in [
             "0",
+            "1",
+            "60",
+            "99",
             "-5",
             "1.5",
             "5s",

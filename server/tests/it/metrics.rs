@@ -243,6 +243,21 @@ async fn the_rpc_histogram_has_a_sample_per_call_with_its_status_code_and_bounde
     // Series: CreateUser x 3 codes, LoginUser x <= 2, _OTHER x 1, ListQueues x 1: bounded
     // whatever the clients sent.
     assert!(points.len() <= 10, "{} series: {counts:?}", points.len());
+    // One `service.instance.id` of the process's own (a UUID v4), though nothing set one.
+    let ids: std::collections::BTreeSet<String> = sink
+        .metric_points()
+        .iter()
+        .map(|p| {
+            p.resource
+                .get("service.instance.id")
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let id = ids.first().expect("one id");
+    let uuid = uuid::Uuid::parse_str(id).expect("service.instance.id is a UUID");
+    assert_eq!(uuid.get_version_num(), 4, "{id}");
     for point in &points {
         assert_eq!(point.unit, "s");
         assert_eq!(point.service(), "simplebank-server");

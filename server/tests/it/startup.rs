@@ -46,6 +46,48 @@ async fn a_redis_that_refuses_the_server_stops_it_naming_redis_address() {
     }
 }
 
+/// A bad OTLP setting stops the server at start (exit code 2) naming the variable, never
+/// showing an endpoint's value (it may hold a password).
+#[tokio::test]
+async fn a_bad_otlp_setting_stops_the_server_naming_the_variable() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::new();
+    for (var, value) in [
+        ("OTEL_METRIC_EXPORT_INTERVAL", "1"),
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            "https://otel-user:s3cret-pw@sink-host.invalid:4317",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://sink-host.invalid:99999",
+        ),
+    ] {
+        let output = tokio::time::timeout(
+            Duration::from_secs(30),
+            server()
+                .env("DB_SOURCE", db.url.expose())
+                .env("REDIS_ADDRESS", &redis.address)
+                .env("REDIS_NAMESPACE", redis.namespace.as_str())
+                .env("GRPC_SERVER_ADDRESS", format!("127.0.0.1:{}", free_port()))
+                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                .env_remove("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+                .env(var, value)
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{var}={value}: still running after 30 s"))
+        .expect("run the server");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{var}={value}: {stderr}");
+        assert!(stderr.contains(var), "{var}={value}: {stderr}");
+        for secret in ["s3cret-pw", "otel-user", "sink-host"] {
+            assert!(!stderr.contains(secret), "{var}={value}: {stderr}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_redis_down_or_hung_at_start_does_not_stop_the_server_from_taking_sign_ups() {
     let db = TestDb::create().await;

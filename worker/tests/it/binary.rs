@@ -37,6 +37,9 @@ async fn a_bad_setting_stops_the_worker_naming_the_variable() {
         ("REDIS_NAMESPACE", "a:b"),
         ("DB_SOURCE", "mysql://localhost/x"),
         ("OTEL_METRIC_EXPORT_INTERVAL", "5s"),
+        // Below the floor of 100 ms: `60` meant as seconds, or 1 ms, which spends a core.
+        ("OTEL_METRIC_EXPORT_INTERVAL", "1"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "60"),
         ("OTEL_METRICS_EXPORTER", "prometheus"),
     ] {
         let output = worker()
@@ -47,6 +50,70 @@ async fn a_bad_setting_stops_the_worker_naming_the_variable() {
         assert_eq!(output.status.code(), Some(2), "{var}={value}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(var), "{var}={value}: {stderr}");
+    }
+}
+
+/// A bad OTLP endpoint stops the worker at start (exit code 2) naming the variable in use (the
+/// signal's own when set), never showing the value, which may hold a password: a broken URL,
+/// https (this build has no TLS for OTLP, and says so), another scheme, a port out of range.
+/// Before, `ftp://` and port 99999 were accepted and failed at every export.
+#[tokio::test]
+async fn a_bad_otlp_endpoint_stops_the_worker_naming_the_variable_not_its_value() {
+    const METRICS: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
+    const TRACES: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+    const COMMON: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+    let good = format!("http://127.0.0.1:{}", free_port());
+    for (var, value, also) in [
+        (METRICS, "http://[::1", Some(COMMON)),
+        (
+            METRICS,
+            "https://otel-user:s3cret-pw@sink-host.invalid:4317",
+            Some(COMMON),
+        ),
+        (
+            METRICS,
+            "ftp://otel-user:s3cret-pw@sink-host.invalid:4317",
+            None,
+        ),
+        (
+            METRICS,
+            "http://otel-user:s3cret-pw@sink-host.invalid:99999",
+            Some(COMMON),
+        ),
+        (TRACES, "http://sink-host.invalid:0", Some(COMMON)),
+        (COMMON, "sink-host.invalid:4317", Some(METRICS)),
+        (COMMON, "https://sink-host.invalid:4317", None),
+    ] {
+        let mut command = worker();
+        command.env("RUST_LOG", "warn").env(var, value);
+        for other in [METRICS, TRACES, COMMON] {
+            if other != var {
+                command.env_remove(other);
+            }
+        }
+        // A good value in another variable does not hide the bad one, nor is it blamed.
+        if let Some(other) = also {
+            command.env(other, &good);
+        }
+        let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+            .await
+            .unwrap_or_else(|_| panic!("{var}={value}: the worker did not stop"))
+            .expect("run the worker");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{var}={value}: {stderr}");
+        assert!(stderr.contains(var), "{var}={value}: {stderr}");
+        if let Some(other) = also {
+            assert!(!stderr.contains(other), "{var}={value}: {stderr}");
+        }
+        for secret in [value, "s3cret-pw", "otel-user", "sink-host"] {
+            assert!(!stderr.contains(secret), "{var}={value}: {stderr}");
+        }
+        if value.starts_with("https") {
+            assert!(
+                stderr.contains("https endpoints are not supported by this build"),
+                "{stderr}"
+            );
+        }
     }
 }
 

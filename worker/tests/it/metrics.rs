@@ -234,7 +234,12 @@ impl TaskPayload for Unknown {
 const DEPTH: &str = "simplebank.queue.depth";
 const OLDEST_AGE: &str = "simplebank.queue.oldest_age";
 
-/// A `simplebank-worker` process exporting metrics every 200 ms as `instance`.
+/// The resource attribute that tells the tests' worker processes apart (`test.worker`): not
+/// `service.instance.id`, which each process makes for itself.
+const TEST_WORKER: &str = "test.worker";
+
+/// A `simplebank-worker` process exporting metrics every 200 ms, labelled `instance` by a
+/// resource attribute of the test's.
 fn start_binary(
     db: &TestDb,
     redis: &TestRedis,
@@ -255,7 +260,7 @@ fn start_binary(
         .env("OTEL_METRIC_EXPORT_INTERVAL", "200")
         .env(
             "OTEL_RESOURCE_ATTRIBUTES",
-            format!("service.instance.id={instance}"),
+            format!("{TEST_WORKER}={instance}"),
         )
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .stdout(std::process::Stdio::null())
@@ -270,7 +275,21 @@ fn reporters(sink: &OtlpSink) -> std::collections::BTreeSet<String> {
     sink.metric_points()
         .into_iter()
         .filter(|p| p.name == DEPTH || p.name == OLDEST_AGE)
-        .filter_map(|p| p.resource.get("service.instance.id").cloned())
+        .filter_map(|p| p.resource.get(TEST_WORKER).cloned())
+        .collect()
+}
+
+/// The `service.instance.id` of every point from the worker labelled `instance`.
+fn instance_ids(sink: &OtlpSink, instance: &str) -> std::collections::BTreeSet<String> {
+    sink.metric_points()
+        .into_iter()
+        .filter(|p| p.resource.get(TEST_WORKER).map(String::as_str) == Some(instance))
+        .map(|p| {
+            p.resource
+                .get("service.instance.id")
+                .cloned()
+                .unwrap_or_default()
+        })
         .collect()
 }
 
@@ -279,7 +298,7 @@ fn depth(sink: &OtlpSink, instance: &str, queue: &str, state: &str) -> Option<f6
     sink.latest(DEPTH)
         .into_iter()
         .find(|p| {
-            p.resource.get("service.instance.id").map(String::as_str) == Some(instance)
+            p.resource.get(TEST_WORKER).map(String::as_str) == Some(instance)
                 && p.attr("messaging.destination.name") == Some(queue)
                 && p.attr("simplebank.queue.state") == Some(state)
         })
@@ -288,7 +307,9 @@ fn depth(sink: &OtlpSink, instance: &str, queue: &str, state: &str) -> Option<f6
 
 /// Two real workers run; exactly one of them reads and exports the queue gauges, with the
 /// known mix (pending in a queue nobody serves, scheduled, dead); when it stops, the other
-/// takes over.
+/// takes over. Each exports under a `service.instance.id` of its own (a UUID v4) though
+/// nothing sets one: otherwise a backend sees one series jumping between two processes'
+/// counts.
 #[tokio::test]
 async fn the_queue_gauges_are_exported_by_one_worker_of_two() {
     let (sink, port) = OtlpSink::start(true).await.expect("OTLP receiver");
@@ -412,6 +433,64 @@ async fn the_queue_gauges_are_exported_by_one_worker_of_two() {
     .await;
     for child in [&mut first, &mut second] {
         let _ = sigterm(child, Duration::from_secs(15)).await;
+    }
+    // Both have exported by now (the gauges, each in turn).
+    let ids: Vec<String> = ["w1", "w2"]
+        .into_iter()
+        .flat_map(|w| {
+            let ids = instance_ids(&sink, w);
+            assert_eq!(
+                ids.len(),
+                1,
+                "one service.instance.id per process: {w} {ids:?}"
+            );
+            ids
+        })
+        .collect();
+    assert_ne!(
+        ids[0], ids[1],
+        "each process has its own service.instance.id"
+    );
+    for id in &ids {
+        let uuid = uuid::Uuid::parse_str(id).expect("service.instance.id is a UUID");
+        assert_eq!(uuid.get_version_num(), 4, "{id}");
+    }
+}
+
+/// A `service.instance.id` set in `OTEL_RESOURCE_ATTRIBUTES` is the one exported, on every
+/// point, instead of the worker's own.
+#[tokio::test]
+async fn a_service_instance_id_set_by_the_environment_is_kept() {
+    let (sink, port) = OtlpSink::start(true).await.expect("OTLP receiver");
+    let redis = TestRedis::new();
+    xadd_all(&redis, jobs(0..3, false)).await;
+    let mut env = exporting(port, "100");
+    env.push((
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "service.instance.id=worker-7,deployment.environment.name=test".into(),
+    ));
+    let mut worker = start(&redis, "metrics-instance", &env);
+    eventually("3 successes are exported", Duration::from_secs(30), || {
+        let seen = by_outcome(&sink, CONSUMED) == expected(&[("success", 3)]);
+        async move { seen }
+    })
+    .await;
+    let exit = sigterm(&mut worker, Duration::from_secs(15))
+        .await
+        .expect("the worker stops");
+    assert!(exit.success(), "{exit:?}");
+    let points = sink.metric_points();
+    assert!(!points.is_empty());
+    for point in &points {
+        assert_eq!(
+            point
+                .resource
+                .get("service.instance.id")
+                .map(String::as_str),
+            Some("worker-7"),
+            "{point:?}"
+        );
+        assert_eq!(point.service(), "metrics-test-worker", "{point:?}");
     }
 }
 

@@ -1,0 +1,162 @@
+//! The OTLP endpoint of each signal, read from the environment and checked at start: its own
+//! variable (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`) when
+//! set, else `OTEL_EXPORTER_OTLP_ENDPOINT`. The exporters are then given the checked value, so
+//! the variable an error names is the one in use. A bad value stops the program at start; left
+//! to the exporter, `ftp://` or port 99999 failed at every export instead. Messages never
+//! contain the value: an endpoint may carry `user:password@`.
+
+use crate::InitError;
+
+/// The common variable, for both signals.
+pub const COMMON_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// Traces only.
+pub const TRACES_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+/// Metrics only.
+pub const METRICS_VAR: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
+
+/// A checked endpoint and the variable it came from.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    pub variable: &'static str,
+    pub url: String,
+}
+
+/// The endpoint of the signal whose own variable is `signal_var`, if any is set (blank is
+/// unset), checked.
+pub(crate) fn for_signal(signal_var: &'static str) -> Result<Option<Endpoint>, InitError> {
+    for variable in [signal_var, COMMON_VAR] {
+        let value = match std::env::var(variable) {
+            Ok(value) if value.trim().is_empty() => continue,
+            Ok(value) => value,
+            Err(std::env::VarError::NotPresent) => continue,
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(invalid(variable, "is not valid UTF-8".into()));
+            }
+        };
+        let url = value.trim();
+        check(url).map_err(|message| invalid(variable, message))?;
+        return Ok(Some(Endpoint {
+            variable,
+            url: url.to_owned(),
+        }));
+    }
+    Ok(None)
+}
+
+fn invalid(variable: &'static str, message: String) -> InitError {
+    InitError::Setting { variable, message }
+}
+
+const EXAMPLE: &str = "http://localhost:4317";
+
+/// Whether `url` is an `http://host[:port][/path]` URL with a port in 1-65535; the reason
+/// if not, without the value.
+fn check(url: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!(
+            "must be an http:// URL of an OTLP/gRPC collector, such as {EXAMPLE}"
+        ));
+    };
+    if scheme.eq_ignore_ascii_case("https") {
+        return Err(format!(
+            "https endpoints are not supported by this build (its OTLP exporter has no TLS); \
+             use a collector on loopback or plain http, such as {EXAMPLE}"
+        ));
+    }
+    if !scheme.eq_ignore_ascii_case("http") {
+        return Err(format!(
+            "must be an http:// URL of an OTLP/gRPC collector, such as {EXAMPLE}; the scheme is not http"
+        ));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain spaces or control characters".into());
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // Whatever precedes the last `@` is user information, not the host.
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
+        let Some((ip, after)) = bracketed.split_once(']') else {
+            return Err("has an IPv6 address without its closing `]`".into());
+        };
+        let port = match after {
+            "" => None,
+            after => Some(
+                after
+                    .strip_prefix(':')
+                    .ok_or("has text after the IPv6 address's `]` that is not a port")?,
+            ),
+        };
+        (ip, port)
+    } else {
+        match host_port.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("has no host; it must look like {EXAMPLE}"));
+    }
+    if let Some(port) = port
+        && !port.parse::<u16>().is_ok_and(|port| port != 0)
+    {
+        return Err("has a port that is not a number from 1 to 65535".into());
+    }
+    Ok(())
+}
+
+/// The exporter's own error, for a message: without `url`, which it may quote.
+pub(crate) fn redacted(err: &opentelemetry_otlp::ExporterBuildError, url: &str) -> String {
+    let text = err.to_string();
+    if url.is_empty() {
+        text
+    } else {
+        text.replace(url, "<the endpoint>")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_http_urls_with_a_host_and_a_valid_port_pass() {
+        for good in [
+            "http://localhost:4317",
+            "HTTP://127.0.0.1:4317",
+            "http://[::1]:4317",
+            "http://[::1]",
+            "http://collector",
+            "http://user:secret@collector:4317/prefix",
+        ] {
+            assert_eq!(check(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "collector:4317",
+            "https://user:secret@collector:4317",
+            "ftp://collector:4317",
+            "unix:///tmp/otlp.sock",
+            "http://[::1",
+            "http://[::1]x",
+            "http://collector:99999",
+            "http://collector:0",
+            "http://collector:",
+            "http://collector:abc",
+            "http://",
+            "http://:4317",
+            "http://user:pw@:4317",
+            "http://coll ector:4317",
+            "http://collector:4317\r\n",
+        ] {
+            let err = check(bad).expect_err(bad);
+            assert!(
+                !err.contains(bad) || EXAMPLE.contains(bad),
+                "the value is never shown: {bad:?}: {err}"
+            );
+        }
+        assert!(
+            check("https://x")
+                .unwrap_err()
+                .contains("https endpoints are not supported by this build")
+        );
+    }
+}
