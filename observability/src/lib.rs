@@ -173,17 +173,26 @@ pub fn export_enabled() -> bool {
 const SERVICE_INSTANCE_ID: &str = "service.instance.id";
 
 /// The resource of both signals: the SDK's (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
-/// `telemetry.sdk.*`), the program's service name when none is set, and a `service.instance.id`
+/// `telemetry.sdk.*`), the program's service name when neither sets one, and a `service.instance.id`
 /// of its own (a UUID v4 per process start, as the semantic conventions recommend) when none is
 /// set: without one, two workers' series are the same series to a backend, which sees one
 /// counter jump between their values.
 fn resource(default_service_name: &'static str) -> Resource {
     let builder = || {
         let builder = Resource::builder();
-        if std::env::var("OTEL_SERVICE_NAME").map_or(true, |v| v.trim().is_empty()) {
-            builder.with_service_name(default_service_name)
-        } else {
+        let set = |var: &str, check: fn(&str) -> bool| std::env::var(var).is_ok_and(|v| check(&v));
+        // Either sets the name (OTEL_SERVICE_NAME wins); the program's is the default only.
+        let named = set("OTEL_SERVICE_NAME", |v| !v.trim().is_empty())
+            || set("OTEL_RESOURCE_ATTRIBUTES", |v| {
+                v.split(',').any(|pair| {
+                    pair.split_once('=')
+                        .is_some_and(|(k, v)| k.trim() == "service.name" && !v.trim().is_empty())
+                })
+            });
+        if named {
             builder
+        } else {
+            builder.with_service_name(default_service_name)
         }
     };
     let resource = builder().build();

@@ -460,14 +460,18 @@ async fn the_queue_gauges_are_exported_by_one_worker_of_two() {
 /// A `service.instance.id` set in `OTEL_RESOURCE_ATTRIBUTES` is the one exported, on every
 /// point, instead of the worker's own.
 #[tokio::test]
-async fn a_service_instance_id_set_by_the_environment_is_kept() {
+async fn a_service_instance_id_and_name_set_by_the_environment_are_kept() {
     let (sink, port) = OtlpSink::start(true).await.expect("OTLP receiver");
     let redis = TestRedis::new();
     xadd_all(&redis, jobs(0..3, false)).await;
     let mut env = exporting(port, "100");
+    // The name from OTEL_RESOURCE_ATTRIBUTES alone (no OTEL_SERVICE_NAME) beats the default.
+    env.retain(|(name, _)| *name != "OTEL_SERVICE_NAME");
     env.push((
         "OTEL_RESOURCE_ATTRIBUTES",
-        "service.instance.id=worker-7,deployment.environment.name=test".into(),
+        "service.instance.id=worker-7,service.name=metrics-by-attributes,\
+         deployment.environment.name=test"
+            .into(),
     ));
     let mut worker = start(&redis, "metrics-instance", &env);
     eventually("3 successes are exported", Duration::from_secs(30), || {
@@ -490,7 +494,7 @@ async fn a_service_instance_id_set_by_the_environment_is_kept() {
             Some("worker-7"),
             "{point:?}"
         );
-        assert_eq!(point.service(), "metrics-test-worker", "{point:?}");
+        assert_eq!(point.service(), "metrics-by-attributes", "{point:?}");
     }
 }
 
