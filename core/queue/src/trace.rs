@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use opentelemetry::{
     Context,
     propagation::{Extractor, Injector},
+    trace::TraceContextExt as _,
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -25,16 +26,6 @@ struct Carrier(HashMap<String, String>);
 impl Injector for Carrier {
     fn set(&mut self, key: &str, value: String) {
         self.0.insert(key.to_owned(), value);
-    }
-}
-
-impl Extractor for Carrier {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(String::as_str).collect()
     }
 }
 
@@ -57,17 +48,61 @@ pub fn set_parent(span: &tracing::Span, trace: &TraceContext) {
     if span.is_disabled() {
         return;
     }
-    let Some(traceparent) = &trace.traceparent else {
+    let Some(traceparent) = trace.traceparent.as_deref() else {
         return;
     };
-    let mut map = HashMap::from([("traceparent".to_owned(), traceparent.clone())]);
-    if let Some(tracestate) = &trace.tracestate {
-        map.insert("tracestate".to_owned(), tracestate.clone());
-    }
-    let carrier = Carrier(map);
+    // Read in place: no map or copies of the two headers for each task.
+    let carrier = Headers {
+        traceparent,
+        tracestate: trace.tracestate.as_deref(),
+    };
     let parent: Context =
         opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&carrier));
     let _ = span.set_parent(parent);
+}
+
+/// The two W3C headers of a task, borrowed.
+struct Headers<'a> {
+    traceparent: &'a str,
+    tracestate: Option<&'a str>,
+}
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traceparent" => Some(self.traceparent),
+            "tracestate" => self.tracestate,
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        let mut keys = vec!["traceparent"];
+        keys.extend(self.tracestate.map(|_| "tracestate"));
+        keys
+    }
+}
+
+/// Names `span` and sets its attributes (`describe` returns both) if, and only if, the sampler
+/// keeps it. Given as fields of the `tracing` span, they would be formatted for every span,
+/// kept or not: tracing-opentelemetry builds a span's attributes before the sampler runs.
+/// Call it after [`set_parent`]: it starts the OpenTelemetry span, which fixes its parent.
+/// A sampler sees the span's `tracing` name and no attributes (the environment's samplers
+/// look at the trace id and the parent only).
+pub(crate) fn describe(
+    span: &tracing::Span,
+    describe: impl FnOnce() -> (String, Vec<opentelemetry::KeyValue>),
+) {
+    if span.is_disabled() {
+        return;
+    }
+    let context = span.context();
+    let otel = context.span();
+    if otel.is_recording() {
+        let (name, attributes) = describe();
+        otel.update_name(name);
+        otel.set_attributes(attributes);
+    }
 }
 
 /// Marks `span` as failed (status ERROR) with `message`, per the OpenTelemetry conventions.

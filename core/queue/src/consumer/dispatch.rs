@@ -25,6 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use opentelemetry::KeyValue;
 use redis::Value;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -44,7 +45,7 @@ use crate::{
     report, retention,
     scripts::{self, Finished, Retention},
     task::{Envelope, now_ms},
-    trace::{record_error, set_parent},
+    trace::{describe, record_error, set_parent},
 };
 
 /// Runs entries; shared by the fetch loop and the reclaim loop.
@@ -156,21 +157,23 @@ impl Dispatcher {
             timeout = timeout.min(Duration::from_millis(u64::try_from(left).unwrap_or(0)));
         }
 
-        let span = tracing::info_span!(
-            "process",
-            otel.name = format!("process {stream}"),
-            otel.kind = "consumer",
-            otel.status_code = tracing::field::Empty,
-            messaging.system = "redis",
-            messaging.destination.name = %stream,
-            messaging.operation.type = "process",
-            messaging.consumer.group.name = GROUP,
-            messaging.message.id = %entry.id,
-            simplebank.task.id = %task.task.id,
-            simplebank.task.type = %task.task.kind,
-            simplebank.task.attempt = task.attempt,
-        );
+        // Its name and attributes are set once the sampler has kept it (`describe`): a span
+        // the sampler drops costs no formatting (BENCHMARKS.md, scenario 7).
+        let span = tracing::info_span!("process", otel.kind = "consumer");
         set_parent(&span, &task.task.trace());
+        describe(&span, || {
+            let attributes = vec![
+                KeyValue::new("messaging.system", "redis"),
+                KeyValue::new("messaging.destination.name", stream.clone()),
+                KeyValue::new("messaging.operation.type", "process"),
+                KeyValue::new("messaging.consumer.group.name", GROUP),
+                KeyValue::new("messaging.message.id", entry.id.clone()),
+                KeyValue::new("simplebank.task.id", task.task.id.clone()),
+                KeyValue::new("simplebank.task.type", task_type),
+                KeyValue::new("simplebank.task.attempt", i64::from(task.attempt)),
+            ];
+            (format!("process {stream}"), attributes)
+        });
         self.run(
             stream,
             entry.id,
