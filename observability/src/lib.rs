@@ -281,13 +281,20 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
         filter.max_level_hint().unwrap_or(LevelFilter::TRACE),
     );
     // No busy/idle timings (two clock reads per poll of every span: a tenth of the worker's
-    // CPU when draining, measured with perf) and no thread attributes: a span's duration and
-    // its attributes are what the traces show.
+    // CPU when draining, measured with perf), no thread or `target` attributes: a span's
+    // duration and its attributes are what the traces show. Events become span events from
+    // WARN up (failures, retries, dead letters); INFO events are log lines, which carry the
+    // trace and span ids: "processed task" repeated the process span's attributes and was
+    // half of what each exported span cost to encode (BENCHMARKS.md, scenario 7).
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_location(false)
+        .with_target(false)
         .with_tracked_inactivity(false)
-        .with_threads(false);
+        .with_threads(false)
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+            meta.is_span() || *meta.level() <= tracing::Level::WARN
+        }));
     tracing_subscriber::registry()
         .with(global)
         .with(otel)
