@@ -238,13 +238,18 @@ impl OtlpSink {
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
-        let service = TraceServiceServer::new(sink.clone());
         let metrics = MetricsServiceServer::new(sink.clone());
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let mut server = tonic::transport::Server::builder();
+        let router = if keep {
+            server.add_service(TraceServiceServer::new(sink.clone()))
+        } else {
+            server.add_service(count::SpanCounter(Arc::clone(&sink.count)))
+        };
         tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
+            let _ = router
                 .add_service(metrics)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .serve_with_incoming(incoming)
                 .await;
         });
         Ok((sink, port))
@@ -287,5 +292,100 @@ impl OtlpSink {
             }
         }
         latest.into_values().collect()
+    }
+}
+
+/// The trace service of a receiver that only counts (benchmarks). It reads each export request
+/// down to its spans and skips their contents, which are never decoded: a full decode (every
+/// attribute a `String`) took a tenth of the machine in the bench's traced drains, CPU that a
+/// collector on another machine would not take from the worker and Redis (BENCHMARKS.md,
+/// scenario 7).
+mod count {
+    use std::{
+        convert::Infallible,
+        sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        },
+        task::{Context, Poll},
+    };
+
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    use tonic::codegen::{BoxFuture, Service, http};
+
+    /// `ExportTraceServiceRequest` read only as far as its spans (the field numbers of the
+    /// OTLP protobuf definitions); every other field is skipped unread.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Request {
+        #[prost(message, repeated, tag = "1")]
+        resource_spans: Vec<ResourceSpans>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct ResourceSpans {
+        #[prost(message, repeated, tag = "2")]
+        scope_spans: Vec<ScopeSpans>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct ScopeSpans {
+        #[prost(message, repeated, tag = "2")]
+        spans: Vec<Skipped>,
+    }
+
+    /// A span, its fields skipped.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Skipped {}
+
+    #[derive(Clone)]
+    pub(super) struct SpanCounter(pub(super) Arc<AtomicUsize>);
+
+    impl tonic::server::NamedService for SpanCounter {
+        const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+    }
+
+    impl tonic::server::UnaryService<Request> for SpanCounter {
+        type Response = ExportTraceServiceResponse;
+        type Future = std::future::Ready<Result<tonic::Response<Self::Response>, tonic::Status>>;
+
+        fn call(&mut self, request: tonic::Request<Request>) -> Self::Future {
+            let spans = request
+                .into_inner()
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .map(|s| s.spans.len())
+                .sum();
+            self.0.fetch_add(spans, Ordering::Relaxed);
+            std::future::ready(Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            })))
+        }
+    }
+
+    impl Service<http::Request<tonic::body::Body>> for SpanCounter {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+            let counter = self.clone();
+            Box::pin(async move {
+                if request.uri().path()
+                    != concat!(
+                        "/opentelemetry.proto.collector.trace.v1.TraceService",
+                        "/Export"
+                    )
+                {
+                    return Ok(tonic::Status::unimplemented("").into_http());
+                }
+                let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+                Ok(grpc.unary(counter, request).await)
+            })
+        }
     }
 }
