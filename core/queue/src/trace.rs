@@ -109,3 +109,110 @@ pub(crate) fn describe(
 pub fn record_error(span: &tracing::Span, message: &str) {
     span.set_status(opentelemetry::trace::Status::error(message.to_owned()));
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::{
+        KeyValue,
+        trace::{SpanKind, TracerProvider as _},
+    };
+    use opentelemetry_sdk::{
+        error::OTelSdkResult,
+        trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter},
+    };
+    use tracing_subscriber::prelude::*;
+
+    use super::*;
+
+    /// Keeps every exported span.
+    #[derive(Debug, Clone, Default)]
+    struct Kept(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Kept {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0.lock().expect("lock").extend(batch);
+            Ok(())
+        }
+    }
+
+    /// A consumer span as the dispatcher makes it, under `sampler`, continuing `parent`;
+    /// returns whether `describe` ran and the spans exported.
+    fn process_span(sampler: Sampler, parent: &TraceContext) -> (bool, Vec<SpanData>) {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        let kept = Kept::default();
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(sampler)
+            .with_simple_exporter(kept.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let mut described = false;
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("process", otel.kind = "consumer");
+            set_parent(&span, parent);
+            describe(&span, || {
+                described = true;
+                (
+                    "process q".to_owned(),
+                    vec![KeyValue::new("messaging.system", "redis")],
+                )
+            });
+        });
+        let spans = kept.0.lock().expect("lock").clone();
+        (described, spans)
+    }
+
+    fn parent(flags: &str) -> TraceContext {
+        TraceContext {
+            traceparent: Some(format!(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}"
+            )),
+            tracestate: None,
+        }
+    }
+
+    /// A kept span gets its name and attributes, under its remote parent.
+    #[test]
+    fn a_sampled_process_span_is_named_and_described_under_its_parent() {
+        let (described, spans) = process_span(
+            Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+            &parent("01"),
+        );
+        assert!(described);
+        assert_eq!(spans.len(), 1);
+        let span = &spans[0];
+        assert_eq!(span.name, "process q");
+        assert_eq!(span.span_kind, SpanKind::Consumer);
+        assert_eq!(
+            span.span_context.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(span.parent_span_id.to_string(), "00f067aa0ba902b7");
+        assert!(span.parent_span_is_remote);
+        assert!(
+            span.attributes
+                .contains(&KeyValue::new("messaging.system", "redis")),
+            "{:?}",
+            span.attributes
+        );
+    }
+
+    /// A span the sampler drops (here: its remote parent was not sampled) builds no
+    /// attributes, and nothing is exported.
+    #[test]
+    fn a_dropped_process_span_builds_no_attributes() {
+        let (described, spans) = process_span(
+            Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            &parent("00"),
+        );
+        assert!(!described);
+        assert!(spans.is_empty());
+        let (described, spans) = process_span(Sampler::AlwaysOff, &TraceContext::default());
+        assert!(!described);
+        assert!(spans.is_empty());
+    }
+}
