@@ -151,10 +151,12 @@ async fn the_logs_read_like_an_operators_log() {
     text.push_str(&std::fs::read_to_string(&server_log).expect("server log"));
     text.push_str(&std::fs::read_to_string(&worker_log).expect("worker log"));
 
-    // A failure: a database that does not exist.
-    let mut missing_db = env.to_vec();
-    missing_db[0].1 = db.url.expose().replace(&db.name, "no_such_database");
-    let failed = command(&server_bin, &missing_db, None)
+    // A failure once running: its gRPC address is taken. (A database that does not exist is
+    // a setting, refused before logging starts.)
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let mut port_taken = env.to_vec();
+    port_taken[3].1 = taken.local_addr().expect("its address").to_string();
+    let failed = command(&server_bin, &port_taken, None)
         .output()
         .await
         .expect("run the server");
@@ -167,7 +169,7 @@ async fn the_logs_read_like_an_operators_log() {
         "enqueued task",
         "processed task",
         "simplebank-server failed",
-        "does not exist",
+        "in use",
     ] {
         assert!(text.contains(expected), "no {expected:?} in:\n{text}");
     }
