@@ -11,6 +11,7 @@
 //! | `{ns:q}:retry` | zset | tasks waiting for their next attempt; score and member as in `scheduled` |
 //! | `{ns:q}:dead` | stream | dead letters of `q`: the task's fields plus `queue`, `error`, `attempts`, `first_failed_at`, `last_failed_at`, `dead_at`; a poison entry as `queue`, `error`, `attempts`, `raw`, `dead_at` |
 //! | `{ns:q}:unique:<suffix>` | string | uniqueness lock (`id:<task id>` or `content:<type>:<hash>`), value = the holding task's lock token (`Task::lock_token`); released when it finishes or dies, or expires with its TTL |
+//! | `{ns:q}:done:<task id>` | string | a task with an id ([`crate::Task::with_task_id`]) that finished or died: its lock token, for [`crate::DONE_MARKER_TTL`] (`PX`), so a republish of that very task is recognised instead of run again |
 //! | `{ns:q}:paused` | string | `1` while the queue is paused (persistent) |
 //! | `{ns:q}:stats` | hash | `processed` (attempts finished, success or failure), `failed` (failed attempts) |
 //! | `{ns}:queues` | hash | the registry: queue -> weight, written by each worker at start |
@@ -169,6 +170,11 @@ impl Keys {
         }
     }
 
+    /// `{ns:q}:done:<task id>`: the marker a finished or dead task with an id leaves.
+    pub fn done(&self, queue: &QueueName, task_id: &str) -> String {
+        format!("{}:done:{task_id}", self.tag(queue))
+    }
+
     /// `{ns:q}:paused`: present while `q` is paused.
     pub fn paused(&self, queue: &QueueName) -> String {
         format!("{}:paused", self.tag(queue))
@@ -265,6 +271,7 @@ mod tests {
             "{simplebank:critical}:unique:id:x"
         );
         assert_eq!(keys.unique(&critical, None), "{simplebank:critical}:unique");
+        assert_eq!(keys.done(&critical, "x"), "{simplebank:critical}:done:x");
         assert_eq!(keys.paused(&critical), "{simplebank:critical}:paused");
         assert_eq!(keys.stats(&critical), "{simplebank:critical}:stats");
         assert_eq!(keys.queues(), "{simplebank}:queues");

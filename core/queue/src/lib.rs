@@ -96,4 +96,4 @@ pub use keys::{DEFAULT_NAMESPACE, DEFAULT_QUEUES, GROUP, Keys, NameError, Namesp
 pub use pause::{pause, resume};
 pub use publish::{Enqueued, PublishError, Publisher, ReplicaWait};
 pub use stats::{QueueStats, known_queues, queue_stats};
-pub use task::{DEFAULT_MAX_RETRY, DEFAULT_TIMEOUT, Task, TaskError, TaskPayload};
+pub use task::{DEFAULT_MAX_RETRY, DEFAULT_TIMEOUT, DONE_MARKER_TTL, Task, TaskError, TaskPayload};

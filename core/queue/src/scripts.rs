@@ -6,15 +6,16 @@
 //! States: *queued* (an entry in `{ns:q}:stream`), *running* (that entry, pending with a
 //! consumer), *scheduled* (a member of `{ns:q}:scheduled`: delayed), *retry* (a member of
 //! `{ns:q}:retry`: waiting for its next attempt), *dead* (an entry of `{ns:q}:dead`), *done*
-//! (gone).
+//! (gone). A task with an id leaves a done marker when it finishes or dies (`{ns:q}:done:<id>`,
+//! its lock token, for `DONE_MARKER_TTL`), which ENQUEUE reads: a republish of it adds nothing.
 //!
 //! | script | from -> to |
 //! |---|---|
 //! | [`enqueue`] | new -> queued, or scheduled; refused when its uniqueness lock is held |
 //! | [`promote`] | scheduled or retry (due) -> queued |
-//! | [`finish`] | running -> done (ack, delete, release the lock), for a batch of entries |
+//! | [`finish`] | running -> done (ack, delete, release the lock, leave a done marker), for a batch of entries |
 //! | [`retry`] | running -> retry at now + delay |
-//! | [`kill`] | running -> dead (release the lock; trim the dead stream) |
+//! | [`kill`] | running -> dead (release the lock, leave a done marker; trim the dead stream) |
 //! | [`renew`] | running -> running, idle time reset (the lease), if still held by this consumer |
 //! | [`requeue`] | dead -> queued |
 //! | [`trim_dead`] | dead -> gone: past the dead stream's length or age limit |
@@ -34,19 +35,25 @@ use crate::{
     fields,
     keys::{GROUP, Keys, QueueName},
     publish::ReplicaWait,
-    task::{Envelope, Schedule, Task},
+    task::{DONE_MARKER_TTL, Envelope, Schedule, Task},
 };
 
-/// KEYS: stream, scheduled, lock. ARGV: lock token (`Task::lock_token`), has lock (`1`/`0`), lock ttl ms (`0` = none),
+/// KEYS: stream, scheduled, lock, then the done marker (only for a task with an id). ARGV:
+/// lock token (`Task::lock_token`), has lock (`1`/`0`), lock ttl ms (`0` = none),
 /// schedule kind (`` / `at` / `in`), schedule ms, scheduled member, then the entry's fields.
 /// Returns `{status, detail}`: `queued` + entry id, `scheduled` + due ms, `exists` (this very
-/// task already holds the lock: enqueued before), `conflict` (another task holds it).
-/// `exists` writes the lock again (same value and TTL): a write of this connection, so a WAIT
-/// after it counts replicas that have the earlier write too (WAIT waits for the connection's
-/// last write, and this connection may not be the one that made the first).
+/// task already holds the lock, or finished or died: enqueued before), `conflict` (another
+/// task holds it). `exists` writes the lock (or marker) again (same value and TTL): a write of
+/// this connection, so a WAIT after it counts replicas that have the earlier writes too (WAIT
+/// waits for the connection's last write, and this connection may not be the one that made
+/// the first).
 static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+if KEYS[4] and redis.call('GET', KEYS[4]) == ARGV[1] then
+  redis.call('SET', KEYS[4], ARGV[1], 'KEEPTTL')
+  return {'exists', ''}
+end
 if ARGV[2] == '1' then
   local ok
   if ARGV[3] ~= '0' then
@@ -106,11 +113,14 @@ return {moved, wait}
     )
 });
 
-/// KEYS: stream, stats, then the lock of each finished task that holds one. ARGV: group, the
-/// number `n` of entries, their `n` ids, then one lock token per lock key.
+/// KEYS: stream, stats, then for each finished task that holds a lock: its lock and its done
+/// marker key (for a task without an id, the lock again: not written). ARGV: group, the
+/// number `n` of entries, their `n` ids, then per lock: its token and the marker's TTL in ms
+/// (`0`: no marker).
 /// Acks and deletes the entries (a batch: the worker settles finished tasks together, see
 /// the consumer's `ack` module); counts the acked ones as processed (one HINCRBY per batch);
-/// releases each lock its task still holds. Returns the number acked.
+/// releases each lock its task still holds and writes the done markers. Returns the number
+/// acked.
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -118,10 +128,15 @@ local n = tonumber(ARGV[2])
 local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3, 2 + n))
 redis.call('XDEL', KEYS[1], unpack(ARGV, 3, 2 + n))
 if acked > 0 then redis.call('HINCRBY', KEYS[2], 'processed', acked) end
-for i = 3, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[n + i] then
+local a = n + 3
+for i = 3, #KEYS, 2 do
+  if redis.call('GET', KEYS[i]) == ARGV[a] then
     redis.call('DEL', KEYS[i])
   end
+  if ARGV[a + 1] ~= '0' then
+    redis.call('SET', KEYS[i + 1], ARGV[a], 'PX', ARGV[a + 1])
+  end
+  a = a + 2
 end
 return acked
 ",
@@ -162,11 +177,12 @@ local function trim_dead(key, max, retention_ms, now)
 end
 ";
 
-/// KEYS: stream, dead, lock, stats. ARGV: group, entry id, lock token, has lock, failed (`1`
-/// if this delivery was a failed attempt: counted as processed and failed), dead max length,
-/// retention ms, then the dead entry's fields. Only if the entry is still pending: ack,
+/// KEYS: stream, dead, lock, stats, done marker (the lock again when there is none).
+/// ARGV: group, entry id, lock token, has lock, failed (`1` if this delivery was a failed
+/// attempt: counted as processed and failed), dead max length, retention ms, done marker TTL
+/// ms (`0`: none), then the dead entry's fields. Only if the entry is still pending: ack,
 /// delete, add to the dead letters (with `dead_at` from Redis' clock), release the lock,
-/// count the attempt, trim the dead stream. Returns `{killed (1/0), trimmed by max length,
+/// write the done marker, count the attempt, trim the dead stream. Returns `{killed (1/0), trimmed by max length,
 /// trimmed by age}`.
 static KILL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
@@ -175,9 +191,12 @@ if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return {{0, 0, 0}} en
 redis.call('XDEL', KEYS[1], ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('XADD', KEYS[2], '*', 'dead_at', tostring(now), unpack(ARGV, 8))
+redis.call('XADD', KEYS[2], '*', 'dead_at', tostring(now), unpack(ARGV, 9))
 if ARGV[4] == '1' and redis.call('GET', KEYS[3]) == ARGV[3] then
   redis.call('DEL', KEYS[3])
+end
+if ARGV[8] ~= '0' then
+  redis.call('SET', KEYS[5], ARGV[3], 'PX', ARGV[8])
 end
 if ARGV[5] == '1' then
   redis.call('HINCRBY', KEYS[4], 'processed', 1)
@@ -277,7 +296,11 @@ pub(crate) async fn enqueue(
     let mut invocation = ENQUEUE.key(keys.stream(&task.queue));
     invocation
         .key(keys.scheduled(&task.queue))
-        .key(keys.unique(&task.queue, task.unique.as_deref()))
+        .key(keys.unique(&task.queue, task.unique.as_deref()));
+    if let Some(done) = task.done_key(keys) {
+        invocation.key(done);
+    }
+    invocation
         .arg(task.lock_token())
         .arg(flag(task.unique.is_some()))
         .arg(task.unique_ttl_ms.unwrap_or(0))
@@ -328,11 +351,38 @@ pub(crate) async fn promote(
     Ok((moved, u64::try_from(wait).ok()))
 }
 
-/// One finished entry for [`finish`]: its id and the lock (key, token) its task holds.
+/// One finished entry for [`finish`]: its id, and the lock its task holds.
 #[derive(Debug)]
 pub(crate) struct Finished {
     pub entry_id: String,
-    pub lock: Option<(String, String)>,
+    pub lock: Option<FinishedLock>,
+}
+
+/// The lock of a finished task: released, and for a task with an id, replaced by a done
+/// marker.
+#[derive(Debug)]
+pub(crate) struct FinishedLock {
+    pub key: String,
+    pub token: String,
+    /// The done marker's key, if the task has an id.
+    pub done: Option<String>,
+}
+
+impl FinishedLock {
+    /// The lock of `task`, if it holds one.
+    pub(crate) fn of(keys: &Keys, task: &Task) -> Option<Self> {
+        let unique = task.unique.as_deref()?;
+        Some(Self {
+            key: keys.unique(&task.queue, Some(unique)),
+            token: task.lock_token(),
+            done: task.done_key(keys),
+        })
+    }
+}
+
+/// The TTL argument of a done marker: `0` for none.
+fn done_ttl_ms(done: Option<&String>) -> u64 {
+    done.map_or(0, |_| ms(DONE_MARKER_TTL).max(1))
 }
 
 /// Acks and deletes `entries` of `queue`'s stream, counts them as processed and releases the
@@ -351,8 +401,13 @@ pub(crate) async fn finish<'a>(
     for entry in entries.clone() {
         invocation.arg(&entry.entry_id);
     }
-    for (key, token) in entries.filter_map(|entry| entry.lock.as_ref()) {
-        invocation.key(key).arg(token);
+    for lock in entries.filter_map(|entry| entry.lock.as_ref()) {
+        // Without a marker, the lock key again as the pair's second key: never written.
+        invocation
+            .key(&lock.key)
+            .key(lock.done.as_ref().unwrap_or(&lock.key))
+            .arg(&lock.token)
+            .arg(done_ttl_ms(lock.done.as_ref()));
     }
     let _acked: i64 = invocation.invoke_async(conn).await?;
     Ok(())
@@ -420,11 +475,14 @@ pub(crate) async fn kill(
     dead_fields: Vec<(&'static str, String)>,
 ) -> RedisResult<Killed> {
     let unique = task.and_then(|task| task.unique.as_deref());
+    let done = task.and_then(|task| task.done_key(keys));
+    let lock = keys.unique(queue, unique);
     let (killed, by_max_len, by_age): (i64, u64, u64) = KILL
         .key(keys.stream(queue))
         .key(keys.dead(queue))
-        .key(keys.unique(queue, unique))
+        .key(&lock)
         .key(keys.stats(queue))
+        .key(done.as_ref().unwrap_or(&lock))
         .arg(GROUP)
         .arg(entry_id)
         .arg(task.map(Task::lock_token).unwrap_or_default())
@@ -432,6 +490,7 @@ pub(crate) async fn kill(
         .arg(flag(failed))
         .arg(retention.max_len)
         .arg(ms(retention.max_age))
+        .arg(done_ttl_ms(done.as_ref()))
         .arg(dead_fields)
         .invoke_async(conn)
         .await?;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use time::OffsetDateTime;
 
 use crate::{
-    keys::{NameError, QueueName},
+    keys::{Keys, NameError, QueueName},
     trace::{self, TraceContext},
 };
 
@@ -51,6 +51,12 @@ pub trait TaskPayload: Serialize + DeserializeOwned + Send + 'static {
 pub const DEFAULT_MAX_RETRY: u32 = 25;
 /// Default timeout of one attempt: 30 minutes, as asynq.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// How long a task with an id ([`Task::with_task_id`]) is remembered after it finished or
+/// died: a republish of that very task (an outbox row whose publish is retried, for instance
+/// while no replica acknowledges it) is then recognised as already enqueued instead of run
+/// again. One small key per such task for this long (asynq's `Retention` is the model).
+pub const DONE_MARKER_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// When a delayed task becomes ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,7 +259,9 @@ impl Task {
     }
 
     /// Uses `id` as the task id. Enqueueing is refused while a task with this id is queued,
-    /// scheduled, running or retrying.
+    /// scheduled, running or retrying. For [`DONE_MARKER_TTL`] after it finished or died,
+    /// enqueueing this very task again (same lock token: a republish) adds nothing
+    /// ([`crate::Enqueued::AlreadyEnqueued`]); another task with the same id is accepted.
     pub fn with_task_id(mut self, id: impl Into<String>) -> Result<Self, TaskError> {
         let id = id.into();
         if !is_valid_task_id(&id) {
@@ -310,6 +318,15 @@ impl Task {
             self.traceparent = trace.traceparent;
             self.tracestate = trace.tracestate;
         }
+    }
+
+    /// The key of the done marker this task leaves when it finishes or dies: only a task with
+    /// an id ([`Task::with_task_id`]) has one.
+    pub(crate) fn done_key(&self, keys: &Keys) -> Option<String> {
+        self.unique
+            .as_deref()
+            .is_some_and(|unique| unique.starts_with("id:"))
+            .then(|| keys.done(&self.queue, &self.id))
     }
 
     /// The value this task writes into its uniqueness lock: its id and a hash of what it was

@@ -1,10 +1,14 @@
 //! task_id and unique: a duplicate enqueue is refused with the typed error while the first is
-//! live; the lock is released when the task finishes.
+//! live; the lock is released when the task finishes, and a republish of the finished task
+//! itself is recognised by its done marker.
 
 use std::time::Duration;
 
-use simplebank_core::testing::TestRedis;
-use simplebank_queue::{Enqueued, Handlers, PublishError, Task};
+use simplebank_core::{
+    redis_client,
+    testing::{TestRedis, eventually},
+};
+use simplebank_queue::{DeadLetters, Enqueued, Handlers, PublishError, Task};
 
 use crate::helpers::{
     Noop, Recorder, RunningWorker, publisher, settings, wait_for_runs, wait_until_drained,
@@ -57,7 +61,8 @@ async fn a_task_id_is_refused_while_its_task_is_live_and_free_after() {
         Err(PublishError::Conflict { .. })
     ));
 
-    // Once processed, the id is free.
+    // Once processed, the id is free for another task; the finished task itself, published
+    // again (an outbox row whose replicas did not acknowledge it), adds nothing: it ran.
     let recorder = Recorder::new();
     let worker = RunningWorker::start(
         &redis,
@@ -67,6 +72,13 @@ async fn a_task_id_is_refused_while_its_task_is_live_and_free_after() {
     wait_for_runs(&recorder, 1, false).await;
     wait_until_drained(&redis, "default").await;
     worker.stop().await;
+    assert_eq!(
+        publisher
+            .publish(&first)
+            .await
+            .expect("republish after it ran"),
+        Enqueued::AlreadyEnqueued
+    );
     assert!(matches!(
         publisher.publish(&second).await,
         Ok(Enqueued::Queued { .. })
@@ -153,4 +165,54 @@ async fn a_batch_is_enqueued_in_order_and_options_are_honoured() {
         publisher.publish_batch(&[again]).await,
         Err(PublishError::Conflict { .. })
     ));
+}
+
+#[tokio::test]
+async fn a_dead_task_with_an_id_is_not_run_again_by_a_republish_but_can_be_requeued() {
+    let redis = TestRedis::new();
+    let publisher = publisher(&redis);
+    let task = Task::new(&Noop { n: 1 })
+        .expect("task")
+        .with_task_id("doomed")
+        .expect("id")
+        .with_max_retry(0);
+    publisher.publish(&task).await.expect("published");
+    let recorder = Recorder::new().with_behaviour(std::sync::Arc::new(|_| Err("always fails")));
+    let worker = RunningWorker::start(
+        &redis,
+        settings("dead-id"),
+        Handlers::new().on::<Noop>(recorder.clone()),
+    );
+    let queue = task.queue().clone();
+    let dead = DeadLetters::new(
+        redis_client::lazy_manager(redis.client(), redis_client::RESPONSE_TIMEOUT)
+            .expect("connection"),
+        redis.keys(),
+    );
+    eventually("dead-lettered", Duration::from_secs(10), || async {
+        dead.list(&queue, 10).await.expect("list").len() == 1
+    })
+    .await;
+
+    // Republished (its outbox row, say): recognised, not run again.
+    assert_eq!(
+        publisher.publish(&task).await.expect("republish"),
+        Enqueued::AlreadyEnqueued
+    );
+    // An operator's requeue still runs it (the marker does not hold its lock).
+    let letter = dead.list(&queue, 10).await.expect("list").remove(0);
+    dead.requeue_one(&queue, &letter.entry_id)
+        .await
+        .expect("requeued");
+    wait_for_runs(&recorder, 2, false).await;
+    eventually("dead again", Duration::from_secs(10), || async {
+        dead.list(&queue, 10).await.expect("list").len() == 1
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(
+        recorder.total_runs(),
+        2,
+        "its first run and the requeued one"
+    );
 }

@@ -26,7 +26,8 @@ const MAX_BATCH: usize = 1000;
 #[derive(Debug)]
 pub(crate) struct Ack {
     pub queue: QueueName,
-    /// The entry, and the uniqueness lock (key, token) its task holds, released with the ack.
+    /// The entry, and the uniqueness lock its task holds, released with the ack (a task with
+    /// an id leaves its done marker then).
     pub entry: Finished,
 }
 

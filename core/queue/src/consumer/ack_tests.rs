@@ -9,7 +9,7 @@ use super::{Ack, Acker};
 use crate::{
     connection,
     keys::{GROUP, QueueName},
-    scripts::Finished,
+    scripts::{Finished, FinishedLock},
     testing::{RedisServer, TestRedis},
 };
 
@@ -75,6 +75,7 @@ async fn finished_entries_are_acked_in_batches_and_locks_released_only_by_their_
     // Every tenth task holds a lock; every thirtieth lock has meanwhile passed to another task.
     let mut released = Vec::new();
     let mut kept = Vec::new();
+    let mut marked = Vec::new();
     for (i, ack) in acks.iter_mut().enumerate().filter(|(i, _)| i % 10 == 0) {
         // The lock is in the slot of its task's queue.
         let queue = QueueName::parse(QUEUES[i / PER_STREAM]).expect("queue");
@@ -92,7 +93,12 @@ async fn finished_entries_are_acked_in_batches_and_locks_released_only_by_their_
         } else {
             released.push(key.clone());
         }
-        ack.entry.lock = Some((key, token));
+        // Every twentieth task has an id: it leaves a done marker, even where its lock passed on.
+        let done = (i % 20 == 0).then(|| keys.done(&queue, &format!("u{i}")));
+        if let Some(done) = &done {
+            marked.push((done.clone(), token.clone()));
+        }
+        ack.entry.lock = Some(FinishedLock { key, token, done });
     }
     let calls_before = finish_calls(&mut conn).await;
 
@@ -140,6 +146,22 @@ async fn finished_entries_are_acked_in_batches_and_locks_released_only_by_their_
             .await
             .expect("get");
         assert_eq!(holder, "another", "{key} belongs to another task now");
+    }
+    assert!(!marked.is_empty());
+    for (key, token) in &marked {
+        let (marker, ttl_ms): (Option<String>, i64) = redis::pipe()
+            .cmd("GET")
+            .arg(key)
+            .cmd("PTTL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .expect("marker");
+        assert_eq!(marker.as_ref(), Some(token), "{key} marks its task done");
+        assert!(
+            ttl_ms > 0 && ttl_ms <= crate::DONE_MARKER_TTL.as_millis() as i64,
+            "{key} expires ({ttl_ms} ms)"
+        );
     }
     for queue in QUEUES {
         let processed: u64 = redis::cmd("HGET")

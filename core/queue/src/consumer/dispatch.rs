@@ -43,7 +43,7 @@ use crate::{
     keys::{GROUP, Keys, QueueName},
     metrics::{ConsumerMetrics, ErrorType, Outcome},
     report, retention,
-    scripts::{self, Finished, Retention},
+    scripts::{self, Finished, FinishedLock, Retention},
     task::{Envelope, now_ms},
     trace::{describe, record_error, set_parent},
 };
@@ -278,17 +278,11 @@ impl Dispatcher {
 
     async fn finish(&self, entry_id: &str, envelope: &Envelope, duration_ms: u64) {
         let task = &envelope.task;
-        let lock = task.unique.as_deref().map(|unique| {
-            (
-                self.keys.unique(&task.queue, Some(unique)),
-                task.lock_token(),
-            )
-        });
         let ack = Ack {
             queue: task.queue.clone(),
             entry: Finished {
                 entry_id: entry_id.to_owned(),
-                lock,
+                lock: FinishedLock::of(&self.keys, task),
             },
         };
         match self.acker.ack(ack).await {

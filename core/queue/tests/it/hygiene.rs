@@ -1,12 +1,13 @@
 //! Key hygiene: what a task leaves behind is deleted or expires. 10,000 tasks through success,
 //! a retry and death (with locks of both kinds) leave the namespace's keys as they were after
-//! the worker started, plus each queue's dead stream, bounded by `dead_letter_max`; the
-//! counters count every attempt.
+//! the worker started, plus each queue's dead stream, bounded by `dead_letter_max`, and the
+//! done marker of each task with an id, expiring within `DONE_MARKER_TTL`; the counters count
+//! every attempt.
 
 use std::{collections::BTreeSet, time::Duration};
 
 use simplebank_queue::{
-    Backoff, QueueName, known_queues, queue_stats,
+    Backoff, DONE_MARKER_TTL, QueueName, known_queues, queue_stats,
     testing::{TestRedis, eventually},
 };
 
@@ -89,11 +90,36 @@ async fn ten_thousand_tasks_leave_only_the_bounded_dead_letters_behind() {
 
     let after: BTreeSet<String> = namespace_keys(&mut raw, &keys).await.into_iter().collect();
     let dead_streams: BTreeSet<String> = queues.iter().map(|q| keys.dead(q)).collect();
-    let expected_keys: BTreeSet<String> = baseline.union(&dead_streams).cloned().collect();
+    // A task with an id (every 10th) leaves a marker, succeeded or dead, that expires.
+    let markers: BTreeSet<String> = (0..TASKS)
+        .step_by(10)
+        .map(|n| {
+            keys.done(
+                &queues[usize::try_from(n % 2).unwrap()],
+                &format!("hygiene-{n}"),
+            )
+        })
+        .collect();
+    let expected_keys: BTreeSet<String> = baseline
+        .union(&dead_streams)
+        .chain(&markers)
+        .cloned()
+        .collect();
     assert_eq!(
         after, expected_keys,
-        "keys left behind besides the dead letters"
+        "keys left behind besides the dead letters and the done markers"
     );
+    for marker in &markers {
+        let ttl_ms: i64 = redis::cmd("PTTL")
+            .arg(marker)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(
+            ttl_ms > 0 && ttl_ms <= i64::try_from(DONE_MARKER_TTL.as_millis()).unwrap(),
+            "{marker} expires (PTTL {ttl_ms} ms)"
+        );
+    }
     for (queue, (_, _, died)) in queues.iter().zip(expected) {
         let s = queue_stats(&mut conn, &keys, queue).await.unwrap();
         assert_eq!(
@@ -103,9 +129,10 @@ async fn ten_thousand_tasks_leave_only_the_bounded_dead_letters_behind() {
         );
     }
     eprintln!(
-        "measured: {} keys after the worker started, {} after {TASKS} tasks (+ {} dead streams)",
+        "measured: {} keys after the worker started, {} after {TASKS} tasks (+ {} dead streams, {} done markers)",
         baseline.len(),
         after.len(),
-        dead_streams.len()
+        dead_streams.len(),
+        markers.len()
     );
 }
