@@ -3,7 +3,9 @@
 //! - `""` and `simplebank.v1.SimpleBank`: SERVING while PostgreSQL answers. Redis does not count:
 //!   sign-ups keep working through the outbox while it is down, so a load balancer must keep
 //!   sending them here.
-//! - [`REDIS_SERVICE`]: SERVING while Redis answers PING within [`REDIS_PING_TIMEOUT`].
+//! - [`REDIS_SERVICE`]: SERVING while Redis answers PING within [`REDIS_PING_TIMEOUT`], on
+//!   the shared connection: never the publisher's own with `REDIS_WAIT_REPLICAS`, where a
+//!   PING would queue behind a `WAIT` and read as a dead Redis while no replica answers.
 //!
 //! Each check has a deadline, so a hung dependency (a stopped process, a black-holed network)
 //! reads as down instead of stalling the loop. The first state of each, and every change, is
@@ -12,7 +14,7 @@
 use std::{future::Future, time::Duration};
 
 use simplebank_core::{report::chain, store::Store};
-use simplebank_queue::Publisher;
+use simplebank_queue::connection::Connection;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -31,7 +33,7 @@ pub const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn watch(
     reporter: HealthReporter,
     store: Store,
-    publisher: Publisher,
+    redis: Connection,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -51,7 +53,7 @@ pub async fn watch(
         }
         let (database, redis) = tokio::join!(
             check(DATABASE_CHECK_TIMEOUT, store.ping()),
-            check(REDIS_PING_TIMEOUT, publisher.ping()),
+            check(REDIS_PING_TIMEOUT, ping(redis.clone())),
         );
         if stop.is_cancelled() {
             break;
@@ -98,6 +100,10 @@ pub async fn watch(
     }
     // Last word on shutdown, after any change this loop was still writing.
     set_bank(&reporter, ServingStatus::NotServing).await;
+}
+
+async fn ping(mut redis: Connection) -> redis::RedisResult<()> {
+    redis::cmd("PING").query_async(&mut redis).await
 }
 
 /// Runs one check with a deadline; the error says why it failed, for the log.

@@ -171,6 +171,7 @@ pub async fn run_with(
     // A publisher that waits for replicas has a connection of its own: a WAIT holds up the
     // commands behind it on its connection (sign-in throttling, health), and its response
     // timeout must cover the wait.
+    let shared = redis.clone();
     let publisher = match config.common.redis_wait {
         None => Publisher::new(redis, keys),
         Some(wait) => Publisher::new(
@@ -185,7 +186,7 @@ pub async fn run_with(
     let health = tokio::spawn(health::watch(
         reporter.clone(),
         store.clone(),
-        publisher.clone(),
+        shared,
         config.health_check_interval,
         stop.clone(),
     ));

@@ -198,7 +198,8 @@ impl Publisher {
         &self.keys
     }
 
-    /// Succeeds when Redis answers PING.
+    /// Succeeds when Redis answers PING, on the publisher's connection: with a replica wait,
+    /// after the `WAIT`s ahead of it (a health check belongs on another connection).
     pub async fn ping(&self) -> redis::RedisResult<()> {
         redis::cmd("PING")
             .query_async::<()>(&mut self.conn.clone())

@@ -3,7 +3,9 @@
 //!   a sign-up's email goes out, and sign-in throttling counts there too;
 //! - `REDIS_WAIT_REPLICAS=1` on one primary with one replica: a publish the replica did not
 //!   acknowledge (the replica stopped) leaves the outbox row for the relay, which publishes it
-//!   once the replica is back, and the task is on the stream once.
+//!   once the replica is back, and the task is on the stream once;
+//! - with the replica missing, the relay's republishes never run the finished task again (its
+//!   done marker), and a waiting publish does not make Redis' health read as down.
 
 use std::{process::Stdio, time::Duration};
 
@@ -11,9 +13,14 @@ use simplebank_core::testing::{
     RedisCluster, RedisServer, TestDb, TestRedis, eventually, free_port, stop_gracefully,
 };
 use simplebank_queue::{Keys, QueueName, ReplicaWait};
-use simplebank_server::pb::LoginUserRequest;
+use simplebank_server::{health::REDIS_SERVICE, pb::LoginUserRequest};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
-use crate::helpers::{TestServer, common_config, connect_when_up, count, request};
+use crate::helpers::{
+    TestServer, TestWorker, common_config, connect_when_up, count, request, wait_for_verification,
+};
 
 fn binary(name: &str) -> std::path::PathBuf {
     let server = std::path::PathBuf::from(env!("CARGO_BIN_EXE_simplebank-server"));
@@ -275,4 +282,183 @@ async fn bad_cluster_and_wait_settings_stop_the_server_naming_the_variable() {
         }
         refused_at_start(&db, &vars, var).await;
     }
+}
+
+/// The replica of a private primary, synced; the primary's address for the test's Redis.
+async fn primary_with_replica() -> (RedisServer, RedisServer, TestRedis) {
+    let primary = RedisServer::start().await;
+    let replica_server = RedisServer::start_with(&[
+        "--replicaof",
+        "127.0.0.1",
+        &primary.port.to_string(),
+        "--repl-diskless-sync-delay",
+        "0",
+    ])
+    .await;
+    let replica = TestRedis::at(replica_server.address());
+    eventually("the replica synced", Duration::from_secs(20), || {
+        synced(&replica)
+    })
+    .await;
+    let redis = TestRedis::at(primary.address());
+    (primary, replica_server, redis)
+}
+
+/// How many `WAIT`s `redis` has run: one per publish of a server with `REDIS_WAIT_REPLICAS`.
+async fn waits(redis: &TestRedis) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut redis.conn().await)
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_wait:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn with_the_replica_missing_a_task_runs_once_however_often_its_row_is_relayed() {
+    let (_primary, replica_server, redis) = primary_with_replica().await;
+    let db = TestDb::create().await;
+    let mut common = common_config(db.url.clone(), &redis);
+    common.redis_wait = ReplicaWait::new(1, Duration::from_millis(200));
+    let mut server = TestServer::start(common.clone()).await;
+    let worker = TestWorker::start(common);
+    let keys = Keys::new(redis.namespace.clone());
+    let critical = QueueName::parse("critical").unwrap();
+    let processed = || async {
+        redis::cmd("HGET")
+            .arg(keys.stats(&critical))
+            .arg("processed")
+            .query_async::<Option<u64>>(&mut redis.conn().await)
+            .await
+            .unwrap()
+            .unwrap_or(0)
+    };
+    let outbox = || count(&db.store, "SELECT count(*) FROM task_outbox");
+
+    // No replica answers: the task reaches the primary and runs, its row stays.
+    replica_server.pause();
+    server
+        .client
+        .create_user(request("unreplicated", "u1@example.com"))
+        .await
+        .unwrap();
+    wait_for_verification(&db, &worker, "unreplicated").await;
+    eventually("the run counted", Duration::from_secs(10), || async {
+        processed().await >= 1
+    })
+    .await;
+    // Five more publishes of the row by the relay (each WAIT comes up short), after the task
+    // finished: each finds the task's done marker and adds nothing.
+    let before = waits(&redis).await;
+    eventually(
+        "the relay published the row five more times",
+        Duration::from_secs(30),
+        || async { waits(&redis).await >= before + 5 },
+    )
+    .await;
+    assert_eq!(outbox().await, 1, "the row waits for a replica");
+    assert_eq!(processed().await, 1, "the task ran once");
+    assert_eq!(emails(&worker), 1, "one email");
+
+    // The replica back: the next publish is acknowledged, the row goes; still one run.
+    replica_server.resume();
+    eventually(
+        "relayed once acknowledged",
+        Duration::from_secs(20),
+        || async { outbox().await == 0 },
+    )
+    .await;
+    // Any run a republish had caused would be counted by now: the worker reads every 200 ms.
+    wait_until_settled(&redis, &keys, &critical).await;
+    assert_eq!(processed().await, 1, "the task ran once");
+    assert_eq!(emails(&worker), 1, "one email");
+    worker.stop().await;
+    server.stop().await.unwrap();
+}
+
+fn emails(worker: &TestWorker) -> usize {
+    let files = worker.mail.files();
+    files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "eml"))
+        .count()
+}
+
+/// Waits until `queue`'s stream holds no entry (none queued, none running).
+async fn wait_until_settled(redis: &TestRedis, keys: &Keys, queue: &QueueName) {
+    eventually("the stream is empty", Duration::from_secs(20), || async {
+        redis::cmd("XLEN")
+            .arg(keys.stream(queue))
+            .query_async::<u64>(&mut redis.conn().await)
+            .await
+            .expect("XLEN")
+            == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn redis_health_stays_serving_while_a_publish_waits_for_a_missing_replica() {
+    // A primary with no replica at all: every WAIT lasts its whole timeout.
+    let primary = RedisServer::start().await;
+    let redis = TestRedis::at(primary.address());
+    let db = TestDb::create().await;
+    let mut common = common_config(db.url.clone(), &redis);
+    // Longer than the health check's PING timeout (1 s), so a PING behind it would time out.
+    common.redis_wait = ReplicaWait::new(1, Duration::from_secs(3));
+    let mut server = TestServer::start(common).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel);
+    let status = || {
+        let mut health = health.clone();
+        async move {
+            let reply = health
+                .check(HealthCheckRequest {
+                    service: REDIS_SERVICE.into(),
+                })
+                .await
+                .expect("health check");
+            ServingStatus::try_from(reply.into_inner().status).expect("a status")
+        }
+    };
+    eventually("Redis reads as up", Duration::from_secs(10), || async {
+        status().await == ServingStatus::Serving
+    })
+    .await;
+
+    server
+        .client
+        .create_user(request("waiting", "w1@example.com"))
+        .await
+        .unwrap();
+    // Until the request's publish gives up on its WAIT (its row's lease ended), and through
+    // the relay's first publish after it, the checks see Redis up: they do not queue behind
+    // a WAIT.
+    let before = waits(&redis).await;
+    let mut seen = Vec::new();
+    loop {
+        seen.push(status().await);
+        if waits(&redis).await >= before + 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        seen.iter().all(|s| *s == ServingStatus::Serving),
+        "Redis read as down while a publish waited for a replica: {seen:?}"
+    );
+    assert_eq!(
+        count(&db.store, "SELECT count(*) FROM task_outbox").await,
+        1,
+        "no replica: the row stays"
+    );
+    server.stop().await.unwrap();
 }
