@@ -177,6 +177,56 @@ async fn check_server(
     }
 }
 
+/// Warns once, naming `REDIS_WAIT_REPLICAS`, when a primary named in `endpoint` (the one
+/// server, or each seed of a cluster that is a primary) has fewer replicas connected than
+/// `wanted`: each publish would then wait its whole `REDIS_WAIT_TIMEOUT` and leave its task
+/// in the outbox. Not an error: replicas may connect later. A node that does not answer, or
+/// refuses `INFO` (an ACL user without it), is skipped.
+pub async fn warn_if_replicas_missing(endpoint: &Endpoint, wanted: u32) {
+    let Ok(seeds) = endpoint.seeds() else {
+        return;
+    };
+    let mut fewest: Option<u32> = None;
+    for seed in &seeds {
+        let info: redis::RedisResult<String> = async {
+            let mut conn = seed
+                .get_multiplexed_async_connection_with_config(
+                    &redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(Duration::from_secs(1)))
+                        .set_response_timeout(Some(RESPONSE_TIMEOUT)),
+                )
+                .await?;
+            redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut conn)
+                .await
+        }
+        .await;
+        if let Some(connected) = info.ok().as_deref().and_then(connected_replicas) {
+            fewest = Some(fewest.map_or(connected, |f| f.min(connected)));
+        }
+    }
+    if let Some(connected) = fewest.filter(|&connected| connected < wanted) {
+        tracing::warn!(
+            replicas_wanted = wanted,
+            replicas_connected = connected,
+            "REDIS_WAIT_REPLICAS asks for more replicas than the Redis primary has connected: \
+             until they connect, each publish waits REDIS_WAIT_TIMEOUT and its task stays in \
+             the outbox (it still runs)"
+        );
+    }
+}
+
+/// `connected_slaves` of `INFO replication`, if the node is a primary.
+fn connected_replicas(info: &str) -> Option<u32> {
+    if !info.lines().any(|line| line.trim() == "role:master") {
+        return None;
+    }
+    info.lines()
+        .find_map(|line| line.trim().strip_prefix("connected_slaves:"))
+        .and_then(|count| count.parse().ok())
+}
+
 /// A TLS handshake that failed on a certificate, said with the variables to look at.
 fn tls_error(refusal: &TlsRefusal) -> ConfigError {
     match refusal {
@@ -195,5 +245,23 @@ fn tls_error(refusal: &TlsRefusal) -> ConfigError {
                  {CERT_VAR} and {KEY_VAR} to a certificate its CA signed"
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connected_replicas;
+
+    #[test]
+    fn connected_replicas_are_read_from_a_primary_only() {
+        let primary =
+            "# Replication\r\nrole:master\r\nconnected_slaves:2\r\nmaster_repl_offset:9\r\n";
+        assert_eq!(connected_replicas(primary), Some(2));
+        let alone = "# Replication\r\nrole:master\r\nconnected_slaves:0\r\n";
+        assert_eq!(connected_replicas(alone), Some(0));
+        let replica =
+            "# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\nconnected_slaves:0\r\n";
+        assert_eq!(connected_replicas(replica), None);
+        assert_eq!(connected_replicas(""), None);
     }
 }

@@ -171,6 +171,13 @@ pub async fn run_with(
     // A publisher that waits for replicas has a connection of its own: a WAIT holds up the
     // commands behind it on its connection (sign-in throttling, health), and its response
     // timeout must cover the wait.
+    if let Some(wait) = config.common.redis_wait {
+        // In the background: a Redis that is down must not hold up the start.
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            redis_client::warn_if_replicas_missing(&endpoint, wait.replicas()).await;
+        });
+    }
     let shared = redis.clone();
     let publisher = match config.common.redis_wait {
         None => Publisher::new(redis, keys),

@@ -82,7 +82,8 @@ pub const COMMANDS: &[&str] = &[
 /// refuses them, so they are left out of the least-privilege user: `CONFIG GET` (the worker's
 /// warning about `maxmemory-policy` and AOF), `CLIENT SETINFO` (the client library's name,
 /// sent on connect; its reply is ignored) and `INFO` (the start-up check that `REDIS_CLUSTER`
-/// matches the server's `cluster_enabled`; skipped when refused).
+/// matches the server's `cluster_enabled`, and the server's warning about too few replicas
+/// for `REDIS_WAIT_REPLICAS`; skipped when refused).
 pub const OPTIONAL: &[&str] = &["config|get", "client|setinfo", "info"];
 
 /// The key patterns of namespace `ns`: `~{ns}*` (the namespace-wide `{ns}:...` keys) and

@@ -462,3 +462,50 @@ async fn redis_health_stays_serving_while_a_publish_waits_for_a_missing_replica(
     );
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_server_warns_at_start_when_fewer_replicas_are_connected_than_it_waits_for() {
+    let primary = RedisServer::start().await;
+    let redis = TestRedis::at(primary.address());
+    let db = TestDb::create().await;
+    let dir = tempdir();
+    let log = dir.join("server.log");
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut server = tokio::process::Command::new(binary("simplebank-server"))
+        .env("DB_SOURCE", db.url.expose())
+        .env("REDIS_ADDRESS", &redis.address)
+        .env("REDIS_NAMESPACE", redis.namespace.as_str())
+        .env("REDIS_WAIT_REPLICAS", "1")
+        .env("GRPC_SERVER_ADDRESS", &address)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the server");
+    connect_when_up(&address).await;
+    let warning = eventually(
+        "a warning naming REDIS_WAIT_REPLICAS",
+        Duration::from_secs(20),
+        || async {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .any(|line| line.contains("WARN") && line.contains("REDIS_WAIT_REPLICAS"))
+        },
+    );
+    warning.await;
+    let text = std::fs::read_to_string(&log).expect("log");
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("REDIS_WAIT_REPLICAS asks"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "once: {warnings:?}");
+    assert!(
+        warnings[0].contains("replicas_wanted=1") && warnings[0].contains("replicas_connected=0"),
+        "{}",
+        warnings[0]
+    );
+    stop_gracefully(&mut server).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
