@@ -64,7 +64,14 @@ impl Endpoint {
     /// `tls` other than the default needs `rediss://` (every seed), as for one server.
     pub fn parse(address: &str, cluster: bool, tls: &Tls) -> RedisResult<Self> {
         if !cluster {
-            return Ok(Self::Single(client_with_tls(address, tls)?));
+            // A comma may be in a password: only an address that does not parse is a list.
+            return match client_with_tls(address, tls) {
+                Err(_) if address.contains(',') => Err(invalid(
+                    "lists several addresses (comma-separated): that is a Redis Cluster's seed \
+                     list, which needs REDIS_CLUSTER=true",
+                )),
+                client => Ok(Self::Single(client?)),
+            };
         }
         let seeds = address
             .split(',')
@@ -317,6 +324,16 @@ impl ConnectionLike for Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seed_list_without_cluster_says_what_is_missing() {
+        let err = Endpoint::parse("127.0.0.1:7000,127.0.0.1:7001", false, &Tls::default())
+            .expect_err("several addresses for one server");
+        assert!(err.to_string().contains("REDIS_CLUSTER=true"), "{err}");
+        // A comma in a password is not a list.
+        let one = Endpoint::parse("redis://app:pa,ss@127.0.0.1:6379", false, &Tls::default());
+        assert!(!one.expect("one server").is_cluster());
+    }
 
     #[test]
     fn parses_seed_lists() {
