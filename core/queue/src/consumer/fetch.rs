@@ -22,12 +22,15 @@
 //! holds slots for (a cluster's blocking reads hold none; a blocking read across streams counts
 //! per stream): those wait in the loop for slots, and no new read starts before they have one.
 //! The loop never waits for a slot inside a branch: the reads in flight may hold every slot,
-//! and only the loop can hand theirs on.
+//! and only the loop can hand theirs on. A waiting entry has no lease: one that waited half the
+//! visibility timeout is left pending instead (the reclaimer, this worker's or another's, takes
+//! it over once its timeout has passed, and runs it once), and so are those still waiting at
+//! shutdown, which then does not wait for a slot.
 
 use std::{
     collections::{HashMap, VecDeque},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use redis::{Value, streams::StreamReadOptions};
@@ -60,6 +63,33 @@ pub(crate) struct Reading<'a> {
     pub slots: &'a Arc<Semaphore>,
     pub concurrency: usize,
     pub dispatcher: &'a Arc<Dispatcher>,
+    /// Entries that waited half of it for a slot are left pending (see the module header).
+    pub visibility_timeout: Duration,
+}
+
+/// Entries read and not yet dispatched, for want of a free slot, with when they were read.
+#[derive(Debug)]
+struct Waiting {
+    entries: VecDeque<(Instant, QueueName, Entry)>,
+    /// How long one may wait before it is left pending for the reclaimer.
+    stale_after: Duration,
+}
+
+impl Waiting {
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Leaves every waiting entry pending (at shutdown).
+    fn leave_pending(&mut self) {
+        if !self.entries.is_empty() {
+            tracing::debug!(
+                entries = self.entries.len(),
+                "shutting down: entries waiting for a slot are left pending for the reclaimer"
+            );
+            self.entries.clear();
+        }
+    }
 }
 
 /// A read in flight, with the concurrency slots it reads for.
@@ -83,7 +113,8 @@ enum ReadError {
 
 /// Reads and dispatches until `shutdown`. A read is never cut short (its entries are already
 /// delivered to this consumer): on `shutdown` no new read starts, and the entries of the reads
-/// in flight (a cluster's per-queue blocking reads included) are still dispatched.
+/// in flight (a cluster's per-queue blocking reads included) are still dispatched where a slot
+/// is free; those that would wait for one are left pending for the reclaimer.
 pub(crate) async fn run(mut fetcher: Fetcher, reading: Reading<'_>, shutdown: &CancellationToken) {
     let Reading {
         conn,
@@ -92,16 +123,22 @@ pub(crate) async fn run(mut fetcher: Fetcher, reading: Reading<'_>, shutdown: &C
         slots,
         concurrency,
         dispatcher,
+        visibility_timeout,
     } = reading;
     let mut reads: JoinSet<Read> = JoinSet::new();
     // Cluster only: the per-queue blocking reads in flight, by task id -> queue index.
     let mut blocked = Blocked::default();
-    // Entries read and not yet dispatched, for want of a free slot.
-    let mut waiting = VecDeque::new();
+    let mut waiting = Waiting {
+        entries: VecDeque::new(),
+        stale_after: visibility_timeout / 2,
+    };
     let mut failing = false;
     // Whether the last read brought entries: only then may a second read overlap.
     let mut busy = false;
     loop {
+        if shutdown.is_cancelled() {
+            waiting.leave_pending();
+        }
         let limit = if busy { READS_IN_FLIGHT } else { 1 };
         // An idle worker whose queues' blocking reads are waiting waits for them; entries
         // already read go first.
@@ -175,7 +212,11 @@ pub(crate) async fn run(mut fetcher: Fetcher, reading: Reading<'_>, shutdown: &C
                 let read = fetcher.fetch(permits.len());
                 reads.spawn(async move { (permits, read.await) });
             }
-            () = shutdown.cancelled(), if reads.is_empty() && blocked.reads.is_empty() && waiting.is_empty() => return,
+            // Entries waiting for a slot do not hold up a shutdown: they stay pending.
+            () = shutdown.cancelled(), if reads.is_empty() && blocked.reads.is_empty() => {
+                waiting.leave_pending();
+                return;
+            }
         }
         if shutdown.is_cancelled()
             && reads.is_empty()
@@ -189,22 +230,35 @@ pub(crate) async fn run(mut fetcher: Fetcher, reading: Reading<'_>, shutdown: &C
 
 /// Hands `entries`, after those already `waiting`, to the dispatcher, each with a slot: one of
 /// `permits`, or a free one taken now. What finds no free slot waits (in order) for the loop's
-/// next one; the permits left over are released.
+/// next one; one that has waited too long is left pending; the permits left over are released.
 fn dispatch(
     entries: Entries,
     mut permits: Vec<OwnedSemaphorePermit>,
-    waiting: &mut VecDeque<(QueueName, Entry)>,
+    waiting: &mut Waiting,
     slots: &Arc<Semaphore>,
     dispatcher: &Arc<Dispatcher>,
 ) {
-    waiting.extend(entries);
+    let now = Instant::now();
+    waiting.entries.extend(
+        entries
+            .into_iter()
+            .map(|(queue, entry)| (now, queue, entry)),
+    );
     while let Some(permit) = permits
         .pop()
         .or_else(|| Arc::clone(slots).try_acquire_owned().ok())
     {
-        let Some((queue, entry)) = waiting.pop_front() else {
+        let Some((read_at, queue, entry)) = waiting.entries.pop_front() else {
             return;
         };
+        if read_at.elapsed() >= waiting.stale_after {
+            tracing::debug!(
+                entry_id = %entry.id,
+                "waited too long for a slot: left pending for the reclaimer"
+            );
+            permits.push(permit);
+            continue;
+        }
         dispatcher.spawn(queue, entry, None, permit);
     }
 }

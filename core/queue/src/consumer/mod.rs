@@ -241,6 +241,7 @@ impl Worker {
             slots: &slots,
             concurrency: settings.concurrency,
             dispatcher: &dispatcher,
+            visibility_timeout: settings.visibility_timeout,
         };
         fetch::run(fetcher, reading, &shutdown).await;
         let _ = tokio::join!(reclaim, promoter);

@@ -424,3 +424,122 @@ async fn a_paused_queue_on_a_cluster_is_not_read_and_its_counters_count() {
     .await;
     worker.stop().await;
 }
+
+/// Outside attack (issue 15 re-attack): entries a cluster's blocking reads brought while the
+/// only slot was busy wait in the fetch loop, pending with this consumer but with no lease.
+/// When the running task outlasts the visibility timeout, the reclaimer takes those waiting
+/// entries over (they look abandoned) and runs them, and the fetch loop then runs its own
+/// copies too: some run twice though no worker died (failed 4 runs of 4: 1-2 of the 7).
+/// Eight queues, so that seven entries wait behind the long task.
+#[tokio::test]
+async fn entries_waiting_for_a_slot_are_not_run_twice_when_a_long_task_holds_it() {
+    let cluster = RedisCluster::start().await;
+    let queues: Vec<QueueName> = (0..8)
+        .map(|i| QueueName::parse(&format!("q{i}")).unwrap())
+        .collect();
+    let keys = Keys::new(cluster.spread_namespace(&queues[..3]).await);
+    let endpoint = Endpoint::parse(&cluster.seeds(), true, &Default::default()).unwrap();
+    let conn = endpoint.connect_lazy(Duration::from_secs(2)).unwrap();
+    let publisher = Publisher::new(conn.clone(), keys.clone());
+    let runs = Runs::default();
+    let handlers = {
+        let runs = Arc::clone(&runs);
+        Handlers::new().on(move |job: Job, _cx: TaskContext| {
+            let runs = Arc::clone(&runs);
+            async move {
+                *runs.lock().unwrap().entry(job.n).or_default() += 1;
+                if job.n == 0 {
+                    // Well past the visibility timeout (its own lease is renewed).
+                    tokio::time::sleep(Duration::from_secs(4)).await;
+                }
+                Ok::<(), HandlerError>(())
+            }
+        })
+    };
+    let mut settings = worker_settings("long-one-slot", &queues);
+    settings.queues = queues.iter().cloned().map(|queue| (queue, 1)).collect();
+    settings.concurrency = 1;
+    settings.visibility_timeout = Duration::from_secs(1);
+    let worker = start(&endpoint, &keys, settings, handlers);
+    // Idle: a blocking read waits on every queue.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publisher
+        .publish(&job(&queues[0], 0, Mode::Succeed))
+        .await
+        .unwrap();
+    // The slot is busy now (or about to be); the other queues' blocking reads bring one entry each.
+    for n in 1..8u32 {
+        publisher
+            .publish(&job(&queues[n as usize], n, Mode::Succeed))
+            .await
+            .unwrap();
+    }
+    let all = Arc::clone(&runs);
+    eventually("every task ran", Duration::from_secs(30), move || {
+        let count = all.lock().unwrap().len();
+        async move { count == 8 }
+    })
+    .await;
+    // Time for a second run, if there is one.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    worker.stop().await;
+    let runs = runs.lock().unwrap().clone();
+    assert!(runs.values().all(|&n| n == 1), "ran once each: {runs:?}");
+}
+
+/// Outside attack (issue 15 re-attack): SIGTERM while entries wait in the fetch loop for the
+/// only slot, held by a task that runs long. The fetch loop waits for those entries to get a
+/// slot before it returns, and the shutdown timeout starts only after it: the long task is
+/// never cut off and the worker does not stop until it ends (here an hour), though the
+/// shutdown timeout is a second. Nothing is lost either way (what did not run stays pending).
+#[tokio::test]
+async fn a_shutdown_with_entries_waiting_for_a_slot_keeps_the_shutdown_timeout() {
+    let cluster = RedisCluster::start().await;
+    let queues: Vec<QueueName> = (0..4)
+        .map(|i| QueueName::parse(&format!("s{i}")).unwrap())
+        .collect();
+    let keys = Keys::new(cluster.spread_namespace(&queues[..3]).await);
+    let endpoint = Endpoint::parse(&cluster.seeds(), true, &Default::default()).unwrap();
+    let conn = endpoint.connect_lazy(Duration::from_secs(2)).unwrap();
+    let publisher = Publisher::new(conn.clone(), keys.clone());
+    let runs = Runs::default();
+    let handlers = {
+        let runs = Arc::clone(&runs);
+        Handlers::new().on(move |job: Job, _cx: TaskContext| {
+            let runs = Arc::clone(&runs);
+            async move {
+                *runs.lock().unwrap().entry(job.n).or_default() += 1;
+                if job.n == 0 {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                Ok::<(), HandlerError>(())
+            }
+        })
+    };
+    let mut settings = worker_settings("stopping-one-slot", &queues);
+    settings.queues = queues.iter().cloned().map(|queue| (queue, 1)).collect();
+    settings.concurrency = 1;
+    settings.shutdown_timeout = Duration::from_secs(1);
+    let worker = start(&endpoint, &keys, settings, handlers);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in 0..4u32 {
+        publisher
+            .publish(&job(&queues[n as usize], n, Mode::Succeed))
+            .await
+            .unwrap();
+    }
+    let started = Arc::clone(&runs);
+    eventually("the long task runs", Duration::from_secs(10), move || {
+        let running = started.lock().unwrap().contains_key(&0);
+        async move { running }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A bound for a hang, not a speed: the shutdown timeout is one second, the task an hour.
+    let stopped = tokio::time::timeout(Duration::from_secs(60), worker.stop()).await;
+    assert!(
+        stopped.is_ok(),
+        "the worker did not stop within a minute of SIGTERM (shutdown timeout 1 s): {:?}",
+        runs.lock().unwrap()
+    );
+}
