@@ -101,6 +101,13 @@ pub async fn check_access(db_source: &Secret<String>) -> Result<(), ConfigError>
     let Ok(options) = db_source.expose().parse::<PgConnectOptions>() else {
         return Ok(());
     };
+    // Checked first: a file that cannot be read is a setting, whether PostgreSQL is up or not.
+    if let Some((setting, file)) = unreadable_file(&options) {
+        return Err(ConfigError::new(
+            "DB_SOURCE",
+            format!("its {setting} file cannot be read: {file}"),
+        ));
+    }
     let connected = tokio::time::timeout(
         Duration::from_secs(5),
         sqlx::PgConnection::connect_with(&options),
@@ -122,12 +129,6 @@ pub async fn check_access(db_source: &Secret<String>) -> Result<(), ConfigError>
         return Err(ConfigError::new(
             "DB_SOURCE",
             format!("PostgreSQL refuses this client (SQLSTATE {code}): {reason}"),
-        ));
-    }
-    if let Some(file) = unreadable_root_cert(db_source.expose()) {
-        return Err(ConfigError::new(
-            "DB_SOURCE",
-            format!("its sslrootcert file cannot be read: {file}"),
         ));
     }
     match certificate_refusal(&err) {
@@ -163,34 +164,25 @@ fn refusal(code: &str) -> Option<&'static str> {
     }
 }
 
-/// The `sslrootcert` of a URL-style `db_source` when it names a file that cannot be read
-/// (`system` and unset are the system's roots). Names the file: a path is not a secret.
-fn unreadable_root_cert(db_source: &str) -> Option<String> {
-    let (_, query) = db_source.split_once('?')?;
-    let value = query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("sslrootcert="))?;
-    let path = percent_decode(value)?;
-    (path != "system" && std::fs::read(&path).is_err()).then_some(path)
-}
+/// The first certificate or key file sqlx would read for `options` that cannot be read, with
+/// its setting's name. Taken from the parsed options, so it is what sqlx reads: any of the
+/// names it accepts (`sslrootcert`, `ssl-root-cert`, `ssl-ca`, ...), the last one given, the
+/// query value decoded as sqlx decodes it, or `PGSSLROOTCERT` / `PGSSLCERT` / `PGSSLKEY`.
+/// Names the file: a path is not a secret. PEM given inline is not a file.
+fn unreadable_file(options: &PgConnectOptions) -> Option<(&'static str, String)> {
+    use sqlx::ConnectOptions;
 
-/// `%XX` escapes decoded; `None` when they do not make UTF-8.
-fn percent_decode(value: &str) -> Option<String> {
-    let mut bytes = Vec::with_capacity(value.len());
-    let mut rest = value.as_bytes();
-    while let Some((&first, tail)) = rest.split_first() {
-        if first == b'%'
-            && let Some(hex) = tail.get(..2)
-            && let Ok(byte) = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16)
-        {
-            bytes.push(byte);
-            rest = &tail[2..];
-        } else {
-            bytes.push(first);
-            rest = tail;
-        }
-    }
-    String::from_utf8(bytes).ok()
+    let url = options.to_url_lossy();
+    url.query_pairs().find_map(|(key, value)| {
+        let setting = match &*key {
+            "sslrootcert" => "sslrootcert",
+            "sslcert" => "sslcert",
+            "sslkey" => "sslkey",
+            _ => return None,
+        };
+        let inline = value.trim_start().starts_with("-----BEGIN");
+        (!inline && std::fs::read(&*value).is_err()).then(|| (setting, value.into_owned()))
+    })
 }
 
 /// The database handle: a connection pool. Cheap to clone.
@@ -303,5 +295,44 @@ mod tests {
             .ping()
             .await
             .expect("a dead idle connection is replaced, not handed out");
+    }
+
+    /// Outside attack (issue 15 re-attack): sqlx reads `sslrootcert` as a form-encoded query
+    /// value (`+` is a space) and also under the names `ssl-root-cert` and `ssl-ca`; the check
+    /// reads the first `sslrootcert=` only and leaves `+` as it is. Each of these names a CA
+    /// file sqlx cannot read, yet passes the check: the server then exits 1 with "No such file
+    /// or directory" and the worker starts silently (found with the binaries against a
+    /// TLS-only PostgreSQL of the attack's own). Here PostgreSQL is down (a closed port): an
+    /// unreadable `sslrootcert` is refused even then.
+    #[tokio::test]
+    async fn every_ca_file_sqlx_would_read_is_checked() {
+        let dir = crate::testing::TempDir::new();
+        // The file the check reads; sqlx reads "a b.pem", which is not there.
+        std::fs::write(dir.0.join("a+b.pem"), "not read by sqlx").expect("a+b.pem");
+        let base = dir.0.display().to_string();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let source = |query: &str| {
+            super::Secret::new(format!(
+                "postgres://u:pw@127.0.0.1:{port}/db?sslmode=verify-full&{query}"
+            ))
+        };
+        let missing = format!("{base}/missing.pem");
+        let readable = format!("{base}/a+b.pem");
+        let mut passed = Vec::new();
+        for query in [
+            format!("sslrootcert={missing}"),
+            format!("sslrootcert={base}/a+b.pem"),
+            format!("ssl-ca={missing}"),
+            format!("ssl-root-cert={missing}"),
+            format!("sslrootcert={readable}&sslrootcert={missing}"),
+        ] {
+            if super::check_access(&source(&query)).await.is_ok() {
+                passed.push(query);
+            }
+        }
+        assert!(passed.is_empty(), "pass the start-up check: {passed:#?}");
     }
 }
