@@ -49,8 +49,10 @@ fn invalid(variable: &'static str, message: String) -> InitError {
 
 const EXAMPLE: &str = "http://localhost:4317";
 
-/// Whether `url` is an `http://host[:port][/path]` URL with a port in 1-65535; the reason
-/// if not, without the value.
+/// Whether `url` is an `http://host:port` URL with a port in 1-65535 (a trailing `/` allowed);
+/// the reason if not, without the value. The port is required (without one the exporter
+/// dials 80, not 4317), and a path is refused (the gRPC exporter drops it, so a collector
+/// behind a path-routing proxy would silently get nothing).
 fn check(url: &str) -> Result<(), String> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(format!(
@@ -71,13 +73,27 @@ fn check(url: &str) -> Result<(), String> {
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("must not contain spaces or control characters".into());
     }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let (authority, after) = rest
+        .find(['/', '?', '#'])
+        .map_or((rest, ""), |at| rest.split_at(at));
+    if !after.is_empty() && after != "/" {
+        return Err(
+            "has a path, query or fragment, which the OTLP/gRPC exporter ignores: give only \
+             http://host:port"
+                .into(),
+        );
+    }
     // Whatever precedes the last `@` is user information, not the host.
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
         let Some((ip, after)) = bracketed.split_once(']') else {
             return Err("has an IPv6 address without its closing `]`".into());
         };
+        // A zone (`%25eth0`) follows the address.
+        let address = ip.split('%').next().unwrap_or_default();
+        if address.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err("has brackets that do not hold an IPv6 address".into());
+        }
         let port = match after {
             "" => None,
             after => Some(
@@ -96,9 +112,12 @@ fn check(url: &str) -> Result<(), String> {
     if host.is_empty() {
         return Err(format!("has no host; it must look like {EXAMPLE}"));
     }
-    if let Some(port) = port
-        && !port.parse::<u16>().is_ok_and(|port| port != 0)
-    {
+    let Some(port) = port else {
+        return Err(format!(
+            "has no port (the exporter would dial 80; OTLP/gRPC is 4317), such as {EXAMPLE}"
+        ));
+    };
+    if !port.parse::<u16>().is_ok_and(|port| port != 0) {
         return Err("has a port that is not a number from 1 to 65535".into());
     }
     Ok(())
@@ -124,9 +143,9 @@ mod tests {
             "http://localhost:4317",
             "HTTP://127.0.0.1:4317",
             "http://[::1]:4317",
-            "http://[::1]",
-            "http://collector",
-            "http://user:secret@collector:4317/prefix",
+            "http://[fe80::1%25eth0]:4317",
+            "http://collector:4317/",
+            "http://user:secret@collector:4317",
         ] {
             assert_eq!(check(good), Ok(()), "{good}");
         }
@@ -137,6 +156,11 @@ mod tests {
             "unix:///tmp/otlp.sock",
             "http://[::1",
             "http://[::1]x",
+            "http://[::1]",
+            "http://collector",
+            "http://[S3CR3T]:4317",
+            "http://user:secret@collector:4317/prefix",
+            "http://collector:4317?x=1",
             "http://collector:99999",
             "http://collector:0",
             "http://collector:",

@@ -180,19 +180,26 @@ const SERVICE_INSTANCE_ID: &str = "service.instance.id";
 fn resource(default_service_name: &'static str) -> Resource {
     let builder = || {
         let builder = Resource::builder();
-        let set = |var: &str, check: fn(&str) -> bool| std::env::var(var).is_ok_and(|v| check(&v));
-        // Either sets the name (OTEL_SERVICE_NAME wins); the program's is the default only.
-        let named = set("OTEL_SERVICE_NAME", |v| !v.trim().is_empty())
-            || set("OTEL_RESOURCE_ATTRIBUTES", |v| {
-                v.split(',').any(|pair| {
-                    pair.split_once('=')
-                        .is_some_and(|(k, v)| k.trim() == "service.name" && !v.trim().is_empty())
-                })
+        // OTEL_SERVICE_NAME wins (the SDK would let OTEL_RESOURCE_ATTRIBUTES, read last, win);
+        // then the last `service.name` pair there (the SDK keeps the last, even a blank one);
+        // then the program's.
+        let from_attributes = std::env::var("OTEL_RESOURCE_ATTRIBUTES")
+            .ok()
+            .and_then(|v| {
+                v.split(',')
+                    .filter_map(|pair| pair.split_once('='))
+                    .filter(|(key, _)| key.trim() == "service.name")
+                    .last()
+                    .map(|(_, name)| name.trim().to_owned())
             });
-        if named {
-            builder
-        } else {
-            builder.with_service_name(default_service_name)
+        match std::env::var("OTEL_SERVICE_NAME") {
+            Ok(name) if !name.trim().is_empty() => {
+                builder.with_service_name(name.trim().to_owned())
+            }
+            _ => match from_attributes {
+                Some(name) if !name.is_empty() => builder.with_service_name(name),
+                _ => builder.with_service_name(default_service_name),
+            },
         }
     };
     let resource = builder().build();

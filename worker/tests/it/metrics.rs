@@ -498,6 +498,37 @@ async fn a_service_instance_id_and_name_set_by_the_environment_are_kept() {
     }
 }
 
+/// `OTEL_SERVICE_NAME` wins over a `service.name` in `OTEL_RESOURCE_ATTRIBUTES` (the
+/// OpenTelemetry specification, README's table, and the comment in `resource`). Failing test
+/// from the outside attack: the SDK's environment detector runs last and its `service.name`
+/// replaces the one from `OTEL_SERVICE_NAME`.
+#[tokio::test]
+async fn otel_service_name_wins_over_a_name_in_the_resource_attributes() {
+    let (sink, port) = OtlpSink::start(true).await.expect("OTLP receiver");
+    let redis = TestRedis::new();
+    xadd_all(&redis, jobs(0..3, false)).await;
+    let mut env = exporting(port, "100");
+    env.push((
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "service.name=metrics-by-attributes".into(),
+    ));
+    let mut worker = start(&redis, "metrics-name-precedence", &env);
+    eventually("3 successes are exported", Duration::from_secs(30), || {
+        let seen = by_outcome(&sink, CONSUMED) == expected(&[("success", 3)]);
+        async move { seen }
+    })
+    .await;
+    let exit = sigterm(&mut worker, Duration::from_secs(15))
+        .await
+        .expect("the worker stops");
+    assert!(exit.success(), "{exit:?}");
+    let points = sink.metric_points();
+    assert!(!points.is_empty());
+    for point in &points {
+        assert_eq!(point.service(), "metrics-test-worker", "{point:?}");
+    }
+}
+
 fn now_unix_nanos() -> u64 {
     u64::try_from(
         std::time::SystemTime::now()
