@@ -140,21 +140,7 @@ async fn synced(replica: &TestRedis) -> bool {
 
 #[tokio::test]
 async fn a_publish_no_replica_acknowledged_stays_in_the_outbox_until_one_does() {
-    let primary = RedisServer::start().await;
-    let replica_server = RedisServer::start_with(&[
-        "--replicaof",
-        "127.0.0.1",
-        &primary.port.to_string(),
-        "--repl-diskless-sync-delay",
-        "0",
-    ])
-    .await;
-    let redis = TestRedis::at(primary.address());
-    let replica = TestRedis::at(replica_server.address());
-    eventually("the replica synced", Duration::from_secs(20), || {
-        synced(&replica)
-    })
-    .await;
+    let (_primary, replica_server, redis) = primary_with_replica().await;
     let db = TestDb::create().await;
     let mut common = common_config(db.url.clone(), &redis);
     common.redis_wait = ReplicaWait::new(1, Duration::from_millis(200));
@@ -216,7 +202,6 @@ async fn a_publish_no_replica_acknowledged_stays_in_the_outbox_until_one_does() 
     .await;
     assert_eq!(stream_length().await, 2, "the task is on the stream once");
     server.stop().await.unwrap();
-    drop(replica);
 }
 
 /// The server binary with `vars`: exits 2 with a message naming `var`.

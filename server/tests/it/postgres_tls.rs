@@ -71,6 +71,19 @@ async fn a_sign_up_runs_end_to_end_on_postgres_with_verify_full() {
     assert_eq!(sent, 1);
 }
 
+/// Both programs with `env` stop at start (exit 2), naming `DB_SOURCE` and saying
+/// `expected`, and show no password (the right one or the wrong one tried).
+async fn refused_at_start(env: &[(&str, String)], expected: &str) {
+    for program in ["simplebank-server", "simplebank-worker"] {
+        let (code, stderr) = run_to_exit(&binary(program), env).await;
+        assert_eq!(code, Some(2), "{program} {env:?}: {stderr}");
+        assert!(stderr.contains("DB_SOURCE"), "{program}: {stderr}");
+        assert!(stderr.contains(expected), "{program} {expected}: {stderr}");
+        assert!(!stderr.contains(PASSWORD), "{program}: {stderr}");
+        assert!(!stderr.contains("not-the-password"), "{program}: {stderr}");
+    }
+}
+
 #[tokio::test]
 async fn a_postgres_certificate_that_does_not_verify_stops_both_programs_at_start() {
     let (dir, redis) = (TempDir::new(), TestRedis::new());
@@ -80,17 +93,11 @@ async fn a_postgres_certificate_that_does_not_verify_stops_both_programs_at_star
     let wrong_host = db_source(&server, "simple_bank", &ca_file).replace("127.0.0.1", "localhost");
     for source in [db_source(&server, "simple_bank", &other_ca), wrong_host] {
         let env = [
-            ("DB_SOURCE", source.clone()),
+            ("DB_SOURCE", source),
             ("REDIS_ADDRESS", redis.address.clone()),
             ("REDIS_NAMESPACE", redis.namespace.as_str().to_owned()),
         ];
-        for program in ["simplebank-server", "simplebank-worker"] {
-            let (code, stderr) = run_to_exit(&binary(program), &env).await;
-            assert_eq!(code, Some(2), "{program} {source}: {stderr}");
-            assert!(stderr.contains("DB_SOURCE"), "{program}: {stderr}");
-            assert!(stderr.contains("does not verify"), "{program}: {stderr}");
-            assert!(!stderr.contains(PASSWORD), "{program}: {stderr}");
-        }
+        refused_at_start(&env, "does not verify").await;
     }
 }
 
@@ -124,17 +131,10 @@ async fn a_postgres_that_refuses_the_login_stops_both_programs_at_start() {
     ];
     for (source, expected) in cases {
         let env = [
-            ("DB_SOURCE", source.clone()),
+            ("DB_SOURCE", source),
             ("REDIS_ADDRESS", redis.address.clone()),
             ("REDIS_NAMESPACE", redis.namespace.as_str().to_owned()),
         ];
-        for program in ["simplebank-server", "simplebank-worker"] {
-            let (code, stderr) = run_to_exit(&binary(program), &env).await;
-            assert_eq!(code, Some(2), "{program} {source}: {stderr}");
-            assert!(stderr.contains("DB_SOURCE"), "{program}: {stderr}");
-            assert!(stderr.contains(expected), "{program} {expected}: {stderr}");
-            assert!(!stderr.contains(PASSWORD), "{program}: {stderr}");
-            assert!(!stderr.contains("not-the-password"), "{program}: {stderr}");
-        }
+        refused_at_start(&env, expected).await;
     }
 }
