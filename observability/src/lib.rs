@@ -188,8 +188,7 @@ fn resource(default_service_name: &'static str) -> Resource {
             .and_then(|v| {
                 v.split(',')
                     .filter_map(|pair| pair.split_once('='))
-                    .filter(|(key, _)| key.trim() == "service.name")
-                    .last()
+                    .rfind(|(key, _)| key.trim() == "service.name")
                     .map(|(_, name)| name.trim().to_owned())
             });
         match std::env::var("OTEL_SERVICE_NAME") {
