@@ -180,8 +180,11 @@ fn unreadable_file(options: &PgConnectOptions) -> Option<(&'static str, String)>
             "sslkey" => "sslkey",
             _ => return None,
         };
-        let inline = value.trim_start().starts_with("-----BEGIN");
-        (!inline && std::fs::read(&*value).is_err()).then(|| (setting, value.into_owned()))
+        // sqlx shows a file as `file: <path>`, and PEM given inline as itself.
+        let path = value.strip_prefix("file: ")?;
+        std::fs::read(path)
+            .is_err()
+            .then(|| (setting, path.to_owned()))
     })
 }
 
