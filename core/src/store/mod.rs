@@ -337,5 +337,15 @@ mod tests {
             }
         }
         assert!(passed.is_empty(), "pass the start-up check: {passed:#?}");
+        // A file sqlx can read passes (PostgreSQL being down is not a setting).
+        for query in [
+            format!("sslrootcert={}", readable.replace('+', "%2B")),
+            format!("ssl-ca={}", readable.replace('+', "%2B")),
+        ] {
+            assert!(
+                super::check_access(&source(&query)).await.is_ok(),
+                "{query} is refused"
+            );
+        }
     }
 }
