@@ -300,13 +300,12 @@ mod tests {
             .expect("a dead idle connection is replaced, not handed out");
     }
 
-    /// Outside attack (issue 15 re-attack): sqlx reads `sslrootcert` as a form-encoded query
-    /// value (`+` is a space) and also under the names `ssl-root-cert` and `ssl-ca`; the check
-    /// reads the first `sslrootcert=` only and leaves `+` as it is. Each of these names a CA
-    /// file sqlx cannot read, yet passes the check: the server then exits 1 with "No such file
-    /// or directory" and the worker starts silently (found with the binaries against a
-    /// TLS-only PostgreSQL of the attack's own). Here PostgreSQL is down (a closed port): an
-    /// unreadable `sslrootcert` is refused even then.
+    /// Every CA file sqlx would read is checked: sqlx reads `sslrootcert` as a form-encoded
+    /// query value (`+` is a space), also under `ssl-root-cert` and `ssl-ca`, and takes the
+    /// last one given. (Found by an outside attack: a check of the first `sslrootcert=` as
+    /// written let these through; the server then exited 1 and the worker started silently.)
+    /// PostgreSQL is down here (a closed port): an unreadable file is refused even then, and a
+    /// readable one passes.
     #[tokio::test]
     async fn every_ca_file_sqlx_would_read_is_checked() {
         let dir = crate::testing::TempDir::new();

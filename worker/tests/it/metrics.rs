@@ -499,9 +499,8 @@ async fn a_service_instance_id_and_name_set_by_the_environment_are_kept() {
 }
 
 /// `OTEL_SERVICE_NAME` wins over a `service.name` in `OTEL_RESOURCE_ATTRIBUTES` (the
-/// OpenTelemetry specification, README's table, and the comment in `resource`). Failing test
-/// from the outside attack: the SDK's environment detector runs last and its `service.name`
-/// replaces the one from `OTEL_SERVICE_NAME`.
+/// OpenTelemetry specification and README's table), though the SDK's environment detector
+/// runs last. (Found by an outside attack: its `service.name` replaced OTEL_SERVICE_NAME's.)
 #[tokio::test]
 async fn otel_service_name_wins_over_a_name_in_the_resource_attributes() {
     let (sink, port) = OtlpSink::start(true).await.expect("OTLP receiver");

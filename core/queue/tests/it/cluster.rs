@@ -46,6 +46,28 @@ fn counting_handlers(runs: &Runs) -> Handlers {
     })
 }
 
+/// Queues `<prefix>0`, `<prefix>1`, ...
+fn numbered_queues(prefix: &str, count: usize) -> Vec<QueueName> {
+    (0..count)
+        .map(|i| QueueName::parse(&format!("{prefix}{i}")).unwrap())
+        .collect()
+}
+
+/// Handlers counting runs per payload `n`; the task with `n` 0 runs for `long`.
+fn first_runs_long(runs: &Runs, long: Duration) -> Handlers {
+    let runs = Arc::clone(runs);
+    Handlers::new().on(move |job: Job, _cx: TaskContext| {
+        let runs = Arc::clone(&runs);
+        async move {
+            *runs.lock().unwrap().entry(job.n).or_default() += 1;
+            if job.n == 0 {
+                tokio::time::sleep(long).await;
+            }
+            Ok::<(), HandlerError>(())
+        }
+    })
+}
+
 fn worker_settings(name: &str, queues: &[QueueName]) -> ConsumerSettings {
     let mut settings = ConsumerSettings::new(name);
     settings.queues = queues.iter().cloned().zip([6, 3, 1]).collect();
@@ -425,37 +447,23 @@ async fn a_paused_queue_on_a_cluster_is_not_read_and_its_counters_count() {
     worker.stop().await;
 }
 
-/// Outside attack (issue 15 re-attack): entries a cluster's blocking reads brought while the
-/// only slot was busy wait in the fetch loop, pending with this consumer but with no lease.
-/// When the running task outlasts the visibility timeout, the reclaimer takes those waiting
-/// entries over (they look abandoned) and runs them, and the fetch loop then runs its own
-/// copies too: some run twice though no worker died (failed 4 runs of 4: 1-2 of the 7).
-/// Eight queues, so that seven entries wait behind the long task.
+/// Entries a cluster's blocking reads brought while the only slot was busy wait in the fetch
+/// loop, pending with this consumer but with no lease. When the running task outlasts the
+/// visibility timeout the reclaimer may take them over; the loop must then not run its own
+/// copies: each still runs once. (Found by an outside attack: 1-2 of the 7 ran twice in 4 runs
+/// of 4, before the loop left entries that waited half the timeout to the reclaimer.) Eight
+/// queues, so that seven entries wait behind the long task.
 #[tokio::test]
 async fn entries_waiting_for_a_slot_are_not_run_twice_when_a_long_task_holds_it() {
     let cluster = RedisCluster::start().await;
-    let queues: Vec<QueueName> = (0..8)
-        .map(|i| QueueName::parse(&format!("q{i}")).unwrap())
-        .collect();
+    let queues = numbered_queues("q", 8);
     let keys = Keys::new(cluster.spread_namespace(&queues[..3]).await);
     let endpoint = Endpoint::parse(&cluster.seeds(), true, &Default::default()).unwrap();
     let conn = endpoint.connect_lazy(Duration::from_secs(2)).unwrap();
     let publisher = Publisher::new(conn.clone(), keys.clone());
     let runs = Runs::default();
-    let handlers = {
-        let runs = Arc::clone(&runs);
-        Handlers::new().on(move |job: Job, _cx: TaskContext| {
-            let runs = Arc::clone(&runs);
-            async move {
-                *runs.lock().unwrap().entry(job.n).or_default() += 1;
-                if job.n == 0 {
-                    // Well past the visibility timeout (its own lease is renewed).
-                    tokio::time::sleep(Duration::from_secs(4)).await;
-                }
-                Ok::<(), HandlerError>(())
-            }
-        })
-    };
+    // Well past the visibility timeout (its own lease is renewed).
+    let handlers = first_runs_long(&runs, Duration::from_secs(4));
     let mut settings = worker_settings("long-one-slot", &queues);
     settings.queues = queues.iter().cloned().map(|queue| (queue, 1)).collect();
     settings.concurrency = 1;
@@ -487,35 +495,20 @@ async fn entries_waiting_for_a_slot_are_not_run_twice_when_a_long_task_holds_it(
     assert!(runs.values().all(|&n| n == 1), "ran once each: {runs:?}");
 }
 
-/// Outside attack (issue 15 re-attack): SIGTERM while entries wait in the fetch loop for the
-/// only slot, held by a task that runs long. The fetch loop waits for those entries to get a
-/// slot before it returns, and the shutdown timeout starts only after it: the long task is
-/// never cut off and the worker does not stop until it ends (here an hour), though the
-/// shutdown timeout is a second. Nothing is lost either way (what did not run stays pending).
+/// A shutdown while entries wait in the fetch loop for the only slot, held by a task that runs
+/// long: the waiting entries stay pending (for the reclaimer), so the shutdown timeout (a
+/// second) cuts the long task off and the worker stops. (Found by an outside attack: the loop
+/// waited for a slot for them first, and the worker ran on until the hour-long task ended.)
 #[tokio::test]
 async fn a_shutdown_with_entries_waiting_for_a_slot_keeps_the_shutdown_timeout() {
     let cluster = RedisCluster::start().await;
-    let queues: Vec<QueueName> = (0..4)
-        .map(|i| QueueName::parse(&format!("s{i}")).unwrap())
-        .collect();
+    let queues = numbered_queues("s", 4);
     let keys = Keys::new(cluster.spread_namespace(&queues[..3]).await);
     let endpoint = Endpoint::parse(&cluster.seeds(), true, &Default::default()).unwrap();
     let conn = endpoint.connect_lazy(Duration::from_secs(2)).unwrap();
     let publisher = Publisher::new(conn.clone(), keys.clone());
     let runs = Runs::default();
-    let handlers = {
-        let runs = Arc::clone(&runs);
-        Handlers::new().on(move |job: Job, _cx: TaskContext| {
-            let runs = Arc::clone(&runs);
-            async move {
-                *runs.lock().unwrap().entry(job.n).or_default() += 1;
-                if job.n == 0 {
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                }
-                Ok::<(), HandlerError>(())
-            }
-        })
-    };
+    let handlers = first_runs_long(&runs, Duration::from_secs(3600));
     let mut settings = worker_settings("stopping-one-slot", &queues);
     settings.queues = queues.iter().cloned().map(|queue| (queue, 1)).collect();
     settings.concurrency = 1;
