@@ -53,6 +53,10 @@ use simplebank_queue::{
     QueueName, Task, TaskContext, TaskPayload, Worker,
 };
 
+#[path = "shared/ping.rs"]
+mod ping;
+use ping::{Ping, now_us};
+
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 /// What the benchmarks found and what changed because of it, with before/after figures.
@@ -623,22 +627,6 @@ impl Bench {
         self.flush().await?;
         Ok(rate)
     }
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Ping {
-    /// When the producer sent it, µs since the Unix epoch.
-    sent_us: u64,
-}
-
-impl TaskPayload for Ping {
-    const TYPE: &'static str = "bench:ping";
-}
-
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Records how long after its send each task's handler started (µs).

@@ -12,22 +12,11 @@ use std::sync::{
 };
 
 use simplebank_core::config::{self, CommonConfig};
-use simplebank_queue::{Keys, Publisher, Task, TaskPayload};
+use simplebank_queue::{Keys, Publisher, Task};
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Ping {
-    sent_us: u64,
-}
-
-impl TaskPayload for Ping {
-    const TYPE: &'static str = "bench:ping";
-}
-
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
+#[path = "shared/ping.rs"]
+mod ping;
+use ping::{Ping, now_us};
 
 /// Several runtime threads, like a server publishing from its request handlers.
 #[tokio::main]

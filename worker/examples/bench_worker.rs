@@ -21,23 +21,12 @@ use std::{
 };
 
 use simplebank_core::config::{self, CommonConfig};
-use simplebank_queue::{Handler, HandlerError, Handlers, TaskContext, TaskPayload, Worker};
+use simplebank_queue::{Handler, HandlerError, Handlers, TaskContext, Worker};
 use tokio_util::sync::CancellationToken;
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Ping {
-    sent_us: u64,
-}
-
-impl TaskPayload for Ping {
-    const TYPE: &'static str = "bench:ping";
-}
-
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
+#[path = "shared/ping.rs"]
+mod ping;
+use ping::{Ping, now_us};
 
 #[derive(Default)]
 struct Record {

@@ -457,23 +457,18 @@ async fn the_queue_gauges_are_exported_by_one_worker_of_two() {
     }
 }
 
-/// A `service.instance.id` set in `OTEL_RESOURCE_ATTRIBUTES` is the one exported, on every
-/// point, instead of the worker's own.
-#[tokio::test]
-async fn a_service_instance_id_and_name_set_by_the_environment_are_kept() {
+/// The metric points of a worker with `env` on top of exporting every 100 ms, which
+/// processed three tasks and stopped on SIGTERM.
+async fn points_of_three_tasks(
+    name: &str,
+    env: impl FnOnce(&mut Vec<(&'static str, String)>),
+) -> Vec<MetricPoint> {
     let (sink, port) = OtlpSink::start(true).await.expect("OTLP receiver");
     let redis = TestRedis::new();
     xadd_all(&redis, jobs(0..3, false)).await;
-    let mut env = exporting(port, "100");
-    // The name from OTEL_RESOURCE_ATTRIBUTES alone (no OTEL_SERVICE_NAME) beats the default.
-    env.retain(|(name, _)| *name != "OTEL_SERVICE_NAME");
-    env.push((
-        "OTEL_RESOURCE_ATTRIBUTES",
-        "service.instance.id=worker-7,service.name=metrics-by-attributes,\
-         deployment.environment.name=test"
-            .into(),
-    ));
-    let mut worker = start(&redis, "metrics-instance", &env);
+    let mut vars = exporting(port, "100");
+    env(&mut vars);
+    let mut worker = start(&redis, name, &vars);
     eventually("3 successes are exported", Duration::from_secs(30), || {
         let seen = by_outcome(&sink, CONSUMED) == expected(&[("success", 3)]);
         async move { seen }
@@ -485,6 +480,24 @@ async fn a_service_instance_id_and_name_set_by_the_environment_are_kept() {
     assert!(exit.success(), "{exit:?}");
     let points = sink.metric_points();
     assert!(!points.is_empty());
+    points
+}
+
+/// A `service.instance.id` set in `OTEL_RESOURCE_ATTRIBUTES` is the one exported, on every
+/// point, instead of the worker's own.
+#[tokio::test]
+async fn a_service_instance_id_and_name_set_by_the_environment_are_kept() {
+    let points = points_of_three_tasks("metrics-instance", |env| {
+        // The name from OTEL_RESOURCE_ATTRIBUTES alone (no OTEL_SERVICE_NAME) beats the default.
+        env.retain(|(name, _)| *name != "OTEL_SERVICE_NAME");
+        env.push((
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "service.instance.id=worker-7,service.name=metrics-by-attributes,\
+             deployment.environment.name=test"
+                .into(),
+        ));
+    })
+    .await;
     for point in &points {
         assert_eq!(
             point
@@ -503,26 +516,13 @@ async fn a_service_instance_id_and_name_set_by_the_environment_are_kept() {
 /// runs last. (Found by an outside attack: its `service.name` replaced OTEL_SERVICE_NAME's.)
 #[tokio::test]
 async fn otel_service_name_wins_over_a_name_in_the_resource_attributes() {
-    let (sink, port) = OtlpSink::start(true).await.expect("OTLP receiver");
-    let redis = TestRedis::new();
-    xadd_all(&redis, jobs(0..3, false)).await;
-    let mut env = exporting(port, "100");
-    env.push((
-        "OTEL_RESOURCE_ATTRIBUTES",
-        "service.name=metrics-by-attributes".into(),
-    ));
-    let mut worker = start(&redis, "metrics-name-precedence", &env);
-    eventually("3 successes are exported", Duration::from_secs(30), || {
-        let seen = by_outcome(&sink, CONSUMED) == expected(&[("success", 3)]);
-        async move { seen }
+    let points = points_of_three_tasks("metrics-name-precedence", |env| {
+        env.push((
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "service.name=metrics-by-attributes".into(),
+        ));
     })
     .await;
-    let exit = sigterm(&mut worker, Duration::from_secs(15))
-        .await
-        .expect("the worker stops");
-    assert!(exit.success(), "{exit:?}");
-    let points = sink.metric_points();
-    assert!(!points.is_empty());
     for point in &points {
         assert_eq!(point.service(), "metrics-test-worker", "{point:?}");
     }
