@@ -101,29 +101,64 @@ the thread attributes are off now.
 
 ### End to end and against the peers (scenarios 9 and 10, issue 16)
 
-The first `make bench-peers` (section 10; load average 6-9 on the two cores throughout, the
-other helpers compiling) put simplebank at 1.2x apalis with leases off with one-at-a-time
-producers and 1.7x with batches, and at 6.7x and 12.3x BullMQ. The issue's targets (3x and
-10x) are not met with one-at-a-time producers. Where the time goes, by process, from the CPU
-per task columns of that run (`/proc` for the workers and the producer, `INFO cpu` for Redis):
+The issue's targets (3x apalis with leases off, 10x BullMQ, one worker process) are not met.
+Two `make bench-peers` runs before the changes below: the first (load average 6-9, other
+helpers compiling) put simplebank at 1.2x apalis with one-at-a-time producers and 1.7x with
+batches, and at 6.7x and 12.3x BullMQ; the second, on a quiet machine (2026-11-29 05:36 UTC,
+a2710ac, load average 1.2-1.9, but a machine running at about half the speed of the day
+before: the same drain went at 36k/s instead of 95k/s), at 2.1x and 1.8x apalis and 6.8x and
+5.4x BullMQ. CPU per task by process in that quiet run, one-at-a-time producers (`/proc` for
+the workers and the producer, `INFO cpu` for Redis):
 
 | per task | simplebank | apalis, leases off | BullMQ |
 |---|---|---|---|
-| worker | 9.1 µs | 7.4 µs | 52.2 µs |
-| producer (`publish` x 50) | 6.1 µs | 10.3 µs | 32.5 µs |
-| Redis | 8.1 µs | 26.8 µs | 74.0 µs |
-| all three | 23.3 µs | 44.5 µs | 158.7 µs |
+| worker | 14.2 µs | 12.1 µs | 108.2 µs |
+| producer (`publish` x 50) | 11.8 µs | 15.7 µs | 60.6 µs |
+| Redis | 14.4 µs | 50.4 µs | 146.6 µs |
+| all three | 40.4 µs | 78.2 µs | 315.4 µs |
 
-On two cores shared by the three processes (and by the other helpers' builds), the end-to-end
-rate follows the CPU all of them need per task, not any one process's: apalis needs 1.9x
-simplebank's CPU per task, BullMQ 6.8x, close to the measured ratios. 3x apalis would need
-simplebank's three processes at about 15 µs a task together, with Redis alone at 8 µs (an
-XADD, the XREADGROUP share and the FINISH script's XACK+XDEL); on the issue's machine (idle
-cores), each system is bound by its busiest process instead, where apalis' Redis (26.8 µs, its
-scheduled set and Lua fetch) limits it to about 37k/s against simplebank's worker at about
-110k/s. What was not tried in this session: cutting the worker's CPU per task further (a third
-is still redis-rs parsing 13 stream fields per entry, see step 6 above) and the producer's
-(`publish` builds and sends one XADD of 13 fields per task).
+`perf record -a` over one end-to-end run (one-at-a-time producer, 100,000 tasks) put the
+machine's samples at: producer 34%, Redis 31%, worker 24%, idle 10%. The two cores are
+saturated, so the rate follows the CPU the three processes need per task together: apalis
+needs 1.9x simplebank's, BullMQ 7.8x, close to the measured ratios. 3x apalis needs
+simplebank's three processes at about a third of apalis' total, about 26 µs here, a third less
+than today. Where it goes, by function:
+
+- Redis (`INFO commandstats` over a drain of 100,000 tasks): XADD 1.5 µs a task, XREADGROUP
+  3.4 µs per entry delivered, the FINISH script 5.0 µs, of which XDEL 3.5 µs and XACK 0.5 µs.
+  XDEL seeks each id from the start of its listpack node, past the entries already deleted
+  there. Redis 8.2's XACKDEL is not in 7.0.
+- worker (`perf record --call-graph dwarf` over a drain): the connection's reader task takes
+  48% of the worker's CPU, redis-rs' RESP parser (built on `combine`) 37%; `callgrind` puts a
+  quarter of the worker's instructions in glibc's malloc and free, mostly the parser's
+  values (one allocation per bulk string, 17 per entry of 7 fields).
+- producer (`callgrind`, 10,000 one-at-a-time publishes): 29.5k instructions per publish, a
+  quarter of them building keys (`format!` twice per key, the stream key twice per publish),
+  the 7 field strings, a copy of the task to carry the span's context, and the OpenTelemetry
+  propagator for a span that was not recorded; and `strace -c`: one `getrandom` system call
+  per task id.
+
+Changed: task ids from uuid's `fast-rng` (rand's thread-local CSPRNG, already built for
+redis) instead of a system call each (producer system time 0.28 to 0.19 s per 100,000
+publishes); keys built without `format!`; the fields written straight into the XADD
+(`fields::write_new`); no copy of the task and no propagator when the publish span is
+disabled: 29.5k to 22.1k instructions per publish, and 52.4k to 50.8k per task in a worker
+draining 10,000 (`callgrind`).
+
+Tried and dropped:
+- Reading the queues last seen empty together with the next one (one XREADGROUP over their
+  streams instead of an empty read per queue of higher priority): XREADGROUP calls went from
+  4,606 to 2,727 per 100,000 tasks, but its time per entry stayed 3.4 µs (an empty read is
+  cheap, the cost is per entry delivered) and the drain and end-to-end rates moved within the
+  noise. Reverted: it also let one read take entries from two queues at once.
+- A producer on tokio's current-thread runtime: 0.87 s of CPU per 100,000 publishes either
+  way.
+- Smaller stream nodes (`stream-node-max-entries 16`): XDEL 2.6 to 2.1 µs in one pair of
+  runs, rates within the noise; a server setting, not the queue's.
+
+Left: the worker's parser (redis-rs 1.8 and 2.0-rc both parse with `combine`; a hand-written
+reader for the read connection, or the fast path proposed upstream in redis-rs pull request
+2184) and allocator (mimalloc saved 5% when tried, step 7 above), and XDEL until Redis 8.2.
 
 apalis-redis 1.0 needed two settings to run this workload at all (`worker/peers/apalis/src/main.rs`):
 `push` always puts a task into a scheduled set (due now) with no signal, and a worker that

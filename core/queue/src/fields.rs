@@ -21,7 +21,7 @@
 //! The queue is not a field: it is the stream the entry is in. A delayed task waits in the
 //! scheduled set as [`scheduled_member`]: the same fields plus its queue, as JSON.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, fmt};
 
 use redis::Value;
 
@@ -41,51 +41,77 @@ pub(crate) enum DecodeError {
 
 /// The entry fields of `envelope`, in the order of the table above.
 pub(crate) fn encode(envelope: &Envelope) -> Vec<(&'static str, String)> {
-    encode_parts(
+    let mut fields = Vec::new();
+    each_field(
         &envelope.task,
         envelope.attempt,
         envelope.first_failed_at,
         envelope.last_error.as_deref(),
-    )
-}
-
-/// The entry fields of `task` on its first attempt (what a publisher writes).
-pub(crate) fn encode_new(task: &Task) -> Vec<(&'static str, String)> {
-    encode_parts(task, 1, None, None)
-}
-
-fn encode_parts(
-    task: &Task,
-    attempt: u32,
-    first_failed_at: Option<i64>,
-    last_error: Option<&str>,
-) -> Vec<(&'static str, String)> {
-    let mut fields = vec![
-        ("id", task.id.clone()),
-        ("type", task.kind.clone()),
-        ("payload", task.payload.clone()),
-        ("attempt", attempt.to_string()),
-        ("max_retry", task.max_retry.to_string()),
-        ("timeout_ms", task.timeout_ms.to_string()),
-        ("enqueued_at", task.enqueued_at.to_string()),
-    ];
-    if let Some(traceparent) = &task.traceparent {
-        fields.push(("traceparent", traceparent.clone()));
-    }
-    let optional = [
-        ("tracestate", task.tracestate.clone()),
-        ("deadline", task.deadline.map(|d| d.to_string())),
-        ("unique", task.unique.clone()),
-        ("sensitive", task.sensitive.then(|| "1".to_owned())),
-        ("first_failed_at", first_failed_at.map(|t| t.to_string())),
-        ("last_error", last_error.map(str::to_owned)),
-    ];
-    fields.extend(
-        optional
-            .into_iter()
-            .filter_map(|(name, value)| value.map(|value| (name, value))),
+        |name, value| fields.push((name, value.to_string())),
     );
     fields
+}
+
+/// Appends the entry fields of `task` on its first attempt (what a publisher writes) to
+/// `cmd`, as [`encode`] would give them, without building a string for each.
+pub(crate) fn write_new(cmd: &mut redis::Cmd, task: &Task) {
+    each_field(task, 1, None, None, |name, value| {
+        cmd.arg(name);
+        match value {
+            Field::Text(text) => cmd.arg(text),
+            Field::Int(n) => cmd.arg(n),
+            Field::UInt(n) => cmd.arg(n),
+        };
+    });
+}
+
+/// A field's value: text, or a number written in decimal.
+enum Field<'a> {
+    Text(&'a str),
+    Int(i64),
+    UInt(u64),
+}
+
+impl fmt::Display for Field<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Text(text) => f.write_str(text),
+            Self::Int(n) => write!(f, "{n}"),
+            Self::UInt(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Calls `field` with each field of the entry of `task` at `attempt`, in the order of the
+/// table above; the optional ones only when present.
+fn each_field<'a>(
+    task: &'a Task,
+    attempt: u32,
+    first_failed_at: Option<i64>,
+    last_error: Option<&'a str>,
+    mut field: impl FnMut(&'static str, Field<'a>),
+) {
+    field("id", Field::Text(&task.id));
+    field("type", Field::Text(&task.kind));
+    field("payload", Field::Text(&task.payload));
+    field("attempt", Field::UInt(attempt.into()));
+    field("max_retry", Field::UInt(task.max_retry.into()));
+    field("timeout_ms", Field::UInt(task.timeout_ms));
+    field("enqueued_at", Field::Int(task.enqueued_at));
+    let optional = [
+        ("traceparent", task.traceparent.as_deref().map(Field::Text)),
+        ("tracestate", task.tracestate.as_deref().map(Field::Text)),
+        ("deadline", task.deadline.map(Field::Int)),
+        ("unique", task.unique.as_deref().map(Field::Text)),
+        ("sensitive", task.sensitive.then_some(Field::Text("1"))),
+        ("first_failed_at", first_failed_at.map(Field::Int)),
+        ("last_error", last_error.map(Field::Text)),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            field(name, value);
+        }
+    }
 }
 
 /// The scheduled-set member for `task`: `{"queue": ..., "fields": [name, value, ...]}`. It
@@ -279,6 +305,59 @@ mod tests {
             fields: as_map(encode(&task)).into_iter().collect(),
         };
         assert_eq!(decode_entry(queue, &entry).unwrap(), task);
+    }
+
+    /// A publish writes its fields straight into the XADD: the same names and values, in the
+    /// same order, as the entry [`encode`] gives for a first attempt, optional fields included.
+    #[test]
+    fn a_publish_writes_the_fields_encode_gives() {
+        let mut task = Task::new(&Reset { token: "t".into() })
+            .unwrap()
+            .with_task_id("fixed-id")
+            .unwrap();
+        task.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        task.tracestate = Some("vendor=1".into());
+        task.deadline = Some(-1);
+        task.enqueued_at = i64::MAX;
+        task.max_retry = u32::MAX;
+        task.timeout_ms = u64::MAX;
+        let mut cmd = redis::cmd("XADD");
+        write_new(&mut cmd, &task);
+        let written: Vec<String> = cmd
+            .args_iter()
+            .skip(1)
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => String::from_utf8(bytes.to_vec()).unwrap(),
+                _ => panic!("not a plain argument"),
+            })
+            .collect();
+        let encoded: Vec<String> = encode(&Envelope::first(task))
+            .into_iter()
+            .flat_map(|(name, value)| [name.to_owned(), value])
+            .collect();
+        assert_eq!(written, encoded);
+        // The layout of the table above, spelled out (both go through `each_field`).
+        let expected = [
+            ("id", "fixed-id"),
+            ("type", "test:reset"),
+            ("payload", r#"{"token":"t"}"#),
+            ("attempt", "1"),
+            ("max_retry", "4294967295"),
+            ("timeout_ms", "18446744073709551615"),
+            ("enqueued_at", "9223372036854775807"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("tracestate", "vendor=1"),
+            ("deadline", "-1"),
+            ("unique", "id:fixed-id"),
+            ("sensitive", "1"),
+        ]
+        .into_iter()
+        .flat_map(|(name, value)| [name.to_owned(), value.to_owned()])
+        .collect::<Vec<_>>();
+        assert_eq!(written, expected);
     }
 
     #[derive(serde::Serialize, serde::Deserialize)]

@@ -136,53 +136,63 @@ impl Keys {
         &self.ns
     }
 
-    /// `{ns:q}`: the hash tag of queue `q`'s keys.
-    fn tag(&self, queue: &QueueName) -> String {
-        format!("{{{}:{}}}", self.ns.as_str(), queue.as_str())
+    /// `{ns:q}` and then `parts`: a key of queue `q` (built without `format!`: a publish and
+    /// every task a worker runs build some).
+    fn key(&self, queue: &QueueName, parts: &[&str]) -> String {
+        let (ns, queue) = (self.ns.as_str(), queue.as_str());
+        let len = ns.len() + queue.len() + 3 + parts.iter().map(|p| p.len()).sum::<usize>();
+        let mut key = String::with_capacity(len);
+        for part in ["{", ns, ":", queue, "}"]
+            .into_iter()
+            .chain(parts.iter().copied())
+        {
+            key.push_str(part);
+        }
+        key
     }
 
     /// `{ns:q}:stream`: the tasks of queue `q`, ready to run or running.
     pub fn stream(&self, queue: &QueueName) -> String {
-        format!("{}:stream", self.tag(queue))
+        self.key(queue, &[":stream"])
     }
 
     /// `{ns:q}:scheduled`: tasks of `q` delayed by `process_in`/`process_at`, by due time.
     pub fn scheduled(&self, queue: &QueueName) -> String {
-        format!("{}:scheduled", self.tag(queue))
+        self.key(queue, &[":scheduled"])
     }
 
     /// `{ns:q}:retry`: tasks of `q` waiting for their next attempt, by due time.
     pub fn retry(&self, queue: &QueueName) -> String {
-        format!("{}:retry", self.tag(queue))
+        self.key(queue, &[":retry"])
     }
 
     /// `{ns:q}:dead`: the dead letters of `q`.
     pub fn dead(&self, queue: &QueueName) -> String {
-        format!("{}:dead", self.tag(queue))
+        self.key(queue, &[":dead"])
     }
 
     /// `{ns:q}:unique:<suffix>`: a uniqueness lock of a task of `q`. Without one, a
     /// placeholder in the same slot (scripts take a key either way; it is never written).
     pub fn unique(&self, queue: &QueueName, suffix: Option<&str>) -> String {
         match suffix {
-            Some(suffix) => format!("{}:unique:{suffix}", self.tag(queue)),
-            None => format!("{}:unique", self.tag(queue)),
+            Some(suffix) => self.key(queue, &[":unique:", suffix]),
+            None => self.key(queue, &[":unique"]),
         }
     }
 
     /// `{ns:q}:done:<task id>`: the marker a finished or dead task with an id leaves.
     pub fn done(&self, queue: &QueueName, task_id: &str) -> String {
-        format!("{}:done:{task_id}", self.tag(queue))
+        self.key(queue, &[":done:", task_id])
     }
 
     /// `{ns:q}:paused`: present while `q` is paused.
     pub fn paused(&self, queue: &QueueName) -> String {
-        format!("{}:paused", self.tag(queue))
+        self.key(queue, &[":paused"])
     }
 
     /// `{ns:q}:stats`: the counters of `q` (`processed`, `failed`).
     pub fn stats(&self, queue: &QueueName) -> String {
-        format!("{}:stats", self.tag(queue))
+        self.key(queue, &[":stats"])
     }
 
     /// `{ns}:queues`: the registry of queues and their weights.

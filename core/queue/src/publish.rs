@@ -248,12 +248,16 @@ impl Publisher {
         );
         set_parent(&span, &task.trace());
         let original = task;
-        let mut task = task.clone();
-        task.set_trace(context_of(&span));
-        let result = self
-            .enqueue(&Envelope::first(task))
-            .instrument(span.clone())
-            .await;
+        // A copy only to carry this span's context: none when the span is disabled (no
+        // subscriber or filtered out), where the task keeps the context it came with.
+        let trace = context_of(&span);
+        let traced = trace.traceparent.is_some().then(|| {
+            let mut task = task.clone();
+            task.set_trace(trace);
+            task
+        });
+        let task = traced.as_ref().unwrap_or(task);
+        let result = self.enqueue(task, &stream).instrument(span.clone()).await;
         match &result {
             Ok(Enqueued::Queued { entry_id }) => {
                 span.record("messaging.message.id", entry_id.as_str());
@@ -298,10 +302,10 @@ impl Publisher {
                     .collect();
                 let mut pipe = redis::pipe();
                 for &i in &positions {
-                    pipe.cmd("XADD")
-                        .arg(self.keys.stream(&chunk[i].queue))
-                        .arg("*")
-                        .arg(fields::encode_new(&chunk[i]));
+                    let mut xadd = redis::cmd("XADD");
+                    xadd.arg(self.keys.stream(&chunk[i].queue)).arg("*");
+                    fields::write_new(&mut xadd, &chunk[i]);
+                    pipe.add_command(xadd);
                 }
                 if let Some(wait) = &self.wait {
                     pipe.add_command(wait.cmd());
@@ -348,17 +352,16 @@ impl Publisher {
         Ok(outcomes)
     }
 
-    async fn enqueue(&self, envelope: &Envelope) -> Result<Enqueued, PublishError> {
-        let task = &envelope.task;
+    /// Enqueues `task` (its first attempt); `stream` is its queue's stream.
+    async fn enqueue(&self, task: &Task, stream: &str) -> Result<Enqueued, PublishError> {
         let redis_error = |source| PublishError::Redis {
             task_id: task.id.clone(),
             source,
         };
         let enqueued = if task.unique.is_none() && task.schedule.is_none() {
             let mut xadd = redis::cmd("XADD");
-            xadd.arg(self.keys.stream(&task.queue))
-                .arg("*")
-                .arg(fields::encode(envelope));
+            xadd.arg(stream).arg("*");
+            fields::write_new(&mut xadd, task);
             let entry_id: String = match &self.wait {
                 None => xadd.query_async(&mut self.conn.clone()).await,
                 Some(wait) => {
@@ -375,8 +378,9 @@ impl Publisher {
             .map_err(redis_error)?;
             Enqueued::Queued { entry_id }
         } else {
+            let envelope = Envelope::first(task.clone());
             let (enqueued, acknowledged) =
-                scripts::enqueue(&mut self.conn.clone(), &self.keys, envelope, self.wait)
+                scripts::enqueue(&mut self.conn.clone(), &self.keys, &envelope, self.wait)
                     .await
                     .map_err(redis_error)?;
             if let (Some(wait), Some(acknowledged)) = (&self.wait, acknowledged) {

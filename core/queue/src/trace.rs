@@ -31,6 +31,11 @@ impl Injector for Carrier {
 
 /// The context of `span`, to write into a task or a request.
 pub fn context_of(span: &tracing::Span) -> TraceContext {
+    // A disabled span has no context (tracing-opentelemetry gives an empty one): skip the
+    // propagator, which every publish would otherwise go through.
+    if span.is_disabled() {
+        return TraceContext::default();
+    }
     let mut carrier = Carrier(HashMap::new());
     let context = span.context();
     opentelemetry::global::get_text_map_propagator(|propagator| {
