@@ -246,19 +246,26 @@ fn required(map: &Lookup<'_>, name: &'static str) -> Result<String, DecodeError>
     optional(map, name)?.ok_or(DecodeError::Missing(name))
 }
 
+/// A number field, parsed in place (a stream field is a bulk string: no copy of it is made).
 fn optional_number<T: std::str::FromStr>(
     map: &Lookup<'_>,
     name: &'static str,
 ) -> Result<Option<T>, DecodeError> {
-    optional(map, name)?
-        .map(|raw| raw.parse().map_err(|_| DecodeError::Invalid(name)))
-        .transpose()
+    let Some(value) = map(name) else {
+        return Ok(None);
+    };
+    let parsed = match value {
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok().and_then(|t| t.parse().ok()),
+        Value::SimpleString(text) => text.parse().ok(),
+        other => redis::from_redis_value_ref::<String>(other)
+            .ok()
+            .and_then(|t| t.parse().ok()),
+    };
+    parsed.map(Some).ok_or(DecodeError::Invalid(name))
 }
 
 fn number<T: std::str::FromStr>(map: &Lookup<'_>, name: &'static str) -> Result<T, DecodeError> {
-    required(map, name)?
-        .parse()
-        .map_err(|_| DecodeError::Invalid(name))
+    optional_number(map, name)?.ok_or(DecodeError::Missing(name))
 }
 
 #[cfg(test)]
@@ -426,10 +433,26 @@ mod tests {
             Err(DecodeError::Missing("type"))
         );
         map.insert("type".into(), Value::BulkString(b"x".to_vec()));
-        map.insert("attempt".into(), Value::BulkString(b"one".to_vec()));
+        // Numbers are parsed in place: bad text, bytes that are not UTF-8 and other reply
+        // types are invalid, a missing one is missing.
+        for bad in [
+            Value::BulkString(b"one".to_vec()),
+            Value::BulkString(b"1\xff".to_vec()),
+            Value::BulkString(b" 1".to_vec()),
+            Value::Nil,
+        ] {
+            map.insert("attempt".into(), bad);
+            assert_eq!(
+                decode(task.task.queue.clone(), &map),
+                Err(DecodeError::Invalid("attempt"))
+            );
+        }
+        map.insert("attempt".into(), Value::SimpleString("2".into()));
+        assert_eq!(decode(task.task.queue.clone(), &map).unwrap().attempt, 2);
+        map.remove("max_retry");
         assert_eq!(
             decode(task.task.queue.clone(), &map),
-            Err(DecodeError::Invalid("attempt"))
+            Err(DecodeError::Missing("max_retry"))
         );
     }
 }
