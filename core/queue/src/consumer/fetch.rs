@@ -509,8 +509,10 @@ fn read_reply(reply: Value) -> redis::RedisResult<Vec<(String, Vec<Entry>)>> {
 }
 
 /// One entry: `[id, [field, value, ...]]`; the fields are nil for an entry deleted while
-/// pending.
-fn entry(raw: Value) -> redis::RedisResult<Entry> {
+/// pending. A field name that is not UTF-8 is kept, with its bad bytes replaced: it is no
+/// field a task has, so the entry is judged by its other fields (and dead-lettered if they do
+/// not make a task) instead of failing the read of every entry with it.
+pub(super) fn entry(raw: Value) -> redis::RedisResult<Entry> {
     let (id, fields) = pair(raw).ok_or_else(unexpected)?;
     let id = text(id).ok_or_else(unexpected)?;
     let fields = match fields {
@@ -528,10 +530,21 @@ fn entry(raw: Value) -> redis::RedisResult<Entry> {
     };
     let fields = fields
         .into_iter()
-        .map(|(name, value)| Some((text(name)?, value)))
+        .map(|(name, value)| Some((name_text(name)?, value)))
         .collect::<Option<_>>()
         .ok_or_else(unexpected)?;
     Ok(Entry { id, fields })
+}
+
+/// A field name as text, its bytes that are not UTF-8 replaced.
+fn name_text(value: Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => Some(
+            String::from_utf8(bytes)
+                .unwrap_or_else(|bad| String::from_utf8_lossy(bad.as_bytes()).into_owned()),
+        ),
+        other => text(other),
+    }
 }
 
 fn pair(value: Value) -> Option<(Value, Value)> {
@@ -542,7 +555,7 @@ fn pair(value: Value) -> Option<(Value, Value)> {
     Some((first, second))
 }
 
-fn text(value: Value) -> Option<String> {
+pub(super) fn text(value: Value) -> Option<String> {
     match value {
         Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
         Value::SimpleString(text) => Some(text),
@@ -551,9 +564,15 @@ fn text(value: Value) -> Option<String> {
 }
 
 fn unexpected() -> redis::RedisError {
+    unexpected_reply("XREADGROUP")
+}
+
+/// A reply of `command` that is not of the shape it documents.
+pub(super) fn unexpected_reply(command: &'static str) -> redis::RedisError {
     redis::RedisError::from((
         redis::ErrorKind::UnexpectedReturnType,
-        "unexpected XREADGROUP reply",
+        "unexpected reply",
+        command.to_owned(),
     ))
 }
 

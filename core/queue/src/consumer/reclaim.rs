@@ -13,13 +13,18 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply};
+use redis::{Value, streams::StreamAutoClaimOptions};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::{dispatch::Dispatcher, paused::Paused};
+use super::{
+    dispatch::Dispatcher,
+    fetch::{entry, text, unexpected_reply},
+    paused::Paused,
+};
 use crate::{
     connection::Connection,
+    fields::Entry,
     keys::{GROUP, Keys, QueueName},
     report,
 };
@@ -104,7 +109,7 @@ impl Reclaimer {
             let Some(mut permits) = self.free_slots(stop).await else {
                 return Ok(());
             };
-            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            let reply: Value = redis::cmd("XAUTOCLAIM")
                 .arg(&stream)
                 .arg(GROUP)
                 .arg(&self.consumer)
@@ -114,6 +119,7 @@ impl Reclaimer {
                 .query_async(&mut self.conn)
                 .await
                 .map_err(ReclaimError::Claim)?;
+            let reply = claimed(reply).map_err(ReclaimError::Claim)?;
             if !reply.deleted_ids.is_empty() {
                 tracing::warn!(
                     queue = %queue,
@@ -145,7 +151,7 @@ impl Reclaimer {
                     },
                 };
                 self.dispatcher
-                    .spawn(queue.clone(), entry.into(), Some(delivered), permit);
+                    .spawn(queue.clone(), entry, Some(delivered), permit);
             }
             cursor = reply.next_stream_id;
             if cursor == "0-0" {
@@ -160,7 +166,7 @@ impl Reclaimer {
     async fn delivery_counts(
         &mut self,
         stream: &str,
-        claimed: &[redis::streams::StreamId],
+        claimed: &[Entry],
     ) -> redis::RedisResult<HashMap<String, u64>> {
         if claimed.is_empty() {
             return Ok(HashMap::new());
@@ -196,4 +202,42 @@ impl Reclaimer {
         }
         Some(permits)
     }
+}
+
+/// What one XAUTOCLAIM brought.
+struct Claimed {
+    next_stream_id: String,
+    claimed: Vec<Entry>,
+    /// Pending entries no longer in the stream (Redis 7 drops them from the PEL).
+    deleted_ids: Vec<String>,
+}
+
+/// XAUTOCLAIM's reply, `[cursor, [entry, ...], [deleted id, ...]]`, its entries read as the
+/// fetch loop reads them (a field name that is not UTF-8 does not fail the whole reply).
+fn claimed(reply: Value) -> redis::RedisResult<Claimed> {
+    let bad = || unexpected_reply("XAUTOCLAIM");
+    let Value::Array(items) = reply else {
+        return Err(bad());
+    };
+    let mut items = items.into_iter();
+    let next_stream_id = items.next().and_then(text).ok_or_else(bad)?;
+    let claimed = match items.next() {
+        Some(Value::Array(entries)) => entries
+            .into_iter()
+            // Redis 6.2 lists an entry deleted while pending as nil.
+            .filter(|raw| *raw != Value::Nil)
+            .map(entry)
+            .collect::<redis::RedisResult<_>>()?,
+        Some(Value::Nil) | None => Vec::new(),
+        Some(_) => return Err(bad()),
+    };
+    let deleted_ids = match items.next() {
+        Some(Value::Array(ids)) => ids.into_iter().filter_map(text).collect(),
+        _ => Vec::new(),
+    };
+    Ok(Claimed {
+        next_stream_id,
+        claimed,
+        deleted_ids,
+    })
 }

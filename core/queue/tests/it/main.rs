@@ -10,6 +10,7 @@ mod helpers;
 mod hygiene;
 mod layout;
 mod migrate;
+mod odd_entries;
 mod pause;
 mod reconnect;
 mod retention;
