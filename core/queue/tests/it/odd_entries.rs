@@ -68,6 +68,31 @@ async fn outcome(redis: &TestRedis, queue: &QueueName) -> (u64, usize, u64) {
     (processed.unwrap_or(0), dead, left)
 }
 
+/// Runs a worker with `worker_settings` until every entry of `queue` is settled (one dead
+/// letter, nothing left on the stream); then at least `ran` counted as processed.
+async fn run_until_settled(
+    redis: &TestRedis,
+    queue: &QueueName,
+    worker_settings: simplebank_queue::ConsumerSettings,
+    ran: u64,
+) {
+    let worker = Running::start(redis, worker_settings, handlers());
+    eventually(
+        "every entry settled: one dead letter, nothing left",
+        Duration::from_secs(20),
+        || async {
+            let (_, dead, left) = outcome(redis, queue).await;
+            (dead, left) == (1, 0)
+        },
+    )
+    .await;
+    worker.stop().await;
+    assert!(
+        outcome(redis, queue).await.0 >= ran,
+        "every other entry ran"
+    );
+}
+
 fn good_jobs(queue: &QueueName) -> Vec<Task> {
     (0..3)
         .map(|n| crate::helpers::job(queue, n, Mode::Succeed))
@@ -85,21 +110,7 @@ async fn a_field_name_that_is_not_utf8_fails_only_its_own_entry() {
     // A visibility timeout far beyond the test: a read that failed would hold them all.
     let mut worker_settings = settings("reader", &[(&queue, 1)]);
     worker_settings.visibility_timeout = Duration::from_secs(3600);
-    let worker = Running::start(&redis, worker_settings, handlers());
-    eventually(
-        "every entry settled: one dead letter, nothing left",
-        Duration::from_secs(20),
-        || async {
-            let (_, dead, left) = outcome(&redis, &queue).await;
-            (dead, left) == (1, 0)
-        },
-    )
-    .await;
-    worker.stop().await;
-    assert!(
-        outcome(&redis, &queue).await.0 >= 7,
-        "every other entry ran"
-    );
+    run_until_settled(&redis, &queue, worker_settings, 7).await;
     let letter = &DeadLetters::new(manager(&redis), redis.keys())
         .list(&queue, 10)
         .await
@@ -143,19 +154,5 @@ async fn the_reclaimer_takes_over_entries_with_such_a_field_name() {
         .unwrap();
     let mut worker_settings = settings("heir", &[(&queue, 1)]);
     worker_settings.visibility_timeout = Duration::from_millis(300);
-    let worker = Running::start(&redis, worker_settings, handlers());
-    eventually(
-        "every entry taken over and settled: one dead letter, nothing left",
-        Duration::from_secs(20),
-        || async {
-            let (_, dead, left) = outcome(&redis, &queue).await;
-            (dead, left) == (1, 0)
-        },
-    )
-    .await;
-    worker.stop().await;
-    assert!(
-        outcome(&redis, &queue).await.0 >= 4,
-        "every other entry ran"
-    );
+    run_until_settled(&redis, &queue, worker_settings, 4).await;
 }
