@@ -1,7 +1,7 @@
 //! Settling finished tasks in batches (group commit). A task that succeeded hands its entry to
 //! the [`Acker`] and waits until the entry is acknowledged (its concurrency slot is already free
 //! by then: see `Dispatcher::spawn`). One background loop sends whatever finished while the
-//! previous batch was in flight as one FINISH script per queue (XACK + XDEL of all the entries,
+//! previous batch was in flight as one FINISH script per queue (XACK and deletion of all the entries,
 //! one HINCRBY of the queue's `processed` counter, locks released), so under
 //! load a round trip settles tens of tasks, and an idle worker still acks each task at once:
 //! nothing waits for a batch to fill.

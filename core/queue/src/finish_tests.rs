@@ -1,0 +1,250 @@
+//! FINISH deletes exactly the entries it acks. Its trim (`XTRIM MINID`) must never reach an
+//! entry that is still pending or not delivered yet, whatever the order tasks finish in and
+//! whatever the ids look like (a sequence or a time that gains a digit compares differently as
+//! text).
+
+use std::{collections::BTreeSet, time::Duration};
+
+use super::{Finished, finish};
+use crate::{
+    connection::{self, Connection},
+    keys::{GROUP, Keys, QueueName},
+    testing::TestRedis,
+};
+
+/// Ids whose text order is not their order: times and sequences across digit boundaries, up
+/// to the largest sequence Redis allows.
+fn tricky_ids() -> Vec<(u64, u64)> {
+    let mut ids = Vec::new();
+    for ms in [7, 9, 10, 11, 99, 100, 101, 1_000, 1_732_870_000_000] {
+        for seq in [0, 1, 2, 9, 10, 11, 99, 100, 1_000] {
+            ids.push((ms, seq));
+        }
+    }
+    ids.push((1_732_870_000_001, u64::MAX - 1));
+    ids.push((1_732_870_000_001, u64::MAX));
+    ids.push((1_732_870_000_002, 5));
+    ids
+}
+
+/// xorshift64: a fixed sequence per seed, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+fn text((ms, seq): (u64, u64)) -> String {
+    format!("{ms}-{seq}")
+}
+
+async fn stream_ids(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> Vec<String> {
+    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .expect("XRANGE");
+    entries.into_iter().map(|(id, _)| id).collect()
+}
+
+async fn pending_ids(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> Vec<String> {
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(10_000)
+        .query_async(conn)
+        .await
+        .expect("XPENDING");
+    pending.into_iter().map(|(id, ..)| id).collect()
+}
+
+/// One run: every entry added up front, then rounds of reading a few and finishing a random
+/// choice of those delivered (in a random order), checking after each FINISH that the stream
+/// holds exactly the entries not acked and the group exactly the delivered ones not acked.
+async fn run(seed: u64, read_at_most: usize, finish_at_most: usize) {
+    let redis = TestRedis::new();
+    let keys: Keys = redis.keys();
+    let queue = QueueName::parse("default").expect("queue");
+    let stream = keys.stream(&queue);
+    let mut conn = redis.conn().await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .expect("group");
+    let all: Vec<(u64, u64)> = tricky_ids();
+    for id in &all {
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg(text(*id))
+            .arg("n")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .expect("xadd");
+    }
+    let mut manager: Connection = connection::lazy_manager(redis.client(), Duration::from_secs(5))
+        .expect("manager")
+        .into();
+    let mut rng = Rng(seed);
+    let mut delivered: Vec<(u64, u64)> = Vec::new();
+    let mut acked: BTreeSet<(u64, u64)> = BTreeSet::new();
+    let mut next = 0;
+    while acked.len() < all.len() {
+        if next < all.len() {
+            let count = 1 + rng.below(read_at_most);
+            let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg("c")
+                .arg("COUNT")
+                .arg(count)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(">")
+                .query_async(&mut conn)
+                .await
+                .expect("read");
+            for entry in &reply.keys[0].ids {
+                assert_eq!(entry.id, text(all[next]), "read in id order");
+                delivered.push(all[next]);
+                next += 1;
+            }
+        }
+        // Finish a random choice of what is running, in a random order.
+        let mut batch = Vec::new();
+        for _ in 0..1 + rng.below(finish_at_most) {
+            if delivered.is_empty() {
+                break;
+            }
+            batch.push(delivered.swap_remove(rng.below(delivered.len())));
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let entries: Vec<Finished> = batch
+            .iter()
+            .map(|id| Finished {
+                entry_id: text(*id),
+                lock: None,
+            })
+            .collect();
+        finish(&mut manager, &keys, &queue, entries.iter())
+            .await
+            .expect("finish");
+        acked.extend(batch.iter().copied());
+
+        let left: Vec<String> = all
+            .iter()
+            .filter(|id| !acked.contains(id))
+            .map(|id| text(*id))
+            .collect();
+        assert_eq!(
+            stream_ids(&mut conn, &stream).await,
+            left,
+            "seed {seed}: the stream holds exactly what is not acked (after acking {batch:?})"
+        );
+        let mut running: Vec<(u64, u64)> = delivered.clone();
+        running.sort_unstable();
+        assert_eq!(
+            pending_ids(&mut conn, &stream).await,
+            running.into_iter().map(text).collect::<Vec<_>>(),
+            "seed {seed}: the group holds exactly what runs"
+        );
+    }
+}
+
+#[tokio::test]
+async fn finishing_in_any_order_deletes_exactly_the_acked_entries() {
+    for seed in [1, 7, 42, 1_000_003, 0xdead_beef] {
+        run(seed, 12, 6).await;
+    }
+}
+
+#[tokio::test]
+async fn finishing_one_at_a_time_and_in_large_batches_too() {
+    run(3, 1, 1).await;
+    run(5, 40, 40).await;
+}
+
+/// The group re-created (the worker does so on NOGROUP, from `0`) while tasks ran: the
+/// entries before a finished one are undelivered again, so FINISH deletes only its own.
+#[tokio::test]
+async fn after_the_group_is_re_created_only_the_finished_entries_go() {
+    let redis = TestRedis::new();
+    let keys: Keys = redis.keys();
+    let queue = QueueName::parse("default").expect("queue");
+    let stream = keys.stream(&queue);
+    let mut conn = redis.conn().await;
+    let group = |op: &'static str, id: &'static str| {
+        let mut cmd = redis::cmd("XGROUP");
+        cmd.arg(op).arg(&stream).arg(GROUP);
+        if !id.is_empty() {
+            cmd.arg(id).arg("MKSTREAM");
+        }
+        cmd
+    };
+    let _: () = group("CREATE", "0")
+        .query_async(&mut conn)
+        .await
+        .expect("group");
+    let all: Vec<(u64, u64)> = (1..=10).map(|seq| (5, seq)).collect();
+    for id in &all {
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg(text(*id))
+            .arg("n")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .expect("xadd");
+    }
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg("c")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .expect("read");
+    let _: i64 = group("DESTROY", "")
+        .query_async(&mut conn)
+        .await
+        .expect("destroy");
+    let _: () = group("CREATE", "0")
+        .query_async(&mut conn)
+        .await
+        .expect("group again");
+
+    let mut manager: Connection = connection::lazy_manager(redis.client(), Duration::from_secs(5))
+        .expect("manager")
+        .into();
+    let finished = [Finished {
+        entry_id: text((5, 6)),
+        lock: None,
+    }];
+    finish(&mut manager, &keys, &queue, finished.iter())
+        .await
+        .expect("finish");
+    let left: Vec<String> = all
+        .iter()
+        .filter(|id| **id != (5, 6))
+        .map(|id| text(*id))
+        .collect();
+    assert_eq!(stream_ids(&mut conn, &stream).await, left);
+}
