@@ -31,6 +31,7 @@ use std::{sync::LazyLock, time::Duration};
 use redis::{ErrorKind, RedisResult, Script, ServerErrorKind};
 
 use crate::{
+    admin::EntryId,
     connection::Connection,
     fields,
     keys::{GROUP, Keys, QueueName},
@@ -422,11 +423,16 @@ pub(crate) async fn finish<'a>(
     queue: &QueueName,
     entries: impl Iterator<Item = &'a Finished> + Clone,
 ) -> RedisResult<()> {
-    let mut ids: Vec<&str> = entries.clone().map(|e| e.entry_id.as_str()).collect();
-    ids.sort_unstable_by_key(|id| entry_id_order(id));
+    // Each id parsed once (a key function would parse it at every comparison).
+    // (An id that is not one sorts first; Redis gives only valid ones.)
+    let mut ids: Vec<(Option<EntryId>, &str)> = entries
+        .clone()
+        .map(|e| (EntryId::parse(&e.entry_id), e.entry_id.as_str()))
+        .collect();
+    ids.sort_unstable();
     let mut invocation = FINISH.key(keys.stream(queue));
     invocation.key(keys.stats(queue)).arg(GROUP).arg(ids.len());
-    for id in ids {
+    for (_, id) in ids {
         invocation.arg(id);
     }
     for lock in entries.filter_map(|entry| entry.lock.as_ref()) {
@@ -439,13 +445,6 @@ pub(crate) async fn finish<'a>(
     }
     let _acked: i64 = invocation.invoke_async(conn).await?;
     Ok(())
-}
-
-/// The order of stream entry ids (`<ms>-<seq>`); an id that is not one sorts first (Redis
-/// gives only valid ones).
-fn entry_id_order(id: &str) -> Option<(u64, u64)> {
-    let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
 /// Schedules `next` `delay` from now in place of pending entry `entry_id`, counting the

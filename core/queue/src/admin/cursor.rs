@@ -27,13 +27,13 @@ pub(super) const MAX_MEMBER_TIE: usize = 384;
 
 /// A stream entry id, `<ms>-<seq>`, comparable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) struct EntryId(pub u64, pub u64);
+pub(crate) struct EntryId(pub u64, pub u64);
 
 impl EntryId {
     /// The largest id: nothing comes after it (and Redis refuses `(<max>` as a range start).
     pub const MAX: Self = Self(u64::MAX, u64::MAX);
 
-    pub fn parse(raw: &str) -> Option<Self> {
+    pub(crate) fn parse(raw: &str) -> Option<Self> {
         let (ms, seq) = raw.split_once('-')?;
         Some(Self(ms.parse().ok()?, seq.parse().ok()?))
     }
