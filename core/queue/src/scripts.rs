@@ -126,7 +126,8 @@ return {moved, wait}
 /// The deletion: an `XDEL` seeks each id from the start of its stream node (3.5 µs a task,
 /// the largest part of Redis' CPU per task). When every id of the batch was pending (all
 /// acked now), each was delivered by this group, so every entry older than both the newest
-/// of them and the oldest entry still pending is settled: the group delivers in id order, so
+/// of them and the oldest entry still pending (`XPENDING - + 1`: a seek, where the summary
+/// form would walk every consumer the group ever had) is settled: the group delivers in id order, so
 /// it was delivered, it is not pending, so it was acked, and every script that acks an entry
 /// deletes it. One exact `XTRIM MINID` to that floor deletes them in a walk from the head
 /// (whole nodes at once); `XDEL` deletes the rest of the batch (from the floor on: done while
@@ -150,8 +151,8 @@ local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3, last))
 local from = 3
 if acked == n then
   local floor = ARGV[last]
-  local oldest = redis.call('XPENDING', KEYS[1], ARGV[1])[2]
-  if oldest and older(oldest, floor) then floor = oldest end
+  local oldest = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1)[1]
+  if oldest and older(oldest[1], floor) then floor = oldest[1] end
   redis.call('XTRIM', KEYS[1], 'MINID', floor)
   from = last
   while from > 3 and not older(ARGV[from - 1], floor) do from = from - 1 end
