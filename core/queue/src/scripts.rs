@@ -125,16 +125,17 @@ return {moved, wait}
 ///
 /// The deletion: an `XDEL` seeks each id from the start of its stream node (3.5 µs a task,
 /// the largest part of Redis' CPU per task). When every id of the batch was pending (all
-/// acked now), each was delivered by this group, so every entry older than both the newest
-/// of them and the oldest entry still pending (`XPENDING - + 1`: a seek, where the summary
-/// form would walk every consumer the group ever had) is settled: the group delivers in id order, so
-/// it was delivered, it is not pending, so it was acked, and every script that acks an entry
-/// deletes it. One exact `XTRIM MINID` to that floor deletes them in a walk from the head
-/// (whole nodes at once); `XDEL` deletes the rest of the batch (from the floor on: done while
-/// an older entry is still running). Nothing pending or undelivered is older than the floor,
-/// so the trim deletes nothing that is (see `finish_tests.rs`). When an id was not pending
-/// (finished elsewhere, or the group was re-created at `0` meanwhile: entries below it may be
-/// undelivered again), only `XDEL` of the batch.
+/// acked now), the floor is the oldest entry still pending (`XPENDING - + 1`: a seek, where
+/// the summary form would walk every consumer the group ever had), or when none is, the
+/// newest id of the batch. Either was delivered by this group, so every entry older than the
+/// floor is settled: the group delivers in id order, so it was delivered; it is not pending,
+/// so it was acked; and every script that acks an entry deletes it. One exact `XTRIM MINID`
+/// to the floor deletes them in a walk from the head (whole nodes at once); `XDEL` deletes
+/// the rest of the batch (from the floor on: finished while an older entry still runs, or
+/// the batch's newest when nothing is pending). Nothing pending or undelivered is older than
+/// the floor, so the trim deletes nothing that is (see `finish_tests.rs`). When an id was not
+/// pending (finished elsewhere, or the group was re-created at `0` meanwhile: entries below
+/// it may be undelivered again), only `XDEL` of the batch.
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -150,14 +151,13 @@ local last = 2 + n
 local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3, last))
 local from = 3
 if acked == n then
-  local floor = ARGV[last]
   local oldest = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1)[1]
-  if oldest and older(oldest[1], floor) then floor = oldest[1] end
+  local floor = oldest and oldest[1] or ARGV[last]
   redis.call('XTRIM', KEYS[1], 'MINID', floor)
-  from = last
+  from = last + 1
   while from > 3 and not older(ARGV[from - 1], floor) do from = from - 1 end
 end
-redis.call('XDEL', KEYS[1], unpack(ARGV, from, last))
+if from <= last then redis.call('XDEL', KEYS[1], unpack(ARGV, from, last)) end
 if acked > 0 then redis.call('HINCRBY', KEYS[2], 'processed', acked) end
 local a = n + 3
 for i = 3, #KEYS, 2 do
