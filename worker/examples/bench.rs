@@ -146,11 +146,12 @@ disabled: 29.5k to 22.1k instructions per publish, and 52.4k to 50.8k per task i
 draining 10,000 (`callgrind`); then number fields parsed where they lie in the reply instead
 of through a `String` each: 50.8k to 49.9k.
 
-This run's scenario 7 (always_on 72% of untraced, the ratio sampler 91%) started each round at
-a load average of 2-2.7 left by scenario 5; the same drains as single paired rounds on the quiet
-machine, the worker before (a2710ac) and after these changes: always_on 78% and 76% before, 81%
-and 85% after; the ratio sampler 121% and 109% before, 96% and 91% after. One round moves by
-15%, and no change in the traced path is visible through that noise.
+Scenario 7 at 825c808 (always_on 72% of untraced, the ratio sampler 91%) started each round
+at a load average of 2-2.7 left by scenario 5; the same drains as single paired rounds on the
+quiet machine, the worker before (a2710ac) and after these changes: always_on 78% and 76%
+before, 81% and 85% after; the ratio sampler 121% and 109% before, 96% and 91% after. One
+round moves by 15%. At 72277f8 (after the FINISH change below), scenario 7's medians are 84%
+and 107%: both targets met in that run, within the same noise.
 
 Tried and dropped:
 - Reading the queues last seen empty together with the next one (one XREADGROUP over their
@@ -163,9 +164,51 @@ Tried and dropped:
 - Smaller stream nodes (`stream-node-max-entries 16`): XDEL 2.6 to 2.1 µs in one pair of
   runs, rates within the noise; a server setting, not the queue's.
 
+Then Redis' largest cost, FINISH's `XDEL` (ab0ee08 to 72277f8): FINISH now deletes the
+entries it acks with one exact `XTRIM MINID` to the oldest entry still pending (the newest it
+acked when none is), which walks the stream from its head and drops whole nodes, and `XDEL`
+only for those at or past that floor; ARCHITECTURE.md says why that deletes nothing pending or
+undelivered, and `core/queue/src/finish_tests.rs` checks it. `INFO commandstats` over single
+end-to-end runs (100,000 tasks, one-at-a-time producer, `bench_worker` and `bench_producer` on
+a private redis-server), the worker before and after, alternating, three pairs at a load
+average of 1.2-2.1: FINISH from 132-143 µs a call to 57-62 µs (about 45 tasks a call: 3.0 to
+1.3 µs a task), Redis' CPU per task from 10.6-10.8 µs to 9.0-9.5 µs, the rate from
+49.0-52.4k/s to 52.3-53.3k/s. An outside review found that the first version read the oldest
+pending entry with `XPENDING`'s summary form, which walks every consumer the group ever had
+(consumers are never deleted by the workers): with 10,000 stale consumers a FINISH of one
+task took 216 µs instead of 9 µs. It now seeks the first entry (`XPENDING - + 1`), flat in the
+number of consumers.
+
+`make bench-peers` at 72277f8 (2026-11-29 10:00 UTC, a machine about twice as fast as the
+day before: simplebank 71.7k tasks/s end to end instead of 34.8k) puts simplebank at 2.3x
+apalis and 7.4x BullMQ with one-at-a-time producers, 2.0x and 6.7x with batches (section
+10). CPU per task in that run, one-at-a-time producers:
+
+| per task | simplebank | apalis, leases off | BullMQ |
+|---|---|---|---|
+| worker | 8.4 µs | 7.7 µs | 61.0 µs |
+| producer (`publish` x 50) | 6.0 µs | 8.9 µs | 34.8 µs |
+| Redis | 6.7 µs | 27.5 µs | 79.0 µs |
+| all three | 21.1 µs | 44.1 µs | 174.8 µs |
+
+By CPU, simplebank now needs 2.1x less than apalis and 8.3x less than BullMQ per task, but
+its run is no longer CPU-bound: 100,000 tasks took 1.4 s and 2.1 s of CPU, three quarters of
+the two cores. The producer is done after 1.0 s with about 30,000 tasks still in the stream
+(median latency 310 ms), and from then on one worker process drains them on its one runtime
+thread (the current-thread runtime, chosen for its CPU per task, step 7 above): the worker's
+8.4 µs a task, not Redis, bounds the end of the run. What is left to take from the worker,
+by `callgrind` over `bench_worker` draining 10,000 tasks (50.3k instructions a task):
+redis-rs' `combine` parser about a third; glibc's allocator about a fifth, of which a third
+is the aligned path every `tokio::spawn` takes (tokio aligns its task cells to 128 bytes:
+`posix_memalign` 3.2%, `malloc_consolidate` 3.4%). The same drain with Debian's jemalloc
+preloaded (`LD_PRELOAD=/lib/x86_64-linux-gnu/libjemalloc.so.2`, no rebuild) runs 43.7k
+instructions a task, 13% fewer: an operator's choice, not linked in (mimalloc measured 5% of
+the worker's CPU when tried, step 7).
+
 Left: the worker's parser (redis-rs 1.8 and 2.0-rc both parse with `combine`; a hand-written
 reader for the read connection, or the fast path proposed upstream in redis-rs pull request
-2184) and allocator (mimalloc saved 5% when tried, step 7 above), and XDEL until Redis 8.2.
+2184), one spawn per entry (a task set polled by the dispatcher instead would skip the aligned
+allocation), and `XACKDEL` once Redis 8.2 is the floor.
 
 apalis-redis 1.0 needed two settings to run this workload at all (`worker/peers/apalis/src/main.rs`):
 `push` always puts a task into a scheduled set (due now) with no signal, and a worker that
