@@ -168,7 +168,8 @@ Then Redis' largest cost, FINISH's `XDEL` (ab0ee08 to 72277f8): FINISH now delet
 entries it acks with one exact `XTRIM MINID` to the oldest entry still pending (the newest it
 acked when none is), which walks the stream from its head and drops whole nodes, and `XDEL`
 only for those at or past that floor; ARCHITECTURE.md says why that deletes nothing pending or
-undelivered, and `core/queue/src/finish_tests.rs` checks it. `INFO commandstats` over single
+undelivered (unless an operator deletes a consumer that holds entries or moves the group), and
+`core/queue/src/finish_tests.rs` checks it. `INFO commandstats` over single
 end-to-end runs (100,000 tasks, one-at-a-time producer, `bench_worker` and `bench_producer` on
 a private redis-server), the worker before and after, alternating, three pairs at a load
 average of 1.2-2.1: FINISH from 132-143 µs a call to 57-62 µs (about 45 tasks a call: 3.0 to
@@ -179,9 +180,10 @@ pending entry with `XPENDING`'s summary form, which walks every consumer the gro
 task took 216 µs instead of 9 µs. It now seeks the first entry (`XPENDING - + 1`), flat in the
 number of consumers.
 
-`make bench-peers` at 72277f8 (2026-11-29 10:00 UTC, a machine about twice as fast as the
-day before: simplebank 71.7k tasks/s end to end instead of 34.8k) puts simplebank at 2.3x
-apalis and 7.4x BullMQ with one-at-a-time producers, 2.0x and 6.7x with batches (section
+`make bench-peers` at 72277f8 (2026-11-29 10:00 UTC, the machine faster than at 06:50 the
+same day: the raw cycle of scenario 9 went from 54.7k to 98.7k entries/s, 1.8x; simplebank's
+71.7k tasks/s end to end against 34.8k then holds both that and the FINISH change) puts
+simplebank at 2.3x apalis and 7.4x BullMQ with one-at-a-time producers, 2.0x and 6.7x with batches (section
 10). CPU per task in that run, one-at-a-time producers:
 
 | per task | simplebank | apalis, leases off | BullMQ |
@@ -195,15 +197,16 @@ By CPU, simplebank now needs 2.1x less than apalis and 8.3x less than BullMQ per
 its run is no longer CPU-bound: 100,000 tasks took 1.4 s and 2.1 s of CPU, three quarters of
 the two cores. The producer is done after 1.0 s with about 30,000 tasks still in the stream
 (median latency 310 ms), and from then on one worker process drains them on its one runtime
-thread (the current-thread runtime, chosen for its CPU per task, step 7 above): the worker's
-8.4 µs a task, not Redis, bounds the end of the run. What is left to take from the worker,
+thread (the current-thread runtime, chosen for its CPU per task, step 7 above), at about
+77k/s: below the 119k/s its 8.4 µs of CPU a task would allow, so that tail is bound by the
+worker's round trips to Redis more than by any process' CPU. What is left to take from the worker,
 by `callgrind` over `bench_worker` draining 10,000 tasks (50.3k instructions a task):
 redis-rs' `combine` parser about a third; glibc's allocator about a fifth, of which a third
 is the aligned path every `tokio::spawn` takes (tokio aligns its task cells to 128 bytes:
 `posix_memalign` 3.2%, `malloc_consolidate` 3.4%). The same drain with Debian's jemalloc
 preloaded (`LD_PRELOAD=/lib/x86_64-linux-gnu/libjemalloc.so.2`, no rebuild) runs 43.7k
-instructions a task, 13% fewer: an operator's choice, not linked in (mimalloc measured 5% of
-the worker's CPU when tried, step 7).
+instructions a task, 13% fewer: an operator's choice, not linked in (mimalloc saved 5% of the
+worker's CPU when tried, step 7).
 
 Left: the worker's parser (redis-rs 1.8 and 2.0-rc both parse with `combine`; a hand-written
 reader for the read connection, or the fast path proposed upstream in redis-rs pull request

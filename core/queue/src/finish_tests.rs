@@ -180,71 +180,126 @@ async fn finishing_one_at_a_time_and_in_large_batches_too() {
     run(5, 40, 40).await;
 }
 
-/// The group re-created (the worker does so on NOGROUP, from `0`) while tasks ran: the
-/// entries before a finished one are undelivered again, so FINISH deletes only its own.
-#[tokio::test]
-async fn after_the_group_is_re_created_only_the_finished_entries_go() {
-    let redis = TestRedis::new();
-    let keys: Keys = redis.keys();
-    let queue = QueueName::parse("default").expect("queue");
-    let stream = keys.stream(&queue);
-    let mut conn = redis.conn().await;
-    let group = |op: &'static str, id: &'static str| {
-        let mut cmd = redis::cmd("XGROUP");
-        cmd.arg(op).arg(&stream).arg(GROUP);
-        if !id.is_empty() {
-            cmd.arg(id).arg("MKSTREAM");
-        }
-        cmd
-    };
-    let _: () = group("CREATE", "0")
-        .query_async(&mut conn)
+async fn xgroup_create(conn: &mut redis::aio::MultiplexedConnection, stream: &str) {
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
         .await
-        .expect("group");
-    let all: Vec<(u64, u64)> = (1..=10).map(|seq| (5, seq)).collect();
-    for id in &all {
+        .expect("XGROUP CREATE");
+}
+
+async fn xadd_all(conn: &mut redis::aio::MultiplexedConnection, stream: &str, ids: &[(u64, u64)]) {
+    for id in ids {
         let _: String = redis::cmd("XADD")
-            .arg(&stream)
+            .arg(stream)
             .arg(text(*id))
             .arg("n")
             .arg(1)
-            .query_async(&mut conn)
+            .query_async(conn)
             .await
-            .expect("xadd");
+            .expect("XADD");
     }
+}
+
+/// Delivers up to `count` entries to consumer `c`.
+async fn read(conn: &mut redis::aio::MultiplexedConnection, stream: &str, count: usize) {
     let _: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg(GROUP)
         .arg("c")
+        .arg("COUNT")
+        .arg(count)
         .arg("STREAMS")
-        .arg(&stream)
+        .arg(stream)
         .arg(">")
-        .query_async(&mut conn)
+        .query_async(conn)
         .await
-        .expect("read");
-    let _: i64 = group("DESTROY", "")
-        .query_async(&mut conn)
-        .await
-        .expect("destroy");
-    let _: () = group("CREATE", "0")
-        .query_async(&mut conn)
-        .await
-        .expect("group again");
+        .expect("XREADGROUP");
+}
 
+async fn finish_ids(redis: &TestRedis, queue: &QueueName, ids: &[(u64, u64)]) {
     let mut manager: Connection = connection::lazy_manager(redis.client(), Duration::from_secs(5))
         .expect("manager")
         .into();
-    let finished = [Finished {
-        entry_id: text((5, 6)),
-        lock: None,
-    }];
-    finish(&mut manager, &keys, &queue, finished.iter())
+    let finished: Vec<Finished> = ids
+        .iter()
+        .map(|id| Finished {
+            entry_id: text(*id),
+            lock: None,
+        })
+        .collect();
+    finish(&mut manager, &redis.keys(), queue, finished.iter())
         .await
         .expect("finish");
-    let left: Vec<String> = all
-        .iter()
-        .filter(|id| **id != (5, 6))
-        .map(|id| text(*id))
-        .collect();
-    assert_eq!(stream_ids(&mut conn, &stream).await, left);
+}
+
+/// The group re-created (the worker does so on NOGROUP, from `0`) while tasks ran: the
+/// entries after those it has delivered again are undelivered again, so a batch with an id
+/// that is no longer pending deletes only its own entries, whether none of them is pending
+/// any more or some are.
+#[tokio::test]
+async fn after_the_group_is_re_created_only_the_finished_entries_go() {
+    for (redelivered, batch) in [(0, vec![(5, 6)]), (3, vec![(5, 1), (5, 2), (5, 3), (5, 6)])] {
+        let redis = TestRedis::new();
+        let queue = QueueName::parse("default").expect("queue");
+        let stream = redis.keys().stream(&queue);
+        let mut conn = redis.conn().await;
+        xgroup_create(&mut conn, &stream).await;
+        let all: Vec<(u64, u64)> = (1..=10).map(|seq| (5, seq)).collect();
+        xadd_all(&mut conn, &stream, &all).await;
+        read(&mut conn, &stream, all.len()).await;
+        let _: i64 = redis::cmd("XGROUP")
+            .arg("DESTROY")
+            .arg(&stream)
+            .arg(GROUP)
+            .query_async(&mut conn)
+            .await
+            .expect("XGROUP DESTROY");
+        xgroup_create(&mut conn, &stream).await;
+        if redelivered > 0 {
+            read(&mut conn, &stream, redelivered).await;
+        }
+
+        finish_ids(&redis, &queue, &batch).await;
+        let left: Vec<String> = all
+            .iter()
+            .filter(|id| !batch.contains(id))
+            .map(|id| text(*id))
+            .collect();
+        assert_eq!(
+            stream_ids(&mut conn, &stream).await,
+            left,
+            "{redelivered} delivered again, then {batch:?} finished"
+        );
+    }
+}
+
+/// A batch finished while an older entry still runs goes by the trim: no `XDEL` (which
+/// records the id it deleted, `max-deleted-entry-id`) for the entries below that one.
+#[tokio::test]
+async fn entries_below_the_oldest_pending_go_by_the_trim() {
+    let redis = TestRedis::new();
+    let queue = QueueName::parse("default").expect("queue");
+    let stream = redis.keys().stream(&queue);
+    let mut conn = redis.conn().await;
+    xgroup_create(&mut conn, &stream).await;
+    let all: Vec<(u64, u64)> = (1..=4).map(|seq| (7, seq)).collect();
+    xadd_all(&mut conn, &stream, &all).await;
+    read(&mut conn, &stream, 3).await;
+
+    finish_ids(&redis, &queue, &[(7, 2), (7, 1)]).await;
+    assert_eq!(stream_ids(&mut conn, &stream).await, ["7-3", "7-4"]);
+    let info: std::collections::HashMap<String, redis::Value> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .expect("XINFO STREAM");
+    let deleted: String =
+        redis::from_redis_value(info["max-deleted-entry-id"].clone()).expect("an id");
+    assert_eq!(deleted, "0-0", "deleted by the trim, not by XDEL");
 }

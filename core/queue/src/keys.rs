@@ -37,6 +37,26 @@ use serde::{Deserialize, Serialize};
 /// The consumer group all workers of a namespace join.
 pub const GROUP: &str = "workers";
 
+/// A stream entry id, `<ms>-<seq>`, comparable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct EntryId(pub u64, pub u64);
+
+impl EntryId {
+    /// The largest id: nothing comes after it (and Redis refuses `(<max>` as a range start).
+    pub const MAX: Self = Self(u64::MAX, u64::MAX);
+
+    pub(crate) fn parse(raw: &str) -> Option<Self> {
+        let (ms, seq) = raw.split_once('-')?;
+        Some(Self(ms.parse().ok()?, seq.parse().ok()?))
+    }
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
 /// The default namespace, `simplebank`.
 pub const DEFAULT_NAMESPACE: &str = "simplebank";
 

@@ -31,10 +31,9 @@ use std::{sync::LazyLock, time::Duration};
 use redis::{ErrorKind, RedisResult, Script, ServerErrorKind};
 
 use crate::{
-    admin::EntryId,
     connection::Connection,
     fields,
-    keys::{GROUP, Keys, QueueName},
+    keys::{EntryId, GROUP, Keys, QueueName},
     publish::ReplicaWait,
     task::{DONE_MARKER_TTL, Envelope, Schedule, Task},
 };
@@ -123,19 +122,12 @@ return {moved, wait}
 /// releases each lock its task still holds and writes the done markers. Returns the number
 /// acked.
 ///
-/// The deletion: an `XDEL` seeks each id from the start of its stream node (3.5 µs a task,
-/// the largest part of Redis' CPU per task). When every id of the batch was pending (all
-/// acked now), the floor is the oldest entry still pending (`XPENDING - + 1`: a seek, where
-/// the summary form would walk every consumer the group ever had), or when none is, the
-/// newest id of the batch. Either was delivered by this group, so every entry older than the
-/// floor is settled: the group delivers in id order, so it was delivered; it is not pending,
-/// so it was acked; and every script that acks an entry deletes it. One exact `XTRIM MINID`
-/// to the floor deletes them in a walk from the head (whole nodes at once); `XDEL` deletes
-/// the rest of the batch (from the floor on: finished while an older entry still runs, or
-/// the batch's newest when nothing is pending). Nothing pending or undelivered is older than
-/// the floor, so the trim deletes nothing that is (see `finish_tests.rs`). When an id was not
-/// pending (finished elsewhere, or the group was re-created at `0` meanwhile: entries below
-/// it may be undelivered again), only `XDEL` of the batch.
+/// The deletion, when every id of the batch was pending: one exact `XTRIM MINID` to the
+/// oldest entry still pending (or, when none is, the batch's newest), then `XDEL` of the batch
+/// ids from that floor on. Every entry below the floor was delivered and is no longer pending,
+/// so it is settled: ARCHITECTURE.md ("Deleting settled entries (FINISH)") gives the
+/// argument. When an id was not pending (finished elsewhere, or the group re-created), only
+/// `XDEL` of the batch.
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -424,17 +416,15 @@ pub(crate) async fn finish<'a>(
     queue: &QueueName,
     entries: impl Iterator<Item = &'a Finished> + Clone,
 ) -> RedisResult<()> {
-    // Each id parsed once (a key function would parse it at every comparison).
-    // (An id that is not one sorts first; Redis gives only valid ones.)
-    let mut ids: Vec<(Option<EntryId>, &str)> = entries
-        .clone()
-        .map(|e| (EntryId::parse(&e.entry_id), e.entry_id.as_str()))
-        .collect();
-    ids.sort_unstable();
+    let mut batch: Vec<&Finished> = entries.clone().collect();
+    batch.sort_by_cached_key(|entry| EntryId::parse(&entry.entry_id));
     let mut invocation = FINISH.key(keys.stream(queue));
-    invocation.key(keys.stats(queue)).arg(GROUP).arg(ids.len());
-    for (_, id) in ids {
-        invocation.arg(id);
+    invocation
+        .key(keys.stats(queue))
+        .arg(GROUP)
+        .arg(batch.len());
+    for entry in batch {
+        invocation.arg(&entry.entry_id);
     }
     for lock in entries.filter_map(|entry| entry.lock.as_ref()) {
         // Without a marker, the lock key again as the pair's second key: never written.

@@ -16,7 +16,7 @@
 use std::fmt::Write as _;
 
 use super::{AdminError, TaskState};
-use crate::keys::QueueName;
+use crate::keys::{EntryId, QueueName};
 
 /// The longest token accepted, in characters.
 const MAX_TOKEN: usize = 2048;
@@ -24,26 +24,6 @@ const MAX_TOKEN: usize = 2048;
 /// The longest undecodable member carried whole as a tie, in bytes: a token stays well under
 /// [`MAX_TOKEN`]. A longer one is cut (at a character boundary).
 pub(super) const MAX_MEMBER_TIE: usize = 384;
-
-/// A stream entry id, `<ms>-<seq>`, comparable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct EntryId(pub u64, pub u64);
-
-impl EntryId {
-    /// The largest id: nothing comes after it (and Redis refuses `(<max>` as a range start).
-    pub const MAX: Self = Self(u64::MAX, u64::MAX);
-
-    pub(crate) fn parse(raw: &str) -> Option<Self> {
-        let (ms, seq) = raw.split_once('-')?;
-        Some(Self(ms.parse().ok()?, seq.parse().ok()?))
-    }
-}
-
-impl std::fmt::Display for EntryId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.0, self.1)
-    }
-}
 
 /// Where the previous page ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

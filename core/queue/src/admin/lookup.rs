@@ -17,12 +17,11 @@ use redis::{Script, streams::StreamPendingCountReply};
 
 use super::{
     Admin, AdminError, TaskInfo, TaskState,
-    cursor::EntryId,
     tasks::{dead_info, entry_info, member_info},
 };
 use crate::{
     fields::{self, Entry},
-    keys::{GROUP, QueueName},
+    keys::{EntryId, GROUP, QueueName},
 };
 
 /// Entries read per round trip while scanning a stream.

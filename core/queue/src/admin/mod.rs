@@ -19,8 +19,6 @@ mod lookup;
 mod tasks;
 mod workers;
 
-pub(crate) use cursor::EntryId;
-
 use std::{future::Future, time::Duration};
 
 use crate::connection::Connection;

@@ -16,12 +16,12 @@ use redis::streams::{StreamInfoGroupsReply, StreamPendingCountReply, StreamRange
 
 use super::{
     Admin, AdminError, TaskInfo, TaskState,
-    cursor::{Cursor, EntryId, Position, Tie},
+    cursor::{Cursor, Position, Tie},
 };
 use crate::{
     dead::DeadTask,
     fields::{self, Entry},
-    keys::{GROUP, QueueName},
+    keys::{EntryId, GROUP, QueueName},
     task::Envelope,
 };
 

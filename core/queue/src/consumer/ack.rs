@@ -1,10 +1,10 @@
 //! Settling finished tasks in batches (group commit). A task that succeeded hands its entry to
 //! the [`Acker`] and waits until the entry is acknowledged (its concurrency slot is already free
 //! by then: see `Dispatcher::spawn`). One background loop sends whatever finished while the
-//! previous batch was in flight as one FINISH script per queue (XACK and deletion of all the entries,
-//! one HINCRBY of the queue's `processed` counter, locks released), so under
-//! load a round trip settles tens of tasks, and an idle worker still acks each task at once:
-//! nothing waits for a batch to fill.
+//! previous batch was in flight as one FINISH script per queue (XACK and deletion of all the
+//! entries, one HINCRBY of the queue's `processed` counter, locks released), so under load a
+//! round trip settles tens of tasks, and an idle worker still acks each task at once: nothing
+//! waits for a batch to fill.
 //!
 //! Delivery is unchanged: an entry is acknowledged only after its handler returned, and a
 //! crash before the ack leaves it pending, to be taken over (at least once, never lost).

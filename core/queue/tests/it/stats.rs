@@ -129,8 +129,9 @@ async fn counts_each_state_and_the_age_of_the_oldest_pending_task() {
         "{age:?}"
     );
 
-    // Deliver the 9-minute-old entry and settle it (XACK + XDEL, as FINISH does): the group's
-    // last delivered entry is now deleted, where Redis reports no lag. The counts hold.
+    // Deliver the 9-minute-old entry and settle it (XACK + XDEL, as FINISH does when an older
+    // entry is still pending): the group's last delivered entry is now deleted, where Redis
+    // reports no lag. The counts hold.
     let reply: redis::streams::StreamReadReply = read(1).query_async(&mut raw).await.unwrap();
     let id = reply.keys[0].ids[0].id.clone();
     let _: () = redis::pipe()
