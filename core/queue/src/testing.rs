@@ -152,9 +152,24 @@ impl RedisServer {
         Self::start_with(&[]).await
     }
 
-    /// Starts a server with extra arguments (`["--appendonly", "yes"]`, ...).
+    /// Starts a server with extra arguments (`["--appendonly", "yes"]`, ...). A free port can
+    /// be taken between [`free_port`] and redis-server's bind (by another test's server, or as
+    /// the local port of an outgoing connection), so a start that fails is tried again on
+    /// another port.
     pub async fn start_with(extra_args: &[&str]) -> Self {
-        Self::on_port(free_port(), extra_args).await
+        for _ in 0..5 {
+            if let Some(server) = Self::try_start_with(extra_args).await {
+                return server;
+            }
+        }
+        panic!("no private redis-server started in five tries");
+    }
+
+    /// One try of [`RedisServer::start_with`] on a free port: `None` if redis-server exited
+    /// (the port was taken meanwhile, or a port among `extra_args` was).
+    pub async fn try_start_with(extra_args: &[&str]) -> Option<Self> {
+        let mut server = Self::stopped(free_port(), extra_args);
+        server.try_restart().await.then_some(server)
     }
 
     /// Prepares a server on `port` without starting it: for tests where Redis is down first.
@@ -169,18 +184,21 @@ impl RedisServer {
         }
     }
 
-    async fn on_port(port: u16, extra_args: &[&str]) -> Self {
-        let mut server = Self::stopped(port, extra_args);
-        server.restart().await;
-        server
-    }
-
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
     /// Starts the server (again), with the same port, data folder and arguments.
     pub async fn restart(&mut self) {
+        assert!(
+            self.try_restart().await,
+            "private redis-server on port {} exited at start",
+            self.port
+        );
+    }
+
+    /// [`RedisServer::restart`], false if redis-server exited before it answered.
+    async fn try_restart(&mut self) -> bool {
         self.kill();
         let child = Command::new(std::env::var("REDIS_SERVER").unwrap_or("redis-server".into()))
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
@@ -194,23 +212,30 @@ impl RedisServer {
             .expect("redis-server is installed (run `make services`)");
         self.child = Some(child);
         let client = crate::connection::client(&self.address()).expect("address");
-        eventually(
-            "private redis-server answers PING",
-            Duration::from_secs(10),
-            || {
-                let client = client.clone();
-                async move {
-                    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-                        return false;
-                    };
-                    redis::cmd("PING")
-                        .query_async::<String>(&mut conn)
-                        .await
-                        .is_ok()
-                }
-            },
-        )
-        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+            {
+                return true;
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))));
+            if exited {
+                self.child = None;
+                return false;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting until private redis-server answers PING"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Adds the ACL user `user` with `password` and exactly `rules` (`ACL SETUSER` syntax), and
@@ -284,5 +309,32 @@ where
         }
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port taken between `free_port` and the bind makes redis-server exit: that start
+    /// reports a failure (it used to panic once PING timed out), and `start_with` moves on.
+    #[tokio::test]
+    async fn a_start_on_a_taken_port_fails_at_once() {
+        let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = taken.local_addr().expect("address").port().to_string();
+        let server =
+            RedisServer::try_start_with(&["--cluster-enabled", "yes", "--cluster-port", &port])
+                .await;
+        assert!(
+            server.is_none(),
+            "redis-server started with its bus port taken"
+        );
+        let server = RedisServer::start_with(&[]).await;
+        let mut conn = TestRedis::at(server.address()).conn().await;
+        let pong: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .expect("PING");
+        assert_eq!(pong, "PONG");
     }
 }

@@ -45,10 +45,13 @@ impl RedisCluster {
     async fn try_start() -> Option<Self> {
         let mut nodes = Vec::new();
         for _ in 0..6 {
-            let bus = free_port().to_string();
-            let timeout = NODE_TIMEOUT_MS.to_string();
-            nodes.push(
-                RedisServer::start_with(&[
+            // Both ports picked free: a start that fails (one was taken meanwhile) is tried
+            // again with two new ones.
+            let mut node = None;
+            for _ in 0..5 {
+                let bus = free_port().to_string();
+                let timeout = NODE_TIMEOUT_MS.to_string();
+                node = RedisServer::try_start_with(&[
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
@@ -62,8 +65,12 @@ impl RedisCluster {
                     "--repl-diskless-sync-delay",
                     "0",
                 ])
-                .await,
-            );
+                .await;
+                if node.is_some() {
+                    break;
+                }
+            }
+            nodes.push(node.expect("a cluster node started in five tries"));
         }
         let mut create = Command::new(std::env::var("REDIS_CLI").unwrap_or("redis-cli".into()));
         create.args(["--cluster", "create"]);
