@@ -213,12 +213,15 @@ impl RedisServer {
         self.child = Some(child);
         let client = crate::connection::client(&self.address()).expect("address");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        // Answered by this child, not by another test's server that took the port first.
+        let pid = format!("process_id:{}", self.child.as_ref().map_or(0, Child::id));
         loop {
             if let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
+                && let Ok(info) = redis::cmd("INFO")
+                    .arg("server")
                     .query_async::<String>(&mut conn)
                     .await
-                    .is_ok()
+                && info.lines().any(|line| line.trim_end() == pid)
             {
                 return true;
             }
@@ -329,6 +332,9 @@ mod tests {
             server.is_none(),
             "redis-server started with its bus port taken"
         );
+        // Its own port taken: something accepts there, but it is not this redis-server.
+        let mut server = RedisServer::stopped(taken.local_addr().expect("address").port(), &[]);
+        assert!(!server.try_restart().await, "started on a taken port");
         let server = RedisServer::start_with(&[]).await;
         let mut conn = TestRedis::at(server.address()).conn().await;
         let pong: String = redis::cmd("PING")
