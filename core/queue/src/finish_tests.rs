@@ -8,7 +8,7 @@ use std::{collections::BTreeSet, time::Duration};
 use super::{Finished, finish};
 use crate::{
     connection::{self, Connection},
-    keys::{GROUP, Keys, QueueName},
+    keys::{GROUP, QueueName},
     testing::TestRedis,
 };
 
@@ -72,54 +72,21 @@ async fn pending_ids(conn: &mut redis::aio::MultiplexedConnection, stream: &str)
 /// holds exactly the entries not acked and the group exactly the delivered ones not acked.
 async fn run(seed: u64, read_at_most: usize, finish_at_most: usize) {
     let redis = TestRedis::new();
-    let keys: Keys = redis.keys();
     let queue = QueueName::parse("default").expect("queue");
-    let stream = keys.stream(&queue);
+    let stream = redis.keys().stream(&queue);
     let mut conn = redis.conn().await;
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg(GROUP)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await
-        .expect("group");
+    xgroup_create(&mut conn, &stream).await;
     let all: Vec<(u64, u64)> = tricky_ids();
-    for id in &all {
-        let _: String = redis::cmd("XADD")
-            .arg(&stream)
-            .arg(text(*id))
-            .arg("n")
-            .arg(1)
-            .query_async(&mut conn)
-            .await
-            .expect("xadd");
-    }
-    let mut manager: Connection = connection::lazy_manager(redis.client(), Duration::from_secs(5))
-        .expect("manager")
-        .into();
+    xadd_all(&mut conn, &stream, &all).await;
+    let mut manager = manager(&redis);
     let mut rng = Rng(seed);
     let mut delivered: Vec<(u64, u64)> = Vec::new();
     let mut acked: BTreeSet<(u64, u64)> = BTreeSet::new();
     let mut next = 0;
     while acked.len() < all.len() {
         if next < all.len() {
-            let count = 1 + rng.below(read_at_most);
-            let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(GROUP)
-                .arg("c")
-                .arg("COUNT")
-                .arg(count)
-                .arg("STREAMS")
-                .arg(&stream)
-                .arg(">")
-                .query_async(&mut conn)
-                .await
-                .expect("read");
-            for entry in &reply.keys[0].ids {
-                assert_eq!(entry.id, text(all[next]), "read in id order");
+            for id in read(&mut conn, &stream, 1 + rng.below(read_at_most)).await {
+                assert_eq!(id, text(all[next]), "read in id order");
                 delivered.push(all[next]);
                 next += 1;
             }
@@ -135,16 +102,7 @@ async fn run(seed: u64, read_at_most: usize, finish_at_most: usize) {
         if batch.is_empty() {
             continue;
         }
-        let entries: Vec<Finished> = batch
-            .iter()
-            .map(|id| Finished {
-                entry_id: text(*id),
-                lock: None,
-            })
-            .collect();
-        finish(&mut manager, &keys, &queue, entries.iter())
-            .await
-            .expect("finish");
+        finish_ids(&mut manager, &redis, &queue, &batch).await;
         acked.extend(batch.iter().copied());
 
         let left: Vec<String> = all
@@ -205,9 +163,13 @@ async fn xadd_all(conn: &mut redis::aio::MultiplexedConnection, stream: &str, id
     }
 }
 
-/// Delivers up to `count` entries to consumer `c`.
-async fn read(conn: &mut redis::aio::MultiplexedConnection, stream: &str, count: usize) {
-    let _: redis::Value = redis::cmd("XREADGROUP")
+/// Delivers up to `count` entries to consumer `c`; their ids.
+async fn read(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    count: usize,
+) -> Vec<String> {
+    let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg(GROUP)
         .arg("c")
@@ -219,12 +181,28 @@ async fn read(conn: &mut redis::aio::MultiplexedConnection, stream: &str, count:
         .query_async(conn)
         .await
         .expect("XREADGROUP");
+    reply
+        .keys
+        .into_iter()
+        .flat_map(|key| key.ids)
+        .map(|entry| entry.id)
+        .collect()
 }
 
-async fn finish_ids(redis: &TestRedis, queue: &QueueName, ids: &[(u64, u64)]) {
-    let mut manager: Connection = connection::lazy_manager(redis.client(), Duration::from_secs(5))
+/// The queue's own connection, as the worker's acker has it.
+fn manager(redis: &TestRedis) -> Connection {
+    connection::lazy_manager(redis.client(), Duration::from_secs(5))
         .expect("manager")
-        .into();
+        .into()
+}
+
+/// FINISH of `ids`, none holding a lock.
+async fn finish_ids(
+    manager: &mut Connection,
+    redis: &TestRedis,
+    queue: &QueueName,
+    ids: &[(u64, u64)],
+) {
     let finished: Vec<Finished> = ids
         .iter()
         .map(|id| Finished {
@@ -232,7 +210,7 @@ async fn finish_ids(redis: &TestRedis, queue: &QueueName, ids: &[(u64, u64)]) {
             lock: None,
         })
         .collect();
-    finish(&mut manager, &redis.keys(), queue, finished.iter())
+    finish(manager, &redis.keys(), queue, finished.iter())
         .await
         .expect("finish");
 }
@@ -264,7 +242,7 @@ async fn after_the_group_is_re_created_only_the_finished_entries_go() {
             read(&mut conn, &stream, redelivered).await;
         }
 
-        finish_ids(&redis, &queue, &batch).await;
+        finish_ids(&mut manager(&redis), &redis, &queue, &batch).await;
         let left: Vec<String> = all
             .iter()
             .filter(|id| !batch.contains(id))
@@ -291,7 +269,7 @@ async fn entries_below_the_oldest_pending_go_by_the_trim() {
     xadd_all(&mut conn, &stream, &all).await;
     read(&mut conn, &stream, 3).await;
 
-    finish_ids(&redis, &queue, &[(7, 2), (7, 1)]).await;
+    finish_ids(&mut manager(&redis), &redis, &queue, &[(7, 2), (7, 1)]).await;
     assert_eq!(stream_ids(&mut conn, &stream).await, ["7-3", "7-4"]);
     let info: std::collections::HashMap<String, redis::Value> = redis::cmd("XINFO")
         .arg("STREAM")

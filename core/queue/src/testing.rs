@@ -210,11 +210,11 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed (run `make services`)");
+        // Answered by this child, not by another test's server that took the port first.
+        let pid = format!("process_id:{}", child.id());
         self.child = Some(child);
         let client = crate::connection::client(&self.address()).expect("address");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        // Answered by this child, not by another test's server that took the port first.
-        let pid = format!("process_id:{}", self.child.as_ref().map_or(0, Child::id));
         loop {
             if let Ok(mut conn) = client.get_multiplexed_async_connection().await
                 && let Ok(info) = redis::cmd("INFO")
@@ -235,7 +235,7 @@ impl RedisServer {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "timed out waiting until private redis-server answers PING"
+                "timed out waiting until private redis-server answers"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -322,7 +322,7 @@ mod tests {
     /// A port taken between `free_port` and the bind makes redis-server exit: that start
     /// reports a failure (it used to panic once PING timed out), and `start_with` moves on.
     #[tokio::test]
-    async fn a_start_on_a_taken_port_fails_at_once() {
+    async fn a_start_on_a_taken_port_fails_and_start_with_moves_on() {
         let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = taken.local_addr().expect("address").port().to_string();
         let server =
