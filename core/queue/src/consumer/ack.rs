@@ -59,13 +59,17 @@ impl Acker {
         Self { requests }
     }
 
-    /// Acknowledges `ack`, batched with others finishing at the same time.
-    pub async fn ack(&self, ack: Ack) -> Result<(), AckError> {
+    /// Acknowledges `ack`, batched with others finishing at the same time. It is handed to
+    /// the loop now; the future only waits for the outcome, so it holds no copy of `ack`.
+    pub fn ack(&self, ack: Ack) -> impl Future<Output = Result<(), AckError>> + use<> {
         let (done, result) = oneshot::channel();
-        if self.requests.send((ack, done)).is_err() {
-            return Err(AckError::Stopped);
+        let sent = self.requests.send((ack, done)).is_ok();
+        async move {
+            if !sent {
+                return Err(AckError::Stopped);
+            }
+            result.await.unwrap_or(Err(AckError::Stopped))
         }
-        result.await.unwrap_or(Err(AckError::Stopped))
     }
 }
 

@@ -34,7 +34,7 @@ use tracing::Instrument;
 use super::{
     ack::{Ack, Acker},
     backoff::Backoff,
-    handler::{Erased, FailureKind, HandlerError, Handlers, TaskContext},
+    handler::{BoxFuture, Erased, FailureKind, HandlerError, Handlers, TaskContext},
 };
 use crate::{
     connection::Connection,
@@ -44,7 +44,7 @@ use crate::{
     metrics::{ConsumerMetrics, ErrorType, Outcome},
     report, retention,
     scripts::{self, Finished, FinishedLock, Retention},
-    task::{Envelope, now_ms},
+    task::{Envelope, Task, now_ms},
     trace::{describe, record_error, set_parent},
 };
 
@@ -70,6 +70,31 @@ pub(crate) struct Dispatcher {
     /// entries stay pending.
     pub abandon: CancellationToken,
     pub metrics: ConsumerMetrics,
+}
+
+/// An entry ready to run: its task, handler and process span.
+struct Ready {
+    entry_id: String,
+    /// Boxed: it is kept in the future of every entry until the entry is settled.
+    task: Box<Envelope>,
+    /// The registered type's name.
+    task_type: &'static str,
+    handler: Arc<dyn Erased>,
+    timeout: Duration,
+    span: tracing::Span,
+}
+
+/// An entry that cannot run, with why: it goes to the dead letters at once.
+enum Early {
+    /// Not a task at all: dead-lettered with its raw fields.
+    Poison { entry: Entry, reason: String },
+    Kill {
+        entry_id: String,
+        task: Box<Envelope>,
+        reason: String,
+        /// Whether this delivery counts as an attempt.
+        attempted: bool,
+    },
 }
 
 /// How an attempt ended, when it did not succeed.
@@ -99,40 +124,69 @@ impl Dispatcher {
         deliveries: Option<u64>,
         permit: OwnedSemaphorePermit,
     ) {
-        let this = Arc::clone(self);
-        self.tracker.spawn(async move {
-            this.process(queue, entry, deliveries, permit).await;
-        });
+        self.tracker
+            .spawn(Arc::clone(self).process(queue, entry, deliveries, permit));
     }
 
-    // The rare paths (dead letters, retries, lease renewals) are awaited through a `Box`, so
-    // the future spawned per entry stays small (BENCHMARKS.md, finding 9).
-    async fn process(
-        &self,
+    // This future is allocated and moved once per entry, so it is kept small: the rare paths
+    // (dead letters, retries, lease renewals) are awaited through a `Box`, and `process` and
+    // `run` are `async` blocks that use their arguments where they lie, where an `async fn`
+    // would keep a second copy of each (BENCHMARKS.md, steps 9 and 10).
+    #[allow(clippy::manual_async_fn)]
+    fn process(
+        self: Arc<Self>,
         queue: QueueName,
         entry: Entry,
         deliveries: Option<u64>,
         permit: OwnedSemaphorePermit,
-    ) {
-        let stream = self.keys.stream(&queue);
+    ) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            // Not awaited inside the `match`: its scrutinee (the `Ready`) would be kept across
+            // that await beside the run's future.
+            let run = match self.prepare(&queue, entry, deliveries) {
+                Ok(ready) => self.run(ready, permit),
+                Err(early) => {
+                    let killed = Box::pin(self.kill_early(&queue, early));
+                    killed.await;
+                    return;
+                }
+            };
+            run.await;
+        }
+    }
+
+    /// Decodes `entry` and finds its handler; or says why it cannot run (see the module
+    /// header), counted in the metrics.
+    fn prepare(
+        &self,
+        queue: &QueueName,
+        entry: Entry,
+        deliveries: Option<u64>,
+    ) -> Result<Ready, Early> {
         let task = match fields::decode_entry(queue.clone(), &entry) {
-            Ok(envelope) => envelope,
+            Ok(envelope) => Box::new(envelope),
             Err(err) => {
-                let reason = format!("undecodable entry: {err}");
                 self.metrics
-                    .dead_on_arrival(&queue, None, ErrorType::EntryUndecodable);
-                Box::pin(self.kill_poison(&queue, &entry.id, &entry.fields, &reason)).await;
-                return;
+                    .dead_on_arrival(queue, None, ErrorType::EntryUndecodable);
+                return Err(Early::Poison {
+                    reason: format!("undecodable entry: {err}"),
+                    entry,
+                });
             }
+        };
+        let kill = |task, reason, attempted| Early::Kill {
+            entry_id: entry.id.clone(),
+            task,
+            reason,
+            attempted,
         };
         let Some((task_type, handler)) = self.handlers.get(&task.task.kind) else {
             // A delivery no handler can run is a failed attempt (attempts and the queue's
             // `processed`/`failed` counters include it), as a handler refusing the task is.
             let reason = format!("no handler for task type {:?}", task.task.kind);
             self.metrics
-                .dead_on_arrival(&queue, None, ErrorType::UnknownType);
-            Box::pin(self.kill(&entry.id, task, &reason, true)).await;
-            return;
+                .dead_on_arrival(queue, None, ErrorType::UnknownType);
+            return Err(kill(task, reason, true));
         };
         if let Some(deliveries) = deliveries
             && deliveries > u64::from(task.task.max_retry) + 1
@@ -141,18 +195,16 @@ impl Dispatcher {
                 "delivered {deliveries} times without finishing: its worker crashed or hung each time"
             );
             self.metrics
-                .dead_on_arrival(&queue, Some(task_type), ErrorType::DeliveredTooOften);
-            Box::pin(self.kill(&entry.id, task, &reason, true)).await;
-            return;
+                .dead_on_arrival(queue, Some(task_type), ErrorType::DeliveredTooOften);
+            return Err(kill(task, reason, true));
         }
         let mut timeout = task.task.timeout();
         if let Some(deadline) = task.task.deadline {
             let left = deadline.saturating_sub(now_ms());
             if left <= 0 {
                 self.metrics
-                    .dead_on_arrival(&queue, Some(task_type), ErrorType::DeadlineExceeded);
-                Box::pin(self.kill(&entry.id, task, "deadline exceeded", false)).await;
-                return;
+                    .dead_on_arrival(queue, Some(task_type), ErrorType::DeadlineExceeded);
+                return Err(kill(task, "deadline exceeded".to_owned(), false));
             }
             timeout = timeout.min(Duration::from_millis(u64::try_from(left).unwrap_or(0)));
         }
@@ -162,6 +214,7 @@ impl Dispatcher {
         let span = tracing::info_span!("process", otel.kind = "consumer");
         set_parent(&span, &task.task.trace());
         describe(&span, || {
+            let stream = self.keys.stream(queue);
             let attributes = vec![
                 KeyValue::new("messaging.system", "redis"),
                 KeyValue::new("messaging.destination.name", stream.clone()),
@@ -174,106 +227,156 @@ impl Dispatcher {
             ];
             (format!("process {stream}"), attributes)
         });
-        self.run(
-            stream,
-            entry.id,
+        Ok(Ready {
+            entry_id: entry.id,
             task,
-            (task_type, handler),
+            task_type,
+            handler,
             timeout,
-            permit,
-        )
-        .instrument(span)
-        .await;
+            span,
+        })
+    }
+
+    /// Dead-letters an entry that cannot run.
+    async fn kill_early(&self, queue: &QueueName, early: Early) {
+        match early {
+            Early::Poison { entry, reason } => {
+                self.kill_poison(queue, &entry.id, &entry.fields, &reason)
+                    .await;
+            }
+            Early::Kill {
+                entry_id,
+                task,
+                reason,
+                attempted,
+            } => self.kill(&entry_id, *task, &reason, attempted).await,
+        }
     }
 
     /// Runs one attempt inside its process span and settles the entry. `handler`: the
     /// registered type's name and handler.
-    async fn run(
+    #[allow(clippy::manual_async_fn)] // see `process`
+    fn run(
         &self,
-        stream: String,
-        entry_id: String,
-        task: Envelope,
-        (task_type, handler): (&'static str, Arc<dyn Erased>),
-        timeout: Duration,
+        ready: Ready,
         permit: OwnedSemaphorePermit,
-    ) {
-        let started = Instant::now();
-        let queue = task.task.queue.clone();
-        let context = TaskContext {
-            id: task.task.id.clone(),
-            queue: task.task.queue.clone(),
-            attempt: task.attempt,
-            max_retry: task.task.max_retry,
-            deadline: tokio::time::Instant::now() + timeout,
-            shutdown: Arc::clone(&self.shutdown),
-        };
-        // The payload is decoded once, here; one that does not decode as its type cannot
-        // succeed on a retry.
-        let attempt = match handler.start(&task.task.payload, context) {
-            Ok(attempt) => CatchUnwind(attempt),
-            Err(err) => {
-                drop(permit);
-                let failure = Failure {
-                    kind: FailureKind::SkipRetry,
-                    message: format!(
-                        "the payload does not decode as {}: {}",
-                        task.task.kind,
-                        report::chain(&err)
-                    ),
-                };
-                record_error(&tracing::Span::current(), &failure.message);
-                let outcome = Box::pin(self.fail(&entry_id, task, failure)).await;
-                self.metrics.attempt(
-                    &queue,
-                    task_type,
-                    outcome,
-                    Some(ErrorType::PayloadUndecodable),
-                    started.elapsed(),
-                );
-                return;
-            }
-        };
-        let renew = || -> Renewal<'_> { Box::pin(self.renew(&stream, &entry_id, &task.task.id)) };
-        let ended = supervise(attempt, timeout, self.renew_every, &self.abandon, renew).await;
-        // The handler's future (cut off or finished) and any renewal are dropped by now.
-        drop(permit);
-        let elapsed = started.elapsed();
-        let error = error_type(&ended);
-        let outcome = match ended {
-            Ended::Returned(Ok(())) => Ok(()),
-            Ended::Returned(Err(err)) => Err(Failure {
-                kind: err.kind(),
-                message: report::chain(&err),
-            }),
-            Ended::Panicked => Err(Failure::retry("handler panicked")),
-            Ended::TimedOut => Err(Failure::retry(format!(
-                "timed out after {} ms",
-                timeout.as_millis()
-            ))),
-            Ended::Abandoned => {
-                tracing::warn!(
-                    task_id = %task.task.id, task_type = %task.task.kind,
-                    "shutdown timeout passed; task left pending for another worker"
-                );
-                self.metrics
-                    .attempt(&queue, task_type, Outcome::Abandoned, error, elapsed);
-                return;
-            }
-        };
-        let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-        match outcome {
-            Ok(()) => {
-                self.finish(&entry_id, &task, duration_ms).await;
-                self.metrics
-                    .attempt(&queue, task_type, Outcome::Success, None, elapsed);
-            }
-            Err(failure) => {
-                record_error(&tracing::Span::current(), &failure.message);
-                let outcome = Box::pin(self.fail(&entry_id, task, failure)).await;
-                self.metrics
-                    .attempt(&queue, task_type, outcome, error, elapsed);
+    ) -> impl Future<Output = ()> + Send + '_ {
+        let Ready {
+            entry_id,
+            task,
+            task_type,
+            handler,
+            timeout,
+            span,
+        } = ready;
+        async move {
+            let started = Instant::now();
+            let queue = task.task.queue.clone();
+            let deadline = tokio::time::Instant::now() + timeout;
+            let context = TaskContext {
+                id: task.task.id.clone(),
+                queue: task.task.queue.clone(),
+                attempt: task.attempt,
+                max_retry: task.task.max_retry,
+                deadline,
+                shutdown: Arc::clone(&self.shutdown),
+            };
+            // The payload is decoded once, here; one that does not decode as its type cannot
+            // succeed on a retry.
+            let attempt = match handler.start(&task.task.payload, context) {
+                Ok(attempt) => CatchUnwind(attempt),
+                Err(err) => {
+                    drop(permit);
+                    let failure = Failure {
+                        kind: FailureKind::SkipRetry,
+                        message: format!(
+                            "the payload does not decode as {}: {}",
+                            task.task.kind,
+                            report::chain(&err)
+                        ),
+                    };
+                    record_error(&tracing::Span::current(), &failure.message);
+                    let outcome = Box::pin(self.fail(&entry_id, *task, failure)).await;
+                    self.metrics.attempt(
+                        &queue,
+                        task_type,
+                        outcome,
+                        Some(ErrorType::PayloadUndecodable),
+                        started.elapsed(),
+                    );
+                    return;
+                }
+            };
+            let ended = self
+                .supervise(attempt, deadline, &entry_id, &task.task)
+                .await;
+            // The handler's future (cut off or finished) and any renewal are dropped by now.
+            drop(permit);
+            let elapsed = started.elapsed();
+            let error = error_type(&ended);
+            let outcome = match ended {
+                Ended::Returned(Ok(())) => Ok(()),
+                Ended::Returned(Err(err)) => Err(Failure {
+                    kind: err.kind(),
+                    message: report::chain(&err),
+                }),
+                Ended::Panicked => Err(Failure::retry("handler panicked")),
+                Ended::TimedOut => Err(Failure::retry(format!(
+                    "timed out after {} ms",
+                    timeout.as_millis()
+                ))),
+                Ended::Abandoned => {
+                    tracing::warn!(
+                        task_id = %task.task.id, task_type = %task.task.kind,
+                        "shutdown timeout passed; task left pending for another worker"
+                    );
+                    self.metrics
+                        .attempt(&queue, task_type, Outcome::Abandoned, error, elapsed);
+                    return;
+                }
+            };
+            let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+            match outcome {
+                Ok(()) => {
+                    self.finish(&entry_id, &task, duration_ms).await;
+                    self.metrics
+                        .attempt(&queue, task_type, Outcome::Success, None, elapsed);
+                }
+                Err(failure) => {
+                    record_error(&tracing::Span::current(), &failure.message);
+                    let outcome = Box::pin(self.fail(&entry_id, *task, failure)).await;
+                    self.metrics
+                        .attempt(&queue, task_type, outcome, error, elapsed);
+                }
             }
         }
+        .instrument(span)
+    }
+
+    /// Runs the attempt to its end. One that is done at its first poll (a quick handler) is
+    /// done without a timer or a lease; any other is supervised (see [`supervise`]) in a
+    /// future of its own, so the future spawned per entry stays small.
+    async fn supervise(
+        &self,
+        mut attempt: CatchUnwind<BoxFuture<'_, Result<(), HandlerError>>>,
+        deadline: tokio::time::Instant,
+        entry_id: &str,
+        task: &Task,
+    ) -> Ended {
+        let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut attempt).poll(cx))).await;
+        if let Poll::Ready(joined) = first {
+            return Ended::joined(joined);
+        }
+        let stream = self.keys.stream(&task.queue);
+        let renew = || -> Renewal<'_> { Box::pin(self.renew(&stream, entry_id, &task.id)) };
+        Box::pin(supervise(
+            attempt,
+            deadline,
+            self.renew_every,
+            &self.abandon,
+            renew,
+        ))
+        .await
     }
 
     async fn finish(&self, entry_id: &str, envelope: &Envelope, duration_ms: u64) {
@@ -463,13 +566,23 @@ enum Ended {
     Abandoned,
 }
 
-/// Polls `attempt` until it ends, `timeout` passes or `abandon` is cancelled, starting a
+impl Ended {
+    /// An attempt that returned or panicked.
+    fn joined(joined: Result<Result<(), HandlerError>, Box<dyn std::any::Any + Send>>) -> Self {
+        match joined {
+            Ok(returned) => Self::Returned(returned),
+            Err(_panic) => Self::Panicked,
+        }
+    }
+}
+
+/// Polls `attempt` until it ends, `deadline` passes or `abandon` is cancelled, starting a
 /// renewal every `renew_every` (the first one `renew_every` in). A renewal runs beside the
 /// handler, never instead of it: a hung Redis must not stop the handler from being polled or
 /// its timeout from firing. One renewal at a time; one still in flight is dropped at the end.
 async fn supervise<'a, F>(
     mut attempt: CatchUnwind<F>,
-    timeout: Duration,
+    deadline: tokio::time::Instant,
     renew_every: Duration,
     abandon: &CancellationToken,
     mut renew: impl FnMut() -> Renewal<'a>,
@@ -481,16 +594,13 @@ where
         tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renewal: Option<Renewal<'a>> = None;
-    let cutoff = tokio::time::sleep(timeout);
+    let cutoff = tokio::time::sleep_until(deadline);
     tokio::pin!(cutoff);
     loop {
         tokio::select! {
             // The attempt first: a handler that is done never waits on (or arms) a timer.
             biased;
-            joined = &mut attempt => return match joined {
-                Ok(returned) => Ended::Returned(returned),
-                Err(_panic) => Ended::Panicked,
-            },
+            joined = &mut attempt => return Ended::joined(joined),
             () = abandon.cancelled() => return Ended::Abandoned,
             () = &mut cutoff => return Ended::TimedOut,
             () = async {
@@ -531,6 +641,20 @@ mod tests {
 
     type Attempt = CatchUnwind<Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>>;
 
+    /// The size of the future `f` returns, read off its type.
+    fn returned_size<A, B, C, D, E, F>(_: fn(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// The future spawned per entry stays small (it was 2,120 bytes, now 568): under 640
+    /// bytes, tokio's task cell for it (aligned to 128 bytes) stays under 1 KiB, which glibc
+    /// serves without consolidating its free lists each time (BENCHMARKS.md, step 10).
+    #[test]
+    fn the_future_spawned_per_entry_stays_small() {
+        let size = returned_size(Dispatcher::process);
+        assert!(size <= 640, "the future spawned per entry is {size} bytes");
+    }
+
     fn sleeping(duration: Duration) -> Attempt {
         CatchUnwind(Box::pin(async move {
             tokio::time::sleep(duration).await;
@@ -545,7 +669,7 @@ mod tests {
         let abandon = CancellationToken::new();
         let ended = supervise(
             attempt,
-            Duration::from_secs(5),
+            tokio::time::Instant::now() + Duration::from_secs(5),
             Duration::from_secs(1),
             &abandon,
             || {
