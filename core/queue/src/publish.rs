@@ -302,10 +302,7 @@ impl Publisher {
                     .collect();
                 let mut pipe = redis::pipe();
                 for &i in &positions {
-                    let mut xadd = redis::cmd("XADD");
-                    xadd.arg(self.keys.stream(&chunk[i].queue)).arg("*");
-                    fields::write_new(&mut xadd, &chunk[i]);
-                    pipe.add_command(xadd);
+                    pipe.add_command(fields::xadd(&self.keys.stream(&chunk[i].queue), &chunk[i]));
                 }
                 if let Some(wait) = &self.wait {
                     pipe.add_command(wait.cmd());
@@ -359,9 +356,7 @@ impl Publisher {
             source,
         };
         let enqueued = if task.unique.is_none() && task.schedule.is_none() {
-            let mut xadd = redis::cmd("XADD");
-            xadd.arg(stream).arg("*");
-            fields::write_new(&mut xadd, task);
+            let xadd = fields::xadd(stream, task);
             let entry_id: String = match &self.wait {
                 None => xadd.query_async(&mut self.conn.clone()).await,
                 Some(wait) => {
