@@ -9,8 +9,6 @@
 //! Delivery is unchanged: an entry is acknowledged only after its handler returned, and a
 //! crash before the ack leaves it pending, to be taken over (at least once, never lost).
 
-use std::collections::HashMap;
-
 use crate::connection::Connection;
 use tokio::sync::{mpsc, oneshot};
 
@@ -76,18 +74,19 @@ impl Acker {
 async fn run(mut conn: Connection, keys: Keys, mut receiver: mpsc::UnboundedReceiver<Request>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut by_queue: HashMap<QueueName, Vec<Request>> = HashMap::new();
-        for request in batch.drain(..) {
-            by_queue
-                .entry(request.0.queue.clone())
-                .or_default()
-                .push(request);
-        }
-        for (queue, requests) in by_queue {
-            let result = finish(&mut conn, &keys, &queue, &requests)
+        // One call per queue: the batch sorted by queue (stably, so each queue's entries keep
+        // their order), then taken a queue's run at a time. No map to hash each entry into.
+        batch.sort_by(|a, b| a.0.queue.cmp(&b.0.queue));
+        while let Some((first, _)) = batch.first() {
+            let queue = first.queue.clone();
+            let run = batch
+                .iter()
+                .take_while(|(ack, _)| ack.queue == queue)
+                .count();
+            let result = finish(&mut conn, &keys, &queue, &batch[..run])
                 .await
                 .map_err(AckError::Redis);
-            for (_, done) in requests {
+            for (_, done) in batch.drain(..run) {
                 let _ = done.send(result.clone());
             }
         }
