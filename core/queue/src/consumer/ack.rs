@@ -58,7 +58,8 @@ impl Acker {
     }
 
     /// Acknowledges `ack`, batched with others finishing at the same time. It is handed to
-    /// the loop now; the future only waits for the outcome, so it holds no copy of `ack`.
+    /// the loop now (dropping the future does not withdraw it); the future only waits for the
+    /// outcome, so it holds no copy of `ack`.
     pub fn ack(&self, ack: Ack) -> impl Future<Output = Result<(), AckError>> + use<> {
         let (done, result) = oneshot::channel();
         let sent = self.requests.send((ack, done)).is_ok();

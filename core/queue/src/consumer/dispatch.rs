@@ -73,7 +73,7 @@ pub(crate) struct Dispatcher {
 }
 
 /// An entry ready to run: its task, handler and process span.
-struct Ready {
+struct Prepared {
     entry_id: String,
     /// Boxed: it is kept in the future of every entry until the entry is settled.
     task: Box<Envelope>,
@@ -129,10 +129,11 @@ impl Dispatcher {
     }
 
     // This future is allocated and moved once per entry, so it is kept small: the rare paths
-    // (dead letters, retries, lease renewals) are awaited through a `Box`, and `process` and
-    // `run` are `async` blocks that use their arguments where they lie, where an `async fn`
-    // would keep a second copy of each (BENCHMARKS.md, steps 9 and 10).
-    #[allow(clippy::manual_async_fn)]
+    // are awaited through a `Box` (BENCHMARKS.md, steps 9 and 10).
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps a second copy of each argument in its future"
+    )]
     fn process(
         self: Arc<Self>,
         queue: QueueName,
@@ -141,10 +142,10 @@ impl Dispatcher {
         permit: OwnedSemaphorePermit,
     ) -> impl Future<Output = ()> + Send + 'static {
         async move {
-            // Not awaited inside the `match`: its scrutinee (the `Ready`) would be kept across
+            // Not awaited inside the `match`: its scrutinee (the `Result`) would be kept across
             // that await beside the run's future.
             let run = match self.prepare(&queue, entry, deliveries) {
-                Ok(ready) => self.run(ready, permit),
+                Ok(prepared) => self.run(prepared, permit),
                 Err(early) => {
                     let killed = Box::pin(self.kill_early(&queue, early));
                     killed.await;
@@ -162,7 +163,7 @@ impl Dispatcher {
         queue: &QueueName,
         entry: Entry,
         deliveries: Option<u64>,
-    ) -> Result<Ready, Early> {
+    ) -> Result<Prepared, Early> {
         let task = match fields::decode_entry(queue.clone(), &entry) {
             Ok(envelope) => Box::new(envelope),
             Err(err) => {
@@ -174,7 +175,7 @@ impl Dispatcher {
                 });
             }
         };
-        let kill = |task, reason, attempted| Early::Kill {
+        let dead = |task, reason, attempted| Early::Kill {
             entry_id: entry.id.clone(),
             task,
             reason,
@@ -186,7 +187,7 @@ impl Dispatcher {
             let reason = format!("no handler for task type {:?}", task.task.kind);
             self.metrics
                 .dead_on_arrival(queue, None, ErrorType::UnknownType);
-            return Err(kill(task, reason, true));
+            return Err(dead(task, reason, true));
         };
         if let Some(deliveries) = deliveries
             && deliveries > u64::from(task.task.max_retry) + 1
@@ -196,7 +197,7 @@ impl Dispatcher {
             );
             self.metrics
                 .dead_on_arrival(queue, Some(task_type), ErrorType::DeliveredTooOften);
-            return Err(kill(task, reason, true));
+            return Err(dead(task, reason, true));
         }
         let mut timeout = task.task.timeout();
         if let Some(deadline) = task.task.deadline {
@@ -204,7 +205,7 @@ impl Dispatcher {
             if left <= 0 {
                 self.metrics
                     .dead_on_arrival(queue, Some(task_type), ErrorType::DeadlineExceeded);
-                return Err(kill(task, "deadline exceeded".to_owned(), false));
+                return Err(dead(task, "deadline exceeded".to_owned(), false));
             }
             timeout = timeout.min(Duration::from_millis(u64::try_from(left).unwrap_or(0)));
         }
@@ -227,7 +228,7 @@ impl Dispatcher {
             ];
             (format!("process {stream}"), attributes)
         });
-        Ok(Ready {
+        Ok(Prepared {
             entry_id: entry.id,
             task,
             task_type,
@@ -253,22 +254,21 @@ impl Dispatcher {
         }
     }
 
-    /// Runs one attempt inside its process span and settles the entry. `handler`: the
-    /// registered type's name and handler.
-    #[allow(clippy::manual_async_fn)] // see `process`
+    /// Runs one attempt inside its process span and settles the entry. An `async` block, not
+    /// an `async fn`, for the reason `process` gives.
     fn run(
         &self,
-        ready: Ready,
+        prepared: Prepared,
         permit: OwnedSemaphorePermit,
     ) -> impl Future<Output = ()> + Send + '_ {
-        let Ready {
+        let Prepared {
             entry_id,
             task,
             task_type,
             handler,
             timeout,
             span,
-        } = ready;
+        } = prepared;
         async move {
             let started = Instant::now();
             let queue = task.task.queue.clone();
@@ -308,7 +308,7 @@ impl Dispatcher {
                 }
             };
             let ended = self
-                .supervise(attempt, deadline, &entry_id, &task.task)
+                .run_attempt(attempt, deadline, &entry_id, &task.task)
                 .await;
             // The handler's future (cut off or finished) and any renewal are dropped by now.
             drop(permit);
@@ -353,30 +353,23 @@ impl Dispatcher {
         .instrument(span)
     }
 
-    /// Runs the attempt to its end. One that is done at its first poll (a quick handler) is
-    /// done without a timer or a lease; any other is supervised (see [`supervise`]) in a
-    /// future of its own, so the future spawned per entry stays small.
-    async fn supervise(
-        &self,
-        mut attempt: CatchUnwind<BoxFuture<'_, Result<(), HandlerError>>>,
+    /// Runs the attempt to its end (see [`run_attempt`]), renewing its lease on `task`'s
+    /// stream while it runs.
+    fn run_attempt<'a>(
+        &'a self,
+        attempt: CatchUnwind<BoxFuture<'a, Result<(), HandlerError>>>,
         deadline: tokio::time::Instant,
-        entry_id: &str,
-        task: &Task,
-    ) -> Ended {
-        let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut attempt).poll(cx))).await;
-        if let Poll::Ready(joined) = first {
-            return Ended::joined(joined);
-        }
-        let stream = self.keys.stream(&task.queue);
-        let renew = || -> Renewal<'_> { Box::pin(self.renew(&stream, entry_id, &task.id)) };
-        Box::pin(supervise(
-            attempt,
-            deadline,
-            self.renew_every,
-            &self.abandon,
-            renew,
-        ))
-        .await
+        entry_id: &'a str,
+        task: &'a Task,
+    ) -> impl Future<Output = Ended> + Send + 'a {
+        let renewals = move || {
+            let stream = self.keys.stream(&task.queue);
+            move || -> Renewal<'a> {
+                let stream = stream.clone();
+                Box::pin(async move { self.renew(&stream, entry_id, &task.id).await })
+            }
+        };
+        run_attempt(attempt, deadline, self.renew_every, &self.abandon, renewals)
     }
 
     async fn finish(&self, entry_id: &str, envelope: &Envelope, duration_ms: u64) {
@@ -566,9 +559,12 @@ enum Ended {
     Abandoned,
 }
 
+/// What a handler panicked with.
+type Panic = Box<dyn std::any::Any + Send>;
+
 impl Ended {
     /// An attempt that returned or panicked.
-    fn joined(joined: Result<Result<(), HandlerError>, Box<dyn std::any::Any + Send>>) -> Self {
+    fn joined(joined: Result<Result<(), HandlerError>, Panic>) -> Self {
         match joined {
             Ok(returned) => Self::Returned(returned),
             Err(_panic) => Self::Panicked,
@@ -576,19 +572,72 @@ impl Ended {
     }
 }
 
+/// Runs `attempt` to its end. One done at its first poll (a quick handler) is done without a
+/// timer or a lease renewal (`renewals` makes the renewing function only when needed); any
+/// other is supervised (see [`supervise`]) in a future of its own, so the future spawned per
+/// entry stays small. The deadline was set before the payload was decoded: it is the one the
+/// handler sees in its [`TaskContext`].
+async fn run_attempt<'a, F, R>(
+    mut attempt: CatchUnwind<F>,
+    deadline: tokio::time::Instant,
+    renew_every: Duration,
+    abandon: &CancellationToken,
+    renewals: impl FnOnce() -> R,
+) -> Ended
+where
+    F: Future<Output = Result<(), HandlerError>> + Unpin,
+    R: FnMut() -> Renewal<'a>,
+{
+    let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut attempt).poll(cx))).await;
+    if let Poll::Ready(joined) = first {
+        return Ended::joined(joined);
+    }
+    let attempt = Polled {
+        future: attempt,
+        fresh: true,
+    };
+    Box::pin(supervise(
+        attempt,
+        deadline,
+        renew_every,
+        abandon,
+        renewals(),
+    ))
+    .await
+}
+
+/// A future just polled (Pending) by its caller: its next poll, made at once by `supervise`,
+/// is skipped, so the handler is not polled twice before it is woken. It has registered its
+/// waker with this same task in that poll, so skipping loses no wake-up.
+struct Polled<F> {
+    future: F,
+    fresh: bool,
+}
+
+impl<F: Future + Unpin> Future for Polled<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if std::mem::take(&mut self.fresh) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.future).poll(cx)
+    }
+}
+
 /// Polls `attempt` until it ends, `deadline` passes or `abandon` is cancelled, starting a
 /// renewal every `renew_every` (the first one `renew_every` in). A renewal runs beside the
 /// handler, never instead of it: a hung Redis must not stop the handler from being polled or
 /// its timeout from firing. One renewal at a time; one still in flight is dropped at the end.
-async fn supervise<'a, F>(
-    mut attempt: CatchUnwind<F>,
+async fn supervise<'a, A>(
+    mut attempt: A,
     deadline: tokio::time::Instant,
     renew_every: Duration,
     abandon: &CancellationToken,
     mut renew: impl FnMut() -> Renewal<'a>,
 ) -> Ended
 where
-    F: Future<Output = Result<(), HandlerError>> + Unpin,
+    A: Future<Output = Result<Result<(), HandlerError>, Panic>> + Unpin,
 {
     let mut ticks =
         tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
@@ -621,7 +670,7 @@ where
 struct CatchUnwind<F>(F);
 
 impl<F: Future + Unpin> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+    type Output = Result<F::Output, Panic>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let inner = &mut self.0;
@@ -646,13 +695,116 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
-    /// The future spawned per entry stays small (it was 2,120 bytes, now 568): under 640
-    /// bytes, tokio's task cell for it (aligned to 128 bytes) stays under 1 KiB, which glibc
-    /// serves without consolidating its free lists each time (BENCHMARKS.md, step 10).
+    /// The future spawned per entry stays small: at most 640 bytes (648 with the task
+    /// tracker's wrapper) keeps tokio's task cell, aligned to 128 bytes, at 768 bytes, which
+    /// glibc's aligned allocation serves from its small bins, without consolidating its free
+    /// lists each time.
     #[test]
     fn the_future_spawned_per_entry_stays_small() {
         let size = returned_size(Dispatcher::process);
-        assert!(size <= 640, "the future spawned per entry is {size} bytes");
+        assert!(
+            size <= 640,
+            "the future spawned per entry is {size} bytes (BENCHMARKS.md, step 10)"
+        );
+    }
+
+    /// A handler's future that counts its polls and is done once `sleep` is (at once for
+    /// `None`); it panics at poll number `panic_at`.
+    struct Counted<'a> {
+        polls: &'a AtomicU32,
+        sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+        panic_at: Option<u32>,
+    }
+
+    impl Future for Counted<'_> {
+        type Output = Result<(), HandlerError>;
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let poll = self.polls.fetch_add(1, Ordering::SeqCst) + 1;
+            assert_ne!(Some(poll), self.panic_at, "the handler panics");
+            match self.sleep.as_mut() {
+                Some(sleep) => sleep.as_mut().poll(cx).map(Ok),
+                None => Poll::Ready(Ok(())),
+            }
+        }
+    }
+
+    /// Runs a `Counted` handler that sleeps `sleep` through `run_attempt` (5 s timeout, 1 s
+    /// renewal cadence, paused time); returns how it ended, how often it was polled and
+    /// whether the renewing function was made.
+    async fn attempted(
+        sleep: Option<Duration>,
+        panic_at: Option<u32>,
+        abandon: &CancellationToken,
+    ) -> (Ended, u32, bool) {
+        let polls = AtomicU32::new(0);
+        let made = std::sync::atomic::AtomicBool::new(false);
+        let handler = Counted {
+            polls: &polls,
+            sleep: sleep.map(|d| Box::pin(tokio::time::sleep(d))),
+            panic_at,
+        };
+        let ended = run_attempt(
+            CatchUnwind(handler),
+            tokio::time::Instant::now() + Duration::from_secs(5),
+            Duration::from_secs(1),
+            abandon,
+            || {
+                made.store(true, Ordering::SeqCst);
+                || -> Renewal<'static> { Box::pin(std::future::ready(())) }
+            },
+        )
+        .await;
+        (
+            ended,
+            polls.load(Ordering::SeqCst),
+            made.load(Ordering::SeqCst),
+        )
+    }
+
+    /// A handler done at its first poll is polled once, and no renewal is prepared for it.
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_done_at_its_first_poll_is_run_without_supervision() {
+        let (ended, polls, made) = attempted(None, None, &CancellationToken::new()).await;
+        assert!(matches!(ended, Ended::Returned(Ok(()))), "{ended:?}");
+        assert_eq!((polls, made), (1, false));
+    }
+
+    /// A handler pending at its first poll is supervised, and polled again only once woken:
+    /// twice in all for one wake-up.
+    #[tokio::test(start_paused = true)]
+    async fn a_pending_handler_is_polled_again_only_when_woken() {
+        let abandon = CancellationToken::new();
+        let (ended, polls, made) =
+            attempted(Some(Duration::from_millis(500)), None, &abandon).await;
+        assert!(matches!(ended, Ended::Returned(Ok(()))), "{ended:?}");
+        assert_eq!((polls, made), (2, true));
+    }
+
+    /// A panic is a panic whether it comes at the first poll or at a later one.
+    #[tokio::test(start_paused = true)]
+    async fn a_panic_at_the_first_or_a_later_poll_ends_the_attempt() {
+        let abandon = CancellationToken::new();
+        let (ended, polls, _) = attempted(None, Some(1), &abandon).await;
+        assert!(matches!(ended, Ended::Panicked), "{ended:?}");
+        assert_eq!(polls, 1);
+        let (ended, polls, _) = attempted(Some(Duration::from_secs(1)), Some(2), &abandon).await;
+        assert!(matches!(ended, Ended::Panicked), "{ended:?}");
+        assert_eq!(polls, 2);
+    }
+
+    /// A pending handler still meets its timeout, and the shutdown timeout before it: after
+    /// its first poll, the checks come in the order they always did.
+    #[tokio::test(start_paused = true)]
+    async fn a_pending_handler_is_timed_out_or_abandoned() {
+        let running = CancellationToken::new();
+        let (ended, _, _) = attempted(Some(Duration::from_secs(60)), None, &running).await;
+        assert!(matches!(ended, Ended::TimedOut), "{ended:?}");
+        let abandoned = CancellationToken::new();
+        abandoned.cancel();
+        let (ended, polls, _) = attempted(Some(Duration::from_secs(60)), None, &abandoned).await;
+        assert!(matches!(ended, Ended::Abandoned), "{ended:?}");
+        assert_eq!(polls, 1);
     }
 
     fn sleeping(duration: Duration) -> Attempt {
