@@ -272,7 +272,8 @@ impl Dispatcher {
         async move {
             let started = Instant::now();
             let queue = task.task.queue.clone();
-            let deadline = tokio::time::Instant::now() + timeout;
+            let begun = tokio::time::Instant::now();
+            let deadline = begun + timeout;
             let context = TaskContext {
                 id: task.task.id.clone(),
                 queue: task.task.queue.clone(),
@@ -308,7 +309,7 @@ impl Dispatcher {
                 }
             };
             let ended = self
-                .run_attempt(attempt, deadline, &entry_id, &task.task)
+                .run_attempt(attempt, (begun, deadline), &entry_id, &task.task)
                 .await;
             // The handler's future (cut off or finished) and any renewal are dropped by now.
             drop(permit);
@@ -358,7 +359,7 @@ impl Dispatcher {
     fn run_attempt<'a>(
         &'a self,
         attempt: CatchUnwind<BoxFuture<'a, Result<(), HandlerError>>>,
-        deadline: tokio::time::Instant,
+        times: (tokio::time::Instant, tokio::time::Instant),
         entry_id: &'a str,
         task: &'a Task,
     ) -> impl Future<Output = Ended> + Send + 'a {
@@ -369,7 +370,7 @@ impl Dispatcher {
                 Box::pin(async move { self.renew(&stream, entry_id, &task.id).await })
             }
         };
-        run_attempt(attempt, deadline, self.renew_every, &self.abandon, renewals)
+        run_attempt(attempt, times, self.renew_every, &self.abandon, renewals)
     }
 
     async fn finish(&self, entry_id: &str, envelope: &Envelope, duration_ms: u64) {
@@ -575,35 +576,40 @@ impl Ended {
 /// Runs `attempt` to its end. One done at its first poll (a quick handler) is done without a
 /// timer or a lease renewal (`renewals` makes the renewing function only when needed); any
 /// other is supervised (see [`supervise`]) in a future of its own, so the future spawned per
-/// entry stays small. The deadline was set before the payload was decoded: it is the one the
-/// handler sees in its [`TaskContext`].
-async fn run_attempt<'a, F, R>(
+/// entry stays small. `times`: when the attempt began and its deadline, both read before the
+/// payload was decoded and the handler first polled, so a first poll that blocks its thread
+/// uses up its time and leaves its lease due for renewal (the deadline is the one the handler
+/// sees in its [`TaskContext`]).
+#[expect(clippy::manual_async_fn, reason = "as on `Dispatcher::process`")]
+fn run_attempt<'a, F, R>(
     mut attempt: CatchUnwind<F>,
-    deadline: tokio::time::Instant,
+    (begun, deadline): (tokio::time::Instant, tokio::time::Instant),
     renew_every: Duration,
     abandon: &CancellationToken,
     renewals: impl FnOnce() -> R,
-) -> Ended
+) -> impl Future<Output = Ended>
 where
     F: Future<Output = Result<(), HandlerError>> + Unpin,
     R: FnMut() -> Renewal<'a>,
 {
-    let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut attempt).poll(cx))).await;
-    if let Poll::Ready(joined) = first {
-        return Ended::joined(joined);
+    async move {
+        let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut attempt).poll(cx))).await;
+        if let Poll::Ready(joined) = first {
+            return Ended::joined(joined);
+        }
+        let attempt = Polled {
+            future: attempt,
+            fresh: true,
+        };
+        Box::pin(supervise(
+            attempt,
+            deadline,
+            (begun + renew_every, renew_every),
+            abandon,
+            renewals(),
+        ))
+        .await
     }
-    let attempt = Polled {
-        future: attempt,
-        fresh: true,
-    };
-    Box::pin(supervise(
-        attempt,
-        deadline,
-        renew_every,
-        abandon,
-        renewals(),
-    ))
-    .await
 }
 
 /// A future just polled (Pending) by its caller: its next poll, made at once by `supervise`,
@@ -626,21 +632,21 @@ impl<F: Future + Unpin> Future for Polled<F> {
 }
 
 /// Polls `attempt` until it ends, `deadline` passes or `abandon` is cancelled, starting a
-/// renewal every `renew_every` (the first one `renew_every` in). A renewal runs beside the
+/// renewal at `first` and every `every` after it (at once if `first` has passed). A renewal
+/// runs beside the
 /// handler, never instead of it: a hung Redis must not stop the handler from being polled or
 /// its timeout from firing. One renewal at a time; one still in flight is dropped at the end.
 async fn supervise<'a, A>(
     mut attempt: A,
     deadline: tokio::time::Instant,
-    renew_every: Duration,
+    (first, every): (tokio::time::Instant, Duration),
     abandon: &CancellationToken,
     mut renew: impl FnMut() -> Renewal<'a>,
 ) -> Ended
 where
     A: Future<Output = Result<Result<(), HandlerError>, Panic>> + Unpin,
 {
-    let mut ticks =
-        tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+    let mut ticks = tokio::time::interval_at(first, every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renewal: Option<Renewal<'a>> = None;
     let cutoff = tokio::time::sleep_until(deadline);
@@ -744,9 +750,10 @@ mod tests {
             sleep: sleep.map(|d| Box::pin(tokio::time::sleep(d))),
             panic_at,
         };
+        let begun = tokio::time::Instant::now();
         let ended = run_attempt(
             CatchUnwind(handler),
-            tokio::time::Instant::now() + Duration::from_secs(5),
+            (begun, begun + Duration::from_secs(5)),
             Duration::from_secs(1),
             abandon,
             || {
@@ -760,6 +767,32 @@ mod tests {
             polls.load(Ordering::SeqCst),
             made.load(Ordering::SeqCst),
         )
+    }
+
+    /// The lease counts from the attempt's start, not from the end of the handler's first
+    /// poll: one whose first poll blocked its thread past the first renewal (here 1.5 s of a
+    /// 1 s cadence, the attempt begun that long ago) renews as soon as it yields, before a
+    /// reclaimer could take the entry over.
+    #[tokio::test(start_paused = true)]
+    async fn a_first_poll_that_blocked_past_a_renewal_renews_at_once() {
+        let renewals = AtomicU32::new(0);
+        let begun = tokio::time::Instant::now() - Duration::from_millis(1500);
+        let handler: Attempt = sleeping(Duration::from_millis(200));
+        let ended = run_attempt(
+            handler,
+            (begun, begun + Duration::from_secs(5)),
+            Duration::from_secs(1),
+            &CancellationToken::new(),
+            || {
+                || -> Renewal<'static> {
+                    renewals.fetch_add(1, Ordering::SeqCst);
+                    Box::pin(std::future::ready(()))
+                }
+            },
+        )
+        .await;
+        assert!(matches!(ended, Ended::Returned(Ok(()))), "{ended:?}");
+        assert_eq!(renewals.load(Ordering::SeqCst), 1);
     }
 
     /// A handler done at its first poll is polled once, and no renewal is prepared for it.
@@ -819,10 +852,11 @@ mod tests {
     async fn supervised(attempt: Attempt, renewal_takes: Duration) -> (Ended, u32) {
         let renewals = AtomicU32::new(0);
         let abandon = CancellationToken::new();
+        let now = tokio::time::Instant::now();
         let ended = supervise(
             attempt,
-            tokio::time::Instant::now() + Duration::from_secs(5),
-            Duration::from_secs(1),
+            now + Duration::from_secs(5),
+            (now + Duration::from_secs(1), Duration::from_secs(1)),
             &abandon,
             || {
                 renewals.fetch_add(1, Ordering::SeqCst);
