@@ -88,7 +88,7 @@ each step on top of the previous one):
 | 7 | cross-thread wake-ups (futex, scheduler) on the multi-threaded runtime | the worker binaries on tokio's current-thread runtime; mimalloc then saved only 5% for 7 MiB, and was removed | 103-107k/s | 0.60-0.63 s |
 | 8 | worker and Redis each about half idle: one read at a time, so the worker waited a round trip per batch | double buffering: while entries keep coming, reads of half the slots, two in flight | 108-129k/s | 0.58-0.69 s |
 | 9 | the future spawned per entry was 3,216 bytes, because every failure, dead-letter and lease path was inlined in its state: copied on spawn and on completion, and allocated through glibc's aligned path, which consolidates its fast bins each time | those rare paths awaited through a `Box`: 1,944 bytes | within the machine's noise | callgrind over 20,000 tasks: 2.1% fewer instructions (54.6k to 53.4k per task) |
-| 10 | the future spawned per entry was still 2,120 bytes (`size_of` on its type): an `async fn` keeps a second copy of each argument, so the task's 280-byte envelope was held twice, and each nested call copied its arguments again; the timeout and lease timers (one of them a heap allocation) were made for every entry, even for a handler done at its first poll; glibc still consolidated its free lists about once per task | `process`, `run` and `run_attempt` are functions returning `async` blocks, which hold their arguments once; the envelope is boxed; a handler is polled once before any timer is made; the batched ack is sent before its wait: 520 bytes, the consolidation about once per 8 tasks | 156k/s in `make bench` at 98d40d0 (110% of that run's raw cycle, against 98% at 72277f8); end to end, one worker, 3 pairs run alternately before and after (64ede40): 90.5-94.5k/s before, 97.2-101.5k/s after | 0.51 s (`make bench`, scenario 6); callgrind over 10,000 tasks: 50.4k to 46.4k instructions per task |
+| 10 | the future spawned per entry was still 2,120 bytes (`size_of` on its type): an `async fn` keeps a second copy of each argument, so the task's 280-byte envelope was held twice, and each nested call copied its arguments again; the timeout and lease timers (one of them a heap allocation) were made for every entry, even for a handler done at its first poll; glibc still consolidated its free lists about once per task | `process`, `run` and `run_attempt` are functions returning `async` blocks, which hold their arguments once; the envelope is boxed; a handler is polled once before any timer is made; the batched ack is sent before its wait; the acker's batch split by a sort (833c80a): 520 bytes, the consolidation about once per 8 tasks | 156k/s in `make bench` at 98d40d0 (110% of that run's raw cycle, against 98% at 72277f8); end to end, one worker, 3 pairs run alternately before and after (64ede40): 90.5-94.5k/s before, 97.2-101.5k/s after | 0.51 s (`make bench`, scenario 6); callgrind over 10,000 tasks: 50.4k to 46.4k instructions per task |
 
 With the fields kept, a third of the worker's CPU is redis-rs parsing replies (a known cost of
 its parser: redis-rs pull request 2184 proposes a fast path). Delivery is unchanged: the fault tests (SIGKILL under load, Redis restart with AOF,
@@ -222,8 +222,9 @@ Then (64ede40 to 98d40d0), two costs `callgrind` showed:
   again; the timeout and lease timers were made even for a handler done at its first poll;
   and tokio's task cell for that future, aligned to 128 bytes, went through glibc's large
   requests, which consolidate its free lists, about once per task. Now 520 bytes (step 10 of
-  the drain table; a unit test keeps it under 640, which keeps the cell at 768 bytes):
-  50.4k to 46.4k instructions per task. An outside attack on the first version found that
+  the drain table; a unit test keeps it at 640 at most, which keeps the cell at 768 bytes):
+  50.4k to 46.7k instructions per task, then 46.4k with the acker splitting a batch by queue
+  through a sort instead of a hash map of growing vectors (833c80a). An outside attack on the first version found that
   its lease renewals counted from the end of the handler's first poll, so a first poll that
   blocked its thread for over two thirds of the visibility timeout let the entry be taken
   over while it ran; they count from the attempt's start again, as before, with a test.
@@ -240,18 +241,20 @@ FINISH 5%.
 
 `make bench` at 98d40d0 (scenario 9, the machine faster again: raw cycle 142.9k entries/s):
 one worker end to end at 119.1k/s, 83% of the raw cycle (76% at 72277f8). Two workers with
-one-at-a-time producers reach 92% of one (104% at 72277f8): with the worker cheaper, one
-keeps up with the producer for most of the run, and a second adds CPU per task on two busy
-cores (each read and each FINISH carries fewer tasks): Redis 4.1 to 5.2 µs, the workers 5.0
-to 5.8 µs, the three kinds of process together 12.7 to 14.9 µs, so two cores could serve
-157k/s with one worker and 134k/s with two. With batches, two are faster (116%).
+one-at-a-time producers reach 92% of one (104% at 72277f8). One worker falls behind the
+producer (median latency 128 ms; the producer is done after 0.6 s); two keep up with it
+(median 1 ms), so the run is bound by the producer, which, sharing the two cores with two
+workers, is done only after 0.9 s. Two workers also cost more per task (each read and each
+FINISH carries fewer tasks): Redis 4.1 to 5.2 µs, the workers 5.0 to 5.8 µs, the three kinds
+of process together 12.7 to 14.9 µs. With batches, two are faster (116%).
 
 Scenarios 7 and 8 at 98d40d0: always_on 79% of the untraced drain (target 80%, met at
 84% in the run at 72277f8), the ratio sampler 97%, metrics on 94.9% of off. The traced drain
 did not get slower: measured against the same run's raw cycle it went at 70% at 72277f8
 (68.9k of 98.1k entries/s) and 72% now (102.6k of 141.9k); the untraced drain went from 84%
-to 91% of it, and the export's cost per span (the two export threads, above) is what it was,
-so it is a larger share of a cheaper task. Three more `BENCH_ONLY=tracing` rounds right after:
+to 91% of it, so the export's cost per span (4 to 6 µs of the worker's CPU in the rounds
+below, most of it in the two export threads; see Tracing export, below) is a larger share
+of a cheaper task. Three more `BENCH_ONLY=tracing` rounds right after:
 always_on 79%, 73%, 68% (worker CPU per 100k tasks 0.67 s untraced, 1.07-1.27 s with every
 span exported), the ratio sampler 97%, 91%, 101%; three `BENCH_ONLY=metrics` rounds: 96.4%,
 94.7%, 97.9%. So with every span exported the 80% target is missed once the worker is this
@@ -259,22 +262,25 @@ cheap; the remedy is the exporter that encodes spans straight into protobuf byte
 (see Tracing export below).
 
 `make bench-peers` at 98d40d0 (section 10): 2.1x apalis with leases off and 6.6x BullMQ with
-one-at-a-time producers, 2.2x and 7.8x with batches; the ratios have not moved (2.3x, 7.4x,
-2.0x, 6.7x at 72277f8), because the peers' rates follow the machine's speed as ours does.
+one-at-a-time producers, 2.2x and 7.8x with batches, against 2.3x, 7.4x, 2.0x and 6.7x at
+72277f8: the gains above are within this comparison's run-to-run noise.
 What the targets would take: simplebank (117.4k/s at 12.6 µs of CPU per task, all three
 processes) and apalis (57.2k/s at 25.6 µs) both keep about 1.5 of the two cores busy, so
 the ratio of their rates is the ratio of their CPU per task, 2.0x; BullMQ (17.9k/s at 94.2
 µs) keeps 1.7 busy. 3x apalis (172k/s) and 10x BullMQ (179k/s) ask for about 8.5 µs per task
-at today's use of the cores, or 11.2 to 11.7 µs with both cores busy from start to end,
-which the run does not do (its tail is drained by one worker). Redis' share (XADD, the
-XREADGROUP reply, FINISH) is 4.2 µs, close to what those commands cost, so the cut has to
-come from the worker and the producer (8.4 µs together), most of whose time is redis-rs
-encoding commands and decoding replies. A decoder that bypasses `combine` (redis-rs pull
-request 2184, or a reader of our own for XREADGROUP) would take about half of the worker's
-instructions, some 2 to 2.5 µs a task: enough for the second bound only if the cores were
-kept busy to the end. It is not written: it would be a second Redis client in the project
-(connection, TLS, AUTH, timeouts, reconnection) for one command, or a patched copy of the
-redis crate in the workspace.
+at today's use of the cores, or 11.2 to 11.7 µs with both cores busy from start to end.
+No process is saturated (the worker's one runtime thread is busy 58% of the run, Redis 49%,
+the producer 41%), so a cut in CPU per task does not lift the rate in proportion: the tail
+is bound by the worker's round trips, and keeping both cores busy to the end matters as much.
+With batches (simplebank 10.3 µs a task at 1.3 cores; 3x apalis is 175k/s, 10x BullMQ 161k/s)
+the CPU per task is already under what both cores would allow (11.4 and 12.4 µs): there the
+shortfall is the use of the cores alone. Redis' share (XADD, the XREADGROUP reply, FINISH) is
+4.2 µs, close to what those commands cost; the worker and the producer take 8.4 µs together,
+most of it redis-rs encoding commands and decoding replies. A decoder that bypasses
+`combine` (redis-rs pull request 2184, or a reader of our own for XREADGROUP) would save up
+to half of the worker's user-space instructions, at most 2 to 2.5 µs a task. It is not
+written: it would be a second Redis client in the project (connection, TLS, AUTH, timeouts,
+reconnection) for one command, or a patched copy of the redis crate in the workspace.
 
 apalis-redis 1.0 needed two settings to run this workload at all (`worker/peers/apalis/src/main.rs`):
 `push` always puts a task into a scheduled set (due now) with no signal, and a worker that

@@ -76,8 +76,11 @@ async fn run(mut conn: Connection, keys: Keys, mut receiver: mpsc::UnboundedRece
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // One call per queue: the batch sorted by queue (stably, so each queue's entries keep
-        // their order), then taken a queue's run at a time. No map to hash each entry into.
-        batch.sort_by(|a, b| a.0.queue.cmp(&b.0.queue));
+        // their order; a batch already in order, as one queue's is, is left so), then taken a
+        // run at a time.
+        if !batch.is_sorted_by(|a, b| a.0.queue <= b.0.queue) {
+            batch.sort_by(|a, b| a.0.queue.cmp(&b.0.queue));
+        }
         while let Some((first, _)) = batch.first() {
             let queue = first.queue.clone();
             let run = batch

@@ -580,7 +580,10 @@ impl Ended {
 /// payload was decoded and the handler first polled, so a first poll that blocks its thread
 /// uses up its time and leaves its lease due for renewal (the deadline is the one the handler
 /// sees in its [`TaskContext`]).
-#[expect(clippy::manual_async_fn, reason = "as on `Dispatcher::process`")]
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps a second copy of each argument in its future"
+)]
 fn run_attempt<'a, F, R>(
     mut attempt: CatchUnwind<F>,
     (begun, deadline): (tokio::time::Instant, tokio::time::Instant),
@@ -612,9 +615,11 @@ where
     }
 }
 
-/// A future just polled (Pending) by its caller: its next poll, made at once by `supervise`,
-/// is skipped, so the handler is not polled twice before it is woken. It has registered its
-/// waker with this same task in that poll, so skipping loses no wake-up.
+/// A future just polled (Pending) by its caller: its next poll, made by `supervise` in the
+/// same poll of the task, is skipped, so the handler is not polled twice in a row. Skipping
+/// loses no wake-up because nothing is awaited between the two: the waker it registered is
+/// the one in use (an `.await` put in between would break that). A renewal due at once makes
+/// `supervise` go round again and poll it unwoken, which is harmless.
 struct Polled<F> {
     future: F,
     fresh: bool,
@@ -632,10 +637,10 @@ impl<F: Future + Unpin> Future for Polled<F> {
 }
 
 /// Polls `attempt` until it ends, `deadline` passes or `abandon` is cancelled, starting a
-/// renewal at `first` and every `every` after it (at once if `first` has passed). A renewal
-/// runs beside the
-/// handler, never instead of it: a hung Redis must not stop the handler from being polled or
-/// its timeout from firing. One renewal at a time; one still in flight is dropped at the end.
+/// renewal at `first` (at once if it has passed) and then on an `every` cadence, a late one
+/// delaying the next. A renewal runs beside the handler, never instead of it: a hung Redis
+/// must not stop the handler from being polled or its timeout from firing. One renewal at a
+/// time; one still in flight is dropped at the end.
 async fn supervise<'a, A>(
     mut attempt: A,
     deadline: tokio::time::Instant,
@@ -770,13 +775,13 @@ mod tests {
     }
 
     /// The lease counts from the attempt's start, not from the end of the handler's first
-    /// poll: one whose first poll blocked its thread past the first renewal (here 1.5 s of a
-    /// 1 s cadence, the attempt begun that long ago) renews as soon as it yields, before a
-    /// reclaimer could take the entry over.
+    /// poll: one whose first poll blocked its thread past its renewals (here 3.5 s of a 1 s
+    /// cadence, the attempt begun that long ago) renews once as soon as it yields, before a
+    /// reclaimer could take the entry over, and not once per renewal missed.
     #[tokio::test(start_paused = true)]
     async fn a_first_poll_that_blocked_past_a_renewal_renews_at_once() {
         let renewals = AtomicU32::new(0);
-        let begun = tokio::time::Instant::now() - Duration::from_millis(1500);
+        let begun = tokio::time::Instant::now() - Duration::from_millis(3500);
         let handler: Attempt = sleeping(Duration::from_millis(200));
         let ended = run_attempt(
             handler,
