@@ -130,7 +130,31 @@ impl Drop for TestRedis {
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon after).
+///
+/// Taken below the kernel's ephemeral range (32768-60999 by default), from which outgoing
+/// connections take their local ports: one of those could take a port from that range
+/// between this call and its server's bind (the likely cause of a server that never came up
+/// in a clean-clone CI run). Ports are handed out in turn from a start that differs between
+/// processes, each checked by binding it, so tests running at once rarely get the same one.
 pub fn free_port() -> u16 {
+    use std::{
+        hash::BuildHasher,
+        sync::atomic::{AtomicU32, Ordering},
+    };
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: std::sync::OnceLock<AtomicU32> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let start = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+        AtomicU32::new(u32::try_from(start % u64::from(SPAN)).unwrap_or(0))
+    });
+    for _ in 0..SPAN {
+        let n = next.fetch_add(1, Ordering::Relaxed) % SPAN;
+        let port = u16::try_from(LOW + n).expect("a port under 32000");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
@@ -318,6 +342,18 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Ports come from below the ephemeral range, and one process gets each once.
+    #[test]
+    fn free_ports_are_below_the_ephemeral_range_and_not_repeated() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        assert!(
+            ports.iter().all(|port| (10_000..32_000).contains(port)),
+            "{ports:?}"
+        );
+        let distinct: std::collections::HashSet<&u16> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+    }
 
     /// A port taken between `free_port` and the bind makes redis-server exit: that start
     /// reports a failure (it used to panic once PING timed out), and `start_with` moves on.

@@ -458,3 +458,57 @@ async fn an_entry_delivered_more_than_max_retry_plus_one_times_is_dead_lettered(
     wait_until_drained(&redis, "default").await;
     worker.stop().await;
 }
+
+/// An entry written by hand with the largest attempt number and as many retries allowed is
+/// retried at that attempt number when it fails: counting the attempt up neither overflows
+/// (a panic in a debug build, 0 in a release one) nor loses the entry.
+#[tokio::test]
+async fn a_failure_at_the_largest_attempt_number_is_retried_at_it() {
+    let redis = TestRedis::new();
+    let recorder = Recorder::new().with_behaviour(Arc::new(|_| Err("boom")));
+    let queue = default_queue();
+    let stream = redis.keys().stream(&queue);
+    let mut conn = redis.conn().await;
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("id")
+        .arg("largest-attempt")
+        .arg("type")
+        .arg("test:noop")
+        .arg("payload")
+        .arg(r#"{"n":1}"#)
+        .arg("attempt")
+        .arg(u32::MAX)
+        .arg("max_retry")
+        .arg(u32::MAX)
+        .arg("timeout_ms")
+        .arg(5000)
+        .arg("enqueued_at")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .expect("XADD");
+    let worker = RunningWorker::start(
+        &redis,
+        settings("largest"),
+        Handlers::new().on::<Noop>(recorder.clone()),
+    );
+    wait_for_runs(&recorder, 1, true).await;
+    let retry = redis.keys().retry(&queue);
+    eventually("the retry scheduled", Duration::from_secs(20), || {
+        let (mut conn, retry) = (conn.clone(), retry.clone());
+        async move {
+            let members: Vec<String> = redis::cmd("ZRANGE")
+                .arg(&retry)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            members.len() == 1 && members[0].contains(r#""attempt","4294967295""#)
+        }
+    })
+    .await;
+    worker.stop().await;
+}

@@ -408,7 +408,8 @@ impl Dispatcher {
         next.first_failed_at.get_or_insert_with(now_ms);
         next.last_error = Some(failure.message.clone());
         if failure.kind == FailureKind::Retry {
-            next.attempt += 1;
+            // An entry can carry any attempt number (one written by hand): never past the last.
+            next.attempt = next.attempt.saturating_add(1);
         }
         let failed = failure.kind == FailureKind::Retry;
         let scheduled = scripts::retry(
