@@ -109,18 +109,26 @@ async fn a_failing_task_runs_max_retry_plus_one_times_then_is_dead_and_can_be_re
     worker.stop().await;
 }
 
-/// A handler that sleeps far past its timeout, or panics, depending on the payload.
+/// A handler that sleeps far past its timeout, or panics (in its future, or before it returns
+/// one), depending on the payload.
 struct Misbehaving;
 
 impl Handler<Noop> for Misbehaving {
-    async fn handle(&self, noop: Noop, _task: TaskContext) -> Result<(), HandlerError> {
-        match noop.n {
-            0 => tokio::time::sleep(Duration::from_secs(30)).await,
-            1 => panic!("handler bug"),
-            2 => return Err(HandlerError::skip_retry("bad input, do not retry")),
-            _ => {}
+    fn handle(
+        &self,
+        noop: Noop,
+        _task: TaskContext,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + '_ {
+        assert_ne!(noop.n, 4, "handler bug before its future");
+        async move {
+            match noop.n {
+                0 => tokio::time::sleep(Duration::from_secs(30)).await,
+                1 => panic!("handler bug"),
+                2 => return Err(HandlerError::skip_retry("bad input, do not retry")),
+                _ => {}
+            }
+            Ok(())
         }
-        Ok(())
     }
 }
 
@@ -139,10 +147,11 @@ async fn timeouts_and_panics_are_failed_attempts_and_skip_retry_dies_at_once() {
         .expect("timeout");
     let panicking = noop(1).with_max_retry(1);
     let refused = noop(2).with_max_retry(5);
-    for task in [&slow, &panicking, &refused] {
+    let panicking_early = noop(4).with_max_retry(1);
+    for task in [&slow, &panicking, &refused, &panicking_early] {
         publisher.publish(task).await.expect("publish");
     }
-    wait_for_dead(&redis, 3).await;
+    wait_for_dead(&redis, 4).await;
 
     let dead = dead_letters(&redis)
         .list(&default_queue(), 10)
@@ -163,6 +172,8 @@ async fn timeouts_and_panics_are_failed_attempts_and_skip_retry_dies_at_once() {
     assert_eq!(find(panicking.id()).attempts, 2);
     assert_eq!(find(refused.id()).error, "bad input, do not retry");
     assert_eq!(find(refused.id()).attempts, 1);
+    assert_eq!(find(panicking_early.id()).error, "handler panicked");
+    assert_eq!(find(panicking_early.id()).attempts, 2);
 
     // Still alive: a good task is processed.
     let good = noop(3);
@@ -173,7 +184,7 @@ async fn timeouts_and_panics_are_failed_attempts_and_skip_retry_dies_at_once() {
             .count(&default_queue())
             .await
             .expect("count"),
-        3
+        4
     );
     worker.stop().await;
 }

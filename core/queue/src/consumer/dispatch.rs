@@ -283,10 +283,13 @@ impl Dispatcher {
                 shutdown: Arc::clone(&self.shutdown),
             };
             // The payload is decoded once, here; one that does not decode as its type cannot
-            // succeed on a retry.
-            let attempt = match handler.start(&task.task.payload, context) {
-                Ok(attempt) => CatchUnwind(attempt),
-                Err(err) => {
+            // succeed on a retry. A handler that panics before it returns its future (one
+            // written without `async`) has failed its attempt, as one panicking later has.
+            let start = || handler.start(&task.task.payload, context);
+            let attempt = match std::panic::catch_unwind(AssertUnwindSafe(start)) {
+                Ok(Ok(attempt)) => Some(CatchUnwind(attempt)),
+                Err(_panic) => None,
+                Ok(Err(err)) => {
                     drop(permit);
                     let failure = Failure {
                         kind: FailureKind::SkipRetry,
@@ -308,9 +311,13 @@ impl Dispatcher {
                     return;
                 }
             };
-            let ended = self
-                .run_attempt(attempt, (begun, deadline), &entry_id, &task.task)
-                .await;
+            let ended = match attempt {
+                Some(attempt) => {
+                    self.run_attempt(attempt, (begun, deadline), &entry_id, &task.task)
+                        .await
+                }
+                None => Ended::Panicked,
+            };
             // The handler's future (cut off or finished) and any renewal are dropped by now.
             drop(permit);
             let elapsed = started.elapsed();
