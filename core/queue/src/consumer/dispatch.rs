@@ -22,7 +22,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use opentelemetry::KeyValue;
@@ -270,9 +270,10 @@ impl Dispatcher {
             span,
         } = prepared;
         async move {
-            let started = Instant::now();
-            let queue = task.task.queue.clone();
+            // One clock read: the attempt's duration, its deadline and its lease all count
+            // from it.
             let begun = tokio::time::Instant::now();
+            let queue = task.task.queue.clone();
             let deadline = begun + timeout;
             let context = TaskContext {
                 id: task.task.id.clone(),
@@ -306,7 +307,7 @@ impl Dispatcher {
                         task_type,
                         outcome,
                         Some(ErrorType::PayloadUndecodable),
-                        started.elapsed(),
+                        begun.elapsed(),
                     );
                     return;
                 }
@@ -320,7 +321,7 @@ impl Dispatcher {
             };
             // The handler's future (cut off or finished) and any renewal are dropped by now.
             drop(permit);
-            let elapsed = started.elapsed();
+            let elapsed = begun.elapsed();
             let error = error_type(&ended);
             let outcome = match ended {
                 Ended::Returned(Ok(())) => Ok(()),
@@ -346,7 +347,7 @@ impl Dispatcher {
             let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
             match outcome {
                 Ok(()) => {
-                    self.finish(&entry_id, &task, duration_ms).await;
+                    self.finish(entry_id, &task, duration_ms).await;
                     self.metrics
                         .attempt(&queue, task_type, Outcome::Success, None, elapsed);
                 }
@@ -380,12 +381,12 @@ impl Dispatcher {
         run_attempt(attempt, times, self.renew_every, &self.abandon, renewals)
     }
 
-    async fn finish(&self, entry_id: &str, envelope: &Envelope, duration_ms: u64) {
+    async fn finish(&self, entry_id: String, envelope: &Envelope, duration_ms: u64) {
         let task = &envelope.task;
         let ack = Ack {
             queue: task.queue.clone(),
             entry: Finished {
-                entry_id: entry_id.to_owned(),
+                entry_id,
                 lock: FinishedLock::of(&self.keys, task),
             },
         };
