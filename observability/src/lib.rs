@@ -15,7 +15,9 @@
 //! signal; unset = no export, no error, no delay), `OTEL_METRICS_EXPORTER` (`none` turns
 //! metrics off), `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER` /
 //! `OTEL_TRACES_SAMPLER_ARG`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_SCHEDULE_DELAY`,
-//! `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_EXPORTER_OTLP_TIMEOUT`. Trace ids exist (and propagate)
+//! `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_EXPORTER_OTLP_HEADERS`,
+//! `OTEL_EXPORTER_OTLP_COMPRESSION` (`none` only). Spans go through the crate's own exporter,
+//! which encodes them straight into request bytes (`span_export`). Trace ids exist (and propagate)
 //! even without export, so log lines can always be correlated. Endpoints must be `http://`
 //! (no TLS in this build) and are checked at start. Both signals share one resource, whose
 //! `service.instance.id` is a UUID made at start unless `OTEL_RESOURCE_ATTRIBUTES` sets one.
@@ -27,6 +29,8 @@ mod export;
 pub mod logs;
 pub mod metrics;
 pub mod propagation;
+mod span_encoding;
+mod span_export;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
@@ -229,6 +233,10 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
     let interval = metrics::export_interval()?;
     let metrics_on = metrics::enabled()?;
     let traces_endpoint = endpoint::for_signal(endpoint::TRACES_VAR)?;
+    let span_settings = traces_endpoint
+        .as_ref()
+        .map(|_| span_export::Settings::from_env())
+        .transpose()?;
     let metrics_endpoint = if metrics_on {
         endpoint::for_signal(endpoint::METRICS_VAR)?
     } else {
@@ -246,13 +254,8 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
                     }
                 };
                 let spans = traces_endpoint
-                    .map(|used| {
-                        opentelemetry_otlp::SpanExporter::builder()
-                            .with_tonic()
-                            .with_endpoint(used.url.clone())
-                            .build()
-                            .map_err(|err| failed(err, &used))
-                    })
+                    .zip(span_settings)
+                    .map(|(used, settings)| span_export::OtlpSpanExporter::new(&used, settings))
                     .transpose()?;
                 let metrics = metrics_endpoint
                     .map(|used| {

@@ -37,6 +37,8 @@ pub struct OtlpSink {
     count: Arc<AtomicUsize>,
     points: Arc<Mutex<Vec<MetricPoint>>>,
     metric_exports: Arc<AtomicUsize>,
+    /// Each trace export's request headers (gRPC metadata), when keeping.
+    trace_headers: Arc<Mutex<Vec<BTreeMap<String, String>>>>,
     keep: bool,
 }
 
@@ -202,6 +204,22 @@ impl TraceService for OtlpSink {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        if self.keep {
+            let headers = request
+                .metadata()
+                .clone()
+                .into_headers()
+                .iter()
+                .map(|(name, value)| {
+                    let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                    (name.as_str().to_owned(), value)
+                })
+                .collect();
+            self.trace_headers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(headers);
+        }
         let mut spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
         for resource_spans in request.into_inner().resource_spans {
             let service = resource_spans
@@ -263,6 +281,14 @@ impl OtlpSink {
     /// The kept spans.
     pub fn spans(&self) -> Vec<(String, Span)> {
         self.spans.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The request headers of each trace export kept (`start(true)`), in arrival order.
+    pub fn trace_headers(&self) -> Vec<BTreeMap<String, String>> {
+        self.trace_headers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// How many metric exports arrived.

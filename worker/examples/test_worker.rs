@@ -17,6 +17,11 @@ use simplebank_queue::{Handler, HandlerError, Handlers, Keys, TaskContext, TaskP
 
 use tokio_util::sync::CancellationToken;
 
+/// The allocator `simplebank-worker` uses (worker/src/main.rs), so the benchmarks' drains
+/// measure what ships.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Job {
     #[serde(default)]

@@ -9,6 +9,13 @@ use simplebank_queue::Keys;
 use simplebank_worker::WorkerConfig;
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc, not glibc's malloc: a span is allocated on the runtime thread and freed on the
+/// export thread, and glibc's frees across threads (the owning arena's lock, its bins refilled
+/// from another core) made every exported span cost about 3 µs more CPU, a fifth of a traced
+/// drain's speed; with jemalloc always_on costs a few percent (BENCHMARKS.md, scenario 7).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// One runtime thread: a worker process is I/O-bound and needs no cross-thread wake-ups
 /// (BENCHMARKS.md, step 7). Run more processes to use more cores; blocking work in a handler
 /// belongs in `spawn_blocking`, which has its own threads.

@@ -24,6 +24,9 @@ use crate::helpers::{connect_when_up, request};
 /// The servers' token key: no span or log line may hold it.
 const TOKEN_KEY: &str = "traces-test-key-0123456789abcdef";
 
+/// `OTEL_EXPORTER_OTLP_HEADERS` for both binaries: an API key with %-encoded `=` and `,`.
+const EXPORT_HEADERS: &str = "X-Api-Key=otlp%3Dk3y%2C1 , x-tenant=acme";
+
 /// The OTLP receiver, keeping every span.
 #[derive(Clone)]
 struct Collector(OtlpSink);
@@ -116,6 +119,8 @@ impl Stack {
                 format!("http://127.0.0.1:{otlp_port}"),
             ),
             ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            // Sent with every span export, %-decoded; never in a log line.
+            ("OTEL_EXPORTER_OTLP_HEADERS", EXPORT_HEADERS.into()),
             ("OUTBOX_RELAY_INTERVAL", "100ms".into()),
             ("EMAIL_FILE_DIR", mail_dir.display().to_string()),
             ("WORKER_RETRY_BASE_DELAY", "200ms".into()),
@@ -389,6 +394,24 @@ async fn one_sign_up_is_one_trace_from_the_rpc_into_the_worker() {
     assert_logs_carry(&lines, trace_id, "processed task");
     assert_logs_carry(&lines, trace_id, "gRPC call");
     assert_no_secrets(&collector, &lines, &emails, &password);
+    // Both binaries sent the configured headers with every export.
+    let exports = collector.0.trace_headers();
+    assert!(exports.len() >= 2, "{exports:?}");
+    for headers in &exports {
+        assert_eq!(
+            headers.get("x-api-key").map(String::as_str),
+            Some("otlp=k3y,1")
+        );
+        assert_eq!(headers.get("x-tenant").map(String::as_str), Some("acme"));
+        assert_eq!(
+            headers.get("content-type").map(String::as_str),
+            Some("application/grpc")
+        );
+    }
+    assert!(
+        !lines.iter().any(|l| l.contains("k3y")),
+        "a log line holds the API key"
+    );
 }
 
 #[tokio::test]

@@ -117,6 +117,63 @@ async fn a_bad_otlp_endpoint_stops_the_worker_naming_the_variable_not_its_value(
     }
 }
 
+/// The span exporter's other settings are checked at start too: a bad header list (a pair that
+/// is not `key=value`, CR/LF or NUL through a %-escape, a bad escape, a gRPC key, a key with a
+/// bidi character, too long), a timeout that is not whole milliseconds above 0, or compression
+/// this build cannot do stops the worker (exit code 2) naming the variable in use, never the
+/// value: headers carry API keys. Before, the exporter skipped what it could not parse.
+#[tokio::test]
+async fn bad_otlp_export_settings_stop_the_worker_naming_the_variable_not_its_value() {
+    const HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
+    const TRACES_HEADERS: &str = "OTEL_EXPORTER_OTLP_TRACES_HEADERS";
+    const TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
+    const TRACES_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT";
+    const COMPRESSION: &str = "OTEL_EXPORTER_OTLP_COMPRESSION";
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let long = format!("api-key={}", "s3cretk3y".repeat(1000));
+    for (var, value) in [
+        (HEADERS, "api-key=s3cretk3y%0d%0ax-forged: 1"),
+        (HEADERS, "api-key=s3cretk3y%00"),
+        (TRACES_HEADERS, "api-key=s3cretk3y,s3cretk3y"),
+        (TRACES_HEADERS, "api-key=s3cretk3y%zz"),
+        (HEADERS, "grpc-timeout=s3cretk3y"),
+        (HEADERS, "api\u{202e}key=s3cretk3y"),
+        (HEADERS, long.as_str()),
+        (TIMEOUT, "s3cretk3y"),
+        (TRACES_TIMEOUT, "0"),
+        (TIMEOUT, "-5"),
+        (COMPRESSION, "gzip"),
+    ] {
+        let mut command = worker();
+        command
+            .env("RUST_LOG", "warn")
+            .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint)
+            .env(var, value);
+        for other in [
+            HEADERS,
+            TRACES_HEADERS,
+            TIMEOUT,
+            TRACES_TIMEOUT,
+            COMPRESSION,
+        ] {
+            if other != var {
+                command.env_remove(other);
+            }
+        }
+        let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+            .await
+            .unwrap_or_else(|_| panic!("{var}: the worker did not stop"))
+            .expect("run the worker");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{var}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid {var}:")),
+            "{var}: {stderr}"
+        );
+        assert!(!stderr.contains("s3cretk3y"), "{var}: {stderr}");
+    }
+}
+
 #[tokio::test]
 async fn sigterm_stops_the_worker_with_exit_code_0() {
     let (db, redis) = (TestDb::create().await, TestRedis::new());
