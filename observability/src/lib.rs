@@ -15,8 +15,9 @@
 //! signal; unset = no export, no error, no delay), `OTEL_METRICS_EXPORTER` (`none` turns
 //! metrics off), `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER` /
 //! `OTEL_TRACES_SAMPLER_ARG`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_SCHEDULE_DELAY`,
-//! `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_EXPORTER_OTLP_HEADERS`,
-//! `OTEL_EXPORTER_OTLP_COMPRESSION` (`none` only). Spans go through the crate's own exporter,
+//! `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT`,
+//! `OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`, `OTEL_EXPORTER_OTLP_[TRACES_]COMPRESSION` (sent
+//! uncompressed whatever it says). Spans go through the crate's own exporter,
 //! which encodes them straight into request bytes (`span_export`). Trace ids exist (and propagate)
 //! even without export, so log lines can always be correlated. Endpoints must be `http://`
 //! (no TLS in this build) and are checked at start. Both signals share one resource, whose
@@ -237,6 +238,9 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
         .as_ref()
         .map(|_| span_export::Settings::from_env())
         .transpose()?;
+    let ignored_compression = span_settings
+        .as_ref()
+        .and_then(|settings| settings.ignored_compression);
     let metrics_endpoint = if metrics_on {
         endpoint::for_signal(endpoint::METRICS_VAR)?
     } else {
@@ -309,6 +313,13 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
         .with(otel)
         .with(logs::layer(config.log_format).with_filter(filter))
         .try_init()?;
+    if let Some(variable) = ignored_compression {
+        tracing::warn!(
+            target: "simplebank::otlp",
+            variable,
+            "OTLP compression is not built in: spans are sent uncompressed"
+        );
+    }
     // Installed last, once nothing can fail: libraries create their instruments from the
     // global provider when they start (a queue `Worker` or `Publisher`).
     if let Some(meters) = &meters {

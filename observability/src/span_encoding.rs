@@ -485,11 +485,20 @@ mod tests {
 
     #[test]
     fn lengths_widen_across_every_varint_size() {
-        for length in [0, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152] {
+        for (length, prefix) in [
+            (0, &[0x00][..]),
+            (1, &[0x01]),
+            (127, &[0x7f]),
+            (128, &[0x80, 0x01]),
+            (16_383, &[0xff, 0x7f]),
+            (16_384, &[0x80, 0x80, 0x01]),
+            (2_097_151, &[0xff, 0xff, 0x7f]),
+            (2_097_152, &[0x80, 0x80, 0x80, 0x01]),
+        ] {
             let mut out = vec![7];
             message(&mut out, 1, |out| out.resize(out.len() + length, b'z'));
             let mut expected = vec![7, 0x0a];
-            varint(&mut expected, length as u64);
+            expected.extend_from_slice(prefix);
             expected.resize(expected.len() + length, b'z');
             assert_eq!(out, expected, "{length}");
         }

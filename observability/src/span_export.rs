@@ -6,8 +6,11 @@
 
 use std::{
     str::FromStr as _,
-    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
-    time::Duration,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
@@ -16,7 +19,10 @@ use opentelemetry_sdk::{
     error::{OTelSdkError, OTelSdkResult},
     trace::{SpanData, SpanExporter},
 };
-use prost::{Message as _, bytes::Buf as _};
+use prost::{
+    Message as _,
+    bytes::{Buf as _, Bytes},
+};
 use tonic::{
     Status,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
@@ -48,15 +54,39 @@ const COMPRESSION_VARS: [&str; 2] = [
 ];
 /// The specification's default.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Headers past this are refused at start: HTTP/2 servers commonly refuse a header list over
-/// 16 KiB, and every export would fail.
-const MAX_HEADERS_BYTES: usize = 8 * 1024;
+/// Headers past this are refused at start: collectors and the proxies in front of them refuse
+/// larger header lists (Envoy's default is 60 KiB), and every export would fail.
+const MAX_HEADERS_BYTES: usize = 60 * 1024;
 
 /// The span exporter's settings besides the endpoint, read from the environment.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Settings {
     headers: MetadataMap,
     timeout: Duration,
+    /// The variable that asked for a compression this build does not do (`gzip`, `zstd`):
+    /// warned about once logging is up, as the stock exporter ignored it with a warning.
+    pub ignored_compression: Option<&'static str>,
+}
+
+/// Header values are secrets (API keys): only their names are shown.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("headers", &header_names(&self.headers))
+            .field("timeout", &self.timeout)
+            .field("ignored_compression", &self.ignored_compression)
+            .finish()
+    }
+}
+
+fn header_names(headers: &MetadataMap) -> Vec<String> {
+    headers
+        .keys()
+        .map(|key| match key {
+            tonic::metadata::KeyRef::Ascii(key) => key.as_str().to_owned(),
+            tonic::metadata::KeyRef::Binary(key) => key.as_str().to_owned(),
+        })
+        .collect()
 }
 
 /// The first of `vars` set to something other than blanks, with its name.
@@ -98,21 +128,31 @@ impl Settings {
             },
             None => DEFAULT_TIMEOUT,
         };
-        if let Some((variable, value)) = first_set(COMPRESSION_VARS)?
-            && !value.trim().eq_ignore_ascii_case("none")
-        {
-            return Err(invalid(
-                variable,
-                "this build sends spans uncompressed: only `none` is accepted".into(),
-            ));
-        }
-        Ok(Self { headers, timeout })
+        let ignored_compression = match first_set(COMPRESSION_VARS)? {
+            None => None,
+            Some((variable, value)) => match value.trim().to_ascii_lowercase().as_str() {
+                "none" => None,
+                "gzip" | "zstd" => Some(variable),
+                _ => {
+                    return Err(invalid(
+                        variable,
+                        "must be none, gzip or zstd (this build sends OTLP uncompressed)".into(),
+                    ));
+                }
+            },
+        };
+        Ok(Self {
+            headers,
+            timeout,
+            ignored_compression,
+        })
     }
 }
 
 /// `key=value` pairs separated by commas, values percent-encoded (the OTLP exporter
-/// specification's format); keys are lower-cased as gRPC metadata requires. The reason if not,
-/// naming the pair by its position, never its text.
+/// specification's format); keys are lower-cased as gRPC metadata requires. As the stock
+/// exporter: a pair with an empty value is left out, a key given twice is sent twice. The
+/// reason if not, naming the pair by its position, never its text.
 fn parse_headers(value: &str) -> Result<MetadataMap, String> {
     if value.len() > MAX_HEADERS_BYTES {
         return Err(format!(
@@ -131,15 +171,32 @@ fn parse_headers(value: &str) -> Result<MetadataMap, String> {
         let key = key.trim().to_ascii_lowercase();
         let value = percent_decode(value.trim())
             .ok_or_else(|| format!("pair {n}'s value has a bad %-escape or is not UTF-8"))?;
+        if key.ends_with("-bin") {
+            return Err(format!(
+                "pair {n}'s key ends in -bin: binary headers are not supported"
+            ));
+        }
         let key = MetadataKey::from_str(&key)
             .map_err(|_| format!("pair {n}'s key is not a valid header name"))?;
-        if key.as_str().starts_with("grpc-") || key.as_str() == "te" {
+        if key.as_str().starts_with("grpc-") {
             return Err(format!("pair {n}'s key is reserved by gRPC"));
         }
-        let value = MetadataValue::try_from(value.as_str()).map_err(|_| {
-            format!("pair {n}'s value has a control character (CR, LF, NUL...) or is not text")
-        })?;
-        headers.insert(key, value);
+        if value.is_empty() {
+            continue;
+        }
+        // gRPC's ASCII metadata values are printable ASCII (0x20-0x7e).
+        let value = value
+            .bytes()
+            .all(|byte| (0x20..0x7f).contains(&byte))
+            .then(|| MetadataValue::try_from(value.as_str()).ok())
+            .flatten()
+            .ok_or_else(|| {
+                format!(
+                    "pair {n}'s value is not printable ASCII (a CR, LF, NUL, tab or other \
+                     control character, or a character beyond ASCII)"
+                )
+            })?;
+        headers.append(key, value);
     }
     Ok(headers)
 }
@@ -162,16 +219,57 @@ fn percent_decode(value: &str) -> Option<String> {
 }
 
 /// Sends encoded batches to one collector.
-#[derive(Debug)]
 pub(crate) struct OtlpSpanExporter {
     grpc: tonic::client::Grpc<Channel>,
     /// Left out of error messages: it may carry `user:password@`.
     url: String,
     headers: MetadataMap,
+    timeout: Duration,
     resource: EncodedResource,
     /// The size of the last request, to size the next one's buffer.
     last_size: AtomicUsize,
     shut_down: AtomicBool,
+    /// When partial success was last warned about (at most once a minute).
+    partial_warned: Mutex<Option<Instant>>,
+}
+
+/// Neither the endpoint (it may carry `user:password@`) nor header values.
+impl std::fmt::Debug for OtlpSpanExporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpSpanExporter")
+            .field("headers", &header_names(&self.headers))
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Retries after a failure the OTLP specification calls transient, as the stock exporter's
+/// recommended policy: 3 at most, waiting 100 ms, then twice as long each time up to 1.6 s
+/// (with a fifth of jitter), and never past the export's timeout.
+const RETRIES: u32 = 3;
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_millis(1600);
+
+fn is_transient(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
+
+/// `base` less up to a fifth, drawn from the clock: processes restarted together do not retry
+/// in step.
+fn jittered(base: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.subsec_nanos());
+    base - base / 5 * (nanos % 1000) / 1000
 }
 
 impl OtlpSpanExporter {
@@ -195,10 +293,66 @@ impl OtlpSpanExporter {
             grpc: tonic::client::Grpc::new(channel),
             url: endpoint.url.clone(),
             headers: settings.headers,
+            timeout: settings.timeout,
             resource: EncodedResource::default(),
             last_size: AtomicUsize::new(0),
             shut_down: AtomicBool::new(false),
+            partial_warned: Mutex::new(None),
         })
+    }
+
+    /// One request with `body`.
+    async fn send(&self, body: Bytes) -> Result<ExportTraceServiceResponse, Status> {
+        let request =
+            tonic::Request::from_parts(self.headers.clone(), tonic::Extensions::default(), body);
+        let mut grpc = self.grpc.clone();
+        grpc.ready()
+            .await
+            .map_err(|err| Status::from_error(err.into()))?;
+        let response = grpc
+            .unary(
+                request,
+                tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH),
+                Raw,
+            )
+            .await?;
+        Ok(response.into_inner())
+    }
+
+    /// What went wrong, for a log line: the status code and the local causes (connection
+    /// refused, timed out...), not the collector's message, which proxies and vendors' intakes
+    /// fill with what they were sent (an API key); and never the endpoint.
+    fn describe(&self, status: &Status) -> String {
+        let mut text = format!("export failed: {:?}", status.code());
+        let mut cause = std::error::Error::source(status);
+        while let Some(err) = cause {
+            text.push_str(": ");
+            text.push_str(&err.to_string());
+            cause = err.source();
+        }
+        let lower = self.url.to_ascii_lowercase();
+        text.replace(&self.url, "<the endpoint>")
+            .replace(&lower, "<the endpoint>")
+    }
+
+    /// Spans the collector refused though the request succeeded: not retried (the
+    /// specification says so), warned about at most once a minute.
+    fn warn_partial(&self, rejected: i64, message: &str) {
+        let mut last = self
+            .partial_warned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let message: String = message.chars().take(200).collect();
+        tracing::warn!(
+            target: "simplebank::otlp",
+            rejected_spans = rejected,
+            collector_message = %message,
+            "the OTLP collector accepted the spans only in part (next warning in a minute at the earliest)"
+        );
     }
 }
 
@@ -214,34 +368,36 @@ impl SpanExporter for OtlpSpanExporter {
         export_request(&self.resource, &batch, &mut body);
         drop(batch);
         self.last_size.store(body.len(), Ordering::Relaxed);
-        let request =
-            tonic::Request::from_parts(self.headers.clone(), tonic::Extensions::default(), body);
-        let mut grpc = self.grpc.clone();
-        let response = async {
-            grpc.ready()
-                .await
-                .map_err(|err| Status::unavailable(err.to_string()))?;
-            grpc.unary(
-                request,
-                tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH),
-                Raw,
-            )
-            .await
-        };
-        match response.await {
-            Ok(response) => match response.into_inner().partial_success {
-                Some(partial) if partial.rejected_spans > 0 => {
-                    Err(OTelSdkError::InternalFailure(format!(
-                        "the collector rejected {} of the spans",
-                        partial.rejected_spans
-                    )))
+        let body = Bytes::from(body);
+        let started = Instant::now();
+        let mut backoff = FIRST_BACKOFF;
+        let mut retries = 0;
+        loop {
+            match self.send(body.clone()).await {
+                Ok(response) => {
+                    if let Some(partial) = response.partial_success
+                        && (partial.rejected_spans > 0 || !partial.error_message.is_empty())
+                    {
+                        self.warn_partial(partial.rejected_spans, &partial.error_message);
+                    }
+                    return Ok(());
                 }
-                _ => Ok(()),
-            },
-            Err(status) => Err(OTelSdkError::InternalFailure(
-                format!("export failed: {:?} {}", status.code(), status.message())
-                    .replace(&self.url, "<the endpoint>"),
-            )),
+                Err(status) => {
+                    let wait = jittered(backoff);
+                    if retries == RETRIES
+                        || !is_transient(status.code())
+                        || started.elapsed() + wait >= self.timeout
+                        || self.shut_down.load(Ordering::Acquire)
+                    {
+                        return Err(OTelSdkError::InternalFailure(self.describe(&status)));
+                    }
+                    // This future runs on the SDK's batch thread (`futures_executor`), which
+                    // has nothing else to do meanwhile, and outside any Tokio runtime.
+                    std::thread::sleep(wait);
+                    retries += 1;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
         }
     }
 
@@ -263,7 +419,7 @@ impl SpanExporter for OtlpSpanExporter {
 struct Raw;
 
 impl Codec for Raw {
-    type Encode = Vec<u8>;
+    type Encode = Bytes;
     type Decode = ExportTraceServiceResponse;
     type Encoder = Raw;
     type Decoder = Raw;
@@ -278,10 +434,10 @@ impl Codec for Raw {
 }
 
 impl Encoder for Raw {
-    type Item = Vec<u8>;
+    type Item = Bytes;
     type Error = Status;
 
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         prost::bytes::BufMut::put_slice(dst, &item);
         Ok(())
     }
@@ -305,27 +461,46 @@ mod tests {
 
     #[test]
     fn headers_are_pairs_with_percent_encoded_values() {
-        let headers =
-            parse_headers(" Api-Key = s%3Dcr%2Ct ,x-tenant=acme,, authorization=Basic%20YTpi ")
-                .unwrap();
+        let headers = parse_headers(
+            " Api-Key = s%3Dcr%2Ct ,x-tenant=acme,, authorization=Basic%20YTpi,te=trailers,\
+             x-tenant=second,x-empty=",
+        )
+        .unwrap();
         assert_eq!(headers.get("api-key").unwrap(), "s=cr,t");
-        assert_eq!(headers.get("x-tenant").unwrap(), "acme");
+        assert_eq!(
+            headers.get_all("x-tenant").iter().collect::<Vec<_>>(),
+            ["acme", "second"]
+        );
         assert_eq!(headers.get("authorization").unwrap(), "Basic YTpi");
-        assert_eq!(headers.len(), 3);
+        assert!(headers.get("x-empty").is_none());
+        assert_eq!(headers.len(), 5);
         assert!(parse_headers("").unwrap().is_empty());
+        let debug = format!(
+            "{:?}",
+            Settings {
+                headers,
+                timeout: DEFAULT_TIMEOUT,
+                ignored_compression: None
+            }
+        );
+        assert!(
+            debug.contains("api-key") && !debug.contains("s=cr"),
+            "{debug}"
+        );
     }
 
     #[test]
     fn a_bad_pair_is_refused_by_position_without_its_text() {
-        let long = format!("k={}", "S3CR3T".repeat(2000));
+        let long = format!("k={}", "S3CR3T".repeat(11_000));
         for (bad, reason) in [
             ("a=1,S3CR3T", "pair 2 is not key=value"),
             (
                 "k=S3CR3T%0d%0aX-Forged: 1",
-                "pair 1's value has a control character",
+                "pair 1's value is not printable ASCII",
             ),
-            ("k=S3CR3T%00", "pair 1's value has a control character"),
-            ("k=S3CR3T\r\nx: y", "pair 1's value has a control character"),
+            ("k=S3CR3T%00", "pair 1's value is not printable ASCII"),
+            ("k=S3CR3T\r\nx: y", "pair 1's value is not printable ASCII"),
+            ("k=S3CR3T\u{e9}", "pair 1's value is not printable ASCII"),
             ("k=S3CR3T%zz", "pair 1's value has a bad %-escape"),
             (
                 "k=S3CR3T%ff",
@@ -338,14 +513,224 @@ mod tests {
                 "k\u{202e}=S3CR3T",
                 "pair 1's key is not a valid header name",
             ),
+            (
+                "k\u{0410}=S3CR3T",
+                "pair 1's key is not a valid header name",
+            ),
             ("grpc-timeout=S3CR3T", "pair 1's key is reserved by gRPC"),
-            ("TE=S3CR3T", "pair 1's key is reserved by gRPC"),
-            (long.as_str(), "is longer than 8192 bytes"),
+            ("x-key-bin=S3CR3T", "pair 1's key ends in -bin"),
+            (long.as_str(), "is longer than 61440 bytes"),
         ] {
             let err = parse_headers(bad).expect_err(bad);
             let bad = &bad[..bad.len().min(40)];
             assert!(err.starts_with(reason), "{bad:?}: {err}");
             assert!(!err.contains("S3CR3T"), "{bad:?}: {err}");
+        }
+    }
+
+    mod against_a_collector {
+        use std::{
+            collections::VecDeque,
+            sync::{Arc, Mutex, atomic::AtomicUsize},
+            time::SystemTime,
+        };
+
+        use opentelemetry::trace::{
+            SpanContext, SpanId, SpanKind, TraceFlags, TraceId, TraceState,
+        };
+        use opentelemetry_proto::tonic::collector::trace::v1::{
+            ExportTracePartialSuccess, ExportTraceServiceRequest,
+            trace_service_server::{TraceService, TraceServiceServer},
+        };
+        use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+
+        use super::*;
+
+        type Reply = Result<ExportTraceServiceResponse, Status>;
+
+        /// A collector answering each export with the next scripted reply (then success).
+        #[derive(Clone, Default)]
+        struct Scripted {
+            replies: Arc<Mutex<VecDeque<Reply>>>,
+            calls: Arc<AtomicUsize>,
+        }
+
+        #[tonic::async_trait]
+        impl TraceService for Scripted {
+            async fn export(
+                &self,
+                request: tonic::Request<ExportTraceServiceRequest>,
+            ) -> Result<tonic::Response<ExportTraceServiceResponse>, Status> {
+                assert_eq!(
+                    request.get_ref().resource_spans[0].scope_spans[0]
+                        .spans
+                        .len(),
+                    1
+                );
+                self.calls.fetch_add(1, Ordering::SeqCst);
+                let next = self.replies.lock().unwrap().pop_front();
+                next.unwrap_or_else(|| Ok(ExportTraceServiceResponse::default()))
+                    .map(tonic::Response::new)
+            }
+        }
+
+        async fn collector(replies: Vec<Reply>) -> (Scripted, String) {
+            let collector = Scripted {
+                replies: Arc::new(Mutex::new(replies.into())),
+                ..Scripted::default()
+            };
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!(
+                "http://otel-user:s3cret-pw@{}",
+                listener.local_addr().unwrap()
+            );
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let service = TraceServiceServer::new(collector.clone());
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming(incoming),
+            );
+            (collector, url)
+        }
+
+        fn exporter(url: String, timeout: Duration) -> OtlpSpanExporter {
+            let endpoint = Endpoint {
+                variable: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                url,
+            };
+            let settings = Settings {
+                headers: parse_headers("api-key=S3CR3T").unwrap(),
+                timeout,
+                ignored_compression: None,
+            };
+            OtlpSpanExporter::new(&endpoint, settings).unwrap()
+        }
+
+        fn batch() -> Vec<SpanData> {
+            vec![SpanData {
+                span_context: SpanContext::new(
+                    TraceId::from(1),
+                    SpanId::from(2),
+                    TraceFlags::SAMPLED,
+                    false,
+                    TraceState::default(),
+                ),
+                parent_span_id: SpanId::INVALID,
+                parent_span_is_remote: false,
+                span_kind: SpanKind::Consumer,
+                name: "process".into(),
+                start_time: SystemTime::now(),
+                end_time: SystemTime::now(),
+                attributes: vec![],
+                dropped_attributes_count: 0,
+                events: SpanEvents::default(),
+                links: SpanLinks::default(),
+                status: opentelemetry::trace::Status::Unset,
+                instrumentation_scope: opentelemetry::InstrumentationScope::builder("t").build(),
+            }]
+        }
+
+        fn assert_no_secret(err: &OTelSdkError) {
+            let text = err.to_string();
+            for secret in ["S3CR3T", "s3cret-pw", "otel-user"] {
+                assert!(!text.contains(secret), "{text}");
+            }
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_transient_failure_is_retried_and_the_batch_delivered() {
+            let (restarting, url) = collector(vec![
+                Err(Status::unavailable("restarting")),
+                Err(Status::unavailable("restarting")),
+            ])
+            .await;
+            exporter(url, DEFAULT_TIMEOUT)
+                .export(batch())
+                .await
+                .unwrap();
+            assert_eq!(restarting.calls.load(Ordering::SeqCst), 3);
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn retries_stop_after_three_and_a_refusal_is_not_retried() {
+            let (down, url) = collector(vec![Err(Status::unavailable("down")); 5]).await;
+            let err = exporter(url, DEFAULT_TIMEOUT)
+                .export(batch())
+                .await
+                .unwrap_err();
+            assert_eq!(down.calls.load(Ordering::SeqCst), 4);
+            assert!(err.to_string().contains("Unavailable"), "{err}");
+
+            // The collector's message is left out: proxies echo what they were sent.
+            let (refusing, url) = collector(vec![Err(Status::permission_denied(
+                "api-key S3CR3T is not valid",
+            ))])
+            .await;
+            let err = exporter(url, DEFAULT_TIMEOUT)
+                .export(batch())
+                .await
+                .unwrap_err();
+            assert_eq!(refusing.calls.load(Ordering::SeqCst), 1);
+            assert!(err.to_string().contains("PermissionDenied"), "{err}");
+            assert_no_secret(&err);
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_partial_success_is_a_success() {
+            let (partial, url) = collector(vec![Ok(ExportTraceServiceResponse {
+                partial_success: Some(ExportTracePartialSuccess {
+                    rejected_spans: 1,
+                    error_message: "span too large".into(),
+                }),
+            })])
+            .await;
+            exporter(url, DEFAULT_TIMEOUT)
+                .export(batch())
+                .await
+                .unwrap();
+            assert_eq!(partial.calls.load(Ordering::SeqCst), 1);
+        }
+
+        /// A collector that accepts the connection and never answers: the export gives up
+        /// within its timeout (with the retries it allows), naming no secret.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_collector_that_never_answers_costs_one_timeout() {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!(
+                "http://otel-user:s3cret-pw@{}",
+                listener.local_addr().unwrap()
+            );
+            let held = std::thread::spawn(move || {
+                let (connection, _) = listener.accept().unwrap();
+                std::thread::sleep(Duration::from_secs(5));
+                drop(connection);
+            });
+            let hung = exporter(url, Duration::from_millis(300));
+            let started = Instant::now();
+            let err = hung.export(batch()).await.unwrap_err();
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{:?}",
+                started.elapsed()
+            );
+            assert_no_secret(&err);
+            drop(held);
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_collector_that_is_down_is_an_error_without_the_endpoint() {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let url = format!("HTTP://otel-user:s3cret-pw@127.0.0.1:{port}");
+            let err = exporter(url, Duration::from_millis(500))
+                .export(batch())
+                .await
+                .unwrap_err();
+            assert_no_secret(&err);
         }
     }
 }

@@ -401,6 +401,37 @@ conversion into owned structs (`String`s made through `Display`) and their encod
 exporter that encoded `SpanData` straight into protobuf bytes would remove most of it, at the
 price of re-implementing the OTLP exporter's configuration (endpoint, headers, TLS, timeouts).
 
+Steps 3 and 4 (43defa2..df41bf0), after always_on fell to 79% at 98d40d0 (above):
+
+- Step 3, the project's own span exporter (`observability/src/span_export.rs`,
+  `span_encoding.rs`): each batch is written on the batch thread straight into the bytes of
+  the OTLP request (the resource encoded once), which tonic sends as they are; its bytes are
+  the ones prost writes for the stock conversion (a unit test compares them). Endpoint,
+  headers, timeout and compression are read for spans as the stock exporter read them, and
+  checked at start. callgrind over a traced drain of 20,000 tasks: encoding 3.1k instructions
+  per span, the batch and export threads 5.5k per span together (12.2k and 11.5k before);
+  the whole worker 67.2k per task traced against 61.9k untraced (+5.3k; +23.8k after step 2).
+- The rate hardly moved: always_on 74-83% in five paired `BENCH_ONLY=tracing` rounds (the
+  old exporter 72-79% in the same window), though the worker's CPU with every span exported
+  fell from 1.31-1.47 s to 1.13-1.21 s per 100k tasks. The instructions no longer explained
+  the cost, and perf showed the machine 43% idle during the traced drains with the export
+  threads at 2% of it. Preloading jemalloc (`LD_PRELOAD`, no rebuild) into the same worker
+  took always_on to 96-104%, worker CPU 0.88-0.90 s against 0.81-0.88 s untraced. The cost
+  was glibc's: every span is allocated on the runtime thread and freed on the batch thread,
+  and glibc returns such a chunk to the owning thread's arena under its lock, where the
+  runtime thread then reallocates memory last written by another core, about 3 µs per span.
+- Step 4: `simplebank-worker` (and `test_worker`, which the drains run) use jemalloc
+  (`tikv-jemallocator`, `#[global_allocator]`); the server and the embedding examples keep the
+  system allocator (an embedder chooses its own; scenario 9 and the peers' comparison use
+  `bench_worker`, on the system allocator, like apalis' bench program).
+- Paired `BENCH_ONLY=tracing` rounds, d8a1514 against df41bf0, interleaved, one round each in
+  turn (always_on and ratio 0.1 as shares of the same binary's untraced drain; worker CPU
+  with every span exported, per 100k tasks): d8a1514 73%, 79%, 69% (ratio 93%, 103%, 91%;
+  1.31-1.36 s); df41bf0 100%, 87%, 92% (ratio 108%, 97%, 95%; 0.81-0.85 s). Medians: always_on
+  73% to 92%, the ratio sampler 93% to 97%. Attribution, two more pairs: d8a1514 with jemalloc
+  preloaded 89% and 91% (0.92-0.95 s), df41bf0 88% and 91% (0.79-0.84 s): jemalloc gives the
+  rate, the exporter about 1.2 µs of CPU per span.
+
 ### The queue moved into its own crate (issue 12)
 
 The consumer engine moved from the worker crate to `simplebank-queue` (typed handlers, a private
@@ -1734,7 +1765,7 @@ async fn main() -> Result<()> {
     )?;
     writeln!(
         report,
-        "- build: release; {runs} runs per figure: median (min-max); {tasks} tasks per drain run\n"
+        "- build: release; {runs} runs per figure: median (min-max); {tasks} tasks per drain run\n- allocator: jemalloc in `test_worker` (the drains, scenarios 1, 6, 7 and 8), as in `simplebank-worker`; the system's (glibc) in `bench_worker` and `bench_producer` (scenarios 9 and 10, like the peers' programs)\n"
     )?;
 
     writeln!(report, "## 1. Drain throughput (no-op tasks, tasks/s)\n")?;

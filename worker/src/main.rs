@@ -9,10 +9,9 @@ use simplebank_queue::Keys;
 use simplebank_worker::WorkerConfig;
 use tokio_util::sync::CancellationToken;
 
-/// jemalloc, not glibc's malloc: a span is allocated on the runtime thread and freed on the
-/// export thread, and glibc's frees across threads (the owning arena's lock, its bins refilled
-/// from another core) made every exported span cost about 3 µs more CPU, a fifth of a traced
-/// drain's speed; with jemalloc always_on costs a few percent (BENCHMARKS.md, scenario 7).
+/// jemalloc, not glibc's malloc: every exported span is allocated on the runtime thread and
+/// freed on the export thread, and glibc's frees across threads made tracing with every span
+/// exported cost a fifth of the worker's speed (BENCHMARKS.md, Tracing export).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
