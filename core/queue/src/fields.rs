@@ -237,7 +237,8 @@ fn decode_with<'a>(queue: QueueName, map: &Lookup<'a>) -> Result<Envelope, Decod
         payload: required(map, "payload")?,
         queue,
         max_retry: number(map, "max_retry")?,
-        timeout_ms: number(map, "timeout_ms")?,
+        // As the builder and the JSON form: an attempt with no time at all is refused.
+        timeout_ms: positive(map, "timeout_ms")?,
         enqueued_at: number(map, "enqueued_at")?,
         traceparent: optional(map, "traceparent")?,
         tracestate: optional(map, "tracestate")?,
@@ -250,7 +251,8 @@ fn decode_with<'a>(queue: QueueName, map: &Lookup<'a>) -> Result<Envelope, Decod
     };
     Ok(Envelope {
         task,
-        attempt: number(map, "attempt")?,
+        // Attempts count from 1: 0 is no attempt the engine wrote.
+        attempt: positive(map, "attempt")?,
         first_failed_at: optional_number(map, "first_failed_at")?,
         last_error: optional(map, "last_error")?,
     })
@@ -286,6 +288,17 @@ fn optional_number<T: std::str::FromStr>(
 
 fn number<T: std::str::FromStr>(map: &Lookup<'_>, name: &'static str) -> Result<T, DecodeError> {
     optional_number(map, name)?.ok_or(DecodeError::Missing(name))
+}
+
+/// A number field that must not be 0.
+fn positive<T: std::str::FromStr + Default + PartialEq>(
+    map: &Lookup<'_>,
+    name: &'static str,
+) -> Result<T, DecodeError> {
+    match number(map, name)? {
+        zero if zero == T::default() => Err(DecodeError::Invalid(name)),
+        value => Ok(value),
+    }
 }
 
 #[cfg(test)]
@@ -468,6 +481,15 @@ mod tests {
         }
         map.insert("attempt".into(), Value::SimpleString("2".into()));
         assert_eq!(decode(task.task.queue.clone(), &map).unwrap().attempt, 2);
+        // Attempts count from 1, and an attempt has some time: 0 is refused for both.
+        for name in ["attempt", "timeout_ms"] {
+            let mut zero = map.clone();
+            zero.insert(name.into(), Value::BulkString(b"0".to_vec()));
+            assert_eq!(
+                decode(task.task.queue.clone(), &zero),
+                Err(DecodeError::Invalid(name))
+            );
+        }
         map.remove("max_retry");
         assert_eq!(
             decode(task.task.queue.clone(), &map),
