@@ -236,16 +236,22 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
     let traces_endpoint = endpoint::for_signal(endpoint::TRACES_VAR)?;
     let span_settings = traces_endpoint
         .as_ref()
-        .map(|_| span_export::Settings::from_env())
+        .map(|_| span_export::Settings::from_env(span_export::Signal::Traces))
         .transpose()?;
-    let ignored_compression = span_settings
-        .as_ref()
-        .and_then(|settings| settings.ignored_compression);
+
     let metrics_endpoint = if metrics_on {
         endpoint::for_signal(endpoint::METRICS_VAR)?
     } else {
         None
     };
+    let metric_settings = metrics_endpoint
+        .as_ref()
+        .map(|_| span_export::Settings::from_env(span_export::Signal::Metrics))
+        .transpose()?;
+    let ignored_compression = [&span_settings, &metric_settings]
+        .into_iter()
+        .flatten()
+        .find_map(|settings| settings.ignored_compression);
     let (span_exporter, metric_exporter) =
         if traces_endpoint.is_some() || metrics_endpoint.is_some() {
             export::on_own_thread(move || {

@@ -128,12 +128,11 @@ fn must_escape(c: char) -> bool {
         || matches!(
             c,
             '\u{061c}'
-                | '\u{200e}'
-                | '\u{200f}'
-                | '\u{2028}'
-                | '\u{2029}'
-                | '\u{202a}'..='\u{202e}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}'
                 | '\u{2066}'..='\u{2069}'
+                | '\u{feff}'
         )
 }
 
@@ -156,14 +155,17 @@ fn escape_json_extras(line: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(escaped)
 }
 
-/// `line` with every character [`must_escape`] names written as `\n`, `\r`, `\t` or `\u{..}`.
+/// `line` with every character [`must_escape`] names written as `\n`, `\r`, `\t` or `\u{..}`,
+/// and a backslash as two, so that text spelling an escape (`\r\n` typed out) cannot pass
+/// for an escaped control character.
 fn escape_controls(line: &str) -> std::borrow::Cow<'_, str> {
-    if !line.contains(must_escape) {
+    if !line.contains(|c| c == '\\' || must_escape(c)) {
         return std::borrow::Cow::Borrowed(line);
     }
     let mut escaped = String::with_capacity(line.len() + 16);
     for c in line.chars() {
         match c {
+            '\\' => escaped.push_str("\\\\"),
             '\n' => escaped.push_str("\\n"),
             '\r' => escaped.push_str("\\r"),
             '\t' => escaped.push_str("\\t"),
@@ -209,11 +211,12 @@ mod tests {
         String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
     }
 
-    const FORGED: &str = "t1\r\n2026-01-01T00:00:00Z ERROR forged: \u{1b}[2J\u{0}\u{202e}gpj.exe\u{85}\u{2028}x\u{61c}";
+    const FORGED: &str = "t1\r\n2026-01-01T00:00:00Z ERROR forged: \u{1b}[2J\u{0}\u{202e}gpj.exe\u{85}\u{2028}x\u{61c}\u{200b}\u{feff}";
 
     /// Characters no line may carry as they are.
-    const RAW: [char; 8] = [
-        '\r', '\u{1b}', '\0', '\u{202e}', '\u{85}', '\u{2028}', '\u{61c}', '\t',
+    const RAW: [char; 10] = [
+        '\u{200b}', '\u{feff}', '\r', '\u{1b}', '\0', '\u{202e}', '\u{85}', '\u{2028}', '\u{61c}',
+        '\t',
     ];
 
     #[test]
@@ -227,13 +230,19 @@ mod tests {
         assert!(!out.contains(RAW), "{out:?}");
         assert!(
             lines[0].contains(
-                "task_id=t1\\r\\n2026-01-01T00:00:00Z ERROR forged: \\u{1b}[2J\\u{0}\\u{202e}gpj.exe\\u{85}\\u{2028}x\\u{61c}"
+                "task_id=t1\\r\\n2026-01-01T00:00:00Z ERROR forged: \\u{1b}[2J\\u{0}\\u{202e}gpj.exe\\u{85}\\u{2028}x\\u{61c}\\u{200b}\\u{feff}"
             ),
             "{out:?}"
         );
         assert!(lines[0].contains("dead-lettered t1\\r\\n"), "{out:?}");
         assert!(lines[0].contains("\\t1"), "{out:?}");
         assert!(lines[1].ends_with("plain"), "{out:?}");
+        // Text that spells an escape stays distinguishable from an escaped character.
+        let spelled = logged(
+            LogFormat::Pretty,
+            || tracing::warn!(task_id = %r"c\r\n", "x"),
+        );
+        assert!(spelled.contains(r"task_id=c\\r\\n"), "{spelled:?}");
     }
 
     #[test]

@@ -38,22 +38,51 @@ use crate::{
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
-/// Headers: the traces variable, else the common one.
-const HEADERS_VARS: [&str; 2] = [
-    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-    "OTEL_EXPORTER_OTLP_HEADERS",
-];
-/// Milliseconds per export: the traces variable, else the common one.
-const TIMEOUT_VARS: [&str; 2] = [
-    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-    "OTEL_EXPORTER_OTLP_TIMEOUT",
-];
-const COMPRESSION_VARS: [&str; 2] = [
-    "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
-    "OTEL_EXPORTER_OTLP_COMPRESSION",
-];
+/// Which signal's variables to read: its own (`OTEL_EXPORTER_OTLP_TRACES_HEADERS`...), else
+/// the common one (`OTEL_EXPORTER_OTLP_HEADERS`...).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Signal {
+    Traces,
+    Metrics,
+}
+
+impl Signal {
+    /// `[the signal's own variable, the common one]` for `setting` (`HEADERS`, `TIMEOUT`...).
+    fn vars(self, setting: &str) -> [&'static str; 2] {
+        match (self, setting) {
+            (Self::Traces, "HEADERS") => [
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                "OTEL_EXPORTER_OTLP_HEADERS",
+            ],
+            (Self::Metrics, "HEADERS") => [
+                "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+                "OTEL_EXPORTER_OTLP_HEADERS",
+            ],
+            (Self::Traces, "TIMEOUT") => [
+                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                "OTEL_EXPORTER_OTLP_TIMEOUT",
+            ],
+            (Self::Metrics, "TIMEOUT") => [
+                "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+                "OTEL_EXPORTER_OTLP_TIMEOUT",
+            ],
+            (Self::Traces, _) => [
+                "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+                "OTEL_EXPORTER_OTLP_COMPRESSION",
+            ],
+            (Self::Metrics, _) => [
+                "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+                "OTEL_EXPORTER_OTLP_COMPRESSION",
+            ],
+        }
+    }
+}
+
 /// The specification's default.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longer is refused: an export that may wait hours against a hung collector loses every span
+/// meanwhile without a warning.
+const MAX_TIMEOUT_MS: u64 = 10 * 60 * 1000;
 /// Headers past this are refused at start: collectors and the proxies in front of them refuse
 /// larger header lists (Envoy's default is 60 KiB), and every export would fail.
 const MAX_HEADERS_BYTES: usize = 60 * 1024;
@@ -109,26 +138,32 @@ fn invalid(variable: &'static str, message: String) -> InitError {
 }
 
 impl Settings {
-    pub fn from_env() -> Result<Self, InitError> {
-        let headers = match first_set(HEADERS_VARS)? {
+    /// The settings of `signal`'s exporter, checked. The metrics exporter reads its own with
+    /// opentelemetry-otlp's rules, which skip what they cannot parse; checking them here first
+    /// stops the program on the same values for both signals.
+    pub fn from_env(signal: Signal) -> Result<Self, InitError> {
+        let headers = match first_set(signal.vars("HEADERS"))? {
             Some((variable, value)) => {
                 parse_headers(&value).map_err(|message| invalid(variable, message))?
             }
             None => MetadataMap::new(),
         };
-        let timeout = match first_set(TIMEOUT_VARS)? {
+        let timeout = match first_set(signal.vars("TIMEOUT"))? {
             Some((variable, value)) => match value.trim().parse::<u64>() {
-                Ok(ms @ 1..) => Duration::from_millis(ms),
+                Ok(ms @ 1..=MAX_TIMEOUT_MS) => Duration::from_millis(ms),
                 _ => {
                     return Err(invalid(
                         variable,
-                        "must be a whole number of milliseconds above 0, such as 10000".into(),
+                        format!(
+                            "must be a whole number of milliseconds from 1 to {MAX_TIMEOUT_MS} \
+                             (10 minutes), such as 10000"
+                        ),
                     ));
                 }
             },
             None => DEFAULT_TIMEOUT,
         };
-        let ignored_compression = match first_set(COMPRESSION_VARS)? {
+        let ignored_compression = match first_set(signal.vars("COMPRESSION"))? {
             None => None,
             Some((variable, value)) => match value.trim().to_ascii_lowercase().as_str() {
                 "none" => None,
@@ -148,6 +183,19 @@ impl Settings {
         })
     }
 }
+
+const SET_BY_THE_TRANSPORT: [&str; 10] = [
+    "connection",
+    "content-length",
+    "content-type",
+    "host",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// `key=value` pairs separated by commas, values percent-encoded (the OTLP exporter
 /// specification's format); keys are lower-cased as gRPC metadata requires. As the stock
@@ -181,6 +229,13 @@ fn parse_headers(value: &str) -> Result<MetadataMap, String> {
         if key.as_str().starts_with("grpc-") {
             return Err(format!("pair {n}'s key is reserved by gRPC"));
         }
+        // HTTP/2 and the exporter set these themselves: sent as well, they were dropped on
+        // the way (`connection`...) or contradicted the request (`content-length`, `host`).
+        if SET_BY_THE_TRANSPORT.contains(&key.as_str()) {
+            return Err(format!(
+                "pair {n}'s key is a header the exporter or HTTP/2 sets itself"
+            ));
+        }
         if value.is_empty() {
             continue;
         }
@@ -207,6 +262,9 @@ fn percent_decode(value: &str) -> Option<String> {
     while let Some((&byte, after)) = rest.split_first() {
         if byte == b'%' {
             let hex = after.get(..2)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
             let hex = std::str::from_utf8(hex).ok()?;
             bytes.push(u8::from_str_radix(hex, 16).ok()?);
             rest = &after[2..];
@@ -462,7 +520,7 @@ mod tests {
     #[test]
     fn headers_are_pairs_with_percent_encoded_values() {
         let headers = parse_headers(
-            " Api-Key = s%3Dcr%2Ct ,x-tenant=acme,, authorization=Basic%20YTpi,te=trailers,\
+            " Api-Key = s%3Dcr%2Ct ,x-tenant=acme,, authorization=Basic%20YTpi,x-b=%7e,\
              x-tenant=second,x-empty=",
         )
         .unwrap();
@@ -519,6 +577,20 @@ mod tests {
             ),
             ("grpc-timeout=S3CR3T", "pair 1's key is reserved by gRPC"),
             ("x-key-bin=S3CR3T", "pair 1's key ends in -bin"),
+            ("k=S3CR3T%+9", "pair 1's value has a bad %-escape"),
+            ("k=S3CR3T%C3%A9", "pair 1's value is not printable ASCII"),
+            (
+                "Host=S3CR3T",
+                "pair 1's key is a header the exporter or HTTP/2 sets",
+            ),
+            (
+                "content-length=5",
+                "pair 1's key is a header the exporter or HTTP/2 sets",
+            ),
+            (
+                "te=S3CR3T",
+                "pair 1's key is a header the exporter or HTTP/2 sets",
+            ),
             (long.as_str(), "is longer than 61440 bytes"),
         ] {
             let err = parse_headers(bad).expect_err(bad);

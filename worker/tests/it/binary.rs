@@ -119,41 +119,56 @@ async fn a_bad_otlp_endpoint_stops_the_worker_naming_the_variable_not_its_value(
 
 /// The span exporter's other settings are checked at start too: a bad header list (a pair that
 /// is not `key=value`, CR/LF or NUL through a %-escape, a bad escape, a gRPC key, a key with a
-/// bidi character, a binary `-bin` key, a value beyond printable ASCII, too long), a timeout
-/// that is not whole milliseconds above 0, or an unknown compression stops the worker (exit code 2) naming the variable in use, never the
-/// value: headers carry API keys. Before, the exporter skipped what it could not parse.
+/// bidi character, a binary `-bin` key or one HTTP/2 sets itself, a value beyond printable
+/// ASCII, too long), a timeout that is not 1 ms to 10 minutes, or an unknown compression stops
+/// the worker (exit code 2), whether spans or only metrics are exported, naming the variable in
+/// use, never the value: headers carry API keys. Before, the exporter skipped what it could
+/// not parse.
 #[tokio::test]
 async fn bad_otlp_export_settings_stop_the_worker_naming_the_variable_not_its_value() {
     const HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
     const TRACES_HEADERS: &str = "OTEL_EXPORTER_OTLP_TRACES_HEADERS";
+    const METRICS_HEADERS: &str = "OTEL_EXPORTER_OTLP_METRICS_HEADERS";
     const TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
     const TRACES_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT";
     const COMPRESSION: &str = "OTEL_EXPORTER_OTLP_COMPRESSION";
+    const TRACES: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+    const METRICS: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
     let endpoint = format!("http://127.0.0.1:{}", free_port());
     let long = format!("api-key={}", "s3cretk3y".repeat(8000));
-    for (var, value) in [
-        (HEADERS, "api-key=s3cretk3y%0d%0ax-forged: 1"),
-        (HEADERS, "api-key=s3cretk3y%00"),
-        (TRACES_HEADERS, "api-key=s3cretk3y,s3cretk3y"),
-        (TRACES_HEADERS, "api-key=s3cretk3y%zz"),
-        (HEADERS, "grpc-timeout=s3cretk3y"),
-        (HEADERS, "api\u{202e}key=s3cretk3y"),
-        (HEADERS, long.as_str()),
-        (TIMEOUT, "s3cretk3y"),
-        (TRACES_TIMEOUT, "0"),
-        (TIMEOUT, "-5"),
-        (HEADERS, "x-api-key-bin=s3cretk3y"),
-        (HEADERS, "api-key=s3cretk3y\u{e9}"),
-        (COMPRESSION, "s3cretk3y"),
+    for (exported, var, value) in [
+        (TRACES, HEADERS, "api-key=s3cretk3y%0d%0ax-forged: 1"),
+        (TRACES, HEADERS, "api-key=s3cretk3y%00"),
+        (TRACES, TRACES_HEADERS, "api-key=s3cretk3y,s3cretk3y"),
+        (TRACES, TRACES_HEADERS, "api-key=s3cretk3y%zz"),
+        (TRACES, HEADERS, "grpc-timeout=s3cretk3y"),
+        (TRACES, HEADERS, "host=s3cretk3y"),
+        (TRACES, HEADERS, "api\u{202e}key=s3cretk3y"),
+        (TRACES, HEADERS, long.as_str()),
+        (TRACES, HEADERS, "x-api-key-bin=s3cretk3y"),
+        (TRACES, HEADERS, "api-key=s3cretk3y\u{e9}"),
+        (TRACES, TIMEOUT, "s3cretk3y"),
+        (TRACES, TRACES_TIMEOUT, "0"),
+        (TRACES, TIMEOUT, "-5"),
+        (TRACES, TIMEOUT, "18446744073709551615"),
+        (TRACES, COMPRESSION, "s3cretk3y"),
+        // Metrics alone are exported with the same checks on the common variables and on
+        // their own.
+        (METRICS, HEADERS, "api-key=s3cretk3y%0d%0a"),
+        (METRICS, METRICS_HEADERS, "api-key=s3cretk3y%00"),
+        (METRICS, TIMEOUT, "s3cretk3y"),
     ] {
         let mut command = worker();
         command
             .env("RUST_LOG", "warn")
-            .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove(if exported == TRACES { METRICS } else { TRACES })
+            .env(exported, &endpoint)
             .env(var, value);
         for other in [
             HEADERS,
             TRACES_HEADERS,
+            METRICS_HEADERS,
             TIMEOUT,
             TRACES_TIMEOUT,
             COMPRESSION,
@@ -164,10 +179,10 @@ async fn bad_otlp_export_settings_stop_the_worker_naming_the_variable_not_its_va
         }
         let output = tokio::time::timeout(Duration::from_secs(60), command.output())
             .await
-            .unwrap_or_else(|_| panic!("{var}: the worker did not stop"))
+            .unwrap_or_else(|_| panic!("{exported} {var}: the worker did not stop"))
             .expect("run the worker");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{var}: {stderr}");
+        assert_eq!(output.status.code(), Some(2), "{exported} {var}: {stderr}");
         assert!(
             stderr.contains(&format!("invalid {var}:")),
             "{var}: {stderr}"
