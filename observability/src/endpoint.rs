@@ -3,7 +3,8 @@
 //! set, else `OTEL_EXPORTER_OTLP_ENDPOINT`. The exporters are then given the checked value, so
 //! the variable an error names is the one in use. A bad value stops the program at start; left
 //! to the exporter, `ftp://` or port 99999 failed at every export instead. Messages never
-//! contain the value: an endpoint may carry `user:password@`.
+//! contain the value: an endpoint may carry `user:password@` (refused: gRPC would send it in
+//! clear).
 
 use crate::InitError;
 
@@ -83,8 +84,17 @@ fn check(url: &str) -> Result<(), String> {
                 .into(),
         );
     }
-    // Whatever precedes the last `@` is user information, not the host.
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    // OTLP/gRPC has no use for `user:password@`: the gRPC client would send it in clear in
+    // the `:authority` header (which RFC 9113 forbids), where proxies and collectors log it.
+    if authority.contains('@') {
+        return Err(
+            "has user information (user:password@), which gRPC would send in clear as part of \
+             the :authority header; give credentials in OTEL_EXPORTER_OTLP_HEADERS instead \
+             (authorization=Basic%20...)"
+                .into(),
+        );
+    }
+    let host_port = authority;
     let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
         let Some((ip, after)) = bracketed.split_once(']') else {
             return Err("has an IPv6 address without its closing `]`".into());
@@ -145,7 +155,6 @@ mod tests {
             "http://[::1]:4317",
             "http://[fe80::1%25eth0]:4317",
             "http://collector:4317/",
-            "http://user:secret@collector:4317",
         ] {
             assert_eq!(check(good), Ok(()), "{good}");
         }
@@ -160,6 +169,8 @@ mod tests {
             "http://collector",
             "http://[S3CR3T]:4317",
             "http://user:secret@collector:4317/prefix",
+            "http://user:secret@collector:4317",
+            "http://user@collector:4317",
             "http://collector:4317?x=1",
             "http://collector:99999",
             "http://collector:0",

@@ -38,7 +38,7 @@ pub mod testing;
 use std::time::Duration;
 
 use opentelemetry::{Key, KeyValue, trace::TracerProvider as _};
-use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::{Resource, metrics::SdkMeterProvider, trace::SdkTracerProvider};
 use tracing_subscriber::{EnvFilter, filter::LevelFilter, prelude::*};
 
@@ -267,11 +267,16 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
                     .zip(span_settings)
                     .map(|(used, settings)| span_export::OtlpSpanExporter::new(&used, settings))
                     .transpose()?;
+                // Given the checked headers and timeout: left to read the environment itself,
+                // the stock exporter skips what it cannot parse.
                 let metrics = metrics_endpoint
-                    .map(|used| {
+                    .zip(metric_settings)
+                    .map(|(used, settings)| {
                         opentelemetry_otlp::MetricExporter::builder()
                             .with_tonic()
                             .with_endpoint(used.url.clone())
+                            .with_timeout(settings.timeout)
+                            .with_metadata(settings.headers)
                             .build()
                             .map_err(|err| failed(err, &used))
                     })
@@ -323,7 +328,7 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
         tracing::warn!(
             target: "simplebank::otlp",
             variable,
-            "OTLP compression is not built in: spans are sent uncompressed"
+            "OTLP compression is not built in: spans and metrics are sent uncompressed"
         );
     }
     // Installed last, once nothing can fail: libraries create their instruments from the

@@ -431,6 +431,15 @@ Steps 3 and 4 (43defa2..df41bf0), after always_on fell to 79% at 98d40d0 (above)
   73% to 92%, the ratio sampler 93% to 97%. Attribution, two more pairs: d8a1514 with jemalloc
   preloaded 89% and 91% (0.92-0.95 s), df41bf0 88% and 91% (0.79-0.84 s): jemalloc gives the
   rate, the exporter about 1.2 µs of CPU per span.
+- `make bench` at 0ca7dfd (on a slower machine than at 98d40d0: raw cycle 107.3k entries/s
+  against 141.9k): always_on 87% of the untraced drain (target 80%, met; 79% at 98d40d0), the
+  ratio sampler 105% (95%, met), metrics on 101.8% of off (within 5%, met; 94.9%). The drain
+  at 1 x 100 went to 130% of the raw cycle (110%): jemalloc in `test_worker`, which the drain
+  scenarios run, where the worker spent a fifth of its instructions in glibc's allocator.
+  Scenarios 9 and 10 (`bench_worker`, the system allocator) are unchanged by this work.
+- Left: a span is still built, sent and freed for every task even when always_on keeps every
+  one; that, and tracing-opentelemetry's context activation on every poll, is now most of
+  what tracing costs the worker's thread.
 
 ### The queue moved into its own crate (issue 12)
 

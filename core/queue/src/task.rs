@@ -177,7 +177,7 @@ impl Task {
             payload,
             queue,
             max_retry: P::MAX_RETRY,
-            timeout_ms: millis(P::TIMEOUT),
+            timeout_ms: timeout_millis(P::TIMEOUT)?,
             deadline: None,
             enqueued_at: now_ms(),
             traceparent: None,
@@ -233,10 +233,7 @@ impl Task {
 
     /// How long one attempt may run.
     pub fn with_timeout(mut self, timeout: Duration) -> Result<Self, TaskError> {
-        if timeout.is_zero() {
-            return Err(TaskError::Timeout);
-        }
-        self.timeout_ms = millis(timeout);
+        self.timeout_ms = timeout_millis(timeout)?;
         Ok(self)
     }
 
@@ -383,6 +380,15 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A timeout in whole milliseconds, a part of one counting as one: a stream entry's
+/// `timeout_ms` of 0 does not decode, so 500 µs must not become 0. Zero is refused.
+fn timeout_millis(timeout: Duration) -> Result<u64, TaskError> {
+    if timeout.is_zero() {
+        return Err(TaskError::Timeout);
+    }
+    Ok(millis(timeout).max(1))
+}
+
 fn epoch_ms(at: OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
@@ -442,6 +448,19 @@ mod tests {
             username: "alice".into(),
         })
         .unwrap()
+    }
+
+    /// A timeout under a millisecond is one, not 0 (which no entry may carry); 0 is refused.
+    #[test]
+    fn a_timeout_under_a_millisecond_is_one() {
+        let task = task().with_timeout(Duration::from_micros(500)).unwrap();
+        assert_eq!(task.timeout_ms, 1);
+        let task = task.with_timeout(Duration::from_micros(2_500)).unwrap();
+        assert_eq!(task.timeout_ms, 2);
+        assert!(matches!(
+            task.with_timeout(Duration::ZERO),
+            Err(TaskError::Timeout)
+        ));
     }
 
     /// JSON (the outbox's form) cannot carry what the builder refuses.
