@@ -287,6 +287,8 @@ pub(crate) struct OtlpSpanExporter {
     shut_down: AtomicBool,
     /// When partial success was last warned about (at most once a minute).
     partial_warned: Mutex<Option<Instant>>,
+    /// When spans too large for a request were last warned about.
+    too_large_warned: Mutex<Option<Instant>>,
 }
 
 /// Neither the endpoint (it may carry `user:password@`) nor header values.
@@ -303,6 +305,9 @@ impl std::fmt::Debug for OtlpSpanExporter {
 /// recommended policy: 3 at most, waiting 100, 200 then 400 ms (less up to a fifth, jitter),
 /// all within the export's timeout: each attempt gets what is left of it.
 const RETRIES: u32 = 3;
+/// The largest request sent: gRPC servers refuse a message over 4 MiB unless told otherwise
+/// (the OpenTelemetry Collector's and Jaeger's default), less room for framing.
+const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024 - 4 * 1024;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_millis(1600);
 
@@ -354,7 +359,72 @@ impl OtlpSpanExporter {
             last_size: AtomicUsize::new(0),
             shut_down: AtomicBool::new(false),
             partial_warned: Mutex::new(None),
+            too_large_warned: Mutex::new(None),
         })
+    }
+
+    /// `spans` as requests of at most [`MAX_REQUEST_BYTES`] each: the whole batch in one when it
+    /// fits (nearly always), else halves, recursively; a span too large on its own is counted
+    /// in `too_large` and left out. One span with an attribute of megabytes (a task id read
+    /// from Redis) made the collector refuse the whole batch.
+    fn encode_within(&self, spans: &[SpanData], requests: &mut Vec<Bytes>, too_large: &mut usize) {
+        let mut body = Vec::with_capacity(self.last_size.load(Ordering::Relaxed));
+        export_request(&self.resource, spans, &mut body);
+        if body.len() <= MAX_REQUEST_BYTES {
+            self.last_size.store(body.len(), Ordering::Relaxed);
+            requests.push(Bytes::from(body));
+        } else if let [_] = spans {
+            *too_large += 1;
+        } else {
+            drop(body);
+            let (first, second) = spans.split_at(spans.len() / 2);
+            self.encode_within(first, requests, too_large);
+            self.encode_within(second, requests, too_large);
+        }
+    }
+
+    /// Sends `body`, retrying a transient failure, within what is left of the export's timeout
+    /// (counted from `started`).
+    async fn deliver(&self, body: Bytes, started: Instant) -> OTelSdkResult {
+        let mut backoff = FIRST_BACKOFF;
+        let mut retries = 0;
+        loop {
+            let left = self.timeout.saturating_sub(started.elapsed());
+            match self.send(body.clone(), left).await {
+                Ok(response) => {
+                    if let Some(partial) = response.partial_success
+                        && (partial.rejected_spans > 0 || !partial.error_message.is_empty())
+                    {
+                        self.warn_partial(partial.rejected_spans, &partial.error_message);
+                    }
+                    return Ok(());
+                }
+                Err(status) => {
+                    let wait = jittered(backoff);
+                    if retries == RETRIES
+                        || !is_transient(status.code())
+                        || started.elapsed() + wait >= self.timeout
+                        || self.shut_down.load(Ordering::Acquire)
+                    {
+                        return Err(OTelSdkError::InternalFailure(self.describe(&status)));
+                    }
+                    // This future runs on the SDK's batch thread (`futures_executor`), which
+                    // has nothing else to do meanwhile, and outside any Tokio runtime.
+                    std::thread::sleep(wait);
+                    retries += 1;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Runs `warn` unless it ran less than a minute ago (`last` says when).
+    fn warn_once_a_minute(&self, last: &Mutex<Option<Instant>>, warn: impl FnOnce()) {
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+            *last = Some(Instant::now());
+            warn();
+        }
     }
 
     /// One request with `body`, given `left` of the export's timeout (tonic keeps the shorter
@@ -408,21 +478,15 @@ impl OtlpSpanExporter {
     /// Spans the collector refused though the request succeeded: not retried (the
     /// specification says so), warned about at most once a minute.
     fn warn_partial(&self, rejected: i64, message: &str) {
-        let mut last = self
-            .partial_warned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
-            return;
-        }
-        *last = Some(Instant::now());
         let message: String = message.chars().take(200).collect();
-        tracing::warn!(
-            target: "simplebank::otlp",
-            rejected_spans = rejected,
-            collector_message = %message,
-            "the OTLP collector accepted the spans only in part (next warning in a minute at the earliest)"
-        );
+        self.warn_once_a_minute(&self.partial_warned, || {
+            tracing::warn!(
+                target: "simplebank::otlp",
+                rejected_spans = rejected,
+                collector_message = %message,
+                "the OTLP collector accepted the spans only in part (next warning in a minute at the earliest)"
+            );
+        });
     }
 }
 
@@ -434,42 +498,25 @@ impl SpanExporter for OtlpSpanExporter {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut body = Vec::with_capacity(self.last_size.load(Ordering::Relaxed));
-        export_request(&self.resource, &batch, &mut body);
+        let mut requests = Vec::with_capacity(1);
+        let mut too_large = 0;
+        self.encode_within(&batch, &mut requests, &mut too_large);
         drop(batch);
-        self.last_size.store(body.len(), Ordering::Relaxed);
-        let body = Bytes::from(body);
-        let started = Instant::now();
-        let mut backoff = FIRST_BACKOFF;
-        let mut retries = 0;
-        loop {
-            let left = self.timeout.saturating_sub(started.elapsed());
-            match self.send(body.clone(), left).await {
-                Ok(response) => {
-                    if let Some(partial) = response.partial_success
-                        && (partial.rejected_spans > 0 || !partial.error_message.is_empty())
-                    {
-                        self.warn_partial(partial.rejected_spans, &partial.error_message);
-                    }
-                    return Ok(());
-                }
-                Err(status) => {
-                    let wait = jittered(backoff);
-                    if retries == RETRIES
-                        || !is_transient(status.code())
-                        || started.elapsed() + wait >= self.timeout
-                        || self.shut_down.load(Ordering::Acquire)
-                    {
-                        return Err(OTelSdkError::InternalFailure(self.describe(&status)));
-                    }
-                    // This future runs on the SDK's batch thread (`futures_executor`), which
-                    // has nothing else to do meanwhile, and outside any Tokio runtime.
-                    std::thread::sleep(wait);
-                    retries += 1;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
+        if too_large > 0 {
+            self.warn_once_a_minute(&self.too_large_warned, || {
+                tracing::warn!(
+                    target: "simplebank::otlp",
+                    spans = too_large,
+                    limit_bytes = MAX_REQUEST_BYTES,
+                    "dropped spans too large for an OTLP request on their own (an attribute of megabytes); the rest of the batch is exported (next warning in a minute at the earliest)"
+                );
+            });
         }
+        let started = Instant::now();
+        for body in requests {
+            self.deliver(body, started).await?;
+        }
+        Ok(())
     }
 
     fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
@@ -639,6 +686,8 @@ mod tests {
         struct Scripted {
             replies: Arc<Mutex<VecDeque<Reply>>>,
             calls: Arc<AtomicUsize>,
+            /// Spans in each request received.
+            spans: Arc<Mutex<Vec<usize>>>,
             delay: Duration,
             hang_from: Option<usize>,
         }
@@ -649,12 +698,10 @@ mod tests {
                 &self,
                 request: tonic::Request<ExportTraceServiceRequest>,
             ) -> Result<tonic::Response<ExportTraceServiceResponse>, Status> {
-                assert_eq!(
-                    request.get_ref().resource_spans[0].scope_spans[0]
-                        .spans
-                        .len(),
-                    1
-                );
+                let spans = request.get_ref().resource_spans[0].scope_spans[0]
+                    .spans
+                    .len();
+                self.spans.lock().unwrap().push(spans);
                 let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
                 if self.hang_from.is_some_and(|from| call >= from) {
                     std::future::pending::<()>().await;
@@ -704,7 +751,17 @@ mod tests {
         }
 
         fn batch() -> Vec<SpanData> {
-            vec![SpanData {
+            vec![span(0)]
+        }
+
+        /// A span with an attribute of `bytes` bytes.
+        fn span(bytes: usize) -> SpanData {
+            let attributes = if bytes == 0 {
+                vec![]
+            } else {
+                vec![opentelemetry::KeyValue::new("big", "x".repeat(bytes))]
+            };
+            SpanData {
                 span_context: SpanContext::new(
                     TraceId::from(1),
                     SpanId::from(2),
@@ -718,13 +775,24 @@ mod tests {
                 name: "process".into(),
                 start_time: SystemTime::now(),
                 end_time: SystemTime::now(),
-                attributes: vec![],
+                attributes,
                 dropped_attributes_count: 0,
                 events: SpanEvents::default(),
                 links: SpanLinks::default(),
                 status: opentelemetry::trace::Status::Unset,
                 instrumentation_scope: opentelemetry::InstrumentationScope::builder("t").build(),
-            }]
+            }
+        }
+
+        /// A batch over the 4 MiB a collector takes goes as several requests; a span too large
+        /// on its own is left out, not the batch (the collector refused it whole before).
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_batch_too_large_for_one_request_goes_in_several() {
+            let (collector, url) = collector(vec![]).await;
+            const MB: usize = 1024 * 1024;
+            let batch = vec![span(0), span(3 * MB), span(3 * MB), span(5 * MB), span(0)];
+            exporter(url, DEFAULT_TIMEOUT).export(batch).await.unwrap();
+            assert_eq!(*collector.spans.lock().unwrap(), [2, 1, 1]);
         }
 
         fn assert_no_secret(err: &OTelSdkError) {
