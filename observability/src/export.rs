@@ -16,6 +16,21 @@ use opentelemetry_sdk::{
 
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
+/// An exporter's error for a log line, at most 300 characters: h2 quotes a GOAWAY's debug
+/// data, text the collector chose, which can run to kilobytes.
+fn capped(err: &dyn std::fmt::Display) -> String {
+    let mut text = err.to_string();
+    if text.len() > 300 {
+        let mut end = 300;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
+}
+
 #[derive(Debug)]
 pub struct WarnOnFailure<E> {
     inner: E,
@@ -50,7 +65,7 @@ impl<E: SpanExporter> SpanExporter for WarnOnFailure<E> {
         {
             tracing::warn!(
                 target: "simplebank::otlp",
-                spans, error = %err,
+                spans, error = %capped(err),
                 "cannot export spans to the OTLP collector; dropping them (next warning in a minute at the earliest)"
             );
         }
@@ -108,7 +123,7 @@ impl<E: PushMetricExporter> PushMetricExporter for WarnOnFailure<E> {
         {
             tracing::warn!(
                 target: "simplebank::otlp",
-                error = %err,
+                error = %capped(err),
                 "cannot export metrics to the OTLP collector; this interval's values are lost, cumulative counts recover at the next export (next warning in a minute at the earliest)"
             );
         }

@@ -127,18 +127,20 @@ fn must_escape(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{061c}'
+            '\u{00ad}'
+                | '\u{061c}'
                 | '\u{200b}'..='\u{200f}'
                 | '\u{2028}'..='\u{202e}'
                 | '\u{2060}'..='\u{2064}'
                 | '\u{2066}'..='\u{2069}'
                 | '\u{feff}'
+                | '\u{e0000}'..='\u{e007f}'
         )
 }
 
 /// A JSON line with every character [`must_escape`] names that serde_json leaves as it is
-/// written as a `\uXXXX` escape (all of them are in the Basic Multilingual Plane, and only
-/// inside strings: the rest of a JSON line is ASCII).
+/// written as a `\uXXXX` escape (a pair of them, UTF-16, past the Basic Multilingual Plane),
+/// only ever inside strings: the rest of a JSON line is ASCII.
 fn escape_json_extras(line: &str) -> std::borrow::Cow<'_, str> {
     if !line.contains(must_escape) {
         return std::borrow::Cow::Borrowed(line);
@@ -147,7 +149,9 @@ fn escape_json_extras(line: &str) -> std::borrow::Cow<'_, str> {
     for c in line.chars() {
         if must_escape(c) {
             use std::fmt::Write as _;
-            let _ = write!(escaped, "\\u{:04x}", u32::from(c));
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                let _ = write!(escaped, "\\u{unit:04x}");
+            }
         } else {
             escaped.push(c);
         }
@@ -156,10 +160,11 @@ fn escape_json_extras(line: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// `line` with every character [`must_escape`] names written as `\n`, `\r`, `\t` or `\u{..}`,
-/// and a backslash as two, so that text spelling an escape (`\r\n` typed out) cannot pass
-/// for an escaped control character.
+/// and then a backslash as two, so that in a line with escapes text spelling one (`\r\n` typed
+/// out) cannot pass for an escaped character. A line with nothing to escape is left as it is:
+/// doubling there turned every `\"` of a `?`-formatted value into `\\"`.
 fn escape_controls(line: &str) -> std::borrow::Cow<'_, str> {
-    if !line.contains(|c| c == '\\' || must_escape(c)) {
+    if !line.contains(must_escape) {
         return std::borrow::Cow::Borrowed(line);
     }
     let mut escaped = String::with_capacity(line.len() + 16);
@@ -211,11 +216,21 @@ mod tests {
         String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
     }
 
-    const FORGED: &str = "t1\r\n2026-01-01T00:00:00Z ERROR forged: \u{1b}[2J\u{0}\u{202e}gpj.exe\u{85}\u{2028}x\u{61c}\u{200b}\u{feff}";
+    const FORGED: &str = "t1\r\n2026-01-01T00:00:00Z ERROR forged: \u{1b}[2J\u{0}\u{202e}gpj.exe\u{85}\u{2028}x\u{61c}\u{200b}\u{feff}\u{ad}\u{e0041}";
 
     /// Characters no line may carry as they are.
-    const RAW: [char; 10] = [
-        '\u{200b}', '\u{feff}', '\r', '\u{1b}', '\0', '\u{202e}', '\u{85}', '\u{2028}', '\u{61c}',
+    const RAW: [char; 12] = [
+        '\u{ad}',
+        '\u{e0041}',
+        '\u{200b}',
+        '\u{feff}',
+        '\r',
+        '\u{1b}',
+        '\0',
+        '\u{202e}',
+        '\u{85}',
+        '\u{2028}',
+        '\u{61c}',
         '\t',
     ];
 
@@ -230,19 +245,24 @@ mod tests {
         assert!(!out.contains(RAW), "{out:?}");
         assert!(
             lines[0].contains(
-                "task_id=t1\\r\\n2026-01-01T00:00:00Z ERROR forged: \\u{1b}[2J\\u{0}\\u{202e}gpj.exe\\u{85}\\u{2028}x\\u{61c}\\u{200b}\\u{feff}"
+                "task_id=t1\\r\\n2026-01-01T00:00:00Z ERROR forged: \\u{1b}[2J\\u{0}\\u{202e}gpj.exe\\u{85}\\u{2028}x\\u{61c}\\u{200b}\\u{feff}\\u{ad}\\u{e0041}"
             ),
             "{out:?}"
         );
         assert!(lines[0].contains("dead-lettered t1\\r\\n"), "{out:?}");
         assert!(lines[0].contains("\\t1"), "{out:?}");
         assert!(lines[1].ends_with("plain"), "{out:?}");
-        // Text that spells an escape stays distinguishable from an escaped character.
-        let spelled = logged(
-            LogFormat::Pretty,
-            || tracing::warn!(task_id = %r"c\r\n", "x"),
+        // In a line with escapes, text that spells one stays distinguishable from it; a line
+        // without is left as it is (a `?` value's quotes stay `\"`).
+        let spelled = logged(LogFormat::Pretty, || {
+            tracing::warn!(task_id = %"c\\r\\n\r\n", "x");
+            tracing::warn!(reason = ?"field \"attempt\"", "y");
+        });
+        assert!(spelled.contains(r"task_id=c\\r\\n\r\n"), "{spelled:?}");
+        assert!(
+            spelled.contains(r#"reason="field \"attempt\"""#),
+            "{spelled:?}"
         );
-        assert!(spelled.contains(r"task_id=c\\r\\n"), "{spelled:?}");
     }
 
     #[test]

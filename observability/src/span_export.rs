@@ -395,7 +395,7 @@ impl OtlpSpanExporter {
                     if let Some(partial) = response.partial_success
                         && (partial.rejected_spans > 0 || !partial.error_message.is_empty())
                     {
-                        self.warn_partial(partial.rejected_spans, &partial.error_message);
+                        self.warn_partial(partial.rejected_spans);
                     }
                     return Ok(());
                 }
@@ -463,27 +463,19 @@ impl OtlpSpanExporter {
             text.push_str(&err.to_string());
             cause = err.source();
         }
-        // h2 quotes a GOAWAY's debug data, the collector's text: kept short.
-        if text.len() > 300 {
-            let mut end = 300;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            text.truncate(end);
-            text.push_str("...");
-        }
+        // (h2 quotes a GOAWAY's debug data, the collector's text: the warning keeps 300
+        // characters of it, `export::WarnOnFailure`.)
         text
     }
 
     /// Spans the collector refused though the request succeeded: not retried (the
     /// specification says so), warned about at most once a minute.
-    fn warn_partial(&self, rejected: i64, message: &str) {
-        let message: String = message.chars().take(200).collect();
+    /// (Without the collector's message: as in `describe`, it may quote what it was sent.)
+    fn warn_partial(&self, rejected: i64) {
         self.warn_once_a_minute(&self.partial_warned, || {
             tracing::warn!(
                 target: "simplebank::otlp",
                 rejected_spans = rejected,
-                collector_message = %message,
                 "the OTLP collector accepted the spans only in part (next warning in a minute at the earliest)"
             );
         });

@@ -84,9 +84,12 @@ return {'queued', redis.call('XADD', KEYS[1], '*', unpack(ARGV, 7))}
     )
 });
 
-/// KEYS: scheduled, retry, stream (of one queue). ARGV: batch size.
+/// KEYS: scheduled, retry, stream, dead (of one queue). ARGV: batch size, queue name.
 /// Moves up to a batch of due members of each set onto the stream. Returns `{moved, wait}`:
 /// `wait` is how many ms until the next member of either set is due (-1 when both are empty).
+/// A member that is not `{"fields": [name, value, ...]}` (written by something else) is moved
+/// to the dead letters as a poison entry with its text (`raw` = `{"member": ...}`): left in
+/// place, its error failed every later call, and no task of the queue was promoted again.
 static PROMOTE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -94,14 +97,30 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local moved = 0
 local wait = -1
+local function fields_of(member)
+  local ok, task = pcall(cjson.decode, member)
+  if not ok or type(task) ~= 'table' or type(task.fields) ~= 'table' then return nil end
+  local fields = task.fields
+  if #fields == 0 or #fields % 2 ~= 0 then return nil end
+  for _, v in ipairs(fields) do
+    if type(v) ~= 'string' and type(v) ~= 'number' then return nil end
+  end
+  return fields
+end
 for i = 1, 2 do
   local due = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
   for _, member in ipairs(due) do
-    local task = cjson.decode(member)
-    redis.call('XADD', KEYS[3], '*', unpack(task.fields))
+    local fields = fields_of(member)
+    if fields then
+      redis.call('XADD', KEYS[3], '*', unpack(fields))
+      moved = moved + 1
+    else
+      redis.call('XADD', KEYS[4], '*', 'dead_at', tostring(now), 'queue', ARGV[2],
+        'error', 'a scheduled or retry member that is not a task this queue can decode',
+        'attempts', '0', 'raw', cjson.encode({member = member}))
+    end
     redis.call('ZREM', KEYS[i], member)
   end
-  moved = moved + #due
   local next = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
   if next[2] then
     local w = math.max(0, tonumber(next[2]) - now)
@@ -368,7 +387,9 @@ pub(crate) async fn promote(
         .key(keys.scheduled(queue))
         .key(keys.retry(queue))
         .key(keys.stream(queue))
+        .key(keys.dead(queue))
         .arg(batch)
+        .arg(queue.as_str())
         .invoke_async(conn)
         .await?;
     Ok((moved, u64::try_from(wait).ok()))

@@ -156,3 +156,65 @@ async fn the_reclaimer_takes_over_entries_with_such_a_field_name() {
     worker_settings.visibility_timeout = Duration::from_millis(300);
     run_until_settled(&redis, &queue, worker_settings, 4).await;
 }
+
+/// Members of the scheduled and retry sets that no publisher of ours writes (not JSON, an
+/// odd number of fields, a field that is no string) are dead-lettered with their text, and the
+/// tasks around them are promoted and run (found by an outside attack: one such member failed
+/// every PROMOTE call of its queue, so none of its delayed tasks or retries ran again).
+#[tokio::test]
+async fn a_set_member_that_is_no_task_is_dead_lettered_and_the_rest_promoted() {
+    let redis = TestRedis::new();
+    let queue = QueueName::parse("default").unwrap();
+    let mut conn = redis.conn().await;
+    for (set, member) in [
+        (redis.keys().scheduled(&queue), "notjson"),
+        (
+            redis.keys().scheduled(&queue),
+            r#"{"fields":["id","x","type"]}"#,
+        ),
+        (redis.keys().retry(&queue), r#"{"fields":[["nested"],"x"]}"#),
+    ] {
+        let _: i64 = redis::cmd("ZADD")
+            .arg(set)
+            .arg(0)
+            .arg(member)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let delayed: Vec<Task> = good_jobs(&queue)
+        .into_iter()
+        .map(|task| task.with_process_in(Duration::from_millis(300)))
+        .collect();
+    publisher(&redis).publish_batch(&delayed).await.unwrap();
+    let worker = Running::start(&redis, settings("promoter", &[(&queue, 1)]), handlers());
+    eventually(
+        "the delayed tasks ran and the odd members are dead letters",
+        Duration::from_secs(20),
+        || async {
+            let (processed, dead, left) = outcome(&redis, &queue).await;
+            (processed, dead, left) == (3, 3, 0)
+        },
+    )
+    .await;
+    worker.stop().await;
+    let letters = DeadLetters::new(manager(&redis), redis.keys())
+        .list(&queue, 10)
+        .await
+        .unwrap();
+    assert!(letters.iter().all(|letter| letter.task.is_none()));
+    assert!(
+        letters
+            .iter()
+            .any(|letter| letter.raw.as_deref() == Some(r#"{"member":"notjson"}"#)),
+        "{letters:?}"
+    );
+    for set in [redis.keys().scheduled(&queue), redis.keys().retry(&queue)] {
+        let left: u64 = redis::cmd("ZCARD")
+            .arg(set)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+}
