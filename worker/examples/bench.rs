@@ -437,6 +437,10 @@ Steps 3 and 4 (43defa2..df41bf0), after always_on fell to 79% at 98d40d0 (above)
   at 1 x 100 went to 130% of the raw cycle (110%): jemalloc in `test_worker`, which the drain
   scenarios run, where the worker spent a fifth of its instructions in glibc's allocator.
   Scenarios 9 and 10 (`bench_worker`, the system allocator) are unchanged by this work.
+- `make bench-peers` at 2f05f1b (section 10; `bench_worker` on the system allocator, as
+  before): 2.2x apalis with leases off and 7.6x BullMQ one at a time, 2.4x and 7.6x batched
+  (2.1x, 6.6x, 2.2x and 7.8x at 98d40d0): within this comparison's noise, the targets (3x,
+  10x) not met.
 - Left: a span is still built, sent and freed for every task even when always_on keeps every
   one; that, and tracing-opentelemetry's context activation on every poll, is now most of
   what tracing costs the worker's thread.
