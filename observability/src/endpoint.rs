@@ -25,26 +25,36 @@ pub(crate) struct Endpoint {
 /// The endpoint of the signal whose own variable is `signal_var`, if any is set (blank is
 /// unset), checked.
 pub(crate) fn for_signal(signal_var: &'static str) -> Result<Option<Endpoint>, InitError> {
-    for variable in [signal_var, COMMON_VAR] {
-        let value = match std::env::var(variable) {
-            Ok(value) if value.trim().is_empty() => continue,
-            Ok(value) => value,
-            Err(std::env::VarError::NotPresent) => continue,
+    let Some((variable, value)) = first_set([signal_var, COMMON_VAR])? else {
+        return Ok(None);
+    };
+    let url = value.trim();
+    check(url).map_err(|message| invalid(variable, message))?;
+    Ok(Some(Endpoint {
+        variable,
+        url: url.to_owned(),
+    }))
+}
+
+/// The first of `vars` (a signal's own variable, then the common one) set to something other
+/// than blanks, with its name; an `OTEL_EXPORTER_OTLP_*` setting's lookup.
+pub(crate) fn first_set(
+    vars: [&'static str; 2],
+) -> Result<Option<(&'static str, String)>, InitError> {
+    for variable in vars {
+        match std::env::var(variable) {
+            Ok(value) if value.trim().is_empty() => {}
+            Ok(value) => return Ok(Some((variable, value))),
+            Err(std::env::VarError::NotPresent) => {}
             Err(std::env::VarError::NotUnicode(_)) => {
                 return Err(invalid(variable, "is not valid UTF-8".into()));
             }
-        };
-        let url = value.trim();
-        check(url).map_err(|message| invalid(variable, message))?;
-        return Ok(Some(Endpoint {
-            variable,
-            url: url.to_owned(),
-        }));
+        }
     }
     Ok(None)
 }
 
-fn invalid(variable: &'static str, message: String) -> InitError {
+pub(crate) fn invalid(variable: &'static str, message: String) -> InitError {
     InitError::Setting { variable, message }
 }
 

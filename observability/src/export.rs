@@ -31,23 +31,14 @@ fn capped(err: &dyn std::fmt::Display) -> String {
     text
 }
 
-#[derive(Debug)]
-pub struct WarnOnFailure<E> {
-    inner: E,
-    last_warning: Mutex<Option<Instant>>,
-}
+/// One kind of warning, let through at most once a minute.
+#[derive(Debug, Default)]
+pub(crate) struct OnceAMinute(Mutex<Option<Instant>>);
 
-impl<E> WarnOnFailure<E> {
-    pub fn new(inner: E) -> Self {
-        Self {
-            inner,
-            last_warning: Mutex::new(None),
-        }
-    }
-
-    /// Whether a failure should be warned about now: at most once a minute.
-    fn warning_due(&self) -> bool {
-        let mut last = self.last_warning.lock().unwrap_or_else(|e| e.into_inner());
+impl OnceAMinute {
+    /// Whether the warning is due now; if so, the next is a minute away.
+    pub fn due(&self) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let due = last.is_none_or(|at| at.elapsed() >= WARN_EVERY);
         if due {
             *last = Some(Instant::now());
@@ -56,12 +47,27 @@ impl<E> WarnOnFailure<E> {
     }
 }
 
+#[derive(Debug)]
+pub struct WarnOnFailure<E> {
+    inner: E,
+    failure_warned: OnceAMinute,
+}
+
+impl<E> WarnOnFailure<E> {
+    pub fn new(inner: E) -> Self {
+        Self {
+            inner,
+            failure_warned: OnceAMinute::default(),
+        }
+    }
+}
+
 impl<E: SpanExporter> SpanExporter for WarnOnFailure<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let spans = batch.len();
         let result = self.inner.export(batch).await;
         if let Err(err) = &result
-            && self.warning_due()
+            && self.failure_warned.due()
         {
             tracing::warn!(
                 target: "simplebank::otlp",
@@ -119,7 +125,7 @@ impl<E: PushMetricExporter> PushMetricExporter for WarnOnFailure<E> {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
         let result = self.inner.export(metrics).await;
         if let Err(err) = &result
-            && self.warning_due()
+            && self.failure_warned.due()
         {
             tracing::warn!(
                 target: "simplebank::otlp",

@@ -15,9 +15,9 @@
 //! signal; unset = no export, no error, no delay), `OTEL_METRICS_EXPORTER` (`none` turns
 //! metrics off), `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER` /
 //! `OTEL_TRACES_SAMPLER_ARG`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_SCHEDULE_DELAY`,
-//! `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT`,
-//! `OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`, `OTEL_EXPORTER_OTLP_[TRACES_]COMPRESSION` (sent
-//! uncompressed whatever it says). Spans go through the crate's own exporter,
+//! `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]TIMEOUT`,
+//! `OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]HEADERS` and `_COMPRESSION` (`none`; `gzip` and
+//! `zstd` are ignored with a warning: this build sends OTLP uncompressed). Spans go through the crate's own exporter,
 //! which encodes them straight into request bytes (`span_export`). Trace ids exist (and propagate)
 //! even without export, so log lines can always be correlated. Endpoints must be `http://`
 //! (no TLS in this build) and are checked at start. Both signals share one resource, whose
@@ -233,59 +233,55 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
     // Checked first, whether metrics are exported or not: a bad value stops the program.
     let interval = metrics::export_interval()?;
     let metrics_on = metrics::enabled()?;
-    let traces_endpoint = endpoint::for_signal(endpoint::TRACES_VAR)?;
-    let span_settings = traces_endpoint
-        .as_ref()
-        .map(|_| span_export::Settings::from_env(span_export::Signal::Traces))
+    // Each signal exported: its checked endpoint, and its exporter's checked settings.
+    let with_settings = |endpoint: endpoint::Endpoint, signal| {
+        span_export::Settings::from_env(signal).map(|settings| (endpoint, settings))
+    };
+    let traces = endpoint::for_signal(endpoint::TRACES_VAR)?
+        .map(|used| with_settings(used, span_export::Signal::TRACES))
         .transpose()?;
-
-    let metrics_endpoint = if metrics_on {
+    let metrics = if metrics_on {
         endpoint::for_signal(endpoint::METRICS_VAR)?
     } else {
         None
-    };
-    let metric_settings = metrics_endpoint
-        .as_ref()
-        .map(|_| span_export::Settings::from_env(span_export::Signal::Metrics))
-        .transpose()?;
-    let ignored_compression = [&span_settings, &metric_settings]
+    }
+    .map(|used| with_settings(used, span_export::Signal::METRICS))
+    .transpose()?;
+    let ignored_compression = [&traces, &metrics]
         .into_iter()
         .flatten()
-        .find_map(|settings| settings.ignored_compression);
-    let (span_exporter, metric_exporter) =
-        if traces_endpoint.is_some() || metrics_endpoint.is_some() {
-            export::on_own_thread(move || {
-                // The exporters get the checked value; their errors name its variable, not it.
-                let failed = |err: opentelemetry_otlp::ExporterBuildError,
-                              used: &endpoint::Endpoint| {
-                    InitError::Exporter {
-                        variable: used.variable,
-                        cause: endpoint::redacted(&err, &used.url),
-                    }
-                };
-                let spans = traces_endpoint
-                    .zip(span_settings)
-                    .map(|(used, settings)| span_export::OtlpSpanExporter::new(&used, settings))
-                    .transpose()?;
-                // Given the checked headers and timeout: left to read the environment itself,
-                // the stock exporter skips what it cannot parse.
-                let metrics = metrics_endpoint
-                    .zip(metric_settings)
-                    .map(|(used, settings)| {
-                        opentelemetry_otlp::MetricExporter::builder()
-                            .with_tonic()
-                            .with_endpoint(used.url.clone())
-                            .with_timeout(settings.timeout)
-                            .with_metadata(settings.headers)
-                            .build()
-                            .map_err(|err| failed(err, &used))
-                    })
-                    .transpose()?;
-                Ok((spans, metrics))
-            })?
-        } else {
-            (None, None)
-        };
+        .find_map(|(_, settings)| settings.ignored_compression);
+    let (span_exporter, metric_exporter) = if traces.is_some() || metrics.is_some() {
+        export::on_own_thread(move || {
+            // The exporters get the checked value; their errors name its variable, not it.
+            let failed = |err: opentelemetry_otlp::ExporterBuildError,
+                          used: &endpoint::Endpoint| {
+                InitError::Exporter {
+                    variable: used.variable,
+                    cause: endpoint::redacted(&err, &used.url),
+                }
+            };
+            let spans = traces
+                .map(|(used, settings)| span_export::OtlpSpanExporter::new(&used, settings))
+                .transpose()?;
+            // Given the checked headers and timeout: left to read the environment itself,
+            // the stock exporter skips what it cannot parse.
+            let metrics = metrics
+                .map(|(used, settings)| {
+                    opentelemetry_otlp::MetricExporter::builder()
+                        .with_tonic()
+                        .with_endpoint(used.url.clone())
+                        .with_timeout(settings.timeout)
+                        .with_metadata(settings.headers)
+                        .build()
+                        .map_err(|err| failed(err, &used))
+                })
+                .transpose()?;
+            Ok((spans, metrics))
+        })?
+    } else {
+        (None, None)
+    };
     let meters =
         metric_exporter.map(|exporter| metrics::provider(resource.clone(), exporter, interval));
     let mut provider = SdkTracerProvider::builder().with_resource(resource);

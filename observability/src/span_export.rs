@@ -6,10 +6,7 @@
 
 use std::{
     str::FromStr as _,
-    sync::{
-        Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -32,50 +29,51 @@ use tonic::{
 
 use crate::{
     InitError,
-    endpoint::Endpoint,
+    endpoint::{Endpoint, first_set, invalid},
+    export::OnceAMinute,
     span_encoding::{EncodedResource, export_request},
 };
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
-/// Which signal's variables to read: its own (`OTEL_EXPORTER_OTLP_TRACES_HEADERS`...), else
-/// the common one (`OTEL_EXPORTER_OTLP_HEADERS`...).
+/// The variables of one signal's exporter settings, each `[its own, the common one]`: the
+/// first set wins.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Signal {
-    Traces,
-    Metrics,
+pub(crate) struct Signal {
+    headers: [&'static str; 2],
+    timeout: [&'static str; 2],
+    compression: [&'static str; 2],
 }
 
 impl Signal {
-    /// `[the signal's own variable, the common one]` for `setting` (`HEADERS`, `TIMEOUT`...).
-    fn vars(self, setting: &str) -> [&'static str; 2] {
-        match (self, setting) {
-            (Self::Traces, "HEADERS") => [
-                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-                "OTEL_EXPORTER_OTLP_HEADERS",
-            ],
-            (Self::Metrics, "HEADERS") => [
-                "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
-                "OTEL_EXPORTER_OTLP_HEADERS",
-            ],
-            (Self::Traces, "TIMEOUT") => [
-                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-                "OTEL_EXPORTER_OTLP_TIMEOUT",
-            ],
-            (Self::Metrics, "TIMEOUT") => [
-                "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
-                "OTEL_EXPORTER_OTLP_TIMEOUT",
-            ],
-            (Self::Traces, _) => [
-                "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
-                "OTEL_EXPORTER_OTLP_COMPRESSION",
-            ],
-            (Self::Metrics, _) => [
-                "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
-                "OTEL_EXPORTER_OTLP_COMPRESSION",
-            ],
-        }
-    }
+    pub const TRACES: Self = Self {
+        headers: [
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ],
+        timeout: [
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        ],
+        compression: [
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+        ],
+    };
+    pub const METRICS: Self = Self {
+        headers: [
+            "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ],
+        timeout: [
+            "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        ],
+        compression: [
+            "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+        ],
+    };
 }
 
 /// The specification's default.
@@ -87,7 +85,8 @@ const MAX_TIMEOUT_MS: u64 = 10 * 60 * 1000;
 /// larger header lists (Envoy's default is 60 KiB), and every export would fail.
 const MAX_HEADERS_BYTES: usize = 60 * 1024;
 
-/// The span exporter's settings besides the endpoint, read from the environment.
+/// An exporter's settings besides the endpoint, read from the environment: the span
+/// exporter's, and those handed to the metrics exporter.
 #[derive(Clone)]
 pub(crate) struct Settings {
     pub headers: MetadataMap,
@@ -118,37 +117,18 @@ fn header_names(headers: &MetadataMap) -> Vec<String> {
         .collect()
 }
 
-/// The first of `vars` set to something other than blanks, with its name.
-fn first_set(vars: [&'static str; 2]) -> Result<Option<(&'static str, String)>, InitError> {
-    for variable in vars {
-        match std::env::var(variable) {
-            Ok(value) if value.trim().is_empty() => {}
-            Ok(value) => return Ok(Some((variable, value))),
-            Err(std::env::VarError::NotPresent) => {}
-            Err(std::env::VarError::NotUnicode(_)) => {
-                return Err(invalid(variable, "is not valid UTF-8".into()));
-            }
-        }
-    }
-    Ok(None)
-}
-
-fn invalid(variable: &'static str, message: String) -> InitError {
-    InitError::Setting { variable, message }
-}
-
 impl Settings {
     /// The settings of `signal`'s exporter, checked. The metrics exporter reads its own with
     /// opentelemetry-otlp's rules, which skip what they cannot parse; checking them here first
     /// stops the program on the same values for both signals.
     pub fn from_env(signal: Signal) -> Result<Self, InitError> {
-        let headers = match first_set(signal.vars("HEADERS"))? {
+        let headers = match first_set(signal.headers)? {
             Some((variable, value)) => {
                 parse_headers(&value).map_err(|message| invalid(variable, message))?
             }
             None => MetadataMap::new(),
         };
-        let timeout = match first_set(signal.vars("TIMEOUT"))? {
+        let timeout = match first_set(signal.timeout)? {
             Some((variable, value)) => match value.trim().parse::<u64>() {
                 Ok(ms @ 1..=MAX_TIMEOUT_MS) => Duration::from_millis(ms),
                 _ => {
@@ -163,7 +143,7 @@ impl Settings {
             },
             None => DEFAULT_TIMEOUT,
         };
-        let ignored_compression = match first_set(signal.vars("COMPRESSION"))? {
+        let ignored_compression = match first_set(signal.compression)? {
             None => None,
             Some((variable, value)) => match value.trim().to_ascii_lowercase().as_str() {
                 "none" => None,
@@ -285,10 +265,8 @@ pub(crate) struct OtlpSpanExporter {
     /// The size of the last request, to size the next one's buffer.
     last_size: AtomicUsize,
     shut_down: AtomicBool,
-    /// When partial success was last warned about (at most once a minute).
-    partial_warned: Mutex<Option<Instant>>,
-    /// When spans too large for a request were last warned about.
-    too_large_warned: Mutex<Option<Instant>>,
+    partial_warned: OnceAMinute,
+    too_large_warned: OnceAMinute,
 }
 
 /// Neither the endpoint (it may carry `user:password@`) nor header values.
@@ -358,8 +336,8 @@ impl OtlpSpanExporter {
             resource: EncodedResource::default(),
             last_size: AtomicUsize::new(0),
             shut_down: AtomicBool::new(false),
-            partial_warned: Mutex::new(None),
-            too_large_warned: Mutex::new(None),
+            partial_warned: OnceAMinute::default(),
+            too_large_warned: OnceAMinute::default(),
         })
     }
 
@@ -418,15 +396,6 @@ impl OtlpSpanExporter {
         }
     }
 
-    /// Runs `warn` unless it ran less than a minute ago (`last` says when).
-    fn warn_once_a_minute(&self, last: &Mutex<Option<Instant>>, warn: impl FnOnce()) {
-        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
-            *last = Some(Instant::now());
-            warn();
-        }
-    }
-
     /// One request with `body`, given `left` of the export's timeout (tonic keeps the shorter
     /// of it and the channel's, and tells the collector the deadline).
     async fn send(
@@ -472,13 +441,13 @@ impl OtlpSpanExporter {
     /// specification says so), warned about at most once a minute.
     /// (Without the collector's message: as in `describe`, it may quote what it was sent.)
     fn warn_partial(&self, rejected: i64) {
-        self.warn_once_a_minute(&self.partial_warned, || {
+        if self.partial_warned.due() {
             tracing::warn!(
                 target: "simplebank::otlp",
                 rejected_spans = rejected,
                 "the OTLP collector accepted the spans only in part (next warning in a minute at the earliest)"
             );
-        });
+        }
     }
 }
 
@@ -494,15 +463,13 @@ impl SpanExporter for OtlpSpanExporter {
         let mut too_large = 0;
         self.encode_within(&batch, &mut requests, &mut too_large);
         drop(batch);
-        if too_large > 0 {
-            self.warn_once_a_minute(&self.too_large_warned, || {
-                tracing::warn!(
-                    target: "simplebank::otlp",
-                    spans = too_large,
-                    limit_bytes = MAX_REQUEST_BYTES,
-                    "dropped spans too large for an OTLP request on their own (an attribute of megabytes); the rest of the batch is exported (next warning in a minute at the earliest)"
-                );
-            });
+        if too_large > 0 && self.too_large_warned.due() {
+            tracing::warn!(
+                target: "simplebank::otlp",
+                spans = too_large,
+                limit_bytes = MAX_REQUEST_BYTES,
+                "dropped spans too large for an OTLP request on their own (an attribute of megabytes); the rest of the batch is exported (next warning in a minute at the earliest)"
+            );
         }
         let started = Instant::now();
         for body in requests {
