@@ -31,19 +31,19 @@ const MAX_EXPORT_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// The variable choosing the metrics exporter: `otlp` (the default) or `none`.
 pub const EXPORTER_VAR: &str = "OTEL_METRICS_EXPORTER";
 
-/// Whether metrics are exported: an OTLP endpoint for them is configured and
-/// `OTEL_METRICS_EXPORTER` is not `none`. Any other exporter name is an error.
+/// Whether metrics may be exported: `OTEL_METRICS_EXPORTER` is `otlp` (or unset), not `none`;
+/// they are when an endpoint is set too (`endpoint::for_signal`, which checks it, and refuses a
+/// value that is not UTF-8 where a test for "set" here took it for unset and turned metrics
+/// off without a word). Any other exporter name, or one that is not UTF-8, is an error.
 pub fn enabled() -> Result<bool, InitError> {
+    let exporter = match std::env::var(EXPORTER_VAR) {
+        Ok(exporter) => exporter,
+        Err(std::env::VarError::NotPresent) => String::new(),
+        Err(std::env::VarError::NotUnicode(_)) => String::from("\u{fffd}"),
+    };
     // Enumerated values are case-insensitive in the OpenTelemetry configuration spec.
-    let exporter = std::env::var(EXPORTER_VAR)
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    match exporter.as_str() {
-        "" | "otlp" => Ok(crate::any_set(&[
-            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-        ])),
+    match exporter.trim().to_ascii_lowercase().as_str() {
+        "" | "otlp" => Ok(true),
         "none" => Ok(false),
         _ => Err(InitError::Setting {
             variable: EXPORTER_VAR,

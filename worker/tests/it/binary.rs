@@ -191,9 +191,43 @@ async fn bad_otlp_export_settings_stop_the_worker_naming_the_variable_not_its_va
     }
 }
 
+/// A metrics variable that is not UTF-8 stops the worker naming it: before, an endpoint like
+/// that counted as unset and metrics were off without a word, and such an exporter name as
+/// `otlp` (found by an outside attack).
+#[tokio::test]
+async fn a_metrics_setting_that_is_not_utf8_stops_the_worker_naming_it() {
+    use std::os::unix::ffi::OsStringExt as _;
+    for var in [
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_METRICS_EXPORTER",
+    ] {
+        let mut command = worker();
+        command
+            .env("RUST_LOG", "warn")
+            .env_remove("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_METRICS_EXPORTER")
+            .env(
+                var,
+                std::ffi::OsString::from_vec(b"http://\xff:4317".to_vec()),
+            );
+        let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+            .await
+            .unwrap_or_else(|_| panic!("{var}: the worker did not stop"))
+            .expect("run the worker");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{var}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid {var}:")),
+            "{var}: {stderr}"
+        );
+    }
+}
+
 #[tokio::test]
 /// (With a compression asked for that this build does not do: the worker starts, says once
-/// that it sends spans uncompressed, as the OpenTelemetry exporter does, and runs.)
+/// that it sends OTLP uncompressed, as the OpenTelemetry exporter does, and runs.)
 async fn sigterm_stops_the_worker_with_exit_code_0() {
     let (db, redis) = (TestDb::create().await, TestRedis::new());
     let name = format!("binary-{}", uuid::Uuid::new_v4());
