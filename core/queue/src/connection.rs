@@ -11,6 +11,7 @@
 //! with the same TLS settings.
 
 mod endpoint;
+pub(crate) mod reader;
 
 pub use endpoint::{Connection, Endpoint};
 

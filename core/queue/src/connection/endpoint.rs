@@ -1,6 +1,7 @@
 //! One connection type for both deployments: [`Endpoint`] says where Redis is (one server, or
 //! a Redis Cluster reached through seed nodes) and opens [`Connection`]s, the one type every
-//! part of the queue (and the programs around it) talks through.
+//! part of the queue (and the programs around it) talks through, but for a worker's reads on
+//! one server over plain TCP (`reader`).
 //!
 //! On a cluster the client routes each command (script, pipeline) to the primary of its
 //! key's slot, follows MOVED and ASK redirections, and after a node failed (a failover: its

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{dispatch::Dispatcher, group, paused::Paused, priority::Priority};
 use crate::{
-    connection::Connection,
+    connection::{Connection, reader::Reader},
     fields::Entry,
     keys::{GROUP, Keys, QueueName},
     report,
@@ -332,8 +332,12 @@ pub(crate) struct Fetcher {
 /// What a read needs, shared by reads in flight.
 #[derive(Debug)]
 struct Target {
-    /// Non-blocking reads (and, on one server, the blocking read over all streams).
+    /// Non-blocking reads (and, on one server, the blocking read over all streams), unless
+    /// `reader` is set.
     conn: Connection,
+    /// One server over plain TCP: reads go out on connections of their own instead of
+    /// `conn`, their replies decoded by `reader`'s own decoder (see its module header).
+    reader: Option<Reader>,
     /// Cluster only: one connection per queue (by index) for its blocking reads.
     blocking: Option<Vec<Connection>>,
     streams: Vec<String>,
@@ -347,13 +351,15 @@ struct Target {
 pub(crate) struct ReadConnections {
     /// Non-blocking reads (and, on one server, the blocking read over all streams).
     pub conn: Connection,
+    /// Instead of `conn`, where it can be used (one server over plain TCP).
+    pub reader: Option<Reader>,
     /// Cluster only: one connection per queue, in the order of the queues, for its blocking
     /// reads.
     pub blocking: Option<Vec<Connection>>,
 }
 
 impl Fetcher {
-    /// Reads on `conns.conn`; with `conns.blocking` (on a cluster) each queue blocks on its
+    /// Reads with `conns.reader` if set, else on `conns.conn`; with `conns.blocking` (on a cluster) each queue blocks on its
     /// own connection, else one read blocks on all streams on `conns.conn`.
     pub(crate) fn new(
         conns: ReadConnections,
@@ -368,6 +374,7 @@ impl Fetcher {
         Self {
             target: Arc::new(Target {
                 conn: conns.conn,
+                reader: conns.reader,
                 blocking: conns.blocking,
                 streams: queues.iter().map(|(queue, _)| keys.stream(queue)).collect(),
                 queues: queues.iter().map(|(queue, _)| queue.clone()).collect(),
@@ -462,13 +469,12 @@ impl Target {
         options: StreamReadOptions,
     ) -> redis::RedisResult<Entries> {
         let ids = vec![">"; streams.len()];
-        let reply: Value = redis::cmd("XREADGROUP")
-            .arg(&options)
-            .arg("STREAMS")
-            .arg(streams)
-            .arg(&ids)
-            .query_async(&mut conn)
-            .await?;
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg(&options).arg("STREAMS").arg(streams).arg(&ids);
+        let reply: Value = match &self.reader {
+            Some(reader) => reader.query(&cmd).await?,
+            None => cmd.query_async(&mut conn).await?,
+        };
         let mut entries = Vec::new();
         for (stream, read) in read_reply(reply)? {
             let Some(position) = self.streams.iter().position(|s| *s == stream) else {

@@ -225,6 +225,10 @@ impl Worker {
         let fetcher = Fetcher::new(
             fetch::ReadConnections {
                 conn: fetch_conn,
+                reader: connection::reader::Reader::for_endpoint(
+                    &self.endpoint,
+                    settings.block + connection::RESPONSE_TIMEOUT,
+                ),
                 blocking,
             },
             &self.keys,

@@ -1,0 +1,421 @@
+//! The worker's read path on one server over plain TCP: connections of its own, each with one
+//! command in flight, whose replies are decoded by a small RESP2 decoder instead of the redis
+//! crate's.
+//!
+//! Why: decoding XREADGROUP replies took half of a worker's instructions (`callgrind`,
+//! BENCHMARKS.md): the redis crate's decoder is built on `combine`, whose resumable parser
+//! machinery costs far more than the bytes it reads. Here a reply is first checked complete
+//! by walking its headers (a bulk string is skipped by its length), then built in one pass.
+//!
+//! What it is not: a general client. It sends what [`Reader::query`] is given, logs in (AUTH
+//! with the user and password of the address, SELECT its database) on each new connection,
+//! and speaks RESP2 whatever the address asks for (the entries decode the same either way). A
+//! Redis Cluster, TLS (`rediss://`) and Unix sockets keep the redis crate's connections
+//! ([`Reader::for_endpoint`] gives `None`).
+//!
+//! Failures: each query runs within its timeout, connecting and logging in included. A
+//! connection that failed in any way (I/O, timeout, a reply that does not decode, a refused
+//! login) is dropped, and the next query connects afresh, so a restarted Redis or a rotated
+//! password needs nothing more. An error reply (`-NOGROUP ...`) is the command's error, as the
+//! redis crate gives it, and leaves the connection in use.
+
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use redis::{ConnectionAddr, ErrorKind, RedisResult, Value};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use super::Endpoint;
+
+/// How long connecting may take (as for the redis crate's connections, `endpoint`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Connections kept for the next query; more are made when more queries overlap (the fetch
+/// loop has at most two reads in flight), and closed when they come back to a full pool.
+const IDLE: usize = 4;
+
+/// A bulk string longer than Redis' own largest (`proto-max-bulk-len` at most 512 MB) is no
+/// reply of a Redis: the connection is dropped instead of buffering it.
+const MAX_BULK: usize = 512 * 1024 * 1024;
+
+/// Arrays nest this deep at most (an XREADGROUP reply nests four deep).
+const MAX_DEPTH: usize = 16;
+
+/// A simple string's, an error's or a length's line longer than this is no reply of a Redis.
+const MAX_LINE: usize = 64 * 1024;
+
+/// How much to read at a time.
+const READ_SIZE: usize = 64 * 1024;
+
+/// A connection's buffer larger than this (after a long reply) is freed once the reply is
+/// decoded.
+const KEPT_BUFFER: usize = 1024 * 1024;
+
+/// Where and as whom to connect, and the connections not in use.
+pub(crate) struct Reader {
+    host: String,
+    port: u16,
+    username: Option<String>,
+    password: Option<String>,
+    db: i64,
+    timeout: Duration,
+    idle: Mutex<Vec<Conn>>,
+}
+
+impl std::fmt::Debug for Reader {
+    // The password is never shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reader")
+    }
+}
+
+impl Reader {
+    /// A reader for `endpoint` if it is one server over plain TCP (see the module header),
+    /// each query within `timeout` (keep it above the BLOCK time of blocking reads).
+    pub(crate) fn for_endpoint(endpoint: &Endpoint, timeout: Duration) -> Option<Self> {
+        let Endpoint::Single(client) = endpoint else {
+            return None;
+        };
+        let info = client.get_connection_info();
+        let ConnectionAddr::Tcp(host, port) = info.addr() else {
+            return None;
+        };
+        let settings = info.redis_settings();
+        Some(Self {
+            host: host.clone(),
+            port: *port,
+            username: settings.username().map(str::to_owned),
+            password: settings.password().map(str::to_owned),
+            db: settings.db(),
+            timeout,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Sends `cmd` and returns its reply: the command's error for an error reply. Only for a
+    /// command that may run twice (the reads): one whose idle connection turns out closed is
+    /// sent again on a new one (see below).
+    pub(crate) async fn query(&self, cmd: &redis::Cmd) -> RedisResult<Value> {
+        let deadline = Instant::now() + self.timeout;
+        let packed = cmd.get_packed_command();
+        let taken = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let (conn, reply) = match taken {
+            Some(mut conn) => match within(deadline, conn.request(&packed)).await {
+                // Closed before any of a reply came: most often an idle connection the server
+                // closed (a restart, its `timeout`, CLIENT KILL), so the command goes out once
+                // more on a new one. Had it run (a server that died before answering), what it
+                // delivered stays pending and is taken over, as after any lost reply.
+                Err(_) if conn.closed() => {
+                    let mut conn = within(deadline, self.connect(deadline)).await?;
+                    let reply = within(deadline, conn.request(&packed)).await;
+                    (conn, reply)
+                }
+                reply => (conn, reply),
+            },
+            None => {
+                let mut conn = within(deadline, self.connect(deadline)).await?;
+                let reply = within(deadline, conn.request(&packed)).await;
+                (conn, reply)
+            }
+        };
+        let reply = reply?;
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < IDLE {
+            idle.push(conn);
+        }
+        drop(idle);
+        match reply {
+            // Only a whole reply can be an error: the values inside one are not looked at.
+            Value::ServerError(_) => reply.extract_error(),
+            reply => Ok(reply),
+        }
+    }
+
+    async fn connect(&self, deadline: Instant) -> RedisResult<Conn> {
+        let connect = TcpStream::connect((self.host.as_str(), self.port));
+        let stream = tokio::time::timeout_at(
+            tokio::time::Instant::from_std(deadline.min(Instant::now() + CONNECT_TIMEOUT)),
+            connect,
+        )
+        .await
+        .map_err(|_| timed_out())??;
+        stream.set_nodelay(true)?;
+        let mut conn = Conn {
+            stream,
+            buf: Vec::new(),
+            progress: Progress::default(),
+            closed: false,
+        };
+        if let Some(password) = &self.password {
+            let mut auth = redis::cmd("AUTH");
+            if let Some(username) = &self.username {
+                auth.arg(username);
+            }
+            auth.arg(password);
+            conn.request(&auth.get_packed_command())
+                .await?
+                .extract_error()?;
+        }
+        if self.db != 0 {
+            conn.request(&redis::cmd("SELECT").arg(self.db).get_packed_command())
+                .await?
+                .extract_error()?;
+        }
+        Ok(conn)
+    }
+}
+
+/// `future` if it finishes before `deadline`; an I/O error (timed out) if not.
+async fn within<T>(
+    deadline: Instant,
+    future: impl Future<Output = RedisResult<T>>,
+) -> RedisResult<T> {
+    tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), future)
+        .await
+        .map_err(|_| timed_out())?
+}
+
+fn timed_out() -> redis::RedisError {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis did not answer in time").into()
+}
+
+/// One connection with no command in flight between requests.
+struct Conn {
+    stream: TcpStream,
+    /// Bytes read and not yet decoded (empty between requests).
+    buf: Vec<u8>,
+    /// How far the reply in `buf` has been walked.
+    progress: Progress,
+    /// See [`Conn::closed`].
+    closed: bool,
+}
+
+impl Conn {
+    /// Whether the last request found the connection closed by the server (at its end or
+    /// reset) before any of its reply was read.
+    fn closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Writes `packed` and reads one reply. Any error leaves the connection unusable (the
+    /// caller drops it): an error reply is a reply (`Value::ServerError`), not an error.
+    async fn request(&mut self, packed: &[u8]) -> RedisResult<Value> {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
+        let gone = |err: &std::io::Error| matches!(err.kind(), BrokenPipe | ConnectionReset);
+        if let Err(err) = self.stream.write_all(packed).await {
+            self.closed = gone(&err);
+            return Err(err.into());
+        }
+        // No new look at the reply before this much has arrived (a long bulk string is
+        // waited for whole, not walked up to at every read).
+        let mut wait_for = 1;
+        loop {
+            if self.buf.len() >= wait_for {
+                match scan(&self.buf, &mut self.progress)? {
+                    Ok(end) => {
+                        let (value, used) = build(&self.buf)?;
+                        debug_assert_eq!(used, end);
+                        if end != self.buf.len() {
+                            // One command in flight: bytes past its reply are no reply of ours.
+                            return Err(protocol("bytes after the reply"));
+                        }
+                        self.buf.clear();
+                        if self.buf.capacity() > KEPT_BUFFER {
+                            // After a long reply: an idle connection keeps little memory.
+                            self.buf = Vec::new();
+                        }
+                        self.progress = Progress::default();
+                        return Ok(value);
+                    }
+                    Err(need) => wait_for = need,
+                }
+            }
+            self.buf.reserve(READ_SIZE);
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) => {
+                    self.closed = self.buf.is_empty();
+                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    self.closed = self.buf.is_empty() && gone(&err);
+                    return Err(err.into());
+                }
+            }
+        }
+    }
+}
+
+fn protocol(what: &'static str) -> redis::RedisError {
+    redis::RedisError::from((ErrorKind::Parse, "invalid RESP reply", what.to_owned()))
+}
+
+/// The length of the one reply at the start of `buf` if it is all there, `None` if more is
+/// to come.
+#[cfg(test)]
+fn complete(buf: &[u8]) -> RedisResult<Option<usize>> {
+    Ok(scan(buf, &mut Progress::default())?.ok())
+}
+
+/// How far [`scan`] got into a reply: where the first element not yet whole starts, and the
+/// elements still to come at each open array level.
+#[derive(Debug, Default)]
+struct Progress {
+    at: usize,
+    pending: Vec<usize>,
+}
+
+/// Walks the headers of the one reply at the start of `buf` on from `progress` (so a reply
+/// that arrives in pieces is walked once, not again from its start at every read), allocating
+/// nothing: `Ok` with the reply's length if it is all there; `Err` with how long `buf` must
+/// grow before a new look can get further.
+fn scan(buf: &[u8], progress: &mut Progress) -> RedisResult<Result<usize, usize>> {
+    loop {
+        let Some((kind, line, next)) = header(buf, progress.at)? else {
+            return Ok(Err(buf.len() + 1));
+        };
+        let mut at = next;
+        match kind {
+            b'+' | b'-' | b':' => {}
+            b'$' => {
+                if let Some(len) = length(line)? {
+                    if len > MAX_BULK {
+                        return Err(protocol("bulk string too long"));
+                    }
+                    if buf.len() < at + len + 2 {
+                        return Ok(Err(at + len + 2));
+                    }
+                    if &buf[at + len..at + len + 2] != b"\r\n" {
+                        return Err(protocol("bulk string without its CRLF"));
+                    }
+                    at += len + 2;
+                }
+            }
+            b'*' => {
+                if let Some(len) = length(line)?
+                    && len > 0
+                {
+                    if progress.pending.len() == MAX_DEPTH {
+                        return Err(protocol("arrays nested too deep"));
+                    }
+                    progress.pending.push(len);
+                    progress.at = at;
+                    continue;
+                }
+            }
+            _ => return Err(protocol("unknown type")),
+        }
+        progress.at = at;
+        // One element done: close every array it completes.
+        loop {
+            match progress.pending.last_mut() {
+                None => return Ok(Ok(at)),
+                Some(left) => {
+                    *left -= 1;
+                    if *left > 0 {
+                        break;
+                    }
+                    progress.pending.pop();
+                }
+            }
+        }
+    }
+}
+
+/// The reply at the start of `buf`, which [`scan`] found whole, and its length.
+fn build(buf: &[u8]) -> RedisResult<(Value, usize)> {
+    build_at(buf, 0)
+}
+
+fn build_at(buf: &[u8], at: usize) -> RedisResult<(Value, usize)> {
+    let Some((kind, line, at)) = header(buf, at)? else {
+        return Err(protocol("reply cut short"));
+    };
+    Ok(match kind {
+        b'+' if line == b"OK" => (Value::Okay, at),
+        b'+' => (Value::SimpleString(text(line)?), at),
+        b'-' => {
+            // Rare: the redis crate makes the error (its code and kind) from the line.
+            let mut raw = Vec::with_capacity(line.len() + 3);
+            raw.push(b'-');
+            raw.extend_from_slice(line);
+            raw.extend_from_slice(b"\r\n");
+            (redis::parse_redis_value(&raw)?, at)
+        }
+        b':' => {
+            let n = text(line)?
+                .parse()
+                .map_err(|_| protocol("integer that does not parse"))?;
+            (Value::Int(n), at)
+        }
+        b'$' => match length(line)? {
+            None => (Value::Nil, at),
+            Some(len) => (Value::BulkString(buf[at..at + len].to_vec()), at + len + 2),
+        },
+        b'*' => match length(line)? {
+            None => (Value::Nil, at),
+            Some(len) => {
+                let mut items = Vec::with_capacity(len);
+                let mut at = at;
+                for _ in 0..len {
+                    let (item, next) = build_at(buf, at)?;
+                    items.push(item);
+                    at = next;
+                }
+                (Value::Array(items), at)
+            }
+        },
+        _ => return Err(protocol("unknown type")),
+    })
+}
+
+/// The type byte, the rest of the line (without CRLF) and where the next line starts, of the
+/// line at `at`; `None` if its CRLF has not arrived yet.
+fn header(buf: &[u8], at: usize) -> RedisResult<Option<(u8, &[u8], usize)>> {
+    let Some(&kind) = buf.get(at) else {
+        return Ok(None);
+    };
+    let rest = &buf[at + 1..];
+    let Some(cr) = rest[..rest.len().min(MAX_LINE)]
+        .iter()
+        .position(|&b| b == b'\r')
+    else {
+        if rest.len() >= MAX_LINE {
+            return Err(protocol("line too long"));
+        }
+        return Ok(None);
+    };
+    match rest.get(cr + 1) {
+        None => Ok(None),
+        Some(b'\n') => Ok(Some((kind, &rest[..cr], at + 1 + cr + 2))),
+        Some(_) => Err(protocol("CR without LF")),
+    }
+}
+
+/// A bulk string's or an array's length: `None` for -1 (nil).
+fn length(line: &[u8]) -> RedisResult<Option<usize>> {
+    if line == b"-1" {
+        return Ok(None);
+    }
+    if line.is_empty() || !line.iter().all(u8::is_ascii_digit) {
+        return Err(protocol("length that does not parse"));
+    }
+    let digits = std::str::from_utf8(line).map_err(|_| protocol("length that does not parse"))?;
+    digits
+        .parse()
+        .map(Some)
+        .map_err(|_| protocol("length that does not parse"))
+}
+
+fn text(line: &[u8]) -> RedisResult<String> {
+    String::from_utf8(line.to_vec()).map_err(|_| protocol("line that is not UTF-8"))
+}
+
+#[cfg(test)]
+#[path = "reader_tests.rs"]
+mod tests;
