@@ -211,7 +211,7 @@ worker's CPU when tried, step 7).
 
 Left: the worker's parser (redis-rs 1.8 and 2.0-rc both parse with `combine`; a hand-written
 reader for the read connection, or the fast path proposed upstream in redis-rs pull request
-2184), one spawn per entry (a task set polled by the dispatcher instead would skip the aligned
+2184: the reader was written later, see \"A decoder of our own for the reads\" below), one spawn per entry (a task set polled by the dispatcher instead would skip the aligned
 allocation), and `XACKDEL` once Redis 8.2 is the floor.
 
 Then (64ede40 to 98d40d0), two costs `callgrind` showed:
@@ -278,9 +278,10 @@ shortfall is the use of the cores alone. Redis' share (XADD, the XREADGROUP repl
 4.2 µs, close to what those commands cost; the worker and the producer take 8.4 µs together,
 most of it redis-rs encoding commands and decoding replies. A decoder that bypasses
 `combine` (redis-rs pull request 2184, or a reader of our own for XREADGROUP) would save up
-to half of the worker's user-space instructions, at most 2 to 2.5 µs a task. It is not
-written: it would be a second Redis client in the project (connection, TLS, AUTH, timeouts,
-reconnection) for one command, or a patched copy of the redis crate in the workspace.
+to half of the worker's user-space instructions, at most 2 to 2.5 µs a task. It was not
+written then: it would be a second Redis client in the project (connection, TLS, AUTH,
+timeouts, reconnection) for one command, or a patched copy of the redis crate in the
+workspace. It is now, for one server over plain TCP (next section).
 
 apalis-redis 1.0 needed two settings to run this workload at all (`worker/peers/apalis/src/main.rs`):
 `push` always puts a task into a scheduled set (due now) with no signal, and a worker that
@@ -290,6 +291,50 @@ due task in one `unpack`, which fails with `too many results to unpack` once mor
 8,000 are due at once, which happened in some runs (listed in section 10, left out of the
 medians). With its default leases the batch producer's `push_bulk` timed out or the worker
 failed in every run.
+
+### A decoder of our own for the reads (b02b73c)
+
+`callgrind` over `bench_worker` draining 10,000 tasks (preloaded with `publish_batch`, a
+private redis-server) at 7c08c8e: 46.3k instructions a task, exactly half of them under
+redis-rs' `ValueCodec::decode_stream` (its `combine` parser; `malloc`/`free` for the values
+counted in it). Now the worker's reads on one server over plain TCP go out on connections of
+their own and their replies are decoded by `connection::reader` (ARCHITECTURE.md, \"Priority\":
+headers walked once as they arrive, then the values built in one pass): 34.9k instructions a
+task, then 32.4k with the error check made on the whole reply only (redis-rs'
+`extract_error` walked every value of it): **30% fewer**. What is left of decoding is about
+4k a task (`build_at`, `header`, `length`, the scan); glibc's allocator is now the largest
+cost (a quarter: one allocation per string, 19 an entry, kept so that the entries are the
+same `redis::Value`s as before).
+
+End to end, the worker before (7c08c8e) and after (b02b73c), `BENCH_ONLY=e2e BENCH_RUNS=1`
+rounds alternated, three pairs, on a machine at about half the speed of the day before (the
+rates below are about half those of section 9), another program running beside them:
+
+| one worker process | before | after |
+|---|---|---|
+| tasks/s, `publish` x 50 | 44.5k, 49.0k, 43.7k | 46.8k, 47.1k, 53.9k |
+| tasks/s, `publish_batch` | 46.4k, 45.3k, 42.4k | 60.3k, 59.5k, 60.9k |
+| worker CPU per task, `publish` x 50 | 13.1, 12.9, 13.3 µs | 9.8, 9.9, 8.5 µs |
+| worker CPU per task, `publish_batch` | 13.3, 13.7, 14.8 µs | 8.7, 9.4, 8.6 µs |
+
+With batches, where the worker was the limit, the rate went up by about 30%. With
+one-at-a-time producers it moved less: the run is now bound by the producer. Its 50
+publishes each wait for their XADD's round trip, and the producer was done only after 1.6 to
+2.1 s, close to the length of the whole run (1.9 to 2.1 s). Its CPU (8-11 µs a task here) is
+busy under half that time, so what bounds it is the round trip: 50 publishes in flight at
+37k to 54k tasks/s take 0.9 to 1.35 ms each, with Redis also serving the worker's reads and
+FINISH calls, all three processes on the two cores.
+
+`make bench-peers` at b02b73c (section 10, 17:28 UTC) was run on the same slow machine. An
+outside attacker's programs were also running (load average 2-3), so treat it as one noisy
+window. Against apalis with leases off: 2.6x with one-at-a-time producers, 2.9x with batches
+(2.2x and 2.4x at 2f05f1b), **not met**. Against BullMQ: 13.3x and 21.5x (7.6x and 7.6x),
+**met in this window**. Those BullMQ ratios need a caveat: BullMQ slowed far more than the
+two Rust systems on this machine. Against the run at 2f05f1b, BullMQ went from 12.2k/s to
+2.8k/s one at a time, simplebank from 93.0k/s to 37.0k/s and apalis from 42.0k/s to 14.0k/s.
+On a machine at its usual speed the ratio to BullMQ may well be lower; it is to be re-run
+there. In that run simplebank's one-at-a-time producer was done only after 2.7 s: the run
+was the producer's length.
 
 ### Tracing export (scenario 7)
 

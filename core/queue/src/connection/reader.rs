@@ -380,6 +380,10 @@ fn header(buf: &[u8], at: usize) -> RedisResult<Option<(u8, &[u8], usize)>> {
     let Some(&kind) = buf.get(at) else {
         return Ok(None);
     };
+    if !b"+-:$*".contains(&kind) {
+        // Refused at once, not after waiting for a line end that may never come.
+        return Err(protocol("unknown type"));
+    }
     let rest = &buf[at + 1..];
     let Some(cr) = rest[..rest.len().min(MAX_LINE)]
         .iter()

@@ -59,6 +59,9 @@ fn what_no_redis_sends_is_refused() {
     let bad: &[&[u8]] = &[
         b"!3\r\nerr\r\n",
         b"%1\r\n",
+        b"!",
+        b"\r\n",
+        b"*2\r\n:1\r\n~",
         b"$abc\r\n",
         b"$-2\r\n",
         b"$+5\r\nhello\r\n",
@@ -101,7 +104,10 @@ fn a_reply_in_pieces_is_walked_once() {
             last = progress.at;
         }
         if reply.len() > 100 {
-            assert!(last > reply.len() / 2, "{reply:?} walked again from its start");
+            assert!(
+                last > reply.len() / 2,
+                "{reply:?} walked again from its start"
+            );
         }
         assert_eq!(
             scan(reply, &mut progress).unwrap(),
