@@ -322,7 +322,7 @@ one-at-a-time producers it moved less: the run is now bound by the producer. Its
 publishes each wait for their XADD's round trip, and the producer was done only after 1.6 to
 2.1 s, close to the length of the whole run (1.9 to 2.1 s). Its CPU (8-11 µs a task here) is
 busy under half that time, so what bounds it is the round trip: 50 publishes in flight at
-37k to 54k tasks/s take 0.9 to 1.35 ms each, with Redis also serving the worker's reads and
+43.7k to 53.9k tasks/s take 0.93 to 1.14 ms each (1.35 ms at the 37.0k/s of section 10), with Redis also serving the worker's reads and
 FINISH calls, all three processes on the two cores.
 
 `make bench-peers` at b02b73c (section 10, 17:28 UTC) was run on the same slow machine. An

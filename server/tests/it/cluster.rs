@@ -61,6 +61,8 @@ async fn sign_up_and_sign_in_throttling_work_on_a_redis_cluster() {
     common(&mut server);
     let mut server = server
         .env("GRPC_SERVER_ADDRESS", &address)
+        // Not the default admin port, which other tests' servers would race for.
+        .env("ADMIN_GRPC_ADDRESS", "off")
         .env("LOGIN_MAX_FAILURES_PER_USERNAME", "2")
         .spawn()
         .expect("start the server");
@@ -462,6 +464,8 @@ async fn the_server_warns_at_start_when_fewer_replicas_are_connected_than_it_wai
         .env("REDIS_NAMESPACE", redis.namespace.as_str())
         .env("REDIS_WAIT_REPLICAS", "1")
         .env("GRPC_SERVER_ADDRESS", &address)
+        // Not the default admin port, which other tests' servers would race for.
+        .env("ADMIN_GRPC_ADDRESS", "off")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log file"))

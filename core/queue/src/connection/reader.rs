@@ -255,13 +255,6 @@ fn protocol(what: &'static str) -> redis::RedisError {
     redis::RedisError::from((ErrorKind::Parse, "invalid RESP reply", what.to_owned()))
 }
 
-/// The length of the one reply at the start of `buf` if it is all there, `None` if more is
-/// to come.
-#[cfg(test)]
-fn complete(buf: &[u8]) -> RedisResult<Option<usize>> {
-    Ok(scan(buf, &mut Progress::default())?.ok())
-}
-
 /// How far [`scan`] got into a reply: where the first element not yet whole starts, and the
 /// elements still to come at each open array level.
 #[derive(Debug, Default)]

@@ -21,6 +21,12 @@ const REPLIES: &[&[u8]] = &[
       $4\r\ntype\r\n$4\r\n\xff\x00\r\n\r\n*2\r\n$3\r\n2-0\r\n*-1\r\n*2\r\n$1\r\ns\r\n*0\r\n",
 ];
 
+/// The length of the one reply at the start of `buf` if it is all there, `None` if more is
+/// to come.
+fn complete(buf: &[u8]) -> RedisResult<Option<usize>> {
+    Ok(scan(buf, &mut Progress::default())?.ok())
+}
+
 fn decode(reply: &[u8]) -> RedisResult<Value> {
     assert_eq!(complete(reply)?, Some(reply.len()), "{reply:?} is whole");
     let (value, used) = build(reply)?;
