@@ -104,25 +104,20 @@ impl Reader {
         let deadline = Instant::now() + self.timeout;
         let packed = cmd.get_packed_command();
         let taken = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let (conn, reply) = match taken {
-            Some(mut conn) => match within(deadline, conn.request(&packed)).await {
-                // Closed before any of a reply came: most often an idle connection the server
-                // closed (a restart, its `timeout`, CLIENT KILL), so the command goes out once
-                // more on a new one. Had it run (a server that died before answering), what it
-                // delivered stays pending and is taken over, as after any lost reply.
-                Err(_) if conn.closed() => {
-                    let mut conn = within(deadline, self.connect(deadline)).await?;
-                    let reply = within(deadline, conn.request(&packed)).await;
-                    (conn, reply)
-                }
-                reply => (conn, reply),
-            },
-            None => {
-                let mut conn = within(deadline, self.connect(deadline)).await?;
-                let reply = within(deadline, conn.request(&packed)).await;
-                (conn, reply)
-            }
+        let reused = taken.is_some();
+        let mut conn = match taken {
+            Some(conn) => conn,
+            None => within(deadline, self.connect(deadline)).await?,
         };
+        let mut reply = within(deadline, conn.request(&packed)).await;
+        if reply.is_err() && reused && conn.closed() {
+            // Closed before any of a reply came: most often an idle connection the server
+            // closed (a restart, its `timeout`, CLIENT KILL), so the command goes out once
+            // more on a new one. Had it run (a server that died before answering), what it
+            // delivered stays pending and is taken over, as after any lost reply.
+            conn = within(deadline, self.connect(deadline)).await?;
+            reply = within(deadline, conn.request(&packed)).await;
+        }
         let reply = reply?;
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < IDLE {
