@@ -336,6 +336,42 @@ On a machine at its usual speed the ratio to BullMQ may well be lower; it is to 
 there. In that run simplebank's one-at-a-time producer was done only after 2.7 s: the run
 was the producer's length.
 
+### Empty queues read with the next one
+
+`make bench-peers` at b049b72 (2026-11-29 19:44 UTC) ran on a machine at its usual speed
+(the drain of section 9 at 142k/s; load average 1.2-1.3): simplebank 141.4k tasks/s with
+one-at-a-time producers, 174.1k with batches; apalis with leases off 53.8k and 58.5k; BullMQ
+18.1k and 16.8k. So 2.6x and 3.0x (2.98x) apalis, 7.8x and 10.3x BullMQ: the 13.3x and 21.5x
+BullMQ of the slow window at b02b73c were the slow machine's, as suspected there.
+
+With batches the worker is the limit (the producer is done after 0.3 s, the last task starts
+after 0.57 s). `INFO commandstats` over one such run (`bench_worker` and `bench_producer` on a
+private redis-server, 100,000 tasks): 4,586 XREADGROUP calls for 2,202 batched FINISH calls,
+about two reads a fetch. The worker reads `critical`, `default` and `low` (6:3:1) and the
+tasks are all on `default`, so a fetch that starts with `critical` (6 in 10) or `low` (1 in
+10) first reads an empty stream, a round trip for nothing (1.8 reads a fetch on average). The
+same runs with the worker on `default` alone (`WORKER_QUEUES=default:1`): 191-193k/s against
+173-179k/s, an upper bound for what removing the empty reads could give.
+
+Changed: a queue that the last read of it found empty goes out with the next queue of the
+round, in one XREADGROUP over both streams (`consumer/fetch.rs`; ARCHITECTURE.md,
+\"Priority\"); queues with entries are still read one at a time, so the weights hold between
+busy queues; a cluster reads each queue alone (a read across slots is refused; the cluster
+test's CROSSSLOT count fails without that). This had been tried before (\"Tried and dropped\"
+under scenarios 9 and 10: rates within the noise of a slower, noisier machine); on today's
+machine it shows. Single runs alternated (private redis-server, one worker process):
+
+| | before (b049b72) | after |
+|---|---|---|
+| XREADGROUP calls per 100,000 tasks, batches | 4,538-4,616 | 2,947-2,954 |
+| tasks/s, batches | 167.0k, 167.1k | 187.5k, 183.7k |
+| tasks/s, `publish` x 50 | 126.0k, 124.5k | 129.7k, 155.1k |
+
+and `BENCH_ONLY=e2e BENCH_RUNS=1` rounds, alternated, two pairs (one worker process):
+batches 161.5k and 168.7k/s before, 197.8k and 180.9k/s after (+12 to +17%); one-at-a-time
+producers 132.8k and 148.5k before, 139.8k and 143.5k after: there the producer is the
+limit.
+
 ### Tracing export (scenario 7)
 
 perf over a traced drain (`BENCH_ONLY=tracing`) by thread: the worker's runtime thread 16.7%

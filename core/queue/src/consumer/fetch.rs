@@ -4,6 +4,12 @@
 //! refreshed, see `paused`) are left out of every read, blocking or not; when all are paused,
 //! a read waits for a change of the flags instead, at most the block time.
 //!
+//! On one server, a queue that the last read of it found empty is not read alone: it goes out
+//! with the next queue of the round, in one XREADGROUP over both streams (the entries of the
+//! queue of higher priority come first in its reply). Such a read may bring more entries than
+//! it holds slots for; they wait as described below. Queues with entries are read one at a
+//! time, so the weights hold between busy queues.
+//!
 //! How the blocking read is made depends on the deployment. On one server it is one
 //! `XREADGROUP ... BLOCK` over the streams of all the open queues. On a Redis Cluster the
 //! queues' streams are in different slots (often on different nodes), and a multi-key command
@@ -29,7 +35,10 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -345,6 +354,8 @@ struct Target {
     consumer: String,
     block: Duration,
     paused: Paused,
+    /// By queue: whether the last read of its stream brought nothing.
+    seen_empty: Vec<AtomicBool>,
 }
 
 /// The connections reads go out on.
@@ -381,6 +392,7 @@ impl Fetcher {
                 consumer,
                 block,
                 paused,
+                seen_empty: queues.iter().map(|_| AtomicBool::new(false)).collect(),
             }),
             priority: Priority::new(&weights, strict),
         }
@@ -410,7 +422,7 @@ impl Fetcher {
         let target = Arc::clone(&self.target);
         Some(async move {
             let options = target.options(count).block(target.block_ms());
-            target.read(conn, &[&target.streams[index]], options).await
+            target.read(conn, &[index], options).await
         })
     }
 }
@@ -418,26 +430,29 @@ impl Fetcher {
 impl Target {
     async fn fetch(&self, order: &[usize], count: usize) -> redis::RedisResult<Entries> {
         let open = self.paused.now();
-        for &index in order {
-            if !open.is_open(index) {
+        let order: Vec<usize> = (order.iter().copied())
+            .filter(|&index| open.is_open(index))
+            .collect();
+        // The queues are tried in `order`. On one server, those the last read of them found
+        // empty go out with the next one, in one read over their streams (an empty read each
+        // cost a round trip; see the module header). A cluster refuses a read across slots.
+        let merge = self.blocking.is_none();
+        let mut start = 0;
+        for (position, &index) in order.iter().enumerate() {
+            let last = position + 1 == order.len();
+            if merge && self.seen_empty[index].load(Ordering::Relaxed) && !last {
                 continue;
             }
+            let queues = &order[start..=position];
             let reply = self
-                .read(
-                    self.conn.clone(),
-                    &[&self.streams[index]],
-                    self.options(count),
-                )
+                .read(self.conn.clone(), queues, self.options(count))
                 .await?;
             if !reply.is_empty() {
                 return Ok(reply);
             }
+            start = position + 1;
         }
-        let streams: Vec<&String> = (self.streams.iter().enumerate())
-            .filter(|(index, _)| open.is_open(*index))
-            .map(|(_, stream)| stream)
-            .collect();
-        if streams.is_empty() {
+        if order.is_empty() {
             // Every queue paused (or their state not known yet): nothing to read until that
             // changes; wait for it, at most a block time, as a blocking read would.
             let mut paused = self.paused.clone();
@@ -449,7 +464,7 @@ impl Target {
             return Ok(Vec::new());
         }
         let options = self.options(count).block(self.block_ms());
-        self.read(self.conn.clone(), &streams, options).await
+        self.read(self.conn.clone(), &order, options).await
     }
 
     fn options(&self, count: usize) -> StreamReadOptions {
@@ -462,26 +477,33 @@ impl Target {
         usize::try_from(self.block.as_millis()).unwrap_or(usize::MAX)
     }
 
+    /// A read of the streams of the queues at `indexes`; notes which of them it found empty.
     async fn read(
         &self,
         mut conn: Connection,
-        streams: &[&String],
+        indexes: &[usize],
         options: StreamReadOptions,
     ) -> redis::RedisResult<Entries> {
+        let streams: Vec<&String> = indexes.iter().map(|&index| &self.streams[index]).collect();
         let ids = vec![">"; streams.len()];
         let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg(&options).arg("STREAMS").arg(streams).arg(&ids);
+        cmd.arg(&options).arg("STREAMS").arg(&streams).arg(&ids);
         let reply: Value = match &self.reader {
             Some(reader) => reader.query(&cmd).await?,
             None => cmd.query_async(&mut conn).await?,
         };
         let mut entries = Vec::new();
+        let mut found = vec![false; self.streams.len()];
         for (stream, read) in read_reply(reply)? {
             let Some(position) = self.streams.iter().position(|s| *s == stream) else {
                 continue;
             };
+            found[position] |= !read.is_empty();
             let queue = &self.queues[position];
             entries.extend(read.into_iter().map(|entry| (queue.clone(), entry)));
+        }
+        for &index in indexes {
+            self.seen_empty[index].store(!found[index], Ordering::Relaxed);
         }
         Ok(entries)
     }
@@ -585,6 +607,112 @@ pub(super) fn unexpected_reply(command: &'static str) -> redis::RedisError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        connection::{Endpoint, Tls},
+        testing::{RedisServer, TestRedis, eventually},
+    };
+
+    /// One fetch of up to two entries: the queues of the entries it brought, and the
+    /// XREADGROUP calls it took (the server's own count).
+    async fn counted(
+        fetcher: &mut Fetcher,
+        admin: &mut redis::aio::MultiplexedConnection,
+    ) -> (Vec<String>, u64) {
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(admin)
+            .await
+            .unwrap();
+        let read = fetcher.fetch(2).await.unwrap();
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(admin)
+            .await
+            .unwrap();
+        let line = stats.lines().find(|l| l.starts_with("cmdstat_xreadgroup:"));
+        let calls = line
+            .and_then(|l| l.split([':', '=', ',']).nth(2))
+            .map_or(0, |calls| calls.parse().unwrap());
+        let queues = read.iter().map(|(queue, _)| queue.to_string()).collect();
+        (queues, calls)
+    }
+
+    /// A queue found empty goes out with the next one, in one read: an entry of a queue of
+    /// higher priority still comes first, and the weights are kept between busy queues.
+    #[tokio::test]
+    async fn queues_seen_empty_are_read_with_the_next_one() {
+        // A server of its own: the test counts the reads it serves.
+        let server = RedisServer::start().await;
+        let redis = TestRedis::at(server.address());
+        let keys = redis.keys();
+        let names = ["critical", "default", "low"].map(|q| QueueName::parse(q).unwrap());
+        let endpoint = Endpoint::parse(&server.address(), false, &Tls::default()).unwrap();
+        let mut conn = endpoint.connect_lazy(Duration::from_secs(5)).unwrap();
+        group::ensure(&mut conn, &keys, &names).await.unwrap();
+        let stop = CancellationToken::new();
+        let paused =
+            super::super::paused::watch(conn.clone(), keys.clone(), names.to_vec(), stop.clone());
+        let mut fetcher = Fetcher::new(
+            ReadConnections {
+                conn: conn.clone(),
+                reader: Reader::for_endpoint(&endpoint, Duration::from_secs(5)),
+                blocking: None,
+            },
+            &keys,
+            &names.clone().map(|q| (q, 1)),
+            // Strict: always critical, default, low.
+            true,
+            "c1".into(),
+            Duration::from_millis(10),
+            paused.clone(),
+        );
+        eventually("the pause flags are known", Duration::from_secs(5), || {
+            let open = paused.now().is_open(0);
+            async move { open }
+        })
+        .await;
+        let mut admin = redis.conn().await;
+        let add = |queue: &QueueName, n: usize| {
+            let mut pipe = redis::pipe();
+            for i in 0..n {
+                pipe.cmd("XADD")
+                    .arg(keys.stream(queue))
+                    .arg("*")
+                    .arg("n")
+                    .arg(i)
+                    .ignore();
+            }
+            pipe
+        };
+        let _: () = add(&names[1], 6).query_async(&mut admin).await.unwrap();
+        let none: [&str; 0] = [];
+
+        // Nothing known yet: one read of critical (empty), then one of default.
+        let read = counted(&mut fetcher, &mut admin).await;
+        assert_eq!(read, (vec!["default".into(), "default".into()], 2));
+
+        // Critical was empty: it goes out with default, one read.
+        let read = counted(&mut fetcher, &mut admin).await;
+        assert_eq!(read, (vec!["default".into(), "default".into()], 1));
+
+        // An entry of critical meanwhile comes first, in the same read.
+        let _: () = add(&names[0], 1).query_async(&mut admin).await.unwrap();
+        let read = counted(&mut fetcher, &mut admin).await;
+        assert_eq!(read.0, ["critical", "default", "default"]);
+        assert_eq!(read.1, 1);
+
+        // Critical was not empty last time: read alone again, then default, then low (never
+        // read yet), then the blocking read over all three.
+        let read = counted(&mut fetcher, &mut admin).await;
+        assert_eq!(read.0, none);
+        assert_eq!(read.1, 3 + 1);
+
+        // All seen empty: one read over all three, then the blocking one.
+        let read = counted(&mut fetcher, &mut admin).await;
+        assert_eq!(read.0, none);
+        assert_eq!(read.1, 1 + 1);
+        stop.cancel();
+    }
 
     fn bulk(text: &str) -> Value {
         Value::BulkString(text.as_bytes().to_vec())
