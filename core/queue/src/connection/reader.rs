@@ -50,19 +50,15 @@ const MAX_DEPTH: usize = 16;
 const MAX_LINE: usize = 64 * 1024;
 
 /// How much to read at a time.
-const READ_SIZE: usize = 64 * 1024;
+pub(super) const READ_SIZE: usize = 64 * 1024;
 
 /// A connection's buffer larger than this (after a long reply) is freed once the reply is
 /// decoded.
-const KEPT_BUFFER: usize = 1024 * 1024;
+pub(super) const KEPT_BUFFER: usize = 1024 * 1024;
 
 /// Where and as whom to connect, and the connections not in use.
 pub(crate) struct Reader {
-    host: String,
-    port: u16,
-    username: Option<String>,
-    password: Option<String>,
-    db: i64,
+    server: Server,
     timeout: Duration,
     idle: Mutex<Vec<Conn>>,
 }
@@ -74,13 +70,20 @@ impl std::fmt::Debug for Reader {
     }
 }
 
-impl Reader {
-    /// A reader for `endpoint` if it is one server over plain TCP (see the module header),
-    /// each query within `timeout` (keep it above the BLOCK time of blocking reads).
-    pub(crate) fn for_endpoint(endpoint: &Endpoint, timeout: Duration) -> Option<Self> {
-        let Endpoint::Single(client) = endpoint else {
-            return None;
-        };
+/// One server over plain TCP, and as whom to log in: what a [`Reader`] and a
+/// [`super::writer::Writer`] connect to.
+#[derive(Clone)]
+pub(super) struct Server {
+    host: String,
+    port: u16,
+    username: Option<String>,
+    password: Option<String>,
+    db: i64,
+}
+
+impl Server {
+    /// The server of `client` if it is one server over plain TCP (not TLS, not a Unix socket).
+    pub(super) fn of(client: &redis::Client) -> Option<Self> {
         let info = client.get_connection_info();
         let ConnectionAddr::Tcp(host, port) = info.addr() else {
             return None;
@@ -92,46 +95,12 @@ impl Reader {
             username: settings.username().map(str::to_owned),
             password: settings.password().map(str::to_owned),
             db: settings.db(),
-            timeout,
-            idle: Mutex::new(Vec::new()),
         })
     }
 
-    /// Sends `cmd` and returns its reply: the command's error for an error reply. Only for a
-    /// command that may run twice (the reads): one whose idle connection turns out closed is
-    /// sent again on a new one (see below).
-    pub(crate) async fn query(&self, cmd: &redis::Cmd) -> RedisResult<Value> {
-        let deadline = Instant::now() + self.timeout;
-        let packed = cmd.get_packed_command();
-        let taken = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let reused = taken.is_some();
-        let mut conn = match taken {
-            Some(conn) => conn,
-            None => within(deadline, self.connect(deadline)).await?,
-        };
-        let mut reply = within(deadline, conn.request(&packed)).await;
-        if reply.is_err() && reused && conn.closed() {
-            // Closed before any of a reply came: most often an idle connection the server
-            // closed (a restart, its `timeout`, CLIENT KILL), so the command goes out once
-            // more on a new one. Had it run (a server that died before answering), what it
-            // delivered stays pending and is taken over, as after any lost reply.
-            conn = within(deadline, self.connect(deadline)).await?;
-            reply = within(deadline, conn.request(&packed)).await;
-        }
-        let reply = reply?;
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < IDLE {
-            idle.push(conn);
-        }
-        drop(idle);
-        match reply {
-            // Only a whole reply can be an error: the values inside one are not looked at.
-            Value::ServerError(_) => reply.extract_error(),
-            reply => Ok(reply),
-        }
-    }
-
-    async fn connect(&self, deadline: Instant) -> RedisResult<Conn> {
+    /// A new connection, logged in (AUTH with the address' user and password, SELECT its
+    /// database), by `deadline` (connecting alone within [`CONNECT_TIMEOUT`]).
+    pub(super) async fn connect(&self, deadline: Instant) -> RedisResult<Conn> {
         let connect = TcpStream::connect((self.host.as_str(), self.port));
         let stream = tokio::time::timeout_at(
             tokio::time::Instant::from_std(deadline.min(Instant::now() + CONNECT_TIMEOUT)),
@@ -165,8 +134,64 @@ impl Reader {
     }
 }
 
+impl Reader {
+    /// A reader for `endpoint` if it is one server over plain TCP (see the module header),
+    /// each query within `timeout` (keep it above the BLOCK time of blocking reads).
+    pub(crate) fn for_endpoint(endpoint: &Endpoint, timeout: Duration) -> Option<Self> {
+        let Endpoint::Single(client) = endpoint else {
+            return None;
+        };
+        Some(Self {
+            server: Server::of(client)?,
+            timeout,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Sends `cmds` together (one round trip) and returns their replies in order, or the
+    /// first command's error for an error reply. Only for commands that may run twice (the
+    /// reads): those whose idle connection turns out closed are sent again on a new one (see
+    /// below).
+    pub(crate) async fn query_all(&self, cmds: &[&redis::Cmd]) -> RedisResult<Vec<Value>> {
+        let deadline = Instant::now() + self.timeout;
+        let mut packed = Vec::new();
+        for cmd in cmds {
+            cmd.write_packed_command(&mut packed);
+        }
+        let taken = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let reused = taken.is_some();
+        let mut conn = match taken {
+            Some(conn) => conn,
+            None => within(deadline, self.server.connect(deadline)).await?,
+        };
+        let mut replies = within(deadline, conn.requests(&packed, cmds.len())).await;
+        if replies.is_err() && reused && conn.closed() {
+            // Closed before any of a reply came: most often an idle connection the server
+            // closed (a restart, its `timeout`, CLIENT KILL), so the commands go out once
+            // more on a new one. Had they run (a server that died before answering), what
+            // they delivered stays pending and is taken over, as after any lost reply.
+            conn = within(deadline, self.server.connect(deadline)).await?;
+            replies = within(deadline, conn.requests(&packed, cmds.len())).await;
+        }
+        let replies = replies?;
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < IDLE {
+            idle.push(conn);
+        }
+        drop(idle);
+        replies
+            .into_iter()
+            .map(|reply| match reply {
+                // Only a whole reply can be an error: the values inside one are not looked at.
+                Value::ServerError(_) => reply.extract_error(),
+                reply => Ok(reply),
+            })
+            .collect()
+    }
+}
+
 /// `future` if it finishes before `deadline`; an I/O error (timed out) if not.
-async fn within<T>(
+pub(super) async fn within<T>(
     deadline: Instant,
     future: impl Future<Output = RedisResult<T>>,
 ) -> RedisResult<T> {
@@ -175,15 +200,15 @@ async fn within<T>(
         .map_err(|_| timed_out())?
 }
 
-fn timed_out() -> redis::RedisError {
+pub(super) fn timed_out() -> redis::RedisError {
     std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis did not answer in time").into()
 }
 
 /// One connection with no command in flight between requests.
-struct Conn {
-    stream: TcpStream,
+pub(super) struct Conn {
+    pub(super) stream: TcpStream,
     /// Bytes read and not yet decoded (empty between requests).
-    buf: Vec<u8>,
+    pub(super) buf: Vec<u8>,
     /// How far the reply in `buf` has been walked.
     progress: Progress,
     /// See [`Conn::closed`].
@@ -200,23 +225,39 @@ impl Conn {
     /// Writes `packed` and reads one reply. Any error leaves the connection unusable (the
     /// caller drops it): an error reply is a reply (`Value::ServerError`), not an error.
     async fn request(&mut self, packed: &[u8]) -> RedisResult<Value> {
+        let mut replies = self.requests(packed, 1).await?;
+        replies.pop().ok_or_else(|| protocol("no reply"))
+    }
+
+    /// Writes `packed` (`count` commands) and reads their `count` replies, as [`Conn::request`].
+    async fn requests(&mut self, packed: &[u8], count: usize) -> RedisResult<Vec<Value>> {
         use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
         let gone = |err: &std::io::Error| matches!(err.kind(), BrokenPipe | ConnectionReset);
         if let Err(err) = self.stream.write_all(packed).await {
             self.closed = gone(&err);
             return Err(err.into());
         }
-        // No new look at the reply before this much has arrived (a long bulk string is
+        let mut replies = Vec::with_capacity(count);
+        // Where the reply being read starts in `buf`.
+        let mut start = 0;
+        // No new look at the reply before this much of it has arrived (a long bulk string is
         // waited for whole, not walked up to at every read).
         let mut wait_for = 1;
         loop {
-            if self.buf.len() >= wait_for {
-                match scan(&self.buf, &mut self.progress)? {
+            while self.buf.len() - start >= wait_for {
+                match scan(&self.buf[start..], &mut self.progress)? {
                     Ok(end) => {
-                        let (value, used) = build(&self.buf)?;
+                        let (value, used) = build(&self.buf[start..])?;
                         debug_assert_eq!(used, end);
-                        if end != self.buf.len() {
-                            // One command in flight: bytes past its reply are no reply of ours.
+                        replies.push(value);
+                        start += end;
+                        self.progress = Progress::default();
+                        wait_for = 1;
+                        if replies.len() < count {
+                            continue;
+                        }
+                        if start != self.buf.len() {
+                            // Nothing else in flight: bytes past the replies are none of ours.
                             return Err(protocol("bytes after the reply"));
                         }
                         self.buf.clear();
@@ -224,10 +265,12 @@ impl Conn {
                             // After a long reply: an idle connection keeps little memory.
                             self.buf = Vec::new();
                         }
-                        self.progress = Progress::default();
-                        return Ok(value);
+                        return Ok(replies);
                     }
-                    Err(need) => wait_for = need,
+                    Err(need) => {
+                        wait_for = need;
+                        break;
+                    }
                 }
             }
             self.buf.reserve(READ_SIZE);
@@ -246,14 +289,14 @@ impl Conn {
     }
 }
 
-fn protocol(what: &'static str) -> redis::RedisError {
+pub(super) fn protocol(what: &'static str) -> redis::RedisError {
     redis::RedisError::from((ErrorKind::Parse, "invalid RESP reply", what.to_owned()))
 }
 
 /// How far [`scan`] got into a reply: where the first element not yet whole starts, and the
 /// elements still to come at each open array level.
 #[derive(Debug, Default)]
-struct Progress {
+pub(super) struct Progress {
     at: usize,
     pending: Vec<usize>,
 }
@@ -262,7 +305,7 @@ struct Progress {
 /// that arrives in pieces is walked once, not again from its start at every read), allocating
 /// nothing: `Ok` with the reply's length if it is all there; `Err` with how long `buf` must
 /// grow before a new look can get further.
-fn scan(buf: &[u8], progress: &mut Progress) -> RedisResult<Result<usize, usize>> {
+pub(super) fn scan(buf: &[u8], progress: &mut Progress) -> RedisResult<Result<usize, usize>> {
     loop {
         let Some((kind, line, next)) = header(buf, progress.at)? else {
             return Ok(Err(buf.len() + 1));
@@ -316,7 +359,7 @@ fn scan(buf: &[u8], progress: &mut Progress) -> RedisResult<Result<usize, usize>
 }
 
 /// The reply at the start of `buf`, which [`scan`] found whole, and its length.
-fn build(buf: &[u8]) -> RedisResult<(Value, usize)> {
+pub(super) fn build(buf: &[u8]) -> RedisResult<(Value, usize)> {
     build_at(buf, 0)
 }
 

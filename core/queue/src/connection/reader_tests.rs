@@ -5,6 +5,14 @@ use redis::Value;
 use super::*;
 use crate::{connection::Tls, testing::RedisServer};
 
+impl Reader {
+    /// [`Reader::query_all`] for one command.
+    async fn query(&self, cmd: &redis::Cmd) -> RedisResult<Value> {
+        let mut replies = self.query_all(&[cmd]).await?;
+        replies.pop().ok_or_else(|| protocol("no reply"))
+    }
+}
+
 /// Replies of every RESP2 kind, each as Redis writes it.
 const REPLIES: &[&[u8]] = &[
     b"+OK\r\n",

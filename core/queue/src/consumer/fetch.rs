@@ -4,11 +4,15 @@
 //! refreshed, see `paused`) are left out of every read, blocking or not; when all are paused,
 //! a read waits for a change of the flags instead, at most the block time.
 //!
-//! On one server, a queue that the last read of it found empty is not read alone: it goes out
-//! with the next queue of the round, in one XREADGROUP over both streams (the entries of the
-//! queue of higher priority come first in its reply). Such a read may bring more entries than
-//! it holds slots for; they wait as described below. Queues with entries are read one at a
-//! time, so the weights hold between busy queues.
+//! On one server, a queue that the last read of it found empty is not read alone (a round
+//! trip for nothing): it goes out with the next queue of the round in the same round trip, an
+//! XREADGROUP of `COUNT 1` over the queues seen empty, then one over the next queue for the
+//! rest of the slots. So a read never brings more entries than it holds slots for (an
+//! earlier version, one XREADGROUP over all of them, brought up to the count from each; the
+//! extras waited for a slot behind other entries, and with slow handlers were left pending
+//! and dead-lettered unrun), and the queues earlier in the round come first. A queue seen
+//! empty joins only while the next one keeps a slot of its own; one found with entries is
+//! read alone, with all the slots, at its next turn, so the weights hold between busy queues.
 //!
 //! How the blocking read is made depends on the deployment. On one server it is one
 //! `XREADGROUP ... BLOCK` over the streams of all the open queues. On a Redis Cluster the
@@ -422,7 +426,7 @@ impl Fetcher {
         let target = Arc::clone(&self.target);
         Some(async move {
             let options = target.options(count).block(target.block_ms());
-            target.read(conn, &[index], options).await
+            target.read(conn, &[(&[index], options)]).await
         })
     }
 }
@@ -434,19 +438,29 @@ impl Target {
             .filter(|&index| open.is_open(index))
             .collect();
         // The queues are tried in `order`. On one server, those the last read of them found
-        // empty go out with the next one, in one read over their streams (an empty read each
-        // cost a round trip; see the module header). A cluster refuses a read across slots.
+        // empty go out with the next one, in the same round trip, for at most one entry
+        // each, so the read brings no more than its `count` (see the module header). A
+        // cluster reads each queue alone (a read across slots is refused).
         let merge = self.blocking.is_none();
         let mut start = 0;
         for (position, &index) in order.iter().enumerate() {
             let last = position + 1 == order.len();
-            if merge && self.seen_empty[index].load(Ordering::Relaxed) && !last {
+            let empty = &order[start..position];
+            // It joins only while the next queue keeps at least one slot of its own.
+            if merge
+                && !last
+                && self.seen_empty[index].load(Ordering::Relaxed)
+                && empty.len() + 2 <= count
+            {
                 continue;
             }
-            let queues = &order[start..=position];
-            let reply = self
-                .read(self.conn.clone(), queues, self.options(count))
-                .await?;
+            let options = self.options(count - empty.len());
+            let reply = if empty.is_empty() {
+                self.read(self.conn.clone(), &[(&[index], options)]).await?
+            } else {
+                let reads = [(empty, self.options(1)), (&[index][..], options)];
+                self.read(self.conn.clone(), &reads).await?
+            };
             if !reply.is_empty() {
                 return Ok(reply);
             }
@@ -464,7 +478,7 @@ impl Target {
             return Ok(Vec::new());
         }
         let options = self.options(count).block(self.block_ms());
-        self.read(self.conn.clone(), &order, options).await
+        self.read(self.conn.clone(), &[(&order, options)]).await
     }
 
     fn options(&self, count: usize) -> StreamReadOptions {
@@ -477,32 +491,46 @@ impl Target {
         usize::try_from(self.block.as_millis()).unwrap_or(usize::MAX)
     }
 
-    /// A read of the streams of the queues at `indexes`; notes which of them it found empty.
+    /// `reads` in one round trip, each an XREADGROUP of the streams of the queues at its
+    /// indexes: their entries in that order. Notes which queues they found empty.
     async fn read(
         &self,
         mut conn: Connection,
-        indexes: &[usize],
-        options: StreamReadOptions,
+        reads: &[(&[usize], StreamReadOptions)],
     ) -> redis::RedisResult<Entries> {
-        let streams: Vec<&String> = indexes.iter().map(|&index| &self.streams[index]).collect();
-        let ids = vec![">"; streams.len()];
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg(&options).arg("STREAMS").arg(&streams).arg(&ids);
-        let reply: Value = match &self.reader {
-            Some(reader) => reader.query(&cmd).await?,
-            None => cmd.query_async(&mut conn).await?,
+        let cmds: Vec<redis::Cmd> = (reads.iter())
+            .map(|(indexes, options)| {
+                let streams: Vec<&String> = indexes.iter().map(|&i| &self.streams[i]).collect();
+                let ids = vec![">"; streams.len()];
+                let mut cmd = redis::cmd("XREADGROUP");
+                cmd.arg(options).arg("STREAMS").arg(&streams).arg(&ids);
+                cmd
+            })
+            .collect();
+        let replies: Vec<Value> = match (&self.reader, &cmds[..]) {
+            (Some(reader), cmds) => reader.query_all(&cmds.iter().collect::<Vec<_>>()).await?,
+            (None, [cmd]) => vec![cmd.query_async(&mut conn).await?],
+            (None, cmds) => {
+                let mut pipe = redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd.clone());
+                }
+                pipe.query_async(&mut conn).await?
+            }
         };
         let mut entries = Vec::new();
         let mut found = vec![false; self.streams.len()];
-        for (stream, read) in read_reply(reply)? {
-            let Some(position) = self.streams.iter().position(|s| *s == stream) else {
-                continue;
-            };
-            found[position] |= !read.is_empty();
-            let queue = &self.queues[position];
-            entries.extend(read.into_iter().map(|entry| (queue.clone(), entry)));
+        for reply in replies {
+            for (stream, read) in read_reply(reply)? {
+                let Some(position) = self.streams.iter().position(|s| *s == stream) else {
+                    continue;
+                };
+                found[position] |= !read.is_empty();
+                let queue = &self.queues[position];
+                entries.extend(read.into_iter().map(|entry| (queue.clone(), entry)));
+            }
         }
-        for &index in indexes {
+        for &index in reads.iter().flat_map(|(indexes, _)| indexes.iter()) {
             self.seen_empty[index].store(!found[index], Ordering::Relaxed);
         }
         Ok(entries)
@@ -612,18 +640,19 @@ mod tests {
         testing::{RedisServer, TestRedis, eventually},
     };
 
-    /// One fetch of up to two entries: the queues of the entries it brought, and the
-    /// XREADGROUP calls it took (the server's own count).
+    /// One fetch of up to `count` entries: the queues of the entries it brought, and the
+    /// XREADGROUP commands it took (the server's own count).
     async fn counted(
         fetcher: &mut Fetcher,
         admin: &mut redis::aio::MultiplexedConnection,
+        count: usize,
     ) -> (Vec<String>, u64) {
         let _: () = redis::cmd("CONFIG")
             .arg("RESETSTAT")
             .query_async(admin)
             .await
             .unwrap();
-        let read = fetcher.fetch(2).await.unwrap();
+        let read = fetcher.fetch(count).await.unwrap();
         let stats: String = redis::cmd("INFO")
             .arg("commandstats")
             .query_async(admin)
@@ -637,15 +666,16 @@ mod tests {
         (queues, calls)
     }
 
-    /// A queue found empty goes out with the next one, in one read: an entry of a queue of
-    /// higher priority still comes first, and the weights are kept between busy queues.
+    /// Queues found empty go out with the next one, in the same round trip, for one entry
+    /// each: never more entries than the read's slots, those of the queues earlier in the
+    /// round first; a queue found with entries is read alone again.
     #[tokio::test]
     async fn queues_seen_empty_are_read_with_the_next_one() {
         // A server of its own: the test counts the reads it serves.
         let server = RedisServer::start().await;
         let redis = TestRedis::at(server.address());
         let keys = redis.keys();
-        let names = ["critical", "default", "low"].map(|q| QueueName::parse(q).unwrap());
+        let names = ["critical", "low", "default"].map(|q| QueueName::parse(q).unwrap());
         let endpoint = Endpoint::parse(&server.address(), false, &Tls::default()).unwrap();
         let mut conn = endpoint.connect_lazy(Duration::from_secs(5)).unwrap();
         group::ensure(&mut conn, &keys, &names).await.unwrap();
@@ -660,7 +690,7 @@ mod tests {
             },
             &keys,
             &names.clone().map(|q| (q, 1)),
-            // Strict: always critical, default, low.
+            // Strict, equal weights: always critical, low, default.
             true,
             "c1".into(),
             Duration::from_millis(10),
@@ -684,33 +714,40 @@ mod tests {
             }
             pipe
         };
-        let _: () = add(&names[1], 6).query_async(&mut admin).await.unwrap();
-        let none: [&str; 0] = [];
+        let queues = |list: &[(&str, usize)]| -> Vec<String> {
+            (list.iter())
+                .flat_map(|&(queue, n)| std::iter::repeat_n(queue.to_owned(), n))
+                .collect()
+        };
+        let _: () = add(&names[2], 20).query_async(&mut admin).await.unwrap();
 
-        // Nothing known yet: one read of critical (empty), then one of default.
-        let read = counted(&mut fetcher, &mut admin).await;
-        assert_eq!(read, (vec!["default".into(), "default".into()], 2));
+        // Nothing known yet: critical (empty), low (empty), then default, one by one.
+        let read = counted(&mut fetcher, &mut admin, 4).await;
+        assert_eq!(read, (queues(&[("default", 4)]), 3));
 
-        // Critical was empty: it goes out with default, one read.
-        let read = counted(&mut fetcher, &mut admin).await;
-        assert_eq!(read, (vec!["default".into(), "default".into()], 1));
+        // Both seen empty: read with default in one round trip, one entry each at most, so
+        // default keeps the rest of the slots.
+        let read = counted(&mut fetcher, &mut admin, 4).await;
+        assert_eq!(read, (queues(&[("default", 2)]), 2));
 
-        // An entry of critical meanwhile comes first, in the same read.
-        let _: () = add(&names[0], 1).query_async(&mut admin).await.unwrap();
-        let read = counted(&mut fetcher, &mut admin).await;
-        assert_eq!(read.0, ["critical", "default", "default"]);
-        assert_eq!(read.1, 1);
+        // Entries of both meanwhile: one of each, first, and no more than the four slots.
+        let _: () = add(&names[0], 5).query_async(&mut admin).await.unwrap();
+        let _: () = add(&names[1], 5).query_async(&mut admin).await.unwrap();
+        let read = counted(&mut fetcher, &mut admin, 4).await;
+        let expected = queues(&[("critical", 1), ("low", 1), ("default", 2)]);
+        assert_eq!(read, (expected, 2));
 
-        // Critical was not empty last time: read alone again, then default, then low (never
-        // read yet), then the blocking read over all three.
-        let read = counted(&mut fetcher, &mut admin).await;
-        assert_eq!(read.0, none);
-        assert_eq!(read.1, 3 + 1);
+        // Critical was found with entries: read alone again, with all the slots.
+        let read = counted(&mut fetcher, &mut admin, 4).await;
+        assert_eq!(read, (queues(&[("critical", 4)]), 1));
 
-        // All seen empty: one read over all three, then the blocking one.
-        let read = counted(&mut fetcher, &mut admin).await;
-        assert_eq!(read.0, none);
-        assert_eq!(read.1, 1 + 1);
+        // Two slots. Critical, found with entries last time, is read alone (empty now), then
+        // low, alone too (it had entries).
+        let read = counted(&mut fetcher, &mut admin, 2).await;
+        assert_eq!(read, (queues(&[("low", 2)]), 2));
+        // Critical, seen empty, joins low: one entry at most, so low keeps one slot.
+        let read = counted(&mut fetcher, &mut admin, 2).await;
+        assert_eq!(read, (queues(&[("low", 1)]), 2));
         stop.cancel();
     }
 

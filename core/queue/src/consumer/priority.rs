@@ -2,8 +2,8 @@
 //! 6:3:1, every 10 rounds start 6 times with `critical`, 3 with `default`, once with `low`,
 //! interleaved, so `low` is never starved while the others are busy. Strict mode always starts
 //! with the heaviest queue. Either way, the other queues follow by weight, so an empty queue
-//! costs at most one non-blocking read (on one server, none once it was seen empty: see
-//! `fetch`), not a lost round.
+//! costs at most one non-blocking read (on one server, no round trip of its own once it was
+//! seen empty: see `fetch`), not a lost round.
 
 /// The reading order of one round.
 #[derive(Debug, Clone)]
