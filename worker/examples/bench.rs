@@ -354,23 +354,64 @@ same runs with the worker on `default` alone (`WORKER_QUEUES=default:1`): 191-19
 173-179k/s, an upper bound for what removing the empty reads could give.
 
 Changed: a queue that the last read of it found empty goes out with the next queue of the
-round, in one XREADGROUP over both streams (`consumer/fetch.rs`; ARCHITECTURE.md,
-\"Priority\"); queues with entries are still read one at a time, so the weights hold between
-busy queues; a cluster reads each queue alone (a read across slots is refused; the cluster
-test's CROSSSLOT count fails without that). This had been tried before (\"Tried and dropped\"
-under scenarios 9 and 10: rates within the noise of a slower, noisier machine); on today's
-machine it shows. Single runs alternated (private redis-server, one worker process):
+round in the same round trip (`consumer/fetch.rs`; ARCHITECTURE.md, \"Priority\"). The first
+version (534e3b3) sent one XREADGROUP over those streams. This had been tried before (\"Tried
+and dropped\" under scenarios 9 and 10: rates within the noise of a slower, noisier machine);
+on today's machine it showed. Single runs alternated (private redis-server, one worker
+process):
 
-| | before (b049b72) | after |
+| | before (b049b72) | one XREADGROUP (534e3b3) |
 |---|---|---|
 | XREADGROUP calls per 100,000 tasks, batches | 4,538-4,616 | 2,947-2,954 |
 | tasks/s, batches | 167.0k, 167.1k | 187.5k, 183.7k |
 | tasks/s, `publish` x 50 | 126.0k, 124.5k | 129.7k, 155.1k |
 
 and `BENCH_ONLY=e2e BENCH_RUNS=1` rounds, alternated, two pairs (one worker process):
-batches 161.5k and 168.7k/s before, 197.8k and 180.9k/s after (+12 to +17%); one-at-a-time
-producers 132.8k and 148.5k before, 139.8k and 143.5k after: there the producer is the
-limit.
+batches 161.5k and 168.7k/s before, 197.8k and 180.9k/s after.
+
+An outside attack on 534e3b3 found what that cost: one XREADGROUP brings up to its COUNT from
+each stream, so a queue that filled up while seen empty brought as many entries again as the
+read had slots for. The extras waited in the fetch loop for a slot, behind other entries;
+with slow handlers (concurrency 2, 800 ms tasks, a visibility timeout of 1 s) they waited half
+the visibility timeout, were left pending for the reclaimer and, with `max_retry` 0,
+dead-lettered as \"delivered 2 times without finishing\" without ever running: a critical task
+in 3 runs of 3, and 18 of 56 tasks with 10 queues at concurrency 1 (the parent: none). Now the
+read is two XREADGROUPs sent together: `COUNT 1` over the queues seen empty, then the next
+queue for the rest of the slots, so a read never brings more than its slots
+(`queues_seen_empty_are_read_with_the_next_one` checks the count of entries and of commands).
+The same pairs of runs, before and after, with batches (where the producer's change below
+plays no part): 169.8k and 171.8k/s before, 200.7k and 200.5k/s after (+17%); XREADGROUP
+commands 4,426-4,538 before, 5,085-5,090 after (two a fetch, in one round trip): the gain was
+the round trips, not the commands.
+
+### The publishers' own connection
+
+With one-at-a-time producers the run is the producer's length: `bench_producer` alone (no
+worker, a private redis-server) publishes the 100,000 tasks in 0.33-0.37 s, and beside a worker
+in 0.56-0.75 s, sharing the two cores with it and with Redis. `callgrind` over 10,000
+one-at-a-time publishes: 17.6k instructions a publish, over half of them in the redis crate's
+multiplexed connection (the command encoded through `Cmd` and `write_command_to_vec` 2.9k, the
+channel, the connection's task and its `combine` decoder for a one-line reply).
+
+Changed (`connection::writer`; ARCHITECTURE.md, \"Publishing\"): on one server over plain TCP a
+plain publish's XADD goes out on a pipelined connection of the publisher's own: commands queued
+while its task was busy go out in one write, the XADD written straight into the protocol's
+bytes (`fields::xadd_packed`, checked byte for byte against the redis crate's encoding), the
+replies decoded by the reader's decoder.
+
+| one-at-a-time publishes | before | with TCP_NODELAY | Nagle on, via `Cmd` | Nagle on, packed |
+|---|---|---|---|---|
+| instructions a publish (`callgrind`) | 17.6k | | 13.9k | 13.2k |
+| producer alone, 100,000 tasks | 0.33-0.37 s | 0.41-0.48 s | 0.28-0.30 s | 0.29-0.31 s |
+
+The first version set TCP_NODELAY, as the reader does: user CPU went down, system CPU up
+(0.21-0.32 s against 0.11-0.17 s) and the producer got slower. The redis crate leaves Nagle's
+algorithm on, so that while commands are in flight the next ones are sent together; so does
+the writer now. End to end, the worker with the first merged read and the producer before and
+after (`BENCH_ONLY=e2e BENCH_RUNS=1`, three pairs alternated, one worker process, `publish` x
+50): 119.1k, 117.9k and 146.3k/s before, 134.3k, 161.5k and 162.7k/s after. Both changes
+together against b049b72 (single runs alternated, private redis-server): one at a time 133.6k
+and 138.5k/s before, 171.0k and 155.9k/s after.
 
 ### Tracing export (scenario 7)
 

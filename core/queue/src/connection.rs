@@ -12,6 +12,7 @@
 
 mod endpoint;
 pub(crate) mod reader;
+pub(crate) mod writer;
 
 pub use endpoint::{Connection, Endpoint};
 

@@ -356,10 +356,21 @@ impl Publisher {
             source,
         };
         let enqueued = if task.unique.is_none() && task.schedule.is_none() {
-            let xadd = fields::xadd(stream, task);
-            let entry_id: String = match &self.wait {
-                None => xadd.query_async(&mut self.conn.clone()).await,
-                Some(wait) => {
+            let entry_id: String = match (&self.wait, self.conn.writer()) {
+                // On one server over plain TCP: the publishers' pipelined connection.
+                (None, Some(writer)) => {
+                    let reply = writer.query_packed(fields::xadd_packed(stream, task)).await;
+                    reply.and_then(|reply| {
+                        redis::from_redis_value(reply).map_err(redis::RedisError::from)
+                    })
+                }
+                (None, None) => {
+                    (fields::xadd(stream, task))
+                        .query_async(&mut self.conn.clone())
+                        .await
+                }
+                (Some(wait), _) => {
+                    let xadd = fields::xadd(stream, task);
                     let (entry_id, acknowledged): (String, u32) = redis::pipe()
                         .add_command(xadd)
                         .add_command(wait.cmd())

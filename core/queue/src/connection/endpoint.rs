@@ -26,7 +26,7 @@ use redis::{
     cluster_async::ClusterConnection,
 };
 
-use super::{Tls, client_with_tls, install_ring, lazy_manager};
+use super::{Tls, client_with_tls, install_ring, lazy_manager, writer::Writer};
 
 /// How long connecting to one node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -193,6 +193,7 @@ impl From<ConnectionManager> for Connection {
             shared: Arc::new(Shared {
                 current: RwLock::new((0, conn)),
                 renew: None,
+                writer: None,
             }),
         })
     }
@@ -221,6 +222,9 @@ struct Shared {
     current: RwLock<(u64, ConnectionManager)>,
     /// How to build a new one; `None` for a manager given from outside (`From`).
     renew: Option<(redis::Client, Duration)>,
+    /// The publishers' pipelined connection on plain TCP (`writer`); `None` for TLS, Unix
+    /// sockets and a manager given from outside.
+    writer: Option<Writer>,
 }
 
 impl Single {
@@ -229,6 +233,7 @@ impl Single {
         Ok(Self {
             shared: Arc::new(Shared {
                 current: RwLock::new((0, manager)),
+                writer: Writer::new(&client, response_timeout),
                 renew: Some((client, response_timeout)),
             }),
         })
@@ -277,6 +282,14 @@ impl Connection {
     /// Whether this is a connection to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
+    }
+
+    /// The pipelined connection of its own for publishes, on one server over plain TCP.
+    pub(crate) fn writer(&self) -> Option<&Writer> {
+        match self {
+            Self::Single(single) => single.shared.writer.as_ref(),
+            Self::Cluster(_) => None,
+        }
     }
 }
 
