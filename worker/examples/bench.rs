@@ -413,6 +413,41 @@ after (`BENCH_ONLY=e2e BENCH_RUNS=1`, three pairs alternated, one worker process
 together against b049b72 (single runs alternated, private redis-server): one at a time 133.6k
 and 138.5k/s before, 171.0k and 155.9k/s after.
 
+`make bench-peers` at d277b80 (section 10; 2026-11-29 20:21 UTC, load average 1.3-1.6, the
+machine at its usual speed), against b049b72 an hour before on the same machine:
+
+| | b049b72 | d277b80 | target |
+|---|---|---|---|
+| one at a time: simplebank, tasks/s | 141.4k | 139.5k (133.1-152.7k) | |
+| one at a time: against apalis, leases off | 2.6x | 2.7x | 3x: **not met** |
+| one at a time: against BullMQ | 7.8x | 7.3x | 10x: **not met** |
+| batches: simplebank, tasks/s | 174.1k | 190.4k (180.7-198.9k) | |
+| batches: against apalis, leases off | 3.0x (2.98x) | 3.3x | 3x: met |
+| batches: against BullMQ | 10.3x | 11.9x | 10x: met |
+
+With batches both targets are met. One at a time, the median did not move, though its
+rounds spread from 133k to 153k/s and the paired runs above gained 13-24%: this
+comparison's rounds are single runs a few minutes apart, and the one-at-a-time run is the
+one that moves most with the machine. Where its time goes: the producer is done after 0.7 s
+of the 0.72 s; alone it needs 0.29-0.31 s. Beside it the worker (3.2 µs a task) and Redis
+(3.9 µs) share the two cores with the producer (2.9 µs), 10 µs a task in all, and none of the
+three is saturated: the 50 publishes in flight wait for their round trips through a Redis
+that also serves the worker's reads and FINISH calls. 3x apalis would be about 155k/s, and
+10x BullMQ about 190k/s: the latter is at the machine's limit for 10 µs of CPU a task (two
+cores, 200k/s with both fully busy), so it would take less CPU per task in all three
+processes, not only a shorter path. Two worker processes against one (scenario 9, quick
+rounds): with batches about the same (181-195k/s against 181-200k/s); one at a time slower
+(100-127k/s against 119-163k/s): two workers keep up with the producer, so each read brings
+a few entries (Redis CPU 5.6 against 4.1 µs a task) and the workers take CPU from the
+producer, which is the limit; Redis is not (about 4 µs a task: 250k/s on its core).
+
+An outside review of d277b80 found, and these were fixed: on TLS and Unix sockets the two
+reads went as a redis crate pipeline, where an error reply loses its code, so a missing
+group (NOGROUP) was never re-created (those connections now read each queue alone); one
+failed read of the two threw away the entries the other had already delivered (they now run;
+the failed queue is read alone next, where its error shows; the test deletes a stream to
+check it); a command failed by a broken connection got a copy of the error without its kind.
+
 ### Tracing export (scenario 7)
 
 perf over a traced drain (`BENCH_ONLY=tracing`) by thread: the worker's runtime thread 16.7%

@@ -72,8 +72,8 @@ pub(crate) fn xadd(stream: &str, task: &Task) -> redis::Cmd {
     cmd
 }
 
-/// The same command as [`xadd`], already in the protocol's bytes (what is written to the
-/// socket), without a `redis::Cmd` between: for the publishers' own connection
+/// The same command as [`xadd`] (`redis::cmd("XADD")` with its arguments), already in the
+/// protocol's bytes (what is written to the socket), without a `redis::Cmd` between: for the publishers' own connection
 /// (`connection::writer`), where encoding through `Cmd` took a sixth of a publish.
 pub(crate) fn xadd_packed(stream: &str, task: &Task) -> Vec<u8> {
     let mut args: u64 = 3;

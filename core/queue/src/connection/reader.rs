@@ -148,10 +148,10 @@ impl Reader {
         })
     }
 
-    /// Sends `cmds` together (one round trip) and returns their replies in order, or the
-    /// first command's error for an error reply. Only for commands that may run twice (the
-    /// reads): those whose idle connection turns out closed are sent again on a new one (see
-    /// below).
+    /// Sends `cmds` together (one round trip) and returns their replies in order, an error
+    /// reply as it came (`Value::ServerError`: one command's error does not hide the others'
+    /// replies). Only for commands that may run twice (the reads): those whose idle connection
+    /// turns out closed are sent again on a new one (see below).
     pub(crate) async fn query_all(&self, cmds: &[&redis::Cmd]) -> RedisResult<Vec<Value>> {
         let deadline = Instant::now() + self.timeout;
         let mut packed = Vec::new();
@@ -179,14 +179,7 @@ impl Reader {
             idle.push(conn);
         }
         drop(idle);
-        replies
-            .into_iter()
-            .map(|reply| match reply {
-                // Only a whole reply can be an error: the values inside one are not looked at.
-                Value::ServerError(_) => reply.extract_error(),
-                reply => Ok(reply),
-            })
-            .collect()
+        Ok(replies)
     }
 }
 

@@ -9,7 +9,10 @@ impl Reader {
     /// [`Reader::query_all`] for one command.
     async fn query(&self, cmd: &redis::Cmd) -> RedisResult<Value> {
         let mut replies = self.query_all(&[cmd]).await?;
-        replies.pop().ok_or_else(|| protocol("no reply"))
+        match replies.pop().ok_or_else(|| protocol("no reply"))? {
+            reply @ Value::ServerError(_) => reply.extract_error(),
+            reply => Ok(reply),
+        }
     }
 }
 

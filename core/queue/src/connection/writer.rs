@@ -18,9 +18,10 @@
 //! any I/O error, or on a reply that does not decode, every command in flight fails and the
 //! connection is dropped; the next command connects afresh. No command is sent twice: one
 //! whose connection failed may have run, and its caller is told it failed (as with the redis
-//! crate). The connection is read all the time, so one the server closed while idle (a
-//! restart, its `timeout`, CLIENT KILL) is noticed at once and the next command goes out on a
-//! new one. An error reply is the command's error and leaves the connection in use.
+//! crate); commands queued but not yet written fail with the connection too. The connection
+//! is read all the time, so one the server closed while idle (a restart, its `timeout`, CLIENT
+//! KILL) is noticed at once and the next command goes out on a new one (unless it races the
+//! close). An error reply is the command's error and leaves the connection in use.
 
 use std::{
     collections::VecDeque,
@@ -123,7 +124,7 @@ async fn run(server: Server, mut requests: mpsc::UnboundedReceiver<Request>) {
         Ok(conn) => conn,
         Err(err) => {
             let mut failed = VecDeque::from([first.reply]);
-            fail(&err, &mut failed, &mut requests);
+            fail(err, &mut failed, &mut requests);
             return;
         }
     };
@@ -138,7 +139,7 @@ async fn run(server: Server, mut requests: mpsc::UnboundedReceiver<Request>) {
     // flight, those that follow are sent together (fewer packets for both ends).
     if let Err(err) = conn.stream.set_nodelay(false) {
         let mut failed = VecDeque::from([first.reply]);
-        fail(&err.into(), &mut failed, &mut requests);
+        fail(err.into(), &mut failed, &mut requests);
         return;
     }
     let (mut read, mut write) = conn.stream.into_split();
@@ -192,7 +193,7 @@ async fn run(server: Server, mut requests: mpsc::UnboundedReceiver<Request>) {
                 if oldest.is_some() => break reader::timed_out(),
         }
     };
-    fail(&err, &mut pipeline.in_flight_replies(), &mut requests);
+    fail(err, &mut pipeline.in_flight_replies(), &mut requests);
 }
 
 /// A connection's commands in flight and the bytes on their way.
@@ -241,10 +242,10 @@ impl Pipeline {
     }
 }
 
-/// Fails the commands `in_flight` and those still queued with `err` (a copy for each after
-/// the first); no command is taken after this.
+/// Fails the commands `in_flight` and those still queued (never written) with `err`: the
+/// first gets it, the others a copy; no command is taken after this.
 fn fail(
-    err: &redis::RedisError,
+    err: redis::RedisError,
     in_flight: &mut VecDeque<oneshot::Sender<RedisResult<Value>>>,
     requests: &mut mpsc::UnboundedReceiver<Request>,
 ) {
@@ -252,13 +253,17 @@ fn fail(
     while let Ok(request) = requests.try_recv() {
         in_flight.push_back(request.reply);
     }
+    let Some(first) = in_flight.pop_front() else {
+        return;
+    };
     for reply in in_flight.drain(..) {
-        let _ = reply.send(Err(copy(err)));
+        let _ = reply.send(Err(copy(&err)));
     }
+    let _ = first.send(Err(err));
 }
 
-/// An error like `err` for each command it failed: a timeout stays a timeout, a server's
-/// error (a refused login) keeps its code and text; anything else is an aborted connection.
+/// An error like `err` for another command it failed: a timeout stays a timeout, a server's
+/// error (a refused login) keeps its code and text, a refused or dropped connection its kind.
 fn copy(err: &redis::RedisError) -> redis::RedisError {
     if err.is_timeout() {
         return reader::timed_out();
@@ -271,7 +276,14 @@ fn copy(err: &redis::RedisError) -> redis::RedisError {
             return copy;
         }
     }
-    aborted(&err.to_string())
+    let kind = if err.is_connection_refusal() {
+        std::io::ErrorKind::ConnectionRefused
+    } else if err.is_connection_dropped() {
+        std::io::ErrorKind::ConnectionReset
+    } else {
+        std::io::ErrorKind::ConnectionAborted
+    };
+    std::io::Error::new(kind, format!("the connection to Redis failed: {err}")).into()
 }
 
 fn aborted(why: &str) -> redis::RedisError {

@@ -4,15 +4,15 @@
 //! refreshed, see `paused`) are left out of every read, blocking or not; when all are paused,
 //! a read waits for a change of the flags instead, at most the block time.
 //!
-//! On one server, a queue that the last read of it found empty is not read alone (a round
-//! trip for nothing): it goes out with the next queue of the round in the same round trip, an
-//! XREADGROUP of `COUNT 1` over the queues seen empty, then one over the next queue for the
-//! rest of the slots. So a read never brings more entries than it holds slots for (an
-//! earlier version, one XREADGROUP over all of them, brought up to the count from each; the
-//! extras waited for a slot behind other entries, and with slow handlers were left pending
-//! and dead-lettered unrun), and the queues earlier in the round come first. A queue seen
-//! empty joins only while the next one keeps a slot of its own; one found with entries is
-//! read alone, with all the slots, at its next turn, so the weights hold between busy queues.
+//! On one server over plain TCP (where reads go through the reader), a queue that the last
+//! read of it found empty is not read alone (a round trip for nothing): it goes out with the
+//! next queue of the round in the same round trip, an XREADGROUP of `COUNT 1` over the queues
+//! seen empty, then one over the next queue for the rest of the slots. So such a read never
+//! brings more entries than it holds slots for, and the queues earlier in the round come
+//! first. A queue seen empty joins only while the next one keeps a slot of its own; one found
+//! with entries is read alone, with all the slots, at its next turn, so the weights hold
+//! between busy queues. When one read of the round trip fails, the entries the other brought
+//! (already delivered to this consumer) are still dispatched.
 //!
 //! How the blocking read is made depends on the deployment. On one server it is one
 //! `XREADGROUP ... BLOCK` over the streams of all the open queues. On a Redis Cluster the
@@ -437,11 +437,11 @@ impl Target {
         let order: Vec<usize> = (order.iter().copied())
             .filter(|&index| open.is_open(index))
             .collect();
-        // The queues are tried in `order`. On one server, those the last read of them found
-        // empty go out with the next one, in the same round trip, for at most one entry
-        // each, so the read brings no more than its `count` (see the module header). A
-        // cluster reads each queue alone (a read across slots is refused).
-        let merge = self.blocking.is_none();
+        // The queues are tried in `order`. With the reader (one server over plain TCP), those
+        // the last read of them found empty go out with the next one, in the same round
+        // trip, for at most one entry each, so the read brings no more than its `count` (see
+        // the module header).
+        let merge = self.reader.is_some();
         let mut start = 0;
         for (position, &index) in order.iter().enumerate() {
             let last = position + 1 == order.len();
@@ -477,6 +477,8 @@ impl Target {
             // A cluster: the loop starts the open queues' blocking reads (`Blocked::start`).
             return Ok(Vec::new());
         }
+        // Woken by new entries, it brings those of one stream (Redis serves a blocked read on
+        // the first stream that gets some), at most `count`.
         let options = self.options(count).block(self.block_ms());
         self.read(self.conn.clone(), &[(&order, options)]).await
     }
@@ -509,19 +511,35 @@ impl Target {
             .collect();
         let replies: Vec<Value> = match (&self.reader, &cmds[..]) {
             (Some(reader), cmds) => reader.query_all(&cmds.iter().collect::<Vec<_>>()).await?,
-            (None, [cmd]) => vec![cmd.query_async(&mut conn).await?],
             (None, cmds) => {
-                let mut pipe = redis::pipe();
+                // One at a time (several only with the reader, see `fetch`).
+                let mut replies = Vec::with_capacity(cmds.len());
                 for cmd in cmds {
-                    pipe.add_command(cmd.clone());
+                    replies.push(cmd.query_async(&mut conn).await?);
                 }
-                pipe.query_async(&mut conn).await?
+                replies
             }
         };
         let mut entries = Vec::new();
         let mut found = vec![false; self.streams.len()];
-        for reply in replies {
-            for (stream, read) in read_reply(reply)? {
+        let mut failed = None;
+        for ((indexes, _), reply) in reads.iter().zip(replies) {
+            let read = match reply {
+                Value::ServerError(_) => reply.extract_error().and_then(read_reply),
+                reply => read_reply(reply),
+            };
+            let read = match read {
+                Ok(read) => read,
+                Err(err) => {
+                    // Not seen empty: read alone next time, where its error shows.
+                    for &index in *indexes {
+                        self.seen_empty[index].store(false, Ordering::Relaxed);
+                    }
+                    failed.get_or_insert(err);
+                    continue;
+                }
+            };
+            for (stream, read) in read {
                 let Some(position) = self.streams.iter().position(|s| *s == stream) else {
                     continue;
                 };
@@ -529,11 +547,16 @@ impl Target {
                 let queue = &self.queues[position];
                 entries.extend(read.into_iter().map(|entry| (queue.clone(), entry)));
             }
+            for &index in *indexes {
+                self.seen_empty[index].store(!found[index], Ordering::Relaxed);
+            }
         }
-        for &index in reads.iter().flat_map(|(indexes, _)| indexes.iter()) {
-            self.seen_empty[index].store(!found[index], Ordering::Relaxed);
+        match failed {
+            // Entries another read of the round trip delivered are this consumer's already:
+            // they run, and the failed queue's error shows at its next read.
+            Some(err) if entries.is_empty() => Err(err),
+            _ => Ok(entries),
         }
-        Ok(entries)
     }
 }
 
@@ -666,6 +689,42 @@ mod tests {
         (queues, calls)
     }
 
+    /// A fetcher of the queues `names` (strict, equal weights: in their order) on `server`,
+    /// blocking `block`, once the pause flags are known; cancel the token to stop their loop.
+    async fn fetcher(
+        server: &RedisServer,
+        keys: &Keys,
+        names: &[QueueName],
+        block: Duration,
+    ) -> (Fetcher, CancellationToken) {
+        let endpoint = Endpoint::parse(&server.address(), false, &Tls::default()).unwrap();
+        let mut conn = endpoint.connect_lazy(Duration::from_secs(5)).unwrap();
+        group::ensure(&mut conn, keys, names).await.unwrap();
+        let stop = CancellationToken::new();
+        let paused =
+            super::super::paused::watch(conn.clone(), keys.clone(), names.to_vec(), stop.clone());
+        let weights: Vec<(QueueName, u32)> = names.iter().map(|q| (q.clone(), 1)).collect();
+        let fetcher = Fetcher::new(
+            ReadConnections {
+                conn,
+                reader: Reader::for_endpoint(&endpoint, block + Duration::from_secs(5)),
+                blocking: None,
+            },
+            keys,
+            &weights,
+            true,
+            "c1".into(),
+            block,
+            paused.clone(),
+        );
+        eventually("the pause flags are known", Duration::from_secs(5), || {
+            let open = paused.now().is_open(0);
+            async move { open }
+        })
+        .await;
+        (fetcher, stop)
+    }
+
     /// Queues found empty go out with the next one, in the same round trip, for one entry
     /// each: never more entries than the read's slots, those of the queues earlier in the
     /// round first; a queue found with entries is read alone again.
@@ -676,31 +735,7 @@ mod tests {
         let redis = TestRedis::at(server.address());
         let keys = redis.keys();
         let names = ["critical", "low", "default"].map(|q| QueueName::parse(q).unwrap());
-        let endpoint = Endpoint::parse(&server.address(), false, &Tls::default()).unwrap();
-        let mut conn = endpoint.connect_lazy(Duration::from_secs(5)).unwrap();
-        group::ensure(&mut conn, &keys, &names).await.unwrap();
-        let stop = CancellationToken::new();
-        let paused =
-            super::super::paused::watch(conn.clone(), keys.clone(), names.to_vec(), stop.clone());
-        let mut fetcher = Fetcher::new(
-            ReadConnections {
-                conn: conn.clone(),
-                reader: Reader::for_endpoint(&endpoint, Duration::from_secs(5)),
-                blocking: None,
-            },
-            &keys,
-            &names.clone().map(|q| (q, 1)),
-            // Strict, equal weights: always critical, low, default.
-            true,
-            "c1".into(),
-            Duration::from_millis(10),
-            paused.clone(),
-        );
-        eventually("the pause flags are known", Duration::from_secs(5), || {
-            let open = paused.now().is_open(0);
-            async move { open }
-        })
-        .await;
+        let (mut fetcher, stop) = fetcher(&server, &keys, &names, Duration::from_millis(10)).await;
         let mut admin = redis.conn().await;
         let add = |queue: &QueueName, n: usize| {
             let mut pipe = redis::pipe();
@@ -748,6 +783,20 @@ mod tests {
         // Critical, seen empty, joins low: one entry at most, so low keeps one slot.
         let read = counted(&mut fetcher, &mut admin, 2).await;
         assert_eq!(read, (queues(&[("low", 1)]), 2));
+
+        // Critical's group gone (its stream deleted) while low has entries: low's are
+        // not lost to critical's error in the same round trip; critical, then read alone,
+        // shows the error (which makes the fetch loop re-create the groups).
+        let _: () = add(&names[1], 1).query_async(&mut admin).await.unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg(keys.stream(&names[0]))
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let read = counted(&mut fetcher, &mut admin, 4).await;
+        assert_eq!(read, (queues(&[("low", 2)]), 2));
+        let err = fetcher.fetch(4).await.unwrap_err();
+        assert_eq!(err.code(), Some("NOGROUP"), "{err}");
         stop.cancel();
     }
 
