@@ -129,6 +129,15 @@ fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// `n` in decimal digits.
 fn decimal(out: &mut Vec<u8>, mut n: u64) {
+    // Most are lengths under 100 (field names, ids, short values).
+    if n < 10 {
+        out.push(b'0' + n as u8);
+        return;
+    }
+    if n < 100 {
+        out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
+        return;
+    }
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {
