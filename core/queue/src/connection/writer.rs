@@ -183,6 +183,10 @@ async fn run(server: Server, mut requests: mpsc::UnboundedReceiver<Request>) {
                 if let Err(err) = decoded {
                     break err;
                 }
+                // Checked here too: a server that never stops sending keeps this branch ready.
+                if pipeline.in_flight.front().is_some_and(|(deadline, _)| *deadline <= Instant::now()) {
+                    break reader::timed_out();
+                }
             }
             request = requests.recv(), if open => match request {
                 Some(request) => next = Some(request),

@@ -168,3 +168,28 @@ fn tls_cluster_and_unix_sockets_keep_the_redis_crate() {
         );
     }
 }
+
+/// A server of the test's own that announces a reply without end and keeps sending its
+/// elements: the command fails at its deadline, and the buffered bytes go with the connection.
+#[tokio::test]
+async fn a_reply_that_never_ends_fails_at_the_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 64];
+        let _ = socket.read(&mut request).await;
+        let _ = socket.write_all(b"*999999999\r\n").await;
+        let chunk = b":1\r\n".repeat(16 * 1024);
+        while socket.write_all(&chunk).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let writer = writer(&format!("127.0.0.1:{port}"), Duration::from_millis(300));
+    let err = tokio::time::timeout(Duration::from_secs(30), writer.query(&redis::cmd("PING")))
+        .await
+        .expect("the deadline ends it")
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+}
