@@ -425,6 +425,11 @@ machine at its usual speed), against b049b72 an hour before on the same machine:
 | batches: against apalis, leases off | 3.0x (2.98x) | 3.3x | 3x: met |
 | batches: against BullMQ | 10.3x | 11.9x | 10x: met |
 
+Again at de3c688 (21:06 UTC, section 10 now; the writer's deadline check and the shorter
+digit path since): one at a time 141.8k/s (131.6-149.8k), 2.6x apalis and 8.1x BullMQ;
+batches 195.6k/s, 3.5x and 11.0x. Three quick `BENCH_ONLY=e2e` rounds just before gave
+133.9k, 165.1k and 156.8k/s one at a time.
+
 With batches both targets are met. One at a time, the median did not move, though its
 rounds spread from 133k to 153k/s and the paired runs above gained 13-24%: this
 comparison's rounds are single runs a few minutes apart, and the one-at-a-time run is the
