@@ -2,7 +2,7 @@
 //! `bench:ping` tasks into the queue `default` of `REDIS_NAMESPACE` on `REDIS_ADDRESS`, each
 //! carrying its send time (µs since the epoch) for `bench_worker`'s latency.
 //! `BENCH_PRODUCE=single`: `Publisher::publish`, 50 concurrent producers awaiting one task at a
-//! time each (sharing one multiplexed connection, as an application's request handlers do);
+//! time each (sharing one connection, as an application's request handlers do);
 //! `batch`: `Publisher::publish_batch` of 1,000 at a time. Prints nothing; exits 0 when every
 //! task is in Redis.
 

@@ -80,13 +80,12 @@ pub(crate) fn xadd_packed(stream: &str, task: &Task) -> Vec<u8> {
     let mut bytes = 64 + stream.len();
     each_field(task, 1, None, None, |name, value| {
         args += 2;
-        bytes += 32
-            + name.len()
-            + if let Field::Text(text) = value {
-                text.len()
-            } else {
-                20
-            };
+        bytes += 32 + name.len();
+        bytes += if let Field::Text(text) = value {
+            text.len()
+        } else {
+            20
+        };
     });
     let mut out = Vec::with_capacity(bytes);
     out.push(b'*');
@@ -98,22 +97,17 @@ pub(crate) fn xadd_packed(stream: &str, task: &Task) -> Vec<u8> {
     let mut digits = Vec::with_capacity(20);
     each_field(task, 1, None, None, |name, value| {
         bulk(&mut out, name.as_bytes());
-        match value {
-            Field::Text(text) => bulk(&mut out, text.as_bytes()),
-            Field::Int(n) => {
-                digits.clear();
-                if n < 0 {
-                    digits.push(b'-');
-                }
-                decimal(&mut digits, n.unsigned_abs());
-                bulk(&mut out, &digits);
-            }
-            Field::UInt(n) => {
-                digits.clear();
-                decimal(&mut digits, n);
-                bulk(&mut out, &digits);
-            }
+        let (negative, magnitude) = match value {
+            Field::Text(text) => return bulk(&mut out, text.as_bytes()),
+            Field::Int(n) => (n < 0, n.unsigned_abs()),
+            Field::UInt(n) => (false, n),
+        };
+        digits.clear();
+        if negative {
+            digits.push(b'-');
         }
+        decimal(&mut digits, magnitude);
+        bulk(&mut out, &digits);
     });
     out
 }

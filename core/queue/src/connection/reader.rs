@@ -50,7 +50,7 @@ const MAX_DEPTH: usize = 16;
 const MAX_LINE: usize = 64 * 1024;
 
 /// How much to read at a time.
-pub(super) const READ_SIZE: usize = 64 * 1024;
+const READ_SIZE: usize = 64 * 1024;
 
 /// A connection's buffer larger than this (after a long reply) is freed once the reply is
 /// decoded.
@@ -111,8 +111,7 @@ impl Server {
         stream.set_nodelay(true)?;
         let mut conn = Conn {
             stream,
-            buf: Vec::new(),
-            progress: Progress::default(),
+            replies: Replies::default(),
             closed: false,
         };
         if let Some(password) = &self.password {
@@ -200,10 +199,8 @@ pub(super) fn timed_out() -> redis::RedisError {
 /// One connection with no command in flight between requests.
 pub(super) struct Conn {
     pub(super) stream: TcpStream,
-    /// Bytes read and not yet decoded (empty between requests).
-    pub(super) buf: Vec<u8>,
-    /// How far the reply in `buf` has been walked.
-    progress: Progress,
+    /// Bytes read and not yet decoded (none between requests).
+    pub(super) replies: Replies,
     /// See [`Conn::closed`].
     closed: bool,
 }
@@ -231,54 +228,89 @@ impl Conn {
             return Err(err.into());
         }
         let mut replies = Vec::with_capacity(count);
-        // Where the reply being read starts in `buf`.
-        let mut start = 0;
-        // No new look at the reply before this much of it has arrived (a long bulk string is
-        // waited for whole, not walked up to at every read).
-        let mut wait_for = 1;
         loop {
-            while self.buf.len() - start >= wait_for {
-                match scan(&self.buf[start..], &mut self.progress)? {
-                    Ok(end) => {
-                        let (value, used) = build(&self.buf[start..])?;
-                        debug_assert_eq!(used, end);
-                        replies.push(value);
-                        start += end;
-                        self.progress = Progress::default();
-                        wait_for = 1;
-                        if replies.len() < count {
-                            continue;
-                        }
-                        if start != self.buf.len() {
-                            // Nothing else in flight: bytes past the replies are none of ours.
-                            return Err(protocol("bytes after the reply"));
-                        }
-                        self.buf.clear();
-                        if self.buf.capacity() > KEPT_BUFFER {
-                            // After a long reply: an idle connection keeps little memory.
-                            self.buf = Vec::new();
-                        }
-                        return Ok(replies);
-                    }
-                    Err(need) => {
-                        wait_for = need;
-                        break;
-                    }
+            while let Some(reply) = self.replies.next()? {
+                replies.push(reply);
+                if replies.len() < count {
+                    continue;
                 }
+                if !self.replies.all_taken() {
+                    // Nothing else in flight: bytes past the replies are none of ours.
+                    return Err(protocol("bytes after the reply"));
+                }
+                self.replies.compact();
+                return Ok(replies);
             }
-            self.buf.reserve(READ_SIZE);
-            match self.stream.read_buf(&mut self.buf).await {
+            let nothing_yet = self.replies.buf.is_empty();
+            match self.stream.read_buf(self.replies.room()).await {
                 Ok(0) => {
-                    self.closed = self.buf.is_empty();
+                    self.closed = nothing_yet;
                     return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
                 }
                 Ok(_) => {}
                 Err(err) => {
-                    self.closed = self.buf.is_empty() && gone(&err);
+                    self.closed = nothing_yet && gone(&err);
                     return Err(err.into());
                 }
             }
         }
+    }
+}
+
+/// The bytes read from a connection, and how far the replies in them have been taken: each
+/// reply is walked as it arrives (see [`scan`]), then built whole.
+#[derive(Default)]
+pub(super) struct Replies {
+    buf: Vec<u8>,
+    /// Where the first reply not yet taken starts.
+    start: usize,
+    /// How far that reply has been walked.
+    progress: Progress,
+    /// No new look at that reply before `buf` holds this much of it (a long bulk string is
+    /// waited for whole, not walked up to at every read).
+    wait_for: usize,
+}
+
+impl Replies {
+    /// The next reply, once it has all arrived.
+    pub(super) fn next(&mut self) -> RedisResult<Option<Value>> {
+        if self.buf.len() - self.start < self.wait_for {
+            return Ok(None);
+        }
+        match scan(&self.buf[self.start..], &mut self.progress)? {
+            Err(need) => {
+                self.wait_for = need;
+                Ok(None)
+            }
+            Ok(end) => {
+                let (value, used) = build(&self.buf[self.start..])?;
+                debug_assert_eq!(used, end);
+                self.start += end;
+                self.progress = Progress::default();
+                self.wait_for = 0;
+                Ok(Some(value))
+            }
+        }
+    }
+
+    /// Whether every byte read belongs to a reply taken.
+    pub(super) fn all_taken(&self) -> bool {
+        self.start == self.buf.len()
+    }
+
+    /// Drops the replies taken; after a long reply, an emptied buffer keeps little memory.
+    pub(super) fn compact(&mut self) {
+        self.buf.drain(..self.start);
+        self.start = 0;
+        if self.buf.is_empty() && self.buf.capacity() > KEPT_BUFFER {
+            self.buf = Vec::new();
+        }
+    }
+
+    /// Where the next read goes.
+    pub(super) fn room(&mut self) -> &mut Vec<u8> {
+        self.buf.reserve(READ_SIZE);
+        &mut self.buf
     }
 }
 
@@ -289,7 +321,7 @@ pub(super) fn protocol(what: &'static str) -> redis::RedisError {
 /// How far [`scan`] got into a reply: where the first element not yet whole starts, and the
 /// elements still to come at each open array level.
 #[derive(Debug, Default)]
-pub(super) struct Progress {
+struct Progress {
     at: usize,
     pending: Vec<usize>,
 }
@@ -298,7 +330,7 @@ pub(super) struct Progress {
 /// that arrives in pieces is walked once, not again from its start at every read), allocating
 /// nothing: `Ok` with the reply's length if it is all there; `Err` with how long `buf` must
 /// grow before a new look can get further.
-pub(super) fn scan(buf: &[u8], progress: &mut Progress) -> RedisResult<Result<usize, usize>> {
+fn scan(buf: &[u8], progress: &mut Progress) -> RedisResult<Result<usize, usize>> {
     loop {
         let Some((kind, line, next)) = header(buf, progress.at)? else {
             return Ok(Err(buf.len() + 1));
@@ -352,7 +384,7 @@ pub(super) fn scan(buf: &[u8], progress: &mut Progress) -> RedisResult<Result<us
 }
 
 /// The reply at the start of `buf`, which [`scan`] found whole, and its length.
-pub(super) fn build(buf: &[u8]) -> RedisResult<(Value, usize)> {
+fn build(buf: &[u8]) -> RedisResult<(Value, usize)> {
     build_at(buf, 0)
 }
 

@@ -303,7 +303,7 @@ async fn replies_in_pieces_and_hostile_ones() {
         panic!("an array")
     };
     assert_eq!(items[1], Value::BulkString(long));
-    let kept = reader.idle.lock().unwrap()[0].buf.capacity();
+    let kept = reader.idle.lock().unwrap()[0].replies.buf.capacity();
     assert!(kept <= KEPT_BUFFER, "an idle connection keeps {kept} bytes");
     assert!(reader.query(&ping).await.is_err(), "bulk without its CRLF");
     assert!(reader.query(&ping).await.is_err(), "bytes after the reply");

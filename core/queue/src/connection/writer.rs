@@ -35,7 +35,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use super::reader::{self, KEPT_BUFFER, Progress, READ_SIZE, Server};
+use super::reader::{self, KEPT_BUFFER, Replies, Server};
 
 /// Where to connect, and the task of the connection in use.
 pub(crate) struct Writer {
@@ -120,28 +120,25 @@ async fn run(server: Server, mut requests: mpsc::UnboundedReceiver<Request>) {
     let Some(first) = requests.recv().await else {
         return;
     };
-    let conn = match reader::within(first.deadline, server.connect(first.deadline)).await {
+    let connected = async {
+        let conn = server.connect(first.deadline).await?;
+        // Nagle's algorithm on, as on the redis crate's connections: while commands are in
+        // flight, those that follow are sent together (fewer packets for both ends).
+        conn.stream.set_nodelay(false)?;
+        Ok(conn)
+    };
+    let conn = match reader::within(first.deadline, connected).await {
         Ok(conn) => conn,
         Err(err) => {
-            let mut failed = VecDeque::from([first.reply]);
-            fail(err, &mut failed, &mut requests);
+            fail(err, &mut VecDeque::from([first.reply]), &mut requests);
             return;
         }
     };
     let mut pipeline = Pipeline {
         in_flight: VecDeque::new(),
         out: Vec::new(),
-        buf: conn.buf,
-        progress: Progress::default(),
-        wait_for: 1,
+        replies: conn.replies,
     };
-    // Nagle's algorithm on, as on the redis crate's connections: while commands are in
-    // flight, those that follow are sent together (fewer packets for both ends).
-    if let Err(err) = conn.stream.set_nodelay(false) {
-        let mut failed = VecDeque::from([first.reply]);
-        fail(err.into(), &mut failed, &mut requests);
-        return;
-    }
     let (mut read, mut write) = conn.stream.into_split();
     let mut next = Some(first);
     let mut open = true;
@@ -171,10 +168,9 @@ async fn run(server: Server, mut requests: mpsc::UnboundedReceiver<Request>) {
         if !open && pipeline.in_flight.is_empty() {
             return;
         }
-        pipeline.buf.reserve(READ_SIZE);
         tokio::select! {
             biased;
-            read = read.read_buf(&mut pipeline.buf) => {
+            read = read.read_buf(pipeline.replies.room()) => {
                 let decoded = match read {
                     Ok(0) => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
                     Ok(_) => pipeline.answer(),
@@ -207,37 +203,20 @@ struct Pipeline {
     /// Commands to write.
     out: Vec<u8>,
     /// Bytes read and not yet decoded.
-    buf: Vec<u8>,
-    /// How far the reply at the start of `buf` has been walked.
-    progress: Progress,
-    /// No new look at `buf` before it is this long (see `reader`).
-    wait_for: usize,
+    replies: Replies,
 }
 
 impl Pipeline {
-    /// Answers the commands whose replies are whole in `buf`, oldest first.
+    /// Answers the commands whose replies have arrived whole, oldest first.
     fn answer(&mut self) -> RedisResult<()> {
-        let mut used = 0;
-        while self.buf.len() - used >= self.wait_for {
-            match reader::scan(&self.buf[used..], &mut self.progress)? {
-                Err(need) => self.wait_for = need,
-                Ok(end) => {
-                    let (value, _) = reader::build(&self.buf[used..])?;
-                    used += end;
-                    self.progress = Progress::default();
-                    self.wait_for = 1;
-                    let Some((_, reply)) = self.in_flight.pop_front() else {
-                        return Err(reader::protocol("a reply to no command"));
-                    };
-                    // A caller that gave up (its timeout) no longer listens.
-                    let _ = reply.send(Ok(value));
-                }
-            }
+        while let Some(value) = self.replies.next()? {
+            let Some((_, reply)) = self.in_flight.pop_front() else {
+                return Err(reader::protocol("a reply to no command"));
+            };
+            // A caller that gave up (its timeout) no longer listens.
+            let _ = reply.send(Ok(value));
         }
-        self.buf.drain(..used);
-        if self.buf.is_empty() && self.buf.capacity() > KEPT_BUFFER {
-            self.buf = Vec::new();
-        }
+        self.replies.compact();
         Ok(())
     }
 

@@ -158,15 +158,19 @@ async fn a_server_down_fails_the_command_within_its_timeout() {
     assert!(err.is_connection_refusal(), "{err}");
 }
 
-#[test]
-fn tls_cluster_and_unix_sockets_keep_the_redis_crate() {
-    for address in ["rediss://127.0.0.1:1", "redis+unix:///tmp/redis.sock"] {
-        let client = redis::Client::open(address).unwrap();
-        assert!(
-            Writer::new(&client, Duration::from_secs(1)).is_none(),
-            "{address}"
-        );
-    }
+/// Publishers get the writer on one server over plain TCP only.
+#[tokio::test]
+async fn tls_cluster_and_unix_sockets_keep_the_redis_crate() {
+    use crate::connection::{Endpoint, Tls};
+    let writer_of = |address: &str, cluster: bool| {
+        let endpoint = Endpoint::parse(address, cluster, &Tls::default()).unwrap();
+        let conn = endpoint.connect_lazy(Duration::from_secs(1)).unwrap();
+        conn.writer().is_some()
+    };
+    assert!(writer_of("127.0.0.1:1", false));
+    assert!(!writer_of("rediss://127.0.0.1:1", false));
+    assert!(!writer_of("redis+unix:///tmp/redis.sock", false));
+    assert!(!writer_of("127.0.0.1:1,127.0.0.1:2", true));
 }
 
 /// A server of the test's own that announces a reply without end and keeps sending its

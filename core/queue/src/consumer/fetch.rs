@@ -454,13 +454,15 @@ impl Target {
             {
                 continue;
             }
-            let options = self.options(count - empty.len());
-            let reply = if empty.is_empty() {
-                self.read(self.conn.clone(), &[(&[index], options)]).await?
-            } else {
-                let reads = [(empty, self.options(1)), (&[index][..], options)];
-                self.read(self.conn.clone(), &reads).await?
-            };
+            let mut reads = Vec::with_capacity(2);
+            if !empty.is_empty() {
+                reads.push((empty, self.options(1)));
+            }
+            reads.push((
+                &order[position..=position],
+                self.options(count - empty.len()),
+            ));
+            let reply = self.read(self.conn.clone(), &reads).await?;
             if !reply.is_empty() {
                 return Ok(reply);
             }
