@@ -15,7 +15,8 @@
 //!
 //! Failures: a command waits at most its timeout, connecting and logging in (as the reader
 //! does) included. When the oldest command in flight has waited that long (a hung server), on
-//! any I/O error, or on a reply that does not decode, every command in flight fails and the
+//! any I/O error, on a reply that does not decode, or on bytes sent while no command is in
+//! flight, every command in flight fails and the
 //! connection is dropped; the next command connects afresh. No command is sent twice: one
 //! whose connection failed may have run, and its caller is told it failed (as with the redis
 //! crate); commands queued but not yet written fail with the connection too. The connection
@@ -217,6 +218,11 @@ impl Pipeline {
             let _ = reply.send(Ok(value));
         }
         self.replies.compact();
+        if self.in_flight.is_empty() && !self.replies.all_taken() {
+            // Redis sends nothing unasked: such bytes would be taken for the next reply (and
+            // no deadline bounds them while no command waits).
+            return Err(reader::protocol("bytes with no command in flight"));
+        }
         Ok(())
     }
 

@@ -197,3 +197,30 @@ async fn a_reply_that_never_ends_fails_at_the_deadline() {
         .unwrap_err();
     assert!(err.is_timeout(), "{err}");
 }
+
+/// Bytes a server sends with no command in flight end the connection at once: they would be
+/// taken for the next command's reply, and no deadline bounds them meanwhile.
+#[tokio::test]
+async fn bytes_sent_unasked_end_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 64];
+        let _ = socket.read(&mut request).await;
+        let _ = socket.write_all(b"+PONG\r\n").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = socket.write_all(b"$5\r\nab").await;
+        // Kept open: only the writer can end it.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+    let writer = writer(&format!("127.0.0.1:{port}"), Duration::from_secs(5));
+    let reply = writer.query(&redis::cmd("PING")).await.unwrap();
+    assert_eq!(reply, Value::SimpleString("PONG".into()));
+    crate::testing::eventually("the task ends", Duration::from_secs(10), || {
+        let ended = (writer.current.lock().unwrap().as_ref()).is_some_and(|task| task.is_closed());
+        async move { ended }
+    })
+    .await;
+}
