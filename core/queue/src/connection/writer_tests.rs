@@ -10,6 +10,34 @@ impl Writer {
     }
 }
 
+/// A server of the test's own on a free port: `serve` gets its first connection once the
+/// first command has arrived.
+async fn serve_once<F, Fut>(serve: F) -> u16
+where
+    F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 64];
+        let _ = socket.read(&mut request).await;
+        serve(socket).await;
+    });
+    port
+}
+
+/// Waits until the writer's connection task has ended.
+async fn task_ends(writer: &Writer) {
+    crate::testing::eventually("the task ends", Duration::from_secs(10), || {
+        let ended = (writer.current.lock().unwrap().as_ref()).is_some_and(|task| task.is_closed());
+        async move { ended }
+    })
+    .await;
+}
+
 fn writer(address: &str, timeout: Duration) -> Writer {
     let client = crate::connection::client(address).unwrap();
     Writer::new(&client, timeout).expect("plain TCP to one server")
@@ -108,11 +136,7 @@ async fn a_connection_closed_while_idle_is_replaced_before_the_next_command() {
     assert_eq!(killed, 1);
     // The task sees the close while idle and ends, so the command goes out on a new
     // connection.
-    crate::testing::eventually("the task ends", Duration::from_secs(10), || {
-        let ended = (writer.current.lock().unwrap().as_ref()).is_some_and(|task| task.is_closed());
-        async move { ended }
-    })
-    .await;
+    task_ends(&writer).await;
     let reply = writer.query(&redis::cmd("PING")).await.unwrap();
     assert_eq!(reply, Value::SimpleString("PONG".into()));
 }
@@ -177,19 +201,15 @@ async fn tls_cluster_and_unix_sockets_keep_the_redis_crate() {
 /// elements: the command fails at its deadline, and the buffered bytes go with the connection.
 #[tokio::test]
 async fn a_reply_that_never_ends_fails_at_the_deadline() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let (mut socket, _) = listener.accept().await.unwrap();
-        let mut request = [0u8; 64];
-        let _ = socket.read(&mut request).await;
+    use tokio::io::AsyncWriteExt;
+    let port = serve_once(|mut socket| async move {
         let _ = socket.write_all(b"*999999999\r\n").await;
         let chunk = b":1\r\n".repeat(16 * 1024);
         while socket.write_all(&chunk).await.is_ok() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-    });
+    })
+    .await;
     let writer = writer(&format!("127.0.0.1:{port}"), Duration::from_millis(300));
     let err = tokio::time::timeout(Duration::from_secs(30), writer.query(&redis::cmd("PING")))
         .await
@@ -202,25 +222,17 @@ async fn a_reply_that_never_ends_fails_at_the_deadline() {
 /// taken for the next command's reply, and no deadline bounds them meanwhile.
 #[tokio::test]
 async fn bytes_sent_unasked_end_the_connection() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let (mut socket, _) = listener.accept().await.unwrap();
-        let mut request = [0u8; 64];
-        let _ = socket.read(&mut request).await;
+    use tokio::io::AsyncWriteExt;
+    let port = serve_once(|mut socket| async move {
         let _ = socket.write_all(b"+PONG\r\n").await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         let _ = socket.write_all(b"$5\r\nab").await;
         // Kept open: only the writer can end it.
         tokio::time::sleep(Duration::from_secs(60)).await;
-    });
+    })
+    .await;
     let writer = writer(&format!("127.0.0.1:{port}"), Duration::from_secs(5));
     let reply = writer.query(&redis::cmd("PING")).await.unwrap();
     assert_eq!(reply, Value::SimpleString("PONG".into()));
-    crate::testing::eventually("the task ends", Duration::from_secs(10), || {
-        let ended = (writer.current.lock().unwrap().as_ref()).is_some_and(|task| task.is_closed());
-        async move { ended }
-    })
-    .await;
+    task_ends(&writer).await;
 }
