@@ -224,7 +224,7 @@ pub(crate) fn decode_member(queue: QueueName, member: &str) -> Result<Envelope, 
         fields
             .iter()
             .find(|(field, _)| field == name)
-            .map(|(_, value)| value)
+            .map(|(_, value)| FieldValue::of(value))
     })
 }
 
@@ -287,9 +287,28 @@ impl Entry {
     }
 }
 
+/// An entry as the consumer hands it on to run: decoded as it was read (the reader's
+/// replies, see `consumer::fetch`), or its fields as read, decoded when it runs (the redis
+/// crate's replies, and an entry that does not decode, which is dead-lettered with them).
+#[derive(Debug)]
+pub(crate) enum Delivered {
+    Task { id: String, task: Box<Envelope> },
+    Fields(Entry),
+}
+
+impl Delivered {
+    /// The entry's id.
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Task { id, .. } => id,
+            Self::Fields(entry) => &entry.id,
+        }
+    }
+}
+
 /// The task held by an entry of the stream of `queue`.
 pub(crate) fn decode_entry(queue: QueueName, entry: &Entry) -> Result<Envelope, DecodeError> {
-    decode_with(queue, &|name| entry.get(name))
+    decode_with(queue, &|name| entry.get(name).map(FieldValue::of))
 }
 
 /// The task held by the fields `map` of an entry of the stream of `queue`.
@@ -297,11 +316,42 @@ pub(crate) fn decode(
     queue: QueueName,
     map: &HashMap<String, Value>,
 ) -> Result<Envelope, DecodeError> {
-    decode_with(queue, &|name| map.get(name))
+    decode_with(queue, &|name| map.get(name).map(FieldValue::of))
+}
+
+/// The task held by an entry of the stream of `queue` whose fields, names and values, are
+/// still the bytes of the reply they came in (the first of a name counts, as in
+/// [`Entry::get`]): nothing is copied but the task's own text.
+pub(crate) fn decode_raw(
+    queue: QueueName,
+    fields: &[(&[u8], &[u8])],
+) -> Result<Envelope, DecodeError> {
+    decode_with(queue, &|name| {
+        (fields.iter())
+            .find(|(field, _)| *field == name.as_bytes())
+            .map(|(_, value)| FieldValue::Bytes(value))
+    })
+}
+
+/// A field's value: the bytes of a bulk string (what every stream field is), or another
+/// kind of reply, converted as the redis crate converts it.
+#[derive(Clone, Copy)]
+enum FieldValue<'a> {
+    Bytes(&'a [u8]),
+    Other(&'a Value),
+}
+
+impl<'a> FieldValue<'a> {
+    fn of(value: &'a Value) -> Self {
+        match value {
+            Value::BulkString(bytes) => Self::Bytes(bytes),
+            other => Self::Other(other),
+        }
+    }
 }
 
 /// Looks a field up by name.
-type Lookup<'a> = dyn Fn(&str) -> Option<&'a Value> + 'a;
+type Lookup<'a> = dyn Fn(&str) -> Option<FieldValue<'a>> + 'a;
 
 fn decode_with<'a>(queue: QueueName, map: &Lookup<'a>) -> Result<Envelope, DecodeError> {
     let task = Task {
@@ -332,9 +382,12 @@ fn decode_with<'a>(queue: QueueName, map: &Lookup<'a>) -> Result<Envelope, Decod
 }
 
 fn optional(map: &Lookup<'_>, name: &'static str) -> Result<Option<String>, DecodeError> {
-    map(name)
-        .map(|value| redis::from_redis_value_ref(value).map_err(|_| DecodeError::Invalid(name)))
-        .transpose()
+    let text = match map(name) {
+        None => return Ok(None),
+        Some(FieldValue::Bytes(bytes)) => std::str::from_utf8(bytes).ok().map(str::to_owned),
+        Some(FieldValue::Other(value)) => redis::from_redis_value_ref(value).ok(),
+    };
+    text.map(Some).ok_or(DecodeError::Invalid(name))
 }
 
 fn required(map: &Lookup<'_>, name: &'static str) -> Result<String, DecodeError> {
@@ -346,13 +399,13 @@ fn optional_number<T: std::str::FromStr>(
     map: &Lookup<'_>,
     name: &'static str,
 ) -> Result<Option<T>, DecodeError> {
-    let Some(value) = map(name) else {
-        return Ok(None);
-    };
-    let parsed = match value {
-        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok().and_then(|t| t.parse().ok()),
-        Value::SimpleString(text) => text.parse().ok(),
-        other => redis::from_redis_value_ref::<String>(other)
+    let parsed = match map(name) {
+        None => return Ok(None),
+        Some(FieldValue::Bytes(bytes)) => {
+            std::str::from_utf8(bytes).ok().and_then(|t| t.parse().ok())
+        }
+        Some(FieldValue::Other(Value::SimpleString(text))) => text.parse().ok(),
+        Some(FieldValue::Other(other)) => redis::from_redis_value_ref::<String>(other)
             .ok()
             .and_then(|t| t.parse().ok()),
     };

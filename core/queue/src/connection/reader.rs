@@ -147,11 +147,17 @@ impl Reader {
         })
     }
 
-    /// Sends `cmds` together (one round trip) and returns their replies in order, an error
-    /// reply as it came (`Value::ServerError`: one command's error does not hide the others'
-    /// replies). Only for commands that may run twice (the reads): those whose idle connection
-    /// turns out closed are sent again on a new one (see below).
-    pub(crate) async fn query_all(&self, cmds: &[&redis::Cmd]) -> RedisResult<Vec<Value>> {
+    /// Sends `cmds` together (one round trip) and returns their replies in order, each made
+    /// by `build` from the bytes of one reply, straight from the connection's buffer (see
+    /// [`Resp`]; an error reply is a reply too: one command's error does not hide the others'
+    /// replies). An error `build` returns fails the query and drops the connection. Only for
+    /// commands that may run twice (the reads): those whose idle connection turns out closed
+    /// are sent again on a new one (see below).
+    pub(crate) async fn query_all<T>(
+        &self,
+        cmds: &[&redis::Cmd],
+        build: impl Fn(&[u8]) -> RedisResult<T>,
+    ) -> RedisResult<Vec<T>> {
         let deadline = Instant::now() + self.timeout;
         let mut packed = Vec::new();
         for cmd in cmds {
@@ -163,14 +169,14 @@ impl Reader {
             Some(conn) => conn,
             None => within(deadline, self.server.connect(deadline)).await?,
         };
-        let mut replies = within(deadline, conn.requests(&packed, cmds.len())).await;
+        let mut replies = within(deadline, conn.requests(&packed, cmds.len(), &build)).await;
         if replies.is_err() && reused && conn.closed() {
             // Closed before any of a reply came: most often an idle connection the server
             // closed (a restart, its `timeout`, CLIENT KILL), so the commands go out once
             // more on a new one. Had they run (a server that died before answering), what
             // they delivered stays pending and is taken over, as after any lost reply.
             conn = within(deadline, self.server.connect(deadline)).await?;
-            replies = within(deadline, conn.requests(&packed, cmds.len())).await;
+            replies = within(deadline, conn.requests(&packed, cmds.len(), &build)).await;
         }
         let replies = replies?;
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -215,12 +221,18 @@ impl Conn {
     /// Writes `packed` and reads one reply. Any error leaves the connection unusable (the
     /// caller drops it): an error reply is a reply (`Value::ServerError`), not an error.
     async fn request(&mut self, packed: &[u8]) -> RedisResult<Value> {
-        let mut replies = self.requests(packed, 1).await?;
+        let mut replies = self.requests(packed, 1, &value).await?;
         replies.pop().ok_or_else(|| protocol("no reply"))
     }
 
-    /// Writes `packed` (`count` commands) and reads their `count` replies, as [`Conn::request`].
-    async fn requests(&mut self, packed: &[u8], count: usize) -> RedisResult<Vec<Value>> {
+    /// Writes `packed` (`count` commands) and reads their `count` replies, each made by
+    /// `build`, as [`Conn::request`].
+    async fn requests<T>(
+        &mut self,
+        packed: &[u8],
+        count: usize,
+        build: &impl Fn(&[u8]) -> RedisResult<T>,
+    ) -> RedisResult<Vec<T>> {
         use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
         let gone = |err: &std::io::Error| matches!(err.kind(), BrokenPipe | ConnectionReset);
         if let Err(err) = self.stream.write_all(packed).await {
@@ -229,7 +241,7 @@ impl Conn {
         }
         let mut replies = Vec::with_capacity(count);
         loop {
-            while let Some(reply) = self.replies.next()? {
+            while let Some(reply) = self.replies.next(build)? {
                 replies.push(reply);
                 if replies.len() < count {
                     continue;
@@ -272,8 +284,11 @@ pub(super) struct Replies {
 }
 
 impl Replies {
-    /// The next reply, once it has all arrived.
-    pub(super) fn next(&mut self) -> RedisResult<Option<Value>> {
+    /// The next reply, once it has all arrived, made by `build` from its bytes.
+    pub(super) fn next<T>(
+        &mut self,
+        build: impl FnOnce(&[u8]) -> RedisResult<T>,
+    ) -> RedisResult<Option<T>> {
         if self.buf.len() - self.start < self.wait_for {
             return Ok(None);
         }
@@ -283,12 +298,11 @@ impl Replies {
                 Ok(None)
             }
             Ok(end) => {
-                let (value, used) = build(&self.buf[self.start..])?;
-                debug_assert_eq!(used, end);
+                let reply = build(&self.buf[self.start..self.start + end]);
                 self.start += end;
                 self.progress = Progress::default();
                 self.wait_for = 0;
-                Ok(Some(value))
+                reply.map(Some)
             }
         }
     }
@@ -383,9 +397,11 @@ fn scan(buf: &[u8], progress: &mut Progress) -> RedisResult<Result<usize, usize>
     }
 }
 
-/// The reply at the start of `buf`, which [`scan`] found whole, and its length.
-fn build(buf: &[u8]) -> RedisResult<(Value, usize)> {
-    build_at(buf, 0)
+/// The reply `buf` (which [`scan`] found whole) as a [`Value`].
+pub(crate) fn value(buf: &[u8]) -> RedisResult<Value> {
+    let (value, used) = build_at(buf, 0)?;
+    debug_assert_eq!(used, buf.len());
+    Ok(value)
 }
 
 fn build_at(buf: &[u8], at: usize) -> RedisResult<(Value, usize)> {
@@ -457,19 +473,90 @@ fn header(buf: &[u8], at: usize) -> RedisResult<Option<(u8, &[u8], usize)>> {
     }
 }
 
+/// A walk, element by element, through the bytes of one whole reply (one [`scan`] found
+/// complete), for a reply decoded straight into the caller's types instead of [`Value`]s.
+/// Each step says `None` when the next element is not of the kind asked for.
+pub(crate) struct Resp<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Resp<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Self { buf, at: 0 }
+    }
+
+    /// The error of an error reply (`-NOGROUP ...`), its code kept; `None` for any other.
+    pub(crate) fn error(reply: &[u8]) -> Option<redis::RedisError> {
+        if reply.first() != Some(&b'-') {
+            return None;
+        }
+        Some(match value(reply) {
+            Ok(value) => value
+                .extract_error()
+                .err()
+                .unwrap_or_else(|| protocol("error")),
+            Err(err) => err,
+        })
+    }
+
+    /// Where the next element starts, to come back to with [`Resp::rewind`].
+    pub(crate) fn position(&self) -> usize {
+        self.at
+    }
+
+    pub(crate) fn rewind(&mut self, position: usize) {
+        self.at = position;
+    }
+
+    /// The next element, an array: its length, `Some(None)` if nil.
+    pub(crate) fn array(&mut self) -> Option<Option<usize>> {
+        let (kind, line, next) = header(self.buf, self.at).ok()??;
+        if kind != b'*' {
+            return None;
+        }
+        let len = length(line).ok()?;
+        self.at = next;
+        Some(len)
+    }
+
+    /// The next element, a bulk string that is not nil: its bytes.
+    pub(crate) fn bulk(&mut self) -> Option<&'a [u8]> {
+        let (kind, line, next) = header(self.buf, self.at).ok()??;
+        if kind != b'$' {
+            return None;
+        }
+        let len = length(line).ok()??;
+        let bytes = self.buf.get(next..next + len)?;
+        self.at = next + len + 2;
+        Some(bytes)
+    }
+
+    /// The next element, whatever it is, as a [`Value`].
+    pub(crate) fn value(&mut self) -> RedisResult<Value> {
+        let (value, next) = build_at(self.buf, self.at)?;
+        self.at = next;
+        Ok(value)
+    }
+}
+
 /// A bulk string's or an array's length: `None` for -1 (nil).
 fn length(line: &[u8]) -> RedisResult<Option<usize>> {
     if line == b"-1" {
         return Ok(None);
     }
-    if line.is_empty() || !line.iter().all(u8::is_ascii_digit) {
+    if line.is_empty() {
         return Err(protocol("length that does not parse"));
     }
-    let digits = std::str::from_utf8(line).map_err(|_| protocol("length that does not parse"))?;
-    digits
-        .parse()
+    line.iter()
+        .try_fold(0usize, |n, &digit| {
+            if !digit.is_ascii_digit() {
+                return None;
+            }
+            n.checked_mul(10)?.checked_add(usize::from(digit - b'0'))
+        })
         .map(Some)
-        .map_err(|_| protocol("length that does not parse"))
+        .ok_or_else(|| protocol("length that does not parse"))
 }
 
 fn text(line: &[u8]) -> RedisResult<String> {

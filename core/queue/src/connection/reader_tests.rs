@@ -8,7 +8,7 @@ use crate::{connection::Tls, testing::RedisServer};
 impl Reader {
     /// [`Reader::query_all`] for one command.
     async fn query(&self, cmd: &redis::Cmd) -> RedisResult<Value> {
-        let mut replies = self.query_all(&[cmd]).await?;
+        let mut replies = self.query_all(&[cmd], value).await?;
         match replies.pop().ok_or_else(|| protocol("no reply"))? {
             reply @ Value::ServerError(_) => reply.extract_error(),
             reply => Ok(reply),
@@ -40,9 +40,7 @@ fn complete(buf: &[u8]) -> RedisResult<Option<usize>> {
 
 fn decode(reply: &[u8]) -> RedisResult<Value> {
     assert_eq!(complete(reply)?, Some(reply.len()), "{reply:?} is whole");
-    let (value, used) = build(reply)?;
-    assert_eq!(used, reply.len());
-    Ok(value)
+    value(reply)
 }
 
 #[test]
@@ -101,7 +99,7 @@ fn what_no_redis_sends_is_refused() {
     // Whole by their headers, but no value: refused when built.
     for reply in [&b":12a\r\n"[..], b"+\xff\r\n"] {
         assert_eq!(complete(reply).unwrap(), Some(reply.len()));
-        assert!(build(reply).is_err());
+        assert!(value(reply).is_err());
     }
     // A huge declared length, with little sent: more is waited for (within the timeout).
     let huge = b"*1000000000000\r\n:1\r\n";

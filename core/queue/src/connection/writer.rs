@@ -210,7 +210,7 @@ struct Pipeline {
 impl Pipeline {
     /// Answers the commands whose replies have arrived whole, oldest first.
     fn answer(&mut self) -> RedisResult<()> {
-        while let Some(value) = self.replies.next()? {
+        while let Some(value) = self.replies.next(reader::value)? {
             let Some((_, reply)) = self.in_flight.pop_front() else {
                 return Err(reader::protocol("a reply to no command"));
             };

@@ -39,7 +39,7 @@ use super::{
 use crate::{
     connection::Connection,
     dead::{dead_fields, poison_fields},
-    fields::{self, Entry},
+    fields::{self, Delivered, Entry},
     keys::{GROUP, Keys, QueueName},
     metrics::{ConsumerMetrics, ErrorType, Outcome},
     report, retention,
@@ -120,7 +120,7 @@ impl Dispatcher {
     pub(crate) fn spawn(
         self: &Arc<Self>,
         queue: QueueName,
-        entry: Entry,
+        entry: Delivered,
         deliveries: Option<u64>,
         permit: OwnedSemaphorePermit,
     ) {
@@ -137,7 +137,7 @@ impl Dispatcher {
     fn process(
         self: Arc<Self>,
         queue: QueueName,
-        entry: Entry,
+        entry: Delivered,
         deliveries: Option<u64>,
         permit: OwnedSemaphorePermit,
     ) -> impl Future<Output = ()> + Send + 'static {
@@ -161,22 +161,25 @@ impl Dispatcher {
     fn prepare(
         &self,
         queue: &QueueName,
-        entry: Entry,
+        entry: Delivered,
         deliveries: Option<u64>,
     ) -> Result<Prepared, Early> {
-        let task = match fields::decode_entry(queue.clone(), &entry) {
-            Ok(envelope) => Box::new(envelope),
-            Err(err) => {
-                self.metrics
-                    .dead_on_arrival(queue, None, ErrorType::EntryUndecodable);
-                return Err(Early::Poison {
-                    reason: format!("undecodable entry: {err}"),
-                    entry,
-                });
-            }
+        let (entry_id, task) = match entry {
+            Delivered::Task { id, task } => (id, task),
+            Delivered::Fields(entry) => match fields::decode_entry(queue.clone(), &entry) {
+                Ok(envelope) => (entry.id, Box::new(envelope)),
+                Err(err) => {
+                    self.metrics
+                        .dead_on_arrival(queue, None, ErrorType::EntryUndecodable);
+                    return Err(Early::Poison {
+                        reason: format!("undecodable entry: {err}"),
+                        entry,
+                    });
+                }
+            },
         };
         let dead = |task, reason, attempted| Early::Kill {
-            entry_id: entry.id.clone(),
+            entry_id: entry_id.clone(),
             task,
             reason,
             attempted,
@@ -221,7 +224,7 @@ impl Dispatcher {
                 KeyValue::new("messaging.destination.name", stream.clone()),
                 KeyValue::new("messaging.operation.type", "process"),
                 KeyValue::new("messaging.consumer.group.name", GROUP),
-                KeyValue::new("messaging.message.id", entry.id.clone()),
+                KeyValue::new("messaging.message.id", entry_id.clone()),
                 KeyValue::new("simplebank.task.id", task.task.id.clone()),
                 KeyValue::new("simplebank.task.type", task_type),
                 KeyValue::new("simplebank.task.attempt", i64::from(task.attempt)),
@@ -229,7 +232,7 @@ impl Dispatcher {
             (format!("process {stream}"), attributes)
         });
         Ok(Prepared {
-            entry_id: entry.id,
+            entry_id,
             task,
             task_type,
             handler,

@@ -56,8 +56,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{dispatch::Dispatcher, group, paused::Paused, priority::Priority};
 use crate::{
-    connection::{Connection, reader::Reader},
-    fields::Entry,
+    connection::{
+        Connection,
+        reader::{Reader, Resp},
+    },
+    fields::{self, Delivered, Entry},
     keys::{GROUP, Keys, QueueName},
     report,
 };
@@ -83,7 +86,7 @@ pub(crate) struct Reading<'a> {
 /// Entries read and not yet dispatched, for want of a free slot, with when they were read.
 #[derive(Debug)]
 struct Waiting {
-    entries: VecDeque<(Instant, QueueName, Entry)>,
+    entries: VecDeque<(Instant, QueueName, Delivered)>,
     /// How long one may wait before it is left pending for the reclaimer.
     stale_after: Duration,
 }
@@ -106,13 +109,10 @@ impl Waiting {
 }
 
 /// A read in flight, with the concurrency slots it reads for.
-type Read = (
-    Vec<OwnedSemaphorePermit>,
-    redis::RedisResult<Vec<(QueueName, Entry)>>,
-);
+type Read = (Vec<OwnedSemaphorePermit>, redis::RedisResult<Entries>);
 
 /// What a read brought.
-type Entries = Vec<(QueueName, Entry)>;
+type Entries = Vec<(QueueName, Delivered)>;
 
 /// Why a read brought nothing.
 #[derive(Debug, thiserror::Error)]
@@ -266,7 +266,7 @@ fn dispatch(
         };
         if read_at.elapsed() >= waiting.stale_after {
             tracing::debug!(
-                entry_id = %entry.id,
+                entry_id = entry.id(),
                 "waited too long for a slot: left pending for the reclaimer"
             );
             permits.push(permit);
@@ -511,13 +511,22 @@ impl Target {
                 cmd
             })
             .collect();
-        let replies: Vec<Value> = match (&self.reader, &cmds[..]) {
-            (Some(reader), cmds) => reader.query_all(&cmds.iter().collect::<Vec<_>>()).await?,
-            (None, cmds) => {
+        // By read: its entries, each with the index of its queue, or why it failed.
+        let replies = match &self.reader {
+            Some(reader) => {
+                let cmds: Vec<&redis::Cmd> = cmds.iter().collect();
+                reader
+                    .query_all(&cmds, |reply| {
+                        Ok(decode(reply, &self.streams, &self.queues))
+                    })
+                    .await?
+            }
+            None => {
                 // One at a time (several only with the reader, see `fetch`).
                 let mut replies = Vec::with_capacity(cmds.len());
-                for cmd in cmds {
-                    replies.push(cmd.query_async(&mut conn).await?);
+                for cmd in &cmds {
+                    let reply = read_reply(cmd.query_async(&mut conn).await?);
+                    replies.push(reply.map(|streams| self.by_queue(streams)));
                 }
                 replies
             }
@@ -525,11 +534,7 @@ impl Target {
         let mut entries = Vec::new();
         let mut found = vec![false; self.streams.len()];
         let mut failed = None;
-        for ((indexes, _), reply) in reads.iter().zip(replies) {
-            let read = match reply {
-                Value::ServerError(_) => reply.extract_error().and_then(read_reply),
-                reply => read_reply(reply),
-            };
+        for ((indexes, _), read) in reads.iter().zip(replies) {
             let read = match read {
                 Ok(read) => read,
                 Err(err) => {
@@ -541,13 +546,9 @@ impl Target {
                     continue;
                 }
             };
-            for (stream, read) in read {
-                let Some(position) = self.streams.iter().position(|s| *s == stream) else {
-                    continue;
-                };
-                found[position] |= !read.is_empty();
-                let queue = &self.queues[position];
-                entries.extend(read.into_iter().map(|entry| (queue.clone(), entry)));
+            for (index, entry) in read {
+                found[index] = true;
+                entries.push((self.queues[index].clone(), entry));
             }
             for &index in *indexes {
                 self.seen_empty[index].store(!found[index], Ordering::Relaxed);
@@ -560,6 +561,91 @@ impl Target {
             _ => Ok(entries),
         }
     }
+
+    /// The entries of `streams` (as [`read_reply`] gives them) with the index of their
+    /// queue; those of a stream not read are left out.
+    fn by_queue(&self, streams: Vec<(String, Vec<Entry>)>) -> Vec<(usize, Delivered)> {
+        let mut read = Vec::new();
+        for (stream, entries) in streams {
+            if let Some(index) = self.streams.iter().position(|s| *s == stream) {
+                read.extend(entries.into_iter().map(|e| (index, Delivered::Fields(e))));
+            }
+        }
+        read
+    }
+}
+
+/// An XREADGROUP reply of `streams` (those of `queues`) read straight from its bytes (the
+/// reader's): its entries with the index of their queue, each decoded into its task as it is
+/// read, so no [`Value`] is built on the way (BENCHMARKS.md, "Entries decoded from the
+/// reply's bytes"). An entry of another shape, or one that is no task, is read as [`entry`]
+/// reads it, and decoded (or dead-lettered) when it runs, as from any other reply; those of
+/// a stream not read are left out.
+fn decode(
+    reply: &[u8],
+    streams: &[String],
+    queues: &[QueueName],
+) -> redis::RedisResult<Vec<(usize, Delivered)>> {
+    if let Some(err) = Resp::error(reply) {
+        return Err(err);
+    }
+    let mut resp = Resp::new(reply);
+    let Some(count_streams) = resp.array().ok_or_else(unexpected)? else {
+        return Ok(Vec::new());
+    };
+    let mut read = Vec::new();
+    let mut fields = Vec::new();
+    for _ in 0..count_streams {
+        let (Some(Some(2)), Some(stream), Some(Some(count))) =
+            (resp.array(), resp.bulk(), resp.array())
+        else {
+            return Err(unexpected());
+        };
+        let index = streams.iter().position(|s| s.as_bytes() == stream);
+        read.reserve(count);
+        for _ in 0..count {
+            let start = resp.position();
+            let Some(index) = index else {
+                resp.value()?;
+                continue;
+            };
+            let decoded = raw_entry(&mut resp, &mut fields).and_then(|id| {
+                let task = fields::decode_raw(queues[index].clone(), &fields).ok()?;
+                let id = std::str::from_utf8(id).ok()?.to_owned();
+                Some(Delivered::Task {
+                    id,
+                    task: Box::new(task),
+                })
+            });
+            let entry = match decoded {
+                Some(task) => task,
+                None => {
+                    resp.rewind(start);
+                    Delivered::Fields(entry(resp.value()?)?)
+                }
+            };
+            read.push((index, entry));
+        }
+    }
+    Ok(read)
+}
+
+/// The id of the entry `[id, [field, value, ...]]` next in `resp`, its fields (names and
+/// values, all bulk strings) put in `fields`; `None` if it is of another shape.
+fn raw_entry<'a>(resp: &mut Resp<'a>, fields: &mut Vec<(&'a [u8], &'a [u8])>) -> Option<&'a [u8]> {
+    fields.clear();
+    if resp.array()? != Some(2) {
+        return None;
+    }
+    let id = resp.bulk()?;
+    let len = resp.array()??;
+    if len % 2 != 0 {
+        return None;
+    }
+    for _ in 0..len / 2 {
+        fields.push((resp.bulk()?, resp.bulk()?));
+    }
+    Some(id)
 }
 
 /// The entries of an XREAD/XREADGROUP reply, by stream, moved out of the reply rather than
@@ -661,9 +747,18 @@ pub(super) fn unexpected_reply(command: &'static str) -> redis::RedisError {
 mod tests {
     use super::*;
     use crate::{
+        TaskPayload,
         connection::{Endpoint, Tls},
+        task::{Envelope, Task},
         testing::{RedisServer, TestRedis, eventually},
     };
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Nothing;
+
+    impl TaskPayload for Nothing {
+        const TYPE: &'static str = "test:nothing";
+    }
 
     /// One fetch of up to `count` entries: the queues of the entries it brought, and the
     /// XREADGROUP commands it took (the server's own count).
@@ -800,6 +895,164 @@ mod tests {
         let err = fetcher.fetch(4).await.unwrap_err();
         assert_eq!(err.code(), Some("NOGROUP"), "{err}");
         stop.cancel();
+    }
+
+    /// RESP2 bytes of `value`, as Redis writes them (`Nil` as the nil array).
+    fn resp(value: &Value) -> Vec<u8> {
+        match value {
+            Value::Nil => b"*-1\r\n".to_vec(),
+            Value::Int(n) => format!(":{n}\r\n").into_bytes(),
+            Value::BulkString(bytes) => {
+                let mut out = format!("${}\r\n", bytes.len()).into_bytes();
+                out.extend_from_slice(bytes);
+                out.extend_from_slice(b"\r\n");
+                out
+            }
+            Value::Array(items) => {
+                let mut out = format!("*{}\r\n", items.len()).into_bytes();
+                items.iter().for_each(|item| out.extend(resp(item)));
+                out
+            }
+            other => panic!("not written here: {other:?}"),
+        }
+    }
+
+    /// What a read gives, entry by entry: the index of its queue, its id, and its task (as
+    /// the dispatcher will decode it), or its fields if it is no task.
+    type Outcome = (usize, String, Result<Envelope, Vec<(String, Value)>>);
+
+    fn outcomes(read: Vec<(usize, Delivered)>, queues: &[QueueName]) -> Vec<Outcome> {
+        (read.into_iter())
+            .map(|(index, delivered)| match delivered {
+                Delivered::Task { id, task } => (index, id, Ok(*task)),
+                Delivered::Fields(entry) => {
+                    let task = fields::decode_entry(queues[index].clone(), &entry);
+                    (index, entry.id, task.map_err(|_| entry.fields))
+                }
+            })
+            .collect()
+    }
+
+    /// An XREADGROUP reply decoded from its bytes gives what the same reply read as
+    /// [`Value`]s gives (the redis crate's path), for the entries of every shape; the tasks
+    /// are decoded as they are read, the rest left to the dispatcher.
+    #[test]
+    fn replies_decoded_from_their_bytes_give_what_values_give() {
+        let queues = ["critical", "default"].map(|q| QueueName::parse(q).unwrap());
+        let streams: Vec<String> = queues
+            .iter()
+            .map(|q| format!("{{ns:{q}}}:stream"))
+            .collect();
+        let task = |payload: &str| {
+            let mut task = Envelope::first(Task::new(&Nothing).unwrap());
+            task.task.payload = payload.to_owned();
+            task.task.traceparent =
+                Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+            task
+        };
+        let flat = |fields: &[(&[u8], Value)]| {
+            Value::Array(
+                (fields.iter())
+                    .flat_map(|(name, value)| [Value::BulkString(name.to_vec()), value.clone()])
+                    .collect(),
+            )
+        };
+        let encoded = |task: &Envelope| -> Vec<(&'static [u8], Value)> {
+            (fields::encode(task).into_iter())
+                .map(|(name, value)| (name.as_bytes(), Value::BulkString(value.into_bytes())))
+                .collect()
+        };
+        // CR/LF, NUL, bidi controls and look-alikes in a value; a length of many digits.
+        let hostile = task("{\"a\":\"x\\r\\n\u{0}\u{202e}\u{0430}dmin\r\n*1\r\n$-1\r\n\"}");
+        let long = task(&format!("\"{}\"", "y".repeat(100_000)));
+        let mut odd_name = encoded(&hostile);
+        odd_name.push((b"\xff\xfeid", bulk("other")));
+        // A name twice: the first counts.
+        odd_name.push((b"payload", bulk("other")));
+        let mut missing = encoded(&hostile);
+        missing.retain(|(name, _)| *name != b"type");
+        let mut number = encoded(&hostile);
+        number.retain(|(name, _)| *name != b"max_retry");
+        number.push((b"max_retry", Value::Int(3)));
+        let entry = |id: &str, fields: Value| Value::Array(vec![bulk(id), fields]);
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                bulk(&streams[1]),
+                Value::Array(vec![
+                    entry("1-0", flat(&encoded(&hostile))),
+                    entry("1-1", flat(&encoded(&long))),
+                    entry("1-2", flat(&odd_name)),
+                    entry("1-3", flat(&missing)),
+                    entry("1-4", Value::Nil),
+                    entry("1-5", flat(&number)),
+                    entry("1-6", flat(&[(b"id", bulk("x")), (b"odd", Value::Nil)])),
+                ]),
+            ]),
+            // A stream not read: left out.
+            Value::Array(vec![
+                bulk("{ns:other}:stream"),
+                Value::Array(vec![entry("2-0", flat(&encoded(&hostile)))]),
+            ]),
+            Value::Array(vec![
+                bulk(&streams[0]),
+                Value::Array(vec![entry("3-0", flat(&encoded(&hostile)))]),
+            ]),
+        ]);
+        let bytes = resp(&reply);
+        let ours = decode(&bytes, &streams, &queues).unwrap();
+        let decoded_on_read: Vec<bool> = (ours.iter())
+            .map(|(_, read)| matches!(read, Delivered::Task { .. }))
+            .collect();
+        assert_eq!(
+            decoded_on_read,
+            [true, true, true, false, false, false, false, true],
+            "the tasks of the usual shape are decoded as they are read"
+        );
+        let theirs = read_reply(crate::connection::reader::value(&bytes).unwrap()).unwrap();
+        let theirs = (theirs.into_iter())
+            .filter_map(|(stream, entries)| {
+                let index = streams.iter().position(|s| *s == stream)?;
+                Some(
+                    entries
+                        .into_iter()
+                        .map(move |e| (index, Delivered::Fields(e))),
+                )
+            })
+            .flatten()
+            .collect();
+        let ours = outcomes(ours, &queues);
+        assert_eq!(ours, outcomes(theirs, &queues));
+        assert_eq!(ours[0].2, Ok(hostile.clone()));
+        assert_eq!(ours[1].2, Ok(long));
+        assert_eq!(ours[2].2, Ok(hostile.clone()));
+        assert!(ours[3].2.is_err() && ours[4].2.is_err() && ours[6].2.is_err());
+        let mut three = hostile.clone();
+        three.task.max_retry = 3;
+        assert_eq!(ours[5].2, Ok(three));
+        let mut critical = hostile;
+        critical.task.queue = queues[0].clone();
+        assert_eq!((ours[7].0, &ours[7].2), (0, &Ok(critical)));
+
+        // No entries, an error reply (its code kept), and replies of no XREADGROUP shape.
+        assert!(decode(b"*-1\r\n", &streams, &queues).unwrap().is_empty());
+        let err = decode(b"-NOGROUP No such key\r\n", &streams, &queues).unwrap_err();
+        assert_eq!(err.code(), Some("NOGROUP"));
+        let non_utf8_id = resp(&Value::Array(vec![Value::Array(vec![
+            bulk(&streams[0]),
+            Value::Array(vec![Value::Array(vec![
+                Value::BulkString(b"\xff-0".to_vec()),
+                flat(&encoded(&task("1"))),
+            ])]),
+        ])]));
+        for reply in [&b":1\r\n"[..], b"*1\r\n*1\r\n$1\r\ns\r\n", &non_utf8_id] {
+            let err = decode(reply, &streams, &queues).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                redis::ErrorKind::UnexpectedReturnType,
+                "{reply:?}"
+            );
+            assert!(read_reply(crate::connection::reader::value(reply).unwrap()).is_err());
+        }
     }
 
     fn bulk(text: &str) -> Value {

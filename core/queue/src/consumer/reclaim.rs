@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     connection::Connection,
-    fields::Entry,
+    fields::{Delivered, Entry},
     keys::{GROUP, Keys, QueueName},
     report,
 };
@@ -150,8 +150,12 @@ impl Reclaimer {
                         Err(_) => return Ok(()),
                     },
                 };
-                self.dispatcher
-                    .spawn(queue.clone(), entry, Some(delivered), permit);
+                self.dispatcher.spawn(
+                    queue.clone(),
+                    Delivered::Fields(entry),
+                    Some(delivered),
+                    permit,
+                );
             }
             cursor = reply.next_stream_id;
             if cursor == "0-0" {
