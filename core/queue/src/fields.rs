@@ -298,7 +298,7 @@ pub(crate) enum Delivered {
 
 impl Delivered {
     /// The entry's id.
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         match self {
             Self::Task { id, .. } => id,
             Self::Fields(entry) => &entry.id,
@@ -457,6 +457,10 @@ mod tests {
         .with_task_id("fixed-id")
         .unwrap();
         task.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        task.tracestate = Some("vendor=1".into());
+        task.deadline = Some(1_800_000_000_000);
+        task.unique = Some("lock".into());
+        task.sensitive = true;
         let task = Envelope {
             task,
             attempt: 2,
@@ -470,7 +474,14 @@ mod tests {
             id: "1-0".into(),
             fields: as_map(encode(&task)).into_iter().collect(),
         };
-        assert_eq!(decode_entry(queue, &entry).unwrap(), task);
+        assert_eq!(decode_entry(queue.clone(), &entry).unwrap(), task);
+        // From the bytes of a reply (the worker's reader): every field is read.
+        let encoded = encode(&task);
+        assert_eq!(encoded.len(), 14, "every field a task is read from is set");
+        let raw: Vec<(&[u8], &[u8])> = (encoded.iter())
+            .map(|(name, value)| (name.as_bytes(), value.as_bytes()))
+            .collect();
+        assert_eq!(decode_raw(queue, &raw).unwrap(), task);
     }
 
     /// A publish writes its fields straight into the XADD: the same names and values, in the

@@ -5,17 +5,19 @@
 //! Why: decoding XREADGROUP replies took half of a worker's instructions (`callgrind`,
 //! BENCHMARKS.md): the redis crate's decoder is built on `combine`, whose resumable parser
 //! machinery costs far more than the bytes it reads. Here a reply is first checked complete
-//! by walking its headers (a bulk string is skipped by its length), then built in one pass.
+//! by walking its headers (a bulk string is skipped by its length), then handed whole to the
+//! caller's builder: [`value`] makes the redis crate's [`Value`]s in one pass, and the fetch
+//! loop's decodes XREADGROUP's entries straight into tasks, walking the bytes with [`Resp`].
 //!
-//! What it is not: a general client. It sends what [`Reader::query`] is given, logs in (AUTH
+//! What it is not: a general client. It sends what [`Reader::query_all`] is given, logs in (AUTH
 //! with the user and password of the address, SELECT its database) on each new connection,
 //! and speaks RESP2 whatever the address asks for (the entries decode the same either way). A
 //! Redis Cluster, TLS (`rediss://`) and Unix sockets keep the redis crate's connections
 //! ([`Reader::for_endpoint`] gives `None`).
 //!
 //! Failures: each query runs within its timeout, connecting and logging in included. A
-//! connection that failed in any way (I/O, timeout, a reply that does not decode, a refused
-//! login) is dropped, and the next query connects afresh, so a restarted Redis or a rotated
+//! connection that failed in any way (I/O, timeout, a reply that is not well framed or that
+//! its builder refuses, a refused login) is dropped, and the next query connects afresh, so a restarted Redis or a rotated
 //! password needs nothing more. An error reply (`-NOGROUP ...`) is the command's error, as the
 //! redis crate gives it, and leaves the connection in use.
 
@@ -270,7 +272,7 @@ impl Conn {
 }
 
 /// The bytes read from a connection, and how far the replies in them have been taken: each
-/// reply is walked as it arrives (see [`scan`]), then built whole.
+/// reply is walked as it arrives (see [`scan`]), then handed whole to a builder.
 #[derive(Default)]
 pub(super) struct Replies {
     buf: Vec<u8>,
@@ -475,7 +477,8 @@ fn header(buf: &[u8], at: usize) -> RedisResult<Option<(u8, &[u8], usize)>> {
 
 /// A walk, element by element, through the bytes of one whole reply (one [`scan`] found
 /// complete), for a reply decoded straight into the caller's types instead of [`Value`]s.
-/// Each step says `None` when the next element is not of the kind asked for.
+/// Each step says `None` when the next element is not of the kind asked for, or not all
+/// there (bytes no scan checked: never read past their end).
 pub(crate) struct Resp<'a> {
     buf: &'a [u8],
     at: usize,
@@ -505,6 +508,7 @@ impl<'a> Resp<'a> {
         self.at
     }
 
+    /// Goes back to `position` (from [`Resp::position`]), to read what is there again.
     pub(crate) fn rewind(&mut self, position: usize) {
         self.at = position;
     }
@@ -527,9 +531,12 @@ impl<'a> Resp<'a> {
             return None;
         }
         let len = length(line).ok()??;
-        let bytes = self.buf.get(next..next + len)?;
-        self.at = next + len + 2;
-        Some(bytes)
+        let end = next.checked_add(len)?;
+        if self.buf.get(end..end.checked_add(2)?)? != b"\r\n" {
+            return None;
+        }
+        self.at = end + 2;
+        Some(&self.buf[next..end])
     }
 
     /// The next element, whatever it is, as a [`Value`].

@@ -349,7 +349,8 @@ struct Target {
     /// `reader` is set.
     conn: Connection,
     /// One server over plain TCP: reads go out on connections of their own instead of
-    /// `conn`, their replies decoded by `reader`'s own decoder (see its module header).
+    /// `conn`, their replies decoded from their bytes (see `reader`'s module header, and
+    /// [`decode`]).
     reader: Option<Reader>,
     /// Cluster only: one connection per queue (by index) for its blocking reads.
     blocking: Option<Vec<Connection>>,
@@ -515,6 +516,8 @@ impl Target {
         let replies = match &self.reader {
             Some(reader) => {
                 let cmds: Vec<&redis::Cmd> = cmds.iter().collect();
+                // A reply that does not decode (well framed, as the reader checked) fails its
+                // own read only: the other read's entries, already delivered, still run.
                 reader
                     .query_all(&cmds, |reply| {
                         Ok(decode(reply, &self.streams, &self.queues))
@@ -590,6 +593,10 @@ fn decode(
         return Err(err);
     }
     let mut resp = Resp::new(reply);
+    if reply == b"$-1\r\n" {
+        // A nil reply (nothing new) as RESP2 writes nil in general: `*-1` is Redis' own.
+        return Ok(Vec::new());
+    }
     let Some(count_streams) = resp.array().ok_or_else(unexpected)? else {
         return Ok(Vec::new());
     };
@@ -601,17 +608,19 @@ fn decode(
         else {
             return Err(unexpected());
         };
-        let index = streams.iter().position(|s| s.as_bytes() == stream);
+        let Some(index) = streams.iter().position(|s| s.as_bytes() == stream) else {
+            // A stream not read: its entries are left out.
+            for _ in 0..count {
+                resp.value()?;
+            }
+            continue;
+        };
         read.reserve(count);
         for _ in 0..count {
             let start = resp.position();
-            let Some(index) = index else {
-                resp.value()?;
-                continue;
-            };
             let decoded = raw_entry(&mut resp, &mut fields).and_then(|id| {
-                let task = fields::decode_raw(queues[index].clone(), &fields).ok()?;
                 let id = std::str::from_utf8(id).ok()?.to_owned();
+                let task = fields::decode_raw(queues[index].clone(), &fields).ok()?;
                 Some(Delivered::Task {
                     id,
                     task: Box::new(task),
@@ -902,6 +911,7 @@ mod tests {
         match value {
             Value::Nil => b"*-1\r\n".to_vec(),
             Value::Int(n) => format!(":{n}\r\n").into_bytes(),
+            Value::SimpleString(text) => format!("+{text}\r\n").into_bytes(),
             Value::BulkString(bytes) => {
                 let mut out = format!("${}\r\n", bytes.len()).into_bytes();
                 out.extend_from_slice(bytes);
@@ -965,8 +975,9 @@ mod tests {
         // CR/LF, NUL, bidi controls and look-alikes in a value; a length of many digits.
         let hostile = task("{\"a\":\"x\\r\\n\u{0}\u{202e}\u{0430}dmin\r\n*1\r\n$-1\r\n\"}");
         let long = task(&format!("\"{}\"", "y".repeat(100_000)));
+        // A name that is not UTF-8 (first, so a match on its lossy or stripped form would win).
         let mut odd_name = encoded(&hostile);
-        odd_name.push((b"\xff\xfeid", bulk("other")));
+        odd_name.insert(0, (b"\xffid", bulk("other")));
         // A name twice: the first counts.
         odd_name.push((b"payload", bulk("other")));
         let mut missing = encoded(&hostile);
@@ -974,6 +985,15 @@ mod tests {
         let mut number = encoded(&hostile);
         number.retain(|(name, _)| *name != b"max_retry");
         number.push((b"max_retry", Value::Int(3)));
+        // A field sent as a nil bulk string (marked here, replaced in the bytes below).
+        let mut nil_value = encoded(&hostile);
+        nil_value.push((b"traceparent", bulk("NIL-BULK")));
+        nil_value.retain(|(name, value)| *name != b"traceparent" || *value == bulk("NIL-BULK"));
+        // A name without its value.
+        let mut dangling = flat(&encoded(&hostile));
+        if let Value::Array(items) = &mut dangling {
+            items.push(bulk("deadline"));
+        }
         let entry = |id: &str, fields: Value| Value::Array(vec![bulk(id), fields]);
         let reply = Value::Array(vec![
             Value::Array(vec![
@@ -986,6 +1006,12 @@ mod tests {
                     entry("1-4", Value::Nil),
                     entry("1-5", flat(&number)),
                     entry("1-6", flat(&[(b"id", bulk("x")), (b"odd", Value::Nil)])),
+                    entry("1-7", flat(&nil_value)),
+                    entry("1-8", dangling),
+                    Value::Array(vec![
+                        Value::SimpleString("1-9".into()),
+                        flat(&encoded(&hostile)),
+                    ]),
                 ]),
             ]),
             // A stream not read: left out.
@@ -998,14 +1024,19 @@ mod tests {
                 Value::Array(vec![entry("3-0", flat(&encoded(&hostile)))]),
             ]),
         ]);
-        let bytes = resp(&reply);
+        let marked = resp(&reply);
+        let mark = b"$8\r\nNIL-BULK\r\n";
+        let at = marked.windows(mark.len()).position(|w| w == mark).unwrap();
+        let bytes = [&marked[..at], b"$-1\r\n", &marked[at + mark.len()..]].concat();
         let ours = decode(&bytes, &streams, &queues).unwrap();
         let decoded_on_read: Vec<bool> = (ours.iter())
             .map(|(_, read)| matches!(read, Delivered::Task { .. }))
             .collect();
         assert_eq!(
             decoded_on_read,
-            [true, true, true, false, false, false, false, true],
+            [
+                true, true, true, false, false, false, false, false, false, false, true
+            ],
             "the tasks of the usual shape are decoded as they are read"
         );
         let theirs = read_reply(crate::connection::reader::value(&bytes).unwrap()).unwrap();
@@ -1026,15 +1057,18 @@ mod tests {
         assert_eq!(ours[1].2, Ok(long));
         assert_eq!(ours[2].2, Ok(hostile.clone()));
         assert!(ours[3].2.is_err() && ours[4].2.is_err() && ours[6].2.is_err());
+        assert!(ours[7].2.is_err(), "a nil traceparent is no task");
+        assert_eq!((&ours[8].2, &ours[9].2), (&ours[0].2, &ours[0].2));
         let mut three = hostile.clone();
         three.task.max_retry = 3;
         assert_eq!(ours[5].2, Ok(three));
         let mut critical = hostile;
         critical.task.queue = queues[0].clone();
-        assert_eq!((ours[7].0, &ours[7].2), (0, &Ok(critical)));
+        assert_eq!((ours[10].0, &ours[10].2), (0, &Ok(critical)));
 
         // No entries, an error reply (its code kept), and replies of no XREADGROUP shape.
         assert!(decode(b"*-1\r\n", &streams, &queues).unwrap().is_empty());
+        assert!(decode(b"$-1\r\n", &streams, &queues).unwrap().is_empty());
         let err = decode(b"-NOGROUP No such key\r\n", &streams, &queues).unwrap_err();
         assert_eq!(err.code(), Some("NOGROUP"));
         let non_utf8_id = resp(&Value::Array(vec![Value::Array(vec![
