@@ -337,23 +337,47 @@ async fn a_payload_that_does_not_decode_as_its_type_is_dead_lettered_without_a_r
         .with_max_retry(5);
     publisher(&redis).publish(&task).await.expect("publish");
     publisher(&redis).publish(&noop(1)).await.expect("publish");
+    // A value of the wrong type: serde's own message would quote it.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Quoted {
+        n: String,
+    }
+    impl TaskPayload for Quoted {
+        const TYPE: &'static str = Noop::TYPE;
+        const SENSITIVE: bool = true;
+    }
+    let secret = Task::new(&Quoted {
+        n: "SECRET-TOKEN-123".into(),
+    })
+    .expect("task");
+    publisher(&redis).publish(&secret).await.expect("publish");
 
-    wait_for_dead(&redis, 1).await;
+    wait_for_dead(&redis, 2).await;
     wait_for_runs(&recorder, 1, false).await;
     wait_until_drained(&redis, "default").await;
     let dead = dead_letters(&redis)
         .list(&default_queue(), 10)
         .await
         .expect("list");
-    assert_eq!(dead.len(), 1);
+    assert_eq!(dead.len(), 2);
+    let (missing, quoted) = match dead[0].task.as_ref().map(Task::id) == Some(secret.id()) {
+        true => (&dead[1], &dead[0]),
+        false => (&dead[0], &dead[1]),
+    };
     assert!(
-        dead[0]
+        missing
             .error
             .starts_with("the payload does not decode as test:noop: missing field `n`"),
         "{}",
-        dead[0].error
+        missing.error
     );
-    assert_eq!(dead[0].attempts, 1);
+    assert_eq!(missing.attempts, 1);
+    assert_eq!(
+        quoted.error,
+        "the payload does not decode as test:noop: a value of another type or form than its \
+         type's at line 1 column 23",
+        "the value is not quoted"
+    );
     assert_eq!(scheduled_count(&redis).await, 0, "not retried");
     assert_eq!(recorder.total_runs(), 1, "only the good task ran");
     worker.stop().await;

@@ -300,7 +300,7 @@ impl Dispatcher {
                         message: format!(
                             "the payload does not decode as {}: {}",
                             task.task.kind,
-                            report::chain(&err)
+                            undecodable(&err)
                         ),
                     };
                     record_error(&tracing::Span::current(), &failure.message);
@@ -703,6 +703,25 @@ impl<F: Future + Unpin> Future for CatchUnwind<F> {
             Err(panic) => Poll::Ready(Err(panic)),
         }
     }
+}
+
+/// Why a payload does not decode as its type, without any of its values: serde_json's own
+/// messages quote them (`invalid type: string "..."`), and a payload may hold personal data
+/// or secrets, which the dead letter's reason, the log and the span must not. A missing or
+/// repeated field is named (its name is the type's, not the payload's); otherwise the kind
+/// of error and where it is.
+fn undecodable(err: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let text = err.to_string();
+    if text.starts_with("missing field `") || text.starts_with("duplicate field `") {
+        return text;
+    }
+    let what = match err.classify() {
+        Category::Syntax => "not valid JSON",
+        Category::Eof => "JSON cut short",
+        Category::Data | Category::Io => "a value of another type or form than its type's",
+    };
+    format!("{what} at line {} column {}", err.line(), err.column())
 }
 
 #[cfg(test)]
