@@ -7,7 +7,8 @@
 //! machinery costs far more than the bytes it reads. Here a reply is first checked complete
 //! by walking its headers (a bulk string is skipped by its length), then handed whole to the
 //! caller's builder: [`value`] makes the redis crate's [`Value`]s in one pass, and the fetch
-//! loop's decodes XREADGROUP's entries straight into tasks, walking the bytes with [`Resp`].
+//! loop's builder decodes XREADGROUP's entries straight into tasks, walking the bytes with
+//! [`Resp`].
 //!
 //! What it is not: a general client. It sends what [`Reader::query_all`] is given, logs in (AUTH
 //! with the user and password of the address, SELECT its database) on each new connection,
@@ -17,8 +18,8 @@
 //!
 //! Failures: each query runs within its timeout, connecting and logging in included. A
 //! connection that failed in any way (I/O, timeout, a reply that is not well framed or that
-//! its builder refuses, a refused login) is dropped, and the next query connects afresh, so a restarted Redis or a rotated
-//! password needs nothing more. An error reply (`-NOGROUP ...`) is the command's error, as the
+//! its builder refuses, a refused login) is dropped, and the next query connects afresh, so
+//! a restarted Redis or a rotated password needs nothing more. An error reply (`-NOGROUP ...`) is the command's error, as the
 //! redis crate gives it, and leaves the connection in use.
 
 use std::{

@@ -300,7 +300,7 @@ impl Dispatcher {
                         message: format!(
                             "the payload does not decode as {}: {}",
                             task.task.kind,
-                            undecodable(&err)
+                            undecodable(&err, task.task.sensitive)
                         ),
                     };
                     record_error(&tracing::Span::current(), &failure.message);
@@ -706,22 +706,37 @@ impl<F: Future + Unpin> Future for CatchUnwind<F> {
 }
 
 /// Why a payload does not decode as its type, without any of its values: serde_json's own
-/// messages quote them (`invalid type: string "..."`), and a payload may hold personal data
-/// or secrets, which the dead letter's reason, the log and the span must not. A missing or
-/// repeated field is named (its name is the type's, not the payload's); otherwise the kind
-/// of error and where it is.
-fn undecodable(err: &serde_json::Error) -> String {
+/// messages quote them (`invalid type: string "..."`, unknown fields and variants, a custom
+/// error's text), and a payload may hold personal data or secrets, which the dead letter's
+/// reason, the log and the span must not. serde's own "missing field" (the name is the
+/// type's) is kept; otherwise the kind of error. Where it is (line and column), unless the
+/// task is sensitive: a column gives away the length of a value.
+fn undecodable(err: &serde_json::Error, sensitive: bool) -> String {
     use serde_json::error::Category;
-    let text = err.to_string();
-    if text.starts_with("missing field `") || text.starts_with("duplicate field `") {
-        return text;
-    }
-    let what = match err.classify() {
-        Category::Syntax => "not valid JSON",
-        Category::Eof => "JSON cut short",
-        Category::Data | Category::Io => "a value of another type or form than its type's",
+    // serde_json gives no position (line 0) for errors of no place in the text.
+    let at = match err.line() {
+        0 => String::new(),
+        line => format!(" at line {line} column {}", err.column()),
     };
-    format!("{what} at line {} column {}", err.line(), err.column())
+    let what = match err.classify() {
+        Category::Data => match missing_field(&err.to_string(), &at) {
+            Some(field) => format!("missing field `{field}`"),
+            None => "a value or field its type does not accept".to_owned(),
+        },
+        Category::Syntax => "not valid JSON, or nested too deep".to_owned(),
+        Category::Eof => "JSON cut short".to_owned(),
+        Category::Io => "a value or field its type does not accept".to_owned(),
+    };
+    if sensitive { what } else { what + &at }
+}
+
+/// The field of serde's own "missing field `name`" error, if `text` is exactly that message
+/// (a name of word characters, then the error's own position `at`): a custom error that only
+/// starts like it is not taken for it.
+fn missing_field<'a>(text: &'a str, at: &str) -> Option<&'a str> {
+    let (name, rest) = text.strip_prefix("missing field `")?.split_once('`')?;
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    (rest == at && (1..=64).contains(&name.len()) && name.bytes().all(word)).then_some(name)
 }
 
 #[cfg(test)]
@@ -729,6 +744,93 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
+
+    /// A payload's decoding error as the dead letter gives it.
+    fn reason<T: serde::de::DeserializeOwned + std::fmt::Debug>(
+        json: &str,
+        sensitive: bool,
+    ) -> String {
+        undecodable(&serde_json::from_str::<T>(json).unwrap_err(), sensitive)
+    }
+
+    /// No kind of decoding error quotes the payload: not a value of the wrong type, an unknown
+    /// field or variant, an untagged enum, nor a custom error that starts like serde's own
+    /// "missing field"; only serde's own missing field is named.
+    #[test]
+    fn a_payload_error_quotes_nothing_of_the_payload() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[expect(dead_code, reason = "only decoded")]
+        struct Strict {
+            n: u32,
+            kind: Kind,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        enum Kind {
+            A,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(untagged)]
+        #[expect(dead_code, reason = "only decoded")]
+        enum Either {
+            N(u32),
+            B(bool),
+        }
+        fn custom<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+            let text = <String as serde::Deserialize>::deserialize(d)?;
+            Err(serde::de::Error::custom(format!(
+                "missing field `x` {text}"
+            )))
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[expect(dead_code, reason = "only decoded")]
+        struct Custom {
+            #[serde(deserialize_with = "custom")]
+            n: u32,
+        }
+        let other = "a value or field its type does not accept";
+        let at = |column: usize| format!(" at line 1 column {column}");
+        let cases = [
+            (
+                reason::<Strict>(r#"{"n":"SECRET","kind":"A"}"#, false),
+                other.to_owned() + &at(13),
+            ),
+            (
+                reason::<Strict>(r#"{"n":1,"kind":"A","SECRET":1}"#, false),
+                other.to_owned() + &at(26),
+            ),
+            (
+                reason::<Strict>(r#"{"n":1,"kind":"SECRET"}"#, false),
+                other.to_owned() + &at(22),
+            ),
+            // No place in the text: no position.
+            (reason::<Either>(r#""SECRET""#, false), other.to_owned()),
+            (
+                reason::<Custom>(r#"{"n":"SECRET"}"#, false),
+                other.to_owned() + &at(14),
+            ),
+            (
+                reason::<Strict>(r#"{"n":1}"#, false),
+                "missing field `kind`".to_owned() + &at(7),
+            ),
+            (
+                reason::<Strict>(r#"{"n":1,"kind":"A""#, false),
+                "JSON cut short".to_owned() + &at(17),
+            ),
+            (
+                reason::<Strict>(r#"{"n":SECRET}"#, false),
+                "not valid JSON, or nested too deep".to_owned() + &at(6),
+            ),
+        ];
+        for (reason, expected) in cases {
+            assert_eq!(reason, expected);
+        }
+        // Sensitive: not even where (a column gives away a value's length).
+        assert_eq!(
+            reason::<Strict>(r#"{"n":"SECRET","kind":"A"}"#, true),
+            other
+        );
+    }
 
     type Attempt = CatchUnwind<Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>>;
 

@@ -592,11 +592,11 @@ fn decode(
     if let Some(err) = Resp::error(reply) {
         return Err(err);
     }
-    let mut resp = Resp::new(reply);
     if reply == b"$-1\r\n" {
         // A nil reply (nothing new) as RESP2 writes nil in general: `*-1` is Redis' own.
         return Ok(Vec::new());
     }
+    let mut resp = Resp::new(reply);
     let Some(count_streams) = resp.array().ok_or_else(unexpected)? else {
         return Ok(Vec::new());
     };
