@@ -72,7 +72,9 @@ impl Server {
                 .kill_on_drop(true)
                 .spawn()
                 .expect("start the server");
+        // Both listeners: the admin one may come up a moment after the public one.
         connect_when_up(&grpc).await;
+        connect_when_up(&admin).await;
         Self {
             grpc,
             admin,
