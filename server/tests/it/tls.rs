@@ -383,10 +383,14 @@ async fn the_admin_listener_serves_tls_too() {
     let header = format!("authorization: bearer {token}");
     // The admin listener may come up a moment after the public one `start` waited for.
     let list = || run_grpcurl(&["-cacert", &ca_file, "-H", &header, &admin, "list"]);
-    eventually("the admin listener answers", Duration::from_secs(30), || {
-        let ok = list().0;
-        async move { ok }
-    })
+    eventually(
+        "the admin listener answers",
+        Duration::from_secs(30),
+        || {
+            let ok = list().0;
+            async move { ok }
+        },
+    )
     .await;
     let (ok, services) = list();
     assert!(ok, "{services}");
