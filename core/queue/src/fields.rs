@@ -73,8 +73,9 @@ pub(crate) fn xadd(stream: &str, task: &Task) -> redis::Cmd {
 }
 
 /// The same command as [`xadd`] (`redis::cmd("XADD")` with its arguments), already in the
-/// protocol's bytes (what is written to the socket), without a `redis::Cmd` between: for the publishers' own connection
-/// (`connection::writer`), where encoding through `Cmd` took a sixth of a publish.
+/// protocol's bytes (what is written to the socket), without a `redis::Cmd` between: for the
+/// publishers' own connection (`connection::writer`), where encoding through `Cmd` took a
+/// sixth of a publish.
 pub(crate) fn xadd_packed(stream: &str, task: &Task) -> Vec<u8> {
     let mut args: u64 = 3;
     let mut bytes = 64 + stream.len();
@@ -404,7 +405,6 @@ fn optional_number<T: std::str::FromStr>(
         Some(FieldValue::Bytes(bytes)) => {
             std::str::from_utf8(bytes).ok().and_then(|t| t.parse().ok())
         }
-        Some(FieldValue::Other(Value::SimpleString(text))) => text.parse().ok(),
         Some(FieldValue::Other(other)) => redis::from_redis_value_ref::<String>(other)
             .ok()
             .and_then(|t| t.parse().ok()),

@@ -19,8 +19,8 @@
 //! Failures: each query runs within its timeout, connecting and logging in included. A
 //! connection that failed in any way (I/O, timeout, a reply that is not well framed or that
 //! its builder refuses, a refused login) is dropped, and the next query connects afresh, so
-//! a restarted Redis or a rotated password needs nothing more. An error reply (`-NOGROUP ...`) is the command's error, as the
-//! redis crate gives it, and leaves the connection in use.
+//! a restarted Redis or a rotated password needs nothing more. An error reply (`-NOGROUP
+//! ...`) is a reply, handed to the builder like any other, and leaves the connection in use.
 
 use std::{
     sync::Mutex,

@@ -16,13 +16,13 @@
 //! Failures: a command waits at most its timeout, connecting and logging in (as the reader
 //! does) included. When the oldest command in flight has waited that long (a hung server), on
 //! any I/O error, on a reply that does not decode, or on bytes sent while no command is in
-//! flight, every command in flight fails and the
-//! connection is dropped; the next command connects afresh. No command is sent twice: one
-//! whose connection failed may have run, and its caller is told it failed (as with the redis
-//! crate); commands queued but not yet written fail with the connection too. The connection
-//! is read all the time, so one the server closed while idle (a restart, its `timeout`, CLIENT
-//! KILL) is noticed at once and the next command goes out on a new one (unless it races the
-//! close). An error reply is the command's error and leaves the connection in use.
+//! flight, every command in flight fails and the connection is dropped; the next command
+//! connects afresh. No command is sent twice: one whose connection failed may have run, and its
+//! caller is told it failed (as with the redis crate); commands queued but not yet written fail
+//! with the connection too. The connection is read all the time, so one the server closed while
+//! idle (a restart, its `timeout`, CLIENT KILL) is noticed at once and the next command goes
+//! out on a new one (unless it races the close). An error reply is the command's error and
+//! leaves the connection in use.
 
 use std::{
     collections::VecDeque,

@@ -38,6 +38,14 @@ async fn task_ends(writer: &Writer) {
     .await;
 }
 
+/// The error of a PING that must fail, and end within 30 s (`ends`: why it does).
+async fn failed_ping(writer: &Writer, ends: &str) -> redis::RedisError {
+    tokio::time::timeout(Duration::from_secs(30), writer.query(&redis::cmd("PING")))
+        .await
+        .expect(ends)
+        .unwrap_err()
+}
+
 fn writer(address: &str, timeout: Duration) -> Writer {
     let client = crate::connection::client(address).unwrap();
     Writer::new(&client, timeout).expect("plain TCP to one server")
@@ -175,10 +183,7 @@ async fn logs_in_and_a_refused_login_is_the_commands_error() {
 async fn a_server_down_fails_the_command_within_its_timeout() {
     let port = crate::testing::free_port();
     let writer = writer(&format!("127.0.0.1:{port}"), Duration::from_secs(5));
-    let err = tokio::time::timeout(Duration::from_secs(30), writer.query(&redis::cmd("PING")))
-        .await
-        .expect("connecting gives up")
-        .unwrap_err();
+    let err = failed_ping(&writer, "connecting gives up").await;
     assert!(err.is_connection_refusal(), "{err}");
 }
 
@@ -211,10 +216,7 @@ async fn a_reply_that_never_ends_fails_at_the_deadline() {
     })
     .await;
     let writer = writer(&format!("127.0.0.1:{port}"), Duration::from_millis(300));
-    let err = tokio::time::timeout(Duration::from_secs(30), writer.query(&redis::cmd("PING")))
-        .await
-        .expect("the deadline ends it")
-        .unwrap_err();
+    let err = failed_ping(&writer, "the deadline ends it").await;
     assert!(err.is_timeout(), "{err}");
 }
 

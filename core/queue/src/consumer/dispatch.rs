@@ -719,13 +719,12 @@ fn undecodable(err: &serde_json::Error, sensitive: bool) -> String {
         line => format!(" at line {line} column {}", err.column()),
     };
     let what = match err.classify() {
-        Category::Data => match missing_field(&err.to_string(), &at) {
+        Category::Syntax => "not valid JSON, or nested too deep".to_owned(),
+        Category::Eof => "JSON cut short".to_owned(),
+        Category::Data | Category::Io => match missing_field(&err.to_string(), &at) {
             Some(field) => format!("missing field `{field}`"),
             None => "a value or field its type does not accept".to_owned(),
         },
-        Category::Syntax => "not valid JSON, or nested too deep".to_owned(),
-        Category::Eof => "JSON cut short".to_owned(),
-        Category::Io => "a value or field its type does not accept".to_owned(),
     };
     if sensitive { what } else { what + &at }
 }
