@@ -61,21 +61,21 @@ pub(crate) fn poison_fields(
     raw: &[(String, Value)],
     reason: &str,
 ) -> Vec<(&'static str, String)> {
-    let raw: serde_json::Map<String, serde_json::Value> = raw
-        .iter()
-        .map(|(name, value)| {
-            let text = match value {
+    // The first of a name, as the decoder takes it: the value the reason speaks of.
+    let mut fields = serde_json::Map::new();
+    for (name, value) in raw {
+        fields.entry(name.clone()).or_insert_with(|| {
+            serde_json::Value::String(match value {
                 Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
                 other => format!("{other:?}"),
-            };
-            (name.clone(), serde_json::Value::String(text))
-        })
-        .collect();
+            })
+        });
+    }
     vec![
         ("queue", queue.to_string()),
         ("error", reason.to_owned()),
         ("attempts", "0".to_owned()),
-        ("raw", serde_json::Value::Object(raw).to_string()),
+        ("raw", serde_json::Value::Object(fields).to_string()),
     ]
 }
 
@@ -326,5 +326,26 @@ fn parse(queue: &QueueName, entry_id: String, map: &HashMap<String, Value>) -> D
         raw: text(map, "raw"),
         queue: queue.clone(),
         task,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A poison entry's `raw` shows the first of a name, the one the decoder judged: the
+    /// value its reason speaks of.
+    #[test]
+    fn a_poison_letter_shows_the_first_of_a_name() {
+        let bulk = |text: &str| Value::BulkString(text.as_bytes().to_vec());
+        let raw = [
+            ("attempt".to_owned(), bulk("0")),
+            ("id".to_owned(), bulk("t1")),
+            ("attempt".to_owned(), bulk("1")),
+        ];
+        let queue = QueueName::parse("default").unwrap();
+        let fields = poison_fields(&queue, &raw, "field \"attempt\" is not valid");
+        let (_, shown) = fields.iter().find(|(name, _)| *name == "raw").unwrap();
+        assert_eq!(shown, r#"{"attempt":"0","id":"t1"}"#);
     }
 }
