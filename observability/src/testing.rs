@@ -337,6 +337,7 @@ mod count {
     };
 
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    use prost::encoding::{DecodeContext, WireType};
     use tonic::codegen::{BoxFuture, Service, http};
 
     /// `ExportTraceServiceRequest` read only as far as its spans (the field numbers of the
@@ -353,15 +354,55 @@ mod count {
         scope_spans: Vec<ScopeSpans>,
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
+    /// `ScopeSpans` as the count of its spans (field 2): each span is stepped over by its
+    /// length, its fields never walked, so a span whose own fields are malformed still counts.
+    /// Decoding only: the receiver never sends one.
+    #[derive(Debug, Default, Clone, PartialEq)]
     struct ScopeSpans {
-        #[prost(message, repeated, tag = "2")]
-        spans: Vec<Skipped>,
+        spans: usize,
     }
 
-    /// A span, its fields skipped.
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct Skipped {}
+    impl prost::Message for ScopeSpans {
+        fn encode_raw(&self, _buf: &mut impl prost::bytes::BufMut) {}
+
+        fn merge_field(
+            &mut self,
+            tag: u32,
+            wire_type: WireType,
+            buf: &mut impl prost::bytes::Buf,
+            ctx: DecodeContext,
+        ) -> Result<(), prost::DecodeError> {
+            if tag == 2 {
+                // A span is a message: anything else in its place is no span.
+                prost::encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+                self.spans += 1;
+            }
+            prost::encoding::skip_field(wire_type, tag, buf, ctx)
+        }
+
+        fn encoded_len(&self) -> usize {
+            0
+        }
+
+        fn clear(&mut self) {
+            self.spans = 0;
+        }
+    }
+
+    /// The spans in the bytes of an export request.
+    #[cfg(test)]
+    pub(super) fn spans_in(bytes: &[u8]) -> Result<usize, prost::DecodeError> {
+        Ok(spans(<Request as prost::Message>::decode(bytes)?))
+    }
+
+    fn spans(request: Request) -> usize {
+        request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans)
+            .sum()
+    }
 
     #[derive(Clone)]
     pub(super) struct SpanCounter(pub(super) Arc<AtomicUsize>);
@@ -375,14 +416,8 @@ mod count {
         type Future = std::future::Ready<Result<tonic::Response<Self::Response>, tonic::Status>>;
 
         fn call(&mut self, request: tonic::Request<Request>) -> Self::Future {
-            let spans = request
-                .into_inner()
-                .resource_spans
-                .iter()
-                .flat_map(|r| &r.scope_spans)
-                .map(|s| s.spans.len())
-                .sum();
-            self.0.fetch_add(spans, Ordering::Relaxed);
+            self.0
+                .fetch_add(spans(request.into_inner()), Ordering::Relaxed);
             std::future::ready(Ok(tonic::Response::new(ExportTraceServiceResponse {
                 partial_success: None,
             })))
@@ -413,5 +448,90 @@ mod count {
                 Ok(grpc.unary(counter, request).await)
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::{
+        collector::trace::v1::{
+            ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
+        },
+        common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
+        trace::v1::{ResourceSpans, ScopeSpans, Span},
+    };
+    use prost::Message as _;
+
+    use super::{OtlpSink, count};
+
+    fn span(n: u8) -> Span {
+        Span {
+            trace_id: vec![n; 16],
+            span_id: vec![n; 8],
+            name: format!("process {n}"),
+            attributes: vec![KeyValue {
+                key: "messaging.system".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue("redis".into())),
+                }),
+                ..KeyValue::default()
+            }],
+            ..Span::default()
+        }
+    }
+
+    /// Two resources, one with an empty scope: 5 spans in all.
+    fn request() -> ExportTraceServiceRequest {
+        // With the scope and schema URL the exporter sends: fields that are no spans.
+        let scope = |spans: std::ops::Range<u8>| ScopeSpans {
+            scope: Some(InstrumentationScope {
+                name: "simplebank".into(),
+                ..InstrumentationScope::default()
+            }),
+            spans: spans.map(span).collect(),
+            schema_url: "https://opentelemetry.io/schemas/1.26.0".into(),
+        };
+        ExportTraceServiceRequest {
+            resource_spans: vec![
+                ResourceSpans {
+                    scope_spans: vec![scope(0..3), scope(0..0)],
+                    ..ResourceSpans::default()
+                },
+                ResourceSpans {
+                    scope_spans: vec![scope(3..5)],
+                    ..ResourceSpans::default()
+                },
+            ],
+        }
+    }
+
+    /// The counting receiver's decoder finds every span of a request without reading them,
+    /// and refuses a request whose span field is not a message.
+    #[test]
+    fn spans_are_counted_by_their_framing_alone() {
+        let bytes = request().encode_to_vec();
+        assert_eq!(count::spans_in(&bytes).expect("decodes"), 5);
+        // ScopeSpans (field 2 of ResourceSpans) holding a varint as field 2 (spans).
+        let odd = [0x0a, 0x04, 0x12, 0x02, 0x10, 0x01];
+        assert!(count::spans_in(&odd).is_err());
+        // A span longer than the ScopeSpans holding it, though not than the request: the
+        // ResourceSpans goes on with a schema URL.
+        let overlong = [
+            0x0a, 0x0b, 0x12, 0x04, 0x12, 0x05, 0x00, 0x00, 0x1a, 0x03, b'a', b'b', b'c',
+        ];
+        assert!(count::spans_in(&overlong).is_err());
+    }
+
+    /// Through the receiver's gRPC service, as the exporter sends them.
+    #[tokio::test]
+    async fn the_counting_receiver_counts_what_arrives() {
+        let (sink, port) = OtlpSink::start(false).await.expect("receiver");
+        let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("connect");
+        client.export(request()).await.expect("export");
+        client.export(request()).await.expect("export");
+        assert_eq!(sink.count(), 10);
+        assert!(sink.spans().is_empty());
     }
 }

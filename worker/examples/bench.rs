@@ -717,6 +717,35 @@ Steps 3 and 4 (43defa2..df41bf0), after always_on fell to 79% at 98d40d0 (above)
   one; that, and tracing-opentelemetry's context activation on every poll, is now most of
   what tracing costs the worker's thread.
 
+Step 5, after always_on fell back to 78% in `make bench` at 9c73d08 (the reader's builder made
+the untraced drain faster; what tracing adds did not change):
+
+- Where the traced drain loses its time, from each thread's `/proc/<pid>/task/<tid>/schedstat`
+  over one `BENCH_ONLY=tracing` round (200,000 tasks): the worker's runtime thread ran 1.79 s
+  untraced and 2.04 s with every span exported, and waited runnable on the run queue 0.04 s
+  untraced against 0.31 s traced. The two export threads (0.33 s together) and the bench's
+  receiver compete with it and with Redis for the two cores. callgrind over 20,000 tasks: the
+  runtime thread executes the same instructions either way (675.6M untraced, 676.5M traced:
+  \"off\" builds and ends the same spans, with no exporter); the batch thread 4.8k per span
+  (encoding 3.0k, dropping the `SpanData` 0.95k), the export thread 0.8k.
+- The receiver in the bench took as much CPU as the export it stands in for: 0.29-0.42 s on
+  the bench's runtime threads while the always_on worker ran (sampled from `/proc` every 50
+  ms), against the worker's 0.33 s of export. It decoded each span as an empty message, which
+  still walks every field of it. It now counts each span by its length prefix (a hand-written
+  `prost::Message` for `ScopeSpans` in `observability/src/testing.rs`; its tests there check
+  the count, a span field that is no message, and a span longer than its scope): 0.14-0.24 s
+  in the same windows. A collector on another machine takes none of these cores.
+- Paired rounds, the bench before and after (the same `test_worker`), alternated, six each;
+  the untraced drains moved between 43k and 94k/s as the machine's speed changed. always_on as
+  a share of the same round's untraced drain: before 88, 83, 77, 69, 59, 76% (median 76.5%),
+  after 89, 91, 80, 72, 83, 109% (median 86%). The ratio sampler: before 113, 105, 132, 138,
+  107, 102% (median 109.5%), after 105, 102, 113, 98, 132, 133% (median 109%).
+- Tried, no help: the export threads at nice 10 and 19 (`setpriority` on their own thread ids;
+  four paired rounds at 19: 76, 78, 85, 74% against 87, 83, 82, 73% without), so the run-queue
+  wait is not the scheduler favouring them; and the span's length prefix built on the stack
+  instead of in a 10-byte `Vec` (the batch thread's instructions 95.8M to 95.5M over 20,000
+  spans).
+
 ### The queue moved into its own crate (issue 12)
 
 The consumer engine moved from the worker crate to `simplebank-queue` (typed handlers, a private
