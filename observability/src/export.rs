@@ -1,24 +1,23 @@
-//! The OTLP exporters (spans and metrics), built on a runtime thread of their own, and wrapped
-//! so that a collector that is down costs one warning a minute per signal, not one per batch,
-//! and never an error for the program.
+//! The OTLP exporters (spans and metrics), built on a runtime thread of their own; the metrics
+//! exporter wrapped so that a collector that is down costs one warning a minute, not one per
+//! export, and never an error for the program (`span_batch` does the same for spans).
 
 use std::{
+    cell::Cell,
     sync::Mutex,
     time::{Duration, Instant},
 };
 
 use opentelemetry_sdk::{
-    Resource,
     error::OTelSdkResult,
     metrics::{Temporality, data::ResourceMetrics, exporter::PushMetricExporter},
-    trace::{SpanData, SpanExporter},
 };
 
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// An exporter's error for a log line, at most 300 characters: h2 quotes a GOAWAY's debug
 /// data, text the collector chose, which can run to kilobytes.
-fn capped(err: &dyn std::fmt::Display) -> String {
+pub(crate) fn capped(err: &dyn std::fmt::Display) -> String {
     let mut text = err.to_string();
     if text.len() > 300 {
         let mut end = 300;
@@ -62,33 +61,22 @@ impl<E> WarnOnFailure<E> {
     }
 }
 
-impl<E: SpanExporter> SpanExporter for WarnOnFailure<E> {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let spans = batch.len();
-        let result = self.inner.export(batch).await;
-        if let Err(err) = &result
-            && self.failure_warned.due()
-        {
-            tracing::warn!(
-                target: "simplebank::otlp",
-                spans, error = %capped(err),
-                "cannot export spans to the OTLP collector; dropping them (next warning in a minute at the earliest)"
-            );
-        }
-        result
-    }
+thread_local! {
+    static EXPORTING: Cell<bool> = const { Cell::new(false) };
+}
 
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
+/// Marks the calling thread as one of the exporters' (`otlp-export`, `otlp-batch`): what runs
+/// on it is not traced ([`on_export_thread`]).
+pub(crate) fn mark_export_thread() {
+    EXPORTING.with(|exporting| exporting.set(true));
+}
 
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
-    }
+/// Whether the calling thread is one of the exporters'. Their own spans (tonic's and h2's, at
+/// TRACE) are kept out of the traces: exported, each export's spans made the next export, for
+/// ever. (OpenTelemetry's suppressed context does not reach them: tracing-opentelemetry starts
+/// a span under its `tracing` parent, here h2's connection span, made before.)
+pub(crate) fn on_export_thread() -> bool {
+    EXPORTING.with(Cell::get)
 }
 
 /// Builds the OTLP/gRPC exporters (`build`) on a thread of their own (`otlp-export`) running
@@ -97,7 +85,8 @@ impl<E: SpanExporter> SpanExporter for WarnOnFailure<E> {
 /// it is built in. Built on the program's runtime, they ran there: in a worker, on its only
 /// runtime thread beside the tasks, and every span cost that thread its share of the export
 /// (BENCHMARKS.md, scenario 7); and a last export at exit waited for a thread busy shutting
-/// down. The SDK's batch processor and periodic reader encode on threads of their own already.
+/// down. Spans are encoded as they end and sent from the `otlp-batch` thread
+/// (`span_batch`); the SDK's periodic reader encodes metrics on a thread of its own.
 pub fn on_own_thread<T: Send + 'static>(
     build: impl FnOnce() -> Result<T, crate::InitError> + Send + 'static,
 ) -> Result<T, crate::InitError> {
@@ -109,6 +98,7 @@ pub fn on_own_thread<T: Send + 'static>(
     std::thread::Builder::new()
         .name("otlp-export".into())
         .spawn(move || {
+            mark_export_thread();
             runtime.block_on(async move {
                 // The caller waits for this; if it has gone, so has the exporters' use.
                 let _ = built.send(build());

@@ -15,10 +15,12 @@
 //! signal; unset = no export, no error, no delay), `OTEL_METRICS_EXPORTER` (`none` turns
 //! metrics off), `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER` /
 //! `OTEL_TRACES_SAMPLER_ARG`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_SCHEDULE_DELAY`,
-//! `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]TIMEOUT`,
+//! `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_METRIC_EXPORT_INTERVAL`,
+//! `OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]TIMEOUT`,
 //! `OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]HEADERS` and `_COMPRESSION` (`none`; `gzip` and
-//! `zstd` are ignored with a warning: this build sends OTLP uncompressed). Spans go through the crate's own exporter,
-//! which encodes them straight into request bytes (`span_export`). Trace ids exist (and propagate)
+//! `zstd` are ignored with a warning: this build sends OTLP uncompressed). Spans go through the
+//! crate's own processor, which encodes each into request bytes on the thread that ends it
+//! (`span_batch`), and its own exporter (`span_export`). Trace ids exist (and propagate)
 //! even without export, so log lines can always be correlated. Endpoints must be `http://`
 //! (no TLS in this build) and are checked at start. Both signals share one resource, whose
 //! `service.instance.id` is a UUID made at start unless `OTEL_RESOURCE_ATTRIBUTES` sets one.
@@ -30,6 +32,7 @@ mod export;
 pub mod logs;
 pub mod metrics;
 pub mod propagation;
+mod span_batch;
 mod span_encoding;
 mod span_export;
 #[cfg(feature = "test-util")]
@@ -222,6 +225,11 @@ fn resource(default_service_name: &'static str) -> Resource {
     }
 }
 
+/// What reaches the OpenTelemetry layer: spans, and events from WARN up (as span events).
+fn traced(meta: &tracing::Metadata<'_>) -> bool {
+    meta.is_span() || *meta.level() <= tracing::Level::WARN
+}
+
 /// Installs logging, tracing and (with an endpoint for them) metrics for the whole process.
 /// Call once, inside the Tokio runtime, before building anything that records metrics.
 pub fn init(config: &Config) -> Result<Guard, InitError> {
@@ -233,6 +241,7 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
     // Checked first, whether metrics are exported or not: a bad value stops the program.
     let interval = metrics::export_interval()?;
     let metrics_on = metrics::enabled()?;
+    let batching = span_batch::BatchSettings::from_env()?;
     // Each signal exported: its checked endpoint, and its exporter's checked settings.
     let with_settings = |endpoint: endpoint::Endpoint, signal| {
         span_export::Settings::from_env(signal).map(|settings| (endpoint, settings))
@@ -286,7 +295,8 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
         metric_exporter.map(|exporter| metrics::provider(resource.clone(), exporter, interval));
     let mut provider = SdkTracerProvider::builder().with_resource(resource);
     if let Some(exporter) = span_exporter {
-        provider = provider.with_batch_exporter(export::WarnOnFailure::new(exporter));
+        provider =
+            provider.with_span_processor(span_batch::SpanBatcher::start(exporter, batching)?);
     }
     let provider = provider.build();
     opentelemetry::global::set_text_map_propagator(
@@ -312,9 +322,19 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
         .with_target(false)
         .with_tracked_inactivity(false)
         .with_threads(false)
-        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-            meta.is_span() || *meta.level() <= tracing::Level::WARN
-        }));
+        .with_filter(
+            // Asked on every span, not once per callsite: the export threads' are left out.
+            tracing_subscriber::filter::dynamic_filter_fn(|meta, _| {
+                traced(meta) && !export::on_export_thread()
+            })
+            .with_callsite_filter(|meta| {
+                if traced(meta) {
+                    tracing::subscriber::Interest::sometimes()
+                } else {
+                    tracing::subscriber::Interest::never()
+                }
+            }),
+        );
     tracing_subscriber::registry()
         .with(global)
         .with(otel)

@@ -44,49 +44,65 @@ impl EncodedResource {
     }
 }
 
-/// Appends to `out` the `ExportTraceServiceRequest` carrying `spans` from `resource`: one
-/// `ResourceSpans`, with one `ScopeSpans` per instrumentation scope in the order the scopes
-/// first appear, each holding its spans in batch order (as the stock conversion does).
-pub(crate) fn export_request(resource: &EncodedResource, spans: &[SpanData], out: &mut Vec<u8>) {
-    if spans.is_empty() {
-        return;
+impl EncodedResource {
+    /// At most what the resource adds to a request: its body, schema URL and the
+    /// `ResourceSpans` and `Resource` framing.
+    pub fn overhead(&self) -> usize {
+        self.body.len() + self.schema_url.len() + 32
     }
-    // Nearly always one scope (the program's tracer): found by comparing with the last one.
-    let mut scopes: Vec<&InstrumentationScope> = Vec::with_capacity(1);
-    for span in spans {
-        let scope = &span.instrumentation_scope;
-        if scopes.last() != Some(&scope) && !scopes.contains(&scope) {
-            scopes.push(scope);
-        }
-    }
+}
+
+/// Appends `span` to `out` as one `ScopeSpans.spans` field. A batch is made of these, grouped
+/// by scope, and sent with [`export_request`].
+pub(crate) fn span_entry(out: &mut Vec<u8>, span: &SpanData) {
+    // ScopeSpans.spans = 2
+    message(out, 2, |out| encode_span(out, span));
+}
+
+/// At most what `scope` adds to a request besides its spans: the `ScopeSpans` and
+/// `InstrumentationScope` messages around them.
+pub(crate) fn scope_overhead(scope: &InstrumentationScope) -> usize {
+    let mut header = Vec::new();
+    scope_message(&mut header, scope);
+    header.len() + scope.schema_url().unwrap_or_default().len() + 32
+}
+
+/// Appends to `out` the `ExportTraceServiceRequest` carrying `scopes` from `resource`: one
+/// `ResourceSpans`, with one `ScopeSpans` per scope, in the order given, each holding its
+/// spans' entries ([`span_entry`]) as they are. Given the scopes in the order they first
+/// appear and each one's spans in the order they ended, it is what the stock conversion
+/// builds.
+pub(crate) fn export_request<'a>(
+    resource: &EncodedResource,
+    scopes: impl IntoIterator<Item = (&'a InstrumentationScope, &'a [u8])>,
+    out: &mut Vec<u8>,
+) {
     // ExportTraceServiceRequest.resource_spans = 1
     message(out, 1, |out| {
         // ResourceSpans.resource = 1
         message(out, 1, |out| out.extend_from_slice(&resource.body));
-        for scope in &scopes {
+        for (scope, entries) in scopes {
             // ResourceSpans.scope_spans = 2
             message(out, 2, |out| {
-                // ScopeSpans.scope = 1
-                message(out, 1, |out| {
-                    string(out, 1, scope.name());
-                    string(out, 2, scope.version().unwrap_or_default());
-                    for attribute in scope.attributes() {
-                        key_value(out, 3, attribute.key.as_str(), &attribute.value);
-                    }
-                });
-                let only_scope = scopes.len() == 1;
-                for span in spans {
-                    if only_scope || span.instrumentation_scope == **scope {
-                        // ScopeSpans.spans = 2
-                        message(out, 2, |out| encode_span(out, span));
-                    }
-                }
+                scope_message(out, scope);
+                out.extend_from_slice(entries);
                 // ScopeSpans.schema_url = 3
                 string(out, 3, scope.schema_url().unwrap_or_default());
             });
         }
         // ResourceSpans.schema_url = 3
         string(out, 3, &resource.schema_url);
+    });
+}
+
+/// `ScopeSpans.scope` (field 1).
+fn scope_message(out: &mut Vec<u8>, scope: &InstrumentationScope) {
+    message(out, 1, |out| {
+        string(out, 1, scope.name());
+        string(out, 2, scope.version().unwrap_or_default());
+        for attribute in scope.attributes() {
+            key_value(out, 3, attribute.key.as_str(), &attribute.value);
+        }
     });
 }
 
@@ -455,7 +471,8 @@ mod tests {
             .collect();
         for batch in [&spans[..], &spans[..1], &spans[1..2], &spans[5..9]] {
             let mut ours = Vec::new();
-            export_request(&EncodedResource::new(&resource), batch, &mut ours);
+            // Grouped by scope as the span processor groups them.
+            crate::span_batch::Batch::of(batch).encode(&EncodedResource::new(&resource), &mut ours);
             let decoded = ExportTraceServiceRequest::decode(&ours[..]).unwrap();
             let stock = ExportTraceServiceRequest {
                 resource_spans: group_spans_by_resource_and_scope(
@@ -471,12 +488,11 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_batch_is_no_request_and_a_default_resource_is_an_empty_message() {
+    fn a_default_resource_is_an_empty_message() {
         let mut out = Vec::new();
-        export_request(&EncodedResource::default(), &[], &mut out);
-        assert!(out.is_empty());
         let scope = InstrumentationScope::builder("s").build();
-        export_request(&EncodedResource::default(), &[span(&scope, 1)], &mut out);
+        crate::span_batch::Batch::of(&[span(&scope, 1)])
+            .encode(&EncodedResource::default(), &mut out);
         let decoded = ExportTraceServiceRequest::decode(&out[..]).unwrap();
         let resource = decoded.resource_spans[0].resource.as_ref().unwrap();
         assert!(resource.attributes.is_empty());

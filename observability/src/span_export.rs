@@ -1,21 +1,17 @@
-//! The OTLP/gRPC span exporter: each batch is encoded on the SDK's batch thread straight into
-//! request bytes ([`crate::span_encoding`]) and sent on a tonic channel driven by the
-//! `otlp-export` thread. It reads the variables the stock exporter reads for traces (endpoint,
+//! The OTLP/gRPC span exporter: sends the request bytes of each batch ([`crate::span_batch`])
+//! on a tonic channel driven by the `otlp-export` thread, retrying what the specification calls
+//! transient. It reads the variables the stock exporter reads for traces (endpoint,
 //! headers, timeout, compression), checked at start like the endpoint: a bad value stops the
 //! program with the variable's name, never its value (headers carry API keys).
 
 use std::{
     str::FromStr as _,
-    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
-use opentelemetry_sdk::{
-    Resource,
-    error::{OTelSdkError, OTelSdkResult},
-    trace::{SpanData, SpanExporter},
-};
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use prost::{
     Message as _,
     bytes::{Buf as _, Bytes},
@@ -31,7 +27,6 @@ use crate::{
     InitError,
     endpoint::{Endpoint, first_set, invalid},
     export::OnceAMinute,
-    span_encoding::{EncodedResource, export_request},
 };
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -261,12 +256,8 @@ pub(crate) struct OtlpSpanExporter {
     grpc: tonic::client::Grpc<Channel>,
     headers: MetadataMap,
     timeout: Duration,
-    resource: EncodedResource,
-    /// The size of the last request, to size the next one's buffer.
-    last_size: AtomicUsize,
     shut_down: AtomicBool,
     partial_warned: OnceAMinute,
-    too_large_warned: OnceAMinute,
 }
 
 /// Neither the endpoint (it may carry `user:password@`) nor header values.
@@ -285,7 +276,7 @@ impl std::fmt::Debug for OtlpSpanExporter {
 const RETRIES: u32 = 3;
 /// The largest request sent: gRPC servers refuse a message over 4 MiB unless told otherwise
 /// (the OpenTelemetry Collector's and Jaeger's default), less room for framing.
-const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024 - 4 * 1024;
+pub(crate) const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024 - 4 * 1024;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_millis(1600);
 
@@ -333,32 +324,20 @@ impl OtlpSpanExporter {
             grpc: tonic::client::Grpc::new(channel),
             headers: settings.headers,
             timeout: settings.timeout,
-            resource: EncodedResource::default(),
-            last_size: AtomicUsize::new(0),
             shut_down: AtomicBool::new(false),
             partial_warned: OnceAMinute::default(),
-            too_large_warned: OnceAMinute::default(),
         })
     }
 
-    /// `spans` as requests of at most [`MAX_REQUEST_BYTES`] each: the whole batch in one when it
-    /// fits (nearly always), else halves, recursively; a span too large on its own is counted
-    /// in `too_large` and left out. One span with an attribute of megabytes (a task id read
-    /// from Redis) made the collector refuse the whole batch.
-    fn encode_within(&self, spans: &[SpanData], requests: &mut Vec<Bytes>, too_large: &mut usize) {
-        let mut body = Vec::with_capacity(self.last_size.load(Ordering::Relaxed));
-        export_request(&self.resource, spans, &mut body);
-        if body.len() <= MAX_REQUEST_BYTES {
-            self.last_size.store(body.len(), Ordering::Relaxed);
-            requests.push(Bytes::from(body));
-        } else if let [_] = spans {
-            *too_large += 1;
-        } else {
-            drop(body);
-            let (first, second) = spans.split_at(spans.len() / 2);
-            self.encode_within(first, requests, too_large);
-            self.encode_within(second, requests, too_large);
-        }
+    /// Sends one request (`body`, from [`crate::span_batch::Batch::encode`]), retrying a
+    /// transient failure within the export's timeout; after [`Self::shut_down`], once only.
+    pub async fn export(&self, body: Vec<u8>) -> OTelSdkResult {
+        self.deliver(Bytes::from(body), Instant::now()).await
+    }
+
+    /// From now on, no retries: what is left is sent once, at exit.
+    pub fn shut_down(&self) {
+        self.shut_down.store(true, Ordering::Release);
     }
 
     /// Sends `body`, retrying a transient failure, within what is left of the export's timeout
@@ -386,8 +365,8 @@ impl OtlpSpanExporter {
                     {
                         return Err(OTelSdkError::InternalFailure(self.describe(&status)));
                     }
-                    // This future runs on the SDK's batch thread (`futures_executor`), which
-                    // has nothing else to do meanwhile, and outside any Tokio runtime.
+                    // This future runs on the `otlp-batch` thread, which has nothing else to
+                    // do meanwhile, on a runtime with no timer.
                     std::thread::sleep(wait);
                     retries += 1;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -433,7 +412,7 @@ impl OtlpSpanExporter {
             cause = err.source();
         }
         // (h2 quotes a GOAWAY's debug data, the collector's text: the warning keeps 300
-        // characters of it, `export::WarnOnFailure`.)
+        // characters of it, `export::capped`.)
         text
     }
 
@@ -448,46 +427,6 @@ impl OtlpSpanExporter {
                 "the OTLP collector accepted the spans only in part (next warning in a minute at the earliest)"
             );
         }
-    }
-}
-
-impl SpanExporter for OtlpSpanExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        if self.shut_down.load(Ordering::Acquire) {
-            return Err(OTelSdkError::AlreadyShutdown);
-        }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let mut requests = Vec::with_capacity(1);
-        let mut too_large = 0;
-        self.encode_within(&batch, &mut requests, &mut too_large);
-        drop(batch);
-        if too_large > 0 && self.too_large_warned.due() {
-            tracing::warn!(
-                target: "simplebank::otlp",
-                spans = too_large,
-                limit_bytes = MAX_REQUEST_BYTES,
-                "dropped spans too large for an OTLP request on their own (an attribute of megabytes); the rest of the batch is exported (next warning in a minute at the earliest)"
-            );
-        }
-        let started = Instant::now();
-        for body in requests {
-            self.deliver(body, started).await?;
-        }
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        if self.shut_down.swap(true, Ordering::AcqRel) {
-            Err(OTelSdkError::AlreadyShutdown)
-        } else {
-            Ok(())
-        }
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.resource = EncodedResource::new(resource);
     }
 }
 
@@ -533,7 +472,7 @@ impl Decoder for Raw {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -619,7 +558,8 @@ mod tests {
         }
     }
 
-    mod against_a_collector {
+    /// A scripted collector, also used by the span processor's tests (`span_batch`).
+    pub(crate) mod against_a_collector {
         use std::{
             collections::VecDeque,
             sync::{Arc, Mutex, atomic::AtomicUsize},
@@ -633,22 +573,27 @@ mod tests {
             ExportTracePartialSuccess, ExportTraceServiceRequest,
             trace_service_server::{TraceService, TraceServiceServer},
         };
-        use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+        use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
         use super::*;
+        use crate::{span_batch::Batch, span_encoding::EncodedResource};
 
         type Reply = Result<ExportTraceServiceResponse, Status>;
 
         /// A collector answering each export with the next scripted reply (then success),
         /// after `delay`; from call `hang_from` on (counting from 1), never.
         #[derive(Clone, Default)]
-        struct Scripted {
-            replies: Arc<Mutex<VecDeque<Reply>>>,
-            calls: Arc<AtomicUsize>,
+        pub(crate) struct Scripted {
+            pub replies: Arc<Mutex<VecDeque<Reply>>>,
+            pub calls: Arc<AtomicUsize>,
             /// Spans in each request received.
-            spans: Arc<Mutex<Vec<usize>>>,
-            delay: Duration,
-            hang_from: Option<usize>,
+            pub spans: Arc<Mutex<Vec<usize>>>,
+            /// The spans' names, in the order received, every scope's.
+            pub names: Arc<Mutex<Vec<String>>>,
+            /// Requests answered (after `delay`).
+            pub replied: Arc<AtomicUsize>,
+            pub delay: Duration,
+            pub hang_from: Option<usize>,
         }
 
         #[tonic::async_trait]
@@ -657,22 +602,29 @@ mod tests {
                 &self,
                 request: tonic::Request<ExportTraceServiceRequest>,
             ) -> Result<tonic::Response<ExportTraceServiceResponse>, Status> {
-                let spans = request.get_ref().resource_spans[0].scope_spans[0]
-                    .spans
-                    .len();
-                self.spans.lock().unwrap().push(spans);
+                let spans: Vec<_> = request.get_ref().resource_spans[0]
+                    .scope_spans
+                    .iter()
+                    .flat_map(|scope| &scope.spans)
+                    .collect();
+                self.spans.lock().unwrap().push(spans.len());
+                self.names
+                    .lock()
+                    .unwrap()
+                    .extend(spans.iter().map(|span| span.name.clone()));
                 let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
                 if self.hang_from.is_some_and(|from| call >= from) {
                     std::future::pending::<()>().await;
                 }
                 tokio::time::sleep(self.delay).await;
+                self.replied.fetch_add(1, Ordering::SeqCst);
                 let next = self.replies.lock().unwrap().pop_front();
                 next.unwrap_or_else(|| Ok(ExportTraceServiceResponse::default()))
                     .map(tonic::Response::new)
             }
         }
 
-        async fn collector(replies: Vec<Reply>) -> (Scripted, String) {
+        pub(crate) async fn collector(replies: Vec<Reply>) -> (Scripted, String) {
             serve(Scripted {
                 replies: Arc::new(Mutex::new(replies.into())),
                 ..Scripted::default()
@@ -680,7 +632,7 @@ mod tests {
             .await
         }
 
-        async fn serve(collector: Scripted) -> (Scripted, String) {
+        pub(crate) async fn serve(collector: Scripted) -> (Scripted, String) {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let url = format!(
                 "http://otel-user:s3cret-pw@{}",
@@ -696,7 +648,7 @@ mod tests {
             (collector, url)
         }
 
-        fn exporter(url: String, timeout: Duration) -> OtlpSpanExporter {
+        pub(crate) fn exporter(url: String, timeout: Duration) -> OtlpSpanExporter {
             let endpoint = Endpoint {
                 variable: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
                 url,
@@ -709,12 +661,15 @@ mod tests {
             OtlpSpanExporter::new(&endpoint, settings).unwrap()
         }
 
-        fn batch() -> Vec<SpanData> {
-            vec![span(0)]
+        /// A request of one span.
+        fn batch() -> Vec<u8> {
+            let mut body = Vec::new();
+            Batch::of(&[span(0)]).encode(&EncodedResource::default(), &mut body);
+            body
         }
 
         /// A span with an attribute of `bytes` bytes.
-        fn span(bytes: usize) -> SpanData {
+        pub(crate) fn span(bytes: usize) -> SpanData {
             let attributes = if bytes == 0 {
                 vec![]
             } else {
@@ -741,17 +696,6 @@ mod tests {
                 status: opentelemetry::trace::Status::Unset,
                 instrumentation_scope: opentelemetry::InstrumentationScope::builder("t").build(),
             }
-        }
-
-        /// A batch over the 4 MiB a collector takes goes as several requests; a span too large
-        /// on its own is left out, not the batch (the collector refused it whole before).
-        #[tokio::test(flavor = "multi_thread")]
-        async fn a_batch_too_large_for_one_request_goes_in_several() {
-            let (collector, url) = collector(vec![]).await;
-            const MB: usize = 1024 * 1024;
-            let batch = vec![span(0), span(3 * MB), span(3 * MB), span(5 * MB), span(0)];
-            exporter(url, DEFAULT_TIMEOUT).export(batch).await.unwrap();
-            assert_eq!(*collector.spans.lock().unwrap(), [2, 1, 1]);
         }
 
         fn assert_no_secret(err: &OTelSdkError) {

@@ -223,6 +223,50 @@ async fn metrics_are_off_without_an_endpoint_for_them_or_with_exporter_none() {
     }
 }
 
+/// With any directive at TRACE the OpenTelemetry layer takes every crate's spans down to TRACE,
+/// tonic's and h2's in the export threads too: exported, each export's spans made the next
+/// export, for ever (an idle worker sent about 150 spans a second). The export threads run with
+/// telemetry suppressed: only the tasks' spans are exported.
+#[tokio::test]
+async fn the_exports_own_work_is_not_exported_at_trace_level() {
+    let (sink, port) = OtlpSink::start(true).await.expect("OTLP receiver");
+    let redis = TestRedis::new();
+    xadd_all(&redis, jobs(0..3, false)).await;
+    let env = vec![
+        (
+            "RUST_LOG",
+            "warn,h2=trace,tonic=trace,hyper=trace,tower=trace".to_owned(),
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50".to_owned()),
+    ];
+    let mut worker = start(&redis, "trace-level", &env);
+    eventually("the 3 jobs' spans", Duration::from_secs(30), || {
+        let sink = &sink;
+        async move { sink.count() >= 3 }
+    })
+    .await;
+    // Idle for a while: some twenty schedules, each of which exported the last one's spans.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let exit = sigterm(&mut worker, Duration::from_secs(15))
+        .await
+        .expect("the worker stops");
+    assert!(exit.success(), "{exit:?}");
+    let names: Vec<String> = sink
+        .spans()
+        .into_iter()
+        .map(|(_, span)| span.name)
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(
+        names.iter().all(|name| name.starts_with("process ")),
+        "{names:?}"
+    );
+}
+
 /// A type no worker handles: dead-lettered on arrival.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Unknown;
