@@ -226,6 +226,56 @@ async fn not_a_failure_is_retried_without_using_up_attempts() {
     worker.stop().await;
 }
 
+/// An entry written by hand with a type of a megabyte: dead-lettered with a reason that quotes
+/// the type's start and its length, not all of it (it was quoted whole, and logged twice over).
+#[tokio::test]
+async fn a_task_type_of_a_megabyte_is_quoted_in_part() {
+    let redis = TestRedis::new();
+    let worker = RunningWorker::start(
+        &redis,
+        settings("quoter"),
+        Handlers::new().on::<Noop>(Recorder::new()),
+    );
+    let stream = redis.keys().stream(&default_queue());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis()
+        .to_string();
+    let kind = format!("task:{}", "\u{202e}x".repeat(256 * 1024));
+    let mut conn = redis.conn().await;
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg(&[
+            ("id", "huge-type"),
+            ("type", kind.as_str()),
+            ("payload", "{}"),
+            ("attempt", "1"),
+            ("max_retry", "3"),
+            ("timeout_ms", "1000"),
+            ("enqueued_at", now.as_str()),
+        ])
+        .query_async(&mut conn)
+        .await
+        .expect("XADD");
+    wait_for_dead(&redis, 1).await;
+    worker.stop().await;
+    let dead = dead_letters(&redis)
+        .list(&default_queue(), 10)
+        .await
+        .expect("list");
+    let error = &dead[0].error;
+    // 256 bytes of the type at most, escaped (a bidi control is 8 characters quoted).
+    assert!(error.len() < 2_000, "{} bytes", error.len());
+    assert!(
+        error.starts_with("no handler for task type \"task:")
+            && error.ends_with("(1048581 bytes)\""),
+        "{error:?}"
+    );
+    assert_eq!(dead[0].task.as_ref().map(Task::kind), Some(kind.as_str()));
+}
+
 #[tokio::test]
 async fn poison_entries_and_unknown_types_are_dead_lettered_at_once() {
     let redis = TestRedis::new();

@@ -187,7 +187,10 @@ impl Dispatcher {
         let Some((task_type, handler)) = self.handlers.get(&task.task.kind) else {
             // A delivery no handler can run is a failed attempt (attempts and the queue's
             // `processed`/`failed` counters include it), as a handler refusing the task is.
-            let reason = format!("no handler for task type {:?}", task.task.kind);
+            let reason = format!(
+                "no handler for task type {:?}",
+                report::excerpt(&task.task.kind)
+            );
             self.metrics
                 .dead_on_arrival(queue, None, ErrorType::UnknownType);
             return Err(dead(task, reason, true));
@@ -477,13 +480,13 @@ impl Dispatcher {
         match killed {
             Ok(killed) if killed.killed => {
                 tracing::error!(
-                    task_id = %task.id, task_type = %task.kind, queue = %task.queue, attempts,
-                    reason, "task moved to the dead letters"
+                    task_id = %report::excerpt(&task.id), task_type = %report::excerpt(&task.kind),
+                    queue = %task.queue, attempts, reason, "task moved to the dead letters"
                 );
                 retention::report(&task.queue, killed.trimmed, &self.metrics);
             }
             Ok(_) => tracing::warn!(
-                task_id = %task.id, reason,
+                task_id = %report::excerpt(&task.id), reason,
                 "task not dead-lettered: its entry is no longer pending here (taken over)"
             ),
             Err(err) => tracing::warn!(
