@@ -291,16 +291,20 @@ impl Queue {
         state.close();
         let target = state.last_closed;
         self.work.notify_one();
-        let (_state, waited) = self
+        let (state, _) = self
             .done
             .wait_timeout_while(state, timeout, |state| {
                 state.last_done < target && !state.stopped
             })
             .unwrap_or_else(|e| e.into_inner());
-        if waited.timed_out() {
-            Err(OTelSdkError::Timeout(timeout))
-        } else {
+        if state.last_done >= target {
             Ok(())
+        } else if state.stopped {
+            Err(OTelSdkError::InternalFailure(
+                "the span export thread stopped".into(),
+            ))
+        } else {
+            Err(OTelSdkError::Timeout(timeout))
         }
     }
 }
@@ -464,15 +468,17 @@ impl SpanProcessor for SpanBatcher {
         if !span.span_context.is_sampled() {
             return;
         }
-        let scope = &span.instrumentation_scope;
-        let scratch = SCRATCH.try_with(|scratch| {
+        let queue = |entry: &mut Vec<u8>| {
+            entry.clear();
+            span_entry(entry, &span);
+            self.queue.add(&span.instrumentation_scope, entry);
+        };
+        let queued = SCRATCH.try_with(|scratch| {
             // Busy only if ending a span ended another (nothing in encoding does).
             let Ok(mut entry) = scratch.try_borrow_mut() else {
                 return false;
             };
-            entry.clear();
-            span_entry(&mut entry, &span);
-            self.queue.add(scope, &entry);
+            queue(&mut entry);
             if entry.capacity() > KEPT_SCRATCH {
                 *entry = Vec::new();
             }
@@ -480,10 +486,8 @@ impl SpanProcessor for SpanBatcher {
         });
         // Without it (the thread's locals being destroyed, or busy): a buffer of its own, never
         // a panic, which inside a span's drop could abort the process.
-        if scratch != Ok(true) {
-            let mut entry = Vec::new();
-            span_entry(&mut entry, &span);
-            self.queue.add(scope, &entry);
+        if queued != Ok(true) {
+            queue(&mut Vec::new());
         }
         // `span` is freed here, by the thread that ended it.
     }
@@ -638,11 +642,36 @@ mod tests {
         assert_eq!(sizes, [2, 3, 1]);
     }
 
+    /// When the `otlp-batch` thread ends with batches not sent (a panic: its `Stops` guard
+    /// runs), a flush waiting for them fails at once rather than succeeding or timing out.
+    #[test]
+    fn a_flush_fails_at_once_when_the_export_thread_stops_first() {
+        let queue = Queue::new(settings(60_000, 100, 100));
+        queue.add(&span(0).instrumentation_scope, &entry(0));
+        std::thread::scope(|threads| {
+            threads.spawn(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                drop(Stops(&queue));
+            });
+            let started = Instant::now();
+            let flushed = queue.flush(queue.lock(), Duration::from_secs(60));
+            assert!(
+                matches!(flushed, Err(OTelSdkError::InternalFailure(_))),
+                "{flushed:?}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(30));
+        });
+    }
+
+    /// A processor sending to `url` with `settings`, its exports timed out after `timeout`.
+    fn batcher(url: String, timeout: Duration, settings: BatchSettings) -> SpanBatcher {
+        SpanBatcher::start(exporter(url, timeout), settings).unwrap()
+    }
+
     /// A processor sending to `collector`'s `url` with `settings`, in a provider.
     fn provider(url: String, settings: BatchSettings) -> SdkTracerProvider {
-        let batcher = SpanBatcher::start(exporter(url, Duration::from_secs(10)), settings).unwrap();
         SdkTracerProvider::builder()
-            .with_span_processor(batcher)
+            .with_span_processor(batcher(url, Duration::from_secs(10), settings))
             .build()
     }
 
@@ -696,11 +725,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn shutdown_sends_what_is_queued_then_takes_no_more() {
         let (collector, url) = collector(vec![]).await;
-        let batcher = SpanBatcher::start(
-            exporter(url, Duration::from_secs(10)),
-            settings(60_000, 100, 50),
-        )
-        .unwrap();
+        let batcher = batcher(url, Duration::from_secs(10), settings(60_000, 100, 50));
         for _ in 0..5 {
             batcher.on_end(span(0));
         }
@@ -732,11 +757,7 @@ mod tests {
             ..Scripted::default()
         })
         .await;
-        let batcher = SpanBatcher::start(
-            exporter(url, Duration::from_secs(10)),
-            settings(60_000, 100, 2),
-        )
-        .unwrap();
+        let batcher = batcher(url, Duration::from_secs(10), settings(60_000, 100, 2));
         batcher.on_end(span(0));
         batcher.on_end(span(0));
         // The first batch is on its way (received, not answered) when the third span ends.
@@ -768,11 +789,7 @@ mod tests {
             ..Scripted::default()
         })
         .await;
-        let batcher = SpanBatcher::start(
-            exporter(url, Duration::from_secs(60)),
-            settings(60_000, 1, 1),
-        )
-        .unwrap();
+        let batcher = batcher(url, Duration::from_secs(60), settings(60_000, 1, 1));
         batcher.on_end(span(0));
         while collector.calls.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -815,11 +832,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_span_not_sampled_is_not_queued() {
         let (_collector, url) = collector(vec![]).await;
-        let batcher = SpanBatcher::start(
-            exporter(url, Duration::from_secs(10)),
-            settings(60_000, 100, 50),
-        )
-        .unwrap();
+        let batcher = batcher(url, Duration::from_secs(10), settings(60_000, 100, 50));
         let mut unsampled = span(0);
         unsampled.span_context = opentelemetry::trace::SpanContext::new(
             unsampled.span_context.trace_id(),

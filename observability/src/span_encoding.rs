@@ -42,9 +42,7 @@ impl EncodedResource {
             schema_url: resource.schema_url().unwrap_or_default().to_owned(),
         }
     }
-}
 
-impl EncodedResource {
     /// At most what the resource adds to a request: its body, schema URL and the
     /// `ResourceSpans` and `Resource` framing.
     pub fn overhead(&self) -> usize {
