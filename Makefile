@@ -45,9 +45,11 @@ test-valkey: .local/bin/valkey-server
 	@CARGO=$(CARGO) scripts/test-valkey.sh
 
 ## bench: the benchmark suite in release mode, on its own redis-server; writes BENCHMARKS.md
+## (the drains' worker log lines go to target/bench-workers.log)
 bench: services
 	$(CARGO) build --release --workspace --bins --examples
-	./target/release/examples/bench
+	rm -f target/bench-workers.log
+	BENCH_WORKER_LOG=target/bench-workers.log ./target/release/examples/bench
 
 ## bench-peers: the end-to-end workload against apalis and BullMQ (pinned, into .local/peers),
 ## interleaved with simplebank's, three rounds; writes its section of BENCHMARKS.md

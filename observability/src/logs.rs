@@ -185,7 +185,7 @@ fn escape_controls(line: &str) -> std::borrow::Cow<'_, str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     use tracing_subscriber::layer::SubscriberExt as _;
@@ -207,7 +207,7 @@ mod tests {
         }
     }
 
-    fn logged(format: LogFormat, emit: impl FnOnce()) -> String {
+    pub(crate) fn logged(format: LogFormat, emit: impl FnOnce()) -> String {
         let captured = Captured::default();
         let writer = captured.clone();
         let subscriber =

@@ -196,6 +196,8 @@ struct State {
     closed: VecDeque<Batch>,
     /// The spans in `open` and `closed`: what counts against the queue's size.
     queued: usize,
+    /// The spans of the batch being sent.
+    sending: usize,
     /// The `seq` of the last batch closed, and of the last one the thread is done with.
     last_closed: u64,
     last_done: u64,
@@ -235,6 +237,7 @@ impl Queue {
                 open: Batch::default(),
                 closed: VecDeque::new(),
                 queued: 0,
+                sending: 0,
                 last_closed: 0,
                 last_done: 0,
                 last_export: Instant::now(),
@@ -354,6 +357,7 @@ fn send_batches(queue: &Queue, exporter: &OtlpSpanExporter, runtime: &tokio::run
     loop {
         if let Some(batch) = state.closed.pop_front() {
             state.queued -= batch.spans;
+            state.sending = batch.spans;
             state.last_export = Instant::now();
             let resource = Arc::clone(&state.resource);
             drop(state);
@@ -385,6 +389,7 @@ fn send_batches(queue: &Queue, exporter: &OtlpSpanExporter, runtime: &tokio::run
             losses.tell(queue, false);
             state = queue.lock();
             state.last_done = seq;
+            state.sending = 0;
             queue.done.notify_all();
             continue;
         }
@@ -509,7 +514,17 @@ impl SpanProcessor for SpanBatcher {
         state.stopping = true;
         // From now on exports are not retried: what is queued is sent once, within `timeout`.
         self.exporter.shut_down();
-        self.queue.flush(state, timeout)
+        let flushed = self.queue.flush(state, timeout);
+        if let Err(OTelSdkError::Timeout(_)) = flushed {
+            let state = self.queue.lock();
+            tracing::warn!(
+                target: "simplebank::otlp",
+                spans = state.queued + state.sending,
+                timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                "spans not exported at exit: the last flush ran out of time (the collector is slow or down, or the export had fallen behind)"
+            );
+        }
+        flushed
     }
 
     fn set_resource(&mut self, resource: &Resource) {
@@ -806,6 +821,40 @@ mod tests {
         }
         assert_eq!(batcher.queue.dropped.load(Ordering::Relaxed), 0);
         assert_eq!(collector.replied.load(Ordering::SeqCst), 0, "still hanging");
+    }
+
+    /// An exit whose last flush runs out of time says how many spans it leaves unsent, the
+    /// batch in flight included: a loss at exit is otherwise silent.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_exit_that_runs_out_of_time_says_how_many_spans_are_left() {
+        let (collector, url) = serve(Scripted {
+            hang_from: Some(1),
+            ..Scripted::default()
+        })
+        .await;
+        let batcher = batcher(url, Duration::from_secs(60), settings(60_000, 100, 2));
+        batcher.on_end(span(0));
+        batcher.on_end(span(0));
+        while collector.calls.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for _ in 0..3 {
+            batcher.on_end(span(0));
+        }
+        let log = tokio::task::spawn_blocking(move || {
+            crate::logs::tests::logged(crate::LogFormat::Json, || {
+                let result = batcher.shutdown_with_timeout(Duration::from_millis(300));
+                assert!(
+                    matches!(result, Err(OTelSdkError::Timeout(_))),
+                    "{result:?}"
+                );
+            })
+        })
+        .await
+        .unwrap();
+        assert!(log.contains("spans not exported at exit"), "{log}");
+        assert!(log.contains(r#""spans":5"#), "{log}");
+        assert!(log.contains(r#""timeout_ms":300"#), "{log}");
     }
 
     /// Spans of several scopes (tracers) go in one request, each under its scope.

@@ -32,6 +32,8 @@
 //! `BENCH_ONLY=tracing` likewise runs only scenario 7's drains, `BENCH_ONLY=metrics`
 //! scenario 8's.
 //! `BENCH_ONLY=e2e` runs only scenario 9 and prints it.
+//! `BENCH_WORKER_LOG=<file>` appends the drains' worker processes' log lines (stderr) to a
+//! file, for diagnosis (a span loss, a slow exit); by default they are discarded.
 
 use std::{
     fmt::Write as _,
@@ -780,7 +782,7 @@ tasks a second):
   batch thread 0.098 and 0.020; the export thread 0.065 and 0.061; Redis waited 0.145 and 0.123.
   Spans lost: before, 658 and 1,510 in two rounds of twelve; after, 30,016 in one (the queue
   of 65,536 full while the export fell behind, or the 2 s a worker gives its last exports at
-  exit run out: the bench does not keep the worker's log, which now says which). An earlier cut of the processor (no room
+  exit run out: step 7 says which fits). An earlier cut of the processor (no room
   over the last batch's size in the next one's buffer), 18 paired rounds: 80.5% before, 82.5%
   after.
 - So the prototype's gain was not reproduced: always_on is where it was, within this
@@ -789,6 +791,55 @@ tasks a second):
   from the thread's own) and a length prefix written before the body instead of moved in
   (`message`'s splice) would take some 300 of the 3.9k instructions off the runtime thread;
   not done.
+
+Step 7, where always_on's time goes now (this machine ran at about two thirds of step 6's
+speed: untraced drains of 90k-165k tasks a second):
+
+- One binary, what happens to a span when it ends switched by a variable (not committed), ten
+  rounds of each alternated (`BENCH_ONLY=tracing`, 200,000 tasks), always_on as a share of the
+  same round's untraced drain, medians: nothing done (`on_end` returns at once) 99.5%; each
+  span encoded on the runtime thread and the bytes discarded 101.6%; encoded, queued, batched
+  and each batch's request built by the `otlp-batch` thread, then dropped there (no export
+  call) 98.4%; the whole export 85.4%, and 91.9% in a second set against 98.4%. Encoding,
+  queueing and the batch thread cost the drain nothing these rounds can show: sending does.
+- What sending moves: the loopback device's byte counter (`/proc/net/dev`) over one round's
+  drains: 62.5 MB untraced (the worker's traffic with Redis), 163.9 MB with every span
+  exported. The spans are 101 MB, some 505 bytes each, 1.6 times the queue's own traffic.
+  Of a process span's bytes, the eight attributes take about 377 (their semantic-convention
+  keys 176); the stream's key is in it twice (the name and `messaging.destination.name`, 55
+  bytes in the bench's namespaces). `strace -c` on a traced worker: 9,609 `writev` calls in
+  the drain (its Redis traffic goes by `sendto`): h2 writes each DATA frame with a call of its
+  own, and a frame is at most 16 KiB unless the collector allows more (the default, Jaeger's
+  and the Collector's too), so some 6,200 frames, each a loopback packet that wakes the
+  receiver. The export threads and the receiver share the two cores with Redis and the
+  runtime thread.
+- Cheaper encoding (committed): an attribute with a short key and a short text or small whole
+  number is written with its lengths known up front, and a span is given a two-byte length
+  (before, its body was moved into place behind a length built in a new `Vec`). callgrind over
+  20,000 traced tasks: `span_entry` 53.0M instructions before, 31.1M after (2.65k to 1.56k a
+  span), `on_end` 81.3M to 59.0M; what tracing adds to the runtime thread, 3.76k to 2.66k
+  instructions a span. The drain does not show it, as the experiments above foretold: 24
+  paired rounds, always_on 83.3% and 90.5% before (two sets of twelve, medians), 79.9% and
+  89.8% after; the worker's CPU beyond untraced within noise. On a machine with cores to spare
+  for the export, the runtime thread is what limits the drain, and there it counts. Tests
+  compare the bytes with prost's for spans of every length class, attributes at the short
+  forms' edges, and 500 spans of random names and attributes.
+- A first cut of it (every nested message reserving room for its length, and attributes'
+  sizes worked out before writing) took more instructions than the code it replaced (key
+  values 218 to 270-306 a call): the one-byte reservation with a rare widening was already
+  cheap for small messages. Dropped.
+- Not done, and why: gzip (OTLP's one compression) would cut the bytes about tenfold, but
+  deflating 100 MB costs more CPU than the packets it saves; larger frames are the collector's
+  to allow, not the exporter's; the attributes are the semantic conventions' and stay.
+- Spans lost: none in 94 traced rounds this session (40 of them with the machine loaded by
+  builds and tests). The losses seen before were whole batches at a drain's end: 30,016 =
+  14 x 2,048 + 1,344 and 3,392 = 2,048 + 1,344, where the bench's batches hold 2,048 spans
+  and a drain's last 1,344; a queue overflowing drops single spans, not whole batches. That
+  fits the exit's last flush (two seconds) running out while the export was behind. A flush at
+  exit that runs out of time now logs how many spans it left unsent (queued and in flight;
+  test `an_exit_that_runs_out_of_time_says_how_many_spans_are_left`), and `make bench` keeps
+  the drains' worker logs in `target/bench-workers.log` (`BENCH_WORKER_LOG`), so the next loss
+  says which it was.
 
 ### The queue moved into its own crate (issue 12)
 
@@ -888,6 +939,19 @@ fn summary(values: &[f64]) -> (f64, f64, f64) {
 fn fmt_rate(values: &[f64]) -> String {
     let (median, min, max) = summary(values);
     format!("{median:.0} ({min:.0}-{max:.0})")
+}
+
+/// Where a drain's worker process writes its log lines: `BENCH_WORKER_LOG`'s file, appended
+/// to, or nowhere.
+fn worker_log() -> Result<Stdio> {
+    Ok(match config::var("BENCH_WORKER_LOG")? {
+        Some(path) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?
+            .into(),
+        None => Stdio::null(),
+    })
 }
 
 fn sibling(name: &str) -> PathBuf {
@@ -1053,7 +1117,7 @@ impl Bench {
                     .env_remove("RUST_LOG")
                     .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                     .stdout(Stdio::null())
-                    .stderr(Stdio::null())
+                    .stderr(worker_log()?)
                     .kill_on_drop(true)
                     .spawn()?,
             );
@@ -1129,7 +1193,7 @@ impl Bench {
                     .env("WORKER_CONSUMER_NAME", format!("bench-cluster-{i}"))
                     .env_remove("RUST_LOG")
                     .stdout(Stdio::null())
-                    .stderr(Stdio::null())
+                    .stderr(worker_log()?)
                     .kill_on_drop(true)
                     .spawn()?,
             );
