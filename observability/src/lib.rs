@@ -94,6 +94,9 @@ pub struct Config {
 
 /// How long the last flush may hold up the program's exit.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+/// The last span flush's own deadline: inside the exit's wait, with room to say what it could
+/// not send before the program ends.
+const LAST_SPAN_FLUSH: Duration = Duration::from_millis(1_750);
 
 /// Flushes pending spans and metrics and shuts the exporters down, within two seconds at most:
 /// an unreachable collector does not hold up the program's exit. Call [`Guard::shutdown`] at
@@ -124,7 +127,7 @@ impl Providers {
             }
         });
         std::thread::spawn(move || {
-            let _ = traces.shutdown_with_timeout(SHUTDOWN_TIMEOUT);
+            let _ = traces.shutdown_with_timeout(LAST_SPAN_FLUSH);
             let _ = metrics.join();
             let _ = done.send(());
         });

@@ -289,8 +289,13 @@ impl Queue {
     }
 
     /// Closes the open batch and waits until the thread is done with every batch closed so
-    /// far, at most `timeout`.
-    fn flush(&self, mut state: MutexGuard<'_, State>, timeout: Duration) -> OTelSdkResult {
+    /// far, at most `timeout`. On failure, also the spans left unsent (queued and in flight),
+    /// counted as the wait ends.
+    fn flush(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        timeout: Duration,
+    ) -> Result<(), (OTelSdkError, usize)> {
         state.close();
         let target = state.last_closed;
         self.work.notify_one();
@@ -301,14 +306,17 @@ impl Queue {
             })
             .unwrap_or_else(|e| e.into_inner());
         if state.last_done >= target {
-            Ok(())
-        } else if state.stopped {
-            Err(OTelSdkError::InternalFailure(
-                "the span export thread stopped".into(),
-            ))
-        } else {
-            Err(OTelSdkError::Timeout(timeout))
+            return Ok(());
         }
+        let left = state.queued + state.sending;
+        Err(if state.stopped {
+            (
+                OTelSdkError::InternalFailure("the span export thread stopped".into()),
+                left,
+            )
+        } else {
+            (OTelSdkError::Timeout(timeout), left)
+        })
     }
 }
 
@@ -503,7 +511,9 @@ impl SpanProcessor for SpanBatcher {
             // Shut down, or the `otlp-batch` thread is gone.
             return Err(OTelSdkError::AlreadyShutdown);
         }
-        self.queue.flush(state, FLUSH_TIMEOUT)
+        self.queue
+            .flush(state, FLUSH_TIMEOUT)
+            .map_err(|(err, _)| err)
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
@@ -514,17 +524,25 @@ impl SpanProcessor for SpanBatcher {
         state.stopping = true;
         // From now on exports are not retried: what is queued is sent once, within `timeout`.
         self.exporter.shut_down();
-        let flushed = self.queue.flush(state, timeout);
-        if let Err(OTelSdkError::Timeout(_)) = flushed {
-            let state = self.queue.lock();
+        let (err, left) = match self.queue.flush(state, timeout) {
+            Ok(()) => return Ok(()),
+            Err(failed) => failed,
+        };
+        if left > 0 {
+            let cause = match err {
+                OTelSdkError::Timeout(_) => {
+                    "the last flush ran out of time (the collector is slow or down, or the export had fallen behind)"
+                }
+                _ => "the span export thread had stopped",
+            };
             tracing::warn!(
                 target: "simplebank::otlp",
-                spans = state.queued + state.sending,
+                spans = left,
                 timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-                "spans not exported at exit: the last flush ran out of time (the collector is slow or down, or the export had fallen behind)"
+                "spans not exported at exit: {cause}"
             );
         }
-        flushed
+        Err(err)
     }
 
     fn set_resource(&mut self, resource: &Resource) {
@@ -671,7 +689,7 @@ mod tests {
             let started = Instant::now();
             let flushed = queue.flush(queue.lock(), Duration::from_secs(60));
             assert!(
-                matches!(flushed, Err(OTelSdkError::InternalFailure(_))),
+                matches!(flushed, Err((OTelSdkError::InternalFailure(_), 1))),
                 "{flushed:?}"
             );
             assert!(started.elapsed() < Duration::from_secs(30));

@@ -57,8 +57,8 @@ impl EncodedResource {
 /// Appends `span` to `out` as one `ScopeSpans.spans` field. A batch is made of these, grouped
 /// by scope, and sent with [`export_request`].
 pub(crate) fn span_entry(out: &mut Vec<u8>, span: &SpanData) {
-    // ScopeSpans.spans = 2. Nearly every span takes 128 bytes to 16 KiB, a two-byte length:
-    // it is kept for, and the body moved only when it is shorter or longer.
+    // ScopeSpans.spans = 2. Nearly every span takes 128 bytes to 16 KiB, whose length takes
+    // two bytes: two are kept for it, and the body is moved only for a shorter or longer one.
     key(out, 2, LEN);
     let at = out.len();
     out.extend_from_slice(&[0, 0]);
@@ -247,7 +247,7 @@ fn short_header(field: u32, key: usize, value: usize) -> Option<[u8; 4]> {
     // KeyValue.key = 1: tag, length, bytes; KeyValue.value = 2: tag, length, the AnyValue.
     let body = 2 + key + 2 + value;
     (field < 16 && key > 0 && body < 0x80).then_some([
-        (field << 3 | LEN) as u8,
+        ((field << 3) | LEN) as u8,
         body as u8,
         0x0a,
         key as u8,
@@ -563,35 +563,67 @@ mod tests {
         (ours, stock.encode_to_vec())
     }
 
-    /// A span's length is kept two bytes for: spans shorter and longer than that (and
-    /// attributes on either side of the short forms) come out as prost writes them too.
+    /// A span's length is kept two bytes for: spans of every length class, at its edges (127
+    /// and 128 bytes, 16,383 and 16,384), come out as prost writes them.
     #[test]
-    fn spans_of_every_length_are_what_prost_writes() {
+    fn spans_at_the_edges_of_their_length_are_what_prost_writes() {
         let scope = InstrumentationScope::builder("simplebank").build();
-        for (name, attribute) in [
-            (1, 1),
-            (60, 1),
-            (300, 1),
-            (16_000, 1),
-            (20_000, 1),
-            (1, 90),
-            (1, 121),
-            (1, 122),
-            (1, 130),
-        ] {
+        // A span of a name of `name` bytes and a dropped-attributes count of `dropped` (0 is
+        // left out, 1 takes 2 bytes, 128 takes 3: what the name's steps skip), and its body's
+        // length.
+        let sized = |name: usize, dropped: u32| {
             let mut one = span(&scope, 1);
             one.events = SpanEvents::default();
             one.links = SpanLinks::default();
+            one.attributes = vec![];
+            one.dropped_attributes_count = dropped;
             one.name = Cow::Owned("n".repeat(name));
-            one.attributes = vec![
-                KeyValue::new("k", "v".repeat(attribute)),
-                KeyValue::new("key".repeat(attribute / 3), 127_i64),
-                KeyValue::new("key", 128_i64),
-                KeyValue::new("key", -1_i64),
-            ];
+            let mut body = Vec::new();
+            encode_span(&mut body, &one);
+            (one, body.len())
+        };
+        let bare = sized(0, 0).1;
+        for body in [127_usize, 128, 16_383, 16_384, 2_097_151, 2_097_152] {
+            let (one, _) = (body.saturating_sub(bare + 8)..=body - bare)
+                .flat_map(|name| [0, 1, 128].map(|dropped| sized(name, dropped)))
+                .find(|(_, length)| *length == body)
+                .unwrap();
             let (ours, prosts) = both_ways(&[one]);
-            assert_eq!(ours, prosts, "{name} {attribute}");
+            assert_eq!(ours, prosts, "a span of {body} bytes");
         }
+    }
+
+    /// Attributes on either side of the short forms' edges: a message of 127 bytes (written
+    /// with its lengths up front) and of 128 (the general path), a text and a whole number.
+    #[test]
+    fn attributes_at_the_edges_of_the_short_forms_are_what_prost_writes() {
+        let scope = InstrumentationScope::builder("simplebank").build();
+        let mut one = span(&scope, 1);
+        one.events = SpanEvents::default();
+        one.links = SpanLinks::default();
+        one.attributes = vec![
+            // KeyValue bodies: 2 + key + 2 + (2 + text), and 2 + key + 2 + 2.
+            KeyValue::new("k", "v".repeat(120)),
+            KeyValue::new("k", "v".repeat(121)),
+            KeyValue::new("k".repeat(121), 5_i64),
+            KeyValue::new("k".repeat(122), 5_i64),
+            KeyValue::new("k", 127_i64),
+            KeyValue::new("k", 128_i64),
+            KeyValue::new("k", -1_i64),
+            KeyValue::new("k", ""),
+        ];
+        for attribute in &one.attributes {
+            let mut ours = Vec::new();
+            key_value(&mut ours, 9, attribute.key.as_str(), &attribute.value);
+            let mut general = Vec::new();
+            message(&mut general, 9, |out| {
+                string(out, 1, attribute.key.as_str());
+                message(out, 2, |out| any_value(out, &attribute.value));
+            });
+            assert_eq!(ours, general, "{attribute:?}");
+        }
+        let (ours, prosts) = both_ways(&[one]);
+        assert_eq!(ours, prosts);
     }
 
     /// Spans of random attributes (keys and texts of 0 to 300 bytes, any character, numbers

@@ -272,7 +272,9 @@ impl std::fmt::Debug for OtlpSpanExporter {
 
 /// Retries after a failure the OTLP specification calls transient, as the stock exporter's
 /// recommended policy: 3 at most, waiting 100, 200 then 400 ms (less up to a fifth, jitter),
-/// all within the export's timeout: each attempt gets what is left of it.
+/// or what the collector's `google.rpc.RetryInfo` asks for, all within the export's timeout:
+/// each attempt gets what is left of it. RESOURCE_EXHAUSTED is retried only with a
+/// `RetryInfo` (the specification: the collector says recovery is possible).
 const RETRIES: u32 = 3;
 /// The largest request sent: gRPC servers refuse a message over 4 MiB unless told otherwise
 /// (the OpenTelemetry Collector's and Jaeger's default), less room for framing.
@@ -291,6 +293,13 @@ fn is_transient(code: tonic::Code) -> bool {
             | Code::Unavailable
             | Code::DataLoss
     )
+}
+
+/// The wait a collector asks for in a `google.rpc.RetryInfo` detail of its status, if any
+/// (a detail that does not decode is none; a delay past the export's timeout gives up).
+fn retry_delay(status: &Status) -> Option<Duration> {
+    use tonic_types::StatusExt as _;
+    status.get_details_retry_info()?.retry_delay
 }
 
 /// `base` less up to a fifth, drawn from the clock: processes restarted together do not retry
@@ -357,9 +366,12 @@ impl OtlpSpanExporter {
                     return Ok(());
                 }
                 Err(status) => {
-                    let wait = jittered(backoff);
+                    let asked = retry_delay(&status);
+                    let wait = asked.unwrap_or_else(|| jittered(backoff));
+                    let retryable = is_transient(status.code())
+                        || (status.code() == tonic::Code::ResourceExhausted && asked.is_some());
                     if retries == RETRIES
-                        || !is_transient(status.code())
+                        || !retryable
                         || started.elapsed() + wait >= self.timeout
                         || self.shut_down.load(Ordering::Acquire)
                     {
@@ -741,6 +753,51 @@ pub(crate) mod tests {
             assert_eq!(refusing.calls.load(Ordering::SeqCst), 1);
             assert!(err.to_string().contains("PermissionDenied"), "{err}");
             assert_no_secret(&err);
+        }
+
+        fn exhausted(retry_after: Option<Duration>) -> Reply {
+            let details = match retry_after {
+                Some(delay) => tonic_types::ErrorDetails::with_retry_info(Some(delay)),
+                None => tonic_types::ErrorDetails::new(),
+            };
+            Err(<Status as tonic_types::StatusExt>::with_error_details(
+                tonic::Code::ResourceExhausted,
+                "memory limit reached",
+                details,
+            ))
+        }
+
+        /// RESOURCE_EXHAUSTED is retried when the collector says when (a `RetryInfo`), after
+        /// the wait it asks for, and not otherwise; a wait past the export's timeout is not
+        /// waited for.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn resource_exhausted_is_retried_when_the_collector_says_when() {
+            let (pressed, url) = collector(vec![exhausted(Some(Duration::from_millis(700)))]).await;
+            let started = Instant::now();
+            exporter(url, DEFAULT_TIMEOUT)
+                .export(batch())
+                .await
+                .unwrap();
+            assert_eq!(pressed.calls.load(Ordering::SeqCst), 2);
+            // Its own backoff would have been 100 ms at most.
+            assert!(started.elapsed() >= Duration::from_millis(700));
+
+            let (full, url) = collector(vec![exhausted(None)]).await;
+            let err = exporter(url, DEFAULT_TIMEOUT)
+                .export(batch())
+                .await
+                .unwrap_err();
+            assert_eq!(full.calls.load(Ordering::SeqCst), 1);
+            assert!(err.to_string().contains("ResourceExhausted"), "{err}");
+
+            let (later, url) = collector(vec![exhausted(Some(Duration::from_secs(3600)))]).await;
+            let started = Instant::now();
+            exporter(url, Duration::from_secs(2))
+                .export(batch())
+                .await
+                .unwrap_err();
+            assert_eq!(later.calls.load(Ordering::SeqCst), 1);
+            assert!(started.elapsed() < Duration::from_secs(2));
         }
 
         #[tokio::test(flavor = "multi_thread")]

@@ -32,8 +32,10 @@
 //! `BENCH_ONLY=tracing` likewise runs only scenario 7's drains, `BENCH_ONLY=metrics`
 //! scenario 8's.
 //! `BENCH_ONLY=e2e` runs only scenario 9 and prints it.
-//! `BENCH_WORKER_LOG=<file>` appends the drains' worker processes' log lines (stderr) to a
-//! file, for diagnosis (a span loss, a slow exit); by default they are discarded.
+//! `BENCH_WORKER_LOG=<file>` appends the drains' worker processes' stderr to a file, for
+//! diagnosis (a span loss, a slow exit); by default it is discarded. The workers of the
+//! tracing and metrics drains (scenarios 7 and 8) log warnings there (`RUST_LOG=warn`); the
+//! others run without a log subscriber, as measured, and write only a panic.
 
 use std::{
     fmt::Write as _,
@@ -822,8 +824,10 @@ speed: untraced drains of 90k-165k tasks a second):
   paired rounds, always_on 83.3% and 90.5% before (two sets of twelve, medians), 79.9% and
   89.8% after; the worker's CPU beyond untraced within noise. On a machine with cores to spare
   for the export, the runtime thread is what limits the drain, and there it counts. Tests
-  compare the bytes with prost's for spans of every length class, attributes at the short
-  forms' edges, and 500 spans of random names and attributes.
+  compare the bytes with prost's for spans at the edges of each length's size (127 and 128
+  bytes, 16,383 and 16,384, 2 MiB), attributes on either side of the short forms (a message
+  of 127 bytes and of 128), and 500 spans of random names and attributes; a review fuzzed it
+  further (every key and text length to 130, multi-byte characters, 30,000 random spans).
 - A first cut of it (every nested message reserving room for its length, and attributes'
   sizes worked out before writing) took more instructions than the code it replaced (key
   values 218 to 270-306 a call): the one-byte reservation with a rare widening was already
@@ -837,9 +841,10 @@ speed: untraced drains of 90k-165k tasks a second):
   and a drain's last 1,344; a queue overflowing drops single spans, not whole batches. That
   fits the exit's last flush (two seconds) running out while the export was behind. A flush at
   exit that runs out of time now logs how many spans it left unsent (queued and in flight;
-  test `an_exit_that_runs_out_of_time_says_how_many_spans_are_left`), and `make bench` keeps
-  the drains' worker logs in `target/bench-workers.log` (`BENCH_WORKER_LOG`), so the next loss
-  says which it was.
+  test `an_exit_that_runs_out_of_time_says_how_many_spans_are_left`); it is given 1.75 s of
+  the exit's two, so that the warning is written before the program ends (with both at 2 s, a
+  review saw it missing in 2 exits of 20). `make bench` keeps the tracing drains' worker logs
+  in `target/bench-workers.log` (`BENCH_WORKER_LOG`), so the next loss says which it was.
 
 ### The queue moved into its own crate (issue 12)
 
@@ -941,17 +946,18 @@ fn fmt_rate(values: &[f64]) -> String {
     format!("{median:.0} ({min:.0}-{max:.0})")
 }
 
-/// Where a drain's worker process writes its log lines: `BENCH_WORKER_LOG`'s file, appended
-/// to, or nowhere.
-fn worker_log() -> Result<Stdio> {
-    Ok(match config::var("BENCH_WORKER_LOG")? {
-        Some(path) => std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?
-            .into(),
-        None => Stdio::null(),
-    })
+/// `BENCH_WORKER_LOG`'s file, opened (appended to) at start: a path that cannot be written
+/// stops the bench before it runs anything, naming the variable.
+fn open_worker_log() -> Result<Option<std::fs::File>> {
+    let Some(path) = config::var("BENCH_WORKER_LOG")? else {
+        return Ok(None);
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|err| format!("BENCH_WORKER_LOG: cannot open {path:?} to append to: {err}"))?;
+    Ok(Some(file))
 }
 
 fn sibling(name: &str) -> PathBuf {
@@ -961,6 +967,8 @@ fn sibling(name: &str) -> PathBuf {
 
 struct Bench {
     address: String,
+    /// Where the drains' worker processes write their log lines (`BENCH_WORKER_LOG`).
+    worker_log: Option<std::fs::File>,
     port: u16,
     tasks: usize,
     runs: usize,
@@ -969,6 +977,14 @@ struct Bench {
 }
 
 impl Bench {
+    /// A drain's worker process's stderr: the log file, or nowhere.
+    fn worker_log(&self) -> Result<Stdio> {
+        Ok(match &self.worker_log {
+            Some(file) => file.try_clone()?.into(),
+            None => Stdio::null(),
+        })
+    }
+
     fn keys(&self) -> Keys {
         Keys::new(
             Namespace::parse(&format!("bench-{}", uuid::Uuid::new_v4().simple())).expect("ns"),
@@ -1117,7 +1133,7 @@ impl Bench {
                     .env_remove("RUST_LOG")
                     .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                     .stdout(Stdio::null())
-                    .stderr(worker_log()?)
+                    .stderr(self.worker_log()?)
                     .kill_on_drop(true)
                     .spawn()?,
             );
@@ -1193,7 +1209,7 @@ impl Bench {
                     .env("WORKER_CONSUMER_NAME", format!("bench-cluster-{i}"))
                     .env_remove("RUST_LOG")
                     .stdout(Stdio::null())
-                    .stderr(worker_log()?)
+                    .stderr(self.worker_log()?)
                     .kill_on_drop(true)
                     .spawn()?,
             );
@@ -1940,6 +1956,7 @@ async fn main() -> Result<()> {
     let server = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]).await;
     let bench = Bench {
         address: server.address(),
+        worker_log: open_worker_log()?,
         port: server.port,
         tasks,
         runs,

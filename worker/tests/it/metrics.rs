@@ -7,7 +7,7 @@ use simplebank_core::testing::{RedisServer, TestDb, TestRedis, eventually, sigte
 use simplebank_observability::testing::{MetricPoint, OtlpSink};
 use simplebank_queue::{QueueName, Task, TaskPayload};
 
-use crate::helpers::{publisher, recorded_runs, spawn_test_worker, xadd_all};
+use crate::helpers::{publisher, recorded_runs, spawn_test_worker, test_worker_binary, xadd_all};
 
 /// The `test:job` payload of `test_worker`, with its `fail` flag.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -265,6 +265,56 @@ async fn the_exports_own_work_is_not_exported_at_trace_level() {
         names.iter().all(|name| name.starts_with("process ")),
         "{names:?}"
     );
+}
+
+/// A worker whose collector takes the connection and never answers: at exit its last flush
+/// runs out of time, and before the process ends it says how many spans were left unsent (the
+/// flush is given less than the two seconds the exit waits for it, so that the warning is
+/// written: with both at two seconds it was missing from some exits).
+#[tokio::test]
+async fn an_exit_whose_collector_hangs_says_how_many_spans_it_left() {
+    // Bound and never accepted from: connections complete in the kernel's backlog, and no
+    // byte is ever answered.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = silent.local_addr().expect("address").port();
+    let redis = TestRedis::new();
+    xadd_all(&redis, jobs(0..3, false)).await;
+    let mut worker = tokio::process::Command::new(test_worker_binary())
+        .env("REDIS_ADDRESS", &redis.address)
+        .env("REDIS_NAMESPACE", redis.namespace.as_str())
+        .env("WORKER_CONSUMER_NAME", "silent-collector")
+        .env("RUST_LOG", "warn")
+        .env(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        )
+        // Nothing is sent before the exit: its flush has the three spans to send.
+        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start test_worker");
+    eventually("the 3 jobs ran", Duration::from_secs(30), || {
+        let redis = &redis;
+        async move { recorded_runs(redis).await.len() == 3 }
+    })
+    .await;
+    let exit = sigterm(&mut worker, Duration::from_secs(15))
+        .await
+        .expect("the worker stops");
+    assert!(exit.success(), "{exit:?}");
+    let mut log = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut worker.stderr.take().expect("stderr"), &mut log)
+        .await
+        .expect("the worker's log");
+    let line = log
+        .lines()
+        .find(|line| line.contains("spans not exported at exit"))
+        .unwrap_or_else(|| panic!("no warning of the spans left: {log}"));
+    assert!(line.contains("spans=3"), "{line}");
+    assert!(line.contains("ran out of time"), "{line}");
+    drop(silent);
 }
 
 /// A type no worker handles: dead-lettered on arrival.
