@@ -4,12 +4,15 @@
 
 use std::{
     cell::Cell,
+    panic::AssertUnwindSafe,
+    pin::Pin,
     sync::Mutex,
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use opentelemetry_sdk::{
-    error::OTelSdkResult,
+    error::{OTelSdkError, OTelSdkResult},
     metrics::{Temporality, data::ResourceMetrics, exporter::PushMetricExporter},
 };
 
@@ -43,6 +46,36 @@ impl OnceAMinute {
             *last = Some(Instant::now());
         }
         due
+    }
+}
+
+/// What a reply the gRPC client panicked on is, as an export's error.
+#[derive(Debug, thiserror::Error)]
+#[error("the collector's reply could not be read (the gRPC client panicked on it)")]
+pub(crate) struct UnreadableReply;
+
+/// A future whose panic, while it is polled, becomes its output `Err(UnreadableReply)`: tonic
+/// panics on a collector's malformed `grpc-status-details-bin` (`Status::from_header_map`),
+/// which ended the thread that exports, spans or metrics, for the life of the process. The
+/// export fails instead; the panic's message still goes to stderr, by the panic hook.
+pub(crate) struct Unwinding<F>(Pin<Box<F>>);
+
+impl<F: Future> Unwinding<F> {
+    pub fn new(future: F) -> Self {
+        Self(Box::pin(future))
+    }
+}
+
+impl<F: Future> Future for Unwinding<F> {
+    type Output = Result<F::Output, UnreadableReply>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.get_mut().0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_panic) => Poll::Ready(Err(UnreadableReply)),
+        }
     }
 }
 
@@ -113,7 +146,11 @@ pub fn on_own_thread<T: Send + 'static>(
 
 impl<E: PushMetricExporter> PushMetricExporter for WarnOnFailure<E> {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
-        let result = self.inner.export(metrics).await;
+        let result = Unwinding::new(self.inner.export(metrics))
+            .await
+            .unwrap_or_else(|unreadable| {
+                Err(OTelSdkError::InternalFailure(unreadable.to_string()))
+            });
         if let Err(err) = &result
             && self.failure_warned.due()
         {

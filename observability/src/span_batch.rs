@@ -360,7 +360,7 @@ fn send_batches(queue: &Queue, exporter: &OtlpSpanExporter, runtime: &tokio::run
     // However the thread ends, even by a panic: no more spans are taken, and flushes return.
     let _stops = Stops(queue);
     let failure_warned = OnceAMinute::default();
-    let mut losses = Losses::default();
+    let losses = Losses::default();
     let mut state = queue.lock();
     loop {
         if let Some(batch) = state.closed.pop_front() {
@@ -425,40 +425,46 @@ fn send_batches(queue: &Queue, exporter: &OtlpSpanExporter, runtime: &tokio::run
     }
 }
 
-/// Spans dropped and not yet told of.
+/// When the spans dropped were last told of.
 #[derive(Default)]
 struct Losses {
-    dropped: usize,
-    too_large: usize,
     warned: OnceAMinute,
 }
 
 impl Losses {
     /// Warns of the spans dropped since the last warning, if there were any and a minute has
     /// passed since it; at exit (`last`), whenever it was.
-    fn tell(&mut self, queue: &Queue, last: bool) {
-        self.dropped += queue.dropped.swap(0, Ordering::Relaxed);
-        self.too_large += queue.too_large.swap(0, Ordering::Relaxed);
-        if (self.dropped == 0 && self.too_large == 0) || !(last || self.warned.due()) {
-            return;
+    fn tell(&self, queue: &Queue, last: bool) {
+        let pending =
+            queue.dropped.load(Ordering::Relaxed) + queue.too_large.load(Ordering::Relaxed);
+        if pending > 0 && (last || self.warned.due()) {
+            queue.report_losses();
         }
-        if self.dropped > 0 {
+    }
+}
+
+impl Queue {
+    /// Warns of the spans dropped and not yet told of (the counts wait in the queue until
+    /// then, so that an exit whose export is stuck can still tell of them).
+    fn report_losses(&self) {
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        let too_large = self.too_large.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
             tracing::warn!(
                 target: "simplebank::otlp",
-                spans = self.dropped,
-                max_queue_size = queue.settings.max_queue,
+                spans = dropped,
+                max_queue_size = self.settings.max_queue,
                 "dropped spans: the export queue was full (OTEL_BSP_MAX_QUEUE_SIZE; the collector is slow or down, or spans end faster than they are sent) (next warning in a minute at the earliest)"
             );
         }
-        if self.too_large > 0 {
+        if too_large > 0 {
             tracing::warn!(
                 target: "simplebank::otlp",
-                spans = self.too_large,
+                spans = too_large,
                 limit_bytes = MAX_REQUEST_BYTES,
                 "dropped spans too large for an OTLP request on their own (an attribute of megabytes); the others are exported (next warning in a minute at the earliest)"
             );
         }
-        (self.dropped, self.too_large) = (0, 0);
     }
 }
 
@@ -467,6 +473,12 @@ struct Stops<'a>(&'a Queue);
 
 impl Drop for Stops<'_> {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                target: "simplebank::otlp",
+                "the span export thread stopped on a panic: spans are no longer exported"
+            );
+        }
         let mut state = self.0.lock();
         state.stopping = true;
         state.stopped = true;
@@ -542,6 +554,8 @@ impl SpanProcessor for SpanBatcher {
                 "spans not exported at exit: {cause}"
             );
         }
+        // The `otlp-batch` thread tells of these when it ends, which it may not do in time.
+        self.queue.report_losses();
         Err(err)
     }
 
@@ -557,7 +571,7 @@ mod tests {
 
     use super::*;
     use crate::span_export::tests::against_a_collector::{
-        Scripted, collector, exporter, serve, span,
+        Scripted, collector, exhausted, exporter, serve, span,
     };
 
     const MB: usize = 1024 * 1024;
@@ -813,32 +827,36 @@ mod tests {
             .unwrap();
     }
 
-    /// Against a collector that hangs, the spans dropped meanwhile are taken to be told of while
-    /// the export waits, not only once it ends (up to its timeout, which can be minutes).
+    /// Against a collector that hangs, or one that asks for a long wait before the retry, the
+    /// spans dropped meanwhile are taken to be told of while the export waits, not only once it
+    /// ends (up to its timeout, which can be minutes).
     #[tokio::test(flavor = "multi_thread")]
-    async fn losses_are_told_of_while_an_export_hangs() {
-        let (collector, url) = serve(Scripted {
+    async fn losses_are_told_of_while_an_export_waits() {
+        let hanging = serve(Scripted {
             hang_from: Some(1),
             ..Scripted::default()
         })
         .await;
-        let batcher = batcher(url, Duration::from_secs(60), settings(60_000, 1, 1));
-        batcher.on_end(span(0));
-        while collector.calls.load(Ordering::SeqCst) == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        for _ in 0..3 {
+        let asking = collector(vec![exhausted(Some(Duration::from_secs(50)))]).await;
+        for (collector, url) in [hanging, asking] {
+            let batcher = batcher(url, Duration::from_secs(60), settings(60_000, 1, 1));
             batcher.on_end(span(0));
-        }
-        assert_eq!(batcher.queue.dropped.load(Ordering::Relaxed), 2);
-        for _ in 0..500 {
-            if batcher.queue.dropped.load(Ordering::Relaxed) == 0 {
-                break;
+            while collector.calls.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            for _ in 0..3 {
+                batcher.on_end(span(0));
+            }
+            assert_eq!(batcher.queue.dropped.load(Ordering::Relaxed), 2);
+            for _ in 0..500 {
+                if batcher.queue.dropped.load(Ordering::Relaxed) == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(batcher.queue.dropped.load(Ordering::Relaxed), 0);
+            assert_eq!(collector.calls.load(Ordering::SeqCst), 1, "still waiting");
         }
-        assert_eq!(batcher.queue.dropped.load(Ordering::Relaxed), 0);
-        assert_eq!(collector.replied.load(Ordering::SeqCst), 0, "still hanging");
     }
 
     /// An exit whose last flush runs out of time says how many spans it leaves unsent, the

@@ -26,7 +26,7 @@ use tonic::{
 use crate::{
     InitError,
     endpoint::{Endpoint, first_set, invalid},
-    export::OnceAMinute,
+    export::{OnceAMinute, Unwinding},
 };
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -377,9 +377,9 @@ impl OtlpSpanExporter {
                     {
                         return Err(OTelSdkError::InternalFailure(self.describe(&status)));
                     }
-                    // This future runs on the `otlp-batch` thread, which has nothing else to
-                    // do meanwhile, on a runtime with no timer.
-                    std::thread::sleep(wait);
+                    // On the `otlp-batch` thread's runtime, whose timer also tells of the spans
+                    // dropped meanwhile (a collector may ask for a wait of minutes).
+                    tokio::time::sleep(wait).await;
                     retries += 1;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -401,13 +401,13 @@ impl OtlpSpanExporter {
         grpc.ready()
             .await
             .map_err(|err| Status::from_error(err.into()))?;
-        let response = grpc
-            .unary(
-                request,
-                tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH),
-                Raw,
-            )
-            .await?;
+        let response = Unwinding::new(grpc.unary(
+            request,
+            tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH),
+            Raw,
+        ))
+        .await
+        .map_err(|unreadable| Status::from_error(Box::new(unreadable)))??;
         Ok(response.into_inner())
     }
 
@@ -420,11 +420,20 @@ impl OtlpSpanExporter {
         let mut cause = std::error::Error::source(status);
         while let Some(err) = cause {
             text.push_str(": ");
+            // h2 quotes a GOAWAY's debug data: text the collector chose, as its status message.
+            if let Some(h2) = err.downcast_ref::<h2::Error>()
+                && h2.is_go_away()
+            {
+                text.push_str("the collector closed the connection (GOAWAY");
+                if let Some(reason) = h2.reason() {
+                    text.push_str(&format!(", {reason:?}"));
+                }
+                text.push(')');
+                break;
+            }
             text.push_str(&err.to_string());
             cause = err.source();
         }
-        // (h2 quotes a GOAWAY's debug data, the collector's text: the warning keeps 300
-        // characters of it, `export::capped`.)
         text
     }
 
@@ -590,7 +599,7 @@ pub(crate) mod tests {
         use super::*;
         use crate::{span_batch::Batch, span_encoding::EncodedResource};
 
-        type Reply = Result<ExportTraceServiceResponse, Status>;
+        pub(crate) type Reply = Result<ExportTraceServiceResponse, Status>;
 
         /// A collector answering each export with the next scripted reply (then success),
         /// after `delay`; from call `hang_from` on (counting from 1), never.
@@ -755,7 +764,7 @@ pub(crate) mod tests {
             assert_no_secret(&err);
         }
 
-        fn exhausted(retry_after: Option<Duration>) -> Reply {
+        pub(crate) fn exhausted(retry_after: Option<Duration>) -> Reply {
             let details = match retry_after {
                 Some(delay) => tonic_types::ErrorDetails::with_retry_info(Some(delay)),
                 None => tonic_types::ErrorDetails::new(),
@@ -798,6 +807,118 @@ pub(crate) mod tests {
                 .unwrap_err();
             assert_eq!(later.calls.load(Ordering::SeqCst), 1);
             assert!(started.elapsed() < Duration::from_secs(2));
+        }
+
+        /// A collector answering its first `bad` requests with a status whose
+        /// `grpc-status-details-bin` is not base64 (tonic panics reading it), then with success;
+        /// counts the requests.
+        async fn malformed_details(bad: usize) -> (Arc<AtomicUsize>, String) {
+            use tonic::codegen::http;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let calls = Arc::new(AtomicUsize::new(0));
+            let counted = Arc::clone(&calls);
+            tokio::spawn(async move {
+                while let Ok((socket, _)) = listener.accept().await {
+                    let mut connection = h2::server::handshake(socket).await.unwrap();
+                    let calls = Arc::clone(&counted);
+                    tokio::spawn(async move {
+                        while let Some(Ok((request, mut respond))) = connection.accept().await {
+                            let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                            tokio::spawn(async move {
+                                let mut body = request.into_body();
+                                while let Some(Ok(chunk)) = body.data().await {
+                                    let _ = body.flow_control().release_capacity(chunk.len());
+                                }
+                                let head = http::Response::builder()
+                                    .header("content-type", "application/grpc");
+                                if call <= bad {
+                                    let head = head
+                                        .header("grpc-status", "14")
+                                        .header("grpc-status-details-bin", "!!!");
+                                    let _ = respond.send_response(head.body(()).unwrap(), true);
+                                    return;
+                                }
+                                let mut stream = respond
+                                    .send_response(head.body(()).unwrap(), false)
+                                    .unwrap();
+                                let _ = stream.send_data(Bytes::from_static(&[0; 5]), false);
+                                let mut trailers = http::HeaderMap::new();
+                                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                                let _ = stream.send_trailers(trailers);
+                            });
+                        }
+                    });
+                }
+            });
+            (calls, url)
+        }
+
+        /// A reply the gRPC client panics on fails its export, not retried, and the exporter
+        /// goes on: the panic ended the `otlp-batch` thread, and every span after it was lost.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_reply_the_grpc_client_panics_on_fails_that_export_only() {
+            let (calls, url) = malformed_details(1).await;
+            let exporter = exporter(url, DEFAULT_TIMEOUT);
+            let err = exporter.export(batch()).await.unwrap_err();
+            assert!(err.to_string().contains("could not be read"), "{err}");
+            assert_eq!(calls.load(Ordering::SeqCst), 1);
+            exporter.export(batch()).await.unwrap();
+            assert_eq!(calls.load(Ordering::SeqCst), 2);
+        }
+
+        /// A collector that answers each request with a GOAWAY whose debug data quotes what it
+        /// was sent (an API key).
+        async fn goaway_with_debug_data() -> String {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            tokio::spawn(async move {
+                while let Ok((mut socket, _)) = listener.accept().await {
+                    tokio::spawn(async move {
+                        let mut preface = [0; 24];
+                        socket.read_exact(&mut preface).await?;
+                        // SETTINGS (empty), then an ACK of the client's.
+                        socket.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await?;
+                        socket.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await?;
+                        loop {
+                            let mut head = [0; 9];
+                            socket.read_exact(&mut head).await?;
+                            let length = usize::from(head[0]) << 16
+                                | usize::from(head[1]) << 8
+                                | usize::from(head[2]);
+                            let mut payload = vec![0; length];
+                            socket.read_exact(&mut payload).await?;
+                            if head[3] == 1 {
+                                break;
+                            }
+                        }
+                        // GOAWAY: last stream 0, INTERNAL_ERROR, the debug data.
+                        let debug = b"api-key=S3CR3T \xe2\x80\xae\x1b[31m\r\nforged";
+                        let mut frame = vec![0, 0, (8 + debug.len()) as u8, 7, 0, 0, 0, 0, 0];
+                        frame.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 2]);
+                        frame.extend_from_slice(debug);
+                        socket.write_all(&frame).await?;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        std::io::Result::Ok(())
+                    });
+                }
+            });
+            url
+        }
+
+        /// A GOAWAY's debug data is the collector's text, left out of the error as its status
+        /// message is.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_goaways_debug_data_is_left_out() {
+            let url = goaway_with_debug_data().await;
+            let err = exporter(url, Duration::from_secs(5))
+                .export(batch())
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("GOAWAY"), "{err}");
+            assert!(!err.to_string().contains("forged"), "{err}");
+            assert_no_secret(&err);
         }
 
         #[tokio::test(flavor = "multi_thread")]
