@@ -175,3 +175,50 @@ impl<E: PushMetricExporter> PushMetricExporter for WarnOnFailure<E> {
         self.inner.temporality()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A metrics exporter that panics on its first export, as opentelemetry-otlp's did on a
+    /// collector's malformed `grpc-status-details-bin` (tonic's panic), then succeeds.
+    #[derive(Default)]
+    struct PanicsOnce(AtomicUsize);
+
+    impl PushMetricExporter for PanicsOnce {
+        async fn export(&self, _metrics: &ResourceMetrics) -> OTelSdkResult {
+            tokio::task::yield_now().await;
+            assert!(
+                self.0.fetch_add(1, Ordering::SeqCst) > 0,
+                "Invalid status header, expected base64 encoded value"
+            );
+            Ok(())
+        }
+
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+
+        fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+            Ok(())
+        }
+
+        fn temporality(&self) -> Temporality {
+            Temporality::Cumulative
+        }
+    }
+
+    /// The panic fails that export, and the next goes through: it ended the SDK's periodic
+    /// reader thread, and no metric was exported after it.
+    #[tokio::test]
+    async fn a_panicking_metrics_export_fails_that_export_only() {
+        let exporter = WarnOnFailure::new(PanicsOnce::default());
+        let metrics = ResourceMetrics::default();
+        let err = exporter.export(&metrics).await.unwrap_err();
+        assert!(err.to_string().contains("could not be read"), "{err}");
+        exporter.export(&metrics).await.unwrap();
+        assert_eq!(exporter.inner.0.load(Ordering::SeqCst), 2);
+    }
+}
