@@ -4,10 +4,7 @@
 
 use std::{
     cell::Cell,
-    panic::AssertUnwindSafe,
-    pin::Pin,
     sync::Mutex,
-    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -54,29 +51,15 @@ impl OnceAMinute {
 #[error("the collector's reply could not be read (the gRPC client panicked on it)")]
 pub(crate) struct UnreadableReply;
 
-/// A future whose panic, while it is polled, becomes its output `Err(UnreadableReply)`: tonic
-/// panics on a collector's malformed `grpc-status-details-bin` (`Status::from_header_map`),
-/// which ended the thread that exports, spans or metrics, for the life of the process. The
-/// export fails instead; the panic's message still goes to stderr, by the panic hook.
-pub(crate) struct Unwinding<F>(Pin<Box<F>>);
-
-impl<F: Future> Unwinding<F> {
-    pub fn new(future: F) -> Self {
-        Self(Box::pin(future))
-    }
-}
-
-impl<F: Future> Future for Unwinding<F> {
-    type Output = Result<F::Output, UnreadableReply>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = &mut self.get_mut().0;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
-            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(_panic) => Poll::Ready(Err(UnreadableReply)),
-        }
-    }
+/// Awaits an export's `future`, a panic while it is polled becoming `Err(UnreadableReply)`:
+/// tonic panics on a collector's malformed `grpc-status-details-bin`
+/// (`Status::from_header_map`), which ended the thread that exports, spans or metrics, for the
+/// life of the process. The export fails instead; the panic's message still goes to stderr, by
+/// the panic hook.
+pub(crate) async fn unwinding<T>(future: impl Future<Output = T>) -> Result<T, UnreadableReply> {
+    simplebank_queue::CatchUnwind(std::pin::pin!(future))
+        .await
+        .map_err(|_panic| UnreadableReply)
 }
 
 #[derive(Debug)]
@@ -146,7 +129,7 @@ pub fn on_own_thread<T: Send + 'static>(
 
 impl<E: PushMetricExporter> PushMetricExporter for WarnOnFailure<E> {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
-        let result = Unwinding::new(self.inner.export(metrics))
+        let result = unwinding(self.inner.export(metrics))
             .await
             .unwrap_or_else(|unreadable| {
                 Err(OTelSdkError::InternalFailure(unreadable.to_string()))

@@ -339,7 +339,7 @@ impl SpanBatcher {
         let exporter = Arc::new(exporter);
         // The exporter's calls are futures on a tonic channel driven by the `otlp-export`
         // thread: this runtime only waits for them, with a timer to tell of losses meanwhile
-        // (`deliver` sleeps between retries).
+        // and for `deliver`'s waits between retries.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -360,7 +360,7 @@ fn send_batches(queue: &Queue, exporter: &OtlpSpanExporter, runtime: &tokio::run
     // However the thread ends, even by a panic: no more spans are taken, and flushes return.
     let _stops = Stops(queue);
     let failure_warned = OnceAMinute::default();
-    let losses = Losses::default();
+    let losses_warned = OnceAMinute::default();
     let mut state = queue.lock();
     loop {
         if let Some(batch) = state.closed.pop_front() {
@@ -381,7 +381,7 @@ fn send_batches(queue: &Queue, exporter: &OtlpSpanExporter, runtime: &tokio::run
                 loop {
                     tokio::select! {
                         result = &mut export => break result,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => losses.tell(queue, false),
+                        () = tokio::time::sleep(Duration::from_secs(1)) => queue.tell_losses(&losses_warned, false),
                     }
                 }
             });
@@ -394,7 +394,7 @@ fn send_batches(queue: &Queue, exporter: &OtlpSpanExporter, runtime: &tokio::run
                     "cannot export spans to the OTLP collector; dropping them (next warning in a minute at the earliest)"
                 );
             }
-            losses.tell(queue, false);
+            queue.tell_losses(&losses_warned, false);
             state = queue.lock();
             state.last_done = seq;
             state.sending = 0;
@@ -404,7 +404,7 @@ fn send_batches(queue: &Queue, exporter: &OtlpSpanExporter, runtime: &tokio::run
         // (Shutdown closed the open batch when it set `stopping`, and no span is added after.)
         if state.stopping {
             drop(state);
-            losses.tell(queue, true);
+            queue.tell_losses(&losses_warned, true);
             return;
         }
         let due = state.last_export + queue.settings.delay;
@@ -420,30 +420,21 @@ fn send_batches(queue: &Queue, exporter: &OtlpSpanExporter, runtime: &tokio::run
             .unwrap_or_else(|e| e.into_inner())
             .0;
         drop(state);
-        losses.tell(queue, false);
+        queue.tell_losses(&losses_warned, false);
         state = queue.lock();
     }
 }
 
-/// When the spans dropped were last told of.
-#[derive(Default)]
-struct Losses {
-    warned: OnceAMinute,
-}
-
-impl Losses {
+impl Queue {
     /// Warns of the spans dropped since the last warning, if there were any and a minute has
-    /// passed since it; at exit (`last`), whenever it was.
-    fn tell(&self, queue: &Queue, last: bool) {
-        let pending =
-            queue.dropped.load(Ordering::Relaxed) + queue.too_large.load(Ordering::Relaxed);
-        if pending > 0 && (last || self.warned.due()) {
-            queue.report_losses();
+    /// passed since it (`warned`); at exit (`last`), whenever it was.
+    fn tell_losses(&self, warned: &OnceAMinute, last: bool) {
+        let pending = self.dropped.load(Ordering::Relaxed) + self.too_large.load(Ordering::Relaxed);
+        if pending > 0 && (last || warned.due()) {
+            self.report_losses();
         }
     }
-}
 
-impl Queue {
     /// Warns of the spans dropped and not yet told of (the counts wait in the queue until
     /// then, so that an exit whose export is stuck can still tell of them).
     fn report_losses(&self) {

@@ -64,20 +64,11 @@ pub(crate) fn span_entry(out: &mut Vec<u8>, span: &SpanData) {
     out.extend_from_slice(&[0, 0]);
     encode_span(out, span);
     let length = out.len() - at - 2;
-    match length {
-        0..0x80 => {
-            out[at] = length as u8;
-            out.remove(at + 1);
-        }
-        0x80..0x4000 => {
-            out[at] = (length as u8) | 0x80;
-            out[at + 1] = (length >> 7) as u8;
-        }
-        _ => {
-            let mut prefix = Vec::with_capacity(10);
-            varint(&mut prefix, length as u64);
-            out.splice(at..at + 2, prefix);
-        }
+    if let 0x80..0x4000 = length {
+        out[at] = (length as u8) | 0x80;
+        out[at + 1] = (length >> 7) as u8;
+    } else {
+        put_length(out, at..at + 2, length);
     }
 }
 
@@ -210,29 +201,27 @@ fn nanos(time: SystemTime) -> u64 {
 /// A `KeyValue` message as field `field`.
 fn key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
     // The common cases, a short key with a short text or a small whole number, written header
-    // by header: what the general path writes, without its reserved lengths.
-    match value {
+    // by header: what the general path writes, without its reserved lengths. `any` is the
+    // `AnyValue` field's first bytes (its tag, its length, then the value's), `text` the rest.
+    let short = match value {
         Value::String(text) => {
-            let text = text.as_str();
-            if let Some(header) = short_header(field, key.len(), 2 + text.len()) {
-                out.extend_from_slice(&header);
-                out.extend_from_slice(key.as_bytes());
-                // AnyValue.string_value = 1
-                out.extend_from_slice(&[0x12, text.len() as u8 + 2, 0x0a, text.len() as u8]);
-                out.extend_from_slice(text.as_bytes());
-                return;
-            }
+            let text = text.as_str().as_bytes();
+            // AnyValue.string_value = 1
+            (text.len() < 0x80)
+                .then(|| ([0x12, text.len() as u8 + 2, 0x0a, text.len() as u8], text))
         }
-        Value::I64(number @ 0..0x80) => {
-            if let Some(header) = short_header(field, key.len(), 2) {
-                out.extend_from_slice(&header);
-                out.extend_from_slice(key.as_bytes());
-                // AnyValue.int_value = 3
-                out.extend_from_slice(&[0x12, 2, 0x18, *number as u8]);
-                return;
-            }
-        }
-        _ => {}
+        // AnyValue.int_value = 3
+        Value::I64(number @ 0..0x80) => Some(([0x12, 2, 0x18, *number as u8], &[][..])),
+        _ => None,
+    };
+    if let Some((any, text)) = short
+        && let Some(header) = short_header(field, key.len(), usize::from(any[1]))
+    {
+        out.extend_from_slice(&header);
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(&any);
+        out.extend_from_slice(text);
+        return;
     }
     message(out, field, |out| {
         string(out, 1, key);
@@ -319,9 +308,15 @@ fn message(out: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
         out[at] = short;
         return;
     }
+    put_length(out, at..at + 1, length);
+}
+
+/// Writes `length` in place of the bytes `kept` for it, moving the body after them along when
+/// its varint takes more or fewer.
+fn put_length(out: &mut Vec<u8>, kept: std::ops::Range<usize>, length: usize) {
     let mut prefix = Vec::with_capacity(10);
     varint(&mut prefix, length as u64);
-    out.splice(at..=at, prefix);
+    out.splice(kept, prefix);
 }
 
 /// A string field, left out when empty (proto3's default).

@@ -26,7 +26,7 @@ use tonic::{
 use crate::{
     InitError,
     endpoint::{Endpoint, first_set, invalid},
-    export::{OnceAMinute, Unwinding},
+    export::{OnceAMinute, unwinding},
 };
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -401,7 +401,7 @@ impl OtlpSpanExporter {
         grpc.ready()
             .await
             .map_err(|err| Status::from_error(err.into()))?;
-        let response = Unwinding::new(grpc.unary(
+        let response = unwinding(grpc.unary(
             request,
             tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH),
             Raw,

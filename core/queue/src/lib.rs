@@ -86,7 +86,7 @@ pub mod trace;
 pub mod testing;
 
 pub use consumer::{
-    Backoff, ConsumerError, ConsumerSettings, DEFAULT_DEAD_LETTER_MAX,
+    Backoff, CatchUnwind, ConsumerError, ConsumerSettings, DEFAULT_DEAD_LETTER_MAX,
     DEFAULT_DEAD_LETTER_RETENTION, DEFAULT_VISIBILITY_TIMEOUT, FailureKind, Handler, HandlerError,
     Handlers, MAX_BLOCK, MAX_DEAD_LETTER_MAX, MIN_VISIBILITY_TIMEOUT, QueuesError, SettingsError,
     TaskContext, Worker, parse_queues,

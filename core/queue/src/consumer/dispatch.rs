@@ -689,11 +689,14 @@ where
     }
 }
 
-/// Polls a handler's future, turning a panic into `Err`: a panic is a failed attempt, and the
-/// worker lives on. The handler runs inside its entry's task, not in a task of its own (one
-/// spawn per entry, not two), so it must not block its thread: blocking or CPU-heavy work
-/// belongs in `tokio::task::spawn_blocking`.
-struct CatchUnwind<F>(F);
+/// Polls a future, turning a panic while it is polled into `Err` (the future is not polled
+/// again). Here a handler's: a panic is a failed attempt, and the worker lives on. The handler
+/// runs inside its entry's task, not in a task of its own (one spawn per entry, not two), so it
+/// must not block its thread: blocking or CPU-heavy work belongs in
+/// `tokio::task::spawn_blocking`. The OTLP exporters use it too (`simplebank-observability`):
+/// tonic panics on some replies a collector can send.
+#[derive(Debug)]
+pub struct CatchUnwind<F>(pub F);
 
 impl<F: Future + Unpin> Future for CatchUnwind<F> {
     type Output = Result<F::Output, Panic>;

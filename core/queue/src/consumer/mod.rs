@@ -30,6 +30,7 @@ use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use backoff::Backoff;
+pub use dispatch::CatchUnwind;
 pub use handler::{FailureKind, Handler, HandlerError, Handlers, TaskContext};
 pub use settings::{
     ConsumerSettings, DEFAULT_DEAD_LETTER_MAX, DEFAULT_DEAD_LETTER_RETENTION,
