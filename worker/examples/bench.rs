@@ -898,6 +898,17 @@ tasks a second in the rounds between them):
     collector's stand-in, on the bench's two-thread runtime otherwise), with and without
     `SCHED_BATCH`: 84.6% against 85.8% (eight rounds each), and 83.4% against 87.4% (ten);
     no gain.
+  - the export's HTTP/2 frames gathered into large writes: a wrapper around the exporter's
+    TCP stream (its own connector for tonic) answered a flush that followed a write at once
+    and kept the bytes, writing them at the next flush with no write since (h2 makes one
+    when it has nothing more to send in that turn) or before a read, 256 KiB at most. It did
+    what it was for: `strace -c` on `otlp-export` over a drain of 50,000 tasks, 1,602
+    `writev` calls (1,833 system calls in all) before, 150 `sendto` (372) with it. The drain
+    did not follow: twelve alternated rounds of each (the method above), always_on 83.5% with
+    it against 86.4% without (72-112% and 72-108%), and one of its 24 always_on drains lost
+    32,392 spans to a full queue (the export fell behind for over half a second; none lost
+    without it, nor in any round before). Fewer, larger writes do not make the bytes cheaper
+    to move or to receive; not committed.
 - Not a factor: the traced worker's start. The first task was taken 20-31 ms after the
   worker was spawned, traced or not (nine drains).
 - Where a traced drain's CPU goes, from `/proc` over each worker's life (two rounds): the
