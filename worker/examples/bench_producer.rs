@@ -4,7 +4,8 @@
 //! `BENCH_PRODUCE=single`: `Publisher::publish`, 50 concurrent producers awaiting one task at a
 //! time each (sharing one connection, as an application's request handlers do);
 //! `batch`: `Publisher::publish_batch` of 1,000 at a time. Prints nothing; exits 0 when every
-//! task is in Redis.
+//! task is in Redis. `RUST_LOG` set installs the project's tracing and metrics (OTLP export,
+//! from `OTEL_*`), as in `bench_worker`.
 
 use std::sync::{
     Arc,
@@ -16,6 +17,8 @@ use simplebank_queue::{Keys, Publisher, Task};
 
 #[path = "shared/ping.rs"]
 mod ping;
+#[path = "shared/telemetry.rs"]
+mod telemetry;
 use ping::{Ping, now_us};
 
 /// Several runtime threads, like a server publishing from its request handlers.
@@ -23,6 +26,8 @@ use ping::{Ping, now_us};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let common = CommonConfig::from_env()?;
     let tasks: usize = config::parse_or("BENCH_TASKS", 100_000)?;
+    // Before the publisher, which binds its metrics to the meter installed then.
+    let _telemetry = telemetry::from_env("simplebank-bench-producer")?;
     let publisher = Publisher::new(
         common
             .redis_endpoint()?

@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "shared/ping.rs"]
 mod ping;
+#[path = "shared/telemetry.rs"]
+mod telemetry;
 use ping::{Ping, now_us};
 
 #[derive(Default)]
@@ -69,15 +71,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => None,
     };
     let out = config::var("BENCH_LATENCY_FILE")?.ok_or("BENCH_LATENCY_FILE is not set")?;
-    let _telemetry = match config::var("RUST_LOG")? {
-        Some(_) => Some(simplebank_observability::init(
-            &simplebank_observability::Config {
-                default_service_name: "simplebank-bench-worker",
-                log_format: simplebank_observability::LogFormat::Pretty,
-            },
-        )?),
-        None => None,
-    };
+    let _telemetry = telemetry::from_env("simplebank-bench-worker")?;
     let shutdown = CancellationToken::new();
     let recorder = Recorder {
         record: Arc::new(Record {

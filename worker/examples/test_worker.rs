@@ -10,12 +10,15 @@
 use std::time::Duration;
 
 use simplebank_core::{
-    config::{self, CommonConfig},
+    config::CommonConfig,
     redis_client::{self, Connection},
 };
 use simplebank_queue::{Handler, HandlerError, Handlers, Keys, TaskContext, TaskPayload, Worker};
 
 use tokio_util::sync::CancellationToken;
+
+#[path = "shared/telemetry.rs"]
+mod telemetry;
 
 /// The allocator `simplebank-worker` uses (worker/src/main.rs), so the benchmarks' drains
 /// measure what ships.
@@ -73,15 +76,7 @@ impl Handler<Job> for Recorder {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let common = CommonConfig::from_env()?;
     let settings = simplebank_worker::config::consumer_settings_from_env()?;
-    let telemetry = match config::var("RUST_LOG")? {
-        Some(_) => Some(simplebank_observability::init(
-            &simplebank_observability::Config {
-                default_service_name: "simplebank-test-worker",
-                log_format: simplebank_observability::LogFormat::Pretty,
-            },
-        )?),
-        None => None,
-    };
+    let telemetry = telemetry::from_env("simplebank-test-worker")?;
     // REDIS_CLUSTER and REDIS_TLS_* as the worker binary: the fault tests run this on a
     // cluster too.
     let endpoint = common.redis_endpoint()?;
