@@ -3,8 +3,6 @@
 //! Uses the OpenTelemetry API only: the embedding program installs the propagator and the
 //! exporter (with neither, these do nothing).
 
-use std::collections::HashMap;
-
 use opentelemetry::{
     Context,
     propagation::{Extractor, Injector},
@@ -21,11 +19,18 @@ pub struct TraceContext {
     pub tracestate: Option<String>,
 }
 
-struct Carrier(HashMap<String, String>);
+/// What a propagator writes: the two W3C headers a task carries, kept as they come (no map of
+/// copied keys for each publish: BENCHMARKS.md, scenario 9); anything else is not carried.
+#[derive(Default)]
+struct Carrier(TraceContext);
 
 impl Injector for Carrier {
     fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key.to_owned(), value);
+        match key {
+            "traceparent" => self.0.traceparent = Some(value),
+            "tracestate" => self.0.tracestate = Some(value),
+            _ => {}
+        }
     }
 }
 
@@ -36,14 +41,15 @@ pub fn context_of(span: &tracing::Span) -> TraceContext {
     if span.is_disabled() {
         return TraceContext::default();
     }
-    let mut carrier = Carrier(HashMap::new());
+    let mut carrier = Carrier::default();
     let context = span.context();
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut carrier);
     });
+    let Carrier(trace) = carrier;
     TraceContext {
-        traceparent: carrier.0.remove("traceparent").filter(|v| !v.is_empty()),
-        tracestate: carrier.0.remove("tracestate").filter(|v| !v.is_empty()),
+        traceparent: trace.traceparent.filter(|v| !v.is_empty()),
+        tracestate: trace.tracestate.filter(|v| !v.is_empty()),
     }
 }
 
@@ -219,5 +225,47 @@ mod tests {
         let (described, spans) = process_span(Sampler::AlwaysOff, &TraceContext::default());
         assert!(!described);
         assert!(spans.is_empty());
+    }
+
+    /// A span's context, as a task carries it: its own ids under the parent's trace, and the
+    /// parent's `tracestate`; a disabled span gives none.
+    #[test]
+    fn a_spans_context_is_written_as_the_w3c_headers() {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let parent = TraceContext {
+            tracestate: Some("vendor=value".to_owned()),
+            ..parent("01")
+        };
+        let (context, span_id) = tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("publish", otel.kind = "producer");
+            set_parent(&span, &parent);
+            let context = context_of(&span);
+            let span_id = span.context().span().span_context().span_id().to_string();
+            (context, span_id)
+        });
+        assert_eq!(
+            context.traceparent.as_deref(),
+            Some(format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{span_id}-01").as_str())
+        );
+        assert_ne!(span_id, "00f067aa0ba902b7");
+        assert_eq!(context.tracestate.as_deref(), Some("vendor=value"));
+
+        // No tracestate to carry: none, not an empty one.
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let context = tracing::subscriber::with_default(subscriber, || {
+            context_of(&tracing::info_span!("publish"))
+        });
+        assert!(context.traceparent.is_some());
+        assert_eq!(context.tracestate, None);
+
+        let disabled = context_of(&tracing::Span::none());
+        assert_eq!(disabled, TraceContext::default());
     }
 }
