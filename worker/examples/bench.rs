@@ -597,10 +597,13 @@ producer):
   at a few percent of the drain (97.9% and 102.4% of off in these runs). Most of the rest is
   the log subscriber with its spans and the trace context: the producer takes some 3.5 µs
   more a publish, even when its span is not sampled, and the worker 2.5-4 µs more a task.
-- By function, callgrind (instructions, deterministic) over 10,000 tasks, each process with
-  `RUST_LOG=warn OTEL_METRICS_EXPORTER=none` against none (`bench_producer` one at a time
-  into a namespace of its own, then `bench_worker` draining what it wrote; start-up
-  included):
+- By function, callgrind (instructions; one run each, the count of polls varying a little
+  with timing) over 10,000 tasks, each process with `RUST_LOG=warn OTEL_METRICS_EXPORTER=none`
+  against no `RUST_LOG` at all: `BENCH_TASKS=10000 BENCH_PRODUCE=single valgrind
+  --tool=callgrind target/release/examples/bench_producer` into a namespace of its own
+  (`REDIS_NAMESPACE`), then `BENCH_STOP_AT=10000 BENCH_LATENCY_FILE=<file> valgrind
+  --tool=callgrind target/release/examples/bench_worker` draining what it wrote. Each figure
+  is the total over 10,000, start-up included, read with `callgrind_annotate --inclusive=yes`:
   - the producer, 12.7k instructions a publish without telemetry, 35.2k with: the trace
     context written into the task (`trace::context_of`) 7.5k, of which the propagator 4.4k
     (its `format!` of `traceparent` 2.9k) and the map it wrote into 2.3k; the span's creation

@@ -19,8 +19,8 @@ pub struct TraceContext {
     pub tracestate: Option<String>,
 }
 
-/// What a propagator writes: the two W3C headers a task carries, kept as they come (no map of
-/// copied keys for each publish: BENCHMARKS.md, scenario 9); anything else is not carried.
+/// What a propagator writes: the two W3C headers a task carries (no map of copied keys for
+/// each publish: BENCHMARKS.md, scenario 9); anything else is not carried.
 #[derive(Default)]
 struct Carrier(TraceContext);
 
