@@ -1136,10 +1136,10 @@ struct Bench {
     runs: usize,
     /// Tasks per end-to-end run.
     e2e_tasks: usize,
-    /// Where simplebank's end-to-end processes export their metrics (scenarios 9 and 10):
-    /// a receiver in this process, which counts the exports.
-    metrics: simplebank_observability::testing::OtlpSink,
-    metrics_endpoint: String,
+    /// The receiver of the worker processes' OTLP exports (scenarios 7 to 10), in this
+    /// process: it counts the spans and the metric exports.
+    otlp: simplebank_observability::testing::OtlpSink,
+    otlp_endpoint: String,
     /// `BENCH_E2E_METRICS=off` runs them without (no `RUST_LOG`, so no telemetry at all), to
     /// measure what it costs.
     e2e_metrics: bool,
@@ -1163,7 +1163,7 @@ impl Bench {
                  recorded with no traces endpoint, the trace context carried by each task \
                  published one at a time) and export the queue's metrics every second \
                  (scenario 8's \"on\"; {} exports received).",
-                self.metrics.metric_exports() - exports
+                self.otlp.metric_exports() - exports
             )
         } else {
             "no telemetry in either process (`BENCH_E2E_METRICS=off`: no log subscriber, no \
@@ -1603,9 +1603,9 @@ impl Bench {
             };
             cmd.env_remove("RUST_LOG");
             if system == System::Simplebank && self.e2e_metrics {
-                // The queue's metrics on, as in scenario 8's "on" (the issue measures with
-                // them on); the peers have none.
-                cmd.envs(metrics_env(&self.metrics_endpoint).1);
+                // The queue's metrics on, as in scenario 8's "on", as deployed; the peers have
+                // none.
+                cmd.envs(metrics_env(&self.otlp_endpoint).1);
             }
             cmd.env("REDIS_URL", &url)
                 .env("REDIS_HOST", host)
@@ -1791,7 +1791,7 @@ impl Bench {
     /// raw cycle, then 1 and 2 worker processes with each producer. Returns the section.
     async fn e2e_scenario(&self) -> Result<String> {
         let configs = [(1, "single"), (1, "batch"), (2, "single"), (2, "batch")];
-        let exports = self.metrics.metric_exports();
+        let exports = self.otlp.metric_exports();
         let mut runs: Vec<Vec<E2eRun>> = configs.iter().map(|_| Vec::new()).collect();
         let mut cycle = Vec::new();
         let mut loads = Vec::new();
@@ -1945,7 +1945,7 @@ impl Bench {
             .iter()
             .map(|_| systems.iter().map(|_| Vec::new()).collect())
             .collect();
-        let (mut loads, exports) = (Vec::new(), self.metrics.metric_exports());
+        let (mut loads, exports) = (Vec::new(), self.otlp.metric_exports());
         let mut failures = Vec::new();
         for round in 0..self.runs {
             loads.push(load_average());
@@ -2230,7 +2230,7 @@ async fn main() -> Result<()> {
     let tasks: usize = config::parse_or("BENCH_TASKS", 200_000)?;
     let out = config::var("BENCH_OUT")?.unwrap_or_else(|| "BENCHMARKS.md".into());
     let server = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]).await;
-    let (metrics, metrics_port) = simplebank_observability::testing::OtlpSink::start(false).await?;
+    let (otlp, otlp_port) = simplebank_observability::testing::OtlpSink::start(false).await?;
     let bench = Bench {
         address: server.address(),
         worker_log: open_worker_log()?,
@@ -2238,19 +2238,19 @@ async fn main() -> Result<()> {
         tasks,
         runs,
         e2e_tasks: config::parse_or("BENCH_E2E_TASKS", 100_000)?,
-        metrics,
-        metrics_endpoint: format!("http://127.0.0.1:{metrics_port}"),
+        otlp,
+        otlp_endpoint: format!("http://127.0.0.1:{otlp_port}"),
         e2e_metrics: config::var("BENCH_E2E_METRICS")?.as_deref() != Some("off"),
     };
     if config::var("BENCH_ONLY")?.as_deref() == Some("tracing") {
         // Scenario 7's drains alone, for tuning the export.
-        let (sink, port) = simplebank_observability::testing::OtlpSink::start(false).await?;
-        let envs = tracing_env(&format!("http://127.0.0.1:{port}"));
+        let sink = &bench.otlp;
+        let envs = tracing_env(&bench.otlp_endpoint);
         // The worker's CPU seconds per 100k tasks (all its threads) beside each rate: less
         // moved by the other processes on the machine than the rates are.
         for _ in 0..bench.runs {
             let load = load_average();
-            let round = TracingRound::run(&bench, &sink, &envs).await?;
+            let round = TracingRound::run(&bench, sink, &envs).await?;
             let ([off_cpu, on_cpu, ratio_cpu], [a, b]) = (round.cpu, round.spans);
             println!(
                 "tracing off {:.0}/s, on {:.0}/s ({:.0}%), ratio 0.1 {:.0}/s ({:.0}%); \
@@ -2298,15 +2298,14 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     if config::var("BENCH_ONLY")?.as_deref() == Some("metrics") {
-        let (sink, port) = simplebank_observability::testing::OtlpSink::start(false).await?;
-        let rounds = metrics_rounds(&bench, &format!("http://127.0.0.1:{port}")).await?;
+        let rounds = metrics_rounds(&bench, &bench.otlp_endpoint).await?;
         for [off, on] in rounds {
             println!(
                 "metrics off {off:.0}/s, on {on:.0}/s ({:.1}%)",
                 on / off * 100.0
             );
         }
-        println!("metric exports received: {}", sink.metric_exports());
+        println!("metric exports received: {}", bench.otlp.metric_exports());
         return Ok(());
     }
     if config::var("BENCH_ONLY")?.as_deref() == Some("drain") {
@@ -2410,13 +2409,12 @@ async fn main() -> Result<()> {
     let create_user = String::from_utf8_lossy(&create_user.stdout).into_owned();
 
     eprintln!("scenario 7: tracing export off versus on...");
-    let (sink, sink_port) = simplebank_observability::testing::OtlpSink::start(false).await?;
-    let endpoint = format!("http://127.0.0.1:{sink_port}");
+    let (sink, endpoint) = (&bench.otlp, bench.otlp_endpoint.clone());
     let envs = tracing_env(&endpoint);
     let (mut tracing_rounds, mut tracing_loads) = (Vec::new(), Vec::new());
     for _ in 0..bench.runs {
         tracing_loads.push(load_average());
-        tracing_rounds.push(TracingRound::run(&bench, &sink, &envs).await?);
+        tracing_rounds.push(TracingRound::run(&bench, sink, &envs).await?);
     }
     let create_user_traced = std::process::Command::new(sibling("bench_create_user"))
         .env("REDIS_ADDRESS", &bench.address)
