@@ -62,14 +62,45 @@ pub fn set_parent(span: &tracing::Span, trace: &TraceContext) {
     let Some(traceparent) = trace.traceparent.as_deref() else {
         return;
     };
-    // Read in place: no map or copies of the two headers for each task.
+    // Read in place: no map or copies of the two headers for each task (unless the state
+    // needs cutting).
+    let tracestate = trace.tracestate.as_deref().map(capped_tracestate);
     let carrier = Headers {
         traceparent,
-        tracestate: trace.tracestate.as_deref(),
+        tracestate: tracestate.as_deref(),
     };
     let parent: Context =
         opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&carrier));
     let _ = span.set_parent(parent);
+}
+
+/// The most of a `tracestate` carried on: what W3C Trace Context asks every vendor to pass on
+/// whole. A client could otherwise attach some 15 KB (HTTP/2's header limit) to every task,
+/// its retries, its dead letter and every span of its trace.
+const TRACESTATE_MAX: usize = 512;
+
+/// `tracestate` cut to [`TRACESTATE_MAX`] as W3C Trace Context says to cut it: members over
+/// 128 characters go first, then members from the end. Borrowed when short enough.
+fn capped_tracestate(tracestate: &str) -> std::borrow::Cow<'_, str> {
+    if tracestate.len() <= TRACESTATE_MAX {
+        return tracestate.into();
+    }
+    let mut kept = String::new();
+    let members = tracestate
+        .split(',')
+        .map(str::trim)
+        .filter(|member| !member.is_empty() && member.len() <= 128);
+    for member in members {
+        let separator = usize::from(!kept.is_empty());
+        if kept.len() + separator + member.len() > TRACESTATE_MAX {
+            break;
+        }
+        if separator == 1 {
+            kept.push(',');
+        }
+        kept.push_str(member);
+    }
+    kept.into()
 }
 
 /// The two W3C headers of a task, borrowed.
@@ -267,5 +298,44 @@ mod tests {
 
         let disabled = context_of(&tracing::Span::none());
         assert_eq!(disabled, TraceContext::default());
+    }
+
+    /// A `tracestate` past 512 characters is cut as W3C Trace Context says (members over 128
+    /// characters first, then from the end) before it reaches the span and the tasks.
+    #[test]
+    fn a_long_tracestate_is_cut_to_512_characters() {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        let long = format!("big={}", "v".repeat(200));
+        let mut members = vec!["first=1".to_owned(), long.clone()];
+        members.extend((0..29).map(|i| format!("k{i:02}={}", "x".repeat(60))));
+        let tracestate = members.join(",");
+        assert!(tracestate.len() > 2_000);
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let carried = tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("process");
+            set_parent(
+                &span,
+                &TraceContext {
+                    tracestate: Some(tracestate.clone()),
+                    ..parent("01")
+                },
+            );
+            context_of(&span).tracestate.expect("a tracestate")
+        });
+        assert!(carried.len() <= 512, "{} characters", carried.len());
+        assert!(carried.starts_with("first=1,k00="), "{carried}");
+        assert!(!carried.contains(&long));
+        // Whole members only: 7 of the 64-character ones fit after `first=1`.
+        assert_eq!(carried.split(',').count(), 8, "{carried}");
+
+        // Short enough: untouched, and not copied.
+        assert!(matches!(
+            capped_tracestate("a=1,b=2"),
+            std::borrow::Cow::Borrowed("a=1,b=2")
+        ));
     }
 }
