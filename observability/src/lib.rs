@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod propagation;
 mod span_batch;
 mod span_encoding;
+mod span_events;
 mod span_export;
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -325,6 +326,9 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
         .with_target(false)
         .with_tracked_inactivity(false)
         .with_threads(false)
+        // WARN and ERROR events outside `tracing` spans (the queue's spans are made through
+        // the OpenTelemetry API) become events of the attached span.
+        .and_then(span_events::SpanEvents)
         .with_filter(
             // Asked on every span, not once per callsite: the export threads' are left out.
             tracing_subscriber::filter::dynamic_filter_fn(|meta, _| {
@@ -350,11 +354,14 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
             "OTLP compression is not built in: spans and metrics are sent uncompressed"
         );
     }
-    // Installed last, once nothing can fail: libraries create their instruments from the
-    // global provider when they start (a queue `Worker` or `Publisher`).
+    // Installed last, once nothing can fail: libraries create their instruments and tracers
+    // from the global providers when they start (a queue `Worker` or `Publisher`).
     if let Some(meters) = &meters {
         opentelemetry::global::set_meter_provider(meters.clone());
     }
+    // The queue makes its own spans (`send`, `process`) with the global tracer provider's
+    // tracer, outside `tracing` (BENCHMARKS.md, scenario 9).
+    opentelemetry::global::set_tracer_provider(provider.clone());
     Ok(Guard {
         metrics_interval: meters.as_ref().map(|_| interval),
         providers: Some(Providers {

@@ -6,7 +6,6 @@ use std::fmt;
 
 use opentelemetry::trace::TraceContextExt;
 use tracing::{Event, Subscriber};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
     Layer,
     fmt::{FmtContext, FormatEvent, FormatFields, format::Writer},
@@ -87,16 +86,17 @@ where
         let mut line = String::new();
         self.inner
             .format_event(ctx, Writer::new(&mut line), event)?;
-        let ids = ctx.lookup_current().and_then(|_| {
-            let context = tracing::Span::current().context();
-            let span = context.span();
-            let span_context = span.span_context();
-            span_context.is_valid().then(|| {
-                (
-                    span_context.trace_id().to_string(),
-                    span_context.span_id().to_string(),
-                )
-            })
+        // The attached OpenTelemetry context: the current `tracing` span's (tracing-opentelemetry
+        // attaches it while the span is entered) or, inside a task's handler, the queue's
+        // `process` span's, which is not a `tracing` span (`simplebank_queue::trace`).
+        let context = opentelemetry::Context::current();
+        let span = context.span();
+        let span_context = span.span_context();
+        let ids = span_context.is_valid().then(|| {
+            (
+                span_context.trace_id().to_string(),
+                span_context.span_id().to_string(),
+            )
         });
         writer.write_str(&finish(&line, self.json, ids))
     }
@@ -275,9 +275,35 @@ pub(crate) mod tests {
         assert_eq!(json["task_id"], FORGED, "{out:?}");
     }
 
+    /// A line logged where an OpenTelemetry span is attached, with no `tracing` span (a
+    /// handler inside the queue's `process` span), carries that span's ids.
+    #[test]
+    fn a_line_carries_the_ids_of_the_attached_span() {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+        let span = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        let out = logged(LogFormat::Json, || {
+            let _attached = opentelemetry::Context::new()
+                .with_remote_span_context(span)
+                .attach();
+            tracing::warn!("inside");
+        });
+        let json: serde_json::Value = serde_json::from_str(out.trim_end()).unwrap();
+        assert_eq!(
+            json["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+            "{out}"
+        );
+        assert_eq!(json["span_id"], "00f067aa0ba902b7", "{out}");
+        let outside = logged(LogFormat::Pretty, || tracing::warn!("outside"));
+        assert!(!outside.contains("trace_id"), "{outside}");
+    }
+
     /// Inside a span the ids follow the escaped line, once, at its end (JSON: as two members).
-    /// (The subscriber above is a scoped one, inside which a formatter cannot look the span's
-    /// OpenTelemetry context up; the binaries' global one can: server/tests/it/traces.rs.)
     #[test]
     fn the_trace_ids_follow_the_escaped_line() {
         let ids = || {

@@ -28,6 +28,7 @@ use redis::Value;
 use crate::{
     keys::QueueName,
     task::{Envelope, Task},
+    trace::Remote,
 };
 
 /// Why a stream entry is not a task. Names the field, never its value.
@@ -44,6 +45,7 @@ pub(crate) fn encode(envelope: &Envelope) -> Vec<(&'static str, String)> {
     let mut fields = Vec::new();
     each_field(
         &envelope.task,
+        envelope.task.remote_trace(),
         envelope.attempt,
         envelope.first_failed_at,
         envelope.last_error.as_deref(),
@@ -55,20 +57,20 @@ pub(crate) fn encode(envelope: &Envelope) -> Vec<(&'static str, String)> {
 /// `XADD stream * <fields>`: the entry of `task` on its first attempt (what a publisher
 /// writes). The command's buffers are sized up front: growing them argument by argument took
 /// a sixth of a publish (BENCHMARKS.md, end to end).
-pub(crate) fn xadd(stream: &str, task: &Task) -> redis::Cmd {
+pub(crate) fn xadd(stream: &str, task: &Task, trace: Remote<'_>) -> redis::Cmd {
     // "XADD", the stream, "*", and at most 12 fields (a first attempt has no failure yet).
     const ARGS: usize = 3 + 2 * 12;
     // Their names (94 bytes in all) and numbers (72 at most), with room to spare.
     const FIXED: usize = 4 + 1 + 256;
-    let text = [&task.traceparent, &task.tracestate, &task.unique]
+    let text = [trace.traceparent, trace.tracestate, task.unique.as_deref()]
         .into_iter()
         .flatten()
-        .map(String::len)
+        .map(str::len)
         .sum::<usize>();
     let bytes = FIXED + stream.len() + task.id.len() + task.kind.len() + task.payload.len() + text;
     let mut cmd = redis::Cmd::with_capacity(ARGS, bytes);
     cmd.arg("XADD").arg(stream).arg("*");
-    write_new(&mut cmd, task);
+    write_new(&mut cmd, task, trace);
     cmd
 }
 
@@ -76,10 +78,10 @@ pub(crate) fn xadd(stream: &str, task: &Task) -> redis::Cmd {
 /// protocol's bytes (what is written to the socket), without a `redis::Cmd` between: for the
 /// publishers' own connection (`connection::writer`), where encoding through `Cmd` took a
 /// sixth of a publish.
-pub(crate) fn xadd_packed(stream: &str, task: &Task) -> Vec<u8> {
+pub(crate) fn xadd_packed(stream: &str, task: &Task, trace: Remote<'_>) -> Vec<u8> {
     let mut args: u64 = 3;
     let mut bytes = 64 + stream.len();
-    each_field(task, 1, None, None, |name, value| {
+    each_field(task, trace, 1, None, None, |name, value| {
         args += 2;
         bytes += 32 + name.len();
         bytes += if let Field::Text(text) = value {
@@ -96,7 +98,7 @@ pub(crate) fn xadd_packed(stream: &str, task: &Task) -> Vec<u8> {
         bulk(&mut out, arg.as_bytes());
     }
     let mut digits = Vec::with_capacity(20);
-    each_field(task, 1, None, None, |name, value| {
+    each_field(task, trace, 1, None, None, |name, value| {
         bulk(&mut out, name.as_bytes());
         let (negative, magnitude) = match value {
             Field::Text(text) => return bulk(&mut out, text.as_bytes()),
@@ -148,8 +150,8 @@ fn decimal(out: &mut Vec<u8>, mut n: u64) {
 
 /// Appends the entry fields of `task` on its first attempt (what a publisher writes) to
 /// `cmd`, as [`encode`] would give them, without building a string for each.
-fn write_new(cmd: &mut redis::Cmd, task: &Task) {
-    each_field(task, 1, None, None, |name, value| {
+fn write_new(cmd: &mut redis::Cmd, task: &Task, trace: Remote<'_>) {
+    each_field(task, trace, 1, None, None, |name, value| {
         cmd.arg(name);
         match value {
             Field::Text(text) => cmd.arg(text),
@@ -180,6 +182,7 @@ impl fmt::Display for Field<'_> {
 /// table above; the optional ones only when present.
 fn each_field<'a>(
     task: &'a Task,
+    trace: Remote<'a>,
     attempt: u32,
     first_failed_at: Option<i64>,
     last_error: Option<&'a str>,
@@ -193,8 +196,8 @@ fn each_field<'a>(
     field("timeout_ms", Field::UInt(task.timeout_ms));
     field("enqueued_at", Field::Int(task.enqueued_at));
     let optional = [
-        ("traceparent", task.traceparent.as_deref().map(Field::Text)),
-        ("tracestate", task.tracestate.as_deref().map(Field::Text)),
+        ("traceparent", trace.traceparent.map(Field::Text)),
+        ("tracestate", trace.tracestate.map(Field::Text)),
         ("deadline", task.deadline.map(Field::Int)),
         ("unique", task.unique.as_deref().map(Field::Text)),
         ("sensitive", task.sensitive.then_some(Field::Text("1"))),
@@ -498,7 +501,7 @@ mod tests {
         task.enqueued_at = i64::MAX;
         task.max_retry = u32::MAX;
         task.timeout_ms = u64::MAX;
-        let cmd = xadd("{ns:default}:stream", &task);
+        let cmd = xadd("{ns:default}:stream", &task, task.remote_trace());
         let written: Vec<String> = cmd
             .args_iter()
             .map(|arg| match arg {
@@ -536,7 +539,7 @@ mod tests {
         assert_eq!(written[3..], expected);
         // The publishers' own connection sends the same bytes.
         assert_eq!(
-            xadd_packed("{ns:default}:stream", &task),
+            xadd_packed("{ns:default}:stream", &task, task.remote_trace()),
             cmd.get_packed_command()
         );
     }
@@ -561,8 +564,8 @@ mod tests {
                 task.sensitive = deadline.is_some();
                 let stream = "{ns:q\r\n}:stream";
                 assert_eq!(
-                    xadd_packed(stream, &task),
-                    xadd(stream, &task).get_packed_command(),
+                    xadd_packed(stream, &task, task.remote_trace()),
+                    xadd(stream, &task, task.remote_trace()).get_packed_command(),
                     "{deadline:?} {enqueued_at}"
                 );
             }

@@ -12,8 +12,9 @@
 
 use std::time::Duration;
 
+use opentelemetry::{KeyValue, context::FutureExt as _, trace::SpanKind};
+
 use crate::connection::Connection;
-use tracing::Instrument;
 
 use crate::{
     fields,
@@ -21,7 +22,7 @@ use crate::{
     metrics::{self, ErrorType, ProducerMetrics},
     report, scripts,
     task::{Envelope, Task},
-    trace::{context_of, record_error, set_parent},
+    trace::{Remote, TaskSpan, TraceContext, Tracer},
 };
 
 /// Where an enqueued task went.
@@ -102,6 +103,7 @@ pub struct Publisher {
     keys: Keys,
     wait: Option<ReplicaWait>,
     metrics: ProducerMetrics,
+    tracer: Tracer,
 }
 
 /// How many replicas must have a task before its publish succeeds, and how long to wait for
@@ -168,13 +170,15 @@ impl std::fmt::Debug for Publisher {
 
 impl Publisher {
     /// A publisher on `conn` (see [`crate::connection`]) for the namespace of `keys`. Its
-    /// metrics go to the global meter provider as installed now (see [`crate::metrics`]).
+    /// metrics and its `send` spans go to the global meter and tracer providers as installed
+    /// now (see [`crate::metrics`] and [`crate::trace`]).
     pub fn new(conn: impl Into<Connection>, keys: Keys) -> Self {
         Self {
             conn: conn.into(),
             keys,
             wait: None,
             metrics: ProducerMetrics::new(&metrics::global_meter()),
+            tracer: Tracer::global(),
         }
     }
 
@@ -234,39 +238,45 @@ impl Publisher {
     /// carries this span's context, so the worker's span is its child.
     pub async fn publish(&self, task: &Task) -> Result<Enqueued, PublishError> {
         let stream = self.keys.stream(&task.queue);
-        let span = tracing::info_span!(
+        let span = TaskSpan::start(
+            &self.tracer,
             "publish",
-            otel.name = format!("send {stream}"),
-            otel.kind = "producer",
-            otel.status_code = tracing::field::Empty,
-            messaging.system = "redis",
-            messaging.destination.name = %stream,
-            messaging.operation.type = "send",
-            messaging.message.id = tracing::field::Empty,
-            simplebank.task.id = %task.id,
-            simplebank.task.type = %task.kind,
+            SpanKind::Producer,
+            task.remote_trace(),
+            6,
+            || {
+                let attributes = vec![
+                    KeyValue::new("messaging.system", "redis"),
+                    KeyValue::new("messaging.destination.name", stream.clone()),
+                    KeyValue::new("messaging.operation.type", "send"),
+                    KeyValue::new("simplebank.task.id", task.id.clone()),
+                    KeyValue::new("simplebank.task.type", task.kind.clone()),
+                ];
+                (format!("send {stream}"), attributes)
+            },
         );
-        set_parent(&span, &task.trace());
-        let original = task;
-        // A copy only to carry this span's context: none when the span is disabled (no
-        // subscriber or filtered out), where the task keeps the context it came with.
-        let trace = context_of(&span);
-        let traced = trace.traceparent.is_some().then(|| {
-            let mut task = task.clone();
-            task.set_trace(trace);
-            task
-        });
-        let task = traced.as_ref().unwrap_or(task);
-        let result = self.enqueue(task, &stream).instrument(span.clone()).await;
+        // The entry carries this span's context; without one (no tracer provider installed)
+        // the context the task came with.
+        let headers = span.headers();
+        let trace = if headers.traceparent.is_some() {
+            headers.remote()
+        } else {
+            task.remote_trace()
+        };
+        let result = self
+            .enqueue(task, trace, &stream)
+            .with_context(span.context())
+            .await;
         match &result {
             Ok(Enqueued::Queued { entry_id }) => {
-                span.record("messaging.message.id", entry_id.as_str());
+                span.set_attribute(|| KeyValue::new("messaging.message.id", entry_id.clone()));
             }
             Ok(_) => {}
-            Err(err) => record_error(&span, &report::chain(err)),
+            Err(err) => span.record_error(&report::chain(err)),
         }
+        span.end();
         let error = result.as_ref().err().map(error_type);
-        self.metrics.sent(&original.queue, &original.kind, error, 1);
+        self.metrics.sent(&task.queue, &task.kind, error, 1);
         result
     }
 
@@ -302,7 +312,8 @@ impl Publisher {
                     .collect();
                 let mut pipe = redis::pipe();
                 for &i in &positions {
-                    pipe.add_command(fields::xadd(&self.keys.stream(&chunk[i].queue), &chunk[i]));
+                    let (stream, task) = (self.keys.stream(&chunk[i].queue), &chunk[i]);
+                    pipe.add_command(fields::xadd(&stream, task, task.remote_trace()));
                 }
                 if let Some(wait) = &self.wait {
                     pipe.add_command(wait.cmd());
@@ -350,7 +361,13 @@ impl Publisher {
     }
 
     /// Enqueues `task` (its first attempt); `stream` is its queue's stream.
-    async fn enqueue(&self, task: &Task, stream: &str) -> Result<Enqueued, PublishError> {
+    /// Enqueues `task`, carrying `trace` (its `send` span's context) instead of its own.
+    async fn enqueue(
+        &self,
+        task: &Task,
+        trace: Remote<'_>,
+        stream: &str,
+    ) -> Result<Enqueued, PublishError> {
         let redis_error = |source| PublishError::Redis {
             task_id: task.id.clone(),
             source,
@@ -359,18 +376,20 @@ impl Publisher {
             let entry_id: String = match (&self.wait, self.conn.writer()) {
                 // On one server over plain TCP: the publishers' pipelined connection.
                 (None, Some(writer)) => {
-                    let reply = writer.query_packed(fields::xadd_packed(stream, task)).await;
+                    let reply = writer
+                        .query_packed(fields::xadd_packed(stream, task, trace))
+                        .await;
                     reply.and_then(|reply| {
                         redis::from_redis_value(reply).map_err(redis::RedisError::from)
                     })
                 }
                 (None, None) => {
-                    (fields::xadd(stream, task))
+                    (fields::xadd(stream, task, trace))
                         .query_async(&mut self.conn.clone())
                         .await
                 }
                 (Some(wait), _) => {
-                    let xadd = fields::xadd(stream, task);
+                    let xadd = fields::xadd(stream, task, trace);
                     let (entry_id, acknowledged): (String, u32) = redis::pipe()
                         .add_command(xadd)
                         .add_command(wait.cmd())
@@ -384,7 +403,12 @@ impl Publisher {
             .map_err(redis_error)?;
             Enqueued::Queued { entry_id }
         } else {
-            let envelope = Envelope::first(task.clone());
+            let mut traced = task.clone();
+            traced.set_trace(TraceContext {
+                traceparent: trace.traceparent.map(str::to_owned),
+                tracestate: trace.tracestate.map(str::to_owned),
+            });
+            let envelope = Envelope::first(traced);
             let (enqueued, acknowledged) =
                 scripts::enqueue(&mut self.conn.clone(), &self.keys, &envelope, self.wait)
                     .await

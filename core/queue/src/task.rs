@@ -287,10 +287,11 @@ impl Task {
         Ok(self)
     }
 
-    /// Makes the task part of the current span's trace: the worker's span becomes a child of
-    /// it, however late the task is published or run.
+    /// Makes the task part of the current span's trace (a `tracing` span's, or inside a
+    /// handler its task's `process` span's): the worker's span becomes a child of it, however
+    /// late the task is published or run.
     pub fn with_current_trace(mut self) -> Self {
-        self.set_trace(trace::context_of(&tracing::Span::current()));
+        self.set_trace(trace::current_context());
         self
     }
 
@@ -310,6 +311,14 @@ impl Task {
     }
 
     /// Makes the task carry `trace` (when it holds a context).
+    /// The W3C trace context the task carries, borrowed.
+    pub(crate) fn remote_trace(&self) -> trace::Remote<'_> {
+        trace::Remote {
+            traceparent: self.traceparent.as_deref(),
+            tracestate: self.tracestate.as_deref(),
+        }
+    }
+
     pub(crate) fn set_trace(&mut self, trace: TraceContext) {
         if trace.traceparent.is_some() {
             self.traceparent = trace.traceparent;

@@ -1,12 +1,24 @@
 //! W3C trace context (`traceparent`, `tracestate`) across process boundaries: from a request
 //! into a span, from the current span into a task, from a task into the consumer's span.
-//! Uses the OpenTelemetry API only: the embedding program installs the propagator and the
-//! exporter (with neither, these do nothing).
+//! Uses the OpenTelemetry API only: the embedding program installs the tracer provider and
+//! the exporter (with neither, spans are the API's no-ops and a task keeps the context it came
+//! with). The two headers are W3C Trace Context's, written and read here by its grammar
+//! (version `00`, lowercase hex, no all-zero ids), whatever propagator the program installs:
+//! they are what a task carries, and the SDK's propagator spent some 3k instructions on each
+//! (BENCHMARKS.md, scenario 9) and accepted forms the grammar does not (upper case in the
+//! version, a version `00` header with more after its flags is refused by both).
+
+use std::sync::Arc;
+
+use std::str::FromStr as _;
 
 use opentelemetry::{
-    Context,
-    propagation::{Extractor, Injector},
-    trace::TraceContextExt as _,
+    Context, InstrumentationScope, KeyValue,
+    global::BoxedTracer,
+    trace::{
+        Span as _, SpanBuilder, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _,
+        TraceFlags, TraceId, TraceState, Tracer as _,
+    },
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -19,17 +31,19 @@ pub struct TraceContext {
     pub tracestate: Option<String>,
 }
 
-/// What a propagator writes: the two W3C headers a task carries (no map of copied keys for
-/// each publish: BENCHMARKS.md, scenario 9); anything else is not carried.
-#[derive(Default)]
-struct Carrier(TraceContext);
+/// The two W3C headers, borrowed (from a task).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Remote<'a> {
+    pub(crate) traceparent: Option<&'a str>,
+    pub(crate) tracestate: Option<&'a str>,
+}
 
-impl Injector for Carrier {
-    fn set(&mut self, key: &str, value: String) {
-        match key {
-            "traceparent" => self.0.traceparent = Some(value),
-            "tracestate" => self.0.tracestate = Some(value),
-            _ => {}
+impl TraceContext {
+    /// The headers, borrowed.
+    pub(crate) fn remote(&self) -> Remote<'_> {
+        Remote {
+            traceparent: self.traceparent.as_deref(),
+            tracestate: self.tracestate.as_deref(),
         }
     }
 }
@@ -41,16 +55,100 @@ pub fn context_of(span: &tracing::Span) -> TraceContext {
     if span.is_disabled() {
         return TraceContext::default();
     }
-    let mut carrier = Carrier::default();
-    let context = span.context();
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(&context, &mut carrier);
-    });
-    let Carrier(trace) = carrier;
-    TraceContext {
-        traceparent: trace.traceparent.filter(|v| !v.is_empty()),
-        tracestate: trace.tracestate.filter(|v| !v.is_empty()),
+    written(&span.context())
+}
+
+/// The context of the current span, to write into a task or a request: the innermost of the
+/// current `tracing` span (tracing-opentelemetry attaches its context when it is entered) and
+/// a span of the queue's own (a handler runs inside its `process` span).
+pub fn current_context() -> TraceContext {
+    written(&Context::current())
+}
+
+/// The W3C headers of `context`'s span: none when it has no valid span context.
+fn written(context: &Context) -> TraceContext {
+    let span = context.span();
+    let span_context = span.span_context();
+    if !span_context.is_valid() {
+        return TraceContext::default();
     }
+    let tracestate = span_context.trace_state().header();
+    TraceContext {
+        traceparent: Some(traceparent(span_context)),
+        tracestate: (!tracestate.is_empty()).then_some(tracestate),
+    }
+}
+
+/// A version `00` `traceparent`'s length.
+const TRACEPARENT_LEN: usize = 55;
+
+/// `00-<trace id>-<span id>-<flags>`, the sampled flag only.
+fn traceparent(span_context: &SpanContext) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(TRACEPARENT_LEN);
+    out.push_str("00");
+    let mut hex = |bytes: &[u8]| {
+        out.push('-');
+        for byte in bytes {
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xf)]));
+        }
+    };
+    hex(&span_context.trace_id().to_bytes());
+    hex(&span_context.span_id().to_bytes());
+    hex(&[(span_context.trace_flags() & TraceFlags::SAMPLED).to_u8()]);
+    out
+}
+
+/// The span context a `traceparent` holds, read by W3C Trace Context's grammar: version `00`
+/// (exactly 55 characters) or a later one (which may add fields after the flags; `ff` is
+/// invalid), lowercase hex, neither id all zeros; of the flags only `sampled` is kept. `None`
+/// for anything else.
+fn parse_traceparent(value: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
+    let bytes = value.as_bytes();
+    let fields_end = bytes.len() == TRACEPARENT_LEN
+        || (bytes.len() > TRACEPARENT_LEN && bytes[TRACEPARENT_LEN] == b'-');
+    if !fields_end || bytes[2] != b'-' || bytes[35] != b'-' || bytes[52] != b'-' {
+        return None;
+    }
+    let [version] = lower_hex::<1>(&bytes[..2])?;
+    if version == 0xff || (version == 0 && bytes.len() != TRACEPARENT_LEN) {
+        return None;
+    }
+    let trace_id = lower_hex::<16>(&bytes[3..35])?;
+    let span_id = lower_hex::<8>(&bytes[36..52])?;
+    let [flags] = lower_hex::<1>(&bytes[53..55])?;
+    if trace_id == [0; 16] || span_id == [0; 8] {
+        return None;
+    }
+    Some((
+        TraceId::from_bytes(trace_id),
+        SpanId::from_bytes(span_id),
+        TraceFlags::new(flags) & TraceFlags::SAMPLED,
+    ))
+}
+
+/// The `N` bytes `digits` (`2N` lowercase hex digits) spell, read through a table without a
+/// branch per digit (the parse was the worker's hottest function of its own with telemetry on).
+fn lower_hex<const N: usize>(digits: &[u8]) -> Option<[u8; N]> {
+    /// Each byte's value as a lowercase hex digit, 0xff for the rest.
+    const NIBBLES: [u8; 256] = {
+        let mut table = [0xff; 256];
+        let mut digit = 0;
+        while digit < 16 {
+            table[b"0123456789abcdef"[digit] as usize] = digit as u8;
+            digit += 1;
+        }
+        table
+    };
+    let mut out = [0; N];
+    let mut invalid = 0;
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        let (high, low) = (NIBBLES[usize::from(pair[0])], NIBBLES[usize::from(pair[1])]);
+        invalid |= high | low;
+        *byte = high << 4 | low;
+    }
+    (digits.len() == 2 * N && invalid & 0xf0 == 0).then_some(out)
 }
 
 /// Makes `span` a child of the remote context `trace` (if it holds a valid `traceparent`).
@@ -59,19 +157,22 @@ pub fn set_parent(span: &tracing::Span, trace: &TraceContext) {
     if span.is_disabled() {
         return;
     }
-    let Some(traceparent) = trace.traceparent.as_deref() else {
-        return;
-    };
-    // Read in place: no map or copies of the two headers for each task (unless the state
-    // needs cutting).
-    let tracestate = trace.tracestate.as_deref().map(capped_tracestate);
-    let carrier = Headers {
-        traceparent,
-        tracestate: tracestate.as_deref(),
-    };
-    let parent: Context =
-        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&carrier));
-    let _ = span.set_parent(parent);
+    if let Some(parent) = remote(trace.remote()) {
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// The remote context `trace` holds, if it has a valid `traceparent`: the current context
+/// with that span context in it. A `tracestate` that is not one (TraceState's parser) is
+/// dropped, as the SDK's propagator drops it.
+fn remote(trace: Remote<'_>) -> Option<Context> {
+    let (trace_id, span_id, flags) = parse_traceparent(trace.traceparent?)?;
+    let state = trace
+        .tracestate
+        .map(|state| TraceState::from_str(&capped_tracestate(state)).unwrap_or_default())
+        .unwrap_or_default();
+    let span_context = SpanContext::new(trace_id, span_id, flags, true, state);
+    Some(Context::current().with_remote_span_context(span_context))
 }
 
 /// The most of a `tracestate` carried on: what W3C Trace Context asks every vendor to pass on
@@ -103,47 +204,96 @@ fn capped_tracestate(tracestate: &str) -> std::borrow::Cow<'_, str> {
     kept.into()
 }
 
-/// The two W3C headers of a task, borrowed.
-struct Headers<'a> {
-    traceparent: &'a str,
-    tracestate: Option<&'a str>,
+/// The tracer of the queue's own spans: the global provider's when the publisher or worker is
+/// built, as for its metrics ([`crate::metrics`]).
+#[derive(Clone, Debug)]
+pub(crate) struct Tracer(Arc<BoxedTracer>);
+
+impl Tracer {
+    /// The global tracer provider's tracer, as installed now.
+    pub(crate) fn global() -> Self {
+        let scope = InstrumentationScope::builder(crate::metrics::SCOPE)
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build();
+        Self(Arc::new(opentelemetry::global::tracer_with_scope(scope)))
+    }
+
+    /// `tracer`'s spans instead of the global provider's (tests).
+    #[cfg(test)]
+    pub(crate) fn of(
+        tracer: impl opentelemetry::trace::Tracer<Span: Send + Sync + 'static> + Send + Sync + 'static,
+    ) -> Self {
+        Self(Arc::new(BoxedTracer::new(Box::new(tracer))))
+    }
 }
 
-impl Extractor for Headers<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        match key {
-            "traceparent" => Some(self.traceparent),
-            "tracestate" => self.tracestate,
-            _ => None,
+/// One of the queue's own spans (`send`, `process`), made through the OpenTelemetry API, not
+/// as a `tracing` span: each task paid some 20k instructions in the `tracing` layers for one
+/// (its creation, every poll's enter and exit, its close; BENCHMARKS.md, scenario 9). Run the
+/// work inside it with [`TaskSpan::context`] attached (`FutureExt::with_context`): `tracing`
+/// spans made there are its children (tracing-opentelemetry parents a span on the attached
+/// context), and log lines carry its ids.
+#[derive(Debug)]
+pub(crate) struct TaskSpan(Context);
+
+impl TaskSpan {
+    /// Starts a span of `kind` under the remote parent `trace` when it holds one, else under
+    /// the current context (the caller's span). Its name and attributes come from `describe`,
+    /// called if, and only if, the sampler keeps the span: a span it drops costs no
+    /// formatting. A sampler sees the name `name` and no attributes (the environment's
+    /// samplers look at the trace id and the parent only). `attributes`: how many the span
+    /// will hold in all.
+    pub(crate) fn start(
+        tracer: &Tracer,
+        name: &'static str,
+        kind: SpanKind,
+        trace: Remote<'_>,
+        attributes: usize,
+        describe: impl FnOnce() -> (String, Vec<KeyValue>),
+    ) -> Self {
+        let parent = remote(trace).unwrap_or_else(Context::current);
+        // The span's list of attributes sized once for all it will hold, not grown one by one.
+        let builder = SpanBuilder::from_name(name)
+            .with_kind(kind)
+            .with_attributes(Vec::with_capacity(attributes));
+        let mut span = tracer.0.build_with_context(builder, &parent);
+        if span.is_recording() {
+            let (name, attributes) = describe();
+            span.update_name(name);
+            span.set_attributes(attributes);
+        }
+        Self(parent.with_span(span))
+    }
+
+    /// The context holding the span, to attach while its work runs.
+    pub(crate) fn context(&self) -> Context {
+        self.0.clone()
+    }
+
+    /// The span's W3C headers, for the task it sends.
+    pub(crate) fn headers(&self) -> TraceContext {
+        written(&self.0)
+    }
+
+    /// Sets `attribute` if the span is recorded; `attribute` is made only then.
+    pub(crate) fn set_attribute(&self, attribute: impl FnOnce() -> KeyValue) {
+        let span = self.0.span();
+        if span.is_recording() {
+            span.set_attribute(attribute());
         }
     }
 
-    fn keys(&self) -> Vec<&str> {
-        let mut keys = vec!["traceparent"];
-        keys.extend(self.tracestate.map(|_| "tracestate"));
-        keys
+    /// Marks the span as failed (status ERROR) with `message`.
+    pub(crate) fn record_error(&self, message: &str) {
+        let span = self.0.span();
+        if span.is_recording() {
+            span.set_status(Status::error(message.to_owned()));
+        }
     }
-}
 
-/// Names `span` and sets its attributes (`describe` returns both) if, and only if, the sampler
-/// keeps it. Given as fields of the `tracing` span, they would be formatted for every span,
-/// kept or not: tracing-opentelemetry builds a span's attributes before the sampler runs.
-/// Call it after [`set_parent`]: it starts the OpenTelemetry span, which fixes its parent.
-/// A sampler sees the span's `tracing` name and no attributes (the environment's samplers
-/// look at the trace id and the parent only).
-pub(crate) fn describe(
-    span: &tracing::Span,
-    describe: impl FnOnce() -> (String, Vec<opentelemetry::KeyValue>),
-) {
-    if span.is_disabled() {
-        return;
-    }
-    let context = span.context();
-    let otel = context.span();
-    if otel.is_recording() {
-        let (name, attributes) = describe();
-        otel.update_name(name);
-        otel.set_attributes(attributes);
+    /// Ends the span now (dropping the last copy of its context would end it too, later).
+    pub(crate) fn end(self) {
+        self.0.span().end();
     }
 }
 
@@ -182,28 +332,27 @@ mod tests {
     /// A consumer span as the dispatcher makes it, under `sampler`, continuing `parent`;
     /// returns whether `describe` ran and the spans exported.
     fn process_span(sampler: Sampler, parent: &TraceContext) -> (bool, Vec<SpanData>) {
-        opentelemetry::global::set_text_map_propagator(
-            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-        );
         let kept = Kept::default();
         let provider = SdkTracerProvider::builder()
             .with_sampler(sampler)
             .with_simple_exporter(kept.clone())
             .build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
         let mut described = false;
-        tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!("process", otel.kind = "consumer");
-            set_parent(&span, parent);
-            describe(&span, || {
+        let span = TaskSpan::start(
+            &Tracer::of(provider.tracer("test")),
+            "process",
+            SpanKind::Consumer,
+            parent.remote(),
+            1,
+            || {
                 described = true;
                 (
                     "process q".to_owned(),
                     vec![KeyValue::new("messaging.system", "redis")],
                 )
-            });
-        });
+            },
+        );
+        span.end();
         let spans = kept.0.lock().expect("lock").clone();
         (described, spans)
     }
@@ -258,13 +407,66 @@ mod tests {
         assert!(spans.is_empty());
     }
 
+    /// Without a task's parent, the queue's span continues the current `tracing` span (whose
+    /// context tracing-opentelemetry attaches while it is entered); inside the queue's span,
+    /// `tracing` spans are its children and `current_context` gives its headers.
+    #[test]
+    fn the_queues_spans_nest_with_tracing_spans_both_ways() {
+        let kept = Kept::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(kept.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("layer")));
+        let tracer = Tracer::of(provider.tracer("queue"));
+        let carried = tracing::subscriber::with_default(subscriber, || {
+            let outer = tracing::info_span!("rpc");
+            let _entered = outer.enter();
+            let span = TaskSpan::start(
+                &tracer,
+                "process",
+                SpanKind::Consumer,
+                Remote::default(),
+                0,
+                || ("process q".to_owned(), Vec::new()),
+            );
+            let carried = {
+                let _attached = span.context().attach();
+                tracing::info_span!("send email").in_scope(|| {});
+                current_context()
+            };
+            assert_eq!(carried, span.headers());
+            span.end();
+            carried
+        });
+        let spans = kept.0.lock().expect("lock").clone();
+        let named = |name: &str| {
+            spans
+                .iter()
+                .find(|s| s.name == name)
+                .unwrap_or_else(|| panic!("no {name} span in {spans:?}"))
+        };
+        let (rpc, process, mail) = (named("rpc"), named("process q"), named("send email"));
+        assert_eq!(process.parent_span_id, rpc.span_context.span_id());
+        assert_eq!(process.span_context.trace_id(), rpc.span_context.trace_id());
+        assert_eq!(mail.parent_span_id, process.span_context.span_id());
+        assert_eq!(
+            carried.traceparent.as_deref(),
+            Some(
+                format!(
+                    "00-{}-{}-01",
+                    process.span_context.trace_id(),
+                    process.span_context.span_id()
+                )
+                .as_str()
+            )
+        );
+    }
+
     /// A span's context, as a task carries it: its own ids under the parent's trace, and the
     /// parent's `tracestate`; a disabled span gives none.
     #[test]
     fn a_spans_context_is_written_as_the_w3c_headers() {
-        opentelemetry::global::set_text_map_propagator(
-            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-        );
         let provider = SdkTracerProvider::builder().build();
         let subscriber = tracing_subscriber::registry()
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
@@ -300,13 +502,72 @@ mod tests {
         assert_eq!(disabled, TraceContext::default());
     }
 
+    /// `traceparent` is read by the grammar of W3C Trace Context and nothing looser; what is
+    /// written reads back the same.
+    #[test]
+    fn traceparent_is_read_by_the_w3c_grammar() {
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let (trace_id, span_id, flags) = parse_traceparent(valid).expect("valid");
+        assert_eq!(trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(span_id.to_string(), "00f067aa0ba902b7");
+        assert_eq!(flags, TraceFlags::SAMPLED);
+        // Unknown flags are cleared; a later version may add fields after the flags.
+        let (_, _, flags) = parse_traceparent(&valid.replace("-01", "-ff")).expect("flags");
+        assert_eq!(flags, TraceFlags::SAMPLED);
+        let (_, _, flags) = parse_traceparent(&valid.replace("-01", "-02")).expect("flags");
+        assert_eq!(flags, TraceFlags::NOT_SAMPLED);
+        let later = format!("cc{}-what-comes-next", &valid[2..]);
+        assert!(parse_traceparent(&later).is_some());
+        assert!(parse_traceparent(&format!("cc{}", &valid[2..])).is_some());
+
+        let refused = [
+            String::new(),
+            valid.to_uppercase(),
+            valid.replace("4bf9", "4BF9"),
+            valid.replace("00f0", "00F0"),
+            valid.replacen("00", "0A", 1),
+            format!("ff{}", &valid[2..]),
+            format!("{valid}-extra"),
+            format!("cc{}extra", &valid[2..]),
+            format!(" {valid}"),
+            format!("{valid} "),
+            valid[..54].to_owned(),
+            valid.replace("4bf92f3577b34da6a3ce929d0e0e4736", &"0".repeat(32)),
+            valid.replace("00f067aa0ba902b7", &"0".repeat(16)),
+            valid.replacen('-', "_", 1),
+            valid.replace("-01", ".01"),
+            valid.replace("4bf9", "4bf\u{0}"),
+            valid.replace("4b", "\u{e9}"),
+            valid.replace("-00f067aa0ba902b7-", "-00f067aa0ba902b-7"),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1".to_owned(),
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+        ];
+        for value in &refused {
+            assert_eq!(parse_traceparent(value), None, "{value:?}");
+        }
+
+        let span_context = SpanContext::new(
+            trace_id,
+            span_id,
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        assert_eq!(traceparent(&span_context), valid);
+        let unsampled = SpanContext::new(
+            trace_id,
+            span_id,
+            TraceFlags::NOT_SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        assert_eq!(traceparent(&unsampled), valid.replace("-01", "-00"));
+    }
+
     /// A `tracestate` past 512 characters is cut as W3C Trace Context says (members over 128
     /// characters first, then from the end) before it reaches the span and the tasks.
     #[test]
     fn a_long_tracestate_is_cut_to_512_characters() {
-        opentelemetry::global::set_text_map_propagator(
-            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-        );
         let long = format!("big={}", "v".repeat(200));
         let mut members = vec!["first=1".to_owned(), long.clone()];
         members.extend((0..29).map(|i| format!("k{i:02}={}", "x".repeat(60))));

@@ -25,11 +25,10 @@ use std::{
     time::Duration,
 };
 
-use opentelemetry::KeyValue;
+use opentelemetry::{KeyValue, context::FutureExt as _, trace::SpanKind};
 use redis::Value;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::Instrument;
 
 use super::{
     ack::{Ack, Acker},
@@ -45,7 +44,7 @@ use crate::{
     report, retention,
     scripts::{self, Finished, FinishedLock, Retention},
     task::{Envelope, Task, now_ms},
-    trace::{describe, record_error, set_parent},
+    trace::{TaskSpan, Tracer},
 };
 
 /// Runs entries; shared by the fetch loop and the reclaim loop.
@@ -70,6 +69,8 @@ pub(crate) struct Dispatcher {
     /// entries stay pending.
     pub abandon: CancellationToken,
     pub metrics: ConsumerMetrics,
+    /// The `process` spans' tracer.
+    pub tracer: Tracer,
 }
 
 /// An entry ready to run: its task, handler and process span.
@@ -81,7 +82,7 @@ struct Prepared {
     task_type: &'static str,
     handler: Arc<dyn Erased>,
     timeout: Duration,
-    span: tracing::Span,
+    span: TaskSpan,
 }
 
 /// An entry that cannot run, with why: it goes to the dead letters at once.
@@ -216,24 +217,29 @@ impl Dispatcher {
             timeout = timeout.min(Duration::from_millis(u64::try_from(left).unwrap_or(0)));
         }
 
-        // Its name and attributes are set once the sampler has kept it (`describe`): a span
-        // the sampler drops costs no formatting (BENCHMARKS.md, scenario 7).
-        let span = tracing::info_span!("process", otel.kind = "consumer");
-        set_parent(&span, &task.task.trace());
-        describe(&span, || {
-            let stream = self.keys.stream(queue);
-            let attributes = vec![
-                KeyValue::new("messaging.system", "redis"),
-                KeyValue::new("messaging.destination.name", stream.clone()),
-                KeyValue::new("messaging.operation.type", "process"),
-                KeyValue::new("messaging.consumer.group.name", GROUP),
-                KeyValue::new("messaging.message.id", entry_id.clone()),
-                KeyValue::new("simplebank.task.id", task.task.id.clone()),
-                KeyValue::new("simplebank.task.type", task_type),
-                KeyValue::new("simplebank.task.attempt", i64::from(task.attempt)),
-            ];
-            (format!("process {stream}"), attributes)
-        });
+        // Its name and attributes are set once the sampler has kept it: a span the sampler
+        // drops costs no formatting (BENCHMARKS.md, scenario 7).
+        let span = TaskSpan::start(
+            &self.tracer,
+            "process",
+            SpanKind::Consumer,
+            task.task.remote_trace(),
+            8,
+            || {
+                let stream = self.keys.stream(queue);
+                let attributes = vec![
+                    KeyValue::new("messaging.system", "redis"),
+                    KeyValue::new("messaging.destination.name", stream.clone()),
+                    KeyValue::new("messaging.operation.type", "process"),
+                    KeyValue::new("messaging.consumer.group.name", GROUP),
+                    KeyValue::new("messaging.message.id", entry_id.clone()),
+                    KeyValue::new("simplebank.task.id", task.task.id.clone()),
+                    KeyValue::new("simplebank.task.type", task_type),
+                    KeyValue::new("simplebank.task.attempt", i64::from(task.attempt)),
+                ];
+                (format!("process {stream}"), attributes)
+            },
+        );
         Ok(Prepared {
             entry_id,
             task,
@@ -275,6 +281,7 @@ impl Dispatcher {
             timeout,
             span,
         } = prepared;
+        let context = span.context();
         async move {
             // One clock read: the attempt's duration, its deadline and its lease all count
             // from it.
@@ -306,7 +313,7 @@ impl Dispatcher {
                             undecodable(&err, task.task.sensitive)
                         ),
                     };
-                    record_error(&tracing::Span::current(), &failure.message);
+                    span.record_error(&failure.message);
                     let outcome = Box::pin(self.fail(&entry_id, *task, failure)).await;
                     self.metrics.attempt(
                         &queue,
@@ -315,6 +322,7 @@ impl Dispatcher {
                         Some(ErrorType::PayloadUndecodable),
                         begun.elapsed(),
                     );
+                    span.end();
                     return;
                 }
             };
@@ -347,6 +355,7 @@ impl Dispatcher {
                     );
                     self.metrics
                         .attempt(&queue, task_type, Outcome::Abandoned, error, elapsed);
+                    span.end();
                     return;
                 }
             };
@@ -358,14 +367,15 @@ impl Dispatcher {
                         .attempt(&queue, task_type, Outcome::Success, None, elapsed);
                 }
                 Err(failure) => {
-                    record_error(&tracing::Span::current(), &failure.message);
+                    span.record_error(&failure.message);
                     let outcome = Box::pin(self.fail(&entry_id, *task, failure)).await;
                     self.metrics
                         .attempt(&queue, task_type, outcome, error, elapsed);
                 }
             }
+            span.end();
         }
-        .instrument(span)
+        .with_context(context)
     }
 
     /// Runs the attempt to its end (see [`run_attempt`]), renewing its lease on `task`'s

@@ -43,6 +43,7 @@ use crate::{
     keys::{Keys, Namespace, QueueName},
     metrics::{self, ConsumerMetrics},
     report,
+    trace::Tracer,
 };
 use dispatch::Dispatcher;
 use fetch::Fetcher;
@@ -200,6 +201,7 @@ impl Worker {
             tracker: TaskTracker::new(),
             abandon: CancellationToken::new(),
             metrics: ConsumerMetrics::new(&meter),
+            tracer: Tracer::global(),
         });
         let promoter = tokio::spawn(promote::run(
             conn.clone(),
