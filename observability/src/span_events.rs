@@ -7,7 +7,10 @@
 
 use std::fmt;
 
-use opentelemetry::{KeyValue, trace::TraceContextExt as _};
+use opentelemetry::{
+    KeyValue,
+    trace::{Status, TraceContextExt as _},
+};
 use tracing::{
     Event, Subscriber,
     field::{Field, Visit},
@@ -38,6 +41,11 @@ where
         let name = fields
             .message
             .unwrap_or_else(|| event.metadata().name().to_owned());
+        // An ERROR marks the span failed, as tracing-opentelemetry does for an event in a
+        // `tracing` span.
+        if *event.metadata().level() == tracing::Level::ERROR {
+            span.set_status(Status::error(name.clone()));
+        }
         span.add_event(name, fields.attributes);
     }
 }
@@ -50,6 +58,10 @@ struct Fields {
 
 impl Fields {
     fn add(&mut self, field: &Field, value: opentelemetry::Value) {
+        // A `log` record's metadata (tracing-log): not the event's.
+        if field.name().starts_with("log.") {
+            return;
+        }
         if field.name() == "message" {
             self.message = Some(value.as_str().into_owned());
         } else {
@@ -80,6 +92,10 @@ impl Visit for Fields {
 
     fn record_str(&mut self, field: &Field, value: &str) {
         self.add(field, value.to_owned().into());
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.add(field, value.to_string().into());
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
@@ -128,6 +144,9 @@ mod tests {
             {
                 let _attached = context.clone().attach();
                 tracing::warn!(task_id = "t1", attempt = 2_u64, "task failed; retrying");
+                let cause = std::io::Error::other("refused");
+                let cause: &(dyn std::error::Error + 'static) = &cause;
+                tracing::error!(error = cause, "dead-lettered");
                 tracing::info_span!("send email").in_scope(|| tracing::warn!("smtp refused"));
             }
             context.span().end();
@@ -135,7 +154,18 @@ mod tests {
         let spans = kept.0.lock().expect("lock").clone();
         let process = spans.iter().find(|s| s.name == "process").expect("process");
         let names: Vec<&str> = process.events.iter().map(|e| e.name.as_ref()).collect();
-        assert_eq!(names, ["task failed; retrying"]);
+        assert_eq!(names, ["task failed; retrying", "dead-lettered"]);
+        assert_eq!(
+            process.status,
+            opentelemetry::trace::Status::error("dead-lettered")
+        );
+        assert!(
+            process.events.events[1]
+                .attributes
+                .contains(&KeyValue::new("error", "refused")),
+            "{:?}",
+            process.events.events[1]
+        );
         let attributes = &process.events.events[0].attributes;
         assert!(
             attributes.contains(&KeyValue::new("task_id", "t1")),

@@ -13,6 +13,12 @@
 //!   id, requeue, cancel, pause, workers), for an admin service or a CLI.
 //! - [`metrics`]: OpenTelemetry metrics (messaging semantic conventions) through the API, for
 //!   whatever meter provider the program installs.
+//! - [`trace`]: each publish is a `send` span and each attempt a `process` span (OpenTelemetry
+//!   spans through the API, from the global tracer provider unless `with_tracer` gives
+//!   another), and each task carries its `send` span's W3C context to the worker. Code in a
+//!   handler runs with the `process` span's context attached: `tracing` spans made there are
+//!   its children (tracing-opentelemetry), and a task it builds joins the trace with
+//!   [`Task::with_current_trace`].
 //!
 //! The Redis layout (one hash tag per queue) is documented once, on [`Keys`]; [`migrate`]
 //! moves a Redis written by the old layout (one hash tag per namespace) into it. The commands

@@ -182,6 +182,17 @@ impl Publisher {
         }
     }
 
+    /// Makes the publisher's `send` spans with `tracer` instead of the global provider's: for
+    /// a program whose tracer provider is not the global one.
+    #[must_use]
+    pub fn with_tracer(
+        mut self,
+        tracer: impl opentelemetry::trace::Tracer<Span: Send + Sync + 'static> + Send + Sync + 'static,
+    ) -> Self {
+        self.tracer = Tracer::of(tracer);
+        self
+    }
+
     /// Records the publisher's metrics with `meter` instead of the global provider's.
     #[must_use]
     pub fn with_meter(mut self, meter: &opentelemetry::metrics::Meter) -> Self {
@@ -360,8 +371,8 @@ impl Publisher {
         Ok(outcomes)
     }
 
-    /// Enqueues `task` (its first attempt); `stream` is its queue's stream.
-    /// Enqueues `task`, carrying `trace` (its `send` span's context) instead of its own.
+    /// Enqueues `task` (its first attempt) onto `stream`, its queue's stream, carrying `trace`
+    /// (its `send` span's context) instead of its own.
     async fn enqueue(
         &self,
         task: &Task,

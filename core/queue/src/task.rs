@@ -310,7 +310,6 @@ impl Task {
         }
     }
 
-    /// Makes the task carry `trace` (when it holds a context).
     /// The W3C trace context the task carries, borrowed.
     pub(crate) fn remote_trace(&self) -> trace::Remote<'_> {
         trace::Remote {
@@ -319,6 +318,7 @@ impl Task {
         }
     }
 
+    /// Makes the task carry `trace` (when it holds a context).
     pub(crate) fn set_trace(&mut self, trace: TraceContext) {
         if trace.traceparent.is_some() {
             self.traceparent = trace.traceparent;

@@ -48,10 +48,12 @@ impl TraceContext {
     }
 }
 
-/// The context of `span`, to write into a task or a request.
+/// The context of `span`, to write into a task or a request. Inside a handler, where the
+/// task's `process` span is not a `tracing` span, use [`current_context`] (or
+/// `Task::with_current_trace`): `tracing::Span::current()` is none there unless the handler
+/// entered a span of its own.
 pub fn context_of(span: &tracing::Span) -> TraceContext {
-    // A disabled span has no context (tracing-opentelemetry gives an empty one): skip the
-    // propagator, which every publish would otherwise go through.
+    // A disabled span has no context (tracing-opentelemetry gives an empty one).
     if span.is_disabled() {
         return TraceContext::default();
     }
@@ -102,10 +104,11 @@ fn traceparent(span_context: &SpanContext) -> String {
 
 /// The span context a `traceparent` holds, read by W3C Trace Context's grammar: version `00`
 /// (exactly 55 characters) or a later one (which may add fields after the flags; `ff` is
-/// invalid), lowercase hex, neither id all zeros; of the flags only `sampled` is kept. `None`
-/// for anything else.
+/// invalid), lowercase hex, neither id all zeros; of the flags only `sampled` is kept. Spaces
+/// and tabs around it are allowed (HTTP's optional white space, which W3C's test suite
+/// expects a vendor to accept). `None` for anything else.
 fn parse_traceparent(value: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
-    let bytes = value.as_bytes();
+    let bytes = value.trim_matches([' ', '\t']).as_bytes();
     let fields_end = bytes.len() == TRACEPARENT_LEN
         || (bytes.len() > TRACEPARENT_LEN && bytes[TRACEPARENT_LEN] == b'-');
     if !fields_end || bytes[2] != b'-' || bytes[35] != b'-' || bytes[52] != b'-' {
@@ -204,8 +207,9 @@ fn capped_tracestate(tracestate: &str) -> std::borrow::Cow<'_, str> {
     kept.into()
 }
 
-/// The tracer of the queue's own spans: the global provider's when the publisher or worker is
-/// built, as for its metrics ([`crate::metrics`]).
+/// The tracer of the queue's own spans: the global provider's when the publisher is built or
+/// the worker starts, as for its metrics ([`crate::metrics`]), unless one is given
+/// (`with_tracer`).
 #[derive(Clone, Debug)]
 pub(crate) struct Tracer(Arc<BoxedTracer>);
 
@@ -218,8 +222,7 @@ impl Tracer {
         Self(Arc::new(opentelemetry::global::tracer_with_scope(scope)))
     }
 
-    /// `tracer`'s spans instead of the global provider's (tests).
-    #[cfg(test)]
+    /// `tracer`'s spans instead of the global provider's.
     pub(crate) fn of(
         tracer: impl opentelemetry::trace::Tracer<Span: Send + Sync + 'static> + Send + Sync + 'static,
     ) -> Self {
@@ -298,6 +301,7 @@ impl TaskSpan {
 }
 
 /// Marks `span` as failed (status ERROR) with `message`, per the OpenTelemetry conventions.
+/// For a `tracing` span (an RPC's); the queue marks its own spans itself.
 pub fn record_error(span: &tracing::Span, message: &str) {
     span.set_status(opentelemetry::trace::Status::error(message.to_owned()));
 }
@@ -516,6 +520,9 @@ mod tests {
         assert_eq!(flags, TraceFlags::SAMPLED);
         let (_, _, flags) = parse_traceparent(&valid.replace("-01", "-02")).expect("flags");
         assert_eq!(flags, TraceFlags::NOT_SAMPLED);
+        for padded in [format!(" {valid}"), format!("\t{valid} \t")] {
+            assert!(parse_traceparent(&padded).is_some(), "{padded:?}");
+        }
         let later = format!("cc{}-what-comes-next", &valid[2..]);
         assert!(parse_traceparent(&later).is_some());
         assert!(parse_traceparent(&format!("cc{}", &valid[2..])).is_some());
@@ -529,8 +536,9 @@ mod tests {
             format!("ff{}", &valid[2..]),
             format!("{valid}-extra"),
             format!("cc{}extra", &valid[2..]),
-            format!(" {valid}"),
-            format!("{valid} "),
+            format!("\n{valid}"),
+            format!("{valid}\r\n"),
+            format!("{valid}\0"),
             valid[..54].to_owned(),
             valid.replace("4bf92f3577b34da6a3ce929d0e0e4736", &"0".repeat(32)),
             valid.replace("00f067aa0ba902b7", &"0".repeat(16)),

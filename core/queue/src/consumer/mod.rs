@@ -71,6 +71,7 @@ pub struct Worker {
     settings: ConsumerSettings,
     handlers: Handlers,
     meter: Option<opentelemetry::metrics::Meter>,
+    tracer: Option<Tracer>,
     depth_every: Option<Duration>,
 }
 
@@ -103,6 +104,7 @@ impl Worker {
             settings,
             handlers,
             meter: None,
+            tracer: None,
             depth_every: None,
         })
     }
@@ -112,6 +114,18 @@ impl Worker {
     #[must_use]
     pub fn with_meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
         self.meter = Some(meter);
+        self
+    }
+
+    /// Makes the worker's `process` spans with `tracer` instead of the global tracer
+    /// provider's (taken when the worker starts): for a program whose tracer provider is not
+    /// the global one.
+    #[must_use]
+    pub fn with_tracer(
+        mut self,
+        tracer: impl opentelemetry::trace::Tracer<Span: Send + Sync + 'static> + Send + Sync + 'static,
+    ) -> Self {
+        self.tracer = Some(Tracer::of(tracer));
         self
     }
 
@@ -201,7 +215,7 @@ impl Worker {
             tracker: TaskTracker::new(),
             abandon: CancellationToken::new(),
             metrics: ConsumerMetrics::new(&meter),
-            tracer: Tracer::global(),
+            tracer: self.tracer.unwrap_or_else(Tracer::global),
         });
         let promoter = tokio::spawn(promote::run(
             conn.clone(),

@@ -14,4 +14,5 @@ mod odd_entries;
 mod pause;
 mod reconnect;
 mod retention;
+mod spans;
 mod stats;
