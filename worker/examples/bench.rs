@@ -623,7 +623,7 @@ producer):
   tracing-opentelemetry's and the SDK's own work per span; cutting it needs spans made
   without the layer (the OpenTelemetry API directly, as step 1 of the tracing work weighed
   for the worker's span), or none recorded where nothing exports them, which would leave the
-  next service without a sampled parent. Not done.
+  next service without a sampled parent. The first is done next.
 - `make bench-peers` twice on the same quiet machine, half an hour apart: at 72050eb (no
   telemetry) simplebank went at 113.3k tasks/s one at a time and 147.0k in batches: 3.0x
   apalis with leases off and 8.9x BullMQ one at a time (3x and 10x not met), 3.8x and 13.2x
@@ -632,6 +632,38 @@ producer):
   telemetry on; cutting what the spans cost per task is the next step. With a traces
   endpoint set the spans are also exported, which costs more (scenario 7): these ratios are
   the best case for a deployment that exports its traces.
+- Changed (6b544a0, c8aea33): the queue's `send` and `process` spans are OpenTelemetry spans
+  made through the API (`trace::TaskSpan`, the global tracer provider's tracer, or one given
+  with `with_tracer`), with the work run with the span's context attached
+  (`FutureExt::with_context`), instead of `tracing` spans through tracing-opentelemetry: no
+  registry slot, no layer callbacks on creation, on each poll's enter and exit and on close.
+  `tracing` spans made in a handler still nest under `process` (the layer parents a span on
+  the attached context), log lines take their ids from the attached context, and WARN and
+  ERROR events outside `tracing` spans become events of the attached span
+  (`span_events.rs`). With them: the W3C headers are written and read by their grammar in
+  `trace.rs` (a table per hex digit) instead of the SDK's propagator (`format!` of
+  `traceparent` 2.9k, its `split` and `from_str_radix` 2.7k), and `publish` hands the span's
+  headers to the XADD instead of cloning the task to carry them (1.5k). callgrind as above
+  (`RUST_LOG=warn`, metrics off, 10,000 tasks), against no telemetry at all in the same
+  build:
+  - the producer, 18.0k instructions a publish (12.6k without telemetry; 32.9k before):
+    starting the span 3.3k (the SDK's span 0.8k, its name and five attributes, the parent),
+    ending it 1.6k (the `SpanData` freed), the context attached on each poll 0.4k;
+  - the worker, 30.8k a task (23.3k without; 42.7k before): starting the span 2.5k (reading
+    its parent 0.6k, the SDK's span 0.9k, eight attributes 0.9k, its name 0.8k), ending it
+    1.1k, the context attached and detached on each poll 1.6k.
+  What is left is the SDK recording a span nobody exports (no traces endpoint in scenarios 9
+  and 10): the span data built and freed per task. Not recording it when nothing exports
+  would save most of the rest, but the next service would lose its sampled parent (above).
+- `make bench-peers` at 6b544a0, telemetry on as before (section 10), on a machine running
+  at about two thirds of its morning speed (apalis 21k tasks/s against 33k at c53bd8c): in
+  batches 4.0x apalis with leases off and 12.5x BullMQ (both met; 2.9x and 8.1x at c53bd8c);
+  one at a time 2.9x and 8.3x (neither met; 2.2x and 7.1x). Where the one-at-a-time time goes,
+  CPU per task in that run: Redis 10.2 µs, simplebank's worker 8.9 µs and its producer 7.5 µs,
+  26.6 µs on two cores, or at most about 75k tasks/s; it went at 61k. Redis is the largest
+  share: one XADD per task, read back in batches of up to 100 by a worker that keeps up
+  (batches: 8.7 µs). BullMQ's own CPU per task is 80 µs in its worker, 45 µs in its producer
+  and 109 µs in Redis.
 
 ### Tracing export (scenario 7)
 
@@ -732,7 +764,8 @@ Not done, or no help:
   since code using the OpenTelemetry API reads `Context::current()`.
 - The process span built with the OpenTelemetry API instead of `tracing`: not needed once the
   attributes moved behind the sampler, and handler spans and log lines find their parent and
-  trace id through the `tracing` span.
+  trace id through the `tracing` span. (Done later, for what it cost end to end: scenario 9's
+  findings, 6b544a0.)
 
 Where the rest goes, always_on after step 2 (callgrind, per task): the runtime thread 68k as
 untraced, of which the OpenTelemetry layer about 9k (`on_close` 2.1k, starting the span and
