@@ -154,6 +154,11 @@ fn lower_hex<const N: usize>(digits: &[u8]) -> Option<[u8; N]> {
     (digits.len() == 2 * N && invalid & 0xf0 == 0).then_some(out)
 }
 
+/// The trace id (32 lowercase hex digits) of `traceparent`, if it is one the queue continues.
+pub(crate) fn trace_id(traceparent: &str) -> Option<String> {
+    parse_traceparent(traceparent).map(|(trace_id, _, _)| trace_id.to_string())
+}
+
 /// Makes `span` a child of the remote context `trace` (if it holds a valid `traceparent`).
 pub fn set_parent(span: &tracing::Span, trace: &TraceContext) {
     // A disabled span (no subscriber, or filtered out) has no parent to set: skip the parsing.

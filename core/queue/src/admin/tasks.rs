@@ -34,10 +34,11 @@ pub struct TaskPage {
     pub next_page_token: Option<String>,
 }
 
-/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
+/// The trace id of a W3C `traceparent`, read as the worker reads it: none for a value the
+/// worker would not continue (its `process` span then starts a trace of its own), so an
+/// operator is not sent to a trace that does not exist.
 pub(super) fn trace_id(traceparent: Option<&str>) -> Option<String> {
-    let id = traceparent?.split('-').nth(1)?;
-    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+    crate::trace::trace_id(traceparent?)
 }
 
 /// What an operator sees of `envelope` in `state`.
@@ -430,6 +431,11 @@ mod tests {
             "00",
             "00-xyz-1-01",
             "00-0af7651916cd43dd8448eb211c80319-b-01",
+            // Found by an outside attack: shown, though the worker did not continue them.
+            "00-ABCDEF0123456789ABCDEF0123456789-00F067AA0BA902B7-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-GARBAGE",
         ] {
             assert_eq!(trace_id(Some(bad)), None, "{bad}");
         }
