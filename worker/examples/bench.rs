@@ -1040,6 +1040,11 @@ tasks a second in the rounds between them):
   method, 97.9% and 102.4% by the new one (its 91.7% at 55d2bca was the old method on the slow
   machine). The table \"Against the targets\" now has the two tracing targets beside the
   metrics one.
+- `make bench` at 8468ae6, the queue's spans through the OpenTelemetry API (scenario 9's
+  findings), on the slow machine of the afternoon (raw cycle 55k entries/s): always_on 90% of
+  the untraced drain (rounds 77, 90 and 94%), the ratio sampler 116% (98-128%), every span
+  received (200,000 of 200,000 in each of the six always_on drains); metrics 95.3% of off.
+  Both tracing targets met in this run, with one always_on round of three under 80%.
 
 ### The queue moved into its own crate (issue 12)
 
