@@ -28,7 +28,7 @@ use redis::Value;
 use crate::{
     keys::QueueName,
     task::{Envelope, Task},
-    trace::Remote,
+    trace::{self, Remote},
 };
 
 /// Why a stream entry is not a task. Names the field, never its value.
@@ -358,6 +358,12 @@ impl<'a> FieldValue<'a> {
 type Lookup<'a> = dyn Fn(&str) -> Option<FieldValue<'a>> + 'a;
 
 fn decode_with<'a>(queue: QueueName, map: &Lookup<'a>) -> Result<Envelope, DecodeError> {
+    // A trace field that is not text (bytes that are not UTF-8, a nil) is dropped rather than
+    // failing the task it rides on, and what is carried on is bounded (found by an outside
+    // attack: a byte 0xff there dead-lettered a valid task, and a 400 KB `tracestate` went
+    // whole into its dead letter).
+    let text = |name| optional(map, name).ok().flatten();
+    let (traceparent, tracestate) = trace::carried(text("traceparent"), text("tracestate"));
     let task = Task {
         id: required(map, "id")?,
         kind: required(map, "type")?,
@@ -367,8 +373,8 @@ fn decode_with<'a>(queue: QueueName, map: &Lookup<'a>) -> Result<Envelope, Decod
         // As the builder and the JSON form: an attempt with no time at all is refused.
         timeout_ms: positive(map, "timeout_ms")?,
         enqueued_at: number(map, "enqueued_at")?,
-        traceparent: optional(map, "traceparent")?,
-        tracestate: optional(map, "tracestate")?,
+        traceparent,
+        tracestate,
         deadline: optional_number(map, "deadline")?,
         unique: optional(map, "unique")?,
         schedule: None,
@@ -449,6 +455,46 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), Value::BulkString(v.into_bytes())))
             .collect()
+    }
+
+    /// A trace field that is not text is dropped, not the task: bytes that are not UTF-8, a
+    /// nil; a `traceparent` over 512 characters is dropped (its `tracestate` with it), a long
+    /// `tracestate` cut to 512 characters (found by an outside attack).
+    #[test]
+    fn odd_trace_fields_are_dropped_not_the_task() {
+        let task = Task::new(&Welcome {
+            username: "alice".into(),
+        })
+        .unwrap();
+        let queue = task.queue.clone();
+        let valid = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let with = |traceparent: Value, tracestate: &str| {
+            let mut map = as_map(encode(&Envelope::first(task.clone())));
+            map.insert("traceparent".into(), traceparent);
+            map.insert("tracestate".into(), Value::BulkString(tracestate.into()));
+            decode(queue.clone(), &map).expect("the task decodes").task
+        };
+        let carried = |task: Task| (task.traceparent, task.tracestate);
+        assert_eq!(
+            carried(with(Value::BulkString(b"\xff".to_vec()), "a=1")),
+            (None, None)
+        );
+        assert_eq!(carried(with(Value::Nil, "a=1")), (None, None));
+        let later = format!("cc{}-{}", &valid[2..], "x".repeat(600)).into_bytes();
+        assert_eq!(carried(with(Value::BulkString(later), "a=1")), (None, None));
+        let (traceparent, tracestate) = carried(with(
+            Value::BulkString(valid.into()),
+            &(0..100)
+                .map(|i| format!("k{i}=v"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ));
+        assert_eq!(traceparent.as_deref(), Some(valid));
+        assert!(tracestate.is_some_and(|state| state.len() <= 512));
+        assert_eq!(
+            carried(with(Value::BulkString(valid.into()), "a=1")),
+            (Some(valid.to_owned()), Some("a=1".to_owned()))
+        );
     }
 
     #[test]

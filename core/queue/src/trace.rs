@@ -154,6 +154,33 @@ fn lower_hex<const N: usize>(digits: &[u8]) -> Option<[u8; N]> {
     (digits.len() == 2 * N && invalid & 0xf0 == 0).then_some(out)
 }
 
+/// What a task read from Redis carries on (to its retries, its dead letter, the admin views):
+/// its `traceparent` unless longer than any the queue writes could grow to (512 characters:
+/// a later version may add fields, none that long), and its `tracestate` cut to 512
+/// characters. Checked by length only: each task's context is read by the grammar once, when
+/// its span starts (reading it here too cost the worker 0.5k instructions a task).
+pub(crate) fn carried(
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+) -> (Option<String>, Option<String>) {
+    let Some(traceparent) = traceparent.filter(|value| value.len() <= TRACEPARENT_MAX) else {
+        return (None, None);
+    };
+    let tracestate = tracestate
+        .map(|state| {
+            if state.len() <= TRACESTATE_MAX {
+                state
+            } else {
+                capped_tracestate(&state).into_owned()
+            }
+        })
+        .filter(|state| !state.is_empty());
+    (Some(traceparent), tracestate)
+}
+
+/// The longest `traceparent` a task carries on.
+const TRACEPARENT_MAX: usize = 512;
+
 /// The trace id (32 lowercase hex digits) of `traceparent`, if it is one the queue continues.
 pub(crate) fn trace_id(traceparent: &str) -> Option<String> {
     parse_traceparent(traceparent).map(|(trace_id, _, _)| trace_id.to_string())

@@ -1057,7 +1057,9 @@ mod tests {
         assert_eq!(ours[1].2, Ok(long));
         assert_eq!(ours[2].2, Ok(hostile.clone()));
         assert!(ours[3].2.is_err() && ours[4].2.is_err() && ours[6].2.is_err());
-        assert!(ours[7].2.is_err(), "a nil traceparent is no task");
+        let mut untraced = hostile.clone();
+        (untraced.task.traceparent, untraced.task.tracestate) = (None, None);
+        assert_eq!(ours[7].2, Ok(untraced), "a nil traceparent is dropped");
         assert_eq!((&ours[8].2, &ours[9].2), (&ours[0].2, &ours[0].2));
         let mut three = hostile.clone();
         three.task.max_retry = 3;
