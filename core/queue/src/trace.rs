@@ -5,12 +5,10 @@
 //! with). The two headers are W3C Trace Context's, written and read here by its grammar
 //! (version `00`, lowercase hex, no all-zero ids), whatever propagator the program installs:
 //! they are what a task carries, and the SDK's propagator spent some 3k instructions on each
-//! (BENCHMARKS.md, scenario 9) and accepted forms the grammar does not (upper case in the
-//! version, a version `00` header with more after its flags is refused by both).
+//! (BENCHMARKS.md, scenario 9) and accepted forms the grammar does not (an upper-case or
+//! signed version, for one).
 
-use std::sync::Arc;
-
-use std::str::FromStr as _;
+use std::{str::FromStr as _, sync::Arc};
 
 use opentelemetry::{
     Context, InstrumentationScope, KeyValue,
