@@ -21,7 +21,8 @@
 //! `zstd` are ignored with a warning: this build sends OTLP uncompressed). Spans go through the
 //! crate's own processor, which encodes each into request bytes on the thread that ends it
 //! (`span_batch`), and its own exporter (`span_export`). Trace ids exist (and propagate)
-//! even without export, so log lines can always be correlated. Endpoints must be `http://`
+//! even without export, so log lines can always be correlated; the global tracer (the
+//! queue's spans) then records nothing (`unexported`). Endpoints must be `http://`
 //! (no TLS in this build) and are checked at start. Both signals share one resource, whose
 //! `service.instance.id` is a UUID made at start unless `OTEL_RESOURCE_ATTRIBUTES` sets one.
 
@@ -38,6 +39,7 @@ mod span_events;
 mod span_export;
 #[cfg(feature = "test-util")]
 pub mod testing;
+mod unexported;
 
 use std::time::Duration;
 
@@ -297,6 +299,7 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
     };
     let meters =
         metric_exporter.map(|exporter| metrics::provider(resource.clone(), exporter, interval));
+    let exported = span_exporter.is_some();
     let mut provider = SdkTracerProvider::builder().with_resource(resource);
     if let Some(exporter) = span_exporter {
         provider =
@@ -360,8 +363,13 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
         opentelemetry::global::set_meter_provider(meters.clone());
     }
     // The queue makes its own spans (`send`, `process`) with the global tracer provider's
-    // tracer, outside `tracing` (BENCHMARKS.md, scenario 9).
-    opentelemetry::global::set_tracer_provider(provider.clone());
+    // tracer, outside `tracing` (BENCHMARKS.md, scenario 9). With no traces endpoint they
+    // carry their context and record nothing (`unexported`).
+    if exported {
+        opentelemetry::global::set_tracer_provider(provider.clone());
+    } else {
+        opentelemetry::global::set_tracer_provider(unexported::Provider::from_env());
+    }
     Ok(Guard {
         metrics_interval: meters.as_ref().map(|_| interval),
         providers: Some(Providers {

@@ -23,7 +23,8 @@
 //!    `publish_batch`); tasks/s, enqueue-to-start latency, CPU per task of each process and of
 //!    Redis, the raw cycle in the same rounds. Both processes record the queue's metrics and
 //!    export them every second to a receiver here, as scenario 8's "on": the queue with its
-//!    telemetry and metrics on, but no traces endpoint (spans recorded, not exported).
+//!    telemetry and metrics on, but no traces endpoint (the queue's spans given ids and the
+//!    sampler's decision, not recorded; see observability's `unexported`).
 //! 10. peers (`make bench-peers`, `BENCH_ONLY=peers`, not in `make bench`): scenario 9's
 //!     workload with one worker process for simplebank, apalis (`worker/peers/apalis`) and BullMQ
 //!     (`worker/peers/bullmq`), interleaved; written between markers into the report, which
@@ -1197,9 +1198,10 @@ impl Bench {
     fn e2e_telemetry(&self, exports: usize) -> String {
         if self.e2e_metrics {
             format!(
-                "both processes run the project's telemetry (`RUST_LOG=warn`: log lines, spans \
-                 recorded with no traces endpoint, the trace context carried by each task \
-                 published one at a time) and export the queue's metrics every second \
+                "both processes run the project's telemetry (`RUST_LOG=warn`: log lines, the \
+                 queue's spans with their ids and sampled flag but, with no traces endpoint, \
+                 not recorded, the trace context carried by each task published one at a \
+                 time) and export the queue's metrics every second \
                  (scenario 8's \"on\"; {} exports received).",
                 self.otlp.metric_exports() - exports
             )

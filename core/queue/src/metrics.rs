@@ -151,6 +151,50 @@ fn type_value(task_type: Option<&'static str>) -> &'static str {
     task_type.unwrap_or(OTHER_TYPE)
 }
 
+/// The attribute sets made so far, with the instruments bound to them, and the last one
+/// found. A worker or a publisher records the same set task after task: compared with the
+/// last one first, it is not hashed again (SipHash over the queue's and the type's names,
+/// with the key built to hash, was some 600 instructions a task; BENCHMARKS.md, scenario 9).
+#[derive(Debug)]
+struct Sets<K, V> {
+    all: HashMap<K, Arc<V>>,
+    last: Option<(K, Arc<V>)>,
+}
+
+impl<K, V> Default for Sets<K, V> {
+    fn default() -> Self {
+        Self {
+            all: HashMap::new(),
+            last: None,
+        }
+    }
+}
+
+impl<K: Clone + Eq + std::hash::Hash, V> Sets<K, V> {
+    /// The last set found, if its key is the one `is_key` accepts.
+    fn find(&self, is_key: impl FnOnce(&K) -> bool) -> Option<Arc<V>> {
+        let (key, set) = self.last.as_ref()?;
+        is_key(key).then(|| Arc::clone(set))
+    }
+
+    /// The set of `key`, now the last one found.
+    fn get(&mut self, key: &K) -> Option<Arc<V>> {
+        let set = Arc::clone(self.all.get(key)?);
+        self.last = Some((key.clone(), Arc::clone(&set)));
+        Some(set)
+    }
+
+    fn len(&self) -> usize {
+        self.all.len()
+    }
+
+    /// Keeps `set` for `key`, now the last one found.
+    fn insert(&mut self, key: K, set: Arc<V>) {
+        self.last = Some((key.clone(), Arc::clone(&set)));
+        self.all.insert(key, set);
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct ConsumerKey {
     queue: QueueName,
@@ -176,7 +220,7 @@ pub(crate) struct ConsumerMetrics {
     consumed: Counter<u64>,
     /// Rare (a trim removes many letters at once): recorded unbound.
     trimmed: Counter<u64>,
-    sets: Arc<Mutex<HashMap<ConsumerKey, Arc<ConsumerSet>>>>,
+    sets: Arc<Mutex<Sets<ConsumerKey, ConsumerSet>>>,
 }
 
 impl ConsumerMetrics {
@@ -218,8 +262,11 @@ impl ConsumerMetrics {
 
     fn set(&self, key: ConsumerKey) -> Arc<ConsumerSet> {
         let mut sets = self.sets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(set) = sets.find(|last| *last == key) {
+            return set;
+        }
         if let Some(set) = sets.get(&key) {
-            return Arc::clone(set);
+            return set;
         }
         let mut set: Vec<KeyValue> = base("process").into();
         set.extend([
@@ -306,7 +353,7 @@ struct ProducerSet {
 #[derive(Debug, Clone)]
 pub(crate) struct ProducerMetrics {
     sent: Counter<u64>,
-    sets: Arc<Mutex<HashMap<ProducerKey, Arc<ProducerSet>>>>,
+    sets: Arc<Mutex<Sets<ProducerKey, ProducerSet>>>,
 }
 
 impl ProducerMetrics {
@@ -334,13 +381,18 @@ impl ProducerMetrics {
     ) -> Arc<ProducerSet> {
         {
             let mut sets = self.sets.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(set) = sets.find(|last| {
+                last.queue == *queue && *last.task_type == *task_type && last.error == error
+            }) {
+                return set;
+            }
             let key = ProducerKey {
                 queue: queue.clone(),
                 task_type: Arc::from(task_type),
                 error,
             };
             match sets.get(&key) {
-                Some(set) => Arc::clone(set),
+                Some(set) => set,
                 None => {
                     // Types come from the producer's code and are few; a program that makes
                     // them up per task gets `_OTHER` past the bound instead of a series each.
@@ -443,5 +495,61 @@ mod tests {
             text(&failed.attributes).last().map(String::as_str),
             Some("error.type=redis")
         );
+    }
+
+    /// The last set found is reused only for its own key; a set found again after others is
+    /// the one made for it.
+    #[test]
+    fn the_last_set_is_reused_for_its_key_only() {
+        let consumer = ConsumerMetrics::new(&global_meter());
+        let (a, b) = (
+            QueueName::parse("a").expect("queue"),
+            QueueName::parse("b").expect("queue"),
+        );
+        let key = |queue: &QueueName, task_type, outcome| ConsumerKey {
+            queue: queue.clone(),
+            task_type,
+            outcome,
+            error: None,
+        };
+        let keys = [
+            key(&a, "t:1", Outcome::Success),
+            key(&a, "t:1", Outcome::Retry),
+            key(&b, "t:1", Outcome::Success),
+            key(&a, "t:2", Outcome::Success),
+        ];
+        let first: Vec<_> = keys.iter().map(|k| consumer.set(k.clone())).collect();
+        for (n, k) in keys.iter().enumerate().rev().chain(keys.iter().enumerate()) {
+            let set = consumer.set(k.clone());
+            for (m, made) in first.iter().enumerate() {
+                assert_eq!(Arc::ptr_eq(&set, made), n == m, "{k:?} against {m}");
+            }
+            // Twice in a row: the last one, the same set.
+            assert!(Arc::ptr_eq(&set, &consumer.set(k.clone())));
+        }
+        assert_eq!(consumer.sets.lock().expect("lock").len(), keys.len());
+
+        let producer = ProducerMetrics::new(&global_meter());
+        let sent = [
+            (&a, "t:1", None),
+            (&a, "t:2", None),
+            (&b, "t:1", None),
+            (&a, "t:1", Some(ErrorType::Redis)),
+        ];
+        let first: Vec<_> = sent
+            .iter()
+            .map(|(q, t, e)| producer.set(q, t, *e))
+            .collect();
+        for (n, (q, t, e)) in sent.iter().enumerate().rev().chain(sent.iter().enumerate()) {
+            let set = producer.set(q, t, *e);
+            for (m, made) in first.iter().enumerate() {
+                assert_eq!(
+                    Arc::ptr_eq(&set, made),
+                    n == m,
+                    "{q:?} {t} {e:?} against {m}"
+                );
+            }
+        }
+        assert_eq!(producer.sets.lock().expect("lock").len(), sent.len());
     }
 }
