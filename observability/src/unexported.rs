@@ -1,11 +1,14 @@
 //! The global tracer provider when no traces endpoint is set: its spans have ids, and the
 //! sampler's decision in their flags, but record nothing. The SDK's provider records every
 //! sampled span even with no processor to hand it to (its name, attributes, start and end
-//! times, built and freed): a fifth of the queue's instructions per task in the end-to-end
-//! scenario with no traces endpoint (callgrind; BENCHMARKS.md, scenario 9). A span made here carries the same
-//! context as the SDK's would: log lines get its ids, a task or a request it sends carries its
-//! `traceparent` with the sampled flag the configured sampler (`OTEL_TRACES_SAMPLER`) chose,
-//! so that a service downstream that exports keeps the trace.
+//! times, built and freed): about a sixth of the worker's instructions per task and a fifth
+//! of the producer's in the end-to-end scenario with no traces endpoint (callgrind;
+//! BENCHMARKS.md, "Scenarios 9 and 10 with the project's telemetry on"). A span made here
+//! carries the context the SDK's tracer would give it (a test compares them): log lines get
+//! its ids, and a task or a request it sends carries its `traceparent` with the sampled flag
+//! the configured sampler (`OTEL_TRACES_SAMPLER`) chose, so that a service downstream that
+//! exports keeps the trace. Unlike the SDK's, this provider has no shutdown: after the
+//! program's `Guard` is dropped its spans still get ids.
 
 use std::sync::Arc;
 
@@ -76,8 +79,14 @@ impl opentelemetry::trace::Tracer for Tracer {
             builder.attributes.as_deref().unwrap_or(&[]),
             builder.links.as_deref().unwrap_or(&[] as &[Link]),
         );
-        let flags = parent_context.map_or(TraceFlags::default(), SpanContext::trace_flags);
-        let flags = flags.with_sampled(decision.decision == SamplingDecision::RecordAndSample);
+        let parent_flags = parent_context.map_or(TraceFlags::default(), SpanContext::trace_flags);
+        // As the SDK's: the parent's flags with the sampled bit set or cleared, none when
+        // the span is dropped.
+        let flags = match decision.decision {
+            SamplingDecision::RecordAndSample => parent_flags.with_sampled(true),
+            SamplingDecision::RecordOnly => parent_flags.with_sampled(false),
+            SamplingDecision::Drop => TraceFlags::default(),
+        };
         Unrecorded(SpanContext::new(
             trace_id,
             self.0.generator.new_span_id(),
@@ -132,26 +141,111 @@ mod tests {
         Span as _, SpanId, TraceContextExt as _, TraceId, TraceState, Tracer as _,
         TracerProvider as _,
     };
-    use opentelemetry_sdk::trace::Sampler;
+    use opentelemetry_sdk::trace::{Sampler, SamplingResult, SdkTracerProvider};
 
     use super::*;
 
-    fn provider(sampler: Sampler) -> Provider {
+    fn provider(sampler: impl Into<Box<dyn ShouldSample>>) -> Provider {
         let Config { id_generator, .. } = Config::default();
         Provider(Arc::new(Ids {
-            sampler: Box::new(sampler),
+            sampler: sampler.into(),
             generator: id_generator,
         }))
     }
 
     fn remote_parent(sampled: bool) -> Context {
+        remote_with_flags(TraceFlags::default().with_sampled(sampled))
+    }
+
+    fn remote_with_flags(flags: TraceFlags) -> Context {
         Context::new().with_remote_span_context(SpanContext::new(
             TraceId::from(0x0af7651916cd43dd8448eb211c80319c),
             SpanId::from(0xb7ad6b7169203331),
-            TraceFlags::default().with_sampled(sampled),
+            flags,
             true,
             TraceState::from_key_value([("vendor", "value")]).unwrap(),
         ))
+    }
+
+    /// A sampler that records and does not sample, which none of the environment's does.
+    #[derive(Clone, Debug)]
+    struct RecordOnly;
+
+    impl ShouldSample for RecordOnly {
+        fn should_sample(
+            &self,
+            parent: Option<&Context>,
+            _: opentelemetry::trace::TraceId,
+            _: &str,
+            _: &SpanKind,
+            _: &[KeyValue],
+            _: &[Link],
+        ) -> SamplingResult {
+            SamplingResult {
+                decision: SamplingDecision::RecordOnly,
+                attributes: Vec::new(),
+                trace_state: parent
+                    .map(|cx| cx.span().span_context().trace_state().clone())
+                    .unwrap_or_default(),
+            }
+        }
+    }
+
+    /// What the span context says, the ids aside: whether it is valid, continues the parent's
+    /// trace, its flags, trace state and remoteness.
+    fn shape(span: &SpanContext, parent: &Context) -> (bool, bool, u8, String, bool) {
+        (
+            span.is_valid(),
+            span.trace_id() == parent.span().span_context().trace_id(),
+            span.trace_flags().to_u8(),
+            span.trace_state().header(),
+            span.is_remote(),
+        )
+    }
+
+    /// The same parents and samplers give the SDK's tracer and this one the same span
+    /// context: every decision (sampled, recorded only, dropped), parents sampled or not
+    /// with other flag bits set, none, an invalid one, and a context that suppresses
+    /// telemetry.
+    #[test]
+    fn the_context_is_the_one_the_sdk_would_give() {
+        let samplers: Vec<Box<dyn ShouldSample>> = vec![
+            Box::new(Sampler::ParentBased(Box::new(Sampler::AlwaysOn))),
+            Box::new(Sampler::ParentBased(Box::new(Sampler::AlwaysOff))),
+            Box::new(Sampler::AlwaysOn),
+            Box::new(Sampler::AlwaysOff),
+            Box::new(Sampler::ParentBased(Box::new(RecordOnly))),
+            Box::new(RecordOnly),
+        ];
+        let parents = [
+            Context::new(),
+            remote_parent(true),
+            remote_parent(false),
+            remote_with_flags(TraceFlags::new(0x03)),
+            remote_with_flags(TraceFlags::new(0x02)),
+            Context::new().with_remote_span_context(SpanContext::empty_context()),
+            remote_parent(true).with_telemetry_suppressed(),
+        ];
+        for sampler in samplers {
+            let sdk = SdkTracerProvider::builder()
+                .with_sampler(sampler.clone())
+                .build()
+                .tracer("t");
+            let ours = provider(sampler.clone()).tracer("t");
+            for parent in &parents {
+                let (theirs, mine) = (
+                    sdk.start_with_context("span", parent),
+                    ours.start_with_context("span", parent),
+                );
+                assert_eq!(
+                    shape(mine.span_context(), parent),
+                    shape(theirs.span_context(), parent),
+                    "{sampler:?} under {:?}",
+                    parent.span().span_context()
+                );
+                assert!(!mine.is_recording());
+            }
+        }
     }
 
     #[test]
@@ -189,12 +283,13 @@ mod tests {
             assert_eq!(grandchild.span_context().trace_id(), theirs.trace_id());
             assert_eq!(grandchild.span_context().is_sampled(), sampled);
         }
-        // A context that holds no valid span is no parent.
-        let orphan = tracer.start_with_context(
-            "orphan",
-            &Context::new().with_remote_span_context(SpanContext::empty_context()),
-        );
+        // A context whose span is not valid gives no trace id: the span starts a trace of its
+        // own (the parent-based sampler takes the invalid parent as not sampled, as the SDK's
+        // tracer does; see the comparison above).
+        let invalid = Context::new().with_remote_span_context(SpanContext::empty_context());
+        let orphan = tracer.start_with_context("orphan", &invalid);
         assert!(orphan.span_context().is_valid());
+        assert!(!orphan.span_context().is_sampled());
     }
 
     #[test]
