@@ -505,6 +505,33 @@ async fn a_retried_task_stays_in_its_trace_with_the_failure_recorded() {
             .map(|p| (attempt(p), p.status.clone()))
             .collect::<Vec<_>>()
     );
+    // The mailer's span of the failed attempt is failed too, with the error; the one of the
+    // attempt that sent the email is not.
+    let mail_under = |process: &Span| {
+        spans
+            .iter()
+            .find(|(_, s)| s.name == "send email" && s.parent_span_id == process.span_id)
+            .map(|(_, s)| s.status.clone().unwrap_or_default())
+    };
+    let first = processes
+        .iter()
+        .find(|p| attempt(p) == Some(1))
+        .expect("attempt 1");
+    let failed_mail = mail_under(first).expect("attempt 1's send email span");
+    assert_eq!(failed_mail.code, 2, "attempt 1's mail span is ERROR");
+    assert!(
+        failed_mail
+            .message
+            .contains("could not write the email file"),
+        "{failed_mail:?}"
+    );
+    assert!(
+        processes
+            .iter()
+            .filter(|p| p.status.as_ref().is_none_or(|st| st.code != 2))
+            .any(|p| mail_under(p).is_some_and(|st| st.code != 2)),
+        "the successful attempt's mail span is not ERROR"
+    );
     let (lines, emails) = stack.stop().await;
     assert_no_secrets(&collector, &lines, &emails, &password);
 }

@@ -161,23 +161,39 @@ impl Mailer for FileMailer {
         let span = tracing::info_span!(
             "send email",
             otel.kind = "client",
-            otel.status_code = tracing::field::Empty,
             email.transport = "file",
             email.message_id = %email.message_id,
         );
-        Box::pin(
-            async move {
-                let content = build_message(email)?.formatted();
-                let dir = self.dir.clone();
-                let path = dir.join(Self::file_name(&email.message_id));
-                // Blocking file calls (create, write, fsync, rename) in one trip off the executor.
-                tokio::task::spawn_blocking(move || Self::write(&dir, &path, &content))
-                    .await
-                    .map_err(|err| MailError::Transient(format!("the file writer failed: {err}")))?
-            }
-            .instrument(span),
-        )
+        in_span(span, async move {
+            let content = build_message(email)?.formatted();
+            let dir = self.dir.clone();
+            let path = dir.join(Self::file_name(&email.message_id));
+            // Blocking file calls (create, write, fsync, rename) in one trip off the executor.
+            tokio::task::spawn_blocking(move || Self::write(&dir, &path, &content))
+                .await
+                .map_err(|err| MailError::Transient(format!("the file writer failed: {err}")))?
+        })
     }
+}
+
+/// Runs a mailer's `send` inside its `send email` span, and marks the span failed (status
+/// ERROR, with the error's text, whose addresses are masked) when the email is not sent: the
+/// trace shows which attempt's mail failed, not only that its `process` span did.
+pub(crate) fn in_span<'a>(
+    span: tracing::Span,
+    send: impl Future<Output = Result<(), MailError>> + Send + 'a,
+) -> BoxFuture<'a, Result<(), MailError>> {
+    let marked = span.clone();
+    Box::pin(
+        async move {
+            let sent = send.await;
+            if let Err(err) = &sent {
+                simplebank_queue::trace::record_error(&marked, &err.to_string());
+            }
+            sent
+        }
+        .instrument(span),
+    )
 }
 
 /// The message both mailers send: text and HTML parts, headers built by lettre. The recipient

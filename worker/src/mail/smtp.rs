@@ -19,7 +19,6 @@ use lettre::{
     transport::smtp::authentication::Credentials,
 };
 use simplebank_core::secret::Secret;
-use tracing::Instrument;
 
 use super::BoxFuture;
 use super::{Email, MailError, Mailer, build_message, redact::mask_addresses};
@@ -107,25 +106,22 @@ impl Mailer for SmtpMailer {
             email.transport = "smtp",
             email.message_id = %email.message_id,
         );
-        Box::pin(
-            async move {
-                let message = build_message(email)?;
-                let sent = tokio::time::timeout(self.timeout, self.transport.send(message)).await;
-                // Servers often echo the recipient in their replies, in any spelling; errors
-                // end up in logs, spans and dead letters, so every address in them is masked.
-                match sent {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(err)) if err.is_permanent() => {
-                        Err(MailError::Rejected(mask_addresses(&err.to_string())))
-                    }
-                    Ok(Err(err)) => Err(MailError::Transient(mask_addresses(&err.to_string()))),
-                    Err(_) => Err(MailError::Transient(format!(
-                        "no answer from the SMTP server within SMTP_TIMEOUT ({:?})",
-                        self.timeout
-                    ))),
+        super::in_span(span, async move {
+            let message = build_message(email)?;
+            let sent = tokio::time::timeout(self.timeout, self.transport.send(message)).await;
+            // Servers often echo the recipient in their replies, in any spelling; errors
+            // end up in logs, spans and dead letters, so every address in them is masked.
+            match sent {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(err)) if err.is_permanent() => {
+                    Err(MailError::Rejected(mask_addresses(&err.to_string())))
                 }
+                Ok(Err(err)) => Err(MailError::Transient(mask_addresses(&err.to_string()))),
+                Err(_) => Err(MailError::Transient(format!(
+                    "no answer from the SMTP server within SMTP_TIMEOUT ({:?})",
+                    self.timeout
+                ))),
             }
-            .instrument(span),
-        )
+        })
     }
 }
