@@ -104,6 +104,29 @@ fn loggable_path(path: &str) -> String {
     clean
 }
 
+/// The caller's W3C trace context, by the W3C Trace Context rules for repeated headers: two or
+/// more `traceparent` headers are no parent (the call starts a trace of its own, as the W3C
+/// test suite expects), and several `tracestate` headers are one list, joined with commas in
+/// their order (HTTP's rule for a list header). A header that is not visible ASCII is none.
+fn trace_context(headers: &http::HeaderMap) -> TraceContext {
+    let mut parents = headers.get_all("traceparent").iter();
+    let traceparent = match (parents.next(), parents.next()) {
+        (Some(only), None) => only.to_str().ok().map(str::to_owned),
+        _ => None,
+    };
+    let mut states = headers.get_all("tracestate").iter().peekable();
+    let tracestate = states.peek().is_some().then(|| {
+        states
+            .map(|value| value.to_str().ok())
+            .collect::<Option<Vec<_>>>()
+            .map(|parts| parts.join(","))
+    });
+    TraceContext {
+        traceparent,
+        tracestate: tracestate.flatten(),
+    }
+}
+
 fn header(headers: &http::HeaderMap, name: &str) -> Option<String> {
     headers
         .get(name)
@@ -139,13 +162,7 @@ where
             rpc.method = %rpc_method,
             rpc.grpc.status_code = tracing::field::Empty,
         );
-        set_parent(
-            &span,
-            &TraceContext {
-                traceparent: header(request.headers(), "traceparent"),
-                tracestate: header(request.headers(), "tracestate"),
-            },
-        );
+        set_parent(&span, &trace_context(request.headers()));
         let started = Instant::now();
         let future = {
             let _entered = span.enter();
@@ -186,7 +203,57 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::loggable_path;
+    use tonic::codegen::http::{HeaderMap, HeaderValue};
+
+    use super::{loggable_path, trace_context};
+
+    const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    fn headers(pairs: &[(&'static str, &[u8])]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_bytes(value).expect("header value"));
+        }
+        map
+    }
+
+    #[test]
+    fn repeated_trace_headers_follow_the_w3c_rules() {
+        let one = trace_context(&headers(&[
+            ("traceparent", PARENT.as_bytes()),
+            ("tracestate", b"a=1"),
+        ]));
+        assert_eq!(one.traceparent.as_deref(), Some(PARENT));
+        assert_eq!(one.tracestate.as_deref(), Some("a=1"));
+
+        // Two traceparents, even equal ones: no parent.
+        let two = trace_context(&headers(&[
+            ("traceparent", PARENT.as_bytes()),
+            ("traceparent", PARENT.as_bytes()),
+            ("tracestate", b"a=1"),
+        ]));
+        assert_eq!(two.traceparent, None);
+
+        // Several tracestates: one list, in order.
+        let list = trace_context(&headers(&[
+            ("traceparent", PARENT.as_bytes()),
+            ("tracestate", b"a=1"),
+            ("tracestate", b"b=2,c=3"),
+        ]));
+        assert_eq!(list.tracestate.as_deref(), Some("a=1,b=2,c=3"));
+
+        // One that is not visible ASCII spoils the list, not the parent.
+        let spoiled = trace_context(&headers(&[
+            ("traceparent", PARENT.as_bytes()),
+            ("tracestate", b"a=1"),
+            ("tracestate", b"b=\xff"),
+        ]));
+        assert_eq!(spoiled.traceparent.as_deref(), Some(PARENT));
+        assert_eq!(spoiled.tracestate, None);
+
+        let none = trace_context(&HeaderMap::new());
+        assert_eq!((none.traceparent, none.tracestate), (None, None));
+    }
 
     #[test]
     fn paths_cannot_forge_log_fields() {
