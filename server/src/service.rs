@@ -1,6 +1,7 @@
 //! The `simplebank.v1.SimpleBank` service: sign-up and verification, sign-in and sessions,
 //! account updates.
 
+use opentelemetry::context::FutureExt as _;
 use simplebank_core::{
     domain::{FieldViolation, NewUser, Password, UserUpdate, Username, ValidationError},
     outbox,
@@ -13,6 +14,7 @@ use simplebank_core::{
     },
     tasks::SendVerifyEmail,
 };
+use simplebank_observability::propagation;
 use simplebank_queue::{Publisher, Task};
 use time::OffsetDateTime;
 use tokio_util::task::TaskTracker;
@@ -91,27 +93,33 @@ impl SimpleBankService {
     /// and the relay publishes it later.
     fn publish_after_commit(&self, row: OutboxLease, task: Task) {
         let (store, publisher) = (self.store.clone(), self.publisher.clone());
-        self.publishes.spawn(async move {
-            // (The publish span continues the call's trace through the task's traceparent.)
-            // Bounded by the row's grace: past it, the relay owns the row anyway.
-            let published = tokio::time::timeout(
-                outbox::PUBLISH_GRACE,
-                outbox::publish_row(&store, &publisher, row, &task),
-            )
-            .await;
-            match published {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => tracing::warn!(
-                    task_id = %task.id(),
-                    error = %status::chain(&err),
-                    "task left in the outbox; the relay will publish it"
-                ),
-                Err(_) => tracing::warn!(
-                    task_id = %task.id(),
-                    "publishing the task was cut off; the relay will publish it"
-                ),
+        // The row's DELETE is a span of the call's trace (not a trace of its own), without
+        // the call's span kept open by this task.
+        let call = propagation::otel_context(&tracing::Span::current());
+        self.publishes.spawn(
+            async move {
+                // (The publish span continues the call's trace through the task's traceparent.)
+                // Bounded by the row's grace: past it, the relay owns the row anyway.
+                let published = tokio::time::timeout(
+                    outbox::PUBLISH_GRACE,
+                    outbox::publish_row(&store, &publisher, row, &task),
+                )
+                .await;
+                match published {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => tracing::warn!(
+                        task_id = %task.id(),
+                        error = %status::chain(&err),
+                        "task left in the outbox; the relay will publish it"
+                    ),
+                    Err(_) => tracing::warn!(
+                        task_id = %task.id(),
+                        "publishing the task was cut off; the relay will publish it"
+                    ),
+                }
             }
-        });
+            .with_context(call),
+        );
     }
 
     /// The caller's access token, decrypted, checked, and its session live.

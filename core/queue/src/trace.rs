@@ -46,6 +46,17 @@ impl TraceContext {
     }
 }
 
+/// The OpenTelemetry context of `span` (a `tracing` span). Attached to work spawned from it
+/// (`opentelemetry::context::FutureExt::with_context`), it makes the `tracing` spans made
+/// there children of `span` without a `tracing` parent, which would keep `span` open (and its
+/// duration running) until the spawned work ends.
+pub fn otel_context(span: &tracing::Span) -> Context {
+    if span.is_disabled() {
+        return Context::new();
+    }
+    span.context()
+}
+
 /// The context of `span`, to write into a task or a request. Inside a handler, where the
 /// task's `process` span is not a `tracing` span, use [`current_context`] (or
 /// `Task::with_current_trace`): `tracing::Span::current()` is none there unless the handler

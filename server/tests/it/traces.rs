@@ -238,6 +238,15 @@ async fn wait_for_trace(
     collector.of_trace(trace_id)
 }
 
+/// The span called `name`; `what` says which, should it be missing.
+fn named<'a>(spans: &'a [(String, Span)], name: &str, what: &str) -> &'a Span {
+    spans
+        .iter()
+        .find(|(_, s)| s.name == name)
+        .map(|(_, s)| s)
+        .unwrap_or_else(|| panic!("{what}: no span {name:?}"))
+}
+
 fn one(spans: &[(String, Span)], kind: SpanKind) -> &(String, Span) {
     let found: Vec<_> = spans
         .iter()
@@ -265,18 +274,10 @@ fn check_chain(spans: &[(String, Span)], queue_stream: &str) -> Vec<Span> {
     assert_eq!(attr(rpc, "rpc.method").as_deref(), Some("CreateUser"));
     assert_eq!(attr(rpc, "rpc.grpc.status_code").as_deref(), Some("0"));
 
-    let db = spans
-        .iter()
-        .find(|(_, s)| s.name == "INSERT users, task_outbox")
-        .map(|(_, s)| s)
-        .expect("the database span");
+    let db = named(spans, "INSERT users, task_outbox", "the database span");
     assert_eq!(db.parent_span_id, rpc.span_id);
     assert_eq!(attr(db, "db.system").as_deref(), Some("postgresql"));
-    let hash = spans
-        .iter()
-        .find(|(_, s)| s.name == "hash password")
-        .map(|(_, s)| s)
-        .expect("the hashing span");
+    let hash = named(spans, "hash password", "the hashing span");
     assert_eq!(hash.parent_span_id, rpc.span_id);
     assert!(
         hash.end_time_unix_nano <= db.start_time_unix_nano,
@@ -340,11 +341,7 @@ fn check_chain(spans: &[(String, Span)], queue_stream: &str) -> Vec<Span> {
         );
         assert!(attr(process, "simplebank.task.attempt").is_some());
     }
-    let mail = spans
-        .iter()
-        .find(|(_, s)| s.name == "send email")
-        .map(|(_, s)| s)
-        .expect("the mailer span");
+    let mail = named(spans, "send email", "the mailer span");
     assert!(processes.iter().any(|p| p.span_id == mail.parent_span_id));
     processes
 }
@@ -390,6 +387,24 @@ async fn one_sign_up_is_one_trace_from_the_rpc_into_the_worker() {
     let spans = wait_for_trace(&collector, trace_id, 1).await;
     let processes = check_chain(&spans, &stream);
     assert_eq!(processes.len(), 1);
+    // The outbox row's DELETE, after the publish, in the background: in the call's trace,
+    // under the call's span.
+    eventually("the outbox DELETE span", Duration::from_secs(30), || {
+        let found = collector
+            .of_trace(trace_id)
+            .iter()
+            .any(|(_, s)| s.name == "DELETE task_outbox");
+        async move { found }
+    })
+    .await;
+    let spans = collector.of_trace(trace_id);
+    let (_, rpc) = one(&spans, SpanKind::Server);
+    let delete = named(&spans, "DELETE task_outbox", "the DELETE span");
+    assert_eq!(delete.parent_span_id, rpc.span_id);
+    assert!(
+        delete.start_time_unix_nano >= rpc.start_time_unix_nano,
+        "{delete:?}"
+    );
     let (lines, emails) = stack.stop().await;
     assert_logs_carry(&lines, trace_id, "processed task");
     assert_logs_carry(&lines, trace_id, "gRPC call");
@@ -717,11 +732,7 @@ fn check_rpc_chain(spans: &[(String, Span)], queue_stream: &str, method: &str, d
     let (_, rpc) = one(spans, SpanKind::Server);
     assert_eq!(rpc.name, format!("simplebank.v1.SimpleBank/{method}"));
     assert_eq!(attr(rpc, "rpc.method").as_deref(), Some(method));
-    let db = spans
-        .iter()
-        .find(|(_, s)| s.name == db_span)
-        .map(|(_, s)| s)
-        .expect("the database span");
+    let db = named(spans, db_span, "the database span");
     assert_eq!(db.parent_span_id, rpc.span_id);
     let (_, publish) = spans
         .iter()
