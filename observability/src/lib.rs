@@ -33,6 +33,7 @@ mod export;
 pub mod logs;
 pub mod metrics;
 pub mod propagation;
+mod sampler;
 mod span_batch;
 mod span_encoding;
 mod span_events;
@@ -248,6 +249,7 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
     let interval = metrics::export_interval()?;
     let metrics_on = metrics::enabled()?;
     let batching = span_batch::BatchSettings::from_env()?;
+    let sampler = sampler::from_env()?;
     // Each signal exported: its checked endpoint, and its exporter's checked settings.
     let with_settings = |endpoint: endpoint::Endpoint, signal| {
         span_export::Settings::from_env(signal).map(|settings| (endpoint, settings))
@@ -300,7 +302,9 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
     let meters =
         metric_exporter.map(|exporter| metrics::provider(resource.clone(), exporter, interval));
     let exported = span_exporter.is_some();
-    let mut provider = SdkTracerProvider::builder().with_resource(resource);
+    let mut provider = SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_sampler(sampler.clone());
     if let Some(exporter) = span_exporter {
         provider =
             provider.with_span_processor(span_batch::SpanBatcher::start(exporter, batching)?);
@@ -368,7 +372,7 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
     if exported {
         opentelemetry::global::set_tracer_provider(provider.clone());
     } else {
-        opentelemetry::global::set_tracer_provider(unexported::Provider::from_env());
+        opentelemetry::global::set_tracer_provider(unexported::Provider::new(sampler));
     }
     Ok(Guard {
         metrics_interval: meters.as_ref().map(|_| interval),

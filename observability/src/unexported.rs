@@ -16,7 +16,7 @@ use opentelemetry::{
     Context, InstrumentationScope, KeyValue,
     trace::{Link, SpanBuilder, SpanContext, SpanKind, Status, TraceContextExt as _, TraceFlags},
 };
-use opentelemetry_sdk::trace::{Config, IdGenerator, SamplingDecision, ShouldSample};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SamplingDecision, ShouldSample};
 
 /// Makes [`Tracer`]s that share the environment's sampler and a random id generator.
 #[derive(Clone, Debug)]
@@ -29,16 +29,12 @@ struct Ids {
 }
 
 impl Provider {
-    /// The sampler and id generator the SDK's provider takes from the environment.
-    pub(crate) fn from_env() -> Self {
-        let Config {
-            sampler,
-            id_generator,
-            ..
-        } = Config::default();
+    /// Spans sampled by `sampler` (the one the SDK's provider is given), with the SDK's
+    /// default random ids.
+    pub(crate) fn new(sampler: impl Into<Box<dyn ShouldSample>>) -> Self {
         Self(Arc::new(Ids {
-            sampler,
-            generator: id_generator,
+            sampler: sampler.into(),
+            generator: Box::new(RandomIdGenerator::default()),
         }))
     }
 }
@@ -146,11 +142,7 @@ mod tests {
     use super::*;
 
     fn provider(sampler: impl Into<Box<dyn ShouldSample>>) -> Provider {
-        let Config { id_generator, .. } = Config::default();
-        Provider(Arc::new(Ids {
-            sampler: sampler.into(),
-            generator: id_generator,
-        }))
+        Provider::new(sampler)
     }
 
     fn remote_parent(sampled: bool) -> Context {

@@ -41,11 +41,19 @@ async fn a_bad_setting_stops_the_worker_naming_the_variable() {
         ("OTEL_METRIC_EXPORT_INTERVAL", "1"),
         ("OTEL_METRIC_EXPORT_INTERVAL", "60"),
         ("OTEL_METRICS_EXPORTER", "prometheus"),
+        // The SDK took these for `parentbased_always_on` and a ratio of 1, without a word.
+        ("OTEL_TRACES_SAMPLER", "garbage_xyz"),
+        ("OTEL_TRACES_SAMPLER", "parentbased_always_of"),
+        ("OTEL_TRACES_SAMPLER_ARG", "10%"),
     ] {
-        let output = worker()
-            .env(var, value)
-            .output()
+        let mut command = worker();
+        if var == "OTEL_TRACES_SAMPLER_ARG" {
+            command.env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio");
+        }
+        command.env(var, value);
+        let output = tokio::time::timeout(Duration::from_secs(60), command.output())
             .await
+            .unwrap_or_else(|_| panic!("{var}={value}: the worker did not stop"))
             .expect("run the worker");
         assert_eq!(output.status.code(), Some(2), "{var}={value}");
         let stderr = String::from_utf8_lossy(&output.stderr);
