@@ -455,6 +455,37 @@ mod tests {
     /// Without a task's parent, the queue's span continues the current `tracing` span (whose
     /// context tracing-opentelemetry attaches while it is entered); inside the queue's span,
     /// `tracing` spans are its children and `current_context` gives its headers.
+    /// Work spawned from a span with its context attached makes children of it, and the span
+    /// still ends when it closes, not when that work ends.
+    #[test]
+    fn spawned_work_under_a_spans_context_is_its_child_without_holding_it_open() {
+        let kept = Kept::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(kept.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("layer")));
+        tracing::subscriber::with_default(subscriber, || {
+            let call = tracing::info_span!("rpc");
+            let context = otel_context(&call);
+            drop(call);
+            // The call has ended (and been exported) before the work it spawned runs.
+            assert_eq!(kept.0.lock().expect("lock").len(), 1);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            let _attached = context.attach();
+            tracing::info_span!("DELETE").in_scope(|| {});
+        });
+        let spans = kept.0.lock().expect("lock").clone();
+        let (rpc, delete) = (&spans[0], &spans[1]);
+        assert_eq!((rpc.name.as_ref(), delete.name.as_ref()), ("rpc", "DELETE"));
+        assert_eq!(delete.parent_span_id, rpc.span_context.span_id());
+        assert_eq!(delete.span_context.trace_id(), rpc.span_context.trace_id());
+        assert!(rpc.end_time < delete.start_time, "{rpc:?} {delete:?}");
+
+        // A disabled span gives an empty context: the work starts traces of its own.
+        assert!(!otel_context(&tracing::Span::none()).has_active_span());
+    }
+
     #[test]
     fn the_queues_spans_nest_with_tracing_spans_both_ways() {
         let kept = Kept::default();
