@@ -374,6 +374,16 @@ mod tests {
         }
     }
 
+    /// A provider exporting into `kept`, and a subscriber with tracing-opentelemetry's layer
+    /// on its tracer `layer`.
+    fn layered(kept: &Kept) -> (SdkTracerProvider, impl tracing::Subscriber + Send + Sync) {
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(kept.clone())
+            .build();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("layer"));
+        (provider, tracing_subscriber::registry().with(layer))
+    }
+
     /// A consumer span as the dispatcher makes it, under `sampler`, continuing `parent`;
     /// returns whether `describe` ran and the spans exported.
     fn process_span(sampler: Sampler, parent: &TraceContext) -> (bool, Vec<SpanData>) {
@@ -452,19 +462,12 @@ mod tests {
         assert!(spans.is_empty());
     }
 
-    /// Without a task's parent, the queue's span continues the current `tracing` span (whose
-    /// context tracing-opentelemetry attaches while it is entered); inside the queue's span,
-    /// `tracing` spans are its children and `current_context` gives its headers.
     /// Work spawned from a span with its context attached makes children of it, and the span
     /// still ends when it closes, not when that work ends.
     #[test]
     fn spawned_work_under_a_spans_context_is_its_child_without_holding_it_open() {
         let kept = Kept::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(kept.clone())
-            .build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("layer")));
+        let (_provider, subscriber) = layered(&kept);
         tracing::subscriber::with_default(subscriber, || {
             let call = tracing::info_span!("rpc");
             let context = otel_context(&call);
@@ -486,14 +489,13 @@ mod tests {
         assert!(!otel_context(&tracing::Span::none()).has_active_span());
     }
 
+    /// Without a task's parent, the queue's span continues the current `tracing` span (whose
+    /// context tracing-opentelemetry attaches while it is entered); inside the queue's span,
+    /// `tracing` spans are its children and `current_context` gives its headers.
     #[test]
     fn the_queues_spans_nest_with_tracing_spans_both_ways() {
         let kept = Kept::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(kept.clone())
-            .build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("layer")));
+        let (provider, subscriber) = layered(&kept);
         let tracer = Tracer::of(provider.tracer("queue"));
         let carried = tracing::subscriber::with_default(subscriber, || {
             let outer = tracing::info_span!("rpc");
