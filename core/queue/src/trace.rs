@@ -49,11 +49,8 @@ impl TraceContext {
 /// The OpenTelemetry context of `span` (a `tracing` span). Attached to work spawned from it
 /// (`opentelemetry::context::FutureExt::with_context`), it makes the `tracing` spans made
 /// there children of `span` without a `tracing` parent, which would keep `span` open (and its
-/// duration running) until the spawned work ends.
+/// duration running) until the spawned work ends. A disabled span gives an empty context.
 pub fn otel_context(span: &tracing::Span) -> Context {
-    if span.is_disabled() {
-        return Context::new();
-    }
     span.context()
 }
 
