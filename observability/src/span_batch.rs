@@ -121,16 +121,24 @@ impl Batch {
         self.scopes.iter().position(|(s, _)| s == scope)
     }
 
-    /// What adding a span's `entry` of `scope` adds to the request's size.
-    fn cost(&self, scope: &InstrumentationScope, entry: &[u8]) -> usize {
-        entry.len()
-            + self
-                .find(scope)
-                .map_or_else(|| scope_overhead(scope), |_| 0)
+    /// Where `scope` is in `scopes`, if it is there, and what adding a span's `entry` of
+    /// `scope` adds to the request's size.
+    fn cost(&self, scope: &InstrumentationScope, entry: &[u8]) -> (Option<usize>, usize) {
+        let at = self.find(scope);
+        (
+            at,
+            entry.len() + at.map_or_else(|| scope_overhead(scope), |_| 0),
+        )
     }
 
-    fn push(&mut self, scope: &InstrumentationScope, entry: &[u8], cost: usize) {
-        let at = match self.find(scope) {
+    /// Adds `entry`, of `scope` (found `at`, by [`Batch::cost`]).
+    fn push(
+        &mut self,
+        scope: &InstrumentationScope,
+        entry: &[u8],
+        (at, cost): (Option<usize>, usize),
+    ) {
+        let at = match at {
             Some(at) => at,
             None => {
                 let capacity = if self.scopes.is_empty() {
@@ -168,8 +176,8 @@ impl Batch {
         for span in spans {
             entry.clear();
             span_entry(&mut entry, span);
-            let cost = batch.cost(&span.instrumentation_scope, &entry);
-            batch.push(&span.instrumentation_scope, &entry, cost);
+            let found = batch.cost(&span.instrumentation_scope, &entry);
+            batch.push(&span.instrumentation_scope, &entry, found);
         }
         batch
     }
@@ -274,13 +282,13 @@ impl Queue {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let mut cost = state.open.cost(scope, entry);
-        if state.open.spans > 0 && state.open.bytes + cost + resource > MAX_REQUEST_BYTES {
+        let mut found = state.open.cost(scope, entry);
+        if state.open.spans > 0 && state.open.bytes + found.1 + resource > MAX_REQUEST_BYTES {
             state.close();
             self.work.notify_one();
-            cost = state.open.cost(scope, entry);
+            found = state.open.cost(scope, entry);
         }
-        state.open.push(scope, entry, cost);
+        state.open.push(scope, entry, found);
         state.queued += 1;
         if state.open.spans >= self.settings.max_batch {
             state.close();

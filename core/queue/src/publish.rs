@@ -256,14 +256,14 @@ impl Publisher {
             task.remote_trace(),
             6,
             || {
-                let attributes = vec![
+                let attributes = [
                     KeyValue::new("messaging.system", "redis"),
                     KeyValue::new("messaging.destination.name", stream.clone()),
                     KeyValue::new("messaging.operation.type", "send"),
                     KeyValue::new("simplebank.task.id", task.id.clone()),
                     KeyValue::new("simplebank.task.type", task.kind.clone()),
                 ];
-                (format!("send {stream}"), attributes)
+                (format!("send {stream}").into(), attributes)
             },
         );
         // The entry carries this span's context; without one (no tracer provider installed)

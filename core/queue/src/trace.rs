@@ -8,7 +8,12 @@
 //! (BENCHMARKS.md, scenario 9) and accepted forms the grammar does not (an upper-case or
 //! signed version, for one).
 
-use std::{str::FromStr as _, sync::Arc};
+use std::{
+    borrow::Cow,
+    collections::HashSet,
+    str::FromStr as _,
+    sync::{Arc, Mutex},
+};
 
 use opentelemetry::{
     Context, InstrumentationScope, KeyValue,
@@ -245,6 +250,21 @@ fn capped_tracestate(tracestate: &str) -> std::borrow::Cow<'_, str> {
     kept.into()
 }
 
+/// `name`, kept for the life of the process: one copy of each distinct name, however often
+/// it is asked for. For what a worker names once per queue (its queues are fixed when it
+/// starts) and would otherwise format for every span.
+pub(crate) fn interned(name: String) -> &'static str {
+    static NAMES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    let names = names.get_or_insert_with(HashSet::new);
+    if let Some(&kept) = names.get(name.as_str()) {
+        return kept;
+    }
+    let kept: &'static str = Box::leak(name.into_boxed_str());
+    names.insert(kept);
+    kept
+}
+
 /// The tracer of the queue's own spans: the global provider's when the publisher is built or
 /// the worker starts, as for its metrics ([`crate::metrics`]), unless one is given
 /// (`with_tracer`).
@@ -284,13 +304,13 @@ impl TaskSpan {
     /// formatting. A sampler sees the name `name` and no attributes (the environment's
     /// samplers look at the trace id and the parent only). `attributes`: how many the span
     /// will hold in all.
-    pub(crate) fn start(
+    pub(crate) fn start<A: IntoIterator<Item = KeyValue>>(
         tracer: &Tracer,
         name: &'static str,
         kind: SpanKind,
         trace: Remote<'_>,
         attributes: usize,
-        describe: impl FnOnce() -> (String, Vec<KeyValue>),
+        describe: impl FnOnce() -> (Cow<'static, str>, A),
     ) -> Self {
         let parent = remote(trace).unwrap_or_else(Context::current);
         // The span's list of attributes sized once for all it will hold, not grown one by one.
@@ -399,8 +419,8 @@ mod tests {
             || {
                 described = true;
                 (
-                    "process q".to_owned(),
-                    vec![KeyValue::new("messaging.system", "redis")],
+                    "process q".into(),
+                    [KeyValue::new("messaging.system", "redis")],
                 )
             },
         );
@@ -416,6 +436,18 @@ mod tests {
             )),
             tracestate: None,
         }
+    }
+
+    /// One copy of each name, however often it is interned.
+    #[test]
+    fn an_interned_name_is_kept_once() {
+        let first = interned("process {interned-test:q}:stream".to_owned());
+        let again = interned("process {interned-test:q}:stream".to_owned());
+        let other = interned("process {interned-test:r}:stream".to_owned());
+        assert_eq!(first, "process {interned-test:q}:stream");
+        assert!(std::ptr::eq(first, again));
+        assert_eq!(other, "process {interned-test:r}:stream");
+        assert!(!std::ptr::eq(first, other));
     }
 
     /// A kept span gets its name and attributes, under its remote parent.
@@ -503,7 +535,7 @@ mod tests {
                 SpanKind::Consumer,
                 Remote::default(),
                 0,
-                || ("process q".to_owned(), Vec::new()),
+                || ("process q".into(), []),
             );
             let carried = {
                 let _attached = span.context().attach();

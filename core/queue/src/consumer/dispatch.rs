@@ -18,6 +18,7 @@
 //! an attempt that reached its process span also records its duration.
 
 use std::{
+    borrow::Cow,
     panic::AssertUnwindSafe,
     pin::Pin,
     sync::Arc,
@@ -44,7 +45,7 @@ use crate::{
     report, retention,
     scripts::{self, Finished, FinishedLock, Retention},
     task::{Envelope, Task, now_ms},
-    trace::{TaskSpan, Tracer},
+    trace::{TaskSpan, Tracer, interned},
 };
 
 /// Runs entries; shared by the fetch loop and the reclaim loop.
@@ -71,6 +72,36 @@ pub(crate) struct Dispatcher {
     pub metrics: ConsumerMetrics,
     /// The `process` spans' tracer.
     pub tracer: Tracer,
+    /// Their names and stream attributes, per queue.
+    pub span_names: SpanNames,
+}
+
+/// Each queue's `process` span name and stream key, made when the worker starts rather than
+/// formatted for every span (BENCHMARKS.md, scenario 7).
+#[derive(Debug, Default)]
+pub(crate) struct SpanNames(Vec<(QueueName, &'static str, &'static str)>);
+
+impl SpanNames {
+    /// For the worker's `queues`, kept for the life of the process ([`interned`]).
+    pub fn new(keys: &Keys, queues: &[QueueName]) -> Self {
+        let named = queues.iter().map(|queue| {
+            let stream = keys.stream(queue);
+            let name = interned(format!("process {stream}"));
+            (queue.clone(), name, interned(stream))
+        });
+        Self(named.collect())
+    }
+
+    /// `queue`'s span name and stream key; made anew for a queue not given at start.
+    fn of(&self, keys: &Keys, queue: &QueueName) -> (Cow<'static, str>, Cow<'static, str>) {
+        match self.0.iter().find(|(known, ..)| known == queue) {
+            Some(&(_, name, stream)) => (name.into(), stream.into()),
+            None => {
+                let stream = keys.stream(queue);
+                (format!("process {stream}").into(), stream.into())
+            }
+        }
+    }
 }
 
 /// An entry ready to run: its task, handler and process span.
@@ -226,10 +257,10 @@ impl Dispatcher {
             task.task.remote_trace(),
             8,
             || {
-                let stream = self.keys.stream(queue);
-                let attributes = vec![
+                let (name, stream) = self.span_names.of(&self.keys, queue);
+                let attributes = [
                     KeyValue::new("messaging.system", "redis"),
-                    KeyValue::new("messaging.destination.name", stream.clone()),
+                    KeyValue::new("messaging.destination.name", stream),
                     KeyValue::new("messaging.operation.type", "process"),
                     KeyValue::new("messaging.consumer.group.name", GROUP),
                     KeyValue::new("messaging.message.id", entry_id.clone()),
@@ -237,7 +268,7 @@ impl Dispatcher {
                     KeyValue::new("simplebank.task.type", task_type),
                     KeyValue::new("simplebank.task.attempt", i64::from(task.attempt)),
                 ];
-                (format!("process {stream}"), attributes)
+                (name, attributes)
             },
         );
         Ok(Prepared {

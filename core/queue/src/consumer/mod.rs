@@ -216,6 +216,7 @@ impl Worker {
             abandon: CancellationToken::new(),
             metrics: ConsumerMetrics::new(&meter),
             tracer: self.tracer.unwrap_or_else(Tracer::global),
+            span_names: dispatch::SpanNames::new(&self.keys, &queues),
         });
         let promoter = tokio::spawn(promote::run(
             conn.clone(),
