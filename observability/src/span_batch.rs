@@ -112,6 +112,14 @@ pub(crate) struct Batch {
     capacity: usize,
 }
 
+/// Where a span's entry goes in a batch, and what it adds to the request's size.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    /// Its scope's place in `scopes`, if the batch holds that scope already.
+    at: Option<usize>,
+    cost: usize,
+}
+
 impl Batch {
     /// Where `scope` is in `scopes`, if it is there.
     fn find(&self, scope: &InstrumentationScope) -> Option<usize> {
@@ -121,23 +129,17 @@ impl Batch {
         self.scopes.iter().position(|(s, _)| s == scope)
     }
 
-    /// Where `scope` is in `scopes`, if it is there, and what adding a span's `entry` of
-    /// `scope` adds to the request's size.
-    fn cost(&self, scope: &InstrumentationScope, entry: &[u8]) -> (Option<usize>, usize) {
+    /// Where a span's `entry` of `scope` would go, and what it would add to the request.
+    fn cost(&self, scope: &InstrumentationScope, entry: &[u8]) -> Found {
         let at = self.find(scope);
-        (
+        Found {
             at,
-            entry.len() + at.map_or_else(|| scope_overhead(scope), |_| 0),
-        )
+            cost: entry.len() + at.map_or_else(|| scope_overhead(scope), |_| 0),
+        }
     }
 
-    /// Adds `entry`, of `scope` (found `at`, by [`Batch::cost`]).
-    fn push(
-        &mut self,
-        scope: &InstrumentationScope,
-        entry: &[u8],
-        (at, cost): (Option<usize>, usize),
-    ) {
+    /// Adds `entry`, of `scope`, where [`Batch::cost`] found its place.
+    fn push(&mut self, scope: &InstrumentationScope, entry: &[u8], Found { at, cost }: Found) {
         let at = match at {
             Some(at) => at,
             None => {
@@ -283,7 +285,7 @@ impl Queue {
             return;
         }
         let mut found = state.open.cost(scope, entry);
-        if state.open.spans > 0 && state.open.bytes + found.1 + resource > MAX_REQUEST_BYTES {
+        if state.open.spans > 0 && state.open.bytes + found.cost + resource > MAX_REQUEST_BYTES {
             state.close();
             self.work.notify_one();
             found = state.open.cost(scope, entry);

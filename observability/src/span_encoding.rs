@@ -7,8 +7,9 @@
 //!
 //! Field numbers are the OTLP protos' (`trace/v1/trace.proto`, `common/v1/common.proto`,
 //! `resource/v1/resource.proto`). A nested message is written in place behind a one-byte length,
-//! which is widened afterwards when the body needs more: no sizing pass. Two forms skip even
-//! that, being most of what a span holds: a span is given a two-byte length (most take 128
+//! which is widened afterwards when the body needs more: no sizing pass, but for the request's
+//! outer messages, whose bodies are the whole batch and whose lengths are added up first. Two
+//! forms skip even the widening, being most of what a span holds: a span is given a two-byte length (most take 128
 //! bytes to 16 KiB), and an attribute with a short key and a short text or small whole number
 //! is written with its lengths known up front. Either way the bytes are prost's, minimal
 //! lengths included (tests compare them byte for byte).
@@ -142,7 +143,9 @@ fn varint_len(value: u64) -> usize {
 }
 
 /// The tag and length of a length-delimited field `field` whose body (`length` bytes) follows.
+/// A field under 16 (a one-byte tag, as [`field_len`] counts).
 fn length_prefix(out: &mut Vec<u8>, field: u32, length: usize) {
+    debug_assert!(field < 16, "field {field} takes a tag of more than a byte");
     key(out, field, LEN);
     varint(out, length as u64);
 }

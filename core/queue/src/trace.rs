@@ -12,7 +12,7 @@ use std::{
     borrow::Cow,
     collections::HashSet,
     str::FromStr as _,
-    sync::{Arc, Mutex},
+    sync::{Arc, LazyLock, Mutex},
 };
 
 use opentelemetry::{
@@ -254,9 +254,8 @@ fn capped_tracestate(tracestate: &str) -> std::borrow::Cow<'_, str> {
 /// it is asked for. For what a worker names once per queue (its queues are fixed when it
 /// starts) and would otherwise format for every span.
 pub(crate) fn interned(name: String) -> &'static str {
-    static NAMES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    static NAMES: LazyLock<Mutex<HashSet<&'static str>>> = LazyLock::new(Mutex::default);
     let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
-    let names = names.get_or_insert_with(HashSet::new);
     if let Some(&kept) = names.get(name.as_str()) {
         return kept;
     }

@@ -78,7 +78,7 @@ pub(crate) struct Dispatcher {
 
 /// Each queue's `process` span name and stream key, made when the worker starts rather than
 /// formatted for every span (BENCHMARKS.md, scenario 7).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct SpanNames(Vec<(QueueName, &'static str, &'static str)>);
 
 impl SpanNames {
@@ -790,6 +790,23 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
+
+    /// Each queue's spans are named after its own stream, a queue not given at start too.
+    #[test]
+    fn each_queues_span_is_named_after_its_stream() {
+        let keys = Keys::new(crate::Namespace::parse("names-test").unwrap());
+        let queue = |name| QueueName::parse(name).unwrap();
+        let names = SpanNames::new(&keys, &[queue("critical"), queue("default")]);
+        for name in ["critical", "default", "low"] {
+            let stream = keys.stream(&queue(name));
+            let (span, attribute) = names.of(&keys, &queue(name));
+            assert_eq!(span, format!("process {stream}"));
+            assert_eq!(attribute, stream);
+        }
+        // The names given at start are the interned ones, not copies made per span.
+        let (span, _) = names.of(&keys, &queue("default"));
+        assert!(matches!(span, Cow::Borrowed(_)));
+    }
 
     /// A payload's decoding error as the dead letter gives it.
     fn reason<T: serde::de::DeserializeOwned + std::fmt::Debug>(
