@@ -5,7 +5,8 @@
 //! sent in the metadata, and is marked ERROR for the server-fault codes. The log line (method,
 //! status code, duration) is written inside the span, so it carries the trace id. Reflection
 //! and health calls (tools and load balancers, several a second) are logged at DEBUG, unless
-//! they fail on the server's side.
+//! they fail on the server's side, and their spans are at DEBUG: not traced unless `RUST_LOG`
+//! asks for DEBUG.
 //!
 //! Unary errors are "trailers-only" responses, so their `grpc-status` is in the response
 //! headers; a response without it in the headers is a success whose OK status follows in the
@@ -152,16 +153,28 @@ where
         let method = loggable_path(request.uri().path());
         let full_name = method.trim_start_matches('/');
         let (rpc_service, rpc_method) = full_name.split_once('/').unwrap_or((full_name, ""));
-        let span = tracing::info_span!(
-            "grpc",
-            otel.name = %full_name,
-            otel.kind = "server",
-            otel.status_code = tracing::field::Empty,
-            rpc.system = "grpc",
-            rpc.service = %rpc_service,
-            rpc.method = %rpc_method,
-            rpc.grpc.status_code = tracing::field::Empty,
-        );
+        macro_rules! call_span {
+            ($level:expr) => {
+                tracing::span!(
+                    $level,
+                    "grpc",
+                    otel.name = %full_name,
+                    otel.kind = "server",
+                    otel.status_code = tracing::field::Empty,
+                    rpc.system = "grpc",
+                    rpc.service = %rpc_service,
+                    rpc.method = %rpc_method,
+                    rpc.grpc.status_code = tracing::field::Empty,
+                )
+            };
+        }
+        // A probe's span is at DEBUG, so not traced by default: a load balancer checking
+        // every few seconds would otherwise make a trace of each check.
+        let span = if is_infrastructure(&method) {
+            call_span!(tracing::Level::DEBUG)
+        } else {
+            call_span!(tracing::Level::INFO)
+        };
         set_parent(&span, &trace_context(request.headers()));
         let started = Instant::now();
         let future = {

@@ -18,6 +18,9 @@ use simplebank_server::pb::{
     simple_bank_client::SimpleBankClient,
 };
 use tonic::{Request, metadata::MetadataValue};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 use crate::helpers::{connect_when_up, request};
 
@@ -414,7 +417,27 @@ async fn one_sign_up_is_one_trace_from_the_rpc_into_the_worker() {
         .filter(|(_, s)| s.name == "UPDATE task_outbox" && s.parent_span_id.is_empty())
         .count();
     assert_eq!(claims, 0, "the relay's idle claims are not traced");
+    // A load balancer's probe (the gRPC health service) is no trace either.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", stack.grpc))
+        .expect("address")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = HealthClient::new(channel);
+    let probe = health
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("health check");
+    assert_eq!(probe.get_ref().status(), ServingStatus::Serving);
     let (lines, emails) = stack.stop().await;
+    // (The server flushed its spans on the way out.)
+    let probes: Vec<String> = collector
+        .all()
+        .into_iter()
+        .map(|(_, s)| s.name)
+        .filter(|name| name.starts_with("grpc.health."))
+        .collect();
+    assert!(probes.is_empty(), "health checks traced: {probes:?}");
     assert_logs_carry(&lines, trace_id, "processed task");
     assert_logs_carry(&lines, trace_id, "gRPC call");
     assert_no_secrets(&collector, &lines, &emails, &password);
