@@ -7,9 +7,8 @@
 //!
 //! Field numbers are the OTLP protos' (`trace/v1/trace.proto`, `common/v1/common.proto`,
 //! `resource/v1/resource.proto`). A nested message is written in place behind a one-byte length,
-//! which is widened afterwards when the body needs more: no sizing pass, but for the request's
-//! outer messages, whose bodies are the whole batch and whose lengths are added up first. Two
-//! forms skip even the widening, being most of what a span holds: a span is given a two-byte length (most take 128
+//! which is widened afterwards when the body needs more: no sizing pass. Two forms skip even
+//! that, being most of what a span holds: a span is given a two-byte length (most take 128
 //! bytes to 16 KiB), and an attribute with a short key and a short text or small whole number
 //! is written with its lengths known up front. Either way the bytes are prost's, minimal
 //! lengths included (tests compare them byte for byte).
@@ -85,69 +84,28 @@ pub(crate) fn scope_overhead(scope: &InstrumentationScope) -> usize {
 /// `ResourceSpans`, with one `ScopeSpans` per scope, in the order given, each holding its
 /// spans' entries ([`span_entry`]) as they are. Given the scopes in the order they first
 /// appear and each one's spans in the order they ended, it is what the stock conversion
-/// builds. Every length is worked out before its message is written: a batch's entries are
-/// copied once, not moved again each time a reserved length had to widen.
+/// builds.
 pub(crate) fn export_request<'a>(
     resource: &EncodedResource,
     scopes: impl IntoIterator<Item = (&'a InstrumentationScope, &'a [u8])>,
     out: &mut Vec<u8>,
 ) {
-    // Each scope's `InstrumentationScope` message and schema URL field, and its entries.
-    let scopes: Vec<(Vec<u8>, Vec<u8>, &[u8])> = scopes
-        .into_iter()
-        .map(|(scope, entries)| {
-            let mut header = Vec::new();
-            scope_message(&mut header, scope);
-            let mut schema_url = Vec::new();
-            // ScopeSpans.schema_url = 3
-            string(&mut schema_url, 3, scope.schema_url().unwrap_or_default());
-            (header, schema_url, entries)
-        })
-        .collect();
-    let scope_body = |(header, schema_url, entries): &(Vec<u8>, Vec<u8>, &[u8])| {
-        header.len() + entries.len() + schema_url.len()
-    };
-    let mut resource_schema_url = Vec::new();
-    // ResourceSpans.schema_url = 3
-    string(&mut resource_schema_url, 3, &resource.schema_url);
-    // ResourceSpans.resource = 1, then ResourceSpans.scope_spans = 2 for each scope.
-    let resource_spans = field_len(resource.body.len())
-        + scopes
-            .iter()
-            .map(|scope| field_len(scope_body(scope)))
-            .sum::<usize>()
-        + resource_schema_url.len();
-    out.reserve(field_len(resource_spans));
     // ExportTraceServiceRequest.resource_spans = 1
-    length_prefix(out, 1, resource_spans);
-    length_prefix(out, 1, resource.body.len());
-    out.extend_from_slice(&resource.body);
-    for scope in &scopes {
-        length_prefix(out, 2, scope_body(scope));
-        let (header, schema_url, entries) = scope;
-        out.extend_from_slice(header);
-        out.extend_from_slice(entries);
-        out.extend_from_slice(schema_url);
-    }
-    out.extend_from_slice(&resource_schema_url);
-}
-
-/// What a length-delimited field of a one-byte tag whose body is `body` bytes takes in all.
-fn field_len(body: usize) -> usize {
-    1 + varint_len(body as u64) + body
-}
-
-/// How many bytes `value` takes as a varint.
-fn varint_len(value: u64) -> usize {
-    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-/// The tag and length of a length-delimited field `field` whose body (`length` bytes) follows.
-/// A field under 16 (a one-byte tag, as [`field_len`] counts).
-fn length_prefix(out: &mut Vec<u8>, field: u32, length: usize) {
-    debug_assert!(field < 16, "field {field} takes a tag of more than a byte");
-    key(out, field, LEN);
-    varint(out, length as u64);
+    message(out, 1, |out| {
+        // ResourceSpans.resource = 1
+        message(out, 1, |out| out.extend_from_slice(&resource.body));
+        for (scope, entries) in scopes {
+            // ResourceSpans.scope_spans = 2
+            message(out, 2, |out| {
+                scope_message(out, scope);
+                out.extend_from_slice(entries);
+                // ScopeSpans.schema_url = 3
+                string(out, 3, scope.schema_url().unwrap_or_default());
+            });
+        }
+        // ResourceSpans.schema_url = 3
+        string(out, 3, &resource.schema_url);
+    });
 }
 
 /// `ScopeSpans.scope` (field 1).
@@ -718,18 +676,6 @@ mod tests {
         let resource = decoded.resource_spans[0].resource.as_ref().unwrap();
         assert!(resource.attributes.is_empty());
         assert_eq!(decoded.resource_spans[0].scope_spans[0].spans.len(), 1);
-    }
-
-    #[test]
-    fn a_varints_length_is_what_it_writes() {
-        for shift in 0..64 {
-            for value in [1_u64 << shift, (1 << shift) - 1, (1 << shift) + 1, u64::MAX] {
-                let mut out = Vec::new();
-                varint(&mut out, value);
-                assert_eq!(varint_len(value), out.len(), "{value}");
-            }
-        }
-        assert_eq!(varint_len(0), 1);
     }
 
     #[test]

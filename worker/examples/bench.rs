@@ -728,11 +728,11 @@ producer):
   lookup about 0.25k. What an exported span still costs the worker: 5.5k, of which the
   encoding 1.6k, the SDK's span ended and handed over 0.3k, its `SpanData` freed 0.6k, the
   batch's lock and copy 0.45k, the eight attributes set through the API 0.54k.
-- 14584f4: the request's outer lengths are added up before they are written, so a batch's
-  entries are copied into the request once; before, the one-byte lengths reserved for the two
-  outer messages widened and moved the whole batch (about 700 KB at 2,048 spans) again each.
-  No gain measured: callgrind counted 27.3k a task after it (within a batch's timing of
-  27.2k), and no timing was taken; kept as the simpler path, on the `otlp-batch` thread.
+- 14584f4 added up the request's outer lengths before writing them, so that a batch's
+  entries (about 700 KB at 2,048 spans) would be copied into the request once rather than
+  moved again as each outer one-byte length widened. No gain measured (callgrind 27.3k a task
+  after it, within a batch's timing of 27.2k; no timing taken), for three times the code:
+  reverted in the read-through after it, the bytes unchanged.
 - Paired `BENCH_ONLY=tracing` rounds, 6ec28b7 against 14584f4 (one round of each in turn,
   six pairs, 20:36 UTC): always_on 80% (70-86%) of the same binary's untraced drain before,
   78% (67-83%) after; always_on's own rate 94.4k against 95.6k tasks/s (medians); the

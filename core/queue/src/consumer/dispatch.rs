@@ -76,29 +76,34 @@ pub(crate) struct Dispatcher {
     pub span_names: SpanNames,
 }
 
-/// Each queue's `process` span name and stream key, made when the worker starts rather than
-/// formatted for every span (BENCHMARKS.md, scenario 7).
+/// Each queue's `process` span name (`process <stream key>`), made when the worker starts
+/// rather than formatted for every span (BENCHMARKS.md, scenario 7); the stream attribute is
+/// its tail.
 #[derive(Debug)]
-pub(crate) struct SpanNames(Vec<(QueueName, &'static str, &'static str)>);
+pub(crate) struct SpanNames(Vec<(QueueName, &'static str)>);
+
+/// What a `process` span's name puts before its stream key.
+const PROCESS: &str = "process ";
 
 impl SpanNames {
     /// For the worker's `queues`, kept for the life of the process ([`interned`]).
     pub fn new(keys: &Keys, queues: &[QueueName]) -> Self {
         let named = queues.iter().map(|queue| {
-            let stream = keys.stream(queue);
-            let name = interned(format!("process {stream}"));
-            (queue.clone(), name, interned(stream))
+            (
+                queue.clone(),
+                interned(format!("{PROCESS}{}", keys.stream(queue))),
+            )
         });
         Self(named.collect())
     }
 
     /// `queue`'s span name and stream key; made anew for a queue not given at start.
     fn of(&self, keys: &Keys, queue: &QueueName) -> (Cow<'static, str>, Cow<'static, str>) {
-        match self.0.iter().find(|(known, ..)| known == queue) {
-            Some(&(_, name, stream)) => (name.into(), stream.into()),
+        match self.0.iter().find(|(known, _)| known == queue) {
+            Some(&(_, name)) => (name.into(), name[PROCESS.len()..].into()),
             None => {
                 let stream = keys.stream(queue);
-                (format!("process {stream}").into(), stream.into())
+                (format!("{PROCESS}{stream}").into(), stream.into())
             }
         }
     }
