@@ -246,6 +246,17 @@ impl TraceService for OtlpSink {
     }
 }
 
+/// The receiver's HTTP/2 receive window for each request: room for the largest request the
+/// exporter sends (`MAX_REQUEST_BYTES`), and for two on the connection. With hyper's default
+/// (1 MiB each; its adaptive window likewise) the exporter, one request in flight, moved some
+/// 170k spans a second to this receiver on the two cores it shares with the worker and Redis:
+/// at the 200k-250k a second of scenario 7's traced drains on a fast machine, its queue filled
+/// and spans were dropped in 14 rounds of 16; with windows of 2, 4 or 8 MiB, in none of six.
+/// A collector is the one to open its window: those built on grpc-go (the OpenTelemetry
+/// Collector, Jaeger) grow theirs up to 16 MiB as the traffic needs (BENCHMARKS.md, scenario 7).
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+const _: () = assert!(crate::span_export::MAX_REQUEST_BYTES <= STREAM_WINDOW as usize);
+
 impl OtlpSink {
     /// Starts a receiver (traces and metrics) on a free loopback port; `keep`: store the spans
     /// and metric points (tests) or only count them (benchmarks). Returns it and its port.
@@ -258,7 +269,9 @@ impl OtlpSink {
         let port = listener.local_addr()?.port();
         let metrics = MetricsServiceServer::new(sink.clone());
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let mut server = tonic::transport::Server::builder();
+        let mut server = tonic::transport::Server::builder()
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(2 * STREAM_WINDOW);
         let router = if keep {
             server.add_service(TraceServiceServer::new(sink.clone()))
         } else {
@@ -533,5 +546,67 @@ mod tests {
         client.export(request()).await.expect("export");
         assert_eq!(sink.count(), 10);
         assert!(sink.spans().is_empty());
+    }
+
+    /// The receiver's windows, as it announces them to a client (its SETTINGS frame and the
+    /// WINDOW_UPDATE that opens the connection's beyond HTTP/2's initial 65,535 bytes): room
+    /// for the largest request the exporter sends, two on the connection.
+    #[tokio::test]
+    async fn the_receiver_takes_a_whole_request_without_waiting_to_read_it() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let (_sink, port) = OtlpSink::start(false).await.expect("receiver");
+        let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        // The client's preface: the magic, then an empty SETTINGS frame.
+        let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        preface.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        socket.write_all(&preface).await.expect("preface");
+        let (mut stream_window, mut connection_increment) = (None, None);
+        let read = async {
+            while stream_window.is_none() || connection_increment.is_none() {
+                let mut head = [0; 9];
+                socket.read_exact(&mut head).await.expect("frame header");
+                let length =
+                    usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+                let mut payload = vec![0; length];
+                socket
+                    .read_exact(&mut payload)
+                    .await
+                    .expect("frame payload");
+                let on_connection = head[5..9] == [0; 4];
+                match head[3] {
+                    // SETTINGS (not its ACK): six bytes a setting; 4 is INITIAL_WINDOW_SIZE.
+                    4 if head[4] & 1 == 0 => {
+                        for setting in payload.chunks_exact(6) {
+                            if setting[..2] == [0, 4] {
+                                stream_window = Some(u32::from_be_bytes(
+                                    setting[2..].try_into().expect("four bytes"),
+                                ));
+                            }
+                        }
+                    }
+                    8 if on_connection => {
+                        connection_increment = Some(
+                            u32::from_be_bytes(payload[..4].try_into().expect("four bytes"))
+                                & 0x7fff_ffff,
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), read)
+            .await
+            .expect("the receiver's settings and window update");
+        let largest = u32::try_from(crate::span_export::MAX_REQUEST_BYTES).expect("fits");
+        let stream_window = stream_window.expect("read");
+        assert!(stream_window >= largest, "stream window {stream_window}");
+        assert_eq!(
+            connection_increment.expect("read") + 65_535,
+            2 * stream_window,
+            "the connection's window holds two requests"
+        );
     }
 }
