@@ -246,14 +246,10 @@ impl TraceService for OtlpSink {
     }
 }
 
-/// The receiver's HTTP/2 receive window for each request: room for the largest request the
-/// exporter sends (`MAX_REQUEST_BYTES`), and for two on the connection. With hyper's default
-/// (1 MiB each; its adaptive window likewise) the exporter, one request in flight, moved some
-/// 170k spans a second to this receiver on the two cores it shares with the worker and Redis:
-/// at the 200k-250k a second of scenario 7's traced drains on a fast machine, its queue filled
-/// and spans were dropped in 14 rounds of 16; with windows of 2, 4 or 8 MiB, in none of six.
-/// A collector is the one to open its window: those built on grpc-go (the OpenTelemetry
-/// Collector, Jaeger) grow theirs up to 16 MiB as the traffic needs (BENCHMARKS.md, scenario 7).
+/// The receiver's HTTP/2 window for a request: the largest the exporter sends
+/// (`MAX_REQUEST_BYTES`), twice the 2 MiB that kept up, and the connection's twice that. With
+/// hyper's default, 1 MiB, the exporter fell behind fast traced drains and dropped spans
+/// (BENCHMARKS.md, Tracing export, step 9).
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const _: () = assert!(crate::span_export::MAX_REQUEST_BYTES <= STREAM_WINDOW as usize);
 
