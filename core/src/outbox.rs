@@ -97,7 +97,7 @@ pub async fn relay_batch(
                 .iter()
                 .map(|(row, _)| *row)
                 .collect();
-            store.release_outbox(&rest).await?;
+            store.relay_release_outbox(&rest).await?;
             Err(err.into())
         }
         None => Ok(published.len()),

@@ -80,13 +80,31 @@ impl Store {
 
     /// Ends the lease of rows that could not be published, so the next relay round takes them.
     /// Only where the lease is still the caller's: a row whose lease ran out and that another
-    /// server has claimed since keeps that server's lease.
+    /// server has claimed since keeps that server's lease. For a call whose own publish failed:
+    /// its span is part of the call's trace.
     #[tracing::instrument(
         name = "UPDATE task_outbox",
         skip_all,
         fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE")
     )]
     pub async fn release_outbox(&self, leases: &[OutboxLease]) -> Result<(), StoreError> {
+        self.end_leases(leases).await
+    }
+
+    /// [`Store::release_outbox`] for the relay, its span at DEBUG as its claim's: while Redis
+    /// is down the relay releases what it claimed every round, and each release was a trace of
+    /// its own. The task's failed `send` span is in the task's trace.
+    #[tracing::instrument(
+        name = "UPDATE task_outbox",
+        level = "debug",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE")
+    )]
+    pub async fn relay_release_outbox(&self, leases: &[OutboxLease]) -> Result<(), StoreError> {
+        self.end_leases(leases).await
+    }
+
+    async fn end_leases(&self, leases: &[OutboxLease]) -> Result<(), StoreError> {
         let (ids, ends): (Vec<i64>, Vec<OffsetDateTime>) =
             leases.iter().map(|lease| (lease.id, lease.until)).unzip();
         sqlx::query!(
