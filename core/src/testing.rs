@@ -116,6 +116,24 @@ impl TestDb {
         ))
     }
 
+    /// A live session of `username` (an hour left; no token of it is ever presented).
+    pub async fn live_session(&self, username: &str) -> uuid::Uuid {
+        let id = uuid::Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO sessions (id, username, refresh_token_hash, user_agent, client_ip, \
+               refresh_token_expires_at, expires_at) \
+             VALUES ($1, $2, $3, 'test', '127.0.0.1', now() + interval '1 hour', \
+               now() + interval '1 hour')",
+        )
+        .bind(id)
+        .bind(username)
+        .bind(id.as_bytes().as_slice())
+        .execute(self.store.pool())
+        .await
+        .expect("session");
+        id
+    }
+
     /// How many statements on this database wait on a lock right now (to know that a call
     /// blocked by the test's own transaction is inside its wait).
     pub async fn waiting_on_locks(&self) -> Result<i64, sqlx::Error> {

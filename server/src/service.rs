@@ -408,7 +408,10 @@ impl SimpleBank for SimpleBankService {
                 claims.session_id,
             )
             .await
-            .map_err(status::from_store)?;
+            .map_err(status::from_store)?
+            // The session ended while the password was hashed (a password change from another
+            // session, a sign-out): as if it had ended before the call.
+            .ok_or_else(auth::unauthenticated)?;
         if let Some(row) = updated.outbox {
             self.publish_after_commit(row, task);
         }

@@ -5,7 +5,8 @@
 //!   No display name, comment, quoted string or whitespace; no non-ASCII letters, so a
 //!   look-alike (a Cyrillic "а" for "a") cannot make a second account for one person's name.
 //! - Domain: a DNS name of at least two labels, IDN domains in their ASCII (punycode) form,
-//!   lower-cased. No address literals (`[127.0.0.1]`) and no dotless or numeric names.
+//!   lower-cased. No address literals (`[127.0.0.1]`) and no dotless or numeric names (a last
+//!   label of digits or `0x` hex: `127.0x1` is an IPv4 address to resolvers).
 //! - Length: at most 64 octets before the @, 253 after it, 254 in all (RFC 5321).
 //!
 //! Uniqueness is case-insensitive on the whole address: the database has a unique index on
@@ -139,10 +140,14 @@ fn canonical_domain(domain: &str) -> Result<String, FieldViolation> {
             "must have a domain with a dot in it (such as example.com)",
         ));
     }
-    if labels
-        .last()
-        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
-    {
+    // A host whose last label is a number (decimal, octal, or `0x` hex) is an IPv4 address to
+    // resolvers and WHATWG URLs: `127.0x1` is 127.0.0.1, `1.0x7f` is 1.0.0.127.
+    if labels.last().is_some_and(|tld| {
+        tld.bytes().all(|b| b.is_ascii_digit())
+            || tld
+                .strip_prefix("0x")
+                .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+    }) {
         return Err(invalid(
             "must have a domain name after the @, not an IP address",
         ));
@@ -265,7 +270,22 @@ mod tests {
         for literal in ["x@[127.0.0.1]", "x@[IPv6:::1]"] {
             assert!(refused(literal).contains("address literal"), "{literal}");
         }
-        assert!(refused("x@127.0.0.1").contains("IP address"));
+        // Every form a resolver reads as IPv4: decimal, octal, hex (an outside attack's).
+        for ip in [
+            "x@127.0.0.1",
+            "x@127.0x1",
+            "x@0x7f.0x1",
+            "x@1.0x7f",
+            "x@1.0X7F",
+            "x@example.0x",
+            "x@1.0177",
+        ] {
+            assert!(refused(ip).contains("IP address"), "{ip}");
+        }
+        // A number elsewhere, or a last label that only starts like one, is a name.
+        for name in ["x@0x7f.example.com", "x@1.0xg", "x@127.0.0.example"] {
+            assert!(Email::parse(name).is_ok(), "{name}");
+        }
         assert!(refused("x@localhost").contains("with a dot"));
         for bad in ["x@example..com", "x@.example.com", "x@example.com."] {
             assert!(refused(bad).contains("empty label"), "{bad}");

@@ -160,10 +160,18 @@ impl Store {
         }))
     }
 
-    /// Applies `update` to `username` in one transaction. A new address (different from the
-    /// stored one) is stored unverified and `verify_task` goes into the outbox with it, leased
-    /// to the caller's publish after commit like sign-up's; a new password (`hashed_password`)
-    /// moves `password_changed_at` and ends every session of the user but `session`.
+    /// Applies `update` to `username` in one transaction, made from the live session
+    /// `session`; `None` if that session has ended (or is not the user's). A new address
+    /// (different from the stored one) is stored unverified and `verify_task` goes into the
+    /// outbox with it, leased to the caller's publish after commit like sign-up's; a new
+    /// password (`hashed_password`) moves `password_changed_at` and ends every session of the
+    /// user but `session`.
+    ///
+    /// The session is checked again under the user's row lock: the caller checked it before
+    /// hashing, and a password change from another session that commits meanwhile ends this
+    /// one. Checked only then, an ended session's update (a stolen token's new password)
+    /// overwrote the owner's (found by an outside attack). The share lock on the session keeps
+    /// a sign-out from ending it until the update commits.
     #[tracing::instrument(
         name = "UPDATE users",
         skip_all,
@@ -176,7 +184,7 @@ impl Store {
         hashed_password: Option<&Secret<String>>,
         verify_task: &Task,
         session: Uuid,
-    ) -> Result<Updated, StoreError> {
+    ) -> Result<Option<Updated>, StoreError> {
         let new_email = update.email.as_ref().map(|e| e.as_str());
         let mut tx = self.pool.begin().await?;
         let old_email = sqlx::query_scalar!(
@@ -185,6 +193,17 @@ impl Store {
         )
         .fetch_one(&mut *tx)
         .await?;
+        let live = sqlx::query_scalar!(
+            "SELECT revoked_at IS NULL AND expires_at > now() AS \"live!\" FROM sessions \
+             WHERE id = $1 AND username = $2 FOR SHARE",
+            session,
+            username,
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if live != Some(true) {
+            return Ok(None);
+        }
         let email_changed = new_email.is_some_and(|new| new != old_email);
         let user = sqlx::query_as!(
             User,
@@ -230,18 +249,17 @@ impl Store {
             None => 0,
         };
         tx.commit().await?;
-        Ok(Updated {
+        Ok(Some(Updated {
             user,
             outbox,
             sessions_ended,
-        })
+        }))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use time::OffsetDateTime;
-    use uuid::Uuid;
 
     use simplebank_queue::Task;
 
@@ -399,6 +417,7 @@ mod tests {
         insert(&db, "alice", "alice@example.com")
             .await
             .expect("user");
+        let session = db.live_session("alice").await;
         let mut holder = db.store.pool().begin().await.expect("begin");
         sqlx::query("SELECT 1 FROM users WHERE username = 'alice' FOR UPDATE")
             .execute(&mut *holder)
@@ -413,17 +432,102 @@ mod tests {
                 password: None,
             };
             store
-                .update_user("alice", &update, None, &verify_task("alice"), Uuid::nil())
+                .update_user("alice", &update, None, &verify_task("alice"), session)
                 .await
         });
         let released = release_after_a_wait(&db, holder, true).await;
 
-        let row = update.await.expect("task").expect("update").outbox;
+        let row = update
+            .await
+            .expect("task")
+            .expect("update")
+            .expect("the session is live")
+            .outbox;
         let row = row.expect("an outbox row");
         assert!(
             row.until >= released + PUBLISH_GRACE,
             "leased until {} though the lock was let go at {released}",
             row.until
+        );
+    }
+
+    /// The attack: a stolen session's password change, sent while the owner's own change is
+    /// being committed, must not overwrite it. The owner's change holds the user's row and ends
+    /// the other sessions; the thief's update, which passed its session check before that
+    /// (in the server, before hashing), waits on the row, then finds its session ended.
+    #[tokio::test]
+    async fn an_update_from_a_session_ended_while_it_waited_changes_nothing() {
+        let db = TestDb::create().await;
+        insert(&db, "alice", "alice@example.com")
+            .await
+            .expect("user");
+        let (owner, thief) = (
+            db.live_session("alice").await,
+            db.live_session("alice").await,
+        );
+        let mut holder = db.store.pool().begin().await.expect("begin");
+        sqlx::query("SELECT 1 FROM users WHERE username = 'alice' FOR UPDATE")
+            .execute(&mut *holder)
+            .await
+            .expect("lock the row");
+        sqlx::query("UPDATE users SET hashed_password = 'owners' WHERE username = 'alice'")
+            .execute(&mut *holder)
+            .await
+            .expect("the owner's password");
+        sqlx::query(
+            "UPDATE sessions SET revoked_at = now(), revoked_reason = 'password_changed' \
+             WHERE username = 'alice' AND id <> $1",
+        )
+        .bind(owner)
+        .execute(&mut *holder)
+        .await
+        .expect("the other sessions ended");
+
+        let store = db.store.clone();
+        let update = tokio::spawn(async move {
+            let update = UserUpdate::parse(
+                None,
+                Some("thief@example.org"),
+                Some("thief-owns-this-now-1".into()),
+            )
+            .expect("a field")
+            .expect("valid");
+            store
+                .update_user(
+                    "alice",
+                    &update,
+                    Some(&Secret::new("thiefs".into())),
+                    &verify_task("alice"),
+                    thief,
+                )
+                .await
+        });
+        release_after_a_wait(&db, holder, true).await;
+
+        let updated = update.await.expect("task").expect("no database error");
+        assert!(updated.is_none(), "an ended session updated the user");
+        let (hash, email): (String, String) =
+            sqlx::query_as("SELECT hashed_password, email FROM users WHERE username = 'alice'")
+                .fetch_one(db.store.pool())
+                .await
+                .expect("user");
+        assert_eq!(
+            (hash.as_str(), email.as_str()),
+            ("owners", "alice@example.com")
+        );
+        let owner_live = db
+            .store
+            .session_is_live(owner, "alice")
+            .await
+            .expect("read");
+        assert!(owner_live, "the owner's session was ended");
+        let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM task_outbox")
+            .fetch_one(db.store.pool())
+            .await
+            .expect("outbox");
+        assert_eq!(
+            queued, 0,
+            "a verification was queued for the thief's address"
         );
     }
 

@@ -216,8 +216,6 @@ impl Store {
 mod tests {
     use std::time::Duration;
 
-    use uuid::Uuid;
-
     use super::VerifyError;
     use simplebank_queue::Task;
 
@@ -269,6 +267,7 @@ mod tests {
             .execute(&mut *blocker)
             .await
             .expect("lock");
+        let session = db.live_session("mallory").await;
         let update = {
             let store = db.store.clone();
             tokio::spawn(async move {
@@ -280,7 +279,7 @@ mod tests {
                 })
                 .expect("task");
                 store
-                    .update_user("mallory", &update, None, &task, Uuid::nil())
+                    .update_user("mallory", &update, None, &task, session)
                     .await
             })
         };
@@ -293,7 +292,11 @@ mod tests {
         wait_for_lock_waiters(&db, 2).await;
         blocker.commit().await.expect("release");
 
-        update.await.expect("joins").expect("address changed");
+        update
+            .await
+            .expect("joins")
+            .expect("address changed")
+            .expect("the session is live");
         let verified = verify.await.expect("joins");
         let user = db.store.get_user("mallory").await.expect("user");
         assert_eq!(user.email, "victim@example.com");

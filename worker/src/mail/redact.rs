@@ -39,9 +39,10 @@ fn is_at(c: char) -> bool {
 }
 
 /// Characters that end a token on either side: whitespace and the delimiters servers put
-/// around addresses.
+/// around addresses. Not `=`, which a local part may hold (`a=b@x`): `to=bob@x` is masked
+/// whole, `to=` with it, rather than leave what comes before an `=` in the address.
 fn is_delimiter(c: char) -> bool {
-    c.is_whitespace() || matches!(c, '<' | '>' | '(' | ')' | '[' | ']' | ',' | ';' | ':' | '=')
+    c.is_whitespace() || matches!(c, '<' | '>' | '(' | ')' | '[' | ']' | ',' | ';' | ':')
 }
 
 /// Where the local part before `at` starts (not before `floor`). A local part that ends in a
@@ -107,6 +108,12 @@ mod tests {
                 "to=<r***@xn--bcher-kva.example>",
             ),
             ("reject@bücher.example", "r***@bücher.example"),
+            // `=` belongs to the local part: nothing before it is left in clear.
+            (
+                "550 5.1.1 <john.smith.reject=x@example.com>: user unknown",
+                "550 5.1.1 <j***@example.com>: user unknown",
+            ),
+            ("to=reject@example.com", "t***@example.com"),
             ("reject＠example.com", "r***@example.com"),
             ("_x@example.com", "****@example.com"),
             ("a@b@c", "a***@b****@c"),
