@@ -167,11 +167,9 @@ impl Store {
     /// password (`hashed_password`) moves `password_changed_at` and ends every session of the
     /// user but `session`.
     ///
-    /// The session is checked again under the user's row lock: the caller checked it before
-    /// hashing, and a password change from another session that commits meanwhile ends this
-    /// one. Checked only then, an ended session's update (a stolen token's new password)
-    /// overwrote the owner's (found by an outside attack). The share lock on the session keeps
-    /// a sign-out from ending it until the update commits.
+    /// The session is checked again under the user's row lock, because a password change from
+    /// another session may have ended it since the caller's check; its share lock keeps a
+    /// sign-out from ending it until the update commits.
     #[tracing::instrument(
         name = "UPDATE users",
         skip_all,
