@@ -20,9 +20,14 @@ pub fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
 }
 
 /// The token of an `authorization: bearer <token>` header (the scheme in any case), if there
-/// is one, well-formed.
+/// is exactly one, well-formed. Two are refused, not one of them picked: a proxy and the
+/// service could each take a different one.
 pub fn bearer_header(headers: &tonic::codegen::http::HeaderMap) -> Option<&str> {
-    let value = headers.get("authorization")?.to_str().ok()?;
+    let mut values = headers.get_all("authorization").iter();
+    let value = values.next()?.to_str().ok()?;
+    if values.next().is_some() {
+        return None;
+    }
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
@@ -80,6 +85,18 @@ mod tests {
             assert_eq!(err.code(), tonic::Code::Unauthenticated, "{bad:?}");
         }
         assert!(bearer(&MetadataMap::new()).is_err());
+    }
+
+    #[test]
+    fn two_authorization_headers_are_refused() {
+        let mut metadata = with("authorization", b"bearer abc");
+        metadata.append("authorization", MetadataValue::from_static("bearer def"));
+        let err = bearer(&metadata).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        // The same token twice is still two headers.
+        let mut metadata = with("authorization", b"bearer abc");
+        metadata.append("authorization", MetadataValue::from_static("bearer abc"));
+        assert!(bearer(&metadata).is_err());
     }
 
     #[test]

@@ -134,6 +134,18 @@ mod tests {
         ] {
             assert!(!layer.allows(&headers(bad)), "{bad:?}");
         }
+        // The token beside a second header, before or after it.
+        for second in ["bearer x", "basic x"] {
+            let mut both = headers(Some("bearer 0123456789abcdef0123456789abcdef"));
+            both.append("authorization", second.parse().unwrap());
+            assert!(!layer.allows(&both), "{second:?} after");
+            let mut both = headers(Some(second));
+            both.append(
+                "authorization",
+                "bearer 0123456789abcdef0123456789abcdef".parse().unwrap(),
+            );
+            assert!(!layer.allows(&both), "{second:?} before");
+        }
         assert!(AdminAuthLayer::new(None).allows(&headers(None)));
         assert!(!format!("{layer:?}").contains("0123"));
     }

@@ -341,6 +341,22 @@ async fn update_user_needs_a_valid_token_for_that_very_user() {
     ]);
     assert!(!ok);
     unauthenticated(&error_of(&text_out));
+    // A valid token beside a second `authorization` header: refused, whichever comes first.
+    for (first, second) in [(&access, "x"), (&"x".to_owned(), access.as_str())] {
+        let (ok, text_out) = run_grpcurl(&[
+            "-plaintext",
+            "-d",
+            update,
+            "-rpc-header",
+            &format!("authorization: bearer {first}"),
+            "-rpc-header",
+            &format!("authorization: bearer {second}"),
+            &server.address,
+            "simplebank.v1.SimpleBank/UpdateUser",
+        ]);
+        assert!(!ok, "two authorization headers were accepted: {text_out}");
+        unauthenticated(&error_of(&text_out));
+    }
 
     // Another user's name.
     let (code, _) = server.err(

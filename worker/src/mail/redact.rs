@@ -58,8 +58,9 @@ fn local_start(chars: &[char], floor: usize, at: usize) -> usize {
     while start > floor && !is_delimiter(chars[start - 1]) && !is_at(chars[start - 1]) {
         start -= 1;
     }
-    // A single quote opening the token quotes it (`'bob@x'`); inside, it belongs to the address.
-    if start < at && chars[start] == '\'' {
+    // A single quote opening the token quotes it when one closes it (`'bob@x'`); otherwise
+    // it belongs to the address (`'bob@x` is masked whole).
+    if start < at && chars[start] == '\'' && chars.get(domain_end(chars, at)) == Some(&'\'') {
         start += 1;
     }
     start
@@ -103,6 +104,9 @@ mod tests {
                 "mailbox j***@example.com unknown",
             ),
             ("'reject@example.com'", "'r***@example.com'"),
+            // A local part that starts with a quote: masked with it, the quote not left in clear.
+            ("<'reject@example.com>", "<r***@example.com>"),
+            ("550 'reject@example.com: no", "550 r***@example.com: no"),
             (
                 "to=<reject@xn--bcher-kva.example>",
                 "to=<r***@xn--bcher-kva.example>",
