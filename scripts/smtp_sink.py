@@ -4,7 +4,10 @@
 Stores each accepted message as <dir>/<n>.eml, with an `X-Rcpt-To:` line first naming the
 envelope recipients. Refuses any recipient whose local part starts with `reject` with
 `550 5.1.1`, as a server does for an unknown mailbox, echoing the mailbox as real servers do:
-in capitals, in angle brackets and with a quoted local part. With `--data-delay SECONDS` the
+in capitals, in angle brackets and with a quoted local part. Refuses the message to any
+recipient whose local part starts with `quote` with `554 5.7.1`, quoting its link as content
+filters do (decoded, and the raw quoted-printable line that holds it), and stores that message
+as <n>.quoted instead. With `--data-delay SECONDS` the
 reply to DATA comes that much later (the message is stored first, as a server that has
 received it and stalls; <n>.replied appears when the reply goes out). With
 `--hold-data-until FILE` the reply to DATA waits until FILE exists, so a test decides when a
@@ -18,6 +21,7 @@ import argparse
 import asyncio
 import itertools
 import pathlib
+import re
 import signal
 import threading
 
@@ -41,6 +45,8 @@ class Sink:
 
     async def handle_DATA(self, server, session, envelope):
         n = next(self.counter)
+        if any(r.split("@")[0].startswith("quote") for r in envelope.rcpt_tos):
+            return self.refuse_quoting(n, envelope.content)
         temp = self.folder / f".{n}.tmp"
         header = ("X-Rcpt-To: " + ",".join(envelope.rcpt_tos) + "\r\n").encode()
         temp.write_bytes(header + envelope.content)
@@ -52,6 +58,15 @@ class Sink:
             # Tests read this to know the stalled reply has gone out.
             (self.folder / f"{n}.replied").touch()
         return "250 Message accepted for delivery"
+
+    def refuse_quoting(self, n, content):
+        raw = content.decode("ascii", "replace")
+        (self.folder / f"{n}.quoted").write_text(raw)
+        unfolded = raw.replace("=\r\n", "").replace("=3D", "=")
+        link = re.search(r"https?://[^\s\"<>]*secret_code=[A-Za-z0-9]+", unfolded)
+        line = next((line for line in raw.split("\r\n") if "secret_code" in line), "")
+        found = link.group(0) if link else ""
+        return f"554 5.7.1 Rejected: URL <{found}> listed in uribl; line: {line[:200]}"
 
 
 def main():

@@ -35,6 +35,28 @@ pub fn hash_refresh_token(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
+/// Ends the live session whose refresh token hashes to `hash`, with `all` every live session
+/// of its user; how many it ended.
+async fn end_sessions_of<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    hash: &[u8],
+    all: bool,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query!(
+        "WITH this AS ( \
+           SELECT id, username FROM sessions \
+           WHERE refresh_token_hash = $1 AND revoked_at IS NULL) \
+         UPDATE sessions s SET revoked_at = now(), revoked_reason = $3 FROM this \
+         WHERE s.revoked_at IS NULL AND (s.id = this.id OR ($2 AND s.username = this.username))",
+        hash,
+        all,
+        RevokeReason::Logout.as_str(),
+    )
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// Why a session was ended, as stored in `sessions.revoked_reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RevokeReason {
@@ -251,19 +273,24 @@ impl Store {
         presented: &str,
         all_sessions: bool,
     ) -> Result<u64, SessionError> {
-        let ended = sqlx::query!(
-            "WITH this AS ( \
-               SELECT id, username FROM sessions \
-               WHERE refresh_token_hash = $1 AND revoked_at IS NULL) \
-             UPDATE sessions s SET revoked_at = now(), revoked_reason = $3 FROM this \
-             WHERE s.revoked_at IS NULL AND (s.id = this.id OR ($2 AND s.username = this.username))",
-            hash_refresh_token(presented),
-            all_sessions,
-            RevokeReason::Logout.as_str(),
-        )
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let hash = hash_refresh_token(presented);
+        let ended = if all_sessions {
+            // The user's row first, as a password change takes it: a session that the change
+            // ends meanwhile is seen ended by the update after the wait, and ends nothing.
+            let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+            sqlx::query!(
+                "SELECT 1 AS \"locked!\" FROM users u JOIN sessions s ON s.username = u.username \
+                 WHERE s.refresh_token_hash = $1 FOR NO KEY UPDATE OF u",
+                hash,
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            let ended = end_sessions_of(&mut *tx, &hash, true).await?;
+            tx.commit().await.map_err(StoreError::from)?;
+            ended
+        } else {
+            end_sessions_of(&self.pool, &hash, false).await?
+        };
         if ended == 0 {
             return Err(self.replayed_at_logout(presented).await?);
         }
@@ -569,6 +596,57 @@ mod tests {
         change.commit().await.unwrap();
         assert_eq!(login.await.unwrap().unwrap(), None);
         assert!(db.store.sessions_of("alice").await.unwrap().is_empty());
+    }
+
+    /// A logout of every session from a session that a password change ends while the logout
+    /// waits ends nothing: the owner's session, which the change kept, stays live.
+    #[tokio::test]
+    async fn a_logout_of_all_from_a_session_ended_while_it_waited_ends_nothing() {
+        let db = TestDb::create().await;
+        user(&db, "alice").await;
+        let (owners, thiefs) = (new_refresh_token(), new_refresh_token());
+        let mut sessions = Vec::new();
+        for token in [&owners, &thiefs] {
+            let session = db
+                .store
+                .create_session("alice", &hash(), token, &origin(), LIMITS)
+                .await
+                .unwrap()
+                .unwrap();
+            sessions.push(session.id);
+        }
+        let owner = sessions[0];
+        let mut change = db.store.pool().begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM users WHERE username = 'alice' FOR UPDATE")
+            .execute(&mut *change)
+            .await
+            .unwrap();
+        sqlx::query(
+            "UPDATE sessions SET revoked_at = now(), revoked_reason = 'password_changed' \
+             WHERE username = 'alice' AND id <> $1",
+        )
+        .bind(owner)
+        .execute(&mut *change)
+        .await
+        .unwrap();
+        let logout = {
+            let store = db.store.clone();
+            let thiefs = thiefs.expose().clone();
+            tokio::spawn(async move { store.end_sessions(&thiefs, true).await })
+        };
+        crate::testing::eventually(
+            "the logout waits on the password change",
+            Duration::from_secs(30),
+            || async { db.waiting_on_locks().await.is_ok_and(|n| n == 1) },
+        )
+        .await;
+        change.commit().await.unwrap();
+        let err = logout.await.unwrap().unwrap_err();
+        assert!(matches!(err, SessionError::Invalid), "{err:?}");
+        assert!(
+            db.store.session_is_live(owner, "alice").await.unwrap(),
+            "the ended session's logout ended the owner's"
+        );
     }
 
     /// LogoutUser with a token already exchanged is a replay: the session ends, as at renewal.

@@ -495,8 +495,13 @@ async fn wait_for_dead(dead: &DeadLetters, n: usize) {
     .await;
 }
 
-#[tokio::test]
-async fn a_rejected_address_appears_in_no_log_line_and_no_dead_letter() {
+/// Signs `username` up with `email`, which the sink refuses with `code`; returns the real
+/// worker's log, its one dead letter's error, and the sink.
+async fn refused_by_the_sink(
+    username: &str,
+    email: &str,
+    code: &str,
+) -> (Vec<String>, String, SmtpSink) {
     let (db, redis) = (TestDb::create().await, TestRedis::new());
     let mut sink = SmtpSink::stopped();
     sink.start().await;
@@ -504,21 +509,27 @@ async fn a_rejected_address_appears_in_no_log_line_and_no_dead_letter() {
     let worker = WorkerProcess::spawn(&db, &redis, &sink, &[]);
     server
         .client
-        .create_user(request("reject_me", "reject.me@example.com"))
+        .create_user(request(username, email))
         .await
         .expect("sign up");
 
     let dead = dead_letters(&redis);
     wait_for_dead(&dead, 1).await;
     worker
-        .wait_for_log("the worker logged the rejection", "550")
+        .wait_for_log("the worker logged the refusal", code)
         .await;
     let log = worker.stop().await;
     let letters = dead.list(&verify_queue(), 10).await.expect("list");
+    (log, letters[0].error.clone(), sink)
+}
+
+#[tokio::test]
+async fn a_rejected_address_appears_in_no_log_line_and_no_dead_letter() {
+    let (log, error, _sink) =
+        refused_by_the_sink("reject_me", "reject.me@example.com", "550").await;
 
     // The sink echoes `<REJECT.ME@EXAMPLE.COM>` and `"reject.me"@example.com`: no form of the
     // mailbox may survive, in any case.
-    let error = &letters[0].error;
     assert!(
         error.contains("550") && error.contains("r***@example.com"),
         "{error}"
@@ -530,6 +541,43 @@ async fn a_rejected_address_appears_in_no_log_line_and_no_dead_letter() {
         .collect();
     assert!(leaks.is_empty(), "the address in the log: {leaks:#?}");
     assert!(log.iter().any(|line| line.contains("r***@example.com")));
+}
+
+/// A content filter's refusal that quotes the link (the sink does, for `quote*` recipients)
+/// puts no piece of its secret code into the log or the dead letter; the rest of the reply
+/// stays for the operator.
+#[tokio::test]
+async fn a_reply_quoting_the_link_leaves_no_piece_of_its_code_in_logs_or_dead_letters() {
+    let (log, error, sink) = refused_by_the_sink("quote_me", "quote.me@example.com", "554").await;
+    let quoted: Vec<String> = sink
+        .inbox
+        .files()
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "quoted"))
+        .map(|f| unfold(&std::fs::read_to_string(f).expect("message")))
+        .collect();
+    let code: String = quoted
+        .first()
+        .and_then(|message| message.split("secret_code=").nth(1))
+        .expect("the refused message's link")
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect();
+    assert_eq!(code.len(), 32, "{code}");
+
+    assert!(
+        error.contains("554") && error.contains("listed in uribl; line:"),
+        "{error}"
+    );
+    for piece in code.as_bytes().windows(6) {
+        let piece = std::str::from_utf8(piece).expect("ascii");
+        assert!(
+            !error.contains(piece),
+            "{piece} in the dead letter: {error}"
+        );
+        let leaks: Vec<&String> = log.iter().filter(|line| line.contains(piece)).collect();
+        assert!(leaks.is_empty(), "{piece} in the log: {leaks:#?}");
+    }
 }
 
 #[tokio::test]

@@ -342,7 +342,7 @@ async fn update_user_needs_a_valid_token_for_that_very_user() {
     assert!(!ok);
     unauthenticated(&error_of(&text_out));
     // A valid token beside a second `authorization` header: refused, whichever comes first.
-    for (first, second) in [(&access, "x"), (&"x".to_owned(), access.as_str())] {
+    for (first, second) in [(access.as_str(), "x"), ("x", access.as_str())] {
         let (ok, text_out) = run_grpcurl(&[
             "-plaintext",
             "-d",

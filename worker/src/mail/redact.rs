@@ -1,9 +1,55 @@
-//! Masking email addresses in text that comes from outside (an SMTP server's reply) before it
-//! reaches a log line, a span or a dead letter.
+//! Masking what an SMTP server's reply may echo (the recipient's address, pieces of the
+//! message) before the reply reaches a log line, a span or a dead letter.
 //!
 //! Servers echo the recipient in their own spelling (another case, angle brackets, quotes, the
 //! punycode form of an IDN domain), so matching the stored address is not enough: every token
-//! around an at sign is masked, whatever it looks like.
+//! around an at sign is masked, whatever it looks like. Content filters quote the message
+//! itself (a link they refuse, with its secret code): every long run of letters and digits
+//! the message holds is masked wherever the reply quotes part of it.
+
+use std::collections::HashSet;
+
+/// How many letters and digits in a row of a long run of the message mark a reply's run as
+/// quoted from it: a run cut by the server (a line break, a quoted-printable soft break) keeps
+/// at most one less of it in clear.
+const ECHO_WINDOW: usize = 6;
+
+/// The shortest run of letters and digits of the message looked for in replies: secret codes
+/// and tokens (32 characters and more), not words.
+const LONG_RUN: usize = 16;
+
+/// `reply` with every run of ASCII letters and digits that holds [`ECHO_WINDOW`] characters in
+/// a row of a long run of `sent` (the message's parts) replaced by `***`.
+pub fn mask_echoes(reply: &str, sent: &[&str]) -> String {
+    let windows: HashSet<&[u8]> = sent
+        .iter()
+        .flat_map(|part| alphanumeric_runs(part))
+        .filter(|run| run.len() >= LONG_RUN)
+        .flat_map(|run| run.as_bytes().windows(ECHO_WINDOW))
+        .collect();
+    let mut out = String::with_capacity(reply.len());
+    let mut copied = 0;
+    for run in alphanumeric_runs(reply) {
+        let echoed = run
+            .as_bytes()
+            .windows(ECHO_WINDOW)
+            .any(|window| windows.contains(window));
+        if echoed {
+            let start = run.as_ptr() as usize - reply.as_ptr() as usize;
+            out.push_str(&reply[copied..start]);
+            out.push_str("***");
+            copied = start + run.len();
+        }
+    }
+    out.push_str(&reply[copied..]);
+    out
+}
+
+/// The maximal runs of ASCII letters and digits in `text`.
+fn alphanumeric_runs(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|run| !run.is_empty())
+}
 
 /// `text` with every email-like token masked: its local part becomes `x***` (`x` its first
 /// character when that is an ASCII letter or digit, else `*`) and its domain is kept, lower-cased
@@ -46,11 +92,11 @@ fn is_delimiter(c: char) -> bool {
 }
 
 /// Where the local part before `at` starts (not before `floor`). A local part that ends in a
-/// quote runs back to its opening quote, spaces included.
+/// quote (double or single) runs back to its opening quote, spaces included.
 fn local_start(chars: &[char], floor: usize, at: usize) -> usize {
     if at > floor
-        && chars[at - 1] == '"'
-        && let Some(open) = chars[floor..at - 1].iter().rposition(|c| *c == '"')
+        && let quote @ ('"' | '\'') = chars[at - 1]
+        && let Some(open) = chars[floor..at - 1].iter().rposition(|c| *c == quote)
     {
         return floor + open;
     }
@@ -58,8 +104,8 @@ fn local_start(chars: &[char], floor: usize, at: usize) -> usize {
     while start > floor && !is_delimiter(chars[start - 1]) && !is_at(chars[start - 1]) {
         start -= 1;
     }
-    // A single quote opening the token quotes it when one closes it (`'bob@x'`); otherwise
-    // it belongs to the address (`'bob@x` is masked whole).
+    // A single quote opening the token quotes it when a quote ends the domain (`'bob@x'`);
+    // otherwise it belongs to the address (`'bob@x` is masked whole).
     if start < at && chars[start] == '\'' && chars.get(domain_end(chars, at)) == Some(&'\'') {
         start += 1;
     }
@@ -84,7 +130,54 @@ fn domain_end(chars: &[char], at: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::mask_addresses;
+    use super::{mask_addresses, mask_echoes};
+
+    const CODE: &str = "K3PvOKSFq9ZtW2mLx7RbY4nHc8JdA1eG";
+
+    #[test]
+    fn a_quoted_link_leaves_no_piece_of_its_code() {
+        let text = format!(
+            "Verify your address: https://bank.example/verify?email_id=42&secret_code={CODE}"
+        );
+        let html =
+            format!("<a href=\"https://bank.example/verify?email_id=42&amp;secret_code={CODE}\">");
+        let sent = [text.as_str(), html.as_str()];
+        for (reply, masked) in [
+            (
+                format!("554 5.7.1 Rejected: URL <https://bank.example/verify?email_id=42&secret_code={CODE}> listed"),
+                "554 5.7.1 Rejected: URL <https://bank.example/verify?email_id=42&secret_code=***> listed".to_owned(),
+            ),
+            // As sent, quoted-printable: `=3D` before the code, a soft break inside it.
+            (
+                format!("451 4.7.1 deferred: secret_code=3D{}=\r\n{}", &CODE[..20], &CODE[20..]),
+                "451 4.7.1 deferred: secret_code=***=\r\n***".to_owned(),
+            ),
+            // Cut in the middle by a line break (lettre joins a multi-line reply's lines).
+            (
+                format!("550 URL ...code={} {}", &CODE[..9], &CODE[9..]),
+                "550 URL ...code=*** ***".to_owned(),
+            ),
+            // The tail a server cut a code down to.
+            (format!("554 {}...", &CODE[..7]), "554 ***...".to_owned()),
+            // Nothing of the message: the reply is kept whole.
+            (
+                "550 5.1.1 No such user here; see https://postmaster.example/faq".to_owned(),
+                "550 5.1.1 No such user here; see https://postmaster.example/faq".to_owned(),
+            ),
+        ] {
+            assert_eq!(mask_echoes(&reply, &sent), masked, "{reply:?}");
+        }
+        // A piece shorter than the window stays: at most five characters of 32.
+        let piece = format!("x {} y", &CODE[..5]);
+        assert_eq!(mask_echoes(&piece, &sent), piece);
+        // Words of the message are not what is looked for.
+        assert_eq!(
+            mask_echoes("Verify your address", &sent),
+            "Verify your address"
+        );
+        assert_eq!(mask_echoes("", &sent), "");
+        assert_eq!(mask_echoes("ünïcode ok", &[]), "ünïcode ok");
+    }
 
     #[test]
     fn masks_every_spelling_of_an_address() {
@@ -107,6 +200,10 @@ mod tests {
             // A local part that starts with a quote: masked with it, the quote not left in clear.
             ("<'reject@example.com>", "<r***@example.com>"),
             ("550 'reject@example.com: no", "550 r***@example.com: no"),
+            (
+                "mailbox 'john smith'@example.com unknown",
+                "mailbox j***@example.com unknown",
+            ),
             (
                 "to=<reject@xn--bcher-kva.example>",
                 "to=<r***@xn--bcher-kva.example>",

@@ -4,7 +4,8 @@
 //! Failures are sorted for the retry rules: a permanent rejection (5xx, such as 550 for an
 //! unknown recipient) is [`MailError::Rejected`] and goes to the dead letters without burning
 //! retries; anything else (connection refused, timeout, 4xx) is [`MailError::Transient`].
-//! Addresses in the server's replies are masked ([`super::redact`]) before they go anywhere.
+//! Addresses and quoted pieces of the message in the server's replies are masked
+//! ([`super::redact`]) before they go anywhere.
 //!
 //! `SMTP_TIMEOUT` bounds each delivery attempt as a whole: connect, greeting, TLS, login and
 //! every command and reply through the reply to DATA. lettre's own timeout covers only the TCP
@@ -21,7 +22,10 @@ use lettre::{
 use simplebank_core::secret::Secret;
 
 use super::BoxFuture;
-use super::{Email, MailError, Mailer, build_message, redact::mask_addresses};
+use super::{
+    Email, MailError, Mailer, build_message,
+    redact::{mask_addresses, mask_echoes},
+};
 
 /// `SMTP_TLS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,14 +113,17 @@ impl Mailer for SmtpMailer {
         super::in_span(span, async move {
             let message = build_message(email)?;
             let sent = tokio::time::timeout(self.timeout, self.transport.send(message)).await;
-            // Servers often echo the recipient in their replies, in any spelling; errors
-            // end up in logs, spans and dead letters, so every address in them is masked.
+            // Servers echo the recipient in their replies, in any spelling, and content
+            // filters quote the message (its link, with the secret code); errors end up in
+            // logs, spans and dead letters, so both are masked.
+            let masked = |err: lettre::transport::smtp::Error| {
+                let reply = mask_echoes(&err.to_string(), &[&email.text, &email.html]);
+                mask_addresses(&reply)
+            };
             match sent {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(err)) if err.is_permanent() => {
-                    Err(MailError::Rejected(mask_addresses(&err.to_string())))
-                }
-                Ok(Err(err)) => Err(MailError::Transient(mask_addresses(&err.to_string()))),
+                Ok(Err(err)) if err.is_permanent() => Err(MailError::Rejected(masked(err))),
+                Ok(Err(err)) => Err(MailError::Transient(masked(err))),
                 Err(_) => Err(MailError::Transient(format!(
                     "no answer from the SMTP server within SMTP_TIMEOUT ({:?})",
                     self.timeout
