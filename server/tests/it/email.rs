@@ -548,7 +548,8 @@ async fn a_rejected_address_appears_in_no_log_line_and_no_dead_letter() {
 /// stays for the operator.
 #[tokio::test]
 async fn a_reply_quoting_the_link_leaves_no_piece_of_its_code_in_logs_or_dead_letters() {
-    let (log, error, sink) = refused_by_the_sink("quote_me", "quote.me@example.com", "554").await;
+    let (log, error, sink) =
+        refused_by_the_sink("quote_me", "quote.me@example.com", "listed in uribl").await;
     let quoted: Vec<String> = sink
         .inbox
         .files()
@@ -566,8 +567,16 @@ async fn a_reply_quoting_the_link_leaves_no_piece_of_its_code_in_logs_or_dead_le
     assert_eq!(code.len(), 32, "{code}");
 
     assert!(
-        error.contains("554") && error.contains("listed in uribl; line:"),
+        error.contains("554")
+            && error.contains("listed in uribl; line:")
+            && error.contains("secret_code=***"),
         "{error}"
+    );
+    // The refusal is in the log, masked.
+    assert!(
+        log.iter()
+            .any(|line| line.contains("listed in uribl") && line.contains("secret_code=***")),
+        "{log:#?}"
     );
     for piece in code.as_bytes().windows(6) {
         let piece = std::str::from_utf8(piece).expect("ascii");

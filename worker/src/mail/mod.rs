@@ -177,7 +177,7 @@ impl Mailer for FileMailer {
 }
 
 /// Runs a mailer's `send` inside its `send email` span, and marks the span failed (status
-/// ERROR, with the error's text, whose addresses are masked) when the email is not sent: the
+/// ERROR, with the error's text, masked by the mailer) when the email is not sent: the
 /// trace shows which attempt's mail failed, not only that its `process` span did.
 pub(crate) fn in_span<'a>(
     span: tracing::Span,

@@ -5,7 +5,7 @@
 //! punycode form of an IDN domain), so matching the stored address is not enough: every token
 //! around an at sign is masked, whatever it looks like. Content filters quote the message
 //! itself (a link they refuse, with its secret code): every long run of letters and digits
-//! the message holds is masked wherever the reply quotes part of it.
+//! (base64's alphabet) the message holds is masked wherever the reply quotes part of it.
 
 use std::collections::HashSet;
 
@@ -18,14 +18,18 @@ const ECHO_WINDOW: usize = 6;
 /// and tokens (32 characters and more), not words.
 const LONG_RUN: usize = 16;
 
+const _: () = assert!(simplebank_core::secret::SECRET_CODE_LEN >= LONG_RUN);
+
 /// `reply` with every run of ASCII letters and digits that holds [`ECHO_WINDOW`] characters in
-/// a row of a long run of `sent` (the message's parts) replaced by `***`.
+/// a row of a long run of `sent` (the message's parts, and the message as sent, whose
+/// quoted-printable or base64 lines a server may quote) replaced by `***`. Case is ignored: a
+/// server may print a link in capitals.
 pub fn mask_echoes(reply: &str, sent: &[&str]) -> String {
-    let windows: HashSet<&[u8]> = sent
+    let windows: HashSet<[u8; ECHO_WINDOW]> = sent
         .iter()
         .flat_map(|part| alphanumeric_runs(part))
         .filter(|run| run.len() >= LONG_RUN)
-        .flat_map(|run| run.as_bytes().windows(ECHO_WINDOW))
+        .flat_map(|run| run.as_bytes().windows(ECHO_WINDOW).map(folded))
         .collect();
     let mut out = String::with_capacity(reply.len());
     let mut copied = 0;
@@ -33,7 +37,7 @@ pub fn mask_echoes(reply: &str, sent: &[&str]) -> String {
         let echoed = run
             .as_bytes()
             .windows(ECHO_WINDOW)
-            .any(|window| windows.contains(window));
+            .any(|window| windows.contains(&folded(window)));
         if echoed {
             let start = run.as_ptr() as usize - reply.as_ptr() as usize;
             out.push_str(&reply[copied..start]);
@@ -45,9 +49,19 @@ pub fn mask_echoes(reply: &str, sent: &[&str]) -> String {
     out
 }
 
-/// The maximal runs of ASCII letters and digits in `text`.
+/// `window` in lower case.
+fn folded(window: &[u8]) -> [u8; ECHO_WINDOW] {
+    let mut out = [0; ECHO_WINDOW];
+    for (folded, byte) in out.iter_mut().zip(window) {
+        *folded = byte.to_ascii_lowercase();
+    }
+    out
+}
+
+/// The maximal runs of base64's alphabet (ASCII letters, digits, `+` and `/`) in `text`: a
+/// base64 line quoted from the message is one run, not pieces too short to match.
 fn alphanumeric_runs(text: &str) -> impl Iterator<Item = &str> {
-    text.split(|c: char| !c.is_ascii_alphanumeric())
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '/'))
         .filter(|run| !run.is_empty())
 }
 
@@ -92,15 +106,16 @@ fn is_delimiter(c: char) -> bool {
 }
 
 /// Where the local part before `at` starts (not before `floor`). A local part that ends in a
-/// quote (double or single) runs back to its opening quote, spaces included.
+/// quote (double or single) runs back to its opening quote, spaces included, and on to the
+/// start of the token that quote is in (`bo'b'@x` is masked whole).
 fn local_start(chars: &[char], floor: usize, at: usize) -> usize {
+    let mut start = at;
     if at > floor
         && let quote @ ('"' | '\'') = chars[at - 1]
         && let Some(open) = chars[floor..at - 1].iter().rposition(|c| *c == quote)
     {
-        return floor + open;
+        start = floor + open;
     }
-    let mut start = at;
     while start > floor && !is_delimiter(chars[start - 1]) && !is_at(chars[start - 1]) {
         start -= 1;
     }
@@ -159,6 +174,11 @@ mod tests {
             ),
             // The tail a server cut a code down to.
             (format!("554 {}...", &CODE[..7]), "554 ***...".to_owned()),
+            // Printed in capitals, or in lower case.
+            (
+                format!("554 {} {}", CODE.to_ascii_uppercase(), CODE.to_ascii_lowercase()),
+                "554 *** ***".to_owned(),
+            ),
             // Nothing of the message: the reply is kept whole.
             (
                 "550 5.1.1 No such user here; see https://postmaster.example/faq".to_owned(),
@@ -204,6 +224,9 @@ mod tests {
                 "mailbox 'john smith'@example.com unknown",
                 "mailbox j***@example.com unknown",
             ),
+            // A quote inside the token: the whole token is masked.
+            ("550 bo'b'@example.com", "550 b***@example.com"),
+            ("550 to=\"john smith\"@example.com", "550 t***@example.com"),
             (
                 "to=<reject@xn--bcher-kva.example>",
                 "to=<r***@xn--bcher-kva.example>",

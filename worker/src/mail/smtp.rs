@@ -102,6 +102,13 @@ impl SmtpMailer {
     }
 }
 
+/// `reply` without what it echoes of `email` (`raw`: the message as sent): pieces of its long
+/// runs (the secret code), then addresses.
+fn masked_reply(reply: &str, email: &Email, raw: &[u8]) -> String {
+    let raw = String::from_utf8_lossy(raw);
+    mask_addresses(&mask_echoes(reply, &[&email.text, &email.html, &raw]))
+}
+
 impl Mailer for SmtpMailer {
     fn send<'a>(&'a self, email: &'a Email) -> BoxFuture<'a, Result<(), MailError>> {
         let span = tracing::info_span!(
@@ -112,14 +119,15 @@ impl Mailer for SmtpMailer {
         );
         super::in_span(span, async move {
             let message = build_message(email)?;
+            // Kept to mask a reply that quotes the message as sent (lettre chooses each part's
+            // encoding: quoted-printable, or base64 for text mostly outside ASCII).
+            let raw = message.formatted();
             let sent = tokio::time::timeout(self.timeout, self.transport.send(message)).await;
             // Servers echo the recipient in their replies, in any spelling, and content
             // filters quote the message (its link, with the secret code); errors end up in
             // logs, spans and dead letters, so both are masked.
-            let masked = |err: lettre::transport::smtp::Error| {
-                let reply = mask_echoes(&err.to_string(), &[&email.text, &email.html]);
-                mask_addresses(&reply)
-            };
+            let masked =
+                |err: lettre::transport::smtp::Error| masked_reply(&err.to_string(), email, &raw);
             match sent {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(err)) if err.is_permanent() => Err(MailError::Rejected(masked(err))),
@@ -130,5 +138,47 @@ impl Mailer for SmtpMailer {
                 ))),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reply quoting a base64 line of the message (lettre's choice for text mostly outside
+    /// ASCII: a user's name in Thai, say) keeps none of it.
+    #[test]
+    fn a_reply_quoting_a_base64_line_of_the_message_keeps_none_of_it() {
+        let link = "http://localhost:8080/v1/verify_email?email_id=7&secret_code=K3PvOKSFq9ZtW2mLx7RbY4nHc8JdA1eG";
+        let name = "สมชาย".repeat(10);
+        let email = Email {
+            message_id: "verify-email-1@simplebank".into(),
+            from: "Simple Bank <no-reply@simplebank.test>".into(),
+            to: "alice@example.com".into(),
+            subject: "Verify".into(),
+            text: format!("สวัสดี {name}\n{link}\n"),
+            html: format!("<p>สวัสดี {name}</p><a href=\"{link}\">{link}</a>"),
+        };
+        let raw = build_message(&email).expect("message").formatted();
+        let formatted = String::from_utf8(raw.clone()).expect("ascii");
+        assert!(
+            formatted.contains("Content-Transfer-Encoding: base64"),
+            "{formatted}"
+        );
+        let body_lines: Vec<&str> = formatted
+            .split("\r\n")
+            .filter(|line| line.len() > 40 && !line.starts_with("--") && !line.contains([':', ' ']))
+            .collect();
+        assert!(!body_lines.is_empty(), "{formatted}");
+        for line in body_lines {
+            let reply = format!("554 5.7.1 content refused: {line}");
+            let masked = masked_reply(&reply, &email, &raw);
+            // Base64's padding (`=`) is all that is left of the line.
+            assert_eq!(
+                masked.trim_end_matches('='),
+                "554 5.7.1 content refused: ***",
+                "{line}"
+            );
+        }
     }
 }
