@@ -12,8 +12,16 @@
 //! connect in its async transport, so a server that stalls a reply would hold the attempt for
 //! as long as it likes. Each attempt uses a connection of its own (lettre's pool is not
 //! enabled), so an attempt cut off mid-dialogue leaves nothing behind to reuse.
+//!
+//! Each attempt runs on a thread of its own ([`run_off_runtime`]): lettre parses a reply again
+//! with each of its lines (quadratic: 2,000 lines took 10 s of CPU in a debug build), which on
+//! the worker's one runtime thread would hold every task, lease renewal and timer. At most
+//! [`MAX_SEND_THREADS`] run at once; an attempt waits for one within its `SMTP_TIMEOUT`.
 
-use std::time::Duration;
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::sync::Semaphore;
+use tracing::Instrument as _;
 
 use lettre::{
     AsyncSmtpTransport, AsyncTransport, Tokio1Executor,
@@ -70,9 +78,15 @@ pub struct SmtpConfig {
 /// Delivers through an SMTP server, one connection per attempt.
 #[derive(Clone)]
 pub struct SmtpMailer {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    transport: Arc<AsyncSmtpTransport<Tokio1Executor>>,
     timeout: Duration,
+    /// One permit per attempt's thread, held until the thread ends.
+    threads: Arc<Semaphore>,
 }
+
+/// The most attempts' threads at once. A hostile server can keep a thread parsing for
+/// minutes after its attempt timed out: this bounds how many burn the worker's CPU.
+pub const MAX_SEND_THREADS: usize = 8;
 
 impl std::fmt::Debug for SmtpMailer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -96,51 +110,62 @@ impl SmtpMailer {
                 builder.credentials(Credentials::new(user.clone(), password.expose().clone()));
         }
         Ok(Self {
-            transport: builder.build(),
+            transport: Arc::new(builder.build()),
             timeout: config.timeout,
+            threads: Arc::new(Semaphore::new(MAX_SEND_THREADS)),
         })
     }
 }
 
-impl SmtpMailer {
-    /// Sends `message` on a thread with a runtime of its own. lettre parses a reply again with
-    /// each of its lines (quadratic: a 2,000-line reply took 10 s of CPU), which on the
-    /// worker's one runtime thread would stall every task and lease renewal, and let no
-    /// timeout fire, for as long as a hostile server likes. Off it, `SMTP_TIMEOUT` ends the
-    /// attempt on time; the thread finishes the parse on its own (lettre stops reading a reply
-    /// at 100 KB) and exits. A thread of its own, not the runtime's blocking pool: the runtime
-    /// would wait for it when the worker stops.
-    async fn off_runtime(&self, message: lettre::Message) -> Result<Sent, MailError> {
-        let (transport, timeout) = (self.transport.clone(), self.timeout);
-        let (done, result) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("smtp-send".into())
-            .spawn(move || {
-                let sent = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|err| {
-                        MailError::Transient(format!("cannot start the SMTP send: {err}"))
+/// Runs the future `attempt` makes on a thread of its own, with a runtime of its own, inside
+/// the caller's span, and gives its output; no longer than `timeout` there. The thread holds
+/// a permit of `threads` until it ends. When the caller stops waiting (its `SMTP_TIMEOUT`, or
+/// the worker stopping), the attempt is dropped at its next await: its connection closes and
+/// nothing more is sent. Work between two awaits (a long reply's parse) still runs to its end.
+async fn run_off_runtime<T, F>(
+    threads: &Arc<Semaphore>,
+    timeout: Duration,
+    attempt: impl FnOnce() -> F + Send + 'static,
+) -> Result<T, MailError>
+where
+    F: Future<Output = T>,
+    T: Send + 'static,
+{
+    let permit = Arc::clone(threads)
+        .acquire_owned()
+        .await
+        .map_err(|_| MailError::Transient("the SMTP sender has stopped".into()))?;
+    let (done, result) = tokio::sync::oneshot::channel();
+    let span = tracing::Span::current();
+    let dispatch = tracing::dispatcher::get_default(Clone::clone);
+    let started = std::thread::Builder::new()
+        .name("smtp-send".into())
+        .spawn(move || {
+            let _permit = permit;
+            let mut done = done;
+            let outcome = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|err| MailError::Transient(format!("cannot start the SMTP send: {err}")))
+                .and_then(|runtime| {
+                    tracing::dispatcher::with_default(&dispatch, || {
+                        runtime.block_on(async {
+                            tokio::select! {
+                                output = tokio::time::timeout(timeout, attempt()).instrument(span) => {
+                                    output.map_err(|_| no_answer(timeout))
+                                }
+                                () = done.closed() => Err(no_answer(timeout)),
+                            }
+                        })
                     })
-                    .and_then(|runtime| {
-                        // Bounds the thread's own wait on a server that stalls.
-                        runtime
-                            .block_on(async {
-                                tokio::time::timeout(timeout, transport.send(message)).await
-                            })
-                            .map_err(|_| no_answer(timeout))
-                    });
-                let _ = done.send(sent);
-            })
-            .map_err(|err| MailError::Transient(format!("cannot start the SMTP send: {err}")))?;
-        result
-            .await
-            .map_err(|_| MailError::Transient("the SMTP send ended without a result".into()))?
-    }
+                });
+            let _ = done.send(outcome);
+        });
+    started.map_err(|err| MailError::Transient(format!("cannot start the SMTP send: {err}")))?;
+    result
+        .await
+        .map_err(|_| MailError::Transient("the SMTP send ended without a result".into()))?
 }
-
-/// What lettre made of one attempt.
-type Sent = Result<lettre::transport::smtp::response::Response, lettre::transport::smtp::Error>;
 
 /// The error of an attempt cut off by `SMTP_TIMEOUT`.
 fn no_answer(timeout: Duration) -> MailError {
@@ -150,10 +175,11 @@ fn no_answer(timeout: Duration) -> MailError {
 }
 
 /// `reply` without what it echoes of `email` (`raw`: the message as sent): pieces of its long
-/// runs (the secret code), then addresses.
+/// runs (the secret code), then addresses; cut to [`MAX_REPLY_CHARS`].
 fn masked_reply(reply: &str, email: &Email, raw: &[u8]) -> String {
     let raw = String::from_utf8_lossy(raw);
-    let mut masked = mask_addresses(&mask_echoes(reply, &[&email.text, &email.html, &raw]));
+    let body = encoded_body(&raw);
+    let mut masked = mask_addresses(&mask_echoes(reply, &[&email.text, &email.html, &body]));
     // A reply may be 100 KB, and masking may double it: every retry, dead letter and admin
     // page would carry it.
     if let Some((cut, _)) = masked.char_indices().nth(MAX_REPLY_CHARS) {
@@ -161,6 +187,27 @@ fn masked_reply(reply: &str, email: &Email, raw: &[u8]) -> String {
         masked.push_str("...");
     }
     masked
+}
+
+/// The body of the message as sent (not its headers, whose long words are not the message's),
+/// each run of base64 lines joined into one: a part's short last line is then part of a long
+/// run, which a reply quoting it is matched against.
+fn encoded_body(raw: &str) -> String {
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let mut out = String::with_capacity(body.len());
+    let mut in_base64 = false;
+    for line in body.split("\r\n") {
+        let base64 = !line.is_empty()
+            && line
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
+        if !(base64 && in_base64) {
+            out.push('\n');
+        }
+        out.push_str(line);
+        in_base64 = base64;
+    }
+    out
 }
 
 /// The most of a server's reply kept, in characters.
@@ -179,7 +226,11 @@ impl Mailer for SmtpMailer {
             // Kept to mask a reply that quotes the message as sent (lettre chooses each part's
             // encoding: quoted-printable, or base64 for text mostly outside ASCII).
             let raw = message.formatted();
-            let sent = tokio::time::timeout(self.timeout, self.off_runtime(message)).await;
+            let transport = Arc::clone(&self.transport);
+            let attempt = run_off_runtime(&self.threads, self.timeout, move || async move {
+                transport.send(message).await
+            });
+            let sent = tokio::time::timeout(self.timeout, attempt).await;
             // Servers echo the recipient in their replies, in any spelling, and content
             // filters quote the message (its link, with the secret code); errors end up in
             // logs, spans and dead letters, so both are masked.
@@ -198,118 +249,165 @@ impl Mailer for SmtpMailer {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     use super::*;
 
-    /// An SMTP server that takes the message, then answers it with `lines` lines.
-    async fn long_winded_server(lines: usize) -> u16 {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("address").port();
-        tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.expect("accept");
-            let (read, mut write) = stream.into_split();
-            let mut read = BufReader::new(read).lines();
-            write.write_all(b"220 long-winded ESMTP\r\n").await?;
-            while let Some(line) = read.next_line().await? {
-                let command = line.get(..4).unwrap_or_default().to_ascii_uppercase();
-                let reply = match command.as_str() {
-                    "EHLO" | "HELO" | "MAIL" | "RCPT" => "250 OK\r\n".to_owned(),
-                    "DATA" => {
-                        write.write_all(b"354 go on\r\n").await?;
-                        while read.next_line().await?.is_some_and(|line| line != ".") {}
-                        "554-5.7.1 refused\r\n".repeat(lines) + "554 5.7.1 end\r\n"
-                    }
-                    _ => "221 bye\r\n".to_owned(),
-                };
-                write.write_all(reply.as_bytes()).await?;
-            }
-            Ok::<_, std::io::Error>(())
-        });
-        port
-    }
-
-    fn email() -> Email {
+    fn email(text: String, html: String) -> Email {
         Email {
             message_id: "verify-email-1@simplebank".into(),
             from: "Simple Bank <no-reply@simplebank.test>".into(),
             to: "alice@example.com".into(),
             subject: "Verify".into(),
-            text: "text".into(),
-            html: "<p>html</p>".into(),
+            text,
+            html,
         }
     }
 
-    /// lettre takes seconds of CPU to parse a reply of a few thousand lines (10 s for this one
-    /// in a debug build here, in one poll): off the caller's runtime, the attempt ends at
-    /// `SMTP_TIMEOUT` meanwhile. On it, the parse held the thread, and every task and timer on
-    /// it, until it was done. The bound is five timeouts, far below the parse.
+    /// Until `check` holds, polled for up to ten seconds.
+    async fn eventually(what: &str, check: impl Fn() -> bool) {
+        for _ in 0..1_000 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("not within 10 s: {what}");
+    }
+
+    /// An attempt that holds its thread (as lettre's parse of a long reply does) neither holds
+    /// the caller's runtime nor its timeout; while it runs it keeps its permit, and a second
+    /// attempt waits for one.
     #[tokio::test]
-    async fn a_reply_too_long_to_parse_in_time_ends_the_attempt_at_the_timeout() {
-        let port = long_winded_server(2_000).await;
-        let timeout = Duration::from_millis(500);
-        let mailer = SmtpMailer::new(&SmtpConfig {
-            host: "127.0.0.1".into(),
-            port,
-            credentials: None,
-            tls: TlsMode::None,
-            timeout,
-        })
-        .expect("mailer");
-        let started = std::time::Instant::now();
-        let err = mailer.send(&email()).await.expect_err("refused");
-        let took = started.elapsed();
+    async fn an_attempt_holding_its_thread_holds_neither_the_caller_nor_its_timeout() {
+        let threads = Arc::new(Semaphore::new(1));
+        let timeout = Duration::from_millis(200);
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        // Should the attempt run on the caller's thread (the defect), it is released after
+        // 5 s rather than hang the test.
+        let fallback = release.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(5));
+            let _ = fallback.send(());
+        });
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let ticker = tokio::spawn({
+            let ticks = Arc::clone(&ticks);
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    ticks.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        let holding = run_off_runtime(&threads, Duration::from_secs(30), move || async move {
+            held.recv().is_ok()
+        });
+        let outcome = tokio::time::timeout(timeout, holding).await;
         assert!(
-            matches!(&err, MailError::Transient(message) if message.contains("SMTP_TIMEOUT")),
-            "{err}"
+            outcome.is_err(),
+            "the caller waited for the attempt: {outcome:?}"
         );
-        assert!(took < 5 * timeout, "the attempt took {took:?}");
+        assert!(
+            ticks.load(Ordering::Relaxed) > 0,
+            "the caller's runtime stood still"
+        );
+        ticker.abort();
+
+        assert_eq!(
+            threads.available_permits(),
+            0,
+            "the held thread keeps its permit"
+        );
+        let second = run_off_runtime(&threads, timeout, || async {});
+        assert!(
+            tokio::time::timeout(timeout, second).await.is_err(),
+            "a second attempt ran beside the held one"
+        );
+        release.send(()).expect("release");
+        eventually("the thread ends and gives its permit back", || {
+            threads.available_permits() == 1
+        })
+        .await;
+        let third = run_off_runtime(&threads, timeout, || async { 3 }).await;
+        assert_eq!(third.expect("ran"), 3);
+    }
+
+    /// When the caller stops waiting, the attempt is dropped at its next await: nothing after
+    /// it runs (an email would otherwise go out after its attempt was counted as failed).
+    #[tokio::test]
+    async fn an_attempt_the_caller_gave_up_on_goes_no_further() {
+        let threads = Arc::new(Semaphore::new(1));
+        let finished = Arc::new(AtomicBool::new(false));
+        let attempt = run_off_runtime(&threads, Duration::from_secs(30), {
+            let finished = Arc::clone(&finished);
+            move || async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                finished.store(true, Ordering::SeqCst);
+            }
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), attempt)
+                .await
+                .is_err()
+        );
+        eventually("the abandoned attempt's thread ends", || {
+            threads.available_permits() == 1
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(
+            !finished.load(Ordering::SeqCst),
+            "the abandoned attempt went on"
+        );
+    }
+
+    /// A reply quoting any base64 line of the message (lettre's choice for text mostly outside
+    /// ASCII: a user's name in Thai, say), the short last one included, keeps none of it: for
+    /// names of every length modulo 57 (the bytes of a base64 line).
+    #[test]
+    fn a_reply_quoting_a_base64_line_of_the_message_keeps_none_of_it() {
+        let link = "http://localhost:8080/v1/verify_email?email_id=7&secret_code=K3PvOKSFq9ZtW2mLx7RbY4nHc8JdA1eG";
+        let mut quoted = 0;
+        for thai in 20..39 {
+            for ascii in 0..3 {
+                let name = "ส".repeat(thai) + &"a".repeat(ascii);
+                let email = email(
+                    format!("สวัสดี {name}\n{link}\n"),
+                    format!("<p>สวัสดี {name}</p><a href=\"{link}\">{link}</a>"),
+                );
+                let raw = build_message(&email).expect("message").formatted();
+                let formatted = String::from_utf8(raw.clone()).expect("ascii");
+                assert!(formatted.contains("Content-Transfer-Encoding: base64"));
+                // Base64 lines: its alphabet, `=` only as padding at the end.
+                let base64_lines = formatted.split("\r\n").filter(|line| {
+                    line.len() >= 6
+                        && line
+                            .trim_end_matches('=')
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"+/".contains(&b))
+                });
+                for line in base64_lines {
+                    let reply = format!("554 5.7.1 content refused: {line}");
+                    let masked = masked_reply(&reply, &email, &raw);
+                    // Base64's padding (`=`) is all that is left of the line.
+                    assert_eq!(
+                        masked.trim_end_matches('='),
+                        "554 5.7.1 content refused: ***",
+                        "{line}"
+                    );
+                    quoted += 1;
+                }
+            }
+        }
+        assert!(quoted > 100, "{quoted}");
     }
 
     #[test]
     fn a_long_reply_is_cut() {
         let reply = format!("554 {}", "refused ".repeat(1_000));
-        let masked = masked_reply(&reply, &email(), b"");
+        let masked = masked_reply(&reply, &email("text".into(), "html".into()), b"");
         assert_eq!(masked.chars().count(), MAX_REPLY_CHARS + 3);
         assert!(masked.starts_with("554 refused") && masked.ends_with("..."));
-    }
-
-    /// A reply quoting a base64 line of the message (lettre's choice for text mostly outside
-    /// ASCII: a user's name in Thai, say) keeps none of it.
-    #[test]
-    fn a_reply_quoting_a_base64_line_of_the_message_keeps_none_of_it() {
-        let link = "http://localhost:8080/v1/verify_email?email_id=7&secret_code=K3PvOKSFq9ZtW2mLx7RbY4nHc8JdA1eG";
-        let name = "สมชาย".repeat(10);
-        let email = Email {
-            message_id: "verify-email-1@simplebank".into(),
-            from: "Simple Bank <no-reply@simplebank.test>".into(),
-            to: "alice@example.com".into(),
-            subject: "Verify".into(),
-            text: format!("สวัสดี {name}\n{link}\n"),
-            html: format!("<p>สวัสดี {name}</p><a href=\"{link}\">{link}</a>"),
-        };
-        let raw = build_message(&email).expect("message").formatted();
-        let formatted = String::from_utf8(raw.clone()).expect("ascii");
-        assert!(
-            formatted.contains("Content-Transfer-Encoding: base64"),
-            "{formatted}"
-        );
-        let body_lines: Vec<&str> = formatted
-            .split("\r\n")
-            .filter(|line| line.len() > 40 && !line.starts_with("--") && !line.contains([':', ' ']))
-            .collect();
-        assert!(!body_lines.is_empty(), "{formatted}");
-        for line in body_lines {
-            let reply = format!("554 5.7.1 content refused: {line}");
-            let masked = masked_reply(&reply, &email, &raw);
-            // Base64's padding (`=`) is all that is left of the line.
-            assert_eq!(
-                masked.trim_end_matches('='),
-                "554 5.7.1 content refused: ***",
-                "{line}"
-            );
-        }
     }
 }
