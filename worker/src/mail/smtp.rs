@@ -18,7 +18,14 @@
 //! the worker's one runtime thread would hold every task, lease renewal and timer. At most
 //! [`MAX_SEND_THREADS`] run at once; an attempt waits for one within its `SMTP_TIMEOUT`.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::sync::Semaphore;
 use tracing::Instrument as _;
@@ -120,8 +127,10 @@ impl SmtpMailer {
 /// Runs the future `attempt` makes on a thread of its own, with a runtime of its own, inside
 /// the caller's span, and gives its output; no longer than `timeout` there. The thread holds
 /// a permit of `threads` until it ends. When the caller stops waiting (its `SMTP_TIMEOUT`, or
-/// the worker stopping), the attempt is dropped at its next await: its connection closes and
-/// nothing more is sent. Work between two awaits (a long reply's parse) still runs to its end.
+/// the worker stopping), the attempt is dropped the next time it waits on the server, which
+/// closes its connection. What lettre does between two waits still runs: a long reply's
+/// parse, and the commands it sends on replies already received (a server answering ahead of
+/// the protocol can still be sent the message).
 async fn run_off_runtime<T, F>(
     threads: &Arc<Semaphore>,
     timeout: Duration,
@@ -227,8 +236,14 @@ impl Mailer for SmtpMailer {
             // encoding: quoted-printable, or base64 for text mostly outside ASCII).
             let raw = message.formatted();
             let transport = Arc::clone(&self.transport);
-            let attempt = run_off_runtime(&self.threads, self.timeout, move || async move {
-                transport.send(message).await
+            // Set on the attempt's thread: a timeout before it means no thread was free.
+            let started = Arc::new(AtomicBool::new(false));
+            let attempt = run_off_runtime(&self.threads, self.timeout, {
+                let started = Arc::clone(&started);
+                move || {
+                    started.store(true, Ordering::Relaxed);
+                    async move { transport.send(message).await }
+                }
             });
             let sent = tokio::time::timeout(self.timeout, attempt).await;
             // Servers echo the recipient in their replies, in any spelling, and content
@@ -241,7 +256,12 @@ impl Mailer for SmtpMailer {
                 Ok(Ok(Err(err))) if err.is_permanent() => Err(MailError::Rejected(masked(err))),
                 Ok(Ok(Err(err))) => Err(MailError::Transient(masked(err))),
                 Ok(Err(err)) => Err(err),
-                Err(_) => Err(no_answer(self.timeout)),
+                Err(_) if started.load(Ordering::Relaxed) => Err(no_answer(self.timeout)),
+                Err(_) => Err(MailError::Transient(format!(
+                    "no SMTP thread free within SMTP_TIMEOUT ({:?}): all {MAX_SEND_THREADS} busy \
+                     with earlier attempts",
+                    self.timeout
+                ))),
             }
         })
     }
@@ -249,7 +269,7 @@ impl Mailer for SmtpMailer {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     use super::*;
 
@@ -401,6 +421,32 @@ mod tests {
             }
         }
         assert!(quoted > 100, "{quoted}");
+    }
+
+    /// With every thread held by earlier attempts, an attempt says so rather than blame a
+    /// server it never reached.
+    #[tokio::test]
+    async fn an_attempt_with_no_thread_free_says_so() {
+        let mailer = SmtpMailer::new(&SmtpConfig {
+            host: "127.0.0.1".into(),
+            port: 9,
+            credentials: None,
+            tls: TlsMode::None,
+            timeout: Duration::from_millis(100),
+        })
+        .expect("mailer");
+        let _held = Arc::clone(&mailer.threads)
+            .acquire_many_owned(u32::try_from(MAX_SEND_THREADS).expect("few"))
+            .await
+            .expect("permits");
+        let err = mailer
+            .send(&email("text".into(), "html".into()))
+            .await
+            .expect_err("no thread");
+        assert!(
+            matches!(&err, MailError::Transient(message) if message.contains("no SMTP thread free")),
+            "{err}"
+        );
     }
 
     #[test]
