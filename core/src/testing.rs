@@ -134,6 +134,36 @@ impl TestDb {
         id
     }
 
+    /// A password change of `username` under way and not committed, as UpdateUser makes it:
+    /// the user's row locked, its password hash `changed`, every session but `kept` ended.
+    pub async fn password_change_in_flight(
+        &self,
+        username: &str,
+        kept: uuid::Uuid,
+    ) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut change = self.store.pool().begin().await.expect("begin");
+        sqlx::query("SELECT 1 FROM users WHERE username = $1 FOR UPDATE")
+            .bind(username)
+            .execute(&mut *change)
+            .await
+            .expect("lock the user's row");
+        sqlx::query("UPDATE users SET hashed_password = 'changed' WHERE username = $1")
+            .bind(username)
+            .execute(&mut *change)
+            .await
+            .expect("the new password");
+        sqlx::query(
+            "UPDATE sessions SET revoked_at = now(), revoked_reason = 'password_changed' \
+             WHERE username = $1 AND id <> $2",
+        )
+        .bind(username)
+        .bind(kept)
+        .execute(&mut *change)
+        .await
+        .expect("the other sessions ended");
+        change
+    }
+
     /// How many statements on this database wait on a lock right now (to know that a call
     /// blocked by the test's own transaction is inside its wait).
     pub async fn waiting_on_locks(&self) -> Result<i64, sqlx::Error> {

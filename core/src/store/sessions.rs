@@ -616,19 +616,7 @@ mod tests {
             sessions.push(session.id);
         }
         let owner = sessions[0];
-        let mut change = db.store.pool().begin().await.unwrap();
-        sqlx::query("SELECT 1 FROM users WHERE username = 'alice' FOR UPDATE")
-            .execute(&mut *change)
-            .await
-            .unwrap();
-        sqlx::query(
-            "UPDATE sessions SET revoked_at = now(), revoked_reason = 'password_changed' \
-             WHERE username = 'alice' AND id <> $1",
-        )
-        .bind(owner)
-        .execute(&mut *change)
-        .await
-        .unwrap();
+        let change = db.password_change_in_flight("alice", owner).await;
         let logout = {
             let store = db.store.clone();
             let thiefs = thiefs.expose().clone();

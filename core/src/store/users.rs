@@ -463,23 +463,7 @@ mod tests {
             db.live_session("alice").await,
             db.live_session("alice").await,
         );
-        let mut holder = db.store.pool().begin().await.expect("begin");
-        sqlx::query("SELECT 1 FROM users WHERE username = 'alice' FOR UPDATE")
-            .execute(&mut *holder)
-            .await
-            .expect("lock the row");
-        sqlx::query("UPDATE users SET hashed_password = 'owners' WHERE username = 'alice'")
-            .execute(&mut *holder)
-            .await
-            .expect("the owner's password");
-        sqlx::query(
-            "UPDATE sessions SET revoked_at = now(), revoked_reason = 'password_changed' \
-             WHERE username = 'alice' AND id <> $1",
-        )
-        .bind(owner)
-        .execute(&mut *holder)
-        .await
-        .expect("the other sessions ended");
+        let holder = db.password_change_in_flight("alice", owner).await;
 
         let store = db.store.clone();
         let update = tokio::spawn(async move {
@@ -511,7 +495,7 @@ mod tests {
                 .expect("user");
         assert_eq!(
             (hash.as_str(), email.as_str()),
-            ("owners", "alice@example.com")
+            ("changed", "alice@example.com")
         );
         let owner_live = db
             .store

@@ -27,13 +27,13 @@ const _: () = assert!(simplebank_core::secret::SECRET_CODE_LEN >= LONG_RUN);
 pub fn mask_echoes(reply: &str, sent: &[&str]) -> String {
     let windows: HashSet<[u8; ECHO_WINDOW]> = sent
         .iter()
-        .flat_map(|part| alphanumeric_runs(part))
+        .flat_map(|part| base64_runs(part))
         .filter(|run| run.len() >= LONG_RUN)
         .flat_map(|run| run.as_bytes().windows(ECHO_WINDOW).map(folded))
         .collect();
     let mut out = String::with_capacity(reply.len());
     let mut copied = 0;
-    for run in alphanumeric_runs(reply) {
+    for run in base64_runs(reply) {
         let echoed = run
             .as_bytes()
             .windows(ECHO_WINDOW)
@@ -60,7 +60,7 @@ fn folded(window: &[u8]) -> [u8; ECHO_WINDOW] {
 
 /// The maximal runs of base64's alphabet (ASCII letters, digits, `+` and `/`) in `text`: a
 /// base64 line quoted from the message is one run, not pieces too short to match.
-fn alphanumeric_runs(text: &str) -> impl Iterator<Item = &str> {
+fn base64_runs(text: &str) -> impl Iterator<Item = &str> {
     text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '/'))
         .filter(|run| !run.is_empty())
 }

@@ -18,14 +18,7 @@
 //! the worker's one runtime thread would hold every task, lease renewal and timer. At most
 //! [`MAX_SEND_THREADS`] run at once; an attempt waits for one within its `SMTP_TIMEOUT`.
 
-use std::{
-    future::Future,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::sync::Semaphore;
 use tracing::Instrument as _;
@@ -125,10 +118,10 @@ impl SmtpMailer {
 }
 
 /// Runs the future `attempt` makes on a thread of its own, with a runtime of its own, inside
-/// the caller's span, and gives its output; no longer than `timeout` there. The thread holds
-/// a permit of `threads` until it ends. When the caller stops waiting (its `SMTP_TIMEOUT`, or
-/// the worker stopping), the attempt is dropped the next time it waits on the server, which
-/// closes its connection. What lettre does between two waits still runs: a long reply's
+/// the caller's span, and gives its output; within `timeout` in all, the wait for a permit of
+/// `threads` included (the thread holds it until it ends). When the caller stops waiting (the
+/// timeout, or the worker stopping), the attempt is dropped the next time it waits on the
+/// server, which closes its connection. What lettre does between two waits still runs: a long reply's
 /// parse, and the commands it sends on replies already received (a server answering ahead of
 /// the protocol can still be sent the message).
 async fn run_off_runtime<T, F>(
@@ -140,9 +133,15 @@ where
     F: Future<Output = T>,
     T: Send + 'static,
 {
-    let permit = Arc::clone(threads)
-        .acquire_owned()
+    let deadline = tokio::time::Instant::now() + timeout;
+    let permit = tokio::time::timeout_at(deadline, Arc::clone(threads).acquire_owned())
         .await
+        .map_err(|_| {
+            MailError::Transient(format!(
+                "no SMTP thread free within SMTP_TIMEOUT ({timeout:?}): all {MAX_SEND_THREADS} \
+                 busy with earlier attempts"
+            ))
+        })?
         .map_err(|_| MailError::Transient("the SMTP sender has stopped".into()))?;
     let (done, result) = tokio::sync::oneshot::channel();
     let span = tracing::Span::current();
@@ -160,7 +159,7 @@ where
                     tracing::dispatcher::with_default(&dispatch, || {
                         runtime.block_on(async {
                             tokio::select! {
-                                output = tokio::time::timeout(timeout, attempt()).instrument(span) => {
+                                output = tokio::time::timeout_at(deadline, attempt()).instrument(span) => {
                                     output.map_err(|_| no_answer(timeout))
                                 }
                                 () = done.closed() => Err(no_answer(timeout)),
@@ -171,8 +170,9 @@ where
             let _ = done.send(outcome);
         });
     started.map_err(|err| MailError::Transient(format!("cannot start the SMTP send: {err}")))?;
-    result
+    tokio::time::timeout_at(deadline, result)
         .await
+        .map_err(|_| no_answer(timeout))?
         .map_err(|_| MailError::Transient("the SMTP send ended without a result".into()))?
 }
 
@@ -236,32 +236,19 @@ impl Mailer for SmtpMailer {
             // encoding: quoted-printable, or base64 for text mostly outside ASCII).
             let raw = message.formatted();
             let transport = Arc::clone(&self.transport);
-            // Set on the attempt's thread: a timeout before it means no thread was free.
-            let started = Arc::new(AtomicBool::new(false));
-            let attempt = run_off_runtime(&self.threads, self.timeout, {
-                let started = Arc::clone(&started);
-                move || {
-                    started.store(true, Ordering::Relaxed);
-                    async move { transport.send(message).await }
-                }
-            });
-            let sent = tokio::time::timeout(self.timeout, attempt).await;
+            let sent = run_off_runtime(&self.threads, self.timeout, move || async move {
+                transport.send(message).await
+            })
+            .await;
             // Servers echo the recipient in their replies, in any spelling, and content
             // filters quote the message (its link, with the secret code); errors end up in
             // logs, spans and dead letters, so both are masked.
             let masked =
                 |err: lettre::transport::smtp::Error| masked_reply(&err.to_string(), email, &raw);
-            match sent {
-                Ok(Ok(Ok(_))) => Ok(()),
-                Ok(Ok(Err(err))) if err.is_permanent() => Err(MailError::Rejected(masked(err))),
-                Ok(Ok(Err(err))) => Err(MailError::Transient(masked(err))),
-                Ok(Err(err)) => Err(err),
-                Err(_) if started.load(Ordering::Relaxed) => Err(no_answer(self.timeout)),
-                Err(_) => Err(MailError::Transient(format!(
-                    "no SMTP thread free within SMTP_TIMEOUT ({:?}): all {MAX_SEND_THREADS} busy \
-                     with earlier attempts",
-                    self.timeout
-                ))),
+            match sent? {
+                Ok(_) => Ok(()),
+                Err(err) if err.is_permanent() => Err(MailError::Rejected(masked(err))),
+                Err(err) => Err(MailError::Transient(masked(err))),
             }
         })
     }
@@ -269,7 +256,7 @@ impl Mailer for SmtpMailer {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     use super::*;
 
@@ -320,12 +307,14 @@ mod tests {
                 }
             }
         });
-        let holding = run_off_runtime(&threads, Duration::from_secs(30), move || async move {
-            held.recv().is_ok()
-        });
-        let outcome = tokio::time::timeout(timeout, holding).await;
+        let outcome = run_off_runtime(
+            &threads,
+            timeout,
+            move || async move { held.recv().is_ok() },
+        )
+        .await;
         assert!(
-            outcome.is_err(),
+            matches!(&outcome, Err(MailError::Transient(message)) if message.contains("no answer")),
             "the caller waited for the attempt: {outcome:?}"
         );
         assert!(
@@ -339,10 +328,10 @@ mod tests {
             0,
             "the held thread keeps its permit"
         );
-        let second = run_off_runtime(&threads, timeout, || async {});
+        let second = run_off_runtime(&threads, timeout, || async {}).await;
         assert!(
-            tokio::time::timeout(timeout, second).await.is_err(),
-            "a second attempt ran beside the held one"
+            matches!(&second, Err(MailError::Transient(message)) if message.contains("no SMTP thread free")),
+            "a second attempt ran beside the held one: {second:?}"
         );
         release.send(()).expect("release");
         eventually("the thread ends and gives its permit back", || {
@@ -353,12 +342,14 @@ mod tests {
         assert_eq!(third.expect("ran"), 3);
     }
 
-    /// When the caller stops waiting, the attempt is dropped at its next await: nothing after
-    /// it runs (an email would otherwise go out after its attempt was counted as failed).
+    /// When the caller stops waiting before the deadline (the worker stopping), the attempt is
+    /// dropped at its next await: nothing after it runs (an email would otherwise go out after
+    /// its attempt was counted as failed).
     #[tokio::test]
     async fn an_attempt_the_caller_gave_up_on_goes_no_further() {
         let threads = Arc::new(Semaphore::new(1));
         let finished = Arc::new(AtomicBool::new(false));
+        // The caller drops the attempt well before its own deadline, as a stopping worker does.
         let attempt = run_off_runtime(&threads, Duration::from_secs(30), {
             let finished = Arc::clone(&finished);
             move || async move {
