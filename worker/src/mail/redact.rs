@@ -68,9 +68,10 @@ fn base64_runs(text: &str) -> impl Iterator<Item = &str> {
 /// `text` with every email-like token masked: its local part becomes `x***` (`x` its first
 /// character when that is an ASCII letter or digit, else `*`) and its domain is kept, lower-cased
 /// (`<Bob.Smith@Example.COM>` becomes `<b***@example.com>`). A quoted local part may hold
-/// spaces and is masked whole. Full-width at signs count as at signs.
+/// spaces and is masked whole. Full-width at signs, and `%40` (an at sign in a URL: a block
+/// page's link may carry the recipient), count as at signs.
 pub fn mask_addresses(text: &str) -> String {
-    let chars: Vec<char> = text.chars().collect();
+    let chars: Vec<char> = text.replace("%40", "@").chars().collect();
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
     while i < chars.len() {
@@ -239,6 +240,12 @@ mod tests {
             ),
             ("to=reject@example.com", "t***@example.com"),
             ("reject＠example.com", "r***@example.com"),
+            // In a URL's query: the token runs back to the scheme's colon (`/`, `?` and `=`
+            // may be in a local part), so the URL's path goes with it.
+            (
+                "554 see https://support.example/block?to=nine.user%40real9.example.org&u=1",
+                "554 see https:****@real9.example.org&u=1",
+            ),
             ("_x@example.com", "****@example.com"),
             ("a@b@c", "a***@b****@c"),
             ("@", "****@"),
