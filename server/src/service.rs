@@ -171,6 +171,38 @@ impl SimpleBankService {
         Ok(credentials.filter(|_| matched))
     }
 
+    /// UpdateUser's check of `username`'s password in force, under the sign-in throttle: a
+    /// token holder cannot guess passwords faster than LoginUser allows, and a wrong one counts
+    /// as a failed sign-in.
+    async fn confirm_password(
+        &self,
+        username: &str,
+        password: Secret<String>,
+        address: &std::net::IpAddr,
+    ) -> Result<(), Status> {
+        let attempt = match self.throttle.reserve(username, address).await {
+            Verdict::Allowed(attempt) => attempt,
+            Verdict::Throttled(retry_after) => {
+                tracing::info!(%username, %address, "password confirmation throttled");
+                return Err(status::throttled(retry_after));
+            }
+        };
+        match self.check_password(username, password).await {
+            Ok(Some(_)) => {
+                self.throttle.succeeded(attempt).await;
+                Ok(())
+            }
+            // A failure keeps its reservation, as a failed sign-in's.
+            Ok(None) => Err(Status::permission_denied(
+                "current_password is not the account's password",
+            )),
+            Err(status) => {
+                self.throttle.abandoned(attempt).await;
+                Err(status)
+            }
+        }
+    }
+
     async fn hash(
         &self,
         password: simplebank_core::domain::Password,
@@ -373,12 +405,14 @@ impl SimpleBank for SimpleBankService {
         request: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::UpdateUserResponse>, Status> {
         let claims = self.authenticate(request.metadata()).await?;
+        let address = auth::client_ip(&request);
         let request = request.into_inner();
         if request.username != claims.username {
             return Err(Status::permission_denied(
                 "you may update only your own account",
             ));
         }
+        let credentials_change = request.email.is_some() || request.password.is_some();
         let update = UserUpdate::parse(
             request.full_name.as_deref(),
             request.email.as_deref(),
@@ -386,8 +420,20 @@ impl SimpleBank for SimpleBankService {
         )
         .ok_or_else(|| {
             Status::invalid_argument("nothing to update: set full_name, email or password")
-        })?
-        .map_err(status::invalid_argument)?;
+        })?;
+        let current = Password::current(request.current_password, credentials_change);
+        let (update, current) = match (update, current) {
+            (Ok(update), Ok(current)) => (update, current),
+            (update, current) => {
+                let mut violations = update.err().map(|e| e.violations).unwrap_or_default();
+                violations.extend(current.err());
+                return Err(status::invalid_argument(ValidationError { violations }));
+            }
+        };
+        if let Some(current) = current {
+            self.confirm_password(&claims.username, current, &address)
+                .await?;
+        }
         let hashed_password = match &update.password {
             Some(password) => Some(
                 self.hash(password.clone())

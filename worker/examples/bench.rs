@@ -1198,6 +1198,38 @@ Step 9, spans lost on a fast machine (the next session, 23:00 UTC: untraced drai
   always_on target (80%) stays unmet; the ratio sampler's (95%) is met, one round of three
   at 84%.
 
+Step 10, where a traced drain's time goes, by thread and by function (the session of
+1 December, 05:25 UTC: one `BENCH_ONLY=tracing BENCH_RUNS=1` round at ef263aa under
+`perf record -a -g -F 999`, samples split by each worker process's life; untraced 109,870
+tasks a second, always_on 78%, the ratio sampler 87%):
+
+- The machine is not saturated during a drain: the worker's runtime thread used about half a
+  core (0.48-0.56), Redis about half (0.47-0.58), and the idle task 0.36-0.46 of the two,
+  traced or not. The drain is bound by the round trips between the runtime thread and Redis:
+  whatever lengthens either one's turn, or delays its wake-up, lengthens the drain, however
+  much CPU is left.
+- The runtime thread, the two always_on drains against the two untraced ones: 3,013 samples
+  against 2,511, 0.5 s more over 400,000 tasks (1.25 µs a task). The 502 by kind: encoding
+  and queueing the span (`span_entry`, `key_value`, the processor) 95; the SDK building,
+  starting and ending the span 75; its eight attributes, pushed one at a time through the
+  global tracer's dynamic dispatch, 65; dropping the span's data 32; the metrics, which the
+  endpoint turns on, 24; allocation 70 and `memmove` 46 (`SpanData` is moved from function
+  to function by value); the kernel 60; the rest 35. No one function above 51 (0.13 µs a
+  task).
+- The ratio sampler's drains cost the runtime thread 213 samples more than untraced (0.53 µs
+  a task): the span built and ended unrecorded for nine tasks in ten (58), the metrics (26),
+  the kernel (38).
+- Beside it, during each always_on drain: `otlp-export` and `otlp-batch` 0.04-0.05 of a core
+  together (about 0.15 s a drain, 0.75 µs a task) and the bench's runtime threads, mostly the
+  receiver, 0.06 of a core against 0.02 untraced (0.65 µs a task).
+- So about half of what always_on costs is the runtime thread's share of the SDK's span life
+  cycle, spread over a dozen parts of about a tenth each, and about half is moving the bytes
+  (the export threads and the receiver) on the cores the round trips need. No change left on
+  either side would move always_on from 76-79% to a robust 80% on this machine: the large
+  ones would be not recording the queue's spans through the SDK (they would no longer reach
+  an embedding program's tracer provider) or a collector on other cores. Issue 16's always_on
+  target stays unmet here.
+
 ### The queue moved into its own crate (issue 12)
 
 The consumer engine moved from the worker crate to `simplebank-queue` (typed handlers, a private

@@ -8,6 +8,8 @@ use crate::secret::Secret;
 use super::{FieldViolation, check_text};
 
 const FIELD: &str = "password";
+/// UpdateUser's field for the password in force.
+const CURRENT: &str = "current_password";
 
 /// The shortest new password, in characters.
 pub const MIN_LEN: usize = 8;
@@ -52,6 +54,23 @@ impl Password {
     pub fn presented(field: &'static str, value: String) -> Result<Secret<String>, FieldViolation> {
         check_text(field, &value, 1, MAX_LEN)?;
         Ok(Secret::new(value))
+    }
+
+    /// UpdateUser's `current_password`: required (`needed`) to change the email or the
+    /// password, so that an access token alone cannot take an account over; read as
+    /// [`Password::presented`] whenever given, to be checked against the stored hash.
+    pub fn current(
+        value: Option<String>,
+        needed: bool,
+    ) -> Result<Option<Secret<String>>, FieldViolation> {
+        match value {
+            Some(value) => Self::presented(CURRENT, value).map(Some),
+            None if needed => Err(FieldViolation::new(
+                CURRENT,
+                "is required to change the email or the password",
+            )),
+            None => Ok(None),
+        }
     }
 
     /// The password itself, for hashing: each use is visible in review.
@@ -116,6 +135,23 @@ mod tests {
                 Password::presented("password", bad.into()).is_err(),
                 "{bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_current_password_is_needed_for_a_credential_change_and_read_whenever_given() {
+        let missing = Password::current(None, true).unwrap_err();
+        assert_eq!(missing.field, "current_password");
+        assert!(missing.description.contains("required"), "{missing:?}");
+        assert!(Password::current(None, false).unwrap().is_none());
+        for needed in [true, false] {
+            let given = Password::current(Some("old secret".into()), needed).unwrap();
+            assert_eq!(given.expect("kept").expose(), "old secret");
+            for bad in [String::new(), "abc\r\ndef".into(), "x".repeat(MAX_LEN + 1)] {
+                let err = Password::current(Some(bad.clone()), needed).unwrap_err();
+                assert_eq!(err.field, "current_password", "{bad:?}");
+                assert!(!err.description.contains("abc"), "no value in the message");
+            }
         }
     }
 

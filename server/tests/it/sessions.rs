@@ -368,23 +368,24 @@ async fn update_user_needs_a_valid_token_for_that_very_user() {
     // Nothing to change.
     let (code, message) = server.err("UpdateUser", r#"{"username":"alice"}"#, Some(&access));
     assert_eq!(code, "InvalidArgument", "{message}");
-    // Each bad field named, as in CreateUser.
+    // Each bad field named, as in CreateUser; an email or password change without the
+    // current password names that too.
     let (ok, out) = server.call(
         "UpdateUser",
         r#"{"username":"alice","full_name":"x\u202e","email":"a@b","password":"password1"}"#,
         Some(&access),
     );
     assert!(!ok);
-    for name in ["full_name", "email", "password"] {
-        assert!(
-            out.contains(&format!(r#""field":"{name}""#)) || out.contains(name),
-            "{out}"
-        );
+    assert_eq!(error_of(&out).0, "InvalidArgument", "{out}");
+    for name in ["full_name", "email", "password", "current_password"] {
+        assert!(out.contains(&format!(r#""{name}""#)), "{name}: {out}");
     }
     // Taken address.
     let (code, message) = server.err(
         "UpdateUser",
-        r#"{"username":"alice","email":"BOB@example.com"}"#,
+        &format!(
+            r#"{{"username":"alice","email":"BOB@example.com","current_password":"{PASSWORD}"}}"#
+        ),
         Some(&access),
     );
     assert_eq!(
@@ -411,7 +412,9 @@ async fn update_user_needs_a_valid_token_for_that_very_user() {
         .password_changed_at;
     server.ok(
         "UpdateUser",
-        r#"{"username":"alice","password":"new-plum-tractor-9"}"#,
+        &format!(
+            r#"{{"username":"alice","password":"new-plum-tractor-9","current_password":"{PASSWORD}"}}"#
+        ),
         Some(&access),
     );
     let after = db
@@ -498,20 +501,45 @@ async fn access_tokens_expire_and_sessions_end_at_their_absolute_limit() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn failed_logins_are_throttled_per_username_whatever_the_password_then_reset() {
-    let (db, redis) = (TestDb::create().await, TestRedis::new());
+/// A server allowing 3 failed sign-ins per username in `window`, with alice signed up.
+async fn three_failures_per_username(db: &TestDb, redis: &TestRedis, window: &str) -> Binary {
     let server = Binary::start(
-        &db,
+        db,
         &redis.address,
         redis.namespace.as_str(),
         &[
             ("LOGIN_MAX_FAILURES_PER_USERNAME", "3"),
-            ("LOGIN_FAILURE_WINDOW", "4s"),
+            ("LOGIN_FAILURE_WINDOW", window),
         ],
     )
     .await;
     server.sign_up("alice");
+    server
+}
+
+/// The failed sign-ins counted for `username`, at the key ARCHITECTURE names (under the
+/// namespace's hash tag).
+async fn failures_of(redis: &TestRedis, username: &str) -> i64 {
+    redis::cmd("ZCARD")
+        .arg(redis.keys().login_failures_username(username))
+        .query_async(&mut redis.conn().await)
+        .await
+        .expect("ZCARD")
+}
+
+/// A throttled call's answer: RESOURCE_EXHAUSTED with a retry delay.
+fn throttled(out: &str) {
+    assert_eq!(error_of(out).0, "ResourceExhausted", "{out}");
+    assert!(
+        out.contains("RetryInfo") || out.contains("retryDelay") || out.contains("retry_delay"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn failed_logins_are_throttled_per_username_whatever_the_password_then_reset() {
+    let (db, redis) = (TestDb::create().await, TestRedis::new());
+    let server = three_failures_per_username(&db, &redis, "4s").await;
     server.sign_up("bob");
 
     // A success forgets the failures before it.
@@ -525,20 +553,10 @@ async fn failed_logins_are_throttled_per_username_whatever_the_password_then_res
     // Past the limit: refused with a retry delay, even with the right password.
     let (ok, out) = server.call("LoginUser", &login_body("alice", PASSWORD), None);
     assert!(!ok);
-    assert_eq!(error_of(&out).0, "ResourceExhausted", "{out}");
-    assert!(
-        out.contains("RetryInfo") || out.contains("retryDelay") || out.contains("retry_delay"),
-        "{out}"
-    );
+    throttled(&out);
     // Other users are not affected.
     server.login("bob", PASSWORD);
-    // The key is where ARCHITECTURE says, under the namespace's hash tag.
-    let key = redis.keys().login_failures_username("alice");
-    let count: i64 = redis::cmd("ZCARD")
-        .arg(&key)
-        .query_async(&mut redis.conn().await)
-        .await
-        .expect("ZCARD");
+    let count = failures_of(&redis, "alice").await;
     assert_eq!(count, 3);
 
     // The window slides: the right password works again once the failures are old enough.
@@ -552,6 +570,132 @@ async fn failed_logins_are_throttled_per_username_whatever_the_password_then_res
     )
     .await;
     server.stop().await;
+}
+
+/// An access token alone cannot change the email or the password: the current password is
+/// asked for, and guessing it through UpdateUser is held by the sign-in throttle.
+#[tokio::test]
+async fn credentials_change_only_with_the_current_password_under_the_sign_in_throttle() {
+    let (db, redis) = (TestDb::create().await, TestRedis::new());
+    let server = three_failures_per_username(&db, &redis, "600s").await;
+    let access = text(
+        &server.login("alice", PASSWORD),
+        "accessToken",
+        "access_token",
+    );
+    let other = text(
+        &server.login("alice", PASSWORD),
+        "accessToken",
+        "access_token",
+    );
+    let before = db.store.get_user("alice").await.expect("user");
+    let update = |fields: &str| format!(r#"{{"username":"alice",{fields}}}"#);
+    let unchanged = || assert_unchanged(&db, &server, &before, &other);
+    // Missing, for either change (and both): named, nothing changed, nothing counted.
+    for fields in [
+        r#""password":"stolen-token-pass-1""#,
+        r#""email":"thief@example.com""#,
+        r#""email":"thief@example.com","password":"stolen-token-pass-1""#,
+    ] {
+        let (ok, out) = server.call("UpdateUser", &update(fields), Some(&access));
+        assert!(!ok, "{fields}");
+        assert_eq!(error_of(&out).0, "InvalidArgument", "{out}");
+        assert!(out.contains(r#""current_password""#), "{out}");
+        unchanged().await;
+    }
+    // Hostile values: named, never echoed, nothing counted.
+    // (JSON escapes: grpcurl sends the characters themselves.)
+    for bad in [
+        String::new(),
+        "zq\\r\\nzq".to_owned(),
+        "zq\\u0000zq".to_owned(),
+        "zq\\u202ezq".to_owned(),
+        "zq".repeat(5_000),
+    ] {
+        let body = update(&format!(
+            r#""password":"stolen-token-pass-1","current_password":"{bad}""#
+        ));
+        let (ok, out) = server.call("UpdateUser", &body, Some(&access));
+        assert!(!ok);
+        assert_eq!(error_of(&out).0, "InvalidArgument", "{out}");
+        assert!(out.contains(r#""current_password""#), "{out}");
+        assert!(!out.contains("zq"), "{out}");
+    }
+    unchanged().await;
+
+    // Wrong: PERMISSION_DENIED naming the field, counted as a failed sign-in; checked even
+    // for a name-only change, where it is optional. A right one forgets the failures.
+    let wrong = |fields: &str, guess: &str| {
+        let (code, message) = server.err(
+            "UpdateUser",
+            &update(&format!(r#"{fields},"current_password":"{guess}""#)),
+            Some(&access),
+        );
+        assert_eq!(code, "PermissionDenied", "{message}");
+        assert!(message.contains("current_password"), "{message}");
+    };
+    wrong(r#""password":"stolen-token-pass-1""#, "guess-number-1");
+    wrong(r#""full_name":"Mallory""#, "guess-number-2");
+    unchanged().await;
+    server.ok(
+        "UpdateUser",
+        &update(&format!(
+            r#""full_name":"Alice Liddell","current_password":"{PASSWORD}""#
+        )),
+        Some(&access),
+    );
+    for n in 3..6 {
+        wrong(
+            r#""email":"thief@example.com""#,
+            &format!("guess-number-{n}"),
+        );
+    }
+    unchanged().await;
+    let count = failures_of(&redis, "alice").await;
+    assert_eq!(
+        count, 3,
+        "the two failures before the right password were forgotten"
+    );
+
+    // Past the limit: refused with a retry delay, even with the right password, and signing
+    // in is held too: one throttle for both ways of trying a password.
+    let body = update(&format!(
+        r#""password":"stolen-token-pass-1","current_password":"{PASSWORD}""#
+    ));
+    let (ok, out) = server.call("UpdateUser", &body, Some(&access));
+    assert!(!ok);
+    throttled(&out);
+    let (code, _) = server.err("LoginUser", &login_body("alice", PASSWORD), None);
+    assert_eq!(code, "ResourceExhausted");
+    unchanged().await;
+
+    let lines = server.stop().await;
+    let mut secrets: Vec<String> = (1..6).map(|n| format!("guess-number-{n}")).collect();
+    secrets.extend([
+        PASSWORD.to_owned(),
+        "stolen-token-pass-1".to_owned(),
+        access,
+    ]);
+    assert_no_secrets(&lines, &secrets);
+}
+
+/// Asserts alice's account is as `before` and her `other` session still works.
+async fn assert_unchanged(
+    db: &TestDb,
+    server: &Binary,
+    before: &simplebank_core::store::User,
+    other: &str,
+) {
+    let now = db.store.get_user("alice").await.expect("user");
+    assert_eq!(now.email, before.email);
+    assert_eq!(now.full_name, before.full_name);
+    assert_eq!(now.password_changed_at, before.password_changed_at);
+    // No password changed: the other session lives on.
+    server.ok(
+        "UpdateUser",
+        r#"{"username":"alice","full_name":"Alice Liddell"}"#,
+        Some(other),
+    );
 }
 
 #[tokio::test]
@@ -603,7 +747,9 @@ async fn an_email_change_sends_exactly_one_email_whose_link_verifies_the_new_add
 
     let updated = server.ok(
         "UpdateUser",
-        r#"{"username":"alice","email":"Alice.New@Example.COM"}"#,
+        &format!(
+            r#"{{"username":"alice","email":"Alice.New@Example.COM","current_password":"{PASSWORD}"}}"#
+        ),
         Some(&access),
     );
     let user = &updated["user"];
@@ -664,7 +810,9 @@ async fn an_email_change_sends_exactly_one_email_whose_link_verifies_the_new_add
     // The same address again is no change: no new email.
     server.ok(
         "UpdateUser",
-        r#"{"username":"alice","email":"Alice.New@example.com"}"#,
+        &format!(
+            r#"{{"username":"alice","email":"Alice.New@example.com","current_password":"{PASSWORD}"}}"#
+        ),
         Some(&access),
     );
     assert!(
@@ -906,6 +1054,7 @@ async fn hostile_input_is_refused_by_field_and_never_echoed() {
         full_name: Some("Alice\u{200B}Smith".into()),
         email: Some("alice@example.com\r\nBcc: evil@example.com".into()),
         password: Some("password".into()),
+        current_password: Some("secret\u{0}password".into()),
     });
     update.metadata_mut().insert(
         "authorization",
@@ -919,7 +1068,10 @@ async fn hostile_input_is_refused_by_field_and_never_echoed() {
         .await
         .expect_err("refused");
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert_eq!(err.message(), "invalid full_name, email, password");
+    assert_eq!(
+        err.message(),
+        "invalid full_name, email, password, current_password"
+    );
     assert!(
         !db.store
             .get_user("alice")

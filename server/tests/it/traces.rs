@@ -689,6 +689,7 @@ async fn sign_in_session_and_update_calls_are_spans_and_an_email_change_joins_it
                 full_name: None,
                 email: Some("alice.new@example.com".into()),
                 password: Some(new_password.into()),
+                current_password: Some(password.clone()),
             },
             update_trace,
             Some(&renewed.access_token),
@@ -698,6 +699,10 @@ async fn sign_in_session_and_update_calls_are_spans_and_an_email_change_joins_it
     // The verification task of the new address is part of the UpdateUser trace.
     let spans = wait_for_trace(&collector, update_trace, 1).await;
     check_rpc_chain(&spans, &stream, "UpdateUser", "UPDATE users");
+    assert!(
+        spans.iter().any(|(_, s)| s.name == "verify password"),
+        "UpdateUser checks the current password in its trace"
+    );
     client
         .logout_user(traced(
             LogoutUserRequest {
