@@ -35,7 +35,7 @@ use tonic::{
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
-use crate::config::CallLimits;
+use crate::{call_log::ClientFault, config::CallLimits};
 
 /// The delay a shed call is told to wait before it retries.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -103,15 +103,15 @@ where
         let (slots, timeout, body_timeout) = (self.slots.clone(), self.timeout, self.body_timeout);
         Box::pin(async move {
             let (parts, body) = request.into_parts();
+            // Whatever goes wrong here is the client's doing: the server only reads.
             let body = match tokio::time::timeout(body_timeout, Buffered::read(body)).await {
                 Ok(Ok(body)) => body,
-                Ok(Err(status)) => return Ok(status.into_http()),
+                Ok(Err(status)) => return Ok(client_fault(status)),
                 Err(_) => {
-                    return Ok(Status::deadline_exceeded(format!(
+                    return Ok(client_fault(Status::deadline_exceeded(format!(
                         "the request message did not arrive within the server's {} s limit",
                         body_timeout.as_secs_f64()
-                    ))
-                    .into_http());
+                    ))));
                 }
             };
             let Ok(_slot) = slots.try_acquire_owned() else {
@@ -171,6 +171,21 @@ impl HttpBody for Buffered {
         let len: usize = self.chunks.iter().map(Bytes::len).sum();
         SizeHint::with_exact(u64::try_from(len).unwrap_or(u64::MAX))
     }
+}
+
+/// The answer to a request whose message could not be read: a body cut off by the client
+/// (its stream reset, or its connection closed, mid-message) is CANCELLED, as gRPC names a
+/// call its client abandoned, rather than the UNKNOWN the transport's error would give; the
+/// framing's own refusals keep their codes. Marked [`ClientFault`] for the call log.
+fn client_fault<B: Default>(status: Status) -> http::Response<B> {
+    let status = if status.code() == Code::Unknown || status.code() == Code::Internal {
+        Status::cancelled("the client ended the call before its request message arrived whole")
+    } else {
+        status
+    };
+    let mut response = status.into_http();
+    response.extensions_mut().insert(ClientFault);
+    response
 }
 
 /// RESOURCE_EXHAUSTED with a RetryInfo detail.

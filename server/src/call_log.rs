@@ -54,6 +54,14 @@ pub(crate) fn is_server_error(code: Code) -> bool {
     )
 }
 
+/// Marks a response whose failure is the client's doing though its code is one of the
+/// server-fault codes: a request message that did not arrive within the body timeout
+/// (DEADLINE_EXCEEDED, set by [`crate::backpressure`]). The span keeps the code's ERROR status
+/// (the conventions go by code); the log line is a WARN naming the client as the cause, so
+/// that a slow or vanishing client does not page an operator.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientFault;
+
 /// Reflection and health: called by tools and load balancers, not by users.
 fn is_infrastructure(method: &str) -> bool {
     method.starts_with("/grpc.reflection.") || method.starts_with("/grpc.health.")
@@ -190,11 +198,17 @@ where
                         .map_or(Code::Ok, Code::from_i32),
                     Err(_) => Code::Unknown,
                 };
+                let client_fault = result
+                    .as_ref()
+                    .is_ok_and(|response| response.extensions().get::<ClientFault>().is_some());
                 let span = tracing::Span::current();
                 span.record("rpc.grpc.status_code", code as i64);
                 let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                 let status = code_name(code);
-                if code == Code::Unimplemented {
+                if client_fault && is_server_error(code) {
+                    record_error(&span, status);
+                    tracing::warn!(method, status, duration_ms, cause = "client", "gRPC call");
+                } else if code == Code::Unimplemented {
                     // An error of the call's span, but any client can ask for a method that
                     // does not exist: not an ERROR line an operator is paged for.
                     record_error(&span, status);

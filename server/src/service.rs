@@ -173,13 +173,13 @@ impl SimpleBankService {
 
     /// UpdateUser's check of `username`'s password in force, under the sign-in throttle: a
     /// token holder cannot guess passwords faster than LoginUser allows, and a wrong one counts
-    /// as a failed sign-in.
+    /// as a failed sign-in. The stored hash it matched, for the update to require.
     async fn confirm_password(
         &self,
         username: &str,
         password: Secret<String>,
         address: &std::net::IpAddr,
-    ) -> Result<(), Status> {
+    ) -> Result<Secret<String>, Status> {
         let attempt = match self.throttle.reserve(username, address).await {
             Verdict::Allowed(attempt) => attempt,
             Verdict::Throttled(retry_after) => {
@@ -188,9 +188,9 @@ impl SimpleBankService {
             }
         };
         match self.check_password(username, password).await {
-            Ok(Some(_)) => {
+            Ok(Some(credentials)) => {
                 self.throttle.succeeded(attempt).await;
-                Ok(())
+                Ok(credentials.hashed_password)
             }
             // A failure keeps its reservation, as a failed sign-in's.
             Ok(None) => Err(Status::permission_denied(
@@ -430,10 +430,13 @@ impl SimpleBank for SimpleBankService {
                 return Err(status::invalid_argument(ValidationError { violations }));
             }
         };
-        if let Some(current) = current {
-            self.confirm_password(&claims.username, current, &address)
-                .await?;
-        }
+        let confirmed = match current {
+            Some(current) => Some(
+                self.confirm_password(&claims.username, current, &address)
+                    .await?,
+            ),
+            None => None,
+        };
         let hashed_password = match &update.password {
             Some(password) => Some(
                 self.hash(password.clone())
@@ -450,6 +453,7 @@ impl SimpleBank for SimpleBankService {
                 &claims.username,
                 &update,
                 hashed_password.as_ref(),
+                confirmed.as_ref(),
                 &task,
                 claims.session_id,
             )

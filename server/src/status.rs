@@ -30,6 +30,9 @@ pub fn from_store(err: StoreError) -> Status {
             Status::already_exists(format!("{field} already exists"))
         }
         StoreError::NotFound => Status::not_found("not found"),
+        StoreError::PasswordChanged => {
+            Status::permission_denied("current_password is no longer the account's password")
+        }
         StoreError::Unavailable(_) => {
             tracing::warn!(error = %chain(&err), "database unavailable");
             Status::unavailable("the database is unavailable; try again later")

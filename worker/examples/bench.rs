@@ -1200,30 +1200,33 @@ Step 9, spans lost on a fast machine (the next session, 23:00 UTC: untraced drai
 
 Step 10, where a traced drain's time goes, by thread and by function (the session of
 1 December, 05:25 UTC: one `BENCH_ONLY=tracing BENCH_RUNS=1` round at ef263aa under
-`perf record -a -g -F 999`, samples split by each worker process's life; untraced 109,870
-tasks a second, always_on 78%, the ratio sampler 87%):
+`perf record -a -g -F 999`; untraced 109,870 tasks a second, always_on 78%, the ratio sampler
+87%, so a drain of 200,000 tasks took 1.82, 2.34 and 2.09 s):
 
-- The machine is not saturated during a drain: the worker's runtime thread used about half a
-  core (0.48-0.56), Redis about half (0.47-0.58), and the idle task 0.36-0.46 of the two,
-  traced or not. The drain is bound by the round trips between the runtime thread and Redis:
-  whatever lengthens either one's turn, or delays its wake-up, lengthens the drain, however
-  much CPU is left.
-- The runtime thread, the two always_on drains against the two untraced ones: 3,013 samples
-  against 2,511, 0.5 s more over 400,000 tasks (1.25 µs a task). The 502 by kind: encoding
-  and queueing the span (`span_entry`, `key_value`, the processor) 95; the SDK building,
-  starting and ending the span 75; its eight attributes, pushed one at a time through the
-  global tracer's dynamic dispatch, 65; dropping the span's data 32; the metrics, which the
-  endpoint turns on, 24; allocation 70 and `memmove` 46 (`SpanData` is moved from function
-  to function by value); the kernel 60; the rest 35. No one function above 51 (0.13 µs a
-  task).
+- Over each drain (from the worker's start for the drain's length; shares of one core): the
+  worker's runtime thread 0.66-0.71 untraced, 0.62 always_on, 0.58-0.70 ratio; Redis
+  0.65-0.69, 0.57-0.63, 0.63-0.70; the idle task at least 0.26-0.31, 0.22-0.27, 0.24-0.25
+  (the sampler misses part of a halted virtual CPU: the shares sum to about 1.7 of 2). The
+  machine has CPU left during a drain, traced or not: the drain is bound by the round trips
+  between the runtime thread and Redis, and what lengthens either one's turn, or delays its
+  wake-up, lengthens the drain.
+- What always_on adds beside the runtime thread, over its drains: `otlp-export` and
+  `otlp-batch` 0.06 of a core (0.14 s a drain, 0.7 µs a task), and the bench's runtime
+  threads, mostly the receiver, 0.09 against 0.03-0.04 untraced (0.13 s, 0.65 µs a task).
+- The runtime thread's functions, over each worker's whole life (its drain, its start and
+  its exit: 2.3-3.1 s), the two always_on drains against the two untraced ones: 3,013 samples
+  against 2,511 (0.5 s more over 400,000 tasks; over the drains alone about 0.2 s a drain,
+  1.0 µs a task). The 502 by kind: encoding and queueing the span (`span_entry`,
+  `key_value`, the processor) 95; the SDK building, starting and ending the span 75; its eight
+  attributes, pushed one at a time through the global tracer's dynamic dispatch, 65; dropping
+  the span's data 32; the metrics, which the endpoint turns on, 24; allocation 70 and
+  `memmove` 46 (`SpanData` is moved from function to function by value); the kernel 60; the
+  rest 35. No one function above 51 (0.13 µs a task).
 - The ratio sampler's drains cost the runtime thread 213 samples more than untraced (0.53 µs
-  a task): the span built and ended unrecorded for nine tasks in ten (58), the metrics (26),
-  the kernel (38).
-- Beside it, during each always_on drain: `otlp-export` and `otlp-batch` 0.04-0.05 of a core
-  together (about 0.15 s a drain, 0.75 µs a task) and the bench's runtime threads, mostly the
-  receiver, 0.06 of a core against 0.02 untraced (0.65 µs a task).
-- So about half of what always_on costs is the runtime thread's share of the SDK's span life
-  cycle, spread over a dozen parts of about a tenth each, and about half is moving the bytes
+  a task): the span built and ended unrecorded for nine tasks in ten 58, the kernel 38, the
+  metrics 26, the rest 91 (dropping, moving and encoding the tenth that is recorded among it).
+- So about half of what always_on costs is the runtime thread's part of the SDK's span life
+  cycle, in nine kinds of work from 5% to 19% of it each, and about half is moving the bytes
   (the export threads and the receiver) on the cores the round trips need. No change left on
   either side would move always_on from 76-79% to a robust 80% on this machine: the large
   ones would be not recording the queue's spans through the SDK (they would no longer reach

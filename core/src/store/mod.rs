@@ -37,6 +37,10 @@ pub enum StoreError {
     /// No row matched.
     #[error("not found")]
     NotFound,
+    /// The password a change was confirmed with is no longer the stored one (changed since,
+    /// from the same session or otherwise).
+    #[error("the password changed since it was confirmed")]
+    PasswordChanged,
     /// The database could not be reached (connection refused, pool timeout, shutting down).
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),

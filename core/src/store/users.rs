@@ -169,7 +169,10 @@ impl Store {
     ///
     /// The session is checked again under the user's row lock, because a password change from
     /// another session may have ended it since the caller's check; its share lock keeps a
-    /// sign-out from ending it until the update commits.
+    /// sign-out from ending it until the update commits. `confirmed`, the stored hash the
+    /// caller checked the user's current password against: the update is made only while it
+    /// is still the stored one ([`StoreError::PasswordChanged`] otherwise), so that a
+    /// confirmation never outlives the password it confirmed, however that was changed.
     #[tracing::instrument(
         name = "UPDATE users",
         skip_all,
@@ -180,17 +183,22 @@ impl Store {
         username: &str,
         update: &UserUpdate,
         hashed_password: Option<&Secret<String>>,
+        confirmed: Option<&Secret<String>>,
         verify_task: &Task,
         session: Uuid,
     ) -> Result<Option<Updated>, StoreError> {
         let new_email = update.email.as_ref().map(|e| e.as_str());
         let mut tx = self.pool.begin().await?;
-        let old_email = sqlx::query_scalar!(
-            "SELECT email FROM users WHERE username = $1 FOR UPDATE",
+        let stored = sqlx::query!(
+            "SELECT email, hashed_password FROM users WHERE username = $1 FOR UPDATE",
             username
         )
         .fetch_one(&mut *tx)
         .await?;
+        if confirmed.is_some_and(|hash| *hash.expose() != stored.hashed_password) {
+            return Err(StoreError::PasswordChanged);
+        }
+        let old_email = stored.email;
         let live = sqlx::query_scalar!(
             "SELECT revoked_at IS NULL AND expires_at > now() AS \"live!\" FROM sessions \
              WHERE id = $1 AND username = $2 FOR SHARE",
@@ -430,7 +438,7 @@ mod tests {
                 password: None,
             };
             store
-                .update_user("alice", &update, None, &verify_task("alice"), session)
+                .update_user("alice", &update, None, None, &verify_task("alice"), session)
                 .await
         });
         let released = release_after_a_wait(&db, holder, true).await;
@@ -479,6 +487,7 @@ mod tests {
                     "alice",
                     &update,
                     Some(&Secret::new("thiefs".into())),
+                    None,
                     &verify_task("alice"),
                     thief,
                 )
@@ -511,6 +520,53 @@ mod tests {
             queued, 0,
             "a verification was queued for the thief's address"
         );
+    }
+
+    /// A change confirmed with the current password is made only while that password is the
+    /// stored one: one changed in between without ending the caller's session (as an
+    /// operator's reset might) voids the confirmation.
+    #[tokio::test]
+    async fn an_update_confirmed_against_a_password_since_changed_changes_nothing() {
+        let db = TestDb::create().await;
+        insert(&db, "alice", "alice@example.com")
+            .await
+            .expect("user");
+        let session = db.live_session("alice").await;
+        let update = UserUpdate::parse(None, Some("new@example.org"), None)
+            .expect("a field")
+            .expect("valid");
+        let checked = Secret::new("x".to_owned());
+        sqlx::query("UPDATE users SET hashed_password = 'reset' WHERE username = 'alice'")
+            .execute(db.store.pool())
+            .await
+            .expect("reset");
+        let update_confirmed_by = |hash: Secret<String>| {
+            let (store, update) = (db.store.clone(), update.clone());
+            async move {
+                store
+                    .update_user(
+                        "alice",
+                        &update,
+                        None,
+                        Some(&hash),
+                        &verify_task("alice"),
+                        session,
+                    )
+                    .await
+            }
+        };
+        let refused = update_confirmed_by(checked).await;
+        assert!(
+            matches!(refused, Err(StoreError::PasswordChanged)),
+            "{refused:?}"
+        );
+        let email = db.store.get_user("alice").await.expect("user").email;
+        assert_eq!(email, "alice@example.com");
+        let updated = update_confirmed_by(Secret::new("reset".to_owned()))
+            .await
+            .expect("no database error")
+            .expect("confirmed against the stored hash");
+        assert_eq!(updated.user.email, "new@example.org");
     }
 
     /// Likewise for sign-up waiting on another transaction's insert of the same username.

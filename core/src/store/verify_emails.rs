@@ -279,7 +279,7 @@ mod tests {
                 })
                 .expect("task");
                 store
-                    .update_user("mallory", &update, None, &task, session)
+                    .update_user("mallory", &update, None, None, &task, session)
                     .await
             })
         };

@@ -6,7 +6,9 @@
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use h2::{PingPong, client::SendRequest};
-use simplebank_core::testing::{TestDb, TestRedis};
+use simplebank_core::testing::{
+    TempDir, TestDb, TestRedis, eventually, free_port, stop_gracefully,
+};
 use simplebank_server::config::{CallLimits, ConnectionLimits};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -66,6 +68,26 @@ fn grpc_request(path: &str) -> http::Request<()> {
         .expect("request")
 }
 
+/// Starts a CreateUser call on `client` and sends 4 of the 5 bytes of its message header,
+/// then nothing: the call waits for the rest of its message.
+async fn stalled_call(
+    client: SendRequest<Bytes>,
+) -> (
+    SendRequest<Bytes>,
+    h2::client::ResponseFuture,
+    h2::SendStream<Bytes>,
+) {
+    let mut client = answered("stream ready", client.ready())
+        .await
+        .expect("ready");
+    let (response, mut body) = client
+        .send_request(grpc_request(CREATE_USER), false)
+        .expect("send headers");
+    body.send_data(Bytes::from_static(&[0, 0, 0, 0]), false)
+        .expect("send data");
+    (client, response, body)
+}
+
 async fn health(addr: SocketAddr) -> Result<(), tonic::Status> {
     let channel = Channel::from_shared(format!("http://{addr}"))
         .expect("address")
@@ -97,14 +119,8 @@ async fn stalled_request_bodies_take_no_call_slot_and_time_out() {
     let (mut client, mut ping_pong, _driver) = h2_connect(server.addr).await;
     let mut stalled = Vec::new();
     for _ in 0..limits.max_concurrent_calls {
-        client = answered("stream ready", client.ready())
-            .await
-            .expect("ready");
-        let (response, mut body) = client
-            .send_request(grpc_request(CREATE_USER), false)
-            .expect("send headers");
-        body.send_data(Bytes::from_static(&[0, 0, 0, 0]), false)
-            .expect("send data");
+        let (next, response, body) = stalled_call(client).await;
+        client = next;
         stalled.push((response, body));
     }
     round_trips(&mut ping_pong).await;
@@ -286,7 +302,7 @@ async fn out_of_file_descriptors_the_binary_logs_backs_off_and_recovers() {
     use tokio::io::{AsyncBufReadExt, BufReader};
 
     let (db, redis) = (TestDb::create().await, TestRedis::new());
-    let address = format!("127.0.0.1:{}", simplebank_core::testing::free_port());
+    let address = format!("127.0.0.1:{}", free_port());
     let addr: SocketAddr = address.parse().expect("address");
     let mut child = crate::e2e::server_command(&db, &redis, &address)
         .env("RUST_LOG", "error")
@@ -459,4 +475,66 @@ async fn a_peer_that_stops_answering_pings_is_closed_even_with_a_stream_open() {
         .await
         .expect("health answers");
     server.stop().await.expect("clean stop");
+}
+
+/// A client that trickles its request past the body deadline, or goes away in the middle of
+/// it, is the client's doing: the call log says so at WARN or INFO, never at ERROR (which an
+/// operator is paged for). The real binary, for its log.
+#[tokio::test]
+async fn a_stalled_or_abandoned_request_body_is_not_logged_as_the_servers_error() {
+    let (db, redis, dir) = (TestDb::create().await, TestRedis::new(), TempDir::new());
+    let address = format!("127.0.0.1:{}", free_port());
+    let log_path = dir.0.join("server.log");
+    let mut server = crate::e2e::server_command(&db, &redis, &address)
+        .env("RUST_LOG", "info")
+        .env("GRPC_REQUEST_BODY_TIMEOUT", "1s")
+        .stderr(std::fs::File::create(&log_path).expect("log file"))
+        .spawn()
+        .expect("start simplebank-server");
+    crate::helpers::connect_when_up(&address).await;
+    let addr: SocketAddr = address.parse().expect("address");
+
+    // Stalled: part of the message, then nothing.
+    let (client, mut ping_pong, _driver) = h2_connect(addr).await;
+    let (_client, response, _body) = stalled_call(client).await;
+    round_trips(&mut ping_pong).await;
+    let response = answered("the stalled call", response)
+        .await
+        .expect("a response");
+    let status = tonic::Status::from_header_map(response.headers()).expect("grpc-status");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+
+    // Abandoned: the same start, then the connection closed under it.
+    let (client, mut ping_pong, driver) = h2_connect(addr).await;
+    let (client, _response, body) = stalled_call(client).await;
+    round_trips(&mut ping_pong).await;
+    driver.abort();
+    drop((client, body, ping_pong));
+
+    let calls = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("gRPC call") && l.contains("CreateUser"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    eventually("both calls logged", PATIENCE, || {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        async move { calls(&log).len() == 2 }
+    })
+    .await;
+    stop_gracefully(&mut server).await;
+    let calls = calls(&std::fs::read_to_string(&log_path).expect("log"));
+    assert!(calls.iter().all(|l| !l.contains("ERROR")), "{calls:#?}");
+    assert!(
+        calls
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("DEADLINE_EXCEEDED") && l.contains("client")),
+        "{calls:#?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|l| l.contains("INFO") && l.contains("CANCELLED")),
+        "{calls:#?}"
+    );
 }

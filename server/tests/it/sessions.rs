@@ -517,11 +517,11 @@ async fn three_failures_per_username(db: &TestDb, redis: &TestRedis, window: &st
     server
 }
 
-/// The failed sign-ins counted for `username`, at the key ARCHITECTURE names (under the
+/// The failed sign-ins counted at `key` (one of the keys ARCHITECTURE names, under the
 /// namespace's hash tag).
-async fn failures_of(redis: &TestRedis, username: &str) -> i64 {
+async fn failures_at(redis: &TestRedis, key: String) -> i64 {
     redis::cmd("ZCARD")
-        .arg(redis.keys().login_failures_username(username))
+        .arg(key)
         .query_async(&mut redis.conn().await)
         .await
         .expect("ZCARD")
@@ -556,7 +556,7 @@ async fn failed_logins_are_throttled_per_username_whatever_the_password_then_res
     throttled(&out);
     // Other users are not affected.
     server.login("bob", PASSWORD);
-    let count = failures_of(&redis, "alice").await;
+    let count = failures_at(&redis, redis.keys().login_failures_username("alice")).await;
     assert_eq!(count, 3);
 
     // The window slides: the right password works again once the failures are old enough.
@@ -578,6 +578,7 @@ async fn failed_logins_are_throttled_per_username_whatever_the_password_then_res
 async fn credentials_change_only_with_the_current_password_under_the_sign_in_throttle() {
     let (db, redis) = (TestDb::create().await, TestRedis::new());
     let server = three_failures_per_username(&db, &redis, "600s").await;
+    server.sign_up("bob");
     let access = text(
         &server.login("alice", PASSWORD),
         "accessToken",
@@ -622,6 +623,16 @@ async fn credentials_change_only_with_the_current_password_under_the_sign_in_thr
         assert!(!out.contains("zq"), "{out}");
     }
     unchanged().await;
+    let by_address = || {
+        failures_at(
+            &redis,
+            redis
+                .keys()
+                .login_failures_address(&std::net::Ipv4Addr::LOCALHOST.into()),
+        )
+    };
+    let by_username = || failures_at(&redis, redis.keys().login_failures_username("alice"));
+    assert_eq!((by_username().await, by_address().await), (0, 0));
 
     // Wrong: PERMISSION_DENIED naming the field, counted as a failed sign-in; checked even
     // for a name-only change, where it is optional. A right one forgets the failures.
@@ -644,18 +655,18 @@ async fn credentials_change_only_with_the_current_password_under_the_sign_in_thr
         )),
         Some(&access),
     );
+    // A taken address with a wrong password: the password's answer, which says nothing of
+    // the address.
     for n in 3..6 {
-        wrong(
-            r#""email":"thief@example.com""#,
-            &format!("guess-number-{n}"),
-        );
+        wrong(r#""email":"BOB@example.com""#, &format!("guess-number-{n}"));
     }
     unchanged().await;
-    let count = failures_of(&redis, "alice").await;
     assert_eq!(
-        count, 3,
+        by_username().await,
+        3,
         "the two failures before the right password were forgotten"
     );
+    assert_eq!(by_address().await, 5, "the address keeps its five");
 
     // Past the limit: refused with a retry delay, even with the right password, and signing
     // in is held too: one throttle for both ways of trying a password.
