@@ -193,9 +193,12 @@ impl SimpleBankService {
                 Ok(credentials.hashed_password)
             }
             // A failure keeps its reservation, as a failed sign-in's.
-            Ok(None) => Err(Status::permission_denied(
-                "current_password is not the account's password",
-            )),
+            Ok(None) => {
+                attempt.failed();
+                Err(Status::permission_denied(
+                    "current_password is not the account's password",
+                ))
+            }
             Err(status) => {
                 self.throttle.abandoned(attempt).await;
                 Err(status)
@@ -316,7 +319,10 @@ impl SimpleBank for SimpleBankService {
         let credentials = match checked {
             Ok(Some(credentials)) => credentials,
             // A failure keeps its reservation: it is the failure's record.
-            Ok(None) => return Err(Status::unauthenticated(BAD_CREDENTIALS)),
+            Ok(None) => {
+                attempt.failed();
+                return Err(Status::unauthenticated(BAD_CREDENTIALS));
+            }
             Err(status) => {
                 self.throttle.abandoned(attempt).await;
                 return Err(status);

@@ -108,12 +108,38 @@ return 1
     )
 });
 
-/// A sign-in attempt's place in the counts: kept on failure, released otherwise.
+/// A sign-in attempt's place in the counts: kept on failure ([`Attempt::failed`]), released
+/// otherwise. One dropped without a verdict (its call cancelled or past its deadline while
+/// the password was being checked, or while the reservation itself was being made) is
+/// released in the background: a client giving up is not a wrong password.
 #[derive(Debug)]
 pub struct Attempt {
     keys: [String; 2],
-    /// `None` when Redis was not asked (an outage): nothing to release.
+    /// `None` when Redis was not asked (an outage) or the attempt has its verdict: nothing
+    /// left to release on drop.
     member: Option<String>,
+    /// For the release on drop.
+    throttle: LoginThrottle,
+}
+
+impl Attempt {
+    /// The password was wrong: the reservation stays, as the failure's record.
+    pub fn failed(mut self) {
+        self.member = None;
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        let Some(member) = self.member.take() else {
+            return;
+        };
+        // Outside a runtime (never so in the server) the reservation stays: counted, not lost.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (throttle, keys) = (self.throttle.clone(), std::mem::take(&mut self.keys));
+            runtime.spawn(async move { throttle.release(&keys, member, false).await });
+        }
+    }
 }
 
 /// The verdict on a sign-in attempt.
@@ -171,36 +197,49 @@ impl LoginThrottle {
             .arg(self.limits.per_username)
             .arg(self.limits.per_address)
             .arg(&member);
+        // Armed before Redis is asked: a call dropped while the script runs releases what it
+        // may have added (commands on the one connection keep their order).
+        let mut attempt = Attempt {
+            keys,
+            member: Some(member),
+            throttle: self.clone(),
+        };
         let mut redis = self.redis.clone();
         let waited: Option<u64> = self.bounded(invocation.invoke_async(&mut redis)).await;
         match waited {
-            Some(ms) if ms > 0 => Verdict::Throttled(Duration::from_millis(ms)),
-            Some(_) => Verdict::Allowed(Attempt {
-                keys,
-                member: Some(member),
-            }),
-            None => Verdict::Allowed(Attempt { keys, member: None }),
+            Some(ms) if ms > 0 => {
+                attempt.member = None;
+                Verdict::Throttled(Duration::from_millis(ms))
+            }
+            Some(_) => Verdict::Allowed(attempt),
+            None => {
+                attempt.member = None;
+                Verdict::Allowed(attempt)
+            }
         }
     }
 
     /// The attempt signed in: its reservation goes and the username's failures are forgotten
     /// (the address keeps its count).
     pub async fn succeeded(&self, attempt: Attempt) {
-        self.release(attempt, true).await;
+        self.settle(attempt, true).await;
     }
 
     /// The attempt ended without a verdict on the password (an internal error): it does not
     /// count as a failure.
     pub async fn abandoned(&self, attempt: Attempt) {
-        self.release(attempt, false).await;
+        self.settle(attempt, false).await;
     }
 
-    async fn release(&self, attempt: Attempt, success: bool) {
-        let Some(member) = attempt.member else {
-            return;
-        };
+    async fn settle(&self, mut attempt: Attempt, success: bool) {
+        if let Some(member) = attempt.member.take() {
+            self.release(&attempt.keys, member, success).await;
+        }
+    }
+
+    async fn release(&self, keys: &[String; 2], member: String, success: bool) {
         let mut invocation = RELEASE.prepare_invoke();
-        for key in &attempt.keys {
+        for key in keys {
             invocation.key(key);
         }
         invocation.arg(member).arg(if success { "1" } else { "0" });

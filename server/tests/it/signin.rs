@@ -31,25 +31,81 @@ fn login(username: &str, password: &str) -> LoginUserRequest {
     }
 }
 
+/// A server with one hashing thread, and alice signed up.
+async fn alice_signed_up(db: &TestDb, redis: &TestRedis) -> (TestServer, HashPool) {
+    let hashing = HashPool::new(1);
+    let server = TestServer::start_with(
+        common_config(db.url.clone(), redis),
+        LIMITS,
+        test_auth(),
+        hashing.clone(),
+    )
+    .await;
+    server
+        .client
+        .clone()
+        .create_user(request("alice", "alice@example.com"))
+        .await
+        .expect("sign up");
+    (server, hashing)
+}
+
+/// A sign-in its client gives up on while the password is checked (a deadline shorter than
+/// argon2) has no verdict: its reservation is released, so a client with a tight deadline does
+/// not lock its own user out.
+#[tokio::test]
+async fn a_sign_in_given_up_on_while_its_password_is_checked_is_not_counted() {
+    let (db, redis) = (TestDb::create().await, TestRedis::new());
+    let (server, hashing) = alice_signed_up(&db, &redis).await;
+    let mut client = server.client.clone();
+    let before = hashing.verifications();
+    let limit = test_auth().login.per_username;
+    for _ in 0..limit {
+        let mut call = tonic::Request::new(login("alice", "secret-password-1"));
+        call.set_timeout(Duration::from_millis(5));
+        client
+            .login_user(call)
+            .await
+            .expect_err("past its deadline");
+    }
+    // Their passwords were being checked (so each had its reservation) when they were
+    // given up on: the hashing thread finishes each one regardless.
+    eventually("the hashes ran", Duration::from_secs(60), || {
+        let ran = hashing.verifications() - before;
+        async move { ran > 0 }
+    })
+    .await;
+    let key = redis.keys().login_failures_username("alice");
+    eventually(
+        "every reservation released",
+        Duration::from_secs(30),
+        || {
+            let (key, redis) = (key.clone(), &redis);
+            async move {
+                let reserved: i64 = redis::cmd("ZCARD")
+                    .arg(key)
+                    .query_async(&mut redis.conn().await)
+                    .await
+                    .expect("ZCARD");
+                reserved == 0
+            }
+        },
+    )
+    .await;
+    client
+        .login_user(login("alice", "secret-password-1"))
+        .await
+        .expect("not throttled");
+    server.stop().await.expect("server stops");
+}
+
 /// Many wrong passwords at once for one username: each attempt takes its place in the count
 /// before its password is checked, so no more than the limit are ever verified.
 #[tokio::test]
 async fn concurrent_wrong_passwords_verify_no_more_than_the_limit() {
     const ATTEMPTS: usize = 40;
     let (db, redis) = (TestDb::create().await, TestRedis::new());
-    let hashing = HashPool::new(1);
-    let server = TestServer::start_with(
-        common_config(db.url.clone(), &redis),
-        LIMITS,
-        test_auth(),
-        hashing.clone(),
-    )
-    .await;
-    let mut client = server.client.clone();
-    client
-        .create_user(request("alice", "alice@example.com"))
-        .await
-        .expect("sign up");
+    let (server, hashing) = alice_signed_up(&db, &redis).await;
     let limit = test_auth().login.per_username as usize;
     assert!(limit < ATTEMPTS);
 
@@ -266,19 +322,7 @@ async fn after_a_redis_timeout_sign_in_leaves_redis_alone_for_a_while() {
 #[tokio::test]
 async fn a_sign_in_racing_a_password_change_starts_no_session() {
     let (db, redis) = (TestDb::create().await, TestRedis::new());
-    let hashing = HashPool::new(1);
-    let server = TestServer::start_with(
-        common_config(db.url.clone(), &redis),
-        LIMITS,
-        test_auth(),
-        hashing.clone(),
-    )
-    .await;
-    let mut client = server.client.clone();
-    client
-        .create_user(request("alice", "alice@example.com"))
-        .await
-        .expect("sign up");
+    let (server, hashing) = alice_signed_up(&db, &redis).await;
 
     // The change, as UpdateUser's transaction makes it, held open.
     let mut change = db.store.pool().begin().await.expect("begin");
