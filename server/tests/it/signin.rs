@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use simplebank_core::domain::Password;
 use simplebank_core::keys::LoginFailureKeys;
 use simplebank_core::{
     password::HashPool,
@@ -57,24 +58,40 @@ async fn alice_signed_up(db: &TestDb, redis: &TestRedis) -> (TestServer, HashPoo
 async fn a_sign_in_given_up_on_while_its_password_is_checked_is_not_counted() {
     let (db, redis) = (TestDb::create().await, TestRedis::new());
     let (server, hashing) = alice_signed_up(&db, &redis).await;
-    let mut client = server.client.clone();
+    // The one hashing thread kept busy, so that each sign-in waits for it with its place in
+    // the counts already taken, and its deadline passes while it waits.
+    let busy: Vec<_> = (0..80)
+        .map(|_| {
+            let hashing = hashing.clone();
+            let password = Password::parse("plum-tractor-galaxy-7".into()).expect("valid");
+            tokio::spawn(async move { hashing.hash(password).await })
+        })
+        .collect();
     let before = hashing.verifications();
     let limit = test_auth().login.per_username;
-    for _ in 0..limit {
-        let mut call = tonic::Request::new(login("alice", "secret-password-1"));
-        call.set_timeout(Duration::from_millis(5));
-        client
-            .login_user(call)
-            .await
-            .expect_err("past its deadline");
+    let given_up: Vec<_> = (0..limit)
+        .map(|_| {
+            let mut client = server.client.clone();
+            tokio::spawn(async move {
+                let mut call = tonic::Request::new(login("alice", "secret-password-1"));
+                call.set_timeout(Duration::from_millis(300));
+                client.login_user(call).await
+            })
+        })
+        .collect();
+    for call in given_up {
+        call.await.expect("joins").expect_err("past its deadline");
     }
-    // Their passwords were being checked (so each had its reservation) when they were
-    // given up on: the hashing thread finishes each one regardless.
-    eventually("the hashes ran", Duration::from_secs(60), || {
+    // Their passwords reached the hashing queue, so each had its reservation first (the
+    // thread checks each one regardless, once free).
+    eventually("their checks ran", Duration::from_secs(120), || {
         let ran = hashing.verifications() - before;
-        async move { ran > 0 }
+        async move { ran >= u64::from(limit) }
     })
     .await;
+    for job in busy {
+        job.await.expect("joins").expect("pool").expect("hashed");
+    }
     let key = redis.keys().login_failures_username("alice");
     eventually(
         "every reservation released",
@@ -92,7 +109,9 @@ async fn a_sign_in_given_up_on_while_its_password_is_checked_is_not_counted() {
         },
     )
     .await;
-    client
+    server
+        .client
+        .clone()
         .login_user(login("alice", "secret-password-1"))
         .await
         .expect("not throttled");
