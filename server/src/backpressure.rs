@@ -173,13 +173,15 @@ impl HttpBody for Buffered {
     }
 }
 
-/// The answer to a request whose message could not be read: a body cut off by the client
-/// (its stream reset, or its connection closed, mid-message) is CANCELLED, as gRPC names a
-/// call its client abandoned, rather than the UNKNOWN the transport's error would give; the
-/// framing's own refusals keep their codes. Marked [`ClientFault`] for the call log.
+/// The answer to a request whose message could not be read: a body the transport cut off (the
+/// client reset its stream, whatever the reason it gave, or closed or broke its connection,
+/// mid-message) is CANCELLED, as gRPC names a call its client abandoned, rather than the code
+/// tonic derives from the transport's error (UNKNOWN, INTERNAL, or one the client picks by
+/// its reset's reason: UNAVAILABLE, RESOURCE_EXHAUSTED...); the framing's own refusals, which
+/// carry no transport error, keep their codes. Marked [`ClientFault`] for the call log.
 fn client_fault<B: Default>(status: Status) -> http::Response<B> {
-    let status = if status.code() == Code::Unknown || status.code() == Code::Internal {
-        Status::cancelled("the client ended the call before its request message arrived whole")
+    let status = if std::error::Error::source(&status).is_some() {
+        Status::cancelled("the request ended before its message arrived whole")
     } else {
         status
     };

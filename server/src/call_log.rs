@@ -3,10 +3,10 @@
 //! The span follows the OpenTelemetry RPC conventions (`rpc.system`, `rpc.service`,
 //! `rpc.method`, `rpc.grpc.status_code`), continues the trace of a `traceparent` the client
 //! sent in the metadata, and is marked ERROR for the server-fault codes. The log line (method,
-//! status code, duration) is written inside the span, so it carries the trace id. Reflection
-//! and health calls (tools and load balancers, several a second) are logged at DEBUG, unless
-//! they fail on the server's side, and their spans are at DEBUG: not traced unless `RUST_LOG`
-//! asks for DEBUG.
+//! status code, duration) is written inside the span, so it carries the trace id, also for a
+//! call its client gave up on (CANCELLED). Reflection and health calls (tools and load
+//! balancers, several a second) are logged at DEBUG whatever their status, and their spans are
+//! at DEBUG: not traced unless `RUST_LOG` asks for DEBUG.
 //!
 //! Unary errors are "trailers-only" responses, so their `grpc-status` is in the response
 //! headers; a response without it in the headers is a success whose OK status follows in the
@@ -191,7 +191,12 @@ where
         };
         Box::pin(
             async move {
+                let mut unanswered = Unanswered {
+                    method: Some(method),
+                    started,
+                };
                 let result = future.await;
+                let method = unanswered.method.take().unwrap_or_default();
                 let code = match &result {
                     Ok(response) => header(response.headers(), "grpc-status")
                         .and_then(|value| value.parse::<i32>().ok())
@@ -201,30 +206,55 @@ where
                 let client_fault = result
                     .as_ref()
                     .is_ok_and(|response| response.extensions().get::<ClientFault>().is_some());
-                let span = tracing::Span::current();
-                span.record("rpc.grpc.status_code", code as i64);
-                let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                let status = code_name(code);
-                if client_fault && is_server_error(code) {
-                    record_error(&span, status);
-                    tracing::warn!(method, status, duration_ms, cause = "client", "gRPC call");
-                } else if code == Code::Unimplemented {
-                    // An error of the call's span, but any client can ask for a method that
-                    // does not exist: not an ERROR line an operator is paged for.
-                    record_error(&span, status);
-                    tracing::warn!(method, status, duration_ms, "gRPC call");
-                } else if is_server_error(code) {
-                    record_error(&span, status);
-                    tracing::error!(method, status, duration_ms, "gRPC call");
-                } else if is_infrastructure(&method) {
-                    tracing::debug!(method, status, duration_ms, "gRPC call");
-                } else {
-                    tracing::info!(method, status, duration_ms, "gRPC call");
-                }
+                log_call(&method, code, started, client_fault);
                 result
             }
             .instrument(span),
         )
+    }
+}
+
+/// The call's log line, in its span (which gets the status code, and ERROR for the
+/// server-fault codes, as the conventions say).
+fn log_call(method: &str, code: Code, started: Instant, client_fault: bool) {
+    let span = tracing::Span::current();
+    span.record("rpc.grpc.status_code", code as i64);
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let status = code_name(code);
+    if is_server_error(code) {
+        record_error(&span, status);
+    }
+    if is_infrastructure(method) {
+        // Whatever the status: health and reflection are library code whose failures come
+        // from the request (tonic's codec answers a missing or malformed message with
+        // INTERNAL) or from a client gone, and any client may send those at will.
+        tracing::debug!(method, status, duration_ms, "gRPC call");
+    } else if code == Code::Unimplemented {
+        // Any client can ask for a method that does not exist: not an ERROR line an operator
+        // is paged for.
+        tracing::warn!(method, status, duration_ms, "gRPC call");
+    } else if client_fault && is_server_error(code) {
+        tracing::warn!(method, status, duration_ms, cause = "client", "gRPC call");
+    } else if is_server_error(code) {
+        tracing::error!(method, status, duration_ms, "gRPC call");
+    } else {
+        tracing::info!(method, status, duration_ms, "gRPC call");
+    }
+}
+
+/// A call not answered yet. Dropped unanswered (its client reset the stream or let its
+/// deadline pass, and hyper or tonic dropped the call), it still gets its log line, as
+/// CANCELLED, the code the RPC metrics count it under; the drop runs in the call's span.
+struct Unanswered {
+    method: Option<String>,
+    started: Instant,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(method) = self.method.take() {
+            log_call(&method, Code::Cancelled, self.started, false);
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use h2::{PingPong, client::SendRequest};
+use prost::Message as _;
 use simplebank_core::testing::{
     TempDir, TestDb, TestRedis, eventually, free_port, stop_gracefully,
 };
@@ -477,11 +478,31 @@ async fn a_peer_that_stops_answering_pings_is_closed_even_with_a_stream_open() {
     server.stop().await.expect("clean stop");
 }
 
-/// A client that trickles its request past the body deadline, or goes away in the middle of
-/// it, is the client's doing: the call log says so at WARN or INFO, never at ERROR (which an
-/// operator is paged for). The real binary, for its log.
+/// A whole call on a connection of its own: `request` with `body` as its only data frame (none
+/// if empty); the status the server answers with.
+async fn answer_to(addr: SocketAddr, request: http::Request<()>, body: &[u8]) -> tonic::Status {
+    let (client, _ping_pong, _driver) = h2_connect(addr).await;
+    let mut client = answered("stream ready", client.ready())
+        .await
+        .expect("ready");
+    let (response, mut stream) = client
+        .send_request(request, body.is_empty())
+        .expect("send headers");
+    if !body.is_empty() {
+        stream
+            .send_data(Bytes::copy_from_slice(body), true)
+            .expect("send data");
+    }
+    let response = answered("an answer", response).await.expect("a response");
+    tonic::Status::from_header_map(response.headers()).expect("grpc-status")
+}
+
+/// What a client does to its own call is the client's doing, and any client may do it: the
+/// call log says so at WARN or INFO, never at ERROR (which an operator is paged for), and every
+/// call gets its line, also one the server never answered. Health and reflection stay out of
+/// the INFO log whatever is sent to them. The real binary, for its log.
 #[tokio::test]
-async fn a_stalled_or_abandoned_request_body_is_not_logged_as_the_servers_error() {
+async fn what_a_client_does_to_its_own_call_is_never_logged_as_the_servers_error() {
     let (db, redis, dir) = (TestDb::create().await, TestRedis::new(), TempDir::new());
     let address = format!("127.0.0.1:{}", free_port());
     let log_path = dir.0.join("server.log");
@@ -511,30 +532,68 @@ async fn a_stalled_or_abandoned_request_body_is_not_logged_as_the_servers_error(
     driver.abort();
     drop((client, body, ping_pong));
 
+    // Reset mid-message with a reason of the client's choosing (tonic would make it
+    // UNAVAILABLE, the code for "the database is unavailable").
+    let (client, mut ping_pong, _driver) = h2_connect(addr).await;
+    let (_client, _response, mut body) = stalled_call(client).await;
+    round_trips(&mut ping_pong).await;
+    body.send_reset(h2::Reason::REFUSED_STREAM);
+    round_trips(&mut ping_pong).await;
+
+    // A whole message with a 1 ms deadline: tonic drops the call, unanswered by it.
+    let message = simplebank_server::pb::CreateUserRequest {
+        username: "alice".into(),
+        full_name: "Alice Liddell".into(),
+        email: "alice@example.com".into(),
+        password: "plum-tractor-galaxy".into(),
+    }
+    .encode_to_vec();
+    let mut framed = vec![0];
+    framed.extend_from_slice(&u32::try_from(message.len()).expect("short").to_be_bytes());
+    framed.extend_from_slice(&message);
+    let mut hurried = grpc_request(CREATE_USER);
+    hurried
+        .headers_mut()
+        .insert("grpc-timeout", http::HeaderValue::from_static("1m"));
+    let status = answer_to(addr, hurried, &framed).await;
+    assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+
+    // Health: no message at all, and one that is no HealthCheckRequest (tonic's codec says
+    // INTERNAL to both).
+    const CHECK: &str = "/grpc.health.v1.Health/Check";
+    for body in [&[][..], &[0, 0, 0, 0, 3, 0x0a, 0xff, 0xff][..]] {
+        let status = answer_to(addr, grpc_request(CHECK), body).await;
+        assert_ne!(status.code(), Code::Ok, "{status:?}");
+    }
+
     let calls = |log: &str| {
         log.lines()
-            .filter(|l| l.contains("gRPC call") && l.contains("CreateUser"))
+            .filter(|l| l.contains("gRPC call"))
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
-    eventually("both calls logged", PATIENCE, || {
+    eventually("the four CreateUser calls logged", PATIENCE, || {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        async move { calls(&log).len() == 2 }
+        async move {
+            calls(&log)
+                .iter()
+                .filter(|l| l.contains("CreateUser"))
+                .count()
+                == 4
+        }
     })
     .await;
     stop_gracefully(&mut server).await;
     let calls = calls(&std::fs::read_to_string(&log_path).expect("log"));
     assert!(calls.iter().all(|l| !l.contains("ERROR")), "{calls:#?}");
-    assert!(
-        calls
-            .iter()
-            .any(|l| l.contains("WARN") && l.contains("DEADLINE_EXCEEDED") && l.contains("client")),
-        "{calls:#?}"
-    );
-    assert!(
-        calls
-            .iter()
-            .any(|l| l.contains("INFO") && l.contains("CANCELLED")),
-        "{calls:#?}"
-    );
+    assert!(calls.iter().all(|l| !l.contains("Health")), "{calls:#?}");
+    let stalled = calls
+        .iter()
+        .filter(|l| l.contains("WARN") && l.contains("DEADLINE_EXCEEDED") && l.contains("client"))
+        .count();
+    let cancelled = calls
+        .iter()
+        .filter(|l| l.contains("INFO") && l.contains("CANCELLED"))
+        .count();
+    assert_eq!((stalled, cancelled), (1, 3), "{calls:#?}");
 }
