@@ -129,8 +129,12 @@ enum Job {
 }
 
 impl Job {
+    /// Runs the job, unless its caller has given up waiting (its call cancelled or past its
+    /// deadline): argon2 for no one would let a client queue work by abandoning calls.
     fn run(self, memory: &mut Vec<argon2::Block>, verifications: &AtomicU64) {
         match self {
+            Self::Hash(_, reply) if reply.is_closed() => {}
+            Self::Verify(_, _, reply) if reply.is_closed() => {}
             Self::Hash(password, reply) => {
                 let _ = reply.send(hash_with_memory(&password, memory));
             }
@@ -360,6 +364,37 @@ mod tests {
             "not a hash",
             &mut memory
         ));
+    }
+
+    /// A job whose caller gave up before its turn is not run: abandoned calls queue no work.
+    #[tokio::test]
+    async fn a_job_its_caller_gave_up_on_is_skipped() {
+        let pool = HashPool::new(1);
+        let busy: Vec<_> = (0..4)
+            .map(|i| {
+                let pool = pool.clone();
+                let password = Password::parse(format!("plum-tractor-{i}")).unwrap();
+                tokio::spawn(async move { pool.hash(password).await })
+            })
+            .collect();
+        // The spawned hashes submit their jobs (this runtime has one thread).
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        let presented = || Secret::new("plum-tractor-1".to_owned());
+        // Queued behind the busy thread, then given up on.
+        let given_up = tokio::time::timeout(
+            std::time::Duration::from_millis(1),
+            pool.verify(presented(), None),
+        )
+        .await;
+        assert!(given_up.is_err(), "answered within 1 ms behind four hashes");
+        for job in busy {
+            job.await.unwrap().unwrap().unwrap();
+        }
+        // Queued after it: when this one is answered, the other has had its turn.
+        assert!(!pool.verify(presented(), None).await.unwrap());
+        assert_eq!(pool.verifications(), 1, "the abandoned check was run");
     }
 
     #[tokio::test]

@@ -244,7 +244,8 @@ fn log_call(method: &str, code: Code, started: Instant, client_fault: bool) {
 
 /// A call not answered yet. Dropped unanswered (its client reset the stream or let its
 /// deadline pass, and hyper or tonic dropped the call), it still gets its log line, as
-/// CANCELLED, the code the RPC metrics count it under; the drop runs in the call's span.
+/// CANCELLED, the code the RPC metrics count it under; dropped by a panic unwinding through
+/// it, as INTERNAL, the server's fault. The drop runs in the call's span.
 struct Unanswered {
     method: Option<String>,
     started: Instant,
@@ -253,16 +254,125 @@ struct Unanswered {
 impl Drop for Unanswered {
     fn drop(&mut self) {
         if let Some(method) = self.method.take() {
-            log_call(&method, Code::Cancelled, self.started, false);
+            let code = if std::thread::panicking() {
+                Code::Internal
+            } else {
+                Code::Cancelled
+            };
+            log_call(&method, code, self.started, false);
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use tonic::codegen::http::{HeaderMap, HeaderValue};
+    use std::{
+        convert::Infallible,
+        fmt::Write as _,
+        future::Future,
+        pin::Pin,
+        sync::{Arc, Mutex},
+        task::{Context, Poll},
+    };
 
-    use super::{loggable_path, trace_context};
+    use tonic::codegen::http::{self, HeaderMap, HeaderValue};
+    use tower::{Layer as _, Service};
+    use tracing::{
+        Event, Level, Metadata, Subscriber,
+        field::{Field, Visit},
+        span,
+    };
+
+    use super::{CallLogLayer, loggable_path, trace_context};
+
+    /// Each event's level and fields, in order.
+    #[derive(Clone, Default)]
+    struct Recorded(Arc<Mutex<Vec<(Level, String)>>>);
+
+    struct Fields(String);
+
+    impl Visit for Fields {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            let _ = write!(self.0, "{}={value:?} ", field.name());
+        }
+    }
+
+    impl Subscriber for Recorded {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+            span::Id::from_u64(1)
+        }
+        fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+        fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+        fn event(&self, event: &Event<'_>) {
+            let mut fields = Fields(String::new());
+            event.record(&mut fields);
+            let level = *event.metadata().level();
+            self.0.lock().expect("lock").push((level, fields.0));
+        }
+        fn enter(&self, _: &span::Id) {}
+        fn exit(&self, _: &span::Id) {}
+    }
+
+    type Answer = Pin<Box<dyn Future<Output = Result<http::Response<()>, Infallible>> + Send>>;
+
+    /// A service whose every call is `answer()`.
+    #[derive(Clone)]
+    struct Handler(fn() -> Answer);
+
+    impl Service<http::Request<()>> for Handler {
+        type Response = http::Response<()>;
+        type Error = Infallible;
+        type Future = Answer;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Answer {
+            (self.0)()
+        }
+    }
+
+    fn create_user() -> http::Request<()> {
+        http::Request::builder()
+            .uri("/simplebank.v1.SimpleBank/CreateUser")
+            .body(())
+            .expect("request")
+    }
+
+    /// A call dropped unanswered still gets its line: CANCELLED (its client gave up) at INFO,
+    /// or INTERNAL at ERROR when a panic in the handler unwound through it.
+    #[tokio::test]
+    async fn a_call_never_answered_gets_its_line_as_cancelled_or_as_the_servers_fault() {
+        let recorded = Recorded::default();
+        let _default = tracing::subscriber::set_default(recorded.clone());
+
+        let pending = || -> Answer { Box::pin(std::future::pending()) };
+        let mut call = CallLogLayer.layer(Handler(pending));
+        let mut given_up = call.call(create_user());
+        let mut context = Context::from_waker(std::task::Waker::noop());
+        assert!(given_up.as_mut().poll(&mut context).is_pending());
+        drop(given_up);
+
+        let panicking = || -> Answer { Box::pin(async { panic!("a bug in a handler") }) };
+        let mut call = CallLogLayer.layer(Handler(panicking));
+        let crashed = tokio::spawn(call.call(create_user())).await;
+        assert!(crashed.is_err_and(|e| e.is_panic()));
+
+        let lines = recorded.0.lock().expect("lock").clone();
+        let calls: Vec<_> = lines
+            .iter()
+            .filter(|(_, fields)| fields.contains("gRPC call"))
+            .collect();
+        assert_eq!(calls.len(), 2, "{lines:?}");
+        assert_eq!(calls[0].0, Level::INFO, "{lines:?}");
+        assert!(calls[0].1.contains("status=\"CANCELLED\""), "{lines:?}");
+        assert_eq!(calls[1].0, Level::ERROR, "{lines:?}");
+        assert!(calls[1].1.contains("status=\"INTERNAL\""), "{lines:?}");
+    }
 
     const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 

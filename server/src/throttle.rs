@@ -120,6 +120,8 @@ pub struct Attempt {
     member: Option<String>,
     /// For the release on drop.
     throttle: LoginThrottle,
+    /// Whether the release under way (when dropped during it) is a success's.
+    succeeded: bool,
 }
 
 impl Attempt {
@@ -137,7 +139,8 @@ impl Drop for Attempt {
         // Outside a runtime (never so in the server) the reservation stays: counted, not lost.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (throttle, keys) = (self.throttle.clone(), std::mem::take(&mut self.keys));
-            runtime.spawn(async move { throttle.release(&keys, member, false).await });
+            let succeeded = self.succeeded;
+            runtime.spawn(async move { throttle.release(&keys, &member, succeeded).await });
         }
     }
 }
@@ -203,6 +206,7 @@ impl LoginThrottle {
             keys,
             member: Some(member),
             throttle: self.clone(),
+            succeeded: false,
         };
         let mut redis = self.redis.clone();
         let waited: Option<u64> = self.bounded(invocation.invoke_async(&mut redis)).await;
@@ -231,13 +235,17 @@ impl LoginThrottle {
         self.settle(attempt, false).await;
     }
 
+    /// Releases `attempt`'s reservation; dropped before the release is done, the attempt
+    /// finishes it in the background.
     async fn settle(&self, mut attempt: Attempt, success: bool) {
-        if let Some(member) = attempt.member.take() {
+        attempt.succeeded = success;
+        if let Some(member) = &attempt.member {
             self.release(&attempt.keys, member, success).await;
         }
+        attempt.member = None;
     }
 
-    async fn release(&self, keys: &[String; 2], member: String, success: bool) {
+    async fn release(&self, keys: &[String; 2], member: &str, success: bool) {
         let mut invocation = RELEASE.prepare_invoke();
         for key in keys {
             invocation.key(key);
