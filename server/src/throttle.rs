@@ -3,7 +3,8 @@
 //! first reserves its place in both counts, atomically (one script: under both limits, add a
 //! member to each; else refuse), before any password is checked: concurrent attempts cannot
 //! all pass one check. A failure keeps its reservation (it is the failure's record); a success
-//! removes it and forgets the username's failures.
+//! removes it and forgets the username's failures; one its client gave up on before the
+//! verdict keeps only the address's place (`Outcome::GivenUp`).
 //!
 //! IPv4 clients are counted per address, IPv6 clients per /64 (one host usually holds a whole
 //! /64, so counting single IPv6 addresses would not limit anyone).
@@ -92,13 +93,16 @@ return 0
     )
 });
 
-/// KEYS: username key, address key. ARGV: member, whether to forget the username's failures
-/// ("1": a success). Removes the reservation from both.
+/// KEYS: username key, address key. ARGV: member, [`Outcome::arg`]. Removes the reservation
+/// from the username's count (a success forgets the whole count), and from the address's
+/// unless the attempt was given up on.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-redis.call('ZREM', KEYS[2], ARGV[1])
-if ARGV[2] == '1' then
+if ARGV[2] ~= 'given_up' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+if ARGV[2] == 'succeeded' then
   redis.call('DEL', KEYS[1])
 else
   redis.call('ZREM', KEYS[1], ARGV[1])
@@ -108,10 +112,34 @@ return 1
     )
 });
 
+/// How an attempt without a failure ended, for its release.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    /// Signed in: both places go, and the username's failures are forgotten.
+    Succeeded,
+    /// An internal error, the server's doing: both places go.
+    Abandoned,
+    /// Its client gave up before the verdict: the username's place goes (a client's deadline
+    /// must not lock its user out), the address's stays, so that abandoning calls is no free
+    /// way to read a username's count or to make the server hash.
+    GivenUp,
+}
+
+impl Outcome {
+    fn arg(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Abandoned => "abandoned",
+            Self::GivenUp => "given_up",
+        }
+    }
+}
+
 /// A sign-in attempt's place in the counts: kept on failure ([`Attempt::failed`]), released
 /// otherwise. One dropped without a verdict (its call cancelled or past its deadline while
 /// the password was being checked, or while the reservation itself was being made) is
-/// released in the background: a client giving up is not a wrong password.
+/// released from the username's count in the background (`Outcome::GivenUp`): a client
+/// giving up is not a wrong password.
 #[derive(Debug)]
 pub struct Attempt {
     keys: [String; 2],
@@ -120,8 +148,8 @@ pub struct Attempt {
     member: Option<String>,
     /// For the release on drop.
     throttle: LoginThrottle,
-    /// Whether the release under way (when dropped during it) is a success's.
-    succeeded: bool,
+    /// The release under way, if any, which a drop during it finishes.
+    settling: Option<Outcome>,
 }
 
 impl Attempt {
@@ -139,8 +167,8 @@ impl Drop for Attempt {
         // Outside a runtime (never so in the server) the reservation stays: counted, not lost.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (throttle, keys) = (self.throttle.clone(), std::mem::take(&mut self.keys));
-            let succeeded = self.succeeded;
-            runtime.spawn(async move { throttle.release(&keys, &member, succeeded).await });
+            let outcome = self.settling.unwrap_or(Outcome::GivenUp);
+            runtime.spawn(async move { throttle.release(&keys, &member, outcome).await });
         }
     }
 }
@@ -206,7 +234,7 @@ impl LoginThrottle {
             keys,
             member: Some(member),
             throttle: self.clone(),
-            succeeded: false,
+            settling: None,
         };
         let mut redis = self.redis.clone();
         let waited: Option<u64> = self.bounded(invocation.invoke_async(&mut redis)).await;
@@ -226,31 +254,31 @@ impl LoginThrottle {
     /// The attempt signed in: its reservation goes and the username's failures are forgotten
     /// (the address keeps its count).
     pub async fn succeeded(&self, attempt: Attempt) {
-        self.settle(attempt, true).await;
+        self.settle(attempt, Outcome::Succeeded).await;
     }
 
     /// The attempt ended without a verdict on the password (an internal error): it does not
     /// count as a failure.
     pub async fn abandoned(&self, attempt: Attempt) {
-        self.settle(attempt, false).await;
+        self.settle(attempt, Outcome::Abandoned).await;
     }
 
     /// Releases `attempt`'s reservation; dropped before the release is done, the attempt
     /// finishes it in the background.
-    async fn settle(&self, mut attempt: Attempt, success: bool) {
-        attempt.succeeded = success;
+    async fn settle(&self, mut attempt: Attempt, outcome: Outcome) {
+        attempt.settling = Some(outcome);
         if let Some(member) = &attempt.member {
-            self.release(&attempt.keys, member, success).await;
+            self.release(&attempt.keys, member, outcome).await;
         }
         attempt.member = None;
     }
 
-    async fn release(&self, keys: &[String; 2], member: &str, success: bool) {
+    async fn release(&self, keys: &[String; 2], member: &str, outcome: Outcome) {
         let mut invocation = RELEASE.prepare_invoke();
         for key in keys {
             invocation.key(key);
         }
-        invocation.arg(member).arg(if success { "1" } else { "0" });
+        invocation.arg(member).arg(outcome.arg());
         let mut redis = self.redis.clone();
         let _: Option<i64> = self.bounded(invocation.invoke_async(&mut redis)).await;
     }
