@@ -272,8 +272,14 @@ impl Call {
 }
 
 impl Drop for Call {
+    /// Never answered: its client gave up (CANCELLED), or a panic unwound through it (INTERNAL,
+    /// as the call log says).
     fn drop(&mut self) {
-        self.record(Code::Cancelled);
+        self.record(if std::thread::panicking() {
+            Code::Internal
+        } else {
+            Code::Cancelled
+        });
     }
 }
 

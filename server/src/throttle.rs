@@ -95,17 +95,20 @@ return 0
 
 /// KEYS: username key, address key. ARGV: member, [`Outcome::arg`]. Removes the reservation
 /// from the username's count (a success forgets the whole count), and from the address's
-/// unless the attempt was given up on.
+/// unless the attempt was given up on. Once only: a second release of the same member (an
+/// attempt dropped while its release was under way sends it again) finds it gone and does
+/// nothing, so a success's repeat cannot forget failures counted since.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
 if ARGV[2] ~= 'given_up' then
   redis.call('ZREM', KEYS[2], ARGV[1])
 end
 if ARGV[2] == 'succeeded' then
   redis.call('DEL', KEYS[1])
-else
-  redis.call('ZREM', KEYS[1], ARGV[1])
 end
 return 1
 ",
@@ -167,7 +170,12 @@ impl Drop for Attempt {
         // Outside a runtime (never so in the server) the reservation stays: counted, not lost.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (throttle, keys) = (self.throttle.clone(), std::mem::take(&mut self.keys));
-            let outcome = self.settling.unwrap_or(Outcome::GivenUp);
+            // A panic unwinding through the check is the server's fault, not the client's.
+            let outcome = self.settling.unwrap_or(if std::thread::panicking() {
+                Outcome::Abandoned
+            } else {
+                Outcome::GivenUp
+            });
             runtime.spawn(async move { throttle.release(&keys, &member, outcome).await });
         }
     }
@@ -341,7 +349,84 @@ pub fn counted_address(address: &IpAddr) -> IpAddr {
 mod tests {
     use std::net::IpAddr;
 
-    use super::counted_address;
+    use redis::aio::MultiplexedConnection;
+    use simplebank_core::{keys::LoginFailureKeys as _, testing::TestRedis};
+
+    use super::{Outcome, RELEASE, counted_address};
+
+    async fn add(conn: &mut MultiplexedConnection, key: &str, member: &str) {
+        let _: i64 = redis::cmd("ZADD")
+            .arg(key)
+            .arg(1)
+            .arg(member)
+            .query_async(conn)
+            .await
+            .expect("ZADD");
+    }
+
+    async fn members(conn: &mut MultiplexedConnection, key: &str) -> Vec<String> {
+        redis::cmd("ZRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1)
+            .query_async(conn)
+            .await
+            .expect("ZRANGE")
+    }
+
+    async fn release(
+        conn: &mut MultiplexedConnection,
+        keys: &[String; 2],
+        member: &str,
+        outcome: Outcome,
+    ) -> i64 {
+        let mut invocation = RELEASE.prepare_invoke();
+        invocation
+            .key(&keys[0])
+            .key(&keys[1])
+            .arg(member)
+            .arg(outcome.arg());
+        invocation.invoke_async(conn).await.expect("release")
+    }
+
+    /// RELEASE's outcomes, and a second release of one member doing nothing.
+    #[tokio::test]
+    async fn each_outcome_releases_its_places_once() {
+        let redis = TestRedis::new();
+        let conn = &mut redis.conn().await;
+        let address: IpAddr = "203.0.113.7".parse().expect("address");
+        let keys = [
+            redis.keys().login_failures_username("alice"),
+            redis.keys().login_failures_address(&address),
+        ];
+        add(conn, &keys[0], "earlier failure").await;
+        for member in ["given up", "signed in"] {
+            add(conn, &keys[0], member).await;
+            add(conn, &keys[1], member).await;
+        }
+
+        assert_eq!(release(conn, &keys, "given up", Outcome::GivenUp).await, 1);
+        assert_eq!(
+            members(conn, &keys[1]).await,
+            ["given up", "signed in"],
+            "the address keeps a given-up place"
+        );
+        assert_eq!(
+            release(conn, &keys, "signed in", Outcome::Succeeded).await,
+            1
+        );
+        assert!(
+            members(conn, &keys[0]).await.is_empty(),
+            "a success forgets the username's failures"
+        );
+        // A failure counted since, then the same success released again.
+        add(conn, &keys[0], "later failure").await;
+        assert_eq!(
+            release(conn, &keys, "signed in", Outcome::Succeeded).await,
+            0
+        );
+        assert_eq!(members(conn, &keys[0]).await, ["later failure"]);
+    }
 
     fn counted(address: &str) -> String {
         counted_address(&address.parse::<IpAddr>().expect("an address")).to_string()
