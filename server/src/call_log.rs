@@ -54,11 +54,12 @@ pub(crate) fn is_server_error(code: Code) -> bool {
     )
 }
 
-/// Marks a response whose failure is the client's doing though its code is one of the
-/// server-fault codes: a request message that did not arrive within the body timeout
-/// (DEADLINE_EXCEEDED, set by [`crate::backpressure`]). The span keeps the code's ERROR status
-/// (the conventions go by code); the log line is a WARN naming the client as the cause, so
-/// that a slow or vanishing client does not page an operator.
+/// Marks a response whose failure is the client's doing: [`crate::backpressure`] sets it on
+/// every answer to a request message it could not read. It matters when the code is one of
+/// the server-fault codes (DEADLINE_EXCEEDED, for a message that did not arrive within the
+/// body timeout): the span keeps the code's ERROR status (the conventions go by code); the log
+/// line is a WARN naming the client as the cause, so that a slow or vanishing client does not
+/// page an operator.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ClientFault;
 
@@ -242,10 +243,19 @@ fn log_call(method: &str, code: Code, started: Instant, client_fault: bool) {
     }
 }
 
-/// A call not answered yet. Dropped unanswered (its client reset the stream or let its
-/// deadline pass, and hyper or tonic dropped the call), it still gets its log line, as
-/// CANCELLED, the code the RPC metrics count it under; dropped by a panic unwinding through
-/// it, as INTERNAL, the server's fault. The drop runs in the call's span.
+/// The code of a call dropped before its answer, for its log line and its metrics: INTERNAL
+/// while a panic unwinds through it (the server's fault), else CANCELLED (its client reset the
+/// stream or let its deadline pass, and hyper or tonic dropped the call).
+pub(crate) fn unanswered_code() -> Code {
+    if std::thread::panicking() {
+        Code::Internal
+    } else {
+        Code::Cancelled
+    }
+}
+
+/// A call not answered yet: dropped unanswered, it still gets its log line, with
+/// [`unanswered_code`]. The drop runs in the call's span.
 struct Unanswered {
     method: Option<String>,
     started: Instant,
@@ -254,12 +264,7 @@ struct Unanswered {
 impl Drop for Unanswered {
     fn drop(&mut self) {
         if let Some(method) = self.method.take() {
-            let code = if std::thread::panicking() {
-                Code::Internal
-            } else {
-                Code::Cancelled
-            };
-            log_call(&method, code, self.started, false);
+            log_call(&method, unanswered_code(), self.started, false);
         }
     }
 }

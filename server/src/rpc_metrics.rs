@@ -37,7 +37,7 @@ use tonic::{
 };
 use tower::{Layer, Service};
 
-use crate::call_log::{code_name, is_server_error};
+use crate::call_log::{code_name, is_server_error, unanswered_code};
 
 /// `rpc.method` for a path the listener does not serve.
 pub const OTHER_METHOD: &str = "_OTHER";
@@ -272,14 +272,9 @@ impl Call {
 }
 
 impl Drop for Call {
-    /// Never answered: its client gave up (CANCELLED), or a panic unwound through it (INTERNAL,
-    /// as the call log says).
+    /// Never answered: counted as the call log logs it.
     fn drop(&mut self) {
-        self.record(if std::thread::panicking() {
-            Code::Internal
-        } else {
-            Code::Cancelled
-        });
+        self.record(unanswered_code());
     }
 }
 

@@ -171,33 +171,33 @@ impl SimpleBankService {
         Ok(credentials.filter(|_| matched))
     }
 
-    /// UpdateUser's check of `username`'s password in force, under the sign-in throttle: a
-    /// token holder cannot guess passwords faster than LoginUser allows, and a wrong one counts
-    /// as a failed sign-in. The stored hash it matched, for the update to require.
-    async fn confirm_password(
+    /// [`Self::check_password`] under the sign-in throttle, for LoginUser and for UpdateUser's
+    /// `current_password` alike: a token holder cannot guess faster than signing in allows.
+    /// Before any password is checked the attempt is counted (reserved), so concurrent attempts
+    /// cannot all pass the limit, and a throttled one costs no hashing and says nothing about
+    /// the password. `None` for a wrong password, which stays counted.
+    async fn check_password_throttled(
         &self,
         username: &str,
         password: Secret<String>,
         address: &std::net::IpAddr,
-    ) -> Result<Secret<String>, Status> {
+    ) -> Result<Option<simplebank_core::store::Credentials>, Status> {
         let attempt = match self.throttle.reserve(username, address).await {
             Verdict::Allowed(attempt) => attempt,
             Verdict::Throttled(retry_after) => {
-                tracing::info!(%username, %address, "password confirmation throttled");
+                tracing::info!(%username, %address, "sign-in throttled");
                 return Err(status::throttled(retry_after));
             }
         };
         match self.check_password(username, password).await {
             Ok(Some(credentials)) => {
                 self.throttle.succeeded(attempt).await;
-                Ok(credentials.hashed_password)
+                Ok(Some(credentials))
             }
-            // A failure keeps its reservation, as a failed sign-in's.
+            // A failure keeps its reservation: it is the failure's record.
             Ok(None) => {
                 attempt.failed();
-                Err(Status::permission_denied(
-                    "current_password is not the account's password",
-                ))
+                Ok(None)
             }
             Err(status) => {
                 self.throttle.abandoned(attempt).await;
@@ -304,31 +304,10 @@ impl SimpleBank for SimpleBankService {
         };
         let username = username.as_str();
 
-        // Before any password is checked: a throttled attempt costs no hashing and says
-        // nothing about the password.
-        // The attempt is counted (reserved) before the check, so concurrent attempts cannot
-        // all pass the limit.
-        let attempt = match self.throttle.reserve(username, &address).await {
-            Verdict::Allowed(attempt) => attempt,
-            Verdict::Throttled(retry_after) => {
-                tracing::info!(%username, %address, "sign-in throttled");
-                return Err(status::throttled(retry_after));
-            }
-        };
-        let checked = self.check_password(username, password).await;
-        let credentials = match checked {
-            Ok(Some(credentials)) => credentials,
-            // A failure keeps its reservation: it is the failure's record.
-            Ok(None) => {
-                attempt.failed();
-                return Err(Status::unauthenticated(BAD_CREDENTIALS));
-            }
-            Err(status) => {
-                self.throttle.abandoned(attempt).await;
-                return Err(status);
-            }
-        };
-        self.throttle.succeeded(attempt).await;
+        let credentials = self
+            .check_password_throttled(username, password, &address)
+            .await?
+            .ok_or_else(|| Status::unauthenticated(BAD_CREDENTIALS))?;
 
         let refresh_token = new_refresh_token();
         // Only while the password is still the one just checked: a change in between must
@@ -436,10 +415,15 @@ impl SimpleBank for SimpleBankService {
                 return Err(status::invalid_argument(ValidationError { violations }));
             }
         };
+        // The stored hash it matched, which the update requires to be still in force.
         let confirmed = match current {
             Some(current) => Some(
-                self.confirm_password(&claims.username, current, &address)
-                    .await?,
+                self.check_password_throttled(&claims.username, current, &address)
+                    .await?
+                    .ok_or_else(|| {
+                        Status::permission_denied("current_password is not the account's password")
+                    })?
+                    .hashed_password,
             ),
             None => None,
         };
