@@ -9,13 +9,18 @@
 //! IPv4 clients are counted per address, IPv6 clients per /64 (one host usually holds a whole
 //! /64, so counting single IPv6 addresses would not limit anyone).
 //!
-//! Every Redis call is bounded by [`REDIS_TIMEOUT`]. When Redis is down or hung, throttling
-//! fails open (sign-in keeps working, unthrottled): refusing every sign-in because the counter
-//! store is away would turn a Redis outage into a login outage. After a timeout Redis is not
-//! asked again for [`LoginLimits::outage_pause`], so a hung Redis does not slow every sign-in.
-//! The outage is logged once, and its end once.
+//! Every Redis call is bounded by [`REDIS_TIMEOUT`]. When Redis is down, hung or refuses the
+//! scripts, the attempt is counted in this process's memory instead ([`LocalCounts`]: the
+//! same keys, limits, window and rules), so sign-in keeps working and guessing stays limited
+//! (per server process: with N processes, N times the limits). Refusing every sign-in because
+//! the counter store is away would turn a Redis outage into a login outage; letting every one
+//! through would let a password be guessed as fast as argon2 allows. The memory counts are
+//! used only while Redis cannot be: once it answers again its counts decide. After a timeout
+//! Redis is not asked again for [`LoginLimits::outage_pause`], so a hung Redis does not slow
+//! every sign-in. The outage is logged once, and its end once.
 
 use std::{
+    collections::{HashMap, VecDeque},
     net::{IpAddr, Ipv6Addr},
     sync::{
         Arc, LazyLock, Mutex,
@@ -43,8 +48,8 @@ pub struct LoginLimits {
     pub per_address: u32,
     /// `LOGIN_FAILURE_WINDOW`, default 15m.
     pub window: Duration,
-    /// How long Redis is left alone after it timed out (5 s): sign-in goes on unthrottled
-    /// meanwhile instead of waiting out a timeout on every call.
+    /// How long Redis is left alone after it timed out (5 s): sign-in goes on counted in
+    /// memory meanwhile instead of waiting out a timeout on every call.
     pub outage_pause: Duration,
 }
 
@@ -138,17 +143,26 @@ impl Outcome {
     }
 }
 
+/// Where an attempt's place in the counts was taken.
+#[derive(Debug)]
+enum Place {
+    /// Its member in Redis's sorted sets.
+    Redis(String),
+    /// Its id in this process's [`LocalCounts`] (Redis could not be asked).
+    Local(u64),
+}
+
 /// A sign-in attempt's place in the counts: kept on failure ([`Attempt::failed`]), released
 /// otherwise. One dropped without a verdict (its call cancelled or past its deadline while
 /// the password was being checked, or while the reservation itself was being made) is
-/// released from the username's count in the background (`Outcome::GivenUp`): a client
-/// giving up is not a wrong password.
+/// released from the username's count (in the background for Redis; `Outcome::GivenUp`): a
+/// client giving up is not a wrong password.
 #[derive(Debug)]
 pub struct Attempt {
     keys: [String; 2],
-    /// `None` when Redis was not asked (an outage) or the attempt has its verdict: nothing
-    /// left to release on drop.
-    member: Option<String>,
+    /// `None` once the attempt has its verdict, or when it was counted nowhere: nothing left
+    /// to release on drop.
+    place: Option<Place>,
     /// For the release on drop.
     throttle: LoginThrottle,
     /// The release under way, if any, which a drop during it finishes.
@@ -158,25 +172,31 @@ pub struct Attempt {
 impl Attempt {
     /// The password was wrong: the reservation stays, as the failure's record.
     pub fn failed(mut self) {
-        self.member = None;
+        self.place = None;
     }
 }
 
 impl Drop for Attempt {
     fn drop(&mut self) {
-        let Some(member) = self.member.take() else {
+        let Some(place) = self.place.take() else {
             return;
         };
-        // Outside a runtime (never so in the server) the reservation stays: counted, not lost.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (throttle, keys) = (self.throttle.clone(), std::mem::take(&mut self.keys));
-            // A panic unwinding through the check is the server's fault, not the client's.
-            let outcome = self.settling.unwrap_or(if std::thread::panicking() {
-                Outcome::Abandoned
-            } else {
-                Outcome::GivenUp
-            });
-            runtime.spawn(async move { throttle.release(&keys, &member, outcome).await });
+        // A panic unwinding through the check is the server's fault, not the client's.
+        let outcome = self.settling.unwrap_or(if std::thread::panicking() {
+            Outcome::Abandoned
+        } else {
+            Outcome::GivenUp
+        });
+        match place {
+            Place::Local(id) => self.throttle.local().release(&self.keys, id, outcome),
+            Place::Redis(member) => {
+                // Outside a runtime (never so in the server) the reservation stays: counted,
+                // not lost.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let (throttle, keys) = (self.throttle.clone(), std::mem::take(&mut self.keys));
+                    runtime.spawn(async move { throttle.release(&keys, &member, outcome).await });
+                }
+            }
         }
     }
 }
@@ -189,6 +209,144 @@ pub enum Verdict {
     Throttled(Duration),
 }
 
+/// How many keys (usernames and addresses) [`LocalCounts`] holds at most (about 12 MB with
+/// the default limits, each key holding at most its limit of places). A new key when it is
+/// full takes the place of the one with the fewest places (the least recent among those):
+/// every attempt is counted, and flooding the map with new names (each one a password check)
+/// pushes out single failures before a username near its limit.
+pub const LOCAL_KEYS_MAX: usize = 10_000;
+
+/// Failed sign-ins counted in this process while Redis cannot be asked: per key, the
+/// attempts' ids and times, oldest first, with the rules of the Redis scripts (`RESERVE`,
+/// `RELEASE`) on the same keys, limits and window. Consulted only when Redis is not.
+#[derive(Debug)]
+struct LocalCounts {
+    /// [`LOCAL_KEYS_MAX`], but in tests.
+    max_keys: usize,
+    keys: HashMap<String, VecDeque<(u64, Instant)>>,
+    next_id: u64,
+    /// When every key was last pruned (done when the map is full, at most once a second).
+    swept: Option<Instant>,
+}
+
+impl LocalCounts {
+    fn new(max_keys: usize) -> Self {
+        Self {
+            max_keys,
+            keys: HashMap::new(),
+            next_id: 0,
+            swept: None,
+        }
+    }
+
+    /// Reserves a place under both keys if both counts are under their limits; else the wait
+    /// until enough places leave the window.
+    fn reserve(
+        &mut self,
+        keys: &[String; 2],
+        limits: [u32; 2],
+        window: Duration,
+        now: Instant,
+    ) -> Result<u64, Duration> {
+        let mut wait = Duration::ZERO;
+        for (key, limit) in keys.iter().zip(limits) {
+            let Some(places) = self.keys.get_mut(key) else {
+                continue;
+            };
+            while places
+                .front()
+                .is_some_and(|&(_, at)| age(at, now) >= window)
+            {
+                places.pop_front();
+            }
+            let limit = usize::try_from(limit.max(1)).unwrap_or(usize::MAX);
+            if places.len() >= limit {
+                // As the script: the place whose leaving brings the count under the limit.
+                let (_, oldest) = places[places.len() - limit];
+                wait = wait.max(window.saturating_sub(age(oldest, now)));
+            }
+        }
+        if !wait.is_zero() {
+            return Err(wait.max(Duration::from_millis(1)));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        for key in keys {
+            if !self.keys.contains_key(key) {
+                self.make_room(window, now);
+            }
+            self.keys
+                .entry(key.clone())
+                .or_default()
+                .push_back((id, now));
+        }
+        Ok(id)
+    }
+
+    /// Room for one more key: when the map is full, every key is pruned (at most once a
+    /// second), and if that frees nothing the key with the fewest places goes.
+    fn make_room(&mut self, window: Duration, now: Instant) {
+        if self.keys.len() < self.max_keys {
+            return;
+        }
+        if self
+            .swept
+            .is_none_or(|swept| age(swept, now) >= Duration::from_secs(1))
+        {
+            self.swept = Some(now);
+            self.keys.retain(|_, places| {
+                places.retain(|&(_, at)| age(at, now) < window);
+                !places.is_empty()
+            });
+        }
+        if self.keys.len() < self.max_keys {
+            return;
+        }
+        let fewest = self
+            .keys
+            .iter()
+            .min_by_key(|(_, places)| (places.len(), places.back().map(|&(_, at)| at)))
+            .map(|(key, _)| key.clone());
+        if let Some(key) = fewest {
+            self.keys.remove(&key);
+        }
+    }
+
+    /// `RELEASE`'s rules: once only (nothing if the username's place is gone); the address's
+    /// place kept when given up on; a success forgets the username's count.
+    fn release(&mut self, keys: &[String; 2], id: u64, outcome: Outcome) {
+        let [username, address] = keys;
+        if !self.remove(username, id) {
+            return;
+        }
+        if !matches!(outcome, Outcome::GivenUp) {
+            self.remove(address, id);
+        }
+        if matches!(outcome, Outcome::Succeeded) {
+            self.keys.remove(username);
+        }
+    }
+
+    fn remove(&mut self, key: &str, id: u64) -> bool {
+        let Some(places) = self.keys.get_mut(key) else {
+            return false;
+        };
+        let Some(at) = places.iter().position(|&(place, _)| place == id) else {
+            return false;
+        };
+        places.remove(at);
+        if places.is_empty() {
+            self.keys.remove(key);
+        }
+        true
+    }
+}
+
+/// How long ago `at` was (none if it is after `now`).
+fn age(at: Instant, now: Instant) -> Duration {
+    now.saturating_duration_since(at)
+}
+
 #[derive(Debug, Clone)]
 pub struct LoginThrottle {
     redis: Connection,
@@ -199,6 +357,8 @@ pub struct LoginThrottle {
     degraded: Arc<AtomicBool>,
     /// Set by a timeout: until then Redis is not asked.
     paused_until: Arc<Mutex<Option<Instant>>>,
+    /// The counts while Redis cannot be asked.
+    local: Arc<Mutex<LocalCounts>>,
 }
 
 impl LoginThrottle {
@@ -209,6 +369,7 @@ impl LoginThrottle {
             limits,
             degraded: Arc::default(),
             paused_until: Arc::default(),
+            local: Arc::new(Mutex::new(LocalCounts::new(LOCAL_KEYS_MAX))),
         }
     }
 
@@ -221,6 +382,10 @@ impl LoginThrottle {
 
     fn window_ms(&self) -> u64 {
         u64::try_from(self.limits.window.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn local(&self) -> std::sync::MutexGuard<'_, LocalCounts> {
+        self.local.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Reserves an attempt for `username` from `address`, or says how long to wait.
@@ -240,7 +405,7 @@ impl LoginThrottle {
         // may have added (commands on the one connection keep their order).
         let mut attempt = Attempt {
             keys,
-            member: Some(member),
+            place: Some(Place::Redis(member)),
             throttle: self.clone(),
             settling: None,
         };
@@ -248,13 +413,25 @@ impl LoginThrottle {
         let waited: Option<u64> = self.bounded(invocation.invoke_async(&mut redis)).await;
         match waited {
             Some(ms) if ms > 0 => {
-                attempt.member = None;
+                attempt.place = None;
                 Verdict::Throttled(Duration::from_millis(ms))
             }
             Some(_) => Verdict::Allowed(attempt),
             None => {
-                attempt.member = None;
-                Verdict::Allowed(attempt)
+                let limits = [self.limits.per_username, self.limits.per_address];
+                let reserved =
+                    self.local()
+                        .reserve(&attempt.keys, limits, self.limits.window, Instant::now());
+                match reserved {
+                    Ok(id) => {
+                        attempt.place = Some(Place::Local(id));
+                        Verdict::Allowed(attempt)
+                    }
+                    Err(wait) => {
+                        attempt.place = None;
+                        Verdict::Throttled(wait)
+                    }
+                }
             }
         }
     }
@@ -275,10 +452,12 @@ impl LoginThrottle {
     /// finishes it in the background.
     async fn settle(&self, mut attempt: Attempt, outcome: Outcome) {
         attempt.settling = Some(outcome);
-        if let Some(member) = &attempt.member {
-            self.release(&attempt.keys, member, outcome).await;
+        match &attempt.place {
+            Some(Place::Redis(member)) => self.release(&attempt.keys, member, outcome).await,
+            Some(Place::Local(id)) => self.local().release(&attempt.keys, *id, outcome),
+            None => {}
         }
-        attempt.member = None;
+        attempt.place = None;
     }
 
     async fn release(&self, keys: &[String; 2], member: &str, outcome: Outcome) {
@@ -302,7 +481,7 @@ impl LoginThrottle {
         let failure = match tokio::time::timeout(REDIS_TIMEOUT, call).await {
             Ok(Ok(value)) => {
                 if self.degraded.swap(false, Ordering::Relaxed) {
-                    tracing::info!("login throttling is back: Redis answers again");
+                    tracing::info!("login throttling is back in Redis: Redis answers again");
                 }
                 return Some(value);
             }
@@ -315,7 +494,7 @@ impl LoginThrottle {
         if !self.degraded.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 error = %failure,
-                "login throttling is off until Redis answers again; sign-ins are not limited"
+                "login throttling counts failures in this process's memory until Redis answers again"
             );
         }
         None
@@ -347,12 +526,13 @@ pub fn counted_address(address: &IpAddr) -> IpAddr {
 
 #[cfg(test)]
 mod tests {
-    use std::net::IpAddr;
+    use std::{collections::VecDeque, net::IpAddr, time::Duration};
 
     use redis::aio::MultiplexedConnection;
     use simplebank_core::{keys::LoginFailureKeys as _, testing::TestRedis};
+    use tokio::time::Instant;
 
-    use super::{Outcome, RELEASE, counted_address};
+    use super::{LocalCounts, Outcome, RELEASE, counted_address};
 
     async fn add(conn: &mut MultiplexedConnection, key: &str, member: &str) {
         let _: i64 = redis::cmd("ZADD")
@@ -426,6 +606,138 @@ mod tests {
             0
         );
         assert_eq!(members(conn, &keys[0]).await, ["later failure"]);
+    }
+
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    fn local_keys(username: &str, address: &str) -> [String; 2] {
+        [format!("u:{username}"), format!("a:{address}")]
+    }
+
+    fn places(counts: &LocalCounts, key: &str) -> usize {
+        counts.keys.get(key).map_or(0, VecDeque::len)
+    }
+
+    /// The memory counts refuse as the script does: at either limit, with the wait until the
+    /// place that brings the count under it leaves the window; places leave after the window.
+    #[test]
+    fn memory_counts_keep_both_limits_over_the_window() {
+        let mut counts = LocalCounts::new(100);
+        let start = Instant::now();
+        let alice = local_keys("alice", "203.0.113.7");
+        for second in 0..3 {
+            let at = start + Duration::from_secs(second);
+            assert!(counts.reserve(&alice, [3, 5], WINDOW, at).is_ok());
+        }
+        let now = start + Duration::from_secs(10);
+        assert_eq!(
+            counts.reserve(&alice, [3, 5], WINDOW, now),
+            Err(Duration::from_secs(50)),
+            "the username's oldest place leaves at 60 s"
+        );
+        // Another username from the address: 3 of 5 taken.
+        let bob = local_keys("bob", "203.0.113.7");
+        assert!(counts.reserve(&bob, [3, 5], WINDOW, now).is_ok());
+        assert!(counts.reserve(&bob, [3, 5], WINDOW, now).is_ok());
+        assert_eq!(
+            counts.reserve(&bob, [3, 5], WINDOW, now),
+            Err(Duration::from_secs(50)),
+            "the address is at its limit"
+        );
+        assert_eq!(places(&counts, &bob[0]), 2, "a refusal takes no place");
+        // The first place has left: one more for alice, the address back at its limit.
+        let later = start + WINDOW;
+        assert!(counts.reserve(&alice, [3, 5], WINDOW, later).is_ok());
+        assert_eq!(
+            counts.reserve(&alice, [3, 5], WINDOW, later),
+            Err(Duration::from_secs(1))
+        );
+        assert_eq!(places(&counts, &alice[1]), 5);
+    }
+
+    /// `RELEASE`'s rules in memory, as `each_outcome_releases_its_places_once` checks them in
+    /// Redis.
+    #[test]
+    fn memory_counts_release_each_outcome_once() {
+        let mut counts = LocalCounts::new(100);
+        let now = Instant::now();
+        let keys = local_keys("alice", "203.0.113.7");
+        let limits = [5, 50];
+        let earlier = counts.reserve(&keys, limits, WINDOW, now).expect("place");
+        let given_up = counts.reserve(&keys, limits, WINDOW, now).expect("place");
+        let signed_in = counts.reserve(&keys, limits, WINDOW, now).expect("place");
+        assert_ne!(earlier, given_up);
+
+        counts.release(&keys, given_up, Outcome::GivenUp);
+        assert_eq!(places(&counts, &keys[0]), 2);
+        assert_eq!(
+            places(&counts, &keys[1]),
+            3,
+            "the address keeps a given-up place"
+        );
+        counts.release(&keys, signed_in, Outcome::Succeeded);
+        assert_eq!(
+            places(&counts, &keys[0]),
+            0,
+            "a success forgets the username's failures"
+        );
+        assert_eq!(places(&counts, &keys[1]), 2);
+        // A failure counted since, then the same success released again.
+        let later = counts.reserve(&keys, limits, WINDOW, now).expect("place");
+        counts.release(&keys, signed_in, Outcome::Succeeded);
+        assert_eq!(places(&counts, &keys[0]), 1);
+        counts.release(&keys, later, Outcome::Abandoned);
+        assert_eq!(places(&counts, &keys[0]), 0);
+        assert_eq!(
+            places(&counts, &keys[1]),
+            2,
+            "an abandoned place leaves both"
+        );
+        assert!(
+            !counts.keys.contains_key(&keys[0]),
+            "an empty count is removed"
+        );
+    }
+
+    /// However many usernames and addresses are tried, the memory holds at most
+    /// `max_keys` keys; a new one pushes out a key with the fewest places, not a
+    /// username near its limit; keys whose places have left the window make room first.
+    #[test]
+    fn memory_counts_hold_a_bounded_number_of_keys() {
+        let mut counts = LocalCounts::new(100);
+        let start = Instant::now();
+        let target = local_keys("alice", "198.51.100.1");
+        for _ in 0..2 {
+            counts
+                .reserve(&target, [3, 50], WINDOW, start)
+                .expect("place");
+        }
+        let later = start + Duration::from_secs(1);
+        for n in 0..counts.max_keys {
+            let keys = local_keys(&format!("user{n}"), &format!("address{n}"));
+            let at = later + Duration::from_millis(n as u64);
+            counts.reserve(&keys, [3, 50], WINDOW, at).expect("place");
+            assert!(counts.keys.len() <= counts.max_keys);
+        }
+        assert_eq!(counts.keys.len(), counts.max_keys);
+        assert_eq!(
+            places(&counts, &target[0]),
+            2,
+            "alice's failures stay counted"
+        );
+        let last = local_keys(&format!("user{}", counts.max_keys - 1), "");
+        assert_eq!(places(&counts, &last[0]), 1, "the newest key is counted");
+        let other = local_keys("alice", "198.51.100.2");
+        counts
+            .reserve(&other, [3, 50], WINDOW, later)
+            .expect("place");
+        assert!(counts.reserve(&other, [3, 50], WINDOW, later).is_err());
+        // Once the window has passed, the old keys go, not only one of them.
+        let after = start + WINDOW + Duration::from_secs(2);
+        let new = local_keys("carol", "198.51.100.3");
+        counts.reserve(&new, [1, 50], WINDOW, after).expect("place");
+        assert_eq!(counts.keys.len(), 2);
+        assert!(counts.reserve(&new, [1, 50], WINDOW, after).is_err());
     }
 
     fn counted(address: &str) -> String {

@@ -39,8 +39,8 @@ async fn a_sign_up_runs_end_to_end_as_the_least_privilege_acl_user() {
         "the password in a log line:\n{logs}"
     );
 
-    // The throttle fails open, so a refused command there would not fail the sign-up: the
-    // ACL log shows every refusal.
+    // The throttle falls back to counting in memory, so a refused command there would not
+    // fail the sign-up: the ACL log shows every refusal.
     let denials: Vec<String> = admin
         .acl_denials()
         .await

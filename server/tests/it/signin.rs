@@ -144,18 +144,10 @@ async fn a_sign_in_given_up_on_while_its_password_is_checked_is_not_counted() {
     server.stop().await.expect("server stops");
 }
 
-/// Many wrong passwords at once for one username: each attempt takes its place in the count
-/// before its password is checked, so no more than the limit are ever verified.
-#[tokio::test]
-async fn concurrent_wrong_passwords_verify_no_more_than_the_limit() {
-    const ATTEMPTS: usize = 40;
-    let (db, redis) = (TestDb::create().await, TestRedis::new());
-    let (server, hashing) = alice_signed_up(&db, &redis).await;
-    let limit = test_auth().login.per_username as usize;
-    assert!(limit < ATTEMPTS);
-
-    let before = hashing.verifications();
-    let calls: Vec<_> = (0..ATTEMPTS)
+/// `attempts` sign-ins of alice with a wrong password, all at once: how many were refused
+/// (UNAUTHENTICATED, the password checked) and how many throttled.
+async fn wrong_passwords_at_once(server: &TestServer, attempts: usize) -> (usize, usize) {
+    let calls: Vec<_> = (0..attempts)
         .map(|_| {
             let mut client = server.client.clone();
             tokio::spawn(async move { client.login_user(login("alice", "wrong-password-1")).await })
@@ -170,8 +162,23 @@ async fn concurrent_wrong_passwords_verify_no_more_than_the_limit() {
             _ => panic!("unexpected: {err:?}"),
         }
     }
+    (refused, throttled)
+}
+
+/// Many wrong passwords at once for one username: each attempt takes its place in the count
+/// before its password is checked, so no more than the limit are ever verified.
+#[tokio::test]
+async fn concurrent_wrong_passwords_verify_no_more_than_the_limit() {
+    const ATTEMPTS: usize = 40;
+    let (db, redis) = (TestDb::create().await, TestRedis::new());
+    let (server, hashing) = alice_signed_up(&db, &redis).await;
+    let limit = test_auth().login.per_username as usize;
+    assert!(limit < ATTEMPTS);
+
+    let before = hashing.verifications();
+    let outcomes = wrong_passwords_at_once(&server, ATTEMPTS).await;
     assert_eq!(hashing.verifications() - before, limit as u64);
-    assert_eq!((refused, throttled), (limit, ATTEMPTS - limit));
+    assert_eq!(outcomes, (limit, ATTEMPTS - limit));
     let failures: i64 = redis::cmd("ZCARD")
         .arg(redis.keys().login_failures_username("alice"))
         .query_async(&mut redis.conn().await)
@@ -278,34 +285,32 @@ async fn logout_with_an_exchanged_refresh_token_ends_the_session() {
     server.stop().await.expect("server stops");
 }
 
-/// With Redis hung, only the first sign-in waits for it: after a timeout Redis is left alone
-/// for a while. Counted, not timed: every call that reached the hung Redis runs once it
-/// wakes, so the failures it then holds are the calls that went to it.
-#[tokio::test]
-async fn after_a_redis_timeout_sign_in_leaves_redis_alone_for_a_while() {
+/// A server with one hashing thread on a Redis of its own (and a namespace there), which leaves Redis alone for longer
+/// than a test once it has timed out (nothing may depend on how fast the machine is); alice
+/// and bob signed up, and the throttle's scripts loaded (a failure, then a success that
+/// forgets it).
+async fn alice_and_bob_on_a_private_redis() -> (TestDb, RedisServer, TestRedis, TestServer, HashPool)
+{
     let db = TestDb::create().await;
     let redis = RedisServer::start().await;
     let test_redis = TestRedis::at(redis.address());
     let mut auth = test_auth();
-    // Longer than the test: nothing below may depend on how fast the machine is.
     auth.login.outage_pause = Duration::from_secs(600);
+    let hashing = HashPool::new(1);
     let server = TestServer::start_with(
         common_config(db.url.clone(), &test_redis),
         LIMITS,
         auth,
-        HashPool::new(1),
+        hashing.clone(),
     )
     .await;
     let mut client = server.client.clone();
-    client
-        .create_user(request("alice", "alice@example.com"))
-        .await
-        .expect("sign up");
-    client
-        .create_user(request("bob", "bob@example.com"))
-        .await
-        .expect("sign up");
-    // Loads the scripts while Redis answers (a failure, then a success that forgets it).
+    for name in ["alice", "bob"] {
+        client
+            .create_user(request(name, &format!("{name}@example.com")))
+            .await
+            .expect("sign up");
+    }
     client
         .login_user(login("alice", "wrong-password-1"))
         .await
@@ -314,6 +319,16 @@ async fn after_a_redis_timeout_sign_in_leaves_redis_alone_for_a_while() {
         .login_user(login("alice", "secret-password-1"))
         .await
         .expect("sign in");
+    (db, redis, test_redis, server, hashing)
+}
+
+/// With Redis hung, only the first sign-in waits for it: after a timeout Redis is left alone
+/// for a while. Counted, not timed: every call that reached the hung Redis runs once it
+/// wakes, so the failures it then holds are the calls that went to it.
+#[tokio::test]
+async fn after_a_redis_timeout_sign_in_leaves_redis_alone_for_a_while() {
+    let (_db, redis, test_redis, server, _) = alice_and_bob_on_a_private_redis().await;
+    let mut client = server.client.clone();
 
     redis.pause();
     for _ in 0..4 {
@@ -358,6 +373,85 @@ async fn after_a_redis_timeout_sign_in_leaves_redis_alone_for_a_while() {
         1,
         "only the first sign-in asked the hung Redis"
     );
+    server.stop().await.expect("server stops");
+}
+
+/// Whether `result` is the throttle's refusal.
+fn throttled<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> bool {
+    let err = result.expect_err("refused");
+    err.code() == Code::ResourceExhausted && err.message().contains("failed sign-ins")
+}
+
+/// With Redis hung, sign-ins are counted in the server's memory: many wrong passwords at once
+/// still verify no more than the limit, and the username stays refused, its right password
+/// included, while another user from the same address signs in.
+#[tokio::test]
+async fn with_redis_hung_wrong_passwords_are_still_limited_in_memory() {
+    const ATTEMPTS: usize = 20;
+    let (_db, redis, _, server, hashing) = alice_and_bob_on_a_private_redis().await;
+    let limit = test_auth().login.per_username as usize;
+    let mut client = server.client.clone();
+
+    redis.pause();
+    let before = hashing.verifications();
+    let outcomes = wrong_passwords_at_once(&server, ATTEMPTS).await;
+    assert_eq!(outcomes, (limit, ATTEMPTS - limit));
+    assert_eq!(hashing.verifications() - before, limit as u64);
+    assert!(
+        throttled(client.login_user(login("alice", "secret-password-1")).await),
+        "alice's username is at its limit, whatever the password"
+    );
+    assert_eq!(hashing.verifications() - before, limit as u64);
+    client
+        .login_user(login("bob", "secret-password-1"))
+        .await
+        .expect("another username from the same address signs in");
+    redis.resume();
+    server.stop().await.expect("server stops");
+}
+
+/// With Redis down, sign-ins are limited in memory; once Redis answers again its counts
+/// decide (a restarted Redis holds none of the failures counted in memory).
+#[tokio::test]
+async fn with_redis_down_sign_ins_are_limited_in_memory_until_it_answers_again() {
+    let db = TestDb::create().await;
+    let mut redis = RedisServer::start().await;
+    let limit = test_auth().login.per_username;
+    let (server, hashing) = alice_signed_up(&db, &TestRedis::at(redis.address())).await;
+    let mut client = server.client.clone();
+
+    redis.kill();
+    let before = hashing.verifications();
+    for _ in 0..limit {
+        let err = client
+            .login_user(login("alice", "wrong-password-1"))
+            .await
+            .expect_err("a wrong password");
+        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    }
+    assert!(throttled(
+        client.login_user(login("alice", "wrong-password-1")).await
+    ));
+    assert!(throttled(
+        client.login_user(login("alice", "secret-password-1")).await
+    ));
+    assert_eq!(hashing.verifications() - before, u64::from(limit));
+
+    redis.restart().await;
+    eventually(
+        "alice signs in once Redis answers again",
+        Duration::from_secs(30),
+        || {
+            let mut client = client.clone();
+            async move {
+                client
+                    .login_user(login("alice", "secret-password-1"))
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await;
     server.stop().await.expect("server stops");
 }
 
