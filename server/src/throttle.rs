@@ -11,13 +11,15 @@
 //!
 //! Every Redis call is bounded by [`REDIS_TIMEOUT`]. When Redis is down, hung or refuses the
 //! scripts, the attempt is counted in this process's memory instead ([`LocalCounts`]: the
-//! same keys, limits, window and rules), so sign-in keeps working and guessing stays limited
-//! (per server process: with N processes, N times the limits). Refusing every sign-in because
-//! the counter store is away would turn a Redis outage into a login outage; letting every one
-//! through would let a password be guessed as fast as argon2 allows. The memory counts are
-//! used only while Redis cannot be: once it answers again its counts decide. After a timeout
-//! Redis is not asked again for [`LoginLimits::outage_pause`], so a hung Redis does not slow
-//! every sign-in. The outage is logged once, and its end once.
+//! same keys, limits, window and rules), so sign-in keeps working and guessing stays limited.
+//! Refusing every sign-in because the counter store is away would turn a Redis outage into a
+//! login outage; letting every one through would let a password be guessed as fast as argon2
+//! allows. The memory counts are used only while Redis cannot be: once it answers again its
+//! counts decide (within one window a username gets its limit in Redis plus its limit in each
+//! process's memory). A reservation that timed out is taken back behind it, so that a hung
+//! Redis that wakes keeps no failure it did not judge. After a timeout Redis is not asked
+//! again for [`LoginLimits::outage_pause`], so a hung Redis does not slow every sign-in. The
+//! outage is logged once, and its end once.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -120,6 +122,34 @@ return 1
     )
 });
 
+/// `RELEASE` of `member` under `keys` for `outcome`.
+fn release_call(
+    keys: &[String; 2],
+    member: &str,
+    outcome: Outcome,
+) -> redis::ScriptInvocation<'static> {
+    let mut invocation = RELEASE.prepare_invoke();
+    for key in keys {
+        invocation.key(key);
+    }
+    invocation.arg(member).arg(outcome.arg());
+    invocation
+}
+
+/// How long a task taking back a timed-out reservation waits for Redis's answer.
+const TAKE_BACK_WAIT: Duration = Duration::from_secs(60);
+
+/// Why a throttling call to Redis got no answer.
+#[derive(Debug, Clone, Copy)]
+enum Unanswered {
+    /// Redis is being left alone after a timeout: not asked.
+    Paused,
+    /// Redis refused it, or the connection failed: not run.
+    Failed,
+    /// No answer in time: it may still run once Redis wakes.
+    TimedOut,
+}
+
 /// How an attempt without a failure ended, for its release.
 #[derive(Debug, Clone, Copy)]
 enum Outcome {
@@ -209,11 +239,13 @@ pub enum Verdict {
     Throttled(Duration),
 }
 
-/// How many keys (usernames and addresses) [`LocalCounts`] holds at most (about 12 MB with
-/// the default limits, each key holding at most its limit of places). A new key when it is
-/// full takes the place of the one with the fewest places (the least recent among those):
-/// every attempt is counted, and flooding the map with new names (each one a password check)
-/// pushes out single failures before a username near its limit.
+/// How many keys (usernames and addresses) [`LocalCounts`] holds at most: about 17 MB at
+/// worst with the default limits (every key an address holding its 50 places; a username
+/// holds at most 5), growing with `LOGIN_MAX_FAILURES_PER_ADDRESS`. When it is full and no
+/// key has left the window, the tenth of the keys with the fewest places (the least recent
+/// among equals) goes at once, never the keys of the attempt being counted: every attempt is
+/// counted, a flood of new names pushes out single failures before a username near its
+/// limit, and the scan that picks them runs once per thousand new keys, not for each.
 pub const LOCAL_KEYS_MAX: usize = 10_000;
 
 /// Failed sign-ins counted in this process while Redis cannot be asked: per key, the
@@ -271,10 +303,8 @@ impl LocalCounts {
         }
         let id = self.next_id;
         self.next_id += 1;
+        self.make_room(keys, window, now);
         for key in keys {
-            if !self.keys.contains_key(key) {
-                self.make_room(window, now);
-            }
             self.keys
                 .entry(key.clone())
                 .or_default()
@@ -283,10 +313,15 @@ impl LocalCounts {
         Ok(id)
     }
 
-    /// Room for one more key: when the map is full, every key is pruned (at most once a
-    /// second), and if that frees nothing the key with the fewest places goes.
-    fn make_room(&mut self, window: Duration, now: Instant) {
-        if self.keys.len() < self.max_keys {
+    /// Room for those of `keys` not yet counted: when the map would overflow, every key is
+    /// pruned (at most once a second), and if that is not enough the tenth of the other keys
+    /// with the fewest places goes.
+    fn make_room(&mut self, keys: &[String; 2], window: Duration, now: Instant) {
+        let new = keys
+            .iter()
+            .filter(|key| !self.keys.contains_key(*key))
+            .count();
+        if self.keys.len() + new <= self.max_keys {
             return;
         }
         if self
@@ -299,15 +334,27 @@ impl LocalCounts {
                 !places.is_empty()
             });
         }
-        if self.keys.len() < self.max_keys {
+        if self.keys.len() + new <= self.max_keys {
             return;
         }
-        let fewest = self
+        let mut candidates: Vec<_> = self
             .keys
             .iter()
-            .min_by_key(|(_, places)| (places.len(), places.back().map(|&(_, at)| at)))
-            .map(|(key, _)| key.clone());
-        if let Some(key) = fewest {
+            .filter(|(key, _)| !keys.contains(key))
+            .map(|(key, places)| (places.len(), places.back().map(|&(_, at)| at), key))
+            .collect();
+        let evicted = (self.max_keys / 10).max(new).min(candidates.len());
+        if evicted == 0 {
+            return;
+        }
+        if evicted < candidates.len() {
+            candidates.select_nth_unstable(evicted - 1);
+        }
+        let evicted: Vec<String> = candidates[..evicted]
+            .iter()
+            .map(|&(_, _, key)| key.clone())
+            .collect();
+        for key in evicted {
             self.keys.remove(&key);
         }
     }
@@ -325,6 +372,11 @@ impl LocalCounts {
         if matches!(outcome, Outcome::Succeeded) {
             self.keys.remove(username);
         }
+    }
+
+    /// A success through Redis: the username's failures counted here are forgotten as well.
+    fn forget(&mut self, username: &str) {
+        self.keys.remove(username);
     }
 
     fn remove(&mut self, key: &str, id: u64) -> bool {
@@ -410,18 +462,26 @@ impl LoginThrottle {
             settling: None,
         };
         let mut redis = self.redis.clone();
-        let waited: Option<u64> = self.bounded(invocation.invoke_async(&mut redis)).await;
+        let waited: Result<u64, Unanswered> =
+            self.bounded(invocation.invoke_async(&mut redis)).await;
         match waited {
-            Some(ms) if ms > 0 => {
+            Ok(ms) if ms > 0 => {
                 attempt.place = None;
                 Verdict::Throttled(Duration::from_millis(ms))
             }
-            Some(_) => Verdict::Allowed(attempt),
-            None => {
+            Ok(_) => Verdict::Allowed(attempt),
+            Err(unanswered) => {
+                if let (Unanswered::TimedOut, Some(Place::Redis(member))) =
+                    (unanswered, attempt.place.take())
+                {
+                    self.take_back(&attempt.keys, member);
+                }
                 let limits = [self.limits.per_username, self.limits.per_address];
-                let reserved =
-                    self.local()
-                        .reserve(&attempt.keys, limits, self.limits.window, Instant::now());
+                let reserved = {
+                    let mut local = self.local();
+                    let now = Instant::now();
+                    local.reserve(&attempt.keys, limits, self.limits.window, now)
+                };
                 match reserved {
                     Ok(id) => {
                         attempt.place = Some(Place::Local(id));
@@ -461,34 +521,53 @@ impl LoginThrottle {
     }
 
     async fn release(&self, keys: &[String; 2], member: &str, outcome: Outcome) {
-        let mut invocation = RELEASE.prepare_invoke();
-        for key in keys {
-            invocation.key(key);
+        if matches!(outcome, Outcome::Succeeded) {
+            // Failures counted in memory during an outage are forgotten too.
+            self.local().forget(&keys[0]);
         }
-        invocation.arg(member).arg(outcome.arg());
         let mut redis = self.redis.clone();
-        let _: Option<i64> = self.bounded(invocation.invoke_async(&mut redis)).await;
+        let _ = self
+            .bounded(release_call(keys, member, outcome).invoke_async::<i64>(&mut redis))
+            .await;
     }
 
-    /// `call` within [`REDIS_TIMEOUT`]; `None` (and the outage logged once) if it failed.
+    /// Takes back a reservation whose script timed out, counted in memory instead: the
+    /// release goes on the same connection, behind the reservation, so a hung Redis that
+    /// wakes runs both and keeps no failure of an attempt it did not judge. Sent whatever the
+    /// pause; the wait is only how long the task lives (the command is on the wire at once).
+    fn take_back(&self, keys: &[String; 2], member: String) {
+        let (mut redis, invocation) = (
+            self.redis.clone(),
+            release_call(keys, &member, Outcome::Abandoned),
+        );
+        tokio::spawn(async move {
+            let call = invocation.invoke_async::<i64>(&mut redis);
+            let _ = tokio::time::timeout(TAKE_BACK_WAIT, call).await;
+        });
+    }
+
+    /// `call` within [`REDIS_TIMEOUT`]; why not (and the outage logged once) if it failed.
     async fn bounded<T>(
         &self,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Option<T> {
+    ) -> Result<T, Unanswered> {
         if self.paused() {
-            return None;
+            return Err(Unanswered::Paused);
         }
-        let failure = match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+        let (failure, unanswered) = match tokio::time::timeout(REDIS_TIMEOUT, call).await {
             Ok(Ok(value)) => {
                 if self.degraded.swap(false, Ordering::Relaxed) {
                     tracing::info!("login throttling is back in Redis: Redis answers again");
                 }
-                return Some(value);
+                return Ok(value);
             }
-            Ok(Err(err)) => chain(&err),
+            Ok(Err(err)) => (chain(&err), Unanswered::Failed),
             Err(_) => {
                 self.pause();
-                format!("Redis did not answer within {REDIS_TIMEOUT:?}")
+                (
+                    format!("Redis did not answer within {REDIS_TIMEOUT:?}"),
+                    Unanswered::TimedOut,
+                )
             }
         };
         if !self.degraded.swap(true, Ordering::Relaxed) {
@@ -497,7 +576,7 @@ impl LoginThrottle {
                 "login throttling counts failures in this process's memory until Redis answers again"
             );
         }
-        None
+        Err(unanswered)
     }
 
     /// Whether Redis is being left alone after a timeout.
@@ -532,7 +611,7 @@ mod tests {
     use simplebank_core::{keys::LoginFailureKeys as _, testing::TestRedis};
     use tokio::time::Instant;
 
-    use super::{LocalCounts, Outcome, RELEASE, counted_address};
+    use super::{LocalCounts, Outcome, counted_address, release_call};
 
     async fn add(conn: &mut MultiplexedConnection, key: &str, member: &str) {
         let _: i64 = redis::cmd("ZADD")
@@ -560,13 +639,10 @@ mod tests {
         member: &str,
         outcome: Outcome,
     ) -> i64 {
-        let mut invocation = RELEASE.prepare_invoke();
-        invocation
-            .key(&keys[0])
-            .key(&keys[1])
-            .arg(member)
-            .arg(outcome.arg());
-        invocation.invoke_async(conn).await.expect("release")
+        release_call(keys, member, outcome)
+            .invoke_async(conn)
+            .await
+            .expect("release")
     }
 
     /// RELEASE's outcomes, and a second release of one member doing nothing.
@@ -699,27 +775,28 @@ mod tests {
         );
     }
 
-    /// However many usernames and addresses are tried, the memory holds at most
-    /// `max_keys` keys; a new one pushes out a key with the fewest places, not a
-    /// username near its limit; keys whose places have left the window make room first.
+    /// However many usernames and addresses are tried, the memory holds at most `max_keys`
+    /// keys; new ones push out keys with the fewest places, not a username with more; keys
+    /// whose places have left the window make room first.
     #[test]
     fn memory_counts_hold_a_bounded_number_of_keys() {
         let mut counts = LocalCounts::new(100);
         let start = Instant::now();
+        let limits = [3, 50];
         let target = local_keys("alice", "198.51.100.1");
         for _ in 0..2 {
             counts
-                .reserve(&target, [3, 50], WINDOW, start)
+                .reserve(&target, limits, WINDOW, start)
                 .expect("place");
         }
+        // A flood of new names, one failure each, newer than alice's.
         let later = start + Duration::from_secs(1);
         for n in 0..counts.max_keys {
             let keys = local_keys(&format!("user{n}"), &format!("address{n}"));
             let at = later + Duration::from_millis(n as u64);
-            counts.reserve(&keys, [3, 50], WINDOW, at).expect("place");
+            counts.reserve(&keys, limits, WINDOW, at).expect("place");
             assert!(counts.keys.len() <= counts.max_keys);
         }
-        assert_eq!(counts.keys.len(), counts.max_keys);
         assert_eq!(
             places(&counts, &target[0]),
             2,
@@ -729,15 +806,47 @@ mod tests {
         assert_eq!(places(&counts, &last[0]), 1, "the newest key is counted");
         let other = local_keys("alice", "198.51.100.2");
         counts
-            .reserve(&other, [3, 50], WINDOW, later)
+            .reserve(&other, limits, WINDOW, later)
             .expect("place");
-        assert!(counts.reserve(&other, [3, 50], WINDOW, later).is_err());
-        // Once the window has passed, the old keys go, not only one of them.
+        assert!(counts.reserve(&other, limits, WINDOW, later).is_err());
+        // Once the window has passed, the first overflow prunes every old key, not some.
         let after = start + WINDOW + Duration::from_secs(2);
-        let new = local_keys("carol", "198.51.100.3");
-        counts.reserve(&new, [1, 50], WINDOW, after).expect("place");
-        assert_eq!(counts.keys.len(), 2);
-        assert!(counts.reserve(&new, [1, 50], WINDOW, after).is_err());
+        for n in 0..10 {
+            let keys = local_keys(&format!("new{n}"), &format!("new{n}"));
+            counts.reserve(&keys, limits, WINDOW, after).expect("place");
+        }
+        assert!(
+            counts.keys.len() <= 20 && counts.keys.keys().all(|key| key.contains(":new")),
+            "{:?}",
+            counts.keys.keys()
+        );
+    }
+
+    /// With the map full of keys holding more places, an attempt's own keys (the fewest
+    /// places of all) are never the ones pushed out to make room for them: a username tried
+    /// from a new address each time is still refused at its limit.
+    #[test]
+    fn an_attempt_never_pushes_out_its_own_keys() {
+        let mut counts = LocalCounts::new(100);
+        let start = Instant::now();
+        // Fillers share one address, so each adds one key: the map can be filled exactly.
+        let limits = [3, 10_000];
+        let mut fillers = 0;
+        let mut allowed = 0;
+        for n in 0..30 {
+            let at = start + Duration::from_millis(n);
+            while counts.keys.len() < counts.max_keys {
+                let keys = local_keys(&format!("user{fillers}"), "shared");
+                fillers += 1;
+                for _ in 0..2 {
+                    counts.reserve(&keys, limits, WINDOW, at).expect("place");
+                }
+            }
+            let keys = local_keys("alice", &format!("203.0.113.{n}"));
+            allowed += usize::from(counts.reserve(&keys, limits, WINDOW, at).is_ok());
+            assert!(counts.keys.len() <= counts.max_keys);
+        }
+        assert_eq!(allowed, 3);
     }
 
     fn counted(address: &str) -> String {

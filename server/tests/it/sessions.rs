@@ -721,7 +721,7 @@ async fn a_hung_redis_does_not_hang_login_and_the_outage_is_logged_once() {
     for _ in 0..3 {
         unauthenticated(&server.err("LoginUser", &login_body("alice", "wrong-password-1"), None));
     }
-    // Fail open: sign-in still works.
+    // Sign-in still works, counted in memory (3 failures, under the limit of 5).
     let login = server.login("alice", PASSWORD);
     assert_eq!(login["user"]["username"], "alice");
     redis.resume();

@@ -12,9 +12,12 @@ use simplebank_core::{
 };
 use simplebank_server::{
     config::CallLimits,
-    pb::{LoginUserRequest, LogoutUserRequest, RenewAccessTokenRequest},
+    pb::{
+        LoginUserRequest, LogoutUserRequest, RenewAccessTokenRequest,
+        simple_bank_client::SimpleBankClient,
+    },
 };
-use tonic::Code;
+use tonic::{Code, transport::Channel};
 
 use crate::helpers::{TestServer, common_config, request, test_auth};
 
@@ -324,11 +327,31 @@ async fn alice_and_bob_on_a_private_redis() -> (TestDb, RedisServer, TestRedis, 
 
 /// With Redis hung, only the first sign-in waits for it: after a timeout Redis is left alone
 /// for a while. Counted, not timed: every call that reached the hung Redis runs once it
-/// wakes, so the failures it then holds are the calls that went to it.
+/// wakes, so the scripts it then runs are the calls that went to it.
 #[tokio::test]
 async fn after_a_redis_timeout_sign_in_leaves_redis_alone_for_a_while() {
     let (_db, redis, test_redis, server, _) = alice_and_bob_on_a_private_redis().await;
     let mut client = server.client.clone();
+    let scripts_run = || {
+        let client = test_redis.client();
+        async move {
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("Redis answers");
+            let stats: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async(&mut conn)
+                .await
+                .expect("INFO");
+            stats
+                .lines()
+                .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+                .and_then(|rest| rest.split(',').next())
+                .map_or(0, |calls| calls.parse::<u64>().expect("a count"))
+        }
+    };
+    let before = scripts_run().await;
 
     redis.pause();
     for _ in 0..4 {
@@ -338,40 +361,34 @@ async fn after_a_redis_timeout_sign_in_leaves_redis_alone_for_a_while() {
             .expect_err("wrong password");
         assert_eq!(err.code(), Code::Unauthenticated);
     }
-    // Fail open: sign-in still works (another user: a success forgets alice's failures).
+    // Sign-in still works, counted in memory (another user: a success forgets alice's failures).
     client
         .login_user(login("bob", "secret-password-1"))
         .await
         .expect("sign in while Redis hangs");
     redis.resume();
 
-    let key = test_redis.keys().login_failures_username("alice");
-    let count = || {
-        let (client, key) = (test_redis.client(), key.clone());
-        async move {
-            let mut conn = client
-                .get_multiplexed_async_connection()
-                .await
-                .expect("Redis answers again");
-            redis::cmd("ZCARD")
-                .arg(&key)
-                .query_async::<i64>(&mut conn)
-                .await
-                .expect("ZCARD")
-        }
-    };
-    // The first attempt's reservation, sent before the timeout, runs now (with the rest of
-    // what was queued on that connection, in one go).
+    // The first attempt's reservation, sent before the timeout, runs now, and the release
+    // that takes it back behind it (all that was queued on that connection, in one go).
     eventually(
-        "the queued reservation ran",
+        "the queued scripts ran",
         Duration::from_secs(30),
-        || async { count().await >= 1 },
+        || async { scripts_run().await >= before + 2 },
     )
     .await;
     assert_eq!(
-        count().await,
-        1,
+        scripts_run().await,
+        before + 2,
         "only the first sign-in asked the hung Redis"
+    );
+    let failures: i64 = redis::cmd("ZCARD")
+        .arg(test_redis.keys().login_failures_username("alice"))
+        .query_async(&mut test_redis.conn().await)
+        .await
+        .expect("ZCARD");
+    assert_eq!(
+        failures, 0,
+        "a reservation that timed out, counted in memory instead, is taken back"
     );
     server.stop().await.expect("server stops");
 }
@@ -411,48 +428,57 @@ async fn with_redis_hung_wrong_passwords_are_still_limited_in_memory() {
 }
 
 /// With Redis down, sign-ins are limited in memory; once Redis answers again its counts
-/// decide (a restarted Redis holds none of the failures counted in memory).
+/// decide (a restarted Redis holds none of the failures counted in memory), and a success
+/// there forgets the memory's count too: the next outage starts alice from nothing.
 #[tokio::test]
 async fn with_redis_down_sign_ins_are_limited_in_memory_until_it_answers_again() {
     let db = TestDb::create().await;
     let mut redis = RedisServer::start().await;
-    let limit = test_auth().login.per_username;
     let (server, hashing) = alice_signed_up(&db, &TestRedis::at(redis.address())).await;
     let mut client = server.client.clone();
 
-    redis.kill();
-    let before = hashing.verifications();
-    for _ in 0..limit {
+    for outage in 0..2 {
+        redis.kill();
+        let before = hashing.verifications();
+        assert_limited(&mut client).await;
+        assert_eq!(
+            hashing.verifications() - before,
+            u64::from(test_auth().login.per_username),
+            "outage {outage}"
+        );
+
+        redis.restart().await;
+        eventually(
+            "alice signs in once Redis answers again",
+            Duration::from_secs(30),
+            || {
+                let mut client = client.clone();
+                async move {
+                    client
+                        .login_user(login("alice", "secret-password-1"))
+                        .await
+                        .is_ok()
+                }
+            },
+        )
+        .await;
+    }
+    server.stop().await.expect("server stops");
+}
+
+/// The limit's worth of wrong passwords for alice are checked, then she is refused whatever
+/// the password.
+async fn assert_limited(client: &mut SimpleBankClient<Channel>) {
+    for _ in 0..test_auth().login.per_username {
         let err = client
             .login_user(login("alice", "wrong-password-1"))
             .await
             .expect_err("a wrong password");
         assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     }
-    assert!(throttled(
-        client.login_user(login("alice", "wrong-password-1")).await
-    ));
-    assert!(throttled(
-        client.login_user(login("alice", "secret-password-1")).await
-    ));
-    assert_eq!(hashing.verifications() - before, u64::from(limit));
-
-    redis.restart().await;
-    eventually(
-        "alice signs in once Redis answers again",
-        Duration::from_secs(30),
-        || {
-            let mut client = client.clone();
-            async move {
-                client
-                    .login_user(login("alice", "secret-password-1"))
-                    .await
-                    .is_ok()
-            }
-        },
-    )
-    .await;
-    server.stop().await.expect("server stops");
+    for password in ["wrong-password-1", "secret-password-1"] {
+        assert!(throttled(client.login_user(login("alice", password)).await));
+    }
 }
 
 /// A password change in flight while LoginUser checks the old password: the sign-in read the
