@@ -103,16 +103,19 @@ return 0
 /// KEYS: username key, address key. ARGV: member, [`Outcome::arg`]. Removes the reservation
 /// from the username's count (a success forgets the whole count), and from the address's
 /// unless the attempt was given up on. Once only: a second release of the same member (an
-/// attempt dropped while its release was under way sends it again) finds it gone and does
-/// nothing, so a success's repeat cannot forget failures counted since.
+/// attempt dropped while its release was under way sends it again) finds both places gone
+/// and does nothing, so a success's repeat cannot forget failures counted since. The
+/// address's place alone decides for a success whose username count another success of the
+/// same user has just forgotten (concurrent sign-ins): it still leaves the address's count.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
-  return 0
-end
+local released = redis.call('ZREM', KEYS[1], ARGV[1])
 if ARGV[2] ~= 'given_up' then
-  redis.call('ZREM', KEYS[2], ARGV[1])
+  released = released + redis.call('ZREM', KEYS[2], ARGV[1])
+end
+if released == 0 then
+  return 0
 end
 if ARGV[2] == 'succeeded' then
   redis.call('DEL', KEYS[1])
@@ -142,7 +145,8 @@ const TAKE_BACK_WAIT: Duration = Duration::from_secs(60);
 /// Why a throttling call to Redis got no answer.
 #[derive(Debug, Clone, Copy)]
 enum Unanswered {
-    /// Redis is being left alone after a timeout: not asked.
+    /// Redis is being left alone after a timeout, or another call is finding out whether it
+    /// is back: not asked.
     Paused,
     /// Redis refused it, or the connection failed: not run.
     Failed,
@@ -202,7 +206,12 @@ pub struct Attempt {
 impl Attempt {
     /// The password was wrong: the reservation stays, as the failure's record.
     pub fn failed(mut self) {
-        self.place = None;
+        if let Some(Place::Local(_)) = self.place.take() {
+            let window = self.throttle.limits.window;
+            self.throttle
+                .local()
+                .failed(&self.keys, window, Instant::now());
+        }
     }
 }
 
@@ -239,89 +248,83 @@ pub enum Verdict {
     Throttled(Duration),
 }
 
-/// How many keys (usernames and addresses) [`LocalCounts`] holds at most: about 17 MB at
-/// worst with the default limits (every key an address holding its 50 places; a username
-/// holds at most 5), growing with `LOGIN_MAX_FAILURES_PER_ADDRESS`. When it is full and no
-/// key has left the window, the tenth of the keys with the fewest places (the least recent
-/// among equals) goes at once, never the keys of the attempt being counted: every attempt is
-/// counted, a flood of new names pushes out single failures before a username near its
-/// limit, and the scan that picks them runs once per thousand new keys, not for each.
+/// How many usernames, and how many addresses, [`LocalCounts`] holds at most: about 20 MB at
+/// worst with the default limits (a username holds at most 5 places, an address 50), growing
+/// with `LOGIN_MAX_FAILURES_PER_ADDRESS`. When one of the two is full and none of its keys
+/// has left the window, the tenth of its keys with the fewest places (the least recent among
+/// equals) goes at once, never the key of the attempt being counted. Usernames and addresses
+/// are held apart because they cost a client differently: a new address key takes one call
+/// given up on before its check (free), a username key keeps its place only with a password
+/// check (argon2): a flood of cheap addresses cannot push out a username's failures, and
+/// pushing one out takes a thousand password checks.
 pub const LOCAL_KEYS_MAX: usize = 10_000;
 
-/// Failed sign-ins counted in this process while Redis cannot be asked: per key, the
-/// attempts' ids and times, oldest first, with the rules of the Redis scripts (`RESERVE`,
-/// `RELEASE`) on the same keys, limits and window. Consulted only when Redis is not.
+/// When [`Places::add`] makes room for a new key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    /// Before it is added.
+    Before,
+    /// Later, by [`Places::trim`].
+    After,
+}
+
+/// One kind of key's places (usernames', or addresses'): per key, the attempts' ids and
+/// times, oldest first.
 #[derive(Debug)]
-struct LocalCounts {
+struct Places {
     /// [`LOCAL_KEYS_MAX`], but in tests.
     max_keys: usize,
     keys: HashMap<String, VecDeque<(u64, Instant)>>,
-    next_id: u64,
     /// When every key was last pruned (done when the map is full, at most once a second).
     swept: Option<Instant>,
 }
 
-impl LocalCounts {
+impl Places {
     fn new(max_keys: usize) -> Self {
         Self {
             max_keys,
             keys: HashMap::new(),
-            next_id: 0,
             swept: None,
         }
     }
 
-    /// Reserves a place under both keys if both counts are under their limits; else the wait
-    /// until enough places leave the window.
-    fn reserve(
-        &mut self,
-        keys: &[String; 2],
-        limits: [u32; 2],
-        window: Duration,
-        now: Instant,
-    ) -> Result<u64, Duration> {
-        let mut wait = Duration::ZERO;
-        for (key, limit) in keys.iter().zip(limits) {
-            let Some(places) = self.keys.get_mut(key) else {
-                continue;
-            };
-            while places
-                .front()
-                .is_some_and(|&(_, at)| age(at, now) >= window)
-            {
-                places.pop_front();
-            }
-            let limit = usize::try_from(limit.max(1)).unwrap_or(usize::MAX);
-            if places.len() >= limit {
-                // As the script: the place whose leaving brings the count under the limit.
-                let (_, oldest) = places[places.len() - limit];
-                wait = wait.max(window.saturating_sub(age(oldest, now)));
-            }
+    /// How long until `key` is under `limit` (zero if it is), its places past the window
+    /// pruned. As the script: the place whose leaving brings the count under the limit.
+    fn wait(&mut self, key: &str, limit: u32, window: Duration, now: Instant) -> Duration {
+        let Some(places) = self.keys.get_mut(key) else {
+            return Duration::ZERO;
+        };
+        while places
+            .front()
+            .is_some_and(|&(_, at)| age(at, now) >= window)
+        {
+            places.pop_front();
         }
-        if !wait.is_zero() {
-            return Err(wait.max(Duration::from_millis(1)));
+        let limit = usize::try_from(limit.max(1)).unwrap_or(usize::MAX);
+        if places.len() < limit {
+            return Duration::ZERO;
         }
-        let id = self.next_id;
-        self.next_id += 1;
-        self.make_room(keys, window, now);
-        for key in keys {
-            self.keys
-                .entry(key.clone())
-                .or_default()
-                .push_back((id, now));
-        }
-        Ok(id)
+        let (_, oldest) = places[places.len() - limit];
+        window.saturating_sub(age(oldest, now))
     }
 
-    /// Room for those of `keys` not yet counted: when the map would overflow, every key is
-    /// pruned (at most once a second), and if that is not enough the tenth of the other keys
-    /// with the fewest places goes.
-    fn make_room(&mut self, keys: &[String; 2], window: Duration, now: Instant) {
-        let new = keys
-            .iter()
-            .filter(|key| !self.keys.contains_key(*key))
-            .count();
-        if self.keys.len() + new <= self.max_keys {
+    /// Adds the place `id` to `key`, first making room for a new key if `room` says so.
+    fn add(&mut self, key: &str, id: u64, room: Room, window: Duration, now: Instant) {
+        if room == Room::Before && !self.keys.contains_key(key) {
+            self.trim(key, 1, window, now);
+        }
+        self.keys
+            .entry(key.to_owned())
+            .or_default()
+            .push_back((id, now));
+    }
+
+    /// Makes the map hold at most `max_keys - room` keys besides `key`: when it holds more,
+    /// every key is pruned (at most once a second), and if that is not enough the tenth of
+    /// the other keys with the fewest places goes.
+    fn trim(&mut self, key: &str, room: usize, window: Duration, now: Instant) {
+        let over = |keys: &HashMap<_, _>| keys.len() + room > self.max_keys;
+        if !over(&self.keys) {
             return;
         }
         if self
@@ -334,51 +337,32 @@ impl LocalCounts {
                 !places.is_empty()
             });
         }
-        if self.keys.len() + new <= self.max_keys {
+        if !over(&self.keys) {
             return;
         }
         let mut candidates: Vec<_> = self
             .keys
             .iter()
-            .filter(|(key, _)| !keys.contains(key))
-            .map(|(key, places)| (places.len(), places.back().map(|&(_, at)| at), key))
+            .filter(|(other, _)| other.as_str() != key)
+            .map(|(other, places)| (places.len(), places.back().map(|&(_, at)| at), other))
             .collect();
-        let evicted = (self.max_keys / 10).max(new).min(candidates.len());
-        if evicted == 0 {
+        if candidates.is_empty() {
             return;
         }
+        let evicted = (self.max_keys / 10).clamp(1, candidates.len());
         if evicted < candidates.len() {
             candidates.select_nth_unstable(evicted - 1);
         }
         let evicted: Vec<String> = candidates[..evicted]
             .iter()
-            .map(|&(_, _, key)| key.clone())
+            .map(|&(_, _, other)| other.clone())
             .collect();
-        for key in evicted {
-            self.keys.remove(&key);
+        for other in evicted {
+            self.keys.remove(&other);
         }
     }
 
-    /// `RELEASE`'s rules: once only (nothing if the username's place is gone); the address's
-    /// place kept when given up on; a success forgets the username's count.
-    fn release(&mut self, keys: &[String; 2], id: u64, outcome: Outcome) {
-        let [username, address] = keys;
-        if !self.remove(username, id) {
-            return;
-        }
-        if !matches!(outcome, Outcome::GivenUp) {
-            self.remove(address, id);
-        }
-        if matches!(outcome, Outcome::Succeeded) {
-            self.keys.remove(username);
-        }
-    }
-
-    /// A success through Redis: the username's failures counted here are forgotten as well.
-    fn forget(&mut self, username: &str) {
-        self.keys.remove(username);
-    }
-
+    /// Removes the place `id` of `key`; whether it was there.
     fn remove(&mut self, key: &str, id: u64) -> bool {
         let Some(places) = self.keys.get_mut(key) else {
             return false;
@@ -391,6 +375,80 @@ impl LocalCounts {
             self.keys.remove(key);
         }
         true
+    }
+
+    #[cfg(test)]
+    fn count(&self, key: &str) -> usize {
+        self.keys.get(key).map_or(0, VecDeque::len)
+    }
+}
+
+/// Failed sign-ins counted in this process while Redis cannot be asked, with the rules of the
+/// Redis scripts (`RESERVE`, `RELEASE`) on the same keys, limits and window. Consulted only
+/// when Redis is not.
+#[derive(Debug)]
+struct LocalCounts {
+    usernames: Places,
+    addresses: Places,
+    next_id: u64,
+}
+
+impl LocalCounts {
+    fn new(max_keys: usize) -> Self {
+        Self {
+            usernames: Places::new(max_keys),
+            addresses: Places::new(max_keys),
+            next_id: 0,
+        }
+    }
+
+    /// Reserves a place under both keys if both counts are under their limits; else the wait
+    /// until enough places leave the window.
+    fn reserve(
+        &mut self,
+        [username, address]: &[String; 2],
+        [per_username, per_address]: [u32; 2],
+        window: Duration,
+        now: Instant,
+    ) -> Result<u64, Duration> {
+        let wait = self
+            .usernames
+            .wait(username, per_username, window, now)
+            .max(self.addresses.wait(address, per_address, window, now));
+        if !wait.is_zero() {
+            return Err(wait.max(Duration::from_millis(1)));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        // A username's place is made room for only once it is a failure (`failed`): a place
+        // taken by a call given up on before its check (free for a client) pushes nothing out.
+        self.usernames.add(username, id, Room::After, window, now);
+        self.addresses.add(address, id, Room::Before, window, now);
+        Ok(id)
+    }
+
+    /// The attempt reserved under `keys` failed: its places stay, and the usernames are
+    /// brought back within their bound (the few in flight beyond it were taken by attempts
+    /// still waiting for their check).
+    fn failed(&mut self, [username, _]: &[String; 2], window: Duration, now: Instant) {
+        self.usernames.trim(username, 0, window, now);
+    }
+
+    /// `RELEASE`'s rules: once only (nothing if neither place is there any more); the
+    /// address's place kept when given up on; a success forgets the username's count.
+    fn release(&mut self, [username, address]: &[String; 2], id: u64, outcome: Outcome) {
+        let mut released = self.usernames.remove(username, id);
+        if !matches!(outcome, Outcome::GivenUp) {
+            released |= self.addresses.remove(address, id);
+        }
+        if released && matches!(outcome, Outcome::Succeeded) {
+            self.forget(username);
+        }
+    }
+
+    /// A success: the username's failures counted here are forgotten.
+    fn forget(&mut self, username: &str) {
+        self.usernames.keys.remove(username);
     }
 }
 
@@ -409,6 +467,9 @@ pub struct LoginThrottle {
     degraded: Arc<AtomicBool>,
     /// Set by a timeout: until then Redis is not asked.
     paused_until: Arc<Mutex<Option<Instant>>>,
+    /// Set while one call asks Redis during an outage: the others are counted in memory
+    /// meanwhile instead of each waiting out a timeout.
+    probing: Arc<AtomicBool>,
     /// The counts while Redis cannot be asked.
     local: Arc<Mutex<LocalCounts>>,
 }
@@ -421,6 +482,7 @@ impl LoginThrottle {
             limits,
             degraded: Arc::default(),
             paused_until: Arc::default(),
+            probing: Arc::default(),
             local: Arc::new(Mutex::new(LocalCounts::new(LOCAL_KEYS_MAX))),
         }
     }
@@ -554,6 +616,15 @@ impl LoginThrottle {
         if self.paused() {
             return Err(Unanswered::Paused);
         }
+        // During an outage one call at a time finds out whether Redis is back.
+        let _probe = if self.degraded.load(Ordering::Relaxed) {
+            if self.probing.swap(true, Ordering::AcqRel) {
+                return Err(Unanswered::Paused);
+            }
+            Some(Probe(&self.probing))
+        } else {
+            None
+        };
         let (failure, unanswered) = match tokio::time::timeout(REDIS_TIMEOUT, call).await {
             Ok(Ok(value)) => {
                 if self.degraded.swap(false, Ordering::Relaxed) {
@@ -591,6 +662,16 @@ impl LoginThrottle {
     }
 }
 
+/// The one call asking Redis during an outage; the next may ask once it ends, also when the
+/// call is dropped midway.
+struct Probe<'a>(&'a AtomicBool);
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// What failures from `address` are counted under: an IPv4 address itself (also when it comes
 /// IPv4-mapped), an IPv6 address's /64.
 pub fn counted_address(address: &IpAddr) -> IpAddr {
@@ -605,7 +686,7 @@ pub fn counted_address(address: &IpAddr) -> IpAddr {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::VecDeque, net::IpAddr, time::Duration};
+    use std::{net::IpAddr, time::Duration};
 
     use redis::aio::MultiplexedConnection;
     use simplebank_core::{keys::LoginFailureKeys as _, testing::TestRedis};
@@ -682,16 +763,23 @@ mod tests {
             0
         );
         assert_eq!(members(conn, &keys[0]).await, ["later failure"]);
+
+        // Two sign-ins of alice at once: the second finds her count forgotten by the first,
+        // and still leaves the address's.
+        for member in ["one device", "another device"] {
+            add(conn, &keys[0], member).await;
+            add(conn, &keys[1], member).await;
+        }
+        for member in ["one device", "another device"] {
+            assert_eq!(release(conn, &keys, member, Outcome::Succeeded).await, 1);
+        }
+        assert_eq!(members(conn, &keys[1]).await, ["given up"]);
     }
 
     const WINDOW: Duration = Duration::from_secs(60);
 
     fn local_keys(username: &str, address: &str) -> [String; 2] {
-        [format!("u:{username}"), format!("a:{address}")]
-    }
-
-    fn places(counts: &LocalCounts, key: &str) -> usize {
-        counts.keys.get(key).map_or(0, VecDeque::len)
+        [username.to_owned(), address.to_owned()]
     }
 
     /// The memory counts refuse as the script does: at either limit, with the wait until the
@@ -720,7 +808,7 @@ mod tests {
             Err(Duration::from_secs(50)),
             "the address is at its limit"
         );
-        assert_eq!(places(&counts, &bob[0]), 2, "a refusal takes no place");
+        assert_eq!(counts.usernames.count("bob"), 2, "a refusal takes no place");
         // The first place has left: one more for alice, the address back at its limit.
         let later = start + WINDOW;
         assert!(counts.reserve(&alice, [3, 5], WINDOW, later).is_ok());
@@ -728,7 +816,7 @@ mod tests {
             counts.reserve(&alice, [3, 5], WINDOW, later),
             Err(Duration::from_secs(1))
         );
-        assert_eq!(places(&counts, &alice[1]), 5);
+        assert_eq!(counts.addresses.count(&alice[1]), 5);
     }
 
     /// `RELEASE`'s rules in memory, as `each_outcome_releases_its_places_once` checks them in
@@ -739,45 +827,62 @@ mod tests {
         let now = Instant::now();
         let keys = local_keys("alice", "203.0.113.7");
         let limits = [5, 50];
-        let earlier = counts.reserve(&keys, limits, WINDOW, now).expect("place");
-        let given_up = counts.reserve(&keys, limits, WINDOW, now).expect("place");
-        let signed_in = counts.reserve(&keys, limits, WINDOW, now).expect("place");
-        assert_ne!(earlier, given_up);
+        let mut place = || counts.reserve(&keys, limits, WINDOW, now).expect("place");
+        let (_earlier, given_up, signed_in) = (place(), place(), place());
 
         counts.release(&keys, given_up, Outcome::GivenUp);
-        assert_eq!(places(&counts, &keys[0]), 2);
+        assert_eq!(counts.usernames.count("alice"), 2);
         assert_eq!(
-            places(&counts, &keys[1]),
+            counts.addresses.count(&keys[1]),
             3,
             "the address keeps a given-up place"
         );
         counts.release(&keys, signed_in, Outcome::Succeeded);
         assert_eq!(
-            places(&counts, &keys[0]),
+            counts.usernames.count("alice"),
             0,
             "a success forgets the username's failures"
         );
-        assert_eq!(places(&counts, &keys[1]), 2);
+        assert_eq!(counts.addresses.count(&keys[1]), 2);
         // A failure counted since, then the same success released again.
         let later = counts.reserve(&keys, limits, WINDOW, now).expect("place");
         counts.release(&keys, signed_in, Outcome::Succeeded);
-        assert_eq!(places(&counts, &keys[0]), 1);
+        assert_eq!(counts.usernames.count("alice"), 1);
         counts.release(&keys, later, Outcome::Abandoned);
-        assert_eq!(places(&counts, &keys[0]), 0);
+        assert_eq!(counts.usernames.count("alice"), 0);
         assert_eq!(
-            places(&counts, &keys[1]),
+            counts.addresses.count(&keys[1]),
             2,
             "an abandoned place leaves both"
         );
         assert!(
-            !counts.keys.contains_key(&keys[0]),
+            !counts.usernames.keys.contains_key("alice"),
             "an empty count is removed"
         );
+        // Two sign-ins at once: the second finds alice's count forgotten by the first, and
+        // still leaves the address's.
+        let one = counts.reserve(&keys, limits, WINDOW, now).expect("place");
+        let another = counts.reserve(&keys, limits, WINDOW, now).expect("place");
+        counts.release(&keys, one, Outcome::Succeeded);
+        counts.release(&keys, another, Outcome::Succeeded);
+        assert_eq!(counts.addresses.count(&keys[1]), 2);
+    }
+
+    /// A wrong password for `keys` at `at`, counted in memory, unless refused.
+    fn failure(
+        counts: &mut LocalCounts,
+        keys: &[String; 2],
+        limits: [u32; 2],
+        at: Instant,
+    ) -> Result<u64, Duration> {
+        let id = counts.reserve(keys, limits, WINDOW, at)?;
+        counts.failed(keys, WINDOW, at);
+        Ok(id)
     }
 
     /// However many usernames and addresses are tried, the memory holds at most `max_keys`
-    /// keys; new ones push out keys with the fewest places, not a username with more; keys
-    /// whose places have left the window make room first.
+    /// of each; new ones push out keys with the fewest places, not a username with more;
+    /// keys whose places have left the window make room first.
     #[test]
     fn memory_counts_hold_a_bounded_number_of_keys() {
         let mut counts = LocalCounts::new(100);
@@ -791,19 +896,22 @@ mod tests {
         }
         // A flood of new names, one failure each, newer than alice's.
         let later = start + Duration::from_secs(1);
-        for n in 0..counts.max_keys {
+        for n in 0..300 {
             let keys = local_keys(&format!("user{n}"), &format!("address{n}"));
-            let at = later + Duration::from_millis(n as u64);
-            counts.reserve(&keys, limits, WINDOW, at).expect("place");
-            assert!(counts.keys.len() <= counts.max_keys);
+            let at = later + Duration::from_millis(n);
+            failure(&mut counts, &keys, limits, at).expect("place");
+            assert!(counts.usernames.keys.len() <= 100 && counts.addresses.keys.len() <= 100);
         }
         assert_eq!(
-            places(&counts, &target[0]),
+            counts.usernames.count("alice"),
             2,
             "alice's failures stay counted"
         );
-        let last = local_keys(&format!("user{}", counts.max_keys - 1), "");
-        assert_eq!(places(&counts, &last[0]), 1, "the newest key is counted");
+        assert_eq!(
+            counts.usernames.count("user299"),
+            1,
+            "the newest is counted"
+        );
         let other = local_keys("alice", "198.51.100.2");
         counts
             .reserve(&other, limits, WINDOW, later)
@@ -811,40 +919,51 @@ mod tests {
         assert!(counts.reserve(&other, limits, WINDOW, later).is_err());
         // Once the window has passed, the first overflow prunes every old key, not some.
         let after = start + WINDOW + Duration::from_secs(2);
-        for n in 0..10 {
+        for n in 0..100 {
             let keys = local_keys(&format!("new{n}"), &format!("new{n}"));
-            counts.reserve(&keys, limits, WINDOW, after).expect("place");
+            failure(&mut counts, &keys, limits, after).expect("place");
         }
         assert!(
-            counts.keys.len() <= 20 && counts.keys.keys().all(|key| key.contains(":new")),
+            counts
+                .usernames
+                .keys
+                .keys()
+                .all(|key| key.starts_with("new")),
             "{:?}",
-            counts.keys.keys()
+            counts.usernames.keys.keys()
         );
     }
 
-    /// With the map full of keys holding more places, an attempt's own keys (the fewest
-    /// places of all) are never the ones pushed out to make room for them: a username tried
-    /// from a new address each time is still refused at its limit.
+    /// With the usernames full of keys holding more places, an attempt's own username (the
+    /// fewest places of all) is never the one pushed out to make room for it; nor do new
+    /// addresses, however many, push out a username: a username tried from a new address
+    /// each time is still refused at its limit.
     #[test]
-    fn an_attempt_never_pushes_out_its_own_keys() {
+    fn new_addresses_never_push_out_a_usernames_failures() {
         let mut counts = LocalCounts::new(100);
         let start = Instant::now();
-        // Fillers share one address, so each adds one key: the map can be filled exactly.
+        // Fillers share one address, so each adds one username: the map can be filled exactly.
         let limits = [3, 10_000];
         let mut fillers = 0;
         let mut allowed = 0;
         for n in 0..30 {
             let at = start + Duration::from_millis(n);
-            while counts.keys.len() < counts.max_keys {
+            while counts.usernames.keys.len() < counts.usernames.max_keys {
                 let keys = local_keys(&format!("user{fillers}"), "shared");
                 fillers += 1;
                 for _ in 0..2 {
-                    counts.reserve(&keys, limits, WINDOW, at).expect("place");
+                    failure(&mut counts, &keys, limits, at).expect("place");
                 }
             }
+            // Addresses given up on (no password checked: their username places released).
+            for m in 0..200 {
+                let keys = local_keys("mallory", &format!("flood-{n}-{m}"));
+                let id = counts.reserve(&keys, limits, WINDOW, at).expect("place");
+                counts.release(&keys, id, Outcome::GivenUp);
+            }
             let keys = local_keys("alice", &format!("203.0.113.{n}"));
-            allowed += usize::from(counts.reserve(&keys, limits, WINDOW, at).is_ok());
-            assert!(counts.keys.len() <= counts.max_keys);
+            allowed += usize::from(failure(&mut counts, &keys, limits, at).is_ok());
+            assert!(counts.usernames.keys.len() <= 100 && counts.addresses.keys.len() <= 100);
         }
         assert_eq!(allowed, 3);
     }

@@ -191,7 +191,8 @@ async fn concurrent_wrong_passwords_verify_no_more_than_the_limit() {
     server.stop().await.expect("server stops");
 }
 
-/// A success takes back its reservation: successful sign-ins never count against the address.
+/// A success takes back its reservation: successful sign-ins never count against the address,
+/// one after another or several at once.
 #[tokio::test]
 async fn successful_sign_ins_leave_no_count_behind() {
     let (db, redis) = (TestDb::create().await, TestRedis::new());
@@ -212,6 +213,19 @@ async fn successful_sign_ins_leave_no_count_behind() {
             .login_user(login("alice", "secret-password-1"))
             .await
             .expect("sign in");
+    }
+    // Several devices at once: each success finds alice's count already forgotten by another
+    // (its place in it gone), and must still leave the address's count.
+    let devices: Vec<_> = (0..4)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(
+                async move { client.login_user(login("alice", "secret-password-1")).await },
+            )
+        })
+        .collect();
+    for device in devices {
+        device.await.expect("joins").expect("sign in");
     }
     let mut conn = redis.conn().await;
     for key in [
@@ -288,17 +302,18 @@ async fn logout_with_an_exchanged_refresh_token_ends_the_session() {
     server.stop().await.expect("server stops");
 }
 
-/// A server with one hashing thread on a Redis of its own (and a namespace there), which leaves Redis alone for longer
-/// than a test once it has timed out (nothing may depend on how fast the machine is); alice
+/// A server with one hashing thread on a Redis of its own (and a namespace there), which leaves Redis alone for
+/// `outage_pause` once it has timed out; alice
 /// and bob signed up, and the throttle's scripts loaded (a failure, then a success that
 /// forgets it).
-async fn alice_and_bob_on_a_private_redis() -> (TestDb, RedisServer, TestRedis, TestServer, HashPool)
-{
+async fn alice_and_bob_on_a_private_redis(
+    outage_pause: Duration,
+) -> (TestDb, RedisServer, TestRedis, TestServer, HashPool) {
     let db = TestDb::create().await;
     let redis = RedisServer::start().await;
     let test_redis = TestRedis::at(redis.address());
     let mut auth = test_auth();
-    auth.login.outage_pause = Duration::from_secs(600);
+    auth.login.outage_pause = outage_pause;
     let hashing = HashPool::new(1);
     let server = TestServer::start_with(
         common_config(db.url.clone(), &test_redis),
@@ -325,33 +340,36 @@ async fn alice_and_bob_on_a_private_redis() -> (TestDb, RedisServer, TestRedis, 
     (db, redis, test_redis, server, hashing)
 }
 
+/// Longer than a test: nothing may depend on how fast the machine is.
+const LONG_PAUSE: Duration = Duration::from_secs(600);
+
+/// How many scripts (EVALSHA) Redis has run.
+async fn scripts_run(redis: &TestRedis) -> u64 {
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis answers");
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO");
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().expect("a count"))
+}
+
 /// With Redis hung, only the first sign-in waits for it: after a timeout Redis is left alone
 /// for a while. Counted, not timed: every call that reached the hung Redis runs once it
 /// wakes, so the scripts it then runs are the calls that went to it.
 #[tokio::test]
 async fn after_a_redis_timeout_sign_in_leaves_redis_alone_for_a_while() {
-    let (_db, redis, test_redis, server, _) = alice_and_bob_on_a_private_redis().await;
+    let (_db, redis, test_redis, server, _) = alice_and_bob_on_a_private_redis(LONG_PAUSE).await;
     let mut client = server.client.clone();
-    let scripts_run = || {
-        let client = test_redis.client();
-        async move {
-            let mut conn = client
-                .get_multiplexed_async_connection()
-                .await
-                .expect("Redis answers");
-            let stats: String = redis::cmd("INFO")
-                .arg("commandstats")
-                .query_async(&mut conn)
-                .await
-                .expect("INFO");
-            stats
-                .lines()
-                .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
-                .and_then(|rest| rest.split(',').next())
-                .map_or(0, |calls| calls.parse::<u64>().expect("a count"))
-        }
-    };
-    let before = scripts_run().await;
+    let before = scripts_run(&test_redis).await;
 
     redis.pause();
     for _ in 0..4 {
@@ -373,11 +391,11 @@ async fn after_a_redis_timeout_sign_in_leaves_redis_alone_for_a_while() {
     eventually(
         "the queued scripts ran",
         Duration::from_secs(30),
-        || async { scripts_run().await >= before + 2 },
+        || async { scripts_run(&test_redis).await >= before + 2 },
     )
     .await;
     assert_eq!(
-        scripts_run().await,
+        scripts_run(&test_redis).await,
         before + 2,
         "only the first sign-in asked the hung Redis"
     );
@@ -393,6 +411,58 @@ async fn after_a_redis_timeout_sign_in_leaves_redis_alone_for_a_while() {
     server.stop().await.expect("server stops");
 }
 
+/// During an outage, with no pause between tries, one sign-in at a time asks Redis whether it
+/// is back; the others are counted in memory meanwhile, not each waiting out a timeout.
+/// Counted, not timed, as above: each call that asked the hung Redis left two scripts queued
+/// there (its reservation, and the release taking it back).
+#[tokio::test]
+async fn during_an_outage_one_sign_in_at_a_time_asks_redis() {
+    const CALLS: u64 = 10;
+    let (_db, redis, test_redis, server, _) =
+        alice_and_bob_on_a_private_redis(Duration::ZERO).await;
+    let before = scripts_run(&test_redis).await;
+
+    redis.pause();
+    client_login_fails(&server).await;
+    // Each for a username of its own, so that none is at its limit.
+    let calls: Vec<_> = (0..CALLS)
+        .map(|n| {
+            let mut client = server.client.clone();
+            let attempt = login(&format!("nobody{n}"), "wrong-password-1");
+            tokio::spawn(async move { client.login_user(attempt).await })
+        })
+        .collect();
+    for call in calls {
+        let err = call.await.expect("joins").expect_err("no such user");
+        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    }
+    redis.resume();
+
+    eventually(
+        "the queued scripts ran",
+        Duration::from_secs(30),
+        || async { scripts_run(&test_redis).await >= before + 4 },
+    )
+    .await;
+    let asked = (scripts_run(&test_redis).await - before) / 2;
+    assert!(
+        asked <= CALLS / 2,
+        "{asked} calls asked the hung Redis (1 + {CALLS} without a single probe)"
+    );
+    server.stop().await.expect("server stops");
+}
+
+/// One wrong password for alice (the call that finds Redis hung).
+async fn client_login_fails(server: &TestServer) {
+    let err = server
+        .client
+        .clone()
+        .login_user(login("alice", "wrong-password-1"))
+        .await
+        .expect_err("wrong password");
+    assert_eq!(err.code(), Code::Unauthenticated);
+}
+
 /// Whether `result` is the throttle's refusal.
 fn throttled<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> bool {
     let err = result.expect_err("refused");
@@ -405,7 +475,7 @@ fn throttled<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> bool {
 #[tokio::test]
 async fn with_redis_hung_wrong_passwords_are_still_limited_in_memory() {
     const ATTEMPTS: usize = 20;
-    let (_db, redis, _, server, hashing) = alice_and_bob_on_a_private_redis().await;
+    let (_db, redis, _, server, hashing) = alice_and_bob_on_a_private_redis(LONG_PAUSE).await;
     let limit = test_auth().login.per_username as usize;
     let mut client = server.client.clone();
 
