@@ -139,16 +139,14 @@ fn release_call(
     invocation
 }
 
-/// How long a task taking back a timed-out reservation waits for Redis's answer.
-const TAKE_BACK_WAIT: Duration = Duration::from_secs(60);
-
 /// Why a throttling call to Redis got no answer.
 #[derive(Debug, Clone, Copy)]
 enum Unanswered {
     /// Redis is being left alone after a timeout, or another call is finding out whether it
     /// is back: not asked.
     Paused,
-    /// Redis refused it, or the connection failed: not run.
+    /// Redis refused it, or the connection failed (it may have run all the same, if the
+    /// connection failed after sending it).
     Failed,
     /// No answer in time: it may still run once Redis wakes.
     TimedOut,
@@ -319,9 +317,9 @@ impl Places {
             .push_back((id, now));
     }
 
-    /// Makes the map hold at most `max_keys - room` keys besides `key`: when it holds more,
+    /// Makes room for `room` more keys within `max_keys`: when the map holds too many,
     /// every key is pruned (at most once a second), and if that is not enough the tenth of
-    /// the other keys with the fewest places goes.
+    /// the keys other than `key` with the fewest places goes.
     fn trim(&mut self, key: &str, room: usize, window: Duration, now: Instant) {
         let over = |keys: &HashMap<_, _>| keys.len() + room > self.max_keys;
         if !over(&self.keys) {
@@ -462,8 +460,8 @@ pub struct LoginThrottle {
     redis: Connection,
     keys: Keys,
     limits: LoginLimits,
-    /// Whether the last call failed: the outage is logged when this turns on, and its end
-    /// when it turns off, not on every call.
+    /// Whether Redis has failed since it last answered: the outage is logged when this turns
+    /// on, and its end when it turns off, not on every call.
     degraded: Arc<AtomicBool>,
     /// Set by a timeout: until then Redis is not asked.
     paused_until: Arc<Mutex<Option<Instant>>>,
@@ -533,10 +531,9 @@ impl LoginThrottle {
             }
             Ok(_) => Verdict::Allowed(attempt),
             Err(unanswered) => {
-                if let (Unanswered::TimedOut, Some(Place::Redis(member))) =
-                    (unanswered, attempt.place.take())
-                {
-                    self.take_back(&attempt.keys, member);
+                let sent = !matches!(unanswered, Unanswered::Paused);
+                if let (true, Some(Place::Redis(member))) = (sent, attempt.place.take()) {
+                    self.take_back(&attempt.keys, &member);
                 }
                 let limits = [self.limits.per_username, self.limits.per_address];
                 let reserved = {
@@ -575,56 +572,84 @@ impl LoginThrottle {
     async fn settle(&self, mut attempt: Attempt, outcome: Outcome) {
         attempt.settling = Some(outcome);
         match &attempt.place {
-            Some(Place::Redis(member)) => self.release(&attempt.keys, member, outcome).await,
+            Some(Place::Redis(member)) => {
+                if matches!(outcome, Outcome::Succeeded) {
+                    // Failures counted in memory during an outage are forgotten too (once:
+                    // not by a repeat of this release, which may follow failures since).
+                    self.local().forget(&attempt.keys[0]);
+                }
+                self.release(&attempt.keys, member, outcome).await;
+            }
             Some(Place::Local(id)) => self.local().release(&attempt.keys, *id, outcome),
             None => {}
         }
         attempt.place = None;
     }
 
+    /// Releases a place in Redis: within [`REDIS_TIMEOUT`] when Redis may be asked, else
+    /// sent all the same without waiting for it (see [`Self::send_behind`]): a release
+    /// dropped would leave the place counted as a failure once Redis is back.
     async fn release(&self, keys: &[String; 2], member: &str, outcome: Outcome) {
-        if matches!(outcome, Outcome::Succeeded) {
-            // Failures counted in memory during an outage are forgotten too.
-            self.local().forget(&keys[0]);
+        let invocation = release_call(keys, member, outcome);
+        match self.gate() {
+            Ok(_probe) => {
+                let mut redis = self.redis.clone();
+                let _ = self.timed(invocation.invoke_async::<i64>(&mut redis)).await;
+            }
+            Err(_) => self.send_behind(invocation),
         }
-        let mut redis = self.redis.clone();
-        let _ = self
-            .bounded(release_call(keys, member, outcome).invoke_async::<i64>(&mut redis))
-            .await;
     }
 
-    /// Takes back a reservation whose script timed out, counted in memory instead: the
-    /// release goes on the same connection, behind the reservation, so a hung Redis that
-    /// wakes runs both and keeps no failure of an attempt it did not judge. Sent whatever the
-    /// pause; the wait is only how long the task lives (the command is on the wire at once).
-    fn take_back(&self, keys: &[String; 2], member: String) {
-        let (mut redis, invocation) = (
-            self.redis.clone(),
-            release_call(keys, &member, Outcome::Abandoned),
-        );
+    /// Takes back a reservation whose script got no answer (timed out, or failed after it may
+    /// have been written), counted in memory instead: a hung Redis that wakes runs both and
+    /// keeps no failure of an attempt it did not judge; a release of a place never made does
+    /// nothing.
+    fn take_back(&self, keys: &[String; 2], member: &str) {
+        self.send_behind(release_call(keys, member, Outcome::Abandoned));
+    }
+
+    /// Sends `invocation` on the throttle's connection from a task of its own, whatever the
+    /// pause, without waiting for it: queued behind what was sent before (the reservation it
+    /// releases), it runs when Redis does. The connection's own response timeout ends the
+    /// task; a broken connection loses it, as it lost what was before it.
+    fn send_behind(&self, invocation: redis::ScriptInvocation<'static>) {
+        let mut redis = self.redis.clone();
         tokio::spawn(async move {
-            let call = invocation.invoke_async::<i64>(&mut redis);
-            let _ = tokio::time::timeout(TAKE_BACK_WAIT, call).await;
+            let _ = invocation.invoke_async::<i64>(&mut redis).await;
         });
     }
 
-    /// `call` within [`REDIS_TIMEOUT`]; why not (and the outage logged once) if it failed.
+    /// `call` if Redis may be asked now ([`Self::gate`]), within [`REDIS_TIMEOUT`].
     async fn bounded<T>(
         &self,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, Unanswered> {
+        let _probe = self.gate()?;
+        self.timed(call).await
+    }
+
+    /// Whether Redis may be asked now: not while it is left alone after a timeout; during an
+    /// outage by one call at a time (the probe, held until its call ends), which finds out
+    /// whether Redis is back while the others are counted in memory.
+    fn gate(&self) -> Result<Option<Probe<'_>>, Unanswered> {
         if self.paused() {
             return Err(Unanswered::Paused);
         }
-        // During an outage one call at a time finds out whether Redis is back.
-        let _probe = if self.degraded.load(Ordering::Relaxed) {
-            if self.probing.swap(true, Ordering::AcqRel) {
-                return Err(Unanswered::Paused);
-            }
-            Some(Probe(&self.probing))
-        } else {
-            None
-        };
+        if !self.degraded.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        if self.probing.swap(true, Ordering::AcqRel) {
+            return Err(Unanswered::Paused);
+        }
+        Ok(Some(Probe(&self.probing)))
+    }
+
+    /// `call` within [`REDIS_TIMEOUT`]; why not (and the outage logged once) if it failed. A
+    /// timeout leaves Redis alone for [`LoginLimits::outage_pause`].
+    async fn timed<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Unanswered> {
         let (failure, unanswered) = match tokio::time::timeout(REDIS_TIMEOUT, call).await {
             Ok(Ok(value)) => {
                 if self.degraded.swap(false, Ordering::Relaxed) {

@@ -7,7 +7,8 @@ use std::time::Duration;
 use simplebank_core::domain::Password;
 use simplebank_core::keys::LoginFailureKeys;
 use simplebank_core::{
-    password::HashPool,
+    password::{HashError, HashPool, PoolGone},
+    secret::Secret,
     testing::{RedisServer, TestDb, TestRedis, eventually},
 };
 use simplebank_server::{
@@ -54,6 +55,29 @@ async fn alice_signed_up(db: &TestDb, redis: &TestRedis) -> (TestServer, HashPoo
     (server, hashing)
 }
 
+type HashResult = Result<Result<Secret<String>, HashError>, PoolGone>;
+
+/// 250 hash jobs for the pool's one thread: some seconds of work queued ahead of what comes
+/// next.
+fn keep_busy(hashing: &HashPool) -> Vec<tokio::task::JoinHandle<HashResult>> {
+    (0..250)
+        .map(|_| {
+            let hashing = hashing.clone();
+            let password = Password::parse("plum-tractor-galaxy-7".into()).expect("valid");
+            tokio::spawn(async move { hashing.hash(password).await })
+        })
+        .collect()
+}
+
+/// The count at `key`.
+async fn zcard(redis: &TestRedis, key: &str) -> i64 {
+    redis::cmd("ZCARD")
+        .arg(key)
+        .query_async(&mut redis.conn().await)
+        .await
+        .expect("ZCARD")
+}
+
 /// A sign-in its client gives up on while it waits for its password check has no verdict: its
 /// place in the username's count is given back (a client's own deadline or cancel does not
 /// lock its user out), the address's is kept, and its check is not run.
@@ -62,25 +86,10 @@ async fn a_sign_in_given_up_on_while_its_password_is_checked_is_not_counted() {
     let (db, redis) = (TestDb::create().await, TestRedis::new());
     let (server, hashing) = alice_signed_up(&db, &redis).await;
     let key = redis.keys().login_failures_username("alice");
-    let reserved = || {
-        let (key, redis) = (key.clone(), &redis);
-        async move {
-            redis::cmd("ZCARD")
-                .arg(key)
-                .query_async::<i64>(&mut redis.conn().await)
-                .await
-                .expect("ZCARD")
-        }
-    };
+    let reserved = || zcard(&redis, &key);
     // The one hashing thread kept busy, so that each sign-in waits for it with its place in
     // the counts taken; then their clients give up (their calls dropped: a reset each).
-    let busy: Vec<_> = (0..250)
-        .map(|_| {
-            let hashing = hashing.clone();
-            let password = Password::parse("plum-tractor-galaxy-7".into()).expect("valid");
-            tokio::spawn(async move { hashing.hash(password).await })
-        })
-        .collect();
+    let busy = keep_busy(&hashing);
     tokio::task::yield_now().await;
     let before = hashing.verifications();
     let limit = test_auth().login.per_username;
@@ -129,7 +138,7 @@ async fn a_sign_in_given_up_on_while_its_password_is_checked_is_not_counted() {
     }
     // Queued after theirs: when it is answered, theirs have had their turn.
     let unknown = hashing
-        .verify(simplebank_core::secret::Secret::new("x".to_owned()), None)
+        .verify(Secret::new("x".to_owned()), None)
         .await
         .expect("pool");
     assert!(!unknown);
@@ -302,10 +311,10 @@ async fn logout_with_an_exchanged_refresh_token_ends_the_session() {
     server.stop().await.expect("server stops");
 }
 
-/// A server with one hashing thread on a Redis of its own (and a namespace there), which leaves Redis alone for
-/// `outage_pause` once it has timed out; alice
-/// and bob signed up, and the throttle's scripts loaded (a failure, then a success that
-/// forgets it).
+/// A server with one hashing thread on a Redis of its own (and a namespace there), which
+/// leaves Redis alone for `outage_pause` once it has timed out; alice and bob signed up, their
+/// sign-up tasks published (no script of the queue's runs after it returns), and the
+/// throttle's scripts loaded (a failure, then a success that forgets it).
 async fn alice_and_bob_on_a_private_redis(
     outage_pause: Duration,
 ) -> (TestDb, RedisServer, TestRedis, TestServer, HashPool) {
@@ -337,6 +346,12 @@ async fn alice_and_bob_on_a_private_redis(
         .login_user(login("alice", "secret-password-1"))
         .await
         .expect("sign in");
+    eventually(
+        "the sign-ups' tasks are published",
+        Duration::from_secs(30),
+        || async { db.store.outbox_len().await.is_ok_and(|len| len == 0) },
+    )
+    .await;
     (db, redis, test_redis, server, hashing)
 }
 
@@ -408,6 +423,62 @@ async fn after_a_redis_timeout_sign_in_leaves_redis_alone_for_a_while() {
         failures, 0,
         "a reservation that timed out, counted in memory instead, is taken back"
     );
+    server.stop().await.expect("server stops");
+}
+
+/// A sign-in reserved in Redis that succeeds while Redis is hung and left alone still
+/// releases its place: the release is queued behind the reservation and runs when Redis
+/// wakes, forgetting alice's failures (dropped, it would have left her count at two).
+#[tokio::test]
+async fn a_success_while_redis_is_left_alone_still_releases_its_place() {
+    let (_db, redis, test_redis, server, hashing) =
+        alice_and_bob_on_a_private_redis(LONG_PAUSE).await;
+    let key = test_redis.keys().login_failures_username("alice");
+    let failures = || zcard(&test_redis, &key);
+    client_login_fails(&server).await;
+    // The one hashing thread kept busy (some seconds), so that alice's sign-in waits with its
+    // place taken until bob's has found Redis hung (half a second).
+    let busy = keep_busy(&hashing);
+    tokio::task::yield_now().await;
+    let mut client = server.client.clone();
+    let signing_in =
+        tokio::spawn(async move { client.login_user(login("alice", "secret-password-1")).await });
+    eventually(
+        "alice's sign-in took its place",
+        Duration::from_secs(60),
+        || {
+            let failures = failures();
+            async move { failures.await == 2 }
+        },
+    )
+    .await;
+
+    redis.pause();
+    // bob's sign-in finds Redis hung: Redis is left alone from now on.
+    let err = server
+        .client
+        .clone()
+        .login_user(login("bob", "wrong-password-1"))
+        .await
+        .expect_err("wrong password");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    // bob's check was queued behind alice's: she has her answer.
+    drop(busy);
+    signing_in
+        .await
+        .expect("joins")
+        .expect("alice signs in while Redis hangs");
+    redis.resume();
+
+    eventually(
+        "alice's failures forgotten",
+        Duration::from_secs(30),
+        || {
+            let failures = failures();
+            async move { failures.await == 0 }
+        },
+    )
+    .await;
     server.stop().await.expect("server stops");
 }
 
