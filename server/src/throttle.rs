@@ -22,7 +22,7 @@
 //! outage is logged once, and its end once.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     net::{IpAddr, Ipv6Addr},
     sync::{
         Arc, LazyLock, Mutex,
@@ -204,11 +204,11 @@ pub struct Attempt {
 impl Attempt {
     /// The password was wrong: the reservation stays, as the failure's record.
     pub fn failed(mut self) {
-        if let Some(Place::Local(_)) = self.place.take() {
+        if let Some(Place::Local(id)) = self.place.take() {
             let window = self.throttle.limits.window;
             self.throttle
                 .local()
-                .failed(&self.keys, window, Instant::now());
+                .failed(&self.keys, id, window, Instant::now());
         }
     }
 }
@@ -260,8 +260,8 @@ pub const LOCAL_KEYS_MAX: usize = 10_000;
 /// When [`Places::add`] makes room for a new key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Room {
-    /// Before it is added.
-    Before,
+    /// Before it is added (places past this window pruned first).
+    Before(Duration),
     /// Later, by [`Places::trim`].
     After,
 }
@@ -307,9 +307,11 @@ impl Places {
     }
 
     /// Adds the place `id` to `key`, first making room for a new key if `room` says so.
-    fn add(&mut self, key: &str, id: u64, room: Room, window: Duration, now: Instant) {
-        if room == Room::Before && !self.keys.contains_key(key) {
-            self.trim(key, 1, window, now);
+    fn add(&mut self, key: &str, id: u64, room: Room, pending: &HashSet<u64>, now: Instant) {
+        if let Room::Before(window) = room
+            && !self.keys.contains_key(key)
+        {
+            self.trim(key, 1, pending, window, now);
         }
         self.keys
             .entry(key.to_owned())
@@ -319,8 +321,17 @@ impl Places {
 
     /// Makes room for `room` more keys within `max_keys`: when the map holds too many,
     /// every key is pruned (at most once a second), and if that is not enough the tenth of
-    /// the keys other than `key` with the fewest places goes.
-    fn trim(&mut self, key: &str, room: usize, window: Duration, now: Instant) {
+    /// the keys other than `key` with the fewest places goes, of those with no place
+    /// `pending` (an attempt still waiting for its check: it would not be counted when it
+    /// fails).
+    fn trim(
+        &mut self,
+        key: &str,
+        room: usize,
+        pending: &HashSet<u64>,
+        window: Duration,
+        now: Instant,
+    ) {
         let over = |keys: &HashMap<_, _>| keys.len() + room > self.max_keys;
         if !over(&self.keys) {
             return;
@@ -341,7 +352,9 @@ impl Places {
         let mut candidates: Vec<_> = self
             .keys
             .iter()
-            .filter(|(other, _)| other.as_str() != key)
+            .filter(|(other, places)| {
+                other.as_str() != key && !places.iter().any(|(id, _)| pending.contains(id))
+            })
             .map(|(other, places)| (places.len(), places.back().map(|&(_, at)| at), other))
             .collect();
         if candidates.is_empty() {
@@ -388,6 +401,8 @@ impl Places {
 struct LocalCounts {
     usernames: Places,
     addresses: Places,
+    /// The places of attempts still waiting for their verdict: never pushed out.
+    pending: HashSet<u64>,
     next_id: u64,
 }
 
@@ -396,6 +411,7 @@ impl LocalCounts {
         Self {
             usernames: Places::new(max_keys),
             addresses: Places::new(max_keys),
+            pending: HashSet::new(),
             next_id: 0,
         }
     }
@@ -420,21 +436,26 @@ impl LocalCounts {
         self.next_id += 1;
         // A username's place is made room for only once it is a failure (`failed`): a place
         // taken by a call given up on before its check (free for a client) pushes nothing out.
-        self.usernames.add(username, id, Room::After, window, now);
-        self.addresses.add(address, id, Room::Before, window, now);
+        self.usernames
+            .add(username, id, Room::After, &self.pending, now);
+        self.addresses
+            .add(address, id, Room::Before(window), &self.pending, now);
+        self.pending.insert(id);
         Ok(id)
     }
 
     /// The attempt reserved under `keys` failed: its places stay, and the usernames are
     /// brought back within their bound (the few in flight beyond it were taken by attempts
     /// still waiting for their check).
-    fn failed(&mut self, [username, _]: &[String; 2], window: Duration, now: Instant) {
-        self.usernames.trim(username, 0, window, now);
+    fn failed(&mut self, [username, _]: &[String; 2], id: u64, window: Duration, now: Instant) {
+        self.pending.remove(&id);
+        self.usernames.trim(username, 0, &self.pending, window, now);
     }
 
     /// `RELEASE`'s rules: once only (nothing if neither place is there any more); the
     /// address's place kept when given up on; a success forgets the username's count.
     fn release(&mut self, [username, address]: &[String; 2], id: u64, outcome: Outcome) {
+        self.pending.remove(&id);
         let mut released = self.usernames.remove(username, id);
         if !matches!(outcome, Outcome::GivenUp) {
             released |= self.addresses.remove(address, id);
@@ -901,7 +922,7 @@ mod tests {
         at: Instant,
     ) -> Result<u64, Duration> {
         let id = counts.reserve(keys, limits, WINDOW, at)?;
-        counts.failed(keys, WINDOW, at);
+        counts.failed(keys, id, WINDOW, at);
         Ok(id)
     }
 
@@ -991,6 +1012,46 @@ mod tests {
             assert!(counts.usernames.keys.len() <= 100 && counts.addresses.keys.len() <= 100);
         }
         assert_eq!(allowed, 3);
+    }
+
+    /// A place waiting for its check is never pushed out, however many calls in flight take
+    /// new usernames past the bound: the guess is counted when it fails.
+    #[test]
+    fn a_place_waiting_for_its_check_is_never_pushed_out() {
+        let mut counts = LocalCounts::new(100);
+        let start = Instant::now();
+        let limits = [5, 10_000];
+        let alice = local_keys("alice", "shared");
+        let guess = counts
+            .reserve(&alice, limits, WINDOW, start)
+            .expect("place");
+        // Failures enough to fill the usernames, each newer than alice's place.
+        let later = start + Duration::from_secs(1);
+        for n in 0..counts.usernames.max_keys {
+            let keys = local_keys(&format!("user{n}"), "shared");
+            failure(&mut counts, &keys, limits, later).expect("place");
+        }
+        // Calls in flight for new usernames, past the bound, then given up on after a failure.
+        let padding: Vec<_> = (0..50)
+            .map(|n| {
+                let keys = local_keys(&format!("pad{n}"), "shared");
+                (
+                    counts.reserve(&keys, limits, WINDOW, later).expect("place"),
+                    keys,
+                )
+            })
+            .collect();
+        failure(&mut counts, &local_keys("mallory", "shared"), limits, later).expect("place");
+        for (id, keys) in padding {
+            counts.release(&keys, id, Outcome::GivenUp);
+        }
+        counts.failed(&alice, guess, WINDOW, later);
+        assert_eq!(
+            counts.usernames.count("alice"),
+            1,
+            "alice's guess is counted"
+        );
+        assert!(counts.usernames.keys.len() <= counts.usernames.max_keys);
     }
 
     fn counted(address: &str) -> String {
