@@ -30,6 +30,7 @@
 
 mod endpoint;
 mod export;
+mod http_export;
 pub mod logs;
 pub mod metrics;
 pub mod propagation;
@@ -45,7 +46,7 @@ mod unexported;
 use std::time::Duration;
 
 use opentelemetry::{Key, KeyValue, trace::TracerProvider as _};
-use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
+use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::{Resource, metrics::SdkMeterProvider, trace::SdkTracerProvider};
 use tracing_subscriber::{EnvFilter, filter::LevelFilter, prelude::*};
 
@@ -254,11 +255,11 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
     let with_settings = |endpoint: endpoint::Endpoint, signal| {
         span_export::Settings::from_env(signal).map(|settings| (endpoint, settings))
     };
-    let traces = endpoint::for_signal(endpoint::TRACES_VAR)?
+    let traces = endpoint::for_signal(endpoint::TRACES)?
         .map(|used| with_settings(used, span_export::Signal::TRACES))
         .transpose()?;
     let metrics = if metrics_on {
-        endpoint::for_signal(endpoint::METRICS_VAR)?
+        endpoint::for_signal(endpoint::METRICS)?
     } else {
         None
     }
@@ -284,14 +285,32 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
             // Given the checked headers and timeout: left to read the environment itself,
             // the stock exporter skips what it cannot parse.
             let metrics = metrics
-                .map(|(used, settings)| {
-                    opentelemetry_otlp::MetricExporter::builder()
+                .map(|(used, settings)| match used.protocol {
+                    endpoint::Protocol::Grpc => opentelemetry_otlp::MetricExporter::builder()
                         .with_tonic()
                         .with_endpoint(used.url.clone())
                         .with_timeout(settings.timeout)
                         .with_metadata(settings.headers)
                         .build()
-                        .map_err(|err| failed(err, &used))
+                        .map_err(|err| failed(err, &used)),
+                    // The stock exporter over the project's HTTP/1.1 transport, which sends
+                    // the checked headers (the exporter's own, read from the same variable
+                    // by laxer rules, are replaced).
+                    endpoint::Protocol::HttpProtobuf => {
+                        let transport = http_export::HttpTransport::new(
+                            &used,
+                            settings.headers.into_headers(),
+                            settings.timeout,
+                        )?;
+                        opentelemetry_otlp::MetricExporter::builder()
+                            .with_http()
+                            .with_http_client(transport)
+                            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                            .with_endpoint(used.url.clone())
+                            .with_timeout(settings.timeout)
+                            .build()
+                            .map_err(|err| failed(err, &used))
+                    }
                 })
                 .transpose()?;
             Ok((spans, metrics))

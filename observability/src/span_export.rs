@@ -19,14 +19,16 @@ use prost::{
 use tonic::{
     Status,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codegen::http::HeaderValue,
     metadata::{MetadataKey, MetadataMap, MetadataValue},
     transport::Channel,
 };
 
 use crate::{
     InitError,
-    endpoint::{Endpoint, first_set, invalid},
+    endpoint::{Endpoint, Protocol, first_set, invalid},
     export::{OnceAMinute, unwinding},
+    http_export::{self, HttpTransport, PROTOBUF},
 };
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -253,7 +255,7 @@ fn percent_decode(value: &str) -> Option<String> {
 
 /// Sends encoded batches to one collector.
 pub(crate) struct OtlpSpanExporter {
-    grpc: tonic::client::Grpc<Channel>,
+    transport: Transport,
     headers: MetadataMap,
     timeout: Duration,
     shut_down: AtomicBool,
@@ -268,6 +270,21 @@ impl std::fmt::Debug for OtlpSpanExporter {
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
+}
+
+/// How batches reach the collector (`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`).
+enum Transport {
+    Grpc(tonic::client::Grpc<Channel>),
+    Http(HttpTransport),
+}
+
+/// An attempt that failed: what to log, and whether and when to try again.
+#[derive(Debug)]
+struct Failure {
+    text: String,
+    retryable: bool,
+    /// The wait the collector asked for (`google.rpc.RetryInfo`, `Retry-After`).
+    asked: Option<Duration>,
 }
 
 /// Retries after a failure the OTLP specification calls transient, as the stock exporter's
@@ -316,6 +333,20 @@ impl OtlpSpanExporter {
     /// Built on the runtime that will drive the channel (the `otlp-export` thread's). The
     /// connection is made at the first export, so a collector that is not up yet is no error.
     pub fn new(endpoint: &Endpoint, settings: Settings) -> Result<Self, InitError> {
+        if endpoint.protocol == Protocol::HttpProtobuf {
+            let transport = HttpTransport::new(
+                endpoint,
+                settings.headers.clone().into_headers(),
+                settings.timeout,
+            )?;
+            return Ok(Self {
+                transport: Transport::Http(transport),
+                headers: settings.headers,
+                timeout: settings.timeout,
+                shut_down: AtomicBool::new(false),
+                partial_warned: OnceAMinute::default(),
+            });
+        }
         let channel = tonic::transport::Endpoint::from_shared(endpoint.url.clone())
             .map_err(|_| InitError::Exporter {
                 variable: endpoint.variable,
@@ -330,7 +361,7 @@ impl OtlpSpanExporter {
             })?
             .connect_lazy();
         Ok(Self {
-            grpc: tonic::client::Grpc::new(channel),
+            transport: Transport::Grpc(tonic::client::Grpc::new(channel)),
             headers: settings.headers,
             timeout: settings.timeout,
             shut_down: AtomicBool::new(false),
@@ -365,17 +396,14 @@ impl OtlpSpanExporter {
                     }
                     return Ok(());
                 }
-                Err(status) => {
-                    let asked = retry_delay(&status);
-                    let wait = asked.unwrap_or_else(|| jittered(backoff));
-                    let retryable = is_transient(status.code())
-                        || (status.code() == tonic::Code::ResourceExhausted && asked.is_some());
+                Err(failure) => {
+                    let wait = failure.asked.unwrap_or_else(|| jittered(backoff));
                     if retries == RETRIES
-                        || !retryable
+                        || !failure.retryable
                         || started.elapsed() + wait >= self.timeout
                         || self.shut_down.load(Ordering::Acquire)
                     {
-                        return Err(OTelSdkError::InternalFailure(self.describe(&status)));
+                        return Err(OTelSdkError::InternalFailure(failure.text));
                     }
                     // On the `otlp-batch` thread's runtime, whose timer also tells of the spans
                     // dropped meanwhile (a collector may ask for a wait of minutes).
@@ -387,17 +415,60 @@ impl OtlpSpanExporter {
         }
     }
 
-    /// One request with `body`, given `left` of the export's timeout (tonic keeps the shorter
-    /// of it and the channel's, and tells the collector the deadline).
+    /// One request with `body`, given `left` of the export's timeout.
     async fn send(
         &self,
+        body: Bytes,
+        left: Duration,
+    ) -> Result<ExportTraceServiceResponse, Failure> {
+        match &self.transport {
+            Transport::Grpc(grpc) => self.send_grpc(grpc, body, left).await.map_err(|status| {
+                let asked = retry_delay(&status);
+                Failure {
+                    retryable: is_transient(status.code())
+                        || (status.code() == tonic::Code::ResourceExhausted && asked.is_some()),
+                    asked,
+                    text: self.describe(&status),
+                }
+            }),
+            Transport::Http(http) => {
+                let reply = http
+                    .post(body, HeaderValue::from_static(PROTOBUF), None, left)
+                    .await
+                    .map_err(|failed| Failure {
+                        // No reply: the connection failed or the time ran out; both transient.
+                        text: format!("export failed: {failed}"),
+                        retryable: !matches!(failed, http_export::Failed::ReplyTooLong),
+                        asked: None,
+                    })?;
+                if reply.status.is_success() {
+                    // A reply that is no protobuf still accepted the spans.
+                    return Ok(ExportTraceServiceResponse::decode(reply.body).unwrap_or_default());
+                }
+                // OTLP/HTTP's transient statuses; the body (a `google.rpc.Status`) is left
+                // out, as the gRPC status's message is: it may quote what it was sent.
+                let retryable = matches!(reply.status.as_u16(), 429 | 502 | 503 | 504);
+                Err(Failure {
+                    text: format!("export failed: HTTP {}", reply.status.as_u16()),
+                    retryable,
+                    asked: reply.retry_after.filter(|_| retryable),
+                })
+            }
+        }
+    }
+
+    /// One gRPC request with `body`, given `left` of the export's timeout (tonic keeps the
+    /// shorter of it and the channel's, and tells the collector the deadline).
+    async fn send_grpc(
+        &self,
+        grpc: &tonic::client::Grpc<Channel>,
         body: Bytes,
         left: Duration,
     ) -> Result<ExportTraceServiceResponse, Status> {
         let mut request =
             tonic::Request::from_parts(self.headers.clone(), tonic::Extensions::default(), body);
         request.set_timeout(left);
-        let mut grpc = self.grpc.clone();
+        let mut grpc = grpc.clone();
         grpc.ready()
             .await
             .map_err(|err| Status::from_error(err.into()))?;
@@ -673,6 +744,7 @@ pub(crate) mod tests {
             let endpoint = Endpoint {
                 variable: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
                 url,
+                protocol: Protocol::Grpc,
             };
             let settings = Settings {
                 headers: parse_headers("api-key=S3CR3T").unwrap(),
@@ -683,7 +755,7 @@ pub(crate) mod tests {
         }
 
         /// A request of one span.
-        fn batch() -> Vec<u8> {
+        pub(crate) fn batch() -> Vec<u8> {
             let mut body = Vec::new();
             Batch::of(&[span(0)]).encode(&EncodedResource::default(), &mut body);
             body
@@ -719,7 +791,7 @@ pub(crate) mod tests {
             }
         }
 
-        fn assert_no_secret(err: &OTelSdkError) {
+        pub(crate) fn assert_no_secret(err: &OTelSdkError) {
             let text = err.to_string();
             for secret in ["S3CR3T", "s3cret-pw", "otel-user"] {
                 assert!(!text.contains(secret), "{text}");
@@ -977,6 +1049,206 @@ pub(crate) mod tests {
             let took = started.elapsed();
             assert_eq!(hanging.calls.load(Ordering::SeqCst), 2, "{err}");
             assert!(took < Duration::from_millis(3000), "{took:?}");
+        }
+    }
+
+    /// The exporter over OTLP/HTTP against a scripted HTTP/1.1 collector.
+    mod over_http {
+        use std::{
+            collections::VecDeque,
+            sync::{
+                Arc, Mutex,
+                atomic::{AtomicUsize, Ordering},
+            },
+        };
+
+        use http_body_util::BodyExt as _;
+
+        use super::{
+            super::*,
+            against_a_collector::{assert_no_secret, batch},
+        };
+
+        /// A reply: status, `Retry-After`, body; `None`: never answer.
+        type Scripted = Option<(u16, Option<&'static str>, Vec<u8>)>;
+
+        /// What the collector saw: each request's path, headers and body length, and the
+        /// connections it accepted.
+        #[derive(Clone, Default)]
+        struct Seen {
+            requests: Arc<Mutex<Vec<(String, hyper::HeaderMap, usize)>>>,
+            connections: Arc<AtomicUsize>,
+        }
+
+        /// A collector answering each request with the next of `replies`, then 200.
+        async fn collector(replies: Vec<Scripted>) -> (Seen, String) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/otlp/v1/traces", listener.local_addr().unwrap());
+            let seen = Seen::default();
+            let replies = Arc::new(Mutex::new(VecDeque::from(replies)));
+            let state = seen.clone();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    state.connections.fetch_add(1, Ordering::SeqCst);
+                    let (seen, replies) = (state.clone(), Arc::clone(&replies));
+                    let service = hyper::service::service_fn(
+                        move |request: hyper::Request<hyper::body::Incoming>| {
+                            let (seen, replies) = (seen.clone(), Arc::clone(&replies));
+                            async move {
+                                let (parts, body) = request.into_parts();
+                                let body = body.collect().await?.to_bytes();
+                                seen.requests.lock().unwrap().push((
+                                    parts.uri.path().to_owned(),
+                                    parts.headers,
+                                    body.len(),
+                                ));
+                                let next = replies.lock().unwrap().pop_front();
+                                let Some((status, retry_after, body)) =
+                                    next.unwrap_or(Some((200, None, Vec::new())))
+                                else {
+                                    std::future::pending::<()>().await;
+                                    unreachable!()
+                                };
+                                let mut reply = hyper::Response::builder().status(status);
+                                if let Some(after) = retry_after {
+                                    reply = reply.header("retry-after", after);
+                                }
+                                Ok::<_, hyper::Error>(
+                                    reply
+                                        .body(http_body_util::Full::new(Bytes::from(body)))
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    tokio::spawn(
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                    );
+                }
+            });
+            (seen, url)
+        }
+
+        fn exporter(url: String, timeout: Duration) -> OtlpSpanExporter {
+            let endpoint = Endpoint {
+                variable: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                url,
+                protocol: Protocol::HttpProtobuf,
+            };
+            let settings = Settings {
+                headers: parse_headers("api-key=S3CR3T,x-tenant=acme").unwrap(),
+                timeout,
+                ignored_compression: None,
+            };
+            OtlpSpanExporter::new(&endpoint, settings).unwrap()
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_batch_is_posted_to_the_path_with_the_headers_and_transient_statuses_retried() {
+            let (seen, url) = collector(vec![
+                Some((503, None, Vec::new())),
+                Some((429, Some("0"), Vec::new())),
+            ])
+            .await;
+            let body = batch();
+            exporter(url, DEFAULT_TIMEOUT)
+                .export(body.clone())
+                .await
+                .unwrap();
+            let requests = seen.requests.lock().unwrap().clone();
+            assert_eq!(requests.len(), 3);
+            for (path, headers, length) in &requests {
+                assert_eq!(path, "/otlp/v1/traces");
+                assert_eq!(*length, body.len());
+                assert_eq!(headers["content-type"], "application/x-protobuf");
+                assert_eq!(headers["api-key"], "S3CR3T");
+                assert_eq!(headers["x-tenant"], "acme");
+                assert!(headers["host"].to_str().unwrap().starts_with("127.0.0.1:"));
+            }
+            // One connection, kept between requests.
+            assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_refusal_is_not_retried_and_its_body_is_not_quoted() {
+            for status in [400, 401, 403, 404, 413, 500] {
+                let refusal = b"api-key S3CR3T is not valid".to_vec();
+                let (seen, url) = collector(vec![Some((status, None, refusal))]).await;
+                let err = exporter(url, DEFAULT_TIMEOUT)
+                    .export(batch())
+                    .await
+                    .unwrap_err();
+                assert_eq!(seen.requests.lock().unwrap().len(), 1, "{status}");
+                assert!(err.to_string().contains(&format!("HTTP {status}")), "{err}");
+                assert_no_secret(&err);
+            }
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn retry_after_is_waited_for_within_the_timeout() {
+            let (seen, url) = collector(vec![Some((503, Some("1"), Vec::new()))]).await;
+            let started = Instant::now();
+            exporter(url, DEFAULT_TIMEOUT)
+                .export(batch())
+                .await
+                .unwrap();
+            assert!(started.elapsed() >= Duration::from_secs(1));
+            assert_eq!(seen.requests.lock().unwrap().len(), 2);
+            // A wait past the export's timeout gives up at once.
+            let (seen, url) = collector(vec![Some((503, Some("60"), Vec::new()))]).await;
+            let started = Instant::now();
+            let err = exporter(url, Duration::from_secs(5))
+                .export(batch())
+                .await
+                .unwrap_err();
+            assert!(started.elapsed() < Duration::from_secs(2), "{err}");
+            assert_eq!(seen.requests.lock().unwrap().len(), 1);
+        }
+
+        /// A collector that never answers costs the export its timeout; the connection the
+        /// request was left on is not used again: the next export connects anew and succeeds.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_hung_collector_costs_one_timeout_and_its_connection() {
+            let (seen, url) = collector(vec![None]).await;
+            let exporter = exporter(url, Duration::from_secs(1));
+            let started = Instant::now();
+            let err = exporter.export(batch()).await.unwrap_err();
+            assert!(started.elapsed() < Duration::from_millis(2500), "{err}");
+            assert!(err.to_string().contains("timeout"), "{err}");
+            assert_no_secret(&err);
+            exporter.export(batch()).await.unwrap();
+            assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+        }
+
+        /// A reply longer than any collector's is not read to its end.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_long_reply_is_cut_off() {
+            let (_, url) = collector(vec![Some((200, None, vec![b'x'; 1 << 20]))]).await;
+            let err = exporter(url, DEFAULT_TIMEOUT)
+                .export(batch())
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("longer than"), "{err}");
+        }
+
+        /// A partial success (protobuf in a 200) is a success.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_partial_success_is_a_success() {
+            use prost::Message as _;
+            let partial = ExportTraceServiceResponse {
+                partial_success: Some(
+                    opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess {
+                        rejected_spans: 1,
+                        error_message: "S3CR3T".into(),
+                    },
+                ),
+            };
+            let (_, url) = collector(vec![Some((200, None, partial.encode_to_vec()))]).await;
+            exporter(url, DEFAULT_TIMEOUT)
+                .export(batch())
+                .await
+                .unwrap();
         }
     }
 }

@@ -39,6 +39,10 @@ pub struct OtlpSink {
     metric_exports: Arc<AtomicUsize>,
     /// Each trace export's request headers (gRPC metadata), when keeping.
     trace_headers: Arc<Mutex<Vec<BTreeMap<String, String>>>>,
+    /// Requests that reached the OTLP/HTTP listener, by path.
+    http_requests: Arc<Mutex<Vec<String>>>,
+    /// The OTLP/HTTP listener's port.
+    http_port: u16,
     keep: bool,
 }
 
@@ -257,10 +261,13 @@ impl OtlpSink {
     /// Starts a receiver (traces and metrics) on a free loopback port; `keep`: store the spans
     /// and metric points (tests) or only count them (benchmarks). Returns it and its port.
     pub async fn start(keep: bool) -> std::io::Result<(Self, u16)> {
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let sink = Self {
             keep,
+            http_port: http.local_addr()?.port(),
             ..Self::default()
         };
+        tokio::spawn(sink.clone().serve_http(http));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let metrics = MetricsServiceServer::new(sink.clone());
@@ -280,6 +287,88 @@ impl OtlpSink {
                 .await;
         });
         Ok((sink, port))
+    }
+
+    /// The port of its OTLP/HTTP listener (`POST /v1/traces`, `/v1/metrics`, protobuf bodies),
+    /// which keeps or counts what arrives as the gRPC one does.
+    pub fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
+    /// The paths of the requests its OTLP/HTTP listener received, in arrival order.
+    pub fn http_requests(&self) -> Vec<String> {
+        self.http_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Serves OTLP/HTTP on `listener`: HTTP/1.1, as the exporter speaks it.
+    async fn serve_http(self, listener: tokio::net::TcpListener) {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let sink = self.clone();
+            let service = hyper::service::service_fn(move |request| {
+                let sink = sink.clone();
+                async move { Ok::<_, std::convert::Infallible>(sink.http_export(request).await) }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    }
+
+    /// One OTLP/HTTP request: its body decoded as the path says (or only its spans counted),
+    /// answered with an empty protobuf response.
+    async fn http_export(
+        &self,
+        request: hyper::Request<hyper::body::Incoming>,
+    ) -> hyper::Response<http_body_util::Full<prost::bytes::Bytes>> {
+        use http_body_util::BodyExt as _;
+        use prost::Message as _;
+        let path = request.uri().path().to_owned();
+        self.http_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path.clone());
+        let (parts, body) = request.into_parts();
+        let reply = |status: u16| {
+            hyper::Response::builder()
+                .status(status)
+                .header("content-type", "application/x-protobuf")
+                .body(http_body_util::Full::default())
+                .unwrap_or_default()
+        };
+        let Ok(body) = body.collect().await.map(|body| body.to_bytes()) else {
+            return reply(400);
+        };
+        let metadata = tonic::metadata::MetadataMap::from_headers(parts.headers);
+        let exported = match path.as_str() {
+            "/v1/traces" if !self.keep => match count::spans_in(&body) {
+                Ok(spans) => {
+                    self.count.fetch_add(spans, Ordering::Relaxed);
+                    Ok(())
+                }
+                Err(_) => return reply(400),
+            },
+            "/v1/traces" => match ExportTraceServiceRequest::decode(body) {
+                Ok(decoded) => {
+                    let request = Request::from_parts(metadata, Default::default(), decoded);
+                    TraceService::export(self, request).await.map(|_| ())
+                }
+                Err(_) => return reply(400),
+            },
+            "/v1/metrics" => match ExportMetricsServiceRequest::decode(body) {
+                Ok(decoded) => {
+                    let request = Request::from_parts(metadata, Default::default(), decoded);
+                    MetricsService::export(self, request).await.map(|_| ())
+                }
+                Err(_) => return reply(400),
+            },
+            _ => return reply(404),
+        };
+        reply(if exported.is_ok() { 200 } else { 500 })
     }
 
     /// How many spans arrived.
@@ -399,7 +488,6 @@ mod count {
     }
 
     /// The spans in the bytes of an export request.
-    #[cfg(test)]
     pub(super) fn spans_in(bytes: &[u8]) -> Result<usize, prost::DecodeError> {
         Ok(spans(<Request as prost::Message>::decode(bytes)?))
     }

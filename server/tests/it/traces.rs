@@ -104,6 +104,20 @@ impl Stack {
         mail_dir: Option<PathBuf>,
         rust_log: &str,
     ) -> Self {
+        let endpoint = (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{otlp_port}"),
+        );
+        Self::start_exporting(redis, &[endpoint], mail_dir, rust_log).await
+    }
+
+    /// With `otlp`: the exporters' endpoint and protocol variables.
+    async fn start_exporting(
+        redis: TestRedis,
+        otlp: &[(&str, String)],
+        mail_dir: Option<PathBuf>,
+        rust_log: &str,
+    ) -> Self {
         let db = TestDb::create().await;
         let logs = TempDir::new();
         let grpc = format!("127.0.0.1:{}", free_port());
@@ -117,10 +131,6 @@ impl Stack {
             ("ENVIRONMENT", "production".into()),
             ("TOKEN_SYMMETRIC_KEY", TOKEN_KEY.into()),
             ("RUST_LOG", rust_log.into()),
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("http://127.0.0.1:{otlp_port}"),
-            ),
             ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
             // Sent with every span export, %-decoded; never in a log line.
             ("OTEL_EXPORTER_OTLP_HEADERS", EXPORT_HEADERS.into()),
@@ -134,6 +144,7 @@ impl Stack {
             ),
         ]
         .into_iter()
+        .chain(otlp.iter().cloned())
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         let server = spawn(
@@ -453,6 +464,63 @@ async fn one_sign_up_is_one_trace_from_the_rpc_into_the_worker() {
         assert_eq!(
             headers.get("content-type").map(String::as_str),
             Some("application/grpc")
+        );
+    }
+    assert!(
+        !lines.iter().any(|l| l.contains("k3y")),
+        "a log line holds the API key"
+    );
+}
+
+/// `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`: both binaries send their spans and metrics
+/// over OTLP/HTTP (`POST /v1/traces`, `/v1/metrics` on the common endpoint), with the
+/// configured headers, and one sign-up is still one trace from the RPC into the worker.
+#[tokio::test]
+async fn over_otlp_http_one_sign_up_is_still_one_trace_and_metrics_arrive() {
+    let (collector, _) = Collector::start().await;
+    let redis = TestRedis::new();
+    let stream = redis
+        .keys()
+        .stream(&simplebank_queue::QueueName::parse("critical").expect("q"));
+    let otlp = [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}/", collector.0.http_port()),
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+    ];
+    let mut stack = Stack::start_exporting(redis, &otlp, None, "info").await;
+    stack.start_worker();
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let password = stack.create_user(trace_id).await;
+    let spans = wait_for_trace(&collector, trace_id, 1).await;
+    assert_eq!(check_chain(&spans, &stream).len(), 1);
+    let (lines, emails) = stack.stop().await;
+    assert_no_secrets(&collector, &lines, &emails, &password);
+    let paths = collector.0.http_requests();
+    assert!(paths.iter().any(|p| p == "/v1/traces"), "{paths:?}");
+    // Metrics are exported at exit at the latest, by both binaries.
+    assert!(paths.iter().any(|p| p == "/v1/metrics"), "{paths:?}");
+    let services: std::collections::BTreeSet<String> = collector
+        .0
+        .metric_points()
+        .iter()
+        .map(|point| point.service().to_owned())
+        .collect();
+    assert_eq!(
+        services.into_iter().collect::<Vec<_>>(),
+        ["simplebank-server", "simplebank-worker"]
+    );
+    let exports = collector.0.trace_headers();
+    assert!(exports.len() >= 2, "{exports:?}");
+    for headers in &exports {
+        assert_eq!(
+            headers.get("x-api-key").map(String::as_str),
+            Some("otlp=k3y,1")
+        );
+        assert_eq!(
+            headers.get("content-type").map(String::as_str),
+            Some("application/x-protobuf")
         );
     }
     assert!(

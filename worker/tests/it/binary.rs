@@ -128,7 +128,8 @@ async fn a_bad_otlp_endpoint_stops_the_worker_naming_the_variable_not_its_value(
 /// The span exporter's other settings are checked at start too: a bad header list (a pair that
 /// is not `key=value`, CR/LF or NUL through a %-escape, a bad escape, a gRPC key, a key with a
 /// bidi character, a binary `-bin` key or one HTTP/2 sets itself, a value beyond printable
-/// ASCII, too long), a timeout that is not 1 ms to 10 minutes, or an unknown compression stops
+/// ASCII, too long), a timeout that is not 1 ms to 10 minutes, an unknown compression, or a
+/// protocol other than `grpc` and `http/protobuf` (look-alikes, `http/json`) stops
 /// the worker (exit code 2), whether spans or only metrics are exported, naming the variable in
 /// use, never the value: headers carry API keys. Before, the exporter skipped what it could
 /// not parse.
@@ -140,6 +141,9 @@ async fn bad_otlp_export_settings_stop_the_worker_naming_the_variable_not_its_va
     const TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
     const TRACES_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT";
     const COMPRESSION: &str = "OTEL_EXPORTER_OTLP_COMPRESSION";
+    const PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+    const TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+    const METRICS_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL";
     const TRACES: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
     const METRICS: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
     let endpoint = format!("http://127.0.0.1:{}", free_port());
@@ -160,6 +164,16 @@ async fn bad_otlp_export_settings_stop_the_worker_naming_the_variable_not_its_va
         (TRACES, TIMEOUT, "-5"),
         (TRACES, TIMEOUT, "18446744073709551615"),
         (TRACES, COMPRESSION, "s3cretk3y"),
+        // The protocol: grpc or http/protobuf, nothing like them.
+        (TRACES, PROTOCOL, "s3cretk3y"),
+        (TRACES, PROTOCOL, "http/json"),
+        (TRACES, PROTOCOL, "http/protobuf\r\nx-s3cretk3y: 1"),
+        (TRACES, PROTOCOL, "http\u{2215}protobuf"),
+        (TRACES, PROTOCOL, "http/protobuf\u{202e}"),
+        (TRACES, PROTOCOL, "grpc\u{0430}"),
+        (TRACES, TRACES_PROTOCOL, "h2/s3cretk3y"),
+        (METRICS, METRICS_PROTOCOL, "s3cretk3y"),
+        (METRICS, PROTOCOL, "https/protobuf"),
         // Metrics alone are exported with the same checks on the common variables and on
         // their own.
         (METRICS, HEADERS, "api-key=s3cretk3y%0d%0a"),
@@ -180,6 +194,9 @@ async fn bad_otlp_export_settings_stop_the_worker_naming_the_variable_not_its_va
             TIMEOUT,
             TRACES_TIMEOUT,
             COMPRESSION,
+            PROTOCOL,
+            TRACES_PROTOCOL,
+            METRICS_PROTOCOL,
         ] {
             if other != var {
                 command.env_remove(other);
