@@ -48,8 +48,8 @@ pub enum Protocol {
     /// OTLP/gRPC (port 4317 by convention): the default, as before this setting existed.
     Grpc,
     /// OTLP/HTTP with protobuf bodies (port 4318, `POST /v1/traces`): one HTTP/1.1 request a
-    /// batch, which costs the exporting process and the collector less CPU than HTTP/2's
-    /// framing (BENCHMARKS.md, scenario 7).
+    /// batch, which cost the exporting process less CPU than HTTP/2's framing
+    /// (BENCHMARKS.md, scenario 7).
     HttpProtobuf,
 }
 
@@ -180,6 +180,12 @@ fn check(url: &str, protocol: Protocol) -> Result<(), String> {
         }
         Protocol::HttpProtobuf if !after.is_ascii() => {
             return Err("has a path with characters beyond ASCII: percent-encode them".into());
+        }
+        // What a request line cannot carry (`<`, `>`, a backtick...).
+        Protocol::HttpProtobuf if !after.is_empty() && after.parse::<hyper::Uri>().is_err() => {
+            return Err(
+                "has a path with characters a request cannot carry: percent-encode them".into(),
+            );
         }
         _ => {}
     }
@@ -315,6 +321,8 @@ mod tests {
             "http://collector:4318/v1/tr\u{e4}ces",
             "http://collector:4318/v1/traces\r\nX: S3CR3T",
             "http://collector:4318/\u{202e}S3CR3T",
+            "http://collector:4318/v1/<S3CR3T>",
+            "http://collector:4318/v1/`S3CR3T`",
         ] {
             let err = check(bad, Protocol::HttpProtobuf).expect_err(bad);
             assert!(

@@ -95,7 +95,7 @@ pub(crate) fn on_export_thread() -> bool {
     EXPORTING.with(Cell::get)
 }
 
-/// Builds the OTLP/gRPC exporters (`build`) on a thread of their own (`otlp-export`) running
+/// Builds the OTLP exporters (`build`) on a thread of their own (`otlp-export`) running
 /// a one-thread Tokio runtime, which then drives the exporters' connections for the life of the
 /// process: tonic spawns its channel's tasks (HTTP/2 framing, the socket writes) on the runtime
 /// it is built in. Built on the program's runtime, they ran there: in a worker, on its only

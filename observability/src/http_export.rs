@@ -4,20 +4,24 @@
 //! span exporter (`span_export`) and, through [`opentelemetry_http::HttpClient`], by the stock
 //! metrics exporter. One request at a time on a connection; each signal has its own.
 //!
-//! Why not the gRPC exporter only: with every span exported, a drain kept 81-87% of its
-//! untraced speed over gRPC and 86-95% over HTTP/1.1 in the same rounds, the worker spending
-//! less CPU per span (BENCHMARKS.md, scenario 7).
+//! Why not the gRPC exporter only: with every span exported, the worker spends less CPU per
+//! span over HTTP/1.1 than over HTTP/2 (BENCHMARKS.md, scenario 7).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
 
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::{
-    StatusCode,
+    Method, StatusCode, Uri,
     client::conn::http1::SendRequest,
-    header::{CONTENT_TYPE, HOST, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT},
+    header::{
+        CONTENT_ENCODING, CONTENT_TYPE, HOST, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT,
+    },
 };
 use prost::bytes::Bytes;
-use tokio::{runtime::Handle, sync::Mutex, task::AbortHandle};
+use tokio::{runtime::Handle, task::AbortHandle};
 
 use crate::{InitError, endpoint::Endpoint};
 
@@ -33,9 +37,30 @@ pub(crate) const PROTOBUF: &str = "application/x-protobuf";
 #[derive(Debug)]
 pub(crate) struct Reply {
     pub status: StatusCode,
-    /// `Retry-After` in seconds (its date form is not read: the backoff applies instead).
-    pub retry_after: Option<Duration>,
+    /// `Retry-After` as sent (seconds or an HTTP date), if any: see [`Reply::retry_after`].
+    pub retry_after: Option<HeaderValue>,
+    /// `Content-Type`, if any.
+    pub content_type: Option<HeaderValue>,
+    /// The body of a success (at most [`MAX_REPLY_BYTES`]); empty for any other status, whose
+    /// body is not read (a proxy's error page may be long, and is never shown).
     pub body: Bytes,
+}
+
+impl Reply {
+    /// The wait `Retry-After` asks for, from now: its seconds or its HTTP date, at most
+    /// `limit` (a collector asking for more than the export has left is not waited for;
+    /// a huge or past value cannot overflow a deadline).
+    pub fn retry_after(&self, limit: Duration) -> Option<Duration> {
+        let value = self.retry_after.as_ref()?.to_str().ok()?.trim();
+        let wait = match value.parse::<u64>() {
+            Ok(seconds) => Duration::from_secs(seconds.min(limit.as_secs().saturating_add(1))),
+            Err(_) => httpdate::parse_http_date(value)
+                .ok()?
+                .duration_since(SystemTime::now())
+                .unwrap_or_default(),
+        };
+        Some(wait.min(limit.saturating_add(Duration::from_secs(1))))
+    }
 }
 
 /// What failed on the way (no reply): the connection, the request or the reply's reading, or
@@ -46,12 +71,27 @@ pub(crate) enum Failed {
     TimedOut,
     #[error("cannot connect to the collector: {0}")]
     Connect(std::io::Error),
-    #[error("{0}")]
+    #[error("{}", with_causes(.0))]
     Http(#[from] hyper::Error),
     #[error("the collector's reply is longer than {MAX_REPLY_BYTES} bytes")]
     ReplyTooLong,
     #[error("the export thread is gone")]
     ExportThreadGone,
+    #[error("the export's task panicked")]
+    Panicked,
+}
+
+/// An error and its causes, `: `-separated (hyper's "connection error" alone says little; its
+/// causes are I/O errors, which quote neither the peer's bytes nor the address).
+fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(err) = cause {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        cause = err.source();
+    }
+    text
 }
 
 /// Posts export requests to one collector URL.
@@ -61,8 +101,9 @@ pub(crate) struct HttpTransport(Arc<Inner>);
 struct Inner {
     /// `host:port`, dialled and sent as `Host`.
     authority: String,
-    /// The request target: the URL's path (and nothing else: a query is refused at start).
-    path: String,
+    /// The request target: the URL's path (and nothing else: a query is refused at start),
+    /// parsed at start so that building a request cannot fail.
+    path: Uri,
     /// The checked `OTEL_EXPORTER_OTLP_*_HEADERS`, and the user agent.
     headers: HeaderMap,
     timeout: Duration,
@@ -111,16 +152,21 @@ impl HttpTransport {
         let rest = endpoint
             .url
             .split_once("://")
-            .map(|(_, rest)| rest)
-            .ok_or_else(|| cause("not an http:// URL"))?;
+            .map_or(endpoint.url.as_str(), |(_, rest)| rest);
         let (authority, path) = rest
             .find('/')
             .map_or((rest, "/"), |at| (&rest[..at], &rest[at..]));
+        let path = path
+            .parse::<Uri>()
+            .map_err(|_| cause("has a path HTTP does not accept: percent-encode it"))?;
         let mut headers = headers;
-        headers.insert(
-            USER_AGENT,
-            HeaderValue::from_static(concat!("simplebank/", env!("CARGO_PKG_VERSION"))),
-        );
+        // The user's own (OTEL_EXPORTER_OTLP_HEADERS) wins.
+        if !headers.contains_key(USER_AGENT) {
+            headers.insert(
+                USER_AGENT,
+                HeaderValue::from_static(concat!("simplebank/", env!("CARGO_PKG_VERSION"))),
+            );
+        }
         headers.insert(
             HOST,
             HeaderValue::from_str(authority).map_err(|_| cause("not a host HTTP accepts"))?,
@@ -128,7 +174,7 @@ impl HttpTransport {
         let runtime = Handle::try_current().map_err(|_| cause("built outside a runtime"))?;
         Ok(Self(Arc::new(Inner {
             authority: authority.to_owned(),
-            path: path.to_owned(),
+            path,
             headers,
             timeout,
             runtime,
@@ -156,32 +202,68 @@ impl HttpTransport {
                     .unwrap_or(Err(Failed::TimedOut))
             })
             .await
-            .unwrap_or(Err(Failed::ExportThreadGone))
+            .unwrap_or_else(|gone| {
+                Err(if gone.is_panic() {
+                    Failed::Panicked
+                } else {
+                    Failed::ExportThreadGone
+                })
+            })
     }
 }
 
 impl Inner {
-    /// One request and its whole reply, on the idle connection or a new one.
+    /// One request and its reply, on the idle connection or a new one. A kept connection the
+    /// collector closed meanwhile (an idle timeout racing the request) is replaced once, at
+    /// once: that is no failure of the collector's, and at exit there is no retry.
     async fn exchange(
         &self,
         body: Bytes,
         content_type: HeaderValue,
         extra: Option<HeaderMap>,
     ) -> Result<Reply, Failed> {
-        let idle = self.idle.lock().await.take();
-        let mut connection = match idle {
-            Some(connection) if !connection.send.is_closed() => connection,
-            _ => self.connect().await?,
-        };
+        let idle = self.take_idle();
+        if let Some(connection) = idle {
+            match self
+                .exchange_on(connection, &body, &content_type, &extra)
+                .await
+            {
+                Err(Failed::Http(err))
+                    if err.is_canceled() || err.is_closed() || err.is_incomplete_message() => {}
+                done => return done,
+            }
+        }
+        let connection = self.connect().await?;
+        self.exchange_on(connection, &body, &content_type, &extra)
+            .await
+    }
+
+    /// The kept connection, if it is still open.
+    fn take_idle(&self) -> Option<Connection> {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        idle.take()
+            .filter(|connection| !connection.send.is_closed())
+    }
+
+    async fn exchange_on(
+        &self,
+        mut connection: Connection,
+        body: &Bytes,
+        content_type: &HeaderValue,
+        extra: &Option<HeaderMap>,
+    ) -> Result<Reply, Failed> {
         connection.send.ready().await?;
-        let mut request = hyper::Request::post(self.path.as_str())
-            .body(Full::new(body))
-            .map_err(|_| Failed::ExportThreadGone)?;
+        let mut request = hyper::Request::new(Full::new(body.clone()));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.path.clone();
         let headers = request.headers_mut();
-        // What the caller sets (the stock metrics exporter's own headers) first, then ours:
-        // checked at start, they replace any of the same name.
+        // What the caller sets (the stock metrics exporter's `Content-Encoding`) first, then
+        // ours: checked at start, they replace any of the same name.
         if let Some(extra) = extra {
-            headers.extend(extra);
+            headers.extend(extra.clone());
         }
         for name in self.headers.keys() {
             headers.remove(name);
@@ -189,15 +271,20 @@ impl Inner {
         for (name, value) in &self.headers {
             headers.append(name, value.clone());
         }
-        headers.insert(CONTENT_TYPE, content_type);
+        headers.insert(CONTENT_TYPE, content_type.clone());
         let response = connection.send.send_request(request).await?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = response.headers().get(RETRY_AFTER).cloned();
+        let content_type = response.headers().get(CONTENT_TYPE).cloned();
+        if !status.is_success() {
+            // Not read: the connection is closed with the rest of the reply in it.
+            return Ok(Reply {
+                status,
+                retry_after,
+                content_type,
+                body: Bytes::new(),
+            });
+        }
         let body = Limited::new(response.into_body(), MAX_REPLY_BYTES)
             .collect()
             .await
@@ -206,10 +293,14 @@ impl Inner {
                 Err(_) => Failed::ReplyTooLong,
             })?
             .to_bytes();
-        *self.idle.lock().await = Some(connection);
+        *self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(connection);
         Ok(Reply {
             status,
             retry_after,
+            content_type,
             body,
         })
     }
@@ -235,20 +326,24 @@ impl opentelemetry_http::HttpClient for HttpTransport {
         &self,
         request: opentelemetry_http::Request<Bytes>,
     ) -> Result<opentelemetry_http::Response<Bytes>, opentelemetry_http::HttpError> {
-        let (mut parts, body) = request.into_parts();
+        let (parts, body) = request.into_parts();
         let content_type = parts
             .headers
-            .remove(CONTENT_TYPE)
+            .get(CONTENT_TYPE)
+            .cloned()
             .unwrap_or(HeaderValue::from_static(PROTOBUF));
-        let reply = self
-            .post(body, content_type, Some(parts.headers), self.0.timeout)
-            .await?;
+        // Of the stock exporter's headers only the body's encoding: its others were read from
+        // the same variables by laxer rules; the checked ones are sent instead.
+        let extra = parts
+            .headers
+            .get(CONTENT_ENCODING)
+            .map(|encoding| HeaderMap::from_iter([(CONTENT_ENCODING, encoding.clone())]));
+        let reply = self.post(body, content_type, extra, self.0.timeout).await?;
         let mut response = opentelemetry_http::Response::new(reply.body);
         *response.status_mut() = reply.status;
+        // As sent: the stock exporter reads both of its forms.
         if let Some(after) = reply.retry_after {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(after.as_secs()));
+            response.headers_mut().insert(RETRY_AFTER, after);
         }
         Ok(response)
     }

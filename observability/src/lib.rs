@@ -10,7 +10,8 @@
 //! - [`metrics`]: the meter provider (OTLP, periodic), installed as the global one so that
 //!   libraries record through the OpenTelemetry API.
 //!
-//! Export is OTLP over gRPC, configured by the standard variables: `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! Export is OTLP over gRPC, or over HTTP (`OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`, or a
+//! signal's own `_PROTOCOL`), configured by the standard variables: `OTEL_EXPORTER_OTLP_ENDPOINT`
 //! (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` for one
 //! signal; unset = no export, no error, no delay), `OTEL_METRICS_EXPORTER` (`none` turns
 //! metrics off), `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER` /

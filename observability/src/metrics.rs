@@ -1,5 +1,5 @@
-//! The OpenTelemetry metrics pipeline: an SDK `MeterProvider` with a periodic OTLP/gRPC
-//! exporter, installed as the global meter provider, so that libraries (the queue engine)
+//! The OpenTelemetry metrics pipeline: an SDK `MeterProvider` with a periodic OTLP exporter
+//! (gRPC or HTTP), installed as the global meter provider, so that libraries (the queue engine)
 //! record through the OpenTelemetry API alone.
 //!
 //! On when `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` is set,

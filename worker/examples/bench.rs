@@ -2400,13 +2400,15 @@ impl TracingRound {
         sink: &simplebank_observability::testing::OtlpSink,
         [off, on, on_http, ratio]: &[Env; 4],
     ) -> Result<Self> {
-        let (mut last, mut spans) = (sink.count(), [[0; 2]; 2]);
+        // Each protocol's drains so far, so that a drain that received nothing keeps its 0.
+        let (mut last, mut spans, mut drained) = (sink.count(), [[0; 2]; 2], [0; 2]);
         let ([off, on, on_http, ratio], cpu) =
             mirrored_round(bench, [off, on, on_http, ratio], |which| {
                 let count = sink.count();
                 if which == 1 || which == 2 {
-                    let drains = &mut spans[which - 1];
-                    drains[usize::from(drains[0] != 0)] = count - last;
+                    let protocol = which - 1;
+                    spans[protocol][drained[protocol]] = count - last;
+                    drained[protocol] += 1;
                 }
                 last = count;
             })
@@ -2876,30 +2878,44 @@ async fn main() -> Result<()> {
     let (on_share, on_text) = shares(|round| round.on / round.off);
     let (http_share, http_text) = shares(|round| round.on_http / round.off);
     let (ratio_share, ratio_text) = shares(|round| round.ratio / round.off);
+    // The worker's CPU per 100k tasks, median (min-max) over the rounds, of drain `i`.
+    let cpu = |i: usize| {
+        let (median, min, max) = summary(
+            &tracing_rounds
+                .iter()
+                .map(|round| round.cpu[i])
+                .collect::<Vec<_>>(),
+        );
+        format!("{median:.2} s ({min:.2}-{max:.2})")
+    };
     writeln!(
         report,
-        "| drain, 1 worker, concurrency 100 | tasks/s | share of the same round's untraced |"
+        "| drain, 1 worker, concurrency 100 | tasks/s | share of the same round's untraced | worker CPU per 100k tasks |"
     )?;
-    writeln!(report, "|---|---|---|")?;
+    writeln!(report, "|---|---|---|---|")?;
     writeln!(
         report,
-        "| tracing off | {} | - |",
-        fmt_rate(&rates(|round| round.off))
+        "| tracing off | {} | - | {} |",
+        fmt_rate(&rates(|round| round.off)),
+        cpu(0)
     )?;
     writeln!(
         report,
-        "| tracing on, every span exported (`always_on`), OTLP/gRPC | {} | {on_text} |",
+        "| tracing on, every span exported (`always_on`), OTLP/gRPC | {} | {on_text} | {} |",
         fmt_rate(&rates(|round| round.on)),
+        cpu(1)
     )?;
     writeln!(
         report,
-        "| tracing on, every span exported (`always_on`), OTLP/HTTP | {} | {http_text} |",
+        "| tracing on, every span exported (`always_on`), OTLP/HTTP | {} | {http_text} | {} |",
         fmt_rate(&rates(|round| round.on_http)),
+        cpu(2)
     )?;
     writeln!(
         report,
-        "| tracing on, a tenth exported (`parentbased_traceidratio`, 0.1) | {} | {ratio_text} |\n",
+        "| tracing on, a tenth exported (`parentbased_traceidratio`, 0.1) | {} | {ratio_text} | {} |\n",
         fmt_rate(&rates(|round| round.ratio)),
+        cpu(3)
     )?;
     writeln!(
         report,
@@ -2907,7 +2923,10 @@ async fn main() -> Result<()> {
          HTTP, ratio, ratio, always_on over HTTP, always_on over gRPC, off, so that a drift in \
          the machine's speed over the round weighs on the four alike; a rate is its two \
          drains' tasks over their time, a share that of the same round's untraced rate, and \
-         the figures are the medians (min-max) over the rounds. Load average at the start of \
+         the figures are the medians (min-max) over the rounds. The worker's CPU (all its \
+         threads, from `/proc`) is less moved than the rates by what else runs on the two \
+         cores: a sampler that costs the worker nothing shows the untraced drain's CPU \
+         however its rate came out. Load average at the start of \
          each round: {}. Targets: always_on at least 80% of off (over gRPC: {}; over HTTP: \
          {}), the ratio sampler at least 95% ({}).\n",
         tracing_loads.join("; "),

@@ -127,7 +127,7 @@ async fn a_bad_otlp_endpoint_stops_the_worker_naming_the_variable_not_its_value(
 
 /// The span exporter's other settings are checked at start too: a bad header list (a pair that
 /// is not `key=value`, CR/LF or NUL through a %-escape, a bad escape, a gRPC key, a key with a
-/// bidi character, a binary `-bin` key or one HTTP/2 sets itself, a value beyond printable
+/// bidi character, a binary `-bin` key or one HTTP sets itself (`content-encoding` on a body that has none), a value beyond printable
 /// ASCII, too long), a timeout that is not 1 ms to 10 minutes, an unknown compression, or a
 /// protocol other than `grpc` and `http/protobuf` (look-alikes, `http/json`) stops
 /// the worker (exit code 2), whether spans or only metrics are exported, naming the variable in
@@ -155,6 +155,7 @@ async fn bad_otlp_export_settings_stop_the_worker_naming_the_variable_not_its_va
         (TRACES, TRACES_HEADERS, "api-key=s3cretk3y%zz"),
         (TRACES, HEADERS, "grpc-timeout=s3cretk3y"),
         (TRACES, HEADERS, "host=s3cretk3y"),
+        (TRACES, HEADERS, "content-encoding=gzip,api-key=s3cretk3y"),
         (TRACES, HEADERS, "api\u{202e}key=s3cretk3y"),
         (TRACES, HEADERS, long.as_str()),
         (TRACES, HEADERS, "x-api-key-bin=s3cretk3y"),
