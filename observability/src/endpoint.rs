@@ -95,7 +95,7 @@ fn request_url(url: &str, protocol: Protocol, common_path: Option<&str>) -> Stri
 
 /// The protocol `signal` is exported with: its own variable, else the common one, else gRPC.
 /// Values are case-insensitive (enumerations in the configuration specification).
-fn protocol(signal: SignalVars) -> Result<Protocol, InitError> {
+pub(crate) fn protocol(signal: SignalVars) -> Result<Protocol, InitError> {
     let Some((variable, value)) = first_set([signal.protocol, COMMON_PROTOCOL_VAR])? else {
         return Ok(Protocol::Grpc);
     };
@@ -204,7 +204,15 @@ fn check(url: &str, protocol: Protocol) -> Result<(), String> {
         let Some((ip, after)) = bracketed.split_once(']') else {
             return Err("has an IPv6 address without its closing `]`".into());
         };
-        // A zone (`%25eth0`) follows the address.
+        // A zone (`%25eth0`) follows the address: the gRPC client dials it, the HTTP one
+        // would not find it.
+        if protocol == Protocol::HttpProtobuf && ip.contains('%') {
+            return Err(
+                "has an IPv6 zone (%25...), which OTLP/HTTP does not dial: give the \
+                        address alone"
+                    .into(),
+            );
+        }
         let address = ip.split('%').next().unwrap_or_default();
         if address.parse::<std::net::Ipv6Addr>().is_err() {
             return Err("has brackets that do not hold an IPv6 address".into());
@@ -227,13 +235,20 @@ fn check(url: &str, protocol: Protocol) -> Result<(), String> {
     if host.is_empty() {
         return Err(format!("has no host; it must look like {example}"));
     }
+    if !host.is_ascii() {
+        return Err(
+            "has a host with characters beyond ASCII: give its ASCII form (xn--...)".into(),
+        );
+    }
     let Some(port) = port else {
         return Err(format!(
             "has no port (the exporter would dial 80; OTLP/gRPC is 4317, OTLP/HTTP 4318), such \
              as {example}"
         ));
     };
-    if !port.parse::<u16>().is_ok_and(|port| port != 0) {
+    if !port.bytes().all(|byte| byte.is_ascii_digit())
+        || !port.parse::<u16>().is_ok_and(|port| port != 0)
+    {
         return Err("has a port that is not a number from 1 to 65535".into());
     }
     Ok(())
@@ -287,6 +302,8 @@ mod tests {
             "http://user:pw@:4317",
             "http://coll ector:4317",
             "http://collector:4317\r\n",
+            "http://collector:+4317",
+            "http://c\u{f6}llector:4317",
         ] {
             let err = check(bad, Protocol::Grpc).expect_err(bad);
             assert!(
@@ -323,6 +340,9 @@ mod tests {
             "http://collector:4318/\u{202e}S3CR3T",
             "http://collector:4318/v1/<S3CR3T>",
             "http://collector:4318/v1/`S3CR3T`",
+            "http://[::1%25S3CR3T]:4318",
+            "http://S3CR3T\u{f6}:4318",
+            "http://collector:+4318",
         ] {
             let err = check(bad, Protocol::HttpProtobuf).expect_err(bad);
             assert!(

@@ -8,8 +8,13 @@
 //! span over HTTP/1.1 than over HTTP/2 (BENCHMARKS.md, scenario 7).
 
 use std::{
-    sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant, SystemTime},
 };
 
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -21,14 +26,29 @@ use hyper::{
     },
 };
 use prost::bytes::Bytes;
-use tokio::{runtime::Handle, task::AbortHandle};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    runtime::Handle,
+    task::AbortHandle,
+};
 
-use crate::{InitError, endpoint::Endpoint};
+use crate::{
+    InitError,
+    endpoint::Endpoint,
+    export::OnceAMinute,
+    span_export::{Failure, http_failure, no_reply, retrying},
+};
 
 /// The most of a collector's reply read: an export's reply is a few bytes (a partial success
 /// at most); a collector or proxy answering with more is not read further, and its connection
 /// is closed.
 const MAX_REPLY_BYTES: usize = 64 * 1024;
+
+/// The most read from a connection in one exchange: the reply's body and heads, informational
+/// ones (`100 Continue`) included. hyper skips those and reads on, so that a collector sending
+/// them without end kept the export thread busy until the timeout; a body alone is bounded by
+/// [`MAX_REPLY_BYTES`].
+const MAX_EXCHANGE_BYTES: usize = MAX_REPLY_BYTES + 64 * 1024;
 
 /// The protobuf bodies' media type (OTLP/HTTP).
 pub(crate) const PROTOBUF: &str = "application/x-protobuf";
@@ -112,6 +132,9 @@ struct Inner {
     /// The open connection, if any: taken out while a request is on it, put back only after a
     /// whole exchange, so that one given up on (a timeout) is never used again.
     idle: Mutex<Option<Connection>>,
+    /// Metrics: a failure without a reply (the stock exporter's error says only "network
+    /// error") is warned about with its cause, at most once a minute.
+    failure_warned: OnceAMinute,
 }
 
 /// Neither the endpoint (its path may be a vendor's tenant) nor header values (API keys).
@@ -128,6 +151,66 @@ impl std::fmt::Debug for HttpTransport {
 struct Connection {
     send: SendRequest<Full<Bytes>>,
     driver: AbortHandle,
+    /// What its socket may still read in this exchange.
+    unread: Arc<AtomicUsize>,
+}
+
+/// A connection's socket, whose reads fail once the exchange's bytes are used up.
+struct Metered {
+    stream: tokio::net::TcpStream,
+    unread: Arc<AtomicUsize>,
+}
+
+impl AsyncRead for Metered {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let unread = this.unread.load(Ordering::Relaxed);
+        if unread == 0 {
+            return Poll::Ready(Err(std::io::Error::other(format!(
+                "the collector sent more than {MAX_EXCHANGE_BYTES} bytes in reply"
+            ))));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        this.unread
+            .store(unread.saturating_sub(read), Ordering::Relaxed);
+        polled
+    }
+}
+
+impl AsyncWrite for Metered {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
 }
 
 impl Drop for Connection {
@@ -179,6 +262,7 @@ impl HttpTransport {
             timeout,
             runtime,
             idle: Mutex::new(None),
+            failure_warned: OnceAMinute::default(),
         })))
     }
 
@@ -256,6 +340,9 @@ impl Inner {
         extra: &Option<HeaderMap>,
     ) -> Result<Reply, Failed> {
         connection.send.ready().await?;
+        connection
+            .unread
+            .store(MAX_EXCHANGE_BYTES, Ordering::Relaxed);
         let mut request = hyper::Request::new(Full::new(body.clone()));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = self.path.clone();
@@ -311,15 +398,26 @@ impl Inner {
             .map_err(Failed::Connect)?;
         // Each request is written whole before its reply is awaited: no need to wait for ACKs.
         stream.set_nodelay(true).map_err(Failed::Connect)?;
+        let unread = Arc::new(AtomicUsize::new(MAX_EXCHANGE_BYTES));
+        let stream = Metered {
+            stream,
+            unread: Arc::clone(&unread),
+        };
         let (send, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         let driver = tokio::spawn(connection).abort_handle();
-        Ok(Connection { send, driver })
+        Ok(Connection {
+            send,
+            driver,
+            unread,
+        })
     }
 }
 
 /// The stock metrics exporter's client: its requests go the same way, its own URL and headers
-/// replaced by the checked ones.
+/// replaced by the checked ones, retried here by the span exporter's policy within the
+/// timeout (the stock exporter's own retries are off: each of its attempts got the whole
+/// timeout, so that an export took up to twice it).
 #[tonic::async_trait]
 impl opentelemetry_http::HttpClient for HttpTransport {
     async fn send_bytes(
@@ -338,13 +436,56 @@ impl opentelemetry_http::HttpClient for HttpTransport {
             .headers
             .get(CONTENT_ENCODING)
             .map(|encoding| HeaderMap::from_iter([(CONTENT_ENCODING, encoding.clone())]));
-        let reply = self.post(body, content_type, extra, self.0.timeout).await?;
+        let transport = self.clone();
+        // On the `otlp-export` runtime, for its timer: the SDK's metrics thread has none.
+        let delivered = self
+            .0
+            .runtime
+            .spawn(async move {
+                let send = |left| {
+                    let (transport, body) = (&transport, body.clone());
+                    let (content_type, extra) = (content_type.clone(), extra.clone());
+                    async move {
+                        let reply = transport
+                            .post(body, content_type, extra, left)
+                            .await
+                            .map_err(|failed| no_reply(&failed))?;
+                        if reply.status.is_success() {
+                            Ok(reply)
+                        } else {
+                            Err(http_failure(&reply, left))
+                        }
+                    }
+                };
+                retrying(transport.0.timeout, Instant::now(), || false, send).await
+            })
+            .await
+            .map_err(|_| Failed::ExportThreadGone)?;
+        let reply = match delivered {
+            Ok(reply) => reply,
+            // A status: the stock exporter names it.
+            Err(Failure {
+                status: Some(status),
+                ..
+            }) => Reply {
+                status,
+                retry_after: None,
+                content_type: None,
+                body: Bytes::new(),
+            },
+            Err(failure) => {
+                if self.0.failure_warned.due() {
+                    tracing::warn!(
+                        target: "simplebank::otlp",
+                        "metrics {} (next warning in a minute at the earliest)",
+                        failure.text
+                    );
+                }
+                return Err(failure.text.into());
+            }
+        };
         let mut response = opentelemetry_http::Response::new(reply.body);
         *response.status_mut() = reply.status;
-        // As sent: the stock exporter reads both of its forms.
-        if let Some(after) = reply.retry_after {
-            response.headers_mut().insert(RETRY_AFTER, after);
-        }
         Ok(response)
     }
 }

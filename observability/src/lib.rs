@@ -262,6 +262,8 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
     let metrics = if metrics_on {
         endpoint::for_signal(endpoint::METRICS)?
     } else {
+        // Still checked: a bad value stops the program, as the interval's does.
+        endpoint::protocol(endpoint::METRICS)?;
         None
     }
     .map(|used| with_settings(used, span_export::Signal::METRICS))
@@ -306,6 +308,8 @@ pub fn init(config: &Config) -> Result<Guard, InitError> {
                         opentelemetry_otlp::MetricExporter::builder()
                             .with_http()
                             .with_http_client(transport)
+                            // The transport retries, within the timeout.
+                            .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled())
                             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                             .with_endpoint(used.url.clone())
                             .with_timeout(settings.timeout)

@@ -284,11 +284,73 @@ enum Transport {
 
 /// An attempt that failed: what to log, and whether and when to try again.
 #[derive(Debug)]
-struct Failure {
-    text: String,
-    retryable: bool,
+pub(crate) struct Failure {
+    pub text: String,
+    pub retryable: bool,
     /// The wait the collector asked for (`google.rpc.RetryInfo`, `Retry-After`).
-    asked: Option<Duration>,
+    pub asked: Option<Duration>,
+    /// OTLP/HTTP: the reply's status, when there was a reply.
+    pub status: Option<hyper::StatusCode>,
+}
+
+/// Tries `send` (given what is left of `timeout`, counted from `started`) until it succeeds,
+/// fails for good, or the retries or the time run out; once only when `once`. The policy is
+/// [`RETRIES`]'s. Waits with Tokio's timer: call on a runtime.
+pub(crate) async fn retrying<T, F: Future<Output = Result<T, Failure>>>(
+    timeout: Duration,
+    started: Instant,
+    once: impl Fn() -> bool,
+    mut send: impl FnMut(Duration) -> F,
+) -> Result<T, Failure> {
+    let mut backoff = FIRST_BACKOFF;
+    let mut retries = 0;
+    loop {
+        let failure = match send(timeout.saturating_sub(started.elapsed())).await {
+            Ok(done) => return Ok(done),
+            Err(failure) => failure,
+        };
+        let wait = failure.asked.unwrap_or_else(|| jittered(backoff));
+        if retries == RETRIES
+            || !failure.retryable
+            || wait >= timeout.saturating_sub(started.elapsed())
+            || once()
+        {
+            return Err(failure);
+        }
+        // A collector may ask for a wait of minutes: bounded by the timeout above.
+        tokio::time::sleep(wait).await;
+        retries += 1;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// What an OTLP/HTTP reply that is no success means: a failure, transient or not (the
+/// specification's 429, 502, 503 and 504), named by its status. The body (a
+/// `google.rpc.Status`) is not read, as the gRPC status's message is left out: it may quote
+/// what it was sent.
+pub(crate) fn http_failure(reply: &http_export::Reply, left: Duration) -> Failure {
+    let retryable = matches!(reply.status.as_u16(), 429 | 502 | 503 | 504);
+    Failure {
+        text: format!("export failed: HTTP {}", reply.status.as_u16()),
+        retryable,
+        asked: if retryable {
+            reply.retry_after(left)
+        } else {
+            None
+        },
+        status: Some(reply.status),
+    }
+}
+
+/// A request that got no reply: the connection failed or the time ran out, both transient;
+/// a reply too long to be a collector's is not.
+pub(crate) fn no_reply(failed: &http_export::Failed) -> Failure {
+    Failure {
+        text: format!("export failed: {failed}"),
+        retryable: !matches!(failed, http_export::Failed::ReplyTooLong),
+        asked: None,
+        status: None,
+    }
 }
 
 /// Retries after a failure the OTLP specification calls transient, as the stock exporter's
@@ -387,38 +449,23 @@ impl OtlpSpanExporter {
     }
 
     /// Sends `body`, retrying a transient failure, within what is left of the export's timeout
-    /// (counted from `started`).
+    /// (counted from `started`). On the `otlp-batch` thread's runtime, whose timer also tells
+    /// of the spans dropped meanwhile.
     async fn deliver(&self, body: Bytes, started: Instant) -> OTelSdkResult {
-        let mut backoff = FIRST_BACKOFF;
-        let mut retries = 0;
-        loop {
-            let left = self.timeout.saturating_sub(started.elapsed());
-            match self.send(body.clone(), left).await {
-                Ok(response) => {
-                    if let Some(partial) = response.partial_success
-                        && (partial.rejected_spans > 0 || !partial.error_message.is_empty())
-                    {
-                        self.warn_partial(partial.rejected_spans);
-                    }
-                    return Ok(());
-                }
-                Err(failure) => {
-                    let wait = failure.asked.unwrap_or_else(|| jittered(backoff));
-                    if retries == RETRIES
-                        || !failure.retryable
-                        || wait >= self.timeout.saturating_sub(started.elapsed())
-                        || self.shut_down.load(Ordering::Acquire)
-                    {
-                        return Err(OTelSdkError::InternalFailure(failure.text));
-                    }
-                    // On the `otlp-batch` thread's runtime, whose timer also tells of the spans
-                    // dropped meanwhile (a collector may ask for a wait of minutes).
-                    tokio::time::sleep(wait).await;
-                    retries += 1;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
+        let response = retrying(
+            self.timeout,
+            started,
+            || self.shut_down.load(Ordering::Acquire),
+            |left| self.send(body.clone(), left),
+        )
+        .await
+        .map_err(|failure| OTelSdkError::InternalFailure(failure.text))?;
+        if let Some(partial) = response.partial_success
+            && (partial.rejected_spans > 0 || !partial.error_message.is_empty())
+        {
+            self.warn_partial(partial.rejected_spans);
         }
+        Ok(())
     }
 
     /// One request with `body`, given `left` of the export's timeout.
@@ -435,18 +482,14 @@ impl OtlpSpanExporter {
                         || (status.code() == tonic::Code::ResourceExhausted && asked.is_some()),
                     asked,
                     text: self.describe(&status),
+                    status: None,
                 }
             }),
             Transport::Http(http) => {
                 let reply = http
                     .post(body, HeaderValue::from_static(PROTOBUF), None, left)
                     .await
-                    .map_err(|failed| Failure {
-                        // No reply: the connection failed or the time ran out; both transient.
-                        text: format!("export failed: {failed}"),
-                        retryable: !matches!(failed, http_export::Failed::ReplyTooLong),
-                        asked: None,
-                    })?;
+                    .map_err(|failed| no_reply(&failed))?;
                 if reply.status.is_success() {
                     // A collector answers in the request's media type, with a protobuf
                     // `ExportTraceServiceResponse` (empty when all went in). Anything else
@@ -468,18 +511,7 @@ impl OtlpSpanExporter {
                     }
                     return Ok(response.unwrap_or_default());
                 }
-                // OTLP/HTTP's transient statuses; the body (a `google.rpc.Status`) is not
-                // read, as the gRPC status's message is left out: it may quote what it was sent.
-                let retryable = matches!(reply.status.as_u16(), 429 | 502 | 503 | 504);
-                Err(Failure {
-                    text: format!("export failed: HTTP {}", reply.status.as_u16()),
-                    retryable,
-                    asked: if retryable {
-                        reply.retry_after(left)
-                    } else {
-                        None
-                    },
-                })
+                Err(http_failure(&reply, left))
             }
         }
     }
@@ -1135,13 +1167,14 @@ pub(crate) mod tests {
         /// A collector answering each request with the next of `replies`, then 200, its
         /// bodies labelled as protobuf.
         async fn collector(replies: Vec<Scripted>) -> (Seen, String) {
-            collector_answering_as(replies, PROTOBUF).await
+            collector_answering_as(replies, PROTOBUF, Duration::ZERO).await
         }
 
-        /// [`collector`], its bodies labelled `content_type`.
+        /// [`collector`], its bodies labelled `content_type`, each reply sent after `delay`.
         async fn collector_answering_as(
             replies: Vec<Scripted>,
             content_type: &'static str,
+            delay: Duration,
         ) -> (Seen, String) {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let url = format!("http://{}/otlp/v1/traces", listener.local_addr().unwrap());
@@ -1170,6 +1203,7 @@ pub(crate) mod tests {
                                     std::future::pending::<()>().await;
                                     unreachable!()
                                 };
+                                tokio::time::sleep(delay).await;
                                 if status == 0 {
                                     // hyper closes the connection on a service's error.
                                     return Err("closed without an answer".into());
@@ -1449,14 +1483,109 @@ pub(crate) mod tests {
                 ("text/html", b"<html>S3CR3T</html>".to_vec()),
                 (PROTOBUF, b"\xffS3CR3T".to_vec()),
             ] {
-                let (_, url) =
-                    collector_answering_as(vec![Some((200, None, body))], content_type).await;
+                let (_, url) = collector_answering_as(
+                    vec![Some((200, None, body))],
+                    content_type,
+                    Duration::ZERO,
+                )
+                .await;
                 let (exported, logs) = logged(exporter(url, DEFAULT_TIMEOUT).export(batch())).await;
                 exported.unwrap();
                 assert!(logs.contains("its reply is no OTLP response"), "{logs}");
                 assert!(logs.contains("status=200"), "{logs}");
                 assert!(!logs.contains("S3CR3T"), "{logs}");
             }
+        }
+
+        /// hyper skips informational replies (`100 Continue`) and reads on: a collector
+        /// sending them without end kept the export busy until its timeout, each time. What
+        /// an exchange reads in all is bounded.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn endless_informational_replies_are_cut_off() {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+            tokio::spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    tokio::spawn(async move {
+                        let mut request = [0; 4096];
+                        let _ = stream.read(&mut request).await;
+                        let heads = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(100);
+                        while stream.write_all(&heads).await.is_ok() {}
+                    });
+                }
+            });
+            let err = exporter(url, DEFAULT_TIMEOUT)
+                .export(batch())
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("bytes in reply"), "{err}");
+        }
+
+        /// The metrics exporter's client (the stock exporter's own retries off) retries a
+        /// transient status itself and hands back the last status.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn the_metrics_client_retries_transient_statuses_and_hands_back_the_last() {
+            use opentelemetry_http::HttpClient as _;
+            let metrics = |url: String, timeout| {
+                let endpoint = Endpoint {
+                    variable: "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                    url,
+                    protocol: Protocol::HttpProtobuf,
+                };
+                http_export::HttpTransport::new(&endpoint, hyper::HeaderMap::new(), timeout)
+                    .unwrap()
+            };
+            let request = || {
+                let mut request = opentelemetry_http::Request::new(Bytes::from_static(b"\x0a\x00"));
+                request
+                    .headers_mut()
+                    .insert("content-type", HeaderValue::from_static(PROTOBUF));
+                // The stock exporter's headers, read by its rules: not sent.
+                request
+                    .headers_mut()
+                    .insert("api-key", HeaderValue::from_static("unchecked"));
+                request
+            };
+            let (seen, url) = collector(vec![
+                Some((503, Some("0"), Vec::new())),
+                Some((502, None, Vec::new())),
+            ])
+            .await;
+            let response = metrics(url, DEFAULT_TIMEOUT)
+                .send_bytes(request())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let requests = seen.requests.lock().unwrap().clone();
+            assert_eq!(requests.len(), 3);
+            assert!(
+                requests
+                    .iter()
+                    .all(|(_, headers, _)| !headers.contains_key("api-key"))
+            );
+            let (seen, url) = collector(vec![Some((429, None, Vec::new())); 4]).await;
+            let response = metrics(url, DEFAULT_TIMEOUT)
+                .send_bytes(request())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 429);
+            assert_eq!(seen.requests.lock().unwrap().len(), 4);
+            // A retry gets what is left of the timeout, not all of it again (each of the
+            // stock exporter's attempts did): here too little for the collector's answer.
+            let timeout = Duration::from_secs(2);
+            let (seen, url) = collector_answering_as(
+                vec![Some((503, None, Vec::new())); 2],
+                PROTOBUF,
+                timeout * 6 / 10,
+            )
+            .await;
+            let err = metrics(url, timeout)
+                .send_bytes(request())
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("timeout"), "{err}");
+            assert_eq!(seen.requests.lock().unwrap().len(), 2);
         }
     }
 }

@@ -215,6 +215,27 @@ async fn bad_otlp_export_settings_stop_the_worker_naming_the_variable_not_its_va
         );
         assert!(!stderr.contains("s3cretk3y"), "{var}: {stderr}");
     }
+    // With metrics off, their protocol is still checked (as the export interval is).
+    let mut command = worker();
+    command
+        .env("RUST_LOG", "warn")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove(METRICS)
+        .env_remove(PROTOCOL)
+        .env(TRACES, &endpoint)
+        .env("OTEL_METRICS_EXPORTER", "none")
+        .env(METRICS_PROTOCOL, "s3cretk3y");
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("the worker did not stop")
+        .expect("run the worker");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("invalid {METRICS_PROTOCOL}:")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cretk3y"), "{stderr}");
 }
 
 /// A metrics variable that is not UTF-8 stops the worker naming it: before, an endpoint like
