@@ -240,6 +240,19 @@ fn check(url: &str, protocol: Protocol) -> Result<(), String> {
             "has a host with characters beyond ASCII: give its ASCII form (xn--...)".into(),
         );
     }
+    // A name or an IPv4 address (an IPv6 one is in brackets, checked above): no `%`-escape,
+    // no `:` (`http://::1:4318` would be dialled as `[::1]` and sent as another host).
+    if !host_port.starts_with('[')
+        && !host
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_'))
+    {
+        return Err(
+            "has a host that is not a name or an address (an IPv6 address goes in brackets: \
+             http://[::1]:4318)"
+                .into(),
+        );
+    }
     let Some(port) = port else {
         return Err(format!(
             "has no port (the exporter would dial 80; OTLP/gRPC is 4317, OTLP/HTTP 4318), such \
@@ -304,6 +317,9 @@ mod tests {
             "http://collector:4317\r\n",
             "http://collector:+4317",
             "http://c\u{f6}llector:4317",
+            "http://a:S3CR3T:4317",
+            "http://coll%41ector:4317",
+            "http://::1:4317",
         ] {
             let err = check(bad, Protocol::Grpc).expect_err(bad);
             assert!(
@@ -343,6 +359,9 @@ mod tests {
             "http://[::1%25S3CR3T]:4318",
             "http://S3CR3T\u{f6}:4318",
             "http://collector:+4318",
+            "http://S3CR3T:b:4318",
+            "http://S3CR3T%41:4318",
+            "http://::1:4318",
         ] {
             let err = check(bad, Protocol::HttpProtobuf).expect_err(bad);
             assert!(

@@ -44,8 +44,8 @@ use crate::{
 /// is closed.
 const MAX_REPLY_BYTES: usize = 64 * 1024;
 
-/// The most read from a connection in one exchange: the reply's body and heads, informational
-/// ones (`100 Continue`) included. hyper skips those and reads on, so that a collector sending
+/// What a connection reads in one exchange before its reads fail (one read may pass it by its
+/// size): the reply's body and heads, informational ones (`100 Continue`) included. hyper skips those and reads on, so that a collector sending
 /// them without end kept the export thread busy until the timeout; a body alone is bounded by
 /// [`MAX_REPLY_BYTES`].
 const MAX_EXCHANGE_BYTES: usize = MAX_REPLY_BYTES + 64 * 1024;
@@ -64,6 +64,9 @@ pub(crate) struct Reply {
     /// The body of a success (at most [`MAX_REPLY_BYTES`]); empty for any other status, whose
     /// body is not read (a proxy's error page may be long, and is never shown).
     pub body: Bytes,
+    /// Whether a success's body was read whole: one cut short (the connection closed, or past
+    /// [`MAX_REPLY_BYTES`]) is still a success, the status having said so, but no OTLP reply.
+    pub complete: bool,
 }
 
 impl Reply {
@@ -93,12 +96,33 @@ pub(crate) enum Failed {
     Connect(std::io::Error),
     #[error("{}", with_causes(.0))]
     Http(#[from] hyper::Error),
-    #[error("the collector's reply is longer than {MAX_REPLY_BYTES} bytes")]
-    ReplyTooLong,
     #[error("the export thread is gone")]
     ExportThreadGone,
     #[error("the export's task panicked")]
     Panicked,
+}
+
+/// Whether a request on a kept connection failed because the collector had closed it (an idle
+/// timeout racing the request: hyper saw the close before writing, or the collector reset the
+/// connection with the request unread, or closed it before any reply). The request may have
+/// reached the collector in the last case: sent again, it is at most a duplicate, as a retry is.
+fn closed_meanwhile(err: &hyper::Error) -> bool {
+    if err.is_canceled() || err.is_closed() || err.is_incomplete_message() {
+        return true;
+    }
+    let mut cause = std::error::Error::source(err);
+    while let Some(err) = cause {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+            );
+        }
+        cause = err.source();
+    }
+    false
 }
 
 /// An error and its causes, `: `-separated (hyper's "connection error" alone says little; its
@@ -312,8 +336,7 @@ impl Inner {
                 .exchange_on(connection, &body, &content_type, &extra)
                 .await
             {
-                Err(Failed::Http(err))
-                    if err.is_canceled() || err.is_closed() || err.is_incomplete_message() => {}
+                Err(Failed::Http(err)) if closed_meanwhile(&err) => {}
                 done => return done,
             }
         }
@@ -322,7 +345,7 @@ impl Inner {
             .await
     }
 
-    /// The kept connection, if it is still open.
+    /// The kept connection, if it is still open (as far as hyper has seen).
     fn take_idle(&self) -> Option<Connection> {
         let mut idle = self
             .idle
@@ -363,33 +386,31 @@ impl Inner {
         let status = response.status();
         let retry_after = response.headers().get(RETRY_AFTER).cloned();
         let content_type = response.headers().get(CONTENT_TYPE).cloned();
-        if !status.is_success() {
-            // Not read: the connection is closed with the rest of the reply in it.
-            return Ok(Reply {
-                status,
-                retry_after,
-                content_type,
-                body: Bytes::new(),
-            });
-        }
-        let body = Limited::new(response.into_body(), MAX_REPLY_BYTES)
-            .collect()
-            .await
-            .map_err(|err| match err.downcast::<hyper::Error>() {
-                Ok(err) => Failed::Http(*err),
-                Err(_) => Failed::ReplyTooLong,
-            })?
-            .to_bytes();
-        *self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(connection);
-        Ok(Reply {
+        let mut reply = Reply {
             status,
             retry_after,
             content_type,
-            body,
-        })
+            body: Bytes::new(),
+            complete: false,
+        };
+        if !status.is_success() {
+            // Not read: the connection is closed with the rest of the reply in it.
+            return Ok(reply);
+        }
+        // A success whose body cannot be read whole is a success all the same (the spans or
+        // metrics are in): not sent again; its connection is closed.
+        if let Ok(body) = Limited::new(response.into_body(), MAX_REPLY_BYTES)
+            .collect()
+            .await
+        {
+            reply.body = body.to_bytes();
+            reply.complete = true;
+            *self
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(connection);
+        }
+        Ok(reply)
     }
 
     async fn connect(&self) -> Result<Connection, Failed> {
@@ -472,6 +493,7 @@ impl opentelemetry_http::HttpClient for HttpTransport {
                 retry_after: None,
                 content_type: None,
                 body: Bytes::new(),
+                complete: false,
             },
             Err(failure) => {
                 if self.0.failure_warned.due() {

@@ -342,12 +342,12 @@ pub(crate) fn http_failure(reply: &http_export::Reply, left: Duration) -> Failur
     }
 }
 
-/// A request that got no reply: the connection failed or the time ran out, both transient;
-/// a reply too long to be a collector's is not.
+/// A request that got no reply: the connection failed (a reply's heads too long for a
+/// collector's among the causes) or the time ran out, all transient.
 pub(crate) fn no_reply(failed: &http_export::Failed) -> Failure {
     Failure {
         text: format!("export failed: {failed}"),
-        retryable: !matches!(failed, http_export::Failed::ReplyTooLong),
+        retryable: true,
         asked: None,
         status: None,
     }
@@ -495,14 +495,20 @@ impl OtlpSpanExporter {
                     // `ExportTraceServiceResponse` (empty when all went in). Anything else
                     // is a success all the same, the status says so, but not from a collector:
                     // the endpoint may be another service, or a proxy's.
-                    let protobuf = reply.body.is_empty()
-                        || reply
-                            .content_type
-                            .as_ref()
-                            .and_then(|value| value.to_str().ok())
-                            .is_some_and(|value| {
-                                value.split(';').next().unwrap_or_default().trim() == PROTOBUF
-                            });
+                    let protobuf = reply.complete
+                        && (reply.body.is_empty()
+                            || reply
+                                .content_type
+                                .as_ref()
+                                .and_then(|value| value.to_str().ok())
+                                .is_some_and(|value| {
+                                    value
+                                        .split(';')
+                                        .next()
+                                        .unwrap_or_default()
+                                        .trim()
+                                        .eq_ignore_ascii_case(PROTOBUF)
+                                }));
                     let response = protobuf
                         .then(|| ExportTraceServiceResponse::decode(reply.body).ok())
                         .flatten();
@@ -1376,6 +1382,7 @@ pub(crate) mod tests {
                 retry_after: Some(HeaderValue::from_str(value).unwrap()),
                 content_type: None,
                 body: Bytes::new(),
+                complete: false,
             };
             let limit = Duration::from_secs(10);
             let at = |from_now: Duration| {
@@ -1415,8 +1422,9 @@ pub(crate) mod tests {
             assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
         }
 
-        /// A kept connection the collector closes as the next request goes out (an idle
-        /// timeout) is replaced at once, even at exit, when an export is tried once only.
+        /// A kept connection the collector closes after reading the next request, without an
+        /// answer, is replaced at once, even at exit: the request is sent again (a duplicate,
+        /// as a retry may be), since the same close races an idle timeout.
         #[tokio::test(flavor = "multi_thread")]
         async fn a_kept_connection_closed_by_the_collector_is_replaced_at_once() {
             let (seen, url) = collector(vec![
@@ -1439,15 +1447,106 @@ pub(crate) mod tests {
             assert_eq!(seen.requests.lock().unwrap().len(), 1);
         }
 
-        /// A success's reply longer than any collector's is not read to its end.
+        /// A success's reply longer than any collector's is not read to its end; the status
+        /// said the spans are in: not sent again, warned about.
         #[tokio::test(flavor = "multi_thread")]
-        async fn a_long_reply_is_cut_off() {
-            let (_, url) = collector(vec![Some((200, None, vec![b'x'; 1 << 20]))]).await;
-            let err = exporter(url, DEFAULT_TIMEOUT)
-                .export(batch())
-                .await
-                .unwrap_err();
-            assert!(err.to_string().contains("longer than"), "{err}");
+        async fn a_long_success_is_cut_off_and_not_sent_again() {
+            let (seen, url) = collector(vec![Some((200, None, vec![b'x'; 1 << 20]))]).await;
+            let (exported, logs) = logged(exporter(url, DEFAULT_TIMEOUT).export(batch())).await;
+            exported.unwrap();
+            assert!(logs.contains("its reply is no OTLP response"), "{logs}");
+            assert_eq!(seen.requests.lock().unwrap().len(), 1);
+        }
+
+        /// Reads one request (its heads and the body their `content-length` announces) off
+        /// `stream`; false at its end.
+        async fn read_request(stream: &mut tokio::net::TcpStream) -> bool {
+            use tokio::io::AsyncReadExt as _;
+            let mut read = Vec::new();
+            let mut chunk = [0; 8192];
+            loop {
+                if let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let heads = String::from_utf8_lossy(&read[..end]).to_ascii_lowercase();
+                    let length: usize = heads
+                        .lines()
+                        .find_map(|line| line.strip_prefix("content-length:"))
+                        .map_or(0, |value| value.trim().parse().unwrap());
+                    if read.len() >= end + 4 + length {
+                        return true;
+                    }
+                }
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => read.extend_from_slice(&chunk[..n]),
+                }
+            }
+        }
+
+        /// A collector speaking HTTP/1.1 by hand: each connection is given to `serve`, with
+        /// its number (from 0); the requests it read are counted.
+        async fn by_hand<F: Future<Output = ()> + Send + 'static>(
+            serve: impl Fn(tokio::net::TcpStream, usize, Arc<AtomicUsize>) -> F + Send + 'static,
+        ) -> (Arc<AtomicUsize>, String) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+            let requests = Arc::new(AtomicUsize::new(0));
+            let counted = Arc::clone(&requests);
+            tokio::spawn(async move {
+                let mut connections = 0;
+                while let Ok((stream, _)) = listener.accept().await {
+                    tokio::spawn(serve(stream, connections, Arc::clone(&counted)));
+                    connections += 1;
+                }
+            });
+            (requests, url)
+        }
+
+        const OK: &[u8] =
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+
+        /// A success whose body ends before its length: the spans are in, not sent again.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_success_cut_short_is_not_sent_again() {
+            use tokio::io::AsyncWriteExt as _;
+            let (requests, url) = by_hand(|mut stream, _, requests| async move {
+                if read_request(&mut stream).await {
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    let reply = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\n\
+                                  content-length: 100\r\n\r\nabc";
+                    let _ = stream.write_all(reply).await;
+                }
+            })
+            .await;
+            let (exported, logs) = logged(exporter(url, DEFAULT_TIMEOUT).export(batch())).await;
+            exported.unwrap();
+            assert!(logs.contains("its reply is no OTLP response"), "{logs}");
+            assert_eq!(requests.load(Ordering::SeqCst), 1);
+        }
+
+        /// A kept connection the collector closes with the next request unread (its idle
+        /// timeout as the request arrives: the kernel resets the connection) is replaced at
+        /// once, even at exit.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_kept_connection_reset_with_the_request_unread_is_replaced_at_once() {
+            use tokio::io::AsyncWriteExt as _;
+            let (requests, url) = by_hand(|mut stream, connection, requests| async move {
+                while read_request(&mut stream).await {
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    stream.write_all(OK).await.unwrap();
+                    if connection == 0 {
+                        // The next request arrives, and is left unread.
+                        stream.readable().await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        return;
+                    }
+                }
+            })
+            .await;
+            let kept = exporter(url, DEFAULT_TIMEOUT);
+            kept.export(batch()).await.unwrap();
+            kept.shut_down();
+            kept.export(batch()).await.unwrap();
+            assert_eq!(requests.load(Ordering::SeqCst), 2);
         }
 
         /// A partial success (protobuf in a 200) is a success, warned about with the count of
