@@ -301,14 +301,10 @@ impl HttpTransport {
         left: Duration,
     ) -> Result<Reply, Failed> {
         let inner = Arc::clone(&self.0);
-        let left = left.min(inner.timeout);
+        let deadline = tokio::time::Instant::now() + left.min(inner.timeout);
         self.0
             .runtime
-            .spawn(async move {
-                tokio::time::timeout(left, inner.exchange(body, content_type, extra))
-                    .await
-                    .unwrap_or(Err(Failed::TimedOut))
-            })
+            .spawn(async move { inner.exchange(body, content_type, extra, deadline).await })
             .await
             .unwrap_or_else(|gone| {
                 Err(if gone.is_panic() {
@@ -324,24 +320,31 @@ impl Inner {
     /// One request and its reply, on the idle connection or a new one. A kept connection the
     /// collector closed meanwhile (an idle timeout racing the request) is replaced once, at
     /// once: that is no failure of the collector's, and at exit there is no retry.
+    /// Each step waits until `deadline` at most.
     async fn exchange(
         &self,
         body: Bytes,
         content_type: HeaderValue,
         extra: Option<HeaderMap>,
+        deadline: tokio::time::Instant,
     ) -> Result<Reply, Failed> {
         let idle = self.take_idle();
         if let Some(connection) = idle {
             match self
-                .exchange_on(connection, &body, &content_type, &extra)
+                .exchange_on(connection, &body, &content_type, &extra, deadline)
                 .await
             {
-                Err(Failed::Http(err)) if closed_meanwhile(&err) => {}
+                Err(Failed::Http(err)) if closed_meanwhile(&err) => tracing::debug!(
+                    target: "simplebank::otlp",
+                    "the collector had closed the kept connection: the request is sent again on a new one"
+                ),
                 done => return done,
             }
         }
-        let connection = self.connect().await?;
-        self.exchange_on(connection, &body, &content_type, &extra)
+        let connection = tokio::time::timeout_at(deadline, self.connect())
+            .await
+            .map_err(|_| Failed::TimedOut)??;
+        self.exchange_on(connection, &body, &content_type, &extra, deadline)
             .await
     }
 
@@ -361,8 +364,11 @@ impl Inner {
         body: &Bytes,
         content_type: &HeaderValue,
         extra: &Option<HeaderMap>,
+        deadline: tokio::time::Instant,
     ) -> Result<Reply, Failed> {
-        connection.send.ready().await?;
+        tokio::time::timeout_at(deadline, connection.send.ready())
+            .await
+            .map_err(|_| Failed::TimedOut)??;
         connection
             .unread
             .store(MAX_EXCHANGE_BYTES, Ordering::Relaxed);
@@ -382,7 +388,9 @@ impl Inner {
             headers.append(name, value.clone());
         }
         headers.insert(CONTENT_TYPE, content_type.clone());
-        let response = connection.send.send_request(request).await?;
+        let response = tokio::time::timeout_at(deadline, connection.send.send_request(request))
+            .await
+            .map_err(|_| Failed::TimedOut)??;
         let status = response.status();
         let retry_after = response.headers().get(RETRY_AFTER).cloned();
         let content_type = response.headers().get(CONTENT_TYPE).cloned();
@@ -397,12 +405,11 @@ impl Inner {
             // Not read: the connection is closed with the rest of the reply in it.
             return Ok(reply);
         }
-        // A success whose body cannot be read whole is a success all the same (the spans or
-        // metrics are in): not sent again; its connection is closed.
-        if let Ok(body) = Limited::new(response.into_body(), MAX_REPLY_BYTES)
-            .collect()
-            .await
-        {
+        // A success whose body cannot be read whole (cut short, too long, or not all there
+        // by the deadline) is a success all the same (the spans or metrics are in): not sent
+        // again; its connection is closed.
+        let body = Limited::new(response.into_body(), MAX_REPLY_BYTES).collect();
+        if let Ok(Ok(body)) = tokio::time::timeout_at(deadline, body).await {
             reply.body = body.to_bytes();
             reply.complete = true;
             *self

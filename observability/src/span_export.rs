@@ -1504,23 +1504,38 @@ pub(crate) mod tests {
         const OK: &[u8] =
             b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
 
-        /// A success whose body ends before its length: the spans are in, not sent again.
-        #[tokio::test(flavor = "multi_thread")]
-        async fn a_success_cut_short_is_not_sent_again() {
+        /// A success whose body ends before its length (the connection closed), or stalls
+        /// (`stall`): the spans are in, not sent again; warned about.
+        async fn a_success_cut_short_is_not_sent_again(stall: bool) {
             use tokio::io::AsyncWriteExt as _;
-            let (requests, url) = by_hand(|mut stream, _, requests| async move {
+            let (requests, url) = by_hand(move |mut stream, _, requests| async move {
                 if read_request(&mut stream).await {
                     requests.fetch_add(1, Ordering::SeqCst);
                     let reply = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\n\
                                   content-length: 100\r\n\r\nabc";
                     let _ = stream.write_all(reply).await;
+                    if stall {
+                        std::future::pending::<()>().await;
+                    }
                 }
             })
             .await;
-            let (exported, logs) = logged(exporter(url, DEFAULT_TIMEOUT).export(batch())).await;
+            let exporter = exporter(url, Duration::from_secs(1));
+            let (exported, logs) = logged(exporter.export(batch())).await;
             exported.unwrap();
             assert!(logs.contains("its reply is no OTLP response"), "{logs}");
             assert_eq!(requests.load(Ordering::SeqCst), 1);
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_success_whose_body_is_cut_short_is_not_sent_again() {
+            a_success_cut_short_is_not_sent_again(false).await;
+        }
+
+        /// Before, the export ran into its timeout and was reported lost.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_success_whose_body_stalls_is_not_sent_again() {
+            a_success_cut_short_is_not_sent_again(true).await;
         }
 
         /// A kept connection the collector closes with the next request unread (its idle
