@@ -208,8 +208,7 @@ fn check(url: &str, protocol: Protocol) -> Result<(), String> {
         // would not find it.
         if protocol == Protocol::HttpProtobuf && ip.contains('%') {
             return Err(
-                "has an IPv6 zone (%25...), which OTLP/HTTP does not dial: give the \
-                        address alone"
+                "has an IPv6 zone (%25...), which OTLP/HTTP does not dial: give the address alone"
                     .into(),
             );
         }

@@ -45,9 +45,9 @@ use crate::{
 const MAX_REPLY_BYTES: usize = 64 * 1024;
 
 /// What a connection reads in one exchange before its reads fail (one read may pass it by its
-/// size): the reply's body and heads, informational ones (`100 Continue`) included. hyper skips those and reads on, so that a collector sending
-/// them without end kept the export thread busy until the timeout; a body alone is bounded by
-/// [`MAX_REPLY_BYTES`].
+/// size): the reply's body and heads, informational ones (`100 Continue`) included. hyper
+/// skips those and reads on, so that a collector sending them without end kept the export
+/// thread busy until the timeout; a body alone is bounded by [`MAX_REPLY_BYTES`].
 const MAX_EXCHANGE_BYTES: usize = MAX_REPLY_BYTES + 64 * 1024;
 
 /// The protobuf bodies' media type (OTLP/HTTP).
@@ -76,13 +76,29 @@ impl Reply {
     pub fn retry_after(&self, limit: Duration) -> Option<Duration> {
         let value = self.retry_after.as_ref()?.to_str().ok()?.trim();
         let wait = match value.parse::<u64>() {
-            Ok(seconds) => Duration::from_secs(seconds.min(limit.as_secs().saturating_add(1))),
+            Ok(seconds) => Duration::from_secs(seconds),
             Err(_) => httpdate::parse_http_date(value)
                 .ok()?
                 .duration_since(SystemTime::now())
                 .unwrap_or_default(),
         };
         Some(wait.min(limit.saturating_add(Duration::from_secs(1))))
+    }
+
+    /// Whether a success's reply is an OTLP one's: read whole, and empty (all went in) or
+    /// labelled as protobuf, the request's media type, as a collector answers.
+    pub fn is_protobuf(&self) -> bool {
+        let labelled = || {
+            let media_type = self
+                .content_type
+                .as_ref()?
+                .to_str()
+                .ok()?
+                .split(';')
+                .next()?;
+            Some(media_type.trim().eq_ignore_ascii_case(PROTOBUF))
+        };
+        self.complete && (self.body.is_empty() || labelled() == Some(true))
     }
 }
 
@@ -94,7 +110,7 @@ pub(crate) enum Failed {
     TimedOut,
     #[error("cannot connect to the collector: {0}")]
     Connect(std::io::Error),
-    #[error("{}", with_causes(.0))]
+    #[error("{}", simplebank_queue::report::chain(.0))]
     Http(#[from] hyper::Error),
     #[error("the export thread is gone")]
     ExportThreadGone,
@@ -123,19 +139,6 @@ fn closed_meanwhile(err: &hyper::Error) -> bool {
         cause = err.source();
     }
     false
-}
-
-/// An error and its causes, `: `-separated (hyper's "connection error" alone says little; its
-/// causes are I/O errors, which quote neither the peer's bytes nor the address).
-fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(err) = cause {
-        text.push_str(": ");
-        text.push_str(&err.to_string());
-        cause = err.source();
-    }
-    text
 }
 
 /// Posts export requests to one collector URL.
@@ -328,8 +331,7 @@ impl Inner {
         extra: Option<HeaderMap>,
         deadline: tokio::time::Instant,
     ) -> Result<Reply, Failed> {
-        let idle = self.take_idle();
-        if let Some(connection) = idle {
+        if let Some(connection) = self.take_idle() {
             match self
                 .exchange_on(connection, &body, &content_type, &extra, deadline)
                 .await

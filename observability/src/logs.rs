@@ -194,7 +194,14 @@ pub(crate) mod tests {
 
     /// Log output kept in memory.
     #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Captured {
+        /// What was written so far.
+        pub(crate) fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
 
     impl std::io::Write for Captured {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
@@ -213,7 +220,7 @@ pub(crate) mod tests {
         let subscriber =
             tracing_subscriber::registry().with(layer_to(format, move || writer.clone()));
         tracing::subscriber::with_default(subscriber, emit);
-        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+        captured.text()
     }
 
     const FORGED: &str = "t1\r\n2026-01-01T00:00:00Z ERROR forged: \u{1b}[2J\u{0}\u{202e}gpj.exe\u{85}\u{2028}x\u{61c}\u{200b}\u{feff}\u{ad}\u{e0041}";

@@ -1,8 +1,9 @@
 //! The OTLP span exporter: sends the request bytes of each batch ([`crate::span_batch`]) on a
 //! tonic channel (OTLP/gRPC) or as an HTTP/1.1 `POST` (OTLP/HTTP, [`crate::http_export`]),
-//! driven by the `otlp-export` thread, retrying what the specification calls transient. It reads the variables the stock exporter reads for traces (endpoint,
-//! headers, timeout, compression), checked at start like the endpoint: a bad value stops the
-//! program with the variable's name, never its value (headers carry API keys).
+//! driven by the `otlp-export` thread, retrying what the specification calls transient. It
+//! reads the variables the stock exporter reads for traces (endpoint, headers, timeout,
+//! compression), checked at start like the endpoint: a bad value stops the program with the
+//! variable's name, never its value (headers carry API keys).
 
 use std::{
     str::FromStr as _,
@@ -495,21 +496,8 @@ impl OtlpSpanExporter {
                     // `ExportTraceServiceResponse` (empty when all went in). Anything else
                     // is a success all the same, the status says so, but not from a collector:
                     // the endpoint may be another service, or a proxy's.
-                    let protobuf = reply.complete
-                        && (reply.body.is_empty()
-                            || reply
-                                .content_type
-                                .as_ref()
-                                .and_then(|value| value.to_str().ok())
-                                .is_some_and(|value| {
-                                    value
-                                        .split(';')
-                                        .next()
-                                        .unwrap_or_default()
-                                        .trim()
-                                        .eq_ignore_ascii_case(PROTOBUF)
-                                }));
-                    let response = protobuf
+                    let response = reply
+                        .is_protobuf()
                         .then(|| ExportTraceServiceResponse::decode(reply.body).ok())
                         .flatten();
                     if response.is_none() {
@@ -1253,18 +1241,7 @@ pub(crate) mod tests {
 
         /// The log lines written while `future` ran on this thread.
         async fn logged<T>(future: impl Future<Output = T>) -> (T, String) {
-            #[derive(Clone, Default)]
-            struct Lines(Arc<Mutex<Vec<u8>>>);
-            impl std::io::Write for Lines {
-                fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                    self.0.lock().unwrap().extend_from_slice(bytes);
-                    Ok(bytes.len())
-                }
-                fn flush(&mut self) -> std::io::Result<()> {
-                    Ok(())
-                }
-            }
-            let lines = Lines::default();
+            let lines = crate::logs::tests::Captured::default();
             let writer = lines.clone();
             let subscriber = tracing_subscriber::fmt()
                 .with_ansi(false)
@@ -1274,8 +1251,7 @@ pub(crate) mod tests {
                 let _default = tracing::subscriber::set_default(subscriber);
                 future.await
             };
-            let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
-            (output, text)
+            (output, lines.text())
         }
 
         #[tokio::test(flavor = "multi_thread")]
