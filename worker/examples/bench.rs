@@ -1292,39 +1292,50 @@ at half step 11's speed: the raw cycle 61k entries a second against 127k):
   less Redis work per task in the one-at-a-time path, not tried this session.
 
 Step 13, the untraced baseline and where the rest goes (the session of 2 December, 08:40 UTC,
-on a machine slower again: untraced drains at 0.58-0.61 s of worker CPU per 100k tasks against
-0.40 s at step 12):
+on a machine slower again: the drain with neither traces nor metrics at 0.58-0.59 s of worker
+CPU per 100k tasks, against 0.40 s at step 12):
 
 - Scenario 7 compared the traced drains, which record the queue's metrics (the endpoint turns
   them on), with a drain that records none: its shares charged the metrics to tracing. Issue
   16 asks for the tracing targets with the metrics on, so a round now drains a fifth
   environment, untraced with the metrics on (`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` alone, to
-  the same receiver, exported at exit as the traced drains export theirs), and the targets
-  are judged against it; the share of the drain with neither stays in the table beside it.
+  the same receiver, exported at exit as the traced drains export theirs; over gRPC, where
+  the always_on drain over HTTP sends its metrics over HTTP too: one export at exit, outside
+  the timed drain), and the targets are judged against it; the share of the drain with
+  neither stays in the table beside it.
   Two `BENCH_ONLY=tracing` rounds with this: metrics on 97% and 97% of the drain with
   neither; always_on 77% and 76% over gRPC, 79% and 84% over HTTP; the ratio sampler 91% and
   99%; worker CPU per 100k tasks 0.59 and 0.58 s with neither, 0.61 and 0.60 s with the
-  metrics, 0.68 and 0.61 s with the ratio sampler. The change in baseline is about 2% of a
-  drain; the rounds still move by more than that.
+  metrics, 0.68 and 0.61 s with the ratio sampler. The change in baseline is about 3% of a
+  drain (2% in instructions, below); the rounds still move by more than that.
 - Instructions per task (callgrind, `bench_worker` draining 20,000 preloaded tasks, the
-  endpoint an unanswered port): 23.1k untraced (two runs, 23.0k and 23.2k), 23.5k with the
-  metrics (+1.8%), 24.5k with the ratio sampler (+4.5% over the metrics alone). Of that last
-  1.0k: starting a span through the global tracer 980 instructions (the SDK's part 636: the
-  sampler 172, dropping the builder 150, ids 70) where the unexported tracer of the untraced
-  drain starts one for less, and the tenth of the spans it records and exports. The ratio
-  target's 5% sits at that cost; it is the SDK's path for a dropped span, not the queue's
-  (which builds no name or attributes for it).
+  endpoint an unanswered port): 23.09k with neither traces nor metrics (two runs, 23.02k and
+  23.16k), 23.50k with the metrics (+1.8%), 24.55k with the ratio sampler (+4.5% over the
+  metrics alone). Of that last 1.05k: starting a span, 980 instructions through the SDK
+  (its own part 636: the sampler 172, dropping the builder 150, ids 70) against 699 through
+  the unexported tracer of the drains without traces, so 0.28k; ending it, 452 (of which 294
+  hand the tenth that is recorded to the span processor, about 2.8k each); the rest, about
+  0.3k, the export thread's work for that tenth. The ratio target's 5% sits at that cost;
+  little of it is the queue's own (which builds no name or attributes for a dropped span).
 - Redis's work per task, one at a time (commandstats of a private redis-server, `bench_worker`
   and `bench_producer` single, 100,000 tasks): XREADGROUP 3.7-3.8 microseconds a task (about
   35 entries a call: 127 microseconds a call), the FINISH script 2.1-2.5 (XACK 0.66 of it),
   XADD 2.0-2.1 a call, and about 4 more outside the commands (parsing the requests, writing the
   replies: each XADD carries 17 arguments, 19 with a traceparent, and each entry read comes
   back as 15 bulk strings). Batches gave the same per-command costs. Most of it follows from
-  an entry's named fields, seven to nine (DESIGN.md:
-  fields, not one opaque blob), which the design fixes; what could still move is the
+  an entry's named fields, seven to nine (DESIGN.md: fields, not one opaque blob), which the
+  design fixes; what could still move is the
   producer's own CPU, 13.5k instructions a publish (encoding the XADD 3.0k of it, the
   allocator 2.5k, the span 1.1k, `Task::new` 1.5k): at most a few percent of the one at a
   time sum, not the fifth more that 10x BullMQ would need on this machine.
+- `make bench` at fd1413c (09:25 UTC, the raw cycle at 58k entries a second): the ratio
+  sampler 96% (94-96%) of the untraced drain with the metrics, 92% (92-101%) of the drain with
+  neither; always_on over HTTP 84% (80-85%), over gRPC 75% (62-80%), **not met** in this run:
+  the worker's CPU per 100k tasks 0.82 s over gRPC, 0.76 s over HTTP, 0.60 s untraced, so on
+  this machine the gRPC exporter costs the worker more than the HTTP one, and the round where
+  the gRPC drains fell to 62% was one where the machine slowed (its other shares fell too).
+  The metrics: 99.6% of off (scenario 8), 96% of the drain with neither in scenario 7's
+  rounds.
 
 ### The queue moved into its own crate (issue 12)
 
@@ -2602,13 +2613,14 @@ async fn main() -> Result<()> {
             let round = TracingRound::run(&bench, sink, &envs).await?;
             let [off_cpu, untraced_cpu, on_cpu, http_cpu, ratio_cpu] = round.cpu;
             println!(
-                "tracing off {:.0}/s, metrics on {:.0}/s; shares of the latter: on {:.0}/s \
+                "tracing off {:.0}/s, metrics on {:.0}/s ({:.0}%); shares of the latter: on {:.0}/s \
                  ({:.0}%), on over HTTP {:.0}/s ({:.0}%), ratio 0.1 {:.0}/s ({:.0}%); worker \
                  CPU per 100k tasks off {off_cpu:.2} s, metrics on {untraced_cpu:.2} s, on \
                  {on_cpu:.2} s, on over HTTP {http_cpu:.2} s, ratio {ratio_cpu:.2} s; spans \
                  received per always_on drain {:?} of {}; load {load}",
                 round.off,
                 round.untraced,
+                round.untraced / round.off * 100.0,
                 round.on,
                 round.on / round.untraced * 100.0,
                 round.on_http,
@@ -2936,7 +2948,7 @@ async fn main() -> Result<()> {
     writeln!(report, "## 7. Tracing export off versus on\n")?;
     writeln!(
         report,
-        "Both with the same log subscriber (`RUST_LOG=warn`); \"on\" exports every span (`OTEL_TRACES_SAMPLER=always_on`) to a receiver in the bench process, which counts the spans without decoding them: over OTLP/gRPC (the default protocol; the receiver opens an HTTP/2 window of 4 MiB a request: with hyper's default of 1 MiB the exporter fell behind the fastest drains, \"Tracing export\", step 9), or over OTLP/HTTP (`OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`: one HTTP/1.1 `POST /v1/traces` a batch; step 11). The ratio sampler's drains export over gRPC. {spans_received} spans were received in all, from the always_on and ratio drains and the traced CreateUser runs. The endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT`) turns the queue's metrics on too, so the traced drains also record them (exported at exit, the interval being a minute by default). Issue 16 asks for tracing's cost with the metrics on, so each traced drain's share is taken of the untraced drain that records and exports the same metrics to the same receiver (`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` alone: no traces); the drain with neither (tracing off) is beside it, and each share of that one too, which charges the metrics to tracing.\n"
+        "All with the same log subscriber (`RUST_LOG=warn`); \"on\" exports every span (`OTEL_TRACES_SAMPLER=always_on`) to a receiver in the bench process, which counts the spans without decoding them: over OTLP/gRPC (the default protocol; the receiver opens an HTTP/2 window of 4 MiB a request: with hyper's default of 1 MiB the exporter fell behind the fastest drains, \"Tracing export\", step 9), or over OTLP/HTTP (`OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`: one HTTP/1.1 `POST /v1/traces` a batch; step 11). The ratio sampler's drains export over gRPC. {spans_received} spans were received in all, from the always_on and ratio drains and the traced CreateUser runs. The endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT`) turns the queue's metrics on too, so the traced drains also record them (exported at exit, the interval being a minute by default). Issue 16 asks for tracing's cost with the metrics on, so each traced drain's share is taken of the untraced drain that records and exports the same metrics to the same receiver (`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` alone: no traces); the drain with neither (tracing off) is beside it, and each share of that one too, which charges the metrics to tracing.\n"
     )?;
     let rates = |f: fn(&TracingRound) -> f64| tracing_rounds.iter().map(f).collect::<Vec<_>>();
     let shares = |f: fn(&TracingRound) -> f64| {
