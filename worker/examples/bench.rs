@@ -2462,6 +2462,9 @@ fn tracing_env(endpoint: &str, http_endpoint: &str) -> [Env; 5] {
     [off, untraced, on, on_http, ratio]
 }
 
+/// One of a [`TracingRound`]'s figures.
+type RoundFigure = fn(&TracingRound) -> f64;
+
 /// One round of scenario 7's drains: each rate over its two drains.
 struct TracingRound {
     /// Tasks/s untraced (metrics off, then on), with every span exported over gRPC and over
@@ -2950,8 +2953,8 @@ async fn main() -> Result<()> {
         report,
         "All with the same log subscriber (`RUST_LOG=warn`); \"on\" exports every span (`OTEL_TRACES_SAMPLER=always_on`) to a receiver in the bench process, which counts the spans without decoding them: over OTLP/gRPC (the default protocol; the receiver opens an HTTP/2 window of 4 MiB a request: with hyper's default of 1 MiB the exporter fell behind the fastest drains, \"Tracing export\", step 9), or over OTLP/HTTP (`OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`: one HTTP/1.1 `POST /v1/traces` a batch; step 11). The ratio sampler's drains export over gRPC. {spans_received} spans were received in all, from the always_on and ratio drains and the traced CreateUser runs. The endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT`) turns the queue's metrics on too, so the traced drains also record them (exported at exit, the interval being a minute by default). Issue 16 asks for tracing's cost with the metrics on, so each traced drain's share is taken of the untraced drain that records and exports the same metrics to the same receiver (`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` alone: no traces); the drain with neither (tracing off) is beside it, and each share of that one too, which charges the metrics to tracing.\n"
     )?;
-    let rates = |f: fn(&TracingRound) -> f64| tracing_rounds.iter().map(f).collect::<Vec<_>>();
-    let shares = |f: fn(&TracingRound) -> f64| {
+    let rates = |f: &dyn Fn(&TracingRound) -> f64| tracing_rounds.iter().map(f).collect::<Vec<_>>();
+    let shares = |f: &dyn Fn(&TracingRound) -> f64| {
         let shares = rates(f);
         let (median, min, max) = summary(&shares);
         (
@@ -2964,11 +2967,6 @@ async fn main() -> Result<()> {
             ),
         )
     };
-    let (on_share, on_text) = shares(|round| round.on / round.untraced);
-    let (http_share, http_text) = shares(|round| round.on_http / round.untraced);
-    let (ratio_share, ratio_text) = shares(|round| round.ratio / round.untraced);
-    let untraced_text = shares(|round| round.untraced / round.off).1;
-    let of_off = |f: fn(&TracingRound) -> f64| shares(f).1;
     // The worker's CPU per 100k tasks, median (min-max) over the rounds, of drain `i`.
     let cpu = |i: usize| {
         let (median, min, max) = summary(
@@ -2987,36 +2985,44 @@ async fn main() -> Result<()> {
     writeln!(
         report,
         "| tracing off, metrics off | {} | - | - | {} |",
-        fmt_rate(&rates(|round| round.off)),
+        fmt_rate(&rates(&|round| round.off)),
         cpu(0)
     )?;
     writeln!(
         report,
-        "| tracing off, metrics on (untraced) | {} | - | {untraced_text} | {} |",
-        fmt_rate(&rates(|round| round.untraced)),
+        "| tracing off, metrics on (untraced) | {} | - | {} | {} |",
+        fmt_rate(&rates(&|round| round.untraced)),
+        shares(&|round| round.untraced / round.off).1,
         cpu(1)
     )?;
-    writeln!(
-        report,
-        "| tracing on, every span exported (`always_on`), OTLP/gRPC | {} | {on_text} | {} | {} |",
-        fmt_rate(&rates(|round| round.on)),
-        of_off(|round| round.on / round.off),
-        cpu(2)
-    )?;
-    writeln!(
-        report,
-        "| tracing on, every span exported (`always_on`), OTLP/HTTP | {} | {http_text} | {} | {} |",
-        fmt_rate(&rates(|round| round.on_http)),
-        of_off(|round| round.on_http / round.off),
-        cpu(3)
-    )?;
-    writeln!(
-        report,
-        "| tracing on, a tenth exported (`parentbased_traceidratio`, 0.1) | {} | {ratio_text} | {} | {} |\n",
-        fmt_rate(&rates(|round| round.ratio)),
-        of_off(|round| round.ratio / round.off),
-        cpu(4)
-    )?;
+    // The traced drains, in the order of `TracingRound::cpu` from its third: each rate with its
+    // share of the untraced drain (the targets') and of the drain with neither.
+    let traced: [(&str, RoundFigure); 3] = [
+        ("every span exported (`always_on`), OTLP/gRPC", |round| {
+            round.on
+        }),
+        ("every span exported (`always_on`), OTLP/HTTP", |round| {
+            round.on_http
+        }),
+        (
+            "a tenth exported (`parentbased_traceidratio`, 0.1)",
+            |round| round.ratio,
+        ),
+    ];
+    let mut traced_shares = [0.0; 3];
+    for (i, (what, rate)) in traced.into_iter().enumerate() {
+        let (share, text) = shares(&|round| rate(round) / round.untraced);
+        traced_shares[i] = share;
+        writeln!(
+            report,
+            "| tracing on, {what} | {} | {text} | {} | {} |",
+            fmt_rate(&rates(&rate)),
+            shares(&|round| rate(round) / round.off).1,
+            cpu(i + 2)
+        )?;
+    }
+    writeln!(report)?;
+    let [on_share, http_share, ratio_share] = traced_shares;
     writeln!(
         report,
         "Each round drains ten times, in the order off, untraced, always_on over gRPC, \
@@ -3024,11 +3030,10 @@ async fn main() -> Result<()> {
          untraced, off, so that a drift in the machine's speed over the round weighs on the \
          five alike; a rate is its two drains' tasks over their time, a share that of the same \
          round's untraced (or off) rate, and the figures are the medians (min-max) over the \
-         rounds. The worker's CPU (all its \
-         threads, from `/proc`) is less moved than the rates by what else runs on the two \
-         cores: a sampler that costs the worker nothing shows the untraced drain's CPU \
-         however its rate came out. Load average at the start of \
-         each round: {}. Targets, against the untraced drain with the metrics on: always_on \
+         rounds. The worker's CPU (all its threads, from `/proc`) is less moved than the rates \
+         by what else runs on the two cores: a sampler that costs the worker nothing shows the \
+         untraced drain's CPU however its rate came out. Load average at the start of each \
+         round: {}. Targets, against the untraced drain with the metrics on: always_on \
          at least 80% (over gRPC: {}; over HTTP: {}), the ratio sampler at least 95% ({}).\n",
         tracing_loads.join("; "),
         if on_share >= 0.8 {
