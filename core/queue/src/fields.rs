@@ -49,7 +49,7 @@ pub(crate) fn encode(envelope: &Envelope) -> Vec<(&'static str, String)> {
         envelope.attempt,
         envelope.first_failed_at,
         envelope.last_error.as_deref(),
-        |name, value| fields.push((name, value.to_string())),
+        |name, value| fields.push((name.text, value.to_string())),
     );
     fields
 }
@@ -83,7 +83,7 @@ pub(crate) fn xadd_packed(stream: &str, task: &Task, trace: Remote<'_>) -> Vec<u
     let mut bytes = 64 + stream.len();
     each_field(task, trace, 1, None, None, |name, value| {
         args += 2;
-        bytes += 32 + name.len();
+        bytes += 16 + name.bulk().len();
         bytes += if let Field::Text(text) = value {
             text.len()
         } else {
@@ -92,25 +92,28 @@ pub(crate) fn xadd_packed(stream: &str, task: &Task, trace: Remote<'_>) -> Vec<u
     });
     let mut out = Vec::with_capacity(bytes);
     out.push(b'*');
-    decimal(&mut out, args);
-    out.extend_from_slice(b"\r\n");
-    for arg in ["XADD", stream, "*"] {
-        bulk(&mut out, arg.as_bytes());
-    }
-    let mut digits = Vec::with_capacity(20);
+    out.extend_from_slice(digits(args, &mut [0; 20]));
+    out.extend_from_slice(b"\r\n$4\r\nXADD\r\n");
+    bulk(&mut out, stream.as_bytes());
+    out.extend_from_slice(b"$1\r\n*\r\n");
     each_field(task, trace, 1, None, None, |name, value| {
-        bulk(&mut out, name.as_bytes());
-        let (negative, magnitude) = match value {
+        out.extend_from_slice(name.bulk());
+        let mut buffer = [0; 20];
+        let number = match value {
             Field::Text(text) => return bulk(&mut out, text.as_bytes()),
-            Field::Int(n) => (n < 0, n.unsigned_abs()),
-            Field::UInt(n) => (false, n),
+            Field::Int(n) if n < 0 => {
+                let magnitude = digits(n.unsigned_abs(), &mut buffer);
+                out.push(b'$');
+                out.extend_from_slice(digits(magnitude.len() as u64 + 1, &mut [0; 20]));
+                out.extend_from_slice(b"\r\n-");
+                out.extend_from_slice(magnitude);
+                out.extend_from_slice(b"\r\n");
+                return;
+            }
+            Field::Int(n) => digits(n.unsigned_abs(), &mut buffer),
+            Field::UInt(n) => digits(n, &mut buffer),
         };
-        digits.clear();
-        if negative {
-            digits.push(b'-');
-        }
-        decimal(&mut digits, magnitude);
-        bulk(&mut out, &digits);
+        bulk(&mut out, number);
     });
     out
 }
@@ -118,41 +121,30 @@ pub(crate) fn xadd_packed(stream: &str, task: &Task, trace: Remote<'_>) -> Vec<u
 /// A bulk string: `$<length>\r\n<bytes>\r\n`.
 fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'$');
-    decimal(out, bytes.len() as u64);
+    out.extend_from_slice(digits(bytes.len() as u64, &mut [0; 20]));
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(bytes);
     out.extend_from_slice(b"\r\n");
 }
 
-/// `n` in decimal digits.
-fn decimal(out: &mut Vec<u8>, mut n: u64) {
-    // Most are lengths under 100 (field names, ids, short values).
-    if n < 10 {
-        out.push(b'0' + n as u8);
-        return;
-    }
-    if n < 100 {
-        out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
-        return;
-    }
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
+/// `n` in decimal digits, written at the end of `buffer`.
+fn digits(mut n: u64, buffer: &mut [u8; 20]) -> &[u8] {
+    let mut at = buffer.len();
     loop {
         at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
+        buffer[at] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
-            break;
+            return &buffer[at..];
         }
     }
-    out.extend_from_slice(&digits[at..]);
 }
 
 /// Appends the entry fields of `task` on its first attempt (what a publisher writes) to
 /// `cmd`, as [`encode`] would give them, without building a string for each.
 fn write_new(cmd: &mut redis::Cmd, task: &Task, trace: Remote<'_>) {
     each_field(task, trace, 1, None, None, |name, value| {
-        cmd.arg(name);
+        cmd.arg(name.text);
         match value {
             Field::Text(text) => cmd.arg(text),
             Field::Int(n) => cmd.arg(n),
@@ -178,6 +170,65 @@ impl fmt::Display for Field<'_> {
     }
 }
 
+/// A field's name, and the same as a bulk string of the protocol (`$<length>\r\n<name>\r\n`,
+/// written by [`xadd_packed`] as is).
+struct Name {
+    text: &'static str,
+    bulk: [u8; 24],
+    bulk_len: usize,
+}
+
+impl Name {
+    const fn new(text: &'static str) -> Self {
+        let name = text.as_bytes();
+        // '$', two digits, the name and two CR/LF.
+        assert!(name.len() <= 24 - 7);
+        let mut bulk = [0; 24];
+        bulk[0] = b'$';
+        let mut at = 1;
+        if name.len() >= 10 {
+            bulk[at] = b'0' + (name.len() / 10) as u8;
+            at += 1;
+        }
+        bulk[at] = b'0' + (name.len() % 10) as u8;
+        bulk[at + 1] = b'\r';
+        bulk[at + 2] = b'\n';
+        at += 3;
+        let mut i = 0;
+        while i < name.len() {
+            bulk[at] = name[i];
+            at += 1;
+            i += 1;
+        }
+        bulk[at] = b'\r';
+        bulk[at + 1] = b'\n';
+        Self {
+            text,
+            bulk,
+            bulk_len: at + 2,
+        }
+    }
+
+    fn bulk(&self) -> &[u8] {
+        &self.bulk[..self.bulk_len]
+    }
+}
+
+const ID: Name = Name::new("id");
+const TYPE: Name = Name::new("type");
+const PAYLOAD: Name = Name::new("payload");
+const ATTEMPT: Name = Name::new("attempt");
+const MAX_RETRY: Name = Name::new("max_retry");
+const TIMEOUT_MS: Name = Name::new("timeout_ms");
+const ENQUEUED_AT: Name = Name::new("enqueued_at");
+const TRACEPARENT: Name = Name::new("traceparent");
+const TRACESTATE: Name = Name::new("tracestate");
+const DEADLINE: Name = Name::new("deadline");
+const UNIQUE: Name = Name::new("unique");
+const SENSITIVE: Name = Name::new("sensitive");
+const FIRST_FAILED_AT: Name = Name::new("first_failed_at");
+const LAST_ERROR: Name = Name::new("last_error");
+
 /// Calls `field` with each field of the entry of `task` at `attempt`, in the order of the
 /// table above; the optional ones only when present.
 fn each_field<'a>(
@@ -186,23 +237,23 @@ fn each_field<'a>(
     attempt: u32,
     first_failed_at: Option<i64>,
     last_error: Option<&'a str>,
-    mut field: impl FnMut(&'static str, Field<'a>),
+    mut field: impl FnMut(&'static Name, Field<'a>),
 ) {
-    field("id", Field::Text(&task.id));
-    field("type", Field::Text(&task.kind));
-    field("payload", Field::Text(&task.payload));
-    field("attempt", Field::UInt(attempt.into()));
-    field("max_retry", Field::UInt(task.max_retry.into()));
-    field("timeout_ms", Field::UInt(task.timeout_ms));
-    field("enqueued_at", Field::Int(task.enqueued_at));
+    field(&ID, Field::Text(&task.id));
+    field(&TYPE, Field::Text(&task.kind));
+    field(&PAYLOAD, Field::Text(&task.payload));
+    field(&ATTEMPT, Field::UInt(attempt.into()));
+    field(&MAX_RETRY, Field::UInt(task.max_retry.into()));
+    field(&TIMEOUT_MS, Field::UInt(task.timeout_ms));
+    field(&ENQUEUED_AT, Field::Int(task.enqueued_at));
     let optional = [
-        ("traceparent", trace.traceparent.map(Field::Text)),
-        ("tracestate", trace.tracestate.map(Field::Text)),
-        ("deadline", task.deadline.map(Field::Int)),
-        ("unique", task.unique.as_deref().map(Field::Text)),
-        ("sensitive", task.sensitive.then_some(Field::Text("1"))),
-        ("first_failed_at", first_failed_at.map(Field::Int)),
-        ("last_error", last_error.map(Field::Text)),
+        (&TRACEPARENT, trace.traceparent.map(Field::Text)),
+        (&TRACESTATE, trace.tracestate.map(Field::Text)),
+        (&DEADLINE, task.deadline.map(Field::Int)),
+        (&UNIQUE, task.unique.as_deref().map(Field::Text)),
+        (&SENSITIVE, task.sensitive.then_some(Field::Text("1"))),
+        (&FIRST_FAILED_AT, first_failed_at.map(Field::Int)),
+        (&LAST_ERROR, last_error.map(Field::Text)),
     ];
     for (name, value) in optional {
         if let Some(value) = value {
@@ -588,6 +639,57 @@ mod tests {
             xadd_packed("{ns:default}:stream", &task, task.remote_trace()),
             cmd.get_packed_command()
         );
+    }
+
+    /// Every field name's bulk string, worked out at compile time, is the protocol's
+    /// `$<length>\r\n<name>\r\n`, for the names of retried entries too (which no packed XADD
+    /// writes yet).
+    #[test]
+    fn each_field_names_bulk_string_is_its_encoding() {
+        let names = [
+            &ID,
+            &TYPE,
+            &PAYLOAD,
+            &ATTEMPT,
+            &MAX_RETRY,
+            &TIMEOUT_MS,
+            &ENQUEUED_AT,
+            &TRACEPARENT,
+            &TRACESTATE,
+            &DEADLINE,
+            &UNIQUE,
+            &SENSITIVE,
+            &FIRST_FAILED_AT,
+            &LAST_ERROR,
+        ];
+        for name in names {
+            let text = name.text;
+            assert_eq!(
+                name.bulk(),
+                format!("${}\r\n{text}\r\n", text.len()).as_bytes(),
+                "{text}"
+            );
+        }
+        // Lengths of one digit and of two.
+        assert_eq!(Name::new("a").bulk(), b"$1\r\na\r\n");
+        assert_eq!(
+            Name::new("seventeen_letters").bulk(),
+            b"$17\r\nseventeen_letters\r\n"
+        );
+        // Every field a retried task's entry has, by name, each once.
+        let mut task = Task::new(&Reset { token: "t".into() }).unwrap();
+        task.deadline = Some(1);
+        task.unique = Some("id:x".into());
+        task.set_trace(crate::trace::TraceContext {
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            tracestate: Some("a=1".into()),
+        });
+        let mut retried = Envelope::first(task);
+        retried.attempt = 2;
+        retried.first_failed_at = Some(1);
+        retried.last_error = Some("e".into());
+        let written: Vec<&str> = encode(&retried).into_iter().map(|(name, _)| name).collect();
+        assert_eq!(written, names.map(|name| name.text));
     }
 
     /// The packed XADD is the redis crate's encoding of the same command, whatever the

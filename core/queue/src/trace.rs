@@ -97,20 +97,22 @@ const TRACEPARENT_LEN: usize = 55;
 
 /// `00-<trace id>-<span id>-<flags>`, the sampled flag only.
 fn traceparent(span_context: &SpanContext) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(TRACEPARENT_LEN);
-    out.push_str("00");
-    let mut hex = |bytes: &[u8]| {
-        out.push('-');
-        for byte in bytes {
-            out.push(char::from(HEX[usize::from(byte >> 4)]));
-            out.push(char::from(HEX[usize::from(byte & 0xf)]));
+    fn hex(out: &mut [u8], bytes: &[u8]) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0xf)];
         }
-    };
-    hex(&span_context.trace_id().to_bytes());
-    hex(&span_context.span_id().to_bytes());
-    hex(&[(span_context.trace_flags() & TraceFlags::SAMPLED).to_u8()]);
-    out
+    }
+    let mut out = *b"00-________________________________-________________-__";
+    const _: () = assert!(TRACEPARENT_LEN == 55);
+    hex(&mut out[3..35], &span_context.trace_id().to_bytes());
+    hex(&mut out[36..52], &span_context.span_id().to_bytes());
+    hex(
+        &mut out[53..],
+        &[(span_context.trace_flags() & TraceFlags::SAMPLED).to_u8()],
+    );
+    String::from_utf8(out.to_vec()).expect("hex digits and dashes are ASCII")
 }
 
 /// The span context a `traceparent` holds, read by W3C Trace Context's grammar: version `00`
