@@ -101,16 +101,7 @@ pub(crate) fn xadd_packed(stream: &str, task: &Task, trace: Remote<'_>) -> Vec<u
         let mut buffer = [0; 20];
         let number = match value {
             Field::Text(text) => return bulk(&mut out, text.as_bytes()),
-            Field::Int(n) if n < 0 => {
-                let magnitude = digits(n.unsigned_abs(), &mut buffer);
-                out.push(b'$');
-                out.extend_from_slice(digits(magnitude.len() as u64 + 1, &mut [0; 20]));
-                out.extend_from_slice(b"\r\n-");
-                out.extend_from_slice(magnitude);
-                out.extend_from_slice(b"\r\n");
-                return;
-            }
-            Field::Int(n) => digits(n.unsigned_abs(), &mut buffer),
+            Field::Int(n) => signed(n, &mut buffer),
             Field::UInt(n) => digits(n, &mut buffer),
         };
         bulk(&mut out, number);
@@ -138,6 +129,17 @@ fn digits(mut n: u64, buffer: &mut [u8; 20]) -> &[u8] {
             return &buffer[at..];
         }
     }
+}
+
+/// `n` in decimal digits with its sign, written at the end of `buffer` (`i64::MIN` takes all
+/// 20 bytes).
+fn signed(n: i64, buffer: &mut [u8; 20]) -> &[u8] {
+    let start = buffer.len() - digits(n.unsigned_abs(), buffer).len();
+    if n >= 0 {
+        return &buffer[start..];
+    }
+    buffer[start - 1] = b'-';
+    &buffer[start - 1..]
 }
 
 /// Appends the entry fields of `task` on its first attempt (what a publisher writes) to
@@ -174,16 +176,21 @@ impl fmt::Display for Field<'_> {
 /// written by [`xadd_packed`] as is).
 struct Name {
     text: &'static str,
-    bulk: [u8; 24],
+    bulk: [u8; NAME_BULK],
     bulk_len: usize,
 }
+
+/// Room for a name's bulk string: `$`, two digits, two CR/LF and the name.
+const NAME_BULK: usize = 24;
 
 impl Name {
     const fn new(text: &'static str) -> Self {
         let name = text.as_bytes();
-        // '$', two digits, the name and two CR/LF.
-        assert!(name.len() <= 24 - 7);
-        let mut bulk = [0; 24];
+        assert!(
+            name.len() <= NAME_BULK - 7,
+            "a field name is at most 17 bytes"
+        );
+        let mut bulk = [0; NAME_BULK];
         bulk[0] = b'$';
         let mut at = 1;
         if name.len() >= 10 {

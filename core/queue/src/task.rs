@@ -408,14 +408,18 @@ fn epoch_ms(at: OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
-/// Now, in ms since the Unix epoch (this machine's clock), as [`epoch_ms`] gives it, straight
-/// from the system clock: through `OffsetDateTime` (a calendar date, then a 128-bit division)
-/// it took 2% of a publish's instructions (BENCHMARKS.md, "The publish path's encoding").
+/// Now, in ms since the Unix epoch (this machine's clock).
 pub(crate) fn now_ms() -> i64 {
-    let millis = |since: Duration| i64::try_from(since.as_millis()).unwrap_or(i64::MAX);
-    match SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(since) => millis(since),
-        Err(before) => -millis(before.duration()),
+    ms_since_epoch(SystemTime::now())
+}
+
+/// `at` in ms since the Unix epoch, as [`epoch_ms`] gives it (toward zero), without working
+/// out a calendar date as `OffsetDateTime` does: a publish reads the clock for every task.
+fn ms_since_epoch(at: SystemTime) -> i64 {
+    let whole_ms = |since: Duration| i64::try_from(since.as_millis()).unwrap_or(i64::MAX);
+    match at.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(since) => whole_ms(since),
+        Err(before) => -whole_ms(before.duration()),
     }
 }
 
@@ -456,12 +460,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn now_is_what_the_calendar_clock_gives_in_ms() {
-        let before = epoch_ms(OffsetDateTime::now_utc());
-        let now = now_ms();
-        let after = epoch_ms(OffsetDateTime::now_utc());
-        assert!(before <= now && now <= after, "{before} {now} {after}");
-        // Ids stay lowercase, hyphenated UUIDs (v4).
+    fn ms_since_the_epoch_are_the_calendar_clocks() {
+        let epoch = SystemTime::UNIX_EPOCH;
+        for at in [
+            epoch,
+            epoch + Duration::from_micros(1_500),
+            epoch - Duration::from_micros(1_500),
+            epoch - Duration::from_micros(999),
+            epoch + Duration::from_secs(1_796_000_000) + Duration::from_nanos(999_999_999),
+            epoch - Duration::from_secs(86_400 * 365 * 100),
+            SystemTime::now(),
+        ] {
+            assert_eq!(
+                ms_since_epoch(at),
+                epoch_ms(OffsetDateTime::from(at)),
+                "{at:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn task_ids_are_lowercase_hyphenated_v4_uuids() {
         let id = Task::new(&Welcome {
             username: "a".into(),
         })

@@ -104,15 +104,15 @@ fn traceparent(span_context: &SpanContext) -> String {
             pair[1] = HEX[usize::from(byte & 0xf)];
         }
     }
-    let mut out = *b"00-________________________________-________________-__";
-    const _: () = assert!(TRACEPARENT_LEN == 55);
+    let mut out: [u8; TRACEPARENT_LEN] =
+        *b"00-________________________________-________________-__";
     hex(&mut out[3..35], &span_context.trace_id().to_bytes());
     hex(&mut out[36..52], &span_context.span_id().to_bytes());
     hex(
         &mut out[53..],
         &[(span_context.trace_flags() & TraceFlags::SAMPLED).to_u8()],
     );
-    String::from_utf8(out.to_vec()).expect("hex digits and dashes are ASCII")
+    out.iter().copied().map(char::from).collect()
 }
 
 /// The span context a `traceparent` holds, read by W3C Trace Context's grammar: version `00`
@@ -608,6 +608,27 @@ mod tests {
 
         let disabled = context_of(&tracing::Span::none());
         assert_eq!(disabled, TraceContext::default());
+    }
+
+    /// A span context's `traceparent` carries its ids in lowercase hex and of its flags only
+    /// `sampled`.
+    #[test]
+    fn traceparent_writes_the_ids_and_the_sampled_flag_only() {
+        let trace_id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        let span_id = SpanId::from_hex("00f067aa0ba902b7").unwrap();
+        for (flags, written) in [(0x01, "01"), (0xff, "01"), (0x02, "00"), (0x00, "00")] {
+            let context = SpanContext::new(
+                trace_id,
+                span_id,
+                TraceFlags::new(flags),
+                true,
+                TraceState::NONE,
+            );
+            assert_eq!(
+                traceparent(&context),
+                format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{written}")
+            );
+        }
     }
 
     /// `traceparent` is read by the grammar of W3C Trace Context and nothing looser; what is
