@@ -772,14 +772,17 @@ round trips, not on CPU (as in \"The publishers' own connection\" above). `/proc
 such run of 200,000 tasks: 0.84 s of the machine's CPU time was steal (the virtual machine's
 host running something else).
 
-`callgrind` over `bench_producer` alone (20,000 one-at-a-time publishes, the project's
-telemetry on, `RUST_LOG=warn`): 13.60k instructions a publish at 038d403. Changed: the field
+`callgrind` over `bench_producer` alone (20,000 one-at-a-time publishes, a private
+redis-server, the project's telemetry on, `RUST_LOG=warn`; the count moves by about 1% from run
+to run with how the replies batch): 13.60k and 13.44k instructions a publish at 038d403. Changed: the field
 names are written as bulk strings worked out at compile time (`fields::Name`), numbers and
 lengths go through one digit routine into a stack buffer; the `traceparent` is written into an
 array, not pushed character by character; the task id is encoded by uuid straight, not through
 `Display`; `now_ms` reads the system clock without working out a calendar date (through
-`OffsetDateTime`, with a 128-bit division, it took 2.3% of a publish). After: 12.59k (-7.4%):
-the packed XADD 2.97k to 2.37k, `Task::new` 1.46k to 1.17k, the `traceparent` 0.69k to 0.59k.
+`OffsetDateTime`, with a 128-bit division, it took 2.3% of a publish). After (d15d939, and
+the same after its review): 12.46-12.57k in eight runs (-7.4%): the packed XADD 2.97k
+to 2.37k, `Task::new` 1.46k to 1.17k, the `traceparent` 0.69k to 0.59k. Written through
+`from_utf8_lossy` or collected character by character, the `traceparent` cost 0.25k more.
 
 End to end this is not measurable: four pairs alternated (a private redis-server, one
 `bench_worker`, `publish` x 50, 100,000 tasks), before 84.2k, 84.2k, 72.5k and 77.0k/s, after
@@ -791,6 +794,15 @@ socket's own writes are the 6.2k `sendto`), 3.6k `recvfrom` and 1.9k `futex` for
 publishes. The hops between the publishing task, the connection's writer task and its reader
 task, on a multi-threaded runtime, are what is left to take out of the one-at-a-time path, with
 the round trips it waits on; not the encoding.
+
+Tried and taken back (4b0e929): the caller's own timer around each publish (`timeout_at`: registering a timer
+in tokio's wheel and removing it, about 0.55k instructions a publish in paired runs under load) dropped when the connection's task runs on the caller's runtime, the task keeping every
+deadline itself. An outside attack broke it: on a multi-threaded runtime, a task that sends a
+publish and then blocks its worker in the same poll (a `join!` beside synchronous work) holds
+the connection's task in that worker's LIFO slot, which tokio never lets another worker steal;
+a publish from another task then waited as long as the block (15 s, against its 2 s timeout).
+Only a current-thread runtime would be safe, and `bench_producer`, like the server, runs a
+multi-threaded one: the timer stays.
 
 Tracing, the same session (`BENCH_ONLY=tracing BENCH_RUNS=3`, 038d403): every span exported
 over OTLP/gRPC 89%, 90% and 90% of the untraced drain with the metrics on, over OTLP/HTTP 96%,

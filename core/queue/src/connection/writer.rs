@@ -42,8 +42,8 @@ use super::reader::{self, KEPT_BUFFER, Replies, Server};
 pub(crate) struct Writer {
     server: Server,
     timeout: Duration,
-    /// The connection's task; `None` before the first command.
-    current: Mutex<Option<Task>>,
+    /// Where the connection's task takes its commands; `None` before the first command.
+    current: Mutex<Option<mpsc::UnboundedSender<Request>>>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -75,19 +75,14 @@ impl Writer {
     /// command's error for an error reply. Within a runtime: the connection is a task of its
     /// own.
     pub(crate) async fn query_packed(&self, packed: Vec<u8>) -> RedisResult<Value> {
+        let deadline = Instant::now() + self.timeout;
         let (reply, answer) = oneshot::channel();
-        let (deadline, runs_here) = self.send(packed, reply);
-        // The connection's task keeps the command's deadline (connecting, writing, and the
-        // oldest command in flight, whose deadline comes first). On this runtime it runs
-        // whenever this caller can, and the caller sets no timer of its own (a timer for each
-        // publish: BENCHMARKS.md, "The publish path's encoding"); a task on another runtime,
-        // which may not be running, is not waited for past the deadline.
-        let answered = if runs_here {
-            Ok(answer.await)
-        } else {
-            tokio::time::timeout_at(deadline.into(), answer).await
-        };
-        let reply = match answered {
+        self.send(Request {
+            packed,
+            deadline,
+            reply,
+        });
+        let reply = match tokio::time::timeout_at(deadline.into(), answer).await {
             Err(_) => return Err(reader::timed_out()),
             // The task always answers; were it gone without, the command's fate is unknown.
             Ok(Err(_)) => return Err(aborted("the connection's task ended")),
@@ -99,45 +94,24 @@ impl Writer {
         }
     }
 
-    /// Hands `packed` to the connection's task, starting one (a new connection, on this
-    /// runtime) if there is none or the last one ended. Returns the command's deadline, taken
-    /// under the lock so that the task gets the commands in the order of their deadlines, and
-    /// whether the task runs on the caller's runtime.
-    fn send(&self, packed: Vec<u8>, reply: oneshot::Sender<RedisResult<Value>>) -> (Instant, bool) {
+    /// Hands `request` to the connection's task, starting one (a new connection) if there is
+    /// none or the last one ended.
+    fn send(&self, request: Request) {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        let deadline = Instant::now() + self.timeout;
-        let here = tokio::runtime::Handle::current().id();
-        let request = Request {
-            packed,
-            deadline,
-            reply,
-        };
         let request = match current.as_ref() {
-            Some(task) => match task.requests.send(request) {
-                Ok(()) => return (deadline, task.runtime == here),
+            Some(task) => match task.send(request) {
+                Ok(()) => return,
                 // That task ended (its connection failed): the command never reached it.
                 Err(mpsc::error::SendError(request)) => request,
             },
             None => request,
         };
-        let (requests, queued) = mpsc::unbounded_channel();
-        // Cannot fail: `queued` is alive.
-        let _ = requests.send(request);
-        tokio::spawn(run(self.server.clone(), queued));
-        *current = Some(Task {
-            requests,
-            runtime: here,
-        });
-        (deadline, true)
+        let (task, requests) = mpsc::unbounded_channel();
+        // Cannot fail: `requests` is alive.
+        let _ = task.send(request);
+        tokio::spawn(run(self.server.clone(), requests));
+        *current = Some(task);
     }
-}
-
-/// The connection's task, as the writer sees it.
-struct Task {
-    /// Where it takes its commands.
-    requests: mpsc::UnboundedSender<Request>,
-    /// The runtime it was spawned on.
-    runtime: tokio::runtime::Id,
 }
 
 /// The connection's task: connects for the first request, then writes what comes (all that
