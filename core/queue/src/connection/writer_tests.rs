@@ -124,6 +124,35 @@ async fn a_hung_server_fails_the_commands_in_time_then_a_new_connection_works() 
     assert_eq!(reply, Value::SimpleString("PONG".into()));
 }
 
+/// A command from another runtime than the one its connection's task runs on, while that one
+/// is not running (a current-thread runtime between two `block_on`s), ends at its deadline
+/// (ARCHITECTURE.md, "Publishing"); once that runtime is gone, the next command gets a task
+/// (and a connection) on the caller's.
+#[test]
+fn a_task_on_a_runtime_not_running_fails_the_command_at_its_deadline() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (first, second) = (runtime(), runtime());
+    let server = second.block_on(RedisServer::start());
+    let writer = writer(&server.address(), Duration::from_millis(300));
+    let ping = redis::cmd("PING");
+    let ping = || writer.query(&ping);
+    first.block_on(ping()).unwrap();
+    let failed =
+        second.block_on(async { tokio::time::timeout(Duration::from_secs(30), ping()).await });
+    let err = failed
+        .expect("the command ends at its deadline")
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    drop(first);
+    let reply = second.block_on(ping()).unwrap();
+    assert_eq!(reply, Value::SimpleString("PONG".into()));
+}
+
 #[tokio::test]
 async fn a_connection_closed_while_idle_is_replaced_before_the_next_command() {
     let server = RedisServer::start().await;
