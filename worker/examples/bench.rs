@@ -817,6 +817,43 @@ tasks/s (78.0-103.3k), 3.0x apalis (met, at its edge) and 8.4x BullMQ (not met);
 108.9k/s, 3.3x and 11.6x. The producer's CPU 5.1 µs a task against 5.6 µs in the run at
 038d403 above, within what the rounds spread.
 
+### Fewer wake-ups on the one-at-a-time path (tried, not taken; 2026-12-02 evening)
+
+The lead left above: the hops between the publishing tasks and the connection's task. Two
+things were tried on a machine running at about a third of its usual speed that evening
+(`bench_producer` alone published 100,000 tasks one at a time in 0.68-1.19 s, against
+0.29-0.31 s at d277b80), each as single end-to-end runs alternated with the build as it is
+(a private redis-server, one `bench_worker`, `publish` x 50, 100,000 tasks, `RUST_LOG=warn`,
+no metrics export; CPU from `/proc` and `INFO cpu`, Redis' read events from `INFO stats`):
+
+- The connection's task yielding once (`tokio::task::yield_now`) before it writes, so that
+  every publisher woken by the same replies queues its command first and all go out in one
+  write (what ioredis' auto-pipelining does with the event loop's next tick). Redis' read
+  events per 100,000 tasks fell from 12.1-15.7k to 9.8-10.7k, the producer's CPU from
+  0.66-0.70 s to 0.47-0.62 s, but the rate did not move (65.0-70.6k/s before, 60.7-72.5k/s
+  after, four pairs). With the producer alone it was slower (0.68-1.04 s before, 0.85-1.19 s
+  after, five pairs; Redis' read events 8.3-13.3k to 4.0-4.3k): the publishers' round trips
+  no longer overlap, each batch waits for the whole one.
+- The producer on one runtime thread (`TOKIO_WORKER_THREADS=1`, no cross-thread wake-ups):
+  59.0-69.8k/s against 59.6-66.3k/s with two (five triples, one outlier at 39.4k/s left
+  aside), about 5%; with the yield as well, the producer's CPU fell by a third (0.39-0.53 s
+  against 0.68-0.79 s, its system time from 0.21-0.30 s to 0.08-0.13 s), the rate did not
+  (45.6-80.5k/s). Not taken either: the bench's producer models a server publishing from its
+  request handlers on several threads, and apalis' producer runs the same multi-threaded
+  runtime.
+
+Where the time goes in those runs, one at a time: the producer 0.6-0.8 s of CPU per 100,000
+tasks, the worker 0.66-0.78 s, Redis 0.96-1.30 s, 2.3-2.8 s on two cores for runs of 1.3-1.6
+s: the run is close to bound by the machine's CPU, and Redis is the largest share. `INFO
+commandstats` over one run: XADD 1.9 µs a task, XREADGROUP 3.6 µs an entry delivered, FINISH
+1.8 µs a task (about 51 tasks a call), 0.72 s in all of Redis' 1.30 s; `perf record` of the
+redis-server over the same run: the kernel 26% (TCP on loopback, waking the peers), jemalloc
+and its size accounting 20%, building replies and parsing requests most of the rest, including
+the `XCLAIM` that Redis 7.0 builds for each delivered entry to propagate and then drops when
+there is no replica or AOF. These are the commands' own costs; from the client's side what
+remains is the number of round trips, and halving the producer's (the yield above) did not
+show in the rate.
+
 ### Tracing export (scenario 7)
 
 perf over a traced drain (`BENCH_ONLY=tracing`) by thread: the worker's runtime thread 16.7%
