@@ -10,7 +10,15 @@
 //! The shared services come from `DB_SOURCE` and `REDIS_ADDRESS` (the same variables and
 //! defaults as the programs), which `make test` points at the services it started.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{
+    path::PathBuf,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use sqlx::{Connection, Executor, PgConnection, postgres::PgConnectOptions};
 
@@ -505,24 +513,56 @@ fn children(pid: u32) -> Vec<u32> {
 }
 
 /// Forwards connections from a local port to `upstream` until [`TcpProxy::cut`]: then every
-/// open connection is closed and new ones are refused, as when a server goes away.
+/// open connection is closed and new ones are refused, as when a server goes away. One started
+/// closed ([`TcpProxy::start_closed`]) closes each connection once its first message is in,
+/// as a proxy in front of a server that is down would, until [`TcpProxy::open`].
 #[derive(Debug)]
 pub struct TcpProxy {
     /// The local port to connect to instead of the upstream one.
     pub port: u16,
     task: tokio::task::JoinHandle<()>,
+    open: Arc<AtomicBool>,
+    refused: Arc<AtomicUsize>,
 }
 
 impl TcpProxy {
     /// Starts forwarding a free local port to `upstream` (`host:port`).
     pub async fn start(upstream: String) -> Self {
+        Self::start_with(upstream, true).await
+    }
+
+    /// Starts a proxy that closes every connection it accepts until [`TcpProxy::open`].
+    pub async fn start_closed(upstream: String) -> Self {
+        Self::start_with(upstream, false).await
+    }
+
+    async fn start_with(upstream: String, open: bool) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind proxy port");
         let port = listener.local_addr().expect("proxy address").port();
+        let (open, refused) = (
+            Arc::new(AtomicBool::new(open)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let (forwarding, refusals) = (Arc::clone(&open), Arc::clone(&refused));
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((mut inbound, _)) = listener.accept().await {
+                if !forwarding.load(Ordering::SeqCst) {
+                    refusals.fetch_add(1, Ordering::SeqCst);
+                    // The client's first message is read before the close, so that it reads
+                    // the end of the stream (a close with unread data would be a reset).
+                    connections.spawn(async move {
+                        let mut first = [0u8; 1024];
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(1),
+                            tokio::io::AsyncReadExt::read(&mut inbound, &mut first),
+                        )
+                        .await;
+                    });
+                    continue;
+                }
                 let upstream = upstream.clone();
                 connections.spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
@@ -531,7 +571,22 @@ impl TcpProxy {
                 });
             }
         });
-        Self { port, task }
+        Self {
+            port,
+            task,
+            open,
+            refused,
+        }
+    }
+
+    /// From now on, forwards the connections it accepts.
+    pub fn open(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+
+    /// How many connections were closed at once while the proxy was closed.
+    pub fn refused(&self) -> usize {
+        self.refused.load(Ordering::SeqCst)
     }
 
     /// Closes every forwarded connection and stops listening.
@@ -547,9 +602,10 @@ impl Drop for TcpProxy {
 }
 
 /// Users rows that bypass the gRPC edge's validation, as another writer could insert them:
-/// `(username, email, full_name)`. Every row but the last (`good`) must be refused by the
-/// mailer, none of [`INJECTED`] may reach a message.
-pub const MALICIOUS_ROWS: [(&str, &str, &str); 6] = [
+/// `(username, email, full_name)`. The first [`MALFORMED_ADDRESSES`] rows must be refused by
+/// the mailer; the others are mailed, with nothing of their `full_name` (no name goes into
+/// a verification email); none of [`INJECTED`] may reach a message.
+pub const MALICIOUS_ROWS: [(&str, &str, &str); 7] = [
     (
         "header",
         "x\r\nBcc: attacker@evil.example\r\nSubject: Pwned\r\nX-A: y <v@example.com>",
@@ -567,8 +623,16 @@ pub const MALICIOUS_ROWS: [(&str, &str, &str); 6] = [
         "Eve\r\n\r\nURGENT: wire money\r\nBcc: attacker@evil.example",
     ),
     ("bidi", "bidi@example.com", "Eve \u{202E}lanigiro"),
+    (
+        "phish",
+        "phish@example.com",
+        "Claim your prize at https://evil.example/win",
+    ),
     ("good", "good@example.com", "Alice Liddell"),
 ];
+
+/// How many of [`MALICIOUS_ROWS`], the first, have an address the mailer refuses.
+pub const MALFORMED_ADDRESSES: usize = 3;
 
 /// What the rows of [`MALICIOUS_ROWS`] try to put into a message.
 pub const INJECTED: [&str; 5] = ["Bcc:", "Pwned", "evil.example", "URGENT", "X-A:"];

@@ -15,6 +15,7 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Instant,
 };
@@ -24,21 +25,31 @@ use tonic::{Code, codegen::http};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
+use crate::log_every::LogEvery;
+
 /// Wraps every service of the server in [`CallLog`].
-#[derive(Debug, Clone, Copy)]
-pub struct CallLogLayer;
+#[derive(Debug, Clone, Default)]
+pub struct CallLogLayer {
+    unknown_methods: Arc<Mutex<LogEvery>>,
+}
 
 impl<S> Layer<S> for CallLogLayer {
     type Service = CallLog<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CallLog { inner }
+        CallLog {
+            inner,
+            unknown_methods: Arc::clone(&self.unknown_methods),
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct CallLog<S> {
     inner: S,
+    /// Calls to methods that do not exist get a WARN line once per [`crate::log_every::EVERY`]
+    /// at most (any client can make them, as fast as it likes); the others a DEBUG line.
+    unknown_methods: Arc<Mutex<LogEvery>>,
 }
 
 /// Codes that mean the server failed (OpenTelemetry: span status ERROR on the server side).
@@ -186,6 +197,7 @@ where
         };
         set_parent(&span, &trace_context(request.headers()));
         let started = Instant::now();
+        let unknown_methods = Arc::clone(&self.unknown_methods);
         let future = {
             let _entered = span.enter();
             self.inner.call(request)
@@ -195,6 +207,7 @@ where
                 let mut unanswered = Unanswered {
                     method: Some(method),
                     started,
+                    unknown_methods: Arc::clone(&unknown_methods),
                 };
                 let result = future.await;
                 let method = unanswered.method.take().unwrap_or_default();
@@ -207,7 +220,7 @@ where
                 let client_fault = result
                     .as_ref()
                     .is_ok_and(|response| response.extensions().get::<ClientFault>().is_some());
-                log_call(&method, code, started, client_fault);
+                log_call(&method, code, started, client_fault, &unknown_methods);
                 result
             }
             .instrument(span),
@@ -217,7 +230,13 @@ where
 
 /// The call's log line, in its span (which gets the status code, and ERROR for the
 /// server-fault codes, as the conventions say).
-fn log_call(method: &str, code: Code, started: Instant, client_fault: bool) {
+fn log_call(
+    method: &str,
+    code: Code,
+    started: Instant,
+    client_fault: bool,
+    unknown_methods: &Mutex<LogEvery>,
+) {
     let span = tracing::Span::current();
     span.record("rpc.grpc.status_code", code as i64);
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -232,8 +251,21 @@ fn log_call(method: &str, code: Code, started: Instant, client_fault: bool) {
         tracing::debug!(method, status, duration_ms, "gRPC call");
     } else if code == Code::Unimplemented {
         // Any client can ask for a method that does not exist: not an ERROR line an operator
-        // is paged for.
-        tracing::warn!(method, status, duration_ms, "gRPC call");
+        // is paged for, and a WARN line only now and then.
+        let due = unknown_methods
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .due();
+        match due {
+            Some(suppressed) => tracing::warn!(
+                method,
+                status,
+                duration_ms,
+                unknown_method_calls_not_warned = suppressed,
+                "gRPC call"
+            ),
+            None => tracing::debug!(method, status, duration_ms, "gRPC call"),
+        }
     } else if client_fault && is_server_error(code) {
         tracing::warn!(method, status, duration_ms, cause = "client", "gRPC call");
     } else if is_server_error(code) {
@@ -259,12 +291,19 @@ pub(crate) fn unanswered_code() -> Code {
 struct Unanswered {
     method: Option<String>,
     started: Instant,
+    unknown_methods: Arc<Mutex<LogEvery>>,
 }
 
 impl Drop for Unanswered {
     fn drop(&mut self) {
         if let Some(method) = self.method.take() {
-            log_call(&method, unanswered_code(), self.started, false);
+            log_call(
+                &method,
+                unanswered_code(),
+                self.started,
+                false,
+                &self.unknown_methods,
+            );
         }
     }
 }
@@ -356,14 +395,14 @@ mod tests {
         let _default = tracing::subscriber::set_default(recorded.clone());
 
         let pending = || -> Answer { Box::pin(std::future::pending()) };
-        let mut call = CallLogLayer.layer(Handler(pending));
+        let mut call = CallLogLayer::default().layer(Handler(pending));
         let mut given_up = call.call(create_user());
         let mut context = Context::from_waker(std::task::Waker::noop());
         assert!(given_up.as_mut().poll(&mut context).is_pending());
         drop(given_up);
 
         let panicking = || -> Answer { Box::pin(async { panic!("a bug in a handler") }) };
-        let mut call = CallLogLayer.layer(Handler(panicking));
+        let mut call = CallLogLayer::default().layer(Handler(panicking));
         let crashed = tokio::spawn(call.call(create_user())).await;
         assert!(crashed.is_err_and(|e| e.is_panic()));
 
@@ -377,6 +416,46 @@ mod tests {
         assert!(calls[0].1.contains("status=\"CANCELLED\""), "{lines:?}");
         assert_eq!(calls[1].0, Level::ERROR, "{lines:?}");
         assert!(calls[1].1.contains("status=\"INTERNAL\""), "{lines:?}");
+    }
+
+    /// Any client can call methods that do not exist as fast as it likes: each call keeps its
+    /// line, but only the first is a WARN (then one per period at most, counting those left
+    /// at DEBUG); an outside attack had one WARN line per call.
+    #[tokio::test]
+    async fn calls_to_unknown_methods_warn_once_a_period() {
+        let recorded = Recorded::default();
+        let _default = tracing::subscriber::set_default(recorded.clone());
+        let unimplemented = || -> Answer {
+            Box::pin(async {
+                Ok(http::Response::builder()
+                    .header("grpc-status", "12")
+                    .body(())
+                    .expect("response"))
+            })
+        };
+        let mut call = CallLogLayer::default().layer(Handler(unimplemented));
+        for n in 0..5 {
+            let request = http::Request::builder()
+                .uri(format!("/simplebank.v1.SimpleBank/Nope{n}"))
+                .body(())
+                .expect("request");
+            call.call(request).await.expect("answered");
+        }
+        let lines = recorded.0.lock().expect("lock").clone();
+        let calls: Vec<_> = lines
+            .iter()
+            .filter(|(_, fields)| fields.contains("gRPC call"))
+            .collect();
+        assert_eq!(calls.len(), 5, "a line per call: {lines:?}");
+        assert_eq!(calls[0].0, Level::WARN, "{lines:?}");
+        assert!(calls[0].1.contains("Nope0"), "{lines:?}");
+        assert!(
+            calls[1..]
+                .iter()
+                .all(|(level, fields)| *level == Level::DEBUG
+                    && fields.contains("status=\"UNIMPLEMENTED\"")),
+            "{lines:?}"
+        );
     }
 
     const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use simplebank_core::{
     config::{self, CommonConfig, ConfigError, Environment},
     secret::{Secret, random_code},
-    store::SessionLimits,
+    store::{EmailChangeLimits, SessionLimits},
 };
 
 use crate::{
@@ -48,6 +48,8 @@ pub struct AuthConfig {
     /// `LOGIN_MAX_FAILURES_PER_USERNAME`, `LOGIN_MAX_FAILURES_PER_ADDRESS`,
     /// `LOGIN_FAILURE_WINDOW`.
     pub login: LoginLimits,
+    /// `EMAIL_CHANGE_MAX_PER_USER`, `EMAIL_CHANGE_MAX_PER_ADDRESS`, `EMAIL_CHANGE_WINDOW`.
+    pub email_changes: EmailChangeLimits,
     /// Whether `token_key` was made at start (development without `TOKEN_SYMMETRIC_KEY`).
     pub ephemeral_key: bool,
 }
@@ -63,6 +65,7 @@ impl AuthConfig {
                 session: Duration::from_secs(7 * 24 * 3600),
             },
             login: LoginLimits::default(),
+            email_changes: EmailChangeLimits::DEFAULT,
             ephemeral_key: false,
         }
     }
@@ -134,6 +137,23 @@ impl AuthConfig {
             )?,
             ..defaults.login
         };
+        let email_changes = EmailChangeLimits {
+            per_user: at_least_one(
+                "EMAIL_CHANGE_MAX_PER_USER",
+                config::parse_or("EMAIL_CHANGE_MAX_PER_USER", defaults.email_changes.per_user)?,
+            )?,
+            per_address: at_least_one(
+                "EMAIL_CHANGE_MAX_PER_ADDRESS",
+                config::parse_or(
+                    "EMAIL_CHANGE_MAX_PER_ADDRESS",
+                    defaults.email_changes.per_address,
+                )?,
+            )?,
+            window: positive(
+                "EMAIL_CHANGE_WINDOW",
+                config::duration_or("EMAIL_CHANGE_WINDOW", defaults.email_changes.window)?,
+            )?,
+        };
         Ok(Self {
             access_token_duration: positive(
                 "ACCESS_TOKEN_DURATION",
@@ -141,6 +161,7 @@ impl AuthConfig {
             )?,
             sessions,
             login,
+            email_changes,
             ..defaults
         })
     }
@@ -201,6 +222,10 @@ pub struct ConnectionLimits {
     /// `GRPC_MAX_CONNECTIONS`, default `1000`: at this many open connections the server stops
     /// accepting (new clients wait in the listen backlog) until one closes.
     pub max_connections: usize,
+    /// `GRPC_MAX_CONNECTIONS_PER_ADDRESS`, default `100`: connections one client address (an
+    /// IPv4 address, an IPv6 /64) may have open; one more is closed at once. Behind a proxy
+    /// that all clients come through, set it to `GRPC_MAX_CONNECTIONS`.
+    pub max_connections_per_address: usize,
     /// `GRPC_MAX_STREAMS_PER_CONNECTION`, default `32`: HTTP/2 streams (calls, health watches,
     /// reflection) one connection may have open at once.
     pub max_streams_per_connection: u32,
@@ -221,6 +246,7 @@ impl ConnectionLimits {
     /// The defaults, usable in a `const`.
     pub const DEFAULT: Self = Self {
         max_connections: 1000,
+        max_connections_per_address: 100,
         max_streams_per_connection: 32,
         preface_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(5 * 60),
@@ -242,6 +268,13 @@ impl ConnectionLimits {
             max_connections: nonzero(
                 "GRPC_MAX_CONNECTIONS",
                 config::parse_or("GRPC_MAX_CONNECTIONS", defaults.max_connections)?,
+            )?,
+            max_connections_per_address: nonzero(
+                "GRPC_MAX_CONNECTIONS_PER_ADDRESS",
+                config::parse_or(
+                    "GRPC_MAX_CONNECTIONS_PER_ADDRESS",
+                    defaults.max_connections_per_address,
+                )?,
             )?,
             max_streams_per_connection: nonzero(
                 "GRPC_MAX_STREAMS_PER_CONNECTION",

@@ -4,7 +4,12 @@
 //! - [`incoming`] accepts only while fewer than `GRPC_MAX_CONNECTIONS` are open: at the bound it
 //!   stops calling `accept`, so new clients wait in the kernel's backlog instead of taking file
 //!   descriptors. An accept error (EMFILE, ENFILE...) is logged at most once per
-//!   [`ERROR_LOG_EVERY`] and followed by a pause, so the loop never spins.
+//!   [`ERROR_LOG_EVERY`] and followed by a pause, so the loop never spins; so is reaching the
+//!   bound.
+//! - One client address (an IPv4 address, or an IPv6 /64: what one host holds) may have at
+//!   most `GRPC_MAX_CONNECTIONS_PER_ADDRESS` open: a connection past that is closed at once,
+//!   so that one client cannot take every slot and keep everyone else waiting. Logged at most
+//!   once per [`ERROR_LOG_EVERY`], with the count since.
 //! - A [`Conn`] must deliver its first [`PREFACE_LEN`] bytes (the HTTP/2 preface, or the start
 //!   of a TLS handshake) within `GRPC_CONNECTION_PREFACE_TIMEOUT`, and is closed once it has had
 //!   no open stream for `GRPC_CONNECTION_IDLE_TIMEOUT`. Open streams are counted by
@@ -15,9 +20,10 @@
 //! (configured on the tonic builder), not here.
 
 use std::{
+    collections::HashMap,
     future::Future,
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{
         Arc, Mutex,
@@ -41,13 +47,13 @@ use tonic::{
 };
 use tower::{Layer, Service};
 
-use crate::config::ConnectionLimits;
+use crate::{config::ConnectionLimits, log_every::LogEvery};
 
 /// The HTTP/2 client preface (`PRI * HTTP/2.0...`) is 24 bytes.
 pub const PREFACE_LEN: usize = 24;
 
 /// Accept errors are logged at most this often.
-pub const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+pub const ERROR_LOG_EVERY: Duration = crate::log_every::EVERY;
 
 /// The pause after an accept error: the error (a full fd table, usually) will not clear at once.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
@@ -82,12 +88,14 @@ impl ConnInfo {
     }
 }
 
-/// An accepted TCP connection holding one of the `GRPC_MAX_CONNECTIONS` slots.
+/// An accepted TCP connection holding one of the `GRPC_MAX_CONNECTIONS` slots, and one of its
+/// address's `GRPC_MAX_CONNECTIONS_PER_ADDRESS`.
 #[derive(Debug)]
 pub struct Conn {
     stream: TcpStream,
     info: ConnInfo,
     _slot: OwnedSemaphorePermit,
+    _address_slot: AddressSlot,
     limits: ConnectionLimits,
     /// Bytes read so far, counted up to [`PREFACE_LEN`].
     received: usize,
@@ -95,18 +103,24 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, limits: ConnectionLimits) -> Self {
+    fn new(
+        stream: TcpStream,
+        remote_addr: SocketAddr,
+        slots: (OwnedSemaphorePermit, AddressSlot),
+        limits: ConnectionLimits,
+    ) -> Self {
         let now = Instant::now();
         Self {
             info: ConnInfo {
-                remote_addr: stream.peer_addr().ok(),
+                remote_addr: Some(remote_addr),
                 shared: Arc::new(Shared {
                     open_streams: AtomicUsize::new(0),
                     idle_since: Mutex::new(now),
                 }),
             },
             stream,
-            _slot: slot,
+            _slot: slots.0,
+            _address_slot: slots.1,
             limits,
             received: 0,
             deadline: Box::pin(tokio::time::sleep_until(now + limits.preface_timeout)),
@@ -226,14 +240,31 @@ pub fn incoming(
     limits: ConnectionLimits,
 ) -> impl Stream<Item = Result<Conn, io::Error>> + Send + 'static {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let addresses = Arc::new(PerAddress::new(limits.max_connections_per_address));
     let (sender, receiver) = tokio::sync::mpsc::channel(1);
     // The loop ends when tonic drops the stream (shutdown): `send` then fails.
     tokio::spawn(async move {
-        let mut errors = ErrorLog::default();
+        let (mut errors, mut full, mut refused) = (
+            LogEvery::default(),
+            LogEvery::default(),
+            LogEvery::default(),
+        );
         loop {
-            let slot = tokio::select! {
-                slot = slots.clone().acquire_owned() => slot,
-                () = sender.closed() => return,
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => Ok(slot),
+                Err(_) => {
+                    if let Some(suppressed) = full.due() {
+                        tracing::warn!(
+                            max_connections = limits.max_connections,
+                            suppressed,
+                            "GRPC_MAX_CONNECTIONS connections open: new clients wait until one closes"
+                        );
+                    }
+                    tokio::select! {
+                        slot = slots.clone().acquire_owned() => slot,
+                        () = sender.closed() => return,
+                    }
+                }
             };
             let Ok(slot) = slot else { return };
             let stream = tokio::select! {
@@ -241,19 +272,34 @@ pub fn incoming(
                 () = sender.closed() => return,
             };
             match stream {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
+                    let Some(address_slot) = addresses.take(peer.ip()) else {
+                        // Closed at once (dropped with the slot): nothing read, nothing sent.
+                        if let Some(suppressed) = refused.due() {
+                            tracing::warn!(
+                                client.address = %peer.ip(),
+                                max_connections_per_address = limits.max_connections_per_address,
+                                suppressed,
+                                "connection closed: its address has GRPC_MAX_CONNECTIONS_PER_ADDRESS open"
+                            );
+                        }
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
-                    if sender
-                        .send(Ok(Conn::new(stream, slot, limits)))
-                        .await
-                        .is_err()
-                    {
+                    let conn = Conn::new(stream, peer, (slot, address_slot), limits);
+                    if sender.send(Ok(conn)).await.is_err() {
                         return;
                     }
                 }
                 Err(e) => {
                     drop(slot);
-                    errors.record(&e);
+                    if let Some(suppressed) = errors.due() {
+                        tracing::error!(
+                            error = %e,
+                            suppressed,
+                            "cannot accept connections (file descriptors exhausted?); retrying"
+                        );
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
                         () = sender.closed() => return,
@@ -265,31 +311,80 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(receiver)
 }
 
-/// Rate-limits the accept error log: the first error, then one line per [`ERROR_LOG_EVERY`]
-/// with the number of errors since.
-#[derive(Debug, Default)]
-struct ErrorLog {
-    last: Option<Instant>,
-    suppressed: u64,
+/// What one client is: its IPv4 address, or the /64 of its IPv6 one (a host is usually given a
+/// whole /64, so counting single IPv6 addresses would bound nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ClientKey {
+    V4(u32),
+    V6Prefix(u64),
 }
 
-impl ErrorLog {
-    fn record(&mut self, error: &io::Error) {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < ERROR_LOG_EVERY)
-        {
-            self.suppressed += 1;
-            return;
+impl ClientKey {
+    fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self::V4(v4.into()),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::V4(v4.into()),
+                None => Self::V6Prefix((u128::from(v6) >> 64) as u64),
+            },
         }
-        tracing::error!(
-            error = %error,
-            suppressed = self.suppressed,
-            "cannot accept connections (file descriptors exhausted?); retrying"
-        );
-        self.last = Some(now);
-        self.suppressed = 0;
+    }
+}
+
+/// Open connections by client.
+#[derive(Debug)]
+struct PerAddress {
+    max: usize,
+    open: Mutex<HashMap<ClientKey, usize>>,
+}
+
+impl PerAddress {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot for one more connection from `ip`, unless it has `max` open.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let key = ClientKey::of(ip);
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(key).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            key,
+            table: Arc::clone(self),
+        })
+    }
+}
+
+/// One open connection of a client; given back on drop.
+#[derive(Debug)]
+struct AddressSlot {
+    key: ClientKey,
+    table: Arc<PerAddress>,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .table
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
     }
 }
 

@@ -31,6 +31,7 @@ pub mod config;
 pub mod connection;
 pub mod framing;
 pub mod health;
+pub mod log_every;
 pub mod outbox_metrics;
 pub mod relay;
 pub mod rpc_metrics;
@@ -159,7 +160,8 @@ pub async fn run_with(
              a restart"
         );
     }
-    let store = Store::connect_lazy(&config.common.db_source)?;
+    let store = Store::connect_lazy(&config.common.db_source)?
+        .with_email_change_limits(config.auth.email_changes);
     store.migrate().await?;
     tracing::info!("db migrated successfully");
 
@@ -324,7 +326,7 @@ async fn serve(
         .http2_keepalive_timeout(Some(connections.keepalive_timeout))
         .layer(connection::StreamCountLayer)
         .layer(metrics)
-        .layer(call_log::CallLogLayer)
+        .layer(call_log::CallLogLayer::default())
         .layer(auth)
         .layer(framing::FramingLayer)
         .layer(backpressure::BackpressureLayer::new(limits))

@@ -33,7 +33,15 @@ pub fn from_store(err: StoreError) -> Status {
         StoreError::PasswordChanged => {
             Status::permission_denied("current_password is no longer the account's password")
         }
-        StoreError::Unavailable(_) => {
+        StoreError::TooManyEmailChanges { limit, retry_after } => Status::with_error_details(
+            Code::ResourceExhausted,
+            format!(
+                "email: too many address changes {limit}; try again in {} s",
+                retry_after.as_millis().div_ceil(1000).max(1)
+            ),
+            ErrorDetails::with_retry_info(Some(retry_after)),
+        ),
+        err if err.is_unavailable() => {
             tracing::warn!(error = %chain(&err), "database unavailable");
             Status::unavailable("the database is unavailable; try again later")
         }

@@ -22,7 +22,7 @@ use sqlx::{
 use crate::{config::ConfigError, secret::Secret};
 
 pub use sessions::{Session, SessionError, SessionLimits, SessionOrigin};
-pub use users::{Credentials, Updated, User};
+pub use users::{Credentials, EmailChangeLimit, EmailChangeLimits, Updated, User};
 pub use verify_emails::{VerifyEmail, VerifyError};
 
 /// What went wrong talking to PostgreSQL, sorted by what a caller does about it.
@@ -41,9 +41,22 @@ pub enum StoreError {
     /// from the same session or otherwise).
     #[error("the password changed since it was confirmed")]
     PasswordChanged,
+    /// A change of address past the [`users::EmailChangeLimits`]: each change mails the new
+    /// address, so an account must not be able to mail any address without end.
+    #[error("too many address changes {limit}")]
+    TooManyEmailChanges {
+        /// Whose limit was reached.
+        limit: users::EmailChangeLimit,
+        /// When the oldest change counted leaves the window.
+        retry_after: Duration,
+    },
     /// The database could not be reached (connection refused, pool timeout, shutting down).
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// The database did not answer within [`Store::answer_within`] (hung, or a network that
+    /// drops packets): unavailable, as far as the caller can tell.
+    #[error("the database did not answer within {0:?}")]
+    NoAnswer(Duration),
     /// Any other database error.
     #[error("database error")]
     Database(#[source] sqlx::Error),
@@ -75,6 +88,14 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+impl StoreError {
+    /// Whether the database could not be reached or did not answer: worth trying again later,
+    /// and nothing about the request.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::NoAnswer(_))
+    }
+}
+
 fn is_unavailable(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_)
@@ -82,6 +103,12 @@ fn is_unavailable(err: &sqlx::Error) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
+        // sqlx reads the answer to its SSLRequest (sslmode prefer or require) into a zeroed
+        // byte and does not check for end of file: a peer that accepts and closes at once (a
+        // proxy or load balancer in front of a database that is down) reads as this.
+        sqlx::Error::Protocol(message) => {
+            message.starts_with("unexpected response from SSLRequest: 0x00")
+        }
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // 08xxx connection exception; 57P01-03 shutdown / cannot connect now; 53300 too many
             // connections.
@@ -196,7 +223,16 @@ fn unreadable_file(options: &PgConnectOptions) -> Option<(&'static str, String)>
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    answer_within: Duration,
+    email_changes: users::EmailChangeLimits,
 }
+
+/// How long each store operation (acquiring a connection included) may take by default before
+/// it ends with [`StoreError::NoAnswer`]. A PostgreSQL that is stopped or hung still accepts
+/// TCP connections and never answers on those the pool holds: without a limit every call
+/// waited for its caller's own deadline. Below the server's 10 s request limit, so a call
+/// ends UNAVAILABLE, not DEADLINE_EXCEEDED; a task retries without using up an attempt.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
 /// A pooled connection idle for longer than this is checked (a round trip) before it is handed
 /// out; one used more recently is handed out as it is.
@@ -227,12 +263,45 @@ impl Store {
                 })
             })
             .connect_lazy_with(options);
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 
     /// A store on a pool the caller built (its own options, or one shared with other code).
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            answer_within: ANSWER_WITHIN,
+            email_changes: users::EmailChangeLimits::DEFAULT,
+        }
+    }
+
+    /// This store with `limits` on address changes instead of the defaults.
+    pub fn with_email_change_limits(mut self, limits: users::EmailChangeLimits) -> Self {
+        self.email_changes = limits;
+        self
+    }
+
+    /// This store with each operation limited to `limit` instead of [`ANSWER_WITHIN`].
+    pub fn with_answer_within(mut self, limit: Duration) -> Self {
+        self.answer_within = limit;
+        self
+    }
+
+    /// The limit on each operation.
+    pub fn answer_within(&self) -> Duration {
+        self.answer_within
+    }
+
+    /// Runs `operation` within the limit; past it the operation is dropped (a transaction it
+    /// opened is rolled back, its connection checked before reuse) and the call ends with
+    /// [`StoreError::NoAnswer`].
+    async fn answer<T, E: From<StoreError>>(
+        &self,
+        operation: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        tokio::time::timeout(self.answer_within, operation)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::NoAnswer(self.answer_within).into()))
     }
 
     /// The underlying pool, for queries this module does not provide (tests, tools).
@@ -263,10 +332,13 @@ impl Store {
 
     /// Succeeds when PostgreSQL answers a trivial query.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query!("SELECT 1 AS one")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(())
+        self.answer(async {
+            sqlx::query!("SELECT 1 AS one")
+                .fetch_one(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -302,6 +374,84 @@ mod tests {
             .ping()
             .await
             .expect("a dead idle connection is replaced, not handed out");
+    }
+
+    /// A PostgreSQL that hangs (SIGSTOP: its port accepts, nothing answers) ends each store
+    /// operation at the store's limit with `NoAnswer`, on a connection the pool held and on a
+    /// new one alike; once it goes on, the store answers again. Without the limit each call
+    /// waited for its caller's deadline (the 30 s guard here).
+    #[tokio::test]
+    async fn a_hung_database_ends_each_operation_at_the_limit() {
+        use crate::testing::{PostgresServer, eventually};
+        let postgres = PostgresServer::start("hung-pw");
+        let source = super::Secret::new(format!(
+            "postgres://postgres:hung-pw@127.0.0.1:{}/postgres?sslmode=disable",
+            postgres.port
+        ));
+        let store = super::Store::connect_lazy(&source)
+            .expect("store")
+            .with_answer_within(std::time::Duration::from_secs(1));
+        store.migrate().await.expect("migrate");
+        assert!(matches!(
+            store.get_user("nobody").await,
+            Err(super::StoreError::NotFound)
+        ));
+
+        let paused = postgres.pause();
+        // Two at once: one on the connection used just now, one on a new connection.
+        let guard = std::time::Duration::from_secs(30);
+        let (first, second) = tokio::time::timeout(guard, async {
+            tokio::join!(store.get_user("nobody"), store.ping())
+        })
+        .await
+        .expect("ended by the store's limit, not the guard");
+        for err in [first.map(|_| ()), second] {
+            let err = err.expect_err("no answer");
+            assert!(
+                matches!(err, super::StoreError::NoAnswer(_)) && err.is_unavailable(),
+                "{err:?}"
+            );
+            assert_eq!(err.to_string(), "the database did not answer within 1s");
+        }
+
+        drop(paused);
+        eventually(
+            "the store answers again",
+            std::time::Duration::from_secs(30),
+            || {
+                let store = store.clone();
+                async move {
+                    matches!(
+                        store.get_user("nobody").await,
+                        Err(super::StoreError::NotFound)
+                    )
+                }
+            },
+        )
+        .await;
+    }
+
+    /// A database behind something that accepts connections and closes them at once (a proxy
+    /// in front of a database that is down) is unavailable, whatever the `sslmode`: it was a
+    /// "database error" with sslmode prefer (sqlx reads the SSLRequest's answer from a closed
+    /// connection as a 0 byte), so a task failing on it used up its attempts.
+    #[tokio::test]
+    async fn a_peer_that_closes_at_once_is_unavailable() {
+        use crate::testing::TcpProxy;
+        let db = TestDb::create().await;
+        let proxy = TcpProxy::start_closed(db.server_address()).await;
+        let url = db.url_via(proxy.port);
+        for sslmode in ["prefer", "require", "disable"] {
+            let source = super::Secret::new(format!(
+                "{}{}sslmode={sslmode}",
+                url.expose(),
+                if url.expose().contains('?') { "&" } else { "?" }
+            ));
+            let store = super::Store::connect_lazy(&source).expect("store");
+            let err = store.ping().await.expect_err("nothing answers");
+            assert!(err.is_unavailable(), "sslmode={sslmode}: {err:?}");
+        }
+        assert!(proxy.refused() >= 3);
     }
 
     /// Every CA file sqlx would read is checked: sqlx reads `sslrootcert` as a form-encoded

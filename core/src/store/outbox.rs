@@ -41,28 +41,31 @@ impl Store {
         limit: i64,
         lease: Duration,
     ) -> Result<Vec<(OutboxLease, Task)>, StoreError> {
-        let mut rows = sqlx::query!(
-            "UPDATE task_outbox SET leased_until = now() + make_interval(secs => $2) \
-             WHERE id IN ( \
-               SELECT id FROM task_outbox WHERE leased_until <= now() \
-               ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, leased_until, task AS \"task: sqlx::types::Json<Task>\"",
-            limit,
-            lease.as_secs_f64(),
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.sort_unstable_by_key(|row| row.id);
-        Ok(rows
-            .into_iter()
-            .map(|row| {
-                let lease = OutboxLease {
-                    id: row.id,
-                    until: row.leased_until,
-                };
-                (lease, row.task.0)
-            })
-            .collect())
+        self.answer(async {
+            let mut rows = sqlx::query!(
+                "UPDATE task_outbox SET leased_until = now() + make_interval(secs => $2) \
+                 WHERE id IN ( \
+                   SELECT id FROM task_outbox WHERE leased_until <= now() \
+                   ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 RETURNING id, leased_until, task AS \"task: sqlx::types::Json<Task>\"",
+                limit,
+                lease.as_secs_f64(),
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            rows.sort_unstable_by_key(|row| row.id);
+            Ok(rows
+                .into_iter()
+                .map(|row| {
+                    let lease = OutboxLease {
+                        id: row.id,
+                        until: row.leased_until,
+                    };
+                    (lease, row.task.0)
+                })
+                .collect())
+        })
+        .await
     }
 
     /// Deletes published rows.
@@ -72,10 +75,13 @@ impl Store {
         fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "DELETE")
     )]
     pub async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
-        sqlx::query!("DELETE FROM task_outbox WHERE id = ANY($1)", ids)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.answer(async {
+            sqlx::query!("DELETE FROM task_outbox WHERE id = ANY($1)", ids)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Ends the lease of rows that could not be published, so the next relay round takes them.
@@ -88,7 +94,7 @@ impl Store {
         fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE")
     )]
     pub async fn release_outbox(&self, leases: &[OutboxLease]) -> Result<(), StoreError> {
-        self.end_leases(leases).await
+        self.answer(async { self.end_leases(leases).await }).await
     }
 
     /// [`Store::release_outbox`] for the relay, its span at DEBUG as its claim's: while Redis
@@ -101,7 +107,7 @@ impl Store {
         fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE")
     )]
     pub async fn relay_release_outbox(&self, leases: &[OutboxLease]) -> Result<(), StoreError> {
-        self.end_leases(leases).await
+        self.answer(async { self.end_leases(leases).await }).await
     }
 
     async fn end_leases(&self, leases: &[OutboxLease]) -> Result<(), StoreError> {
@@ -121,11 +127,14 @@ impl Store {
 
     /// How many tasks wait in the outbox.
     pub async fn outbox_len(&self) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar!("SELECT count(*) AS \"count!\" FROM task_outbox")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        self.answer(async {
+            Ok(
+                sqlx::query_scalar!("SELECT count(*) AS \"count!\" FROM task_outbox")
+                    .fetch_one(&self.pool)
+                    .await?,
+            )
+        })
+        .await
     }
 }
 

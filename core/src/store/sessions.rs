@@ -163,33 +163,36 @@ impl Store {
         origin: &SessionOrigin,
         limits: SessionLimits,
     ) -> Result<Option<Session>, StoreError> {
-        // `$6::float8`: the macro lets PostgreSQL infer parameter types, and LEAST of two
-        // parameters alone would be text (bound at run time, sqlx named float8 itself).
-        let session = sqlx::query_as!(
-            Session,
-            "WITH still AS ( \
-               SELECT username FROM users WHERE username = $2 AND hashed_password = $8 \
-               FOR SHARE) \
-             INSERT INTO sessions (id, username, refresh_token_hash, user_agent, client_ip, \
-               refresh_token_expires_at, expires_at) \
-             SELECT $1, still.username, $3, $4, $5, \
-               now() + make_interval(secs => LEAST($6::float8, $7)), \
-               now() + make_interval(secs => $7) \
-             FROM still \
-             RETURNING id, username, user_agent, client_ip, created_at, \
-               refresh_token_expires_at, expires_at, revoked_at, revoked_reason",
-            Uuid::new_v4(),
-            username,
-            hash_refresh_token(refresh_token.expose()),
-            &origin.user_agent,
-            &origin.client_ip,
-            limits.refresh_token.as_secs_f64(),
-            limits.session.as_secs_f64(),
-            verified_hash.expose(),
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(session)
+        self.answer(async {
+            // `$6::float8`: the macro lets PostgreSQL infer parameter types, and LEAST of two
+            // parameters alone would be text (bound at run time, sqlx named float8 itself).
+            let session = sqlx::query_as!(
+                Session,
+                "WITH still AS ( \
+                   SELECT username FROM users WHERE username = $2 AND hashed_password = $8 \
+                   FOR SHARE) \
+                 INSERT INTO sessions (id, username, refresh_token_hash, user_agent, client_ip, \
+                   refresh_token_expires_at, expires_at) \
+                 SELECT $1, still.username, $3, $4, $5, \
+                   now() + make_interval(secs => LEAST($6::float8, $7)), \
+                   now() + make_interval(secs => $7) \
+                 FROM still \
+                 RETURNING id, username, user_agent, client_ip, created_at, \
+                   refresh_token_expires_at, expires_at, revoked_at, revoked_reason",
+                Uuid::new_v4(),
+                username,
+                hash_refresh_token(refresh_token.expose()),
+                &origin.user_agent,
+                &origin.client_ip,
+                limits.refresh_token.as_secs_f64(),
+                limits.session.as_secs_f64(),
+                verified_hash.expose(),
+            )
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(session)
+        })
+        .await
     }
 
     /// Exchanges `presented` for `next`: the session's token becomes `next`, valid for
@@ -206,58 +209,61 @@ impl Store {
         next: &Secret<String>,
         refresh_token: Duration,
     ) -> Result<Session, SessionError> {
-        let presented_hash = hash_refresh_token(presented);
-        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
-        // The row lock serialises renewals of one session: of two concurrent renewals with
-        // the same token, the second finds the hash changed and counts as a reuse.
-        let current = sqlx::query!(
-            "SELECT id, revoked_at IS NULL AND refresh_token_expires_at > now() \
-               AND expires_at > now() AS \"live!\" \
-             FROM sessions WHERE refresh_token_hash = $1 FOR UPDATE",
-            &presented_hash,
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        let session_id = match current.map(|row| (row.id, row.live)) {
-            Some((id, true)) => id,
-            Some((_, false)) => return Err(SessionError::Invalid),
-            None => {
-                let rotated = sqlx::query_scalar!(
-                    "SELECT session_id FROM session_rotated_tokens WHERE token_hash = $1",
-                    &presented_hash,
-                )
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(session_id) = rotated else {
-                    return Err(SessionError::Invalid);
-                };
-                revoke(&mut tx, session_id, RevokeReason::TokenReused).await?;
-                tx.commit().await.map_err(StoreError::from)?;
-                return Err(SessionError::Reused { session_id });
-            }
-        };
-        sqlx::query!(
-            "INSERT INTO session_rotated_tokens (token_hash, session_id) VALUES ($1, $2)",
-            &presented_hash,
-            session_id,
-        )
-        .execute(&mut *tx)
-        .await?;
-        let session = sqlx::query_as!(
-            Session,
-            "UPDATE sessions SET refresh_token_hash = $2, refresh_token_expires_at = \
-               LEAST(now() + make_interval(secs => $3), expires_at) \
-             WHERE id = $1 \
-             RETURNING id, username, user_agent, client_ip, created_at, \
-               refresh_token_expires_at, expires_at, revoked_at, revoked_reason",
-            session_id,
-            hash_refresh_token(next.expose()),
-            refresh_token.as_secs_f64(),
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await.map_err(StoreError::from)?;
-        Ok(session)
+        self.answer(async {
+            let presented_hash = hash_refresh_token(presented);
+            let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+            // The row lock serialises renewals of one session: of two concurrent renewals with
+            // the same token, the second finds the hash changed and counts as a reuse.
+            let current = sqlx::query!(
+                "SELECT id, revoked_at IS NULL AND refresh_token_expires_at > now() \
+                   AND expires_at > now() AS \"live!\" \
+                 FROM sessions WHERE refresh_token_hash = $1 FOR UPDATE",
+                &presented_hash,
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            let session_id = match current.map(|row| (row.id, row.live)) {
+                Some((id, true)) => id,
+                Some((_, false)) => return Err(SessionError::Invalid),
+                None => {
+                    let rotated = sqlx::query_scalar!(
+                        "SELECT session_id FROM session_rotated_tokens WHERE token_hash = $1",
+                        &presented_hash,
+                    )
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some(session_id) = rotated else {
+                        return Err(SessionError::Invalid);
+                    };
+                    revoke(&mut tx, session_id, RevokeReason::TokenReused).await?;
+                    tx.commit().await.map_err(StoreError::from)?;
+                    return Err(SessionError::Reused { session_id });
+                }
+            };
+            sqlx::query!(
+                "INSERT INTO session_rotated_tokens (token_hash, session_id) VALUES ($1, $2)",
+                &presented_hash,
+                session_id,
+            )
+            .execute(&mut *tx)
+            .await?;
+            let session = sqlx::query_as!(
+                Session,
+                "UPDATE sessions SET refresh_token_hash = $2, refresh_token_expires_at = \
+                   LEAST(now() + make_interval(secs => $3), expires_at) \
+                 WHERE id = $1 \
+                 RETURNING id, username, user_agent, client_ip, created_at, \
+                   refresh_token_expires_at, expires_at, revoked_at, revoked_reason",
+                session_id,
+                hash_refresh_token(next.expose()),
+                refresh_token.as_secs_f64(),
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await.map_err(StoreError::from)?;
+            Ok(session)
+        })
+        .await
     }
 
     /// Ends the session of `presented` (a current refresh token of a session not ended yet;
@@ -273,28 +279,31 @@ impl Store {
         presented: &str,
         all_sessions: bool,
     ) -> Result<u64, SessionError> {
-        let hash = hash_refresh_token(presented);
-        let ended = if all_sessions {
-            // The user's row first, as a password change takes it: a session that the change
-            // ends meanwhile is seen ended by the update after the wait, and ends nothing.
-            let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
-            sqlx::query!(
-                "SELECT 1 AS \"locked!\" FROM users u JOIN sessions s ON s.username = u.username \
-                 WHERE s.refresh_token_hash = $1 FOR NO KEY UPDATE OF u",
-                hash,
-            )
-            .fetch_optional(&mut *tx)
-            .await?;
-            let ended = end_sessions_of(&mut *tx, &hash, true).await?;
-            tx.commit().await.map_err(StoreError::from)?;
-            ended
-        } else {
-            end_sessions_of(&self.pool, &hash, false).await?
-        };
-        if ended == 0 {
-            return Err(self.replayed_at_logout(presented).await?);
-        }
-        Ok(ended)
+        self.answer(async {
+            let hash = hash_refresh_token(presented);
+            let ended = if all_sessions {
+                // The user's row first, as a password change takes it: a session that the change
+                // ends meanwhile is seen ended by the update after the wait, and ends nothing.
+                let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+                sqlx::query!(
+                    "SELECT 1 AS \"locked!\" FROM users u JOIN sessions s ON s.username = u.username \
+                     WHERE s.refresh_token_hash = $1 FOR NO KEY UPDATE OF u",
+                    hash,
+                )
+                .fetch_optional(&mut *tx)
+                .await?;
+                let ended = end_sessions_of(&mut *tx, &hash, true).await?;
+                tx.commit().await.map_err(StoreError::from)?;
+                ended
+            } else {
+                end_sessions_of(&self.pool, &hash, false).await?
+            };
+            if ended == 0 {
+                return Err(self.replayed_at_logout(presented).await?);
+            }
+            Ok(ended)
+        })
+        .await
     }
 
     /// Why `presented` ended no session: an already exchanged token is a replay, as in
@@ -323,41 +332,50 @@ impl Store {
         fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT")
     )]
     pub async fn session_is_live(&self, id: Uuid, username: &str) -> Result<bool, StoreError> {
-        let live = sqlx::query_scalar!(
-            "SELECT revoked_at IS NULL AND expires_at > now() AS \"live!\" FROM sessions \
-             WHERE id = $1 AND username = $2",
-            id,
-            username,
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(live.unwrap_or(false))
+        self.answer(async {
+            let live = sqlx::query_scalar!(
+                "SELECT revoked_at IS NULL AND expires_at > now() AS \"live!\" FROM sessions \
+                 WHERE id = $1 AND username = $2",
+                id,
+                username,
+            )
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(live.unwrap_or(false))
+        })
+        .await
     }
 
     /// The session `id`, ended or not; [`StoreError::NotFound`] if there is none.
     pub async fn session(&self, id: Uuid) -> Result<Session, StoreError> {
-        Ok(sqlx::query_as!(
-            Session,
-            "SELECT id, username, user_agent, client_ip, created_at, \
-               refresh_token_expires_at, expires_at, revoked_at, revoked_reason \
-             FROM sessions WHERE id = $1",
-            id,
-        )
-        .fetch_one(&self.pool)
-        .await?)
+        self.answer(async {
+            Ok(sqlx::query_as!(
+                Session,
+                "SELECT id, username, user_agent, client_ip, created_at, \
+                   refresh_token_expires_at, expires_at, revoked_at, revoked_reason \
+                 FROM sessions WHERE id = $1",
+                id,
+            )
+            .fetch_one(&self.pool)
+            .await?)
+        })
+        .await
     }
 
     /// Every session of `username`, ended ones included, oldest first.
     pub async fn sessions_of(&self, username: &str) -> Result<Vec<Session>, StoreError> {
-        Ok(sqlx::query_as!(
-            Session,
-            "SELECT id, username, user_agent, client_ip, created_at, \
-               refresh_token_expires_at, expires_at, revoked_at, revoked_reason \
-             FROM sessions WHERE username = $1 ORDER BY created_at, id",
-            username,
-        )
-        .fetch_all(&self.pool)
-        .await?)
+        self.answer(async {
+            Ok(sqlx::query_as!(
+                Session,
+                "SELECT id, username, user_agent, client_ip, created_at, \
+                   refresh_token_expires_at, expires_at, revoked_at, revoked_reason \
+                 FROM sessions WHERE username = $1 ORDER BY created_at, id",
+                username,
+            )
+            .fetch_all(&self.pool)
+            .await?)
+        })
+        .await
     }
 }
 

@@ -1,6 +1,8 @@
 //! Users. Sign-up writes the user and its `send_verify_email` task in one transaction, so a task
 //! exists exactly when its user does.
 
+use std::time::Duration;
+
 use time::OffsetDateTime;
 
 use uuid::Uuid;
@@ -40,6 +42,51 @@ pub struct Credentials {
     pub hashed_password: Secret<String>,
 }
 
+/// How often addresses may change (each change mails the new address): per user, and per
+/// address over all users, within a sliding window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmailChangeLimits {
+    /// Changes one user may make within the window.
+    pub per_user: u32,
+    /// Changes to one address (any case), by any users, within the window.
+    pub per_address: u32,
+    /// The window.
+    pub window: Duration,
+}
+
+impl EmailChangeLimits {
+    /// The defaults: 3 changes a user, 3 changes to an address, a day.
+    pub const DEFAULT: Self = Self {
+        per_user: 3,
+        per_address: 3,
+        window: Duration::from_secs(24 * 60 * 60),
+    };
+}
+
+impl Default for EmailChangeLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Whose limit an address change reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmailChangeLimit {
+    /// The user's own changes.
+    User,
+    /// The changes to the new address.
+    Address,
+}
+
+impl std::fmt::Display for EmailChangeLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::User => "by this account",
+            Self::Address => "to this address",
+        })
+    }
+}
+
 /// What an update did besides changing the row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Updated {
@@ -65,50 +112,53 @@ impl Store {
         hashed_password: &Secret<String>,
         task: &Task,
     ) -> Result<(User, OutboxLease), StoreError> {
-        let encoded = serde_json::to_value(task).map_err(StoreError::BadTask)?;
-        // One statement, so one round trip and one implicit transaction: both rows or neither
-        // (a duplicate username or email fails the whole statement).
-        // The columns of CTEs are of unknown nullability to sqlx: `!` says what the tables say.
-        let created = sqlx::query!(
-            "WITH created AS ( \
-               INSERT INTO users (username, hashed_password, full_name, email) \
-               VALUES ($1, $2, $3, $4) \
-               RETURNING username, full_name, email, password_changed_at, created_at, \
-                 is_email_verified), \
-             queued AS ( \
-               INSERT INTO task_outbox (task_id, task, leased_until) \
-               VALUES ($5, $6, clock_timestamp() + make_interval(secs => $7)) \
-               RETURNING id, leased_until) \
-             SELECT username AS \"username!\", full_name AS \"full_name!\", \
-               email AS \"email!\", password_changed_at AS \"password_changed_at!\", \
-               created_at AS \"created_at!\", is_email_verified AS \"is_email_verified!\", \
-               queued.id AS \"id!\", queued.leased_until AS \"leased_until!\" \
-             FROM created, queued",
-            user.username.as_str(),
-            hashed_password.expose(),
-            user.full_name.as_str(),
-            user.email.as_str(),
-            task.id(),
-            encoded,
-            // Leased to this request's own publish after commit (see `crate::outbox`), from
-            // the insert itself: now() is the transaction's start, before any wait on a lock.
-            crate::outbox::PUBLISH_GRACE.as_secs_f64(),
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        let user = User {
-            username: created.username,
-            full_name: created.full_name,
-            email: created.email,
-            password_changed_at: created.password_changed_at,
-            created_at: created.created_at,
-            is_email_verified: created.is_email_verified,
-        };
-        let outbox = OutboxLease {
-            id: created.id,
-            until: created.leased_until,
-        };
-        Ok((user, outbox))
+        self.answer(async {
+            let encoded = serde_json::to_value(task).map_err(StoreError::BadTask)?;
+            // One statement, so one round trip and one implicit transaction: both rows or neither
+            // (a duplicate username or email fails the whole statement).
+            // The columns of CTEs are of unknown nullability to sqlx: `!` says what the tables say.
+            let created = sqlx::query!(
+                "WITH created AS ( \
+                   INSERT INTO users (username, hashed_password, full_name, email) \
+                   VALUES ($1, $2, $3, $4) \
+                   RETURNING username, full_name, email, password_changed_at, created_at, \
+                     is_email_verified), \
+                 queued AS ( \
+                   INSERT INTO task_outbox (task_id, task, leased_until) \
+                   VALUES ($5, $6, clock_timestamp() + make_interval(secs => $7)) \
+                   RETURNING id, leased_until) \
+                 SELECT username AS \"username!\", full_name AS \"full_name!\", \
+                   email AS \"email!\", password_changed_at AS \"password_changed_at!\", \
+                   created_at AS \"created_at!\", is_email_verified AS \"is_email_verified!\", \
+                   queued.id AS \"id!\", queued.leased_until AS \"leased_until!\" \
+                 FROM created, queued",
+                user.username.as_str(),
+                hashed_password.expose(),
+                user.full_name.as_str(),
+                user.email.as_str(),
+                task.id(),
+                encoded,
+                // Leased to this request's own publish after commit (see `crate::outbox`), from
+                // the insert itself: now() is the transaction's start, before any wait on a lock.
+                crate::outbox::PUBLISH_GRACE.as_secs_f64(),
+            )
+            .fetch_one(&self.pool)
+            .await?;
+            let user = User {
+                username: created.username,
+                full_name: created.full_name,
+                email: created.email,
+                password_changed_at: created.password_changed_at,
+                created_at: created.created_at,
+                is_email_verified: created.is_email_verified,
+            };
+            let outbox = OutboxLease {
+                id: created.id,
+                until: created.leased_until,
+            };
+            Ok((user, outbox))
+        })
+        .await
     }
 
     #[tracing::instrument(
@@ -118,16 +168,19 @@ impl Store {
     )]
     /// The user `username`; [`StoreError::NotFound`] if there is none.
     pub async fn get_user(&self, username: &str) -> Result<User, StoreError> {
-        let user = sqlx::query_as!(
-            User,
-            "SELECT username, full_name, email, password_changed_at, created_at, \
-               is_email_verified \
-             FROM users WHERE username = $1",
-            username,
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(user)
+        self.answer(async {
+            let user = sqlx::query_as!(
+                User,
+                "SELECT username, full_name, email, password_changed_at, created_at, \
+                   is_email_verified \
+                 FROM users WHERE username = $1",
+                username,
+            )
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(user)
+        })
+        .await
     }
 }
 
@@ -139,25 +192,28 @@ impl Store {
         fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT")
     )]
     pub async fn credentials(&self, username: &str) -> Result<Option<Credentials>, StoreError> {
-        let row = sqlx::query!(
-            "SELECT username, full_name, email, password_changed_at, created_at, \
-               is_email_verified, hashed_password \
-             FROM users WHERE username = $1",
-            username,
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|row| Credentials {
-            user: User {
-                username: row.username,
-                full_name: row.full_name,
-                email: row.email,
-                password_changed_at: row.password_changed_at,
-                created_at: row.created_at,
-                is_email_verified: row.is_email_verified,
-            },
-            hashed_password: Secret::new(row.hashed_password),
-        }))
+        self.answer(async {
+            let row = sqlx::query!(
+                "SELECT username, full_name, email, password_changed_at, created_at, \
+                   is_email_verified, hashed_password \
+                 FROM users WHERE username = $1",
+                username,
+            )
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(row.map(|row| Credentials {
+                user: User {
+                    username: row.username,
+                    full_name: row.full_name,
+                    email: row.email,
+                    password_changed_at: row.password_changed_at,
+                    created_at: row.created_at,
+                    is_email_verified: row.is_email_verified,
+                },
+                hashed_password: Secret::new(row.hashed_password),
+            }))
+        })
+        .await
     }
 
     /// Applies `update` to `username` in one transaction, made from the live session
@@ -166,6 +222,10 @@ impl Store {
     /// outbox with it, leased to the caller's publish after commit like sign-up's; a new
     /// password (`hashed_password`) moves `password_changed_at` and ends every session of the
     /// user but `session`.
+    ///
+    /// A change of address is refused with [`StoreError::TooManyEmailChanges`] past the
+    /// store's [`EmailChangeLimits`]; counted under the user's row lock, so concurrent
+    /// changes of one user are counted one after the other.
     ///
     /// The session is checked again under the user's row lock, because a password change from
     /// another session may have ended it since the caller's check; its share lock keeps a
@@ -187,79 +247,143 @@ impl Store {
         verify_task: &Task,
         session: Uuid,
     ) -> Result<Option<Updated>, StoreError> {
-        let new_email = update.email.as_ref().map(|e| e.as_str());
-        let mut tx = self.pool.begin().await?;
-        let stored = sqlx::query!(
-            "SELECT email, hashed_password FROM users WHERE username = $1 FOR UPDATE",
-            username
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        if confirmed.is_some_and(|hash| *hash.expose() != stored.hashed_password) {
-            return Err(StoreError::PasswordChanged);
-        }
-        let old_email = stored.email;
-        let live = sqlx::query_scalar!(
-            "SELECT revoked_at IS NULL AND expires_at > now() AS \"live!\" FROM sessions \
-             WHERE id = $1 AND username = $2 FOR SHARE",
-            session,
-            username,
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        if live != Some(true) {
-            return Ok(None);
-        }
-        let email_changed = new_email.is_some_and(|new| new != old_email);
-        let user = sqlx::query_as!(
-            User,
-            "UPDATE users SET \
-               full_name = COALESCE($2, full_name), \
-               email = COALESCE($3, email), \
-               is_email_verified = is_email_verified AND NOT $4, \
-               hashed_password = COALESCE($5, hashed_password), \
-               password_changed_at = CASE WHEN $5 IS NULL THEN password_changed_at ELSE now() END \
-             WHERE username = $1 \
-             RETURNING username, full_name, email, password_changed_at, created_at, \
-               is_email_verified",
-            username,
-            update.full_name.as_ref().map(|n| n.as_str()),
-            new_email,
-            email_changed,
-            hashed_password.map(|h| h.expose().as_str()),
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        // The lease counts from the insert (clock_timestamp), not from the transaction's start
-        // (now()), which precedes the wait for the row lock above.
-        let outbox = if email_changed {
-            let encoded = serde_json::to_value(verify_task).map_err(StoreError::BadTask)?;
-            Some(
-                sqlx::query_as!(
-                    OutboxLease,
-                    "INSERT INTO task_outbox (task_id, task, leased_until) \
-                     VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3)) \
-                     RETURNING id, leased_until AS until",
-                    verify_task.id(),
-                    encoded,
-                    crate::outbox::PUBLISH_GRACE.as_secs_f64(),
-                )
-                .fetch_one(&mut *tx)
-                .await?,
+        self.answer(async {
+            let new_email = update.email.as_ref().map(|e| e.as_str());
+            let mut tx = self.pool.begin().await?;
+            let stored = sqlx::query!(
+                "SELECT email, hashed_password FROM users WHERE username = $1 FOR UPDATE",
+                username
             )
+            .fetch_one(&mut *tx)
+            .await?;
+            if confirmed.is_some_and(|hash| *hash.expose() != stored.hashed_password) {
+                return Err(StoreError::PasswordChanged);
+            }
+            let old_email = stored.email;
+            let live = sqlx::query_scalar!(
+                "SELECT revoked_at IS NULL AND expires_at > now() AS \"live!\" FROM sessions \
+                 WHERE id = $1 AND username = $2 FOR SHARE",
+                session,
+                username,
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            if live != Some(true) {
+                return Ok(None);
+            }
+            let email_changed = new_email.is_some_and(|new| new != old_email);
+            if let (true, Some(new)) = (email_changed, new_email) {
+                self.count_email_change(&mut tx, username, new).await?;
+            }
+            let user = sqlx::query_as!(
+                User,
+                "UPDATE users SET \
+                   full_name = COALESCE($2, full_name), \
+                   email = COALESCE($3, email), \
+                   is_email_verified = is_email_verified AND NOT $4, \
+                   hashed_password = COALESCE($5, hashed_password), \
+                   password_changed_at = CASE WHEN $5 IS NULL THEN password_changed_at ELSE now() END \
+                 WHERE username = $1 \
+                 RETURNING username, full_name, email, password_changed_at, created_at, \
+                   is_email_verified",
+                username,
+                update.full_name.as_ref().map(|n| n.as_str()),
+                new_email,
+                email_changed,
+                hashed_password.map(|h| h.expose().as_str()),
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            // The lease counts from the insert (clock_timestamp), not from the transaction's start
+            // (now()), which precedes the wait for the row lock above.
+            let outbox = if email_changed {
+                let encoded = serde_json::to_value(verify_task).map_err(StoreError::BadTask)?;
+                Some(
+                    sqlx::query_as!(
+                        OutboxLease,
+                        "INSERT INTO task_outbox (task_id, task, leased_until) \
+                         VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3)) \
+                         RETURNING id, leased_until AS until",
+                        verify_task.id(),
+                        encoded,
+                        crate::outbox::PUBLISH_GRACE.as_secs_f64(),
+                    )
+                    .fetch_one(&mut *tx)
+                    .await?,
+                )
+            } else {
+                None
+            };
+            let sessions_ended = match hashed_password {
+                Some(_) => super::sessions::revoke_others(&mut tx, username, session).await?,
+                None => 0,
+            };
+            tx.commit().await?;
+            Ok(Some(Updated {
+                user,
+                outbox,
+                sessions_ended,
+            }))
+        })
+        .await
+    }
+
+    /// Counts a change of `username`'s address to `email` against the limits, or refuses it.
+    async fn count_email_change(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        username: &str,
+        email: &str,
+    ) -> Result<(), StoreError> {
+        let limits = self.email_changes;
+        let window = limits.window.as_secs_f64();
+        // Only changes within the window count: the user's older ones go now.
+        sqlx::query!(
+            "DELETE FROM email_changes \
+             WHERE username = $1 AND changed_at <= now() - make_interval(secs => $2)",
+            username,
+            window,
+        )
+        .execute(&mut *tx)
+        .await?;
+        let counted = sqlx::query!(
+            "SELECT \
+               count(*) FILTER (WHERE username = $1) AS \"by_user!\", \
+               count(*) FILTER (WHERE lower(email) = lower($2)) AS \"to_address!\", \
+               EXTRACT(EPOCH FROM min(changed_at) FILTER (WHERE username = $1) \
+                 + make_interval(secs => $3) - now())::float8 AS user_wait, \
+               EXTRACT(EPOCH FROM min(changed_at) FILTER (WHERE lower(email) = lower($2)) \
+                 + make_interval(secs => $3) - now())::float8 AS address_wait \
+             FROM email_changes \
+             WHERE changed_at > now() - make_interval(secs => $3) \
+               AND (username = $1 OR lower(email) = lower($2))",
+            username,
+            email,
+            window,
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let refused = if counted.by_user >= i64::from(limits.per_user) {
+            Some((EmailChangeLimit::User, counted.user_wait))
+        } else if counted.to_address >= i64::from(limits.per_address) {
+            Some((EmailChangeLimit::Address, counted.address_wait))
         } else {
             None
         };
-        let sessions_ended = match hashed_password {
-            Some(_) => super::sessions::revoke_others(&mut tx, username, session).await?,
-            None => 0,
-        };
-        tx.commit().await?;
-        Ok(Some(Updated {
-            user,
-            outbox,
-            sessions_ended,
-        }))
+        if let Some((limit, wait)) = refused {
+            return Err(StoreError::TooManyEmailChanges {
+                limit,
+                retry_after: Duration::from_secs_f64(wait.unwrap_or(0.0).clamp(0.0, window)),
+            });
+        }
+        sqlx::query!(
+            "INSERT INTO email_changes (username, email) VALUES ($1, $2)",
+            username,
+            email,
+        )
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
     }
 }
 
@@ -413,6 +537,148 @@ mod tests {
             username: username.into(),
         })
         .expect("task")
+    }
+
+    /// Each change of address mails the new one (an outside attack sent unlimited emails to
+    /// any address through UpdateUser): a user may change it `per_user` times a window, and
+    /// any users together may change to one address (any case) `per_address` times. A refused
+    /// change changes nothing and queues nothing; a change out of the window counts no more.
+    #[tokio::test]
+    async fn address_changes_are_limited_per_user_and_per_address() {
+        use super::{EmailChangeLimit, EmailChangeLimits};
+        let db = TestDb::create().await;
+        let window = std::time::Duration::from_secs(3600);
+        let store = db
+            .store
+            .clone()
+            .with_email_change_limits(EmailChangeLimits {
+                per_user: 2,
+                per_address: 2,
+                window,
+            });
+        let change = |username: &'static str, email: &'static str, session| {
+            let store = store.clone();
+            async move {
+                let update = UserUpdate {
+                    full_name: None,
+                    email: Some(Email::parse(email).expect("email")),
+                    password: None,
+                };
+                store
+                    .update_user(
+                        username,
+                        &update,
+                        None,
+                        None,
+                        &verify_task(username),
+                        session,
+                    )
+                    .await
+                    .map(|updated| updated.expect("live session").user.email)
+            }
+        };
+        let queued = || async {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM task_outbox")
+                .fetch_one(db.store.pool())
+                .await
+                .expect("count")
+        };
+        let mut sessions = std::collections::HashMap::new();
+        for user in ["alice", "bob", "carol", "dave"] {
+            insert(&db, user, &format!("{user}@example.com"))
+                .await
+                .expect("user");
+            sessions.insert(user, db.live_session(user).await);
+        }
+
+        // Per user.
+        change("alice", "a1@example.com", sessions["alice"])
+            .await
+            .expect("first");
+        change("alice", "a2@example.com", sessions["alice"])
+            .await
+            .expect("second");
+        let err = change("alice", "a3@example.com", sessions["alice"])
+            .await
+            .expect_err("a third within the window");
+        let StoreError::TooManyEmailChanges { limit, retry_after } = err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(limit, EmailChangeLimit::User);
+        assert!(
+            retry_after > std::time::Duration::ZERO && retry_after <= window,
+            "{retry_after:?}"
+        );
+        assert_eq!(
+            db.store.get_user("alice").await.expect("alice").email,
+            "a2@example.com"
+        );
+        assert_eq!(queued().await, 2, "nothing queued for the refused change");
+        // A name change is no address change.
+        let rename = UserUpdate::parse(Some("Alice L"), None, None)
+            .expect("a field")
+            .expect("valid");
+        store
+            .update_user(
+                "alice",
+                &rename,
+                None,
+                None,
+                &verify_task("alice"),
+                sessions["alice"],
+            )
+            .await
+            .expect("a rename")
+            .expect("live session");
+
+        // Per address, over users, in any case.
+        change("bob", "victim@example.com", sessions["bob"])
+            .await
+            .expect("bob");
+        change("bob", "bob2@example.com", sessions["bob"])
+            .await
+            .expect("bob away");
+        change("carol", "Victim@example.com", sessions["carol"])
+            .await
+            .expect("carol");
+        change("carol", "carol2@example.com", sessions["carol"])
+            .await
+            .expect("carol away");
+        let err = change("dave", "VICTIM@example.com", sessions["dave"])
+            .await
+            .expect_err("a third change to the address");
+        assert!(
+            matches!(
+                err,
+                StoreError::TooManyEmailChanges {
+                    limit: EmailChangeLimit::Address,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            db.store.get_user("dave").await.expect("dave").email,
+            "dave@example.com"
+        );
+
+        // Changes older than the window count no more, and the user's are then deleted.
+        sqlx::query("UPDATE email_changes SET changed_at = now() - interval '2 hours'")
+            .execute(db.store.pool())
+            .await
+            .expect("age the changes");
+        change("alice", "a3@example.com", sessions["alice"])
+            .await
+            .expect("a new window");
+        change("dave", "victim@example.com", sessions["dave"])
+            .await
+            .expect("a new window");
+        let alices: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM email_changes WHERE username = 'alice'")
+                .fetch_one(db.store.pool())
+                .await
+                .expect("count");
+        assert_eq!(alices, 1, "only the change in the window is kept");
     }
 
     /// The grace of the new address's outbox row counts from the insert, not from the start

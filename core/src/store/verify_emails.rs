@@ -87,36 +87,39 @@ impl Store {
         secret_code: &Secret<String>,
         expiry: Duration,
     ) -> Result<(VerifyEmail, bool), StoreError> {
-        // `created`: whether the statement inserted the row (`xmax = 0`) or updated it.
-        let row = sqlx::query!(
-            "INSERT INTO verify_emails (username, email, secret_code_hash, task_id, expired_at) \
-             VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) \
-             ON CONFLICT (task_id) DO UPDATE SET \
-               secret_code_hash = CASE WHEN verify_emails.email_sent_at IS NULL \
-                 THEN EXCLUDED.secret_code_hash ELSE verify_emails.secret_code_hash END, \
-               expired_at = CASE WHEN verify_emails.email_sent_at IS NULL \
-                 THEN EXCLUDED.expired_at ELSE verify_emails.expired_at END \
-             RETURNING (xmax = 0) AS \"created!\", id, username, email, is_used, created_at, \
-               expired_at, task_id, email_sent_at",
-            username,
-            email,
-            hash_code(secret_code.expose()),
-            task_id,
-            expiry.as_secs_f64(),
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        let record = VerifyEmail {
-            id: row.id,
-            username: row.username,
-            email: row.email,
-            is_used: row.is_used,
-            created_at: row.created_at,
-            expired_at: row.expired_at,
-            task_id: row.task_id,
-            email_sent_at: row.email_sent_at,
-        };
-        Ok((record, row.created))
+        self.answer(async {
+            // `created`: whether the statement inserted the row (`xmax = 0`) or updated it.
+            let row = sqlx::query!(
+                "INSERT INTO verify_emails (username, email, secret_code_hash, task_id, expired_at) \
+                 VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) \
+                 ON CONFLICT (task_id) DO UPDATE SET \
+                   secret_code_hash = CASE WHEN verify_emails.email_sent_at IS NULL \
+                     THEN EXCLUDED.secret_code_hash ELSE verify_emails.secret_code_hash END, \
+                   expired_at = CASE WHEN verify_emails.email_sent_at IS NULL \
+                     THEN EXCLUDED.expired_at ELSE verify_emails.expired_at END \
+                 RETURNING (xmax = 0) AS \"created!\", id, username, email, is_used, created_at, \
+                   expired_at, task_id, email_sent_at",
+                username,
+                email,
+                hash_code(secret_code.expose()),
+                task_id,
+                expiry.as_secs_f64(),
+            )
+            .fetch_one(&self.pool)
+            .await?;
+            let record = VerifyEmail {
+                id: row.id,
+                username: row.username,
+                email: row.email,
+                is_used: row.is_used,
+                created_at: row.created_at,
+                expired_at: row.expired_at,
+                task_id: row.task_id,
+                email_sent_at: row.email_sent_at,
+            };
+            Ok((record, row.created))
+        })
+        .await
     }
 
     /// Notes that the record's email went out.
@@ -126,13 +129,16 @@ impl Store {
         fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE")
     )]
     pub async fn mark_verify_email_sent(&self, id: i64) -> Result<(), StoreError> {
-        sqlx::query!(
-            "UPDATE verify_emails SET email_sent_at = now() WHERE id = $1",
-            id
-        )
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.answer(async {
+            sqlx::query!(
+                "UPDATE verify_emails SET email_sent_at = now() WHERE id = $1",
+                id
+            )
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Checks `secret_code` for record `id` and, if it is good, marks the record used and the
@@ -147,68 +153,74 @@ impl Store {
         fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE")
     )]
     pub async fn verify_email(&self, id: i64, secret_code: &str) -> Result<(), VerifyError> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
-        let row = sqlx::query!(
-            "SELECT v.secret_code_hash, v.is_used, v.expired_at < now() AS \"expired!\", \
-               v.email <> u.email AS \"address_changed!\" \
-             FROM verify_emails v JOIN users u ON u.username = v.username \
-             WHERE v.id = $1 FOR UPDATE OF v, u",
-            id,
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((stored, used, expired, address_changed)) = row.map(|row| {
-            (
-                row.secret_code_hash,
-                row.is_used,
-                row.expired,
-                row.address_changed,
+        self.answer(async {
+            let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+            let row = sqlx::query!(
+                "SELECT v.secret_code_hash, v.is_used, v.expired_at < now() AS \"expired!\", \
+                   v.email <> u.email AS \"address_changed!\" \
+                 FROM verify_emails v JOIN users u ON u.username = v.username \
+                 WHERE v.id = $1 FOR UPDATE OF v, u",
+                id,
             )
-        }) else {
-            return Err(VerifyError::NotFound);
-        };
-        if !bool::from(stored.ct_eq(&hash_code(secret_code))) {
-            return Err(VerifyError::NotFound);
-        }
-        if used {
-            return Err(VerifyError::AlreadyUsed);
-        }
-        if expired {
-            return Err(VerifyError::Expired);
-        }
-        if address_changed {
-            return Err(VerifyError::AddressChanged);
-        }
-        sqlx::query!("UPDATE verify_emails SET is_used = true WHERE id = $1", id)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
-        let verified = sqlx::query!(
-            "UPDATE users u SET is_email_verified = true FROM verify_emails v \
-             WHERE v.id = $1 AND u.username = v.username AND u.email = v.email",
-            id,
-        )
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if verified == 0 {
-            // (Unreachable while the row lock above holds; kept so no path verifies another
-            // address.) The transaction rolls back on drop.
-            return Err(VerifyError::AddressChanged);
-        }
-        tx.commit().await.map_err(StoreError::from)?;
-        Ok(())
+            let Some((stored, used, expired, address_changed)) = row.map(|row| {
+                (
+                    row.secret_code_hash,
+                    row.is_used,
+                    row.expired,
+                    row.address_changed,
+                )
+            }) else {
+                return Err(VerifyError::NotFound);
+            };
+            if !bool::from(stored.ct_eq(&hash_code(secret_code))) {
+                return Err(VerifyError::NotFound);
+            }
+            if used {
+                return Err(VerifyError::AlreadyUsed);
+            }
+            if expired {
+                return Err(VerifyError::Expired);
+            }
+            if address_changed {
+                return Err(VerifyError::AddressChanged);
+            }
+            sqlx::query!("UPDATE verify_emails SET is_used = true WHERE id = $1", id)
+                .execute(&mut *tx)
+                .await?;
+            let verified = sqlx::query!(
+                "UPDATE users u SET is_email_verified = true FROM verify_emails v \
+                 WHERE v.id = $1 AND u.username = v.username AND u.email = v.email",
+                id,
+            )
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if verified == 0 {
+                // (Unreachable while the row lock above holds; kept so no path verifies another
+                // address.) The transaction rolls back on drop.
+                return Err(VerifyError::AddressChanged);
+            }
+            tx.commit().await.map_err(StoreError::from)?;
+            Ok(())
+        })
+        .await
     }
 
     /// Every verification record of `username`, oldest first.
     pub async fn verify_emails_of(&self, username: &str) -> Result<Vec<VerifyEmail>, StoreError> {
-        Ok(sqlx::query_as!(
-            VerifyEmail,
-            "SELECT id, username, email, is_used, created_at, expired_at, task_id, email_sent_at \
-             FROM verify_emails WHERE username = $1 ORDER BY id",
-            username,
-        )
-        .fetch_all(&self.pool)
-        .await?)
+        self.answer(async {
+            Ok(sqlx::query_as!(
+                VerifyEmail,
+                "SELECT id, username, email, is_used, created_at, expired_at, task_id, email_sent_at \
+                 FROM verify_emails WHERE username = $1 ORDER BY id",
+                username,
+            )
+            .fetch_all(&self.pool)
+            .await?)
+        })
+        .await
     }
 }
 

@@ -177,6 +177,11 @@ async fn a_bad_limit_stops_the_server_binary_naming_the_variable() {
         ("GRPC_MAX_CONCURRENT_CALLS", "many"),
         ("GRPC_REQUEST_TIMEOUT", "0s"),
         ("GRPC_REQUEST_TIMEOUT", "soon"),
+        ("GRPC_MAX_CONNECTIONS_PER_ADDRESS", "0"),
+        ("GRPC_MAX_CONNECTIONS_PER_ADDRESS", "-1"),
+        ("EMAIL_CHANGE_MAX_PER_USER", "0"),
+        ("EMAIL_CHANGE_MAX_PER_ADDRESS", "many"),
+        ("EMAIL_CHANGE_WINDOW", "0s"),
     ] {
         let output = answered(
             tokio::process::Command::new(env!("CARGO_BIN_EXE_simplebank-server"))

@@ -293,6 +293,86 @@ async fn at_the_connection_bound_new_connections_wait_and_existing_ones_work() {
     server.stop().await.expect("clean stop");
 }
 
+/// A TCP connection to `addr` from `local` (any loopback address reaches the server).
+async fn connect_from(local: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from((local, 0)))
+        .expect("bind the client's address");
+    answered("connect", socket.connect(addr))
+        .await
+        .expect("connect")
+}
+
+/// A health check over a connection made from `local`.
+async fn health_from(local: [u8; 4], addr: SocketAddr) -> Result<(), h2::Error> {
+    let tcp = connect_from(local, addr).await;
+    let (client, connection) = answered("h2 handshake", h2::client::handshake(tcp)).await?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = answered("ready", client.ready()).await?;
+    let (response, mut body) =
+        client.send_request(grpc_request("/grpc.health.v1.Health/Check"), false)?;
+    body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)?;
+    let response = answered("health", response).await?;
+    assert_eq!(response.status(), http::StatusCode::OK);
+    driver.abort();
+    Ok(())
+}
+
+/// One client address cannot take every connection slot (an outside attack held all of
+/// `GRPC_MAX_CONNECTIONS` from one host, silent connections each, and everyone else waited):
+/// past `GRPC_MAX_CONNECTIONS_PER_ADDRESS` its connections are closed at once, while another
+/// address is served; once one of its own closes, it may open one again.
+#[tokio::test]
+async fn one_address_cannot_take_every_connection_slot() {
+    let (db, redis) = (TestDb::create().await, TestRedis::new());
+    let limits = CallLimits {
+        connections: ConnectionLimits {
+            max_connections: 10,
+            max_connections_per_address: 3,
+            // Silent connections are held, not closed, for the length of the test.
+            preface_timeout: Duration::from_secs(600),
+            ..ConnectionLimits::default()
+        },
+        ..CallLimits::default()
+    };
+    let server = TestServer::start_with_limits(common_config(db.url.clone(), &redis), limits).await;
+    // The test server's own client holds one connection from 127.0.0.1; two more, silent.
+    let mut held = vec![
+        connect_from([127, 0, 0, 1], server.addr).await,
+        connect_from([127, 0, 0, 1], server.addr).await,
+    ];
+    // A fourth from the same address is closed at once, without a byte.
+    let mut fourth = connect_from([127, 0, 0, 1], server.addr).await;
+    let mut buf = [0u8; 64];
+    let read = answered("the fourth connection is closed", fourth.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(0)) || read.is_err(),
+        "closed, nothing sent: {read:?}"
+    );
+    // The three of 127.0.0.1 are open: the test server's client still works.
+    server
+        .client
+        .clone()
+        .create_user(request("alice", "alice@example.com"))
+        .await
+        .expect("a call on an existing connection");
+    // Another address is served.
+    health_from([127, 0, 0, 2], server.addr)
+        .await
+        .expect("health from 127.0.0.2");
+    // One of 127.0.0.1's closes: it may open another.
+    drop(held.pop());
+    eventually("127.0.0.1 may connect again", PATIENCE, || async {
+        health_from([127, 0, 0, 1], server.addr).await.is_ok()
+    })
+    .await;
+    drop(held);
+    server.stop().await.expect("clean stop");
+}
+
 /// Open file descriptors of process `pid`.
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)

@@ -845,6 +845,51 @@ async fn an_email_change_sends_exactly_one_email_whose_link_verifies_the_new_add
     server.stop().await;
 }
 
+/// UpdateUser mails every new address: past `EMAIL_CHANGE_MAX_PER_USER` changes within the
+/// window it is RESOURCE_EXHAUSTED naming the email field, with nothing changed or queued (an
+/// outside attack changed an address back and forth to mail any address without end).
+#[tokio::test]
+async fn address_changes_past_the_limit_are_refused_naming_the_field() {
+    let (db, redis) = (TestDb::create().await, TestRedis::new());
+    let server = Binary::start(
+        &db,
+        &redis.address,
+        redis.namespace.as_str(),
+        &[("EMAIL_CHANGE_MAX_PER_USER", "2")],
+    )
+    .await;
+    server.sign_up("alice");
+    let login = server.login("alice", PASSWORD);
+    let access = text(&login, "accessToken", "access_token");
+    let change = |email: &str| {
+        format!(r#"{{"username":"alice","email":"{email}","current_password":"{PASSWORD}"}}"#)
+    };
+    server.ok("UpdateUser", &change("victim@example.com"), Some(&access));
+    server.ok("UpdateUser", &change("alice@example.com"), Some(&access));
+    let (code, message) = server.err("UpdateUser", &change("victim@example.com"), Some(&access));
+    assert_eq!(code, "ResourceExhausted", "{message}");
+    assert!(
+        message.starts_with("email: too many address changes by this account; try again in "),
+        "{message}"
+    );
+    assert_eq!(
+        db.store.get_user("alice").await.expect("alice").email,
+        "alice@example.com"
+    );
+    let changes: i64 = sqlx::query_scalar("SELECT count(*) FROM email_changes")
+        .fetch_one(db.store.pool())
+        .await
+        .expect("count");
+    assert_eq!(changes, 2, "the refused change is not counted");
+    // Other fields may still change.
+    server.ok(
+        "UpdateUser",
+        r#"{"username":"alice","full_name":"Alice L"}"#,
+        Some(&access),
+    );
+    server.stop().await;
+}
+
 /// In-process, to read the hashing pool's count: an unknown user costs a full argon2
 /// verification (against the dummy hash), exactly as a wrong password does.
 #[tokio::test]

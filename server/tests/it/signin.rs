@@ -9,12 +9,12 @@ use simplebank_core::keys::LoginFailureKeys;
 use simplebank_core::{
     password::{HashError, HashPool, PoolGone},
     secret::Secret,
-    testing::{RedisServer, TestDb, TestRedis, eventually},
+    testing::{PostgresServer, RedisServer, TestDb, TestRedis, eventually},
 };
 use simplebank_server::{
     config::CallLimits,
     pb::{
-        LoginUserRequest, LogoutUserRequest, RenewAccessTokenRequest,
+        LoginUserRequest, LogoutUserRequest, RenewAccessTokenRequest, VerifyEmailRequest,
         simple_bank_client::SimpleBankClient,
     },
 };
@@ -667,5 +667,69 @@ async fn a_sign_in_racing_a_password_change_starts_no_session() {
             .expect("sessions")
             .is_empty()
     );
+    server.stop().await.expect("server stops");
+}
+
+/// A PostgreSQL that hangs (SIGSTOP: it accepts connections and answers nothing) ends the calls
+/// that need it UNAVAILABLE at the store's limit, inside the call's own: sign-in, renewal and
+/// verification waited for the 10 s call limit and ended DEADLINE_EXCEEDED (an outside attack).
+/// Once PostgreSQL goes on, sign-in works again.
+#[tokio::test]
+async fn a_hung_postgres_ends_calls_unavailable_not_at_the_call_limit() {
+    let postgres = PostgresServer::start("hung-signin-pw");
+    let db_url = Secret::new(format!(
+        "postgres://postgres:hung-signin-pw@127.0.0.1:{}/postgres?sslmode=disable",
+        postgres.port
+    ));
+    let redis = TestRedis::new();
+    let server = TestServer::start(common_config(db_url, &redis)).await;
+    let mut client = server.client.clone();
+    client
+        .create_user(request("alice", "alice@example.com"))
+        .await
+        .expect("sign up");
+    let signed_in = client
+        .login_user(login("alice", "secret-password-1"))
+        .await
+        .expect("sign in")
+        .into_inner();
+
+    let paused = postgres.pause();
+    let (mut a, mut b, mut c) = (client.clone(), client.clone(), client.clone());
+    let codes = tokio::join!(
+        a.login_user(login("alice", "secret-password-1")),
+        b.renew_access_token(RenewAccessTokenRequest {
+            refresh_token: signed_in.refresh_token.clone(),
+        }),
+        c.verify_email(VerifyEmailRequest {
+            email_id: 1,
+            secret_code: "a".repeat(32),
+        }),
+    );
+    let codes = [
+        codes.0.map(|_| ()),
+        codes.1.map(|_| ()),
+        codes.2.map(|_| ()),
+    ]
+    .map(|result| result.expect_err("PostgreSQL is hung"));
+    for status in &codes {
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert_eq!(
+            status.message(),
+            "the database is unavailable; try again later"
+        );
+    }
+
+    drop(paused);
+    eventually("sign-in works again", Duration::from_secs(30), || {
+        let mut client = client.clone();
+        async move {
+            client
+                .login_user(login("alice", "secret-password-1"))
+                .await
+                .is_ok()
+        }
+    })
+    .await;
     server.stop().await.expect("server stops");
 }
