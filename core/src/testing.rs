@@ -523,6 +523,8 @@ pub struct TcpProxy {
     task: tokio::task::JoinHandle<()>,
     open: Arc<AtomicBool>,
     refused: Arc<AtomicUsize>,
+    /// Raised by [`TcpProxy::freeze`]: connections accepted before stop forwarding.
+    frozen: tokio::sync::watch::Sender<u64>,
 }
 
 impl TcpProxy {
@@ -546,6 +548,8 @@ impl TcpProxy {
             Arc::new(AtomicUsize::new(0)),
         );
         let (forwarding, refusals) = (Arc::clone(&open), Arc::clone(&refused));
+        let frozen = tokio::sync::watch::Sender::new(0u64);
+        let freezes = frozen.clone();
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((mut inbound, _)) = listener.accept().await {
@@ -564,9 +568,18 @@ impl TcpProxy {
                     continue;
                 }
                 let upstream = upstream.clone();
+                let mut freeze = freezes.subscribe();
+                let born = *freeze.borrow_and_update();
                 connections.spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        let frozen = tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+                            _ = freeze.wait_for(|generation| *generation > born) => true,
+                        };
+                        if frozen {
+                            // Both ends held open, nothing forwarded: a black-holed network.
+                            std::future::pending::<()>().await;
+                        }
                     }
                 });
             }
@@ -576,7 +589,14 @@ impl TcpProxy {
             task,
             open,
             refused,
+            frozen,
         }
+    }
+
+    /// From now on, the connections already forwarded carry nothing more either way and stay
+    /// open (a network that black-holes them, no reset); new ones are forwarded.
+    pub fn freeze(&self) {
+        self.frozen.send_modify(|generation| *generation += 1);
     }
 
     /// From now on, forwards the connections it accepts.

@@ -33,10 +33,11 @@ pub fn from_store(err: StoreError) -> Status {
         StoreError::PasswordChanged => {
             Status::permission_denied("current_password is no longer the account's password")
         }
-        StoreError::TooManyEmailChanges { limit, retry_after } => Status::with_error_details(
+        // One text for both limits: which one says whether others used the address lately.
+        StoreError::TooManyEmailChanges { retry_after, .. } => Status::with_error_details(
             Code::ResourceExhausted,
             format!(
-                "email: too many address changes {limit}; try again in {} s",
+                "email: too many address changes; try again in {} s",
                 retry_after.as_millis().div_ceil(1000).max(1)
             ),
             ErrorDetails::with_retry_info(Some(retry_after)),

@@ -15,7 +15,7 @@ pub mod verify_emails;
 use std::time::Duration;
 
 use sqlx::{
-    PgPool,
+    PgConnection, PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
@@ -292,16 +292,30 @@ impl Store {
         self.answer_within
     }
 
-    /// Runs `operation` within the limit; past it the operation is dropped (a transaction it
-    /// opened is rolled back, its connection checked before reuse) and the call ends with
-    /// [`StoreError::NoAnswer`].
+    /// Runs `operation` on a connection of the pool, within the limit (the wait for the
+    /// connection included). Past it the operation is dropped and the call ends with
+    /// [`StoreError::NoAnswer`]; its connection is closed, not returned to the pool: sqlx
+    /// would check it with a round trip first, waiting without limit on a database that does
+    /// not answer (a black-holed network: until TCP gives up, some 15 minutes), and holding its
+    /// place in the pool meanwhile. A transaction the operation opened ends with the
+    /// connection (PostgreSQL rolls it back when it sees the close).
     async fn answer<T, E: From<StoreError>>(
         &self,
-        operation: impl Future<Output = Result<T, E>>,
+        operation: impl AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
     ) -> Result<T, E> {
-        tokio::time::timeout(self.answer_within, operation)
+        let deadline = tokio::time::Instant::now() + self.answer_within;
+        let no_answer = || E::from(StoreError::NoAnswer(self.answer_within));
+        let mut conn = tokio::time::timeout_at(deadline, self.pool.acquire())
             .await
-            .unwrap_or_else(|_| Err(StoreError::NoAnswer(self.answer_within).into()))
+            .map_err(|_| no_answer())?
+            .map_err(|err| E::from(StoreError::from(err)))?;
+        match tokio::time::timeout_at(deadline, operation(&mut conn)).await {
+            Ok(done) => done,
+            Err(_) => {
+                drop(conn.detach());
+                Err(no_answer())
+            }
+        }
     }
 
     /// The underlying pool, for queries this module does not provide (tests, tools).
@@ -332,9 +346,9 @@ impl Store {
 
     /// Succeeds when PostgreSQL answers a trivial query.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.answer(async {
+        self.answer(async |conn| {
             sqlx::query!("SELECT 1 AS one")
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *conn)
                 .await?;
             Ok(())
         })
@@ -452,6 +466,66 @@ mod tests {
             assert!(err.is_unavailable(), "sslmode={sslmode}: {err:?}");
         }
         assert!(proxy.refused() >= 3);
+    }
+
+    /// Operations on connections that a network black-holes (a failover behind it: the old
+    /// connections never answer nor reset, new ones reach the database) end at the limit and
+    /// their connections are closed, so the pool makes new ones and the store answers again.
+    /// Returned to the pool, each was first checked with a round trip that waited without
+    /// limit, holding its place: with every place so held, nothing answered any more.
+    #[tokio::test]
+    async fn connections_cut_off_at_the_limit_are_closed_not_kept() {
+        use crate::testing::{TcpProxy, eventually};
+        let db = TestDb::create().await;
+        let proxy = TcpProxy::start(db.server_address()).await;
+        let options: sqlx::postgres::PgConnectOptions =
+            db.url_via(proxy.port).expose().parse().expect("options");
+        // A small pool that checks nothing before use: every operation reaches its statement.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(3)
+            .acquire_timeout(std::time::Duration::from_secs(2))
+            .test_before_acquire(false)
+            .connect_lazy_with(options);
+        let store = super::Store::from_pool(pool.clone())
+            .with_answer_within(std::time::Duration::from_millis(500));
+        let held: Vec<_> = hold_connections(&pool, 3).await;
+        drop(held);
+        eventually(
+            "three idle connections",
+            std::time::Duration::from_secs(10),
+            || {
+                let idle = pool.num_idle();
+                async move { idle == 3 }
+            },
+        )
+        .await;
+
+        proxy.freeze();
+        for _ in 0..3 {
+            let err = store.ping().await.expect_err("a black-holed connection");
+            assert!(matches!(err, super::StoreError::NoAnswer(_)), "{err:?}");
+        }
+        eventually(
+            "the store answers on new connections",
+            std::time::Duration::from_secs(30),
+            || {
+                let store = store.clone();
+                async move { store.ping().await.is_ok() }
+            },
+        )
+        .await;
+    }
+
+    /// `n` connections of `pool` at once.
+    async fn hold_connections(
+        pool: &sqlx::PgPool,
+        n: usize,
+    ) -> Vec<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+        let mut held = Vec::new();
+        for _ in 0..n {
+            held.push(pool.acquire().await.expect("a connection"));
+        }
+        held
     }
 
     /// Every CA file sqlx would read is checked: sqlx reads `sslrootcert` as a form-encoded

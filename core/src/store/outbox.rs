@@ -41,7 +41,7 @@ impl Store {
         limit: i64,
         lease: Duration,
     ) -> Result<Vec<(OutboxLease, Task)>, StoreError> {
-        self.answer(async {
+        self.answer(async |conn| {
             let mut rows = sqlx::query!(
                 "UPDATE task_outbox SET leased_until = now() + make_interval(secs => $2) \
                  WHERE id IN ( \
@@ -51,7 +51,7 @@ impl Store {
                 limit,
                 lease.as_secs_f64(),
             )
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await?;
             rows.sort_unstable_by_key(|row| row.id);
             Ok(rows
@@ -75,9 +75,9 @@ impl Store {
         fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "DELETE")
     )]
     pub async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
-        self.answer(async {
+        self.answer(async |conn| {
             sqlx::query!("DELETE FROM task_outbox WHERE id = ANY($1)", ids)
-                .execute(&self.pool)
+                .execute(&mut *conn)
                 .await?;
             Ok(())
         })
@@ -94,7 +94,8 @@ impl Store {
         fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE")
     )]
     pub async fn release_outbox(&self, leases: &[OutboxLease]) -> Result<(), StoreError> {
-        self.answer(async { self.end_leases(leases).await }).await
+        self.answer(async |conn| Self::end_leases(conn, leases).await)
+            .await
     }
 
     /// [`Store::release_outbox`] for the relay, its span at DEBUG as its claim's: while Redis
@@ -107,10 +108,14 @@ impl Store {
         fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE")
     )]
     pub async fn relay_release_outbox(&self, leases: &[OutboxLease]) -> Result<(), StoreError> {
-        self.answer(async { self.end_leases(leases).await }).await
+        self.answer(async |conn| Self::end_leases(conn, leases).await)
+            .await
     }
 
-    async fn end_leases(&self, leases: &[OutboxLease]) -> Result<(), StoreError> {
+    async fn end_leases(
+        conn: &mut sqlx::PgConnection,
+        leases: &[OutboxLease],
+    ) -> Result<(), StoreError> {
         let (ids, ends): (Vec<i64>, Vec<OffsetDateTime>) =
             leases.iter().map(|lease| (lease.id, lease.until)).unzip();
         sqlx::query!(
@@ -120,17 +125,17 @@ impl Store {
             &ids,
             &ends,
         )
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
         Ok(())
     }
 
     /// How many tasks wait in the outbox.
     pub async fn outbox_len(&self) -> Result<i64, StoreError> {
-        self.answer(async {
+        self.answer(async |conn| {
             Ok(
                 sqlx::query_scalar!("SELECT count(*) AS \"count!\" FROM task_outbox")
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *conn)
                     .await?,
             )
         })

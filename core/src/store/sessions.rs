@@ -7,6 +7,7 @@
 //! a client kept a copy) and ends the whole session. A session has an absolute end
 //! (`expires_at`) that renewals never move.
 
+use sqlx::Connection as _;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -163,7 +164,7 @@ impl Store {
         origin: &SessionOrigin,
         limits: SessionLimits,
     ) -> Result<Option<Session>, StoreError> {
-        self.answer(async {
+        self.answer(async |conn| {
             // `$6::float8`: the macro lets PostgreSQL infer parameter types, and LEAST of two
             // parameters alone would be text (bound at run time, sqlx named float8 itself).
             let session = sqlx::query_as!(
@@ -188,7 +189,7 @@ impl Store {
                 limits.session.as_secs_f64(),
                 verified_hash.expose(),
             )
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *conn)
             .await?;
             Ok(session)
         })
@@ -209,9 +210,9 @@ impl Store {
         next: &Secret<String>,
         refresh_token: Duration,
     ) -> Result<Session, SessionError> {
-        self.answer(async {
+        self.answer(async |conn| {
             let presented_hash = hash_refresh_token(presented);
-            let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+            let mut tx = conn.begin().await.map_err(StoreError::from)?;
             // The row lock serialises renewals of one session: of two concurrent renewals with
             // the same token, the second finds the hash changed and counts as a reuse.
             let current = sqlx::query!(
@@ -279,12 +280,12 @@ impl Store {
         presented: &str,
         all_sessions: bool,
     ) -> Result<u64, SessionError> {
-        self.answer(async {
+        self.answer(async |conn| {
             let hash = hash_refresh_token(presented);
             let ended = if all_sessions {
                 // The user's row first, as a password change takes it: a session that the change
                 // ends meanwhile is seen ended by the update after the wait, and ends nothing.
-                let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+                let mut tx = conn.begin().await.map_err(StoreError::from)?;
                 sqlx::query!(
                     "SELECT 1 AS \"locked!\" FROM users u JOIN sessions s ON s.username = u.username \
                      WHERE s.refresh_token_hash = $1 FOR NO KEY UPDATE OF u",
@@ -296,10 +297,10 @@ impl Store {
                 tx.commit().await.map_err(StoreError::from)?;
                 ended
             } else {
-                end_sessions_of(&self.pool, &hash, false).await?
+                end_sessions_of(&mut *conn, &hash, false).await?
             };
             if ended == 0 {
-                return Err(self.replayed_at_logout(presented).await?);
+                return Err(Self::replayed_at_logout(conn, presented).await?);
             }
             Ok(ended)
         })
@@ -308,8 +309,11 @@ impl Store {
 
     /// Why `presented` ended no session: an already exchanged token is a replay, as in
     /// [`Self::rotate_refresh_token`], and ends its session; anything else is just invalid.
-    async fn replayed_at_logout(&self, presented: &str) -> Result<SessionError, SessionError> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+    async fn replayed_at_logout(
+        conn: &mut sqlx::PgConnection,
+        presented: &str,
+    ) -> Result<SessionError, SessionError> {
+        let mut tx = conn.begin().await.map_err(StoreError::from)?;
         let rotated = sqlx::query_scalar!(
             "SELECT session_id FROM session_rotated_tokens WHERE token_hash = $1",
             hash_refresh_token(presented),
@@ -332,14 +336,14 @@ impl Store {
         fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT")
     )]
     pub async fn session_is_live(&self, id: Uuid, username: &str) -> Result<bool, StoreError> {
-        self.answer(async {
+        self.answer(async |conn| {
             let live = sqlx::query_scalar!(
                 "SELECT revoked_at IS NULL AND expires_at > now() AS \"live!\" FROM sessions \
                  WHERE id = $1 AND username = $2",
                 id,
                 username,
             )
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *conn)
             .await?;
             Ok(live.unwrap_or(false))
         })
@@ -348,7 +352,7 @@ impl Store {
 
     /// The session `id`, ended or not; [`StoreError::NotFound`] if there is none.
     pub async fn session(&self, id: Uuid) -> Result<Session, StoreError> {
-        self.answer(async {
+        self.answer(async |conn| {
             Ok(sqlx::query_as!(
                 Session,
                 "SELECT id, username, user_agent, client_ip, created_at, \
@@ -356,7 +360,7 @@ impl Store {
                  FROM sessions WHERE id = $1",
                 id,
             )
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *conn)
             .await?)
         })
         .await
@@ -364,7 +368,7 @@ impl Store {
 
     /// Every session of `username`, ended ones included, oldest first.
     pub async fn sessions_of(&self, username: &str) -> Result<Vec<Session>, StoreError> {
-        self.answer(async {
+        self.answer(async |conn| {
             Ok(sqlx::query_as!(
                 Session,
                 "SELECT id, username, user_agent, client_ip, created_at, \
@@ -372,7 +376,7 @@ impl Store {
                  FROM sessions WHERE username = $1 ORDER BY created_at, id",
                 username,
             )
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await?)
         })
         .await

@@ -1,6 +1,7 @@
 //! Users. Sign-up writes the user and its `send_verify_email` task in one transaction, so a task
 //! exists exactly when its user does.
 
+use sqlx::Connection as _;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -112,7 +113,7 @@ impl Store {
         hashed_password: &Secret<String>,
         task: &Task,
     ) -> Result<(User, OutboxLease), StoreError> {
-        self.answer(async {
+        self.answer(async |conn| {
             let encoded = serde_json::to_value(task).map_err(StoreError::BadTask)?;
             // One statement, so one round trip and one implicit transaction: both rows or neither
             // (a duplicate username or email fails the whole statement).
@@ -142,7 +143,7 @@ impl Store {
                 // the insert itself: now() is the transaction's start, before any wait on a lock.
                 crate::outbox::PUBLISH_GRACE.as_secs_f64(),
             )
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *conn)
             .await?;
             let user = User {
                 username: created.username,
@@ -168,7 +169,7 @@ impl Store {
     )]
     /// The user `username`; [`StoreError::NotFound`] if there is none.
     pub async fn get_user(&self, username: &str) -> Result<User, StoreError> {
-        self.answer(async {
+        self.answer(async |conn| {
             let user = sqlx::query_as!(
                 User,
                 "SELECT username, full_name, email, password_changed_at, created_at, \
@@ -176,7 +177,7 @@ impl Store {
                  FROM users WHERE username = $1",
                 username,
             )
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *conn)
             .await?;
             Ok(user)
         })
@@ -192,14 +193,14 @@ impl Store {
         fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT")
     )]
     pub async fn credentials(&self, username: &str) -> Result<Option<Credentials>, StoreError> {
-        self.answer(async {
+        self.answer(async |conn| {
             let row = sqlx::query!(
                 "SELECT username, full_name, email, password_changed_at, created_at, \
                    is_email_verified, hashed_password \
                  FROM users WHERE username = $1",
                 username,
             )
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *conn)
             .await?;
             Ok(row.map(|row| Credentials {
                 user: User {
@@ -247,9 +248,9 @@ impl Store {
         verify_task: &Task,
         session: Uuid,
     ) -> Result<Option<Updated>, StoreError> {
-        self.answer(async {
+        self.answer(async |conn| {
             let new_email = update.email.as_ref().map(|e| e.as_str());
-            let mut tx = self.pool.begin().await?;
+            let mut tx = conn.begin().await?;
             let stored = sqlx::query!(
                 "SELECT email, hashed_password FROM users WHERE username = $1 FOR UPDATE",
                 username
@@ -273,7 +274,8 @@ impl Store {
             }
             let email_changed = new_email.is_some_and(|new| new != old_email);
             if let (true, Some(new)) = (email_changed, new_email) {
-                self.count_email_change(&mut tx, username, new).await?;
+                self.count_email_change(&mut tx, username, &old_email, new)
+                    .await?;
             }
             let user = sqlx::query_as!(
                 User,
@@ -328,15 +330,30 @@ impl Store {
         .await
     }
 
-    /// Counts a change of `username`'s address to `email` against the limits, or refuses it.
+    /// Counts a change of `username`'s address from `old` to `new` against the limits, or
+    /// refuses it: the user's changes, and for each of the two addresses the changes to it and
+    /// away from it by anyone (a change away counts too, so that accounts signing up with an
+    /// address in turn, each then moving away, are bounded as well).
     async fn count_email_change(
         &self,
         tx: &mut sqlx::PgConnection,
         username: &str,
-        email: &str,
+        old: &str,
+        new: &str,
     ) -> Result<(), StoreError> {
         let limits = self.email_changes;
         let window = limits.window.as_secs_f64();
+        // Changes of other users that concern the same addresses are counted one after the
+        // other (the user's own are, under its row lock): in one order, so no deadlock.
+        sqlx::query!(
+            "SELECT pg_advisory_xact_lock(k) AS \"locked!\" FROM ( \
+               SELECT DISTINCT hashtextextended(lower(a COLLATE \"C\"), 0) AS k \
+               FROM unnest(ARRAY[$1::text, $2::text]) AS a ORDER BY k) AS keys",
+            old,
+            new,
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         // Only changes within the window count: the user's older ones go now.
         sqlx::query!(
             "DELETE FROM email_changes \
@@ -346,45 +363,73 @@ impl Store {
         )
         .execute(&mut *tx)
         .await?;
-        let counted = sqlx::query!(
-            "SELECT \
-               count(*) FILTER (WHERE username = $1) AS \"by_user!\", \
-               count(*) FILTER (WHERE lower(email) = lower($2)) AS \"to_address!\", \
-               EXTRACT(EPOCH FROM min(changed_at) FILTER (WHERE username = $1) \
-                 + make_interval(secs => $3) - now())::float8 AS user_wait, \
-               EXTRACT(EPOCH FROM min(changed_at) FILTER (WHERE lower(email) = lower($2)) \
-                 + make_interval(secs => $3) - now())::float8 AS address_wait \
+        let rows = sqlx::query!(
+            "SELECT username = $1 AS \"mine!\", \
+               lower(old_email COLLATE \"C\") = lower($2 COLLATE \"C\") \
+                 OR lower(new_email COLLATE \"C\") = lower($2 COLLATE \"C\") AS \"old!\", \
+               lower(old_email COLLATE \"C\") = lower($3 COLLATE \"C\") \
+                 OR lower(new_email COLLATE \"C\") = lower($3 COLLATE \"C\") AS \"new!\", \
+               EXTRACT(EPOCH FROM changed_at + make_interval(secs => $4) - now())::float8 \
+                 AS \"leaves_in!\" \
              FROM email_changes \
-             WHERE changed_at > now() - make_interval(secs => $3) \
-               AND (username = $1 OR lower(email) = lower($2))",
+             WHERE changed_at > now() - make_interval(secs => $4) \
+               AND (username = $1 \
+                 OR lower(old_email COLLATE \"C\") IN (lower($2 COLLATE \"C\"), lower($3 COLLATE \"C\")) \
+                 OR lower(new_email COLLATE \"C\") IN (lower($2 COLLATE \"C\"), lower($3 COLLATE \"C\"))) \
+             ORDER BY changed_at",
             username,
-            email,
+            old,
+            new,
             window,
         )
-        .fetch_one(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
-        let refused = if counted.by_user >= i64::from(limits.per_user) {
-            Some((EmailChangeLimit::User, counted.user_wait))
-        } else if counted.to_address >= i64::from(limits.per_address) {
-            Some((EmailChangeLimit::Address, counted.address_wait))
-        } else {
-            None
-        };
-        if let Some((limit, wait)) = refused {
-            return Err(StoreError::TooManyEmailChanges {
-                limit,
-                retry_after: Duration::from_secs_f64(wait.unwrap_or(0.0).clamp(0.0, window)),
-            });
+        let waits = [
+            (
+                EmailChangeLimit::User,
+                limits.per_user,
+                rows.iter()
+                    .filter(|r| r.mine)
+                    .map(|r| r.leaves_in)
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                EmailChangeLimit::Address,
+                limits.per_address,
+                rows.iter().filter(|r| r.new).map(|r| r.leaves_in).collect(),
+            ),
+            (
+                EmailChangeLimit::Address,
+                limits.per_address,
+                rows.iter().filter(|r| r.old).map(|r| r.leaves_in).collect(),
+            ),
+        ];
+        for (limit, allowed, leaving) in waits {
+            if let Some(wait) = over_limit(&leaving, allowed) {
+                return Err(StoreError::TooManyEmailChanges {
+                    limit,
+                    retry_after: Duration::from_secs_f64(wait.clamp(0.0, window)),
+                });
+            }
         }
         sqlx::query!(
-            "INSERT INTO email_changes (username, email) VALUES ($1, $2)",
+            "INSERT INTO email_changes (username, old_email, new_email) VALUES ($1, $2, $3)",
             username,
-            email,
+            old,
+            new,
         )
         .execute(&mut *tx)
         .await?;
         Ok(())
     }
+}
+
+/// With the counted changes' times to leave the window, oldest first: `None` while fewer than
+/// `allowed`, else the seconds until only `allowed - 1` are left (one more may then be made).
+fn over_limit(leaving: &[f64], allowed: u32) -> Option<f64> {
+    let allowed = usize::try_from(allowed).unwrap_or(usize::MAX);
+    let excess = leaving.len().checked_sub(allowed)?;
+    leaving.get(excess).copied()
 }
 
 #[cfg(test)]
@@ -631,35 +676,53 @@ mod tests {
             .expect("a rename")
             .expect("live session");
 
-        // Per address, over users, in any case.
-        change("bob", "victim@example.com", sessions["bob"])
-            .await
-            .expect("bob");
-        change("bob", "bob2@example.com", sessions["bob"])
-            .await
-            .expect("bob away");
-        change("carol", "Victim@example.com", sessions["carol"])
-            .await
-            .expect("carol");
-        change("carol", "carol2@example.com", sessions["carol"])
-            .await
-            .expect("carol away");
-        let err = change("dave", "VICTIM@example.com", sessions["dave"])
-            .await
-            .expect_err("a third change to the address");
-        assert!(
+        // Per address, changes to it and away from it, over users, in any case.
+        let is_address_limit = |err: &StoreError| {
             matches!(
                 err,
                 StoreError::TooManyEmailChanges {
                     limit: EmailChangeLimit::Address,
                     ..
                 }
-            ),
-            "{err:?}"
-        );
+            )
+        };
+        change("bob", "victim@example.com", sessions["bob"])
+            .await
+            .expect("bob");
+        change("bob", "bob2@example.com", sessions["bob"])
+            .await
+            .expect("bob away");
+        let err = change("carol", "Victim@example.com", sessions["carol"])
+            .await
+            .expect_err("a third change concerning the address");
+        assert!(is_address_limit(&err), "{err:?}");
         assert_eq!(
-            db.store.get_user("dave").await.expect("dave").email,
-            "dave@example.com"
+            db.store.get_user("carol").await.expect("carol").email,
+            "carol@example.com"
+        );
+        // Accounts signing up with one address in turn, each moving away after its email:
+        // the moves away are counted, so the address is held at the limit.
+        for (n, user) in ["cycle1", "cycle2", "cycle3"].into_iter().enumerate() {
+            insert(&db, user, "cycle@example.com")
+                .await
+                .expect("signs up with the address");
+            let session = db.live_session(user).await;
+            let away = change(
+                user,
+                ["c1@example.com", "c2@example.com", "c3@example.com"][n],
+                session,
+            )
+            .await;
+            if n < 2 {
+                away.expect("moves away");
+            } else {
+                let err = away.expect_err("a third move away from the address");
+                assert!(is_address_limit(&err), "{err:?}");
+            }
+        }
+        assert!(
+            insert(&db, "cycle4", "cycle@example.com").await.is_err(),
+            "the address is held: no fourth sign-up with it"
         );
 
         // Changes older than the window count no more, and the user's are then deleted.
@@ -670,7 +733,7 @@ mod tests {
         change("alice", "a3@example.com", sessions["alice"])
             .await
             .expect("a new window");
-        change("dave", "victim@example.com", sessions["dave"])
+        change("carol", "victim@example.com", sessions["carol"])
             .await
             .expect("a new window");
         let alices: i64 =
@@ -679,6 +742,79 @@ mod tests {
                 .await
                 .expect("count");
         assert_eq!(alices, 1, "only the change in the window is kept");
+    }
+
+    /// Changes of different users concerning one address are counted one after the other: a
+    /// change that counted while another user's changes to and away from the address were
+    /// being committed would pass on a stale count.
+    #[tokio::test]
+    async fn changes_concerning_one_address_are_counted_in_turn() {
+        use super::{EmailChangeLimit, EmailChangeLimits};
+        let db = TestDb::create().await;
+        let store = db
+            .store
+            .clone()
+            .with_email_change_limits(EmailChangeLimits {
+                per_user: 10,
+                per_address: 2,
+                window: std::time::Duration::from_secs(3600),
+            });
+        for user in ["alice", "mallory"] {
+            insert(&db, user, &format!("{user}@example.com"))
+                .await
+                .expect("user");
+        }
+        let session = db.live_session("alice").await;
+        // Another transaction counting and recording two changes concerning the address.
+        let mut holder = db.store.pool().begin().await.expect("begin");
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended(lower('victim@example.com' COLLATE \"C\"), 0))")
+            .execute(&mut *holder)
+            .await
+            .expect("the address's lock");
+        for _ in 0..2 {
+            sqlx::query(
+                "INSERT INTO email_changes (username, old_email, new_email) \
+                 VALUES ('mallory', 'mallory@example.com', 'victim@example.com')",
+            )
+            .execute(&mut *holder)
+            .await
+            .expect("a change");
+        }
+
+        let update = tokio::spawn(async move {
+            let update = UserUpdate {
+                full_name: None,
+                email: Some(Email::parse("Victim@example.com").expect("email")),
+                password: None,
+            };
+            store
+                .update_user("alice", &update, None, None, &verify_task("alice"), session)
+                .await
+        });
+        release_after_a_wait(&db, holder, true).await;
+        let err = update
+            .await
+            .expect("task")
+            .expect_err("counted after the other's changes");
+        assert!(
+            matches!(
+                err,
+                StoreError::TooManyEmailChanges {
+                    limit: EmailChangeLimit::Address,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn the_wait_is_until_one_more_change_is_allowed() {
+        assert_eq!(super::over_limit(&[], 2), None);
+        assert_eq!(super::over_limit(&[10.0], 2), None);
+        assert_eq!(super::over_limit(&[10.0, 20.0], 2), Some(10.0));
+        // Over the limit (lowered since): until two have left.
+        assert_eq!(super::over_limit(&[10.0, 20.0, 30.0], 2), Some(20.0));
     }
 
     /// The grace of the new address's outbox row counts from the insert, not from the start

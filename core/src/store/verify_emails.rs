@@ -3,6 +3,7 @@
 //! derives it from the task id with a keyed MAC). A record notes when its email was sent, so a
 //! redelivered task does not send it again.
 
+use sqlx::Connection as _;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -87,7 +88,7 @@ impl Store {
         secret_code: &Secret<String>,
         expiry: Duration,
     ) -> Result<(VerifyEmail, bool), StoreError> {
-        self.answer(async {
+        self.answer(async |conn| {
             // `created`: whether the statement inserted the row (`xmax = 0`) or updated it.
             let row = sqlx::query!(
                 "INSERT INTO verify_emails (username, email, secret_code_hash, task_id, expired_at) \
@@ -105,7 +106,7 @@ impl Store {
                 task_id,
                 expiry.as_secs_f64(),
             )
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *conn)
             .await?;
             let record = VerifyEmail {
                 id: row.id,
@@ -129,12 +130,12 @@ impl Store {
         fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE")
     )]
     pub async fn mark_verify_email_sent(&self, id: i64) -> Result<(), StoreError> {
-        self.answer(async {
+        self.answer(async |conn| {
             sqlx::query!(
                 "UPDATE verify_emails SET email_sent_at = now() WHERE id = $1",
                 id
             )
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await?;
             Ok(())
         })
@@ -153,8 +154,8 @@ impl Store {
         fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE")
     )]
     pub async fn verify_email(&self, id: i64, secret_code: &str) -> Result<(), VerifyError> {
-        self.answer(async {
-            let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        self.answer(async |conn| {
+            let mut tx = conn.begin().await.map_err(StoreError::from)?;
             let row = sqlx::query!(
                 "SELECT v.secret_code_hash, v.is_used, v.expired_at < now() AS \"expired!\", \
                    v.email <> u.email AS \"address_changed!\" \
@@ -210,14 +211,14 @@ impl Store {
 
     /// Every verification record of `username`, oldest first.
     pub async fn verify_emails_of(&self, username: &str) -> Result<Vec<VerifyEmail>, StoreError> {
-        self.answer(async {
+        self.answer(async |conn| {
             Ok(sqlx::query_as!(
                 VerifyEmail,
                 "SELECT id, username, email, is_used, created_at, expired_at, task_id, email_sent_at \
                  FROM verify_emails WHERE username = $1 ORDER BY id",
                 username,
             )
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await?)
         })
         .await

@@ -869,7 +869,7 @@ async fn address_changes_past_the_limit_are_refused_naming_the_field() {
     let (code, message) = server.err("UpdateUser", &change("victim@example.com"), Some(&access));
     assert_eq!(code, "ResourceExhausted", "{message}");
     assert!(
-        message.starts_with("email: too many address changes by this account; try again in "),
+        message.starts_with("email: too many address changes; try again in "),
         "{message}"
     );
     assert_eq!(
