@@ -149,9 +149,14 @@ impl AuthConfig {
                     defaults.email_changes.per_address,
                 )?,
             )?,
-            window: positive(
+            window: at_most(
                 "EMAIL_CHANGE_WINDOW",
-                config::duration_or("EMAIL_CHANGE_WINDOW", defaults.email_changes.window)?,
+                positive(
+                    "EMAIL_CHANGE_WINDOW",
+                    config::duration_or("EMAIL_CHANGE_WINDOW", defaults.email_changes.window)?,
+                )?,
+                MAX_EMAIL_CHANGE_WINDOW,
+                "365d",
             )?,
         };
         Ok(Self {
@@ -347,6 +352,22 @@ impl ServerConfig {
             admin: AdminConfig::from_env()?,
         })
     }
+}
+
+/// The longest `EMAIL_CHANGE_WINDOW`: a year. (PostgreSQL's timestamps end some thousands of
+/// years back: a window reaching past that made every address change fail.)
+const MAX_EMAIL_CHANGE_WINDOW: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn at_most(
+    var: &'static str,
+    value: Duration,
+    max: Duration,
+    said: &str,
+) -> Result<Duration, ConfigError> {
+    if value > max {
+        return Err(ConfigError::new(var, format!("must be at most {said}")));
+    }
+    Ok(value)
 }
 
 fn positive(var: &'static str, value: Duration) -> Result<Duration, ConfigError> {

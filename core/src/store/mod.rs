@@ -227,6 +227,30 @@ pub struct Store {
     email_changes: users::EmailChangeLimits,
 }
 
+/// A pooled connection an operation is using. Dropped before [`InUse::finished`] (the
+/// operation cut off at the limit, or its caller gone), the connection is closed instead of
+/// returned to the pool, because its state is unknown: sqlx 0.8 returns a connection whose
+/// `BEGIN` was sent but not answered with no rollback queued (the transaction is not counted
+/// yet), so the next operations on it ran inside that open transaction and a later rollback
+/// dropped acknowledged writes (an outside attack: sign-ups answered OK, then gone); and it
+/// checks a returned connection with a round trip that has no limit, holding its place in the
+/// pool while a black-holed network never answers. Closed, it gives its place in the pool back
+/// once its close is sent (sqlx gives that 5 s at most); PostgreSQL rolls back what a closed
+/// connection left open.
+struct InUse {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    /// Set when the operation ran to its end: the connection then goes back to the pool.
+    finished: bool,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
 /// How long each store operation (acquiring a connection included) may take by default before
 /// it ends with [`StoreError::NoAnswer`]. A PostgreSQL that is stopped or hung still accepts
 /// TCP connections and never answers on those the pool holds: without a limit every call
@@ -294,28 +318,28 @@ impl Store {
 
     /// Runs `operation` on a connection of the pool, within the limit (the wait for the
     /// connection included). Past it the operation is dropped and the call ends with
-    /// [`StoreError::NoAnswer`]; its connection is closed, not returned to the pool: sqlx
-    /// would check it with a round trip first, waiting without limit on a database that does
-    /// not answer (a black-holed network: until TCP gives up, some 15 minutes), and holding its
-    /// place in the pool meanwhile. A transaction the operation opened ends with the
-    /// connection (PostgreSQL rolls it back when it sees the close).
+    /// [`StoreError::NoAnswer`]. The connection goes back to the pool only if the operation
+    /// ran to its end; one cut off (by the limit, or by the caller dropping the call: a
+    /// client's deadline, a reset) is closed, see [`InUse`].
     async fn answer<T, E: From<StoreError>>(
         &self,
         operation: impl AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
     ) -> Result<T, E> {
         let deadline = tokio::time::Instant::now() + self.answer_within;
         let no_answer = || E::from(StoreError::NoAnswer(self.answer_within));
-        let mut conn = tokio::time::timeout_at(deadline, self.pool.acquire())
+        let conn = tokio::time::timeout_at(deadline, self.pool.acquire())
             .await
             .map_err(|_| no_answer())?
             .map_err(|err| E::from(StoreError::from(err)))?;
-        match tokio::time::timeout_at(deadline, operation(&mut conn)).await {
-            Ok(done) => done,
-            Err(_) => {
-                drop(conn.detach());
-                Err(no_answer())
-            }
-        }
+        let mut in_use = InUse {
+            conn,
+            finished: false,
+        };
+        let done = tokio::time::timeout_at(deadline, operation(&mut in_use.conn))
+            .await
+            .map_err(|_| no_answer())?;
+        in_use.finished = true;
+        done
     }
 
     /// The underlying pool, for queries this module does not provide (tests, tools).
@@ -526,6 +550,77 @@ mod tests {
             held.push(pool.acquire().await.expect("a connection"));
         }
         held
+    }
+
+    /// Operations their callers drop while PostgreSQL hangs (a client's deadline), some with a
+    /// `BEGIN` sent and not answered, leave nothing behind: once PostgreSQL goes on, writes
+    /// through the store are committed and no connection is idle in a transaction. sqlx
+    /// returned such a connection to the pool with its transaction open and no rollback
+    /// queued: later writes on it ran inside it and were lost (an outside attack: sign-ups
+    /// answered OK, then gone).
+    #[tokio::test]
+    async fn operations_dropped_by_their_callers_leave_no_transaction_open() {
+        use crate::testing::PostgresServer;
+        let postgres = PostgresServer::start("dropped-pw");
+        let source = super::Secret::new(format!(
+            "postgres://postgres:dropped-pw@127.0.0.1:{}/postgres?sslmode=disable",
+            postgres.port
+        ));
+        // No limit of the store's own here: only the callers give up.
+        let store = super::Store::connect_lazy(&source)
+            .expect("store")
+            .with_answer_within(std::time::Duration::from_secs(600));
+        store.migrate().await.expect("migrate");
+        let verify_all = |n: i64| {
+            let mut calls = tokio::task::JoinSet::new();
+            for id in 0..n {
+                let store = store.clone();
+                calls.spawn(async move {
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_millis(500),
+                        store.verify_email(id, &"a".repeat(32)),
+                    )
+                    .await;
+                });
+            }
+            calls.join_all()
+        };
+        // Eight connections used just now (not checked again before use), then hung.
+        verify_all(8).await;
+        let paused = postgres.pause();
+        verify_all(8).await;
+        drop(paused);
+
+        for n in 0..6 {
+            let user = crate::domain::NewUser::parse(
+                &format!("after{n}"),
+                "Alice Liddell",
+                &format!("after{n}@example.com"),
+                "secret-password-1".into(),
+            )
+            .expect("user");
+            let task = simplebank_queue::Task::new(&crate::tasks::SendVerifyEmail {
+                username: format!("after{n}"),
+            })
+            .expect("task");
+            store
+                .create_user(&user, &super::Secret::new("$argon2id$x".into()), &task)
+                .await
+                .expect("signed up");
+        }
+        let mut own = sqlx::PgConnection::connect(source.expose())
+            .await
+            .expect("a connection of the test's own");
+        let (users, open): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM users), \
+               (SELECT count(*) FROM pg_stat_activity \
+                WHERE datname = current_database() AND state LIKE 'idle in transaction%')",
+        )
+        .fetch_one(&mut own)
+        .await
+        .expect("counts");
+        assert_eq!(users, 6, "every acknowledged sign-up is committed");
+        assert_eq!(open, 0, "no connection idle in a transaction");
     }
 
     /// Every CA file sqlx would read is checked: sqlx reads `sslrootcert` as a form-encoded

@@ -808,6 +808,43 @@ mod tests {
         );
     }
 
+    /// A database whose address changes were recorded before the old address was kept
+    /// migrates forward, its rows kept as changes to their address, and back again.
+    #[tokio::test]
+    async fn address_changes_recorded_without_the_old_address_migrate() {
+        const WITHOUT_OLD_EMAIL: i64 = 20261203000000;
+        let db = TestDb::create().await;
+        insert(&db, "alice", "alice@example.com")
+            .await
+            .expect("user");
+        crate::MIGRATOR
+            .undo(db.store.pool(), WITHOUT_OLD_EMAIL)
+            .await
+            .expect("migrate down");
+        sqlx::query(
+            "INSERT INTO email_changes (username, email) VALUES ('alice', 'a1@example.com')",
+        )
+        .execute(db.store.pool())
+        .await
+        .expect("a change, as recorded then");
+        db.store.migrate().await.expect("migrate up again");
+        let row: (String, String) =
+            sqlx::query_as("SELECT old_email, new_email FROM email_changes")
+                .fetch_one(db.store.pool())
+                .await
+                .expect("the change");
+        assert_eq!(row, (String::new(), "a1@example.com".to_owned()));
+        crate::MIGRATOR
+            .undo(db.store.pool(), WITHOUT_OLD_EMAIL)
+            .await
+            .expect("migrate down again");
+        let email: String = sqlx::query_scalar("SELECT email FROM email_changes")
+            .fetch_one(db.store.pool())
+            .await
+            .expect("the change");
+        assert_eq!(email, "a1@example.com");
+    }
+
     #[test]
     fn the_wait_is_until_one_more_change_is_allowed() {
         assert_eq!(super::over_limit(&[], 2), None);

@@ -182,6 +182,8 @@ async fn a_bad_limit_stops_the_server_binary_naming_the_variable() {
         ("EMAIL_CHANGE_MAX_PER_USER", "0"),
         ("EMAIL_CHANGE_MAX_PER_ADDRESS", "many"),
         ("EMAIL_CHANGE_WINDOW", "0s"),
+        ("EMAIL_CHANGE_WINDOW", "366d"),
+        ("EMAIL_CHANGE_WINDOW", "3000000d"),
     ] {
         let output = answered(
             tokio::process::Command::new(env!("CARGO_BIN_EXE_simplebank-server"))
