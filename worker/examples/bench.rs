@@ -854,6 +854,22 @@ there is no replica or AOF. These are the commands' own costs; from the client's
 remains is the number of round trips, and halving the producer's (the yield above) did not
 show in the rate.
 
+### Store operations on one connection, with a limit (2026-12-03)
+
+Each `Store` operation now acquires one pooled connection, runs under a 5 s limit
+(`tokio::time::timeout_at`) and closes the connection when it is cut off (ARCHITECTURE.md,
+\"Database operations\"). The sign-up path is the one that measures it (CreateUser's insert, the
+outbox row's delete, the worker's three statements). `bench_create_user` (scenario 5) at
+da67846 (before) and 178a4dc (after), release builds, `BENCH_RUNS=1 BENCH_SECONDS=20`, four
+pairs alternated on the same machine while an outside attack ran load beside them (ceilings
+from 60 to 98 hashes/s: the figures are noisy): ratio to the argon2 ceiling before 75%, 76%,
+49% (a disturbed run: the ceiling fell to 45 during it), 71%; after 73%, 71%, 68%, 76%. CPU
+per sign-up, the server beside hashing: before 1.23, 0.99, 1.09, 1.01 ms, after 1.08, 1.00,
+1.21, 1.02 ms; PostgreSQL before 2.45, 2.06, 2.29, 2.11 ms, after 2.15, 2.12, 2.57, 2.19 ms;
+below saturation, latency beyond the same run's hash span before 3.7, 2.1, 2.3, 2.2 ms, after
+2.3, 2.4, 2.8, 2.7 ms. No difference beyond the noise: a timer per operation against a
+round trip to PostgreSQL. The drains and the end-to-end scenarios use no database.
+
 ### Tracing export (scenario 7)
 
 perf over a traced drain (`BENCH_ONLY=tracing`) by thread: the worker's runtime thread 16.7%

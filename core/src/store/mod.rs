@@ -111,8 +111,10 @@ fn is_unavailable(err: &sqlx::Error) -> bool {
         }
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // 08xxx connection exception; 57P01-03 shutdown / cannot connect now; 53300 too many
-            // connections.
-            code.starts_with("08") || ["57P01", "57P02", "57P03", "53300"].contains(&&*code)
+            // connections; 57014 a statement cancelled (our `statement_timeout`, or an
+            // operator's `pg_cancel_backend`).
+            code.starts_with("08")
+                || ["57P01", "57P02", "57P03", "53300", "57014"].contains(&&*code)
         }),
         _ => false,
     }
@@ -237,15 +239,24 @@ pub struct Store {
 /// pool while a black-holed network never answers. Closed, it gives its place in the pool back
 /// once its close is sent (sqlx gives that 5 s at most); PostgreSQL rolls back what a closed
 /// connection left open.
+///
+/// A connection whose operation finished goes back to the pool through sqlx's check (one
+/// round trip), given `limit`: past it the check is dropped, and the connection with it, its
+/// place given back. Unbounded, a network that black-holed the connection just after its
+/// operation held its place for ever (an outside attack stranded all ten so, one by one).
 struct InUse {
     conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
     /// Set when the operation ran to its end: the connection then goes back to the pool.
     finished: bool,
+    limit: Duration,
 }
 
 impl Drop for InUse {
     fn drop(&mut self) {
-        if !self.finished {
+        if self.finished {
+            let returning = self.conn.return_to_pool();
+            tokio::spawn(tokio::time::timeout(self.limit, returning));
+        } else {
             self.conn.close_on_drop();
         }
     }
@@ -278,6 +289,21 @@ impl Store {
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(3))
             .test_before_acquire(false)
+            // PostgreSQL ends a statement of ours at the same limit as we give up on it: one
+            // cut off while it waits (on a lock, say) would hold its backend until it ends,
+            // and the pool opens another meanwhile (an outside attack filled PostgreSQL's
+            // connections so, in 40 s, behind one lock held for 75 s). A SET, not the startup
+            // `options`, which poolers such as PgBouncer refuse.
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    sqlx::Executor::execute(
+                        &mut *conn,
+                        format!("SET statement_timeout = {}", ANSWER_WITHIN.as_millis()).as_str(),
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
                     if meta.idle_for > PING_IDLE_AFTER {
@@ -334,6 +360,7 @@ impl Store {
         let mut in_use = InUse {
             conn,
             finished: false,
+            limit: self.answer_within,
         };
         let done = tokio::time::timeout_at(deadline, operation(&mut in_use.conn))
             .await
@@ -348,9 +375,14 @@ impl Store {
     }
 
     /// Applies the embedded migrations that have not run yet.
+    /// On a connection of their own without the statement limit (a migration may take long),
+    /// closed after.
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        conn.close_on_drop();
+        sqlx::Executor::execute(&mut *conn, "SET statement_timeout = 0").await?;
         crate::MIGRATOR
-            .run(&self.pool)
+            .run_direct(&mut *conn)
             .await
             .map_err(|err| match err {
                 sqlx::migrate::MigrateError::Execute(inner) if is_unavailable(&inner) => {
@@ -362,8 +394,11 @@ impl Store {
 
     /// Reverts every migration (what `make migratedown` does).
     pub async fn migrate_down(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        conn.close_on_drop();
+        sqlx::Executor::execute(&mut *conn, "SET statement_timeout = 0").await?;
         crate::MIGRATOR
-            .undo(&self.pool, 0)
+            .undo(&mut *conn, 0)
             .await
             .map_err(StoreError::Migrate)
     }
@@ -621,6 +656,84 @@ mod tests {
         .expect("counts");
         assert_eq!(users, 6, "every acknowledged sign-up is committed");
         assert_eq!(open, 0, "no connection idle in a transaction");
+    }
+
+    /// A connection whose operation finished goes back to the pool within the limit or not at
+    /// all: behind a network that black-holes it right then, sqlx's check before it is pooled
+    /// again waited for ever, holding its place.
+    #[tokio::test]
+    async fn a_finished_operations_connection_is_returned_within_the_limit_or_dropped() {
+        use crate::testing::{TcpProxy, eventually};
+        let db = TestDb::create().await;
+        let proxy = TcpProxy::start(db.server_address()).await;
+        let options: sqlx::postgres::PgConnectOptions =
+            db.url_via(proxy.port).expose().parse().expect("options");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
+            .connect_lazy_with(options);
+        let conn = pool.acquire().await.expect("a connection");
+        assert_eq!(pool.size(), 1);
+        proxy.freeze();
+        drop(super::InUse {
+            conn,
+            finished: true,
+            limit: std::time::Duration::from_millis(500),
+        });
+        eventually(
+            "its place is given back",
+            std::time::Duration::from_secs(30),
+            || {
+                let size = pool.size();
+                async move { size == 0 }
+            },
+        )
+        .await;
+    }
+
+    /// A statement that waits past the limit (on a lock held elsewhere) is ended by PostgreSQL
+    /// too, not only given up on here: its backend would otherwise wait on while the pool
+    /// opened others (an outside attack filled PostgreSQL's connections so). The caller gets
+    /// `NoAnswer`, and a statement ended by PostgreSQL reads as unavailable.
+    #[tokio::test]
+    async fn a_statement_given_up_on_ends_in_postgresql_too() {
+        let db = TestDb::create().await;
+        sqlx::query(
+            "INSERT INTO users (username, hashed_password, full_name, email) \
+             VALUES ('alice', 'x', 'Alice Liddell', 'alice@example.com')",
+        )
+        .execute(db.store.pool())
+        .await
+        .expect("user");
+        let session = db.live_session("alice").await;
+        let mut holder = db.store.pool().begin().await.expect("begin");
+        sqlx::query("SELECT 1 FROM users WHERE username = 'alice' FOR UPDATE")
+            .execute(&mut *holder)
+            .await
+            .expect("lock the row");
+        let rename = crate::domain::UserUpdate::parse(Some("Alice L"), None, None)
+            .expect("a field")
+            .expect("valid");
+        let task = simplebank_queue::Task::new(&crate::tasks::SendVerifyEmail {
+            username: "alice".into(),
+        })
+        .expect("task");
+        let rename = || {
+            db.store
+                .update_user("alice", &rename, None, None, &task, session)
+        };
+        let (a, b, c) = tokio::join!(rename(), rename(), rename());
+        for renamed in [a, b, c] {
+            let err = renamed.expect_err("the row is locked");
+            assert!(err.is_unavailable(), "{err:?}");
+        }
+        crate::testing::eventually(
+            "no statement of the store waits on the lock",
+            std::time::Duration::from_secs(30),
+            || async { db.waiting_on_locks().await.is_ok_and(|n| n == 0) },
+        )
+        .await;
+        holder.rollback().await.expect("release");
     }
 
     /// Every CA file sqlx would read is checked: sqlx reads `sslrootcert` as a form-encoded
