@@ -601,7 +601,7 @@ mod tests {
             "postgres://postgres:dropped-pw@127.0.0.1:{}/postgres?sslmode=disable",
             postgres.port
         ));
-        // No limit of the store's own here: only the callers give up.
+        // No client-side limit of the store's own here: only the callers give up.
         let store = super::Store::connect_lazy(&source)
             .expect("store")
             .with_answer_within(std::time::Duration::from_secs(600));
