@@ -870,6 +870,14 @@ below saturation, latency beyond the same run's hash span before 3.7, 2.1, 2.3, 
 2.3, 2.4, 2.8, 2.7 ms. No difference beyond the noise: a timer per operation against a
 round trip to PostgreSQL. The drains and the end-to-end scenarios use no database.
 
+Again at ac42eea (a `SET statement_timeout` on each new connection, the return to the pool
+under a timer), two pairs on the machine quiet (ceilings 92 to 97): ratio before 75%, 74%,
+after 72%, 75%; CPU per sign-up, the server beside hashing before 1.07, 1.11 ms, after 1.04,
+1.06 ms; PostgreSQL before 2.18, 2.36 ms, after 2.25, 2.32 ms; latency beyond the hash span
+below saturation before 2.7, 2.7 ms, after 2.4, 2.5 ms; the server's peak RSS before 54.7,
+54.7 MiB, after 55.5, 55.8 MiB (178a4dc's four: 54.5 to 54.9 MiB), a megabyte, within what
+runs have varied by but seen in both of these pairs.
+
 ### Tracing export (scenario 7)
 
 perf over a traced drain (`BENCH_ONLY=tracing`) by thread: the worker's runtime thread 16.7%
