@@ -2,7 +2,7 @@
 //! address and user agent. Values from the client are untrusted: a malformed header is
 //! UNAUTHENTICATED, and what is stored is bounded and stripped of control characters.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tonic::{Status, metadata::MetadataMap};
 
@@ -42,6 +42,19 @@ pub fn client_ip<T>(request: &tonic::Request<T>) -> IpAddr {
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |addr| {
             addr.ip().to_canonical()
         })
+}
+
+/// What one client is counted as, by the sign-in throttle and the connection limit: an IPv4
+/// address itself (also when it comes IPv4-mapped), an IPv6 address's /64 (a host is usually
+/// given a whole /64, so counting single IPv6 addresses would bound nothing).
+pub fn counted_address(address: &IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => *address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(*v6) & !(u64::MAX as u128))),
+        },
+    }
 }
 
 /// The `user-agent` the client sent, without control or format characters, at most

@@ -47,7 +47,7 @@ use tonic::{
 };
 use tower::{Layer, Service};
 
-use crate::{config::ConnectionLimits, log_every::LogEvery};
+use crate::{auth::counted_address, config::ConnectionLimits, log_every::LogEvery};
 
 /// The HTTP/2 client preface (`PRI * HTTP/2.0...`) is 24 bytes.
 pub const PREFACE_LEN: usize = 24;
@@ -311,31 +311,11 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(receiver)
 }
 
-/// What one client is: its IPv4 address, or the /64 of its IPv6 one (a host is usually given a
-/// whole /64, so counting single IPv6 addresses would bound nothing).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum ClientKey {
-    V4(u32),
-    V6Prefix(u64),
-}
-
-impl ClientKey {
-    fn of(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(v4) => Self::V4(v4.into()),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Self::V4(v4.into()),
-                None => Self::V6Prefix((u128::from(v6) >> 64) as u64),
-            },
-        }
-    }
-}
-
 /// Open connections by client.
 #[derive(Debug)]
 struct PerAddress {
     max: usize,
-    open: Mutex<HashMap<ClientKey, usize>>,
+    open: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl PerAddress {
@@ -348,7 +328,7 @@ impl PerAddress {
 
     /// A slot for one more connection from `ip`, unless it has `max` open.
     fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
-        let key = ClientKey::of(ip);
+        let key = counted_address(&ip);
         let mut open = self
             .open
             .lock()
@@ -368,7 +348,7 @@ impl PerAddress {
 /// One open connection of a client; given back on drop.
 #[derive(Debug)]
 struct AddressSlot {
-    key: ClientKey,
+    key: IpAddr,
     table: Arc<PerAddress>,
 }
 

@@ -23,7 +23,7 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
-    net::{IpAddr, Ipv6Addr},
+    net::IpAddr,
     sync::{
         Arc, LazyLock, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -37,6 +37,8 @@ use redis::Script;
 use simplebank_core::redis_client::Connection;
 use simplebank_core::{keys::LoginFailureKeys, report::chain};
 use simplebank_queue::Keys;
+
+use crate::auth::counted_address;
 
 /// How long one throttling call may wait on Redis before sign-in goes on without it.
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -715,18 +717,6 @@ struct Probe<'a>(&'a AtomicBool);
 impl Drop for Probe<'_> {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Release);
-    }
-}
-
-/// What failures from `address` are counted under: an IPv4 address itself (also when it comes
-/// IPv4-mapped), an IPv6 address's /64.
-pub fn counted_address(address: &IpAddr) -> IpAddr {
-    match address {
-        IpAddr::V4(_) => *address,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(u128::from(*v6) & !(u64::MAX as u128))),
-        },
     }
 }
 

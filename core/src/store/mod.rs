@@ -47,14 +47,15 @@ pub enum StoreError {
     TooManyEmailChanges {
         /// Whose limit was reached.
         limit: users::EmailChangeLimit,
-        /// When the oldest change counted leaves the window.
+        /// When one more change will be allowed (enough counted changes left the window).
         retry_after: Duration,
     },
     /// The database could not be reached (connection refused, pool timeout, shutting down).
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
-    /// The database did not answer within [`Store::answer_within`] (hung, or a network that
-    /// drops packets): unavailable, as far as the caller can tell.
+    /// The database did not answer within the store's limit ([`ANSWER_WITHIN`] unless
+    /// [`Store::with_answer_within`] set another; hung, or a network that drops packets):
+    /// unavailable, as far as the caller can tell.
     #[error("the database did not answer within {0:?}")]
     NoAnswer(Duration),
     /// Any other database error.
@@ -337,11 +338,6 @@ impl Store {
         self
     }
 
-    /// The limit on each operation.
-    pub fn answer_within(&self) -> Duration {
-        self.answer_within
-    }
-
     /// Runs `operation` on a connection of the pool, within the limit (the wait for the
     /// connection included). Past it the operation is dropped and the call ends with
     /// [`StoreError::NoAnswer`]. The connection goes back to the pool only if the operation
@@ -375,12 +371,8 @@ impl Store {
     }
 
     /// Applies the embedded migrations that have not run yet.
-    /// On a connection of their own without the statement limit (a migration may take long),
-    /// closed after.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        conn.close_on_drop();
-        sqlx::Executor::execute(&mut *conn, "SET statement_timeout = 0").await?;
+        let mut conn = self.migration_connection().await?;
         crate::MIGRATOR
             .run_direct(&mut *conn)
             .await
@@ -394,13 +386,22 @@ impl Store {
 
     /// Reverts every migration (what `make migratedown` does).
     pub async fn migrate_down(&self) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        conn.close_on_drop();
-        sqlx::Executor::execute(&mut *conn, "SET statement_timeout = 0").await?;
+        let mut conn = self.migration_connection().await?;
         crate::MIGRATOR
             .undo(&mut *conn, 0)
             .await
             .map_err(StoreError::Migrate)
+    }
+
+    /// A connection for the migrations: without the statement limit (a migration may take
+    /// long), closed after rather than pooled with the limit lifted.
+    async fn migration_connection(
+        &self,
+    ) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        conn.close_on_drop();
+        sqlx::Executor::execute(&mut *conn, "SET statement_timeout = 0").await?;
+        Ok(conn)
     }
 
     /// Succeeds when PostgreSQL answers a trivial query.

@@ -49,14 +49,15 @@ pub struct Credentials {
 pub struct EmailChangeLimits {
     /// Changes one user may make within the window.
     pub per_user: u32,
-    /// Changes to one address (any case), by any users, within the window.
+    /// Changes concerning one address (any case), to it or away from it, by any users, within
+    /// the window.
     pub per_address: u32,
     /// The window.
     pub window: Duration,
 }
 
 impl EmailChangeLimits {
-    /// The defaults: 3 changes a user, 3 changes to an address, a day.
+    /// The defaults: 3 changes a user, 3 changes concerning an address, a day.
     pub const DEFAULT: Self = Self {
         per_user: 3,
         per_address: 3,
@@ -75,7 +76,7 @@ impl Default for EmailChangeLimits {
 pub enum EmailChangeLimit {
     /// The user's own changes.
     User,
-    /// The changes to the new address.
+    /// The changes concerning the old or the new address.
     Address,
 }
 
@@ -83,7 +84,7 @@ impl std::fmt::Display for EmailChangeLimit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::User => "by this account",
-            Self::Address => "to this address",
+            Self::Address => "concerning this address",
         })
     }
 }
@@ -384,7 +385,7 @@ impl Store {
         )
         .fetch_all(&mut *tx)
         .await?;
-        let waits = [
+        let counted = [
             (
                 EmailChangeLimit::User,
                 limits.per_user,
@@ -404,7 +405,7 @@ impl Store {
                 rows.iter().filter(|r| r.old).map(|r| r.leaves_in).collect(),
             ),
         ];
-        for (limit, allowed, leaving) in waits {
+        for (limit, allowed, leaving) in counted {
             if let Some(wait) = over_limit(&leaving, allowed) {
                 return Err(StoreError::TooManyEmailChanges {
                     limit,
