@@ -878,6 +878,62 @@ below saturation before 2.7, 2.7 ms, after 2.4, 2.5 ms; the server's peak RSS be
 54.7 MiB, after 55.5, 55.8 MiB (178a4dc's four: 54.5 to 54.9 MiB), a megabyte, within what
 runs have varied by but seen in both of these pairs.
 
+### Reads' share of the slots, and gathered publishes (tried, not taken; 2026-12-03)
+
+End to end on this session's machine (one `bench_worker`, `publish` x 50, 100,000 tasks, a
+private redis-server, `RUST_LOG=warn`, no metrics export; CPU from `/proc` and `INFO cpu`),
+the worker at b750999 fell behind the producer: median latency 16 to 141 ms, the producer
+done after 0.8-1.1 s, 85-110k tasks/s. A counter added to the fetch loop for the runs (not
+kept) showed why the worker's reads were small. A busy worker's reads carried 34 slots on
+average, not the half of its 100 that each is given: 2,978-3,047 reads for 100,000 tasks end
+to end, nearly all full, and 5,983-6,070 for a drain of 200,000.
+
+Why: the worker binaries run the engine in `main`'s future, which tokio's current-thread
+runtime polls before the tasks it has queued. When a read comes back its entries are spawned,
+and the loop at once takes the free slots for its next read, before those entries have run and
+given theirs back. So the 100 slots split three ways: the two reads in flight, and the entries
+not yet started. Run as a spawned task, as the integration tests' helper runs it, the same
+worker's reads carried 50: a redis-server of its own counted 63 XREADGROUP commands for
+3,000 tasks, against 91 with the worker run in the test's own future.
+
+Tried:
+
+- **One `yield_now` before a busy read takes its slots.** The entries just handed on run first,
+  and reads then carried 46-48 slots. Five pairs against b750999, alternated (this build
+  without the counter):
+  - latency p50 from 16-140 ms to 2-13 ms (one run 243 ms);
+  - tasks/s 95.3k, 85.6k, 86.1k, 86.7k, 84.4k after, against 85.2k, 103.0k, 94.5k, 110.4k,
+    95.0k before: lower in four pairs of five.
+
+  A worker that keeps up reads what has just arrived: fewer entries a read, more reads. Its
+  Redis is busier for the producer, whose 50 publishes wait on it, and the producer is done
+  later. Drain of 200,000, two pairs: 161.7k and 166.1k/s before, 169.9k and 150.3k after.
+- **That, with the publishers' connection gathering too.** Its task yields once before it
+  writes, so the publishers woken by the same replies queue their commands first (tried alone
+  on 2026-12-02, above). Five pairs against b750999 (this build with the counter, a
+  relaxed atomic add a read):
+
+  | | b750999 | both yields |
+  |---|---|---|
+  | tasks/s | 89.8k, 103.8k, 85.3k, 99.0k, 88.4k | 102.6k, 114.4k, 91.6k, 100.1k, 96.1k |
+  | latency p50 | 44-141 ms | 0.9-1.3 ms |
+  | producer CPU per task | 4.4-5.4 µs | 3.6-4.3 µs |
+  | Redis CPU per task | 7.4-8.9 µs | 6.4-7.7 µs |
+
+  Faster in all five pairs (medians +11%). An earlier rotation of four rounds gave medians of
+  84k (neither), 95k (the read's yield only), 92k (the writer's only) and 100.5k (both).
+  - But the producer alone (scenario 2's workload: 50 one-at-a-time publishers, no worker),
+    four rounds: 163-189k tasks/s as it is, 141-161k with tokio's `yield_now` in the writer,
+    133-161k with a yield of its own (the task wakes itself and goes to the back of its
+    runtime thread's queue, without waiting for the I/O driver): 17-19% slower by the medians.
+  - With Redis idle, the first command of a batch sent at once overlaps with the rest being
+    prepared; gathered, it waits for them.
+  - Not taken: it would slow scenario 2.
+
+What is left from this: a gather that waits only when the wait costs no round trip, for example
+only while the commands in flight are many or old (Redis slow to answer), with the read's yield
+beside it. Not built.
+
 ### Tracing export (scenario 7)
 
 perf over a traced drain (`BENCH_ONLY=tracing`) by thread: the worker's runtime thread 16.7%
