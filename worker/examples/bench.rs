@@ -930,6 +930,14 @@ Tried:
     prepared; gathered, it waits for them.
   - Not taken: it would slow scenario 2.
 
+A third variant, later the same day: the connection writes the first command after a batch of
+replies at once and gathers only the rest (one yield after that write), with the read's yield.
+Producer alone, four rounds alternated: 142k, 160k, 136k and 100k tasks/s, against 157k, 158k,
+146k and 108k as it is (the machine slowing over the rounds): slower in three of four, about 6%.
+End to end, four pairs: 89.4k, 88.1k, 86.3k and 91.6k tasks/s, against 47.5k (a disturbed
+run), 88.8k, 89.2k and 86.3k. Latency p50 was 1.2-1.4 ms against 101-245 ms. So the latency
+gain stays, and the rate gain is gone. Not taken.
+
 What is left from this: a gather that waits only when the wait costs no round trip, for example
 only while the commands in flight are many or old (Redis slow to answer), with the read's yield
 beside it. Not built.
