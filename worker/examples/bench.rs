@@ -883,18 +883,25 @@ runs have varied by but seen in both of these pairs.
 End to end on this session's machine (one `bench_worker`, `publish` x 50, 100,000 tasks, a
 private redis-server, `RUST_LOG=warn`, no metrics export; CPU from `/proc` and `INFO cpu`),
 the worker at b750999 fell behind the producer: median latency 16 to 141 ms, the producer
-done after 0.8-1.1 s, 85-110k tasks/s. A counter added to the fetch loop for the runs (not
-kept) showed why the worker's reads were small. A busy worker's reads carried 34 slots on
-average, not the half of its 100 that each is given: 2,978-3,047 reads for 100,000 tasks end
-to end, nearly all full, and 5,983-6,070 for a drain of 200,000.
+done after 0.8-1.1 s, 85-110k tasks/s. (In section 10's run at d15d939, on another day's
+machine and with the metrics exported, the worker kept up: p50 1 ms. What makes the difference
+was not isolated.) A counter added to the fetch loop for the runs (not kept) showed why the
+worker's reads were small. A busy worker's reads carried about 33 slots on average, where each
+may take up to half of its 100: 2,978-3,047 reads for 100,000 tasks end to end, nearly all
+full, and 5,983-6,070 for a drain of 200,000.
 
-Why: the worker binaries run the engine in `main`'s future, which tokio's current-thread
-runtime polls before the tasks it has queued. When a read comes back its entries are spawned,
-and the loop at once takes the free slots for its next read, before those entries have run and
-given theirs back. So the 100 slots split three ways: the two reads in flight, and the entries
-not yet started. Run as a spawned task, as the integration tests' helper runs it, the same
-worker's reads carried 50: a redis-server of its own counted 63 XREADGROUP commands for
-3,000 tasks, against 91 with the worker run in the test's own future.
+Why: a read waits for one free slot, then takes every other free one, up to half. The worker
+binaries run the engine in `main`'s future (`Worker::run` awaited in `main`). Tokio's
+current-thread runtime polls that future at the start of each of its rounds, ahead of the
+tasks already queued. So when a slot is freed or a read comes back, the loop runs before the
+entries it has just spawned, takes the few slots free at that moment, and sends its next read.
+A loop in a spawned task is queued behind those entries instead, and by its turn they have run
+(a no-op handler returns at once) and freed their slots. So the 100 slots split three ways:
+the two reads in flight, and the entries not yet started. A test written for this and not kept
+ran the worker on a redis-server of its own and counted the XREADGROUP commands for 3,000 tasks
+(a current-thread `#[tokio::test]`, concurrency 100, one queue). Run in the test's own future,
+as the binaries run it, the worker took 91. Run as a spawned task, as the integration tests'
+helper (`Running::start`) runs it, it took 63, about 48 entries a read.
 
 Tried:
 
@@ -905,9 +912,9 @@ Tried:
   - tasks/s 95.3k, 85.6k, 86.1k, 86.7k, 84.4k after, against 85.2k, 103.0k, 94.5k, 110.4k,
     95.0k before: lower in four pairs of five.
 
-  A worker that keeps up reads what has just arrived: fewer entries a read, more reads. Its
-  Redis is busier for the producer, whose 50 publishes wait on it, and the producer is done
-  later. Drain of 200,000, two pairs: 161.7k and 166.1k/s before, 169.9k and 150.3k after.
+  A worker that keeps up reads what has just arrived: fewer entries a read, more reads. Redis
+  is busier, the producer's 50 publishes wait on it, and the producer is done later. Drain of
+  200,000, two pairs: 161.7k and 166.1k/s before, 169.9k and 150.3k after. Not taken.
 - **That, with the publishers' connection gathering too.** Its task yields once before it
   writes, so the publishers woken by the same replies queue their commands first (tried alone
   on 2026-12-02, above). Five pairs against b750999 (this build with the counter, a
@@ -928,19 +935,24 @@ Tried:
     runtime thread's queue, without waiting for the I/O driver): 17-19% slower by the medians.
   - With Redis idle, the first command of a batch sent at once overlaps with the rest being
     prepared; gathered, it waits for them.
-  - Not taken: it would slow scenario 2.
+  - Not taken. Scenario 2 would still be met (171% of its ceiling in the last `make bench`,
+    against a target of 60%), but a change may not slow what the suite measures. Nor would
+    the gain reach issue 16's target: +11% on the 8.4x of section 10 is about 9.3x BullMQ.
 
 A third variant, later the same day: the connection writes the first command after a batch of
 replies at once and gathers only the rest (one yield after that write), with the read's yield.
 Producer alone, four rounds alternated: 142k, 160k, 136k and 100k tasks/s, against 157k, 158k,
-146k and 108k as it is (the machine slowing over the rounds): slower in three of four, about 6%.
-End to end, four pairs: 89.4k, 88.1k, 86.3k and 91.6k tasks/s, against 47.5k (a disturbed
-run), 88.8k, 89.2k and 86.3k. Latency p50 was 1.2-1.4 ms against 101-245 ms. So the latency
-gain stays, and the rate gain is gone. Not taken.
+146k and 108k as it is (the machine slowing over the rounds): slower in three of four, about 8%
+by the medians. End to end, four pairs: 89.4k, 88.1k, 86.3k and 91.6k tasks/s, against 47.5k (a
+disturbed run), 88.8k, 89.2k and 86.3k. Latency p50 was 1.2-1.4 ms against 101-245 ms. So the
+latency gain stays, and the rate gain is gone. Not taken.
 
 What is left from this: a gather that waits only when the wait costs no round trip, for example
 only while the commands in flight are many or old (Redis slow to answer), with the read's yield
 beside it. Not built.
+
+No code changed: `fetch.rs` and `writer.rs` are as at b750999, and a busy worker still reads
+about 33 slots at a time.
 
 ### Tracing export (scenario 7)
 
