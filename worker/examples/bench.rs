@@ -914,7 +914,10 @@ Tried:
 
   A worker that keeps up reads what has just arrived: fewer entries a read, more reads. Redis
   is busier, the producer's 50 publishes wait on it, and the producer is done later. Drain of
-  200,000, two pairs: 161.7k and 166.1k/s before, 169.9k and 150.3k after. Not taken.
+  200,000, two pairs: 161.7k and 166.1k/s before, 169.9k and 150.3k after. End to end with
+  batches of 1,000, where the worker drains a backlog (after the run at 53196de below), five
+  pairs: 46.5k, 89.2k, 79.9k, 61.3k and 84.7k tasks/s after, against 67.2k, 96.8k, 80.4k,
+  57.0k and 50.8k: no consistent difference. Not taken.
 - **That, with the publishers' connection gathering too.** Its task yields once before it
   writes, so the publishers woken by the same replies queue their commands first (tried alone
   on 2026-12-02, above). Five pairs against b750999 (this build with the counter, a
@@ -937,7 +940,7 @@ Tried:
     prepared; gathered, it waits for them.
   - Not taken. Scenario 2 would still be met (171% of its ceiling in the last `make bench`,
     against a target of 60%), but a change may not slow what the suite measures. Nor would
-    the gain reach issue 16's target: +11% on the 8.4x of section 10 is about 9.3x BullMQ.
+    the gain reach issue 16's target: +11% on the 8.4x at d15d939 is about 9.3x BullMQ.
 
 A third variant, later the same day: the connection writes the first command after a batch of
 replies at once and gathers only the rest (one yield after that write), with the read's yield.
@@ -953,6 +956,23 @@ beside it. Not built.
 
 No code changed: `fetch.rs` and `writer.rs` are as at b750999, and a busy worker still reads
 about 33 slots at a time.
+
+`make bench-peers` at 53196de (2026-12-03 13:27 UTC, section 10 now; the queue's code as at
+d15d939), on a slower machine than at d15d939: BullMQ ran at 8.1k tasks/s one at a time and
+7.7k with batches, against 10.3k and 9.4k then, and apalis with leases off at 24.7k and 22.1k,
+against 28.4k and 32.8k. Against the targets:
+
+| | d15d939 | 53196de | target |
+|---|---|---|---|
+| one at a time, against apalis, leases off | 3.0x | 3.4x | 3x |
+| one at a time, against BullMQ | 8.4x | **10.3x** | 10x |
+| batches, against apalis, leases off | 3.3x | 3.0x | 3x |
+| batches, against BullMQ | 11.6x | 8.7x | 10x: **not met** |
+
+With batches simplebank's worker fell behind (median latency 502 ms, worker CPU 6.8 µs a
+task) and its rounds spread from 57.7k to 91.8k tasks/s. Across these two runs each 10x
+BullMQ target was met once and missed once: both sit inside this comparison's run-to-run
+spread, not above it.
 
 ### Tracing export (scenario 7)
 
