@@ -335,6 +335,19 @@ pub(super) fn protocol(what: &'static str) -> redis::RedisError {
     redis::RedisError::from((ErrorKind::Parse, "invalid RESP reply", what.to_owned()))
 }
 
+/// What is wrong with a reply's bytes, as the walks below find it: made a [`protocol`] error
+/// only where it leaves them. Two words, where a `RedisResult` around every header and length
+/// made a worker spend 6-7% more instructions a task (BENCHMARKS.md, "Errors kept small in
+/// the reader").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Malformed(&'static str);
+
+impl From<Malformed> for redis::RedisError {
+    fn from(Malformed(what): Malformed) -> Self {
+        protocol(what)
+    }
+}
+
 /// How far [`scan`] got into a reply: where the first element not yet whole starts, and the
 /// elements still to come at each open array level.
 #[derive(Debug, Default)]
@@ -347,7 +360,7 @@ struct Progress {
 /// that arrives in pieces is walked once, not again from its start at every read), allocating
 /// nothing: `Ok` with the reply's length if it is all there; `Err` with how long `buf` must
 /// grow before a new look can get further.
-fn scan(buf: &[u8], progress: &mut Progress) -> RedisResult<Result<usize, usize>> {
+fn scan(buf: &[u8], progress: &mut Progress) -> Result<Result<usize, usize>, Malformed> {
     loop {
         let Some((kind, line, next)) = header(buf, progress.at)? else {
             return Ok(Err(buf.len() + 1));
@@ -358,13 +371,13 @@ fn scan(buf: &[u8], progress: &mut Progress) -> RedisResult<Result<usize, usize>
             b'$' => {
                 if let Some(len) = length(line)? {
                     if len > MAX_BULK {
-                        return Err(protocol("bulk string too long"));
+                        return Err(Malformed("bulk string too long"));
                     }
                     if buf.len() < at + len + 2 {
                         return Ok(Err(at + len + 2));
                     }
                     if &buf[at + len..at + len + 2] != b"\r\n" {
-                        return Err(protocol("bulk string without its CRLF"));
+                        return Err(Malformed("bulk string without its CRLF"));
                     }
                     at += len + 2;
                 }
@@ -374,14 +387,14 @@ fn scan(buf: &[u8], progress: &mut Progress) -> RedisResult<Result<usize, usize>
                     && len > 0
                 {
                     if progress.pending.len() == MAX_DEPTH {
-                        return Err(protocol("arrays nested too deep"));
+                        return Err(Malformed("arrays nested too deep"));
                     }
                     progress.pending.push(len);
                     progress.at = at;
                     continue;
                 }
             }
-            _ => return Err(protocol("unknown type")),
+            _ => return Err(Malformed("unknown type")),
         }
         progress.at = at;
         // One element done: close every array it completes.
@@ -449,15 +462,17 @@ fn build_at(buf: &[u8], at: usize) -> RedisResult<(Value, usize)> {
     })
 }
 
-/// The type byte, the rest of the line (without CRLF) and where the next line starts, of the
-/// line at `at`; `None` if its CRLF has not arrived yet.
-fn header(buf: &[u8], at: usize) -> RedisResult<Option<(u8, &[u8], usize)>> {
+/// A line's type byte, the rest of it (without CRLF), and where the next line starts.
+type Header<'a> = (u8, &'a [u8], usize);
+
+/// The [`Header`] of the line at `at`; `None` if its CRLF has not arrived yet.
+fn header(buf: &[u8], at: usize) -> Result<Option<Header<'_>>, Malformed> {
     let Some(&kind) = buf.get(at) else {
         return Ok(None);
     };
     if !b"+-:$*".contains(&kind) {
         // Refused at once, not after waiting for a line end that may never come.
-        return Err(protocol("unknown type"));
+        return Err(Malformed("unknown type"));
     }
     let rest = &buf[at + 1..];
     let Some(cr) = rest[..rest.len().min(MAX_LINE)]
@@ -465,14 +480,14 @@ fn header(buf: &[u8], at: usize) -> RedisResult<Option<(u8, &[u8], usize)>> {
         .position(|&b| b == b'\r')
     else {
         if rest.len() >= MAX_LINE {
-            return Err(protocol("line too long"));
+            return Err(Malformed("line too long"));
         }
         return Ok(None);
     };
     match rest.get(cr + 1) {
         None => Ok(None),
         Some(b'\n') => Ok(Some((kind, &rest[..cr], at + 1 + cr + 2))),
-        Some(_) => Err(protocol("CR without LF")),
+        Some(_) => Err(Malformed("CR without LF")),
     }
 }
 
@@ -549,12 +564,12 @@ impl<'a> Resp<'a> {
 }
 
 /// A bulk string's or an array's length: `None` for -1 (nil).
-fn length(line: &[u8]) -> RedisResult<Option<usize>> {
+fn length(line: &[u8]) -> Result<Option<usize>, Malformed> {
     if line == b"-1" {
         return Ok(None);
     }
     if line.is_empty() {
-        return Err(protocol("length that does not parse"));
+        return Err(Malformed("length that does not parse"));
     }
     line.iter()
         .try_fold(0usize, |n, &digit| {
@@ -564,7 +579,7 @@ fn length(line: &[u8]) -> RedisResult<Option<usize>> {
             n.checked_mul(10)?.checked_add(usize::from(digit - b'0'))
         })
         .map(Some)
-        .ok_or_else(|| protocol("length that does not parse"))
+        .ok_or(Malformed("length that does not parse"))
 }
 
 fn text(line: &[u8]) -> RedisResult<String> {
