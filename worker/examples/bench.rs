@@ -974,6 +974,75 @@ task) and its rounds spread from 57.7k to 91.8k tasks/s. Across these two runs e
 BullMQ target was met once and missed once: both sit inside this comparison's run-to-run
 spread, not above it.
 
+### Errors kept small in the reader (c041887)
+
+`callgrind` over `bench_worker` draining a preloaded stream (a private redis-server,
+`RUST_LOG=warn`, concurrency 100), counted as the run of 30,000 tasks less the run of 10,000,
+so that the start-up cancels out (the count moves by about 1% from run to run with how the
+replies batch): 23.2k and 23.5k instructions a task at 63a0f06, 21.8k and 22.0k at c041887,
+6-7% fewer. The reader's decoder (`connection::reader`: `scan` walks each reply's headers
+as it arrives, `Resp` walks them again to decode the entries' fields in place) returned a
+`RedisResult` from every header and every length, and `redis::RedisError` is a large type:
+each of those results, though always `Ok` on a good reply, went through memory. They now
+return a two-word `Malformed` (the reason's text), made the same parse error (same kind,
+same text) where it leaves the walk. What is refused is unchanged; a test now pins each
+refusal's reason (`what_no_redis_sends_is_refused`, after an independent review found that
+no test looked at the reasons). The publishers' connection decodes its replies with the
+same walk: 13.1k and 12.9k instructions a one-at-a-time publish before and after, within
+the run-to-run spread (those replies are one line each).
+
+Tried and not kept: one pass over an entry's fields into a table by name, instead of a
+search through the fields for each name looked up: 21.9k instructions a task, no gain.
+
+What the worker's 21.8k go to now, by `callgrind`'s inclusive counts: decoding the read's
+reply 6.6k a task (the task's fields 3.4k, half of it allocating their strings; the walks
+through the reply 3.2k); the entry's run (its spawned future, the OpenTelemetry context,
+the handler) about 6.5k; the acker 1.8k; glibc's `malloc` and `free` about a fifth of all.
+
+Measured with the clock, alternated pairs against 63a0f06 (a private redis-server, one
+`bench_worker`, the machine slow and uneven that hour):
+- a drain of 200,000 preloaded tasks (start-up included), nine pairs: median 126.5k tasks/s
+  (69.0-143.3k) after, 120.5k (88.3-128.5k) before, faster in five; the worker's CPU 1.21 s
+  against 1.26 s by the medians;
+- end to end, one at a time, five pairs: 51.0-65.7k tasks/s after, 40.1-69.9k before,
+  faster in three;
+- end to end with batches, eleven pairs: median 71.3k (38.7-86.7k) after, 81.3k
+  (35.3-87.5k) before, faster in four. Nothing in the change can slow a worker (it runs
+  fewer instructions on the same path), and the CPU the worker used per task went up and
+  down with the machine in both builds; but these pairs do not show it faster either.
+End to end the worker is about a third of the three processes' CPU, so 6% of its
+instructions is about 2% of the whole: under this machine's noise.
+
+Where the time goes end to end with batches, in the same session (`INFO commandstats`, and
+`XINFO GROUPS` and `/proc` sampled every 20 ms, over single runs at 63a0f06):
+- Redis: XADD 1.5 µs a task, XREADGROUP 3.4 µs an entry delivered (4,970-5,160 reads per
+  100,000 tasks: about 20 entries a read), FINISH about 1.8 µs a task (EVALSHA's time less
+  the promoter's PROMOTE calls, at the 44 µs each they take on an idle worker), of which
+  its commands about 1.0 µs (XACK 0.6, XTRIM 0.2, XDEL 0.1, XPENDING and HINCRBY under 0.1
+  together). Redis' CPU was 0.83-0.99 s per 100,000 tasks, about two thirds of it in the
+  commands.
+- While the producer adds its batches (done after 0.67 s in a run of 85.9k tasks/s), the
+  worker took 42-92k tasks/s from the stream; after it, 106-149k/s. In the first phase
+  Redis runs the producer's pipelines of 1,000 XADDs between the worker's reads.
+- A disturbed run (40.7k tasks/s; the worker used 1.15 s of CPU against 0.75 s in the
+  run above) had the worker and Redis each busy under half the time: round trips that
+  each took longer, not one process saturated.
+
+`make bench-peers` at c041887 (2026-12-03 15:15 UTC, section 10 now; the uncommitted
+changes it names are the test and a comment above, no code): one at a time 8.8x BullMQ
+(**not met**) and 3.3x apalis, batches 12.0x and 3.3x. Against the two runs before:
+
+| | d15d939 | 53196de | c041887 | target |
+|---|---|---|---|---|
+| one at a time, against apalis, leases off | 3.0x | 3.4x | 3.3x | 3x |
+| one at a time, against BullMQ | 8.4x | 10.3x | 8.8x | 10x |
+| batches, against apalis, leases off | 3.3x | 3.0x | 3.3x | 3x |
+| batches, against BullMQ | 11.6x | 8.7x | 12.0x | 10x |
+
+Each 10x BullMQ target was met in one or two runs of three: the medians sit inside the
+rounds' spread (BullMQ one at a time 6.5-9.2k tasks/s in this run, simplebank 65.2-80.8k),
+not above it. The apalis targets were met in all three runs.
+
 ### Tracing export (scenario 7)
 
 perf over a traced drain (`BENCH_ONLY=tracing`) by thread: the worker's runtime thread 16.7%

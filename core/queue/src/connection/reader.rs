@@ -358,8 +358,8 @@ struct Progress {
 
 /// Walks the headers of the one reply at the start of `buf` on from `progress` (so a reply
 /// that arrives in pieces is walked once, not again from its start at every read), allocating
-/// nothing: `Ok` with the reply's length if it is all there; `Err` with how long `buf` must
-/// grow before a new look can get further.
+/// nothing: `Ok(Ok)` with the reply's length if it is all there; `Ok(Err)` with how long
+/// `buf` must grow before a new look can get further; `Err` for bytes no Redis sends.
 fn scan(buf: &[u8], progress: &mut Progress) -> Result<Result<usize, usize>, Malformed> {
     loop {
         let Some((kind, line, next)) = header(buf, progress.at)? else {

@@ -67,43 +67,58 @@ fn a_reply_cut_anywhere_waits_for_the_rest() {
     }
 }
 
+/// Each refusal is a parse error that names what is wrong, the same whether the reply is
+/// walked (`scan`) or built (`value`).
 #[test]
 fn what_no_redis_sends_is_refused() {
     let deep = format!("{}:1\r\n", "*1\r\n".repeat(MAX_DEPTH + 1));
     let long_line = format!("+{}", "a".repeat(MAX_LINE + 1));
-    let bad: &[&[u8]] = &[
-        b"!3\r\nerr\r\n",
-        b"%1\r\n",
-        b"!",
-        b"\r\n",
-        b"*2\r\n:1\r\n~",
-        b"$abc\r\n",
-        b"$-2\r\n",
-        b"$+5\r\nhello\r\n",
-        b"*1x\r\n",
-        b"$\r\n",
-        b"$5\r\nhelloXY",
-        b"+OK\rX",
-        b"$99999999999999999999\r\n",
-        b"$536870913\r\n",
-        deep.as_bytes(),
-        long_line.as_bytes(),
+    let bad: &[(&[u8], &str)] = &[
+        (b"!3\r\nerr\r\n", "unknown type"),
+        (b"%1\r\n", "unknown type"),
+        (b"!", "unknown type"),
+        (b"\r\n", "unknown type"),
+        (b"*2\r\n:1\r\n~", "unknown type"),
+        (b"$abc\r\n", "length that does not parse"),
+        (b"$-2\r\n", "length that does not parse"),
+        (b"$+5\r\nhello\r\n", "length that does not parse"),
+        (b"*1x\r\n", "length that does not parse"),
+        (b"$\r\n", "length that does not parse"),
+        (b"$5\r\nhelloXY", "bulk string without its CRLF"),
+        (b"+OK\rX", "CR without LF"),
+        (b"$99999999999999999999\r\n", "length that does not parse"),
+        (b"$536870913\r\n", "bulk string too long"),
+        (deep.as_bytes(), "arrays nested too deep"),
+        (long_line.as_bytes(), "line too long"),
     ];
-    for reply in bad {
-        assert!(
-            complete(reply).is_err(),
-            "{}",
-            String::from_utf8_lossy(reply)
-        );
+    let refused = |err: redis::RedisError, why: &str, reply: &[u8]| {
+        let reply = String::from_utf8_lossy(reply);
+        assert_eq!(err.kind(), ErrorKind::Parse, "{reply}");
+        assert_eq!(err.detail(), Some(why), "{reply}");
+    };
+    for &(reply, why) in bad {
+        refused(complete(reply).unwrap_err(), why, reply);
+    }
+    // Built straight from a first line that does not parse: the same reasons.
+    for &(reply, why) in &bad[..10] {
+        refused(value(reply).unwrap_err(), why, reply);
     }
     // Whole by their headers, but no value: refused when built.
-    for reply in [&b":12a\r\n"[..], b"+\xff\r\n"] {
+    for (reply, why) in [
+        (&b":12a\r\n"[..], "integer that does not parse"),
+        (b"+\xff\r\n", "line that is not UTF-8"),
+    ] {
         assert_eq!(complete(reply).unwrap(), Some(reply.len()));
-        assert!(value(reply).is_err());
+        refused(value(reply).unwrap_err(), why, reply);
     }
     // A huge declared length, with little sent: more is waited for (within the timeout).
     let huge = b"*1000000000000\r\n:1\r\n";
     assert_eq!(complete(huge).unwrap(), None);
+    // A walk through fields gives up on such bytes (the caller then builds the reply).
+    for reply in [&b"*1x\r\n"[..], b"+OK\rX"] {
+        assert!(Resp::new(reply).array().is_none(), "{reply:?}");
+    }
+    assert!(Resp::new(b"$abc\r\n").bulk().is_none());
 }
 
 /// A reply walked as it arrives, a byte more each time, is walked once: each look starts
