@@ -987,7 +987,9 @@ each of those results, though always `Ok` on a good reply, went through memory. 
 return a two-word `Malformed` (the reason's text), made the same parse error (same kind,
 same text) where it leaves the walk. What is refused is unchanged; a test now pins each
 refusal's reason (`what_no_redis_sends_is_refused`, after an independent review found that
-no test looked at the reasons). The publishers' connection decodes its replies with the
+no test looked at the reasons). A differential check, not kept, ran the old and the new walk
+over 1.8 million random strings of RESP pieces: the same lengths, progress, errors (kind and
+text) and, for the 9,710 whole replies among them, the same values. The publishers' connection decodes its replies with the
 same walk: 13.1k and 12.9k instructions a one-at-a-time publish before and after, within
 the run-to-run spread (those replies are one line each).
 
