@@ -982,8 +982,8 @@ so that the start-up cancels out (the count moves by about 1% from run to run wi
 replies batch): 23.2k and 23.5k instructions a task at 63a0f06, 21.8k and 22.0k at c041887,
 6-7% fewer. The reader's decoder (`connection::reader`: `scan` walks each reply's headers
 as it arrives, `Resp` walks them again to decode the entries' fields in place) returned a
-`RedisResult` from every header and every length, and `redis::RedisError` is a large type:
-each of those results, though always `Ok` on a good reply, went through memory. They now
+`RedisResult` from every header and every length, and `redis::RedisError` is a large type,
+which each of those results carried though it is always `Ok` on a good reply. They now
 return a two-word `Malformed` (the reason's text), made the same parse error (same kind,
 same text) where it leaves the walk. What is refused is unchanged; a test now pins each
 refusal's reason (`what_no_redis_sends_is_refused`, after an independent review found that

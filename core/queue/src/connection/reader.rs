@@ -339,7 +339,7 @@ pub(super) fn protocol(what: &'static str) -> redis::RedisError {
 /// only where it leaves them. Two words, where a `RedisResult` around every header and length
 /// made a worker spend 6-7% more instructions a task (BENCHMARKS.md, "Errors kept small in
 /// the reader").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 struct Malformed(&'static str);
 
 impl From<Malformed> for redis::RedisError {

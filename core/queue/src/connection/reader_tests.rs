@@ -99,7 +99,8 @@ fn what_no_redis_sends_is_refused() {
     for &(reply, why) in bad {
         refused(complete(reply).unwrap_err(), why, reply);
     }
-    // Built straight from a first line that does not parse: the same reasons.
+    // The first ten fail at a header or a length, which `value` reads the same way as
+    // `scan`: built, they are refused for the same reasons.
     for &(reply, why) in &bad[..10] {
         refused(value(reply).unwrap_err(), why, reply);
     }
