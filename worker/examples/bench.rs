@@ -1064,6 +1064,60 @@ Each 10x BullMQ target was met in one or two runs of three: the medians sit insi
 rounds' spread (BullMQ one at a time 6.5-9.2k tasks/s in this run, simplebank 65.2-80.8k),
 not above it. The apalis targets were met in all three runs.
 
+### The worker's vectors kept (2026-12-03 evening)
+
+What is left of the one-at-a-time target, in numbers: in section 10's run at c041887,
+simplebank's three processes took 23.0 µs of CPU a task (worker 6.4, producer 6.3, Redis
+10.3) at 69.1k tasks/s, 1.59 of the two cores; BullMQ's took 226.7 µs at 7.8k tasks/s,
+1.78 cores. The ratio of the CPU per task is 9.9x; the ratio of the rates, 8.8x, is that
+times the ratio of the cores used (0.89). So with the cores used as fully as BullMQ uses
+them the ratio would sit at the target's edge, and a margin needs a tenth or more off the
+CPU per task. Redis' share, from `INFO commandstats` over one end-to-end run this evening
+(100,000 tasks, `publish` x 50, 11.6 µs of Redis CPU a task): 6.7 µs in the commands
+(XREADGROUP 3.3 µs an entry at about 20 a read, XADD 1.7, FINISH 1.7), the rest around
+them (parsing XADD's 19 arguments, and 14.8k reads and 14.8k writes of the event loop).
+
+In the worker, `callgrind` (as above: 30,000 tasks less 10,000) put 23% of the instructions
+in glibc's allocator, most of it on its slow paths: 199,000 of 430,000 `malloc` calls missed
+its per-thread cache, at 277 instructions each, and `malloc_consolidate` ran 2,306 times, 2.6
+times a read. glibc merges its free lists before serving a request of 1 KiB or more. An
+`LD_PRELOAD` shim (not kept) that logged every such request with its stack found, per read:
+the vector of the read's slot permits growing to 64 (a 1,024-byte `realloc`), the vector of
+the read's entries (2.4-3.2 KB, at about 90 bytes an entry), then per FINISH call its
+arguments' vector growing (1.5-3 KB) and the redis crate's boxed command future (1,352
+bytes). With glibc's cache made large enough to never miss
+(`GLIBC_TUNABLES=glibc.malloc.tcache_count=1000`, a diagnosis, not a setting the project
+makes) the worker ran 20.1k instructions a task instead of 21.9k: the most that fewer slow
+paths could give.
+
+Changed (`consumer::fetch`): the permits' vector is sized for the slots free when the read
+starts; a read's entries are decoded into a vector an earlier read left (two are kept,
+emptied), and the loop hands them on by draining it, so no read makes a large request once
+the worker runs; and with one read per round trip, as nearly always, its vector is the
+result as it is, not copied into another. Instructions a task, the same binary built before
+(3f1ba27) and after, alternated: 21.85k, 21.95k, 22.04k before; 21.40k, 21.50k, 21.76k,
+21.77k after (1.5-2% fewer); `malloc_consolidate` 1,947 times instead of 2,306 in the run of
+30,000. What is left of the large requests is FINISH's, once per call of about 50 tasks;
+the copies of each spawned entry's future (tokio's task cell, `memcpy` 6.7% of the
+instructions) are the largest cost outside the allocator.
+
+### The publish future kept small
+
+`perf record` over the producer process in an end-to-end run (one at a time, `--call-graph
+dwarf`) put `memmove` first among its user-space symbols, 3.6% of its samples, inside the
+publishing tasks' own futures: each `publish` creates its future and moves it, and it was
+1,464 bytes, because the ways a plain task on the publishers' connection never takes (the
+redis crate's connection, a replica wait, the enqueue script for a delay or a lock) were
+inlined in it. They are now awaited through a `Box` (`Publisher::enqueue_otherwise`): 416
+bytes, pinned by `the_publish_future_stays_small` (it fails at 1,464). `callgrind` over
+`bench_producer` alone, 30,000 one-at-a-time publishes less 10,000: 12.40k and 12.53k
+instructions a publish before (3f1ba27), 12.01k and 12.12k after (3.5% fewer).
+
+Both changes are a small share of the whole (the worker about a quarter of the three
+processes' CPU, the producer about a quarter): about 1-2% of the CPU per task together,
+well under the spread of a run on this machine, so no clock pairs were run for them. The
+run against the peers after them follows.
+
 ### Tracing export (scenario 7)
 
 perf over a traced drain (`BENCH_ONLY=tracing`) by thread: the worker's runtime thread 16.7%

@@ -40,7 +40,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -167,10 +167,11 @@ pub(crate) async fn run(mut fetcher: Fetcher, reading: Reading<'_>, shutdown: &C
                     Err(join) => (Vec::new(), Err(ReadError::Task(join))),
                 };
                 match result {
-                    Ok(entries) => {
+                    Ok(mut entries) => {
                         recovered(&mut failing);
                         busy = !entries.is_empty();
-                        dispatch(entries, permits, &mut waiting, slots, dispatcher);
+                        dispatch(entries.drain(..), permits, &mut waiting, slots, dispatcher);
+                        fetcher.recycle(entries);
                     }
                     Err(err) => {
                         busy = false;
@@ -194,10 +195,11 @@ pub(crate) async fn run(mut fetcher: Fetcher, reading: Reading<'_>, shutdown: &C
                     }
                 };
                 match result {
-                    Ok(entries) => {
+                    Ok(mut entries) => {
                         recovered(&mut failing);
                         busy |= !entries.is_empty();
-                        dispatch(entries, Vec::new(), &mut waiting, slots, dispatcher);
+                        dispatch(entries.drain(..), Vec::new(), &mut waiting, slots, dispatcher);
+                        fetcher.recycle(entries);
                     }
                     Err(err) => {
                         read_failed(&err, &mut *conn, keys, queues, &mut failing, shutdown).await;
@@ -210,13 +212,15 @@ pub(crate) async fn run(mut fetcher: Fetcher, reading: Reading<'_>, shutdown: &C
             permit = Arc::clone(slots).acquire_owned(), if may_read || !waiting.is_empty() => {
                 let Ok(first) = permit else { return };
                 if !waiting.is_empty() {
-                    dispatch(Entries::new(), vec![first], &mut waiting, slots, dispatcher);
+                    dispatch([], vec![first], &mut waiting, slots, dispatcher);
                     continue;
                 }
                 // Busy: reads of half the slots each, so one is in flight while the entries
                 // of the other run (double buffering). Idle: one read for every free slot.
                 let cap = if busy { concurrency.div_ceil(READS_IN_FLIGHT) } else { usize::MAX };
-                let mut permits = vec![first];
+                // Sized for the slots free now: no growing on the way.
+                let mut permits = Vec::with_capacity(cap.min(slots.available_permits() + 1));
+                permits.push(first);
                 while permits.len() < cap
                     && let Ok(permit) = Arc::clone(slots).try_acquire_owned()
                 {
@@ -245,18 +249,16 @@ pub(crate) async fn run(mut fetcher: Fetcher, reading: Reading<'_>, shutdown: &C
 /// `permits`, or a free one taken now. What finds no free slot waits (in order) for the loop's
 /// next one; one that has waited too long is left pending; the permits left over are released.
 fn dispatch(
-    entries: Entries,
+    entries: impl IntoIterator<Item = (QueueName, Delivered)>,
     mut permits: Vec<OwnedSemaphorePermit>,
     waiting: &mut Waiting,
     slots: &Arc<Semaphore>,
     dispatcher: &Arc<Dispatcher>,
 ) {
     let now = Instant::now();
-    waiting.entries.extend(
-        entries
-            .into_iter()
-            .map(|(queue, entry)| (now, queue, entry)),
-    );
+    waiting
+        .entries
+        .extend((entries.into_iter()).map(|(queue, entry)| (now, queue, entry)));
     while let Some(permit) = permits
         .pop()
         .or_else(|| Arc::clone(slots).try_acquire_owned().ok())
@@ -361,6 +363,10 @@ struct Target {
     paused: Paused,
     /// By queue: whether the last read of its stream brought nothing.
     seen_empty: Vec<AtomicBool>,
+    /// Emptied vectors of entries for the next reads: a read's vector, sized for its
+    /// entries, is a large allocation, which glibc's allocator serves only after merging its
+    /// free lists (BENCHMARKS.md, "The worker's vectors kept").
+    spare: Mutex<Vec<Entries>>,
 }
 
 /// The connections reads go out on.
@@ -398,6 +404,7 @@ impl Fetcher {
                 block,
                 paused,
                 seen_empty: queues.iter().map(|_| AtomicBool::new(false)).collect(),
+                spare: Mutex::new(Vec::new()),
             }),
             priority: Priority::new(&weights, strict),
         }
@@ -414,6 +421,15 @@ impl Fetcher {
         let order = self.priority.next_order();
         let target = Arc::clone(&self.target);
         async move { target.fetch(&order, count).await }
+    }
+
+    /// Keeps `entries`, emptied, for a later read (at most [`READS_IN_FLIGHT`] of them).
+    fn recycle(&self, mut entries: Entries) {
+        entries.clear();
+        let mut spare = self.target.spare.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() < READS_IN_FLIGHT {
+            spare.push(entries);
+        }
     }
 
     /// Cluster only: a blocking read of up to `count` new entries of the queue at `index`, on
@@ -520,7 +536,7 @@ impl Target {
                 // own read only: the other read's entries, already delivered, still run.
                 reader
                     .query_all(&cmds, |reply| {
-                        Ok(decode(reply, &self.streams, &self.queues))
+                        Ok(decode(reply, &self.streams, &self.queues, self.spare()))
                     })
                     .await?
             }
@@ -534,8 +550,7 @@ impl Target {
                 replies
             }
         };
-        let mut entries = Vec::new();
-        let mut found = vec![false; self.streams.len()];
+        let mut entries = Entries::new();
         let mut failed = None;
         for ((indexes, _), read) in reads.iter().zip(replies) {
             let read = match read {
@@ -549,12 +564,15 @@ impl Target {
                     continue;
                 }
             };
-            for (index, entry) in read {
-                found[index] = true;
-                entries.push((self.queues[index].clone(), entry));
-            }
             for &index in *indexes {
-                self.seen_empty[index].store(!found[index], Ordering::Relaxed);
+                let found = read.iter().any(|(queue, _)| *queue == self.queues[index]);
+                self.seen_empty[index].store(!found, Ordering::Relaxed);
+            }
+            // A read's entries are kept as decoded, not copied: one allocation a read.
+            if entries.is_empty() {
+                entries = read;
+            } else {
+                entries.extend(read);
             }
         }
         match failed {
@@ -565,13 +583,20 @@ impl Target {
         }
     }
 
-    /// The entries of `streams` (as [`read_reply`] gives them) with the index of their
+    /// An empty vector for a read's entries: one a past read left, if any.
+    fn spare(&self) -> Entries {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        spare.pop().unwrap_or_default()
+    }
+
+    /// The entries of `streams` (as [`read_reply`] gives them) with their
     /// queue; those of a stream not read are left out.
-    fn by_queue(&self, streams: Vec<(String, Vec<Entry>)>) -> Vec<(usize, Delivered)> {
-        let mut read = Vec::new();
+    fn by_queue(&self, streams: Vec<(String, Vec<Entry>)>) -> Entries {
+        let mut read = Entries::new();
         for (stream, entries) in streams {
             if let Some(index) = self.streams.iter().position(|s| *s == stream) {
-                read.extend(entries.into_iter().map(|e| (index, Delivered::Fields(e))));
+                let queue = &self.queues[index];
+                read.extend((entries.into_iter()).map(|e| (queue.clone(), Delivered::Fields(e))));
             }
         }
         read
@@ -579,7 +604,7 @@ impl Target {
 }
 
 /// An XREADGROUP reply of `streams` (those of `queues`) read straight from its bytes (the
-/// reader's): its entries with the index of their queue, each decoded into its task as it is
+/// reader's): its entries with their queue, each decoded into its task as it is
 /// read, so no [`Value`] is built on the way (BENCHMARKS.md, "Entries decoded from the
 /// reply's bytes"). An entry of another shape, or one that is no task, is read as [`entry`]
 /// reads it, and decoded (or dead-lettered) when it runs, as from any other reply; those of
@@ -588,19 +613,19 @@ fn decode(
     reply: &[u8],
     streams: &[String],
     queues: &[QueueName],
-) -> redis::RedisResult<Vec<(usize, Delivered)>> {
+    mut read: Entries,
+) -> redis::RedisResult<Entries> {
     if let Some(err) = Resp::error(reply) {
         return Err(err);
     }
     if reply == b"$-1\r\n" {
         // A nil reply (nothing new) as RESP2 writes nil in general: `*-1` is Redis' own.
-        return Ok(Vec::new());
+        return Ok(read);
     }
     let mut resp = Resp::new(reply);
     let Some(count_streams) = resp.array().ok_or_else(unexpected)? else {
-        return Ok(Vec::new());
+        return Ok(read);
     };
-    let mut read = Vec::new();
     let mut fields = Vec::new();
     for _ in 0..count_streams {
         let (Some(Some(2)), Some(stream), Some(Some(count))) =
@@ -633,7 +658,7 @@ fn decode(
                     Delivered::Fields(entry(resp.value()?)?)
                 }
             };
-            read.push((index, entry));
+            read.push((queues[index].clone(), entry));
         }
     }
     Ok(read)
@@ -929,15 +954,15 @@ mod tests {
 
     /// What a read gives, entry by entry: the index of its queue, its id, and its task (as
     /// the dispatcher will decode it), or its fields if it is no task.
-    type Outcome = (usize, String, Result<Envelope, Vec<(String, Value)>>);
+    type Outcome = (QueueName, String, Result<Envelope, Vec<(String, Value)>>);
 
-    fn outcomes(read: Vec<(usize, Delivered)>, queues: &[QueueName]) -> Vec<Outcome> {
+    fn outcomes(read: Entries) -> Vec<Outcome> {
         (read.into_iter())
-            .map(|(index, delivered)| match delivered {
-                Delivered::Task { id, task } => (index, id, Ok(*task)),
+            .map(|(queue, delivered)| match delivered {
+                Delivered::Task { id, task } => (queue, id, Ok(*task)),
                 Delivered::Fields(entry) => {
-                    let task = fields::decode_entry(queues[index].clone(), &entry);
-                    (index, entry.id, task.map_err(|_| entry.fields))
+                    let task = fields::decode_entry(queue.clone(), &entry);
+                    (queue, entry.id, task.map_err(|_| entry.fields))
                 }
             })
             .collect()
@@ -1028,7 +1053,12 @@ mod tests {
         let mark = b"$8\r\nNIL-BULK\r\n";
         let at = marked.windows(mark.len()).position(|w| w == mark).unwrap();
         let bytes = [&marked[..at], b"$-1\r\n", &marked[at + mark.len()..]].concat();
-        let ours = decode(&bytes, &streams, &queues).unwrap();
+        let ours = decode(&bytes, &streams, &queues, Vec::new()).unwrap();
+        // A read fills the vector it is given (one a past read left), not a new one.
+        let spare: Entries = Vec::with_capacity(64);
+        let at = spare.as_ptr();
+        let again = decode(&bytes, &streams, &queues, spare).unwrap();
+        assert_eq!((again.as_ptr(), again.len()), (at, ours.len()));
         let decoded_on_read: Vec<bool> = (ours.iter())
             .map(|(_, read)| matches!(read, Delivered::Task { .. }))
             .collect();
@@ -1042,17 +1072,17 @@ mod tests {
         let theirs = read_reply(crate::connection::reader::value(&bytes).unwrap()).unwrap();
         let theirs = (theirs.into_iter())
             .filter_map(|(stream, entries)| {
-                let index = streams.iter().position(|s| *s == stream)?;
+                let queue = &queues[streams.iter().position(|s| *s == stream)?];
                 Some(
                     entries
                         .into_iter()
-                        .map(move |e| (index, Delivered::Fields(e))),
+                        .map(move |e| (queue.clone(), Delivered::Fields(e))),
                 )
             })
             .flatten()
             .collect();
-        let ours = outcomes(ours, &queues);
-        assert_eq!(ours, outcomes(theirs, &queues));
+        let ours = outcomes(ours);
+        assert_eq!(ours, outcomes(theirs));
         assert_eq!(ours[0].2, Ok(hostile.clone()));
         assert_eq!(ours[1].2, Ok(long));
         assert_eq!(ours[2].2, Ok(hostile.clone()));
@@ -1066,12 +1096,20 @@ mod tests {
         assert_eq!(ours[5].2, Ok(three));
         let mut critical = hostile;
         critical.task.queue = queues[0].clone();
-        assert_eq!((ours[10].0, &ours[10].2), (0, &Ok(critical)));
+        assert_eq!((&ours[10].0, &ours[10].2), (&queues[0], &Ok(critical)));
 
         // No entries, an error reply (its code kept), and replies of no XREADGROUP shape.
-        assert!(decode(b"*-1\r\n", &streams, &queues).unwrap().is_empty());
-        assert!(decode(b"$-1\r\n", &streams, &queues).unwrap().is_empty());
-        let err = decode(b"-NOGROUP No such key\r\n", &streams, &queues).unwrap_err();
+        assert!(
+            decode(b"*-1\r\n", &streams, &queues, Vec::new())
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            decode(b"$-1\r\n", &streams, &queues, Vec::new())
+                .unwrap()
+                .is_empty()
+        );
+        let err = decode(b"-NOGROUP No such key\r\n", &streams, &queues, Vec::new()).unwrap_err();
         assert_eq!(err.code(), Some("NOGROUP"));
         let non_utf8_id = resp(&Value::Array(vec![Value::Array(vec![
             bulk(&streams[0]),
@@ -1081,7 +1119,7 @@ mod tests {
             ])]),
         ])]));
         for reply in [&b":1\r\n"[..], b"*1\r\n*1\r\n$1\r\ns\r\n", &non_utf8_id] {
-            let err = decode(reply, &streams, &queues).unwrap_err();
+            let err = decode(reply, &streams, &queues, Vec::new()).unwrap_err();
             assert_eq!(
                 err.kind(),
                 redis::ErrorKind::UnexpectedReturnType,
