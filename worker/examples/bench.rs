@@ -1091,15 +1091,35 @@ makes) the worker ran 20.1k instructions a task instead of 21.9k: the most that 
 paths could give.
 
 Changed (`consumer::fetch`): the permits' vector is sized for the slots free when the read
-starts; a read's entries are decoded into a vector an earlier read left (two are kept,
-emptied), and the loop hands them on by draining it, so no read makes a large request once
-the worker runs; and with one read per round trip, as nearly always, its vector is the
-result as it is, not copied into another. Instructions a task, the same binary built before
-(3f1ba27) and after, alternated: 21.85k, 21.95k, 22.04k before; 21.40k, 21.50k, 21.76k,
-21.77k after (1.5-2% fewer); `malloc_consolidate` 1,947 times instead of 2,306 in the run of
-30,000. What is left of the large requests is FINISH's, once per call of about 50 tasks;
-the copies of each spawned entry's future (tokio's task cell, `memcpy` 6.7% of the
-instructions) are the largest cost outside the allocator.
+starts; a read's entries are decoded into a vector an earlier read left (at most two are
+kept, emptied), and the loop hands them on by draining it; with one read per round trip,
+as nearly always, its vector is the result as it is, not copied into another. A first
+version (ae1b88d) kept only the vectors the loop handed back: an independent review found
+that an empty read's vector, and the second of a round trip of two reads, were dropped,
+so the merged reads of empty queues still made a new vector every time. Every vector a read
+leaves is now handed back (`reads_fill_the_vectors_past_reads_left` fails if one is
+dropped). Instructions a task, alternated with 3f1ba27 built the same way: 21.85k, 21.95k,
+22.04k before; 21.40k, 21.50k, 21.76k, 21.77k at ae1b88d (0.4-2.9% fewer, median about
+1.5%); 21.18k, 21.18k and 21.19k with every vector handed back and FINISH's command below
+(3.5% fewer than the mean before); `malloc_consolidate` 1,808 times instead of 2,306 in the
+run of 30,000. The large requests left (the shim again, 1,900 in that run instead of 4,100)
+are the redis crate's boxed command future (1,352 bytes) for each command on its multiplexed
+connection (FINISH, the promoter's PROMOTE) and FINISH's command; outside the allocator, the
+copies of each spawned entry's future (tokio's task cell, `memcpy` 6.7% of the instructions)
+are the largest cost.
+
+### FINISH written as one command
+
+The acker's FINISH went through the redis crate's `ScriptInvocation`, which allocates each
+argument (an entry id) as a vector of its own, grows the vector of them (the 1.5 KB and
+3 KB requests above), then copies them all into the EVALSHA command. It is now written as
+one `redis::Cmd` sized up front (`scripts::finish`; the same keys and arguments, in the same
+order), sorted only when the batch is not in order already (entries finish mostly in the
+order they were read), and a NOSCRIPT reply (a Redis that has not cached the script: new,
+restarted, or after SCRIPT FLUSH) loads the script and calls it again, as the invocation did
+(`a_redis_without_the_script_cached_gets_it`, on a server of its own, fails without that).
+`callgrind`'s inclusive count of the acker's loop: 1.86k instructions a task before, 1.40k
+after.
 
 ### The publish future kept small
 
@@ -1111,12 +1131,12 @@ redis crate's connection, a replica wait, the enqueue script for a delay or a lo
 inlined in it. They are now awaited through a `Box` (`Publisher::enqueue_otherwise`): 416
 bytes, pinned by `the_publish_future_stays_small` (it fails at 1,464). `callgrind` over
 `bench_producer` alone, 30,000 one-at-a-time publishes less 10,000: 12.40k and 12.53k
-instructions a publish before (3f1ba27), 12.01k and 12.12k after (3.5% fewer).
+instructions a publish before (3f1ba27), 12.01k and 12.12k after (3.2% fewer by the means).
 
-Both changes are a small share of the whole (the worker about a quarter of the three
-processes' CPU, the producer about a quarter): about 1-2% of the CPU per task together,
-well under the spread of a run on this machine, so no clock pairs were run for them. The
-run against the peers after them follows.
+These changes are a small share of the whole (the worker and the producer about a quarter
+each of the three processes' CPU): about 2% of the CPU per task together, well under the
+spread of a run on this machine, so no clock pairs were run for them. The run against the
+peers after them follows.
 
 ### Tracing export (scenario 7)
 

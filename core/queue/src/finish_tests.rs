@@ -9,7 +9,7 @@ use super::{Finished, finish};
 use crate::{
     connection::{self, Connection},
     keys::{GROUP, QueueName},
-    testing::TestRedis,
+    testing::{RedisServer, TestRedis},
 };
 
 /// Ids whose text order is not their order: times and sequences across digit boundaries, up
@@ -196,6 +196,21 @@ fn manager(redis: &TestRedis) -> Connection {
         .into()
 }
 
+/// Queue `default` of `redis` with the entries `ids` added and all delivered to one
+/// consumer: the queue, its stream and a connection.
+async fn all_delivered(
+    redis: &TestRedis,
+    ids: &[(u64, u64)],
+) -> (QueueName, String, redis::aio::MultiplexedConnection) {
+    let queue = QueueName::parse("default").expect("queue");
+    let stream = redis.keys().stream(&queue);
+    let mut conn = redis.conn().await;
+    xgroup_create(&mut conn, &stream).await;
+    xadd_all(&mut conn, &stream, ids).await;
+    read(&mut conn, &stream, ids.len()).await;
+    (queue, stream, conn)
+}
+
 /// FINISH of `ids`, none holding a lock.
 async fn finish_ids(
     manager: &mut Connection,
@@ -223,13 +238,8 @@ async fn finish_ids(
 async fn after_the_group_is_re_created_only_the_finished_entries_go() {
     for (redelivered, batch) in [(0, vec![(5, 6)]), (3, vec![(5, 1), (5, 2), (5, 3), (5, 6)])] {
         let redis = TestRedis::new();
-        let queue = QueueName::parse("default").expect("queue");
-        let stream = redis.keys().stream(&queue);
-        let mut conn = redis.conn().await;
-        xgroup_create(&mut conn, &stream).await;
         let all: Vec<(u64, u64)> = (1..=10).map(|seq| (5, seq)).collect();
-        xadd_all(&mut conn, &stream, &all).await;
-        read(&mut conn, &stream, all.len()).await;
+        let (queue, stream, mut conn) = all_delivered(&redis, &all).await;
         let _: i64 = redis::cmd("XGROUP")
             .arg("DESTROY")
             .arg(&stream)
@@ -280,4 +290,25 @@ async fn entries_below_the_oldest_pending_go_by_the_trim() {
     let deleted: String =
         redis::from_redis_value(info["max-deleted-entry-id"].clone()).expect("an id");
     assert_eq!(deleted, "0-0", "deleted by the trim, not by XDEL");
+}
+
+/// FINISH sends its script by hash; a Redis that has not cached it (a new or restarted
+/// server, a SCRIPT FLUSH) answers NOSCRIPT, and the script is loaded and called again.
+#[tokio::test]
+async fn a_redis_without_the_script_cached_gets_it() {
+    let server = RedisServer::start().await;
+    let redis = TestRedis::at(server.address());
+    let all: Vec<(u64, u64)> = (1..=4).map(|seq| (5, seq)).collect();
+    let (queue, stream, mut conn) = all_delivered(&redis, &all).await;
+    let mut manager = manager(&redis);
+    for batch in all.chunks(2) {
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut conn)
+            .await
+            .expect("SCRIPT FLUSH");
+        finish_ids(&mut manager, &redis, &queue, batch).await;
+    }
+    assert_eq!(stream_ids(&mut conn, &stream).await, Vec::<String>::new());
+    assert_eq!(pending_ids(&mut conn, &stream).await, Vec::<String>::new());
 }

@@ -438,24 +438,46 @@ pub(crate) async fn finish<'a>(
     entries: impl Iterator<Item = &'a Finished> + Clone,
 ) -> RedisResult<()> {
     let mut batch: Vec<&Finished> = entries.clone().collect();
-    batch.sort_by_cached_key(|entry| EntryId::parse(&entry.entry_id));
-    let mut invocation = FINISH.key(keys.stream(queue));
-    invocation
-        .key(keys.stats(queue))
-        .arg(GROUP)
-        .arg(batch.len());
-    for entry in batch {
-        invocation.arg(&entry.entry_id);
+    // Entries finish mostly in the order they were read: then no sort (which allocates).
+    if !batch.is_sorted_by_key(|entry| EntryId::parse(&entry.entry_id)) {
+        batch.sort_by_cached_key(|entry| EntryId::parse(&entry.entry_id));
     }
-    for lock in entries.filter_map(|entry| entry.lock.as_ref()) {
+    let locks: Vec<&FinishedLock> = entries.filter_map(|entry| entry.lock.as_ref()).collect();
+    // EVALSHA written into one command sized up front, not through the redis crate's
+    // `ScriptInvocation`, which allocates each argument on its own and then copies them all
+    // (BENCHMARKS.md, "FINISH written as one command"). Its order: KEYS (the stream, the
+    // stats, then a pair per lock), then ARGV.
+    let data = (batch.iter().map(|entry| entry.entry_id.len())).sum::<usize>()
+        + (locks.iter())
+            .map(|lock| 2 * lock.key.len() + lock.token.len() + 64)
+            .sum::<usize>()
+        + 256;
+    let mut cmd = redis::Cmd::with_capacity(7 + batch.len() + 4 * locks.len(), data);
+    cmd.arg("EVALSHA")
+        .arg(FINISH.get_hash())
+        .arg(2 + 2 * locks.len())
+        .arg(keys.stream(queue))
+        .arg(keys.stats(queue));
+    for lock in &locks {
         // Without a marker, the lock key again as the pair's second key: never written.
-        invocation
-            .key(&lock.key)
-            .key(lock.done.as_ref().unwrap_or(&lock.key))
-            .arg(&lock.token)
-            .arg(done_ttl_ms(lock.done.as_ref()));
+        cmd.arg(&lock.key)
+            .arg(lock.done.as_ref().unwrap_or(&lock.key));
     }
-    let _acked: i64 = invocation.invoke_async(conn).await?;
+    cmd.arg(GROUP).arg(batch.len());
+    for entry in &batch {
+        cmd.arg(&entry.entry_id);
+    }
+    for lock in &locks {
+        cmd.arg(&lock.token).arg(done_ttl_ms(lock.done.as_ref()));
+    }
+    let _acked: i64 = match cmd.query_async(conn).await {
+        // The script is not cached (a restarted or flushed Redis): loaded, then called again.
+        Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            FINISH.load_async(conn).await?;
+            cmd.query_async(conn).await?
+        }
+        other => other?,
+    };
     Ok(())
 }
 

@@ -363,9 +363,8 @@ struct Target {
     paused: Paused,
     /// By queue: whether the last read of its stream brought nothing.
     seen_empty: Vec<AtomicBool>,
-    /// Emptied vectors of entries for the next reads: a read's vector, sized for its
-    /// entries, is a large allocation, which glibc's allocator serves only after merging its
-    /// free lists (BENCHMARKS.md, "The worker's vectors kept").
+    /// Emptied vectors of past reads, which the reader's replies are decoded into: a read's
+    /// vector is a large allocation (BENCHMARKS.md, "The worker's vectors kept").
     spare: Mutex<Vec<Entries>>,
 }
 
@@ -423,13 +422,9 @@ impl Fetcher {
         async move { target.fetch(&order, count).await }
     }
 
-    /// Keeps `entries`, emptied, for a later read (at most [`READS_IN_FLIGHT`] of them).
-    fn recycle(&self, mut entries: Entries) {
-        entries.clear();
-        let mut spare = self.target.spare.lock().unwrap_or_else(|e| e.into_inner());
-        if spare.len() < READS_IN_FLIGHT {
-            spare.push(entries);
-        }
+    /// Keeps `entries` (a read's, now handed on) for a later read.
+    fn recycle(&self, entries: Entries) {
+        self.target.recycle(entries);
     }
 
     /// Cluster only: a blocking read of up to `count` new entries of the queue at `index`, on
@@ -483,6 +478,7 @@ impl Target {
             if !reply.is_empty() {
                 return Ok(reply);
             }
+            self.recycle(reply);
             start = position + 1;
         }
         if order.is_empty() {
@@ -568,11 +564,14 @@ impl Target {
                 let found = read.iter().any(|(queue, _)| *queue == self.queues[index]);
                 self.seen_empty[index].store(!found, Ordering::Relaxed);
             }
-            // A read's entries are kept as decoded, not copied: one allocation a read.
+            // A read's entries are kept as decoded, not copied; a vector emptied on the way
+            // is kept for a later read.
             if entries.is_empty() {
-                entries = read;
+                self.recycle(std::mem::replace(&mut entries, read));
             } else {
-                entries.extend(read);
+                let mut read = read;
+                entries.append(&mut read);
+                self.recycle(read);
             }
         }
         match failed {
@@ -587,6 +586,20 @@ impl Target {
     fn spare(&self) -> Entries {
         let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
         spare.pop().unwrap_or_default()
+    }
+
+    /// Keeps `entries`, emptied, for a later read's [`Target::spare`]: at most
+    /// [`READS_IN_FLIGHT`] of them, and only with the reader, whose replies are decoded into
+    /// them.
+    fn recycle(&self, mut entries: Entries) {
+        if self.reader.is_none() || entries.capacity() == 0 {
+            return;
+        }
+        entries.clear();
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() < READS_IN_FLIGHT {
+            spare.push(entries);
+        }
     }
 
     /// The entries of `streams` (as [`read_reply`] gives them) with their
@@ -615,6 +628,7 @@ fn decode(
     queues: &[QueueName],
     mut read: Entries,
 ) -> redis::RedisResult<Entries> {
+    debug_assert!(read.is_empty(), "a read's entries go into an empty vector");
     if let Some(err) = Resp::error(reply) {
         return Err(err);
     }
@@ -928,6 +942,54 @@ mod tests {
         assert_eq!(read, (queues(&[("low", 2)]), 2));
         let err = fetcher.fetch(4).await.unwrap_err();
         assert_eq!(err.code(), Some("NOGROUP"), "{err}");
+        stop.cancel();
+    }
+
+    /// The vectors reads' entries are decoded into are kept across reads: one handed back
+    /// (as the loop does once it has dispatched its entries) is filled by a later read, or
+    /// kept still, whichever way the round trips go (an empty read first, two reads in one),
+    /// and no more are kept than reads go in flight.
+    #[tokio::test]
+    async fn reads_fill_the_vectors_past_reads_left() {
+        let server = RedisServer::start().await;
+        let redis = TestRedis::at(server.address());
+        let keys = redis.keys();
+        let names = ["critical", "default"].map(|q| QueueName::parse(q).unwrap());
+        let (mut fetcher, stop) = fetcher(&server, &keys, &names, Duration::from_millis(10)).await;
+        let mut admin = redis.conn().await;
+        let mut pipe = redis::pipe();
+        for i in 0..100 {
+            pipe.cmd("XADD")
+                .arg(keys.stream(&names[1]))
+                .arg("*")
+                .arg("n")
+                .arg(i)
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut admin).await.unwrap();
+        let kept = |fetcher: &Fetcher| -> Vec<(*const (QueueName, Delivered), usize)> {
+            let spare = fetcher.target.spare.lock().unwrap();
+            spare.iter().map(|v| (v.as_ptr(), v.capacity())).collect()
+        };
+
+        // Critical alone (empty), then default; then critical, seen empty, with default in
+        // one round trip: each time the vector handed back is the result or kept.
+        for _ in 0..4 {
+            let read = fetcher.fetch(8).await.unwrap();
+            assert!(!read.is_empty());
+            let handed = read.as_ptr();
+            fetcher.recycle(read);
+            let next = fetcher.fetch(8).await.unwrap();
+            let kept_now = kept(&fetcher);
+            assert!(
+                next.as_ptr() == handed || kept_now.iter().any(|&(at, _)| at == handed),
+                "the vector handed back was dropped"
+            );
+            assert!(kept_now.len() <= READS_IN_FLIGHT);
+            assert!(kept_now.iter().all(|&(_, capacity)| capacity > 0));
+            fetcher.recycle(next);
+        }
+        assert!(kept(&fetcher).len() <= READS_IN_FLIGHT);
         stop.cancel();
     }
 
