@@ -1096,13 +1096,15 @@ kept, emptied), and the loop hands them on by draining it; with one read per rou
 as nearly always, its vector is the result as it is, not copied into another. A first
 version (ae1b88d) kept only the vectors the loop handed back: an independent review found
 that an empty read's vector, and the second of a round trip of two reads, were dropped,
-so the merged reads of empty queues still made a new vector every time. Every vector a read
-leaves is now handed back (`reads_fill_the_vectors_past_reads_left` fails if one is
-dropped). Instructions a task, alternated with 3f1ba27 built the same way: 21.85k, 21.95k,
-22.04k before; 21.40k, 21.50k, 21.76k, 21.77k at ae1b88d (0.4-2.9% fewer, median about
-1.5%); 21.18k, 21.18k and 21.19k with every vector handed back and FINISH's command below
-(3.5% fewer than the mean before); `malloc_consolidate` 1,808 times instead of 2,306 in the
-run of 30,000. The large requests left (the shim again, 1,900 in that run instead of 4,100)
+so the merged reads of empty queues still made a new vector every time. Every vector of a
+successful read is now handed back (`reads_fill_the_vectors_past_reads_left` fails if any of
+the three places that hand them back drops one). Instructions a task, alternated with
+3f1ba27 built the same way: 21.85k, 21.95k, 22.04k before; 21.40k, 21.50k, 21.76k, 21.77k at
+ae1b88d (0.4-2.9% fewer, median about 1.5%); 21.18k, 21.18k and 21.19k with every vector
+handed back and FINISH's command below (3.5% fewer than the mean before; 20.98k once more
+after its building moved into a function of its own). The last two were
+not measured apart: the acker's count alone fell by 0.46k a task, about all of the drop
+from ae1b88d. `malloc_consolidate` ran 1,808 times instead of 2,306 in the run of 30,000. The large requests left (the shim again, 1,900 in that run instead of 4,100)
 are the redis crate's boxed command future (1,352 bytes) for each command on its multiplexed
 connection (FINISH, the promoter's PROMOTE) and FINISH's command; outside the allocator, the
 copies of each spawned entry's future (tokio's task cell, `memcpy` 6.7% of the instructions)
@@ -1114,8 +1116,9 @@ The acker's FINISH went through the redis crate's `ScriptInvocation`, which allo
 argument (an entry id) as a vector of its own, grows the vector of them (the 1.5 KB and
 3 KB requests above), then copies them all into the EVALSHA command. It is now written as
 one `redis::Cmd` sized up front (`scripts::finish`; the same keys and arguments, in the same
-order), sorted only when the batch is not in order already (entries finish mostly in the
-order they were read), and a NOSCRIPT reply (a Redis that has not cached the script: new,
+order: `finish_is_the_invocation_it_replaced` compares the bytes with the invocation's, with
+and without locks and done markers, ids sorted or not), sorted only when the batch is not in
+order already (entries finish mostly in the order they were read), and a NOSCRIPT reply (a Redis that has not cached the script: new,
 restarted, or after SCRIPT FLUSH) loads the script and calls it again, as the invocation did
 (`a_redis_without_the_script_cached_gets_it`, on a server of its own, fails without that).
 `callgrind`'s inclusive count of the acker's loop: 1.86k instructions a task before, 1.40k

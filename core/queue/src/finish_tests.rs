@@ -5,10 +5,10 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use super::{Finished, finish};
+use super::{FINISH, Finished, FinishedLock, done_ttl_ms, finish, finish_cmd};
 use crate::{
     connection::{self, Connection},
-    keys::{GROUP, QueueName},
+    keys::{EntryId, GROUP, Keys, Namespace, QueueName},
     testing::{RedisServer, TestRedis},
 };
 
@@ -311,4 +311,64 @@ async fn a_redis_without_the_script_cached_gets_it() {
     }
     assert_eq!(stream_ids(&mut conn, &stream).await, Vec::<String>::new());
     assert_eq!(pending_ids(&mut conn, &stream).await, Vec::<String>::new());
+}
+
+/// FINISH's command is, byte for byte, the redis crate's script invocation it replaced:
+/// the same keys and arguments in the same order, with and without locks and done markers,
+/// its ids sorted or not, parsable or not.
+#[test]
+fn finish_is_the_invocation_it_replaced() {
+    let keys = Keys::new(Namespace::parse("ns").expect("namespace"));
+    let queue = QueueName::parse("default").expect("queue");
+    let entry = |id: &str, lock: Option<(usize, bool)>| Finished {
+        entry_id: id.to_owned(),
+        lock: lock.map(|(n, done)| FinishedLock {
+            key: format!("{{ns:default}}:unique:k{n}"),
+            token: format!("token-{n}"),
+            done: done.then(|| format!("{{ns:default}}:done:{n}")),
+        }),
+    };
+    let cases = [
+        vec![entry("5-1", None), entry("5-2", None), entry("6-0", None)],
+        vec![
+            entry("10-0", None),
+            entry("9-3", None),
+            entry("bad", None),
+            entry("9-3", None),
+        ],
+        vec![
+            entry("7-1", Some((1, true))),
+            entry("7-0", None),
+            entry("8-2", Some((2, false))),
+            entry("8-1", Some((3, true))),
+        ],
+    ];
+    for entries in &cases {
+        // As `finish` built it before (59c51ae's parent).
+        let mut batch: Vec<&Finished> = entries.iter().collect();
+        batch.sort_by_cached_key(|entry| EntryId::parse(&entry.entry_id));
+        let mut invocation = FINISH.key(keys.stream(&queue));
+        invocation
+            .key(keys.stats(&queue))
+            .arg(GROUP)
+            .arg(batch.len());
+        for entry in batch {
+            invocation.arg(&entry.entry_id);
+        }
+        for lock in entries.iter().filter_map(|entry| entry.lock.as_ref()) {
+            invocation
+                .key(&lock.key)
+                .key(lock.done.as_ref().unwrap_or(&lock.key))
+                .arg(&lock.token)
+                .arg(done_ttl_ms(lock.done.as_ref()));
+        }
+        let theirs = redis::pipe()
+            .invoke_script(&invocation)
+            .get_packed_pipeline();
+        let ours = finish_cmd(&keys, &queue, entries.iter()).get_packed_command();
+        assert_eq!(
+            String::from_utf8_lossy(&ours),
+            String::from_utf8_lossy(&theirs)
+        );
+    }
 }

@@ -437,39 +437,7 @@ pub(crate) async fn finish<'a>(
     queue: &QueueName,
     entries: impl Iterator<Item = &'a Finished> + Clone,
 ) -> RedisResult<()> {
-    let mut batch: Vec<&Finished> = entries.clone().collect();
-    // Entries finish mostly in the order they were read: then no sort (which allocates).
-    if !batch.is_sorted_by_key(|entry| EntryId::parse(&entry.entry_id)) {
-        batch.sort_by_cached_key(|entry| EntryId::parse(&entry.entry_id));
-    }
-    let locks: Vec<&FinishedLock> = entries.filter_map(|entry| entry.lock.as_ref()).collect();
-    // EVALSHA written into one command sized up front, not through the redis crate's
-    // `ScriptInvocation`, which allocates each argument on its own and then copies them all
-    // (BENCHMARKS.md, "FINISH written as one command"). Its order: KEYS (the stream, the
-    // stats, then a pair per lock), then ARGV.
-    let data = (batch.iter().map(|entry| entry.entry_id.len())).sum::<usize>()
-        + (locks.iter())
-            .map(|lock| 2 * lock.key.len() + lock.token.len() + 64)
-            .sum::<usize>()
-        + 256;
-    let mut cmd = redis::Cmd::with_capacity(7 + batch.len() + 4 * locks.len(), data);
-    cmd.arg("EVALSHA")
-        .arg(FINISH.get_hash())
-        .arg(2 + 2 * locks.len())
-        .arg(keys.stream(queue))
-        .arg(keys.stats(queue));
-    for lock in &locks {
-        // Without a marker, the lock key again as the pair's second key: never written.
-        cmd.arg(&lock.key)
-            .arg(lock.done.as_ref().unwrap_or(&lock.key));
-    }
-    cmd.arg(GROUP).arg(batch.len());
-    for entry in &batch {
-        cmd.arg(&entry.entry_id);
-    }
-    for lock in &locks {
-        cmd.arg(&lock.token).arg(done_ttl_ms(lock.done.as_ref()));
-    }
+    let cmd = finish_cmd(keys, queue, entries);
     let _acked: i64 = match cmd.query_async(conn).await {
         // The script is not cached (a restarted or flushed Redis): loaded, then called again.
         Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
@@ -479,6 +447,54 @@ pub(crate) async fn finish<'a>(
         other => other?,
     };
     Ok(())
+}
+
+/// FINISH's EVALSHA for `entries` of `queue`, written into one command sized up front, not
+/// through the redis crate's `ScriptInvocation`, which allocates each argument on its own
+/// and then copies them all (BENCHMARKS.md, "FINISH written as one command"): the same
+/// bytes (`finish_is_the_invocation_it_replaced`).
+fn finish_cmd<'a>(
+    keys: &Keys,
+    queue: &QueueName,
+    entries: impl Iterator<Item = &'a Finished> + Clone,
+) -> redis::Cmd {
+    let mut batch: Vec<&Finished> = entries.clone().collect();
+    // Entries finish mostly in the order they were read: then no sort (which allocates).
+    if !batch.is_sorted_by_key(|entry| EntryId::parse(&entry.entry_id)) {
+        batch.sort_by_cached_key(|entry| EntryId::parse(&entry.entry_id));
+    }
+    let locks: Vec<&FinishedLock> = entries.filter_map(|entry| entry.lock.as_ref()).collect();
+    // KEYS: the stream, the stats, then a pair per lock. Without a marker, the lock key again
+    // as the pair's second key: never written.
+    let mut command_keys = vec![keys.stream(queue), keys.stats(queue)];
+    for lock in &locks {
+        command_keys.push(lock.key.clone());
+        command_keys.push(lock.done.as_ref().unwrap_or(&lock.key).clone());
+    }
+    let data = (command_keys.iter().map(String::len)).sum::<usize>()
+        + (batch.iter().map(|entry| entry.entry_id.len())).sum::<usize>()
+        + (locks.iter())
+            .map(|lock| lock.token.len() + 20)
+            .sum::<usize>()
+        + 7
+        + 40
+        + 2 * 20
+        + GROUP.len();
+    let mut cmd =
+        redis::Cmd::with_capacity(5 + command_keys.len() + batch.len() + 2 * locks.len(), data);
+    cmd.arg("EVALSHA")
+        .arg(FINISH.get_hash())
+        .arg(command_keys.len())
+        .arg(&command_keys)
+        .arg(GROUP)
+        .arg(batch.len());
+    for entry in &batch {
+        cmd.arg(&entry.entry_id);
+    }
+    for lock in &locks {
+        cmd.arg(&lock.token).arg(done_ttl_ms(lock.done.as_ref()));
+    }
+    cmd
 }
 
 /// Schedules `next` `delay` from now in place of pending entry `entry_id`, counting the
