@@ -466,20 +466,20 @@ fn finish_cmd<'a>(
     let locks: Vec<&FinishedLock> = entries.filter_map(|entry| entry.lock.as_ref()).collect();
     // KEYS: the stream, the stats, then a pair per lock. Without a marker, the lock key again
     // as the pair's second key: never written.
-    let mut command_keys = vec![keys.stream(queue), keys.stats(queue)];
+    let (stream, stats) = (keys.stream(queue), keys.stats(queue));
+    let mut command_keys: Vec<&str> = vec![&stream, &stats];
     for lock in &locks {
-        command_keys.push(lock.key.clone());
-        command_keys.push(lock.done.as_ref().unwrap_or(&lock.key).clone());
+        command_keys.push(&lock.key);
+        command_keys.push(lock.done.as_deref().unwrap_or(&lock.key));
     }
-    let data = (command_keys.iter().map(String::len)).sum::<usize>()
-        + (batch.iter().map(|entry| entry.entry_id.len())).sum::<usize>()
-        + (locks.iter())
-            .map(|lock| lock.token.len() + 20)
-            .sum::<usize>()
-        + 7
-        + 40
+    // The bytes of the arguments; a count or a TTL takes at most 20 digits.
+    let data = "EVALSHA".len()
+        + FINISH.get_hash().len()
+        + GROUP.len()
         + 2 * 20
-        + GROUP.len();
+        + (command_keys.iter().map(|key| key.len())).sum::<usize>()
+        + (batch.iter().map(|entry| entry.entry_id.len())).sum::<usize>()
+        + (locks.iter().map(|lock| lock.token.len() + 20)).sum::<usize>();
     let mut cmd =
         redis::Cmd::with_capacity(5 + command_keys.len() + batch.len() + 2 * locks.len(), data);
     cmd.arg("EVALSHA")
