@@ -1170,6 +1170,39 @@ OTLP/HTTP 104%, 97%, 139%, 95%, 92% and 125% (median 100.5%), the ratio sampler 
 200,000 in every always_on drain); the worker's CPU per 100,000 tasks 0.53-0.72 s untraced,
 0.72-1.08 s with every span exported.
 
+### Runners that outlive their entry (2026-12-03 night)
+
+`callgrind` over `bench_worker` (as above: 30,000 tasks less 10,000, `RUST_LOG=warn`) at
+1b772f4 put the life of each entry's tokio task at about a tenth of the worker: the spawn
+2.0k instructions an entry (inclusive), of which glibc's `posix_memalign` 0.92k (tokio
+aligns every task's cell to 128 bytes, and glibc serves an aligned request on its slow path,
+never from its per-thread cache), the stage written into the cell (the entry's whole future
+copied, three times an entry) 0.47k, and the free of the cell on top; `memcpy` was 6.9% of
+all instructions. The read tasks of the fetch loop (about one a read, 900 in the run of
+30,000) cost 11k instructions each to spawn: their future made the cell larger than 1 KiB,
+and glibc merges its free lists before serving such a request.
+
+Changed (`consumer::runners`): an entry is handed to an idle runner, a task that runs one
+entry at a time (its handler, lease renewal and settling, as the entry's own task did) and
+then waits for the next; a runner is started only when none waits, so there are never more
+than the entries running or being settled at once, as before; a runner ends when
+`concurrency` runners already wait, and every waiting runner ends at shutdown (also when the
+worker's future is dropped). The read tasks' future is boxed, so their cell stays small.
+Handlers see one difference: successive entries may run in the same tokio task
+(`tokio::task::id()`, task-locals), as ARCHITECTURE says. Tests:
+`entries_one_after_another_run_in_one_task` (a real worker, concurrency 1, ten tasks one after
+another: one task id; ten without the runners), and the pool's own (`jobs_one_after_another_share_one_runner_and_none_is_lost`,
+`a_burst_starts_runners_and_leaves_no_more_than_keep_waiting`); the shutdown tests hang if
+closing does not wake the waiting runners.
+
+Instructions a task, alternated with 1b772f4 built the same way: 20.71k, 20.71k, 20.79k
+before; 19.12k, 18.95k, 19.06k after (8.2% fewer by the means). Boxing the entry's future
+alone, tried first, gave 20.24k (2.6% fewer: the copies gone, the aligned allocation kept).
+Keeping up to twice `concurrency` runners waiting started 182 runners in the run of 30,000
+instead of 321-497, with no difference in the count (18.90k, 19.27k): not kept. The worker
+is about a quarter of the three processes' CPU end to end, so this is about 2% of the CPU per
+task.
+
 ### Tracing export (scenario 7)
 
 perf over a traced drain (`BENCH_ONLY=tracing`) by thread: the worker's runtime thread 16.7%

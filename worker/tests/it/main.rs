@@ -13,6 +13,7 @@ mod metrics;
 mod priority;
 mod reclaim;
 mod retries;
+mod runners;
 mod send_verify_email;
 mod shutdown;
 mod uniqueness;

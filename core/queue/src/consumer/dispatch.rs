@@ -35,6 +35,7 @@ use super::{
     ack::{Ack, Acker},
     backoff::Backoff,
     handler::{BoxFuture, Erased, FailureKind, HandlerError, Handlers, TaskContext},
+    runners::{Runners, Slot},
 };
 use crate::{
     connection::Connection,
@@ -64,7 +65,9 @@ pub(crate) struct Dispatcher {
     pub backoff: Backoff,
     /// The bounds of the dead streams, applied by each kill.
     pub retention: Retention,
-    /// Every running entry; shutdown waits on it.
+    /// The tasks entries run in, busy or idle.
+    pub runners: Runners<Job>,
+    /// Every runner; shutdown waits on it.
     pub tracker: TaskTracker,
     /// Cancelled when the shutdown timeout passes: unfinished handlers are aborted and their
     /// entries stay pending.
@@ -107,6 +110,15 @@ impl SpanNames {
             }
         }
     }
+}
+
+/// An entry handed to a runner, with what [`Dispatcher::spawn`] was given for it.
+#[derive(Debug)]
+pub(crate) struct Job {
+    queue: QueueName,
+    entry: Delivered,
+    deliveries: Option<u64>,
+    permit: OwnedSemaphorePermit,
 }
 
 /// An entry ready to run: its task, handler and process span.
@@ -154,6 +166,7 @@ impl Dispatcher {
     /// runs. The slot is free once the handler returned, while the entry is being settled:
     /// reading the next entries overlaps with acknowledging the last ones.
     /// `deliveries` is Redis' delivery count when known (reclaimed entries).
+    /// An idle runner takes it, or a new one is started (see the `runners` module).
     pub(crate) fn spawn(
         self: &Arc<Self>,
         queue: QueueName,
@@ -161,24 +174,44 @@ impl Dispatcher {
         deliveries: Option<u64>,
         permit: OwnedSemaphorePermit,
     ) {
-        self.tracker
-            .spawn(Arc::clone(self).process(queue, entry, deliveries, permit));
+        let job = Job {
+            queue,
+            entry,
+            deliveries,
+            permit,
+        };
+        if let Err(job) = self.runners.hand(job) {
+            self.tracker.spawn(Arc::clone(self).runner(job));
+        }
     }
 
-    // This future is allocated and moved once per entry, so it is kept small: the rare paths
-    // are awaited through a `Box` (BENCHMARKS.md, steps 9 and 10).
+    /// A runner: runs `job`, then each job it is handed next, until the pool has no use for it.
+    async fn runner(self: Arc<Self>, job: Job) {
+        let slot = Arc::new(Slot::default());
+        let mut job = job;
+        loop {
+            self.process(job).await;
+            match self.runners.next(&slot).await {
+                Some(next) => job = next,
+                None => return,
+            }
+        }
+    }
+
+    // This future is made and moved into its runner once per entry, so it is kept small: the
+    // rare paths are awaited through a `Box` (BENCHMARKS.md, steps 9 and 10).
     #[expect(
         clippy::manual_async_fn,
         reason = "an async fn keeps a second copy of each argument in its future"
     )]
-    fn process(
-        self: Arc<Self>,
-        queue: QueueName,
-        entry: Delivered,
-        deliveries: Option<u64>,
-        permit: OwnedSemaphorePermit,
-    ) -> impl Future<Output = ()> + Send + 'static {
+    fn process(&self, job: Job) -> impl Future<Output = ()> + Send + '_ {
         async move {
+            let Job {
+                queue,
+                entry,
+                deliveries,
+                permit,
+            } = job;
             // Not awaited inside the `match`: its scrutinee (the `Result`) would be kept across
             // that await beside the run's future.
             let run = match self.prepare(&queue, entry, deliveries) {
@@ -903,20 +936,18 @@ mod tests {
     type Attempt = CatchUnwind<Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>>;
 
     /// The size of the future `f` returns, read off its type.
-    fn returned_size<A, B, C, D, E, F>(_: fn(A, B, C, D, E) -> F) -> usize {
+    fn returned_size<A, B, F>(_: fn(A, B) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 
-    /// The future spawned per entry stays small: at most 640 bytes (648 with the task
-    /// tracker's wrapper) keeps tokio's task cell, aligned to 128 bytes, at 768 bytes, which
-    /// glibc's aligned allocation serves from its small bins, without consolidating its free
-    /// lists each time.
+    /// The future run per entry stays small: at most 640 bytes, made and moved into its
+    /// runner once per entry.
     #[test]
-    fn the_future_spawned_per_entry_stays_small() {
+    fn the_future_run_per_entry_stays_small() {
         let size = returned_size(Dispatcher::process);
         assert!(
             size <= 640,
-            "the future spawned per entry is {size} bytes (BENCHMARKS.md, step 10)"
+            "the future run per entry is {size} bytes (BENCHMARKS.md, step 10)"
         );
     }
 

@@ -227,7 +227,10 @@ pub(crate) async fn run(mut fetcher: Fetcher, reading: Reading<'_>, shutdown: &C
                     permits.push(permit);
                 }
                 let read = fetcher.fetch(permits.len());
-                reads.spawn(async move { (permits, read.await) });
+                // Boxed: unboxed, the read made its task's cell larger than 1 KiB, which glibc
+                // serves only after merging its free lists (BENCHMARKS.md, "Runners that
+                // outlive their entry").
+                reads.spawn(Box::pin(async move { (permits, read.await) }));
             }
             // Entries waiting for a slot do not hold up a shutdown: they stay pending.
             () = shutdown.cancelled(), if reads.is_empty() && blocked.reads.is_empty() => {

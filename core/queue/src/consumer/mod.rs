@@ -22,6 +22,7 @@ mod paused;
 mod priority;
 mod promote;
 mod reclaim;
+mod runners;
 mod settings;
 
 use std::{sync::Arc, time::Duration};
@@ -212,12 +213,14 @@ impl Worker {
             renew_every: settings.renew_interval(),
             backoff: settings.backoff,
             retention: settings.retention(),
+            runners: runners::Runners::new(settings.concurrency),
             tracker: TaskTracker::new(),
             abandon: CancellationToken::new(),
             metrics: ConsumerMetrics::new(&meter),
             tracer: self.tracer.unwrap_or_else(Tracer::global),
             span_names: dispatch::SpanNames::new(&self.keys, &queues),
         });
+        let _close_runners = runners::CloseOnDrop(&dispatcher.runners);
         let promoter = tokio::spawn(promote::run(
             conn.clone(),
             self.keys.clone(),
@@ -271,8 +274,9 @@ impl Worker {
             let _ = depth.await;
         }
 
+        let waiting = dispatcher.runners.close();
         dispatcher.tracker.close();
-        let running = dispatcher.tracker.len();
+        let running = dispatcher.tracker.len().saturating_sub(waiting);
         tracing::info!(running, "stopped reading; waiting for running tasks");
         if tokio::time::timeout(settings.shutdown_timeout, dispatcher.tracker.wait())
             .await
