@@ -109,26 +109,45 @@ pub(crate) fn xadd_packed(stream: &str, task: &Task, trace: Remote<'_>) -> Vec<u
     out
 }
 
-/// A bulk string: `$<length>\r\n<bytes>\r\n`.
+/// A bulk string: `$<length>\r\n<bytes>\r\n`. Its header is put together first and copied
+/// in one piece: a publish writes a dozen of them (BENCHMARKS.md, "Numbers written two digits
+/// at a time").
 fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.push(b'$');
-    out.extend_from_slice(digits(bytes.len() as u64, &mut [0; 20]));
-    out.extend_from_slice(b"\r\n");
+    // `$`, at most 20 digits, CR/LF.
+    let mut head = [0; 23];
+    let length = digits(bytes.len() as u64, &mut head[1..21]);
+    let start = 20 - length.len();
+    head[start] = b'$';
+    head[21..].copy_from_slice(b"\r\n");
+    out.extend_from_slice(&head[start..]);
     out.extend_from_slice(bytes);
     out.extend_from_slice(b"\r\n");
 }
 
-/// `n` in decimal digits, written at the end of `buffer`.
-fn digits(mut n: u64, buffer: &mut [u8; 20]) -> &[u8] {
+/// `n` in decimal digits, written at the end of `buffer` (20 bytes hold any), two at a time
+/// from a table.
+fn digits(mut n: u64, buffer: &mut [u8]) -> &[u8] {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
     let mut at = buffer.len();
-    loop {
-        at -= 1;
-        buffer[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buffer[at..];
-        }
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        at -= 2;
+        buffer[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
     }
+    if n >= 10 {
+        let pair = n as usize * 2;
+        at -= 2;
+        buffer[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
+        at -= 1;
+        buffer[at] = b'0' + n as u8;
+    }
+    &buffer[at..]
 }
 
 /// `n` in decimal digits with its sign, written at the end of `buffer` (`i64::MIN` takes all
@@ -725,6 +744,35 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Numbers are written as `format!` writes them: each count of digits, each pair of
+    /// digits at each place, the extremes.
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        let mut unsigned = vec![0, u64::MAX, u64::MAX - 1];
+        let mut power = 1u64;
+        while let Some(next) = power.checked_mul(10) {
+            unsigned.extend([power - 1, power, power + 1, next - power]);
+            power = next;
+        }
+        unsigned.extend([power - 1, power, power + 1]);
+        unsigned.extend((0..10_000).map(|n| n * 7_919));
+        for n in unsigned {
+            assert_eq!(digits(n, &mut [0; 20]), n.to_string().as_bytes());
+            let mut out = Vec::new();
+            let text = n.to_string();
+            bulk(&mut out, text.as_bytes());
+            assert_eq!(out, format!("${}\r\n{text}\r\n", text.len()).as_bytes());
+            if let Ok(n) = i64::try_from(n) {
+                assert_eq!(signed(n, &mut [0; 20]), n.to_string().as_bytes());
+                assert_eq!(signed(-n, &mut [0; 20]), (-n).to_string().as_bytes());
+            }
+        }
+        assert_eq!(
+            signed(i64::MIN, &mut [0; 20]),
+            i64::MIN.to_string().as_bytes()
+        );
     }
 
     #[derive(serde::Serialize, serde::Deserialize)]
