@@ -1218,6 +1218,28 @@ are unchanged (`the_packed_xadd_is_the_redis_crates_encoding`), and
 `numbers_are_written_in_decimal` compares `digits`, `signed` and `bulk` with `format!` over
 every count of digits and the extremes.
 
+`make bench-peers` at 80565f6 (2026-12-03 20:52 UTC, section 10 now), after these two
+changes: one at a time 9.7x BullMQ (**not met**) and 3.7x apalis, batches 11.4x and 3.7x.
+simplebank's three processes took 19.5 µs of CPU a task one at a time (worker 5.8, producer
+5.6, Redis 8.1; 22.1 µs at 1c01c51, 23.0 µs at c041887), BullMQ's 204.4 µs (271.7 µs at
+1c01c51): the ratio of the CPU per task was 10.5x. Round by round, one at a time:
+simplebank 80.2k, 34.6k and 102.6k tasks/s, BullMQ 6.8k, 9.4k and 8.3k (11.8x, 3.7x and
+12.4x). The second round's simplebank run was disturbed (the machine was shared with a
+reviewing helper that hour), and with three rounds one such run makes the median the lower
+of the other two: the median of simplebank's rates against the median of BullMQ's is 9.7x.
+Across the five runs since d15d939:
+
+| | d15d939 | 53196de | c041887 | 1c01c51 | 80565f6 | target |
+|---|---|---|---|---|---|---|
+| one at a time, against apalis, leases off | 3.0x | 3.4x | 3.3x | 3.4x | 3.7x | 3x |
+| one at a time, against BullMQ | 8.4x | 10.3x | 8.8x | 11.8x | 9.7x | 10x |
+| batches, against apalis, leases off | 3.3x | 3.0x | 3.3x | 3.7x | 3.7x | 3x |
+| batches, against BullMQ | 11.6x | 8.7x | 12.0x | 10.4x | 11.4x | 10x |
+
+The apalis targets were met in all five runs; each 10x BullMQ target in two or three of
+five. (In this run apalis with its default leases failed once, its producer exiting with
+status 1, and was left out of the medians; it is no target.)
+
 ### Tracing export (scenario 7)
 
 perf over a traced drain (`BENCH_ONLY=tracing`) by thread: the worker's runtime thread 16.7%
