@@ -1187,9 +1187,10 @@ entry at a time (its handler, lease renewal and settling, as the entry's own tas
 then waits for the next; a runner is started only when none waits, so there are never more
 than the entries running or being settled at once, as before; a runner ends when
 `concurrency` runners already wait, and every waiting runner ends at shutdown (also when the
-worker's future is dropped). The read tasks' future is boxed, so their cell stays small.
+worker's future is dropped). The read tasks' future is boxed, so their cell stays small (and so are a cluster's
+per-queue blocking reads').
 Handlers see one difference: successive entries may run in the same tokio task
-(`tokio::task::id()`, task-locals), as ARCHITECTURE says. Tests:
+(`tokio::task::id()`), as ARCHITECTURE says. Tests:
 `entries_one_after_another_run_in_one_task` (a real worker, concurrency 1, ten tasks one after
 another: one task id; ten without the runners), and the pool's own (`jobs_one_after_another_share_one_runner_and_none_is_lost`,
 `a_burst_starts_runners_and_leaves_no_more_than_keep_waiting`); the shutdown tests hang if
@@ -1197,7 +1198,7 @@ closing does not wake the waiting runners.
 
 Instructions a task, alternated with 1b772f4 built the same way: 20.71k, 20.71k, 20.79k
 before; 19.12k, 18.95k, 19.06k after (8.2% fewer by the means). Boxing the entry's future
-alone, tried first, gave 20.24k (2.6% fewer: the copies gone, the aligned allocation kept).
+alone, tried first, gave 20.24k (2.4% fewer: the copies gone, the aligned allocation kept).
 Keeping up to twice `concurrency` runners waiting started 182 runners in the run of 30,000
 instead of 321-497, with no difference in the count (18.90k, 19.27k): not kept. The worker
 is about a quarter of the three processes' CPU end to end, so this is about 2% of the CPU per
@@ -1239,6 +1240,25 @@ Across the five runs since d15d939:
 The apalis targets were met in all five runs; each 10x BullMQ target in two or three of
 five. (In this run apalis with its default leases failed once, its producer exiting with
 status 1, and was left out of the medians; it is no target.)
+
+Scenarios 7 and 8 re-run at d7a4076 with the runners (`BENCH_ONLY=tracing BENCH_RUNS=3`
+twice, then `BENCH_ONLY=metrics BENCH_RUNS=3`), since a cheaper worker lowers the share
+tracing keeps of an untraced drain. Every span exported over OTLP/gRPC: 77%, 98%, 122%, 72%,
+69% and 82% of the untraced drain with the metrics on (median 79.5%: **at the target's
+edge, under it by the median**; 86% at 9f42764); over OTLP/HTTP 68%, 163%, 136%, 79%, 69%
+and 85% (median 82%); the ratio sampler 65%, 195%, 158%, 100%, 46% and 95% (median 97.5%; the
+46% round took more of the worker's CPU with a tenth of the spans, 0.84 s per 100,000 tasks,
+than with all of them, 0.75 s: a disturbed round); no span lost (200,000 of 200,000 in every
+always_on drain). Metrics on against off 112.8%, 90.4% and 105.6% (median 105.6%). The
+drain, three rounds (`BENCH_ONLY=drain BENCH_RUNS=3`): 2.3x, 2.4x and 1.9x the raw cycle
+measured in the same round, peak RSS 7.8 MiB. Why the always_on share fell: in the three
+quietest rounds the worker's CPU per 100,000 tasks was 0.39-0.48 s untraced and 0.57-0.66 s
+with every span exported (0.53-0.72 s and 0.72-1.08 s at 9f42764): the runners took CPU off
+both, and the export's own cost, about 0.18-0.19 s per 100,000 spans, stayed as it was, so
+it is now a larger share of a smaller whole. The runners' count with jemalloc preloaded (as
+`test_worker`, which these drains run): 18.08k and 18.00k instructions a task at 1b772f4,
+16.85k and 16.74k after (6.9% fewer). What would restore a margin is a cheaper export per
+span, not a slower drain.
 
 ### Tracing export (scenario 7)
 

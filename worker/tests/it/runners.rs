@@ -31,7 +31,9 @@ async fn entries_one_after_another_run_in_one_task() {
     );
     for _ in 0..10 {
         publish_noops(&redis, 1).await;
-        // Run and acknowledged: its runner waits for the next entry.
+        // Run and acknowledged. Its runner waits for the next entry by the time that entry is
+        // read: the ack's reply woke the runner before Redis answered this check, and the
+        // publish and the worker's read take round trips more, while the runner needs none.
         wait_until_drained(&redis, "default").await;
     }
     worker.stop().await; // returns only once the waiting runner has ended

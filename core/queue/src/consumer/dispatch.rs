@@ -1,6 +1,7 @@
-//! Running one entry and settling it. The handler runs inside the entry's task (a panic is a
-//! failed attempt, not a dead worker), under the task's timeout or deadline, while its lease is
-//! renewed every third of the visibility timeout. Then exactly one of:
+//! Running one entry and settling it. The handler runs inside the runner running its entry (see
+//! the `runners` module; a panic is a failed attempt, not a dead worker), under the task's
+//! timeout or deadline, while its lease is renewed every third of the visibility timeout. Then
+//! exactly one of:
 //!
 //! | outcome | action (one script each, see the `scripts` module) |
 //! |---|---|
@@ -770,8 +771,8 @@ where
 
 /// Polls a future, turning a panic while it is polled into `Err` (the future is not polled
 /// again). Here a handler's: a panic is a failed attempt, and the worker lives on. The handler
-/// runs inside its entry's task, not in a task of its own (one spawn per entry, not two), so it
-/// must not block its thread: blocking or CPU-heavy work belongs in
+/// runs inside the runner running its entry, not in a task of its own, so it must not block
+/// its thread: blocking or CPU-heavy work belongs in
 /// `tokio::task::spawn_blocking`. The OTLP exporters use it too (`simplebank-observability`):
 /// tonic panics on some replies a collector can send.
 #[derive(Debug)]

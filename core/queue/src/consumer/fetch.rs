@@ -334,7 +334,8 @@ impl Blocked {
             let Some(read) = fetcher.block_on(index, count) else {
                 return;
             };
-            let id = self.reads.spawn(read).id();
+            // Boxed, as the loop's reads are (see `run`).
+            let id = self.reads.spawn(Box::pin(read)).id();
             self.queues.insert(id, index);
         }
     }

@@ -274,9 +274,11 @@ impl Worker {
             let _ = depth.await;
         }
 
+        // Counted before the waiting runners are woken to end, so that none has ended yet.
+        let runners = dispatcher.tracker.len();
         let waiting = dispatcher.runners.close();
         dispatcher.tracker.close();
-        let running = dispatcher.tracker.len().saturating_sub(waiting);
+        let running = runners.saturating_sub(waiting);
         tracing::info!(running, "stopped reading; waiting for running tasks");
         if tokio::time::timeout(settings.shutdown_timeout, dispatcher.tracker.wait())
             .await

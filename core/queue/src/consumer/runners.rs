@@ -5,7 +5,8 @@
 //! that outlive their entry").
 //!
 //! A runner is started only when no runner is idle, so there are never more than the entries
-//! running or being settled at once, as with a task per entry. A runner done with its entry
+//! running or being settled at once, as with a task per entry (on a multi-threaded runtime,
+//! runners on their way to wait or to end can briefly add a few). A runner done with its entry
 //! waits for the next unless `keep` runners wait already (then it ends: a burst of entries
 //! being settled leaves no more than that behind), and every waiting runner ends when the
 //! pool is closed, at shutdown.
@@ -170,7 +171,10 @@ mod tests {
 
         assert_eq!(runners.close(), 1);
         while set.join_next().await.is_some() {}
-        assert!(runners.hand(99).is_err(), "a closed pool takes no job");
+        assert!(
+            runners.hand(99).is_err(),
+            "no runner waits in a closed pool: a job starts a new one"
+        );
     }
 
     #[tokio::test]
