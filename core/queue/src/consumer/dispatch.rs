@@ -187,9 +187,8 @@ impl Dispatcher {
     }
 
     /// A runner: runs `job`, then each job it is handed next, until the pool has no use for it.
-    async fn runner(self: Arc<Self>, job: Job) {
+    async fn runner(self: Arc<Self>, mut job: Job) {
         let slot = Arc::new(Slot::default());
-        let mut job = job;
         loop {
             self.process(job).await;
             match self.runners.next(&slot).await {
